@@ -1,0 +1,1 @@
+//! The terminate-mode session state machine (to be written).

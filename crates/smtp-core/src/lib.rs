@@ -1,0 +1,24 @@
+//! Sans-IO SMTP protocol core of smtp-sidecar.
+//!
+//! Everything that decides what bytes go where lives here, with no sockets, no tokio and no
+//! clock: bytes and time go in through `handle_*` methods, what to do comes out of `poll_*`.
+//! The drivers in the `smtp-sidecar` crate only move bytes between sockets and this crate.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`line`] | the bounded line splitter for command lines |
+//! | [`command`] | nom parser and serialiser for client commands |
+//! | [`reply`] | streaming nom parser and serialiser for server replies, with caps |
+//! | [`ehlo`] | the EHLO capability rewrite (allow-list) |
+//! | [`data`] | the DATA reframer: dot-stuffing, bare CR/LF, NUL, end-of-data |
+//! | [`inbound`] | the terminate-mode session state machine |
+//! | [`testing`] | an in-memory client/backend harness with a virtual clock |
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod data;
+pub mod ehlo;
+pub mod inbound;
+pub mod line;
+pub mod reply;
+pub mod testing;

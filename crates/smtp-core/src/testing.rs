@@ -1,0 +1,1 @@
+//! In-memory harness (to be written).

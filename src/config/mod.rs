@@ -1,0 +1,101 @@
+//! Configuration: `raw` mirrors the YAML of SPEC §3 exactly (serde, unknown keys refused),
+//! `validate` turns it into the typed [`Config`] below, collecting every problem with its key
+//! path. Keys whose behaviour a later issue builds are accepted only at their default value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use smtp_core::data::BareNewlines;
+
+mod raw;
+mod validate;
+
+pub use validate::{load, parse, ConfigError};
+
+/// A validated configuration: everything here is supported and consistent.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub hostname: String,
+    pub state_dir: PathBuf,
+    pub shutdown_grace: Duration,
+    /// `metrics.listen`; `None` when the key is absent (no admin endpoint).
+    pub metrics_listen: Option<SocketAddr>,
+    pub log: LogConfig,
+    pub certificates: Vec<CertificateConfig>,
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive: `info`, `debug`, `smtp_sidecar=debug,warn`...
+    pub level: String,
+}
+
+/// One entry of the certificate store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerTls {
+    Starttls,
+    Implicit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// A `mode: terminate` listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub tls: ListenerTls,
+    /// `certificate.name`: which store entry to serve; `None` = the first valid one.
+    pub certificate: Option<String>,
+    pub backend: Backend,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// `host:port` strings, tried in order.
+    pub servers: Vec<String>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub require_tls: bool,
+    pub auth_requires_tls: bool,
+    pub tls_min_version: TlsVersion,
+    pub bare_newlines: BareNewlines,
+    pub received_header: bool,
+    pub max_message_size: u64,
+    pub max_recipients: u32,
+    pub max_connections: u32,
+    pub max_connections_per_ip: u32,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub greeting: Duration,
+    pub command: Duration,
+    pub data_block: Duration,
+    pub tls_handshake: Duration,
+}

@@ -1,0 +1,1 @@
+//! Serde structs exactly as SPEC §3 (to be written).

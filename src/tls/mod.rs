@@ -1,0 +1,1 @@
+//! TLS: the certificate store and the rustls server configuration of each listener.
