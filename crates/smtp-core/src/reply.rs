@@ -1,8 +1,18 @@
 //! Server replies (RFC 5321 §4.2): a streaming parser for what the backend sends, bounded in
 //! line length and line count because the backend may be hostile or broken, and the serialiser
 //! for every reply the client receives.
+//!
+//! The parser is two-phase like the command path: find a complete line within
+//! [`MAX_REPLY_LINE`] with `memchr`, then parse it with nom. Lines of a multi-line reply are
+//! taken out of the byte buffer as they complete, so raw bytes held stay within one line cap
+//! plus one push, and the parsed lines of a reply in progress within [`MAX_REPLY_LINES`].
 
 use bytes::BytesMut;
+use nom::branch::alt;
+use nom::bytes::complete::take_while_m_n;
+use nom::character::complete::char;
+use nom::combinator::{eof, rest, value, verify};
+use nom::{IResult, Parser};
 
 /// Longest reply line accepted from a backend, CRLF included.
 pub const MAX_REPLY_LINE: usize = 2048;
@@ -19,7 +29,10 @@ pub struct Reply {
 impl Reply {
     /// A single-line reply.
     pub fn new(code: u16, text: impl Into<String>) -> Self {
-        Reply { code, lines: vec![text.into()] }
+        Reply {
+            code,
+            lines: vec![text.into()],
+        }
     }
     /// 2xx
     pub fn is_positive(&self) -> bool {
@@ -30,10 +43,33 @@ impl Reply {
         (300..400).contains(&self.code)
     }
     /// Append the wire form: `code-text` CRLF for every line but the last, `code text` CRLF
-    /// for the last (`code` CRLF when a text is empty).
+    /// for the last (`code` CRLF when a text is empty). A reply without lines is written as
+    /// `code` CRLF.
+    ///
+    /// Control characters in a text (CR, LF, NUL, HTAB...) are written as spaces: texts come
+    /// from backends and from configuration, and a reply must never be able to end a line
+    /// early and inject another one.
     pub fn write_to(&self, out: &mut BytesMut) {
-        let _ = out;
-        todo!()
+        let code = self.code.to_string();
+        let last = self.lines.len().saturating_sub(1);
+        if self.lines.is_empty() {
+            out.extend_from_slice(code.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        for (n, text) in self.lines.iter().enumerate() {
+            out.extend_from_slice(code.as_bytes());
+            // RFC 5321 §4.2.1: "-" continues a multi-line reply, SP ends it.
+            if n < last {
+                out.extend_from_slice(b"-");
+            } else if !text.is_empty() {
+                out.extend_from_slice(b" ");
+            }
+            out.extend(
+                text.bytes()
+                    .map(|b| if b < 0x20 || b == 0x7f { b' ' } else { b }),
+            );
+            out.extend_from_slice(b"\r\n");
+        }
     }
 }
 
@@ -52,28 +88,147 @@ pub enum ReplyError {
 /// Incremental parser: push bytes as they arrive, take complete replies out.
 #[derive(Debug, Default)]
 pub struct ReplyParser {
-    _todo: (),
+    /// Raw bytes not yet split into lines.
+    buf: BytesMut,
+    /// Bytes at the front of `buf` already searched for LF (a slow backend must not cost a
+    /// rescan per byte).
+    scanned: usize,
+    /// The lines of a multi-line reply seen so far.
+    partial: Option<Reply>,
+    /// Wire bytes of the lines in `partial`, for `buffered`.
+    partial_bytes: usize,
+    /// Set on the first error; the parser then holds nothing and reports it again.
+    failed: Option<ReplyError>,
 }
 
 impl ReplyParser {
     pub fn new() -> Self {
-        todo!()
+        Self::default()
     }
+
+    /// Append bytes from the backend. After an error they are dropped.
     pub fn push(&mut self, data: &[u8]) {
-        let _ = data;
-        todo!()
+        if self.failed.is_none() {
+            self.buf.extend_from_slice(data);
+        }
     }
+
     /// The next complete reply, `Ok(None)` if more bytes are needed. After an error the parser
     /// is unusable (the backend connection must be dropped).
     pub fn next_reply(&mut self) -> Result<Option<Reply>, ReplyError> {
-        todo!()
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        loop {
+            let Some(lf) =
+                memchr::memchr(b'\n', &self.buf[self.scanned..]).map(|i| i + self.scanned)
+            else {
+                self.scanned = self.buf.len();
+                if self.buf.len() > MAX_REPLY_LINE {
+                    return Err(self.fail(ReplyError::LineTooLong));
+                }
+                return Ok(None);
+            };
+            let len = lf + 1;
+            if len > MAX_REPLY_LINE {
+                return Err(self.fail(ReplyError::LineTooLong));
+            }
+            self.scanned = 0;
+            let raw = self.buf.split_to(len);
+            // RFC 5321 §4.2 wants CRLF; a legacy backend's bare LF is accepted because the
+            // client only ever sees our re-serialised form.
+            let line = raw[..lf].strip_suffix(b"\r").unwrap_or(&raw[..lf]);
+            let Ok((_, (code, more, text))) = reply_line(line) else {
+                return Err(self.fail(ReplyError::Syntax));
+            };
+            // HTAB is tolerated in texts (some servers align with it); any other control
+            // character, a bare CR above all, is not text.
+            if text.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(self.fail(ReplyError::Syntax));
+            }
+            let text = lossy_utf8(text);
+            let reply = match self.partial.take() {
+                None => Reply {
+                    code,
+                    lines: vec![text],
+                },
+                Some(reply) if reply.code != code => {
+                    return Err(self.fail(ReplyError::InconsistentCode));
+                }
+                // Checked before the line is stored: a 20,000-line EHLO reply stops here, at
+                // the cap, whatever the backend has already sent.
+                Some(reply) if reply.lines.len() >= MAX_REPLY_LINES => {
+                    return Err(self.fail(ReplyError::TooManyLines));
+                }
+                Some(mut reply) => {
+                    reply.lines.push(text);
+                    reply
+                }
+            };
+            if !more {
+                self.partial_bytes = 0;
+                return Ok(Some(reply));
+            }
+            self.partial_bytes += len;
+            self.partial = Some(reply);
+        }
     }
-    /// Bytes held that do not yet form a complete reply.
+
+    /// Bytes held that do not yet form a complete reply: raw bytes not yet split into lines
+    /// (at most [`MAX_REPLY_LINE`] + one push) plus the wire size of the lines of a multi-line
+    /// reply in progress (at most [`MAX_REPLY_LINES`] lines). Zero after an error.
     pub fn buffered(&self) -> usize {
-        todo!()
+        self.buf.len() + self.partial_bytes
     }
+
     /// Forget everything (a new backend connection).
     pub fn clear(&mut self) {
-        todo!()
+        *self = Self::default();
+    }
+
+    /// Record `err`, drop everything held, and hand `err` back.
+    fn fail(&mut self, err: ReplyError) -> ReplyError {
+        *self = Self {
+            failed: Some(err.clone()),
+            ..Self::default()
+        };
+        err
     }
 }
+
+/// `text` as UTF-8, each invalid sequence replaced by `?`. Not U+FFFD: that is three bytes for
+/// as little as one, so a line just within [`MAX_REPLY_LINE`] would be re-serialised past
+/// it, and the client's own parser (with a cap like ours) could refuse it.
+fn lossy_utf8(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for chunk in text.utf8_chunks() {
+        out.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            out.push('?');
+        }
+    }
+    out
+}
+
+/// `code ( "-" / SP / end ) text` (RFC 5321 §4.2): returns the code, whether more lines
+/// follow, and the raw text.
+fn reply_line(line: &[u8]) -> IResult<&[u8], (u16, bool, &[u8])> {
+    // RFC 5321 §4.2.1: the first digit is 2 to 5 for every reply a client may see.
+    let code = verify(
+        take_while_m_n(3, 3, |b: u8| b.is_ascii_digit()),
+        |d: &[u8]| d.first().is_some_and(|f| (b'2'..=b'5').contains(f)),
+    );
+    let code = code.map(|d: &[u8]| {
+        d.iter()
+            .fold(0u16, |acc, &b| acc * 10 + u16::from(b - b'0'))
+    });
+    let separator = alt((
+        value(true, char('-')),
+        value(false, char(' ')),
+        value(false, eof),
+    ));
+    (code, separator, rest).parse(line)
+}
+
+#[cfg(test)]
+mod tests;
