@@ -1,6 +1,16 @@
 //! Configuration: `raw` mirrors the YAML of SPEC §3 exactly (serde, unknown keys refused),
 //! `validate` turns it into the typed [`Config`] below, collecting every problem with its key
 //! path. Keys whose behaviour a later issue builds are accepted only at their default value.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `yaml` | lenient serde pieces: any value, mapping/list sections, unknown-key capture |
+//! | `raw` | the structs of SPEC §3 and their defaults |
+//! | `units` | duration and size syntax |
+//! | `fields` | typing one value, recording a path-prefixed problem on failure |
+//! | `validate` | [`parse`], [`load`], [`ConfigError`], the top-level sections |
+//! | `listeners` | `listeners[]`: addresses, names, certificate references, backend |
+//! | `policy` | a listener's `policy` (terminate typed, originate spell-checked) |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +18,16 @@ use std::time::Duration;
 
 pub use smtp_core::data::BareNewlines;
 
+mod fields;
+mod listeners;
+mod policy;
 mod raw;
+mod units;
 mod validate;
+mod yaml;
+
+#[cfg(test)]
+mod tests;
 
 pub use validate::{load, parse, ConfigError};
 

@@ -1,20 +1,223 @@
-//! raw -> typed (to be written).
-use super::Config;
-use std::path::Path;
+//! Raw → typed: [`parse`] deserializes the YAML into `raw` structs, then checks every section
+//! and collects every problem, each prefixed by its key path, into one [`ConfigError`].
+//! Listener sections are checked in `listeners`; this file holds the top-level sections.
 
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::fields::{join, Problems};
+use super::listeners::listeners;
+use super::raw::{RawConfig, RawLog, RawResolver, RawTrust};
+use super::yaml::Value;
+use super::{CertificateConfig, Config, LogConfig, LogFormat};
+
+/// Why a configuration cannot be used: every problem found, not just the first.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration")]
 pub struct ConfigError {
-    /// Every problem found, each starting with its key path.
+    /// Every problem found, each starting with its key path
+    /// (`listeners[0].policy.timeouts.command: invalid duration "5x" ...`).
     pub problems: Vec<String>,
 }
 
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let _ = path;
-    todo!()
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problems.len() {
+            1 => write!(f, "invalid configuration:")?,
+            n => write!(f, "invalid configuration ({n} problems):")?,
+        }
+        for problem in &self.problems {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
 }
 
+impl ConfigError {
+    fn single(problem: String) -> Self {
+        ConfigError {
+            problems: vec![problem],
+        }
+    }
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigError::single(format!("{}: cannot read: {err}", path.display())))?;
+    parse(&text)
+}
+
+/// Validates a configuration given as YAML text.
 pub fn parse(yaml: &str) -> Result<Config, ConfigError> {
-    let _ = yaml;
-    todo!()
+    // YAML 1.2 booleans only: `yes`/`on` stay strings, so a mistyped flag is reported, not guessed.
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let raw: RawConfig = serde_saphyr::from_str_with_options(yaml, options)
+        .map_err(|err| ConfigError::single(yaml_problem(&err)))?;
+    let mut problems = Problems::default();
+    let config = config(&mut problems, &raw);
+    match config {
+        Some(config) if problems.0.is_empty() => Ok(config),
+        _ => {
+            if problems.0.is_empty() {
+                problems.add("(configuration)", "incomplete");
+            }
+            Err(ConfigError {
+                problems: problems.0,
+            })
+        }
+    }
+}
+
+/// A YAML syntax (or duplicate key) error: one line, ending with its line and column.
+fn yaml_problem(err: &serde_saphyr::Error) -> String {
+    let options = serde_saphyr::render_options! {
+        formatter: &serde_saphyr::UserMessageFormatter,
+        snippets: serde_saphyr::SnippetMode::Off,
+    };
+    let message = err.render_with_options(options);
+    let message = message.lines().next().unwrap_or_default().trim();
+    format!("YAML: {message}")
+}
+
+fn config(p: &mut Problems, raw: &RawConfig) -> Option<Config> {
+    p.unknown_keys("", raw);
+    let hostname = hostname(p, raw.hostname.as_ref());
+    let state_dir = p.string("state_dir", &raw.state_dir).map(PathBuf::from);
+    let shutdown_grace = p.duration("shutdown_grace", &raw.shutdown_grace, false);
+    let metrics_listen = metrics(p, raw);
+    let log = p.table("log", &raw.log).and_then(|log| log_config(p, log));
+    let mut cert_names = Vec::new();
+    let certificates = certificates(p, raw, &mut cert_names);
+    if let Some(raw_resolver) = p.table("resolver", &raw.resolver) {
+        resolver(p, raw_resolver);
+    }
+    if let Some(raw_trust) = p.table("trust", &raw.trust) {
+        trust(p, raw_trust);
+    }
+
+    // The admin endpoint's address is taken too: a listener on it could never bind.
+    let mut taken: Vec<(SocketAddr, String)> = Vec::new();
+    if let Some(Some(addr)) = metrics_listen {
+        taken.push((addr, "metrics.listen".to_owned()));
+    }
+    let listeners = listeners(p, &raw.listeners, &cert_names, &mut taken);
+
+    Some(Config {
+        hostname: hostname?,
+        state_dir: state_dir?,
+        shutdown_grace: shutdown_grace?,
+        metrics_listen: metrics_listen?,
+        log: log?,
+        certificates: certificates?,
+        listeners: listeners?,
+    })
+}
+
+fn hostname(p: &mut Problems, value: Option<&Value>) -> Option<String> {
+    let hostname = match value {
+        Some(value) => p.string("hostname", value)?.trim().to_owned(),
+        None => machine_hostname(),
+    };
+    if hostname.chars().all(|c| c.is_ascii_graphic()) {
+        Some(hostname)
+    } else {
+        let how = if value.is_some() {
+            ""
+        } else {
+            " (the machine's; set hostname)"
+        };
+        p.add(
+            "hostname",
+            format_args!("{hostname:?} is not a usable name{how}: printable characters, no spaces"),
+        );
+        None
+    }
+}
+
+/// The machine's host name: the kernel's, else /etc/hostname, else `localhost`.
+pub fn machine_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .map(|text| text.trim().to_owned())
+        .find(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// `Some(None)`: no admin endpoint; `None`: a problem was recorded.
+fn metrics(p: &mut Problems, raw: &RawConfig) -> Option<Option<SocketAddr>> {
+    let metrics = p.table("metrics", &raw.metrics)?;
+    match &metrics.listen {
+        None => Some(None),
+        Some(listen) => p.socket_addr("metrics.listen", listen).map(Some),
+    }
+}
+
+fn log_config(p: &mut Problems, log: &RawLog) -> Option<LogConfig> {
+    let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
+    let format = p.choice("log.format", &log.format, &formats);
+    let level = p.string("log.level", &log.level);
+    let protocol_log = p.bool("log.protocol_log", &log.protocol_log);
+    p.only_default("log.protocol_log", protocol_log, |on| !on, "false");
+    Some(LogConfig {
+        format: format?,
+        level: level?.trim().to_owned(),
+    })
+}
+
+/// The store. Entries with problems are left out (the problems fail the parse anyway); every
+/// name given goes to `names` for the listeners' reference checks.
+fn certificates(
+    p: &mut Problems,
+    raw: &RawConfig,
+    names: &mut Vec<String>,
+) -> Option<Vec<CertificateConfig>> {
+    let items = p.list("certificates", &raw.certificates)?;
+    let mut out: Vec<CertificateConfig> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("certificates[{i}]");
+        let Some(cert) = p.table(&path, item) else {
+            continue;
+        };
+        let name_path = join(&path, "name");
+        let name = p.required_string(&name_path, cert.name.as_ref());
+        let cert_file = p.required_string(&join(&path, "cert"), cert.cert.as_ref());
+        let key_file = p.required_string(&join(&path, "key"), cert.key.as_ref());
+        let Some(name) = name else { continue };
+        if names.iter().any(|known| known == name) {
+            p.add(
+                &name_path,
+                format_args!("duplicate certificate name {name:?}"),
+            );
+            continue;
+        }
+        names.push(name.to_owned());
+        if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
+            out.push(CertificateConfig {
+                name: name.to_owned(),
+                cert: PathBuf::from(cert_file),
+                key: PathBuf::from(key_file),
+            });
+        }
+    }
+    Some(out)
+}
+
+fn resolver(p: &mut Problems, resolver: &RawResolver) {
+    let nameservers = p.strings("resolver.nameservers", &resolver.nameservers);
+    p.only_default("resolver.nameservers", nameservers, Vec::is_empty, "[]");
+    let timeout = p.duration("resolver.timeout", &resolver.timeout, true);
+    let five = Duration::from_secs(5);
+    p.only_default("resolver.timeout", timeout, |t| *t == five, "5s");
+}
+
+fn trust(p: &mut Problems, trust: &RawTrust) {
+    // Accepted either way: nothing verifies peers against the OS store yet.
+    let _system_roots = p.bool("trust.system_roots", &trust.system_roots);
+    let ca_files = p.strings("trust.ca_files", &trust.ca_files);
+    p.only_default("trust.ca_files", ca_files, Vec::is_empty, "[]");
+    let crl_files = p.strings("trust.crl_files", &trust.crl_files);
+    p.only_default("trust.crl_files", crl_files, Vec::is_empty, "[]");
 }

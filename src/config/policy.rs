@@ -1,0 +1,145 @@
+//! Validation of a listener's `policy`: terminate's typed into [`Policy`], originate's checked
+//! for spelling only (the mode is refused as not supported yet).
+
+use super::fields::{join, Problems};
+use super::raw::{RawPolicy, RawTimeouts};
+use super::yaml::{Table, Value};
+use super::{BareNewlines, Policy, Timeouts, TlsVersion};
+
+/// Outbound policy levels (SPEC §3).
+const LEVELS: [(&str, ()); 5] = [
+    ("none", ()),
+    ("may", ()),
+    ("encrypt", ()),
+    ("verify", ()),
+    ("domain-secure", ()),
+];
+
+/// A terminate listener's policy.
+pub fn terminate_policy(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option<Policy> {
+    let key = |k: &str| join(path, k);
+    for (k, given) in [
+        ("default", raw.default.is_some()),
+        ("domains", raw.domains.is_some()),
+    ] {
+        if given {
+            p.add(&key(k), "only valid with mode: originate");
+        }
+    }
+    let require_tls = p.bool(&key("require_tls"), &raw.require_tls);
+    let auth_requires_tls = p.bool(&key("auth_requires_tls"), &raw.auth_requires_tls);
+    let client_certs = [("none", true), ("request", false), ("require", false)];
+    let none = p.choice(
+        &key("client_certificates"),
+        &raw.client_certificates,
+        &client_certs,
+    );
+    p.only_default(&key("client_certificates"), none, |none| *none, "none");
+    let domain_secure = p.strings(&key("domain_secure"), &raw.domain_secure);
+    p.only_default(&key("domain_secure"), domain_secure, Vec::is_empty, "[]");
+    let defer = p.choice(
+        &key("on_failure"),
+        &raw.on_failure,
+        &[("defer", true), ("reject", false)],
+    );
+    p.only_default(&key("on_failure"), defer, |defer| *defer, "defer");
+    let tls_min_version = tls_version(p, &key("tls_min_version"), &raw.tls_min_version);
+    let bare = [
+        ("reject", BareNewlines::Reject),
+        ("normalize", BareNewlines::Normalize),
+    ];
+    let bare_newlines = p.choice(&key("bare_newlines"), &raw.bare_newlines, &bare);
+    let received_header = p.bool(&key("received_header"), &raw.received_header);
+    let max_message_size = p.size(&key("max_message_size"), &raw.max_message_size);
+    let max_recipients = p.count(&key("max_recipients"), &raw.max_recipients, 1);
+    let max_connections = p.count(&key("max_connections"), &raw.max_connections, 1);
+    let per_ip = p.count(
+        &key("max_connections_per_ip"),
+        &raw.max_connections_per_ip,
+        1,
+    );
+    let enforce = p.bool(&key("enforce"), &raw.enforce);
+    p.only_default(&key("enforce"), enforce, |on| *on, "true");
+    let timeouts_path = key("timeouts");
+    let timeouts = p
+        .table(&timeouts_path, &raw.timeouts)
+        .and_then(|t| timeouts(p, &timeouts_path, t));
+    Some(Policy {
+        require_tls: require_tls?,
+        auth_requires_tls: auth_requires_tls?,
+        tls_min_version: tls_min_version?,
+        bare_newlines: bare_newlines?,
+        received_header: received_header?,
+        max_message_size: max_message_size?,
+        max_recipients: max_recipients?,
+        max_connections: max_connections?,
+        max_connections_per_ip: per_ip?,
+        timeouts: timeouts?,
+    })
+}
+
+/// `"1.2"` / `"1.3"`; an unquoted `1.2` arrives as a YAML float and is accepted too.
+fn tls_version(p: &mut Problems, path: &str, value: &Value) -> Option<TlsVersion> {
+    let text = match value {
+        Value::Str(s) => Some(s.trim().to_owned()),
+        Value::Float(f) => Some(f.to_string()),
+        _ => None,
+    };
+    match text.as_deref() {
+        Some("1.2") => Some(TlsVersion::V1_2),
+        Some("1.3") => Some(TlsVersion::V1_3),
+        _ => {
+            let found = value.describe();
+            p.add(
+                path,
+                format_args!("expected \"1.2\" or \"1.3\", found {found}"),
+            );
+            None
+        }
+    }
+}
+
+fn timeouts(p: &mut Problems, path: &str, raw: &RawTimeouts) -> Option<Timeouts> {
+    let greeting = p.duration(&join(path, "greeting"), &raw.greeting, true);
+    let command = p.duration(&join(path, "command"), &raw.command, true);
+    let data_block = p.duration(&join(path, "data_block"), &raw.data_block, true);
+    let tls_handshake = p.duration(&join(path, "tls_handshake"), &raw.tls_handshake, true);
+    Some(Timeouts {
+        greeting: greeting?,
+        command: command?,
+        data_block: data_block?,
+        tls_handshake: tls_handshake?,
+    })
+}
+
+/// An originate listener's policy keys, for spelling only.
+pub fn originate_policy(p: &mut Problems, path: &str, raw: &Table<RawPolicy>) {
+    let Some(policy) = p.table(path, raw) else {
+        return;
+    };
+    let key = |k: &str| join(path, k);
+    if let Some(default) = &policy.default {
+        p.choice(&key("default"), default, &LEVELS);
+    }
+    match &policy.domains {
+        None | Some(Value::Null) => {}
+        Some(Value::Map(domains)) => {
+            for (domain, level) in domains {
+                p.choice(&join(&key("domains"), domain), level, &LEVELS);
+            }
+        }
+        Some(other) => {
+            let found = other.describe();
+            p.add(
+                &key("domains"),
+                format_args!("expected a mapping of domain: level, found {found}"),
+            );
+        }
+    }
+    p.choice(
+        &key("on_failure"),
+        &policy.on_failure,
+        &[("defer", ()), ("bounce", ())],
+    );
+    p.bool(&key("enforce"), &policy.enforce);
+}

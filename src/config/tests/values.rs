@@ -1,0 +1,189 @@
+//! One key at a time: each wrong or not-yet-supported value gives exactly one problem, with
+//! its path.
+
+use super::{ok, one_listener, problems};
+use crate::config::TlsVersion;
+
+/// Each later-release key at a non-default value is refused, one at a time and with its path.
+#[test]
+fn not_supported_yet_values() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "log: {protocol_log: true}",
+            "log.protocol_log: not supported yet (only false is)",
+        ),
+        (
+            "resolver: {nameservers: [\"127.0.0.1:53\"]}",
+            "resolver.nameservers: not supported yet (only [] is)",
+        ),
+        (
+            "resolver: {timeout: 10s}",
+            "resolver.timeout: not supported yet (only 5s is)",
+        ),
+        (
+            "trust: {ca_files: [ca.pem]}",
+            "trust.ca_files: not supported yet (only [] is)",
+        ),
+        (
+            "trust: {crl_files: [x.crl]}",
+            "trust.crl_files: not supported yet (only [] is)",
+        ),
+        (
+            "    proxy_protocol: true",
+            "listeners[0].proxy_protocol: not supported yet (only false is)",
+        ),
+        (
+            "    policy: {client_certificates: require}",
+            "listeners[0].policy.client_certificates: not supported yet (only none is)",
+        ),
+        (
+            "    policy: {domain_secure: [example.com]}",
+            "listeners[0].policy.domain_secure: not supported yet (only [] is)",
+        ),
+        (
+            "    policy: {on_failure: reject}",
+            "listeners[0].policy.on_failure: not supported yet (only defer is)",
+        ),
+        (
+            "    policy: {enforce: false}",
+            "listeners[0].policy.enforce: not supported yet (only true is)",
+        ),
+        (
+            "    certificate: {thumbprint: AB}",
+            "listeners[0].certificate.thumbprint: not supported yet (select by name)",
+        ),
+        (
+            "    mode: originate",
+            "listeners[0].mode: originate is not supported yet",
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(
+            problems(&one_listener(&format!("{extra}\n"))),
+            [*want],
+            "{extra}"
+        );
+    }
+    for (backend, want) in [
+        ("tls: starttls", "tls: not supported yet (only none is)"),
+        (
+            "tls_verify: false",
+            "tls_verify: not supported yet (only true is)",
+        ),
+        (
+            "xclient: true",
+            "xclient: not supported yet (only false is)",
+        ),
+    ] {
+        let yaml = one_listener("").replace("servers:", &format!("{backend}, servers:"));
+        assert_eq!(problems(&yaml), [format!("listeners[0].backend.{want}")]);
+    }
+    // Accepted either way, nothing uses it yet.
+    ok(&one_listener("trust: {system_roots: false}\n"));
+}
+
+#[test]
+fn invalid_values_name_their_path() {
+    let cases: &[(&str, &str)] = &[
+        ("hostname: \"mx 1\"", "hostname: \"mx 1\" is not a usable name: printable characters, no spaces"),
+        ("hostname: \"\"", "hostname: expected a non-empty string, found \"\""),
+        ("shutdown_grace: 30", "shutdown_grace: invalid duration 30 (use e.g. 30s, 5m, 1h)"),
+        ("metrics: {listen: localhost}", "metrics.listen: expected an address like 127.0.0.1:25 or [::1]:25, found \"localhost\""),
+        ("log: {format: xml}", "log.format: expected one of: text, json, found \"xml\""),
+        ("log: 3", "log: expected a mapping, found 3"),
+        ("certificates: [{name: a, cert: a.pem}]", "certificates[0].key: missing (required)"),
+        ("certificates: [{name: a, cert: a, key: a}, {name: a, cert: b, key: b}]", "certificates[1].name: duplicate certificate name \"a\""),
+        ("    tls: startls", "listeners[0].tls: expected one of: starttls, implicit, found \"startls\""),
+        ("    next_hop: mx", "listeners[0].next_hop: only valid with mode: originate"),
+        ("    policy: {require_tls: yes}", "listeners[0].policy.require_tls: expected true or false, found \"yes\""),
+        ("    policy: {tls_min_version: 1.1}", "listeners[0].policy.tls_min_version: expected \"1.2\" or \"1.3\", found 1.1"),
+        ("    policy: {bare_newlines: strip}", "listeners[0].policy.bare_newlines: expected one of: reject, normalize, found \"strip\""),
+        ("    policy: {max_message_size: 0}", "listeners[0].policy.max_message_size: must be greater than 0"),
+        ("    policy: {max_recipients: 0}", "listeners[0].policy.max_recipients: expected a whole number from 1 to 4294967295, found 0"),
+        ("    policy: {timeouts: {greeting: 0s}}", "listeners[0].policy.timeouts.greeting: must be greater than 0s"),
+        ("    policy: {timeouts: [5m]}", "listeners[0].policy.timeouts: expected a mapping, found a list"),
+        ("  - listen: 127.0.0.1:2525\n    backend: {servers: [\"h:1\"]}", "listeners[1].listen: 127.0.0.1:2525 is already used by listeners[0].listen"),
+        ("metrics: {listen: \"127.0.0.1:2525\"}", "listeners[0].listen: 127.0.0.1:2525 is already used by metrics.listen"),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(
+            problems(&one_listener(&format!("{extra}\n"))),
+            [*want],
+            "{extra}"
+        );
+    }
+    assert_eq!(
+        problems("listeners: []"),
+        ["listeners: at least one listener is required"]
+    );
+    assert_eq!(
+        problems("listeners: {}"),
+        ["listeners: expected a list, found a mapping"]
+    );
+    assert_eq!(problems("listeners: [{backend: {servers: []}}]").len(), 2);
+}
+
+#[test]
+fn tls_min_version_accepts_string_or_float() {
+    for (text, want) in [
+        ("\"1.3\"", TlsVersion::V1_3),
+        ("1.3", TlsVersion::V1_3),
+        ("1.2", TlsVersion::V1_2),
+    ] {
+        let config = ok(&one_listener(&format!(
+            "    policy: {{tls_min_version: {text}}}\n"
+        )));
+        assert_eq!(config.listeners[0].policy.tls_min_version, want, "{text}");
+    }
+}
+
+#[test]
+fn backend_servers_must_be_host_port() {
+    for good in [
+        "mail.example.com:25",
+        "10.0.0.1:2525",
+        "[::1]:25",
+        "[2001:db8::1]:587",
+    ] {
+        ok(&one_listener("").replace("192.0.2.1:25", good));
+    }
+    for bad in [
+        "mail",
+        ":25",
+        "mail:",
+        "mail:0",
+        "mail:65536",
+        "::1:25",
+        "[::1]",
+        "[zz]:25",
+        "a:+25",
+    ] {
+        let got = problems(&one_listener("").replace("192.0.2.1:25", bad));
+        let want = format!(
+            "listeners[0].backend.servers[0]: invalid server {bad:?} (expected \"host:port\", IPv6 as \"[::1]:25\")"
+        );
+        assert_eq!(got, [want], "{bad}");
+    }
+}
+
+/// An originate listener is refused once; its own keys are still checked for spelling.
+#[test]
+fn originate_listener_refused_once_but_spell_checked() {
+    let yaml = "\
+listeners:
+  - listen: 127.0.0.1:10025
+    mode: originate
+    next_hop: mx
+    client_certificate: {name: internet}
+    policy: {default: mayy, domains: {example.net: verify}, on_failure: bounce}
+";
+    assert_eq!(
+        problems(yaml),
+        [
+            "listeners[0].mode: originate is not supported yet",
+            "listeners[0].client_certificate.name: no certificate named \"internet\" in certificates",
+            "listeners[0].policy.default: expected one of: none, may, encrypt, verify, domain-secure, \
+             found \"mayy\"",
+        ]
+    );
+}
