@@ -1,0 +1,89 @@
+//! The rustls server configuration of a terminating listener (SPEC §3 `tls_min_version`,
+//! DESIGN §5 resumption) and the TLS facts a session reports in its Received header and logs.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::{CommonState, ProtocolVersion, ServerConfig, SupportedProtocolVersion};
+
+use super::store::LoadedCert;
+use super::TlsError;
+use crate::config::TlsVersion;
+
+/// Stateful resumption entries (TLS 1.2 session IDs) kept per listener. An entry holds the
+/// master secret and a few fields, a few hundred bytes, so the cache is bounded at about a MB
+/// and covers thousands of recently seen sending MTAs.
+const SESSION_CACHE_ENTRIES: usize = 4096;
+
+/// TLS 1.3 tickets sent after each full or resumed handshake. SMTP senders keep one cached
+/// session per next hop and get a fresh ticket on every connection, so one is enough; each
+/// ticket costs an encryption and a record on the wire.
+const TLS13_TICKETS: usize = 1;
+
+/// The rustls configuration of one listener: no client authentication, TLS 1.2 and 1.3 (or
+/// 1.3 only), resumption by session cache and by stateless tickets, no ALPN (SMTP has none).
+///
+/// Each call makes its own cache and ticket keys: rustls warns against sharing resumption
+/// state between configurations whose client authentication differs, and a reload therefore
+/// starts with fresh keys (resumption attempts from before it fall back to full handshakes).
+pub fn server_config(
+    cert: &LoadedCert,
+    min_version: TlsVersion,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    static BOTH: [&SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    static ONLY_13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    let versions: &[&SupportedProtocolVersion] = match min_version {
+        TlsVersion::V1_2 => &BOTH,
+        TlsVersion::V1_3 => &ONLY_13,
+    };
+    let mut config = ServerConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(FixedCert(cert.certified_key.clone())));
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    config.send_tls13_tickets = TLS13_TICKETS;
+    config.alpn_protocols = Vec::new();
+    Ok(Arc::new(config))
+}
+
+/// Serves one certificate whatever the client asks for. This is the place where selection by
+/// SNI or thumbprint plugs in: rustls asks the resolver on every ClientHello.
+struct FixedCert(Arc<CertifiedKey>);
+
+impl fmt::Debug for FixedCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FixedCert")
+            .field("chain_len", &self.0.cert.len())
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The negotiated protocol (`"TLSv1.2"`, `"TLSv1.3"`) and cipher suite as rustls names it
+/// (`"TLS13_AES_128_GCM_SHA256"`), for the Received header (RFC 8314 §4.3 style) and logs.
+/// Before the handshake has chosen them, both are `"unknown"`.
+pub fn session_tls_info(conn: &CommonState) -> (String, String) {
+    let version = match conn.protocol_version() {
+        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "unknown".to_string(),
+    };
+    let suite = match conn.negotiated_cipher_suite() {
+        Some(s) => s
+            .suite()
+            .as_str()
+            .map_or_else(|| format!("{:?}", s.suite()), str::to_string),
+        None => "unknown".to_string(),
+    };
+    (version, suite)
+}
