@@ -1,8 +1,30 @@
 //! The DATA reframer (RFC 5321 §4.1.1.4, §4.5.2): turns what a client sends after `354` into
 //! canonical SMTP for the backend. End-of-data is CRLF `.` CRLF and nothing else; bare CR, bare
 //! LF and NUL never reach the backend; dot-stuffing is carried exactly.
+//!
+//! The legacy backend trusts us and may have every line-ending bug of its era, so the one
+//! end-of-data it sees must be the one we found, and no other byte sequence may look like one to
+//! a lenient parser ("SMTP smuggling": `\n.\n`, `\n.\r\n`, `\r\n.\n`, `\r.\r\n`, `\r\n.\r`, with
+//! or without NULs). The reframer is a byte-level state machine that keeps a few bytes of state
+//! between chunks: a pending CR (is it the start of a CRLF?), whether the current line may be the
+//! end of data, and whether the output line so far is a lone `.` that may still need stuffing.
+//! Runs of ordinary bytes, including whole ordinary lines, are found with `memchr3` and copied
+//! with one `extend_from_slice`, so a clean message costs about one scan and one copy.
+//!
+//! The output is a function of the input bytes only, never of how they were split into chunks:
+//! every decision that depends on the next byte waits for it.
 
 use bytes::BytesMut;
+use memchr::memchr3;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+const CR: u8 = b'\r';
+const LF: u8 = b'\n';
+const NUL: u8 = 0;
 
 /// `policy.bare_newlines`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,34 +52,271 @@ pub struct Fed {
     /// Input bytes consumed. Less than the input only when the end of data was found: the
     /// rest belongs to the command stream.
     pub consumed: usize,
-    /// The end of data (CRLF.CRLF) was consumed.
+    /// The end of data (CRLF.CRLF) was consumed, in this call or an earlier one.
     pub finished: bool,
 }
 
+/// Where the input stands with respect to a possible end-of-data line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eod {
+    /// The current line cannot be the end of data: it has content already, or the line before it
+    /// ended in a bare LF or bare CR (RFC 5321 §4.1.1.4: the end of data is CRLF `.` CRLF).
+    No,
+    /// At the start of a line whose preceding terminator was a real CRLF, or of the data (the
+    /// DATA command's CRLF precedes it).
+    LineStart,
+    /// A `.` at such a line start. It is held, neither counted nor emitted, until the next bytes
+    /// say whether it is the end of data; a CR after it is held with it.
+    Dot,
+}
+
+/// What the current output line holds so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutLine {
+    /// Nothing since the last CRLF written (or since the start).
+    Empty,
+    /// A single `.`, not written yet: if the line ends here it must go out as `..` (RFC 5321
+    /// §4.5.2), or the backend would take it for the end of data.
+    Dot,
+    /// Anything else.
+    Text,
+}
+
+/// Reframes one message body; make a new one for each DATA.
 #[derive(Debug)]
 pub struct Reframer {
-    _todo: (),
+    mode: BareNewlines,
+    max_size: u64,
+    received: u64,
+    violation: Option<Violation>,
+    eod: Eod,
+    out_line: OutLine,
+    /// A CR was consumed; whether it starts a CRLF depends on the next byte, which may be in the
+    /// next chunk.
+    cr: bool,
+    finished: bool,
 }
 
 impl Reframer {
     /// `max_size`: the most body octets (as received, before the end-of-data line) accepted.
     pub fn new(mode: BareNewlines, max_size: u64) -> Self {
-        let _ = (mode, max_size);
-        todo!()
+        Self {
+            mode,
+            max_size,
+            received: 0,
+            violation: None,
+            eod: Eod::LineStart,
+            out_line: OutLine::Empty,
+            cr: false,
+            finished: false,
+        }
     }
+
     /// Consume client bytes, appending canonical output to `out`. On the end of data, appends
-    /// the terminating `.` CRLF (preceded by a CRLF if the body did not end with one) unless a
-    /// violation was found. After a violation nothing more is appended, but input is still
-    /// scanned for the real end of data.
+    /// the terminating `.` CRLF unless a violation was found (the output before it always ends
+    /// with CRLF or is empty, since only a real CRLF can precede the end of data). After a
+    /// violation nothing more is appended, but input is still scanned for the real end of data.
+    /// Once finished, nothing more is consumed.
     pub fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Fed {
-        let _ = (input, out);
-        todo!()
+        if self.finished {
+            return Fed {
+                consumed: 0,
+                finished: true,
+            };
+        }
+        let mut i = 0;
+        while let Some(&b) = input.get(i) {
+            if self.cr {
+                self.cr = false;
+                if b == LF {
+                    i += 1;
+                    // CRLF `.` CRLF (RFC 5321 §4.1.1.4): the held line was the end of data.
+                    if self.eod == Eod::Dot {
+                        self.finish(out);
+                        return Fed {
+                            consumed: i,
+                            finished: true,
+                        };
+                    }
+                    self.commit(1);
+                    self.real_crlf(out);
+                } else {
+                    // A bare CR; `b` is looked at again on the next round. A held `.` and CR
+                    // turn out to be body.
+                    if self.eod == Eod::Dot {
+                        self.commit(2);
+                    }
+                    self.bare_newline(out);
+                }
+                continue;
+            }
+            match b {
+                CR => {
+                    i += 1;
+                    if self.eod != Eod::Dot {
+                        self.commit(1);
+                    }
+                    self.cr = true;
+                }
+                LF => {
+                    // LF without CR before it: RFC 5321 §2.3.8 allows CR and LF only as CRLF.
+                    i += 1;
+                    self.release_dot();
+                    self.commit(1);
+                    self.bare_newline(out);
+                }
+                NUL => {
+                    i += 1;
+                    self.release_dot();
+                    self.commit(1);
+                    // A NUL is line content: `\r\n\0.\r\n` is not the end of data, even though
+                    // the line it leaves after dropping the NUL is a lone `.` (stuffed then).
+                    self.eod = Eod::No;
+                    if self.mode == BareNewlines::Reject {
+                        self.violate(Violation::Nul);
+                    }
+                }
+                b'.' if self.out_line == OutLine::Empty => {
+                    // First on its line: the end of data (RFC 5321 §4.1.1.4) if the line began
+                    // after a real CRLF, or a lone `.` line that must go out stuffed (§4.5.2).
+                    i += 1;
+                    if self.eod == Eod::LineStart {
+                        self.eod = Eod::Dot;
+                    } else {
+                        self.commit(1);
+                    }
+                    self.out_line = OutLine::Dot;
+                }
+                _ => i = self.text(input, i, out),
+            }
+        }
+        Fed {
+            consumed: input.len(),
+            finished: false,
+        }
     }
+
+    /// Why the message is refused, if it is; the first violation found is kept.
     pub fn violation(&self) -> Option<Violation> {
-        todo!()
+        self.violation
     }
+
     /// Octets of body received so far (as the client sent them, end-of-data line excluded).
     pub fn received(&self) -> u64 {
-        todo!()
+        self.received
+    }
+
+    /// Ordinary bytes from `input[start]` (not CR, LF or NUL, and not a `.` that starts an output
+    /// line) up to the next byte that needs a decision. Returns where that byte is.
+    fn text(&mut self, input: &[u8], start: usize, out: &mut BytesMut) -> usize {
+        self.release_dot();
+        self.eod = Eod::No;
+        if self.out_line == OutLine::Dot {
+            self.emit(out, b".");
+        }
+        self.out_line = OutLine::Text;
+        let rest = &input[start..];
+        let mut len = rest.len();
+        let mut from = 0;
+        // A CRLF followed by a byte that starts an ordinary line (not `.`, CR, LF or NUL) needs
+        // no decision, so the run goes on through it: one copy for many lines.
+        while let Some(k) = memchr3(CR, LF, NUL, &rest[from..]) {
+            let at = from + k;
+            match rest.get(at..at + 3) {
+                Some(&[CR, LF, c]) if !matches!(c, CR | LF | NUL | b'.') => from = at + 3,
+                _ => {
+                    len = at;
+                    break;
+                }
+            }
+        }
+        self.commit_run(&rest[..len], out);
+        start + len
+    }
+
+    /// Counts a run and writes what of it fits under `max_size`, exactly as if it had been fed
+    /// byte by byte: a CRLF is written with its LF, so a CR whose LF does not fit is not.
+    fn commit_run(&mut self, run: &[u8], out: &mut BytesMut) {
+        let before = self.received;
+        let n = u64::try_from(run.len()).unwrap_or(u64::MAX);
+        self.received = before.saturating_add(n);
+        if self.violation.is_some() {
+            return;
+        }
+        if self.received <= self.max_size {
+            out.extend_from_slice(run);
+            return;
+        }
+        let fit = usize::try_from(self.max_size.saturating_sub(before)).unwrap_or(run.len());
+        let mut kept = run.get(..fit).unwrap_or(run);
+        if let [head @ .., CR] = kept {
+            kept = head;
+        }
+        out.extend_from_slice(kept);
+        self.violation = Some(Violation::TooBig);
+    }
+
+    /// A CRLF from the client that does not end the data.
+    fn real_crlf(&mut self, out: &mut BytesMut) {
+        self.end_output_line(out);
+        self.eod = Eod::LineStart;
+    }
+
+    /// A bare LF or bare CR: refused, or written as CRLF. Either way the next line cannot be the
+    /// end of data, since its preceding terminator was not a real CRLF.
+    fn bare_newline(&mut self, out: &mut BytesMut) {
+        self.eod = Eod::No;
+        match self.mode {
+            BareNewlines::Reject => {
+                self.violate(Violation::BareNewline);
+                self.out_line = OutLine::Empty;
+            }
+            BareNewlines::Normalize => self.end_output_line(out),
+        }
+    }
+
+    /// Writes the CRLF that ends the current output line; a line that is a lone `.` but not the
+    /// end of data goes out dot-stuffed (RFC 5321 §4.5.2), so the backend sees exactly one
+    /// end of data per message.
+    fn end_output_line(&mut self, out: &mut BytesMut) {
+        let line: &[u8] = if self.out_line == OutLine::Dot {
+            b"..\r\n"
+        } else {
+            b"\r\n"
+        };
+        self.emit(out, line);
+        self.out_line = OutLine::Empty;
+    }
+
+    /// The held line-start `.` is body after all: count it (its output stays in `out_line`).
+    fn release_dot(&mut self) {
+        if self.eod == Eod::Dot {
+            self.eod = Eod::No;
+            self.commit(1);
+        }
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        self.emit(out, b".\r\n");
+        self.finished = true;
+    }
+
+    /// Counts body octets as the client sent them; past `max_size` the message is refused
+    /// (the limit advertised with SIZE, RFC 1870; RFC 5321 §4.5.3.1.7 lets a server set one).
+    fn commit(&mut self, n: u64) {
+        self.received = self.received.saturating_add(n);
+        if self.received > self.max_size {
+            self.violate(Violation::TooBig);
+        }
+    }
+
+    fn violate(&mut self, v: Violation) {
+        self.violation.get_or_insert(v);
+    }
+
+    fn emit(&self, out: &mut BytesMut, bytes: &[u8]) {
+        if self.violation.is_none() {
+            out.extend_from_slice(bytes);
+        }
     }
 }

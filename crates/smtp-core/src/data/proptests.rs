@@ -1,0 +1,172 @@
+//! Property tests of the reframer over arbitrary bytes biased toward CR, LF, `.` and NUL, fed in
+//! arbitrary chunks: what the backend may receive, and that chunking never changes it.
+
+use super::*;
+use proptest::prelude::*;
+
+/// One byte, mostly the ones that make decisions.
+fn byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        4 => Just(b'\r'),
+        4 => Just(b'\n'),
+        4 => Just(b'.'),
+        1 => Just(0u8),
+        4 => b'a'..=b'c',
+        1 => any::<u8>(),
+    ]
+}
+
+/// A biased byte, or a CRLF or a word, so that ordinary lines (the reframer's fast path) occur.
+fn token() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => byte().prop_map(|b| vec![b]),
+        1 => Just(b"\r\n".to_vec()),
+        1 => Just(b"xyz".to_vec()),
+    ]
+}
+
+/// Biased bytes, half the time with a real end of data and some command bytes after it.
+fn message() -> impl Strategy<Value = Vec<u8>> {
+    (prop::collection::vec(token(), 0..120), any::<bool>()).prop_map(|(tokens, eod)| {
+        let mut v = tokens.concat();
+        if eod {
+            v.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+        }
+        v
+    })
+}
+
+fn mode() -> impl Strategy<Value = BareNewlines> {
+    prop_oneof![Just(BareNewlines::Reject), Just(BareNewlines::Normalize)]
+}
+
+fn max_size() -> impl Strategy<Value = u64> {
+    prop_oneof![3 => Just(u64::MAX), 1 => 0u64..200]
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    out: Vec<u8>,
+    consumed: usize,
+    finished: bool,
+    violation: Option<Violation>,
+    received: u64,
+}
+
+/// Feeds `input` in chunks of the given sizes (cycled; the last chunk takes the rest), the way a
+/// session does: stop at the end of data.
+fn feed(mode: BareNewlines, max: u64, input: &[u8], sizes: &[usize]) -> Outcome {
+    let mut r = Reframer::new(mode, max);
+    let mut out = BytesMut::new();
+    let (mut at, mut finished) = (0, false);
+    let mut sizes = sizes.iter().copied().cycle();
+    while at < input.len() && !finished {
+        let n = sizes.next().unwrap_or(input.len()).max(1);
+        let chunk = &input[at..input.len().min(at + n)];
+        let fed = r.feed(chunk, &mut out);
+        assert!(fed.finished || fed.consumed == chunk.len());
+        at += fed.consumed;
+        finished = fed.finished;
+    }
+    Outcome {
+        out: out.to_vec(),
+        consumed: at,
+        finished,
+        violation: r.violation(),
+        received: r.received(),
+    }
+}
+
+/// Property (a): no bare CR, no bare LF, no NUL.
+fn assert_canonical(out: &[u8]) {
+    for (i, &b) in out.iter().enumerate() {
+        assert_ne!(b, 0, "NUL at {i}");
+        if b == b'\r' {
+            assert_eq!(out.get(i + 1), Some(&b'\n'), "bare CR at {i}");
+        }
+        if b == b'\n' {
+            assert!(i > 0 && out[i - 1] == b'\r', "bare LF at {i}");
+        }
+    }
+}
+
+/// Property (b): the end-of-data marker appears once, last, and only for an accepted message.
+fn assert_one_eod(o: &Outcome) {
+    let inner = o.out.windows(5).filter(|w| w == b"\r\n.\r\n").count();
+    let leading = usize::from(o.out.starts_with(b".\r\n"));
+    if o.finished && o.violation.is_none() {
+        assert_eq!(inner + leading, 1, "{:?}", String::from_utf8_lossy(&o.out));
+        assert!(o.out.ends_with(b"\r\n.\r\n") || o.out == b".\r\n");
+    } else {
+        assert_eq!(inner + leading, 0, "{:?}", String::from_utf8_lossy(&o.out));
+    }
+}
+
+fn bare_newlines(input: &[u8]) -> usize {
+    (0..input.len())
+        .filter(|&i| match input[i] {
+            b'\n' => i == 0 || input[i - 1] != b'\r',
+            b'\r' => input.get(i + 1) != Some(&b'\n'),
+            _ => false,
+        })
+        .count()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn data_output_is_canonical_with_one_eod(
+        mode in mode(), max in max_size(), input in message(),
+        sizes in prop::collection::vec(1usize..24, 1..8),
+    ) {
+        let o = feed(mode, max, &input, &sizes);
+        assert_canonical(&o.out);
+        assert_one_eod(&o);
+        // Property (e): a bare newline grows by one byte into CRLF, and may leave a lone `.` line
+        // on either side of it that is stuffed; any other stuffed line had a NUL dropped.
+        prop_assert!(o.out.len() <= o.consumed + 3 * bare_newlines(&input[..o.consumed]));
+        prop_assert!(o.received <= u64::try_from(o.consumed).unwrap_or(u64::MAX));
+        if mode == BareNewlines::Normalize && o.finished && o.violation.is_none() {
+            // Nothing but line ends, dots and NULs is changed.
+            let text = |b: &[u8]| -> Vec<u8> {
+                b.iter().copied().filter(|c| !matches!(c, b'\r' | b'\n' | b'.' | 0)).collect()
+            };
+            prop_assert_eq!(text(&o.out), text(&input[..o.consumed]));
+        }
+    }
+
+    #[test]
+    fn data_chunking_does_not_change_anything(
+        mode in mode(), max in max_size(), input in message(),
+        sizes in prop::collection::vec(1usize..24, 1..8),
+    ) {
+        let one = feed(mode, max, &input, &[input.len()]);
+        prop_assert_eq!(&feed(mode, max, &input, &sizes), &one);
+        prop_assert_eq!(&feed(mode, max, &input, &[1]), &one);
+    }
+
+    #[test]
+    fn data_clean_input_is_identity(
+        mode in mode(),
+        lines in prop::collection::vec(
+            prop::collection::vec(prop_oneof![1 => Just(b'.'), 3 => b' '..=b'~'], 0..12),
+            0..12,
+        ),
+        sizes in prop::collection::vec(1usize..24, 1..8),
+    ) {
+        let mut input = Vec::new();
+        for line in &lines {
+            input.extend_from_slice(line);
+            input.extend_from_slice(b"\r\n");
+        }
+        input.extend_from_slice(b".\r\n");
+        let o = feed(mode, u64::MAX, &input, &sizes);
+        prop_assert!(o.finished);
+        prop_assert_eq!(o.violation, None);
+        // A generated line that is exactly "." is an earlier end of data: identity up to it.
+        prop_assert_eq!(&o.out[..], &input[..o.consumed]);
+        let eod_line = 3;
+        prop_assert_eq!(o.received, u64::try_from(o.consumed - eod_line).unwrap_or(u64::MAX));
+    }
+}
