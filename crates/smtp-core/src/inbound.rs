@@ -1,1 +1,0 @@
-//! The terminate-mode session state machine (to be written).

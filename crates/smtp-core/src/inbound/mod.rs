@@ -1,0 +1,659 @@
+//! The terminate-mode session: one client, one legacy backend, the sidecar in between.
+//!
+//! A plain state machine with no I/O (DESIGN.md §2, after quinn-proto): the driver feeds it
+//! bytes and time through `handle_*`, and carries out what [`Session::poll_action`] returns,
+//! in order. Two pieces of state are tracked separately:
+//! - [`Phase`]: where the SMTP dialogue stands (`ExpectEhlo`, `ExpectMail`, `ExpectRcpt`);
+//! - [`Mode`]: what the session is doing right now (reading commands, waiting for a backend
+//!   reply, streaming a message body, waiting for a TLS handshake...).
+//!
+//! Commands are handled one at a time: a forwarded command waits for the backend's reply
+//! before the next pipelined one is looked at, so replies stay in order and the backend sees
+//! a strictly sequential session. Every wait carries a deadline ([`Session::poll_timeout`]).
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::data::{BareNewlines, Reframer, Violation};
+use crate::line::{LineReader, MAX_EXTENDED_LINE};
+use crate::reply::{Reply, ReplyParser};
+
+mod commands;
+mod received;
+
+pub use received::{civil_from_days, format_date};
+
+/// Pipelined command bytes buffered before the session stops asking for more client input.
+const CLIENT_BUFFER_CAP: usize = 8 * 1024;
+
+/// What a listener's policy allows, fixed for the life of a session.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Our name: greeting, EHLO reply, Received header.
+    pub hostname: String,
+    /// STARTTLS can be offered (a STARTTLS listener with a certificate).
+    pub starttls: bool,
+    pub require_tls: bool,
+    pub auth_requires_tls: bool,
+    pub bare_newlines: BareNewlines,
+    pub received_header: bool,
+    pub max_message_size: u64,
+    pub max_recipients: u32,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From our greeting to the client's first command.
+    pub greeting: Duration,
+    /// Waiting for each further command (and each AUTH response line).
+    pub command: Duration,
+    /// Waiting for each block of message data.
+    pub data_block: Duration,
+    pub tls_handshake: Duration,
+    /// Waiting for the backend's greeting and each of its replies.
+    pub backend_reply: Duration,
+}
+
+/// The negotiated TLS parameters of the client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// e.g. `TLSv1.3`
+    pub version: String,
+    /// e.g. `TLS13_AES_128_GCM_SHA256`
+    pub cipher: String,
+}
+
+/// What the driver must do, in the order returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    WriteClient(Bytes),
+    WriteBackend(Bytes),
+    /// Open a connection to the backend; answer with `handle_backend_connected` or
+    /// `handle_backend_connect_failed`.
+    ConnectBackend,
+    /// Drop the backend connection without a word (aborts a message in flight: a backend
+    /// discards a message whose end of data never came).
+    CloseBackend,
+    /// Start the TLS handshake on the client connection. Everything written before has been
+    /// flushed; whatever plaintext the client sent after STARTTLS must be discarded.
+    StartTls,
+    /// Close both connections. Nothing follows.
+    Close,
+}
+
+/// Things that happened, for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The backend answered 2xx to the end of data.
+    MessageAccepted { bytes: u64 },
+    /// Refused by us or by the backend.
+    MessageRejected,
+    /// Lost mid-message (backend gone, timeout, client gone): the client was never told 250.
+    MessageFailed,
+    /// A policy refusal, with a short stable reason for a metric label.
+    PolicyRejection { reason: &'static str },
+    /// The backend misbehaved or went away; the session ends with `421 4.4.2`.
+    BackendFailed { reason: String },
+}
+
+/// Where the SMTP dialogue stands (RFC 5321 §4.1.4 ordering). Named for what the session
+/// expects next, as rustls names its handshake states.
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    ExpectEhlo,
+    ExpectMail,
+    ExpectRcpt { rcpts: u32 },
+}
+
+/// A command forwarded to the backend whose reply we wait for.
+#[derive(Debug)]
+enum Pending {
+    Ehlo { name: String, esmtp: bool },
+    Mail,
+    Rcpt,
+    Data,
+    EndOfData { bytes: u64 },
+    Rset,
+    Auth,
+    Other,
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// Waiting for the backend's greeting before ours.
+    Starting,
+    Commands,
+    Await(Pending),
+    Data(Box<Reframer>),
+    /// Discarding the chunk of a BDAT we do not carry, then answering `reply`.
+    SkipBdat {
+        remaining: u64,
+        reply: &'static str,
+    },
+    /// AUTH: the next client line is a SASL response, not a command (RFC 4954 §4).
+    AuthLine,
+    AwaitTls,
+    Closed,
+}
+
+/// The backend connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Connecting,
+    Greeting,
+    /// Reconnected after an aborted message: our EHLO replay is in flight.
+    Replaying,
+    Ready,
+    Gone,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    cfg: Config,
+    peer: IpAddr,
+    tls: Option<TlsInfo>,
+    started: (Instant, SystemTime),
+    phase: Phase,
+    mode: Mode,
+    backend: Backend,
+    /// The client's EHLO/HELO name and whether it was EHLO.
+    helo: Option<(String, bool)>,
+    authenticated: bool,
+    commands_seen: u32,
+    errors: u32,
+    draining: bool,
+    client_in: LineReader,
+    backend_in: ReplyParser,
+    out_client: BytesMut,
+    out_backend: BytesMut,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+    client_deadline: Option<Instant>,
+    backend_deadline: Option<Instant>,
+}
+
+impl Session {
+    /// A new session for a client at `peer`. `tls` is set when the connection is already TLS
+    /// (implicit TLS, port 465). `wall` is the wall clock at `now`, for the Received header.
+    pub fn new(
+        cfg: Config,
+        peer: IpAddr,
+        tls: Option<TlsInfo>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        let mut s = Session {
+            cfg,
+            peer,
+            tls,
+            started: (now, wall),
+            phase: Phase::ExpectEhlo,
+            mode: Mode::Starting,
+            backend: Backend::Connecting,
+            helo: None,
+            authenticated: false,
+            commands_seen: 0,
+            errors: 0,
+            draining: false,
+            client_in: LineReader::new(MAX_EXTENDED_LINE),
+            backend_in: ReplyParser::new(),
+            out_client: BytesMut::new(),
+            out_backend: BytesMut::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            client_deadline: None,
+            backend_deadline: None,
+        };
+        s.actions.push_back(Action::ConnectBackend);
+        s
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest deadline; call [`Session::handle_timeout`] when it has passed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.client_deadline, self.backend_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the driver should read from the client now (backpressure: a session that is
+    /// waiting on the backend holds at most [`CLIENT_BUFFER_CAP`] of pipelined input).
+    pub fn wants_client_bytes(&self) -> bool {
+        match self.mode {
+            Mode::Starting | Mode::AwaitTls | Mode::Closed => false,
+            Mode::Data(_) | Mode::SkipBdat { .. } => true,
+            _ => self.client_in.buffered() < CLIENT_BUFFER_CAP,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.mode, Mode::Closed)
+    }
+
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    pub fn handle_client_bytes(&mut self, data: &[u8], now: Instant) {
+        let data = match self.mode {
+            Mode::Data(_) | Mode::SkipBdat { .. } => {
+                let used = self.feed_body(data, now);
+                &data[used..]
+            }
+            Mode::Closed | Mode::AwaitTls | Mode::Starting => &[][..],
+            _ => data,
+        };
+        if !data.is_empty() {
+            self.client_in.push(data);
+        }
+        self.process_input(now);
+        self.flush();
+    }
+
+    /// The client closed its side.
+    pub fn handle_client_eof(&mut self, _now: Instant) {
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        if matches!(
+            self.mode,
+            Mode::Data(_) | Mode::Await(Pending::EndOfData { .. })
+        ) {
+            self.events.push_back(Event::MessageFailed);
+        }
+        self.close();
+    }
+
+    pub fn handle_backend_connected(&mut self, now: Instant) {
+        if self.backend == Backend::Connecting {
+            self.backend = Backend::Greeting;
+            self.backend_in.clear();
+            self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+        }
+    }
+
+    pub fn handle_backend_connect_failed(&mut self, reason: &str, _now: Instant) {
+        self.backend_failed(format!("connect failed: {reason}"));
+        self.flush();
+    }
+
+    pub fn handle_backend_bytes(&mut self, data: &[u8], now: Instant) {
+        if matches!(self.mode, Mode::Closed) || self.backend == Backend::Connecting {
+            return;
+        }
+        self.backend_in.push(data);
+        loop {
+            match self.backend_in.next_reply() {
+                Ok(Some(reply)) => self.on_backend_reply(reply, now),
+                Ok(None) => break,
+                Err(e) => {
+                    self.backend_failed(format!("bad reply: {e}"));
+                    break;
+                }
+            }
+            if matches!(self.mode, Mode::Closed) || self.backend == Backend::Connecting {
+                break;
+            }
+        }
+        self.process_input(now);
+        self.flush();
+    }
+
+    pub fn handle_backend_eof(&mut self, _now: Instant) {
+        if self.backend != Backend::Connecting {
+            self.backend_failed("connection closed".into());
+            self.flush();
+        }
+    }
+
+    /// The TLS handshake that followed [`Action::StartTls`] completed.
+    pub fn handle_tls_established(&mut self, info: TlsInfo, now: Instant) {
+        if !matches!(self.mode, Mode::AwaitTls) {
+            return;
+        }
+        // RFC 3207 §4.2: forget everything learned before TLS; the client starts with EHLO.
+        self.tls = Some(info);
+        self.helo = None;
+        self.phase = Phase::ExpectEhlo;
+        self.client_in.clear();
+        self.mode = Mode::Commands;
+        self.client_deadline = Some(now + self.cfg.timeouts.command);
+        self.flush();
+    }
+
+    /// The TLS handshake failed: nothing can be said to the client in plaintext any more.
+    pub fn handle_tls_failed(&mut self, _now: Instant) {
+        self.close();
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.backend_deadline.is_some_and(|d| d <= now) {
+            self.backend_deadline = None;
+            self.backend_failed("no reply in time".into());
+        } else if self.client_deadline.is_some_and(|d| d <= now) {
+            self.client_deadline = None;
+            match self.mode {
+                Mode::AwaitTls => self.close(),
+                _ => {
+                    if matches!(self.mode, Mode::Data(_)) {
+                        self.events.push_back(Event::MessageFailed);
+                    }
+                    self.send("421 4.4.2 Timeout, closing connection");
+                    self.close();
+                }
+            }
+        }
+        self.flush();
+    }
+
+    /// Shutdown begins: finish the transaction in flight, then `421 4.3.2` at the next
+    /// command boundary (DESIGN.md rule 6).
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        self.draining = true;
+        if matches!(self.mode, Mode::Commands)
+            && !matches!(self.phase, Phase::ExpectRcpt { .. })
+            && self.client_in.buffered() == 0
+        {
+            self.shutdown_now();
+        }
+        self.process_input(now);
+        self.flush();
+    }
+
+    /// The shutdown grace period is over: whatever is left is told `421 4.3.2` and closed.
+    pub fn handle_grace_expired(&mut self, _now: Instant) {
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        if matches!(
+            self.mode,
+            Mode::Data(_) | Mode::Await(Pending::EndOfData { .. })
+        ) {
+            self.events.push_back(Event::MessageFailed);
+        }
+        if matches!(self.mode, Mode::AwaitTls | Mode::Starting) {
+            self.close();
+        } else {
+            self.shutdown_now();
+        }
+        self.flush();
+    }
+
+    // ----- internals shared by the submodules -----
+
+    fn shutdown_now(&mut self) {
+        self.send("421 4.3.2 Service shutting down");
+        self.close();
+    }
+
+    /// Queue a reply line to the client (CRLF appended).
+    fn send(&mut self, line: &str) {
+        self.out_client.extend_from_slice(line.as_bytes());
+        self.out_client.extend_from_slice(b"\r\n");
+    }
+
+    fn send_reply(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.out_client);
+    }
+
+    /// Queue a control action after everything written so far.
+    fn control(&mut self, action: Action) {
+        self.flush();
+        self.actions.push_back(action);
+    }
+
+    fn flush(&mut self) {
+        if !self.out_client.is_empty() {
+            let bytes = self.out_client.split().freeze();
+            self.actions.push_back(Action::WriteClient(bytes));
+        }
+        if !self.out_backend.is_empty() {
+            let bytes = self.out_backend.split().freeze();
+            self.actions.push_back(Action::WriteBackend(bytes));
+        }
+    }
+
+    fn close(&mut self) {
+        if !matches!(self.mode, Mode::Closed) {
+            self.control(Action::Close);
+            self.mode = Mode::Closed;
+            self.client_deadline = None;
+            self.backend_deadline = None;
+        }
+    }
+
+    /// The backend is unusable: the client gets `421 4.4.2`, never a 250 (SPEC §1.1).
+    fn backend_failed(&mut self, reason: String) {
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        if matches!(
+            self.mode,
+            Mode::Data(_) | Mode::Await(Pending::EndOfData { .. })
+        ) {
+            self.events.push_back(Event::MessageFailed);
+        }
+        self.events.push_back(Event::BackendFailed { reason });
+        self.backend = Backend::Gone;
+        match self.mode {
+            // Mid-handshake there is no way to tell the client anything.
+            Mode::AwaitTls => self.close(),
+            _ => {
+                self.send("421 4.4.2 Backend unavailable, try again later");
+                self.close();
+            }
+        }
+    }
+
+    fn on_backend_reply(&mut self, reply: Reply, now: Instant) {
+        self.backend_deadline = None;
+        match self.backend {
+            Backend::Greeting if reply.code == 220 => {
+                if matches!(self.mode, Mode::Starting) {
+                    self.backend = Backend::Ready;
+                    self.mode = Mode::Commands;
+                    let greeting = format!("220 {} ESMTP", self.cfg.hostname);
+                    self.send(&greeting);
+                    self.client_deadline = Some(now + self.cfg.timeouts.greeting);
+                } else {
+                    self.replay_helo(now);
+                }
+            }
+            Backend::Greeting => {
+                let text = reply.lines.join(" / ");
+                self.backend_failed(format!("greeting refused: {} {text}", reply.code));
+            }
+            Backend::Replaying => self.backend = Backend::Ready,
+            Backend::Ready if matches!(self.mode, Mode::Await(_)) => {
+                let Mode::Await(pending) = std::mem::replace(&mut self.mode, Mode::Commands) else {
+                    return;
+                };
+                self.complete(pending, reply, now);
+            }
+            _ => {
+                let text = reply.lines.join(" / ");
+                self.backend_failed(format!("unexpected reply: {} {text}", reply.code));
+            }
+        }
+    }
+
+    /// After a reconnect, bring the backend back to where the client is: greeted.
+    fn replay_helo(&mut self, now: Instant) {
+        match self.helo.clone() {
+            Some((name, esmtp)) => {
+                let verb = if esmtp { "EHLO" } else { "HELO" };
+                self.out_backend.extend_from_slice(verb.as_bytes());
+                self.out_backend.extend_from_slice(b" ");
+                self.out_backend.extend_from_slice(name.as_bytes());
+                self.out_backend.extend_from_slice(b"\r\n");
+                self.backend = Backend::Replaying;
+                self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+            }
+            None => self.backend = Backend::Ready,
+        }
+    }
+
+    /// Forward a serialised command and wait for its reply.
+    fn forward(&mut self, bytes: &[u8], pending: Pending, now: Instant) {
+        self.out_backend.extend_from_slice(bytes);
+        self.mode = Mode::Await(pending);
+        self.client_deadline = None;
+        self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+    }
+
+    /// Wait for the next command.
+    fn expect_command(&mut self, now: Instant) {
+        self.mode = Mode::Commands;
+        let wait = if self.commands_seen == 0 {
+            self.cfg.timeouts.greeting
+        } else {
+            self.cfg.timeouts.command
+        };
+        self.client_deadline = Some(now + wait);
+    }
+
+    /// Feed message bytes (DATA body or a BDAT chunk being skipped); returns bytes consumed.
+    fn feed_body(&mut self, data: &[u8], now: Instant) -> usize {
+        self.client_deadline = Some(now + self.cfg.timeouts.data_block);
+        match &mut self.mode {
+            Mode::Data(reframer) => {
+                let clean_before = reframer.violation().is_none();
+                let fed = reframer.feed(data, &mut self.out_backend);
+                if clean_before && reframer.violation().is_some() {
+                    self.abort_backend_message();
+                }
+                if fed.finished {
+                    self.finish_data(now);
+                }
+                fed.consumed
+            }
+            Mode::SkipBdat { remaining, reply } => {
+                let n = usize::try_from(*remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                *remaining -= n as u64;
+                if *remaining == 0 {
+                    let reply = *reply;
+                    self.send(reply);
+                    self.expect_command(now);
+                }
+                n
+            }
+            _ => 0,
+        }
+    }
+
+    /// A message is refused mid-stream: the backend must never see its end of data, so its
+    /// connection is dropped (it discards the partial message) and a new one is opened for
+    /// the rest of the session.
+    fn abort_backend_message(&mut self) {
+        self.out_backend.clear();
+        self.control(Action::CloseBackend);
+        self.control(Action::ConnectBackend);
+        self.backend = Backend::Connecting;
+        self.backend_deadline = None;
+    }
+
+    fn finish_data(&mut self, now: Instant) {
+        let Mode::Data(reframer) = std::mem::replace(&mut self.mode, Mode::Commands) else {
+            return;
+        };
+        match reframer.violation() {
+            None => {
+                let bytes = reframer.received();
+                self.mode = Mode::Await(Pending::EndOfData { bytes });
+                self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+                self.client_deadline = None;
+                return;
+            }
+            Some(Violation::BareNewline) => {
+                self.policy_rejection("bare_newline");
+                self.send("550 5.6.11 Bare line feed or carriage return not allowed");
+            }
+            Some(Violation::Nul) => {
+                self.policy_rejection("nul_byte");
+                self.send("550 5.6.11 NUL character not allowed");
+            }
+            Some(Violation::TooBig) => {
+                self.policy_rejection("message_size");
+                self.send("552 5.3.4 Message size exceeds fixed maximum message size");
+            }
+        }
+        self.events.push_back(Event::MessageRejected);
+        self.phase = Phase::ExpectMail;
+        self.expect_command(now);
+    }
+
+    fn policy_rejection(&mut self, reason: &'static str) {
+        self.events.push_back(Event::PolicyRejection { reason });
+    }
+
+    /// Handle buffered client lines for as long as the session can make progress.
+    fn process_input(&mut self, now: Instant) {
+        loop {
+            match self.mode {
+                Mode::Commands | Mode::AuthLine if self.backend == Backend::Ready => {}
+                _ => return,
+            }
+            if self.draining && !matches!(self.phase, Phase::ExpectRcpt { .. }) {
+                self.shutdown_now();
+                return;
+            }
+            let Some(event) = self.client_in.next_line() else {
+                return;
+            };
+            if matches!(self.mode, Mode::AuthLine) {
+                self.auth_line(event, now);
+            } else {
+                self.command_line(event, now);
+            }
+        }
+    }
+
+    /// The wall-clock time at `now`, derived from the time given at the start.
+    fn wall(&self, now: Instant) -> SystemTime {
+        self.started.1 + now.saturating_duration_since(self.started.0)
+    }
+
+    fn enter_data(&mut self, now: Instant) {
+        self.mode = Mode::Data(Box::new(Reframer::new(
+            self.cfg.bare_newlines,
+            self.cfg.max_message_size,
+        )));
+        if self.cfg.received_header {
+            let header = received::header(
+                self.helo.as_ref().map(|h| h.0.as_str()),
+                self.peer,
+                &self.cfg.hostname,
+                self.tls.as_ref(),
+                self.helo.as_ref().is_some_and(|h| h.1),
+                self.authenticated,
+                self.wall(now),
+            );
+            self.out_backend.extend_from_slice(header.as_bytes());
+        }
+        self.client_deadline = Some(now + self.cfg.timeouts.data_block);
+        // Body bytes the client pipelined behind DATA (RFC 2920 forbids it, some send anyway).
+        let rest = self.client_in.take_remaining();
+        if !rest.is_empty() {
+            let used = self.feed_body(&rest, now);
+            self.client_in.push(&rest[used..]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
