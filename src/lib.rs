@@ -6,11 +6,22 @@
 //! | [`tls`] | certificate store, rustls server configuration |
 //! | [`listener`] | accept loop, connection limits, one task per session |
 //! | [`inbound`] | the terminate-mode driver: sockets in, `smtp_core::inbound::Session` actions out |
+//! | [`io`] | socket reads into a per-thread scratch buffer, the client stream before/after TLS |
 //! | [`backend`] | connecting to the legacy server(s), in order |
 //! | [`metrics`], [`admin`] | Prometheus metrics and the `/metrics` `/healthz` `/readyz` endpoint |
 //! | [`runtime`] | building and running everything from a validated configuration |
-//! | [`demo`] | the self-contained trial of `smtp-sidecar demo` and its printing sink |
+//! | [`sink`] | a minimal SMTP server standing in for the legacy backend (`demo`, tests) |
+//! | [`cli`] | the `run`, `check` and `demo` commands |
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod backend;
+pub mod cli;
 pub mod config;
+pub mod inbound;
+pub mod io;
+pub mod listener;
+pub mod metrics;
+pub mod runtime;
+pub mod sink;
 pub mod tls;

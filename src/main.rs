@@ -1,1 +1,6 @@
-fn main() {}
+//! The `smtp-sidecar` binary: see [`smtp_sidecar::cli`].
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    smtp_sidecar::cli::main()
+}

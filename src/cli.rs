@@ -1,0 +1,266 @@
+//! The command line of SPEC §2: `run`, `check` and `demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, LogConfig, LogFormat};
+use crate::runtime;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "smtp-sidecar",
+    version,
+    about = "TLS sidecar for legacy mail servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run with the configuration file.
+    Run {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and certificates, print what each listener will use.
+    Check {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
+    /// A self-contained trial: listener on 127.0.0.1:2525, a printing sink on 2526,
+    /// metrics on 9725.
+    Demo,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Demo => crate::cli::demo::run(),
+    }
+}
+
+mod demo;
+
+fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load_or_report(path: &Path) -> Option<Config> {
+    match config::load(path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("{}: configuration is invalid:", path.display());
+            for p in &e.problems {
+                eprintln!("  {p}");
+            }
+            None
+        }
+    }
+}
+
+fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn run(path: &Path) -> ExitCode {
+    let Some(config) = load_or_report(path) else {
+        return ExitCode::FAILURE;
+    };
+    init_logging(&config.log);
+    let store = match runtime::load_certificates(&config) {
+        Ok(s) => s,
+        Err(problems) => {
+            for p in problems {
+                tracing::error!("{p}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let running = match runtime::start(&config, &store).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_stop_signal().await;
+        tracing::info!("stopping: no new connections; draining sessions");
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGTERM or SIGINT. SIGHUP is caught so that it does not kill the process; reloading
+/// comes with the operations work and until then the configuration stays as it is.
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => tracing::warn!("SIGHUP: reload is not supported yet; configuration unchanged"),
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let Some(config) = load_or_report(path) else {
+        return ExitCode::FAILURE;
+    };
+    let mut ok = true;
+    let store = if config.certificates.is_empty() {
+        println!(
+            "certificates: none configured; a self-signed certificate for {} is generated and kept in {}",
+            config.hostname,
+            config.state_dir.display()
+        );
+        None
+    } else {
+        match crate::tls::CertStore::load(&config.certificates) {
+            Ok(store) => Some(store),
+            Err(problems) => {
+                eprintln!("{}: certificates are invalid:", path.display());
+                for p in problems {
+                    eprintln!("  {p}");
+                }
+                ok = false;
+                None
+            }
+        }
+    };
+    for l in &config.listeners {
+        let tls = match l.tls {
+            config::ListenerTls::Starttls => "starttls",
+            config::ListenerTls::Implicit => "implicit",
+        };
+        println!(
+            "listener {} (terminate, tls: {tls}, listen: {}):",
+            l.name, l.listen
+        );
+        match &store {
+            Some(store) => match runtime::listener_certificate(store, l) {
+                Some(cert) => {
+                    println!("  certificate {}:\n{}", cert.name, indent(&cert.describe()))
+                }
+                None => {
+                    if l.tls == config::ListenerTls::Implicit {
+                        eprintln!(
+                            "listener {}: tls: implicit needs a valid certificate",
+                            l.name
+                        );
+                        ok = false;
+                    }
+                    println!("  certificate: none valid; STARTTLS not offered");
+                }
+            },
+            None if config.certificates.is_empty() => {
+                println!("  certificate: the self-signed default")
+            }
+            None => println!("  certificate: (certificates invalid)"),
+        }
+        println!(
+            "  backend: {} (connect_timeout {})",
+            l.backend.servers.join(", "),
+            duration(l.backend.connect_timeout)
+        );
+        println!("{}", policy_lines(&l.policy));
+    }
+    if ok {
+        println!("configuration OK");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The policy as the YAML spells it.
+fn policy_lines(p: &config::Policy) -> String {
+    let version = match p.tls_min_version {
+        config::TlsVersion::V1_2 => "1.2",
+        config::TlsVersion::V1_3 => "1.3",
+    };
+    let bare = match p.bare_newlines {
+        config::BareNewlines::Reject => "reject",
+        config::BareNewlines::Normalize => "normalize",
+    };
+    let t = &p.timeouts;
+    format!(
+        "  policy: require_tls: {}, auth_requires_tls: {}, tls_min_version: {version}, \
+         bare_newlines: {bare}, received_header: {}\n\
+         \x20         max_message_size: {}, max_recipients: {}, max_connections: {}, \
+         max_connections_per_ip: {}\n\
+         \x20         timeouts: greeting {}, command {}, data_block {}, tls_handshake {}",
+        p.require_tls,
+        p.auth_requires_tls,
+        p.received_header,
+        size(p.max_message_size),
+        p.max_recipients,
+        p.max_connections,
+        p.max_connections_per_ip,
+        duration(t.greeting),
+        duration(t.command),
+        duration(t.data_block),
+        duration(t.tls_handshake),
+    )
+}
+
+fn duration(d: std::time::Duration) -> String {
+    let (s, ms) = (d.as_secs(), d.subsec_millis());
+    match (s, ms) {
+        (s, 0) if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
+    }
+}
+
+fn size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    UNITS
+        .iter()
+        .find(|(unit, _)| bytes >= *unit && bytes % unit == 0)
+        .map_or_else(
+            || format!("{bytes}"),
+            |(unit, name)| format!("{}{name}", bytes / unit),
+        )
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

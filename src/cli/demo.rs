@@ -1,0 +1,149 @@
+//! `smtp-sidecar demo`: the whole path on one machine with no configuration file. A STARTTLS
+//! listener on 127.0.0.1:2525 with a self-signed certificate made at start, the printing sink
+//! on 127.0.0.1:2526 standing in for the legacy server, metrics on 127.0.0.1:9725.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{
+    Backend, BareNewlines, Config, Listener, ListenerTls, LogConfig, LogFormat, Policy, Timeouts,
+    TlsVersion,
+};
+use crate::sink::SinkEvent;
+use crate::tls::CertStore;
+
+const LISTEN: &str = "127.0.0.1:2525";
+const SINK: &str = "127.0.0.1:2526";
+const METRICS: &str = "127.0.0.1:9725";
+/// The most of a message body the demo prints.
+const PRINT_MAX: usize = 16 * 1024;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+fn demo_config() -> Config {
+    Config {
+        hostname: "localhost".into(),
+        state_dir: PathBuf::from("."),
+        shutdown_grace: Duration::from_secs(5),
+        metrics_listen: Some(addr(METRICS)),
+        log: LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        },
+        certificates: Vec::new(),
+        listeners: vec![Listener {
+            name: "demo".into(),
+            listen: addr(LISTEN),
+            tls: ListenerTls::Starttls,
+            certificate: None,
+            backend: Backend {
+                servers: vec![SINK.into()],
+                connect_timeout: Duration::from_secs(5),
+            },
+            policy: Policy {
+                require_tls: false,
+                auth_requires_tls: true,
+                tls_min_version: TlsVersion::V1_2,
+                bare_newlines: BareNewlines::Reject,
+                received_header: true,
+                max_message_size: 35 * 1024 * 1024,
+                max_recipients: 100,
+                max_connections: 1000,
+                max_connections_per_ip: 20,
+                timeouts: Timeouts {
+                    greeting: Duration::from_secs(300),
+                    command: Duration::from_secs(300),
+                    data_block: Duration::from_secs(180),
+                    tls_handshake: Duration::from_secs(30),
+                },
+            },
+        }],
+    }
+}
+
+fn print_event(event: SinkEvent) {
+    if let SinkEvent::Message {
+        helo,
+        from,
+        rcpts,
+        data,
+    } = event
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "--- sink received a message: EHLO {helo}, MAIL FROM:{from}, RCPT TO:{}, {} bytes ---",
+            rcpts.join(" "),
+            data.len()
+        );
+        let shown = &data[..data.len().min(PRINT_MAX)];
+        let _ = out.write_all(
+            String::from_utf8_lossy(shown)
+                .replace("\r\n", "\n")
+                .as_bytes(),
+        );
+        if data.len() > PRINT_MAX {
+            let _ = writeln!(out, "[... {} more bytes]", data.len() - PRINT_MAX);
+        }
+        let _ = writeln!(out, "--- end of message ---");
+    }
+}
+
+pub fn run() -> ExitCode {
+    let config = demo_config();
+    super::init_logging(&config.log);
+    let cert = match crate::tls::self_signed(&config.hostname) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot generate the demo certificate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = CertStore { certs: vec![cert] };
+    let rt = match super::tokio_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let sink = match tokio::net::TcpListener::bind(SINK).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("demo sink: cannot listen on {SINK}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(crate::sink::serve(sink, false, Arc::new(print_event)));
+        let running = match crate::runtime::start(&config, &store).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "smtp-sidecar demo\n\
+             \x20 SMTP with STARTTLS on {LISTEN} (self-signed certificate for localhost)\n\
+             \x20 relaying to the demo sink on {SINK}, which prints every message it receives\n\
+             \x20 metrics on http://{METRICS}/metrics\n\
+             Send a test message, for example:\n\
+             \x20 swaks --server {LISTEN} --tls --from me@example.com --to you@example.com\n\
+             \x20 python3 -c \"import smtplib; s = smtplib.SMTP('127.0.0.1', 2525); s.starttls(); \
+             s.sendmail('me@example.com', ['you@example.com'], 'Subject: hello\\r\\n\\r\\nhi\\r\\n'); s.quit()\"\n\
+             \x20 openssl s_client -starttls smtp -connect {LISTEN} -crlf\n\
+             Ctrl-C stops."
+        );
+        super::wait_for_stop_signal().await;
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

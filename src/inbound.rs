@@ -1,0 +1,254 @@
+//! The terminate-mode driver: moves bytes between the client socket (plain, STARTTLS or
+//! implicit TLS), the backend socket and `smtp_core::inbound::Session`, and carries out the
+//! session's actions in order. It decides nothing about SMTP itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use smtp_core::inbound::{Action, Event, Session, TlsInfo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, timeout, timeout_at};
+use tokio_rustls::TlsAcceptor;
+
+use crate::backend;
+use crate::io::{read_now, readable, Client, Read};
+use crate::runtime::{ListenerRuntime, Shutdown};
+
+/// Record a completed server-side handshake; returns what the session needs to know.
+fn handshake_done(l: &ListenerRuntime, conn: &rustls::ServerConnection) -> TlsInfo {
+    let (version, cipher) = crate::tls::session_tls_info(conn);
+    l.metrics
+        .tls_handshakes_total
+        .with_label_values(&[&l.name, "server", "ok", &version])
+        .inc();
+    TlsInfo { version, cipher }
+}
+
+fn handshake_failed(l: &ListenerRuntime, peer: SocketAddr, reason: &str) {
+    tracing::info!(listener = %l.name, %peer, reason, "TLS handshake failed");
+    l.metrics
+        .tls_handshakes_total
+        .with_label_values(&[&l.name, "server", "error", ""])
+        .inc();
+}
+
+/// Serve one client connection until it ends.
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    l: Arc<ListenerRuntime>,
+    mut shutdown: watch::Receiver<Shutdown>,
+) {
+    let started = Instant::now();
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY on client socket");
+    }
+    let (mut client, tls) = match (&l.acceptor, l.implicit_tls) {
+        (Some(acceptor), true) => {
+            let accept = TlsAcceptor::from(Arc::clone(acceptor)).accept(tcp);
+            match timeout(l.session.timeouts.tls_handshake, accept).await {
+                Ok(Ok(stream)) => {
+                    let info = handshake_done(&l, stream.get_ref().1);
+                    (Client::Tls(Box::new(stream)), Some(info))
+                }
+                Ok(Err(e)) => return handshake_failed(&l, peer, &e.to_string()),
+                Err(_) => return handshake_failed(&l, peer, "timed out"),
+            }
+        }
+        _ => (Client::Plain(tcp), None),
+    };
+    let mut session = Session::new(
+        l.session.clone(),
+        peer.ip(),
+        tls,
+        started,
+        SystemTime::now(),
+    );
+    let mut backend: Option<TcpStream> = None;
+    // Try a read before waiting for readiness: after a TLS handshake or a full read, bytes
+    // may already be buffered (in rustls or the kernel) with no new readiness to come.
+    let (mut client_more, mut backend_more) = (true, false);
+    let mut messages = 0u32;
+
+    'session: loop {
+        while let Some(action) = session.poll_action() {
+            match action {
+                Action::WriteClient(bytes) => {
+                    let write = timeout(l.write_timeout, client.write(&bytes));
+                    if !matches!(write.await, Ok(Ok(()))) {
+                        session.handle_client_eof(Instant::now());
+                    }
+                }
+                Action::WriteBackend(bytes) => {
+                    let ok = match backend.as_mut() {
+                        Some(b) => matches!(
+                            timeout(l.write_timeout, b.write_all(&bytes)).await,
+                            Ok(Ok(()))
+                        ),
+                        None => false,
+                    };
+                    if !ok {
+                        session.handle_backend_eof(Instant::now());
+                    }
+                }
+                Action::ConnectBackend => {
+                    match backend::connect(&l.servers, l.connect_timeout).await {
+                        Ok(stream) => {
+                            backend = Some(stream);
+                            session.handle_backend_connected(Instant::now());
+                        }
+                        Err(reason) => {
+                            tracing::warn!(listener = %l.name, %peer, %reason, "backend unreachable");
+                            session.handle_backend_connect_failed(&reason, Instant::now());
+                        }
+                    }
+                }
+                Action::CloseBackend => backend = None,
+                Action::StartTls => {
+                    let Client::Plain(tcp) = std::mem::replace(&mut client, Client::Taken) else {
+                        session.handle_tls_failed(Instant::now());
+                        continue;
+                    };
+                    let Some(acceptor) = &l.acceptor else {
+                        session.handle_tls_failed(Instant::now());
+                        continue;
+                    };
+                    // The plain stream is moved into the TLS stream: no plaintext buffer
+                    // survives the upgrade (DESIGN.md rule 4).
+                    let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+                    let accept = TlsAcceptor::from(Arc::clone(acceptor)).accept(tcp);
+                    let result = match deadline {
+                        Some(d) => timeout_at(d, accept)
+                            .await
+                            .map_err(|_| "timed out".to_string()),
+                        None => Ok(accept.await),
+                    };
+                    match result {
+                        Ok(Ok(stream)) => {
+                            let info = handshake_done(&l, stream.get_ref().1);
+                            client = Client::Tls(Box::new(stream));
+                            client_more = true;
+                            session.handle_tls_established(info, Instant::now());
+                        }
+                        Ok(Err(e)) => {
+                            handshake_failed(&l, peer, &e.to_string());
+                            session.handle_tls_failed(Instant::now());
+                        }
+                        Err(reason) => {
+                            handshake_failed(&l, peer, &reason);
+                            session.handle_tls_failed(Instant::now());
+                        }
+                    }
+                }
+                Action::Close => {
+                    if let Some(mut b) = backend.take() {
+                        let _ = timeout(l.write_timeout, b.shutdown()).await;
+                    }
+                    let _ = timeout(l.write_timeout, client.shutdown()).await;
+                    break 'session;
+                }
+            }
+        }
+        while let Some(event) = session.poll_event() {
+            messages += record(&l, &session, event, peer);
+        }
+        if session.is_closed() {
+            break;
+        }
+        if client_more && session.wants_client_bytes() {
+            match client.read_now(|data| session.handle_client_bytes(data, Instant::now())) {
+                Read::Data => continue,
+                Read::Closed => {
+                    session.handle_client_eof(Instant::now());
+                    continue;
+                }
+                Read::WouldBlock => client_more = false,
+            }
+        }
+        if backend_more {
+            let read = match backend.as_mut() {
+                Some(b) => read_now(b, |data| session.handle_backend_bytes(data, Instant::now())),
+                None => Read::WouldBlock,
+            };
+            match read {
+                Read::Data => continue,
+                Read::Closed => {
+                    backend = None;
+                    session.handle_backend_eof(Instant::now());
+                    continue;
+                }
+                Read::WouldBlock => backend_more = false,
+            }
+        }
+        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            () = client.readable(), if session.wants_client_bytes() => client_more = true,
+            () = readable(&backend) => backend_more = true,
+            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                session.handle_timeout(Instant::now());
+            }
+            r = shutdown.changed() => {
+                let state = if r.is_ok() { *shutdown.borrow_and_update() } else { Shutdown::GraceOver };
+                match state {
+                    Shutdown::Running => {}
+                    Shutdown::Draining => session.handle_shutdown(Instant::now()),
+                    Shutdown::GraceOver => session.handle_grace_expired(Instant::now()),
+                }
+            }
+        }
+    }
+    while let Some(event) = session.poll_event() {
+        messages += record(&l, &session, event, peer);
+    }
+    let elapsed = started.elapsed();
+    l.metrics
+        .session_duration_seconds
+        .with_label_values(&[&l.name])
+        .observe(elapsed.as_secs_f64());
+    tracing::debug!(listener = %l.name, %peer, messages, tls = session.tls().is_some(), ?elapsed, "session ended");
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+}
+
+/// Count an event; returns 1 for an accepted message.
+fn record(l: &ListenerRuntime, session: &Session, event: Event, peer: SocketAddr) -> u32 {
+    let tls = if session.tls().is_some() { "yes" } else { "no" };
+    let m = &l.metrics;
+    match event {
+        Event::MessageAccepted { bytes } => {
+            m.messages_total
+                .with_label_values(&[&l.name, tls, "accepted"])
+                .inc();
+            m.message_bytes_total
+                .with_label_values(&[&l.name])
+                .inc_by(bytes);
+            return 1;
+        }
+        Event::MessageRejected => {
+            m.messages_total
+                .with_label_values(&[&l.name, tls, "rejected"])
+                .inc();
+        }
+        Event::MessageFailed => {
+            m.messages_total
+                .with_label_values(&[&l.name, tls, "failed"])
+                .inc();
+        }
+        Event::PolicyRejection { reason } => {
+            tracing::info!(listener = %l.name, %peer, reason, "policy refusal");
+            m.policy_rejections_total
+                .with_label_values(&[&l.name, reason, "true"])
+                .inc();
+        }
+        Event::BackendFailed { reason } => {
+            tracing::warn!(listener = %l.name, %peer, %reason, "backend failed; client told 421 4.4.2");
+            m.backend_failures_total.with_label_values(&[&l.name]).inc();
+        }
+    }
+    0
+}

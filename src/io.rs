@@ -1,0 +1,113 @@
+//! Socket reads without a per-session buffer. An idle session must cost little memory
+//! (DESIGN.md §5), so a session waits for readiness holding no buffer, then reads into a
+//! per-thread scratch buffer and hands the bytes to its state machine before anything else
+//! can run on that thread.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// The most read at once. Message bodies stream through in pieces of this size.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// What one non-blocking read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Bytes were read and handed over; there may be more.
+    Data,
+    /// The peer closed (or the connection failed).
+    Closed,
+    /// Nothing now: wait for readiness.
+    WouldBlock,
+}
+
+/// Read once without waiting and pass what arrived to `deliver`.
+pub fn read_now<R: AsyncRead + Unpin + ?Sized>(
+    stream: &mut R,
+    deliver: impl FnOnce(&[u8]),
+) -> Read {
+    SCRATCH.with_borrow_mut(|buf| {
+        let mut rb = ReadBuf::new(buf);
+        // A no-op waker: readiness is awaited separately, with no buffer held.
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(stream).poll_read(&mut cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => Read::Closed,
+            Poll::Ready(Ok(())) => {
+                deliver(rb.filled());
+                Read::Data
+            }
+            Poll::Ready(Err(_)) => Read::Closed,
+            Poll::Pending => Read::WouldBlock,
+        }
+    })
+}
+
+/// The client connection, before or after TLS.
+#[derive(Debug)]
+pub enum Client {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Moved out for the TLS handshake.
+    Taken,
+}
+
+impl Client {
+    /// Read once without waiting (see [`read_now`]).
+    pub fn read_now(&mut self, deliver: impl FnOnce(&[u8])) -> Read {
+        match self {
+            Client::Plain(s) => read_now(s, deliver),
+            Client::Tls(s) => read_now(s.as_mut(), deliver),
+            Client::Taken => Read::Closed,
+        }
+    }
+
+    /// Wait until the socket has something to read.
+    pub async fn readable(&self) {
+        let tcp = match self {
+            Client::Plain(s) => s,
+            Client::Tls(s) => s.get_ref().0,
+            Client::Taken => return std::future::pending().await,
+        };
+        // An error shows up again on the next read, which reports it.
+        let _ = tcp.readable().await;
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Client::Plain(s) => s.write_all(data).await,
+            Client::Tls(s) => write_flush(s.as_mut(), data).await,
+            Client::Taken => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = match self {
+            Client::Plain(s) => s.shutdown().await,
+            Client::Tls(s) => s.shutdown().await,
+            Client::Taken => Ok(()),
+        };
+    }
+}
+
+async fn write_flush<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> std::io::Result<()> {
+    s.write_all(data).await?;
+    s.flush().await
+}
+
+/// Wait until an optional socket has something to read; never, when there is none.
+pub async fn readable(stream: &Option<TcpStream>) {
+    match stream {
+        Some(s) => {
+            let _ = s.readable().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,122 @@
+//! The accept loop of one listener: connection limits (SPEC §4: `421 4.7.0`), one task per
+//! session, and a stop when shutdown begins.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::runtime::{ListenerRuntime, Shutdown};
+
+/// Counts of open sessions, total and per client address.
+#[derive(Debug)]
+struct Limits {
+    max_total: u32,
+    max_per_ip: u32,
+    open: Mutex<(u32, HashMap<IpAddr, u32>)>,
+}
+
+/// One admitted connection; releases its place when dropped.
+#[derive(Debug)]
+struct Admitted {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Limits {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let (total, per_ip) = &mut *open;
+        let this_ip = per_ip.get(&ip).copied().unwrap_or(0);
+        if *total >= self.max_total || this_ip >= self.max_per_ip {
+            return None;
+        }
+        *total += 1;
+        per_ip.insert(ip, this_ip + 1);
+        Some(Admitted {
+            limits: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self
+            .limits
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (total, per_ip) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accept connections until shutdown begins. Every session task holds a clone of `alive`,
+/// so the runtime knows when the last one has finished.
+pub async fn accept_loop(
+    tcp: TcpListener,
+    l: Arc<ListenerRuntime>,
+    mut shutdown: watch::Receiver<Shutdown>,
+    alive: mpsc::Sender<()>,
+) {
+    let limits = Arc::new(Limits {
+        max_total: l.max_connections,
+        max_per_ip: l.max_connections_per_ip,
+        open: Mutex::new((0, HashMap::new())),
+    });
+    loop {
+        tokio::select! {
+            accepted = tcp.accept() => match accepted {
+                Ok((stream, peer)) => match limits.admit(peer.ip()) {
+                    Some(admitted) => {
+                        let (l, shutdown, alive) = (Arc::clone(&l), shutdown.clone(), alive.clone());
+                        tokio::spawn(async move {
+                            let active = l.metrics.connections_active.with_label_values(&[&l.name]);
+                            l.metrics.connections_total.with_label_values(&[&l.name]).inc();
+                            active.inc();
+                            crate::inbound::serve(stream, peer, Arc::clone(&l), shutdown).await;
+                            active.dec();
+                            drop((admitted, alive));
+                        });
+                    }
+                    None => {
+                        l.metrics.connections_refused_total.with_label_values(&[&l.name]).inc();
+                        tracing::info!(listener = %l.name, %peer, "too many connections");
+                        tokio::spawn(refuse(stream, l.implicit_tls));
+                    }
+                },
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %l.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() != Shutdown::Running {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `421 4.7.0` and close. On an implicit-TLS port a plaintext reply would be noise, and a
+/// handshake is what an overloaded listener can least afford: just close.
+async fn refuse(mut stream: TcpStream, implicit_tls: bool) {
+    if !implicit_tls {
+        let reply = b"421 4.7.0 Too many connections, try again later\r\n";
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply)).await;
+    }
+    let _ = stream.shutdown().await;
+}

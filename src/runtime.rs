@@ -1,0 +1,234 @@
+//! Building and running everything from a validated configuration: the TLS configuration and
+//! session policy of each listener (one immutable [`ListenerRuntime`] each, shared by its
+//! sessions), the bound sockets, the admin endpoint, and the drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, Listener, ListenerTls};
+use crate::metrics::Metrics;
+use crate::tls::{CertStore, LoadedCert};
+
+/// Where shutdown stands; every session watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    Running,
+    /// Stop accepting; sessions finish their transaction, then get `421 4.3.2`.
+    Draining,
+    /// `shutdown_grace` is over: `421 4.3.2` to whatever is left.
+    GraceOver,
+}
+
+/// Everything a session of one listener needs, fixed when the listener starts.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    pub name: String,
+    pub implicit_tls: bool,
+    /// `None`: no certificate, so no STARTTLS (`454 4.7.0`).
+    pub acceptor: Option<Arc<rustls::ServerConfig>>,
+    pub session: smtp_core::inbound::Config,
+    pub servers: Vec<String>,
+    pub connect_timeout: Duration,
+    /// Deadline for writing to either peer.
+    pub write_timeout: Duration,
+    pub max_connections: u32,
+    pub max_connections_per_ip: u32,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{}", .0.join("\n"))]
+    Certificates(Vec<String>),
+    #[error("listener {name}: cannot listen on {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: cannot listen on {addr}: {source}")]
+    BindMetrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The certificate store of `config`: its `certificates`, or with none, the self-signed
+/// certificate kept in `state_dir` (SPEC §3).
+pub fn load_certificates(config: &Config) -> Result<CertStore, Vec<String>> {
+    if config.certificates.is_empty() {
+        let cert = crate::tls::load_or_create_self_signed(&config.state_dir, &config.hostname)
+            .map_err(|e| vec![format!("state_dir {}: {e}", config.state_dir.display())])?;
+        return Ok(CertStore { certs: vec![cert] });
+    }
+    CertStore::load(&config.certificates)
+}
+
+/// The certificate a listener will serve, if any.
+pub fn listener_certificate<'a>(store: &'a CertStore, l: &Listener) -> Option<&'a LoadedCert> {
+    store.select(l.certificate.as_deref(), unix_now())
+}
+
+fn listener_runtime(
+    config: &Config,
+    l: &Listener,
+    store: &CertStore,
+    metrics: &Metrics,
+) -> Result<ListenerRuntime, String> {
+    let acceptor = match listener_certificate(store, l) {
+        Some(cert) => {
+            let server = crate::tls::server_config(cert, l.policy.tls_min_version)
+                .map_err(|e| format!("listener {}: {e}", l.name))?;
+            Some(server)
+        }
+        None if l.tls == ListenerTls::Implicit => {
+            return Err(format!(
+                "listener {}: tls: implicit needs a valid certificate",
+                l.name
+            ));
+        }
+        None => {
+            tracing::warn!(listener = %l.name, "no valid certificate: STARTTLS is not offered");
+            None
+        }
+    };
+    let p = &l.policy;
+    let t = p.timeouts;
+    metrics.init_listener(&l.name);
+    Ok(ListenerRuntime {
+        name: l.name.clone(),
+        implicit_tls: l.tls == ListenerTls::Implicit,
+        session: smtp_core::inbound::Config {
+            hostname: config.hostname.clone(),
+            starttls: acceptor.is_some() && l.tls == ListenerTls::Starttls,
+            require_tls: p.require_tls,
+            auth_requires_tls: p.auth_requires_tls,
+            bare_newlines: p.bare_newlines,
+            received_header: p.received_header,
+            max_message_size: p.max_message_size,
+            max_recipients: p.max_recipients,
+            timeouts: smtp_core::inbound::Timeouts {
+                greeting: t.greeting,
+                command: t.command,
+                data_block: t.data_block,
+                tls_handshake: t.tls_handshake,
+                // RFC 5321 §4.5.3.2 gives the client 5 to 10 minutes per reply; the command
+                // timeout is the operator's word for how long to wait.
+                backend_reply: t.command,
+            },
+        },
+        servers: l.backend.servers.clone(),
+        connect_timeout: l.backend.connect_timeout,
+        write_timeout: t.command,
+        acceptor,
+        max_connections: p.max_connections,
+        max_connections_per_ip: p.max_connections_per_ip,
+        metrics: metrics.clone(),
+    })
+}
+
+/// A started sidecar: listeners bound and accepting.
+#[derive(Debug)]
+pub struct Running {
+    /// Each listener's name and the address it is bound to (useful with port 0).
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: Metrics,
+    shutdown: watch::Sender<Shutdown>,
+    alive: mpsc::Receiver<()>,
+    grace: Duration,
+}
+
+/// Bind every listener and the admin endpoint, then accept in the background.
+pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartError> {
+    let metrics = Metrics::new();
+    let mut problems = Vec::new();
+    let mut runtimes = Vec::new();
+    for l in &config.listeners {
+        match listener_runtime(config, l, store, &metrics) {
+            Ok(rt) => runtimes.push((l.listen, Arc::new(rt))),
+            Err(p) => problems.push(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(StartError::Certificates(problems));
+    }
+    let mut bound = Vec::new();
+    for (addr, rt) in runtimes {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: rt.name.clone(),
+                addr,
+                source,
+            })?;
+        let local = tcp.local_addr().unwrap_or(addr);
+        bound.push((tcp, local, rt));
+    }
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let tcp = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::BindMetrics { addr, source })?;
+            let local = tcp.local_addr().unwrap_or(addr);
+            tokio::spawn(crate::admin::serve(tcp, metrics.clone()));
+            Some(local)
+        }
+        None => None,
+    };
+    let (shutdown, watch_rx) = watch::channel(Shutdown::Running);
+    let (alive_tx, alive) = mpsc::channel(1);
+    let mut listeners = Vec::new();
+    for (tcp, local, rt) in bound {
+        tracing::info!(listener = %rt.name, addr = %local, "listening");
+        listeners.push((rt.name.clone(), local));
+        tokio::spawn(crate::listener::accept_loop(
+            tcp,
+            rt,
+            watch_rx.clone(),
+            alive_tx.clone(),
+        ));
+    }
+    Ok(Running {
+        listeners,
+        metrics_addr,
+        metrics,
+        shutdown,
+        alive,
+        grace: config.shutdown_grace,
+    })
+}
+
+impl Running {
+    /// The bound address of the listener called `name`.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stop accepting, let sessions finish for the grace period, then tell the rest
+    /// `421 4.3.2` and wait briefly for them to close.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(Shutdown::Draining);
+        if tokio::time::timeout(self.grace, self.alive.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace over: closing the sessions left");
+            let _ = self.shutdown.send(Shutdown::GraceOver);
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.alive.recv()).await;
+        }
+    }
+}

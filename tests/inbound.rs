@@ -1,0 +1,458 @@
+//! End to end: the real listener on 127.0.0.1, real TLS, a recording backend; what reaches
+//! the backend is asserted byte for byte, what the client sees by exact reply.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+async fn sidecar(
+    policy: &str,
+) -> (
+    std::net::SocketAddr,
+    Recorder,
+    smtp_sidecar::runtime::Running,
+) {
+    let (backend, rec) = recording_backend().await;
+    let running = start(&config_yaml(backend, "starttls", policy)).await;
+    (running.addr("inbound").unwrap(), rec, running)
+}
+
+async fn envelope(c: &mut Client) {
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Ok\r\n");
+    assert_eq!(
+        c.cmd("DATA").await,
+        "354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+}
+
+#[tokio::test]
+async fn starttls_message_reaches_backend_byte_exact() {
+    let (addr, rec, _r) = sidecar("").await;
+    let mut c = Client::starttls_session(addr).await;
+    envelope(&mut c).await;
+    c.send(b"Subject: test\r\n\r\n..leading dot\r\nbody\r\n.\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as"));
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    let t = rec.closed(1).await;
+    assert_eq!(
+        String::from_utf8_lossy(&t[0]),
+        "EHLO client.test\r\nEHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n\
+         Subject: test\r\n\r\n..leading dot\r\nbody\r\n.\r\nQUIT\r\n"
+    );
+}
+
+#[tokio::test]
+async fn received_header_names_client_and_tls() {
+    let (backend, rec) = recording_backend().await;
+    let yaml = config_yaml(backend, "starttls", "")
+        .replace("received_header: false", "received_header: true");
+    let running = start(&yaml).await;
+    let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
+    envelope(&mut c).await;
+    c.send(b"Subject: x\r\n\r\nx\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 "));
+    let m = String::from_utf8(rec.messages()[0].clone()).unwrap();
+    assert!(m.starts_with("Received: from client.test ([127.0.0.1])\r\n\tby mx.test (smtp-sidecar) with ESMTPS\r\n\t(version=TLSv1.3 cipher=TLS13_"), "{m}");
+    assert!(m.ends_with(" +0000\r\nSubject: x\r\n\r\nx\r\n.\r\n"), "{m}");
+}
+
+#[tokio::test]
+async fn implicit_tls_message() {
+    let (backend, rec) = recording_backend().await;
+    let running = start(&config_yaml(backend, "implicit", "")).await;
+    let mut c = Client::connect_implicit(running.addr("inbound").unwrap()).await;
+    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert_eq!(c.cmd("STARTTLS").await, "503 5.5.1 TLS already active\r\n");
+    envelope(&mut c).await;
+    c.send(b"hello\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    assert_eq!(rec.messages(), vec![b"hello\r\n.\r\n".to_vec()]);
+}
+
+#[tokio::test]
+async fn pipelined_transaction_in_one_write() {
+    let (addr, rec, _r) = sidecar("").await;
+    let mut c = Client::starttls_session(addr).await;
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n")
+        .await;
+    assert_eq!(c.reply().await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.reply().await, "250 2.1.5 Ok\r\n");
+    assert_eq!(c.reply().await, "250 2.1.5 Ok\r\n");
+    assert_eq!(c.reply().await, "354 End data with <CR><LF>.<CR><LF>\r\n");
+    c.send(b"x\r\n.\r\nQUIT\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    assert_eq!(c.reply().await, "221 2.0.0 Bye\r\n");
+    assert_eq!(rec.messages(), vec![b"x\r\n.\r\n".to_vec()]);
+}
+
+#[tokio::test]
+async fn fifty_megabyte_message_streams_through() {
+    let (addr, rec, _r) = sidecar("      max_message_size: 64MiB\n").await;
+    let mut c = Client::starttls_session(addr).await;
+    envelope(&mut c).await;
+    let line = [b"x".repeat(76).as_slice(), b"\r\n"].concat();
+    let block: Vec<u8> = line.iter().copied().cycle().take(78 * 13_000).collect();
+    let mut sent = 0usize;
+    while sent < 50_000_000 {
+        c.send(&block).await;
+        sent += block.len();
+    }
+    c.send(b".\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    let m = rec.messages();
+    assert_eq!(m[0].len(), sent + 3);
+    assert!(m[0].ends_with(b"xx\r\n.\r\n"));
+}
+
+const SMUGGLING: [&str; 5] = ["\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r\n", "\r\n.\r"];
+
+#[tokio::test]
+async fn smuggling_sequences_are_rejected() {
+    for seq in SMUGGLING {
+        let (addr, rec, _r) = sidecar("").await;
+        let mut c = Client::starttls_session(addr).await;
+        envelope(&mut c).await;
+        let body = format!(
+            "a{seq}MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nsmuggled\r\n"
+        );
+        c.send(body.as_bytes()).await;
+        c.send(b"tail\r\n.\r\n").await;
+        assert_eq!(
+            c.reply().await,
+            "550 5.6.11 Bare line feed or carriage return not allowed\r\n",
+            "{seq:?}"
+        );
+        // The session goes on over a fresh backend connection.
+        assert_eq!(
+            c.cmd("MAIL FROM:<a@x.test>").await,
+            "250 2.1.0 Ok\r\n",
+            "{seq:?}"
+        );
+        assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+        let t = rec.closed(2).await;
+        assert!(rec.messages().is_empty(), "{seq:?}: no message delivered");
+        let first = String::from_utf8_lossy(&t[0]);
+        let body = first.split_once("DATA\r\n").map(|(_, b)| b);
+        // Only the clean prefix was forwarded before the connection was dropped.
+        assert!(
+            matches!(body, Some("" | "a" | "a\r\n")),
+            "{seq:?}: backend saw {first:?}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&t[1]),
+            "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nQUIT\r\n"
+        );
+    }
+}
+
+#[tokio::test]
+async fn smuggling_sequences_are_normalized() {
+    for seq in SMUGGLING {
+        let (addr, rec, _r) = sidecar("      bare_newlines: normalize\n").await;
+        let mut c = Client::starttls_session(addr).await;
+        envelope(&mut c).await;
+        c.send(format!("a{seq}b\r\n.\r\n").as_bytes()).await;
+        assert!(c.reply().await.starts_with("250 2.0.0"), "{seq:?}");
+        assert_eq!(
+            rec.messages(),
+            vec![b"a\r\n..\r\nb\r\n.\r\n".to_vec()],
+            "{seq:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn starttls_and_command_in_one_write_is_not_executed() {
+    let (addr, rec, _r) = sidecar("").await;
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    c.send(b"STARTTLS\r\nMAIL FROM:<x@evil.test>\r\n").await;
+    assert_eq!(c.reply().await, "220 2.0.0 Ready to start TLS\r\n");
+    let mut c = c.upgrade().await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@x.test>").await,
+        "503 5.5.1 Send EHLO first\r\n"
+    );
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    let t = rec.closed(1).await;
+    assert_eq!(
+        String::from_utf8_lossy(&t[0]),
+        "EHLO client.test\r\nQUIT\r\n"
+    );
+}
+
+#[tokio::test]
+async fn nul_and_binary_garbage_never_reach_the_backend() {
+    let (addr, rec, _r) = sidecar("").await;
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    assert_eq!(
+        c.cmd("EHLO client\0.test").await,
+        "501 5.5.4 Syntax error in parameters or arguments\r\n"
+    );
+    c.send(b"\xff\xfe\x00\x01garbage\r\n").await;
+    assert_eq!(c.reply().await, "500 5.5.1 Command unrecognized\r\n");
+    let mut c = {
+        assert!(c.cmd("EHLO client.test").await.starts_with("250-mx.test"));
+        assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+        c.upgrade().await
+    };
+    c.cmd("EHLO client.test").await;
+    envelope(&mut c).await;
+    c.send(b"a\0b\r\n.\r\n").await;
+    assert_eq!(c.reply().await, "550 5.6.11 NUL character not allowed\r\n");
+    c.cmd("QUIT").await;
+    for t in rec.closed(2).await {
+        assert!(!t.contains(&0), "NUL reached the backend: {t:?}");
+        assert!(!t.windows(7).any(|w| w == b"garbage"));
+    }
+}
+
+#[tokio::test]
+async fn tls_client_hello_on_starttls_port() {
+    let (addr, rec, _r) = sidecar("").await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut greeting = [0u8; 19];
+    tcp.read_exact(&mut greeting).await.unwrap();
+    // A client that speaks TLS at once: the handshake fails, nothing reaches the backend.
+    let result = tokio::time::timeout(T, common::tls_connect(tcp)).await;
+    assert!(result.is_err() || result.unwrap().is_err());
+    drop(_r);
+    assert!(rec.messages().is_empty());
+}
+
+#[tokio::test]
+async fn overlong_lines_are_refused_and_the_session_resynchronises() {
+    let (addr, _rec, _r) = sidecar("").await;
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    let long = format!("NOOP {}", "x".repeat(600));
+    assert_eq!(c.cmd(&long).await, "500 5.5.2 Line too long\r\n");
+    let huge = "A".repeat(100_000);
+    assert_eq!(c.cmd(&huge).await, "500 5.5.2 Line too long\r\n");
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK\r\n");
+    assert!(c.cmd("EHLO client.test").await.starts_with("250-"));
+    // 512 octets for a command, 2048 when it carries ESMTP parameters (RFC 5321 §4.5.3.1.4).
+    let no_params = format!("MAIL FROM:<{}@x.test>", "a".repeat(240));
+    assert_eq!(c.cmd(&no_params).await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("RSET").await, "250 2.0.0 Ok\r\n");
+    let with_params = format!("MAIL FROM:<a@x.test> ENVID={}", "e".repeat(1500));
+    assert_eq!(c.cmd(&with_params).await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("RSET").await, "250 2.0.0 Ok\r\n");
+    let too_long = format!("MAIL FROM:<a@x.test> ENVID={}", "e".repeat(2100));
+    assert_eq!(c.cmd(&too_long).await, "500 5.5.2 Line too long\r\n");
+    let rcpt_too_long = format!("RCPT TO:<{}@y.test>", "b".repeat(600));
+    assert_eq!(c.cmd(&rcpt_too_long).await, "500 5.5.2 Line too long\r\n");
+}
+
+#[tokio::test]
+async fn policy_replies() {
+    let (addr, _rec, _r) =
+        sidecar("      require_tls: true\n      max_recipients: 1\n      max_message_size: 1000\n")
+            .await;
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@x.test>").await,
+        "530 5.7.0 Must issue a STARTTLS command first\r\n"
+    );
+    assert_eq!(
+        c.cmd("AUTH PLAIN AGEAYg==").await,
+        "530 5.7.0 Must issue a STARTTLS command first\r\n"
+    );
+    assert_eq!(
+        c.cmd("STARTTLS x").await,
+        "501 5.5.4 Syntax error in parameters or arguments\r\n"
+    );
+    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+    let mut c = c.upgrade().await;
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(
+        ehlo.contains("250-SIZE 1000\r\n") || ehlo.contains("250 SIZE 1000\r\n"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@x.test> SIZE=1001").await,
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Ok\r\n");
+    assert_eq!(
+        c.cmd("RCPT TO:<c@y.test>").await,
+        "452 4.5.3 Too many recipients\r\n"
+    );
+    assert_eq!(
+        c.cmd("DATA").await,
+        "354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    c.send(&[b"y".repeat(2000).as_slice(), b"\r\n.\r\n"].concat())
+        .await;
+    assert_eq!(
+        c.reply().await,
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
+    assert_eq!(c.cmd("STARTTLS").await, "503 5.5.1 TLS already active\r\n");
+}
+
+#[tokio::test]
+async fn auth_before_tls_is_refused() {
+    let (addr, _rec, _r) = sidecar("").await;
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(
+        c.cmd("AUTH PLAIN AGEAYg==").await,
+        "538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+    );
+}
+
+#[tokio::test]
+async fn starttls_unavailable_without_certificate() {
+    let (backend, _rec) = recording_backend().await;
+    let running = start_without_certificate(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    c.reply().await;
+    assert!(!c.cmd("EHLO client.test").await.contains("STARTTLS"));
+    assert_eq!(
+        c.cmd("STARTTLS").await,
+        "454 4.7.0 TLS not available due to temporary reason\r\n"
+    );
+}
+
+#[tokio::test]
+async fn too_many_connections_per_ip() {
+    let (addr, _rec, _r) = sidecar("      max_connections_per_ip: 1\n").await;
+    let mut first = Client::connect(addr).await;
+    assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
+    let mut second = Client::connect(addr).await;
+    assert_eq!(
+        second.reply().await,
+        "421 4.7.0 Too many connections, try again later\r\n"
+    );
+    assert!(second.closed().await);
+    assert_eq!(first.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = Client::connect(addr).await;
+    assert_eq!(third.reply().await, "220 mx.test ESMTP\r\n");
+}
+
+#[tokio::test]
+async fn backend_down_at_connect() {
+    let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = unused.local_addr().unwrap();
+    drop(unused);
+    let running = start(&config_yaml(dead, "starttls", "")).await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    assert_eq!(
+        c.reply().await,
+        "421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn backend_failover_to_the_next_server() {
+    let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = unused.local_addr().unwrap();
+    drop(unused);
+    let (backend, _rec) = recording_backend().await;
+    let yaml = config_yaml(dead, "starttls", "").replace(
+        &format!("[\"{dead}\"]"),
+        &format!("[\"{dead}\", \"{backend}\"]"),
+    );
+    let running = start(&yaml).await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+}
+
+/// A backend that accepts the envelope, then dies after the first body bytes.
+async fn dying_backend() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"220 dying ESMTP\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        for reply in [
+            &b"250 dying\r\n"[..],
+            b"250 ok\r\n",
+            b"250 ok\r\n",
+            b"354 go\r\n",
+        ] {
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(reply).await.unwrap();
+        }
+        let _ = s.read(&mut buf).await.unwrap();
+        drop(s);
+    });
+    addr
+}
+
+#[tokio::test]
+async fn backend_killed_mid_message_gives_4xx_never_250() {
+    let backend = dying_backend().await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    c.cmd("MAIL FROM:<a@x.test>").await;
+    c.cmd("RCPT TO:<b@y.test>").await;
+    assert_eq!(c.cmd("DATA").await, "354 go\r\n");
+    c.send(b"first part\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        c.send(b"second part\r\n.\r\n").await;
+    })
+    .await;
+    assert_eq!(
+        c.reply().await,
+        "421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+}
+
+#[tokio::test]
+async fn idle_client_times_out() {
+    let (addr, _rec, _r) = sidecar("      timeouts: {greeting: 1s, command: 1s}\n").await;
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    assert_eq!(c.reply().await, "421 4.4.2 Timeout, closing connection\r\n");
+    assert!(c.closed().await);
+}
+
+async fn tls12_client(addr: std::net::SocketAddr) -> std::io::Result<Client> {
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+    c.try_upgrade(client_tls_config_with(&[&rustls::version::TLS12]))
+        .await
+}
+
+#[tokio::test]
+async fn tls12_works_and_tls_min_version_13_refuses_it() {
+    let (addr, rec, _r) = sidecar("").await;
+    let mut c = tls12_client(addr)
+        .await
+        .expect("TLS 1.2 accepted by default");
+    c.cmd("EHLO client.test").await;
+    envelope(&mut c).await;
+    c.send(b"x\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    assert_eq!(rec.messages().len(), 1);
+    let (addr13, _rec, _r13) = sidecar("      tls_min_version: \"1.3\"\n").await;
+    assert!(
+        tls12_client(addr13).await.is_err(),
+        "a TLS 1.2-only client must be refused"
+    );
+}

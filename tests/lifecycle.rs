@@ -1,0 +1,234 @@
+//! End to end: shutdown and drain, a hostile backend, and the real binary's signals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[tokio::test]
+async fn shutdown_lets_the_transaction_finish_then_says_421() {
+    let (backend, rec) = recording_backend().await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let addr = running.addr("inbound").unwrap();
+    let mut idle = Client::connect(addr).await;
+    idle.reply().await;
+    let mut busy = Client::connect(addr).await;
+    busy.reply().await;
+    busy.cmd("EHLO client.test").await;
+    assert_eq!(busy.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+    let stopping = tokio::spawn(running.shutdown());
+    // The idle session is told at once; the one in a transaction carries on.
+    assert_eq!(idle.reply().await, "421 4.3.2 Service shutting down\r\n");
+    assert!(idle.closed().await);
+    assert_eq!(busy.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Ok\r\n");
+    assert_eq!(
+        busy.cmd("DATA").await,
+        "354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    busy.send(b"x\r\n.\r\n").await;
+    assert!(busy.reply().await.starts_with("250 2.0.0 Ok"));
+    assert_eq!(busy.reply().await, "421 4.3.2 Service shutting down\r\n");
+    assert_eq!(rec.messages().len(), 1);
+    tokio::time::timeout(T, stopping).await.unwrap().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_grace_expiry_closes_what_is_left() {
+    let (backend, _rec) = recording_backend().await;
+    let yaml =
+        config_yaml(backend, "starttls", "").replace("shutdown_grace: 2s", "shutdown_grace: 300ms");
+    let running = start(&yaml).await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    c.cmd("MAIL FROM:<a@x.test>").await;
+    c.cmd("RCPT TO:<b@y.test>").await;
+    c.cmd("DATA").await;
+    c.send(b"a message that never ends\r\n").await;
+    let started = std::time::Instant::now();
+    running.shutdown().await;
+    assert_eq!(c.reply().await, "421 4.3.2 Service shutting down\r\n");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// A backend whose EHLO reply is `lines` lines long, optionally never finished.
+async fn hostile_backend(lines: usize, finish: bool) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"220 hostile ESMTP\r\n").await.unwrap();
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf).await;
+        let mut reply = Vec::new();
+        for i in 0..lines {
+            reply.extend_from_slice(format!("250-X-EXTENSION-{i}\r\n").as_bytes());
+        }
+        if finish {
+            reply.extend_from_slice(b"250 END\r\n");
+        }
+        let _ = s.write_all(&reply).await;
+        let _ = s.read(&mut buf).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn twenty_thousand_line_ehlo_reply_is_refused() {
+    let backend = hostile_backend(20_000, true).await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    c.reply().await;
+    assert_eq!(
+        c.cmd("EHLO client.test").await,
+        "421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn unterminated_multiline_reply_times_out() {
+    let backend = hostile_backend(3, false).await;
+    let running = start(&config_yaml(
+        backend,
+        "starttls",
+        "      timeouts: {command: 1s}\n",
+    ))
+    .await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    c.reply().await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        c.cmd("EHLO client.test").await,
+        "421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn too_many_connections_in_total() {
+    let (backend, _rec) = recording_backend().await;
+    let running = start(&config_yaml(
+        backend,
+        "starttls",
+        "      max_connections: 2\n",
+    ))
+    .await;
+    let addr = running.addr("inbound").unwrap();
+    let mut a = Client::connect(addr).await;
+    let mut b = Client::connect(addr).await;
+    assert_eq!(a.reply().await, "220 mx.test ESMTP\r\n");
+    assert_eq!(b.reply().await, "220 mx.test ESMTP\r\n");
+    let mut c = Client::connect(addr).await;
+    assert_eq!(
+        c.reply().await,
+        "421 4.7.0 Too many connections, try again later\r\n"
+    );
+}
+
+#[test]
+fn binary_exits_zero_on_sigterm_and_sigint() {
+    let dir = std::env::temp_dir().join(format!("smtp-sidecar-sig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for signal in ["TERM", "INT"] {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "hostname: mx.test\nstate_dir: {}\nshutdown_grace: 1s\nlisteners:\n  - name: in\n    listen: 127.0.0.1:{port}\n    backend: {{servers: [\"127.0.0.1:9\"]}}\n",
+                dir.join("state").display()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sidecar did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let code = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no exit after SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(code.success(), "SIG{signal}: {code:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_exits_one_with_every_problem() {
+    let dir = std::env::temp_dir().join(format!("smtp-sidecar-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("bad.yaml");
+    std::fs::write(
+        &config,
+        "listeners:\n  - name: x\n    listen: nope\n    backend: {servers: []}\n    colour: blue\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "listeners[0].listen",
+        "listeners[0].backend.servers",
+        "listeners[0].colour: unknown key",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml.example"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.contains("listener inbound (terminate, tls: starttls, listen: 0.0.0.0:25)"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
