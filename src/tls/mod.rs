@@ -28,7 +28,7 @@ mod tests_selfsigned;
 #[cfg(test)]
 mod tests_store;
 
-pub use certinfo::{format_rfc3339_utc, CertInfo};
+pub use certinfo::CertInfo;
 pub use selfsigned::{load_or_create_self_signed, self_signed, SELF_SIGNED_NAME};
 pub use server::{server_config, session_tls_info};
 pub use store::{CertStore, LoadedCert};

@@ -12,9 +12,10 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpos
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
-use super::certinfo::{civil_from_days, CertInfo};
+use super::certinfo::CertInfo;
 use super::store::{unix_now, LoadedCert};
 use super::TlsError;
+use smtp_core::date::civil_from_days;
 
 /// The store name of the generated certificate.
 pub const SELF_SIGNED_NAME: &str = "self-signed";

@@ -10,6 +10,7 @@
 //! | [`command`] | nom parser and serialiser for client commands |
 //! | [`reply`] | streaming nom parser and serialiser for server replies, with caps |
 //! | [`ehlo`] | the EHLO capability rewrite (allow-list) |
+//! | [`date`] | calendar dates (RFC 5322, RFC 3339) from a time passed in |
 //! | [`data`] | the DATA reframer: dot-stuffing, bare CR/LF, NUL, end-of-data |
 //! | [`inbound`] | the terminate-mode session state machine |
 //! | [`testing`] | an in-memory client/backend harness with a virtual clock |
@@ -17,6 +18,7 @@
 
 pub mod command;
 pub mod data;
+pub mod date;
 pub mod ehlo;
 pub mod inbound;
 pub mod line;

@@ -24,8 +24,6 @@ use crate::reply::{Reply, ReplyParser};
 mod commands;
 mod received;
 
-pub use received::{civil_from_days, format_date};
-
 /// Pipelined command bytes buffered before the session stops asking for more client input.
 const CLIENT_BUFFER_CAP: usize = 8 * 1024;
 
@@ -268,12 +266,7 @@ impl Session {
         if matches!(self.mode, Mode::Closed) {
             return;
         }
-        if matches!(
-            self.mode,
-            Mode::Data(_) | Mode::Await(Pending::EndOfData { .. })
-        ) {
-            self.events.push_back(Event::MessageFailed);
-        }
+        self.fail_message_in_flight();
         self.close();
     }
 
@@ -348,9 +341,7 @@ impl Session {
             match self.mode {
                 Mode::AwaitTls => self.close(),
                 _ => {
-                    if matches!(self.mode, Mode::Data(_)) {
-                        self.events.push_back(Event::MessageFailed);
-                    }
+                    self.fail_message_in_flight();
                     self.send("421 4.4.2 Timeout, closing connection");
                     self.close();
                 }
@@ -378,12 +369,7 @@ impl Session {
         if matches!(self.mode, Mode::Closed) {
             return;
         }
-        if matches!(
-            self.mode,
-            Mode::Data(_) | Mode::Await(Pending::EndOfData { .. })
-        ) {
-            self.events.push_back(Event::MessageFailed);
-        }
+        self.fail_message_in_flight();
         if matches!(self.mode, Mode::AwaitTls | Mode::Starting) {
             self.close();
         } else {
@@ -393,6 +379,17 @@ impl Session {
     }
 
     // ----- internals shared by the submodules -----
+
+    /// A message that was streaming, or waiting for the backend's verdict, is lost: the
+    /// client was never told 250 and will retry.
+    fn fail_message_in_flight(&mut self) {
+        if matches!(
+            self.mode,
+            Mode::Data(_) | Mode::Await(Pending::EndOfData { .. })
+        ) {
+            self.events.push_back(Event::MessageFailed);
+        }
+    }
 
     fn shutdown_now(&mut self) {
         self.send("421 4.3.2 Service shutting down");
@@ -440,12 +437,7 @@ impl Session {
         if matches!(self.mode, Mode::Closed) {
             return;
         }
-        if matches!(
-            self.mode,
-            Mode::Data(_) | Mode::Await(Pending::EndOfData { .. })
-        ) {
-            self.events.push_back(Event::MessageFailed);
-        }
+        self.fail_message_in_flight();
         self.events.push_back(Event::BackendFailed { reason });
         self.backend = Backend::Gone;
         match self.mode {
