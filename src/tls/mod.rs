@@ -47,12 +47,15 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-/// The crypto provider every TLS object of the sidecar uses: aws-lc-rs, rustls's default.
-/// DESIGN §5 asks for a measured comparison with *ring* on the handshake-heavy workload; this
-/// is the one line to change if *ring* wins.
+/// The crypto provider every TLS object of the sidecar uses (keys, handshakes, tickets):
+/// aws-lc-rs, rustls's default, or *ring* when built with `--features crypto-ring` (kept so
+/// that the two can be measured against each other; see the README's performance notes).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
+    PROVIDER.get_or_init(|| Arc::new(crypto::default_provider())).clone()
 }
+
+#[cfg(not(feature = "crypto-ring"))]
+pub(crate) use rustls::crypto::aws_lc_rs as crypto;
+#[cfg(feature = "crypto-ring")]
+pub(crate) use rustls::crypto::ring as crypto;

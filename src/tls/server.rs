@@ -44,7 +44,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(FixedCert(cert.certified_key.clone())));
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    config.ticketer = super::crypto::Ticketer::new()?;
     config.send_tls13_tickets = TLS13_TICKETS;
     config.alpn_protocols = Vec::new();
     Ok(Arc::new(config))
