@@ -52,7 +52,9 @@ pub enum TlsError {
 /// that the two can be measured against each other; see the README's performance notes).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(crypto::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| Arc::new(crypto::default_provider()))
+        .clone()
 }
 
 #[cfg(not(feature = "crypto-ring"))]

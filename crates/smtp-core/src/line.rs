@@ -69,6 +69,10 @@ impl LineReader {
     pub fn next_line(&mut self) -> Option<LineEvent> {
         let Some(lf) = memchr::memchr(b'\n', &self.buf[self.scanned..]).map(|i| i + self.scanned)
         else {
+            if self.buf.is_empty() {
+                // Give the allocation back: an idle session should hold no buffer.
+                self.buf = BytesMut::new();
+            }
             self.scanned = self.buf.len();
             if self.buf.len() > self.cap {
                 // Without an LF this line can only get longer: report it now rather than

@@ -123,6 +123,10 @@ impl ReplyParser {
             let Some(lf) =
                 memchr::memchr(b'\n', &self.buf[self.scanned..]).map(|i| i + self.scanned)
             else {
+                if self.buf.is_empty() {
+                    // Give the allocation back between replies.
+                    self.buf = BytesMut::new();
+                }
                 self.scanned = self.buf.len();
                 if self.buf.len() > MAX_REPLY_LINE {
                     return Err(self.fail(ReplyError::LineTooLong));

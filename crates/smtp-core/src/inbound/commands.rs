@@ -24,26 +24,26 @@ const RCPT_PARAMS: &[&str] = &["NOTIFY", "ORCPT"];
 impl Session {
     pub(super) fn command_line(&mut self, event: LineEvent, now: Instant) {
         let LineEvent::Line { line, crlf } = event else {
-            return self.error("500 5.5.2 Line too long", now);
+            return self.refuse("500 5.5.2 Line too long", now);
         };
         if !crlf {
             // A bare LF is how SMTP smuggling starts; commands must end in CRLF.
-            return self.error("500 5.5.2 Bare line feed not allowed", now);
+            return self.refuse("500 5.5.2 Bare line feed not allowed", now);
         }
         self.commands_seen += 1;
         let cmd = match parse_command(&line) {
             Ok(cmd) if line.len() + 2 > cmd.max_line_len() => {
-                return self.error("500 5.5.2 Line too long", now);
+                return self.refuse("500 5.5.2 Line too long", now);
             }
             Ok(cmd) => cmd,
             Err(_) if line.len() + 2 > MAX_COMMAND_LINE => {
-                return self.error("500 5.5.2 Line too long", now);
+                return self.refuse("500 5.5.2 Line too long", now);
             }
             Err(CommandError::Unknown) => {
-                return self.error("500 5.5.1 Command unrecognized", now);
+                return self.refuse("500 5.5.1 Command unrecognized", now);
             }
             Err(CommandError::Syntax(_)) => {
-                return self.error("501 5.5.4 Syntax error in parameters or arguments", now);
+                return self.refuse("501 5.5.4 Syntax error in parameters or arguments", now);
             }
         };
         if self.cfg.require_tls && self.tls.is_none() && needs_tls(cmd.verb()) {
@@ -108,9 +108,9 @@ impl Session {
                 self.forward(&out, Pending::Auth, now);
             }
             _ => {
-                // Cancel the exchange on the backend too, so both sides agree it failed.
+                // Not base64: cancel the exchange (RFC 4954 §4) instead of passing it on. The
+                // backend's answer to the cancel is the one reply the client gets.
                 self.forward(b"*\r\n", Pending::Other, now);
-                self.send("501 5.5.2 Invalid SASL response");
                 self.errors += 1;
             }
         }
@@ -304,15 +304,8 @@ impl Session {
         self.expect_command(now);
     }
 
-    /// A refusal of a well-formed command.
+    /// A refusal of our own (malformed or not allowed); too many end the session.
     fn refuse(&mut self, reply: &str, now: Instant) {
-        self.send(reply);
-        self.errors += 1;
-        self.after_error(now);
-    }
-
-    /// A malformed command.
-    fn error(&mut self, reply: &str, now: Instant) {
         self.send(reply);
         self.errors += 1;
         self.after_error(now);

@@ -493,3 +493,21 @@ fn shutdown_drains_at_command_boundary() {
     );
     assert!(h.closed);
 }
+
+#[test]
+fn invalid_sasl_response_cancels_with_one_reply() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.client_says(b"STARTTLS\r\n");
+    h.take_client();
+    h.ehlo();
+    h.exchange("AUTH LOGIN\r\n", "AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n");
+    // Not base64: the backend is told to cancel, and its answer is the only reply.
+    let reply = h.exchange(
+        "not base64!\r\n",
+        "*\r\n",
+        "501 5.7.0 Authentication cancelled\r\n",
+    );
+    assert_eq!(reply, "501 5.7.0 Authentication cancelled\r\n");
+    assert_eq!(h.exchange("NOOP\r\n", "", ""), "250 2.0.0 OK\r\n");
+}
