@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 /// The most read at once. Message bodies stream through in pieces of this size.
-pub const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 64 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
@@ -29,23 +29,34 @@ pub enum Read {
     WouldBlock,
 }
 
-/// Read once without waiting and pass what arrived to `deliver`.
-pub fn read_now<R: AsyncRead + Unpin + ?Sized>(
-    stream: &mut R,
-    deliver: impl FnOnce(&[u8]),
-) -> Read {
+/// Read without waiting and pass what arrived to `deliver`. Reads repeat until the scratch
+/// buffer is full or nothing more is ready: a TLS stream yields about one record (16 KiB)
+/// per read, and batching several means one reframer pass and one backend write for them.
+pub fn read_now<R: AsyncRead + Unpin + ?Sized>(stream: &mut R, deliver: impl FnOnce(&[u8])) -> Read {
     SCRATCH.with_borrow_mut(|buf| {
         let mut rb = ReadBuf::new(buf);
         // A no-op waker: readiness is awaited separately, with no buffer held.
         let mut cx = Context::from_waker(Waker::noop());
-        match Pin::new(stream).poll_read(&mut cx, &mut rb) {
-            Poll::Ready(Ok(())) if rb.filled().is_empty() => Read::Closed,
-            Poll::Ready(Ok(())) => {
+        let mut closed = false;
+        while rb.remaining() > 0 {
+            let before = rb.filled().len();
+            match Pin::new(&mut *stream).poll_read(&mut cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().len() > before => {}
+                Poll::Ready(_) => {
+                    closed = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        match (rb.filled().is_empty(), closed) {
+            // What arrived before the close is delivered; the close shows on the next read.
+            (false, _) => {
                 deliver(rb.filled());
                 Read::Data
             }
-            Poll::Ready(Err(_)) => Read::Closed,
-            Poll::Pending => Read::WouldBlock,
+            (true, true) => Read::Closed,
+            (true, false) => Read::WouldBlock,
         }
     })
 }
