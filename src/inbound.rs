@@ -160,7 +160,10 @@ pub async fn serve(
         }
         if client_more && session.wants_client_bytes() {
             match client.read_now(|data| session.handle_client_bytes(data, Instant::now())) {
-                Read::Data => continue,
+                Read::Data { more } => {
+                    client_more = more;
+                    continue;
+                }
                 Read::Closed => {
                     session.handle_client_eof(Instant::now());
                     continue;
@@ -174,7 +177,10 @@ pub async fn serve(
                 None => Read::WouldBlock,
             };
             match read {
-                Read::Data => continue,
+                Read::Data { more } => {
+                    backend_more = more;
+                    continue;
+                }
                 Read::Closed => {
                     backend = None;
                     session.handle_backend_eof(Instant::now());

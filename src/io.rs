@@ -21,8 +21,9 @@ thread_local! {
 /// What one non-blocking read found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
-    /// Bytes were read and handed over; there may be more.
-    Data,
+    /// Bytes were read and handed over. `more`: the buffer filled up, so more may be ready
+    /// now; otherwise the read stopped because nothing was, and readiness must be awaited.
+    Data { more: bool },
     /// The peer closed (or the connection failed).
     Closed,
     /// Nothing now: wait for readiness.
@@ -37,27 +38,27 @@ pub fn read_now<R: AsyncRead + Unpin + ?Sized>(stream: &mut R, deliver: impl FnO
         let mut rb = ReadBuf::new(buf);
         // A no-op waker: readiness is awaited separately, with no buffer held.
         let mut cx = Context::from_waker(Waker::noop());
-        let mut closed = false;
+        let mut stopped = None;
         while rb.remaining() > 0 {
             let before = rb.filled().len();
             match Pin::new(&mut *stream).poll_read(&mut cx, &mut rb) {
                 Poll::Ready(Ok(())) if rb.filled().len() > before => {}
                 Poll::Ready(_) => {
-                    closed = true;
+                    stopped = Some(Read::Closed);
                     break;
                 }
-                Poll::Pending => break,
+                Poll::Pending => {
+                    stopped = Some(Read::WouldBlock);
+                    break;
+                }
             }
         }
-        match (rb.filled().is_empty(), closed) {
-            // What arrived before the close is delivered; the close shows on the next read.
-            (false, _) => {
-                deliver(rb.filled());
-                Read::Data
-            }
-            (true, true) => Read::Closed,
-            (true, false) => Read::WouldBlock,
+        if rb.filled().is_empty() {
+            return stopped.unwrap_or(Read::WouldBlock);
         }
+        deliver(rb.filled());
+        // After a close, `more` makes the next read report it.
+        Read::Data { more: stopped != Some(Read::WouldBlock) }
     })
 }
 
