@@ -169,3 +169,144 @@ impl Harness {
         )
     }
 }
+
+/// A scripted legacy server for property tests and fuzzing: it greets every new connection,
+/// answers every command line `250` (`354` to DATA, `221` to QUIT) and every message `250`.
+#[derive(Debug, Default)]
+pub struct AutoBackend {
+    connects_seen: u32,
+    /// Bytes of the current connection not yet understood.
+    pending: Vec<u8>,
+    in_data: bool,
+    /// Everything each connection received, for [`check_backend_stream`].
+    pub connections: Vec<Vec<u8>>,
+}
+
+impl AutoBackend {
+    /// Answer whatever the session sent since the last call; repeat until quiet.
+    pub fn serve(&mut self, h: &mut Harness) {
+        for _ in 0..64 {
+            let mut replies = Vec::new();
+            if h.connects > self.connects_seen {
+                self.connects_seen = h.connects;
+                self.pending.clear();
+                self.in_data = false;
+                self.connections.push(Vec::new());
+                replies.extend_from_slice(b"220 legacy.test ESMTP\r\n");
+            }
+            let sent = h.backend.split();
+            if let Some(conn) = self.connections.last_mut() {
+                conn.extend_from_slice(&sent);
+            }
+            self.pending.extend_from_slice(&sent);
+            self.answer(&mut replies);
+            if replies.is_empty() || h.closed {
+                return;
+            }
+            h.backend_says(&replies);
+        }
+    }
+
+    fn answer(&mut self, replies: &mut Vec<u8>) {
+        loop {
+            if self.in_data {
+                let Some(end) = find(&self.pending, b"\r\n.\r\n") else {
+                    return;
+                };
+                self.pending.drain(..end + 5);
+                self.in_data = false;
+                replies.extend_from_slice(b"250 2.0.0 queued\r\n");
+                continue;
+            }
+            let Some(lf) = self.pending.iter().position(|&b| b == b'\n') else {
+                return;
+            };
+            let line: Vec<u8> = self.pending.drain(..=lf).collect();
+            let verb = line.get(..4).map(|v| v.to_ascii_uppercase());
+            match verb.as_deref() {
+                Some(b"DATA") => {
+                    replies.extend_from_slice(b"354 go\r\n");
+                    self.in_data = true;
+                    // The body may begin with the end of data itself (an empty message).
+                    self.pending.splice(0..0, *b"\r\n");
+                }
+                Some(b"QUIT") => replies.extend_from_slice(b"221 bye\r\n"),
+                _ => replies.extend_from_slice(b"250 ok\r\n"),
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// What the backend must never see, whatever the client sent (SPEC §1.2): a NUL, a bare CR
+/// or LF, a command line that is not canonical (re-parses to itself) or longer than 2048
+/// octets. Returns the first problem.
+pub fn check_backend_stream(stream: &[u8]) -> Result<(), String> {
+    use crate::command::parse_command;
+    if let Some(i) = stream.iter().position(|&b| b == 0) {
+        return Err(format!("NUL at {i}"));
+    }
+    for (i, w) in stream.windows(2).enumerate() {
+        if w[0] == b'\r' && w[1] != b'\n' {
+            return Err(format!("bare CR at {i}"));
+        }
+        if w[1] == b'\n' && w[0] != b'\r' {
+            return Err(format!("bare LF at {}", i + 1));
+        }
+    }
+    if stream.first() == Some(&b'\n') || (stream.last() == Some(&b'\r')) {
+        return Err("bare CR or LF at an edge".into());
+    }
+    // Walk the stream as the backend does: command lines, then bodies up to CRLF.CRLF.
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            return Err(format!(
+                "unterminated command line {:?}",
+                String::from_utf8_lossy(rest)
+            ));
+        };
+        let line = &rest[..lf - 1];
+        rest = &rest[lf + 1..];
+        if line.len() + 2 > crate::line::MAX_EXTENDED_LINE {
+            return Err(format!("command line of {} octets", line.len() + 2));
+        }
+        let cmd = match parse_command(line) {
+            Ok(cmd) => cmd,
+            // A SASL response line of an AUTH exchange (RFC 4954 §4).
+            Err(_)
+                if line
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=*".contains(b)) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                let line = String::from_utf8_lossy(line);
+                return Err(format!("backend got an unparsable command {line:?}: {e}"));
+            }
+        };
+        let mut canonical = bytes::BytesMut::new();
+        cmd.write_to(&mut canonical);
+        if canonical[..canonical.len() - 2] != *line {
+            return Err(format!(
+                "non-canonical command {:?}",
+                String::from_utf8_lossy(line)
+            ));
+        }
+        if cmd == crate::command::Command::Data {
+            // The body: up to the first end of data (which may be at once).
+            let mut body = Vec::with_capacity(rest.len() + 2);
+            body.extend_from_slice(b"\r\n");
+            body.extend_from_slice(rest);
+            match find(&body, b"\r\n.\r\n") {
+                Some(end) => rest = &rest[end + 3..],
+                None => return Ok(()), // aborted mid-message: the backend discards it
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! The whole inbound session against a scripted backend: whatever the client sends, in
+//! whatever pieces, the backend receives only canonical SMTP.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use smtp_core::data::BareNewlines;
+use smtp_core::testing::{check_backend_stream, test_config, AutoBackend, Harness};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, input)) = data.split_first() else { return };
+    let mut cfg = test_config();
+    cfg.max_message_size = 4096;
+    cfg.bare_newlines = if mode & 1 == 0 { BareNewlines::Reject } else { BareNewlines::Normalize };
+    cfg.require_tls = mode & 2 != 0;
+    let split = usize::from(mode >> 2).max(1);
+    let mut h = Harness::new(cfg);
+    let mut backend = AutoBackend::default();
+    backend.serve(&mut h);
+    for chunk in input.chunks(split) {
+        if h.closed {
+            break;
+        }
+        h.client_says(chunk);
+        backend.serve(&mut h);
+    }
+    for conn in &backend.connections {
+        if let Err(e) = check_backend_stream(conn) {
+            panic!("{e}: {:?}", String::from_utf8_lossy(conn));
+        }
+    }
+});
