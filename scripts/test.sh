@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README, and what CI runs: installs the Debian packages the
-# interoperability tests drive (swaks, openssl, Postfix's smtp-sink/smtp-source, python3),
-# then checks formatting and lints, and runs every test of the workspace.
+# interoperability tests drive (swaks, openssl, Postfix's smtp-sink/smtp-source, python3, an
+# unpacked Exim 4), then checks formatting and lints, and runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,33 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing test tools: ${need[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Exim 4, the legacy backend of tests/interop_exim.rs. Debian's exim4 packages conflict with
+# postfix, so exim4-daemon-light is only unpacked under target/, never installed; the shared
+# libraries it needs are installed, and the Debian-exim user its binary looks up is created.
+exim_dir=target/interop-tools/exim4
+if [ ! -x "$exim_dir/usr/sbin/exim4" ] || ! getent passwd Debian-exim >/dev/null; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "setting up Exim 4 in $exim_dir"
+  $sudo apt-get update -qq
+  libs=()
+  for p in $(apt-cache depends exim4-daemon-light | awk '$1 == "Depends:" && $2 ~ /^lib/ { print $2 }'); do
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || libs+=("$p")
+  done
+  if [ ${#libs[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${libs[@]}" >/dev/null
+  fi
+  getent passwd Debian-exim >/dev/null || $sudo useradd --system --badname --user-group \
+    --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin Debian-exim
+  if [ ! -x "$exim_dir/usr/sbin/exim4" ]; then
+    debs=$(mktemp -d)
+    (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root exim4-daemon-light)
+    mkdir -p "$exim_dir"
+    dpkg -x "$debs"/exim4-daemon-light_*.deb "$exim_dir"
+    rm -rf "$debs"
+  fi
 fi
 
 cargo fmt --all -- --check

@@ -33,7 +33,10 @@ pub enum Read {
 /// Read without waiting and pass what arrived to `deliver`. Reads repeat until the scratch
 /// buffer is full or nothing more is ready: a TLS stream yields about one record (16 KiB)
 /// per read, and batching several means one reframer pass and one backend write for them.
-pub fn read_now<R: AsyncRead + Unpin + ?Sized>(stream: &mut R, deliver: impl FnOnce(&[u8])) -> Read {
+pub fn read_now<R: AsyncRead + Unpin + ?Sized>(
+    stream: &mut R,
+    deliver: impl FnOnce(&[u8]),
+) -> Read {
     SCRATCH.with_borrow_mut(|buf| {
         let mut rb = ReadBuf::new(buf);
         // A no-op waker: readiness is awaited separately, with no buffer held.
@@ -58,7 +61,9 @@ pub fn read_now<R: AsyncRead + Unpin + ?Sized>(stream: &mut R, deliver: impl FnO
         }
         deliver(rb.filled());
         // After a close, `more` makes the next read report it.
-        Read::Data { more: stopped != Some(Read::WouldBlock) }
+        Read::Data {
+            more: stopped != Some(Read::WouldBlock),
+        }
     })
 }
 
