@@ -4,14 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::process::{free_port, wait_accepting, Guard, TempDir};
 use smtp_sidecar::sink::SinkEvent;
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,61 +32,6 @@ fn tool(name: &str, package: &str, args: &str) -> Command {
     cmd
 }
 
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let name = format!("smtp-sidecar-interop-{}-{n}", std::process::id());
-        let dir = std::env::temp_dir().join(name);
-        let _ = std::fs::remove_dir_all(&dir); // left over by a killed run with our pid
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Wait until `port` accepts connections while `child` runs; false if it exited.
-fn wait_accepting(child: &mut Child, port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if StdStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing accepting on 127.0.0.1:{port} after 10 s");
-}
-
-/// A child process killed when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The real binary, running `run -c <dir>/config.yaml` with one terminate listener.
 struct Sidecar {
     port: u16,
@@ -95,7 +42,7 @@ struct Sidecar {
 impl Sidecar {
     /// `tls`: starttls | implicit; `policy`: lines of the listener's `policy:` section.
     fn start(tls: &str, backend: SocketAddr, policy: &[&str]) -> Sidecar {
-        let dir = TempDir::new();
+        let dir = TempDir::new("interop");
         let policy: String = policy.iter().map(|l| format!("      {l}\n")).collect();
         for _attempt in 0..3 {
             let port = free_port();
@@ -457,7 +404,7 @@ async fn python(port: u16, script: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postfix_smtp_sink_backend() {
-    let dumps = TempDir::new();
+    let dumps = TempDir::new("interop");
     std::fs::set_permissions(&dumps.0, std::fs::Permissions::from_mode(0o777)).unwrap();
     let port = free_port();
     // -u is required when run as root; -d dumps each message to a file of its own.

@@ -5,73 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
+mod common;
 
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let name = format!("smtp-sidecar-exim-{}-{n}", std::process::id());
-        let dir = std::env::temp_dir().join(name);
-        let _ = std::fs::remove_dir_all(&dir); // left over by a killed run with our pid
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    /// A subdirectory anyone may write to: Exim works as its own user, not ours.
-    fn open_subdir(&self, name: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let d = self.0.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
-        d
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Wait (10 s at most) until `port` accepts connections while `child` runs; false if it exited.
-fn wait_accepting(child: &mut Child, port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing accepting on 127.0.0.1:{port} after 10 s");
-}
+use common::process::{free_port, wait_accepting, Guard, TempDir};
 
 /// Start `cmd` (stdout and stderr to `log`) listening on a port `make` chose; 3 attempts.
 fn start(what: &str, log: &Path, mut make: impl FnMut(u16) -> Command) -> (Guard, u16) {
@@ -113,7 +54,7 @@ impl Setup {
              exim4-daemon-light there and creates the user)",
             exim.display()
         );
-        let dir = TempDir::new();
+        let dir = TempDir::new("exim");
         let (spool, out) = (dir.open_subdir("spool"), dir.open_subdir("out"));
         let conf = format!(
             "primary_hostname = legacy.test\nqualify_domain = legacy.test\n\

@@ -2,6 +2,8 @@
 //! ports, a recording backend, and a small SMTP client that can do STARTTLS and implicit TLS.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
