@@ -232,3 +232,154 @@ fn check_exits_one_with_every_problem() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_prints_the_certificate_each_listener_serves() {
+    let dir = common::process::TempDir::new("check-cert");
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["mail.example.test".to_string()]).unwrap();
+    std::fs::write(dir.0.join("mail.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.0.join("mail.key"), signing_key.serialize_pem()).unwrap();
+    let sha256 = smtp_sidecar::tls::CertInfo::from_der(cert.der())
+        .unwrap()
+        .sha256;
+    let config = dir.0.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "certificates:\n  - name: internet\n    cert: {0}/mail.pem\n    key: {0}/mail.key\n\
+             listeners:\n  - name: smtps\n    listen: 127.0.0.1:465\n    tls: implicit\n\
+             \x20   certificate: {{name: internet}}\n    backend: {{servers: [\"127.0.0.1:2525\"]}}\n",
+            dir.0.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("listener smtps (terminate, tls: implicit, listen: 127.0.0.1:465)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  certificate internet:"), "{stdout}");
+    assert!(stdout.contains("SANs:       mail.example.test"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("SHA-256:    {sha256}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("SHA-1:      "), "{stdout}");
+    assert!(stdout.contains("(valid)"), "{stdout}");
+    // A key that belongs to another certificate: exit 1, naming the file.
+    let other = rcgen::generate_simple_self_signed(vec!["other.test".to_string()]).unwrap();
+    std::fs::write(dir.0.join("mail.key"), other.signing_key.serialize_pem()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("mail.key") && stderr.contains("does not match"),
+        "{stderr}"
+    );
+}
+
+/// `smtp-sidecar demo` as the README runs it: fixed ports 2525, 2526 and 9725.
+#[tokio::test]
+async fn demo_relays_a_message_and_prints_it() {
+    /// Kills the demo if the test fails before stopping it.
+    struct Demo(Option<std::process::Child>);
+    impl Drop for Demo {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut demo = Demo(Some(
+        std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+            .arg("demo")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let addr: std::net::SocketAddr = "127.0.0.1:2525".parse().unwrap();
+    let mut connected = None;
+    for _ in 0..200 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            connected = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(connected.expect("demo listening on 127.0.0.1:2525"));
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.reply().await, "220 localhost ESMTP\r\n");
+    assert!(c.cmd("EHLO client.test").await.contains("250 STARTTLS\r\n"));
+    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+    let mut c = c.upgrade().await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<me@example.com>").await,
+        "250 2.1.0 Ok\r\n"
+    );
+    assert_eq!(c.cmd("RCPT TO:<you@example.com>").await, "250 2.1.5 Ok\r\n");
+    c.cmd("DATA").await;
+    c.send(b"Subject: demo test\r\n\r\nhello demo\r\n.\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok"));
+    c.cmd("QUIT").await;
+    let metrics = {
+        let mut s = tokio::net::TcpStream::connect("127.0.0.1:9725")
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body
+    };
+    assert!(
+        metrics.contains(
+            "smtp_sidecar_messages_total{listener=\"demo\",result=\"accepted\",tls=\"yes\"} 1"
+        ),
+        "{metrics}"
+    );
+    // The sink printed the message: stop the demo and read its output.
+    let child = demo.0.take().unwrap();
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let waited = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let out = tokio::time::timeout(T, waited)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("Send a test message"), "{stdout}");
+    assert!(
+        stdout.contains("sink received a message: EHLO client.test, MAIL FROM:<me@example.com>"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Subject: demo test\n\nhello demo\n"),
+        "{stdout}"
+    );
+}
