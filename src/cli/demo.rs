@@ -76,6 +76,8 @@ fn print_event(event: SinkEvent) {
         data,
     } = event
     {
+        // The message as the backend stores it: without the terminating "." line.
+        let data = data.strip_suffix(b".\r\n").unwrap_or(&data);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
