@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
+# swaks's TLS support (--tls) is only a Recommends of its package.
+perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
@@ -14,6 +16,8 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   echo "installing test tools: ${need[*]}"
+  # Only Postfix's smtp-sink/smtp-source are used: no system MTA configured or started.
+  echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
