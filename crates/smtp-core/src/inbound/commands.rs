@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::{Action, Event, Mode, Pending, Phase, Session};
+use super::{Action, Backend, Event, Mode, Pending, Phase, Session};
 use crate::command::{parse_command, Command, CommandError, Param, Verb};
 use crate::ehlo::{rewrite_ehlo, EhloPolicy};
 use crate::line::{LineEvent, MAX_COMMAND_LINE};
@@ -22,6 +22,39 @@ const MAIL_PARAMS: &[&str] = &["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH
 const RCPT_PARAMS: &[&str] = &["NOTIFY", "ORCPT"];
 
 impl Session {
+    /// Handle buffered client lines for as long as the session can make progress.
+    pub(super) fn process_input(&mut self, now: Instant) {
+        loop {
+            match self.mode {
+                Mode::Commands | Mode::AuthLine if self.backend == Backend::Ready => {}
+                _ => return,
+            }
+            if self.draining && !matches!(self.phase, Phase::ExpectRcpt { .. }) {
+                self.shutdown_now();
+                return;
+            }
+            let Some(event) = self.client_in.next_line() else {
+                return;
+            };
+            if matches!(self.mode, Mode::AuthLine) {
+                self.auth_line(event, now);
+            } else {
+                self.command_line(event, now);
+            }
+        }
+    }
+
+    /// Wait for the next command.
+    pub(super) fn expect_command(&mut self, now: Instant) {
+        self.mode = Mode::Commands;
+        let wait = if self.commands_seen == 0 {
+            self.cfg.timeouts.greeting
+        } else {
+            self.cfg.timeouts.command
+        };
+        self.client_deadline = Some(now + wait);
+    }
+
     pub(super) fn command_line(&mut self, event: LineEvent, now: Instant) {
         let LineEvent::Line { line, crlf } = event else {
             return self.refuse("500 5.5.2 Line too long", now);

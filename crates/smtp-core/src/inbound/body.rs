@@ -1,0 +1,112 @@
+//! The message body of a session: entering DATA (with the Received header), streaming through
+//! the reframer, and what a refused message does to the backend connection.
+
+use std::time::{Instant, SystemTime};
+
+use super::{received, Action, Backend, Event, Mode, Pending, Phase, Session};
+use crate::data::{Reframer, Violation};
+
+impl Session {
+    pub(super) fn enter_data(&mut self, now: Instant) {
+        self.mode = Mode::Data(Box::new(Reframer::new(
+            self.cfg.bare_newlines,
+            self.cfg.max_message_size,
+        )));
+        if self.cfg.received_header {
+            let header = received::header(
+                self.helo.as_ref().map(|h| h.0.as_str()),
+                self.peer,
+                &self.cfg.hostname,
+                self.tls.as_ref(),
+                self.helo.as_ref().is_some_and(|h| h.1),
+                self.authenticated,
+                self.wall(now),
+            );
+            self.out_backend.extend_from_slice(header.as_bytes());
+        }
+        self.client_deadline = Some(now + self.cfg.timeouts.data_block);
+        // Body bytes the client pipelined behind DATA (RFC 2920 forbids it, some send anyway).
+        let rest = self.client_in.take_remaining();
+        if !rest.is_empty() {
+            let used = self.feed_body(&rest, now);
+            self.client_in.push(&rest[used..]);
+        }
+    }
+
+    /// Feed message bytes (DATA body or a BDAT chunk being skipped); returns bytes consumed.
+    pub(super) fn feed_body(&mut self, data: &[u8], now: Instant) -> usize {
+        self.client_deadline = Some(now + self.cfg.timeouts.data_block);
+        match &mut self.mode {
+            Mode::Data(reframer) => {
+                let clean_before = reframer.violation().is_none();
+                let fed = reframer.feed(data, &mut self.out_backend);
+                if clean_before && reframer.violation().is_some() {
+                    self.abort_backend_message();
+                }
+                if fed.finished {
+                    self.finish_data(now);
+                }
+                fed.consumed
+            }
+            Mode::SkipBdat { remaining, reply } => {
+                let n = usize::try_from(*remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                *remaining -= n as u64;
+                if *remaining == 0 {
+                    let reply = *reply;
+                    self.send(reply);
+                    self.expect_command(now);
+                }
+                n
+            }
+            _ => 0,
+        }
+    }
+
+    /// A message is refused mid-stream: the backend must never see its end of data, so its
+    /// connection is dropped (it discards the partial message) and a new one is opened for
+    /// the rest of the session.
+    pub(super) fn abort_backend_message(&mut self) {
+        self.out_backend.clear();
+        self.control(Action::CloseBackend);
+        self.control(Action::ConnectBackend);
+        self.backend = Backend::Connecting;
+        self.backend_deadline = None;
+    }
+
+    pub(super) fn finish_data(&mut self, now: Instant) {
+        let Mode::Data(reframer) = std::mem::replace(&mut self.mode, Mode::Commands) else {
+            return;
+        };
+        match reframer.violation() {
+            None => {
+                let bytes = reframer.received();
+                self.mode = Mode::Await(Pending::EndOfData { bytes });
+                self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+                self.client_deadline = None;
+                return;
+            }
+            Some(Violation::BareNewline) => {
+                self.policy_rejection("bare_newline");
+                self.send("550 5.6.11 Bare line feed or carriage return not allowed");
+            }
+            Some(Violation::Nul) => {
+                self.policy_rejection("nul_byte");
+                self.send("550 5.6.11 NUL character not allowed");
+            }
+            Some(Violation::TooBig) => {
+                self.policy_rejection("message_size");
+                self.send("552 5.3.4 Message size exceeds fixed maximum message size");
+            }
+        }
+        self.events.push_back(Event::MessageRejected);
+        self.phase = Phase::ExpectMail;
+        self.expect_command(now);
+    }
+
+    /// The wall-clock time at `now`, derived from the time given at the start.
+    pub(super) fn wall(&self, now: Instant) -> SystemTime {
+        self.started.1 + now.saturating_duration_since(self.started.0)
+    }
+}
