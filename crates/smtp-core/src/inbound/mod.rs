@@ -10,6 +10,9 @@
 //! Commands are handled one at a time: a forwarded command waits for the backend's reply
 //! before the next pipelined one is looked at, so replies stay in order and the backend sees
 //! a strictly sequential session. Every wait carries a deadline ([`Session::poll_timeout`]).
+//!
+//! This file holds the types and the `handle_*`/`poll_*` surface; `commands` the client's
+//! commands, `backend` the backend leg, `body` the message body, `received` the Received header.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
