@@ -187,6 +187,15 @@ fn binary_exits_zero_on_sigterm_and_sigint() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `smtp-sidecar check -c <config>`.
+fn run_check(config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+        .args(["check", "-c"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_exits_one_with_every_problem() {
     let dir = std::env::temp_dir().join(format!("smtp-sidecar-check-{}", std::process::id()));
@@ -197,11 +206,7 @@ fn check_exits_one_with_every_problem() {
         "listeners:\n  - name: x\n    listen: nope\n    backend: {servers: []}\n    colour: blue\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = run_check(&config);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
@@ -211,14 +216,7 @@ fn check_exits_one_with_every_problem() {
     ] {
         assert!(err.contains(needle), "{needle} missing from: {err}");
     }
-    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
-        .args([
-            "check",
-            "-c",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml.example"),
-        ])
-        .output()
-        .unwrap();
+    let ok = run_check(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml.example").as_ref());
     assert_eq!(
         ok.status.code(),
         Some(0),
@@ -254,11 +252,7 @@ fn check_prints_the_certificate_each_listener_serves() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = run_check(&config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -281,11 +275,7 @@ fn check_prints_the_certificate_each_listener_serves() {
     // A key that belongs to another certificate: exit 1, naming the file.
     let other = rcgen::generate_simple_self_signed(vec!["other.test".to_string()]).unwrap();
     std::fs::write(dir.0.join("mail.key"), other.signing_key.serialize_pem()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = run_check(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
