@@ -79,7 +79,7 @@ pub async fn serve(
                 Action::WriteClient(bytes) => {
                     let write = timeout(l.write_timeout, client.write(&bytes));
                     if !matches!(write.await, Ok(Ok(()))) {
-                        session.handle_client_eof(Instant::now());
+                        session.handle_client_lost(Instant::now());
                     }
                 }
                 Action::WriteBackend(bytes) => {
@@ -106,7 +106,16 @@ pub async fn serve(
                         }
                     }
                 }
-                Action::CloseBackend => backend = None,
+                Action::CloseBackend => {
+                    // An abortive close (RST): the backend discards the message in flight, and
+                    // no TIME_WAIT is left behind, so sessions that have many messages refused
+                    // cannot use up the ports toward a backend on another host.
+                    if let Some(b) = backend.take() {
+                        if let Err(e) = b.set_zero_linger() {
+                            tracing::debug!(error = %e, "SO_LINGER on backend socket");
+                        }
+                    }
+                }
                 Action::StartTls => {
                     let Client::Plain(tcp) = std::mem::replace(&mut client, Client::Taken) else {
                         session.handle_tls_failed(Instant::now());

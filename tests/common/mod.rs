@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod process;
+pub mod scripted;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -159,6 +160,21 @@ impl Client {
         Ok(Client {
             io: BufReader::new(Box::new(tls)),
         })
+    }
+
+    /// Shut down our sending side (a TCP half-close); replies can still be read.
+    pub async fn shutdown_write(&mut self) {
+        self.io.get_mut().shutdown().await.unwrap();
+    }
+
+    /// Everything the server sends until it closes the connection.
+    pub async fn read_to_close(&mut self) -> String {
+        let mut all = String::new();
+        tokio::time::timeout(T, self.io.read_to_string(&mut all))
+            .await
+            .expect("server closed in time")
+            .unwrap();
+        all
     }
 
     /// True when the server closed the connection (EOF) within the test timeout.

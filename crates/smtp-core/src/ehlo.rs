@@ -74,6 +74,40 @@ impl Extension {
     }
 }
 
+/// The extensions a client was offered, read back from the EHLO reply it was sent: MAIL and
+/// RCPT parameters are accepted only for these (SPEC §4). All false after HELO or before any
+/// EHLO.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offered {
+    pub size: bool,
+    pub eight_bit_mime: bool,
+    pub dsn: bool,
+    pub smtputf8: bool,
+    pub auth: bool,
+}
+
+impl Offered {
+    /// What a (rewritten) EHLO reply offers; nothing if it is not positive.
+    pub fn from_reply(reply: &Reply) -> Self {
+        let mut offered = Offered::default();
+        if !reply.is_positive() {
+            return offered;
+        }
+        for line in reply.lines.iter().skip(1) {
+            let keyword = line.split_ascii_whitespace().next();
+            match keyword.and_then(Extension::from_keyword) {
+                Some(Extension::Size) => offered.size = true,
+                Some(Extension::EightBitMime) => offered.eight_bit_mime = true,
+                Some(Extension::Dsn) => offered.dsn = true,
+                Some(Extension::SmtpUtf8) => offered.smtputf8 = true,
+                Some(Extension::Auth) => offered.auth = true,
+                _ => {}
+            }
+        }
+        offered
+    }
+}
+
 /// RFC 4422 §3.1: a SASL mechanism name is 1 to 20 of `[A-Z0-9-_]`; lower case is accepted
 /// because old servers send it and the client compares case-insensitively.
 const MAX_MECHANISM: usize = 20;

@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use super::{Backend, Event, Mode, Pending, Session};
+use super::auth::AuthReplay;
+use super::{Action, Backend, Event, Mode, Pending, Replay, Session, MAX_BACKEND_REPLACEMENTS};
+use crate::command::Command;
 use crate::reply::Reply;
 
 impl Session {
@@ -43,11 +45,18 @@ impl Session {
                 let text = reply.lines.join(" / ");
                 self.backend_failed(format!("greeting refused: {} {text}", reply.code));
             }
-            Backend::Replaying => self.backend = Backend::Ready,
+            Backend::Replaying(step) => self.replayed(step, &reply, now),
             Backend::Ready if matches!(self.mode, Mode::Await(_)) => {
                 let Mode::Await(pending) = std::mem::replace(&mut self.mode, Mode::Commands) else {
                     return;
                 };
+                if !pending.expects(reply.code) {
+                    let text = reply.lines.join(" / ");
+                    return self.backend_failed(format!(
+                        "reply {} {text} does not answer {pending:?}",
+                        reply.code
+                    ));
+                }
                 self.complete(pending, reply, now);
             }
             _ => {
@@ -57,19 +66,81 @@ impl Session {
         }
     }
 
-    /// After a reconnect, bring the backend back to where the client is: greeted.
+    /// Replace the backend connection: the old one is dropped without a word (a message in
+    /// flight there is discarded), a new one is opened and brought back to where the client
+    /// is. Returns false, changing nothing, once the session has used its replacements.
+    pub(super) fn replace_backend(&mut self) -> bool {
+        if self.replacements >= MAX_BACKEND_REPLACEMENTS {
+            return false;
+        }
+        self.replacements += 1;
+        self.out_backend.clear();
+        self.control(Action::CloseBackend);
+        self.control(Action::ConnectBackend);
+        self.backend = Backend::Connecting;
+        self.backend_deadline = None;
+        true
+    }
+
+    /// After a reconnect, bring the backend back to where the client is: greeted, then
+    /// authenticated; then send the command that was waiting for it, if any.
     pub(super) fn replay_helo(&mut self, now: Instant) {
         match self.helo.clone() {
             Some((name, esmtp)) => {
-                let verb = if esmtp { "EHLO" } else { "HELO" };
-                self.out_backend.extend_from_slice(verb.as_bytes());
-                self.out_backend.extend_from_slice(b" ");
-                self.out_backend.extend_from_slice(name.as_bytes());
-                self.out_backend.extend_from_slice(b"\r\n");
-                self.backend = Backend::Replaying;
-                self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+                hello_command(name, esmtp).write_to(&mut self.out_backend);
+                self.replay_step(Replay::Helo, now);
             }
-            None => self.backend = Backend::Ready,
+            None => self.replay_auth(0, now),
+        }
+    }
+
+    /// The backend answered a step of the replay.
+    fn replayed(&mut self, step: Replay, reply: &Reply, now: Instant) {
+        match step {
+            Replay::Helo if reply.is_positive() => {
+                self.backend_helo = true;
+                self.replay_auth(0, now);
+            }
+            Replay::Auth { next } if reply.code == 334 => self.replay_auth(next, now),
+            Replay::Auth { .. } if reply.code == 235 => self.replay_done(now),
+            _ => {
+                let text = reply.lines.join(" / ");
+                self.backend_failed(format!(
+                    "new connection refused the replay ({step:?}): {} {text}",
+                    reply.code
+                ));
+            }
+        }
+    }
+
+    /// Send recorded AUTH line `next`, or finish the replay when there is nothing to send.
+    fn replay_auth(&mut self, next: usize, now: Instant) {
+        match self.auth.replay() {
+            AuthReplay::Nothing if next == 0 => self.replay_done(now),
+            AuthReplay::Lines(lines) if next < lines.len() => {
+                self.out_backend.extend_from_slice(lines[next].bytes());
+                self.replay_step(Replay::Auth { next: next + 1 }, now);
+            }
+            AuthReplay::Impossible => {
+                self.backend_failed("authentication cannot be replayed on a new connection".into());
+            }
+            _ => self.backend_failed("backend asked for more than the recorded exchange".into()),
+        }
+    }
+
+    fn replay_step(&mut self, step: Replay, now: Instant) {
+        self.backend = Backend::Replaying(step);
+        self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+    }
+
+    /// The new connection is where the old one was. A command that waited for it (the
+    /// client's EHLO, when the old connection refused a second one) goes out now.
+    fn replay_done(&mut self, now: Instant) {
+        self.backend = Backend::Ready;
+        self.backend_deadline = None;
+        if let Mode::Await(Pending::Ehlo { name, esmtp }) = &self.mode {
+            hello_command(name.clone(), *esmtp).write_to(&mut self.out_backend);
+            self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
         }
     }
 
@@ -79,5 +150,13 @@ impl Session {
         self.mode = Mode::Await(pending);
         self.client_deadline = None;
         self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+    }
+}
+
+pub(super) fn hello_command(name: String, esmtp: bool) -> Command {
+    if esmtp {
+        Command::Ehlo(name)
+    } else {
+        Command::Helo(name)
     }
 }

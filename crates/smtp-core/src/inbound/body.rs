@@ -19,7 +19,7 @@ impl Session {
                 &self.cfg.hostname,
                 self.tls.as_ref(),
                 self.helo.as_ref().is_some_and(|h| h.1),
-                self.authenticated,
+                self.auth.is_authenticated(),
                 self.wall(now),
             );
             self.out_backend.extend_from_slice(header.as_bytes());
@@ -66,13 +66,15 @@ impl Session {
 
     /// A message is refused mid-stream: the backend must never see its end of data, so its
     /// connection is dropped (it discards the partial message) and a new one is opened for
-    /// the rest of the session.
+    /// the rest of the session. Past the session's replacements there is no new one: the
+    /// client still gets its refusal at its end of data, then `421`.
     pub(super) fn abort_backend_message(&mut self) {
-        self.out_backend.clear();
-        self.control(Action::CloseBackend);
-        self.control(Action::ConnectBackend);
-        self.backend = Backend::Connecting;
-        self.backend_deadline = None;
+        if !self.replace_backend() {
+            self.out_backend.clear();
+            self.control(Action::CloseBackend);
+            self.backend = Backend::Gone;
+            self.backend_deadline = None;
+        }
     }
 
     pub(super) fn finish_data(&mut self, now: Instant) {
@@ -102,6 +104,10 @@ impl Session {
         }
         self.events.push_back(Event::MessageRejected);
         self.phase = Phase::ExpectMail;
+        if self.backend == Backend::Gone {
+            self.send("421 4.7.0 Too many refused messages, closing connection");
+            return self.close();
+        }
         self.expect_command(now);
     }
 

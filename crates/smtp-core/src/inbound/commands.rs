@@ -6,20 +6,24 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::{Action, Backend, Event, Mode, Pending, Phase, Session};
-use crate::command::{parse_command, Command, CommandError, Param, Verb};
-use crate::ehlo::{rewrite_ehlo, EhloPolicy};
+use super::backend::hello_command;
+use super::params::{check_mail, check_rcpt, ParamError};
+use super::{Action, Backend, Event, Mode, Pending, Phase, Session, Transaction};
+use crate::command::{parse_command, Command, CommandError, Verb};
+use crate::ehlo::{rewrite_ehlo, EhloPolicy, Offered};
 use crate::line::{LineEvent, MAX_COMMAND_LINE};
 use crate::reply::Reply;
 
-/// Errors in a row after which the client is disconnected (a client speaking another
+/// Protocol errors after which the client is disconnected (a client speaking another
 /// protocol, or a TLS ClientHello on the STARTTLS port, must not hold a session forever).
+/// Counted since the last delivered message (SPEC §4).
 const MAX_ERRORS: u32 = 20;
 
-/// MAIL parameters of the extensions we pass (SPEC §4 allow-list).
-const MAIL_PARAMS: &[&str] = &["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"];
-/// RCPT parameters of the extensions we pass (DSN, RFC 3461).
-const RCPT_PARAMS: &[&str] = &["NOTIFY", "ORCPT"];
+/// Recipients over `max_recipients` refused in one transaction before each further one
+/// counts as an error: a client pipelining a large transaction gets `452` for the excess
+/// and sends it again later (RFC 5321 §4.5.3.1.10), it is not misbehaving (Postfix's
+/// `smtpd_recipient_overshoot_limit`).
+const RECIPIENT_OVERSHOOT: u32 = 1000;
 
 impl Session {
     /// Handle buffered client lines for as long as the session can make progress.
@@ -29,11 +33,15 @@ impl Session {
                 Mode::Commands | Mode::AuthLine if self.backend == Backend::Ready => {}
                 _ => return,
             }
-            if self.draining && !matches!(self.phase, Phase::ExpectRcpt { .. }) {
+            if self.draining && !matches!(self.phase, Phase::ExpectRcpt(_)) {
                 self.shutdown_now();
                 return;
             }
             let Some(event) = self.client_in.next_line() else {
+                if self.client_eof {
+                    // Everything the client sent has been answered.
+                    self.close();
+                }
                 return;
             };
             if matches!(self.mode, Mode::AuthLine) {
@@ -93,6 +101,7 @@ impl Session {
             Command::Noop => self.ok("250 2.0.0 OK", now),
             Command::Quit => {
                 self.send("221 2.0.0 Bye");
+                // RFC 5321 §4.1.1.10; the backend's own 221 is not waited for.
                 self.out_backend.extend_from_slice(b"QUIT\r\n");
                 self.close();
             }
@@ -103,13 +112,13 @@ impl Session {
                 };
                 self.forward_cmd(&Command::Rset, Pending::Rset, now);
             }
-            Command::Mail { ref params, .. } => self.mail(&cmd, params, now),
-            Command::Rcpt { ref params, .. } => self.rcpt(&cmd, params, now),
+            Command::Mail { .. } => self.mail(cmd, now),
+            Command::Rcpt { .. } => self.rcpt(&cmd, now),
             Command::Data => match self.phase {
-                Phase::ExpectRcpt { rcpts } if rcpts > 0 => {
+                Phase::ExpectRcpt(tx) if tx.rcpts > 0 => {
                     self.forward_cmd(&cmd, Pending::Data, now);
                 }
-                Phase::ExpectRcpt { .. } => self.refuse("503 5.5.1 Need RCPT command", now),
+                Phase::ExpectRcpt(_) => self.refuse("503 5.5.1 Need RCPT command", now),
                 _ => self.refuse("503 5.5.1 Need MAIL command", now),
             },
             Command::Bdat { size, .. } => self.skip_bdat(
@@ -138,13 +147,15 @@ impl Session {
                 let mut out = BytesMut::with_capacity(line.len() + 2);
                 out.extend_from_slice(&line);
                 out.extend_from_slice(b"\r\n");
+                self.auth.response(&out);
                 self.forward(&out, Pending::Auth, now);
             }
             _ => {
                 // Not base64: cancel the exchange (RFC 4954 §4) instead of passing it on. The
                 // backend's answer to the cancel is the one reply the client gets.
+                self.auth.finish(false);
                 self.forward(b"*\r\n", Pending::Other, now);
-                self.errors += 1;
+                self.count_error();
             }
         }
     }
@@ -153,7 +164,16 @@ impl Session {
     pub(super) fn complete(&mut self, pending: Pending, reply: Reply, now: Instant) {
         match pending {
             Pending::Ehlo { name, esmtp } => {
+                // A backend that refuses a second HELO/EHLO in one session (OpenSMTPD: `503
+                // Already identified`) meets one after STARTTLS (RFC 3207 §4.2): the EHLO is
+                // sent again on a fresh connection instead. Backends that accept it cost nothing.
+                if reply.code == 503 && self.backend_helo && self.replace_backend() {
+                    self.mode = Mode::Await(Pending::Ehlo { name, esmtp });
+                    return;
+                }
+                self.offered = Offered::default();
                 if reply.is_positive() {
+                    self.backend_helo = true;
                     self.helo = Some((name, esmtp));
                     self.phase = Phase::ExpectMail;
                 }
@@ -166,20 +186,25 @@ impl Session {
                         chunking: false,
                     };
                     let rewritten = rewrite_ehlo(&reply, &policy);
+                    self.offered = Offered::from_reply(&rewritten);
                     self.send_reply(&rewritten);
                 } else {
                     self.send_reply(&reply);
                 }
             }
-            Pending::Mail => {
+            Pending::Mail(mail) => {
                 if reply.is_positive() {
-                    self.phase = Phase::ExpectRcpt { rcpts: 0 };
+                    self.phase = Phase::ExpectRcpt(Transaction {
+                        mail,
+                        rcpts: 0,
+                        over_limit: 0,
+                    });
                 }
                 self.send_reply(&reply);
             }
             Pending::Rcpt => {
-                if let (true, Phase::ExpectRcpt { rcpts }) = (reply.is_positive(), self.phase) {
-                    self.phase = Phase::ExpectRcpt { rcpts: rcpts + 1 };
+                if let (true, Phase::ExpectRcpt(tx)) = (reply.is_positive(), &mut self.phase) {
+                    tx.rcpts += 1;
                 }
                 self.send_reply(&reply);
             }
@@ -193,6 +218,8 @@ impl Session {
                 // End-to-end acknowledgement: this 250 is the backend's own (SPEC §1.1).
                 self.send_reply(&reply);
                 self.events.push_back(if reply.is_positive() {
+                    // A delivered message resets the error count (SPEC §4).
+                    self.errors = 0;
                     Event::MessageAccepted { bytes }
                 } else {
                     Event::MessageRejected
@@ -206,9 +233,7 @@ impl Session {
                     self.client_deadline = Some(now + self.cfg.timeouts.command);
                     return;
                 }
-                if reply.is_positive() {
-                    self.authenticated = true;
-                }
+                self.auth.finish(reply.is_positive());
             }
             Pending::Rset | Pending::Other => self.send_reply(&reply),
         }
@@ -217,12 +242,7 @@ impl Session {
 
     fn hello(&mut self, name: String, esmtp: bool, now: Instant) {
         let mut out = BytesMut::new();
-        let cmd = if esmtp {
-            Command::Ehlo(name.clone())
-        } else {
-            Command::Helo(name.clone())
-        };
-        cmd.write_to(&mut out);
+        hello_command(name.clone(), esmtp).write_to(&mut out);
         // EHLO resets any transaction (RFC 5321 §4.1.4); the backend does the same.
         if self.phase != Phase::ExpectEhlo {
             self.phase = Phase::ExpectMail;
@@ -245,44 +265,44 @@ impl Session {
         self.control(Action::StartTls);
     }
 
-    fn mail(&mut self, cmd: &Command, params: &[Param], now: Instant) {
+    fn mail(&mut self, mut cmd: Command, now: Instant) {
         match self.phase {
             Phase::ExpectEhlo => return self.refuse("503 5.5.1 Send EHLO first", now),
-            Phase::ExpectRcpt { .. } => return self.refuse("503 5.5.1 Nested MAIL command", now),
+            Phase::ExpectRcpt(_) => return self.refuse("503 5.5.1 Nested MAIL command", now),
             Phase::ExpectMail => {}
         }
-        if let Some(reply) = unsupported_param(params, MAIL_PARAMS) {
-            return self.refuse(reply, now);
-        }
-        if let Some(p) = params
-            .iter()
-            .find(|p| p.keyword.eq_ignore_ascii_case("SIZE"))
-        {
-            match p.value.as_deref().map(str::parse::<u64>) {
-                Some(Ok(size)) if size > self.cfg.max_message_size => {
+        let Command::Mail { from, params } = &mut cmd else {
+            return;
+        };
+        let authenticated = self.auth.is_authenticated();
+        let max = self.cfg.max_message_size;
+        match check_mail(from, params, self.offered, authenticated, max) {
+            Ok(mail) => self.forward_cmd(&cmd, Pending::Mail(mail), now),
+            Err(e) => {
+                if e == ParamError::TooBig {
                     self.policy_rejection("message_size");
-                    return self.refuse(
-                        "552 5.3.4 Message size exceeds fixed maximum message size",
-                        now,
-                    );
                 }
-                Some(Ok(_)) => {}
-                _ => return self.refuse("501 5.5.4 Invalid SIZE parameter", now),
+                self.refuse(e.reply(), now);
             }
         }
-        self.forward_cmd(cmd, Pending::Mail, now);
     }
 
-    fn rcpt(&mut self, cmd: &Command, params: &[Param], now: Instant) {
-        let Phase::ExpectRcpt { rcpts } = self.phase else {
+    fn rcpt(&mut self, cmd: &Command, now: Instant) {
+        let (Phase::ExpectRcpt(tx), Command::Rcpt { to, params }) = (self.phase, cmd) else {
             return self.refuse("503 5.5.1 Need MAIL command", now);
         };
-        if let Some(reply) = unsupported_param(params, RCPT_PARAMS) {
-            return self.refuse(reply, now);
+        if let Err(e) = check_rcpt(to, params, self.offered, tx.mail) {
+            return self.refuse(e.reply(), now);
         }
-        if rcpts >= self.cfg.max_recipients {
+        if tx.rcpts >= self.cfg.max_recipients {
             self.policy_rejection("max_recipients");
-            return self.refuse("452 4.5.3 Too many recipients", now);
+            self.send("452 4.5.3 Too many recipients");
+            let over_limit = tx.over_limit.saturating_add(1);
+            self.phase = Phase::ExpectRcpt(Transaction { over_limit, ..tx });
+            if over_limit > RECIPIENT_OVERSHOOT {
+                self.count_error();
+            }
+            return self.after_reply(now);
         }
         self.forward_cmd(cmd, Pending::Rcpt, now);
     }
@@ -297,17 +317,26 @@ impl Session {
         }
         match self.phase {
             Phase::ExpectEhlo => self.refuse("503 5.5.1 Send EHLO first", now),
-            Phase::ExpectRcpt { .. } => {
-                self.refuse("503 5.5.1 AUTH not allowed in a transaction", now)
-            }
-            Phase::ExpectMail if self.authenticated => {
+            Phase::ExpectRcpt(_) => self.refuse("503 5.5.1 AUTH not allowed in a transaction", now),
+            Phase::ExpectMail if self.auth.is_authenticated() => {
                 self.refuse("503 5.5.1 Already authenticated", now)
             }
-            Phase::ExpectMail => self.forward_cmd(cmd, Pending::Auth, now),
+            Phase::ExpectMail => {
+                let Command::Auth { mechanism, .. } = cmd else {
+                    return;
+                };
+                let mut out = BytesMut::with_capacity(64);
+                cmd.write_to(&mut out);
+                self.auth.start(mechanism, &out);
+                self.forward(&out, Pending::Auth, now);
+            }
         }
     }
 
     fn skip_bdat(&mut self, size: u64, reply: &'static str, now: Instant) {
+        if !self.count_error() {
+            return;
+        }
         // The chunk is data, not commands (RFC 3030 §2): consume exactly `size` octets.
         let rest = self.client_in.take_remaining();
         self.mode = Mode::SkipBdat {
@@ -322,7 +351,6 @@ impl Session {
             let used = self.feed_body(&rest, now);
             self.client_in.push(&rest[used..]);
         }
-        self.errors += 1;
     }
 
     fn forward_cmd(&mut self, cmd: &Command, pending: Pending, now: Instant) {
@@ -340,15 +368,24 @@ impl Session {
     /// A refusal of our own (malformed or not allowed); too many end the session.
     fn refuse(&mut self, reply: &str, now: Instant) {
         self.send(reply);
-        self.errors += 1;
-        self.after_error(now);
+        self.count_error();
+        self.after_reply(now);
     }
 
-    fn after_error(&mut self, now: Instant) {
+    /// Count a protocol error; at the limit the client is told so and the session closes.
+    /// Returns whether the session goes on. Every path that counts an error comes here.
+    fn count_error(&mut self) -> bool {
+        self.errors += 1;
         if self.errors >= MAX_ERRORS {
             self.send("421 4.7.0 Too many errors, closing connection");
             self.close();
-        } else if matches!(self.mode, Mode::Commands) {
+            return false;
+        }
+        true
+    }
+
+    fn after_reply(&mut self, now: Instant) {
+        if matches!(self.mode, Mode::Commands) {
             self.expect_command(now);
         }
     }
@@ -367,22 +404,4 @@ fn needs_tls(verb: Verb) -> bool {
             | Verb::Expn
             | Verb::Etrn
     )
-}
-
-/// A parameter of an extension we do not pass (e.g. BODY=BINARYMIME) is refused here rather
-/// than handed to a backend that may misparse it.
-fn unsupported_param(params: &[Param], allowed: &[&str]) -> Option<&'static str> {
-    for p in params {
-        if !allowed.iter().any(|a| p.keyword.eq_ignore_ascii_case(a)) {
-            return Some("555 5.5.4 Unsupported parameter");
-        }
-        if p.keyword.eq_ignore_ascii_case("BODY")
-            && !p.value.as_deref().is_some_and(|v| {
-                v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME")
-            })
-        {
-            return Some("555 5.5.4 Unsupported BODY type");
-        }
-    }
-    None
 }

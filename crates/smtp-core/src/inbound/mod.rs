@@ -12,7 +12,9 @@
 //! a strictly sequential session. Every wait carries a deadline ([`Session::poll_timeout`]).
 //!
 //! This file holds the types and the `handle_*`/`poll_*` surface; `commands` the client's
-//! commands, `backend` the backend leg, `body` the message body, `received` the Received header.
+//! commands (and the error limit), `params` the MAIL/RCPT parameter rules, `auth` the
+//! authentication state and its replay, `backend` the backend leg (reply checks, replacing and
+//! replaying a connection), `body` the message body, `received` the Received header.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -21,16 +23,27 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 
 use crate::data::{BareNewlines, Reframer};
+use crate::ehlo::Offered;
 use crate::line::{LineReader, MAX_EXTENDED_LINE};
 use crate::reply::{Reply, ReplyParser};
 
+mod auth;
 mod backend;
 mod body;
 mod commands;
+mod params;
 mod received;
+
+use auth::AuthState;
+use params::MailParams;
 
 /// Pipelined command bytes buffered before the session stops asking for more client input.
 const CLIENT_BUFFER_CAP: usize = 8 * 1024;
+
+/// Backend connections a session may replace (after refused messages, or for a backend that
+/// refuses a second EHLO) before it ends with `421`: one pipelining client must not be able
+/// to drive an unbounded rate of backend connections.
+const MAX_BACKEND_REPLACEMENTS: u32 = 5;
 
 /// What a listener's policy allows, fixed for the life of a session.
 #[derive(Debug, Clone)]
@@ -110,20 +123,44 @@ pub enum Event {
 enum Phase {
     ExpectEhlo,
     ExpectMail,
-    ExpectRcpt { rcpts: u32 },
+    ExpectRcpt(Transaction),
+}
+
+/// What a transaction keeps between MAIL and the end of data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Transaction {
+    mail: MailParams,
+    /// Recipients the backend accepted.
+    rcpts: u32,
+    /// Recipients refused by us for being over `max_recipients`.
+    over_limit: u32,
 }
 
 /// A command forwarded to the backend whose reply we wait for.
 #[derive(Debug)]
 enum Pending {
     Ehlo { name: String, esmtp: bool },
-    Mail,
+    Mail(MailParams),
     Rcpt,
     Data,
     EndOfData { bytes: u64 },
     Rset,
     Auth,
     Other,
+}
+
+impl Pending {
+    /// Whether `code` can answer this command (RFC 5321 §4.2, §4.3.2): anything else is a
+    /// backend protocol violation, never passed to the client (a `250` to DATA would have the
+    /// client send its body as commands).
+    fn expects(&self, code: u16) -> bool {
+        let class = code / 100;
+        match self {
+            Pending::Data => code == 354 || class == 4 || class == 5,
+            Pending::Auth => code == 235 || code == 334 || class == 4 || class == 5,
+            _ => matches!(class, 2 | 4 | 5),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -149,10 +186,19 @@ enum Mode {
 enum Backend {
     Connecting,
     Greeting,
-    /// Reconnected after an aborted message: our EHLO replay is in flight.
-    Replaying,
+    /// Reconnected: bringing the new connection back to where the client is.
+    Replaying(Replay),
     Ready,
     Gone,
+}
+
+/// A step of bringing a new backend connection back to where the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Our HELO/EHLO replay is in flight.
+    Helo,
+    /// The AUTH exchange is being replayed; `next` is the next recorded client line.
+    Auth { next: usize },
 }
 
 #[derive(Debug)]
@@ -166,10 +212,18 @@ pub struct Session {
     backend: Backend,
     /// The client's EHLO/HELO name and whether it was EHLO.
     helo: Option<(String, bool)>,
-    authenticated: bool,
+    /// The extensions offered in the last EHLO reply: MAIL/RCPT parameters follow them.
+    offered: Offered,
+    auth: AuthState,
+    /// The current backend connection has accepted a HELO/EHLO.
+    backend_helo: bool,
+    /// Backend connections replaced so far (bounded by [`MAX_BACKEND_REPLACEMENTS`]).
+    replacements: u32,
     commands_seen: u32,
     errors: u32,
     draining: bool,
+    /// The client shut down its sending side: what it sent is still answered, then we close.
+    client_eof: bool,
     client_in: LineReader,
     backend_in: ReplyParser,
     out_client: BytesMut,
@@ -199,10 +253,14 @@ impl Session {
             mode: Mode::Starting,
             backend: Backend::Connecting,
             helo: None,
-            authenticated: false,
+            offered: Offered::default(),
+            auth: AuthState::default(),
+            backend_helo: false,
+            replacements: 0,
             commands_seen: 0,
             errors: 0,
             draining: false,
+            client_eof: false,
             client_in: LineReader::new(MAX_EXTENDED_LINE),
             backend_in: ReplyParser::new(),
             out_client: BytesMut::new(),
@@ -236,6 +294,7 @@ impl Session {
     /// waiting on the backend holds at most [`CLIENT_BUFFER_CAP`] of pipelined input).
     pub fn wants_client_bytes(&self) -> bool {
         match self.mode {
+            _ if self.client_eof => false,
             Mode::Starting | Mode::AwaitTls | Mode::Closed => false,
             Mode::Data(_) | Mode::SkipBdat { .. } => true,
             _ => self.client_in.buffered() < CLIENT_BUFFER_CAP,
@@ -266,8 +325,28 @@ impl Session {
         self.flush();
     }
 
-    /// The client closed its side.
-    pub fn handle_client_eof(&mut self, _now: Instant) {
+    /// The client shut down its sending side. What it sent before is still processed and
+    /// answered (a client may send its whole pipelined dialogue and then shut down, RFC 2920
+    /// §3.1), then the session closes; a message still streaming is lost.
+    pub fn handle_client_eof(&mut self, now: Instant) {
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        self.client_eof = true;
+        match self.mode {
+            Mode::Data(_) | Mode::SkipBdat { .. } | Mode::AwaitTls | Mode::Starting => {
+                self.handle_client_lost(now);
+            }
+            _ => {
+                self.process_input(now);
+                self.flush();
+            }
+        }
+    }
+
+    /// The client connection failed (a reset, a write that could not be done): nothing more
+    /// can be said to it.
+    pub fn handle_client_lost(&mut self, _now: Instant) {
         if matches!(self.mode, Mode::Closed) {
             return;
         }
@@ -278,6 +357,7 @@ impl Session {
     pub fn handle_backend_connected(&mut self, now: Instant) {
         if self.backend == Backend::Connecting {
             self.backend = Backend::Greeting;
+            self.backend_helo = false;
             self.backend_in.clear();
             self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
         }
@@ -295,7 +375,13 @@ impl Session {
         self.backend_in.push(data);
         loop {
             match self.backend_in.next_reply() {
-                Ok(Some(reply)) => self.on_backend_reply(reply, now),
+                Ok(Some(reply)) => {
+                    self.on_backend_reply(reply, now);
+                    if !self.awaits_backend() && self.backend_in.buffered() > 0 {
+                        // One command at a time: whatever follows its reply was not asked for.
+                        self.backend_failed("bytes sent with no command outstanding".into());
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     self.backend_failed(format!("bad reply: {e}"));
@@ -322,9 +408,12 @@ impl Session {
         if !matches!(self.mode, Mode::AwaitTls) {
             return;
         }
-        // RFC 3207 §4.2: forget everything learned before TLS; the client starts with EHLO.
+        // RFC 3207 §4.2: forget everything learned before TLS (authentication included);
+        // the client starts with EHLO.
         self.tls = Some(info);
+        self.auth = AuthState::None;
         self.helo = None;
+        self.offered = Offered::default();
         self.phase = Phase::ExpectEhlo;
         self.client_in.clear();
         self.mode = Mode::Commands;
@@ -360,7 +449,7 @@ impl Session {
     pub fn handle_shutdown(&mut self, now: Instant) {
         self.draining = true;
         if matches!(self.mode, Mode::Commands)
-            && !matches!(self.phase, Phase::ExpectRcpt { .. })
+            && !matches!(self.phase, Phase::ExpectRcpt(_))
             && self.client_in.buffered() == 0
         {
             self.shutdown_now();
@@ -440,6 +529,15 @@ impl Session {
     fn policy_rejection(&mut self, reason: &'static str) {
         self.events.push_back(Event::PolicyRejection { reason });
     }
+
+    /// A command or the replay of one is outstanding at the backend.
+    fn awaits_backend(&self) -> bool {
+        matches!(self.mode, Mode::Await(_))
+            || matches!(
+                self.backend,
+                Backend::Greeting | Backend::Replaying(_) | Backend::Connecting
+            )
+    }
 }
 
 #[cfg(test)]
@@ -447,3 +545,6 @@ mod tests;
 
 #[cfg(test)]
 mod proptests;
+
+#[cfg(test)]
+mod hardening_tests;

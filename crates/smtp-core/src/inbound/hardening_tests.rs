@@ -1,0 +1,446 @@
+//! Session tests for what a security review found (parameters, the error limit, AUTH across
+//! backend replacements, backend protocol violations, bounds, half-close, a second EHLO):
+//! byte-exact, in memory, with a virtual clock.
+
+use crate::inbound::Event;
+use crate::testing::{test_config, Harness};
+
+const EHLO_FULL: &str = "250-legacy.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250-AUTH PLAIN LOGIN CRAM-MD5\r\n250 SIZE 1000000\r\n";
+
+/// A session inside TLS that was offered every extension we pass.
+fn tls_session() -> Harness {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.client_says(b"STARTTLS\r\n");
+    h.take_client();
+    h.exchange("EHLO client.test\r\n", "EHLO client.test\r\n", EHLO_FULL);
+    h
+}
+
+/// Send a message whose body has a bare LF: refused, the backend connection replaced.
+fn refused_message(h: &mut Harness) {
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    h.exchange(
+        "RCPT TO:<b@y.test>\r\n",
+        "RCPT TO:<b@y.test>\r\n",
+        "250 ok\r\n",
+    );
+    h.exchange("DATA\r\n", "DATA\r\n", "354 go\r\n");
+    h.client_says(b"bare\nlf\r\n.\r\n");
+    assert_eq!(
+        h.take_client(),
+        "550 5.6.11 Bare line feed or carriage return not allowed\r\n"
+    );
+}
+
+#[test]
+fn no_parameters_after_helo() {
+    let mut h = Harness::greeted(test_config());
+    h.exchange(
+        "HELO client.test\r\n",
+        "HELO client.test\r\n",
+        "250 legacy.test\r\n",
+    );
+    h.client_says(b"MAIL FROM:<x@evil.test> AUTH=ceo@corp.test SIZE=5 BODY=8BITMIME RET=HDRS\r\n");
+    assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
+    h.exchange(
+        "MAIL FROM:<x@evil.test>\r\n",
+        "MAIL FROM:<x@evil.test>\r\n",
+        "250 ok\r\n",
+    );
+    h.client_says(b"RCPT TO:<v@corp.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;v@corp.test\r\n");
+    assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
+    h.client_says("RCPT TO:<zoë@corp.test>\r\n".as_bytes());
+    assert_eq!(
+        h.take_client(),
+        "553 5.6.7 Non-ASCII addresses require SMTPUTF8\r\n"
+    );
+    assert_eq!(h.take_backend(), "", "nothing of it reaches the backend");
+}
+
+#[test]
+fn parameters_follow_the_ehlo_reply() {
+    let mut h = Harness::greeted(test_config());
+    // The backend offers DSN, but AUTH is withheld before TLS (auth_requires_tls).
+    h.exchange("EHLO client.test\r\n", "EHLO client.test\r\n", EHLO_FULL);
+    h.client_says(b"MAIL FROM:<x@evil.test> AUTH=<>\r\n");
+    assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
+    h.client_says(b"MAIL FROM:<a@x.test> SIZE=10 SIZE=99999999999\r\n");
+    assert_eq!(h.take_client(), "501 5.5.4 Invalid parameter\r\n");
+    h.client_says(b"MAIL FROM:<a@x.test> BODY=BINARYMIME\r\n");
+    assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
+    assert_eq!(h.take_backend(), "");
+    let forwarded = "MAIL FROM:<a@x.test> SIZE=10 BODY=8BITMIME RET=HDRS ENVID=e1\r\n";
+    h.exchange(forwarded, forwarded, "250 ok\r\n");
+    let rcpt = "RCPT TO:<v@corp.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;v@corp.test\r\n";
+    assert_eq!(h.exchange(rcpt, rcpt, "250 ok\r\n"), "250 ok\r\n");
+}
+
+#[test]
+fn auth_parameter_of_an_unauthenticated_client_is_empty() {
+    let mut h = tls_session();
+    h.exchange(
+        "MAIL FROM:<x@evil.test> AUTH=ceo@corp.test\r\n",
+        "MAIL FROM:<x@evil.test> AUTH=<>\r\n",
+        "250 ok\r\n",
+    );
+    let mut h = tls_session();
+    h.exchange(
+        "AUTH PLAIN AGEAYg==\r\n",
+        "AUTH PLAIN AGEAYg==\r\n",
+        "235 2.7.0 ok\r\n",
+    );
+    h.exchange(
+        "MAIL FROM:<a@corp.test> AUTH=a@corp.test\r\n",
+        "MAIL FROM:<a@corp.test> AUTH=a@corp.test\r\n",
+        "250 ok\r\n",
+    );
+}
+
+#[test]
+fn recipients_over_the_limit_do_not_end_a_pipelined_transaction() {
+    let mut cfg = test_config();
+    cfg.max_recipients = 5;
+    let mut h = Harness::greeted(cfg);
+    h.ehlo();
+    let mut input = b"MAIL FROM:<a@x.test>\r\n".to_vec();
+    for i in 0..30 {
+        input.extend_from_slice(format!("RCPT TO:<r{i}@y.test>\r\n").as_bytes());
+    }
+    input.extend_from_slice(b"DATA\r\n");
+    h.client_says(&input);
+    for _ in 0..6 {
+        h.take_backend();
+        h.backend_says(b"250 ok\r\n");
+    }
+    assert_eq!(h.take_backend(), "DATA\r\n");
+    h.backend_says(b"354 go\r\n");
+    let expected = format!(
+        "{}{}354 go\r\n",
+        "250 ok\r\n".repeat(6),
+        "452 4.5.3 Too many recipients\r\n".repeat(25)
+    );
+    assert_eq!(h.take_client(), expected);
+    assert!(!h.closed);
+}
+
+#[test]
+fn recipients_past_the_overshoot_count_as_errors() {
+    let mut cfg = test_config();
+    cfg.max_recipients = 1;
+    let mut h = Harness::greeted(cfg);
+    h.ehlo();
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    h.exchange(
+        "RCPT TO:<b@y.test>\r\n",
+        "RCPT TO:<b@y.test>\r\n",
+        "250 ok\r\n",
+    );
+    for _ in 0..1000 + 19 {
+        h.client_says(b"RCPT TO:<c@y.test>\r\n");
+    }
+    assert!(!h.closed, "1000 over the limit, then 19 errors");
+    h.client_says(b"RCPT TO:<c@y.test>\r\n");
+    assert!(h.take_client().ends_with(
+        "452 4.5.3 Too many recipients\r\n421 4.7.0 Too many errors, closing connection\r\n"
+    ));
+    assert!(h.closed);
+}
+
+#[test]
+fn a_delivered_message_resets_the_error_count() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    for _ in 0..19 {
+        h.client_says(b"BOGUS\r\n");
+    }
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    h.exchange(
+        "RCPT TO:<b@y.test>\r\n",
+        "RCPT TO:<b@y.test>\r\n",
+        "250 ok\r\n",
+    );
+    h.exchange("DATA\r\n", "DATA\r\n", "354 go\r\n");
+    h.exchange("x\r\n.\r\n", "x\r\n.\r\n", "250 queued\r\n");
+    h.take_client();
+    for _ in 0..19 {
+        h.client_says(b"BOGUS\r\n");
+    }
+    assert!(!h.closed);
+    h.client_says(b"BOGUS\r\n");
+    assert!(h.closed);
+}
+
+#[test]
+fn bdat_counts_and_checks() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    for _ in 0..40 {
+        h.client_says(b"BDAT 0\r\n");
+    }
+    let replies = h.take_client();
+    assert_eq!(replies.matches("502 5.5.1").count(), 19);
+    assert!(replies.ends_with("421 4.7.0 Too many errors, closing connection\r\n"));
+    assert!(h.closed);
+}
+
+#[test]
+fn auth_is_replayed_on_a_new_backend_connection() {
+    for (exchange, replies) in [
+        (vec!["AUTH PLAIN AGEAYg==\r\n"], vec!["235 2.7.0 ok\r\n"]),
+        (
+            vec!["AUTH LOGIN\r\n", "dXNlcg==\r\n", "cGFzcw==\r\n"],
+            vec![
+                "334 VXNlcm5hbWU6\r\n",
+                "334 UGFzc3dvcmQ6\r\n",
+                "235 2.7.0 ok\r\n",
+            ],
+        ),
+    ] {
+        let mut h = tls_session();
+        for (line, reply) in exchange.iter().zip(&replies) {
+            h.exchange(line, line, reply);
+        }
+        refused_message(&mut h);
+        assert_eq!((h.connects, h.backend_closes), (2, 1));
+        h.client_says(b"MAIL FROM:<a@x.test>\r\n");
+        h.backend_says(b"220 legacy.test ESMTP\r\n");
+        assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+        h.backend_says(EHLO_FULL.as_bytes());
+        for (line, reply) in exchange.iter().zip(&replies) {
+            assert_eq!(h.take_backend(), *line);
+            h.backend_says(reply.as_bytes());
+        }
+        assert_eq!(
+            h.take_backend(),
+            "MAIL FROM:<a@x.test>\r\n",
+            "only once authenticated"
+        );
+        h.backend_says(b"250 ok\r\n");
+        assert_eq!(h.take_client(), "250 ok\r\n");
+    }
+}
+
+#[test]
+fn auth_that_cannot_be_replayed_ends_the_session() {
+    let mut h = tls_session();
+    h.exchange("AUTH CRAM-MD5\r\n", "AUTH CRAM-MD5\r\n", "334 PDEyMz4=\r\n");
+    h.exchange("dXNlciBhYmM=\r\n", "dXNlciBhYmM=\r\n", "235 2.7.0 ok\r\n");
+    refused_message(&mut h);
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    h.backend_says(EHLO_FULL.as_bytes());
+    assert_eq!(
+        h.take_client(),
+        "421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    assert!(h.closed);
+    // A replay the new connection refuses ends the session the same way.
+    let mut h = tls_session();
+    h.exchange(
+        "AUTH PLAIN AGEAYg==\r\n",
+        "AUTH PLAIN AGEAYg==\r\n",
+        "235 2.7.0 ok\r\n",
+    );
+    refused_message(&mut h);
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    h.backend_says(EHLO_FULL.as_bytes());
+    assert_eq!(
+        h.take_backend(),
+        "EHLO client.test\r\nAUTH PLAIN AGEAYg==\r\n"
+    );
+    h.backend_says(b"535 5.7.8 no\r\n");
+    assert_eq!(
+        h.take_client(),
+        "421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    assert!(h.closed);
+}
+
+#[test]
+fn a_reply_that_does_not_answer_the_command_is_a_backend_failure() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    h.exchange(
+        "RCPT TO:<b@y.test>\r\n",
+        "RCPT TO:<b@y.test>\r\n",
+        "250 ok\r\n",
+    );
+    let reply = h.exchange("DATA\r\n", "DATA\r\n", "250 ok\r\n");
+    assert_eq!(reply, "421 4.4.2 Backend unavailable, try again later\r\n");
+    assert!(h.closed);
+    let mut h = Harness::greeted(test_config());
+    let reply = h.exchange("MAIL FROM:<a@x.test>\r\n", "", "");
+    assert_eq!(reply, "503 5.5.1 Send EHLO first\r\n");
+    h.ehlo();
+    let reply = h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "354 go\r\n",
+    );
+    assert_eq!(reply, "421 4.4.2 Backend unavailable, try again later\r\n");
+}
+
+#[test]
+fn bytes_with_no_command_outstanding_are_a_backend_failure() {
+    // After the reply to the end of data, in the same read, with the next command pipelined.
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    h.exchange(
+        "RCPT TO:<b@y.test>\r\n",
+        "RCPT TO:<b@y.test>\r\n",
+        "250 ok\r\n",
+    );
+    h.exchange("DATA\r\n", "DATA\r\n", "354 go\r\n");
+    h.client_says(b"x\r\n.\r\nMAIL FROM:<c@x.test>\r\n");
+    assert_eq!(h.take_backend(), "x\r\n.\r\n");
+    h.backend_says(b"250 queued\r\n250 2.1.0 Ok\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250 queued\r\n421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    assert_eq!(h.take_backend(), "", "the pipelined MAIL is never sent");
+    // A part of a line is enough.
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.client_says(b"NOOP\r\nRSET\r\n");
+    assert_eq!(h.take_client(), "250 2.0.0 OK\r\n");
+    h.backend_says(b"250 ok\r\n25");
+    assert_eq!(
+        h.take_client(),
+        "250 ok\r\n421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    // And while idle.
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.backend_says(b"250 surprise\r\n");
+    assert_eq!(
+        h.take_client(),
+        "421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+}
+
+#[test]
+fn backend_replacements_are_bounded() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    for n in 1..=5 {
+        refused_message(&mut h);
+        assert_eq!(h.connects, n + 1);
+        h.backend_says(b"220 legacy.test ESMTP\r\n");
+        h.backend_says(b"250 legacy.test\r\n");
+        h.take_backend();
+    }
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    h.exchange(
+        "RCPT TO:<b@y.test>\r\n",
+        "RCPT TO:<b@y.test>\r\n",
+        "250 ok\r\n",
+    );
+    h.exchange("DATA\r\n", "DATA\r\n", "354 go\r\n");
+    h.client_says(b"bare\nlf\r\n.\r\n");
+    assert_eq!(
+        h.take_client(),
+        "550 5.6.11 Bare line feed or carriage return not allowed\r\n\
+         421 4.7.0 Too many refused messages, closing connection\r\n"
+    );
+    assert_eq!((h.connects, h.backend_closes), (6, 6));
+    assert!(h.closed);
+}
+
+#[test]
+fn input_sent_before_a_half_close_is_answered() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.client_says(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n");
+    h.session.handle_client_eof(h.now);
+    h.run();
+    assert!(!h.closed);
+    for reply in ["250 ok\r\n", "250 ok\r\n", "354 go\r\n"] {
+        h.take_backend();
+        h.backend_says(reply.as_bytes());
+    }
+    assert_eq!(h.take_backend(), "hi\r\n.\r\n");
+    h.backend_says(b"250 queued\r\n");
+    assert_eq!(h.take_backend(), "QUIT\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n221 2.0.0 Bye\r\n"
+    );
+    assert!(h.events.contains(&Event::MessageAccepted { bytes: 4 }));
+    assert!(h.closed);
+    // Without QUIT the session closes once everything is answered.
+    let mut h = Harness::greeted(test_config());
+    h.client_says(b"NOOP\r\n");
+    h.session.handle_client_eof(h.now);
+    h.run();
+    assert_eq!(h.take_client(), "250 2.0.0 OK\r\n");
+    assert!(h.closed);
+}
+
+#[test]
+fn a_second_ehlo_refused_by_the_backend_goes_to_a_new_connection() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.client_says(b"STARTTLS\r\n");
+    h.take_client();
+    h.client_says(b"EHLO client.test\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    h.backend_says(b"503 5.5.1 Invalid command: Already identified\r\n");
+    assert_eq!((h.connects, h.backend_closes), (2, 1));
+    assert_eq!(h.take_client(), "");
+    h.backend_says(b"220 legacy.test ESMTP OpenSMTPD\r\n");
+    assert_eq!(
+        h.take_backend(),
+        "EHLO client.test\r\n",
+        "no HELO replayed before it"
+    );
+    h.backend_says(b"250-legacy.test Hello\r\n250-8BITMIME\r\n250 PIPELINING\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250-mx.test\r\n250-8BITMIME\r\n250-PIPELINING\r\n250 SIZE 36700160\r\n"
+    );
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    // A backend that accepts a second EHLO keeps its connection.
+    let h = tls_session();
+    assert_eq!((h.connects, h.backend_closes), (1, 0));
+    // A 503 on a fresh connection is the backend's answer, passed on.
+    let mut h = Harness::greeted(test_config());
+    let reply = h.exchange(
+        "EHLO client.test\r\n",
+        "EHLO client.test\r\n",
+        "503 5.5.1 no\r\n",
+    );
+    assert_eq!(reply, "503 5.5.1 no\r\n");
+    assert_eq!(h.connects, 1);
+    h.take_client();
+}

@@ -1,0 +1,237 @@
+//! End to end, for what a security review of the terminate path found: the real listener on
+//! 127.0.0.1, real TLS, a recording or scripted backend; what reaches the backend is asserted
+//! byte for byte, what the client sees by exact reply.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::scripted::{scripted_backend, Script, PLAIN_IR};
+use common::*;
+
+const BARE_LF: &str = "550 5.6.11 Bare line feed or carriage return not allowed\r\n";
+const BACKEND_421: &str = "421 4.4.2 Backend unavailable, try again later\r\n";
+
+async fn envelope(c: &mut Client) {
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Ok\r\n");
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+}
+
+#[tokio::test]
+async fn parameters_of_extensions_never_offered_are_refused() {
+    let (backend, rec) = recording_backend().await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    c.reply().await;
+    assert!(c.cmd("HELO client.test").await.starts_with("250 "));
+    let unsupported = "555 5.5.4 Unsupported parameter\r\n";
+    let mail = "MAIL FROM:<x@evil.test> AUTH=ceo@corp.test SIZE=5 BODY=8BITMIME RET=HDRS";
+    assert_eq!(c.cmd(mail).await, unsupported);
+    assert_eq!(c.cmd("MAIL FROM:<x@evil.test>").await, "250 2.1.0 Ok\r\n");
+    let rcpt = "RCPT TO:<v@corp.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;v@corp.test";
+    assert_eq!(c.cmd(rcpt).await, unsupported);
+    assert_eq!(
+        c.cmd("RCPT TO:<zoë@corp.test>").await,
+        "553 5.6.7 Non-ASCII addresses require SMTPUTF8\r\n"
+    );
+    assert_eq!(c.cmd("RSET").await, "250 2.0.0 Ok\r\n");
+    // After EHLO: SIZE is offered, once.
+    assert!(c.cmd("EHLO client.test").await.contains("250-SIZE"));
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@x.test> SIZE=10 SIZE=99999999999").await,
+        "501 5.5.4 Invalid parameter\r\n"
+    );
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    let t = rec.closed(1).await;
+    assert_eq!(
+        String::from_utf8_lossy(&t[0]),
+        "HELO client.test\r\nMAIL FROM:<x@evil.test>\r\nRSET\r\nEHLO client.test\r\nQUIT\r\n"
+    );
+}
+
+#[tokio::test]
+async fn an_unauthenticated_auth_parameter_reaches_the_backend_as_empty() {
+    let (backend, t) = scripted_backend(Script::default()).await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
+    let mail = "MAIL FROM:<x@evil.test> AUTH=ceo@corp.test";
+    assert_eq!(c.cmd(mail).await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    let t = t.wait_for(0, "QUIT\r\n").await;
+    assert_eq!(
+        t[0],
+        "EHLO client.test\r\nEHLO client.test\r\nMAIL FROM:<x@evil.test> AUTH=<>\r\nQUIT\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_pipelined_transaction_over_max_recipients_is_delivered() {
+    let (backend, rec) = recording_backend().await;
+    let running = start(&config_yaml(
+        backend,
+        "starttls",
+        "      max_recipients: 5\n",
+    ))
+    .await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    c.reply().await;
+    assert!(c.cmd("EHLO client.test").await.contains("PIPELINING"));
+    let mut input = String::from("MAIL FROM:<a@x.test>\r\n");
+    for i in 0..30 {
+        input.push_str(&format!("RCPT TO:<r{i}@y.test>\r\n"));
+    }
+    input.push_str("DATA\r\n");
+    c.send(input.as_bytes()).await;
+    let mut replies = String::new();
+    for _ in 0..32 {
+        replies.push_str(&c.reply().await);
+    }
+    let expected = format!(
+        "250 2.1.0 Ok\r\n{}{}354 End data with <CR><LF>.<CR><LF>\r\n",
+        "250 2.1.5 Ok\r\n".repeat(5),
+        "452 4.5.3 Too many recipients\r\n".repeat(25)
+    );
+    assert_eq!(replies, expected);
+    c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok"));
+    assert_eq!(rec.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn authentication_survives_a_backend_replacement() {
+    let script = Script {
+        require_auth: true,
+        ..Script::default()
+    };
+    let (backend, t) = scripted_backend(script).await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
+    let auth = format!("AUTH PLAIN {PLAIN_IR}");
+    assert_eq!(
+        c.cmd(&auth).await,
+        "235 2.7.0 Authentication successful\r\n"
+    );
+    envelope(&mut c).await;
+    c.send(b"bare\nline feed\r\n.\r\n").await;
+    assert_eq!(c.reply().await, BARE_LF);
+    envelope(&mut c).await;
+    assert_eq!(c.cmd("ok\r\n.").await, "250 2.0.0 queued\r\n");
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    let t = t.wait_for(1, "QUIT\r\n").await;
+    assert_eq!(
+        t[1],
+        format!(
+            "EHLO client.test\r\n{auth}\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n\
+             ok\r\n.\r\nQUIT\r\n"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_reply_that_does_not_answer_the_command_ends_the_session() {
+    let script = Script {
+        data_reply: "250 2.0.0 Ok\r\n",
+        ..Script::default()
+    };
+    let (backend, _t) = scripted_backend(script).await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Ok\r\n");
+    assert_eq!(c.cmd("DATA").await, BACKEND_421);
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn a_backend_reply_nobody_asked_for_is_never_passed_on() {
+    let script = Script {
+        eod_reply: "250 2.0.0 queued\r\n250 2.1.0 Ok\r\n",
+        ..Script::default()
+    };
+    let (backend, t) = scripted_backend(script).await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
+    envelope(&mut c).await;
+    c.send(b"one\r\n.\r\nMAIL FROM:<c@x.test>\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 queued\r\n");
+    assert_eq!(c.reply().await, BACKEND_421);
+    assert!(c.closed().await);
+    let t = t.get();
+    assert!(!t[0].contains("<c@x.test>"), "{:?}", t[0]);
+}
+
+#[tokio::test]
+async fn backend_replacements_per_session_are_bounded() {
+    let (backend, rec) = recording_backend().await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    for _ in 0..5 {
+        envelope(&mut c).await;
+        c.send(b"bare\nline feed\r\n.\r\n").await;
+        assert_eq!(c.reply().await, BARE_LF);
+    }
+    envelope(&mut c).await;
+    c.send(b"bare\nline feed\r\n.\r\n").await;
+    assert_eq!(
+        c.read_to_close().await,
+        format!("{BARE_LF}421 4.7.0 Too many refused messages, closing connection\r\n")
+    );
+    assert_eq!(
+        rec.closed(6).await.len(),
+        6,
+        "the first connection and 5 replacements"
+    );
+}
+
+#[tokio::test]
+async fn a_whole_dialogue_before_a_half_close_is_answered_and_delivered() {
+    let (backend, rec) = recording_backend().await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    c.reply().await;
+    c.send(
+        b"EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n\
+          Subject: half\r\n\r\nclose\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    c.shutdown_write().await;
+    let replies = c.read_to_close().await;
+    let (ehlo, rest) = replies.split_at(replies.find("250 2.1.0").expect("MAIL answered"));
+    assert!(ehlo.starts_with("250-mx.test\r\n"), "{replies}");
+    assert!(
+        rest.starts_with(
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n\
+             250 2.0.0 Ok: queued as "
+        ),
+        "{replies}"
+    );
+    assert!(rest.ends_with("\r\n221 2.0.0 Bye\r\n"), "{replies}");
+    assert_eq!(rest.lines().count(), 5, "{replies}");
+    assert_eq!(
+        rec.messages(),
+        vec![b"Subject: half\r\n\r\nclose\r\n.\r\n".to_vec()]
+    );
+}
+
+#[tokio::test]
+async fn a_backend_that_refuses_a_second_ehlo_serves_starttls_clients() {
+    let script = Script {
+        refuse_second_helo: true,
+        ..Script::default()
+    };
+    let (backend, t) = scripted_backend(script).await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
+    envelope(&mut c).await;
+    assert_eq!(c.cmd("..dot\r\n.").await, "250 2.0.0 queued\r\n");
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    let t = t.wait_for(1, "QUIT\r\n").await;
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[0], "EHLO client.test\r\nEHLO client.test\r\n");
+    assert_eq!(
+        t[1],
+        "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n..dot\r\n.\r\nQUIT\r\n"
+    );
+}
