@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README, and what CI runs: installs the Debian packages the
 # interoperability tests drive (swaks, openssl, Postfix's smtp-sink/smtp-source, python3, an
-# unpacked Exim 4), then checks formatting and lints, and runs every test of the workspace.
+# unpacked Exim 4, an unpacked OpenSMTPD), then checks formatting and lints, and runs every
+# test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,45 @@ if [ ! -x "$exim_dir/usr/sbin/exim4" ] || ! getent passwd Debian-exim >/dev/null
     (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root exim4-daemon-light)
     mkdir -p "$exim_dir"
     dpkg -x "$debs"/exim4-daemon-light_*.deb "$exim_dir"
+    rm -rf "$debs"
+  fi
+fi
+
+# OpenSMTPD, the legacy backend of tests/interop_opensmtpd.rs. Like Exim it conflicts with
+# postfix, so Debian's opensmtpd is only unpacked under target/, never installed; its shared
+# libraries are installed, and what its binary expects at compiled-in paths is created: the
+# opensmtpd and opensmtpq users and groups, and the privilege-separation chroot
+# /var/lib/opensmtpd/empty. smtpd creates its queue, /var/spool/smtpd, itself (root, 0711, the
+# subdirectories opensmtpq's); its control socket is /var/run/smtpd.sock, so only one instance
+# can run at a time: the tests take turns.
+smtpd_dir=target/interop-tools/opensmtpd
+if [ ! -x "$smtpd_dir/usr/sbin/smtpd" ] || ! getent passwd opensmtpd >/dev/null \
+  || ! getent passwd opensmtpq >/dev/null || [ ! -d /var/lib/opensmtpd/empty ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "setting up OpenSMTPD in $smtpd_dir"
+  $sudo apt-get update -qq
+  # Its Depends that are libraries (libc6, libcrypt1, libdb5.3, libevent-2.1-7, libpam0g,
+  # libssl3, zlib1g on Debian 12); the rest (adduser, debconf, ed, lsb-base) serve its
+  # maintainer scripts, which never run here.
+  libs=()
+  for p in $(apt-cache depends opensmtpd | awk '$1 == "Depends:" && $2 ~ /^(lib|zlib)/ { print $2 }'); do
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || libs+=("$p")
+  done
+  if [ ${#libs[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${libs[@]}" >/dev/null
+  fi
+  for u in opensmtpd opensmtpq; do
+    getent group "$u" >/dev/null || $sudo groupadd --system "$u"
+    getent passwd "$u" >/dev/null || $sudo useradd --system --gid "$u" --no-create-home \
+      --home-dir /var/lib/opensmtpd/empty --shell /usr/sbin/nologin "$u"
+  done
+  $sudo install -d -o root -g root -m 0755 /var/lib/opensmtpd /var/lib/opensmtpd/empty
+  if [ ! -x "$smtpd_dir/usr/sbin/smtpd" ]; then
+    debs=$(mktemp -d)
+    (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root opensmtpd)
+    mkdir -p "$smtpd_dir"
+    dpkg -x "$debs"/opensmtpd_*.deb "$smtpd_dir"
     rm -rf "$debs"
   fi
 fi
