@@ -171,13 +171,16 @@ impl Harness {
 }
 
 /// A scripted legacy server for property tests and fuzzing: it greets every new connection,
-/// answers every command line `250` (`354` to DATA, `221` to QUIT) and every message `250`.
+/// offers every extension the sidecar passes, accepts every AUTH exchange, answers every other
+/// command line `250` (`354` to DATA, `221` to QUIT) and every message `250`.
 #[derive(Debug, Default)]
 pub struct AutoBackend {
     connects_seen: u32,
     /// Bytes of the current connection not yet understood.
     pending: Vec<u8>,
     in_data: bool,
+    /// The next line is a SASL response.
+    in_auth: bool,
     /// Everything each connection received, for [`check_backend_stream`].
     pub connections: Vec<Vec<u8>>,
 }
@@ -191,6 +194,7 @@ impl AutoBackend {
                 self.connects_seen = h.connects;
                 self.pending.clear();
                 self.in_data = false;
+                self.in_auth = false;
                 self.connections.push(Vec::new());
                 replies.extend_from_slice(b"220 legacy.test ESMTP\r\n");
             }
@@ -222,8 +226,25 @@ impl AutoBackend {
                 return;
             };
             let line: Vec<u8> = self.pending.drain(..=lf).collect();
+            if std::mem::take(&mut self.in_auth) {
+                replies.extend_from_slice(b"235 2.7.0 ok\r\n");
+                continue;
+            }
             let verb = line.get(..4).map(|v| v.to_ascii_uppercase());
             match verb.as_deref() {
+                Some(b"EHLO") => replies.extend_from_slice(
+                    b"250-legacy.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n\
+                      250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN\r\n",
+                ),
+                // `AUTH PLAIN <initial response>` completes at once; anything else is asked for
+                // one response line.
+                Some(b"AUTH") if line.iter().filter(|&&b| b == b' ').count() >= 2 => {
+                    replies.extend_from_slice(b"235 2.7.0 ok\r\n");
+                }
+                Some(b"AUTH") => {
+                    replies.extend_from_slice(b"334 \r\n");
+                    self.in_auth = true;
+                }
                 Some(b"DATA") => {
                     replies.extend_from_slice(b"354 go\r\n");
                     self.in_data = true;
@@ -243,7 +264,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// What the backend must never see, whatever the client sent (SPEC §1.2): a NUL, a bare CR
 /// or LF, a command line that is not canonical (re-parses to itself) or longer than 2048
-/// octets. Returns the first problem.
+/// octets, a repeated MAIL/RCPT parameter, an `AUTH=` identity asserted on a connection where
+/// no AUTH exchange took place (RFC 4954 §5). Returns the first problem.
 pub fn check_backend_stream(stream: &[u8]) -> Result<(), String> {
     use crate::command::parse_command;
     if let Some(i) = stream.iter().position(|&b| b == 0) {
@@ -262,6 +284,7 @@ pub fn check_backend_stream(stream: &[u8]) -> Result<(), String> {
     }
     // Walk the stream as the backend does: command lines, then bodies up to CRLF.CRLF.
     let mut rest = stream;
+    let mut auth_seen = false;
     while !rest.is_empty() {
         let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
             return Err(format!(
@@ -297,6 +320,23 @@ pub fn check_backend_stream(stream: &[u8]) -> Result<(), String> {
                 String::from_utf8_lossy(line)
             ));
         }
+        if let crate::command::Command::Mail { params, .. }
+        | crate::command::Command::Rcpt { params, .. } = &cmd
+        {
+            for (i, p) in params.iter().enumerate() {
+                if params[..i]
+                    .iter()
+                    .any(|q| q.keyword.eq_ignore_ascii_case(&p.keyword))
+                {
+                    return Err(format!("repeated parameter {}", p.keyword));
+                }
+                let auth = p.keyword.eq_ignore_ascii_case("AUTH");
+                if auth && !auth_seen && p.value.as_deref() != Some("<>") {
+                    return Err(format!("AUTH={:?} without authentication", p.value));
+                }
+            }
+        }
+        auth_seen |= cmd.verb() == crate::command::Verb::Auth;
         if cmd == crate::command::Command::Data {
             // The body: up to the first end of data (which may be at once).
             let mut body = Vec::with_capacity(rest.len() + 2);

@@ -13,6 +13,11 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
         Just(b"HELO client.test\r\n".to_vec()),
         Just(b"MAIL FROM:<a@x.test>\r\n".to_vec()),
         Just(b"MAIL FROM:<a@x.test> SIZE=100 BODY=8BITMIME\r\n".to_vec()),
+        Just(b"MAIL FROM:<a@x.test> AUTH=ceo@x.test RET=HDRS\r\n".to_vec()),
+        Just(b"MAIL FROM:<a@x.test> SIZE=1 SIZE=2\r\n".to_vec()),
+        Just(b"RCPT TO:<b@y.test> NOTIFY=NEVER ORCPT=rfc822;b@y.test\r\n".to_vec()),
+        Just(b"AUTH PLAIN AGEAYg==\r\n".to_vec()),
+        Just(b"dXNlcg==\r\n".to_vec()),
         Just(b"RCPT TO:<b@y.test>\r\n".to_vec()),
         Just(b"DATA\r\n".to_vec()),
         Just(b"BDAT 5 LAST\r\n".to_vec()),
@@ -77,9 +82,11 @@ proptest! {
         pieces in prop::collection::vec(piece(), 0..24),
         split in 1usize..64,
         normalize in any::<bool>(),
+        auth_in_plaintext in any::<bool>(),
     ) {
         let mut cfg = test_config();
         cfg.max_message_size = 2000;
+        cfg.auth_requires_tls = !auth_in_plaintext;
         cfg.bare_newlines = if normalize { BareNewlines::Normalize } else { BareNewlines::Reject };
         let (backend, client) = drive(&pieces, split, cfg);
         for (i, conn) in backend.connections.iter().enumerate() {
@@ -95,13 +102,15 @@ proptest! {
 
 #[test]
 fn the_checker_catches_what_it_must() {
-    let bad: [&[u8]; 6] = [
+    let bad: [&[u8]; 8] = [
         b"EHLO a\nMAIL FROM:<a@b>\r\n",
         b"EHLO a\r\nMAIL FROM: <a@b>\r\n",
         b"DATA\r\nbody\n.\r\n",
         b"DATA\r\nbo\0dy\r\n.\r\n",
         b"DATA\r\nbody\r\n.\r\nMAIL  FROM:<x@y>\r\n",
         b"EHLO a\r\nGARBAGE here\r\n",
+        b"EHLO a\r\nMAIL FROM:<a@b> AUTH=ceo@b\r\n",
+        b"EHLO a\r\nMAIL FROM:<a@b> SIZE=1 size=2\r\n",
     ];
     for stream in bad {
         assert!(
@@ -112,5 +121,7 @@ fn the_checker_catches_what_it_must() {
     }
     let good: &[u8] =
         b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n..x\r\n.\r\nDATA\r\n.\r\nQUIT\r\n";
+    assert_eq!(check_backend_stream(good), Ok(()));
+    let good: &[u8] = b"EHLO a\r\nAUTH PLAIN AGEAYg==\r\nMAIL FROM:<a@b> AUTH=a@b\r\n";
     assert_eq!(check_backend_stream(good), Ok(()));
 }
