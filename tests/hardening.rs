@@ -144,20 +144,27 @@ async fn a_reply_that_does_not_answer_the_command_ends_the_session() {
 
 #[tokio::test]
 async fn a_backend_reply_nobody_asked_for_is_never_passed_on() {
-    let script = Script {
-        eod_reply: "250 2.0.0 queued\r\n250 2.1.0 Ok\r\n",
-        ..Script::default()
-    };
-    let (backend, t) = scripted_backend(script).await;
-    let running = start(&config_yaml(backend, "starttls", "")).await;
-    let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
-    envelope(&mut c).await;
-    c.send(b"one\r\n.\r\nMAIL FROM:<c@x.test>\r\n").await;
-    assert_eq!(c.reply().await, "250 2.0.0 queued\r\n");
-    assert_eq!(c.reply().await, BACKEND_421);
-    assert!(c.closed().await);
-    let t = t.get();
-    assert!(!t[0].contains("<c@x.test>"), "{:?}", t[0]);
+    // A whole extra reply after the one to the end of data, and the start of one: neither may
+    // become the reply to the MAIL the client pipelined behind its message.
+    for eod_reply in [
+        "250 2.0.0 queued\r\n250 2.1.0 Ok\r\n",
+        "250 2.0.0 queued\r\n250 2.1.",
+    ] {
+        let script = Script {
+            eod_reply,
+            ..Script::default()
+        };
+        let (backend, t) = scripted_backend(script).await;
+        let running = start(&config_yaml(backend, "starttls", "")).await;
+        let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
+        envelope(&mut c).await;
+        c.send(b"one\r\n.\r\nMAIL FROM:<c@x.test>\r\n").await;
+        assert_eq!(c.reply().await, "250 2.0.0 queued\r\n");
+        assert_eq!(c.reply().await, BACKEND_421, "{eod_reply:?}");
+        assert!(c.closed().await);
+        let t = t.get();
+        assert!(!t[0].contains("<c@x.test>"), "{:?}", t[0]);
+    }
 }
 
 #[tokio::test]
