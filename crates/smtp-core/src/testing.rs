@@ -160,6 +160,25 @@ impl Harness {
         self.take_client()
     }
 
+    /// MAIL and RCPT, each forwarded as sent and accepted by the backend.
+    pub fn envelope(&mut self) {
+        for (cmd, reply) in [
+            ("MAIL FROM:<a@x.test>\r\n", "250 2.1.0 Ok\r\n"),
+            ("RCPT TO:<b@y.test>\r\n", "250 2.1.5 Ok\r\n"),
+        ] {
+            assert_eq!(self.exchange(cmd, cmd, reply), reply);
+        }
+    }
+
+    /// The envelope, then DATA answered `354`.
+    pub fn transaction(&mut self) {
+        self.envelope();
+        assert_eq!(
+            self.exchange("DATA\r\n", "DATA\r\n", "354 go\r\n"),
+            "354 go\r\n"
+        );
+    }
+
     /// EHLO with a plain backend EHLO reply.
     pub fn ehlo(&mut self) -> String {
         self.exchange(

@@ -19,17 +19,7 @@ fn tls_session() -> Harness {
 
 /// Send a message whose body has a bare LF: refused, the backend connection replaced.
 fn refused_message(h: &mut Harness) {
-    h.exchange(
-        "MAIL FROM:<a@x.test>\r\n",
-        "MAIL FROM:<a@x.test>\r\n",
-        "250 ok\r\n",
-    );
-    h.exchange(
-        "RCPT TO:<b@y.test>\r\n",
-        "RCPT TO:<b@y.test>\r\n",
-        "250 ok\r\n",
-    );
-    h.exchange("DATA\r\n", "DATA\r\n", "354 go\r\n");
+    h.transaction();
     h.client_says(b"bare\nlf\r\n.\r\n");
     assert_eq!(
         h.take_client(),
@@ -134,16 +124,7 @@ fn recipients_past_the_overshoot_count_as_errors() {
     cfg.max_recipients = 1;
     let mut h = Harness::greeted(cfg);
     h.ehlo();
-    h.exchange(
-        "MAIL FROM:<a@x.test>\r\n",
-        "MAIL FROM:<a@x.test>\r\n",
-        "250 ok\r\n",
-    );
-    h.exchange(
-        "RCPT TO:<b@y.test>\r\n",
-        "RCPT TO:<b@y.test>\r\n",
-        "250 ok\r\n",
-    );
+    h.envelope();
     for _ in 0..1000 + 19 {
         h.client_says(b"RCPT TO:<c@y.test>\r\n");
     }
@@ -162,17 +143,8 @@ fn a_delivered_message_resets_the_error_count() {
     for _ in 0..19 {
         h.client_says(b"BOGUS\r\n");
     }
-    h.exchange(
-        "MAIL FROM:<a@x.test>\r\n",
-        "MAIL FROM:<a@x.test>\r\n",
-        "250 ok\r\n",
-    );
-    h.exchange(
-        "RCPT TO:<b@y.test>\r\n",
-        "RCPT TO:<b@y.test>\r\n",
-        "250 ok\r\n",
-    );
-    h.exchange("DATA\r\n", "DATA\r\n", "354 go\r\n");
+    h.take_client();
+    h.transaction();
     h.exchange("x\r\n.\r\n", "x\r\n.\r\n", "250 queued\r\n");
     h.take_client();
     for _ in 0..19 {
@@ -272,16 +244,7 @@ fn auth_that_cannot_be_replayed_ends_the_session() {
 fn a_reply_that_does_not_answer_the_command_is_a_backend_failure() {
     let mut h = Harness::greeted(test_config());
     h.ehlo();
-    h.exchange(
-        "MAIL FROM:<a@x.test>\r\n",
-        "MAIL FROM:<a@x.test>\r\n",
-        "250 ok\r\n",
-    );
-    h.exchange(
-        "RCPT TO:<b@y.test>\r\n",
-        "RCPT TO:<b@y.test>\r\n",
-        "250 ok\r\n",
-    );
+    h.envelope();
     let reply = h.exchange("DATA\r\n", "DATA\r\n", "250 ok\r\n");
     assert_eq!(reply, "421 4.4.2 Backend unavailable, try again later\r\n");
     assert!(h.closed);
@@ -302,17 +265,7 @@ fn bytes_with_no_command_outstanding_are_a_backend_failure() {
     // After the reply to the end of data, in the same read, with the next command pipelined.
     let mut h = Harness::greeted(test_config());
     h.ehlo();
-    h.exchange(
-        "MAIL FROM:<a@x.test>\r\n",
-        "MAIL FROM:<a@x.test>\r\n",
-        "250 ok\r\n",
-    );
-    h.exchange(
-        "RCPT TO:<b@y.test>\r\n",
-        "RCPT TO:<b@y.test>\r\n",
-        "250 ok\r\n",
-    );
-    h.exchange("DATA\r\n", "DATA\r\n", "354 go\r\n");
+    h.transaction();
     h.client_says(b"x\r\n.\r\nMAIL FROM:<c@x.test>\r\n");
     assert_eq!(h.take_backend(), "x\r\n.\r\n");
     h.backend_says(b"250 queued\r\n250 2.1.0 Ok\r\n");
@@ -352,17 +305,7 @@ fn backend_replacements_are_bounded() {
         h.backend_says(b"250 legacy.test\r\n");
         h.take_backend();
     }
-    h.exchange(
-        "MAIL FROM:<a@x.test>\r\n",
-        "MAIL FROM:<a@x.test>\r\n",
-        "250 ok\r\n",
-    );
-    h.exchange(
-        "RCPT TO:<b@y.test>\r\n",
-        "RCPT TO:<b@y.test>\r\n",
-        "250 ok\r\n",
-    );
-    h.exchange("DATA\r\n", "DATA\r\n", "354 go\r\n");
+    h.transaction();
     h.client_says(b"bare\nlf\r\n.\r\n");
     assert_eq!(
         h.take_client(),

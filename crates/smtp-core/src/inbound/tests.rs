@@ -9,29 +9,6 @@ use crate::testing::{test_config, Harness};
 const EHLO_REPLY_PLAIN: &str =
     "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 36700160\r\n250 STARTTLS\r\n";
 
-fn transaction(h: &mut Harness) {
-    assert_eq!(
-        h.exchange(
-            "MAIL FROM:<a@x.test>\r\n",
-            "MAIL FROM:<a@x.test>\r\n",
-            "250 2.1.0 Ok\r\n"
-        ),
-        "250 2.1.0 Ok\r\n"
-    );
-    assert_eq!(
-        h.exchange(
-            "RCPT TO:<b@y.test>\r\n",
-            "RCPT TO:<b@y.test>\r\n",
-            "250 2.1.5 Ok\r\n"
-        ),
-        "250 2.1.5 Ok\r\n"
-    );
-    assert_eq!(
-        h.exchange("DATA\r\n", "DATA\r\n", "354 go\r\n"),
-        "354 go\r\n"
-    );
-}
-
 #[test]
 fn greeting_is_ours_after_backend_greets() {
     let mut h = Harness::new(test_config());
@@ -59,7 +36,7 @@ fn ehlo_reply_is_rewritten() {
 fn full_message_is_acknowledged_only_after_backend() {
     let mut h = Harness::greeted(test_config());
     assert_eq!(h.ehlo(), EHLO_REPLY_PLAIN);
-    transaction(&mut h);
+    h.transaction();
     h.client_says(b"Subject: hi\r\n\r\n..dot\r\nbody\r\n.\r\n");
     assert_eq!(
         h.take_backend(),
@@ -201,7 +178,7 @@ fn size_limits() {
         h.take_client(),
         "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
     );
-    transaction(&mut h);
+    h.transaction();
     h.client_says(&[b'a'; 60]);
     h.client_says(b"\r\n");
     h.client_says(&[b'b'; 60]);
@@ -238,7 +215,7 @@ fn size_limits() {
 fn bare_lf_rejected_after_real_end_of_data() {
     let mut h = Harness::greeted(test_config());
     h.ehlo();
-    transaction(&mut h);
+    h.transaction();
     h.client_says(b"a\r\n\n.\nMAIL FROM:<evil@x.test>\r\n");
     assert_eq!(h.take_client(), "", "no reply before the real end of data");
     h.client_says(b"more\r\n.\r\n");
@@ -256,7 +233,7 @@ fn bare_lf_normalized() {
     cfg.bare_newlines = BareNewlines::Normalize;
     let mut h = Harness::greeted(cfg);
     h.ehlo();
-    transaction(&mut h);
+    h.transaction();
     h.client_says(b"a\n.\nb\r\n.\r\n");
     assert_eq!(h.take_backend(), "a\r\n..\r\nb\r\n.\r\n");
 }
@@ -368,7 +345,7 @@ fn backend_unreachable() {
 fn backend_lost_mid_message_gives_421_never_250() {
     let mut h = Harness::greeted(test_config());
     h.ehlo();
-    transaction(&mut h);
+    h.transaction();
     h.client_says(b"Subject: x\r\n\r\nbody\r\n");
     h.session.handle_backend_eof(h.now);
     h.run();
@@ -418,7 +395,7 @@ fn timeouts() {
     // Data block.
     let mut h = Harness::greeted(test_config());
     h.ehlo();
-    transaction(&mut h);
+    h.transaction();
     h.client_says(b"line\r\n");
     h.advance(t.data_block);
     assert_eq!(h.take_client(), "421 4.4.2 Timeout, closing connection\r\n");
@@ -434,7 +411,7 @@ fn timeouts() {
     // Backend silent after the end of data: 421, never 250.
     let mut h = Harness::greeted(test_config());
     h.ehlo();
-    transaction(&mut h);
+    h.transaction();
     h.client_says(b"x\r\n.\r\n");
     h.advance(t.backend_reply);
     assert_eq!(
@@ -457,7 +434,7 @@ fn received_header_is_prepended() {
     cfg.received_header = true;
     let mut h = Harness::greeted(cfg);
     h.ehlo();
-    transaction(&mut h);
+    h.transaction();
     h.client_says(b"x\r\n.\r\n");
     assert_eq!(
         h.take_backend(),
