@@ -190,6 +190,22 @@ async fn backend_replacements_per_session_are_bounded() {
         6,
         "the first connection and 5 replacements"
     );
+    // Each was reset, not closed: no TIME_WAIT toward the backend's port is left behind.
+    assert_eq!(time_wait_to(backend.port()), 0);
+}
+
+/// Sockets in TIME_WAIT whose remote port is `port` (/proc/net/tcp: state 06).
+fn time_wait_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(2).is_some_and(|r| r.ends_with(&remote)) && f.get(3) == Some(&"06")
+        })
+        .count()
 }
 
 #[tokio::test]
