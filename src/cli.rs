@@ -46,6 +46,7 @@ pub fn main() -> ExitCode {
 }
 
 mod demo;
+mod nofile;
 
 fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -73,6 +74,11 @@ fn load_or_report(path: &Path) -> Option<Config> {
     }
 }
 
+/// Before anything opens a socket: the soft open-file limit up to the hard one.
+fn raise_open_file_limit() {
+    nofile::raise_to_hard_limit();
+}
+
 fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -84,6 +90,7 @@ fn run(path: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     };
     init_logging(&config.log);
+    raise_open_file_limit();
     let store = match runtime::load_certificates(&config) {
         Ok(s) => s,
         Err(problems) => {

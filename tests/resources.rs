@@ -1,5 +1,6 @@
-//! End to end with the real binary: the resource bounds around the sessions. The admin
-//! endpoint's own connection cap and timeouts.
+//! End to end with the real binary: the resource bounds around the sessions. The open-file
+//! limit raised at start (and logged), and the admin endpoint's own connection cap and
+//! timeouts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,6 +14,15 @@ use common::process::{free_port, wait_accepting, Guard, TempDir};
 
 /// The deadline on every single wait in these tests.
 const WAIT: Duration = Duration::from_secs(10);
+
+/// The hard open-file limit this test process hands down to its children.
+fn hard_limit() -> Option<u64> {
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok() // "unlimited": None
+}
 
 /// A backend that greets every connection with `220` and then holds it open, reading and
 /// discarding, until the test ends: each session in front of it keeps its descriptor.
@@ -135,6 +145,62 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
         }
         Err(_) => true,
     }
+}
+
+/// More sessions than a soft limit of 256 descriptors allows (two each: client and backend)
+/// all get the greeting, because the sidecar raises its soft limit to the hard one at start.
+#[test]
+fn sessions_beyond_the_inherited_soft_limit_all_get_the_greeting() {
+    const SESSIONS: usize = 300;
+    let hard = hard_limit();
+    if hard.is_some_and(|h| h < 2 * SESSIONS as u64 + 100) {
+        eprintln!("skipped: the hard open-file limit here is {hard:?}");
+        return;
+    }
+    let backend = greeting_backend();
+    let sidecar = Sidecar::start(
+        backend,
+        "      max_connections: 1000\n      max_connections_per_ip: 1000\n",
+        "ulimit -Sn 256 || exit 99",
+        false,
+    );
+    let mut sessions = Vec::new();
+    let mut refused = Vec::new();
+    // One deadline for all: a sidecar out of descriptors may leave connections unanswered.
+    let deadline = Instant::now() + 3 * WAIT;
+    for i in 0..SESSIONS {
+        let left = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
+        let greeting = match TcpStream::connect_timeout(&sidecar.smtp, left()) {
+            Ok(s) => {
+                s.set_read_timeout(Some(left())).unwrap();
+                let greeting = first_line(&s);
+                sessions.push(s);
+                greeting
+            }
+            Err(e) => format!("(connect: {e})"),
+        };
+        if !greeting.starts_with("220 ") {
+            refused.push(format!("session {i}: {greeting:?}"));
+        }
+    }
+    let log = sidecar.log();
+    assert!(
+        refused.is_empty(),
+        "{} of {SESSIONS} sessions were not greeted, first: {}\n{}",
+        refused.len(),
+        refused[0],
+        &log[..log.len().min(4000)]
+    );
+    let after = hard.map_or("unlimited".to_string(), |h| h.to_string());
+    assert!(
+        log.contains("open-file limit raised") && log.contains("before=256"),
+        "{log}"
+    );
+    assert!(log.contains(&format!("after={after}")), "{log}");
 }
 
 /// One `GET /metrics`; the status line and the body.
