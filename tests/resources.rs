@@ -1,13 +1,13 @@
 //! End to end with the real binary: the resource bounds around the sessions. The open-file
-//! limit raised at start (and logged), and the admin endpoint's own connection cap and
-//! timeouts.
+//! limit raised at start (and logged), `check`'s warning when `max_connections` cannot fit in
+//! it, and the admin endpoint's own connection cap and timeouts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::process::{free_port, wait_accepting, Guard, TempDir};
@@ -201,6 +201,79 @@ fn sessions_beyond_the_inherited_soft_limit_all_get_the_greeting() {
         "{log}"
     );
     assert!(log.contains(&format!("after={after}")), "{log}");
+}
+
+/// `smtp-sidecar check -c <dir>/config.yaml` with the open-file limit set to `limit` (soft
+/// and hard: lowering the hard limit needs no privilege).
+fn check(dir: &TempDir, listeners: &[u32], limit: u64) -> Output {
+    let mut yaml = format!(
+        "hostname: mx.test\nstate_dir: {}\nlisteners:\n",
+        dir.0.join("state").display()
+    );
+    for (i, max) in listeners.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - name: l{i}\n    listen: 127.0.0.1:{}\n    backend: {{servers: [\"127.0.0.1:2526\"]}}\n",
+            2600 + i
+        ));
+        if *max != 0 {
+            yaml.push_str(&format!("    policy: {{max_connections: {max}}}\n"));
+        }
+    }
+    let config = dir.0.join("config.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n {limit} || exit 99\nexec \"$0\" check -c \"$1\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_smtp-sidecar"))
+        .arg(&config)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_warns_when_max_connections_cannot_fit_in_the_open_file_limit() {
+    const LIMIT: u64 = 4000;
+    if hard_limit().is_some_and(|h| h < LIMIT) {
+        eprintln!("skipped: the hard open-file limit here is below {LIMIT}");
+        return;
+    }
+    let dir = TempDir::new("resources-check");
+    let text = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // The default max_connections (1000): 2000 descriptors and the reserve fit in 4000.
+    let out = check(&dir, &[0], LIMIT);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
+    assert!(text(&out).contains("configuration OK"), "{}", text(&out));
+    // A huge one: warned about with the figures, still valid.
+    let out = check(&dir, &[1_000_000], LIMIT);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "warning: listeners allow up to 1000000 sessions (2 descriptors each + 64 reserved) \
+             but the open-file limit is 4000; raise it (LimitNOFILE= in systemd) or lower \
+             max_connections"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("configuration OK"), "{}", text(&out));
+    // The sum over listeners counts: 1500 + 1500 sessions do not fit, either alone would.
+    let out = check(&dir, &[1500, 1500], LIMIT);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("up to 3000 sessions"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// One `GET /metrics`; the status line and the body.
