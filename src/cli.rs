@@ -46,6 +46,7 @@ pub fn main() -> ExitCode {
 }
 
 mod demo;
+mod nofile;
 
 fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -73,6 +74,15 @@ fn load_or_report(path: &Path) -> Option<Config> {
     }
 }
 
+/// Before anything opens a socket: the soft open-file limit up to the hard one, and a warning
+/// if the listeners' `max_connections` still cannot fit in it.
+fn raise_open_file_limit(config: &Config) {
+    let limit = nofile::raise_to_hard_limit();
+    if let Some(warning) = nofile::shortfall(config, limit) {
+        tracing::warn!("{warning}");
+    }
+}
+
 fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -84,6 +94,7 @@ fn run(path: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     };
     init_logging(&config.log);
+    raise_open_file_limit(&config);
     let store = match runtime::load_certificates(&config) {
         Ok(s) => s,
         Err(problems) => {
@@ -197,6 +208,11 @@ fn check(path: &Path) -> ExitCode {
             duration(l.backend.connect_timeout)
         );
         println!("{}", policy_lines(&l.policy));
+    }
+    // A warning, not a failure: the sidecar runs, only past the limit its accepts fail and
+    // its backend connects end in 421 4.4.2.
+    if let Some(warning) = nofile::shortfall(&config, nofile::hard_limit()) {
+        eprintln!("warning: {warning}");
     }
     if ok {
         println!("configuration OK");
