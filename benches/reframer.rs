@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use smtp_core::data::{BareNewlines, Reframer};
+use smtp_core::data::{BareNewlines, LongLines, Reframer};
 use std::hint::black_box;
 
 const SIZE: usize = 1 << 20;
@@ -50,7 +50,7 @@ fn message(eol: &[u8]) -> Vec<u8> {
 }
 
 fn reframe(msg: &[u8], mode: BareNewlines, out: &mut BytesMut) -> bool {
-    let mut reframer = Reframer::new(mode, u64::MAX);
+    let mut reframer = Reframer::new(mode, LongLines::Fold, u64::MAX);
     for chunk in msg.chunks(CHUNK) {
         if reframer.feed(black_box(chunk), out).finished {
             return reframer.violation().is_none();
