@@ -1,11 +1,12 @@
 //! Throughput of the DATA reframer (`smtp_core::data`) on a 1 MiB message shaped like the load
 //! generator's: six header lines, 76-character body lines (every 40th starting with a `.`, sent
 //! dot-stuffed), then the end of data; fed in 16 KiB chunks as reads from a socket would be.
-//! A second message has bare LF line ends, which `Normalize` rewrites to CRLF.
+//! A second message has bare LF line ends, which `Normalize` rewrites to CRLF; a third has
+//! 2,500-octet lines, which `LongLines::Fold` folds twice each (RFC 5322 §2.1.1).
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use smtp_core::data::{BareNewlines, Reframer};
+use smtp_core::data::{BareNewlines, LongLines, Reframer};
 use std::hint::black_box;
 
 const SIZE: usize = 1 << 20;
@@ -49,8 +50,17 @@ fn message(eol: &[u8]) -> Vec<u8> {
     msg
 }
 
+/// 1 MiB of 2,500-octet lines, then the end of data.
+fn long_lines() -> Vec<u8> {
+    let line = [vec![b'x'; 2500].as_slice(), b"\r\n"].concat();
+    let mut msg: Vec<u8> = line.iter().copied().cycle().take(SIZE).collect();
+    msg.truncate(msg.len() - msg.len() % line.len());
+    msg.extend_from_slice(b".\r\n");
+    msg
+}
+
 fn reframe(msg: &[u8], mode: BareNewlines, out: &mut BytesMut) -> bool {
-    let mut reframer = Reframer::new(mode, u64::MAX);
+    let mut reframer = Reframer::new(mode, LongLines::Fold, u64::MAX);
     for chunk in msg.chunks(CHUNK) {
         if reframer.feed(black_box(chunk), out).finished {
             return reframer.violation().is_none();
@@ -84,6 +94,22 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             black_box(reframe(&bare_lf, BareNewlines::Normalize, &mut out))
+        })
+    });
+    let long = long_lines();
+    out.clear();
+    assert!(reframe(&long, BareNewlines::Reject, &mut out));
+    let lines = (long.len() - 3) / 2502;
+    assert_eq!(
+        out.len(),
+        long.len() + 2 * 3 * lines,
+        "each line folded twice"
+    );
+    group.throughput(Throughput::Bytes(long.len() as u64));
+    group.bench_function("long-lines/fold", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(reframe(&long, BareNewlines::Reject, &mut out))
         })
     });
     group.finish();

@@ -236,10 +236,14 @@ fn policy_lines(p: &config::Policy) -> String {
         config::BareNewlines::Reject => "reject",
         config::BareNewlines::Normalize => "normalize",
     };
+    let long = match p.long_lines {
+        config::LongLines::Fold => "fold",
+        config::LongLines::Reject => "reject",
+    };
     let t = &p.timeouts;
     format!(
         "  policy: require_tls: {}, auth_requires_tls: {}, tls_min_version: {version}, \
-         bare_newlines: {bare}, received_header: {}\n\
+         bare_newlines: {bare}, long_lines: {long}, received_header: {}\n\
          \x20         max_message_size: {}, max_recipients: {}, max_connections: {}, \
          max_connections_per_ip: {}\n\
          \x20         timeouts: greeting {}, command {}, data_block {}, tls_handshake {}",

@@ -114,6 +114,7 @@ fn listener_runtime(
             require_tls: p.require_tls,
             auth_requires_tls: p.auth_requires_tls,
             bare_newlines: p.bare_newlines,
+            long_lines: p.long_lines,
             received_header: p.received_header,
             max_message_size: p.max_message_size,
             max_recipients: p.max_recipients,

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
-    Backend, BareNewlines, Config, Listener, ListenerTls, LogConfig, LogFormat, Policy, Timeouts,
-    TlsVersion,
+    Backend, BareNewlines, Config, Listener, ListenerTls, LogConfig, LogFormat, LongLines, Policy,
+    Timeouts, TlsVersion,
 };
 use crate::sink::SinkEvent;
 use crate::tls::CertStore;
@@ -52,6 +52,7 @@ fn demo_config() -> Config {
                 auth_requires_tls: true,
                 tls_min_version: TlsVersion::V1_2,
                 bare_newlines: BareNewlines::Reject,
+                long_lines: LongLines::Fold,
                 received_header: true,
                 max_message_size: 35 * 1024 * 1024,
                 max_recipients: 100,

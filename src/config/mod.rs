@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use smtp_core::data::BareNewlines;
+pub use smtp_core::data::{BareNewlines, LongLines};
 
 mod fields;
 mod listeners;
@@ -102,6 +102,7 @@ pub struct Policy {
     pub auth_requires_tls: bool,
     pub tls_min_version: TlsVersion,
     pub bare_newlines: BareNewlines,
+    pub long_lines: LongLines,
     pub received_header: bool,
     pub max_message_size: u64,
     pub max_recipients: u32,

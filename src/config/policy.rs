@@ -4,7 +4,7 @@
 use super::fields::{join, Problems};
 use super::raw::{RawPolicy, RawTimeouts};
 use super::yaml::{Table, Value};
-use super::{BareNewlines, Policy, Timeouts, TlsVersion};
+use super::{BareNewlines, LongLines, Policy, Timeouts, TlsVersion};
 
 /// Outbound policy levels (SPEC §3).
 const LEVELS: [(&str, ()); 5] = [
@@ -49,6 +49,8 @@ pub fn terminate_policy(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option
         ("normalize", BareNewlines::Normalize),
     ];
     let bare_newlines = p.choice(&key("bare_newlines"), &raw.bare_newlines, &bare);
+    let long = [("fold", LongLines::Fold), ("reject", LongLines::Reject)];
+    let long_lines = p.choice(&key("long_lines"), &raw.long_lines, &long);
     let received_header = p.bool(&key("received_header"), &raw.received_header);
     let max_message_size = p.size(&key("max_message_size"), &raw.max_message_size);
     let max_recipients = p.count(&key("max_recipients"), &raw.max_recipients, 1);
@@ -69,6 +71,7 @@ pub fn terminate_policy(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option
         auth_requires_tls: auth_requires_tls?,
         tls_min_version: tls_min_version?,
         bare_newlines: bare_newlines?,
+        long_lines: long_lines?,
         received_header: received_header?,
         max_message_size: max_message_size?,
         max_recipients: max_recipients?,

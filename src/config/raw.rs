@@ -257,6 +257,7 @@ pub struct RawPolicy {
     pub on_failure: Value,
     pub tls_min_version: Value,
     pub bare_newlines: Value,
+    pub long_lines: Value,
     pub received_header: Value,
     pub max_message_size: Value,
     pub max_recipients: Value,
@@ -270,9 +271,9 @@ pub struct RawPolicy {
     pub unknown: UnknownKeys,
 }
 keys!(RawPolicy: "require_tls", "auth_requires_tls", "client_certificates", "domain_secure",
-    "on_failure", "tls_min_version", "bare_newlines", "received_header", "max_message_size",
-    "max_recipients", "max_connections", "max_connections_per_ip", "enforce", "timeouts",
-    "default", "domains");
+    "on_failure", "tls_min_version", "bare_newlines", "long_lines", "received_header",
+    "max_message_size", "max_recipients", "max_connections", "max_connections_per_ip", "enforce",
+    "timeouts", "default", "domains");
 
 impl Default for RawPolicy {
     fn default() -> Self {
@@ -284,6 +285,7 @@ impl Default for RawPolicy {
             on_failure: s("defer"),
             tls_min_version: s("1.2"),
             bare_newlines: s("reject"),
+            long_lines: s("fold"),
             received_header: Value::Bool(true),
             max_message_size: s(defaults::MAX_MESSAGE_SIZE),
             max_recipients: Value::Int(100),

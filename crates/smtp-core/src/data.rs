@@ -1,15 +1,22 @@
 //! The DATA reframer (RFC 5321 §4.1.1.4, §4.5.2): turns what a client sends after `354` into
 //! canonical SMTP for the backend. End-of-data is CRLF `.` CRLF and nothing else; bare CR, bare
-//! LF and NUL never reach the backend; dot-stuffing is carried exactly.
+//! LF and NUL never reach the backend; dot-stuffing is carried exactly; no line is longer than
+//! 998 octets + CRLF (RFC 5322 §2.1.1).
 //!
 //! The legacy backend trusts us and may have every line-ending bug of its era, so the one
 //! end-of-data it sees must be the one we found, and no other byte sequence may look like one to
 //! a lenient parser ("SMTP smuggling": `\n.\n`, `\n.\r\n`, `\r\n.\n`, `\r.\r\n`, `\r\n.\r`, with
-//! or without NULs). The reframer is a byte-level state machine that keeps a few bytes of state
-//! between chunks: a pending CR (is it the start of a CRLF?), whether the current line may be the
-//! end of data, and whether the output line so far is a lone `.` that may still need stuffing.
-//! Runs of ordinary bytes, including whole ordinary lines, are found with `memchr3` and copied
-//! with one `extend_from_slice`, so a clean message costs about one scan and one copy.
+//! or without NULs). Nor may a line be longer than the 1000-octet buffer such a server reads
+//! lines into: it would split the line there, and a `.` CRLF after the split would end the
+//! message early and run the rest as commands. Long lines are folded or the message refused
+//! ([`LongLines`]).
+//!
+//! The reframer is a byte-level state machine that keeps a few bytes of state between chunks: a
+//! pending CR (is it the start of a CRLF?), whether the current line may be the end of data,
+//! whether the output line so far is a lone `.` that may still need stuffing, and how long the
+//! output line is. Runs of ordinary bytes, including whole ordinary lines, are found with
+//! `memchr3` and copied with one `extend_from_slice`, so a clean message costs about one scan and
+//! one copy; line lengths are checked once per line end found.
 //!
 //! The output is a function of the input bytes only, never of how they were split into chunks:
 //! every decision that depends on the next byte waits for it.
@@ -26,6 +33,13 @@ const CR: u8 = b'\r';
 const LF: u8 = b'\n';
 const NUL: u8 = 0;
 
+/// The longest line the backend may receive, CRLF excluded: RFC 5322 §2.1.1 ("MUST be no more
+/// than 998 characters"), RFC 5321 §4.5.3.1.6 (1000 octets with the CRLF). Legacy servers read
+/// lines into buffers of that size and split anything longer where it does not end. RFC 5321
+/// does not count a dot added for transparency (§4.5.2); we do, because the backend's buffer
+/// holds it.
+pub const MAX_LINE: usize = 998;
+
 /// `policy.bare_newlines`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BareNewlines {
@@ -33,6 +47,17 @@ pub enum BareNewlines {
     Reject,
     /// Turn bare LF / bare CR into CRLF, drop NUL, dot-stuff any `.` line that creates.
     Normalize,
+}
+
+/// `policy.long_lines`: what to do with a body line longer than [`MAX_LINE`] octets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongLines {
+    /// Insert CRLF + space before the octet that would be the 999th on its output line, as
+    /// Postfix's smtp client does: the continuation starts with a space, so it can never be
+    /// taken for a `.` line.
+    Fold,
+    /// Refuse the message (`550 5.6.0`) once the real end of data arrives.
+    Reject,
 }
 
 /// Why a message is refused; once set, no more output is produced for it.
@@ -44,6 +69,8 @@ pub enum Violation {
     Nul,
     /// More than `max_size` octets.
     TooBig,
+    /// A line longer than [`MAX_LINE`] octets under [`LongLines::Reject`].
+    LongLine,
 }
 
 /// Result of one [`Reframer::feed`].
@@ -86,11 +113,15 @@ enum OutLine {
 #[derive(Debug)]
 pub struct Reframer {
     mode: BareNewlines,
+    long_lines: LongLines,
     max_size: u64,
     received: u64,
     violation: Option<Violation>,
     eod: Eod,
     out_line: OutLine,
+    /// Octets of the current output line written so far (or held: a line-start `.` counts once
+    /// it is written), CRLF excluded; never more than [`MAX_LINE`].
+    col: usize,
     /// A CR was consumed; whether it starts a CRLF depends on the next byte, which may be in the
     /// next chunk.
     cr: bool,
@@ -98,15 +129,18 @@ pub struct Reframer {
 }
 
 impl Reframer {
-    /// `max_size`: the most body octets (as received, before the end-of-data line) accepted.
-    pub fn new(mode: BareNewlines, max_size: u64) -> Self {
+    /// `max_size`: the most body octets (as received, before the end-of-data line) accepted. It
+    /// counts what the client sent: the 3 octets each fold adds are not counted.
+    pub fn new(mode: BareNewlines, long_lines: LongLines, max_size: u64) -> Self {
         Self {
             mode,
+            long_lines,
             max_size,
             received: 0,
             violation: None,
             eod: Eod::LineStart,
             out_line: OutLine::Empty,
+            col: 0,
             cr: false,
             finished: false,
         }
@@ -208,30 +242,73 @@ impl Reframer {
 
     /// Ordinary bytes from `input[start]` (not CR, LF or NUL, and not a `.` that starts an output
     /// line) up to the next byte that needs a decision. Returns where that byte is.
+    ///
+    /// No output line may pass [`MAX_LINE`] octets (RFC 5322 §2.1.1). Each line end found costs
+    /// one comparison; the run stops at the first line that is too long, and that line is folded
+    /// (or refused) here, up to its end, so a line of megabytes is still scanned only once.
     fn text(&mut self, input: &[u8], start: usize, out: &mut BytesMut) -> usize {
         self.release_dot();
         self.eod = Eod::No;
         if self.out_line == OutLine::Dot {
             self.emit(out, b".");
+            self.col = 1;
         }
         self.out_line = OutLine::Text;
         let rest = &input[start..];
+        // Where in `rest` the octet that would be the 999th of the current line is.
+        let mut limit = MAX_LINE - self.col;
         let mut len = rest.len();
         let mut from = 0;
-        // A CRLF followed by a byte that starts an ordinary line (not `.`, CR, LF or NUL) needs
-        // no decision, so the run goes on through it: one copy for many lines.
+        // A CRLF that ends a line short enough and is followed by a byte that starts an ordinary
+        // line (not `.`, CR, LF or NUL) needs no decision, so the run goes on through it: one
+        // copy for many lines.
         while let Some(k) = memchr3(CR, LF, NUL, &rest[from..]) {
             let at = from + k;
             match rest.get(at..at + 3) {
-                Some(&[CR, LF, c]) if !matches!(c, CR | LF | NUL | b'.') => from = at + 3,
+                Some(&[CR, LF, c]) if at <= limit && !matches!(c, CR | LF | NUL | b'.') => {
+                    from = at + 3;
+                    limit = at + 2 + MAX_LINE;
+                }
                 _ => {
                     len = at;
                     break;
                 }
             }
         }
-        self.commit_run(&rest[..len], out);
+        if len <= limit {
+            self.commit_run(&rest[..len], out);
+            self.col = MAX_LINE - (limit - len);
+        } else {
+            // The last line of the run is too long; all of it up to `len` is line content.
+            self.commit_run(&rest[..limit], out);
+            let mut at = limit;
+            while at < len {
+                self.long_line(out);
+                let next = len.min(at + (MAX_LINE - self.col));
+                self.commit_run(&rest[at..next], out);
+                self.col += next - at;
+                at = next;
+            }
+        }
         start + len
+    }
+
+    /// The current output line has [`MAX_LINE`] octets and another one follows. Folding starts
+    /// a continuation line with a space (as Postfix's smtp client does), so it can never begin
+    /// with a `.`; the 3 octets added are not counted against `max_size`, which counts what the
+    /// client sent.
+    fn long_line(&mut self, out: &mut BytesMut) {
+        match self.long_lines {
+            LongLines::Fold => {
+                self.emit(out, b"\r\n ");
+                self.col = 1;
+            }
+            LongLines::Reject => {
+                self.violate(Violation::LongLine);
+                // Nothing more is written; the line count only has to keep the scan moving.
+                self.col = 0;
+            }
+        }
     }
 
     /// Counts a run and writes what of it fits under `max_size`, exactly as if it had been fed
@@ -270,6 +347,7 @@ impl Reframer {
             BareNewlines::Reject => {
                 self.violate(Violation::BareNewline);
                 self.out_line = OutLine::Empty;
+                self.col = 0;
             }
             BareNewlines::Normalize => self.end_output_line(out),
         }
@@ -286,6 +364,7 @@ impl Reframer {
         };
         self.emit(out, line);
         self.out_line = OutLine::Empty;
+        self.col = 0;
     }
 
     /// The held line-start `.` is body after all: count it (its output stays in `out_line`).

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::BytesMut;
 
-use crate::data::BareNewlines;
+use crate::data::{BareNewlines, LongLines};
 use crate::inbound::{Action, Config, Event, Session, Timeouts, TlsInfo};
 
 /// A policy with the SPEC defaults, for tests.
@@ -17,6 +17,7 @@ pub fn test_config() -> Config {
         require_tls: false,
         auth_requires_tls: true,
         bare_newlines: BareNewlines::Reject,
+        long_lines: LongLines::Fold,
         received_header: false,
         max_message_size: 35 * 1024 * 1024,
         max_recipients: 100,
@@ -284,7 +285,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// What the backend must never see, whatever the client sent (SPEC §1.2): a NUL, a bare CR
 /// or LF, a command line that is not canonical (re-parses to itself) or longer than 2048
 /// octets, a repeated MAIL/RCPT parameter, an `AUTH=` identity asserted on a connection where
-/// no AUTH exchange took place (RFC 4954 §5). Returns the first problem.
+/// no AUTH exchange took place (RFC 4954 §5), a body line longer than 998 octets + CRLF (RFC
+/// 5322 §2.1.1). Returns the first problem.
 pub fn check_backend_stream(stream: &[u8]) -> Result<(), String> {
     use crate::command::parse_command;
     if let Some(i) = stream.iter().position(|&b| b == 0) {
@@ -361,7 +363,15 @@ pub fn check_backend_stream(stream: &[u8]) -> Result<(), String> {
             let mut body = Vec::with_capacity(rest.len() + 2);
             body.extend_from_slice(b"\r\n");
             body.extend_from_slice(rest);
-            match find(&body, b"\r\n.\r\n") {
+            let end = find(&body, b"\r\n.\r\n");
+            let text = &body[..end.map_or(body.len(), |e| e + 2)];
+            if let Some(line) = text
+                .split(|&b| b == b'\n')
+                .find(|l| l.strip_suffix(b"\r").unwrap_or(l).len() > crate::data::MAX_LINE)
+            {
+                return Err(format!("a body line of {} octets", line.len()));
+            }
+            match end {
                 Some(end) => rest = &rest[end + 3..],
                 None => return Ok(()), // aborted mid-message: the backend discards it
             }

@@ -65,6 +65,7 @@ fn assert_default_policy(policy: &Policy) {
     assert!(policy.auth_requires_tls);
     assert_eq!(policy.tls_min_version, TlsVersion::V1_2);
     assert_eq!(policy.bare_newlines, BareNewlines::Reject);
+    assert_eq!(policy.long_lines, LongLines::Fold);
     assert!(policy.received_header);
     assert_eq!(policy.max_message_size, 35 * 1024 * 1024);
     assert_eq!(policy.max_recipients, 100);

@@ -98,6 +98,7 @@ fn invalid_values_name_their_path() {
         ("    policy: {require_tls: yes}", "listeners[0].policy.require_tls: expected true or false, found \"yes\""),
         ("    policy: {tls_min_version: 1.1}", "listeners[0].policy.tls_min_version: expected \"1.2\" or \"1.3\", found 1.1"),
         ("    policy: {bare_newlines: strip}", "listeners[0].policy.bare_newlines: expected one of: reject, normalize, found \"strip\""),
+        ("    policy: {long_lines: truncate}", "listeners[0].policy.long_lines: expected one of: fold, reject, found \"truncate\""),
         ("    policy: {max_message_size: 0}", "listeners[0].policy.max_message_size: must be greater than 0"),
         ("    policy: {max_recipients: 0}", "listeners[0].policy.max_recipients: expected a whole number from 1 to 4294967295, found 0"),
         ("    policy: {timeouts: {greeting: 0s}}", "listeners[0].policy.timeouts.greeting: must be greater than 0s"),

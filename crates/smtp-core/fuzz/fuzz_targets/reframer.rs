@@ -1,14 +1,16 @@
 //! Fuzzes the DATA reframer with arbitrary bytes in arbitrary chunks and checks what the legacy
-//! backend would receive (RFC 5321 §4.1.1.4, §4.5.2): no bare CR, no bare LF, no NUL, and the
-//! end-of-data marker exactly once, last, and only for an accepted message.
+//! backend would receive (RFC 5321 §4.1.1.4, §4.5.2): no bare CR, no bare LF, no NUL, no line
+//! over 998 octets + CRLF (RFC 5322 §2.1.1), and the end-of-data marker exactly once, last, and
+//! only for an accepted message.
 //!
-//! The first byte chooses the set-up: bit 0 the mode, bit 1 a small size limit (so the cut at
-//! `max_size` is exercised), bits 2..8 the chunk size (1 to 64 bytes).
+//! The first byte chooses the set-up: bit 0 the bare-newline mode, bit 1 a small size limit (so
+//! the cut at `max_size` is exercised), bit 2 the long-line policy, bits 3..8 the chunk size (1
+//! to 32 bytes). Run with `-max_len=4096` or more so that long lines occur.
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use smtp_core::data::{BareNewlines, Reframer};
+use smtp_core::data::{BareNewlines, LongLines, Reframer, MAX_LINE};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&setup, input)) = data.split_first() else {
@@ -24,9 +26,14 @@ fuzz_target!(|data: &[u8]| {
     } else {
         u64::try_from(input.len() / 2).unwrap_or(u64::MAX)
     };
-    let chunk = usize::from(setup >> 2) + 1;
+    let long_lines = if setup & 4 == 0 {
+        LongLines::Fold
+    } else {
+        LongLines::Reject
+    };
+    let chunk = usize::from(setup >> 3) + 1;
 
-    let mut reframer = Reframer::new(mode, max_size);
+    let mut reframer = Reframer::new(mode, long_lines, max_size);
     let mut out = BytesMut::new();
     let mut finished = false;
     for piece in input.chunks(chunk) {
@@ -52,6 +59,12 @@ fuzz_target!(|data: &[u8]| {
         if b == b'\n' {
             assert!(i > 0 && out[i - 1] == b'\r', "bare LF in output at {i}");
         }
+    }
+    // (c) No line longer than the backend's buffer, whichever policy (a refused message stops
+    // before the 999th octet).
+    for line in out[..].split(|&b| b == b'\n') {
+        let len = line.strip_suffix(b"\r").unwrap_or(line).len();
+        assert!(len <= MAX_LINE, "a line of {len} octets in output");
     }
     // (b) One end-of-data marker (the DATA command's CRLF precedes a leading ".\r\n"), at the
     // very end, only when the message was accepted.

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtp_core::data::BareNewlines;
+use smtp_core::data::{BareNewlines, LongLines};
 use smtp_core::testing::{check_backend_stream, test_config, AutoBackend, Harness};
 
 fuzz_target!(|data: &[u8]| {
@@ -12,7 +12,8 @@ fuzz_target!(|data: &[u8]| {
     cfg.max_message_size = 4096;
     cfg.bare_newlines = if mode & 1 == 0 { BareNewlines::Reject } else { BareNewlines::Normalize };
     cfg.require_tls = mode & 2 != 0;
-    let split = usize::from(mode >> 2).max(1);
+    cfg.long_lines = if mode & 4 == 0 { LongLines::Fold } else { LongLines::Reject };
+    let split = usize::from(mode >> 3).max(1);
     let mut h = Harness::new(cfg);
     let mut backend = AutoBackend::default();
     backend.serve(&mut h);

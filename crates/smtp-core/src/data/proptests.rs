@@ -1,5 +1,6 @@
-//! Property tests of the reframer over arbitrary bytes biased toward CR, LF, `.` and NUL, fed in
-//! arbitrary chunks: what the backend may receive, and that chunking never changes it.
+//! Property tests of the reframer over arbitrary bytes biased toward CR, LF, `.` and NUL, with
+//! runs long enough to make lines of about 998 octets, fed in arbitrary chunks: what the backend
+//! may receive, and that chunking never changes it.
 
 use super::*;
 use proptest::prelude::*;
@@ -16,12 +17,14 @@ fn byte() -> impl Strategy<Value = u8> {
     ]
 }
 
-/// A biased byte, or a CRLF or a word, so that ordinary lines (the reframer's fast path) occur.
+/// A biased byte, or a CRLF or a word, so that ordinary lines (the reframer's fast path) occur,
+/// or a run of letters that takes a line near, to or past the 998-octet limit (RFC 5322 §2.1.1).
 fn token() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        4 => byte().prop_map(|b| vec![b]),
-        1 => Just(b"\r\n".to_vec()),
-        1 => Just(b"xyz".to_vec()),
+        40 => byte().prop_map(|b| vec![b]),
+        10 => Just(b"\r\n".to_vec()),
+        10 => Just(b"xyz".to_vec()),
+        1 => prop_oneof![990usize..1000, 1usize..2500].prop_map(|n| vec![b'x'; n]),
     ]
 }
 
@@ -36,13 +39,26 @@ fn message() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-fn mode() -> impl Strategy<Value = BareNewlines> {
-    prop_oneof![Just(BareNewlines::Reject), Just(BareNewlines::Normalize)]
+fn mode() -> impl Strategy<Value = Modes> {
+    let bare = prop_oneof![Just(BareNewlines::Reject), Just(BareNewlines::Normalize)];
+    (bare, long_lines())
+}
+
+/// Chunk sizes: small ones, and ones that put boundaries near the 998th octet of a line.
+fn sizes() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(prop_oneof![3 => 1usize..24, 1 => 990usize..1010], 1..8)
+}
+
+fn long_lines() -> impl Strategy<Value = LongLines> {
+    prop_oneof![Just(LongLines::Fold), Just(LongLines::Reject)]
 }
 
 fn max_size() -> impl Strategy<Value = u64> {
-    prop_oneof![3 => Just(u64::MAX), 1 => 0u64..200]
+    prop_oneof![3 => Just(u64::MAX), 1 => 0u64..200, 1 => 900u64..3000]
 }
+
+/// Both policies of the reframer.
+type Modes = (BareNewlines, LongLines);
 
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
@@ -55,8 +71,8 @@ struct Outcome {
 
 /// Feeds `input` in chunks of the given sizes (cycled; the last chunk takes the rest), the way a
 /// session does: stop at the end of data.
-fn feed(mode: BareNewlines, max: u64, input: &[u8], sizes: &[usize]) -> Outcome {
-    let mut r = Reframer::new(mode, max);
+fn feed(mode: Modes, max: u64, input: &[u8], sizes: &[usize]) -> Outcome {
+    let mut r = Reframer::new(mode.0, mode.1, max);
     let mut out = BytesMut::new();
     let (mut at, mut finished) = (0, false);
     let mut sizes = sizes.iter().copied().cycle();
@@ -102,6 +118,24 @@ fn assert_one_eod(o: &Outcome) {
     }
 }
 
+/// Property (f): no line the backend receives is longer than 998 octets + CRLF, under either
+/// policy (a refused message stops before the 999th octet).
+fn assert_short_lines(out: &[u8]) {
+    for line in out.split(|&b| b == b'\n') {
+        let len = line.strip_suffix(b"\r").unwrap_or(line).len();
+        assert!(len <= MAX_LINE, "a line of {len} octets");
+    }
+}
+
+/// Lines of exactly 998 octets followed by one that starts with a space: at least every fold.
+fn folds(out: &[u8]) -> usize {
+    let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0].len() == MAX_LINE + 1 && w[1].first() == Some(&b' '))
+        .count()
+}
+
 fn bare_newlines(input: &[u8]) -> usize {
     (0..input.len())
         .filter(|&i| match input[i] {
@@ -118,19 +152,22 @@ proptest! {
     #[test]
     fn data_output_is_canonical_with_one_eod(
         mode in mode(), max in max_size(), input in message(),
-        sizes in prop::collection::vec(1usize..24, 1..8),
+        sizes in sizes(),
     ) {
         let o = feed(mode, max, &input, &sizes);
         assert_canonical(&o.out);
         assert_one_eod(&o);
+        assert_short_lines(&o.out);
         // Property (e): a bare newline grows by one byte into CRLF, and may leave a lone `.` line
-        // on either side of it that is stuffed; any other stuffed line had a NUL dropped.
-        prop_assert!(o.out.len() <= o.consumed + 3 * bare_newlines(&input[..o.consumed]));
+        // on either side of it that is stuffed; any other stuffed line had a NUL dropped. A fold
+        // adds CRLF + space.
+        let grown = 3 * (bare_newlines(&input[..o.consumed]) + folds(&o.out));
+        prop_assert!(o.out.len() <= o.consumed + grown);
         prop_assert!(o.received <= u64::try_from(o.consumed).unwrap_or(u64::MAX));
-        if mode == BareNewlines::Normalize && o.finished && o.violation.is_none() {
-            // Nothing but line ends, dots and NULs is changed.
+        if mode.0 == BareNewlines::Normalize && o.finished && o.violation.is_none() {
+            // Nothing but line ends, dots, NULs and the spaces of folds is changed.
             let text = |b: &[u8]| -> Vec<u8> {
-                b.iter().copied().filter(|c| !matches!(c, b'\r' | b'\n' | b'.' | 0)).collect()
+                b.iter().copied().filter(|c| !matches!(c, b'\r' | b'\n' | b'.' | b' ' | 0)).collect()
             };
             prop_assert_eq!(text(&o.out), text(&input[..o.consumed]));
         }
@@ -139,11 +176,27 @@ proptest! {
     #[test]
     fn data_chunking_does_not_change_anything(
         mode in mode(), max in max_size(), input in message(),
-        sizes in prop::collection::vec(1usize..24, 1..8),
+        sizes in sizes(),
     ) {
         let one = feed(mode, max, &input, &[input.len()]);
         prop_assert_eq!(&feed(mode, max, &input, &sizes), &one);
         prop_assert_eq!(&feed(mode, max, &input, &[1]), &one);
+    }
+
+    #[test]
+    fn data_long_line_policies_agree_up_to_the_first_long_line(
+        bare in mode(), max in max_size(), input in message(), sizes in sizes(),
+    ) {
+        let fold = feed((bare.0, LongLines::Fold), max, &input, &sizes);
+        let reject = feed((bare.0, LongLines::Reject), max, &input, &sizes);
+        // Refusing stops where folding inserts its first CRLF + space; before that, and for a
+        // message without a long line, the two are the same.
+        prop_assert!(fold.out.starts_with(&reject.out));
+        if reject.violation != Some(Violation::LongLine) {
+            prop_assert_eq!(&fold, &reject);
+        } else {
+            prop_assert!(fold.out[reject.out.len()..].starts_with(b"\r\n "));
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ impl Session {
     pub(super) fn enter_data(&mut self, now: Instant) {
         self.mode = Mode::Data(Box::new(Reframer::new(
             self.cfg.bare_newlines,
+            self.cfg.long_lines,
             self.cfg.max_message_size,
         )));
         if self.cfg.received_header {
@@ -96,6 +97,10 @@ impl Session {
             Some(Violation::Nul) => {
                 self.policy_rejection("nul_byte");
                 self.send("550 5.6.11 NUL character not allowed");
+            }
+            Some(Violation::LongLine) => {
+                self.policy_rejection("long_line");
+                self.send("550 5.6.0 Message has lines longer than 998 octets");
             }
             Some(Violation::TooBig) => {
                 self.policy_rejection("message_size");

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::data::{BareNewlines, Reframer};
+use crate::data::{BareNewlines, LongLines, Reframer};
 use crate::ehlo::Offered;
 use crate::line::{LineReader, MAX_EXTENDED_LINE};
 use crate::reply::{Reply, ReplyParser};
@@ -55,6 +55,8 @@ pub struct Config {
     pub require_tls: bool,
     pub auth_requires_tls: bool,
     pub bare_newlines: BareNewlines,
+    /// Body lines over 998 octets: folded or refused (RFC 5322 §2.1.1).
+    pub long_lines: LongLines,
     pub received_header: bool,
     pub max_message_size: u64,
     pub max_recipients: u32,

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use crate::data::BareNewlines;
+use crate::data::{BareNewlines, LongLines};
 use crate::testing::{check_backend_stream, test_config, AutoBackend, Harness};
 
 /// Client input: pieces of plausible SMTP mixed with the bytes attackers use.
@@ -31,6 +31,7 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
         Just(b"..dot\r\n".to_vec()),
         Just(b"Subject: x\r\n\r\nbody\r\n".to_vec()),
         Just(vec![b'x'; 3000]),
+        Just(vec![b'x'; 998]),
         prop::collection::vec(
             prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(0u8), any::<u8>()],
             0..40
@@ -83,11 +84,13 @@ proptest! {
         split in 1usize..64,
         normalize in any::<bool>(),
         auth_in_plaintext in any::<bool>(),
+        reject_long in any::<bool>(),
     ) {
         let mut cfg = test_config();
         cfg.max_message_size = 2000;
         cfg.auth_requires_tls = !auth_in_plaintext;
         cfg.bare_newlines = if normalize { BareNewlines::Normalize } else { BareNewlines::Reject };
+        cfg.long_lines = if reject_long { LongLines::Reject } else { LongLines::Fold };
         let (backend, client) = drive(&pieces, split, cfg);
         for (i, conn) in backend.connections.iter().enumerate() {
             if let Err(e) = check_backend_stream(conn) {
@@ -102,7 +105,11 @@ proptest! {
 
 #[test]
 fn the_checker_catches_what_it_must() {
-    let bad: [&[u8]; 8] = [
+    let long = [b"DATA\r\n".as_slice(), &[b'x'; 999], b"\r\n.\r\n"].concat();
+    let aborted = [b"DATA\r\n".as_slice(), &[b'x'; 999]].concat();
+    let bad: [&[u8]; 10] = [
+        &long,
+        &aborted,
         b"EHLO a\nMAIL FROM:<a@b>\r\n",
         b"EHLO a\r\nMAIL FROM: <a@b>\r\n",
         b"DATA\r\nbody\n.\r\n",
@@ -124,4 +131,6 @@ fn the_checker_catches_what_it_must() {
     assert_eq!(check_backend_stream(good), Ok(()));
     let good: &[u8] = b"EHLO a\r\nAUTH PLAIN AGEAYg==\r\nMAIL FROM:<a@b> AUTH=a@b\r\n";
     assert_eq!(check_backend_stream(good), Ok(()));
+    let longest = [b"DATA\r\n".as_slice(), &[b'x'; 998], b"\r\n.\r\n"].concat();
+    assert_eq!(check_backend_stream(&longest), Ok(()));
 }

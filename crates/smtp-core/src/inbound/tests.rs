@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::data::BareNewlines;
+use crate::data::{BareNewlines, LongLines};
 use crate::inbound::Event;
 use crate::testing::{test_config, Harness};
 
@@ -236,6 +236,46 @@ fn bare_lf_normalized() {
     h.transaction();
     h.client_says(b"a\n.\nb\r\n.\r\n");
     assert_eq!(h.take_backend(), "a\r\n..\r\nb\r\n.\r\n");
+}
+
+#[test]
+fn long_line_rejected_after_real_end_of_data_and_session_goes_on() {
+    let mut cfg = test_config();
+    cfg.long_lines = LongLines::Reject;
+    let mut h = Harness::greeted(cfg);
+    h.ehlo();
+    h.transaction();
+    // The smuggling attack: a lone `.` right after the 999th octet of a line.
+    h.client_says(&[b'A'; 999]);
+    h.client_says(b".\r\nMAIL FROM:<smuggled@x.test>\r\nDATA\r\n");
+    assert_eq!(h.take_client(), "", "no reply before the real end of data");
+    assert_eq!(
+        (h.backend_closes, h.connects),
+        (1, 2),
+        "the backend connection is dropped mid-message and replaced"
+    );
+    h.client_says(b"smuggled\r\n.\r\n");
+    assert_eq!(
+        h.take_client(),
+        "550 5.6.0 Message has lines longer than 998 octets\r\n"
+    );
+    assert!(h.events.contains(&Event::PolicyRejection {
+        reason: "long_line"
+    }));
+    assert!(h.events.contains(&Event::MessageRejected));
+    let sent = h.take_backend();
+    assert!(
+        !sent.contains("smuggled") && !sent.contains('.'),
+        "{sent:?}"
+    );
+    h.backend_says(b"220 legacy again\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    h.backend_says(b"250 legacy\r\n");
+    h.transaction();
+    h.client_says(b"clean\r\n.\r\n");
+    assert_eq!(h.take_backend(), "clean\r\n.\r\n");
+    h.backend_says(b"250 2.0.0 queued\r\n");
+    assert_eq!(h.take_client(), "250 2.0.0 queued\r\n");
 }
 
 #[test]

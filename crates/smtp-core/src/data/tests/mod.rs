@@ -1,8 +1,11 @@
 //! Byte-exact, table-driven tests of the reframer: the smuggling sequences of DESIGN §4 under
-//! both modes, chunk boundaries inside every decision, and the size limit.
+//! both modes, chunk boundaries inside every decision, and the size limit. Long lines are in
+//! `long_lines`.
 
 use super::*;
 use BareNewlines::{Normalize, Reject};
+
+mod long_lines;
 
 /// Everything observable after feeding `chunks` one after another, as a session would: once the
 /// end of data is found, what was not consumed goes to `rest`.
@@ -17,7 +20,11 @@ struct Outcome {
 }
 
 fn run(mode: BareNewlines, max_size: u64, chunks: &[&[u8]]) -> Outcome {
-    let mut r = Reframer::new(mode, max_size);
+    run_with(mode, LongLines::Fold, max_size, chunks)
+}
+
+fn run_with(mode: BareNewlines, long: LongLines, max_size: u64, chunks: &[&[u8]]) -> Outcome {
+    let mut r = Reframer::new(mode, long, max_size);
     let mut out = BytesMut::new();
     let (mut consumed, mut finished, mut rest) = (0, false, Vec::new());
     for chunk in chunks {
@@ -248,7 +255,7 @@ fn data_bytes_after_eod_are_not_consumed() {
     assert_eq!((got.consumed, got.finished), (6, true));
     assert_eq!(got.rest, b"MAIL FROM:<>\r\n");
 
-    let mut r = Reframer::new(Normalize, 100);
+    let mut r = Reframer::new(Normalize, LongLines::Fold, 100);
     let mut out = BytesMut::new();
     let fed = r.feed(b".\r\nQUIT\r\n", &mut out);
     assert_eq!(
@@ -271,7 +278,7 @@ fn data_bytes_after_eod_are_not_consumed() {
 
 #[test]
 fn data_cr_at_chunk_end_waits_for_the_next_byte() {
-    let mut r = Reframer::new(Normalize, u64::MAX);
+    let mut r = Reframer::new(Normalize, LongLines::Fold, u64::MAX);
     let mut out = BytesMut::new();
     assert_eq!(r.feed(b"a\r", &mut out).consumed, 2);
     assert_eq!(&out[..], b"a", "a pending CR is not decided early");
