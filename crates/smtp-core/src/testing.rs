@@ -333,6 +333,11 @@ pub fn check_backend_stream(stream: &[u8]) -> Result<(), String> {
                 return Err(format!("backend got an unparsable command {line:?}: {e}"));
             }
         };
+        // A backend reading lines into a 1000-octet buffer must get every command whole; only
+        // SASL data (AUTH and its responses, RFC 4954 §4) may be longer.
+        if line.len() + 2 > crate::data::MAX_LINE + 2 && cmd.verb() != crate::command::Verb::Auth {
+            return Err(format!("command line of {} octets", line.len() + 2));
+        }
         let mut canonical = bytes::BytesMut::new();
         cmd.write_to(&mut canonical);
         if canonical[..canonical.len() - 2] != *line {

@@ -65,6 +65,10 @@ const RCPT: &[Kind] = &[Kind::Notify, Kind::Orcpt];
 const MAX_ENVID: usize = 100;
 /// RFC 3461 §4.2: an ORCPT is at most 500 characters.
 const MAX_ORCPT: usize = 500;
+/// An `AUTH=` mailbox, xtext-encoded (RFC 4954 §5): a 256-octet path with room for encoding.
+/// Bounded so that the longest MAIL we forward stays under 1000 octets: a legacy backend
+/// reading lines into a buffer of that size (RFC 5321 §4.5.3.1.4) must never split one.
+const MAX_AUTH: usize = 500;
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -111,7 +115,7 @@ impl Kind {
             (Kind::Notify, Some(v)) => is_notify(v),
             (Kind::Orcpt, Some(v)) => is_orcpt(v, smtputf8),
             // RFC 4954 §5: AUTH=<> or an xtext mailbox.
-            (Kind::Auth, Some(v)) => v == "<>" || is_xtext(v),
+            (Kind::Auth, Some(v)) => v == "<>" || (v.len() <= MAX_AUTH && is_xtext(v)),
             _ => false,
         };
         ok.then_some(()).ok_or(ParamError::Invalid)

@@ -180,3 +180,41 @@ fn non_ascii_addresses_need_smtputf8() {
         Err(ParamError::Unsupported)
     );
 }
+
+/// The longest MAIL and RCPT these rules let through fit in a 1000-octet line buffer, so a
+/// legacy backend reading lines with fgets(1000) never splits a command of ours.
+#[test]
+fn the_longest_commands_we_forward_fit_in_1000_octets() {
+    use crate::command::Command;
+    let path = format!("{}@x.test", "a".repeat(256 - 7));
+    let mut mail_params = vec![
+        p("SIZE", Some("18446744073709551615")),
+        p("BODY", Some("8BITMIME")),
+        p("SMTPUTF8", None),
+        p("RET", Some("HDRS")),
+        p("ENVID", Some(&"e".repeat(100))),
+        p("AUTH", Some(&"a".repeat(500))),
+    ];
+    check_mail(&path, &mut mail_params, all(), true, u64::MAX).unwrap();
+    let rcpt_params = vec![
+        p("NOTIFY", Some("SUCCESS,FAILURE,DELAY")),
+        p("ORCPT", Some(&format!("rfc822;{}", "o".repeat(493)))),
+    ];
+    check_rcpt(&path, &rcpt_params, all(), MailParams { smtputf8: true }).unwrap();
+    for cmd in [
+        Command::Mail {
+            from: path.clone(),
+            params: mail_params,
+        },
+        Command::Rcpt {
+            to: path.clone(),
+            params: rcpt_params,
+        },
+    ] {
+        let mut out = bytes::BytesMut::new();
+        cmd.write_to(&mut out);
+        assert!(out.len() <= 1000, "{} octets", out.len());
+    }
+    let too_long = [p("AUTH", Some(&"a".repeat(501)))];
+    assert_eq!(mail(&too_long, all(), true), Err(ParamError::Invalid));
+}
