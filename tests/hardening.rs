@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::binary::start_binary;
 use common::scripted::{scripted_backend, Script, PLAIN_IR};
 use common::*;
 
@@ -20,7 +21,7 @@ async fn envelope(c: &mut Client) {
 #[tokio::test]
 async fn parameters_of_extensions_never_offered_are_refused() {
     let (backend, rec) = recording_backend().await;
-    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let running = start_binary(&config_yaml(backend, "starttls", ""));
     let mut c = Client::connect(running.addr("inbound").unwrap()).await;
     c.reply().await;
     assert!(c.cmd("HELO client.test").await.starts_with("250 "));
@@ -52,7 +53,7 @@ async fn parameters_of_extensions_never_offered_are_refused() {
 #[tokio::test]
 async fn an_unauthenticated_auth_parameter_reaches_the_backend_as_empty() {
     let (backend, t) = scripted_backend(Script::default()).await;
-    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let running = start_binary(&config_yaml(backend, "starttls", ""));
     let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
     let mail = "MAIL FROM:<x@evil.test> AUTH=ceo@corp.test";
     assert_eq!(c.cmd(mail).await, "250 2.1.0 Ok\r\n");
@@ -67,12 +68,11 @@ async fn an_unauthenticated_auth_parameter_reaches_the_backend_as_empty() {
 #[tokio::test]
 async fn a_pipelined_transaction_over_max_recipients_is_delivered() {
     let (backend, rec) = recording_backend().await;
-    let running = start(&config_yaml(
+    let running = start_binary(&config_yaml(
         backend,
         "starttls",
         "      max_recipients: 5\n",
-    ))
-    .await;
+    ));
     let mut c = Client::connect(running.addr("inbound").unwrap()).await;
     c.reply().await;
     assert!(c.cmd("EHLO client.test").await.contains("PIPELINING"));
@@ -104,7 +104,7 @@ async fn authentication_survives_a_backend_replacement() {
         ..Script::default()
     };
     let (backend, t) = scripted_backend(script).await;
-    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let running = start_binary(&config_yaml(backend, "starttls", ""));
     let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
     let auth = format!("AUTH PLAIN {PLAIN_IR}");
     assert_eq!(
@@ -134,7 +134,7 @@ async fn a_reply_that_does_not_answer_the_command_ends_the_session() {
         ..Script::default()
     };
     let (backend, _t) = scripted_backend(script).await;
-    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let running = start_binary(&config_yaml(backend, "starttls", ""));
     let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
     assert_eq!(c.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Ok\r\n");
@@ -155,7 +155,7 @@ async fn a_backend_reply_nobody_asked_for_is_never_passed_on() {
             ..Script::default()
         };
         let (backend, t) = scripted_backend(script).await;
-        let running = start(&config_yaml(backend, "starttls", "")).await;
+        let running = start_binary(&config_yaml(backend, "starttls", ""));
         let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
         envelope(&mut c).await;
         c.send(b"one\r\n.\r\nMAIL FROM:<c@x.test>\r\n").await;
@@ -170,7 +170,7 @@ async fn a_backend_reply_nobody_asked_for_is_never_passed_on() {
 #[tokio::test]
 async fn backend_replacements_per_session_are_bounded() {
     let (backend, rec) = recording_backend().await;
-    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let running = start_binary(&config_yaml(backend, "starttls", ""));
     let mut c = Client::connect(running.addr("inbound").unwrap()).await;
     c.reply().await;
     c.cmd("EHLO client.test").await;
@@ -211,7 +211,7 @@ fn time_wait_to(port: u16) -> usize {
 #[tokio::test]
 async fn a_whole_dialogue_before_a_half_close_is_answered_and_delivered() {
     let (backend, rec) = recording_backend().await;
-    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let running = start_binary(&config_yaml(backend, "starttls", ""));
     let mut c = Client::connect(running.addr("inbound").unwrap()).await;
     c.reply().await;
     c.send(
@@ -245,7 +245,7 @@ async fn a_backend_that_refuses_a_second_ehlo_serves_starttls_clients() {
         ..Script::default()
     };
     let (backend, t) = scripted_backend(script).await;
-    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let running = start_binary(&config_yaml(backend, "starttls", ""));
     let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
     envelope(&mut c).await;
     assert_eq!(c.cmd("..dot\r\n.").await, "250 2.0.0 queued\r\n");

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::binary::start_binary;
 use common::*;
 
 /// What the backend receives in the DATA phase for the attack under `fold`.
@@ -19,15 +20,9 @@ fn attack_body() -> Vec<u8> {
     .concat()
 }
 
-async fn sidecar(
-    policy: &str,
-) -> (
-    std::net::SocketAddr,
-    Recorder,
-    smtp_sidecar::runtime::Running,
-) {
+async fn sidecar(policy: &str) -> (std::net::SocketAddr, Recorder, common::binary::Binary) {
     let (backend, rec) = recording_backend().await;
-    let running = start(&config_yaml(backend, "starttls", policy)).await;
+    let running = start_binary(&config_yaml(backend, "starttls", policy));
     (running.addr("inbound").unwrap(), rec, running)
 }
 

@@ -1,0 +1,89 @@
+//! The real `smtp-sidecar` binary for end-to-end tests: `run -c` on a configuration written
+//! by [`super::config_yaml`], its listener on a free port of 127.0.0.1, its state directory
+//! (where it keeps the self-signed certificate it generates) in a scratch directory.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use std::time::{Duration, Instant};
+
+use super::process::{free_port, Guard, TempDir};
+
+pub struct Binary {
+    addr: SocketAddr,
+    child: Guard,
+    dir: TempDir,
+}
+
+/// Start the binary on `yaml` (whose listener is `127.0.0.1:0`) and wait until it accepts.
+pub fn start_binary(yaml: &str) -> Binary {
+    let dir = TempDir::new("binary");
+    for _attempt in 0..3 {
+        let port = free_port();
+        let yaml = format!(
+            "state_dir: {}\n{}",
+            dir.0.join("state").display(),
+            yaml.replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))
+        );
+        let config = dir.0.join("config.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = std::fs::File::create(dir.0.join("sidecar.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+            .arg("run")
+            .arg("-c")
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn();
+        let mut child = Guard(child.unwrap());
+        if wait_listening(&mut child.0, &dir) {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            return Binary { addr, child, dir };
+        }
+        eprintln!("sidecar exited (port {port} taken?):\n{}", log_of(&dir));
+    }
+    panic!("the sidecar did not start");
+}
+
+impl Binary {
+    /// The listener's address (one listener, whatever its name).
+    pub fn addr(&self, _listener: &str) -> Option<SocketAddr> {
+        Some(self.addr)
+    }
+}
+
+/// Wait (10 s at most) for the log line that says the listener is bound; false if the
+/// binary exited first. Not a probe connection: that would be a session of its own, with a
+/// backend connection the tests would count.
+fn wait_listening(child: &mut std::process::Child, dir: &TempDir) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if log_of(dir).contains(" listening") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "the sidecar did not start listening within 10 s:\n{}",
+        log_of(dir)
+    );
+}
+
+fn log_of(dir: &TempDir) -> String {
+    std::fs::read_to_string(dir.0.join("sidecar.log")).unwrap_or_default()
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        if std::thread::panicking() {
+            eprintln!("--- sidecar log ---\n{}", log_of(&self.dir));
+        }
+    }
+}
