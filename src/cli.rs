@@ -49,9 +49,15 @@ mod demo;
 mod nofile;
 
 fn init_logging(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Asked for, the protocol log is written whatever the level of the rest.
+    if log.protocol_log {
+        if let Ok(directive) = "smtp_sidecar::protocol=info".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     // Colour only for a person at a terminal: a file or the journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();

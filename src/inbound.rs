@@ -3,6 +3,7 @@
 //! session's actions in order. It decides nothing about SMTP itself.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -17,14 +18,79 @@ use crate::backend;
 use crate::io::{read_now, readable, Client, Read};
 use crate::runtime::{ListenerRuntime, Shutdown};
 
+/// Numbers the sessions of this process, for the protocol log.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Where protocol log lines go: filter them with `smtp_sidecar::protocol=info`.
+const PROTOCOL: &str = "smtp_sidecar::protocol";
+
 /// Record a completed server-side handshake; returns what the session needs to know.
-fn handshake_done(l: &ListenerRuntime, conn: &rustls::ServerConnection) -> TlsInfo {
+fn handshake_done(
+    l: &ListenerRuntime,
+    conn: &rustls::ServerConnection,
+    session: u64,
+    peer: SocketAddr,
+) -> TlsInfo {
     let (version, cipher) = crate::tls::session_tls_info(conn);
     l.metrics
         .tls_handshakes_total
         .with_label_values(&[&l.name, "server", "ok", &version])
         .inc();
+    if l.session.protocol_log {
+        log_handshake(l, conn, session, peer, &version, &cipher);
+    }
     TlsInfo { version, cipher }
+}
+
+/// The protocol log's handshake lines: the certificate we sent and the client's, if any
+/// (Exchange's verbose log records both).
+fn log_handshake(
+    l: &ListenerRuntime,
+    conn: &rustls::ServerConnection,
+    session: u64,
+    peer: SocketAddr,
+    version: &str,
+    cipher: &str,
+) {
+    let listener = &l.name;
+    tracing::info!(target: PROTOCOL, session, %listener, %peer, version, cipher, sni = conn.server_name(), "TLS established");
+    if let Some(cert) = &l.certificate {
+        log_certificate(session, listener, peer, "local", cert);
+    }
+    let leaf = conn.peer_certificates().and_then(|chain| chain.first());
+    match leaf.map(|der| crate::tls::CertInfo::from_der(der)) {
+        Some(Ok(cert)) => log_certificate(session, listener, peer, "remote", &cert),
+        Some(Err(reason)) => {
+            tracing::info!(target: PROTOCOL, session, %listener, %peer, %reason, "remote certificate unreadable");
+        }
+        None => {
+            tracing::info!(target: PROTOCOL, session, %listener, %peer, "no remote certificate")
+        }
+    }
+}
+
+fn log_certificate(
+    session: u64,
+    listener: &str,
+    peer: SocketAddr,
+    side: &str,
+    cert: &crate::tls::CertInfo,
+) {
+    tracing::info!(
+        target: PROTOCOL,
+        session,
+        %listener,
+        %peer,
+        side,
+        subject = %cert.subject,
+        issuer = %cert.issuer,
+        serial = %cert.serial,
+        sha1 = %cert.sha1,
+        sans = %cert.sans.join(","),
+        not_before = %cert.not_before_rfc3339(),
+        not_after = %cert.not_after_rfc3339(),
+        "certificate"
+    );
 }
 
 fn handshake_failed(l: &ListenerRuntime, peer: SocketAddr, reason: &str) {
@@ -43,6 +109,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<Shutdown>,
 ) {
     let started = Instant::now();
+    let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY on client socket");
     }
@@ -51,7 +118,7 @@ pub async fn serve(
             let accept = TlsAcceptor::from(Arc::clone(acceptor)).accept(tcp);
             match timeout(l.session.timeouts.tls_handshake, accept).await {
                 Ok(Ok(stream)) => {
-                    let info = handshake_done(&l, stream.get_ref().1);
+                    let info = handshake_done(&l, stream.get_ref().1, id, peer);
                     (Client::Tls(Box::new(stream)), Some(info))
                 }
                 Ok(Err(e)) => return handshake_failed(&l, peer, &e.to_string()),
@@ -75,6 +142,10 @@ pub async fn serve(
 
     'session: loop {
         while let Some(action) = session.poll_action() {
+            // Events first: protocol log lines must be written before a handshake's.
+            while let Some(event) = session.poll_event() {
+                messages += record(&l, &session, event, peer, id);
+            }
             match action {
                 Action::WriteClient(bytes) => {
                     let write = timeout(l.write_timeout, client.write(&bytes));
@@ -137,7 +208,7 @@ pub async fn serve(
                     };
                     match result {
                         Ok(Ok(stream)) => {
-                            let info = handshake_done(&l, stream.get_ref().1);
+                            let info = handshake_done(&l, stream.get_ref().1, id, peer);
                             client = Client::Tls(Box::new(stream));
                             client_more = true;
                             session.handle_tls_established(info, Instant::now());
@@ -162,7 +233,7 @@ pub async fn serve(
             }
         }
         while let Some(event) = session.poll_event() {
-            messages += record(&l, &session, event, peer);
+            messages += record(&l, &session, event, peer, id);
         }
         if session.is_closed() {
             break;
@@ -216,7 +287,7 @@ pub async fn serve(
         }
     }
     while let Some(event) = session.poll_event() {
-        messages += record(&l, &session, event, peer);
+        messages += record(&l, &session, event, peer, id);
     }
     let elapsed = started.elapsed();
     l.metrics
@@ -230,8 +301,8 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
-/// Count an event; returns 1 for an accepted message.
-fn record(l: &ListenerRuntime, session: &Session, event: Event, peer: SocketAddr) -> u32 {
+/// Count or log an event; returns 1 for an accepted message.
+fn record(l: &ListenerRuntime, session: &Session, event: Event, peer: SocketAddr, id: u64) -> u32 {
     let tls = if session.tls().is_some() { "yes" } else { "no" };
     let m = &l.metrics;
     match event {
@@ -263,6 +334,11 @@ fn record(l: &ListenerRuntime, session: &Session, event: Event, peer: SocketAddr
         Event::BackendFailed { reason } => {
             tracing::warn!(listener = %l.name, %peer, %reason, "backend failed; client told 421 4.4.2");
             m.backend_failures_total.with_label_values(&[&l.name]).inc();
+        }
+        Event::Protocol { direction, line } => {
+            let listener = &l.name;
+            let dir = direction.as_str();
+            tracing::info!(target: PROTOCOL, session = id, %listener, %peer, "{dir} {line}");
         }
     }
     0

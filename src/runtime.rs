@@ -38,6 +38,8 @@ pub struct ListenerRuntime {
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
     pub metrics: Metrics,
+    /// The certificate served, for the protocol log.
+    pub certificate: Option<crate::tls::CertInfo>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,7 @@ fn listener_runtime(
     store: &CertStore,
     metrics: &Metrics,
 ) -> Result<ListenerRuntime, String> {
+    let certificate = listener_certificate(store, l).map(|c| c.info.clone());
     let acceptor = match listener_certificate(store, l) {
         Some(cert) => {
             let server = crate::tls::server_config(cert, l.policy.tls_min_version)
@@ -127,6 +130,7 @@ fn listener_runtime(
                 // timeout is the operator's word for how long to wait.
                 backend_reply: t.command,
             },
+            protocol_log: config.log.protocol_log,
         },
         servers: l.backend.servers.clone(),
         connect_timeout: l.backend.connect_timeout,
@@ -135,6 +139,7 @@ fn listener_runtime(
         max_connections: p.max_connections,
         max_connections_per_ip: p.max_connections_per_ip,
         metrics: metrics.clone(),
+        certificate,
     })
 }
 

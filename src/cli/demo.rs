@@ -36,6 +36,7 @@ fn demo_config() -> Config {
         log: LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
+            protocol_log: false,
         },
         certificates: Vec::new(),
         listeners: vec![Listener {

@@ -55,6 +55,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter directive: `info`, `debug`, `smtp_sidecar=debug,warn`...
     pub level: String,
+    /// Every command and reply line, and the certificates of each handshake, logged at info
+    /// under the target `smtp_sidecar::protocol`.
+    pub protocol_log: bool,
 }
 
 /// One entry of the certificate store.

@@ -160,10 +160,10 @@ fn log_config(p: &mut Problems, log: &RawLog) -> Option<LogConfig> {
     let format = p.choice("log.format", &log.format, &formats);
     let level = p.string("log.level", &log.level);
     let protocol_log = p.bool("log.protocol_log", &log.protocol_log);
-    p.only_default("log.protocol_log", protocol_log, |on| !on, "false");
     Some(LogConfig {
         format: format?,
         level: level?.trim().to_owned(),
+        protocol_log: protocol_log?,
     })
 }
 

@@ -48,6 +48,11 @@ pub fn start_binary(yaml: &str) -> Binary {
 }
 
 impl Binary {
+    /// What the binary has logged so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        log_of(&self.dir)
+    }
+
     /// The listener's address (one listener, whatever its name).
     pub fn addr(&self, _listener: &str) -> Option<SocketAddr> {
         Some(self.addr)

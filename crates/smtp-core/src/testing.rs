@@ -28,6 +28,7 @@ pub fn test_config() -> Config {
             tls_handshake: Duration::from_secs(30),
             backend_reply: Duration::from_secs(300),
         },
+        protocol_log: false,
     }
 }
 

@@ -9,10 +9,6 @@ use crate::config::TlsVersion;
 fn not_supported_yet_values() {
     let cases: &[(&str, &str)] = &[
         (
-            "log: {protocol_log: true}",
-            "log.protocol_log: not supported yet (only false is)",
-        ),
-        (
             "resolver: {nameservers: [\"127.0.0.1:53\"]}",
             "resolver.nameservers: not supported yet (only [] is)",
         ),

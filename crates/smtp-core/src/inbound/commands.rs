@@ -65,8 +65,10 @@ impl Session {
 
     pub(super) fn command_line(&mut self, event: LineEvent, now: Instant) {
         let LineEvent::Line { line, crlf } = event else {
+            self.log_command(b"[line too long]");
             return self.refuse("500 5.5.2 Line too long", now);
         };
+        self.log_command(&line);
         if !crlf {
             // A bare LF is how SMTP smuggling starts; commands must end in CRLF.
             return self.refuse("500 5.5.2 Bare line feed not allowed", now);
@@ -136,6 +138,7 @@ impl Session {
 
     /// A SASL response line during AUTH (RFC 4954 §4): base64 or `*`, passed as it is.
     pub(super) fn auth_line(&mut self, event: LineEvent, now: Instant) {
+        self.log_sasl_response();
         let valid = match &event {
             LineEvent::Line { line, crlf: true } => line
                 .iter()

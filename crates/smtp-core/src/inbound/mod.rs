@@ -32,10 +32,12 @@ mod backend;
 mod body;
 mod commands;
 mod params;
+mod protocol_log;
 mod received;
 
 use auth::AuthState;
 use params::MailParams;
+pub use protocol_log::Direction;
 
 /// Pipelined command bytes buffered before the session stops asking for more client input.
 const CLIENT_BUFFER_CAP: usize = 8 * 1024;
@@ -61,6 +63,8 @@ pub struct Config {
     pub max_message_size: u64,
     pub max_recipients: u32,
     pub timeouts: Timeouts,
+    /// Emit [`Event::Protocol`] for every command and reply line (`log.protocol_log`).
+    pub protocol_log: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +120,9 @@ pub enum Event {
     PolicyRejection { reason: &'static str },
     /// The backend misbehaved or went away; the session ends with `421 4.4.2`.
     BackendFailed { reason: String },
+    /// A line of the client dialogue for the protocol log, secrets masked (only with
+    /// `Config::protocol_log`).
+    Protocol { direction: Direction, line: String },
 }
 
 /// Where the SMTP dialogue stands (RFC 5321 §4.1.4 ordering). Named for what the session
@@ -496,10 +503,16 @@ impl Session {
     fn send(&mut self, line: &str) {
         self.out_client.extend_from_slice(line.as_bytes());
         self.out_client.extend_from_slice(b"\r\n");
+        self.log_replies(line.as_bytes());
     }
 
     fn send_reply(&mut self, reply: &Reply) {
+        let start = self.out_client.len();
         reply.write_to(&mut self.out_client);
+        if self.cfg.protocol_log {
+            let written = self.out_client[start..].to_vec();
+            self.log_replies(&written);
+        }
     }
 
     /// Queue a control action after everything written so far.

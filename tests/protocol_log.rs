@@ -1,0 +1,108 @@
+//! The protocol log of the real binary: every command and reply line with its session,
+//! listener and peer, the certificates of each handshake, and never an AUTH secret.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::binary::start_binary;
+use common::scripted::{scripted_backend, Script, PLAIN_IR};
+use common::*;
+
+#[tokio::test]
+async fn every_line_and_certificate_is_logged_and_no_secret() {
+    let (backend, _t) = scripted_backend(Script::default()).await;
+    // The rest of the log at warn (but the line start_binary waits for): the protocol log is
+    // written anyway.
+    let yaml = format!(
+        "log:\n  level: warn,smtp_sidecar::runtime=info\n  protocol_log: true\n{}",
+        config_yaml(backend, "starttls", "")
+    );
+    let sidecar = start_binary(&yaml);
+    let mut c = Client::starttls_session(sidecar.addr("inbound").unwrap()).await;
+    let auth = format!("AUTH PLAIN {PLAIN_IR}");
+    assert!(c.cmd(&auth).await.starts_with("235 "));
+    assert_eq!(
+        c.cmd("AUTH LOGIN").await,
+        "503 5.5.1 Already authenticated\r\n"
+    );
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    assert!(c.closed().await);
+    let log = sidecar.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("smtp_sidecar::protocol"))
+        .collect();
+    let dialogue: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split("smtp_sidecar::protocol: ").nth(1))
+        .map(|rest| rest.split(" session=").next().unwrap())
+        .collect();
+    assert_eq!(
+        dialogue,
+        [
+            "> 220 mx.test ESMTP",
+            "< EHLO client.test",
+            "> 250-mx.test",
+            "> 250-PIPELINING",
+            "> 250-8BITMIME",
+            "> 250-DSN",
+            "> 250-SIZE 10000000",
+            "> 250 STARTTLS",
+            "< STARTTLS",
+            "> 220 2.0.0 Ready to start TLS",
+            "TLS established",
+            "certificate",
+            "no remote certificate",
+            "< EHLO client.test",
+            "> 250-mx.test",
+            "> 250-PIPELINING",
+            "> 250-8BITMIME",
+            "> 250-DSN",
+            "> 250-AUTH PLAIN LOGIN",
+            "> 250 SIZE 10000000",
+            "< AUTH PLAIN ****",
+            "> 235 2.7.0 Authentication successful",
+            "< AUTH LOGIN",
+            "> 503 5.5.1 Already authenticated",
+            "< QUIT",
+            "> 221 2.0.0 Bye",
+        ],
+        "{log}"
+    );
+    assert!(
+        !log.contains(PLAIN_IR),
+        "the AUTH secret was logged:\n{log}"
+    );
+    // Every line names its session, listener and peer.
+    for l in &lines {
+        assert!(
+            l.contains(" session=1 listener=inbound peer=127.0.0.1:"),
+            "{l}"
+        );
+    }
+    let cert = lines.iter().find(|l| l.contains(" certificate ")).unwrap();
+    for field in [
+        "side=\"local\"",
+        "subject=CN=mx.test",
+        "issuer=CN=mx.test",
+        "sans=mx.test",
+    ] {
+        assert!(cert.contains(field), "{field} missing: {cert}");
+    }
+    let sha1 = cert
+        .split(" sha1=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert!(
+        sha1.len() == 40 && sha1.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{cert}"
+    );
+    let tls = lines
+        .iter()
+        .find(|l| l.contains("TLS established"))
+        .unwrap();
+    assert!(tls.contains("version=\"TLSv1.3\""), "{tls}");
+}
