@@ -87,6 +87,18 @@ pub struct Offered {
 }
 
 impl Offered {
+    /// What may be forwarded: offered to the client and by the backend connection, except
+    /// SIZE, which the sidecar carries itself (it removes `SIZE=` for a backend without it).
+    pub fn forwardable(self, backend: Offered) -> Offered {
+        Offered {
+            size: self.size,
+            eight_bit_mime: self.eight_bit_mime && backend.eight_bit_mime,
+            dsn: self.dsn && backend.dsn,
+            smtputf8: self.smtputf8 && backend.smtputf8,
+            auth: self.auth && backend.auth,
+        }
+    }
+
     /// What a (rewritten) EHLO reply offers; nothing if it is not positive.
     pub fn from_reply(reply: &Reply) -> Self {
         let mut offered = Offered::default();

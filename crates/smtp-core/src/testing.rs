@@ -181,6 +181,15 @@ impl Harness {
         );
     }
 
+    /// EHLO with a backend that offers AUTH PLAIN and LOGIN.
+    pub fn ehlo_auth(&mut self) -> String {
+        self.exchange(
+            "EHLO client.test\r\n",
+            "EHLO client.test\r\n",
+            "250-legacy.test\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN\r\n",
+        )
+    }
+
     /// EHLO with a plain backend EHLO reply.
     pub fn ehlo(&mut self) -> String {
         self.exchange(

@@ -6,6 +6,7 @@ use std::time::Instant;
 use super::auth::AuthReplay;
 use super::{Action, Backend, Event, Mode, Pending, Replay, Session, MAX_BACKEND_REPLACEMENTS};
 use crate::command::Command;
+use crate::ehlo::Offered;
 use crate::reply::Reply;
 
 impl Session {
@@ -99,6 +100,12 @@ impl Session {
         match step {
             Replay::Helo if reply.is_positive() => {
                 self.backend_helo = true;
+                // The new connection may be another server (failover) offering less.
+                self.backend_offered = Offered::from_reply(reply);
+                if matches!(self.mode, Mode::Await(Pending::Ehlo { .. })) {
+                    // The client's own EHLO: its answer once authentication is back.
+                    self.ehlo_reply = Some(reply.clone());
+                }
                 self.replay_auth(0, now);
             }
             Replay::Auth { next } if reply.code == 334 => self.replay_auth(next, now),
@@ -133,14 +140,16 @@ impl Session {
         self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
     }
 
-    /// The new connection is where the old one was. A command that waited for it (the
-    /// client's EHLO, when the old connection refused a second one) goes out now.
+    /// The new connection is where the old one was. A client EHLO that was sent again on it
+    /// (the old connection refused a second one) gets its answer now.
     fn replay_done(&mut self, now: Instant) {
         self.backend = Backend::Ready;
         self.backend_deadline = None;
-        if let Mode::Await(Pending::Ehlo { name, esmtp }) = &self.mode {
-            hello_command(name.clone(), *esmtp).write_to(&mut self.out_backend);
-            self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+        if let Some(reply) = self.ehlo_reply.take() {
+            let mode = std::mem::replace(&mut self.mode, Mode::Commands);
+            if let Mode::Await(pending @ Pending::Ehlo { .. }) = mode {
+                self.complete(pending, reply, now);
+            }
         }
     }
 

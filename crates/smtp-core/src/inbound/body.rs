@@ -32,6 +32,14 @@ impl Session {
             let used = self.feed_body(&rest, now);
             self.client_in.push(&rest[used..]);
         }
+        self.body_cut_short(now);
+    }
+
+    /// A client that shut down its side before the rest of a body it still owes is gone.
+    pub(super) fn body_cut_short(&mut self, now: Instant) {
+        if self.client_eof && matches!(self.mode, Mode::Data(_) | Mode::SkipBdat { .. }) {
+            self.handle_client_lost(now);
+        }
     }
 
     /// Feed message bytes (DATA body or a BDAT chunk being skipped); returns bytes consumed.

@@ -170,13 +170,16 @@ impl Session {
                 // A backend that refuses a second HELO/EHLO in one session (OpenSMTPD: `503
                 // Already identified`) meets one after STARTTLS (RFC 3207 §4.2): the EHLO is
                 // sent again on a fresh connection instead. Backends that accept it cost nothing.
+                // The new connection is greeted with the new name, then authenticated again.
                 if reply.code == 503 && self.backend_helo && self.replace_backend() {
+                    self.helo = Some((name.clone(), esmtp));
                     self.mode = Mode::Await(Pending::Ehlo { name, esmtp });
                     return;
                 }
                 self.offered = Offered::default();
                 if reply.is_positive() {
                     self.backend_helo = true;
+                    self.backend_offered = Offered::from_reply(&reply);
                     self.helo = Some((name, esmtp));
                     self.phase = Phase::ExpectMail;
                 }
@@ -237,6 +240,11 @@ impl Session {
                     return;
                 }
                 self.auth.finish(reply.is_positive());
+                // A refused AUTH counts (RFC 4954 §4: 535), so guessing passwords through us
+                // ends like any other run of errors.
+                if reply.code >= 500 && !self.count_error() {
+                    return;
+                }
             }
             Pending::Rset | Pending::Other => self.send_reply(&reply),
         }
@@ -279,8 +287,15 @@ impl Session {
         };
         let authenticated = self.auth.is_authenticated();
         let max = self.cfg.max_message_size;
-        match check_mail(from, params, self.offered, authenticated, max) {
-            Ok(mail) => self.forward_cmd(&cmd, Pending::Mail(mail), now),
+        let offered = self.offered.forwardable(self.backend_offered);
+        match check_mail(from, params, offered, authenticated, max) {
+            Ok(mail) => {
+                if !self.backend_offered.size {
+                    // We enforce the size ourselves; a backend without SIZE never sees one.
+                    params.retain(|p| !p.keyword.eq_ignore_ascii_case("SIZE"));
+                }
+                self.forward_cmd(&cmd, Pending::Mail(mail), now);
+            }
             Err(e) => {
                 if e == ParamError::TooBig {
                     self.policy_rejection("message_size");
@@ -294,13 +309,17 @@ impl Session {
         let (Phase::ExpectRcpt(tx), Command::Rcpt { to, params }) = (self.phase, cmd) else {
             return self.refuse("503 5.5.1 Need MAIL command", now);
         };
-        if let Err(e) = check_rcpt(to, params, self.offered, tx.mail) {
+        let offered = self.offered.forwardable(self.backend_offered);
+        if let Err(e) = check_rcpt(to, params, offered, tx.mail) {
             return self.refuse(e.reply(), now);
         }
         if tx.rcpts >= self.cfg.max_recipients {
-            self.policy_rejection("max_recipients");
-            self.send("452 4.5.3 Too many recipients");
             let over_limit = tx.over_limit.saturating_add(1);
+            if over_limit == 1 {
+                // Once per transaction: a thousand excess recipients are one refusal.
+                self.policy_rejection("max_recipients");
+            }
+            self.send("452 4.5.3 Too many recipients");
             self.phase = Phase::ExpectRcpt(Transaction { over_limit, ..tx });
             if over_limit > RECIPIENT_OVERSHOOT {
                 self.count_error();
@@ -323,6 +342,9 @@ impl Session {
             Phase::ExpectRcpt(_) => self.refuse("503 5.5.1 AUTH not allowed in a transaction", now),
             Phase::ExpectMail if self.auth.is_authenticated() => {
                 self.refuse("503 5.5.1 Already authenticated", now)
+            }
+            Phase::ExpectMail if !self.offered.auth => {
+                self.refuse("502 5.5.1 AUTH not offered", now)
             }
             Phase::ExpectMail => {
                 let Command::Auth { mechanism, .. } = cmd else {
@@ -353,6 +375,7 @@ impl Session {
         } else {
             let used = self.feed_body(&rest, now);
             self.client_in.push(&rest[used..]);
+            self.body_cut_short(now);
         }
     }
 

@@ -387,3 +387,206 @@ fn a_second_ehlo_refused_by_the_backend_goes_to_a_new_connection() {
     assert_eq!(h.connects, 1);
     h.take_client();
 }
+
+// ----- from the second review -----
+
+/// A plaintext session (AUTH allowed before TLS) authenticated at the backend.
+fn plaintext_authenticated() -> Harness {
+    let mut cfg = test_config();
+    cfg.auth_requires_tls = false;
+    let mut h = Harness::greeted(cfg);
+    h.ehlo_auth();
+    h.exchange(
+        "AUTH PLAIN AGEAYg==\r\n",
+        "AUTH PLAIN AGEAYg==\r\n",
+        "235 2.7.0 ok\r\n",
+    );
+    h
+}
+
+#[test]
+fn authentication_does_not_survive_starttls_at_the_backend() {
+    let mut h = plaintext_authenticated();
+    h.client_says(b"STARTTLS\r\n");
+    assert_eq!(h.take_client(), "220 2.0.0 Ready to start TLS\r\n");
+    assert_eq!((h.connects, h.backend_closes), (2, 1), "a fresh connection");
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    assert_eq!(
+        h.take_backend(),
+        "",
+        "nothing replayed: the client starts over"
+    );
+    h.exchange("EHLO client.test\r\n", "EHLO client.test\r\n", EHLO_FULL);
+    h.exchange(
+        "MAIL FROM:<a@x.test> AUTH=a@x.test\r\n",
+        "MAIL FROM:<a@x.test> AUTH=<>\r\n",
+        "250 ok\r\n",
+    );
+}
+
+#[test]
+fn backend_bytes_in_a_later_read_with_nothing_outstanding_are_a_failure() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.backend_says(b"250-x\r\n");
+    assert_eq!(
+        h.take_client(),
+        "421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.client_says(b"RSET\r\n");
+    h.backend_says(b"250 ok\r\n");
+    h.backend_says(b"25");
+    assert_eq!(
+        h.take_client(),
+        "250 ok\r\n421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+}
+
+#[test]
+fn size_is_not_forwarded_to_a_backend_without_it() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo(); // no SIZE from the backend; the client is offered ours
+    h.exchange(
+        "MAIL FROM:<a@x.test> SIZE=10\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    let mut h = tls_session(); // SIZE 1000000 from the backend
+    h.exchange(
+        "MAIL FROM:<a@x.test> SIZE=10\r\n",
+        "MAIL FROM:<a@x.test> SIZE=10\r\n",
+        "250 ok\r\n",
+    );
+    h.client_says(b"RSET\r\nMAIL FROM:<a@x.test> SIZE=+5\r\n");
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_client(), "250 ok\r\n501 5.5.4 Invalid parameter\r\n");
+}
+
+#[test]
+fn a_second_ehlo_without_tls_goes_to_one_new_connection_with_auth_replayed() {
+    let mut h = plaintext_authenticated();
+    h.client_says(b"EHLO other.test\r\n");
+    assert_eq!(h.take_backend(), "EHLO other.test\r\n");
+    h.backend_says(b"503 5.5.1 Invalid command: Already identified\r\n");
+    assert_eq!((h.connects, h.backend_closes), (2, 1));
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO other.test\r\n", "the new name");
+    h.backend_says(b"250-legacy.test\r\n250 AUTH PLAIN LOGIN\r\n");
+    assert_eq!(h.take_backend(), "AUTH PLAIN AGEAYg==\r\n");
+    assert_eq!(h.take_client(), "", "the EHLO reply waits for AUTH");
+    h.backend_says(b"235 2.7.0 ok\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250-SIZE 36700160\r\n250 STARTTLS\r\n"
+    );
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    assert_eq!(h.connects, 2, "one replacement, not five");
+}
+
+#[test]
+fn parameters_narrow_to_what_a_replacement_connection_offers() {
+    let mut h = tls_session(); // DSN offered
+    refused_message(&mut h);
+    h.backend_says(b"220 other.test ESMTP\r\n");
+    h.backend_says(b"250-other.test\r\n250 8BITMIME\r\n"); // a failover server without DSN
+    h.client_says(b"MAIL FROM:<a@x.test> RET=HDRS\r\n");
+    assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
+}
+
+#[test]
+fn auth_that_was_not_offered_is_refused() {
+    let mut cfg = test_config();
+    cfg.auth_requires_tls = false;
+    let mut h = Harness::greeted(cfg.clone());
+    h.exchange(
+        "HELO client.test\r\n",
+        "HELO client.test\r\n",
+        "250 legacy.test\r\n",
+    );
+    let mut h2 = Harness::greeted(cfg);
+    h2.ehlo(); // no AUTH from the backend
+    for h in [&mut h, &mut h2] {
+        h.client_says(b"AUTH PLAIN AGEAYg==\r\n");
+        assert_eq!(h.take_client(), "502 5.5.1 AUTH not offered\r\n");
+        assert_eq!(h.take_backend(), "");
+    }
+}
+
+#[test]
+fn excess_recipients_are_one_policy_refusal_per_transaction() {
+    let mut cfg = test_config();
+    cfg.max_recipients = 1;
+    let mut h = Harness::greeted(cfg);
+    h.ehlo();
+    h.envelope();
+    for _ in 0..50 {
+        h.client_says(b"RCPT TO:<c@y.test>\r\n");
+    }
+    let refusals = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::PolicyRejection { .. }))
+        .count();
+    assert_eq!(refusals, 1);
+}
+
+#[test]
+fn a_half_close_inside_a_body_ends_the_session_and_resets_the_backend() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.client_says(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nhalf a bo");
+    h.session.handle_client_eof(h.now);
+    h.run();
+    for reply in ["250 ok\r\n", "250 ok\r\n"] {
+        h.backend_says(reply.as_bytes());
+    }
+    assert!(!h.closed);
+    h.backend_says(b"354 go\r\n");
+    assert!(h.closed, "no wait for a body that cannot come");
+    assert!(h.events.contains(&Event::MessageFailed));
+    assert_eq!(
+        h.backend_closes, 1,
+        "the partial message is reset at the backend"
+    );
+}
+
+#[test]
+fn a_client_lost_mid_message_resets_the_backend() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.transaction();
+    h.client_says(b"part of a message\r\n");
+    h.session.handle_client_lost(h.now);
+    h.run();
+    assert_eq!(h.backend_closes, 1);
+    assert!(h.closed);
+}
+
+#[test]
+fn refused_auth_attempts_count_as_errors() {
+    let mut h = tls_session();
+    for _ in 0..19 {
+        h.exchange(
+            "AUTH PLAIN AGEAYw==\r\n",
+            "AUTH PLAIN AGEAYw==\r\n",
+            "535 5.7.8 Bad credentials\r\n",
+        );
+    }
+    assert!(!h.closed);
+    let reply = h.exchange(
+        "AUTH PLAIN AGEAYw==\r\n",
+        "AUTH PLAIN AGEAYw==\r\n",
+        "535 5.7.8 Bad credentials\r\n",
+    );
+    assert_eq!(
+        reply,
+        "535 5.7.8 Bad credentials\r\n421 4.7.0 Too many errors, closing connection\r\n"
+    );
+    assert!(h.closed);
+}

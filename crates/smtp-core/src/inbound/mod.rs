@@ -221,8 +221,16 @@ pub struct Session {
     backend: Backend,
     /// The client's EHLO/HELO name and whether it was EHLO.
     helo: Option<(String, bool)>,
-    /// The extensions offered in the last EHLO reply: MAIL/RCPT parameters follow them.
+    /// The extensions offered to the client in the last EHLO reply: MAIL/RCPT parameters
+    /// follow them.
     offered: Offered,
+    /// What the current backend connection itself offered in its last EHLO reply: a
+    /// parameter it did not offer is never forwarded to it (SIZE is removed, since we enforce
+    /// the limit ourselves; others are refused).
+    backend_offered: Offered,
+    /// The backend's reply to a client EHLO that was sent again on a fresh connection, held
+    /// until that connection is authenticated again.
+    ehlo_reply: Option<Reply>,
     auth: AuthState,
     /// The current backend connection has accepted a HELO/EHLO.
     backend_helo: bool,
@@ -263,6 +271,8 @@ impl Session {
             backend: Backend::Connecting,
             helo: None,
             offered: Offered::default(),
+            backend_offered: Offered::default(),
+            ehlo_reply: None,
             auth: AuthState::default(),
             backend_helo: false,
             replacements: 0,
@@ -381,6 +391,12 @@ impl Session {
         if matches!(self.mode, Mode::Closed) || self.backend == Backend::Connecting {
             return;
         }
+        if !data.is_empty() && !self.awaits_backend() {
+            // One command at a time: nothing may arrive while none is outstanding, not even
+            // the start of a line that would become the next command's reply.
+            self.backend_failed("bytes sent with no command outstanding".into());
+            return self.flush();
+        }
         self.backend_in.push(data);
         loop {
             match self.backend_in.next_reply() {
@@ -418,8 +434,12 @@ impl Session {
             return;
         }
         // RFC 3207 §4.2: forget everything learned before TLS (authentication included);
-        // the client starts with EHLO.
+        // the client starts with EHLO. A backend connection that was authenticated in
+        // plaintext would stay so: the session goes on over a fresh one.
         self.tls = Some(info);
+        if self.auth.is_authenticated() && !self.replace_backend() {
+            self.backend_failed("authenticated backend connection cannot be replaced".into());
+        }
         self.auth = AuthState::None;
         self.helo = None;
         self.offered = Offered::default();
@@ -491,6 +511,11 @@ impl Session {
             Mode::Data(_) | Mode::Await(Pending::EndOfData { .. })
         ) {
             self.events.push_back(Event::MessageFailed);
+        }
+        if matches!(self.mode, Mode::Data(_)) && self.backend != Backend::Gone {
+            // Reset the backend connection: it must discard the partial message.
+            self.control(Action::CloseBackend);
+            self.backend = Backend::Gone;
         }
     }
 

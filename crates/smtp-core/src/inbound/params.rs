@@ -97,7 +97,11 @@ impl Kind {
     fn check_value(self, value: Option<&str>, smtputf8: bool) -> Result<(), ParamError> {
         let ok = match (self, value) {
             // RFC 1870 §3: size-value = 1*20DIGIT.
-            (Kind::Size, Some(v)) => (1..=20).contains(&v.len()) && v.parse::<u64>().is_ok(),
+            (Kind::Size, Some(v)) => {
+                (1..=20).contains(&v.len())
+                    && v.bytes().all(|b| b.is_ascii_digit())
+                    && v.parse::<u64>().is_ok()
+            }
             // RFC 6152 §2; BINARYMIME (RFC 3030) is never offered.
             (Kind::Body, Some(v)) if v.eq_ignore_ascii_case("BINARYMIME") => {
                 return Err(ParamError::Unsupported)

@@ -60,18 +60,39 @@ impl Session {
     }
 }
 
-/// `AUTH <mechanism> <initial response>` becomes `AUTH <mechanism> ****`.
+/// `AUTH <mechanism> <initial response>` becomes `AUTH <mechanism> ****`, whatever separates
+/// the words; a line that is no command and could be SASL data (base64, e.g. pipelined behind
+/// an AUTH that was refused) becomes `****`.
 fn redact_auth(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let is_auth = line.len() > 5 && line[..5].eq_ignore_ascii_case(b"AUTH ");
-    if !is_auth {
-        return line.into();
+    let verb = next_word(line, 0);
+    if verb.is_some_and(|(start, end)| line[start..end].eq_ignore_ascii_case(b"AUTH")) {
+        let mechanism = verb.and_then(|(_, end)| next_word(line, end));
+        let response = mechanism.and_then(|(_, end)| next_word(line, end));
+        return match (mechanism, response) {
+            (Some((_, end)), Some(_)) => [&line[..end], b" ****".as_slice()].concat().into(),
+            _ => line.into(),
+        };
     }
-    let args = &line[5..];
-    let mechanism_end = args.iter().position(|&b| b == b' ');
-    match mechanism_end {
-        Some(end) => [&line[..5 + end], b" ****".as_slice()].concat().into(),
-        None => line.into(),
+    let sasl_like = !line.is_empty()
+        && line
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+    if sasl_like && crate::command::parse_command(line).is_err() {
+        return b"****".as_slice().into();
     }
+    line.into()
+}
+
+/// The next word of `line` at or after `from` (words are separated by white space and control
+/// characters), as a start..end range.
+fn next_word(line: &[u8], from: usize) -> Option<(usize, usize)> {
+    let separator = |b: &u8| b.is_ascii_whitespace() || b.is_ascii_control();
+    let start = from + line.get(from..)?.iter().position(|b| !separator(b))?;
+    let len = line[start..]
+        .iter()
+        .position(separator)
+        .unwrap_or(line.len() - start);
+    Some((start, start + len))
 }
 
 /// Text for the log: invalid UTF-8 and control characters shown as `?`, at most
@@ -104,6 +125,10 @@ mod tests {
         assert_eq!(&*redact_auth(b"AUTH PLAIN AGEAYg=="), b"AUTH PLAIN ****");
         assert_eq!(&*redact_auth(b"auth login dXNlcg=="), b"auth login ****");
         assert_eq!(&*redact_auth(b"AUTH LOGIN"), b"AUTH LOGIN");
+        assert_eq!(&*redact_auth(b"AUTH\tPLAIN\tAGEAYg=="), b"AUTH\tPLAIN ****");
+        assert_eq!(&*redact_auth(b"AUTH  PLAIN  AGEAYg=="), b"AUTH  PLAIN ****");
+        assert_eq!(&*redact_auth(b"dXNlcg=="), b"****");
+        assert_eq!(&*redact_auth(b"QUIT"), b"QUIT");
         assert_eq!(&*redact_auth(b"MAIL FROM:<a@b>"), b"MAIL FROM:<a@b>");
     }
 

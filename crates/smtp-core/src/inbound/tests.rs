@@ -152,7 +152,7 @@ fn auth_exchange_inside_tls() {
     h.ehlo();
     h.client_says(b"STARTTLS\r\n");
     h.take_client();
-    h.ehlo();
+    h.ehlo_auth();
     assert_eq!(
         h.exchange("AUTH LOGIN\r\n", "AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n"),
         "334 VXNlcm5hbWU6\r\n"
@@ -517,7 +517,7 @@ fn invalid_sasl_response_cancels_with_one_reply() {
     h.ehlo();
     h.client_says(b"STARTTLS\r\n");
     h.take_client();
-    h.ehlo();
+    h.ehlo_auth();
     h.exchange("AUTH LOGIN\r\n", "AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n");
     // Not base64: the backend is told to cancel, and its answer is the only reply.
     let reply = h.exchange(
