@@ -20,11 +20,13 @@ pub fn start_binary(yaml: &str) -> Binary {
     let dir = TempDir::new("binary");
     for _attempt in 0..3 {
         let port = free_port();
-        let yaml = format!(
-            "state_dir: {}\n{}",
-            dir.0.join("state").display(),
-            yaml.replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))
-        );
+        let yaml = yaml.replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+        // A state_dir of the test's own (kept across two starts) wins over the scratch one.
+        let yaml = if yaml.contains("state_dir:") {
+            yaml
+        } else {
+            format!("state_dir: {}\n{yaml}", dir.0.join("state").display())
+        };
         let config = dir.0.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
         let log = std::fs::File::create(dir.0.join("sidecar.log")).unwrap();
@@ -51,6 +53,11 @@ impl Binary {
     /// The listener's address (one listener, whatever its name).
     pub fn addr(&self, _listener: &str) -> Option<SocketAddr> {
         Some(self.addr)
+    }
+
+    /// Everything the binary has logged so far.
+    pub fn log(&self) -> String {
+        log_of(&self.dir)
     }
 }
 
