@@ -1,6 +1,7 @@
-//! Validation of `listeners[]`: names and addresses unique, certificate references resolved,
-//! backend typed (`policy` has its own file). `mode: originate` is recognised and its keys checked for syntax,
-//! but the listener itself is refused as not supported yet.
+//! Validation of `listeners[]`: names and addresses unique, certificate rules checked for form
+//! (matching them is the store's job), backend typed (`policy` has its own file).
+//! `mode: originate` is recognised and its keys checked for syntax, but the listener itself is
+//! refused as not supported yet.
 
 use std::net::{Ipv6Addr, SocketAddr};
 
