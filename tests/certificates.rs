@@ -388,6 +388,16 @@ async fn self_signed_default_is_kept_across_restarts_and_renewed_once_expired() 
     let info = smtp_sidecar::tls::CertInfo::from_der(&first).unwrap();
     assert_eq!(info.sans, ["mx.test"]);
 
+    // One with a few days left is still kept: it is replaced only once it has expired.
+    let late = pki.leaf("late", Spec::ca(&["mx.test"]).self_signed().days_left(5));
+    std::fs::copy(&late.cert, state.join("self-signed.crt")).unwrap();
+    std::fs::copy(&late.key, state.join("self-signed.key")).unwrap();
+    let kept = {
+        let sidecar = start_binary(&text);
+        starttls_presented(sidecar.addr("inbound").unwrap(), None).await
+    };
+    assert_eq!(sha256(&kept), sha256(&late.der), "kept until it expires");
+
     // An expired one in its place: replaced by a new, valid one at the next start.
     let expired = pki.leaf(
         "expired",

@@ -64,6 +64,8 @@ pub struct Spec<'a> {
     pub to: i32,
     pub ca_issued: bool,
     pub key: KeyFormat,
+    /// When set, notAfter is this many days from today instead of 1 January of `to`.
+    pub days_left: Option<i64>,
 }
 
 impl<'a> Spec<'a> {
@@ -75,7 +77,14 @@ impl<'a> Spec<'a> {
             to: 2090,
             ca_issued: true,
             key: KeyFormat::Pkcs8,
+            days_left: None,
         }
+    }
+
+    /// Expiring `days` from today (midnight UTC).
+    pub fn days_left(mut self, days: i64) -> Self {
+        self.days_left = Some(days);
+        self
     }
 
     pub fn years(mut self, from: i32, to: i32) -> Self {
@@ -127,6 +136,14 @@ impl Pki {
             .collect();
         params.not_before = rcgen::date_time_ymd(spec.from, 1, 1);
         params.not_after = rcgen::date_time_ymd(spec.to, 1, 1);
+        if let Some(days) = spec.days_left {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            let (y, m, d) = smtp_core::date::civil_from_days(now / 86_400 + days);
+            params.not_after = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
+        }
         let key = match spec.key {
             KeyFormat::Pkcs8 | KeyFormat::Sec1 => {
                 KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
