@@ -419,3 +419,53 @@ async fn self_signed_default_is_kept_across_restarts_and_renewed_once_expired() 
     assert!(renewed.is_valid_at(now));
     assert_eq!(renewed.sans, ["mx.test"]);
 }
+
+/// Log lines written while it is the thread's subscriber.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(needle)
+            .count()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_explicit_certificate_warned_again_each_day() {
+    let pki = Pki::new("daily");
+    let old = pki.leaf("old", Spec::ca(&["mx.test"]).years(2019, 2020));
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let backend: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config =
+        smtp_sidecar::config::parse(&yaml(&[&old], backend, "starttls", "{name: old}")).unwrap();
+    let running = smtp_sidecar::runtime::start(&config, &Pki::store(&[&old]))
+        .await
+        .unwrap();
+    let warning = "the certificate served has expired";
+    assert_eq!(logs.count(warning), 1, "at start");
+    tokio::time::sleep(Duration::from_secs(86_400 - 60)).await;
+    assert_eq!(logs.count(warning), 1, "not before a day has passed");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(logs.count(warning), 2, "a day later");
+    tokio::time::sleep(Duration::from_secs(86_400)).await;
+    assert_eq!(logs.count(warning), 3, "two days later");
+    running.shutdown().await;
+}
