@@ -219,6 +219,8 @@ pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Metrics,
+    /// What the listeners were built from (the unit a reload will replace).
+    pub snapshot: Arc<Snapshot>,
     shutdown: watch::Sender<Shutdown>,
     alive: mpsc::Receiver<()>,
     grace: Duration,
@@ -228,7 +230,8 @@ pub struct Running {
 pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     metrics.set_certificates(store);
-    let snapshot = build(config, store.clone(), &metrics).map_err(StartError::Certificates)?;
+    let snapshot =
+        Arc::new(build(config, store.clone(), &metrics).map_err(StartError::Certificates)?);
     let runtimes = snapshot.listeners.clone();
     let mut bound = Vec::new();
     for (addr, rt) in runtimes {
@@ -255,7 +258,7 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
     };
     let (shutdown, watch_rx) = watch::channel(Shutdown::Running);
     if !snapshot.explicit.is_empty() {
-        tokio::spawn(expiry_warnings(snapshot.explicit, watch_rx.clone()));
+        tokio::spawn(expiry_warnings(snapshot.explicit.clone(), watch_rx.clone()));
     }
     let (alive_tx, alive) = mpsc::channel(1);
     let mut listeners = Vec::new();
@@ -273,6 +276,7 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
         listeners,
         metrics_addr,
         metrics,
+        snapshot,
         shutdown,
         alive,
         grace: config.shutdown_grace,
