@@ -54,8 +54,8 @@ fn log_handshake(
 ) {
     let listener = &l.name;
     tracing::info!(target: PROTOCOL, session, %listener, %peer, version, cipher, sni = conn.server_name(), "TLS established");
-    if let Some(cert) = &l.certificate {
-        log_certificate(session, listener, peer, "local", cert);
+    if let Some(cert) = l.certificates.served(conn.server_name()) {
+        log_certificate(session, listener, peer, "local", &cert.info);
     }
     let leaf = conn.peer_certificates().and_then(|chain| chain.first());
     match leaf.map(|der| crate::tls::CertInfo::from_der(der)) {

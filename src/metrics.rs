@@ -15,6 +15,9 @@ pub struct Metrics {
     pub policy_rejections_total: IntCounterVec,
     pub backend_failures_total: IntCounterVec,
     pub session_duration_seconds: HistogramVec,
+    /// notAfter of each loaded certificate, labelled by store name, SHA-1 thumbprint (as
+    /// Exchange and Windows show it) and subject: all from the operator's own files.
+    pub certificate_expiry_timestamp_seconds: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -51,6 +54,17 @@ impl Metrics {
         )
         .expect("static metric definition");
         r.register(Box::new(session_duration_seconds.clone()))
+            .expect("metric registered once");
+        let certificate_expiry_timestamp_seconds = IntGaugeVec::new(
+            Opts::new(
+                "certificate_expiry_timestamp_seconds",
+                "notAfter of each loaded certificate, Unix seconds",
+            )
+            .namespace("smtp_sidecar"),
+            &["name", "thumbprint", "subject"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(certificate_expiry_timestamp_seconds.clone()))
             .expect("metric registered once");
         Metrics {
             connections_total: counter(r, "connections_total", "Sessions accepted", &["listener"]),
@@ -92,6 +106,7 @@ impl Metrics {
                 &["listener"],
             ),
             session_duration_seconds,
+            certificate_expiry_timestamp_seconds,
             registry,
         }
     }
@@ -107,6 +122,17 @@ impl Metrics {
             }
         }
         self.message_bytes_total.with_label_values(&[listener]);
+    }
+
+    /// One expiry series per certificate of `store` (set at start; a reload replaces them).
+    pub fn set_certificates(&self, store: &crate::tls::CertStore) {
+        self.certificate_expiry_timestamp_seconds.reset();
+        for cert in &store.certs {
+            let i = &cert.info;
+            self.certificate_expiry_timestamp_seconds
+                .with_label_values(&[cert.name.as_str(), i.sha1.as_str(), i.subject.as_str()])
+                .set(i.not_after);
+        }
     }
 
     /// The text exposition format.

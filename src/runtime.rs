@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, Listener, ListenerTls};
 use crate::metrics::Metrics;
-use crate::tls::{CertStore, LoadedCert};
+use crate::tls::{CertPlan, CertStore, LoadedCert};
 
 /// Where shutdown stands; every session watches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +38,8 @@ pub struct ListenerRuntime {
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
     pub metrics: Metrics,
-    /// The certificate served, for the protocol log.
-    pub certificate: Option<crate::tls::CertInfo>,
+    /// How the certificate is chosen, to name the one served in the protocol log.
+    pub certificates: CertPlan,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,32 +76,105 @@ pub fn load_certificates(config: &Config) -> Result<CertStore, Vec<String>> {
     CertStore::load(&config.certificates)
 }
 
-/// The certificate a listener will serve, if any.
-pub fn listener_certificate<'a>(store: &'a CertStore, l: &Listener) -> Option<&'a LoadedCert> {
-    store.select(l.certificate.as_deref(), unix_now())
+/// Everything built from one configuration and its certificate store: the store and each
+/// listener's immutable runtime (its rustls configuration included). Nothing in it changes
+/// once built; a reload builds a new one and swaps it whole.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub store: Arc<CertStore>,
+    pub listeners: Vec<(SocketAddr, Arc<ListenerRuntime>)>,
+    /// Each listener's explicitly selected certificate, whose expiry is checked daily.
+    pub explicit: Vec<(String, LoadedCert)>,
+}
+
+/// Builds the [`Snapshot`] of `config` over `store`, or every problem that stops it. A
+/// `certificate` rule that matches nothing is logged as an error and costs that listener its
+/// STARTTLS (SPEC §4 `454 4.7.0`), not the whole process; only an implicit-TLS listener,
+/// which cannot speak without a certificate, is a problem.
+pub fn build(
+    config: &Config,
+    store: CertStore,
+    metrics: &Metrics,
+) -> Result<Snapshot, Vec<String>> {
+    let now = unix_now();
+    let mut problems = Vec::new();
+    let mut listeners = Vec::new();
+    let mut explicit = Vec::new();
+    for l in &config.listeners {
+        let plan = CertPlan::new(&store, &l.certificate, &config.hostname);
+        match &plan {
+            CertPlan::Explicit(cert) => {
+                warn_if_expired(&l.name, cert, now);
+                explicit.push((l.name.clone(), cert.clone()));
+            }
+            CertPlan::Automatic(candidates) => {
+                if let Some((cert, _)) = candidates.default_at(now) {
+                    warn_if_expired(&l.name, cert, now);
+                }
+            }
+            CertPlan::NoMatch(_) | CertPlan::NoCertificate => {}
+        }
+        match listener_runtime(config, l, &plan, metrics) {
+            Ok(rt) => listeners.push((l.listen, Arc::new(rt))),
+            Err(p) => problems.push(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Snapshot {
+        store: Arc::new(store),
+        listeners,
+        explicit,
+    })
+}
+
+/// An expired certificate is still served (as Exchange does: refusing TLS would push mail to
+/// plaintext), but the operator hears of it at start and daily.
+fn warn_if_expired(listener: &str, cert: &LoadedCert, now: i64) {
+    if now > cert.info.not_after {
+        tracing::warn!(
+            listener,
+            certificate = %cert.name,
+            thumbprint = %cert.info.sha1,
+            not_after = %cert.info.not_after_rfc3339(),
+            "the certificate served has expired; serving it anyway"
+        );
+    }
 }
 
 fn listener_runtime(
     config: &Config,
     l: &Listener,
-    store: &CertStore,
+    plan: &CertPlan,
     metrics: &Metrics,
 ) -> Result<ListenerRuntime, String> {
-    let certificate = listener_certificate(store, l).map(|c| c.info.clone());
-    let acceptor = match listener_certificate(store, l) {
-        Some(cert) => {
-            let server = crate::tls::server_config(cert, l.policy.tls_min_version)
-                .map_err(|e| format!("listener {}: {e}", l.name))?;
-            Some(server)
-        }
-        None if l.tls == ListenerTls::Implicit => {
+    let acceptor = match (plan.resolver(), plan) {
+        (Some(resolver), _) => Some(
+            crate::tls::server_config(resolver, l.policy.tls_min_version)
+                .map_err(|e| format!("listener {}: {e}", l.name))?,
+        ),
+        (None, CertPlan::NoMatch(why)) if l.tls == ListenerTls::Implicit => {
             return Err(format!(
-                "listener {}: tls: implicit needs a valid certificate",
+                "listener {}: tls: implicit cannot start without its certificate: {why}",
                 l.name
             ));
         }
-        None => {
-            tracing::warn!(listener = %l.name, "no valid certificate: STARTTLS is not offered");
+        (None, _) if l.tls == ListenerTls::Implicit => {
+            return Err(format!(
+                "listener {}: tls: implicit needs a certificate",
+                l.name
+            ));
+        }
+        (None, CertPlan::NoMatch(why)) => {
+            tracing::error!(
+                listener = %l.name,
+                "{why}: STARTTLS is not offered on this listener"
+            );
+            None
+        }
+        (None, _) => {
+            tracing::warn!(listener = %l.name, "no certificate: STARTTLS is not offered");
             None
         }
     };
@@ -139,7 +212,7 @@ fn listener_runtime(
         max_connections: p.max_connections,
         max_connections_per_ip: p.max_connections_per_ip,
         metrics: metrics.clone(),
-        certificate,
+        certificates: plan.clone(),
     })
 }
 
@@ -150,6 +223,8 @@ pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Metrics,
+    /// What the listeners were built from (the unit a reload will replace).
+    pub snapshot: Arc<Snapshot>,
     shutdown: watch::Sender<Shutdown>,
     alive: mpsc::Receiver<()>,
     grace: Duration,
@@ -158,17 +233,10 @@ pub struct Running {
 /// Bind every listener and the admin endpoint, then accept in the background.
 pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartError> {
     let metrics = Metrics::new();
-    let mut problems = Vec::new();
-    let mut runtimes = Vec::new();
-    for l in &config.listeners {
-        match listener_runtime(config, l, store, &metrics) {
-            Ok(rt) => runtimes.push((l.listen, Arc::new(rt))),
-            Err(p) => problems.push(p),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(StartError::Certificates(problems));
-    }
+    metrics.set_certificates(store);
+    let snapshot =
+        Arc::new(build(config, store.clone(), &metrics).map_err(StartError::Certificates)?);
+    let runtimes = snapshot.listeners.clone();
     let mut bound = Vec::new();
     for (addr, rt) in runtimes {
         let tcp = TcpListener::bind(addr)
@@ -193,6 +261,9 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
         None => None,
     };
     let (shutdown, watch_rx) = watch::channel(Shutdown::Running);
+    if !snapshot.explicit.is_empty() {
+        tokio::spawn(expiry_warnings(snapshot.explicit.clone(), watch_rx.clone()));
+    }
     let (alive_tx, alive) = mpsc::channel(1);
     let mut listeners = Vec::new();
     for (tcp, local, rt) in bound {
@@ -209,10 +280,32 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
         listeners,
         metrics_addr,
         metrics,
+        snapshot,
         shutdown,
         alive,
         grace: config.shutdown_grace,
     })
+}
+
+/// Once a day, the start-up warning again for each explicitly selected certificate that has
+/// expired (it may expire while the process runs), until shutdown begins.
+async fn expiry_warnings(
+    explicit: Vec<(String, LoadedCert)>,
+    mut shutdown: watch::Receiver<Shutdown>,
+) {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let mut daily = tokio::time::interval_at(tokio::time::Instant::now() + DAY, DAY);
+    loop {
+        tokio::select! {
+            _ = daily.tick() => {
+                let now = unix_now();
+                for (listener, cert) in &explicit {
+                    warn_if_expired(listener, cert, now);
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 impl Running {

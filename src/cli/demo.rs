@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
-    Backend, BareNewlines, Config, Listener, ListenerTls, LogConfig, LogFormat, LongLines, Policy,
-    Timeouts, TlsVersion,
+    Backend, BareNewlines, CertificateSelection, Config, Listener, ListenerTls, LogConfig,
+    LogFormat, LongLines, Policy, Timeouts, TlsVersion,
 };
 use crate::sink::SinkEvent;
 use crate::tls::CertStore;
@@ -43,7 +43,7 @@ fn demo_config() -> Config {
             name: "demo".into(),
             listen: addr(LISTEN),
             tls: ListenerTls::Starttls,
-            certificate: None,
+            certificate: CertificateSelection::Automatic,
             backend: Backend {
                 servers: vec![SINK.into()],
                 connect_timeout: Duration::from_secs(5),

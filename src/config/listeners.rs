@@ -1,6 +1,7 @@
-//! Validation of `listeners[]`: names and addresses unique, certificate references resolved,
-//! backend typed (`policy` has its own file). `mode: originate` is recognised and its keys checked for syntax,
-//! but the listener itself is refused as not supported yet.
+//! Validation of `listeners[]`: names and addresses unique, certificate rules checked for form
+//! (matching them is the store's job), backend typed (`policy` has its own file).
+//! `mode: originate` is recognised and its keys checked for syntax, but the listener itself is
+//! refused as not supported yet.
 
 use std::net::{Ipv6Addr, SocketAddr};
 
@@ -8,7 +9,7 @@ use super::fields::{join, Problems};
 use super::policy::{originate_policy, terminate_policy};
 use super::raw::{RawBackend, RawCertificateRef, RawListener};
 use super::yaml::{List, Table};
-use super::{Backend, Listener, ListenerTls, Policy};
+use super::{Backend, CertificateSelection, Listener, ListenerTls, Policy};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -113,7 +114,7 @@ fn listener(
             None
         }
         Mode::Terminate => {
-            let terminate = terminate(p, path, raw, cert_names);
+            let terminate = terminate(p, path, raw);
             let (tls, certificate, backend, policy) = terminate?;
             Some(Listener {
                 name: name?,
@@ -127,14 +128,9 @@ fn listener(
     }
 }
 
-type Terminate = (ListenerTls, Option<String>, Backend, Policy);
+type Terminate = (ListenerTls, CertificateSelection, Backend, Policy);
 
-fn terminate(
-    p: &mut Problems,
-    path: &str,
-    raw: &RawListener,
-    certs: &[String],
-) -> Option<Terminate> {
+fn terminate(p: &mut Problems, path: &str, raw: &RawListener) -> Option<Terminate> {
     for (key, given) in [
         ("next_hop", raw.next_hop.is_some()),
         ("client_certificate", raw.client_certificate.is_some()),
@@ -148,7 +144,7 @@ fn terminate(
         ("implicit", ListenerTls::Implicit),
     ];
     let tls = p.choice(&join(path, "tls"), &raw.tls, &tls_choices);
-    let certificate = certificate_ref(p, &join(path, "certificate"), &raw.certificate, certs, true);
+    let certificate = certificate_selection(p, &join(path, "certificate"), &raw.certificate);
     let backend_path = join(path, "backend");
     let backend = match &raw.backend {
         Some(table) => p
@@ -166,21 +162,69 @@ fn terminate(
     Some((tls?, certificate?, backend?, policy?))
 }
 
-/// `certificate` / `client_certificate`: `Some(name)` if the name is valid and in the store.
+/// A terminate listener's `certificate`: name or thumbprint, checked for form only. Whether
+/// it matches a certificate is the store's question (`check` fails on a miss; `run` serves the
+/// listener without STARTTLS), so a name is not looked up in `certificates` here.
+fn certificate_selection(
+    p: &mut Problems,
+    path: &str,
+    table: &Table<RawCertificateRef>,
+) -> Option<CertificateSelection> {
+    let raw = p.table(path, table)?;
+    let name = match &raw.name {
+        Some(value) => Some(p.string(&join(path, "name"), value)?.trim()),
+        None => None,
+    };
+    let thumbprint_path = join(path, "thumbprint");
+    let thumbprint = match &raw.thumbprint {
+        Some(value) => {
+            let text = p.string(&thumbprint_path, value)?;
+            let Some(normalised) = normalise_thumbprint(text) else {
+                p.add(
+                    &thumbprint_path,
+                    format_args!(
+                        "invalid thumbprint {text:?} (expected the SHA-1 (40 hex digits) or \
+                         SHA-256 (64 hex digits) of the certificate; spaces and colons are ignored)"
+                    ),
+                );
+                return None;
+            };
+            Some(normalised)
+        }
+        None => None,
+    };
+    match (name, thumbprint) {
+        (Some(name), None) => Some(CertificateSelection::Name(name.to_owned())),
+        (None, Some(t)) => Some(CertificateSelection::Thumbprint(t)),
+        (Some(name), Some(thumbprint)) => Some(CertificateSelection::NameAndThumbprint {
+            name: name.to_owned(),
+            thumbprint,
+        }),
+        (None, None) => Some(CertificateSelection::Automatic),
+    }
+}
+
+/// A thumbprint as upper-case hex without separators, if it is 40 or 64 hex digits once
+/// spaces and colons are dropped (operators paste them from Windows and from `openssl`).
+fn normalise_thumbprint(text: &str) -> Option<String> {
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let valid = matches!(hex.len(), 40 | 64) && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    valid.then_some(hex)
+}
+
+/// `client_certificate` of an originate listener: `Some(name)` if the name is valid and in
+/// the store.
 fn certificate_ref(
     p: &mut Problems,
     path: &str,
     table: &Table<RawCertificateRef>,
     certs: &[String],
-    refuse_thumbprint: bool,
 ) -> Option<Option<String>> {
     let raw = p.table(path, table)?;
-    if refuse_thumbprint && raw.thumbprint.is_some() {
-        p.add(
-            &join(path, "thumbprint"),
-            "not supported yet (select by name)",
-        );
-    }
     let Some(value) = &raw.name else {
         return Some(None);
     };
@@ -277,7 +321,7 @@ fn originate(p: &mut Problems, path: &str, raw: &RawListener, certs: &[String]) 
         }
     }
     if let Some(table) = &raw.client_certificate {
-        let _ = certificate_ref(p, &join(path, "client_certificate"), table, certs, false);
+        let _ = certificate_ref(p, &join(path, "client_certificate"), table, certs);
     }
     originate_policy(p, &join(path, "policy"), &raw.policy);
 }

@@ -68,6 +68,24 @@ pub struct CertificateConfig {
     pub key: PathBuf,
 }
 
+/// A listener's `certificate` (SPEC §3). Whether the name or thumbprint matches a loaded
+/// certificate is decided when the store is loaded (`src/tls/select.rs`), not here: a miss
+/// fails `check` but only costs `run` that listener's STARTTLS.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CertificateSelection {
+    /// No key given: by the client's SNI, else `hostname`, in Exchange's order.
+    #[default]
+    Automatic,
+    /// `certificate.name`: the store entry of that name.
+    Name(String),
+    /// `certificate.thumbprint`: SHA-1 (40 hex) or SHA-256 (64 hex) of the leaf, normalised
+    /// to upper case without separators.
+    Thumbprint(String),
+    /// Both keys: the entry of that name, and only if it has that thumbprint (a pin, so that
+    /// a certificate file replaced by mistake is noticed instead of served).
+    NameAndThumbprint { name: String, thumbprint: String },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerTls {
     Starttls,
@@ -86,8 +104,8 @@ pub struct Listener {
     pub name: String,
     pub listen: SocketAddr,
     pub tls: ListenerTls,
-    /// `certificate.name`: which store entry to serve; `None` = the first valid one.
-    pub certificate: Option<String>,
+    /// `certificate`: which store entry to serve.
+    pub certificate: CertificateSelection,
     pub backend: Backend,
     pub policy: Policy,
 }

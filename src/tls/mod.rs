@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `certinfo.rs` | what a certificate says (subject, SANs, thumbprints, validity) and UTC date formatting |
 //! | `store.rs` | loading PEM chains and keys into [`LoadedCert`]s, the [`CertStore`] and its selection |
+//! | `select.rs` | which certificate a listener serves: by name, thumbprint, or per ClientHello by SNI and `hostname` in Exchange's order |
 //! | `selfsigned.rs` | the generated default certificate kept in `state_dir` |
 //! | `server.rs` | the rustls [`rustls::ServerConfig`] of a listener and what a session reports about TLS |
 //!
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 mod certinfo;
+mod select;
 mod selfsigned;
 mod server;
 mod store;
@@ -24,12 +26,15 @@ mod test_util;
 #[cfg(test)]
 mod tests_handshake;
 #[cfg(test)]
+mod tests_select;
+#[cfg(test)]
 mod tests_selfsigned;
 #[cfg(test)]
 mod tests_store;
 
 pub use certinfo::CertInfo;
-pub use selfsigned::{load_or_create_self_signed, self_signed, SELF_SIGNED_NAME};
+pub use select::{Candidates, CertPlan};
+pub use selfsigned::{kept_self_signed, load_or_create_self_signed, self_signed, SELF_SIGNED_NAME};
 pub use server::{server_config, session_tls_info};
 pub use store::{CertStore, LoadedCert};
 

@@ -23,9 +23,6 @@ const CERT_FILE: &str = "self-signed.crt";
 const KEY_FILE: &str = "self-signed.key";
 /// Five years, one of them leap.
 const VALIDITY_DAYS: i64 = 5 * 365 + 1;
-/// A kept certificate this close to expiry is replaced at start-up rather than left to lapse
-/// while the process runs.
-const RENEW_BEFORE_SECS: i64 = 30 * 86_400;
 
 /// A fresh self-signed certificate for `hostname` (CN and DNS SAN), in memory only.
 pub fn self_signed(hostname: &str) -> Result<LoadedCert, TlsError> {
@@ -33,8 +30,8 @@ pub fn self_signed(hostname: &str) -> Result<LoadedCert, TlsError> {
 }
 
 /// The self-signed certificate kept in `state_dir`: reused when the files parse, belong
-/// together, name `hostname` and stay valid for at least 30 more days; generated and written
-/// (directory 0700, key 0600) otherwise.
+/// together, name `hostname` and have not expired (so its thumbprint, which peers may pin,
+/// changes only when it must); generated and written (directory 0700, key 0600) otherwise.
 pub fn load_or_create_self_signed(
     state_dir: &Path,
     hostname: &str,
@@ -76,6 +73,21 @@ pub fn load_or_create_self_signed(
     Ok(generated.loaded)
 }
 
+/// The certificate kept in `state_dir`, if [`load_or_create_self_signed`] would reuse it;
+/// reads only (for `check`, which writes nothing).
+pub fn kept_self_signed(state_dir: &Path, hostname: &str) -> Option<LoadedCert> {
+    let kept = LoadedCert::from_files(
+        SELF_SIGNED_NAME,
+        &state_dir.join(CERT_FILE),
+        &state_dir.join(KEY_FILE),
+        SELF_SIGNED_NAME,
+    )
+    .ok()?;
+    unusable_because(&kept.info, hostname, unix_now())
+        .is_none()
+        .then_some(kept)
+}
+
 /// Why a kept certificate cannot be reused, if it cannot.
 fn unusable_because(info: &CertInfo, hostname: &str, now: i64) -> Option<String> {
     if !info.has_dns_name(hostname) {
@@ -88,8 +100,6 @@ fn unusable_because(info: &CertInfo, hostname: &str, now: i64) -> Option<String>
             "it is not valid now (not after {})",
             info.not_after_rfc3339()
         ))
-    } else if !info.is_valid_at(now.saturating_add(RENEW_BEFORE_SECS)) {
-        Some(format!("it expires soon ({})", info.not_after_rfc3339()))
     } else {
         None
     }

@@ -1,14 +1,11 @@
 //! The rustls server configuration of a terminating listener (SPEC §3 `tls_min_version`,
 //! DESIGN §5 resumption) and the TLS facts a session reports in its Received header and logs.
 
-use std::fmt;
 use std::sync::Arc;
 
-use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
-use rustls::sign::CertifiedKey;
+use rustls::server::{ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::{CommonState, ProtocolVersion, ServerConfig, SupportedProtocolVersion};
 
-use super::store::LoadedCert;
 use super::TlsError;
 use crate::config::TlsVersion;
 
@@ -22,14 +19,15 @@ const SESSION_CACHE_ENTRIES: usize = 4096;
 /// ticket costs an encryption and a record on the wire.
 const TLS13_TICKETS: usize = 1;
 
-/// The rustls configuration of one listener: no client authentication, TLS 1.2 and 1.3 (or
+/// The rustls configuration of one listener, serving what `certificates` picks (see
+/// `select.rs`): no client authentication, TLS 1.2 and 1.3 (or
 /// 1.3 only), resumption by session cache and by stateless tickets, no ALPN (SMTP has none).
 ///
 /// Each call makes its own cache and ticket keys: rustls warns against sharing resumption
 /// state between configurations whose client authentication differs, and a reload therefore
 /// starts with fresh keys (resumption attempts from before it fall back to full handshakes).
 pub fn server_config(
-    cert: &LoadedCert,
+    certificates: Arc<dyn ResolvesServerCert>,
     min_version: TlsVersion,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     static BOTH: [&SupportedProtocolVersion; 2] =
@@ -42,30 +40,12 @@ pub fn server_config(
     let mut config = ServerConfig::builder_with_provider(super::provider())
         .with_protocol_versions(versions)?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(FixedCert(cert.certified_key.clone())));
+        .with_cert_resolver(certificates);
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     config.ticketer = super::crypto::Ticketer::new()?;
     config.send_tls13_tickets = TLS13_TICKETS;
     config.alpn_protocols = Vec::new();
     Ok(Arc::new(config))
-}
-
-/// Serves one certificate whatever the client asks for. This is the place where selection by
-/// SNI or thumbprint plugs in: rustls asks the resolver on every ClientHello.
-struct FixedCert(Arc<CertifiedKey>);
-
-impl fmt::Debug for FixedCert {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FixedCert")
-            .field("chain_len", &self.0.cert.len())
-            .finish()
-    }
-}
-
-impl ResolvesServerCert for FixedCert {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
 }
 
 /// The negotiated protocol (`"TLSv1.2"`, `"TLSv1.3"`) and cipher suite as rustls names it

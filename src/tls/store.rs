@@ -1,6 +1,6 @@
 //! The certificate store of SPEC §3 `certificates`: each entry's PEM chain (leaf first) and
 //! PEM key (PKCS#8, PKCS#1 or SEC1) loaded into a rustls [`CertifiedKey`], with every problem
-//! of every entry reported at once, and the selection a listener makes from the store.
+//! of every entry reported at once. Which one a listener serves is `select.rs`'s business.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -155,15 +155,6 @@ impl CertStore {
             Ok(CertStore { certs })
         } else {
             Err(problems)
-        }
-    }
-
-    /// The certificate a listener serves: the named entry (even if expired: serving it beats
-    /// refusing STARTTLS, and `check` flags it), else the first entry valid at `unix_now`.
-    pub fn select(&self, name: Option<&str>, unix_now: i64) -> Option<&LoadedCert> {
-        match name {
-            Some(name) => self.certs.iter().find(|c| c.name == name),
-            None => self.certs.iter().find(|c| c.info.is_valid_at(unix_now)),
         }
     }
 

@@ -267,3 +267,10 @@ fn feed(mut bytes: &[u8], mut read: impl FnMut(&mut &[u8]) -> std::io::Result<us
         read(&mut bytes).expect("read_tls");
     }
 }
+
+/// A resolver that serves `cert` whatever the client asks (an explicit selection).
+pub fn fixed(cert: &super::LoadedCert) -> Arc<dyn rustls::server::ResolvesServerCert> {
+    super::CertPlan::Explicit(cert.clone())
+        .resolver()
+        .expect("an explicit plan has a resolver")
+}

@@ -83,3 +83,30 @@ fn replaces_broken_or_expired_files() {
     let replaced = load_or_create_self_signed(&state, "mx.test").expect("replace");
     assert_ne!(replaced.info.sha256, renewed.info.sha256);
 }
+
+#[test]
+fn reused_until_it_has_expired() {
+    let tmp = TempDir::new("selfsigned-late");
+    let state = tmp.path("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    // Ten days left: still valid, so still the same certificate (peers may pin it).
+    let now = unix_now();
+    let day = |offset: i64| {
+        let (y, m, d) = smtp_core::date::civil_from_days(now.div_euclid(86_400) + offset);
+        rcgen::date_time_ymd(y as i32, m as u8, d as u8)
+    };
+    let mut params = leaf_params("mx.test");
+    params.not_before = day(-1000);
+    params.not_after = day(10);
+    let (cert_pem, key_pem) = self_signed_pem(&params, &rcgen::PKCS_ECDSA_P256_SHA256);
+    std::fs::write(state.join("self-signed.crt"), &cert_pem).expect("write cert");
+    std::fs::write(state.join("self-signed.key"), key_pem).expect("write key");
+    let kept = load_or_create_self_signed(&state, "mx.test").expect("load");
+    assert_eq!(kept.info.not_after, params.not_after.unix_timestamp());
+    assert_eq!(
+        std::fs::read_to_string(state.join("self-signed.crt")).expect("read"),
+        cert_pem
+    );
+    assert!(crate::tls::kept_self_signed(&state, "mx.test").is_some());
+    assert!(crate::tls::kept_self_signed(&state, "other.test").is_none());
+}

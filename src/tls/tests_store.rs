@@ -4,7 +4,8 @@
 use rustls::SignatureAlgorithm;
 
 use super::test_util::*;
-use super::CertStore;
+use super::{CertPlan, CertStore};
+use crate::config::CertificateSelection;
 use crate::tls::store::unix_now;
 
 fn load_one(cert: &std::path::Path, key: &std::path::Path) -> Result<CertStore, Vec<String>> {
@@ -232,29 +233,44 @@ fn select_by_name_first_valid_and_skips_expired() {
     ];
     let store = CertStore::load(&configs).expect("load, expired included");
     let now = unix_now();
+    let plan = |selection: CertificateSelection| match CertPlan::new(&store, &selection, "mx.test")
+    {
+        CertPlan::Explicit(cert) => Ok(cert.name),
+        CertPlan::NoMatch(why) => Err(why),
+        other => panic!("{other:?}"),
+    };
+    let CertPlan::Automatic(auto) = CertPlan::new(&store, &CertificateSelection::Automatic, "x")
+    else {
+        panic!("automatic")
+    };
+    // No name matches: the best of all, valid first, then configuration order.
+    assert_eq!(auto.choose(None, now).map(|c| c.name.as_str()), Some("new"));
     assert_eq!(
-        store.select(None, now).map(|c| c.name.as_str()),
-        Some("new")
-    );
-    assert_eq!(
-        store.select(Some("second"), now).map(|c| c.name.as_str()),
-        Some("second")
+        plan(CertificateSelection::Name("second".into())),
+        Ok("second".into())
     );
     // Named explicitly, an expired certificate is still served (and `check` says expired!).
     assert_eq!(
-        store.select(Some("old"), now).map(|c| c.name.as_str()),
-        Some("old")
+        plan(CertificateSelection::Name("old".into())),
+        Ok("old".into())
     );
-    assert!(store.select(Some("nope"), now).is_none());
-    // Back in 2020 the old one was the first valid entry.
     assert_eq!(
-        store.select(None, 1_590_000_000).map(|c| c.name.as_str()),
+        plan(CertificateSelection::Name("nope".into())),
+        Err("certificate.name \"nope\": no certificate of that name".into())
+    );
+    // Back in 2020 the old one was valid, and the newest.
+    assert_eq!(
+        auto.choose(None, 1_590_000_000).map(|c| c.name.as_str()),
         Some("old")
     );
-    // Far in the future nothing is valid.
-    assert!(store.select(None, now + 400 * 86_400 * 10_000).is_none());
+    // Far in the future nothing is valid: still the best of all, never nothing.
+    assert_eq!(
+        auto.choose(None, now + 400 * 86_400 * 10_000)
+            .map(|c| c.name.as_str()),
+        Some("old")
+    );
 
-    let old = store.select(Some("old"), now).expect("old");
+    let old = &store.certs[0];
     let text = old.describe_at(now);
     assert!(text.contains("expired!"), "{text}");
     assert!(

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-
 use std::time::{Duration, Instant};
 
 use super::process::{free_port, Guard, TempDir};
@@ -20,11 +19,13 @@ pub fn start_binary(yaml: &str) -> Binary {
     let dir = TempDir::new("binary");
     for _attempt in 0..3 {
         let port = free_port();
-        let yaml = format!(
-            "state_dir: {}\n{}",
-            dir.0.join("state").display(),
-            yaml.replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))
-        );
+        let yaml = yaml.replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+        // A state_dir of the test's own (kept across two starts) wins over the scratch one.
+        let yaml = if yaml.contains("state_dir:") {
+            yaml
+        } else {
+            format!("state_dir: {}\n{yaml}", dir.0.join("state").display())
+        };
         let config = dir.0.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
         let log = std::fs::File::create(dir.0.join("sidecar.log")).unwrap();

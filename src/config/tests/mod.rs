@@ -54,7 +54,7 @@ fn example_parses_to_documented_values() {
     assert_eq!(listener.name, "inbound");
     assert_eq!(listener.listen.to_string(), "0.0.0.0:25");
     assert_eq!(listener.tls, ListenerTls::Starttls);
-    assert_eq!(listener.certificate, None);
+    assert_eq!(listener.certificate, CertificateSelection::Automatic);
     assert_eq!(listener.backend.servers, ["127.0.0.1:2525"]);
     assert_eq!(listener.backend.connect_timeout, secs(5));
     assert_default_policy(&listener.policy);
@@ -108,10 +108,7 @@ fn example_mentions_every_key() {
 fn spec_sample_only_lacks_what_is_not_built_yet() {
     assert_eq!(
         problems(SPEC_SAMPLE),
-        [
-            "listeners[0].certificate.thumbprint: not supported yet (select by name)",
-            "listeners[1].mode: originate is not supported yet",
-        ]
+        ["listeners[1].mode: originate is not supported yet"]
     );
 }
 
@@ -120,17 +117,32 @@ fn spec_sample_without_those_parses() {
     let terminate_only = SPEC_SAMPLE
         .split("\n  - name: outbound")
         .next()
-        .unwrap_or_default()
-        .replace("      thumbprint:", "      # thumbprint:");
-    let config = ok(&terminate_only);
+        .unwrap_or_default();
+    let both = ok(terminate_only);
+    assert_eq!(
+        both.listeners[0].certificate,
+        CertificateSelection::NameAndThumbprint {
+            name: "internet".into(),
+            thumbprint: "E8DA062786FD097DD8D79FF10C583CC23AD64F6C".into()
+        }
+    );
+    let config = ok(&terminate_only.replace("      thumbprint:", "      # thumbprint:"));
     assert_eq!(config.certificates.len(), 1);
     assert_eq!(config.certificates[0].name, "internet");
     assert_eq!(
         config.certificates[0].cert,
         PathBuf::from("/etc/smtp-sidecar/mail.pem")
     );
-    assert_eq!(config.listeners[0].certificate.as_deref(), Some("internet"));
+    assert_eq!(
+        config.listeners[0].certificate,
+        CertificateSelection::Name("internet".into())
+    );
     assert_default_policy(&config.listeners[0].policy);
+    let by_thumbprint = ok(&terminate_only.replace("      name: internet", "      # name:"));
+    assert_eq!(
+        by_thumbprint.listeners[0].certificate,
+        CertificateSelection::Thumbprint("E8DA062786FD097DD8D79FF10C583CC23AD64F6C".into())
+    );
 }
 
 #[test]
@@ -146,7 +158,7 @@ fn minimal_config_gets_spec_defaults() {
     let listener = &config.listeners[0];
     assert_eq!(listener.name, "127.0.0.1:2525");
     assert_eq!(listener.tls, ListenerTls::Starttls);
-    assert_eq!(listener.certificate, None);
+    assert_eq!(listener.certificate, CertificateSelection::Automatic);
     assert_eq!(listener.backend.connect_timeout, secs(5));
     assert_default_policy(&listener.policy);
     // An empty section and a timeouts map with one key keep the other defaults.
@@ -194,7 +206,6 @@ listeners:
     assert_eq!(
         problems(yaml),
         [
-            "listeners[0].certificate.name: no certificate named \"intranet\" in certificates",
             "listeners[0].policy.max_message_size: invalid size \"35XB\" \
              (use bytes or e.g. 35MiB, 10MB, 512KiB)",
             "listeners[0].policy.timeouts.command: invalid duration \"5x\" (use e.g. 30s, 5m, 1h)",

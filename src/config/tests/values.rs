@@ -45,10 +45,6 @@ fn not_supported_yet_values() {
             "listeners[0].policy.enforce: not supported yet (only true is)",
         ),
         (
-            "    certificate: {thumbprint: AB}",
-            "listeners[0].certificate.thumbprint: not supported yet (select by name)",
-        ),
-        (
             "    mode: originate",
             "listeners[0].mode: originate is not supported yet",
         ),
@@ -90,6 +86,10 @@ fn invalid_values_name_their_path() {
         ("certificates: [{name: a, cert: a.pem}]", "certificates[0].key: missing (required)"),
         ("certificates: [{name: a, cert: a, key: a}, {name: a, cert: b, key: b}]", "certificates[1].name: duplicate certificate name \"a\""),
         ("    tls: startls", "listeners[0].tls: expected one of: starttls, implicit, found \"startls\""),
+        ("    certificate: {thumbprint: AB}", "listeners[0].certificate.thumbprint: invalid thumbprint \"AB\" (expected the SHA-1 (40 hex digits) or SHA-256 (64 hex digits) of the certificate; spaces and colons are ignored)"),
+        ("    certificate: {thumbprint: \"G000000000000000000000000000000000000000\"}", "listeners[0].certificate.thumbprint: invalid thumbprint \"G000000000000000000000000000000000000000\" (expected the SHA-1 (40 hex digits) or SHA-256 (64 hex digits) of the certificate; spaces and colons are ignored)"),
+        ("    certificate: {name: a, thumbprint: \"AB:CD\"}", "listeners[0].certificate.thumbprint: invalid thumbprint \"AB:CD\" (expected the SHA-1 (40 hex digits) or SHA-256 (64 hex digits) of the certificate; spaces and colons are ignored)"),
+        ("    certificate: {name: \" \"}", "listeners[0].certificate.name: expected a non-empty string, found \" \""),
         ("    next_hop: mx", "listeners[0].next_hop: only valid with mode: originate"),
         ("    policy: {require_tls: yes}", "listeners[0].policy.require_tls: expected true or false, found \"yes\""),
         ("    policy: {tls_min_version: 1.1}", "listeners[0].policy.tls_min_version: expected \"1.2\" or \"1.3\", found 1.1"),
