@@ -24,7 +24,12 @@ fn handshake_done(l: &ListenerRuntime, conn: &rustls::ServerConnection) -> TlsIn
         .tls_handshakes_total
         .with_label_values(&[&l.name, "server", "ok", &version])
         .inc();
-    TlsInfo { version, cipher }
+    // No client certificate is asked for yet.
+    TlsInfo {
+        version,
+        cipher,
+        client_cert: smtp_core::inbound::ClientCert::None,
+    }
 }
 
 fn handshake_failed(l: &ListenerRuntime, peer: SocketAddr, reason: &str) {
@@ -254,12 +259,15 @@ fn record(l: &ListenerRuntime, session: &Session, event: Event, peer: SocketAddr
                 .with_label_values(&[&l.name, tls, "failed"])
                 .inc();
         }
-        Event::PolicyRejection { reason } => {
-            tracing::info!(listener = %l.name, %peer, reason, "policy refusal");
+        Event::PolicyRejection { reason, enforced } => {
+            tracing::info!(listener = %l.name, %peer, reason, enforced, "policy refusal");
+            let enforced = if enforced { "true" } else { "false" };
             m.policy_rejections_total
-                .with_label_values(&[&l.name, reason, "true"])
+                .with_label_values(&[&l.name, reason, enforced])
                 .inc();
         }
+        // Not raised until domain_secure can be configured.
+        Event::DomainSecureRefused(_) | Event::DomainSecureAccepted { .. } => {}
         Event::BackendFailed { reason } => {
             tracing::warn!(listener = %l.name, %peer, %reason, "backend failed; client told 421 4.4.2");
             m.backend_failures_total.with_label_values(&[&l.name]).inc();

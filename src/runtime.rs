@@ -118,6 +118,9 @@ fn listener_runtime(
             received_header: p.received_header,
             max_message_size: p.max_message_size,
             max_recipients: p.max_recipients,
+            domain_secure: Vec::new(),
+            on_failure: smtp_core::inbound::OnFailure::Defer,
+            enforce: true,
             timeouts: smtp_core::inbound::Timeouts {
                 greeting: t.greeting,
                 command: t.command,

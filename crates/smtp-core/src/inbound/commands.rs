@@ -7,8 +7,9 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::backend::hello_command;
+use super::domain_secure::{self, DomainSecureRefusal};
 use super::params::{check_mail, check_rcpt, ParamError};
-use super::{Action, Backend, Event, Mode, Pending, Phase, Session, Transaction};
+use super::{Action, Backend, Event, Mode, OnFailure, Pending, Phase, Session, Transaction};
 use crate::command::{parse_command, Command, CommandError, Verb};
 use crate::ehlo::{rewrite_ehlo, EhloPolicy, Offered};
 use crate::line::{LineEvent, MAX_COMMAND_LINE};
@@ -87,8 +88,11 @@ impl Session {
                 return self.refuse("501 5.5.4 Syntax error in parameters or arguments", now);
             }
         };
-        if self.cfg.require_tls && self.tls.is_none() && needs_tls(cmd.verb()) {
-            self.policy_rejection("tls_required");
+        if self.cfg.require_tls
+            && self.tls.is_none()
+            && needs_tls(cmd.verb())
+            && self.tls_policy_rejection("tls_required")
+        {
             if let Command::Bdat { size, .. } = cmd {
                 return self.skip_bdat(size, "530 5.7.0 Must issue a STARTTLS command first", now);
             }
@@ -181,7 +185,11 @@ impl Session {
                     let policy = EhloPolicy {
                         hostname: self.cfg.hostname.clone(),
                         offer_starttls: self.cfg.starttls && self.tls.is_none(),
-                        offer_auth: self.tls.is_some() || !self.cfg.auth_requires_tls,
+                        // In audit mode AUTH is offered before TLS too: the policy must not
+                        // change what clients do, only report what it would have refused.
+                        offer_auth: self.tls.is_some()
+                            || !self.cfg.auth_requires_tls
+                            || !self.cfg.enforce,
                         max_size: self.cfg.max_message_size,
                         chunking: false,
                     };
@@ -192,12 +200,13 @@ impl Session {
                     self.send_reply(&reply);
                 }
             }
-            Pending::Mail(mail) => {
+            Pending::Mail { mail, secure } => {
                 if reply.is_positive() {
                     self.phase = Phase::ExpectRcpt(Transaction {
                         mail,
                         rcpts: 0,
                         over_limit: 0,
+                        secure,
                     });
                 }
                 self.send_reply(&reply);
@@ -217,13 +226,23 @@ impl Session {
             Pending::EndOfData { bytes } => {
                 // End-to-end acknowledgement: this 250 is the backend's own (SPEC §1.1).
                 self.send_reply(&reply);
-                self.events.push_back(if reply.is_positive() {
+                if reply.is_positive() {
                     // A delivered message resets the error count (SPEC §4).
                     self.errors = 0;
-                    Event::MessageAccepted { bytes }
+                    self.events.push_back(Event::MessageAccepted { bytes });
+                    if let Phase::ExpectRcpt(Transaction {
+                        secure: Some(i), ..
+                    }) = self.phase
+                    {
+                        if let Some(domain) = self.cfg.domain_secure.get(i) {
+                            let domain = domain.clone();
+                            self.events
+                                .push_back(Event::DomainSecureAccepted { domain });
+                        }
+                    }
                 } else {
-                    Event::MessageRejected
-                });
+                    self.events.push_back(Event::MessageRejected);
+                }
                 self.phase = Phase::ExpectMail;
             }
             Pending::Auth => {
@@ -277,7 +296,12 @@ impl Session {
         let authenticated = self.auth.is_authenticated();
         let max = self.cfg.max_message_size;
         match check_mail(from, params, self.offered, authenticated, max) {
-            Ok(mail) => self.forward_cmd(&cmd, Pending::Mail(mail), now),
+            Ok(mail) => {
+                let Some(secure) = self.domain_security(from) else {
+                    return self.after_reply(now);
+                };
+                self.forward_cmd(&cmd, Pending::Mail { mail, secure }, now);
+            }
             Err(e) => {
                 if e == ParamError::TooBig {
                     self.policy_rejection("message_size");
@@ -285,6 +309,44 @@ impl Session {
                 self.refuse(e.reply(), now);
             }
         }
+    }
+
+    /// Domain Security at MAIL FROM. `Some(secure)`: go on (`secure` is the listed domain's
+    /// index when the session met it); `None`: refused, the reply is written.
+    fn domain_security(&mut self, from: &str) -> Option<Option<usize>> {
+        let list = &self.cfg.domain_secure;
+        let Some(domain) = domain_secure::listed_domain(list, from) else {
+            return Some(None);
+        };
+        let index = list.iter().position(|d| d == domain);
+        let missing = match domain_secure::judge(domain, self.tls.as_ref()) {
+            Ok(()) => return Some(index),
+            Err(missing) => missing,
+        };
+        let refusal = DomainSecureRefusal {
+            domain: domain.to_owned(),
+            subject: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_cert.cert())
+                .map(|c| c.subject.clone()),
+            missing,
+        };
+        let enforced = self.tls_policy_rejection(refusal.missing.reason());
+        let text = refusal.text();
+        self.events.push_back(Event::DomainSecureRefused(refusal));
+        if !enforced {
+            // Audit mode: through, but never counted as domain-secure.
+            return Some(None);
+        }
+        let code = match self.cfg.on_failure {
+            OnFailure::Defer => "450 4.7.1",
+            OnFailure::Reject => "550 5.7.1",
+        };
+        // A policy answer, not a protocol error: the session goes on and the next
+        // transaction is judged on its own.
+        self.send(&format!("{code} {text}"));
+        None
     }
 
     fn rcpt(&mut self, cmd: &Command, now: Instant) {
@@ -308,8 +370,10 @@ impl Session {
     }
 
     fn auth(&mut self, cmd: &Command, now: Instant) {
-        if self.tls.is_none() && self.cfg.auth_requires_tls {
-            self.policy_rejection("auth_requires_tls");
+        if self.tls.is_none()
+            && self.cfg.auth_requires_tls
+            && self.tls_policy_rejection("auth_requires_tls")
+        {
             return self.refuse(
                 "538 5.7.11 Encryption required for requested authentication mechanism",
                 now,

@@ -14,7 +14,8 @@
 //! This file holds the types and the `handle_*`/`poll_*` surface; `commands` the client's
 //! commands (and the error limit), `params` the MAIL/RCPT parameter rules, `auth` the
 //! authentication state and its replay, `backend` the backend leg (reply checks, replacing and
-//! replaying a connection), `body` the message body, `received` the Received header.
+//! replaying a connection), `body` the message body, `received` the Received header,
+//! `domain_secure` the Domain Security decision at MAIL FROM.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -31,8 +32,11 @@ mod auth;
 mod backend;
 mod body;
 mod commands;
+mod domain_secure;
 mod params;
 mod received;
+
+pub use domain_secure::{DomainSecureRefusal, Missing};
 
 use auth::AuthState;
 use params::MailParams;
@@ -60,7 +64,24 @@ pub struct Config {
     pub received_header: bool,
     pub max_message_size: u64,
     pub max_recipients: u32,
+    /// `domain_secure`: sender domains that need a verified client certificate naming them,
+    /// as configured (compared ASCII case-insensitively).
+    pub domain_secure: Vec<String>,
+    /// What a Domain Security refusal answers: `450 4.7.1` or `550 5.7.1`.
+    pub on_failure: OnFailure,
+    /// `false`: audit mode; policy refusals are reported ([`Event::PolicyRejection`] with
+    /// `enforced: false`) and the command goes through.
+    pub enforce: bool,
     pub timeouts: Timeouts,
+}
+
+/// `on_failure` of a terminate listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// `450 4.7.1`: the sender keeps the message and retries.
+    Defer,
+    /// `550 5.7.1`: the sender bounces it.
+    Reject,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +104,52 @@ pub struct TlsInfo {
     pub version: String,
     /// e.g. `TLS13_AES_128_GCM_SHA256`
     pub cipher: String,
+    /// The client certificate, if one was presented, and what its verification said.
+    pub client_cert: ClientCert,
+}
+
+/// The client certificate of a TLS session, as the driver verified it against `trust`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ClientCert {
+    /// None was asked for, or the client sent none.
+    #[default]
+    None,
+    /// It chains to a trust anchor, is within its validity and is not revoked.
+    Verified(PeerCert),
+    /// It was presented but does not verify; `reason` says why (`expired`, `revoked`,
+    /// `untrusted issuer`...).
+    Failed { cert: PeerCert, reason: String },
+}
+
+impl ClientCert {
+    /// The certificate, verified or not.
+    pub fn cert(&self) -> Option<&PeerCert> {
+        match self {
+            ClientCert::None => None,
+            ClientCert::Verified(cert) | ClientCert::Failed { cert, .. } => Some(cert),
+        }
+    }
+}
+
+/// What a peer's (leaf) certificate says, as plain data: the core knows no X.509.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerCert {
+    /// Subject distinguished name, e.g. `CN=mail.woodgrovebank.com, O=Woodgrove Bank`.
+    pub subject: String,
+    pub issuer: String,
+    /// Serial number, upper-case hex.
+    pub serial: String,
+    /// SHA-1 of the DER certificate, upper-case hex.
+    pub sha1: String,
+    /// SHA-256 of the DER certificate, upper-case hex.
+    pub sha256: String,
+    /// The DNS names of subjectAltName, in certificate order.
+    pub dns_names: Vec<String>,
+    /// The subject's common name, if any (used for names only when there is no DNS SAN).
+    pub common_name: Option<String>,
+    /// notBefore / notAfter, unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
 }
 
 /// What the driver must do, in the order returned.
@@ -108,12 +175,22 @@ pub enum Action {
 pub enum Event {
     /// The backend answered 2xx to the end of data.
     MessageAccepted { bytes: u64 },
+    /// That accepted message came from a `domain_secure` sender domain over a verified
+    /// mutual-TLS session; `domain` is the listed domain as configured.
+    DomainSecureAccepted { domain: String },
     /// Refused by us or by the backend.
     MessageRejected,
     /// Lost mid-message (backend gone, timeout, client gone): the client was never told 250.
     MessageFailed,
-    /// A policy refusal, with a short stable reason for a metric label.
-    PolicyRejection { reason: &'static str },
+    /// A policy refusal, with a short stable reason for a metric label. `enforced: false`:
+    /// audit mode, the command went through.
+    PolicyRejection {
+        reason: &'static str,
+        enforced: bool,
+    },
+    /// A Domain Security refusal (also reported as a [`Event::PolicyRejection`]), with what
+    /// was missing, for the log.
+    DomainSecureRefused(DomainSecureRefusal),
     /// The backend misbehaved or went away; the session ends with `421 4.4.2`.
     BackendFailed { reason: String },
 }
@@ -136,16 +213,27 @@ struct Transaction {
     rcpts: u32,
     /// Recipients refused by us for being over `max_recipients`.
     over_limit: u32,
+    /// The sender's domain is `cfg.domain_secure[i]` and the session met Domain Security
+    /// for it (never set when a refusal was let through in audit mode).
+    secure: Option<usize>,
 }
 
 /// A command forwarded to the backend whose reply we wait for.
 #[derive(Debug)]
 enum Pending {
-    Ehlo { name: String, esmtp: bool },
-    Mail(MailParams),
+    Ehlo {
+        name: String,
+        esmtp: bool,
+    },
+    Mail {
+        mail: MailParams,
+        secure: Option<usize>,
+    },
     Rcpt,
     Data,
-    EndOfData { bytes: u64 },
+    EndOfData {
+        bytes: u64,
+    },
     Rset,
     Auth,
     Other,
@@ -528,8 +616,23 @@ impl Session {
         }
     }
 
+    /// A refusal that protects the backend or the session's bounds (size, recipients, bare
+    /// newlines...): always enforced, audit mode or not.
     fn policy_rejection(&mut self, reason: &'static str) {
-        self.events.push_back(Event::PolicyRejection { reason });
+        self.events.push_back(Event::PolicyRejection {
+            reason,
+            enforced: true,
+        });
+    }
+
+    /// A refusal of the TLS policy (`require_tls`, `auth_requires_tls`, `domain_secure`);
+    /// returns whether it is enforced. In audit mode (`enforce: false`) it is only reported
+    /// and the caller lets the command through.
+    fn tls_policy_rejection(&mut self, reason: &'static str) -> bool {
+        let enforced = self.cfg.enforce;
+        self.events
+            .push_back(Event::PolicyRejection { reason, enforced });
+        enforced
     }
 
     /// A command or the replay of one is outstanding at the backend.
@@ -550,3 +653,6 @@ mod proptests;
 
 #[cfg(test)]
 mod hardening_tests;
+
+#[cfg(test)]
+mod domain_secure_tests;
