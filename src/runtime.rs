@@ -118,9 +118,9 @@ fn listener_runtime(
             received_header: p.received_header,
             max_message_size: p.max_message_size,
             max_recipients: p.max_recipients,
-            domain_secure: Vec::new(),
-            on_failure: smtp_core::inbound::OnFailure::Defer,
-            enforce: true,
+            domain_secure: p.domain_secure.clone(),
+            on_failure: p.on_failure,
+            enforce: p.enforce,
             timeouts: smtp_core::inbound::Timeouts {
                 greeting: t.greeting,
                 command: t.command,
