@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, Listener, ListenerTls};
 use crate::metrics::Metrics;
-use crate::tls::{CertStore, LoadedCert};
+use crate::tls::{CertStore, ClientAuth, LoadedCert, Trust};
 
 /// Where shutdown stands; every session watches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct ListenerRuntime {
     pub implicit_tls: bool,
     /// `None`: no certificate, so no STARTTLS (`454 4.7.0`).
     pub acceptor: Option<Arc<rustls::ServerConfig>>,
+    /// `client_certificates`: what a session learns of the client's certificate.
+    pub client_auth: ClientAuth,
     pub session: smtp_core::inbound::Config,
     pub servers: Vec<String>,
     pub connect_timeout: Duration,
@@ -44,6 +46,8 @@ pub struct ListenerRuntime {
 pub enum StartError {
     #[error("{}", .0.join("\n"))]
     Certificates(Vec<String>),
+    #[error("{}", .0.join("\n"))]
+    Trust(Vec<String>),
     #[error("listener {name}: cannot listen on {addr}: {source}")]
     Bind {
         name: String,
@@ -79,16 +83,25 @@ pub fn listener_certificate<'a>(store: &'a CertStore, l: &Listener) -> Option<&'
     store.select(l.certificate.as_deref(), unix_now())
 }
 
+/// The client-certificate policy of a listener over the runtime's trust.
+pub fn listener_client_auth(l: &Listener, trust: &Trust) -> Result<ClientAuth, String> {
+    ClientAuth::new(l.policy.client_certificates, trust)
+        .map_err(|e| format!("listener {}: policy.client_certificates: {e}", l.name))
+}
+
 fn listener_runtime(
     config: &Config,
     l: &Listener,
     store: &CertStore,
+    trust: &Trust,
     metrics: &Metrics,
 ) -> Result<ListenerRuntime, String> {
+    let client_auth = listener_client_auth(l, trust)?;
     let acceptor = match listener_certificate(store, l) {
         Some(cert) => {
-            let server = crate::tls::server_config(cert, l.policy.tls_min_version)
-                .map_err(|e| format!("listener {}: {e}", l.name))?;
+            let server =
+                crate::tls::server_config(cert, l.policy.tls_min_version, client_auth.verifier())
+                    .map_err(|e| format!("listener {}: {e}", l.name))?;
             Some(server)
         }
         None if l.tls == ListenerTls::Implicit => {
@@ -104,7 +117,7 @@ fn listener_runtime(
     };
     let p = &l.policy;
     let t = p.timeouts;
-    metrics.init_listener(&l.name);
+    metrics.init_listener(&l.name, &p.domain_secure);
     Ok(ListenerRuntime {
         name: l.name.clone(),
         implicit_tls: l.tls == ListenerTls::Implicit,
@@ -135,6 +148,7 @@ fn listener_runtime(
         connect_timeout: l.backend.connect_timeout,
         write_timeout: t.command,
         acceptor,
+        client_auth,
         max_connections: p.max_connections,
         max_connections_per_ip: p.max_connections_per_ip,
         metrics: metrics.clone(),
@@ -156,10 +170,12 @@ pub struct Running {
 /// Bind every listener and the admin endpoint, then accept in the background.
 pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartError> {
     let metrics = Metrics::new();
+    // Loaded once per runtime and shared by every listener.
+    let trust = Trust::load(&config.trust).map_err(StartError::Trust)?;
     let mut problems = Vec::new();
     let mut runtimes = Vec::new();
     for l in &config.listeners {
-        match listener_runtime(config, l, store, &metrics) {
+        match listener_runtime(config, l, store, &trust, &metrics) {
             Ok(rt) => runtimes.push((l.listen, Arc::new(rt))),
             Err(p) => problems.push(p),
         }

@@ -6,6 +6,8 @@
 //! | `store.rs` | loading PEM chains and keys into [`LoadedCert`]s, the [`CertStore`] and its selection |
 //! | `selfsigned.rs` | the generated default certificate kept in `state_dir` |
 //! | `server.rs` | the rustls [`rustls::ServerConfig`] of a listener and what a session reports about TLS |
+//! | `trust.rs` | `trust`: anchors (OS store, CA files) and CRLs, loaded once per runtime |
+//! | `client_auth.rs` | `client_certificates`: the client verifier, and what a session learns of the client's certificate |
 //!
 //! Every TLS object is built with one explicit crypto provider ([`provider`]) instead of the
 //! process-wide default, so the choice is made in one place and no code path can panic because
@@ -15,9 +17,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 mod certinfo;
+mod client_auth;
 mod selfsigned;
 mod server;
 mod store;
+mod trust;
 
 #[cfg(test)]
 mod test_util;
@@ -29,9 +33,11 @@ mod tests_selfsigned;
 mod tests_store;
 
 pub use certinfo::CertInfo;
+pub use client_auth::{failure_reason, peer_cert, ClientAuth};
 pub use selfsigned::{load_or_create_self_signed, self_signed, SELF_SIGNED_NAME};
 pub use server::{server_config, session_tls_info};
 pub use store::{CertStore, LoadedCert};
+pub use trust::{Trust, TrustSummary};
 
 /// Why a TLS object could not be built; the text is meant for the operator's log.
 #[derive(Debug, thiserror::Error)]
