@@ -52,6 +52,11 @@ impl Binary {
     pub fn addr(&self, _listener: &str) -> Option<SocketAddr> {
         Some(self.addr)
     }
+
+    /// Everything the binary has logged so far.
+    pub fn log(&self) -> String {
+        log_of(&self.dir)
+    }
 }
 
 /// Wait (10 s at most) for the log line that says the listener is bound; false if the
