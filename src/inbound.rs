@@ -18,7 +18,11 @@ use crate::io::{read_now, readable, Client, Read};
 use crate::runtime::{ListenerRuntime, Shutdown};
 
 /// Record a completed server-side handshake; returns what the session needs to know.
-fn handshake_done(l: &ListenerRuntime, conn: &rustls::ServerConnection) -> TlsInfo {
+fn handshake_done(
+    l: &ListenerRuntime,
+    peer: SocketAddr,
+    conn: &rustls::ServerConnection,
+) -> TlsInfo {
     let (version, cipher) = crate::tls::session_tls_info(conn);
     l.metrics
         .tls_handshakes_total
@@ -28,12 +32,12 @@ fn handshake_done(l: &ListenerRuntime, conn: &rustls::ServerConnection) -> TlsIn
     match &client_cert {
         ClientCert::None => {}
         ClientCert::Verified(cert) => {
-            tracing::debug!(listener = %l.name, subject = %cert.subject, issuer = %cert.issuer,
+            tracing::debug!(listener = %l.name, %peer, subject = %cert.subject, issuer = %cert.issuer,
                 serial = %cert.serial, sha1 = %cert.sha1, "client certificate verified");
         }
         ClientCert::Failed { cert, reason } => {
             // `request`: the session goes on as one without a certificate for Domain Security.
-            tracing::info!(listener = %l.name, subject = %cert.subject, issuer = %cert.issuer,
+            tracing::info!(listener = %l.name, %peer, subject = %cert.subject, issuer = %cert.issuer,
                 serial = %cert.serial, sha1 = %cert.sha1, reason = %reason,
                 "client certificate did not verify; treated as none");
         }
@@ -93,7 +97,7 @@ pub async fn serve(
             let accept = TlsAcceptor::from(Arc::clone(acceptor)).accept(tcp);
             match timeout(l.session.timeouts.tls_handshake, accept).await {
                 Ok(Ok(stream)) => {
-                    let info = handshake_done(&l, stream.get_ref().1);
+                    let info = handshake_done(&l, peer, stream.get_ref().1);
                     (Client::Tls(Box::new(stream)), Some(info))
                 }
                 Ok(Err(e)) => return handshake_error(&l, peer, &e),
@@ -179,7 +183,7 @@ pub async fn serve(
                     };
                     match result {
                         Ok(Ok(stream)) => {
-                            let info = handshake_done(&l, stream.get_ref().1);
+                            let info = handshake_done(&l, peer, stream.get_ref().1);
                             client = Client::Tls(Box::new(stream));
                             client_more = true;
                             session.handle_tls_established(info, Instant::now());

@@ -172,6 +172,14 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
     let metrics = Metrics::new();
     // Loaded once per runtime and shared by every listener.
     let trust = Trust::load(&config.trust).map_err(StartError::Trust)?;
+    let s = &trust.summary;
+    tracing::info!(
+        anchors = trust.roots.len(),
+        system_roots = s.system.as_ref().map_or(0, |(n, _)| *n),
+        ca_files = s.ca_files.len(),
+        crls = s.crls.len(),
+        "trust loaded"
+    );
     let mut problems = Vec::new();
     let mut runtimes = Vec::new();
     for l in &config.listeners {
