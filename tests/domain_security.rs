@@ -8,6 +8,7 @@ mod common;
 mod partner_pki;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use common::*;
 use partner_pki::{client_config, Identity, PartnerPki};
@@ -145,10 +146,8 @@ async fn request_hints_only_the_configured_ca() {
     assert!(hint.contains("Woodgrove Root CA"), "{hint}");
 }
 
-/// STARTTLS by hand, then a handshake that the server is expected to refuse: returns the
-/// error the client gets (in TLS 1.3 the alert arrives after the client's Finished, so it
-/// surfaces on the first read).
-async fn refused_handshake(addr: SocketAddr, identity: Option<&Identity>) -> String {
+/// Greeting, EHLO and STARTTLS by hand, on a plain socket ready for the handshake.
+async fn plain_until_starttls(addr: SocketAddr) -> TcpStream {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut plain = BufReader::new(tcp);
     let mut line = String::new();
@@ -165,8 +164,17 @@ async fn refused_handshake(addr: SocketAddr, identity: Option<&Identity>) -> Str
     line.clear();
     plain.read_line(&mut line).await.unwrap();
     assert_eq!(line, "220 2.0.0 Ready to start TLS\r\n");
+    assert!(plain.buffer().is_empty());
+    plain.into_inner()
+}
+
+/// STARTTLS, then a handshake that the server is expected to refuse: returns the error the
+/// client gets (in TLS 1.3 the alert arrives after the client's Finished, so it surfaces on
+/// the first read).
+async fn refused_handshake(addr: SocketAddr, identity: Option<&Identity>) -> String {
+    let tcp = plain_until_starttls(addr).await;
     let (config, _) = client_config(identity);
-    let mut tls = match tls_connect_with(config, plain.into_inner()).await {
+    let mut tls = match tls_connect_with(config, tcp).await {
         Ok(tls) => tls,
         Err(e) => return e.to_string(),
     };
@@ -433,4 +441,59 @@ async fn check_prints_the_trust_and_the_crl() {
     assert!(stderr.contains("trust.ca_files[0]: "), "{stderr}");
     assert!(stderr.contains("missing.pem: cannot read"), "{stderr}");
     assert!(stderr.contains("trust.crl_files[0]: "), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_resumed_session_keeps_its_verified_certificate() {
+    let pki = PartnerPki::new();
+    for mode in ["request", "require"] {
+        let policy = format!(
+            "      client_certificates: {mode}\n      domain_secure: [woodgrovebank.com]\n"
+        );
+        let s = sidecar(&pki, &policy, false).await;
+        // One client configuration for both sessions: its session cache lets the second
+        // resume the first.
+        let (config, _) = client_config(Some(&pki.partner));
+        for round in 0..2 {
+            let tcp = plain_until_starttls(s.addr).await;
+            let tls = tls_connect_with(Arc::clone(&config), tcp).await.unwrap();
+            let kind = tls.get_ref().1.handshake_kind();
+            let want = if round == 0 {
+                rustls::HandshakeKind::Full
+            } else {
+                rustls::HandshakeKind::Resumed
+            };
+            assert_eq!(kind, Some(want), "{mode} {round}");
+            let mut tls = BufReader::new(tls);
+            let mut say = async |line: &str| {
+                tls.get_mut()
+                    .write_all(format!("{line}\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut all = String::new();
+                loop {
+                    let mut reply = String::new();
+                    tls.read_line(&mut reply).await.unwrap();
+                    all.push_str(&reply);
+                    if reply.as_bytes().get(3) != Some(&b'-') {
+                        return all;
+                    }
+                }
+            };
+            say("EHLO client.test").await;
+            assert_eq!(say(FROM_BANK).await, "250 2.1.0 Ok\r\n", "{mode} {round}");
+            assert_eq!(say("RCPT TO:<bob@example.test>").await, "250 2.1.5 Ok\r\n");
+            assert!(say("DATA").await.starts_with("354 "));
+            assert!(say("hi\r\n.").await.starts_with("250 2.0.0 Ok"));
+            say("QUIT").await;
+        }
+        let resumed = s.running.metrics.render();
+        assert!(
+            resumed.contains(
+                "smtp_sidecar_domain_secure_messages_received_total{domain=\"woodgrovebank.com\",\
+                 listener=\"inbound\"} 2"
+            ),
+            "{resumed}"
+        );
+    }
 }

@@ -98,8 +98,11 @@ impl ClientAuth {
                 }
             }
         };
-        if self.mode == ClientCertificates::Require {
-            // rustls verified it during the handshake, or the handshake failed.
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        if self.mode == ClientCertificates::Require && !resumed {
+            // rustls verified it during this handshake, or the handshake failed. A resumed
+            // session carries the chain of its first handshake unverified: checked below
+            // against today's time and CRLs, like every chain under `request`.
             return ClientCert::Verified(cert);
         }
         match webpki.verify_client_cert(leaf, intermediates, UnixTime::now()) {
