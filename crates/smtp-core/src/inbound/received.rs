@@ -2,8 +2,9 @@
 //! EHLO name, the protocol (RFC 3848: ESMTP, ESMTPS, ESMTPSA...) and the TLS version and
 //! cipher, so that a backend without XCLIENT still knows how the message arrived. When a
 //! client certificate verified, its subject and issuer follow (as Postfix's `Client CN`/
-//! `Issuer` comment), each on its own folded line: certificate text is reduced to printable
-//! ASCII without comment specials and bounded, so the header stays valid and no CR/LF or
+//! `Issuer` comment), each starting a line of its own: certificate text is reduced to
+//! printable ASCII without comment specials and bounded, and folded at spaces so that no
+//! line exceeds 998 octets (RFC 5322 §2.1.1), so the header stays valid and no CR/LF or
 //! control character from a certificate reaches the backend.
 
 use std::fmt::Write as _;
@@ -12,9 +13,14 @@ use std::time::SystemTime;
 
 use super::{ClientCert, TlsInfo};
 
-/// Octets of a certificate field kept in the header; with the fixed text around it a line
-/// stays far below 998 octets (RFC 5322 §2.1.1).
-const MAX_FIELD: usize = 256;
+/// Octets of a certificate field kept in the header (a DN is rarely over 200).
+const MAX_FIELD: usize = 1024;
+
+/// Octets of a header line, CRLF excluded (RFC 5322 §2.1.1).
+const MAX_LINE: usize = 998;
+
+/// A run without spaces longer than this is cut: it could not be folded.
+const MAX_WORD: usize = 900;
 
 pub(super) fn header(
     helo: Option<&str>,
@@ -46,12 +52,11 @@ pub(super) fn header(
     if let Some(tls) = tls {
         let _ = write!(h, "\r\n\t(version={} cipher={})", tls.version, tls.cipher);
         if let ClientCert::Verified(cert) = &tls.client_cert {
-            let _ = write!(
-                h,
-                "\r\n\t(client certificate verified: subject \"{}\"\r\n\tissuer \"{}\")",
-                comment_text(&cert.subject),
-                comment_text(&cert.issuer)
-            );
+            h.push_str("\r\n\t(client certificate verified: subject \"");
+            push_folded(&mut h, &comment_text(&cert.subject));
+            h.push_str("\"\r\n\tissuer \"");
+            push_folded(&mut h, &comment_text(&cert.issuer));
+            h.push_str("\")");
         }
     }
     let _ = write!(h, ";\r\n\t{}\r\n", crate::date::format_rfc5322(when));
@@ -60,9 +65,9 @@ pub(super) fn header(
 
 /// Certificate text fit for a quoted string inside a header comment: printable ASCII and
 /// spaces only, no `(`, `)`, `"` or `\\` (which would end or escape the comment), at most
-/// [`MAX_FIELD`] octets.
+/// [`MAX_FIELD`] octets and no run without a space over [`MAX_WORD`].
 fn comment_text(text: &str) -> String {
-    let mut out: String = text
+    let clean: String = text
         .chars()
         .map(|c| match c {
             '(' | ')' | '"' | '\\' => '?',
@@ -71,11 +76,40 @@ fn comment_text(text: &str) -> String {
         })
         .take(MAX_FIELD + 1)
         .collect();
+    let mut out = String::with_capacity(clean.len());
+    for (i, word) in clean.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if word.len() > MAX_WORD {
+            out.push_str(&word[..MAX_WORD - 3]);
+            out.push_str("...");
+        } else {
+            out.push_str(word);
+        }
+    }
     if out.len() > MAX_FIELD {
         out.truncate(MAX_FIELD - 3);
         out.push_str("...");
     }
     out
+}
+
+/// Append `text` (ASCII, words of at most [`MAX_WORD`]), folding at a space (CRLF + tab: the
+/// space becomes folding white space, RFC 5322 §3.2.2) where the line would pass
+/// [`MAX_LINE`] with room for the closing `")` and `;`.
+fn push_folded(h: &mut String, text: &str) {
+    for (i, word) in text.split(' ').enumerate() {
+        let line = h.len() - h.rfind('\n').map_or(0, |p| p + 1);
+        if i > 0 {
+            if line + 1 + word.len() + 3 > MAX_LINE {
+                h.push_str("\r\n\t");
+            } else {
+                h.push(' ');
+            }
+        }
+        h.push_str(word);
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +170,41 @@ mod tests {
 
     #[test]
     fn certificate_text_cannot_inject_or_overflow() {
+        let long_dn: Vec<String> = (0..60).map(|i| format!("OU=unit{i:02}")).collect();
+        for (subject, issuer) in [
+            (
+                "CN=x\r\nX-Injected: yes\0 (\"\\)é".to_owned(),
+                "O=".to_owned() + &"A".repeat(5000),
+            ),
+            (long_dn.join(", "), long_dn.join(" ").repeat(4)),
+        ] {
+            let cert = super::super::PeerCert {
+                subject,
+                issuer,
+                ..Default::default()
+            };
+            let tls = TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                client_cert: ClientCert::Verified(cert),
+            };
+            let peer = "192.0.2.7".parse().unwrap();
+            let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);
+            assert!(h.ends_with("\r\n") && !h.ends_with("\r\n\r\n"));
+            for line in h.trim_end_matches("\r\n").split("\r\n") {
+                assert!(line.len() <= 998, "line of {} octets", line.len());
+                assert!(
+                    line.bytes()
+                        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b)),
+                    "{line:?}"
+                );
+            }
+            // Every line after the first is a continuation (folded), never a new header.
+            assert!(h
+                .split("\r\n")
+                .skip(1)
+                .all(|l| l.is_empty() || l.starts_with('\t')));
+        }
         let cert = super::super::PeerCert {
             subject: "CN=x\r\nX-Injected: yes\0 (\"\\)é".into(),
             issuer: "O=".to_owned() + &"A".repeat(5000),
@@ -152,13 +221,19 @@ mod tests {
             h.contains("subject \"CN=x??X-Injected: yes? ?????\""),
             "{h}"
         );
-        for line in h.split("\r\n") {
-            assert!(line.len() <= 998, "line of {} octets", line.len());
-            assert!(!line.contains('\n') && !line.contains('\r'));
-            assert!(line
-                .bytes()
-                .all(|b| b == b'\t' || (0x20..0x7f).contains(&b)));
-        }
-        assert!(h.contains(&format!("O={}...\")", "A".repeat(MAX_FIELD - 5))));
+        assert!(h.contains(&format!("O={}...\")", "A".repeat(MAX_WORD - 5))));
+    }
+
+    #[test]
+    fn a_long_dn_is_folded_not_cut() {
+        let dn: Vec<String> = (0..84).map(|i| format!("OU=unit{i:03},")).collect();
+        let dn = dn.join(" ");
+        let mut h = String::from("\t(x \"");
+        push_folded(&mut h, &comment_text(&dn));
+        assert!(h.contains("\r\n\t"), "folded");
+        // Unfolding (RFC 5322 §2.2.3: remove the CRLF) gives the text back, the fold's tab
+        // standing for the space.
+        let unfolded = h.replace("\r\n", "").replace('\t', " ");
+        assert_eq!(unfolded, format!(" (x \"{dn}"));
     }
 }
