@@ -92,6 +92,18 @@ fn s_client(
     out
 }
 
+/// The binary's log once it contains `wanted` (5 s at most).
+fn wait_for_log(sc: &Binary, wanted: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = sc.log();
+        if log.contains(wanted) || std::time::Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// GET /metrics over plain HTTP/1.0.
 fn scrape(port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -100,6 +112,19 @@ fn scrape(port: u16) -> String {
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
+}
+
+/// Scrape until `series` has `value` (5 s at most): the binary counts an event just after
+/// writing the reply that the client has already read.
+fn scrape_until(port: u16, series: &str, value: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = scrape(port);
+        if metric(&body, series).as_deref() == Some(value) || std::time::Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn metric(body: &str, series: &str) -> Option<String> {
@@ -164,7 +189,8 @@ async fn openssl_partner_with_its_certificate_is_domain_secure() {
         ),
         "{out}"
     );
-    let body = tokio::task::block_in_place(|| scrape(metrics));
+    let unverified = "smtp_sidecar_policy_rejections_total{enforced=\"true\",listener=\"inbound\",reason=\"domain_secure_certificate_unverified\"}";
+    let body = tokio::task::block_in_place(|| scrape_until(metrics, unverified, "1"));
     assert_eq!(
         metric(
             &body,
@@ -183,7 +209,7 @@ async fn openssl_partner_with_its_certificate_is_domain_secure() {
         Some("1"),
         "{body}"
     );
-    let log = sc.log();
+    let log = tokio::task::block_in_place(|| wait_for_log(&sc, "treated as none"));
     assert!(
         log.contains("client certificate did not verify; treated as none"),
         "{log}"
@@ -210,14 +236,15 @@ async fn openssl_partner_refused_by_require_names_the_reason() {
     ] {
         let out = tokio::task::block_in_place(|| s_client(addr, identity, &pki, &MESSAGE));
         assert!(!out.contains("250 2.1.0"), "{why}: {out}");
-        let log = sc.log();
-        assert!(
-            log.contains(&format!("client_certificate=\"{why}\"")),
-            "{why}: {log}"
-        );
+        // The server logs after sending its alert: the client may have its answer first.
+        let wanted = format!("client_certificate=\"{why}\"");
+        let log = tokio::task::block_in_place(|| wait_for_log(&sc, &wanted));
+        assert!(log.contains(&wanted), "{why}: {log}");
     }
     assert!(rec.messages().is_empty());
-    let body = tokio::task::block_in_place(|| scrape(metrics));
+    let body = tokio::task::block_in_place(|| {
+        scrape_until(metrics, "smtp_sidecar_tls_handshakes_total{listener=\"inbound\",result=\"error\",side=\"server\",version=\"\"}", "3")
+    });
     assert_eq!(
         metric(
             &body,
@@ -275,7 +302,9 @@ async fn swaks_partner_with_its_certificate_is_domain_secure() {
         "{out}"
     );
     assert_eq!(rec.messages().len(), 1);
-    let body = tokio::task::block_in_place(|| scrape(metrics));
+    let body = tokio::task::block_in_place(|| {
+        scrape_until(metrics, "smtp_sidecar_domain_secure_messages_received_total{domain=\"woodgrovebank.com\",listener=\"inbound\"}", "1")
+    });
     assert_eq!(
         metric(
             &body,
