@@ -7,9 +7,8 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::backend::hello_command;
-use super::domain_secure::{self, DomainSecureRefusal};
 use super::params::{check_mail, check_rcpt, ParamError};
-use super::{Action, Backend, Event, Mode, OnFailure, Pending, Phase, Session, Transaction};
+use super::{Action, Backend, Event, Mode, Pending, Phase, Session, Transaction};
 use crate::command::{parse_command, Command, CommandError, Verb};
 use crate::ehlo::{rewrite_ehlo, EhloPolicy, Offered};
 use crate::line::{LineEvent, MAX_COMMAND_LINE};
@@ -309,44 +308,6 @@ impl Session {
                 self.refuse(e.reply(), now);
             }
         }
-    }
-
-    /// Domain Security at MAIL FROM. `Some(secure)`: go on (`secure` is the listed domain's
-    /// index when the session met it); `None`: refused, the reply is written.
-    fn domain_security(&mut self, from: &str) -> Option<Option<usize>> {
-        let list = &self.cfg.domain_secure;
-        let Some(domain) = domain_secure::listed_domain(list, from) else {
-            return Some(None);
-        };
-        let index = list.iter().position(|d| d == domain);
-        let missing = match domain_secure::judge(domain, self.tls.as_ref()) {
-            Ok(()) => return Some(index),
-            Err(missing) => missing,
-        };
-        let refusal = DomainSecureRefusal {
-            domain: domain.to_owned(),
-            subject: self
-                .tls
-                .as_ref()
-                .and_then(|t| t.client_cert.cert())
-                .map(|c| c.subject.clone()),
-            missing,
-        };
-        let enforced = self.tls_policy_rejection(refusal.missing.reason());
-        let text = refusal.text();
-        self.events.push_back(Event::DomainSecureRefused(refusal));
-        if !enforced {
-            // Audit mode: through, but never counted as domain-secure.
-            return Some(None);
-        }
-        let code = match self.cfg.on_failure {
-            OnFailure::Defer => "450 4.7.1",
-            OnFailure::Reject => "550 5.7.1",
-        };
-        // A policy answer, not a protocol error: the session goes on and the next
-        // transaction is judged on its own.
-        self.send(&format!("{code} {text}"));
-        None
     }
 
     fn rcpt(&mut self, cmd: &Command, now: Instant) {

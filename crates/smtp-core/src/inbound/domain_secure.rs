@@ -4,7 +4,7 @@
 //! driver reported of the handshake ([`ClientCert`]); the session answers `450 4.7.1` or
 //! `550 5.7.1` (`on_failure`) and goes on, and each transaction is judged on its own.
 
-use super::{ClientCert, PeerCert, TlsInfo};
+use super::{ClientCert, Event, OnFailure, PeerCert, Session, TlsInfo};
 
 /// What a listed sender's session lacked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,46 @@ impl DomainSecureRefusal {
             "Domain Security: mail from {} requires mutual TLS; {what}",
             self.domain
         )
+    }
+}
+
+impl Session {
+    /// Domain Security at MAIL FROM. `Some(secure)`: go on (`secure` is the listed domain's
+    /// index when the session met it); `None`: refused, the reply is written.
+    pub(super) fn domain_security(&mut self, from: &str) -> Option<Option<usize>> {
+        let list = &self.cfg.domain_secure;
+        let Some(domain) = listed_domain(list, from) else {
+            return Some(None);
+        };
+        let index = list.iter().position(|d| d == domain);
+        let missing = match judge(domain, self.tls.as_ref()) {
+            Ok(()) => return Some(index),
+            Err(missing) => missing,
+        };
+        let refusal = DomainSecureRefusal {
+            domain: domain.to_owned(),
+            subject: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_cert.cert())
+                .map(|c| c.subject.clone()),
+            missing,
+        };
+        let enforced = self.tls_policy_rejection(refusal.missing.reason());
+        let text = refusal.text();
+        self.events.push_back(Event::DomainSecureRefused(refusal));
+        if !enforced {
+            // Audit mode: through, but never counted as domain-secure.
+            return Some(None);
+        }
+        let code = match self.cfg.on_failure {
+            OnFailure::Defer => "450 4.7.1",
+            OnFailure::Reject => "550 5.7.1",
+        };
+        // A policy answer, not a protocol error: the session goes on and the next
+        // transaction is judged on its own.
+        self.send(&format!("{code} {text}"));
+        None
     }
 }
 
