@@ -194,7 +194,27 @@ fn check(path: &Path) -> ExitCode {
             }
         }
     };
+    let trust = match crate::tls::Trust::load(&config.trust) {
+        Ok(trust) => {
+            println!("{}", trust.describe());
+            Some(trust)
+        }
+        Err(problems) => {
+            eprintln!("{}: trust is invalid:", path.display());
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            ok = false;
+            None
+        }
+    };
     for l in &config.listeners {
+        if let Some(trust) = &trust {
+            if let Err(e) = runtime::listener_client_auth(l, trust) {
+                eprintln!("{e}");
+                ok = false;
+            }
+        }
         let tls = match l.tls {
             config::ListenerTls::Starttls => "starttls",
             config::ListenerTls::Implicit => "implicit",
@@ -306,16 +326,29 @@ fn policy_lines(p: &config::Policy) -> String {
         config::LongLines::Fold => "fold",
         config::LongLines::Reject => "reject",
     };
+    let client_certificates = match p.client_certificates {
+        config::ClientCertificates::None => "none",
+        config::ClientCertificates::Request => "request",
+        config::ClientCertificates::Require => "require",
+    };
+    let on_failure = match p.on_failure {
+        config::OnFailure::Defer => "defer",
+        config::OnFailure::Reject => "reject",
+    };
     let t = &p.timeouts;
     format!(
         "  policy: require_tls: {}, auth_requires_tls: {}, tls_min_version: {version}, \
          bare_newlines: {bare}, long_lines: {long}, received_header: {}\n\
+         \x20         client_certificates: {client_certificates}, domain_secure: [{}], \
+         on_failure: {on_failure}, enforce: {}\n\
          \x20         max_message_size: {}, max_recipients: {}, max_connections: {}, \
          max_connections_per_ip: {}\n\
          \x20         timeouts: greeting {}, command {}, data_block {}, tls_handshake {}",
         p.require_tls,
         p.auth_requires_tls,
         p.received_header,
+        p.domain_secure.join(", "),
+        p.enforce,
         size(p.max_message_size),
         p.max_recipients,
         p.max_connections,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use smtp_core::inbound::{Action, Event, Session, TlsInfo};
+use smtp_core::inbound::{Action, ClientCert, Event, Session, TlsInfo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -39,7 +39,25 @@ fn handshake_done(
     if l.session.protocol_log {
         log_handshake(l, conn, session, peer, &version, &cipher);
     }
-    TlsInfo { version, cipher }
+    let client_cert = l.client_auth.client_cert(conn);
+    match &client_cert {
+        ClientCert::None => {}
+        ClientCert::Verified(cert) => {
+            tracing::debug!(listener = %l.name, %peer, subject = %cert.subject, issuer = %cert.issuer,
+                serial = %cert.serial, sha1 = %cert.sha1, "client certificate verified");
+        }
+        ClientCert::Failed { cert, reason } => {
+            // `request`: the session goes on as one without a certificate for Domain Security.
+            tracing::info!(listener = %l.name, %peer, subject = %cert.subject, issuer = %cert.issuer,
+                serial = %cert.serial, sha1 = %cert.sha1, reason = %reason,
+                "client certificate did not verify; treated as none");
+        }
+    }
+    TlsInfo {
+        version,
+        cipher,
+        client_cert,
+    }
 }
 
 /// The protocol log's handshake lines: the certificate we sent and the client's, if any
@@ -95,6 +113,30 @@ fn log_certificate(
 
 fn handshake_failed(l: &ListenerRuntime, peer: SocketAddr, reason: &str) {
     tracing::info!(listener = %l.name, %peer, reason, "TLS handshake failed");
+    count_handshake_error(l);
+}
+
+/// A handshake that failed with an error: with `client_certificates: require`, a client
+/// certificate that was missing or did not verify is named (`expired`, `revoked`,
+/// `untrusted issuer`...).
+fn handshake_error(l: &ListenerRuntime, peer: SocketAddr, e: &std::io::Error) {
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(
+            err @ (rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)),
+        ) => {
+            let client_certificate = crate::tls::failure_reason(err);
+            tracing::info!(listener = %l.name, %peer, client_certificate, reason = %e,
+                "TLS handshake failed: client certificate refused");
+            count_handshake_error(l);
+        }
+        _ => handshake_failed(l, peer, &e.to_string()),
+    }
+}
+
+fn count_handshake_error(l: &ListenerRuntime) {
     l.metrics
         .tls_handshakes_total
         .with_label_values(&[&l.name, "server", "error", ""])
@@ -121,7 +163,7 @@ pub async fn serve(
                     let info = handshake_done(&l, stream.get_ref().1, id, peer);
                     (Client::Tls(Box::new(stream)), Some(info))
                 }
-                Ok(Err(e)) => return handshake_failed(&l, peer, &e.to_string()),
+                Ok(Err(e)) => return handshake_error(&l, peer, &e),
                 Err(_) => return handshake_failed(&l, peer, "timed out"),
             }
         }
@@ -214,7 +256,7 @@ pub async fn serve(
                             session.handle_tls_established(info, Instant::now());
                         }
                         Ok(Err(e)) => {
-                            handshake_failed(&l, peer, &e.to_string());
+                            handshake_error(&l, peer, &e);
                             session.handle_tls_failed(Instant::now());
                         }
                         Err(reason) => {
@@ -325,10 +367,23 @@ fn record(l: &ListenerRuntime, session: &Session, event: Event, peer: SocketAddr
                 .with_label_values(&[&l.name, tls, "failed"])
                 .inc();
         }
-        Event::PolicyRejection { reason } => {
-            tracing::info!(listener = %l.name, %peer, reason, "policy refusal");
+        Event::PolicyRejection { reason, enforced } => {
+            tracing::info!(listener = %l.name, %peer, reason, enforced, "policy refusal");
+            let enforced = if enforced { "true" } else { "false" };
             m.policy_rejections_total
-                .with_label_values(&[&l.name, reason, "true"])
+                .with_label_values(&[&l.name, reason, enforced])
+                .inc();
+        }
+        Event::DomainSecureRefused(refusal) => {
+            let enforced = l.session.enforce;
+            tracing::info!(listener = %l.name, %peer, domain = %refusal.domain,
+                missing = %refusal.text(), subject = refusal.subject.as_deref().unwrap_or("-"),
+                enforced, "Domain Security not met");
+        }
+        Event::DomainSecureAccepted { domain } => {
+            // `domain` is the listed domain as configured: a bounded label.
+            m.domain_secure_messages_received_total
+                .with_label_values(&[&l.name, &domain])
                 .inc();
         }
         Event::BackendFailed { reason } => {

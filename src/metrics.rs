@@ -13,6 +13,7 @@ pub struct Metrics {
     pub messages_total: IntCounterVec,
     pub message_bytes_total: IntCounterVec,
     pub policy_rejections_total: IntCounterVec,
+    pub domain_secure_messages_received_total: IntCounterVec,
     pub backend_failures_total: IntCounterVec,
     pub session_duration_seconds: HistogramVec,
     /// notAfter of each loaded certificate, labelled by store name, SHA-1 thumbprint (as
@@ -99,6 +100,13 @@ impl Metrics {
                 "Policy refusals by reason; enforced=false in audit mode",
                 &["listener", "reason", "enforced"],
             ),
+            domain_secure_messages_received_total: counter(
+                r,
+                "domain_secure_messages_received_total",
+                "Messages the backend accepted from a domain_secure sender domain over a verified \
+                 mutual-TLS session",
+                &["listener", "domain"],
+            ),
             backend_failures_total: counter(
                 r,
                 "backend_failures_total",
@@ -112,7 +120,11 @@ impl Metrics {
     }
 
     /// Create the series of a listener at zero, so dashboards see them before traffic.
-    pub fn init_listener(&self, listener: &str) {
+    pub fn init_listener(&self, listener: &str, domain_secure: &[String]) {
+        for domain in domain_secure {
+            self.domain_secure_messages_received_total
+                .with_label_values(&[listener, domain]);
+        }
         self.connections_total.with_label_values(&[listener]);
         self.connections_active.with_label_values(&[listener]);
         for tls in ["yes", "no"] {

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, Listener, ListenerTls};
 use crate::metrics::Metrics;
-use crate::tls::{CertPlan, CertStore, LoadedCert};
+use crate::tls::{CertPlan, CertStore, ClientAuth, LoadedCert, Trust};
 
 /// Where shutdown stands; every session watches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct ListenerRuntime {
     pub implicit_tls: bool,
     /// `None`: no certificate, so no STARTTLS (`454 4.7.0`).
     pub acceptor: Option<Arc<rustls::ServerConfig>>,
+    /// `client_certificates`: what a session learns of the client's certificate.
+    pub client_auth: ClientAuth,
     pub session: smtp_core::inbound::Config,
     pub servers: Vec<String>,
     pub connect_timeout: Duration,
@@ -46,6 +48,8 @@ pub struct ListenerRuntime {
 pub enum StartError {
     #[error("{}", .0.join("\n"))]
     Certificates(Vec<String>),
+    #[error("{}", .0.join("\n"))]
+    Trust(Vec<String>),
     #[error("listener {name}: cannot listen on {addr}: {source}")]
     Bind {
         name: String,
@@ -94,6 +98,7 @@ pub struct Snapshot {
 pub fn build(
     config: &Config,
     store: CertStore,
+    trust: &Trust,
     metrics: &Metrics,
 ) -> Result<Snapshot, Vec<String>> {
     let now = unix_now();
@@ -114,7 +119,7 @@ pub fn build(
             }
             CertPlan::NoMatch(_) | CertPlan::NoCertificate => {}
         }
-        match listener_runtime(config, l, &plan, metrics) {
+        match listener_runtime(config, l, &plan, trust, metrics) {
             Ok(rt) => listeners.push((l.listen, Arc::new(rt))),
             Err(p) => problems.push(p),
         }
@@ -143,15 +148,23 @@ fn warn_if_expired(listener: &str, cert: &LoadedCert, now: i64) {
     }
 }
 
+/// The client-certificate policy of a listener over the runtime's trust.
+pub fn listener_client_auth(l: &Listener, trust: &Trust) -> Result<ClientAuth, String> {
+    ClientAuth::new(l.policy.client_certificates, trust)
+        .map_err(|e| format!("listener {}: policy.client_certificates: {e}", l.name))
+}
+
 fn listener_runtime(
     config: &Config,
     l: &Listener,
     plan: &CertPlan,
+    trust: &Trust,
     metrics: &Metrics,
 ) -> Result<ListenerRuntime, String> {
+    let client_auth = listener_client_auth(l, trust)?;
     let acceptor = match (plan.resolver(), plan) {
         (Some(resolver), _) => Some(
-            crate::tls::server_config(resolver, l.policy.tls_min_version)
+            crate::tls::server_config(resolver, l.policy.tls_min_version, client_auth.verifier())
                 .map_err(|e| format!("listener {}: {e}", l.name))?,
         ),
         (None, CertPlan::NoMatch(why)) if l.tls == ListenerTls::Implicit => {
@@ -180,7 +193,7 @@ fn listener_runtime(
     };
     let p = &l.policy;
     let t = p.timeouts;
-    metrics.init_listener(&l.name);
+    metrics.init_listener(&l.name, &p.domain_secure);
     Ok(ListenerRuntime {
         name: l.name.clone(),
         implicit_tls: l.tls == ListenerTls::Implicit,
@@ -194,6 +207,9 @@ fn listener_runtime(
             received_header: p.received_header,
             max_message_size: p.max_message_size,
             max_recipients: p.max_recipients,
+            domain_secure: p.domain_secure.clone(),
+            on_failure: p.on_failure,
+            enforce: p.enforce,
             timeouts: smtp_core::inbound::Timeouts {
                 greeting: t.greeting,
                 command: t.command,
@@ -209,6 +225,7 @@ fn listener_runtime(
         connect_timeout: l.backend.connect_timeout,
         write_timeout: t.command,
         acceptor,
+        client_auth,
         max_connections: p.max_connections,
         max_connections_per_ip: p.max_connections_per_ip,
         metrics: metrics.clone(),
@@ -234,8 +251,18 @@ pub struct Running {
 pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     metrics.set_certificates(store);
+    // Loaded once per runtime and shared by every listener.
+    let trust = Trust::load(&config.trust).map_err(StartError::Trust)?;
+    let s = &trust.summary;
+    tracing::info!(
+        anchors = trust.roots.len(),
+        system_roots = s.system.as_ref().map_or(0, |(n, _)| *n),
+        ca_files = s.ca_files.len(),
+        crls = s.crls.len(),
+        "trust loaded"
+    );
     let snapshot =
-        Arc::new(build(config, store.clone(), &metrics).map_err(StartError::Certificates)?);
+        Arc::new(build(config, store.clone(), &trust, &metrics).map_err(StartError::Certificates)?);
     let runtimes = snapshot.listeners.clone();
     let mut bound = Vec::new();
     for (addr, rt) in runtimes {

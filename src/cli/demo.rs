@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
-    Backend, BareNewlines, CertificateSelection, Config, Listener, ListenerTls, LogConfig,
-    LogFormat, LongLines, Policy, Timeouts, TlsVersion,
+    Backend, BareNewlines, CertificateSelection, ClientCertificates, Config, Listener, ListenerTls,
+    LogConfig, LogFormat, LongLines, OnFailure, Policy, Timeouts, TlsVersion, TrustConfig,
 };
 use crate::sink::SinkEvent;
 use crate::tls::CertStore;
@@ -39,6 +39,12 @@ fn demo_config() -> Config {
             protocol_log: false,
         },
         certificates: Vec::new(),
+        // The demo verifies no peer: it asks for no client certificates.
+        trust: TrustConfig {
+            system_roots: false,
+            ca_files: Vec::new(),
+            crl_files: Vec::new(),
+        },
         listeners: vec![Listener {
             name: "demo".into(),
             listen: addr(LISTEN),
@@ -51,6 +57,10 @@ fn demo_config() -> Config {
             policy: Policy {
                 require_tls: false,
                 auth_requires_tls: true,
+                client_certificates: ClientCertificates::None,
+                domain_secure: Vec::new(),
+                on_failure: OnFailure::Defer,
+                enforce: true,
                 tls_min_version: TlsVersion::V1_2,
                 bare_newlines: BareNewlines::Reject,
                 long_lines: LongLines::Fold,

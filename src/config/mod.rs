@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use smtp_core::data::{BareNewlines, LongLines};
+pub use smtp_core::inbound::OnFailure;
 
 mod fields;
 mod listeners;
@@ -41,7 +42,30 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub log: LogConfig,
     pub certificates: Vec<CertificateConfig>,
+    pub trust: TrustConfig,
     pub listeners: Vec<Listener>,
+}
+
+/// `trust`: the anchors and revocation lists peer certificates are verified against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustConfig {
+    /// The operating system's store (rustls-native-certs).
+    pub system_roots: bool,
+    /// PEM bundles of extra anchors (a partner's private CA).
+    pub ca_files: Vec<PathBuf>,
+    /// PEM or DER CRLs.
+    pub crl_files: Vec<PathBuf>,
+}
+
+/// `policy.client_certificates` of a terminate listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertificates {
+    /// No CertificateRequest is sent.
+    None,
+    /// Asked for; a client without one, or with one that does not verify, continues.
+    Request,
+    /// The handshake fails without a certificate that verifies.
+    Require,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +145,12 @@ pub struct Backend {
 pub struct Policy {
     pub require_tls: bool,
     pub auth_requires_tls: bool,
+    pub client_certificates: ClientCertificates,
+    /// Listed sender domains, as configured (lower-cased, no trailing dot).
+    pub domain_secure: Vec<String>,
+    pub on_failure: OnFailure,
+    /// `false`: audit mode for the TLS policy's refusals.
+    pub enforce: bool,
     pub tls_min_version: TlsVersion,
     pub bare_newlines: BareNewlines,
     pub long_lines: LongLines,

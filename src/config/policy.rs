@@ -4,7 +4,7 @@
 use super::fields::{join, Problems};
 use super::raw::{RawPolicy, RawTimeouts};
 use super::yaml::{Table, Value};
-use super::{BareNewlines, LongLines, Policy, Timeouts, TlsVersion};
+use super::{BareNewlines, ClientCertificates, LongLines, OnFailure, Policy, Timeouts, TlsVersion};
 
 /// Outbound policy levels (SPEC §3).
 const LEVELS: [(&str, ()); 5] = [
@@ -28,21 +28,33 @@ pub fn terminate_policy(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option
     }
     let require_tls = p.bool(&key("require_tls"), &raw.require_tls);
     let auth_requires_tls = p.bool(&key("auth_requires_tls"), &raw.auth_requires_tls);
-    let client_certs = [("none", true), ("request", false), ("require", false)];
-    let none = p.choice(
+    let client_certs = [
+        ("none", ClientCertificates::None),
+        ("request", ClientCertificates::Request),
+        ("require", ClientCertificates::Require),
+    ];
+    let client_certificates = p.choice(
         &key("client_certificates"),
         &raw.client_certificates,
         &client_certs,
     );
-    p.only_default(&key("client_certificates"), none, |none| *none, "none");
-    let domain_secure = p.strings(&key("domain_secure"), &raw.domain_secure);
-    p.only_default(&key("domain_secure"), domain_secure, Vec::is_empty, "[]");
-    let defer = p.choice(
+    let domain_secure = p
+        .strings(&key("domain_secure"), &raw.domain_secure)
+        .and_then(|list| domains(p, &key("domain_secure"), &list));
+    let on_failure = p.choice(
         &key("on_failure"),
         &raw.on_failure,
-        &[("defer", true), ("reject", false)],
+        &[("defer", OnFailure::Defer), ("reject", OnFailure::Reject)],
     );
-    p.only_default(&key("on_failure"), defer, |defer| *defer, "defer");
+    if let (Some(ClientCertificates::None), Some(list)) = (client_certificates, &domain_secure) {
+        if !list.is_empty() {
+            p.add(
+                &key("domain_secure"),
+                "needs client_certificates: request or require (no listed domain could ever \
+                 pass without a client certificate)",
+            );
+        }
+    }
     let tls_min_version = tls_version(p, &key("tls_min_version"), &raw.tls_min_version);
     let bare = [
         ("reject", BareNewlines::Reject),
@@ -61,7 +73,6 @@ pub fn terminate_policy(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option
         1,
     );
     let enforce = p.bool(&key("enforce"), &raw.enforce);
-    p.only_default(&key("enforce"), enforce, |on| *on, "true");
     let timeouts_path = key("timeouts");
     let timeouts = p
         .table(&timeouts_path, &raw.timeouts)
@@ -69,6 +80,10 @@ pub fn terminate_policy(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option
     Some(Policy {
         require_tls: require_tls?,
         auth_requires_tls: auth_requires_tls?,
+        client_certificates: client_certificates?,
+        domain_secure: domain_secure?,
+        on_failure: on_failure?,
+        enforce: enforce?,
         tls_min_version: tls_min_version?,
         bare_newlines: bare_newlines?,
         long_lines: long_lines?,
@@ -79,6 +94,40 @@ pub fn terminate_policy(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option
         max_connections_per_ip: per_ip?,
         timeouts: timeouts?,
     })
+}
+
+/// `domain_secure`: domain names (letters, digits, hyphens, dots; no wildcard, no address
+/// literal), lower-cased, each listed once.
+fn domains(p: &mut Problems, path: &str, list: &[&str]) -> Option<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    let mut ok = true;
+    for (i, domain) in list.iter().enumerate() {
+        let item = format!("{path}[{i}]");
+        let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        let valid = d.len() <= 253
+            && d.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            p.add(
+                &item,
+                format_args!("{domain:?} is not a domain name (e.g. woodgrovebank.com)"),
+            );
+            ok = false;
+        } else if out.contains(&d) {
+            p.add(&item, format_args!("{d:?} is listed twice"));
+            ok = false;
+        } else {
+            out.push(d);
+        }
+    }
+    ok.then_some(out)
 }
 
 /// `"1.2"` / `"1.3"`; an unquoted `1.2` arrives as a YAML float and is accepted too.

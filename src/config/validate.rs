@@ -11,7 +11,7 @@ use super::fields::{join, Problems};
 use super::listeners::listeners;
 use super::raw::{RawConfig, RawLog, RawResolver, RawTrust};
 use super::yaml::Value;
-use super::{CertificateConfig, Config, LogConfig, LogFormat};
+use super::{CertificateConfig, Config, LogConfig, LogFormat, TrustConfig};
 
 /// Why a configuration cannot be used: every problem found, not just the first.
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +93,9 @@ fn config(p: &mut Problems, raw: &RawConfig) -> Option<Config> {
     if let Some(raw_resolver) = p.table("resolver", &raw.resolver) {
         resolver(p, raw_resolver);
     }
-    if let Some(raw_trust) = p.table("trust", &raw.trust) {
-        trust(p, raw_trust);
-    }
+    let trust = p
+        .table("trust", &raw.trust)
+        .and_then(|raw_trust| trust(p, raw_trust));
 
     // The admin endpoint's address is taken too: a listener on it could never bind.
     let mut taken: Vec<(SocketAddr, String)> = Vec::new();
@@ -111,6 +111,7 @@ fn config(p: &mut Problems, raw: &RawConfig) -> Option<Config> {
         metrics_listen: metrics_listen?,
         log: log?,
         certificates: certificates?,
+        trust: trust?,
         listeners: listeners?,
     })
 }
@@ -213,11 +214,19 @@ fn resolver(p: &mut Problems, resolver: &RawResolver) {
     p.only_default("resolver.timeout", timeout, |t| *t == five, "5s");
 }
 
-fn trust(p: &mut Problems, trust: &RawTrust) {
-    // Accepted either way: nothing verifies peers against the OS store yet.
-    let _system_roots = p.bool("trust.system_roots", &trust.system_roots);
-    let ca_files = p.strings("trust.ca_files", &trust.ca_files);
-    p.only_default("trust.ca_files", ca_files, Vec::is_empty, "[]");
-    let crl_files = p.strings("trust.crl_files", &trust.crl_files);
-    p.only_default("trust.crl_files", crl_files, Vec::is_empty, "[]");
+/// `trust`: files are named here and read when the runtime is built (so a reload re-reads
+/// them), where a missing or unreadable one is reported with its key path too.
+fn trust(p: &mut Problems, trust: &RawTrust) -> Option<TrustConfig> {
+    let system_roots = p.bool("trust.system_roots", &trust.system_roots);
+    let files = |p: &mut Problems, key: &str, value| {
+        p.strings(key, value)
+            .map(|list| list.iter().map(|f| PathBuf::from(f.trim())).collect())
+    };
+    let ca_files = files(p, "trust.ca_files", &trust.ca_files);
+    let crl_files = files(p, "trust.crl_files", &trust.crl_files);
+    Some(TrustConfig {
+        system_roots: system_roots?,
+        ca_files: ca_files?,
+        crl_files: crl_files?,
+    })
 }

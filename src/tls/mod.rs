@@ -7,6 +7,8 @@
 //! | `select.rs` | which certificate a listener serves: by name, thumbprint, or per ClientHello by SNI and `hostname` in Exchange's order |
 //! | `selfsigned.rs` | the generated default certificate kept in `state_dir` |
 //! | `server.rs` | the rustls [`rustls::ServerConfig`] of a listener and what a session reports about TLS |
+//! | `trust.rs` | `trust`: anchors (OS store, CA files) and CRLs, loaded once per runtime |
+//! | `client_auth.rs` | `client_certificates`: the client verifier, and what a session learns of the client's certificate |
 //!
 //! Every TLS object is built with one explicit crypto provider ([`provider`]) instead of the
 //! process-wide default, so the choice is made in one place and no code path can panic because
@@ -16,10 +18,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 mod certinfo;
+mod client_auth;
 mod select;
 mod selfsigned;
 mod server;
 mod store;
+mod trust;
 
 #[cfg(test)]
 mod test_util;
@@ -33,10 +37,12 @@ mod tests_selfsigned;
 mod tests_store;
 
 pub use certinfo::CertInfo;
+pub use client_auth::{failure_reason, peer_cert, ClientAuth};
 pub use select::{Candidates, CertPlan};
 pub use selfsigned::{kept_self_signed, load_or_create_self_signed, self_signed, SELF_SIGNED_NAME};
 pub use server::{server_config, session_tls_info};
 pub use store::{CertStore, LoadedCert};
+pub use trust::{Trust, TrustSummary};
 
 /// Why a TLS object could not be built; the text is meant for the operator's log.
 #[derive(Debug, thiserror::Error)]

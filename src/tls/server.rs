@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::{CommonState, ProtocolVersion, ServerConfig, SupportedProtocolVersion};
 
@@ -20,8 +21,9 @@ const SESSION_CACHE_ENTRIES: usize = 4096;
 const TLS13_TICKETS: usize = 1;
 
 /// The rustls configuration of one listener, serving what `certificates` picks (see
-/// `select.rs`): no client authentication, TLS 1.2 and 1.3 (or
-/// 1.3 only), resumption by session cache and by stateless tickets, no ALPN (SMTP has none).
+/// `select.rs`): client authentication by `client_auth` (`None`: none, no CertificateRequest
+/// at all), TLS 1.2 and 1.3 (or 1.3 only), resumption by session cache and by stateless
+/// tickets, no ALPN (SMTP has none).
 ///
 /// Each call makes its own cache and ticket keys: rustls warns against sharing resumption
 /// state between configurations whose client authentication differs, and a reload therefore
@@ -29,6 +31,7 @@ const TLS13_TICKETS: usize = 1;
 pub fn server_config(
     certificates: Arc<dyn ResolvesServerCert>,
     min_version: TlsVersion,
+    client_auth: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     static BOTH: [&SupportedProtocolVersion; 2] =
         [&rustls::version::TLS13, &rustls::version::TLS12];
@@ -37,10 +40,13 @@ pub fn server_config(
         TlsVersion::V1_2 => &BOTH,
         TlsVersion::V1_3 => &ONLY_13,
     };
-    let mut config = ServerConfig::builder_with_provider(super::provider())
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(certificates);
+    let builder =
+        ServerConfig::builder_with_provider(super::provider()).with_protocol_versions(versions)?;
+    let builder = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+    };
+    let mut config = builder.with_cert_resolver(certificates);
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     config.ticketer = super::crypto::Ticketer::new()?;
     config.send_tls13_tickets = TLS13_TICKETS;

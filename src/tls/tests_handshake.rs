@@ -27,7 +27,7 @@ fn client_for(cert: &LoadedCert, tls13: bool, tls12: bool) -> rustls::ClientConf
 #[test]
 fn tls13_and_tls12_handshakes_report_version_and_suite() {
     let cert = self_signed("mx.test").expect("cert");
-    let server = server_config(fixed(&cert), TlsVersion::V1_2).expect("server config");
+    let server = server_config(fixed(&cert), TlsVersion::V1_2, None).expect("server config");
 
     let client = Arc::new(client_for(&cert, true, true));
     let (c, s) = connect(&client, &server).expect("TLS 1.3 handshake");
@@ -55,7 +55,7 @@ fn tls13_and_tls12_handshakes_report_version_and_suite() {
 #[test]
 fn session_tls_info_before_the_handshake() {
     let cert = self_signed("mx.test").expect("cert");
-    let server = server_config(fixed(&cert), TlsVersion::V1_2).expect("server config");
+    let server = server_config(fixed(&cert), TlsVersion::V1_2, None).expect("server config");
     let conn = rustls::ServerConnection::new(server).expect("connection");
     let expected = ("unknown".to_string(), "unknown".to_string());
     assert_eq!(session_tls_info(&conn), expected);
@@ -64,7 +64,7 @@ fn session_tls_info_before_the_handshake() {
 #[test]
 fn min_version_13_refuses_a_tls12_only_client() {
     let cert = self_signed("mx.test").expect("cert");
-    let server = server_config(fixed(&cert), TlsVersion::V1_3).expect("server config");
+    let server = server_config(fixed(&cert), TlsVersion::V1_3, None).expect("server config");
     let old_client = Arc::new(client_for(&cert, false, true));
     let err = connect(&old_client, &server).expect_err("TLS 1.2 client must be refused");
     assert!(matches!(err, rustls::Error::PeerIncompatible(_)), "{err:?}");
@@ -76,7 +76,7 @@ fn min_version_13_refuses_a_tls12_only_client() {
 #[test]
 fn resumption_tls13_tickets_and_tls12_tickets_and_session_ids() {
     let cert = self_signed("mx.test").expect("cert");
-    let server = server_config(fixed(&cert), TlsVersion::V1_2).expect("server config");
+    let server = server_config(fixed(&cert), TlsVersion::V1_2, None).expect("server config");
     let mut id_only = client_for(&cert, false, true);
     id_only.resumption =
         Resumption::in_memory_sessions(16).tls12_resumption(Tls12Resumption::SessionIdOnly);
@@ -92,7 +92,7 @@ fn resumption_tls13_tickets_and_tls12_tickets_and_session_ids() {
         let (_c, s) = connect(&client, &server).expect(what);
         assert_eq!(s.handshake_kind(), Some(HandshakeKind::Resumed), "{what}");
         // A new configuration (a reload) has fresh ticket keys and an empty cache.
-        let reloaded = server_config(fixed(&cert), TlsVersion::V1_2).expect("server config");
+        let reloaded = server_config(fixed(&cert), TlsVersion::V1_2, None).expect("server config");
         let (_c, s) = connect(&client, &reloaded).expect(what);
         assert_eq!(
             s.handshake_kind(),
@@ -109,7 +109,7 @@ fn rsa_chain_from_the_store_serves_smtp_bytes() {
     let store = CertStore::load(&[entry("rsa", &cert, &key)]).expect("load");
     let loaded = &store.certs[0];
     for min in [TlsVersion::V1_2, TlsVersion::V1_3] {
-        let server = server_config(fixed(loaded), min).expect("server config");
+        let server = server_config(fixed(loaded), min, None).expect("server config");
         let client = Arc::new(client_for(loaded, true, min == TlsVersion::V1_2));
         let (mut c, mut s) = connect(&client, &server).expect("handshake");
         c.writer()
@@ -121,7 +121,7 @@ fn rsa_chain_from_the_store_serves_smtp_bytes() {
         assert_eq!(&got[..n], b"EHLO client.test\r\n");
     }
     let client = Arc::new(client_for(loaded, false, true));
-    let server = server_config(fixed(loaded), TlsVersion::V1_2).expect("server config");
+    let server = server_config(fixed(loaded), TlsVersion::V1_2, None).expect("server config");
     let (_c, s) = connect(&client, &server).expect("TLS 1.2 RSA");
     assert!(session_tls_info(&s).1.starts_with("TLS_ECDHE_RSA_WITH_"));
 }

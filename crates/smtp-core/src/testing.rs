@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use bytes::BytesMut;
 
 use crate::data::{BareNewlines, LongLines};
-use crate::inbound::{Action, Config, Event, Session, Timeouts, TlsInfo};
+use crate::inbound::{Action, ClientCert, Config, Event, OnFailure, Session, Timeouts, TlsInfo};
 
 /// A policy with the SPEC defaults, for tests.
 pub fn test_config() -> Config {
@@ -21,6 +21,9 @@ pub fn test_config() -> Config {
         received_header: false,
         max_message_size: 35 * 1024 * 1024,
         max_recipients: 100,
+        domain_secure: Vec::new(),
+        on_failure: OnFailure::Defer,
+        enforce: true,
         timeouts: Timeouts {
             greeting: Duration::from_secs(300),
             command: Duration::from_secs(300),
@@ -37,6 +40,7 @@ pub fn test_tls() -> TlsInfo {
     TlsInfo {
         version: "TLSv1.3".into(),
         cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        client_cert: ClientCert::None,
     }
 }
 
@@ -57,8 +61,10 @@ pub struct Harness {
     pub tls_started: u32,
     /// When false, `ConnectBackend` is answered with a failure.
     pub backend_reachable: bool,
-    /// When true, `StartTls` completes at once with [`test_tls`].
+    /// When true, `StartTls` completes at once with `tls_info`.
     pub auto_tls: bool,
+    /// What the handshake reports ([`test_tls`] unless a test sets a client certificate).
+    pub tls_info: TlsInfo,
 }
 
 impl Harness {
@@ -83,6 +89,7 @@ impl Harness {
             tls_started: 0,
             backend_reachable: true,
             auto_tls: true,
+            tls_info: test_tls(),
         };
         h.run();
         h
@@ -115,7 +122,8 @@ impl Harness {
                 Action::StartTls => {
                     self.tls_started += 1;
                     if self.auto_tls {
-                        self.session.handle_tls_established(test_tls(), self.now);
+                        self.session
+                            .handle_tls_established(self.tls_info.clone(), self.now);
                     }
                 }
                 Action::Close => self.closed = true,

@@ -7,6 +7,7 @@ use super::raw::{
 };
 use super::*;
 
+mod trust_policy;
 mod values;
 
 const EXAMPLE: &str = include_str!("../../../config.yaml.example");

@@ -17,32 +17,8 @@ fn not_supported_yet_values() {
             "resolver.timeout: not supported yet (only 5s is)",
         ),
         (
-            "trust: {ca_files: [ca.pem]}",
-            "trust.ca_files: not supported yet (only [] is)",
-        ),
-        (
-            "trust: {crl_files: [x.crl]}",
-            "trust.crl_files: not supported yet (only [] is)",
-        ),
-        (
             "    proxy_protocol: true",
             "listeners[0].proxy_protocol: not supported yet (only false is)",
-        ),
-        (
-            "    policy: {client_certificates: require}",
-            "listeners[0].policy.client_certificates: not supported yet (only none is)",
-        ),
-        (
-            "    policy: {domain_secure: [example.com]}",
-            "listeners[0].policy.domain_secure: not supported yet (only [] is)",
-        ),
-        (
-            "    policy: {on_failure: reject}",
-            "listeners[0].policy.on_failure: not supported yet (only defer is)",
-        ),
-        (
-            "    policy: {enforce: false}",
-            "listeners[0].policy.enforce: not supported yet (only true is)",
         ),
         (
             "    mode: originate",

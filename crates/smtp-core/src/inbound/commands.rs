@@ -89,8 +89,11 @@ impl Session {
                 return self.refuse("501 5.5.4 Syntax error in parameters or arguments", now);
             }
         };
-        if self.cfg.require_tls && self.tls.is_none() && needs_tls(cmd.verb()) {
-            self.policy_rejection("tls_required");
+        if self.cfg.require_tls
+            && self.tls.is_none()
+            && needs_tls(cmd.verb())
+            && self.tls_policy_rejection("tls_required")
+        {
             if let Command::Bdat { size, .. } = cmd {
                 return self.skip_bdat(size, "530 5.7.0 Must issue a STARTTLS command first", now);
             }
@@ -187,7 +190,11 @@ impl Session {
                     let policy = EhloPolicy {
                         hostname: self.cfg.hostname.clone(),
                         offer_starttls: self.cfg.starttls && self.tls.is_none(),
-                        offer_auth: self.tls.is_some() || !self.cfg.auth_requires_tls,
+                        // In audit mode AUTH is offered before TLS too: the policy must not
+                        // change what clients do, only report what it would have refused.
+                        offer_auth: self.tls.is_some()
+                            || !self.cfg.auth_requires_tls
+                            || !self.cfg.enforce,
                         max_size: self.cfg.max_message_size,
                         chunking: false,
                     };
@@ -198,12 +205,13 @@ impl Session {
                     self.send_reply(&reply);
                 }
             }
-            Pending::Mail(mail) => {
+            Pending::Mail { mail, secure } => {
                 if reply.is_positive() {
                     self.phase = Phase::ExpectRcpt(Transaction {
                         mail,
                         rcpts: 0,
                         over_limit: 0,
+                        secure,
                     });
                 }
                 self.send_reply(&reply);
@@ -223,13 +231,23 @@ impl Session {
             Pending::EndOfData { bytes } => {
                 // End-to-end acknowledgement: this 250 is the backend's own (SPEC §1.1).
                 self.send_reply(&reply);
-                self.events.push_back(if reply.is_positive() {
+                if reply.is_positive() {
                     // A delivered message resets the error count (SPEC §4).
                     self.errors = 0;
-                    Event::MessageAccepted { bytes }
+                    self.events.push_back(Event::MessageAccepted { bytes });
+                    if let Phase::ExpectRcpt(Transaction {
+                        secure: Some(i), ..
+                    }) = self.phase
+                    {
+                        if let Some(domain) = self.cfg.domain_secure.get(i) {
+                            let domain = domain.clone();
+                            self.events
+                                .push_back(Event::DomainSecureAccepted { domain });
+                        }
+                    }
                 } else {
-                    Event::MessageRejected
-                });
+                    self.events.push_back(Event::MessageRejected);
+                }
                 self.phase = Phase::ExpectMail;
             }
             Pending::Auth => {
@@ -290,11 +308,14 @@ impl Session {
         let offered = self.offered.forwardable(self.backend_offered);
         match check_mail(from, params, offered, authenticated, max) {
             Ok(mail) => {
+                let Some(secure) = self.domain_security(from) else {
+                    return self.after_reply(now);
+                };
                 if !self.backend_offered.size {
                     // We enforce the size ourselves; a backend without SIZE never sees one.
                     params.retain(|p| !p.keyword.eq_ignore_ascii_case("SIZE"));
                 }
-                self.forward_cmd(&cmd, Pending::Mail(mail), now);
+                self.forward_cmd(&cmd, Pending::Mail { mail, secure }, now);
             }
             Err(e) => {
                 if e == ParamError::TooBig {
@@ -330,8 +351,10 @@ impl Session {
     }
 
     fn auth(&mut self, cmd: &Command, now: Instant) {
-        if self.tls.is_none() && self.cfg.auth_requires_tls {
-            self.policy_rejection("auth_requires_tls");
+        if self.tls.is_none()
+            && self.cfg.auth_requires_tls
+            && self.tls_policy_rejection("auth_requires_tls")
+        {
             return self.refuse(
                 "538 5.7.11 Encryption required for requested authentication mechanism",
                 now,

@@ -14,7 +14,9 @@
 //! This file holds the types and the `handle_*`/`poll_*` surface; `commands` the client's
 //! commands (and the error limit), `params` the MAIL/RCPT parameter rules, `auth` the
 //! authentication state and its replay, `backend` the backend leg (reply checks, replacing and
-//! replaying a connection), `body` the message body, `received` the Received header.
+//! replaying a connection), `body` the message body, `received` the Received header,
+//! `domain_secure` the Domain Security decision at MAIL FROM, `tls_info` what the driver
+//! reports of a completed handshake (the client certificate included).
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -31,9 +33,14 @@ mod auth;
 mod backend;
 mod body;
 mod commands;
+mod domain_secure;
 mod params;
 mod protocol_log;
 mod received;
+mod tls_info;
+
+pub use domain_secure::{DomainSecureRefusal, Missing};
+pub use tls_info::{ClientCert, PeerCert, TlsInfo};
 
 use auth::AuthState;
 use params::MailParams;
@@ -62,9 +69,26 @@ pub struct Config {
     pub received_header: bool,
     pub max_message_size: u64,
     pub max_recipients: u32,
+    /// `domain_secure`: sender domains that need a verified client certificate naming them,
+    /// as configured (compared ASCII case-insensitively).
+    pub domain_secure: Vec<String>,
+    /// What a Domain Security refusal answers: `450 4.7.1` or `550 5.7.1`.
+    pub on_failure: OnFailure,
+    /// `false`: audit mode; policy refusals are reported ([`Event::PolicyRejection`] with
+    /// `enforced: false`) and the command goes through.
+    pub enforce: bool,
     pub timeouts: Timeouts,
     /// Emit [`Event::Protocol`] for every command and reply line (`log.protocol_log`).
     pub protocol_log: bool,
+}
+
+/// `on_failure` of a terminate listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// `450 4.7.1`: the sender keeps the message and retries.
+    Defer,
+    /// `550 5.7.1`: the sender bounces it.
+    Reject,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,15 +102,6 @@ pub struct Timeouts {
     pub tls_handshake: Duration,
     /// Waiting for the backend's greeting and each of its replies.
     pub backend_reply: Duration,
-}
-
-/// The negotiated TLS parameters of the client connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// e.g. `TLSv1.3`
-    pub version: String,
-    /// e.g. `TLS13_AES_128_GCM_SHA256`
-    pub cipher: String,
 }
 
 /// What the driver must do, in the order returned.
@@ -112,12 +127,22 @@ pub enum Action {
 pub enum Event {
     /// The backend answered 2xx to the end of data.
     MessageAccepted { bytes: u64 },
+    /// That accepted message came from a `domain_secure` sender domain over a verified
+    /// mutual-TLS session; `domain` is the listed domain as configured.
+    DomainSecureAccepted { domain: String },
     /// Refused by us or by the backend.
     MessageRejected,
     /// Lost mid-message (backend gone, timeout, client gone): the client was never told 250.
     MessageFailed,
-    /// A policy refusal, with a short stable reason for a metric label.
-    PolicyRejection { reason: &'static str },
+    /// A policy refusal, with a short stable reason for a metric label. `enforced: false`:
+    /// audit mode, the command went through.
+    PolicyRejection {
+        reason: &'static str,
+        enforced: bool,
+    },
+    /// A Domain Security refusal (also reported as a [`Event::PolicyRejection`]), with what
+    /// was missing, for the log.
+    DomainSecureRefused(DomainSecureRefusal),
     /// The backend misbehaved or went away; the session ends with `421 4.4.2`.
     BackendFailed { reason: String },
     /// A line of the client dialogue for the protocol log, secrets masked (only with
@@ -143,16 +168,27 @@ struct Transaction {
     rcpts: u32,
     /// Recipients refused by us for being over `max_recipients`.
     over_limit: u32,
+    /// The sender's domain is `cfg.domain_secure[i]` and the session met Domain Security
+    /// for it (never set when a refusal was let through in audit mode).
+    secure: Option<usize>,
 }
 
 /// A command forwarded to the backend whose reply we wait for.
 #[derive(Debug)]
 enum Pending {
-    Ehlo { name: String, esmtp: bool },
-    Mail(MailParams),
+    Ehlo {
+        name: String,
+        esmtp: bool,
+    },
+    Mail {
+        mail: MailParams,
+        secure: Option<usize>,
+    },
     Rcpt,
     Data,
-    EndOfData { bytes: u64 },
+    EndOfData {
+        bytes: u64,
+    },
     Rset,
     Auth,
     Other,
@@ -566,8 +602,23 @@ impl Session {
         }
     }
 
+    /// A refusal that protects the backend or the session's bounds (size, recipients, bare
+    /// newlines...): always enforced, audit mode or not.
     fn policy_rejection(&mut self, reason: &'static str) {
-        self.events.push_back(Event::PolicyRejection { reason });
+        self.events.push_back(Event::PolicyRejection {
+            reason,
+            enforced: true,
+        });
+    }
+
+    /// A refusal of the TLS policy (`require_tls`, `auth_requires_tls`, `domain_secure`);
+    /// returns whether it is enforced. In audit mode (`enforce: false`) it is only reported
+    /// and the caller lets the command through.
+    fn tls_policy_rejection(&mut self, reason: &'static str) -> bool {
+        let enforced = self.cfg.enforce;
+        self.events
+            .push_back(Event::PolicyRejection { reason, enforced });
+        enforced
     }
 
     /// A command or the replay of one is outstanding at the backend.
@@ -588,3 +639,6 @@ mod proptests;
 
 #[cfg(test)]
 mod hardening_tests;
+
+#[cfg(test)]
+mod domain_secure_tests;

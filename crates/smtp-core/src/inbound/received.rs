@@ -1,12 +1,26 @@
 //! The Received header the sidecar prepends (RFC 5321 §4.4), naming the client's address and
 //! EHLO name, the protocol (RFC 3848: ESMTP, ESMTPS, ESMTPSA...) and the TLS version and
-//! cipher, so that a backend without XCLIENT still knows how the message arrived.
+//! cipher, so that a backend without XCLIENT still knows how the message arrived. When a
+//! client certificate verified, its subject and issuer follow (as Postfix's `Client CN`/
+//! `Issuer` comment), each starting a line of its own: certificate text is reduced to
+//! printable ASCII without comment specials and bounded, and folded at spaces so that no
+//! line exceeds 998 octets (RFC 5322 §2.1.1), so the header stays valid and no CR/LF or
+//! control character from a certificate reaches the backend.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use super::TlsInfo;
+use super::{ClientCert, TlsInfo};
+
+/// Octets of a certificate field kept in the header (a DN is rarely over 200).
+const MAX_FIELD: usize = 1024;
+
+/// Octets of a header line, CRLF excluded (RFC 5322 §2.1.1).
+const MAX_LINE: usize = 998;
+
+/// A run without spaces longer than this is cut: it could not be folded.
+const MAX_WORD: usize = 900;
 
 pub(super) fn header(
     helo: Option<&str>,
@@ -37,9 +51,65 @@ pub(super) fn header(
         format!("Received: from {helo} ({literal})\r\n\tby {hostname} (smtp-sidecar) with {proto}");
     if let Some(tls) = tls {
         let _ = write!(h, "\r\n\t(version={} cipher={})", tls.version, tls.cipher);
+        if let ClientCert::Verified(cert) = &tls.client_cert {
+            h.push_str("\r\n\t(client certificate verified: subject \"");
+            push_folded(&mut h, &comment_text(&cert.subject));
+            h.push_str("\"\r\n\tissuer \"");
+            push_folded(&mut h, &comment_text(&cert.issuer));
+            h.push_str("\")");
+        }
     }
     let _ = write!(h, ";\r\n\t{}\r\n", crate::date::format_rfc5322(when));
     h
+}
+
+/// Certificate text fit for a quoted string inside a header comment: printable ASCII and
+/// spaces only, no `(`, `)`, `"` or `\\` (which would end or escape the comment), at most
+/// [`MAX_FIELD`] octets and no run without a space over [`MAX_WORD`].
+fn comment_text(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| match c {
+            '(' | ')' | '"' | '\\' => '?',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .take(MAX_FIELD + 1)
+        .collect();
+    let mut out = String::with_capacity(clean.len());
+    for (i, word) in clean.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if word.len() > MAX_WORD {
+            out.push_str(&word[..MAX_WORD - 3]);
+            out.push_str("...");
+        } else {
+            out.push_str(word);
+        }
+    }
+    if out.len() > MAX_FIELD {
+        out.truncate(MAX_FIELD - 3);
+        out.push_str("...");
+    }
+    out
+}
+
+/// Append `text` (ASCII, words of at most [`MAX_WORD`]), folding at a space (CRLF + tab: the
+/// space becomes folding white space, RFC 5322 §3.2.2) where the line would pass
+/// [`MAX_LINE`] with room for the closing `")` and `;`.
+fn push_folded(h: &mut String, text: &str) {
+    for (i, word) in text.split(' ').enumerate() {
+        let line = h.len() - h.rfind('\n').map_or(0, |p| p + 1);
+        if i > 0 {
+            if line + 1 + word.len() + 3 > MAX_LINE {
+                h.push_str("\r\n\t");
+            } else {
+                h.push(' ');
+            }
+        }
+        h.push_str(word);
+    }
 }
 
 #[cfg(test)]
@@ -52,6 +122,7 @@ mod tests {
         let tls = TlsInfo {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            client_cert: ClientCert::None,
         };
         let h = header(
             Some("client.example"),
@@ -68,5 +139,101 @@ mod tests {
              with ESMTPS\r\n\t(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256);\r\n\t\
              Thu, 01 Jan 1970 00:00:00 +0000\r\n"
         );
+    }
+
+    #[test]
+    fn received_with_a_verified_client_certificate() {
+        let cert = super::super::PeerCert {
+            subject: "CN=mail.woodgrovebank.com, O=Woodgrove".into(),
+            issuer: "CN=Woodgrove Issuing CA".into(),
+            ..Default::default()
+        };
+        let mut tls = TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            client_cert: ClientCert::Verified(cert.clone()),
+        };
+        let peer = "192.0.2.7".parse().unwrap();
+        let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);
+        assert!(h.contains(
+            "\r\n\t(client certificate verified: subject \"CN=mail.woodgrovebank.com, \
+             O=Woodgrove\"\r\n\tissuer \"CN=Woodgrove Issuing CA\");\r\n"
+        ));
+        // A certificate that did not verify is not vouched for.
+        tls.client_cert = ClientCert::Failed {
+            cert,
+            reason: "expired".into(),
+        };
+        let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);
+        assert!(!h.contains("client certificate"));
+    }
+
+    #[test]
+    fn certificate_text_cannot_inject_or_overflow() {
+        let long_dn: Vec<String> = (0..60).map(|i| format!("OU=unit{i:02}")).collect();
+        for (subject, issuer) in [
+            (
+                "CN=x\r\nX-Injected: yes\0 (\"\\)é".to_owned(),
+                "O=".to_owned() + &"A".repeat(5000),
+            ),
+            (long_dn.join(", "), long_dn.join(" ").repeat(4)),
+        ] {
+            let cert = super::super::PeerCert {
+                subject,
+                issuer,
+                ..Default::default()
+            };
+            let tls = TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                client_cert: ClientCert::Verified(cert),
+            };
+            let peer = "192.0.2.7".parse().unwrap();
+            let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);
+            assert!(h.ends_with("\r\n") && !h.ends_with("\r\n\r\n"));
+            for line in h.trim_end_matches("\r\n").split("\r\n") {
+                assert!(line.len() <= 998, "line of {} octets", line.len());
+                assert!(
+                    line.bytes()
+                        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b)),
+                    "{line:?}"
+                );
+            }
+            // Every line after the first is a continuation (folded), never a new header.
+            assert!(h
+                .split("\r\n")
+                .skip(1)
+                .all(|l| l.is_empty() || l.starts_with('\t')));
+        }
+        let cert = super::super::PeerCert {
+            subject: "CN=x\r\nX-Injected: yes\0 (\"\\)é".into(),
+            issuer: "O=".to_owned() + &"A".repeat(5000),
+            ..Default::default()
+        };
+        let tls = TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            client_cert: ClientCert::Verified(cert),
+        };
+        let peer = "192.0.2.7".parse().unwrap();
+        let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);
+        assert!(
+            h.contains("subject \"CN=x??X-Injected: yes? ?????\""),
+            "{h}"
+        );
+        assert!(h.contains(&format!("O={}...\")", "A".repeat(MAX_WORD - 5))));
+    }
+
+    #[test]
+    fn a_long_dn_is_folded_not_cut() {
+        let dn: Vec<String> = (0..84).map(|i| format!("OU=unit{i:03},")).collect();
+        let dn = dn.join(" ");
+        let mut h = String::from("\t(x \"");
+        push_folded(&mut h, &comment_text(&dn));
+        assert!(h.contains("\r\n\t"), "folded");
+        // Unfolding (RFC 5322 §2.2.3: remove the CRLF) gives the text back, the fold's tab
+        // standing for the space.
+        let unfolded = h.replace("\r\n", "").replace('\t', " ");
+        assert_eq!(unfolded, format!(" (x \"{dn}"));
     }
 }

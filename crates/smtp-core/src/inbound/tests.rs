@@ -130,7 +130,8 @@ fn require_tls_refuses_mail_before_starttls() {
     }
     assert_eq!(h.take_backend(), "");
     assert!(h.events.contains(&Event::PolicyRejection {
-        reason: "tls_required"
+        reason: "tls_required",
+        enforced: true,
     }));
 }
 
@@ -260,7 +261,8 @@ fn long_line_rejected_after_real_end_of_data_and_session_goes_on() {
         "550 5.6.0 Message has lines longer than 998 octets\r\n"
     );
     assert!(h.events.contains(&Event::PolicyRejection {
-        reason: "long_line"
+        reason: "long_line",
+        enforced: true,
     }));
     assert!(h.events.contains(&Event::MessageRejected));
     let sent = h.take_backend();

@@ -1,0 +1,241 @@
+//! Domain Security inbound (Exchange's `TLSReceiveDomainSecureList`): mail whose MAIL FROM
+//! domain is listed in `domain_secure` is accepted only over TLS with a client certificate
+//! that verified and whose names cover that domain. Decided here, at MAIL FROM, from what the
+//! driver reported of the handshake ([`ClientCert`]); the session answers `450 4.7.1` or
+//! `550 5.7.1` (`on_failure`) and goes on, and each transaction is judged on its own.
+
+use super::{ClientCert, Event, OnFailure, PeerCert, Session, TlsInfo};
+
+/// What a listed sender's session lacked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missing {
+    NoTls,
+    NoClientCertificate,
+    /// The certificate did not verify; the reason (`expired`, `revoked`, `untrusted`...).
+    NotVerified(String),
+    /// It verified, but none of its names is the domain or a host inside it.
+    NameMismatch,
+}
+
+impl Missing {
+    /// The `reason` label of `smtp_sidecar_policy_rejections_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Missing::NoTls => "domain_secure_no_tls",
+            Missing::NoClientCertificate => "domain_secure_no_client_certificate",
+            Missing::NotVerified(_) => "domain_secure_certificate_unverified",
+            Missing::NameMismatch => "domain_secure_name_mismatch",
+        }
+    }
+}
+
+/// A refused (or, in audit mode, let through) transaction from a listed domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSecureRefusal {
+    /// The listed domain, as configured.
+    pub domain: String,
+    pub missing: Missing,
+    /// The subject of the certificate presented, if any, for the log.
+    pub subject: Option<String>,
+}
+
+impl DomainSecureRefusal {
+    /// The reply text after the codes: names the domain and what was missing.
+    pub fn text(&self) -> String {
+        let what = match &self.missing {
+            Missing::NoTls => "no TLS".to_owned(),
+            Missing::NoClientCertificate => "no client certificate".to_owned(),
+            Missing::NotVerified(why) => {
+                format!("client certificate did not verify ({})", printable(why))
+            }
+            Missing::NameMismatch => format!("client certificate not valid for {}", self.domain),
+        };
+        format!(
+            "Domain Security: mail from {} requires mutual TLS; {what}",
+            self.domain
+        )
+    }
+}
+
+impl Session {
+    /// Domain Security at MAIL FROM. `Some(secure)`: go on (`secure` is the listed domain's
+    /// index when the session met it); `None`: refused, the reply is written.
+    pub(super) fn domain_security(&mut self, from: &str) -> Option<Option<usize>> {
+        let list = &self.cfg.domain_secure;
+        let Some(domain) = listed_domain(list, from) else {
+            return Some(None);
+        };
+        let index = list.iter().position(|d| d == domain);
+        let missing = match judge(domain, self.tls.as_ref()) {
+            Ok(()) => return Some(index),
+            Err(missing) => missing,
+        };
+        let refusal = DomainSecureRefusal {
+            domain: domain.to_owned(),
+            subject: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_cert.cert())
+                .map(|c| c.subject.clone()),
+            missing,
+        };
+        let enforced = self.tls_policy_rejection(refusal.missing.reason());
+        let text = refusal.text();
+        self.events.push_back(Event::DomainSecureRefused(refusal));
+        if !enforced {
+            // Audit mode: through, but never counted as domain-secure.
+            return Some(None);
+        }
+        let code = match self.cfg.on_failure {
+            OnFailure::Defer => "450 4.7.1",
+            OnFailure::Reject => "550 5.7.1",
+        };
+        // A policy answer, not a protocol error: the session goes on and the next
+        // transaction is judged on its own.
+        self.send(&format!("{code} {text}"));
+        None
+    }
+}
+
+/// The listed domain `sender` (a MAIL FROM path) belongs to, if any: its domain exactly,
+/// compared ASCII case-insensitively. A subdomain is not the domain unless listed itself.
+pub(super) fn listed_domain<'a>(list: &'a [String], sender: &str) -> Option<&'a str> {
+    let (_, domain) = sender.rsplit_once('@')?;
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    if domain.is_empty() {
+        return None;
+    }
+    list.iter().map(String::as_str).find(|listed| {
+        let listed = listed.strip_suffix('.').unwrap_or(listed);
+        listed.eq_ignore_ascii_case(domain)
+    })
+}
+
+/// Whether the session meets Domain Security for `domain`.
+pub(super) fn judge(domain: &str, tls: Option<&TlsInfo>) -> Result<(), Missing> {
+    let Some(tls) = tls else {
+        return Err(Missing::NoTls);
+    };
+    match &tls.client_cert {
+        ClientCert::None => Err(Missing::NoClientCertificate),
+        ClientCert::Failed { reason, .. } => Err(Missing::NotVerified(reason.clone())),
+        ClientCert::Verified(cert) if cert_names_domain(cert, domain) => Ok(()),
+        ClientCert::Verified(_) => Err(Missing::NameMismatch),
+    }
+}
+
+/// The certificate's DNS SANs (its CN only when it has none) name `domain` or a host inside it.
+pub fn cert_names_domain(cert: &PeerCert, domain: &str) -> bool {
+    if cert.dns_names.is_empty() {
+        return cert
+            .common_name
+            .as_deref()
+            .is_some_and(|cn| name_covers(cn, domain));
+    }
+    cert.dns_names.iter().any(|name| name_covers(name, domain))
+}
+
+/// One certificate name against the domain: `woodgrovebank.com` and `mail.woodgrovebank.com`
+/// cover `woodgrovebank.com`. A wildcard (RFC 6125 §6.4.3: `*` as the whole left-most label
+/// only, matching exactly one label) covers it when a name it matches is the domain or inside
+/// it; `*.com`-style wildcards over a single label match nothing.
+pub fn name_covers(name: &str, domain: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let domain = domain
+        .strip_suffix('.')
+        .unwrap_or(domain)
+        .to_ascii_lowercase();
+    if domain.is_empty() || !name.is_ascii() {
+        return false;
+    }
+    let inside = |host: &str| host == domain || host.ends_with(&format!(".{domain}"));
+    match name.strip_prefix("*.") {
+        None => !name.contains('*') && inside(&name),
+        Some(rest) => {
+            // At least two labels under the wildcard, no other wildcard.
+            if rest.contains('*') || !rest.contains('.') || rest.split('.').any(str::is_empty) {
+                return false;
+            }
+            // `*.rest` names `label.rest`: the domain itself when the domain is one label
+            // above `rest`, or hosts inside the domain when `rest` is the domain or inside it.
+            inside(rest)
+                || domain
+                    .split_once('.')
+                    .is_some_and(|(_, parent)| parent == rest)
+        }
+    }
+}
+
+/// Reply and log text from certificate-derived data: printable ASCII only, bounded.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(120)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cover_the_domain_and_hosts_inside_it() {
+        let d = "woodgrovebank.com";
+        for (name, covers) in [
+            ("woodgrovebank.com", true),
+            ("WoodgroveBank.COM", true),
+            ("mail.woodgrovebank.com", true),
+            ("a.b.woodgrovebank.com", true),
+            ("woodgrovebank.com.", true),
+            ("evilwoodgrovebank.com", false),
+            ("woodgrovebank.com.evil.test", false),
+            ("com", false),
+            ("*.woodgrovebank.com", true),
+            ("*.mail.woodgrovebank.com", true),
+            ("*.com", false),
+            ("*.*.com", false),
+            ("m*.woodgrovebank.com", false),
+            ("*woodgrovebank.com", false),
+            ("*.evil.test", false),
+            ("", false),
+        ] {
+            assert_eq!(name_covers(name, d), covers, "{name}");
+        }
+        // A wildcard one label up names the domain itself (it is a host of the parent zone).
+        assert!(name_covers("*.bank.example", "woodgrove.bank.example"));
+        assert!(!name_covers("*.example", "bank.example"));
+    }
+
+    #[test]
+    fn cn_only_without_dns_sans() {
+        let mut cert = PeerCert {
+            common_name: Some("mail.woodgrovebank.com".into()),
+            ..PeerCert::default()
+        };
+        assert!(cert_names_domain(&cert, "woodgrovebank.com"));
+        cert.dns_names = vec!["other.test".into()];
+        assert!(!cert_names_domain(&cert, "woodgrovebank.com"));
+    }
+
+    #[test]
+    fn listed_domain_is_exact_and_case_insensitive() {
+        let list = vec!["WoodgroveBank.com".to_owned(), "fabrikam.test".to_owned()];
+        assert_eq!(
+            listed_domain(&list, "alice@woodgrovebank.COM"),
+            Some("WoodgroveBank.com")
+        );
+        assert_eq!(
+            listed_domain(&list, "@relay.test:bob@fabrikam.test"),
+            Some("fabrikam.test")
+        );
+        assert_eq!(listed_domain(&list, "alice@sub.woodgrovebank.com"), None);
+        assert_eq!(listed_domain(&list, ""), None);
+        assert_eq!(listed_domain(&list, "postmaster"), None);
+    }
+}

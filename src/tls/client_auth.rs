@@ -1,0 +1,224 @@
+//! Client certificates of a terminating listener (`policy.client_certificates`):
+//! - `none`: no verifier at all, so no CertificateRequest (the configuration of before);
+//! - `require`: rustls's `WebPkiClientVerifier` over `trust` (anchors and CRLs); a client
+//!   without a certificate that verifies fails the handshake with an alert;
+//! - `request`: a CertificateRequest is sent, but at the TLS layer any certificate (or none)
+//!   is accepted, the signature proving the client holds its key still checked. The chain is
+//!   verified with the same WebPki verifier right after the handshake ([`client_cert`]), so a
+//!   partner whose certificate does not verify still delivers its non-domain-secure mail and
+//!   the session learns why: [`ClientCert::Failed`].
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use smtp_core::inbound::{ClientCert, PeerCert};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+use super::trust::Trust;
+use super::CertInfo;
+use crate::config::ClientCertificates;
+
+/// The client-certificate side of one listener: what rustls is given, and how the session
+/// learns the outcome.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    mode: ClientCertificates,
+    /// The WebPki verifier over `trust`; `None` for `none`.
+    webpki: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientAuth {
+    /// No client certificates (`none`).
+    pub fn none() -> Self {
+        ClientAuth {
+            mode: ClientCertificates::None,
+            webpki: None,
+        }
+    }
+
+    pub fn new(mode: ClientCertificates, trust: &Trust) -> Result<Self, String> {
+        if mode == ClientCertificates::None {
+            return Ok(Self::none());
+        }
+        let webpki = WebPkiClientVerifier::builder_with_provider(
+            Arc::clone(&trust.roots),
+            super::provider(),
+        )
+        .clear_root_hint_subjects()
+        .add_root_hint_subjects(trust.hints.clone())
+        .with_crls(trust.crls.clone())
+        // A CRL speaks for its issuer only: a certificate from a CA without a CRL here is
+        // not "unknown status" but unchecked, as with any MTA that has no CRL for it.
+        .allow_unknown_revocation_status()
+        .build()
+        .map_err(|e| match e {
+            rustls::server::VerifierBuilderError::NoRootAnchors => {
+                "client_certificates needs trust anchors (trust.system_roots or trust.ca_files)"
+                    .to_owned()
+            }
+            other => format!("client certificate verifier: {other}"),
+        })?;
+        Ok(ClientAuth {
+            mode,
+            webpki: Some(webpki),
+        })
+    }
+
+    /// The verifier for the rustls `ServerConfig`; `None`: no client authentication.
+    pub fn verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+        let webpki = self.webpki.as_ref()?;
+        match self.mode {
+            ClientCertificates::None => None,
+            ClientCertificates::Require => Some(Arc::clone(webpki)),
+            ClientCertificates::Request => Some(Arc::new(RequestOnly(Arc::clone(webpki)))),
+        }
+    }
+
+    /// What the session learns of the client certificate after a completed handshake.
+    pub fn client_cert(&self, conn: &rustls::ServerConnection) -> ClientCert {
+        let Some((leaf, intermediates)) = conn.peer_certificates().and_then(|c| c.split_first())
+        else {
+            return ClientCert::None;
+        };
+        let Some(webpki) = &self.webpki else {
+            return ClientCert::None;
+        };
+        let cert = match peer_cert(leaf) {
+            Ok(cert) => cert,
+            Err(reason) => {
+                return ClientCert::Failed {
+                    cert: PeerCert::default(),
+                    reason,
+                }
+            }
+        };
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        if self.mode == ClientCertificates::Require && !resumed {
+            // rustls verified it during this handshake, or the handshake failed. A resumed
+            // session carries the chain of its first handshake unverified: checked below
+            // against today's time and CRLs, like every chain under `request`.
+            return ClientCert::Verified(cert);
+        }
+        match webpki.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+            Ok(_) => ClientCert::Verified(cert),
+            Err(e) => ClientCert::Failed {
+                cert,
+                reason: failure_reason(&e).to_owned(),
+            },
+        }
+    }
+}
+
+/// Why a client certificate did not verify, in a word or two for the reply and the log:
+/// `expired`, `not yet valid`, `revoked`, `untrusted issuer`...
+pub fn failure_reason(e: &rustls::Error) -> &'static str {
+    match e {
+        rustls::Error::NoCertificatesPresented => "no client certificate",
+        rustls::Error::InvalidCertificate(ce) => match ce {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not yet valid"
+            }
+            CertificateError::Revoked => "revoked",
+            CertificateError::UnknownIssuer => "untrusted issuer",
+            CertificateError::BadSignature => "bad signature",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "not for client authentication"
+            }
+            CertificateError::BadEncoding => "malformed",
+            _ => "invalid",
+        },
+        _ => "invalid",
+    }
+}
+
+/// `request`: offered, optional, any chain accepted at the TLS layer (judged after the
+/// handshake); the handshake signature is checked by the inner verifier all the same.
+#[derive(Debug)]
+struct RequestOnly(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for RequestOnly {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The facts of a client's leaf certificate, as plain data for the core.
+pub fn peer_cert(der: &[u8]) -> Result<PeerCert, String> {
+    let info = CertInfo::from_der(der)?;
+    let (_, x509) = X509Certificate::from_der(der).map_err(|e| format!("malformed: {e}"))?;
+    let dns_names = match x509.subject_alternative_name() {
+        Ok(Some(ext)) => ext
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let common_name = x509
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    Ok(PeerCert {
+        subject: info.subject,
+        issuer: info.issuer,
+        serial: info.serial,
+        sha1: info.sha1,
+        sha256: info.sha256,
+        dns_names,
+        common_name,
+        not_before: info.not_before,
+        not_after: info.not_after,
+    })
+}

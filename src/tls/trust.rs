@@ -1,0 +1,200 @@
+//! `trust`: the anchors (the OS store, extra PEM CA bundles) and CRLs peer certificates are
+//! verified against, loaded once per runtime (start and each reload) into one [`Trust`] that
+//! every listener shares, with a summary `check` prints.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+use rustls::{DistinguishedName, RootCertStore};
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use crate::config::TrustConfig;
+
+/// The loaded trust of one runtime.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    pub roots: Arc<RootCertStore>,
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// The subjects of the `ca_files` anchors: the CA names hinted in a CertificateRequest.
+    /// The OS store's ~150 names are not sent: they would add kilobytes to every handshake
+    /// and a partner's certificate from a public CA is sent without a hint anyway.
+    pub hints: Vec<DistinguishedName>,
+    pub summary: TrustSummary,
+}
+
+/// What was loaded, for `check` and the start-up log.
+#[derive(Debug, Clone, Default)]
+pub struct TrustSummary {
+    /// Anchors from the OS store (`None`: `system_roots: false`) and the store's complaints.
+    pub system: Option<(usize, Vec<String>)>,
+    /// Each CA file and the anchors it gave.
+    pub ca_files: Vec<(PathBuf, usize)>,
+    pub crls: Vec<CrlSummary>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CrlSummary {
+    pub path: PathBuf,
+    pub issuer: String,
+    pub revoked: usize,
+    /// nextUpdate, unix seconds, if the CRL has one.
+    pub next_update: Option<i64>,
+}
+
+impl Trust {
+    /// Reads every anchor and CRL; each problem names its key path and file.
+    pub fn load(config: &TrustConfig) -> Result<Trust, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut roots = RootCertStore::empty();
+        let mut summary = TrustSummary::default();
+        if config.system_roots {
+            let native = rustls_native_certs::load_native_certs();
+            let errors: Vec<String> = native.errors.iter().map(ToString::to_string).collect();
+            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+            summary.system = Some((added, errors));
+        }
+        let mut partner = RootCertStore::empty();
+        for (i, path) in config.ca_files.iter().enumerate() {
+            let key = format!("trust.ca_files[{i}]");
+            match ca_file(path) {
+                Ok(certs) => {
+                    let (added, ignored) = partner.add_parsable_certificates(certs.clone());
+                    roots.add_parsable_certificates(certs);
+                    if ignored > 0 {
+                        problems.push(format!(
+                            "{key}: {}: {ignored} certificate(s) cannot be used as trust anchors",
+                            path.display()
+                        ));
+                    }
+                    summary.ca_files.push((path.clone(), added));
+                }
+                Err(e) => problems.push(format!("{key}: {}: {e}", path.display())),
+            }
+        }
+        let mut crls = Vec::new();
+        for (i, path) in config.crl_files.iter().enumerate() {
+            let key = format!("trust.crl_files[{i}]");
+            match crl_file(path) {
+                Ok(found) => {
+                    for (der, info) in found {
+                        crls.push(der);
+                        summary.crls.push(info);
+                    }
+                }
+                Err(e) => problems.push(format!("{key}: {}: {e}", path.display())),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Trust {
+            roots: Arc::new(roots),
+            crls,
+            hints: partner.subjects(),
+            summary,
+        })
+    }
+
+    /// Lines for `check`: anchors counted, CRLs with their issuer and next update.
+    pub fn describe(&self) -> String {
+        let s = &self.summary;
+        let mut lines = Vec::new();
+        lines.push(format!("trust: {} anchors", self.roots.len()));
+        match &s.system {
+            None => lines.push("  system roots: off".to_owned()),
+            Some((n, errors)) => {
+                lines.push(format!("  system roots: {n} anchors"));
+                for e in errors {
+                    lines.push(format!("    (the OS store reported: {e})"));
+                }
+            }
+        }
+        for (path, n) in &s.ca_files {
+            lines.push(format!("  ca file {}: {n} anchors", path.display()));
+        }
+        for crl in &s.crls {
+            let next = crl.next_update.map_or_else(
+                || "no next update".to_owned(),
+                |t| format!("next update {}", smtp_core::date::format_rfc3339(t)),
+            );
+            lines.push(format!(
+                "  crl {}: issuer {}, {} revoked, {next}",
+                crl.path.display(),
+                crl.issuer,
+                crl.revoked
+            ));
+        }
+        lines.join("\n")
+    }
+}
+
+fn ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, pem::Error>>()
+        .map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate found".to_owned());
+    }
+    Ok(certs)
+}
+
+type Crl = (CertificateRevocationListDer<'static>, CrlSummary);
+
+/// A PEM file (one or more `X509 CRL` blocks) or one DER CRL.
+fn crl_file(path: &Path) -> Result<Vec<Crl>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let ders = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        let found = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, pem::Error>>()
+            .map_err(|e| format!("not a PEM CRL: {e}"))?;
+        if found.is_empty() {
+            return Err("no PEM \"X509 CRL\" block found".to_owned());
+        }
+        found
+    } else {
+        vec![CertificateRevocationListDer::from(bytes)]
+    };
+    ders.into_iter()
+        .map(|der| {
+            let info = crl_summary(path, &der)?;
+            Ok((der, info))
+        })
+        .collect()
+}
+
+fn crl_summary(path: &Path, der: &[u8]) -> Result<CrlSummary, String> {
+    let (rest, crl) =
+        CertificateRevocationList::from_der(der).map_err(|e| format!("not a valid CRL: {e}"))?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after the CRL".to_owned());
+    }
+    // rustls parses it again when the verifier is built; a CRL it cannot use fails here too.
+    webpki_check(der)?;
+    Ok(CrlSummary {
+        path: path.to_owned(),
+        issuer: crl.issuer().to_string(),
+        revoked: crl.iter_revoked_certificates().count(),
+        next_update: crl.next_update().map(|t| t.timestamp()),
+    })
+}
+
+/// Whether rustls's verifier accepts the CRL (it is stricter than x509-parser about
+/// extensions), so a bad file is a configuration error, not a failure at the first handshake.
+fn webpki_check(der: &[u8]) -> Result<(), String> {
+    let mut roots = RootCertStore::empty();
+    // Any anchor will do: the builder only refuses an empty store before looking at CRLs.
+    roots.roots.push(rustls::pki_types::TrustAnchor {
+        subject: rustls::pki_types::Der::from_slice(&[]),
+        subject_public_key_info: rustls::pki_types::Der::from_slice(&[]),
+        name_constraints: None,
+    });
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider())
+        .with_crls([CertificateRevocationListDer::from(der.to_vec())])
+        .build()
+        .map(|_| ())
+        .map_err(|e| format!("not a usable CRL: {e}"))
+}
