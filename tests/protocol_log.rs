@@ -3,10 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/partner_pki.rs"]
+mod partner_pki;
 
 use common::binary::start_binary;
 use common::scripted::{scripted_backend, Script, PLAIN_IR};
 use common::*;
+use partner_pki::{client_config, PartnerPki};
 
 #[tokio::test]
 async fn every_line_and_certificate_is_logged_and_no_secret() {
@@ -105,4 +108,45 @@ async fn every_line_and_certificate_is_logged_and_no_secret() {
         .find(|l| l.contains("TLS established"))
         .unwrap();
     assert!(tls.contains("version=\"TLSv1.3\""), "{tls}");
+}
+
+/// With a client certificate, the handshake's lines name both certificates: ours and the
+/// partner's, with the fields of Exchange's verbose log.
+#[tokio::test]
+async fn the_client_certificate_is_logged_with_its_fields() {
+    let pki = PartnerPki::new();
+    let (backend, _rec) = recording_backend().await;
+    let yaml = format!(
+        "log:\n  level: warn,smtp_sidecar::runtime=info\n  protocol_log: true\n{}{}",
+        pki.trust_yaml(),
+        config_yaml(backend, "starttls", "      client_certificates: request\n")
+    );
+    let sidecar = start_binary(&yaml);
+    let mut c = Client::connect(sidecar.addr("inbound").unwrap()).await;
+    c.reply().await;
+    c.cmd("EHLO partner.test").await;
+    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+    let (config, _) = client_config(Some(&pki.partner));
+    let mut c = c.try_upgrade(config).await.expect("handshake");
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    assert!(c.closed().await);
+    let log = sidecar.log();
+    let remote = log
+        .lines()
+        .find(|l| l.contains(" certificate ") && l.contains("side=\"remote\""))
+        .unwrap_or_else(|| panic!("no remote certificate line:\n{log}"));
+    let partner = &pki.partner;
+    let leaf = smtp_sidecar::tls::CertInfo::from_der(&partner.chain[0]).unwrap();
+    for field in [
+        format!("subject={}", leaf.subject),
+        format!("issuer={}", leaf.issuer),
+        format!("serial={}", leaf.serial),
+        format!("sha1={}", leaf.sha1),
+        format!("sans={}", leaf.sans.join(",")),
+        format!("not_before={}", leaf.not_before_rfc3339()),
+        format!("not_after={}", leaf.not_after_rfc3339()),
+    ] {
+        assert!(remote.contains(&field), "{field} missing: {remote}");
+    }
+    assert!(log.contains("side=\"local\" subject=CN=mx.test"), "{log}");
 }
