@@ -324,6 +324,7 @@ pub fn check_backend_stream(stream: &[u8]) -> Result<(), String> {
     // Walk the stream as the backend does: command lines, then bodies up to CRLF.CRLF.
     let mut rest = stream;
     let mut auth_seen = false;
+    let mut in_sasl = false;
     while !rest.is_empty() {
         let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
             return Err(format!(
@@ -336,16 +337,18 @@ pub fn check_backend_stream(stream: &[u8]) -> Result<(), String> {
         if line.len() + 2 > crate::line::MAX_EXTENDED_LINE {
             return Err(format!("command line of {} octets", line.len() + 2));
         }
+        let sasl_like = line
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=*".contains(b));
+        // SASL response lines of an AUTH exchange (RFC 4954 §4) follow an AUTH command; one
+        // may spell a verb (`sTARTTLS` is base64 too), and the backend reads it as SASL data.
+        if in_sasl && sasl_like {
+            continue;
+        }
+        in_sasl = false;
         let cmd = match parse_command(line) {
             Ok(cmd) => cmd,
-            // A SASL response line of an AUTH exchange (RFC 4954 §4).
-            Err(_)
-                if line
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+/=*".contains(b)) =>
-            {
-                continue;
-            }
+            Err(_) if sasl_like => continue,
             Err(e) => {
                 let line = String::from_utf8_lossy(line);
                 return Err(format!("backend got an unparsable command {line:?}: {e}"));
@@ -381,6 +384,7 @@ pub fn check_backend_stream(stream: &[u8]) -> Result<(), String> {
             }
         }
         auth_seen |= cmd.verb() == crate::command::Verb::Auth;
+        in_sasl = cmd.verb() == crate::command::Verb::Auth;
         if cmd == crate::command::Command::Data {
             // The body: up to the first end of data (which may be at once).
             let mut body = Vec::with_capacity(rest.len() + 2);
