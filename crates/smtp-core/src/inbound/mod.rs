@@ -11,7 +11,9 @@
 //! before the next pipelined one is looked at, so replies stay in order and the backend sees
 //! a strictly sequential session. Every wait carries a deadline ([`Session::poll_timeout`]).
 //!
-//! This file holds the types and the `handle_*`/`poll_*` surface; `commands` the client's
+//! This file holds the [`Session`] and its `handle_*`/`poll_*` surface; `api` what a driver
+//! gives and gets ([`Config`], [`Action`], [`Event`]); `state` the private state types;
+//! `shared` the internals every part uses (replies, actions, closing); `commands` the client's
 //! commands (and the error limit), `params` the MAIL/RCPT parameter rules, `auth` the
 //! authentication state and its replay, `backend` the backend leg (reply checks, replacing and
 //! replaying a connection), `body` the message body, `received` the Received header,
@@ -20,15 +22,15 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
-use crate::data::{BareNewlines, LongLines, Reframer};
 use crate::ehlo::Offered;
 use crate::line::{LineReader, MAX_EXTENDED_LINE};
 use crate::reply::{Reply, ReplyParser};
 
+mod api;
 mod auth;
 mod backend;
 mod body;
@@ -37,14 +39,17 @@ mod domain_secure;
 mod params;
 mod protocol_log;
 mod received;
+mod shared;
+mod state;
 mod tls_info;
 
+pub use api::{Action, Config, Event, OnFailure, Timeouts};
 pub use domain_secure::{DomainSecureRefusal, Missing};
 pub use tls_info::{ClientCert, PeerCert, TlsInfo};
 
 use auth::AuthState;
-use params::MailParams;
 pub use protocol_log::Direction;
+use state::{Backend, Mode, Pending, Phase, Replay, Transaction};
 
 /// Pipelined command bytes buffered before the session stops asking for more client input.
 const CLIENT_BUFFER_CAP: usize = 8 * 1024;
@@ -53,198 +58,6 @@ const CLIENT_BUFFER_CAP: usize = 8 * 1024;
 /// refuses a second EHLO) before it ends with `421`: one pipelining client must not be able
 /// to drive an unbounded rate of backend connections.
 const MAX_BACKEND_REPLACEMENTS: u32 = 5;
-
-/// What a listener's policy allows, fixed for the life of a session.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Our name: greeting, EHLO reply, Received header.
-    pub hostname: String,
-    /// STARTTLS can be offered (a STARTTLS listener with a certificate).
-    pub starttls: bool,
-    pub require_tls: bool,
-    pub auth_requires_tls: bool,
-    pub bare_newlines: BareNewlines,
-    /// Body lines over 998 octets: folded or refused (RFC 5322 §2.1.1).
-    pub long_lines: LongLines,
-    pub received_header: bool,
-    pub max_message_size: u64,
-    pub max_recipients: u32,
-    /// `domain_secure`: sender domains that need a verified client certificate naming them,
-    /// as configured (compared ASCII case-insensitively).
-    pub domain_secure: Vec<String>,
-    /// What a Domain Security refusal answers: `450 4.7.1` or `550 5.7.1`.
-    pub on_failure: OnFailure,
-    /// `false`: audit mode; policy refusals are reported ([`Event::PolicyRejection`] with
-    /// `enforced: false`) and the command goes through.
-    pub enforce: bool,
-    pub timeouts: Timeouts,
-    /// Emit [`Event::Protocol`] for every command and reply line (`log.protocol_log`).
-    pub protocol_log: bool,
-}
-
-/// `on_failure` of a terminate listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnFailure {
-    /// `450 4.7.1`: the sender keeps the message and retries.
-    Defer,
-    /// `550 5.7.1`: the sender bounces it.
-    Reject,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// From our greeting to the client's first command.
-    pub greeting: Duration,
-    /// Waiting for each further command (and each AUTH response line).
-    pub command: Duration,
-    /// Waiting for each block of message data.
-    pub data_block: Duration,
-    pub tls_handshake: Duration,
-    /// Waiting for the backend's greeting and each of its replies.
-    pub backend_reply: Duration,
-}
-
-/// What the driver must do, in the order returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    WriteClient(Bytes),
-    WriteBackend(Bytes),
-    /// Open a connection to the backend; answer with `handle_backend_connected` or
-    /// `handle_backend_connect_failed`.
-    ConnectBackend,
-    /// Drop the backend connection without a word (aborts a message in flight: a backend
-    /// discards a message whose end of data never came).
-    CloseBackend,
-    /// Start the TLS handshake on the client connection. Everything written before has been
-    /// flushed; whatever plaintext the client sent after STARTTLS must be discarded.
-    StartTls,
-    /// Close both connections. Nothing follows.
-    Close,
-}
-
-/// Things that happened, for metrics and logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// The backend answered 2xx to the end of data.
-    MessageAccepted { bytes: u64 },
-    /// That accepted message came from a `domain_secure` sender domain over a verified
-    /// mutual-TLS session; `domain` is the listed domain as configured.
-    DomainSecureAccepted { domain: String },
-    /// Refused by us or by the backend.
-    MessageRejected,
-    /// Lost mid-message (backend gone, timeout, client gone): the client was never told 250.
-    MessageFailed,
-    /// A policy refusal, with a short stable reason for a metric label. `enforced: false`:
-    /// audit mode, the command went through.
-    PolicyRejection {
-        reason: &'static str,
-        enforced: bool,
-    },
-    /// A Domain Security refusal (also reported as a [`Event::PolicyRejection`]), with what
-    /// was missing, for the log.
-    DomainSecureRefused(DomainSecureRefusal),
-    /// The backend misbehaved or went away; the session ends with `421 4.4.2`.
-    BackendFailed { reason: String },
-    /// A line of the client dialogue for the protocol log, secrets masked (only with
-    /// `Config::protocol_log`).
-    Protocol { direction: Direction, line: String },
-}
-
-/// Where the SMTP dialogue stands (RFC 5321 §4.1.4 ordering). Named for what the session
-/// expects next, as rustls names its handshake states.
-#[allow(clippy::enum_variant_names)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    ExpectEhlo,
-    ExpectMail,
-    ExpectRcpt(Transaction),
-}
-
-/// What a transaction keeps between MAIL and the end of data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Transaction {
-    mail: MailParams,
-    /// Recipients the backend accepted.
-    rcpts: u32,
-    /// Recipients refused by us for being over `max_recipients`.
-    over_limit: u32,
-    /// The sender's domain is `cfg.domain_secure[i]` and the session met Domain Security
-    /// for it (never set when a refusal was let through in audit mode).
-    secure: Option<usize>,
-}
-
-/// A command forwarded to the backend whose reply we wait for.
-#[derive(Debug)]
-enum Pending {
-    Ehlo {
-        name: String,
-        esmtp: bool,
-    },
-    Mail {
-        mail: MailParams,
-        secure: Option<usize>,
-    },
-    Rcpt,
-    Data,
-    EndOfData {
-        bytes: u64,
-    },
-    Rset,
-    Auth,
-    Other,
-}
-
-impl Pending {
-    /// Whether `code` can answer this command (RFC 5321 §4.2, §4.3.2): anything else is a
-    /// backend protocol violation, never passed to the client (a `250` to DATA would have the
-    /// client send its body as commands).
-    fn expects(&self, code: u16) -> bool {
-        let class = code / 100;
-        match self {
-            Pending::Data => code == 354 || class == 4 || class == 5,
-            Pending::Auth => code == 235 || code == 334 || class == 4 || class == 5,
-            _ => matches!(class, 2 | 4 | 5),
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Mode {
-    /// Waiting for the backend's greeting before ours.
-    Starting,
-    Commands,
-    Await(Pending),
-    Data(Box<Reframer>),
-    /// Discarding the chunk of a BDAT we do not carry, then answering `reply`.
-    SkipBdat {
-        remaining: u64,
-        reply: &'static str,
-    },
-    /// AUTH: the next client line is a SASL response, not a command (RFC 4954 §4).
-    AuthLine,
-    AwaitTls,
-    Closed,
-}
-
-/// The backend connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Connecting,
-    Greeting,
-    /// Reconnected: bringing the new connection back to where the client is.
-    Replaying(Replay),
-    Ready,
-    Gone,
-}
-
-/// A step of bringing a new backend connection back to where the client is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Replay {
-    /// Our HELO/EHLO replay is in flight.
-    Helo,
-    /// The AUTH exchange is being replayed; `next` is the next recorded client line.
-    Auth { next: usize },
-}
 
 #[derive(Debug)]
 pub struct Session {
@@ -535,99 +348,6 @@ impl Session {
             self.shutdown_now();
         }
         self.flush();
-    }
-
-    // ----- internals shared by the submodules -----
-
-    /// A message that was streaming, or waiting for the backend's verdict, is lost: the
-    /// client was never told 250 and will retry.
-    fn fail_message_in_flight(&mut self) {
-        if matches!(
-            self.mode,
-            Mode::Data(_) | Mode::Await(Pending::EndOfData { .. })
-        ) {
-            self.events.push_back(Event::MessageFailed);
-        }
-        if matches!(self.mode, Mode::Data(_)) && self.backend != Backend::Gone {
-            // Reset the backend connection: it must discard the partial message.
-            self.control(Action::CloseBackend);
-            self.backend = Backend::Gone;
-        }
-    }
-
-    fn shutdown_now(&mut self) {
-        self.send("421 4.3.2 Service shutting down");
-        self.close();
-    }
-
-    /// Queue a reply line to the client (CRLF appended).
-    fn send(&mut self, line: &str) {
-        self.out_client.extend_from_slice(line.as_bytes());
-        self.out_client.extend_from_slice(b"\r\n");
-        self.log_replies(line.as_bytes());
-    }
-
-    fn send_reply(&mut self, reply: &Reply) {
-        let start = self.out_client.len();
-        reply.write_to(&mut self.out_client);
-        if self.cfg.protocol_log {
-            let written = self.out_client[start..].to_vec();
-            self.log_replies(&written);
-        }
-    }
-
-    /// Queue a control action after everything written so far.
-    fn control(&mut self, action: Action) {
-        self.flush();
-        self.actions.push_back(action);
-    }
-
-    fn flush(&mut self) {
-        if !self.out_client.is_empty() {
-            let bytes = self.out_client.split().freeze();
-            self.actions.push_back(Action::WriteClient(bytes));
-        }
-        if !self.out_backend.is_empty() {
-            let bytes = self.out_backend.split().freeze();
-            self.actions.push_back(Action::WriteBackend(bytes));
-        }
-    }
-
-    fn close(&mut self) {
-        if !matches!(self.mode, Mode::Closed) {
-            self.control(Action::Close);
-            self.mode = Mode::Closed;
-            self.client_deadline = None;
-            self.backend_deadline = None;
-        }
-    }
-
-    /// A refusal that protects the backend or the session's bounds (size, recipients, bare
-    /// newlines...): always enforced, audit mode or not.
-    fn policy_rejection(&mut self, reason: &'static str) {
-        self.events.push_back(Event::PolicyRejection {
-            reason,
-            enforced: true,
-        });
-    }
-
-    /// A refusal of the TLS policy (`require_tls`, `auth_requires_tls`, `domain_secure`);
-    /// returns whether it is enforced. In audit mode (`enforce: false`) it is only reported
-    /// and the caller lets the command through.
-    fn tls_policy_rejection(&mut self, reason: &'static str) -> bool {
-        let enforced = self.cfg.enforce;
-        self.events
-            .push_back(Event::PolicyRejection { reason, enforced });
-        enforced
-    }
-
-    /// A command or the replay of one is outstanding at the backend.
-    fn awaits_backend(&self) -> bool {
-        matches!(self.mode, Mode::Await(_))
-            || matches!(
-                self.backend,
-                Backend::Greeting | Backend::Replaying(_) | Backend::Connecting
-            )
     }
 }
 

@@ -1,0 +1,102 @@
+//! The session's private state: where the dialogue stands ([`Phase`]), what the session is
+//! doing right now ([`Mode`]), the command waiting for the backend's reply ([`Pending`]) and
+//! the backend connection's state ([`Backend`], [`Replay`]).
+
+use super::params::MailParams;
+use crate::data::Reframer;
+
+/// Where the SMTP dialogue stands (RFC 5321 §4.1.4 ordering). Named for what the session
+/// expects next, as rustls names its handshake states.
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    ExpectEhlo,
+    ExpectMail,
+    ExpectRcpt(Transaction),
+}
+
+/// What a transaction keeps between MAIL and the end of data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Transaction {
+    pub(super) mail: MailParams,
+    /// Recipients the backend accepted.
+    pub(super) rcpts: u32,
+    /// Recipients refused by us for being over `max_recipients`.
+    pub(super) over_limit: u32,
+    /// The sender's domain is `cfg.domain_secure[i]` and the session met Domain Security
+    /// for it (never set when a refusal was let through in audit mode).
+    pub(super) secure: Option<usize>,
+}
+
+/// A command forwarded to the backend whose reply we wait for.
+#[derive(Debug)]
+pub(super) enum Pending {
+    Ehlo {
+        name: String,
+        esmtp: bool,
+    },
+    Mail {
+        mail: MailParams,
+        secure: Option<usize>,
+    },
+    Rcpt,
+    Data,
+    EndOfData {
+        bytes: u64,
+    },
+    Rset,
+    Auth,
+    Other,
+}
+
+impl Pending {
+    /// Whether `code` can answer this command (RFC 5321 §4.2, §4.3.2): anything else is a
+    /// backend protocol violation, never passed to the client (a `250` to DATA would have the
+    /// client send its body as commands).
+    pub(super) fn expects(&self, code: u16) -> bool {
+        let class = code / 100;
+        match self {
+            Pending::Data => code == 354 || class == 4 || class == 5,
+            Pending::Auth => code == 235 || code == 334 || class == 4 || class == 5,
+            _ => matches!(class, 2 | 4 | 5),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) enum Mode {
+    /// Waiting for the backend's greeting before ours.
+    Starting,
+    Commands,
+    Await(Pending),
+    Data(Box<Reframer>),
+    /// Discarding the chunk of a BDAT we do not carry, then answering `reply`.
+    SkipBdat {
+        remaining: u64,
+        reply: &'static str,
+    },
+    /// AUTH: the next client line is a SASL response, not a command (RFC 4954 §4).
+    AuthLine,
+    AwaitTls,
+    Closed,
+}
+
+/// The backend connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Backend {
+    Connecting,
+    Greeting,
+    /// Reconnected: bringing the new connection back to where the client is.
+    Replaying(Replay),
+    Ready,
+    Gone,
+}
+
+/// A step of bringing a new backend connection back to where the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Replay {
+    /// Our HELO/EHLO replay is in flight.
+    Helo,
+    /// The AUTH exchange is being replayed; `next` is the next recorded client line.
+    Auth { next: usize },
+}
