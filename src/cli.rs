@@ -122,6 +122,7 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     rt.block_on(async {
+        let signals = StopSignals::install();
         let running = match runtime::start(&config, &store).await {
             Ok(r) => r,
             Err(e) => {
@@ -129,30 +130,47 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_stop_signal().await;
+        signals.wait().await;
         tracing::info!("stopping: no new connections; draining sessions");
         running.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-/// SIGTERM or SIGINT. SIGHUP is caught so that it does not kill the process; reloading
+/// The handlers of SIGTERM, SIGINT and SIGHUP, installed before any listener accepts: a
+/// signal that came in between would otherwise end the process with its default action, not
+/// with a drain and exit 0. SIGHUP is caught so that it does not kill the process; reloading
 /// comes with the operations work and until then the configuration stays as it is.
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => tracing::warn!("SIGHUP: reload is not supported yet; configuration unchanged"),
+struct StopSignals(Option<[tokio::signal::unix::Signal; 3]>);
+
+impl StopSignals {
+    /// Inside the tokio runtime.
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => StopSignals(Some([term, int, hup])),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                StopSignals(None)
+            }
+        }
+    }
+
+    /// SIGTERM or SIGINT.
+    async fn wait(self) {
+        let Some([mut term, mut int, mut hup]) = self.0 else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => tracing::warn!("SIGHUP: reload is not supported yet; configuration unchanged"),
+            }
         }
     }
 }

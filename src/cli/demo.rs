@@ -130,6 +130,7 @@ pub fn run() -> ExitCode {
         }
     };
     rt.block_on(async {
+        let signals = super::StopSignals::install();
         let sink = match tokio::net::TcpListener::bind(SINK).await {
             Ok(s) => s,
             Err(e) => {
@@ -157,7 +158,7 @@ pub fn run() -> ExitCode {
              \x20 openssl s_client -starttls smtp -connect {LISTEN} -crlf\n\
              Ctrl-C stops."
         );
-        super::wait_for_stop_signal().await;
+        signals.wait().await;
         running.shutdown().await;
         ExitCode::SUCCESS
     })
