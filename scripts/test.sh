@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README, and what CI runs: installs the Debian packages the
-# interoperability tests drive (swaks, openssl, Postfix's smtp-sink/smtp-source, python3, an
-# unpacked Exim 4, an unpacked OpenSMTPD), then checks formatting and lints, and runs every
+# interoperability tests drive (swaks, openssl, Postfix and its smtp-sink/smtp-source, python3,
+# an unpacked Exim 4, an unpacked OpenSMTPD), then checks formatting and lints, and runs every
 # test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,13 +11,16 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 # swaks's TLS support (--tls) is only a Recommends of its package.
 perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-[ -x /usr/sbin/smtp-sink ] || need+=(postfix)
+{ [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/postfix ]; } || need+=(postfix)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   echo "installing test tools: ${need[*]}"
-  # Only Postfix's smtp-sink/smtp-source are used: no system MTA configured or started.
+  # No system MTA is configured or started: the tests use Postfix's smtp-sink/smtp-source,
+  # and tests/interop_postfix_partner.rs runs Postfix itself as a sending MTA with its own
+  # main.cf, queue and data directories in a scratch directory (`postfix -c DIR start`, as
+  # root), as the postfix user and postdrop group the package creates.
   echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
