@@ -71,7 +71,12 @@ fn log_handshake(
     cipher: &str,
 ) {
     let listener = &l.name;
-    tracing::info!(target: PROTOCOL, session, %listener, %peer, version, cipher, sni = conn.server_name(), "TLS established");
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    tracing::info!(target: PROTOCOL, session, %listener, %peer, version, cipher, sni = conn.server_name(), resumed, "TLS established");
+    if resumed {
+        // No certificate crossed the wire: what the first handshake exchanged was logged then.
+        return;
+    }
     if let Some(cert) = l.certificates.served(conn.server_name()) {
         log_certificate(session, listener, peer, "local", &cert.info);
     }

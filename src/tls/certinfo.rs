@@ -52,8 +52,8 @@ impl CertInfo {
         };
         let validity = cert.validity();
         Ok(CertInfo {
-            subject: cert.subject().to_string(),
-            issuer: cert.issuer().to_string(),
+            subject: display_safe(&cert.subject().to_string()),
+            issuer: display_safe(&cert.issuer().to_string()),
             serial: serial_hex(cert.raw_serial()),
             sans,
             sha1: hex_upper(&Sha1::digest(der)),
@@ -99,9 +99,28 @@ impl CertInfo {
 }
 
 /// The text of one alternate name; kinds the sidecar never matches on are left out.
+/// A certificate's text as logs, replies, headers and metric labels may show it: whoever
+/// made the certificate chose it (an unverified client certificate is anyone's), so control
+/// characters become `?` (no forged log lines) and at most [`MAX_DISPLAY`] characters are
+/// kept (a subject can be tens of kilobytes).
+pub fn display_safe(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_DISPLAY)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().nth(MAX_DISPLAY).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// See [`display_safe`]; a DNS name is at most 253 characters, a long DN a few hundred.
+const MAX_DISPLAY: usize = 256;
+
 fn san_text(name: &GeneralName<'_>) -> Option<String> {
     match name {
-        GeneralName::DNSName(dns) => Some((*dns).to_string()),
+        GeneralName::DNSName(dns) => Some(display_safe(dns)),
         GeneralName::IPAddress(bytes) => match bytes.len() {
             4 => <[u8; 4]>::try_from(*bytes)
                 .ok()
@@ -138,6 +157,53 @@ pub(crate) fn hex_upper(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A self-signed certificate with `cn` as its subject and `sans` as its subjectAltName
+    /// (none at all when `None`).
+    fn certificate(cn: &str, sans: Option<Vec<rcgen::SanType>>) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.subject_alt_names = sans.unwrap_or_default();
+        let key = rcgen::KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("sign").der().to_vec()
+    }
+
+    #[test]
+    fn certificate_text_cannot_forge_or_flood_a_log_line() {
+        let der = certificate(&format!("a\r\nforged line {}", "x".repeat(20_000)), None);
+        let info = CertInfo::from_der(&der).expect("parse");
+        assert!(
+            info.subject.starts_with("CN=a??forged line x"),
+            "{}",
+            info.subject
+        );
+        assert!(!info.subject.contains(['\r', '\n']));
+        assert!(info.subject.chars().count() <= MAX_DISPLAY + 3);
+        assert!(info.subject.ends_with("..."));
+    }
+
+    #[test]
+    fn the_cn_counts_as_a_name_only_without_any_subject_alt_name() {
+        let email_only = certificate(
+            "woodgrovebank.com",
+            Some(vec![rcgen::SanType::Rfc822Name(
+                "a@fabrikam.test".try_into().expect("ia5"),
+            )]),
+        );
+        let peer = crate::tls::peer_cert(&email_only).expect("peer");
+        assert_eq!((peer.dns_names.len(), peer.common_name), (0, None));
+        let no_san = certificate("woodgrovebank.com", None);
+        let peer = crate::tls::peer_cert(&no_san).expect("peer");
+        assert_eq!(peer.common_name.as_deref(), Some("woodgrovebank.com"));
+        let bad_cn = certificate("woodgrove\nbank.com", None);
+        assert_eq!(
+            crate::tls::peer_cert(&bad_cn).expect("peer").common_name,
+            None
+        );
+    }
 
     #[test]
     fn hex_and_thumbprint_matching() {

@@ -192,24 +192,34 @@ impl ClientCertVerifier for RequestOnly {
 pub fn peer_cert(der: &[u8]) -> Result<PeerCert, String> {
     let info = CertInfo::from_der(der)?;
     let (_, x509) = X509Certificate::from_der(der).map_err(|e| format!("malformed: {e}"))?;
-    let dns_names = match x509.subject_alternative_name() {
+    // Only names a DNS name can be: anything with a control character or over 253 octets
+    // names nothing (and must not reach a log or a reply).
+    let dns_name =
+        |s: &str| (s.len() <= 253 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_owned());
+    let san = x509.subject_alternative_name();
+    let dns_names = match &san {
         Ok(Some(ext)) => ext
             .value
             .general_names
             .iter()
             .filter_map(|name| match name {
-                GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                GeneralName::DNSName(dns) => dns_name(dns),
                 _ => None,
             })
             .collect(),
         _ => Vec::new(),
     };
-    let common_name = x509
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned);
+    // RFC 6125 §6.4.4: the CN only when there is no subjectAltName at all (one with only
+    // e-mail or URI names is no licence to fall back on it).
+    let common_name = match san {
+        Ok(None) => x509
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .and_then(dns_name),
+        _ => None,
+    };
     Ok(PeerCert {
         subject: info.subject,
         issuer: info.issuer,

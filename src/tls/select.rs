@@ -224,19 +224,37 @@ impl Candidates {
     /// The certificate for a client that sent `sni` (or none), at `now`: the best whose names
     /// match the SNI, else the best for `hostname`, else the best of all.
     pub fn choose(&self, sni: Option<&str>, now: i64) -> Option<&LoadedCert> {
+        self.choose_for(sni, now, None)
+    }
+
+    /// [`Candidates::choose`] among the certificates whose key can sign with one of `schemes`
+    /// (the client's signature_algorithms): an RSA-only legacy client gets the RSA
+    /// certificate of a name that also has an ECDSA one. With none usable, as if unfiltered
+    /// (the handshake then fails as it must).
+    pub fn choose_for(
+        &self,
+        sni: Option<&str>,
+        now: i64,
+        schemes: Option<&[rustls::SignatureScheme]>,
+    ) -> Option<&LoadedCert> {
         if let [only] = &*self.all {
             return Some(&only.cert);
         }
-        let by_sni = sni.and_then(|sni| best(self.all.iter().filter(|c| c.matches(sni)), now));
-        by_sni
-            .or_else(|| {
-                best(
-                    self.for_hostname.iter().filter_map(|i| self.all.get(*i)),
-                    now,
-                )
-            })
-            .or_else(|| best(self.all.iter(), now))
-            .map(|c| &c.cert)
+        let usable = |c: &&Candidate| {
+            schemes.is_none_or(|s| c.cert.certified_key.key.choose_scheme(s).is_some())
+        };
+        let pick = |filter: bool| {
+            let ok = |c: &&Candidate| !filter || usable(c);
+            let by_sni = sni
+                .and_then(|sni| best(self.all.iter().filter(|c| c.matches(sni)).filter(ok), now));
+            by_sni
+                .or_else(|| {
+                    let named = self.for_hostname.iter().filter_map(|i| self.all.get(*i));
+                    best(named.filter(ok), now)
+                })
+                .or_else(|| best(self.all.iter().filter(ok), now))
+        };
+        pick(true).or_else(|| pick(false)).map(|c| &c.cert)
     }
 
     /// What a client without SNI gets at `now`, and whether it matches `hostname`.
@@ -299,8 +317,9 @@ struct SniResolver(Arc<Candidates>);
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let schemes = client_hello.signature_schemes();
         self.0
-            .choose(client_hello.server_name(), unix_now())
+            .choose_for(client_hello.server_name(), unix_now(), Some(schemes))
             .map(|c| c.certified_key.clone())
     }
 }

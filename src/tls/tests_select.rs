@@ -163,3 +163,37 @@ fn explicit_rules_and_misses() {
         CertPlan::NoCertificate
     ));
 }
+
+/// A client that cannot verify the preferred certificate's key gets the other certificate of
+/// the same name: an ECDSA-only client the older ECDSA one, an RSA-only client the RSA one.
+#[test]
+fn the_client_signature_schemes_narrow_the_choice() {
+    use rustls::SignatureScheme;
+    let mut pki = Pki::new();
+    pki.add("ecdsa", &params(&["mx.example.com"], 2025, 2035), false);
+    let (rsa_cert, rsa_key) = rsa_files(&pki.dir, "mx.example.com");
+    pki.entries.push(entry("rsa", &rsa_cert, &rsa_key));
+    let store = pki.store();
+    let candidates = super::Candidates::new(&store, "mx.example.com");
+    let (sni, now) = (Some("mx.example.com"), super::store::unix_now());
+    let preferred = candidates.choose(sni, now).expect("cert");
+    assert_eq!(
+        preferred.name, "rsa",
+        "the static order prefers the newer one"
+    );
+    let ecdsa = [SignatureScheme::ECDSA_NISTP256_SHA256];
+    let chosen = candidates.choose_for(sni, now, Some(&ecdsa)).expect("cert");
+    assert_eq!(chosen.name, "ecdsa");
+    let rsa_only = [
+        SignatureScheme::RSA_PSS_SHA256,
+        SignatureScheme::RSA_PKCS1_SHA256,
+    ];
+    let chosen = candidates
+        .choose_for(sni, now, Some(&rsa_only))
+        .expect("cert");
+    assert_eq!(chosen.name, "rsa");
+    // Nothing usable: as if unfiltered, and the handshake fails as it must.
+    let none = [SignatureScheme::ED448];
+    let chosen = candidates.choose_for(sni, now, Some(&none)).expect("cert");
+    assert_eq!(chosen.name, "rsa");
+}

@@ -423,7 +423,7 @@ impl Session {
 
     /// Count a protocol error; at the limit the client is told so and the session closes.
     /// Returns whether the session goes on. Every path that counts an error comes here.
-    fn count_error(&mut self) -> bool {
+    pub(super) fn count_error(&mut self) -> bool {
         self.errors += 1;
         if self.errors >= MAX_ERRORS {
             self.send("421 4.7.0 Too many errors, closing connection");

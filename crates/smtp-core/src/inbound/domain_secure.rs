@@ -90,25 +90,49 @@ impl Session {
             OnFailure::Defer => "450 4.7.1",
             OnFailure::Reject => "550 5.7.1",
         };
-        // A policy answer, not a protocol error: the session goes on and the next
-        // transaction is judged on its own.
+        // The session goes on and the next transaction is judged on its own; the refusal
+        // counts toward the error limit, so a client cannot repeat it (and its log line)
+        // without end.
         self.send(&format!("{code} {text}"));
+        self.count_error();
         None
     }
 }
 
 /// The listed domain `sender` (a MAIL FROM path) belongs to, if any: its domain exactly,
 /// compared ASCII case-insensitively. A subdomain is not the domain unless listed itself.
+///
+/// Where a legacy backend could read the path otherwise, it counts as listed (fail closed):
+/// a listed domain after any `@` of the path (`a@bank.test@evil.test`), and a non-ASCII
+/// (internationalised) domain when a listed domain is an A-label (`xn--`): without IDNA
+/// mapping here, `bücher.test` cannot be told apart from `xn--bcher-kva.test`.
 pub(super) fn listed_domain<'a>(list: &'a [String], sender: &str) -> Option<&'a str> {
     let (_, domain) = sender.rsplit_once('@')?;
     let domain = domain.strip_suffix('.').unwrap_or(domain);
     if domain.is_empty() {
         return None;
     }
-    list.iter().map(String::as_str).find(|listed| {
-        let listed = listed.strip_suffix('.').unwrap_or(listed);
-        listed.eq_ignore_ascii_case(domain)
-    })
+    let bare = |listed: &'a String| listed.strip_suffix('.').unwrap_or(listed);
+    let exact = list.iter().find(|l| bare(l).eq_ignore_ascii_case(domain));
+    let sender = sender.to_ascii_lowercase();
+    let after_an_at = || {
+        list.iter().find(|l| {
+            let needle = format!("@{}", bare(l).to_ascii_lowercase());
+            sender.match_indices(&needle).any(|(at, _)| {
+                let next = sender[at + needle.len()..].chars().next();
+                !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            })
+        })
+    };
+    let idn = || {
+        (!domain.is_ascii())
+            .then(|| {
+                list.iter()
+                    .find(|l| l.split('.').any(|label| label.starts_with("xn--")))
+            })
+            .flatten()
+    };
+    exact.or_else(after_an_at).or_else(idn).map(|l| l.as_str())
 }
 
 /// Whether the session meets Domain Security for `domain`.

@@ -88,9 +88,12 @@ fn refusals_defer_and_reject_name_the_domain_and_what_was_missing() {
                 reason,
                 enforced: true
             }));
-            // The session goes on; a sender from an unlisted domain is judged on its own.
-            h.envelope();
+            // The session goes on; a sender from an unlisted domain is judged on its own,
+            // and its delivered message is not domain-secure.
+            h.transaction();
+            h.exchange("x\r\n.\r\n", "x\r\n.\r\n", "250 2.0.0 queued\r\n");
             assert!(!h.closed);
+            assert!(h.events.contains(&Event::MessageAccepted { bytes: 3 }));
             assert!(!h
                 .events
                 .iter()
@@ -285,4 +288,55 @@ fn enforced_auth_requires_tls_still_refuses() {
         reason: "auth_requires_tls",
         enforced: true
     }));
+}
+
+#[test]
+fn paths_a_backend_could_read_as_a_listed_domain_count_as_listed() {
+    use super::domain_secure::listed_domain;
+    let list = vec![
+        "woodgrovebank.com".to_owned(),
+        "xn--bcher-kva.test".to_owned(),
+    ];
+    for path in [
+        "a@WoodgroveBank.com",
+        "a@woodgrovebank.com.",
+        "a@woodgrovebank.com@evil.test",
+        "\"a@woodgrovebank.com\"@evil.test",
+        "@relay.test:a@woodgrovebank.com",
+    ] {
+        assert_eq!(
+            listed_domain(&list, path),
+            Some("woodgrovebank.com"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        listed_domain(&list, "a@bücher.test"),
+        Some("xn--bcher-kva.test")
+    );
+    for path in [
+        "a@mail.woodgrovebank.com",
+        "a@woodgrovebank.com.evil.test",
+        "a@woodgrovebank.community",
+        "a@evil.test",
+        "",
+    ] {
+        assert_eq!(listed_domain(&list, path), None, "{path}");
+    }
+    // Without an A-label in the list, an internationalised domain is judged as it is.
+    assert_eq!(listed_domain(&list[..1], "a@bücher.test"), None);
+}
+
+#[test]
+fn refusals_count_toward_the_error_limit() {
+    let mut h = session(config(OnFailure::Defer, true), None);
+    for _ in 0..19 {
+        h.client_says(FROM_BANK.as_bytes());
+    }
+    assert!(!h.closed);
+    h.client_says(FROM_BANK.as_bytes());
+    assert!(h
+        .take_client()
+        .ends_with("421 4.7.0 Too many errors, closing connection\r\n"));
+    assert!(h.closed);
 }
