@@ -116,9 +116,19 @@ impl Trust {
             lines.push(format!("  ca file {}: {n} anchors", path.display()));
         }
         for crl in &s.crls {
+            // A CRL past its next update still applies, but the partner CA has published a
+            // newer one that the sidecar does not have: say so.
+            let now = super::store::unix_now();
             let next = crl.next_update.map_or_else(
                 || "no next update".to_owned(),
-                |t| format!("next update {}", smtp_core::date::format_rfc3339(t)),
+                |t| {
+                    let stale = if t < now {
+                        " (passed: fetch a newer CRL)"
+                    } else {
+                        ""
+                    };
+                    format!("next update {}{stale}", smtp_core::date::format_rfc3339(t))
+                },
             );
             lines.push(format!(
                 "  crl {}: issuer {}, {} revoked, {next}",
@@ -197,4 +207,60 @@ fn webpki_check(der: &[u8]) -> Result<(), String> {
         .build()
         .map(|_| ())
         .map_err(|e| format!("not a usable CRL: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, Issuer,
+        KeyIdMethod, KeyPair, SerialNumber,
+    };
+
+    use super::Trust;
+    use crate::config::TrustConfig;
+
+    /// `check` says when a CRL's next update has passed: the partner CA has a newer one.
+    #[test]
+    fn a_crl_past_its_next_update_is_pointed_out() {
+        let dir = super::super::test_util::TempDir::new("trust-crl");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "Partner CA");
+        let key = KeyPair::generate().expect("key");
+        let cert = ca.clone().self_signed(&key).expect("ca");
+        let issuer = Issuer::new(ca, key);
+        let crl = |next: i32| {
+            CertificateRevocationListParams {
+                this_update: rcgen::date_time_ymd(2024, 1, 1),
+                next_update: rcgen::date_time_ymd(next, 1, 1),
+                crl_number: SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: Vec::new(),
+                key_identifier_method: KeyIdMethod::Sha256,
+            }
+            .signed_by(&issuer)
+            .expect("crl")
+        };
+        let stale = dir.write("stale.crl", crl(2025).der().as_ref());
+        let fresh = dir.write("fresh.crl", crl(2089).der().as_ref());
+        let root = dir.write("root.pem", cert.pem());
+        let trust = Trust::load(&TrustConfig {
+            system_roots: false,
+            ca_files: vec![root],
+            crl_files: vec![stale, fresh],
+        })
+        .expect("trust");
+        let text = trust.describe();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("crl ")).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with("next update 2025-01-01T00:00:00Z (passed: fetch a newer CRL)"),
+            "{text}"
+        );
+        assert!(
+            lines[1].ends_with("next update 2089-01-01T00:00:00Z"),
+            "{text}"
+        );
+    }
 }
