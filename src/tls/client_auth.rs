@@ -90,10 +90,10 @@ impl ClientAuth {
             return ClientCert::None;
         };
         let cert = match peer_cert(leaf) {
-            Ok(cert) => cert,
+            Ok(cert) => Box::new(cert),
             Err(reason) => {
                 return ClientCert::Failed {
-                    cert: PeerCert::default(),
+                    cert: Box::default(),
                     reason,
                 }
             }

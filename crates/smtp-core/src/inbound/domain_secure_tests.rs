@@ -53,14 +53,14 @@ fn outcomes() -> Vec<(Option<ClientCert>, &'static str, &'static str)> {
         ),
         (
             Some(ClientCert::Failed {
-                cert: partner_cert(&["mail.woodgrovebank.com"]),
+                cert: partner_cert(&["mail.woodgrovebank.com"]).into(),
                 reason: "expired".into(),
             }),
             "client certificate did not verify (expired)",
             "domain_secure_certificate_unverified",
         ),
         (
-            Some(ClientCert::Verified(partner_cert(&["mail.fabrikam.test"]))),
+            Some(ClientCert::Verified(partner_cert(&["mail.fabrikam.test"]).into())),
             "client certificate not valid for woodgrovebank.com",
             "domain_secure_name_mismatch",
         ),
@@ -138,7 +138,7 @@ fn verified_certificate_for_the_domain_is_domain_secure() {
         &["woodgrovebank.com"],
         &["*.woodgrovebank.com"],
     ] {
-        let cert = ClientCert::Verified(partner_cert(names));
+        let cert = ClientCert::Verified(partner_cert(names).into());
         let mut h = session(config(OnFailure::Reject, true), Some(cert));
         assert_eq!(
             h.exchange(FROM_BANK, FROM_BANK, "250 2.1.0 Ok\r\n"),
@@ -180,7 +180,7 @@ fn verified_certificate_for_the_domain_is_domain_secure() {
 
 #[test]
 fn a_backend_refusal_is_not_counted_domain_secure() {
-    let cert = ClientCert::Verified(partner_cert(&["woodgrovebank.com"]));
+    let cert = ClientCert::Verified(partner_cert(&["woodgrovebank.com"]).into());
     let mut h = session(config(OnFailure::Defer, true), Some(cert));
     h.exchange(FROM_BANK, FROM_BANK, "250 ok\r\n");
     h.exchange(
@@ -209,7 +209,7 @@ fn a_subdomain_is_not_the_listed_domain() {
 #[test]
 fn refusal_event_carries_what_the_log_needs() {
     let cert = ClientCert::Failed {
-        cert: partner_cert(&[]),
+        cert: partner_cert(&[]).into(),
         reason: "revoked".into(),
     };
     let mut h = session(config(OnFailure::Defer, true), Some(cert));

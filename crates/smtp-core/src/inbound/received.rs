@@ -151,7 +151,7 @@ mod tests {
         let mut tls = TlsInfo {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_128_GCM_SHA256".into(),
-            client_cert: ClientCert::Verified(cert.clone()),
+            client_cert: ClientCert::Verified(cert.clone().into()),
         };
         let peer = "192.0.2.7".parse().unwrap();
         let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);
@@ -161,7 +161,7 @@ mod tests {
         ));
         // A certificate that did not verify is not vouched for.
         tls.client_cert = ClientCert::Failed {
-            cert,
+            cert: cert.into(),
             reason: "expired".into(),
         };
         let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);
@@ -186,7 +186,7 @@ mod tests {
             let tls = TlsInfo {
                 version: "TLSv1.3".into(),
                 cipher: "TLS13_AES_128_GCM_SHA256".into(),
-                client_cert: ClientCert::Verified(cert),
+                client_cert: ClientCert::Verified(cert.into()),
             };
             let peer = "192.0.2.7".parse().unwrap();
             let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);
@@ -213,7 +213,7 @@ mod tests {
         let tls = TlsInfo {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_128_GCM_SHA256".into(),
-            client_cert: ClientCert::Verified(cert),
+            client_cert: ClientCert::Verified(cert.into()),
         };
         let peer = "192.0.2.7".parse().unwrap();
         let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);

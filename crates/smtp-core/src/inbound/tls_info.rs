@@ -13,17 +13,18 @@ pub struct TlsInfo {
     pub client_cert: ClientCert,
 }
 
-/// The client certificate of a TLS session, as the driver verified it against `trust`.
+/// The client certificate of a TLS session, as the driver verified it against `trust`. The
+/// certificate is boxed: most sessions have none, and each idle session holds this.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ClientCert {
     /// None was asked for, or the client sent none.
     #[default]
     None,
     /// It chains to a trust anchor, is within its validity and is not revoked.
-    Verified(PeerCert),
+    Verified(Box<PeerCert>),
     /// It was presented but does not verify; `reason` says why (`expired`, `revoked`,
     /// `untrusted issuer`...).
-    Failed { cert: PeerCert, reason: String },
+    Failed { cert: Box<PeerCert>, reason: String },
 }
 
 impl ClientCert {
