@@ -32,7 +32,7 @@ pub struct ListenerRuntime {
     pub acceptor: Option<Arc<rustls::ServerConfig>>,
     /// `client_certificates`: what a session learns of the client's certificate.
     pub client_auth: ClientAuth,
-    pub session: smtp_core::inbound::Config,
+    pub session: Arc<smtp_core::inbound::Config>,
     pub servers: Vec<String>,
     pub connect_timeout: Duration,
     /// Deadline for writing to either peer.
@@ -197,7 +197,7 @@ fn listener_runtime(
     Ok(ListenerRuntime {
         name: l.name.clone(),
         implicit_tls: l.tls == ListenerTls::Implicit,
-        session: smtp_core::inbound::Config {
+        session: Arc::new(smtp_core::inbound::Config {
             hostname: config.hostname.clone(),
             starttls: acceptor.is_some() && l.tls == ListenerTls::Starttls,
             require_tls: p.require_tls,
@@ -220,7 +220,7 @@ fn listener_runtime(
                 backend_reply: t.command,
             },
             protocol_log: config.log.protocol_log,
-        },
+        }),
         servers: l.backend.servers.clone(),
         connect_timeout: l.backend.connect_timeout,
         write_timeout: t.command,

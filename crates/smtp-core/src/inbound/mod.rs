@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -61,7 +62,8 @@ const MAX_BACKEND_REPLACEMENTS: u32 = 5;
 
 #[derive(Debug)]
 pub struct Session {
-    cfg: Config,
+    /// Shared by every session of the listener: an idle session holds a pointer, not a copy.
+    cfg: Arc<Config>,
     peer: IpAddr,
     tls: Option<TlsInfo>,
     started: (Instant, SystemTime),
@@ -104,14 +106,14 @@ impl Session {
     /// A new session for a client at `peer`. `tls` is set when the connection is already TLS
     /// (implicit TLS, port 465). `wall` is the wall clock at `now`, for the Received header.
     pub fn new(
-        cfg: Config,
+        cfg: impl Into<Arc<Config>>,
         peer: IpAddr,
         tls: Option<TlsInfo>,
         now: Instant,
         wall: SystemTime,
     ) -> Self {
         let mut s = Session {
-            cfg,
+            cfg: cfg.into(),
             peer,
             tls,
             started: (now, wall),
