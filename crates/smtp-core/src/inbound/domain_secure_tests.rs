@@ -60,7 +60,9 @@ fn outcomes() -> Vec<(Option<ClientCert>, &'static str, &'static str)> {
             "domain_secure_certificate_unverified",
         ),
         (
-            Some(ClientCert::Verified(partner_cert(&["mail.fabrikam.test"]).into())),
+            Some(ClientCert::Verified(
+                partner_cert(&["mail.fabrikam.test"]).into(),
+            )),
             "client certificate not valid for woodgrovebank.com",
             "domain_secure_name_mismatch",
         ),
