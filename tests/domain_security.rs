@@ -199,6 +199,7 @@ async fn require_refuses_the_handshake_without_a_valid_certificate() {
         (Some(&pki.expired), "CertificateExpired"),
         (Some(&pki.revoked), "CertificateRevoked"),
         (Some(&pki.untrusted), "UnknownCA"),
+        (Some(&pki.server_only), "UnsupportedCertificate"),
     ] {
         let error = refused_handshake(s.addr, identity).await;
         assert!(
@@ -206,7 +207,7 @@ async fn require_refuses_the_handshake_without_a_valid_certificate() {
             "{alert}: {error}"
         );
     }
-    assert_eq!(s.handshake_errors(), 4);
+    assert_eq!(s.handshake_errors(), 5);
     // The partner's own certificate passes and its mail is domain-secure only where listed.
     let (mut c, _) = mutual_tls(s.addr, Some(&pki.partner)).await;
     assert_eq!(c.cmd(FROM_BANK).await, "250 2.1.0 Ok\r\n");
@@ -333,6 +334,7 @@ async fn revoked_and_untrusted_are_named_in_the_refusal() {
     for (identity, why) in [
         (&pki.revoked, "revoked"),
         (&pki.untrusted, "untrusted issuer"),
+        (&pki.server_only, "not for client authentication"),
     ] {
         let (mut c, _) = mutual_tls(s.addr, Some(identity)).await;
         assert_eq!(

@@ -49,6 +49,8 @@ pub struct PartnerPki {
     pub other_domain: Identity,
     /// Names the partner's domain, issued by a CA nobody trusts.
     pub untrusted: Identity,
+    /// Names the partner's domain and verifies, but is for servers only (no clientAuth EKU).
+    pub server_only: Identity,
 }
 
 const ROOT_CN: &str = "Woodgrove Root CA";
@@ -165,6 +167,15 @@ impl PartnerPki {
             Some(&inter_der),
             INTERMEDIATE_CN,
         );
+        let mut server_only_params = leaf_params(&["mail.woodgrovebank.com"], 6);
+        server_only_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_only = issue(
+            "server-only",
+            server_only_params,
+            &inter,
+            Some(&inter_der),
+            INTERMEDIATE_CN,
+        );
         let other_domain = issue(
             "other-domain",
             leaf_params(&["mail.fabrikam.test"], 4),
@@ -224,6 +235,7 @@ impl PartnerPki {
             expired,
             other_domain,
             untrusted,
+            server_only,
         }
     }
 
