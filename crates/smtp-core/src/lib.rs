@@ -14,6 +14,7 @@
 //! | [`data`] | the DATA reframer: dot-stuffing, bare CR/LF, NUL, end-of-data |
 //! | [`inbound`] | the terminate-mode session state machine |
 //! | [`testing`] | an in-memory client/backend harness with a virtual clock |
+//! | [`timer`] | the timer table: a deadline per [`timer::Timer`], the earliest reported |
 #![forbid(unsafe_code)]
 
 pub mod command;
@@ -24,3 +25,4 @@ pub mod inbound;
 pub mod line;
 pub mod reply;
 pub mod testing;
+pub mod timer;

@@ -8,6 +8,7 @@ use super::{Action, Backend, Event, Mode, Pending, Replay, Session, MAX_BACKEND_
 use crate::command::Command;
 use crate::ehlo::Offered;
 use crate::reply::Reply;
+use crate::timer::Timer;
 
 impl Session {
     /// The backend is unusable: the client gets `421 4.4.2`, never a 250 (SPEC §1.1).
@@ -29,7 +30,7 @@ impl Session {
     }
 
     pub(super) fn on_backend_reply(&mut self, reply: Reply, now: Instant) {
-        self.backend_deadline = None;
+        self.timers.stop(Timer::Backend);
         match self.backend {
             Backend::Greeting if reply.code == 220 => {
                 if matches!(self.mode, Mode::Starting) {
@@ -37,7 +38,8 @@ impl Session {
                     self.mode = Mode::Commands;
                     let greeting = format!("220 {} ESMTP", self.cfg.hostname);
                     self.send(&greeting);
-                    self.client_deadline = Some(now + self.cfg.timeouts.greeting);
+                    self.timers
+                        .set(Timer::Client, now + self.cfg.timeouts.greeting);
                 } else {
                     self.replay_helo(now);
                 }
@@ -79,7 +81,7 @@ impl Session {
         self.control(Action::CloseBackend);
         self.control(Action::ConnectBackend);
         self.backend = Backend::Connecting;
-        self.backend_deadline = None;
+        self.timers.stop(Timer::Backend);
         true
     }
 
@@ -137,14 +139,15 @@ impl Session {
 
     fn replay_step(&mut self, step: Replay, now: Instant) {
         self.backend = Backend::Replaying(step);
-        self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+        self.timers
+            .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
     }
 
     /// The new connection is where the old one was. A client EHLO that was sent again on it
     /// (the old connection refused a second one) gets its answer now.
     fn replay_done(&mut self, now: Instant) {
         self.backend = Backend::Ready;
-        self.backend_deadline = None;
+        self.timers.stop(Timer::Backend);
         if let Some(reply) = self.ehlo_reply.take() {
             let mode = std::mem::replace(&mut self.mode, Mode::Commands);
             if let Mode::Await(pending @ Pending::Ehlo { .. }) = mode {
@@ -157,8 +160,9 @@ impl Session {
     pub(super) fn forward(&mut self, bytes: &[u8], pending: Pending, now: Instant) {
         self.out_backend.extend_from_slice(bytes);
         self.mode = Mode::Await(pending);
-        self.client_deadline = None;
-        self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+        self.timers.stop(Timer::Client);
+        self.timers
+            .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
     }
 }
 

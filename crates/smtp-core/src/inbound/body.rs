@@ -5,6 +5,7 @@ use std::time::{Instant, SystemTime};
 
 use super::{received, Action, Backend, Event, Mode, Pending, Phase, Session};
 use crate::data::{Reframer, Violation};
+use crate::timer::Timer;
 
 impl Session {
     pub(super) fn enter_data(&mut self, now: Instant) {
@@ -25,7 +26,8 @@ impl Session {
             );
             self.out_backend.extend_from_slice(header.as_bytes());
         }
-        self.client_deadline = Some(now + self.cfg.timeouts.data_block);
+        self.timers
+            .set(Timer::Client, now + self.cfg.timeouts.data_block);
         // Body bytes the client pipelined behind DATA (RFC 2920 forbids it, some send anyway).
         let rest = self.client_in.take_remaining();
         if !rest.is_empty() {
@@ -44,7 +46,8 @@ impl Session {
 
     /// Feed message bytes (DATA body or a BDAT chunk being skipped); returns bytes consumed.
     pub(super) fn feed_body(&mut self, data: &[u8], now: Instant) -> usize {
-        self.client_deadline = Some(now + self.cfg.timeouts.data_block);
+        self.timers
+            .set(Timer::Client, now + self.cfg.timeouts.data_block);
         match &mut self.mode {
             Mode::Data(reframer) => {
                 let clean_before = reframer.violation().is_none();
@@ -82,7 +85,7 @@ impl Session {
             self.out_backend.clear();
             self.control(Action::CloseBackend);
             self.backend = Backend::Gone;
-            self.backend_deadline = None;
+            self.timers.stop(Timer::Backend);
         }
     }
 
@@ -94,8 +97,9 @@ impl Session {
             None => {
                 let bytes = reframer.received();
                 self.mode = Mode::Await(Pending::EndOfData { bytes });
-                self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
-                self.client_deadline = None;
+                self.timers
+                    .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
+                self.timers.stop(Timer::Client);
                 return;
             }
             Some(Violation::BareNewline) => {

@@ -13,6 +13,7 @@ use crate::command::{parse_command, Command, CommandError, Verb};
 use crate::ehlo::{rewrite_ehlo, EhloPolicy, Offered};
 use crate::line::{LineEvent, MAX_COMMAND_LINE};
 use crate::reply::Reply;
+use crate::timer::Timer;
 
 /// Protocol errors after which the client is disconnected (a client speaking another
 /// protocol, or a TLS ClientHello on the STARTTLS port, must not hold a session forever).
@@ -60,7 +61,7 @@ impl Session {
         } else {
             self.cfg.timeouts.command
         };
-        self.client_deadline = Some(now + wait);
+        self.timers.set(Timer::Client, now + wait);
     }
 
     pub(super) fn command_line(&mut self, event: LineEvent, now: Instant) {
@@ -254,7 +255,8 @@ impl Session {
                 self.send_reply(&reply);
                 if reply.code == 334 {
                     self.mode = Mode::AuthLine;
-                    self.client_deadline = Some(now + self.cfg.timeouts.command);
+                    self.timers
+                        .set(Timer::Client, now + self.cfg.timeouts.command);
                     return;
                 }
                 self.auth.finish(reply.is_positive());
@@ -290,7 +292,8 @@ impl Session {
         // RFC 3207 §4.2 / CVE-2011-0411: nothing the client sent after STARTTLS survives.
         self.client_in.clear();
         self.mode = Mode::AwaitTls;
-        self.client_deadline = Some(now + self.cfg.timeouts.tls_handshake);
+        self.timers
+            .set(Timer::Client, now + self.cfg.timeouts.tls_handshake);
         self.control(Action::StartTls);
     }
 

@@ -30,6 +30,7 @@ use bytes::BytesMut;
 use crate::ehlo::Offered;
 use crate::line::{LineReader, MAX_EXTENDED_LINE};
 use crate::reply::{Reply, ReplyParser};
+use crate::timer::{Timer, Timers};
 
 mod api;
 mod auth;
@@ -98,8 +99,7 @@ pub struct Session {
     out_backend: BytesMut,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
-    client_deadline: Option<Instant>,
-    backend_deadline: Option<Instant>,
+    timers: Timers,
 }
 
 impl Session {
@@ -137,8 +137,7 @@ impl Session {
             out_backend: BytesMut::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
-            client_deadline: None,
-            backend_deadline: None,
+            timers: Timers::default(),
         };
         s.actions.push_back(Action::ConnectBackend);
         s
@@ -154,10 +153,7 @@ impl Session {
 
     /// The earliest deadline; call [`Session::handle_timeout`] when it has passed.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.client_deadline, self.backend_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.timers.next()
     }
 
     /// Whether the driver should read from the client now (backpressure: a session that is
@@ -229,7 +225,8 @@ impl Session {
             self.backend = Backend::Greeting;
             self.backend_helo = false;
             self.backend_in.clear();
-            self.backend_deadline = Some(now + self.cfg.timeouts.backend_reply);
+            self.timers
+                .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
         }
     }
 
@@ -297,7 +294,8 @@ impl Session {
         self.phase = Phase::ExpectEhlo;
         self.client_in.clear();
         self.mode = Mode::Commands;
-        self.client_deadline = Some(now + self.cfg.timeouts.command);
+        self.timers
+            .set(Timer::Client, now + self.cfg.timeouts.command);
         self.flush();
     }
 
@@ -307,19 +305,17 @@ impl Session {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.backend_deadline.is_some_and(|d| d <= now) {
-            self.backend_deadline = None;
-            self.backend_failed("no reply in time".into());
-        } else if self.client_deadline.is_some_and(|d| d <= now) {
-            self.client_deadline = None;
-            match self.mode {
+        match self.timers.expired(now) {
+            Some(Timer::Backend) => self.backend_failed("no reply in time".into()),
+            Some(Timer::Client) => match self.mode {
                 Mode::AwaitTls => self.close(),
                 _ => {
                     self.fail_message_in_flight();
                     self.send("421 4.4.2 Timeout, closing connection");
                     self.close();
                 }
-            }
+            },
+            None => {}
         }
         self.flush();
     }

@@ -63,8 +63,7 @@ impl Session {
         if !matches!(self.mode, Mode::Closed) {
             self.control(Action::Close);
             self.mode = Mode::Closed;
-            self.client_deadline = None;
-            self.backend_deadline = None;
+            self.timers.stop_all();
         }
     }
 
