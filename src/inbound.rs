@@ -148,6 +148,33 @@ fn count_handshake_error(l: &ListenerRuntime) {
         .inc();
 }
 
+/// The server side of a TLS handshake on `tcp` (implicit TLS, or after STARTTLS) by
+/// `deadline`; a failure is logged and counted, and ends in `None`.
+async fn accept_tls(
+    l: &ListenerRuntime,
+    acceptor: &Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    deadline: tokio::time::Instant,
+    id: u64,
+    peer: SocketAddr,
+) -> Option<(Client, TlsInfo)> {
+    let accept = TlsAcceptor::from(Arc::clone(acceptor)).accept(tcp);
+    match timeout_at(deadline, accept).await {
+        Ok(Ok(stream)) => {
+            let info = handshake_done(l, stream.get_ref().1, id, peer);
+            Some((Client::Tls(Box::new(stream)), info))
+        }
+        Ok(Err(e)) => {
+            handshake_error(l, peer, &e);
+            None
+        }
+        Err(_) => {
+            handshake_failed(l, peer, "timed out");
+            None
+        }
+    }
+}
+
 /// Serve one client connection until it ends.
 pub async fn serve(
     tcp: TcpStream,
@@ -162,14 +189,10 @@ pub async fn serve(
     }
     let (mut client, tls) = match (&l.acceptor, l.implicit_tls) {
         (Some(acceptor), true) => {
-            let accept = TlsAcceptor::from(Arc::clone(acceptor)).accept(tcp);
-            match timeout(l.session.timeouts.tls_handshake, accept).await {
-                Ok(Ok(stream)) => {
-                    let info = handshake_done(&l, stream.get_ref().1, id, peer);
-                    (Client::Tls(Box::new(stream)), Some(info))
-                }
-                Ok(Err(e)) => return handshake_error(&l, peer, &e),
-                Err(_) => return handshake_failed(&l, peer, "timed out"),
+            let deadline = tokio::time::Instant::now() + l.session.timeouts.tls_handshake;
+            match accept_tls(&l, acceptor, tcp, deadline, id, peer).await {
+                Some((client, info)) => (client, Some(info)),
+                None => return,
             }
         }
         _ => (Client::Plain(tcp), None),
@@ -244,30 +267,19 @@ pub async fn serve(
                         continue;
                     };
                     // The plain stream is moved into the TLS stream: no plaintext buffer
-                    // survives the upgrade (DESIGN.md rule 4).
-                    let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
-                    let accept = TlsAcceptor::from(Arc::clone(acceptor)).accept(tcp);
-                    let result = match deadline {
-                        Some(d) => timeout_at(d, accept)
-                            .await
-                            .map_err(|_| "timed out".to_string()),
-                        None => Ok(accept.await),
-                    };
-                    match result {
-                        Ok(Ok(stream)) => {
-                            let info = handshake_done(&l, stream.get_ref().1, id, peer);
-                            client = Client::Tls(Box::new(stream));
+                    // survives the upgrade (DESIGN.md rule 4). The session's deadline, or
+                    // the handshake timeout if it set none: every wait has one.
+                    let deadline = session.poll_timeout().map_or_else(
+                        || tokio::time::Instant::now() + l.session.timeouts.tls_handshake,
+                        tokio::time::Instant::from_std,
+                    );
+                    match accept_tls(&l, acceptor, tcp, deadline, id, peer).await {
+                        Some((tls, info)) => {
+                            client = tls;
                             client_more = true;
                             session.handle_tls_established(info, Instant::now());
                         }
-                        Ok(Err(e)) => {
-                            handshake_error(&l, peer, &e);
-                            session.handle_tls_failed(Instant::now());
-                        }
-                        Err(reason) => {
-                            handshake_failed(&l, peer, &reason);
-                            session.handle_tls_failed(Instant::now());
-                        }
+                        None => session.handle_tls_failed(Instant::now()),
                     }
                 }
                 Action::Close => {
