@@ -77,11 +77,9 @@ impl Session {
             return false;
         }
         self.replacements += 1;
-        self.out_backend.clear();
-        self.control(Action::CloseBackend);
+        self.drop_backend();
         self.control(Action::ConnectBackend);
         self.backend = Backend::Connecting;
-        self.timers.stop(Timer::Backend);
         true
     }
 

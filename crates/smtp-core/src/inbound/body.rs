@@ -3,7 +3,7 @@
 
 use std::time::{Instant, SystemTime};
 
-use super::{received, Action, Backend, Event, Mode, Pending, Phase, Session};
+use super::{received, Backend, Event, Mode, Pending, Phase, Session};
 use crate::data::{Reframer, Violation};
 use crate::timer::Timer;
 
@@ -82,10 +82,7 @@ impl Session {
     /// client still gets its refusal at its end of data, then `421`.
     pub(super) fn abort_backend_message(&mut self) {
         if !self.replace_backend() {
-            self.out_backend.clear();
-            self.control(Action::CloseBackend);
-            self.backend = Backend::Gone;
-            self.timers.stop(Timer::Backend);
+            self.drop_backend();
         }
     }
 

@@ -3,6 +3,7 @@
 
 use super::{Action, Backend, Event, Mode, Pending, Session};
 use crate::reply::Reply;
+use crate::timer::Timer;
 
 impl Session {
     /// A message that was streaming, or waiting for the backend's verdict, is lost: the
@@ -15,10 +16,18 @@ impl Session {
             self.events.push_back(Event::MessageFailed);
         }
         if matches!(self.mode, Mode::Data(_)) && self.backend != Backend::Gone {
-            // Reset the backend connection: it must discard the partial message.
-            self.control(Action::CloseBackend);
-            self.backend = Backend::Gone;
+            // The backend must discard the partial message.
+            self.drop_backend();
         }
+    }
+
+    /// Drop the backend connection without a word (the driver resets it): a message in
+    /// flight there is discarded, and nothing still queued for it is sent.
+    pub(super) fn drop_backend(&mut self) {
+        self.out_backend.clear();
+        self.control(Action::CloseBackend);
+        self.backend = Backend::Gone;
+        self.timers.stop(Timer::Backend);
     }
 
     pub(super) fn shutdown_now(&mut self) {
