@@ -217,7 +217,7 @@ pub fn client_tls_config_with(
         .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_custom_certificate_verifier(Arc::new(AcceptAny::new(provider)))
         .with_no_client_auth();
     Arc::new(config)
 }
@@ -239,18 +239,33 @@ pub async fn tls_connect_with<S: AsyncRead + AsyncWrite + Unpin>(
         .expect("handshake in time")
 }
 
+/// Accepts any server certificate (the handshake signatures are still checked) and keeps
+/// the leaf it was shown, for tests of which certificate a listener serves.
 #[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+pub struct AcceptAny {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    pub seen: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl AcceptAny {
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> AcceptAny {
+        AcceptAny {
+            provider,
+            seen: Arc::default(),
+        }
+    }
+}
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     fn verify_server_cert(
         &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
         _: &[rustls::pki_types::CertificateDer<'_>],
         _: &rustls::pki_types::ServerName<'_>,
         _: &[u8],
         _: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap() = Some(end_entity.to_vec());
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
@@ -263,7 +278,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
     fn verify_tls13_signature(
@@ -276,10 +291,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -5,19 +5,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, SanType,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::process::TempDir;
-use super::T;
+use super::{AcceptAny, T};
 
 /// How the private key file of a leaf is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,65 +227,16 @@ pub fn sha256(der: &[u8]) -> String {
     smtp_sidecar::tls::CertInfo::from_der(der).unwrap().sha256
 }
 
-/// Accepts any server certificate (signatures are still checked) and keeps the one shown.
-#[derive(Debug)]
-struct Recording {
-    seen: Arc<Mutex<Option<Vec<u8>>>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.seen.lock().unwrap() = Some(end_entity.to_vec());
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// TLS over `stream` sending `sni` (none when `None`); returns the leaf the server showed.
 pub async fn presented<S: AsyncRead + AsyncWrite + Unpin>(stream: S, sni: Option<&str>) -> Vec<u8> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let seen = Arc::new(Mutex::new(None));
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let verifier = AcceptAny::new(provider.clone());
+    let seen = verifier.seen.clone();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Recording {
-            seen: seen.clone(),
-            provider,
-        }))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     config.enable_sni = sni.is_some();
     // Without SNI rustls still wants a name to verify against; it is not sent.
