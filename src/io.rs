@@ -9,7 +9,6 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 /// The most read at once. Message bodies stream through in pieces of this size.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -67,49 +66,65 @@ pub fn read_now<R: AsyncRead + Unpin + ?Sized>(
     })
 }
 
-/// The client connection, before or after TLS.
-#[derive(Debug)]
-pub enum Client {
+/// One leg's connection: none yet (or moved out for a TLS handshake), plain TCP, or TLS as
+/// the server (the client leg) or as the client (the originate leg to a next hop).
+#[derive(Debug, Default)]
+pub enum Stream {
+    #[default]
+    None,
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Moved out for the TLS handshake.
-    Taken,
+    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl Client {
-    /// Read once without waiting (see [`read_now`]).
+impl Stream {
+    /// Read once without waiting (see [`read_now`]); nothing without a connection.
     pub fn read_now(&mut self, deliver: impl FnOnce(&[u8])) -> Read {
         match self {
-            Client::Plain(s) => read_now(s, deliver),
-            Client::Tls(s) => read_now(s.as_mut(), deliver),
-            Client::Taken => Read::Closed,
+            Stream::None => Read::WouldBlock,
+            Stream::Plain(s) => read_now(s, deliver),
+            Stream::ServerTls(s) => read_now(s.as_mut(), deliver),
+            Stream::ClientTls(s) => read_now(s.as_mut(), deliver),
         }
     }
 
-    /// Wait until the socket has something to read.
+    /// The TCP socket under it.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::None => None,
+            Stream::Plain(s) => Some(s),
+            Stream::ServerTls(s) => Some(s.get_ref().0),
+            Stream::ClientTls(s) => Some(s.get_ref().0),
+        }
+    }
+
+    /// Wait until the socket has something to read; never, without a connection.
     pub async fn readable(&self) {
-        let tcp = match self {
-            Client::Plain(s) => s,
-            Client::Tls(s) => s.get_ref().0,
-            Client::Taken => return std::future::pending().await,
-        };
-        // An error shows up again on the next read, which reports it.
-        let _ = tcp.readable().await;
+        match self.tcp() {
+            // An error shows up again on the next read, which reports it.
+            Some(tcp) => {
+                let _ = tcp.readable().await;
+            }
+            None => std::future::pending().await,
+        }
     }
 
     pub async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
-            Client::Plain(s) => s.write_all(data).await,
-            Client::Tls(s) => write_flush(s.as_mut(), data).await,
-            Client::Taken => Err(std::io::ErrorKind::NotConnected.into()),
+            Stream::None => Err(std::io::ErrorKind::NotConnected.into()),
+            Stream::Plain(s) => s.write_all(data).await,
+            Stream::ServerTls(s) => write_flush(s.as_mut(), data).await,
+            Stream::ClientTls(s) => write_flush(s.as_mut(), data).await,
         }
     }
 
+    /// Close the sending side (TLS: close_notify first). Errors are of no interest here.
     pub async fn shutdown(&mut self) {
         let _ = match self {
-            Client::Plain(s) => s.shutdown().await,
-            Client::Tls(s) => s.shutdown().await,
-            Client::Taken => Ok(()),
+            Stream::None => Ok(()),
+            Stream::Plain(s) => s.shutdown().await,
+            Stream::ServerTls(s) => s.shutdown().await,
+            Stream::ClientTls(s) => s.shutdown().await,
         };
     }
 }
@@ -117,14 +132,4 @@ impl Client {
 async fn write_flush<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> std::io::Result<()> {
     s.write_all(data).await?;
     s.flush().await
-}
-
-/// Wait until an optional socket has something to read; never, when there is none.
-pub async fn readable(stream: &Option<TcpStream>) {
-    match stream {
-        Some(s) => {
-            let _ = s.readable().await;
-        }
-        None => std::future::pending().await,
-    }
 }

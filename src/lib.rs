@@ -5,8 +5,9 @@
 //! | [`config`] | the YAML schema of SPEC §3: raw serde structs, validation into [`config::Config`] |
 //! | [`tls`] | certificate store, rustls server configuration |
 //! | [`listener`] | accept loop, connection limits, one task per session |
-//! | [`inbound`] | the terminate-mode driver: sockets in, `smtp_core::inbound::Session` actions out |
-//! | [`io`] | socket reads into a per-thread scratch buffer, the client stream before/after TLS |
+//! | [`driver`] | the one driver loop: sockets of both legs in, a session's actions out; TLS handshakes and what is recorded of them; events into metrics and logs |
+//! | [`inbound`] | the terminate-mode entry: implicit TLS, then an `smtp_core::inbound::Session` on the driver |
+//! | [`io`] | socket reads into a per-thread scratch buffer, a leg's stream before/after TLS |
 //! | [`backend`] | connecting to the legacy server(s), in order |
 //! | [`metrics`], [`admin`] | Prometheus metrics and the `/metrics` `/healthz` `/readyz` endpoint |
 //! | [`runtime`] | building and running everything from a validated configuration |
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod driver;
 pub mod inbound;
 pub mod io;
 pub mod listener;

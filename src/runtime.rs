@@ -44,6 +44,30 @@ pub struct ListenerRuntime {
     pub certificates: CertPlan,
 }
 
+impl ListenerRuntime {
+    /// The deadline of a TLS handshake on the client leg.
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        self.session.timeouts.tls_handshake
+    }
+
+    /// The longest any single wait of a session may last: the driver's bound for a session
+    /// that set no deadline of its own (DESIGN.md rule 5).
+    pub fn longest_wait(&self) -> Duration {
+        let t = &self.session.timeouts;
+        [
+            t.greeting,
+            t.command,
+            t.data_block,
+            t.tls_handshake,
+            t.backend_reply,
+        ]
+        .into_iter()
+        .chain([self.connect_timeout, self.write_timeout])
+        .max()
+        .unwrap_or(Duration::from_secs(300))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{}", .0.join("\n"))]

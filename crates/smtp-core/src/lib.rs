@@ -12,6 +12,7 @@
 //! | [`ehlo`] | the EHLO capability rewrite (allow-list) |
 //! | [`date`] | calendar dates (RFC 5322, RFC 3339) from a time passed in |
 //! | [`data`] | the DATA reframer: dot-stuffing, bare CR/LF, NUL, end-of-data |
+//! | [`session`] | what both directions share: legs, actions, events, the [`session::Machine`] a driver runs, the connection part (buffers, queues, timers, errors), protocol log, Received header |
 //! | [`inbound`] | the terminate-mode session state machine |
 //! | [`testing`] | an in-memory client/backend harness with a virtual clock |
 //! | [`timer`] | the timer table: a deadline per [`timer::Timer`], the earliest reported |
@@ -24,5 +25,6 @@ pub mod ehlo;
 pub mod inbound;
 pub mod line;
 pub mod reply;
+pub mod session;
 pub mod testing;
 pub mod timer;

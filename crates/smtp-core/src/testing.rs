@@ -1,13 +1,14 @@
-//! An in-memory harness for the inbound [`Session`]: a virtual clock, a scripted backend and
-//! a client, no sockets. The driver's job (carrying out actions in order) is done here the
-//! same way, so session tests exercise every timeout in microseconds.
+//! An in-memory harness for a session of either direction (any [`Machine`]): a virtual clock,
+//! a scripted backend and a client, no sockets. The driver's job (carrying out actions in
+//! order) is done here the same way, so session tests exercise every timeout in microseconds.
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::BytesMut;
 
 use crate::data::{BareNewlines, LongLines};
-use crate::inbound::{Action, ClientCert, Config, Event, OnFailure, Session, Timeouts, TlsInfo};
+use crate::inbound::{ClientCert, Config, OnFailure, Session, Timeouts, TlsInfo};
+use crate::session::{Action, Event, Leg, Machine};
 
 /// A policy with the SPEC defaults, for tests.
 pub fn test_config() -> Config {
@@ -44,10 +45,10 @@ pub fn test_tls() -> TlsInfo {
     }
 }
 
-/// One session, its two peers and a clock.
+/// One session, its two peers and a clock. The terminate [`Session`] unless told otherwise.
 #[derive(Debug)]
-pub struct Harness {
-    pub session: Session,
+pub struct Harness<S: Machine = Session> {
+    pub session: S,
     pub now: Instant,
     /// Bytes written to the client since the last `take_client`.
     pub client: BytesMut,
@@ -67,16 +68,36 @@ pub struct Harness {
     pub tls_info: TlsInfo,
 }
 
-impl Harness {
+impl Harness<Session> {
     /// A session whose backend connects at once; the backend greeting is not sent yet.
     pub fn new(cfg: Config) -> Self {
         let now = Instant::now();
-        let wall = UNIX_EPOCH + Duration::from_secs(1_795_488_300);
-        let session = Session::new(cfg, "192.0.2.1".parse().expect("ip"), None, now, wall);
+        let session = Session::new(
+            cfg,
+            "192.0.2.1".parse().expect("ip"),
+            None,
+            now,
+            test_wall(),
+        );
         Self::with_session(session, now)
     }
 
-    pub fn with_session(session: Session, now: Instant) -> Self {
+    /// A session past the backend greeting, with our greeting taken.
+    pub fn greeted(cfg: Config) -> Self {
+        let mut h = Self::new(cfg);
+        h.backend_says(b"220 legacy.test ESMTP\r\n");
+        assert_eq!(h.take_client(), "220 mx.test ESMTP\r\n");
+        h
+    }
+}
+
+/// The wall clock the harness's sessions start at (for Received headers): 2026-11-24.
+pub fn test_wall() -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_795_488_300)
+}
+
+impl<S: Machine> Harness<S> {
+    pub fn with_session(session: S, now: Instant) -> Self {
         let mut h = Harness {
             session,
             now,
@@ -95,35 +116,27 @@ impl Harness {
         h
     }
 
-    /// A session past the backend greeting, with our greeting taken.
-    pub fn greeted(cfg: Config) -> Self {
-        let mut h = Self::new(cfg);
-        h.backend_says(b"220 legacy.test ESMTP\r\n");
-        assert_eq!(h.take_client(), "220 mx.test ESMTP\r\n");
-        h
-    }
-
     /// Carry out every pending action, as a driver would.
     pub fn run(&mut self) {
         while let Some(action) = self.session.poll_action() {
             match action {
-                Action::WriteClient(b) => self.client.extend_from_slice(&b),
-                Action::WriteBackend(b) => self.backend.extend_from_slice(&b),
+                Action::Write(Leg::Client, b) => self.client.extend_from_slice(&b),
+                Action::Write(Leg::Backend, b) => self.backend.extend_from_slice(&b),
                 Action::ConnectBackend => {
                     self.connects += 1;
                     if self.backend_reachable {
-                        self.session.handle_backend_connected(self.now);
+                        self.session.handle_connected(self.now);
                     } else {
-                        self.session
-                            .handle_backend_connect_failed("refused", self.now);
+                        self.session.handle_connect_failed("refused", self.now);
                     }
                 }
-                Action::CloseBackend => self.backend_closes += 1,
-                Action::StartTls => {
+                Action::Abort(Leg::Backend) => self.backend_closes += 1,
+                Action::Abort(Leg::Client) => self.closed = true,
+                Action::StartTls(leg) => {
                     self.tls_started += 1;
                     if self.auto_tls {
-                        self.session
-                            .handle_tls_established(self.tls_info.clone(), self.now);
+                        let info = self.tls_info.clone();
+                        self.session.handle_tls_established(leg, info, self.now);
                     }
                 }
                 Action::Close => self.closed = true,
@@ -135,12 +148,12 @@ impl Harness {
     }
 
     pub fn client_says(&mut self, bytes: &[u8]) {
-        self.session.handle_client_bytes(bytes, self.now);
+        self.session.handle_bytes(Leg::Client, bytes, self.now);
         self.run();
     }
 
     pub fn backend_says(&mut self, bytes: &[u8]) {
-        self.session.handle_backend_bytes(bytes, self.now);
+        self.session.handle_bytes(Leg::Backend, bytes, self.now);
         self.run();
     }
 
@@ -225,7 +238,7 @@ pub struct AutoBackend {
 
 impl AutoBackend {
     /// Answer whatever the session sent since the last call; repeat until quiet.
-    pub fn serve(&mut self, h: &mut Harness) {
+    pub fn serve<S: Machine>(&mut self, h: &mut Harness<S>) {
         for _ in 0..64 {
             let mut replies = Vec::new();
             if h.connects > self.connects_seen {

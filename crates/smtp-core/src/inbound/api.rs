@@ -1,11 +1,8 @@
-//! What a driver hands the session and gets from it: the listener's policy ([`Config`]), the
-//! actions to carry out ([`Action`]) and the events to count and log ([`Event`]).
+//! The policy a terminate listener hands each session ([`Config`]). The actions and events a
+//! session gives back are the shared ones of [`crate::session`].
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use super::{Direction, DomainSecureRefusal};
 use crate::data::{BareNewlines, LongLines};
 
 /// What a listener's policy allows, fixed for the life of a session.
@@ -28,11 +25,12 @@ pub struct Config {
     pub domain_secure: Vec<String>,
     /// What a Domain Security refusal answers: `450 4.7.1` or `550 5.7.1`.
     pub on_failure: OnFailure,
-    /// `false`: audit mode; policy refusals are reported ([`Event::PolicyRejection`] with
+    /// `false`: audit mode; policy refusals are reported (`Event::PolicyRejection` with
     /// `enforced: false`) and the command goes through.
     pub enforce: bool,
     pub timeouts: Timeouts,
-    /// Emit [`Event::Protocol`] for every command and reply line (`log.protocol_log`).
+    /// Emit [`crate::session::Event::Protocol`] for every command and reply line
+    /// (`log.protocol_log`).
     pub protocol_log: bool,
 }
 
@@ -56,50 +54,4 @@ pub struct Timeouts {
     pub tls_handshake: Duration,
     /// Waiting for the backend's greeting and each of its replies.
     pub backend_reply: Duration,
-}
-
-/// What the driver must do, in the order returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    WriteClient(Bytes),
-    WriteBackend(Bytes),
-    /// Open a connection to the backend; answer with `handle_backend_connected` or
-    /// `handle_backend_connect_failed`.
-    ConnectBackend,
-    /// Drop the backend connection without a word (aborts a message in flight: a backend
-    /// discards a message whose end of data never came).
-    CloseBackend,
-    /// Start the TLS handshake on the client connection. Everything written before has been
-    /// flushed; whatever plaintext the client sent after STARTTLS must be discarded.
-    StartTls,
-    /// Close both connections. Nothing follows.
-    Close,
-}
-
-/// Things that happened, for metrics and logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// The backend answered 2xx to the end of data.
-    MessageAccepted { bytes: u64 },
-    /// That accepted message came from a `domain_secure` sender domain over a verified
-    /// mutual-TLS session; `domain` is the listed domain as configured.
-    DomainSecureAccepted { domain: String },
-    /// Refused by us or by the backend.
-    MessageRejected,
-    /// Lost mid-message (backend gone, timeout, client gone): the client was never told 250.
-    MessageFailed,
-    /// A policy refusal, with a short stable reason for a metric label. `enforced: false`:
-    /// audit mode, the command went through.
-    PolicyRejection {
-        reason: &'static str,
-        enforced: bool,
-    },
-    /// A Domain Security refusal (also reported as a [`Event::PolicyRejection`]), with what
-    /// was missing, for the log.
-    DomainSecureRefused(DomainSecureRefusal),
-    /// The backend misbehaved or went away; the session ends with `421 4.4.2`.
-    BackendFailed { reason: String },
-    /// A line of the client dialogue for the protocol log, secrets masked (only with
-    /// `Config::protocol_log`).
-    Protocol { direction: Direction, line: String },
 }

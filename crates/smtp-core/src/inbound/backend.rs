@@ -8,16 +8,17 @@ use super::{Action, Backend, Event, Mode, Pending, Replay, Session, MAX_BACKEND_
 use crate::command::Command;
 use crate::ehlo::Offered;
 use crate::reply::Reply;
+use crate::session::Leg;
 use crate::timer::Timer;
 
 impl Session {
     /// The backend is unusable: the client gets `421 4.4.2`, never a 250 (SPEC §1.1).
     pub(super) fn backend_failed(&mut self, reason: String) {
-        if matches!(self.mode, Mode::Closed) {
+        if self.conn.is_closed() {
             return;
         }
         self.fail_message_in_flight();
-        self.events.push_back(Event::BackendFailed { reason });
+        self.conn.event(Event::BackendFailed { reason });
         self.backend = Backend::Gone;
         match self.mode {
             // Mid-handshake there is no way to tell the client anything.
@@ -30,7 +31,7 @@ impl Session {
     }
 
     pub(super) fn on_backend_reply(&mut self, reply: Reply, now: Instant) {
-        self.timers.stop(Timer::Backend);
+        self.conn.timers.stop(Timer::Backend);
         match self.backend {
             Backend::Greeting if reply.code == 220 => {
                 if matches!(self.mode, Mode::Starting) {
@@ -38,7 +39,8 @@ impl Session {
                     self.mode = Mode::Commands;
                     let greeting = format!("220 {} ESMTP", self.cfg.hostname);
                     self.send(&greeting);
-                    self.timers
+                    self.conn
+                        .timers
                         .set(Timer::Client, now + self.cfg.timeouts.greeting);
                 } else {
                     self.replay_helo(now);
@@ -78,7 +80,7 @@ impl Session {
         }
         self.replacements += 1;
         self.drop_backend();
-        self.control(Action::ConnectBackend);
+        self.conn.control(Action::ConnectBackend);
         self.backend = Backend::Connecting;
         true
     }
@@ -88,7 +90,7 @@ impl Session {
     pub(super) fn replay_helo(&mut self, now: Instant) {
         match self.helo.clone() {
             Some((name, esmtp)) => {
-                hello_command(name, esmtp).write_to(&mut self.out_backend);
+                hello_command(name, esmtp).write_to(self.conn.out(Leg::Backend));
                 self.replay_step(Replay::Helo, now);
             }
             None => self.replay_auth(0, now),
@@ -125,7 +127,7 @@ impl Session {
         match self.auth.replay() {
             AuthReplay::Nothing if next == 0 => self.replay_done(now),
             AuthReplay::Lines(lines) if next < lines.len() => {
-                self.out_backend.extend_from_slice(lines[next].bytes());
+                self.conn.write(Leg::Backend, lines[next].bytes());
                 self.replay_step(Replay::Auth { next: next + 1 }, now);
             }
             AuthReplay::Impossible => {
@@ -137,7 +139,8 @@ impl Session {
 
     fn replay_step(&mut self, step: Replay, now: Instant) {
         self.backend = Backend::Replaying(step);
-        self.timers
+        self.conn
+            .timers
             .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
     }
 
@@ -145,7 +148,7 @@ impl Session {
     /// (the old connection refused a second one) gets its answer now.
     fn replay_done(&mut self, now: Instant) {
         self.backend = Backend::Ready;
-        self.timers.stop(Timer::Backend);
+        self.conn.timers.stop(Timer::Backend);
         if let Some(reply) = self.ehlo_reply.take() {
             let mode = std::mem::replace(&mut self.mode, Mode::Commands);
             if let Mode::Await(pending @ Pending::Ehlo { .. }) = mode {
@@ -156,10 +159,11 @@ impl Session {
 
     /// Forward a serialised command and wait for its reply.
     pub(super) fn forward(&mut self, bytes: &[u8], pending: Pending, now: Instant) {
-        self.out_backend.extend_from_slice(bytes);
+        self.conn.write(Leg::Backend, bytes);
         self.mode = Mode::Await(pending);
-        self.timers.stop(Timer::Client);
-        self.timers
+        self.conn.timers.stop(Timer::Client);
+        self.conn
+            .timers
             .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
     }
 }

@@ -3,8 +3,9 @@
 
 use std::time::{Instant, SystemTime};
 
-use super::{received, Backend, Event, Mode, Pending, Phase, Session};
+use super::{Backend, Event, Mode, Pending, Phase, Session};
 use crate::data::{Reframer, Violation};
+use crate::session::{received, Leg};
 use crate::timer::Timer;
 
 impl Session {
@@ -24,34 +25,36 @@ impl Session {
                 self.auth.is_authenticated(),
                 self.wall(now),
             );
-            self.out_backend.extend_from_slice(header.as_bytes());
+            self.conn.write(Leg::Backend, header.as_bytes());
         }
-        self.timers
+        self.conn
+            .timers
             .set(Timer::Client, now + self.cfg.timeouts.data_block);
         // Body bytes the client pipelined behind DATA (RFC 2920 forbids it, some send anyway).
-        let rest = self.client_in.take_remaining();
+        let rest = self.conn.client_in.take_remaining();
         if !rest.is_empty() {
             let used = self.feed_body(&rest, now);
-            self.client_in.push(&rest[used..]);
+            self.conn.client_in.push(&rest[used..]);
         }
         self.body_cut_short(now);
     }
 
     /// A client that shut down its side before the rest of a body it still owes is gone.
     pub(super) fn body_cut_short(&mut self, now: Instant) {
-        if self.client_eof && matches!(self.mode, Mode::Data(_) | Mode::SkipBdat { .. }) {
+        if self.conn.client_eof && matches!(self.mode, Mode::Data(_) | Mode::SkipBdat { .. }) {
             self.handle_client_lost(now);
         }
     }
 
     /// Feed message bytes (DATA body or a BDAT chunk being skipped); returns bytes consumed.
     pub(super) fn feed_body(&mut self, data: &[u8], now: Instant) -> usize {
-        self.timers
+        self.conn
+            .timers
             .set(Timer::Client, now + self.cfg.timeouts.data_block);
         match &mut self.mode {
             Mode::Data(reframer) => {
                 let clean_before = reframer.violation().is_none();
-                let fed = reframer.feed(data, &mut self.out_backend);
+                let fed = self.conn.relay_body(reframer, data);
                 if clean_before && reframer.violation().is_some() {
                     self.abort_backend_message();
                 }
@@ -94,9 +97,10 @@ impl Session {
             None => {
                 let bytes = reframer.received();
                 self.mode = Mode::Await(Pending::EndOfData { bytes });
-                self.timers
+                self.conn
+                    .timers
                     .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
-                self.timers.stop(Timer::Client);
+                self.conn.timers.stop(Timer::Client);
                 return;
             }
             Some(Violation::BareNewline) => {
@@ -116,7 +120,7 @@ impl Session {
                 self.send("552 5.3.4 Message size exceeds fixed maximum message size");
             }
         }
-        self.events.push_back(Event::MessageRejected);
+        self.conn.event(Event::MessageRejected);
         self.phase = Phase::ExpectMail;
         if self.backend == Backend::Gone {
             self.send("421 4.7.0 Too many refused messages, closing connection");

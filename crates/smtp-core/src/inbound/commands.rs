@@ -13,12 +13,8 @@ use crate::command::{parse_command, Command, CommandError, Verb};
 use crate::ehlo::{rewrite_ehlo, EhloPolicy, Offered};
 use crate::line::{LineEvent, MAX_COMMAND_LINE};
 use crate::reply::Reply;
+use crate::session::Leg;
 use crate::timer::Timer;
-
-/// Protocol errors after which the client is disconnected (a client speaking another
-/// protocol, or a TLS ClientHello on the STARTTLS port, must not hold a session forever).
-/// Counted since the last delivered message (SPEC §4).
-const MAX_ERRORS: u32 = 20;
 
 /// Recipients over `max_recipients` refused in one transaction before each further one
 /// counts as an error: a client pipelining a large transaction gets `452` for the excess
@@ -34,12 +30,12 @@ impl Session {
                 Mode::Commands | Mode::AuthLine if self.backend == Backend::Ready => {}
                 _ => return,
             }
-            if self.draining && !matches!(self.phase, Phase::ExpectRcpt(_)) {
+            if self.conn.draining && !matches!(self.phase, Phase::ExpectRcpt(_)) {
                 self.shutdown_now();
                 return;
             }
-            let Some(event) = self.client_in.next_line() else {
-                if self.client_eof {
+            let Some(event) = self.conn.client_in.next_line() else {
+                if self.conn.client_eof {
                     // Everything the client sent has been answered.
                     self.close();
                 }
@@ -61,15 +57,15 @@ impl Session {
         } else {
             self.cfg.timeouts.command
         };
-        self.timers.set(Timer::Client, now + wait);
+        self.conn.timers.set(Timer::Client, now + wait);
     }
 
     pub(super) fn command_line(&mut self, event: LineEvent, now: Instant) {
         let LineEvent::Line { line, crlf } = event else {
-            self.log_command(b"[line too long]");
+            self.conn.log_command(b"[line too long]");
             return self.refuse("500 5.5.2 Line too long", now);
         };
-        self.log_command(&line);
+        self.conn.log_command(&line);
         if !crlf {
             // A bare LF is how SMTP smuggling starts; commands must end in CRLF.
             return self.refuse("500 5.5.2 Bare line feed not allowed", now);
@@ -108,7 +104,7 @@ impl Session {
             Command::Quit => {
                 self.send("221 2.0.0 Bye");
                 // RFC 5321 §4.1.1.10; the backend's own 221 is not waited for.
-                self.out_backend.extend_from_slice(b"QUIT\r\n");
+                self.conn.write(Leg::Backend, b"QUIT\r\n");
                 self.close();
             }
             Command::Rset => {
@@ -142,7 +138,7 @@ impl Session {
 
     /// A SASL response line during AUTH (RFC 4954 §4): base64 or `*`, passed as it is.
     pub(super) fn auth_line(&mut self, event: LineEvent, now: Instant) {
-        self.log_sasl_response();
+        self.conn.log_sasl_response();
         let valid = match &event {
             LineEvent::Line { line, crlf: true } => line
                 .iter()
@@ -234,20 +230,19 @@ impl Session {
                 self.send_reply(&reply);
                 if reply.is_positive() {
                     // A delivered message resets the error count (SPEC §4).
-                    self.errors = 0;
-                    self.events.push_back(Event::MessageAccepted { bytes });
+                    self.conn.reset_errors();
+                    self.conn.event(Event::MessageAccepted { bytes });
                     if let Phase::ExpectRcpt(Transaction {
                         secure: Some(i), ..
                     }) = self.phase
                     {
                         if let Some(domain) = self.cfg.domain_secure.get(i) {
                             let domain = domain.clone();
-                            self.events
-                                .push_back(Event::DomainSecureAccepted { domain });
+                            self.conn.event(Event::DomainSecureAccepted { domain });
                         }
                     }
                 } else {
-                    self.events.push_back(Event::MessageRejected);
+                    self.conn.event(Event::MessageRejected);
                 }
                 self.phase = Phase::ExpectMail;
             }
@@ -255,7 +250,8 @@ impl Session {
                 self.send_reply(&reply);
                 if reply.code == 334 {
                     self.mode = Mode::AuthLine;
-                    self.timers
+                    self.conn
+                        .timers
                         .set(Timer::Client, now + self.cfg.timeouts.command);
                     return;
                 }
@@ -290,11 +286,12 @@ impl Session {
         }
         self.send("220 2.0.0 Ready to start TLS");
         // RFC 3207 §4.2 / CVE-2011-0411: nothing the client sent after STARTTLS survives.
-        self.client_in.clear();
+        self.conn.client_in.clear();
         self.mode = Mode::AwaitTls;
-        self.timers
+        self.conn
+            .timers
             .set(Timer::Client, now + self.cfg.timeouts.tls_handshake);
-        self.control(Action::StartTls);
+        self.conn.control(Action::StartTls(Leg::Client));
     }
 
     fn mail(&mut self, mut cmd: Command, now: Instant) {
@@ -389,7 +386,7 @@ impl Session {
             return;
         }
         // The chunk is data, not commands (RFC 3030 §2): consume exactly `size` octets.
-        let rest = self.client_in.take_remaining();
+        let rest = self.conn.client_in.take_remaining();
         self.mode = Mode::SkipBdat {
             remaining: size,
             reply,
@@ -400,7 +397,7 @@ impl Session {
             self.expect_command(now);
         } else {
             let used = self.feed_body(&rest, now);
-            self.client_in.push(&rest[used..]);
+            self.conn.client_in.push(&rest[used..]);
             self.body_cut_short(now);
         }
     }
@@ -424,16 +421,10 @@ impl Session {
         self.after_reply(now);
     }
 
-    /// Count a protocol error; at the limit the client is told so and the session closes.
-    /// Returns whether the session goes on. Every path that counts an error comes here.
+    /// Count a protocol error (see [`crate::session::Conn::count_error`]); returns whether
+    /// the session goes on.
     pub(super) fn count_error(&mut self) -> bool {
-        self.errors += 1;
-        if self.errors >= MAX_ERRORS {
-            self.send("421 4.7.0 Too many errors, closing connection");
-            self.close();
-            return false;
-        }
-        true
+        self.conn.count_error()
     }
 
     fn after_reply(&mut self, now: Instant) {

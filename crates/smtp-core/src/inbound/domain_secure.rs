@@ -81,7 +81,7 @@ impl Session {
         };
         let enforced = self.tls_policy_rejection(refusal.missing.reason());
         let text = refusal.text();
-        self.events.push_back(Event::DomainSecureRefused(refusal));
+        self.conn.event(Event::DomainSecureRefused(refusal));
         if !enforced {
             // Audit mode: through, but never counted as domain-secure.
             return Some(None);

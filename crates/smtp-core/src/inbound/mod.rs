@@ -11,26 +11,24 @@
 //! before the next pipelined one is looked at, so replies stay in order and the backend sees
 //! a strictly sequential session. Every wait carries a deadline ([`Session::poll_timeout`]).
 //!
-//! This file holds the [`Session`] and its `handle_*`/`poll_*` surface; `api` what a driver
-//! gives and gets ([`Config`], [`Action`], [`Event`]); `state` the private state types;
-//! `shared` the internals every part uses (replies, actions, closing); `commands` the client's
-//! commands (and the error limit), `params` the MAIL/RCPT parameter rules, `auth` the
-//! authentication state and its replay, `backend` the backend leg (reply checks, replacing and
-//! replaying a connection), `body` the message body, `received` the Received header,
-//! `domain_secure` the Domain Security decision at MAIL FROM, `tls_info` what the driver
-//! reports of a completed handshake (the client certificate included).
+//! The parts every session has (buffers, queues, timers, the error count, body relaying, the
+//! protocol log and the Received header) live in [`crate::session`]; this module keeps what is
+//! particular to terminate mode. This file holds the [`Session`] and its `handle_*`/`poll_*`
+//! surface; `machine` its [`crate::session::Machine`] implementation for the driver; `api`
+//! the listener's policy ([`Config`]); `state` the private state types; `shared` the internals every part uses (closing, losing a
+//! message in flight, policy refusals), `commands` the client's commands, `params` the
+//! MAIL/RCPT parameter rules, `auth` the authentication state and its replay, `backend` the
+//! backend leg (reply checks, replacing and replaying a connection), `body` the message body,
+//! `domain_secure` the Domain Security decision at MAIL FROM.
 
-use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::BytesMut;
-
 use crate::ehlo::Offered;
-use crate::line::{LineReader, MAX_EXTENDED_LINE};
-use crate::reply::{Reply, ReplyParser};
-use crate::timer::{Timer, Timers};
+use crate::reply::Reply;
+use crate::session::Conn;
+use crate::timer::Timer;
 
 mod api;
 mod auth;
@@ -38,19 +36,16 @@ mod backend;
 mod body;
 mod commands;
 mod domain_secure;
+mod machine;
 mod params;
-mod protocol_log;
-mod received;
 mod shared;
 mod state;
-mod tls_info;
 
-pub use api::{Action, Config, Event, OnFailure, Timeouts};
+pub use crate::session::{Action, ClientCert, Direction, Event, PeerCert, TlsInfo};
+pub use api::{Config, OnFailure, Timeouts};
 pub use domain_secure::{DomainSecureRefusal, Missing};
-pub use tls_info::{ClientCert, PeerCert, TlsInfo};
 
 use auth::AuthState;
-pub use protocol_log::Direction;
 use state::{Backend, Mode, Pending, Phase, Replay, Transaction};
 
 /// Pipelined command bytes buffered before the session stops asking for more client input.
@@ -89,17 +84,7 @@ pub struct Session {
     /// Backend connections replaced so far (bounded by [`MAX_BACKEND_REPLACEMENTS`]).
     replacements: u32,
     commands_seen: u32,
-    errors: u32,
-    draining: bool,
-    /// The client shut down its sending side: what it sent is still answered, then we close.
-    client_eof: bool,
-    client_in: LineReader,
-    backend_in: ReplyParser,
-    out_client: BytesMut,
-    out_backend: BytesMut,
-    actions: VecDeque<Action>,
-    events: VecDeque<Event>,
-    timers: Timers,
+    conn: Conn,
 }
 
 impl Session {
@@ -112,8 +97,10 @@ impl Session {
         now: Instant,
         wall: SystemTime,
     ) -> Self {
+        let cfg: Arc<Config> = cfg.into();
         let mut s = Session {
-            cfg: cfg.into(),
+            conn: Conn::new(cfg.protocol_log),
+            cfg,
             peer,
             tls,
             started: (now, wall),
@@ -128,47 +115,37 @@ impl Session {
             backend_helo: false,
             replacements: 0,
             commands_seen: 0,
-            errors: 0,
-            draining: false,
-            client_eof: false,
-            client_in: LineReader::new(MAX_EXTENDED_LINE),
-            backend_in: ReplyParser::new(),
-            out_client: BytesMut::new(),
-            out_backend: BytesMut::new(),
-            actions: VecDeque::new(),
-            events: VecDeque::new(),
-            timers: Timers::default(),
         };
-        s.actions.push_back(Action::ConnectBackend);
+        s.conn.control(Action::ConnectBackend);
         s
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        self.conn.poll_action()
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.conn.poll_event()
     }
 
     /// The earliest deadline; call [`Session::handle_timeout`] when it has passed.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        self.conn.poll_timeout()
     }
 
     /// Whether the driver should read from the client now (backpressure: a session that is
     /// waiting on the backend holds at most [`CLIENT_BUFFER_CAP`] of pipelined input).
     pub fn wants_client_bytes(&self) -> bool {
         match self.mode {
-            _ if self.client_eof => false,
-            Mode::Starting | Mode::AwaitTls | Mode::Closed => false,
+            _ if self.conn.client_eof || self.conn.is_closed() => false,
+            Mode::Starting | Mode::AwaitTls => false,
             Mode::Data(_) | Mode::SkipBdat { .. } => true,
-            _ => self.client_in.buffered() < CLIENT_BUFFER_CAP,
+            _ => self.conn.client_in.buffered() < CLIENT_BUFFER_CAP,
         }
     }
 
     pub fn is_closed(&self) -> bool {
-        matches!(self.mode, Mode::Closed)
+        self.conn.is_closed()
     }
 
     pub fn tls(&self) -> Option<&TlsInfo> {
@@ -177,35 +154,36 @@ impl Session {
 
     pub fn handle_client_bytes(&mut self, data: &[u8], now: Instant) {
         let data = match self.mode {
+            _ if self.conn.is_closed() => &[][..],
             Mode::Data(_) | Mode::SkipBdat { .. } => {
                 let used = self.feed_body(data, now);
                 &data[used..]
             }
-            Mode::Closed | Mode::AwaitTls | Mode::Starting => &[][..],
+            Mode::AwaitTls | Mode::Starting => &[][..],
             _ => data,
         };
         if !data.is_empty() {
-            self.client_in.push(data);
+            self.conn.client_in.push(data);
         }
         self.process_input(now);
-        self.flush();
+        self.conn.flush();
     }
 
     /// The client shut down its sending side. What it sent before is still processed and
     /// answered (a client may send its whole pipelined dialogue and then shut down, RFC 2920
     /// §3.1), then the session closes; a message still streaming is lost.
     pub fn handle_client_eof(&mut self, now: Instant) {
-        if matches!(self.mode, Mode::Closed) {
+        if self.conn.is_closed() {
             return;
         }
-        self.client_eof = true;
+        self.conn.client_eof = true;
         match self.mode {
             Mode::Data(_) | Mode::SkipBdat { .. } | Mode::AwaitTls | Mode::Starting => {
                 self.handle_client_lost(now);
             }
             _ => {
                 self.process_input(now);
-                self.flush();
+                self.conn.flush();
             }
         }
     }
@@ -213,7 +191,7 @@ impl Session {
     /// The client connection failed (a reset, a write that could not be done): nothing more
     /// can be said to it.
     pub fn handle_client_lost(&mut self, _now: Instant) {
-        if matches!(self.mode, Mode::Closed) {
+        if self.conn.is_closed() {
             return;
         }
         self.fail_message_in_flight();
@@ -224,33 +202,34 @@ impl Session {
         if self.backend == Backend::Connecting {
             self.backend = Backend::Greeting;
             self.backend_helo = false;
-            self.backend_in.clear();
-            self.timers
+            self.conn.backend_in.clear();
+            self.conn
+                .timers
                 .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
         }
     }
 
     pub fn handle_backend_connect_failed(&mut self, reason: &str, _now: Instant) {
         self.backend_failed(format!("connect failed: {reason}"));
-        self.flush();
+        self.conn.flush();
     }
 
     pub fn handle_backend_bytes(&mut self, data: &[u8], now: Instant) {
-        if matches!(self.mode, Mode::Closed) || self.backend == Backend::Connecting {
+        if self.conn.is_closed() || self.backend == Backend::Connecting {
             return;
         }
         if !data.is_empty() && !self.awaits_backend() {
             // One command at a time: nothing may arrive while none is outstanding, not even
             // the start of a line that would become the next command's reply.
             self.backend_failed("bytes sent with no command outstanding".into());
-            return self.flush();
+            return self.conn.flush();
         }
-        self.backend_in.push(data);
+        self.conn.backend_in.push(data);
         loop {
-            match self.backend_in.next_reply() {
+            match self.conn.backend_in.next_reply() {
                 Ok(Some(reply)) => {
                     self.on_backend_reply(reply, now);
-                    if !self.awaits_backend() && self.backend_in.buffered() > 0 {
+                    if !self.awaits_backend() && self.conn.backend_in.buffered() > 0 {
                         // One command at a time: whatever follows its reply was not asked for.
                         self.backend_failed("bytes sent with no command outstanding".into());
                     }
@@ -261,18 +240,18 @@ impl Session {
                     break;
                 }
             }
-            if matches!(self.mode, Mode::Closed) || self.backend == Backend::Connecting {
+            if self.conn.is_closed() || self.backend == Backend::Connecting {
                 break;
             }
         }
         self.process_input(now);
-        self.flush();
+        self.conn.flush();
     }
 
     pub fn handle_backend_eof(&mut self, _now: Instant) {
         if self.backend != Backend::Connecting {
             self.backend_failed("connection closed".into());
-            self.flush();
+            self.conn.flush();
         }
     }
 
@@ -292,11 +271,12 @@ impl Session {
         self.helo = None;
         self.offered = Offered::default();
         self.phase = Phase::ExpectEhlo;
-        self.client_in.clear();
+        self.conn.client_in.clear();
         self.mode = Mode::Commands;
-        self.timers
+        self.conn
+            .timers
             .set(Timer::Client, now + self.cfg.timeouts.command);
-        self.flush();
+        self.conn.flush();
     }
 
     /// The TLS handshake failed: nothing can be said to the client in plaintext any more.
@@ -305,38 +285,38 @@ impl Session {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        match self.timers.expired(now) {
+        match self.conn.timers.expired(now) {
             Some(Timer::Backend) => self.backend_failed("no reply in time".into()),
             Some(Timer::Client) => match self.mode {
                 Mode::AwaitTls => self.close(),
                 _ => {
                     self.fail_message_in_flight();
-                    self.send("421 4.4.2 Timeout, closing connection");
+                    self.conn.send("421 4.4.2 Timeout, closing connection");
                     self.close();
                 }
             },
             None => {}
         }
-        self.flush();
+        self.conn.flush();
     }
 
     /// Shutdown begins: finish the transaction in flight, then `421 4.3.2` at the next
     /// command boundary (DESIGN.md rule 6).
     pub fn handle_shutdown(&mut self, now: Instant) {
-        self.draining = true;
+        self.conn.draining = true;
         if matches!(self.mode, Mode::Commands)
             && !matches!(self.phase, Phase::ExpectRcpt(_))
-            && self.client_in.buffered() == 0
+            && self.conn.client_in.buffered() == 0
         {
             self.shutdown_now();
         }
         self.process_input(now);
-        self.flush();
+        self.conn.flush();
     }
 
     /// The shutdown grace period is over: whatever is left is told `421 4.3.2` and closed.
     pub fn handle_grace_expired(&mut self, _now: Instant) {
-        if matches!(self.mode, Mode::Closed) {
+        if self.conn.is_closed() {
             return;
         }
         self.fail_message_in_flight();
@@ -345,7 +325,7 @@ impl Session {
         } else {
             self.shutdown_now();
         }
-        self.flush();
+        self.conn.flush();
     }
 }
 

@@ -78,7 +78,6 @@ pub(super) enum Mode {
     /// AUTH: the next client line is a SASL response, not a command (RFC 4954 §4).
     AuthLine,
     AwaitTls,
-    Closed,
 }
 
 /// The backend connection.

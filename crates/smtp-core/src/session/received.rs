@@ -22,7 +22,7 @@ const MAX_LINE: usize = 998;
 /// A run without spaces longer than this is cut: it could not be folded.
 const MAX_WORD: usize = 900;
 
-pub(super) fn header(
+pub(crate) fn header(
     helo: Option<&str>,
     peer: IpAddr,
     hostname: &str,

@@ -7,7 +7,7 @@
 //! Lines are logged as text with control characters replaced and a bounded length, so what a
 //! client sends cannot forge or flood log lines.
 
-use super::{Event, Session};
+use super::{Conn, Event};
 
 /// The most characters of one line written to the log.
 const MAX_LOGGED: usize = 512;
@@ -29,25 +29,25 @@ impl Direction {
     }
 }
 
-impl Session {
+impl Conn {
     /// A command line from the client, its AUTH credentials masked.
-    pub(super) fn log_command(&mut self, line: &[u8]) {
-        if self.cfg.protocol_log {
+    pub(crate) fn log_command(&mut self, line: &[u8]) {
+        if self.protocol_log {
             let text = loggable(&redact_auth(line));
             self.log_line(Direction::Received, text);
         }
     }
 
     /// A SASL response line: only that there was one.
-    pub(super) fn log_sasl_response(&mut self) {
-        if self.cfg.protocol_log {
+    pub(crate) fn log_sasl_response(&mut self) {
+        if self.protocol_log {
             self.log_line(Direction::Received, "****".to_owned());
         }
     }
 
     /// The reply lines in `bytes` (CRLF-terminated), as sent to the client.
-    pub(super) fn log_replies(&mut self, bytes: &[u8]) {
-        if self.cfg.protocol_log {
+    pub(crate) fn log_replies(&mut self, bytes: &[u8]) {
+        if self.protocol_log {
             for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
                 self.log_line(Direction::Sent, loggable(line));
@@ -56,7 +56,7 @@ impl Session {
     }
 
     fn log_line(&mut self, direction: Direction, line: String) {
-        self.events.push_back(Event::Protocol { direction, line });
+        self.event(Event::Protocol { direction, line });
     }
 }
 

@@ -1,0 +1,176 @@
+//! [`Conn`]: the part of a session that does not depend on its direction. It owns the two
+//! input parsers (client command lines, backend replies), an output buffer per leg, the action
+//! and event queues, the timer table, the error count and the drain and end-of-input flags.
+//! The state machines above it decide what to say; this says it, in order.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::{Action, Event, Leg};
+use crate::data::{Fed, Reframer};
+use crate::line::{LineReader, MAX_EXTENDED_LINE};
+use crate::reply::{Reply, ReplyParser};
+use crate::timer::Timers;
+
+/// Protocol errors after which the client is disconnected (a client speaking another
+/// protocol, or a TLS ClientHello on the STARTTLS port, must not hold a session forever).
+/// Counted since the last delivered message (SPEC §4).
+const MAX_ERRORS: u32 = 20;
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// Client command lines, bounded.
+    pub(crate) client_in: LineReader,
+    /// Backend replies, bounded.
+    pub(crate) backend_in: ReplyParser,
+    /// Bytes queued for each leg, flushed as one [`Action::Write`] each.
+    out: [BytesMut; 2],
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+    pub(crate) timers: Timers,
+    errors: u32,
+    /// Shutdown has begun: the session ends at the next command boundary.
+    pub(crate) draining: bool,
+    /// The client shut down its sending side: what it sent is still answered, then we close.
+    pub(crate) client_eof: bool,
+    closed: bool,
+    /// Emit [`Event::Protocol`] for every client line and every reply sent to it.
+    pub(crate) protocol_log: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(protocol_log: bool) -> Self {
+        Conn {
+            client_in: LineReader::new(MAX_EXTENDED_LINE),
+            backend_in: ReplyParser::new(),
+            out: [BytesMut::new(), BytesMut::new()],
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            timers: Timers::default(),
+            errors: 0,
+            draining: false,
+            client_eof: false,
+            closed: false,
+            protocol_log,
+        }
+    }
+
+    pub(crate) fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub(crate) fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    pub(crate) fn event(&mut self, event: Event) {
+        self.events.push_back(event);
+    }
+
+    /// Queue a reply line to the client (CRLF appended).
+    pub(crate) fn send(&mut self, line: &str) {
+        let out = &mut self.out[index(Leg::Client)];
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.log_replies(line.as_bytes());
+    }
+
+    /// Queue a (parsed, re-serialised) reply to the client.
+    pub(crate) fn send_reply(&mut self, reply: &Reply) {
+        let out = &mut self.out[index(Leg::Client)];
+        let start = out.len();
+        reply.write_to(out);
+        if self.protocol_log {
+            let written = out[start..].to_vec();
+            self.log_replies(&written);
+        }
+    }
+
+    /// Queue bytes for a leg.
+    pub(crate) fn write(&mut self, leg: Leg, bytes: &[u8]) {
+        self.out[index(leg)].extend_from_slice(bytes);
+    }
+
+    /// The output buffer of a leg, for serialisers that write into one.
+    pub(crate) fn out(&mut self, leg: Leg) -> &mut BytesMut {
+        &mut self.out[index(leg)]
+    }
+
+    /// Feed message data through the reframer to the backend leg.
+    pub(crate) fn relay_body(&mut self, reframer: &mut Reframer, data: &[u8]) -> Fed {
+        reframer.feed(data, &mut self.out[index(Leg::Backend)])
+    }
+
+    /// Queue a control action after everything written so far.
+    pub(crate) fn control(&mut self, action: Action) {
+        self.flush();
+        self.actions.push_back(action);
+    }
+
+    /// Turn what is queued for each leg into write actions (client first: a reply is never
+    /// held back behind a large body write).
+    pub(crate) fn flush(&mut self) {
+        for leg in [Leg::Client, Leg::Backend] {
+            let out = &mut self.out[index(leg)];
+            if !out.is_empty() {
+                let bytes = out.split().freeze();
+                self.actions.push_back(Action::Write(leg, bytes));
+            }
+        }
+    }
+
+    /// Drop a leg's connection without a word; nothing still queued for it is sent.
+    pub(crate) fn abort(&mut self, leg: Leg) {
+        self.out[index(leg)].clear();
+        self.control(Action::Abort(leg));
+    }
+
+    /// Close both legs after what is queued; every timer stops. Idempotent.
+    pub(crate) fn close(&mut self) {
+        if !self.closed {
+            self.control(Action::Close);
+            self.closed = true;
+            self.timers.stop_all();
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Count a protocol error; at the limit the client is told so and the session closes.
+    /// Returns whether the session goes on. Every path that counts an error comes here.
+    pub(crate) fn count_error(&mut self) -> bool {
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            self.send("421 4.7.0 Too many errors, closing connection");
+            self.close();
+            return false;
+        }
+        true
+    }
+
+    /// A delivered message resets the error count (SPEC §4).
+    pub(crate) fn reset_errors(&mut self) {
+        self.errors = 0;
+    }
+
+    /// Shutdown: `421 4.3.2` and close.
+    pub(crate) fn shutdown_now(&mut self) {
+        self.send("421 4.3.2 Service shutting down");
+        self.close();
+    }
+}
+
+fn index(leg: Leg) -> usize {
+    match leg {
+        Leg::Client => 0,
+        Leg::Backend => 1,
+    }
+}

@@ -1,0 +1,166 @@
+//! TLS handshakes of a session and what is recorded of them: the server side on the client
+//! leg (implicit TLS, or after STARTTLS), always under a deadline; the metric, the log lines,
+//! and the protocol log's certificates (ours and the peer's, as Exchange's verbose log has).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use smtp_core::session::{ClientCert, TlsInfo};
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+use tokio_rustls::TlsAcceptor;
+
+use super::PROTOCOL;
+use crate::io::Stream;
+use crate::runtime::ListenerRuntime;
+
+/// Record a completed server-side handshake; returns what the session needs to know.
+fn handshake_done(
+    l: &ListenerRuntime,
+    conn: &rustls::ServerConnection,
+    session: u64,
+    peer: SocketAddr,
+) -> TlsInfo {
+    let (version, cipher) = crate::tls::session_tls_info(conn);
+    l.metrics
+        .tls_handshakes_total
+        .with_label_values(&[&l.name, "server", "ok", &version])
+        .inc();
+    if l.session.protocol_log {
+        log_handshake(l, conn, session, peer, &version, &cipher);
+    }
+    let client_cert = l.client_auth.client_cert(conn);
+    match &client_cert {
+        ClientCert::None => {}
+        ClientCert::Verified(cert) => {
+            tracing::debug!(listener = %l.name, %peer, subject = %cert.subject, issuer = %cert.issuer,
+                serial = %cert.serial, sha1 = %cert.sha1, "client certificate verified");
+        }
+        ClientCert::Failed { cert, reason } => {
+            // `request`: the session goes on as one without a certificate for Domain Security.
+            tracing::info!(listener = %l.name, %peer, subject = %cert.subject, issuer = %cert.issuer,
+                serial = %cert.serial, sha1 = %cert.sha1, reason = %reason,
+                "client certificate did not verify; treated as none");
+        }
+    }
+    TlsInfo {
+        version,
+        cipher,
+        client_cert,
+    }
+}
+
+/// The protocol log's handshake lines: the certificate we sent and the client's, if any
+/// (Exchange's verbose log records both).
+fn log_handshake(
+    l: &ListenerRuntime,
+    conn: &rustls::ServerConnection,
+    session: u64,
+    peer: SocketAddr,
+    version: &str,
+    cipher: &str,
+) {
+    let listener = &l.name;
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    tracing::info!(target: PROTOCOL, session, %listener, %peer, version, cipher, sni = conn.server_name(), resumed, "TLS established");
+    if resumed {
+        // No certificate crossed the wire: what the first handshake exchanged was logged then.
+        return;
+    }
+    if let Some(cert) = l.certificates.served(conn.server_name()) {
+        log_certificate(session, listener, peer, "local", &cert.info);
+    }
+    let leaf = conn.peer_certificates().and_then(|chain| chain.first());
+    match leaf.map(|der| crate::tls::CertInfo::from_der(der)) {
+        Some(Ok(cert)) => log_certificate(session, listener, peer, "remote", &cert),
+        Some(Err(reason)) => {
+            tracing::info!(target: PROTOCOL, session, %listener, %peer, %reason, "remote certificate unreadable");
+        }
+        None => {
+            tracing::info!(target: PROTOCOL, session, %listener, %peer, "no remote certificate")
+        }
+    }
+}
+
+fn log_certificate(
+    session: u64,
+    listener: &str,
+    peer: SocketAddr,
+    side: &str,
+    cert: &crate::tls::CertInfo,
+) {
+    tracing::info!(
+        target: PROTOCOL,
+        session,
+        %listener,
+        %peer,
+        side,
+        subject = %cert.subject,
+        issuer = %cert.issuer,
+        serial = %cert.serial,
+        sha1 = %cert.sha1,
+        sans = %cert.sans.join(","),
+        not_before = %cert.not_before_rfc3339(),
+        not_after = %cert.not_after_rfc3339(),
+        "certificate"
+    );
+}
+
+fn handshake_failed(l: &ListenerRuntime, peer: SocketAddr, reason: &str) {
+    tracing::info!(listener = %l.name, %peer, reason, "TLS handshake failed");
+    count_handshake_error(l);
+}
+
+/// A handshake that failed with an error: with `client_certificates: require`, a client
+/// certificate that was missing or did not verify is named (`expired`, `revoked`,
+/// `untrusted issuer`...).
+fn handshake_error(l: &ListenerRuntime, peer: SocketAddr, e: &std::io::Error) {
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(
+            err @ (rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)),
+        ) => {
+            let client_certificate = crate::tls::failure_reason(err);
+            tracing::info!(listener = %l.name, %peer, client_certificate, reason = %e,
+                "TLS handshake failed: client certificate refused");
+            count_handshake_error(l);
+        }
+        _ => handshake_failed(l, peer, &e.to_string()),
+    }
+}
+
+fn count_handshake_error(l: &ListenerRuntime) {
+    l.metrics
+        .tls_handshakes_total
+        .with_label_values(&[&l.name, "server", "error", ""])
+        .inc();
+}
+
+/// The server side of a TLS handshake on `tcp` (implicit TLS, or after STARTTLS) by
+/// `deadline`; a failure is logged and counted, and ends in `None`.
+pub(crate) async fn accept_tls(
+    l: &ListenerRuntime,
+    acceptor: &Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    deadline: tokio::time::Instant,
+    id: u64,
+    peer: SocketAddr,
+) -> Option<(Stream, TlsInfo)> {
+    let accept = TlsAcceptor::from(Arc::clone(acceptor)).accept(tcp);
+    match timeout_at(deadline, accept).await {
+        Ok(Ok(stream)) => {
+            let info = handshake_done(l, stream.get_ref().1, id, peer);
+            Some((Stream::ServerTls(Box::new(stream)), info))
+        }
+        Ok(Err(e)) => {
+            handshake_error(l, peer, &e);
+            None
+        }
+        Err(_) => {
+            handshake_failed(l, peer, "timed out");
+            None
+        }
+    }
+}

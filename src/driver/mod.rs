@@ -1,0 +1,240 @@
+//! The one driver loop (DESIGN.md §1): it moves bytes between the two legs' sockets and a
+//! sans-IO session of either direction ([`Machine`]), and carries out the session's actions in
+//! order. It decides nothing about SMTP itself. Every wait has a deadline: the session's, or,
+//! should the session have set none, the longest wait the listener allows.
+//!
+//! `handshake` holds the TLS handshakes and what is recorded of them, `events` what a
+//! session's events become (metrics, logs).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use smtp_core::session::{Action, Leg, Machine};
+use tokio::sync::watch;
+use tokio::time::{sleep_until, timeout};
+
+use crate::backend;
+use crate::io::{Read, Stream};
+use crate::runtime::{ListenerRuntime, Shutdown};
+
+mod events;
+mod handshake;
+
+pub(crate) use handshake::accept_tls;
+
+/// Numbers the sessions of this process, for the protocol log.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Where protocol log lines go: filter them with `smtp_sidecar::protocol=info`.
+const PROTOCOL: &str = "smtp_sidecar::protocol";
+
+/// One session's sockets and what the loop knows of them.
+#[derive(Debug)]
+pub struct Driver<'a> {
+    l: &'a ListenerRuntime,
+    pub id: u64,
+    peer: SocketAddr,
+    client: Stream,
+    backend: Stream,
+    /// Messages accepted in this session, for the closing log line.
+    pub messages: u32,
+}
+
+impl<'a> Driver<'a> {
+    /// A driver for a client connection (plain, or already TLS for implicit TLS).
+    pub fn new(l: &'a ListenerRuntime, peer: SocketAddr) -> Self {
+        Driver {
+            l,
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            peer,
+            client: Stream::None,
+            backend: Stream::None,
+            messages: 0,
+        }
+    }
+
+    /// Run `session` over `client` until it closes.
+    pub async fn run<M: Machine>(
+        &mut self,
+        session: &mut M,
+        client: Stream,
+        mut shutdown: watch::Receiver<Shutdown>,
+    ) {
+        self.client = client;
+        // Try a read before waiting for readiness: after a TLS handshake or a full read, bytes
+        // may already be buffered (in rustls or the kernel) with no new readiness to come.
+        let (mut client_more, mut backend_more) = (true, false);
+        loop {
+            while let Some(action) = session.poll_action() {
+                // Events first: protocol log lines must be written before a handshake's.
+                self.record_events(session);
+                match self.act(session, action).await {
+                    Step::Go => {}
+                    Step::ClientReadable => client_more = true,
+                    Step::Done => return self.record_events(session),
+                }
+            }
+            self.record_events(session);
+            if session.is_closed() {
+                return;
+            }
+            if client_more && session.wants_bytes(Leg::Client) {
+                match self
+                    .client
+                    .read_now(|data| session.handle_bytes(Leg::Client, data, Instant::now()))
+                {
+                    Read::Data { more } => {
+                        client_more = more;
+                        continue;
+                    }
+                    Read::Closed => {
+                        session.handle_eof(Leg::Client, Instant::now());
+                        continue;
+                    }
+                    Read::WouldBlock => client_more = false,
+                }
+            }
+            if backend_more && session.wants_bytes(Leg::Backend) {
+                match self
+                    .backend
+                    .read_now(|data| session.handle_bytes(Leg::Backend, data, Instant::now()))
+                {
+                    Read::Data { more } => {
+                        backend_more = more;
+                        continue;
+                    }
+                    Read::Closed => {
+                        self.backend = Stream::None;
+                        session.handle_eof(Leg::Backend, Instant::now());
+                        continue;
+                    }
+                    Read::WouldBlock => backend_more = false,
+                }
+            }
+            let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+            // The session always sets one while it waits; should it not, the session is
+            // stalled, and ends after the longest wait the listener allows.
+            let stalled = deadline.is_none();
+            let deadline =
+                deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.l.longest_wait());
+            tokio::select! {
+                () = self.client.readable(), if session.wants_bytes(Leg::Client) => client_more = true,
+                () = self.backend.readable(), if session.wants_bytes(Leg::Backend) => backend_more = true,
+                () = sleep_until(deadline) => {
+                    if stalled {
+                        tracing::warn!(listener = %self.l.name, peer = %self.peer, "session stalled with no deadline; closing");
+                        self.close().await;
+                        return;
+                    }
+                    session.handle_timeout(Instant::now());
+                }
+                r = shutdown.changed() => {
+                    let state = if r.is_ok() { *shutdown.borrow_and_update() } else { Shutdown::GraceOver };
+                    match state {
+                        Shutdown::Running => {}
+                        Shutdown::Draining => session.handle_shutdown(Instant::now()),
+                        Shutdown::GraceOver => session.handle_grace_expired(Instant::now()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn record_events<M: Machine>(&mut self, session: &mut M) {
+        while let Some(event) = session.poll_event() {
+            self.messages +=
+                events::record(self.l, session.client_tls(), event, self.peer, self.id);
+        }
+    }
+
+    /// Carry out one action.
+    async fn act<M: Machine>(&mut self, session: &mut M, action: Action) -> Step {
+        let l = self.l;
+        match action {
+            Action::Write(leg, bytes) => {
+                let stream = match leg {
+                    Leg::Client => &mut self.client,
+                    Leg::Backend => &mut self.backend,
+                };
+                if !matches!(
+                    timeout(l.write_timeout, stream.write(&bytes)).await,
+                    Ok(Ok(()))
+                ) {
+                    session.handle_lost(leg, Instant::now());
+                }
+            }
+            Action::ConnectBackend => match backend::connect(&l.servers, l.connect_timeout).await {
+                Ok(stream) => {
+                    self.backend = Stream::Plain(stream);
+                    session.handle_connected(Instant::now());
+                }
+                Err(reason) => {
+                    tracing::warn!(listener = %l.name, peer = %self.peer, %reason, "backend unreachable");
+                    session.handle_connect_failed(&reason, Instant::now());
+                }
+            },
+            Action::Abort(leg) => {
+                // An abortive close (RST): the backend discards the message in flight, and no
+                // TIME_WAIT is left behind, so sessions that have many messages refused cannot
+                // use up the ports toward a backend on another host.
+                let stream = match leg {
+                    Leg::Client => std::mem::take(&mut self.client),
+                    Leg::Backend => std::mem::take(&mut self.backend),
+                };
+                if let Some(Err(e)) = stream.tcp().map(|tcp| tcp.set_zero_linger()) {
+                    tracing::debug!(error = %e, "SO_LINGER on an aborted connection");
+                }
+            }
+            Action::StartTls(Leg::Client) => {
+                let (Stream::Plain(tcp), Some(acceptor)) =
+                    (std::mem::take(&mut self.client), &l.acceptor)
+                else {
+                    session.handle_tls_failed(Leg::Client, Instant::now());
+                    return Step::Go;
+                };
+                // The plain stream is moved into the TLS stream: no plaintext buffer survives
+                // the upgrade (DESIGN.md rule 4). The session's deadline, or the handshake
+                // timeout if it set none: every wait has one.
+                let deadline = session.poll_timeout().map_or_else(
+                    || tokio::time::Instant::now() + l.tls_handshake_timeout(),
+                    tokio::time::Instant::from_std,
+                );
+                match accept_tls(l, acceptor, tcp, deadline, self.id, self.peer).await {
+                    Some((tls, info)) => {
+                        self.client = tls;
+                        session.handle_tls_established(Leg::Client, info, Instant::now());
+                        return Step::ClientReadable;
+                    }
+                    None => session.handle_tls_failed(Leg::Client, Instant::now()),
+                }
+            }
+            Action::StartTls(Leg::Backend) => {
+                // Not asked for by any session yet: the originate leg's client handshake.
+                session.handle_tls_failed(Leg::Backend, Instant::now());
+            }
+            Action::Close => {
+                self.close().await;
+                return Step::Done;
+            }
+        }
+        Step::Go
+    }
+
+    /// Close both legs, each under the write deadline.
+    async fn close(&mut self) {
+        let write_timeout = self.l.write_timeout;
+        let mut backend = std::mem::take(&mut self.backend);
+        let _ = timeout(write_timeout, backend.shutdown()).await;
+        let _ = timeout(write_timeout, self.client.shutdown()).await;
+    }
+}
+
+/// What the loop does after an action.
+enum Step {
+    Go,
+    /// The client leg changed (TLS): try a read before waiting for readiness.
+    ClientReadable,
+    /// The session closed.
+    Done,
+}
