@@ -9,6 +9,7 @@
 //! | [`inbound`] | the terminate-mode entry: implicit TLS, then an `smtp_core::inbound::Session` on the driver |
 //! | [`io`] | socket reads into a per-thread scratch buffer, a leg's stream before/after TLS |
 //! | [`backend`] | connecting to the legacy server(s), in order |
+//! | [`mx`] | originate mode's MX look-ups: next hops in preference order, null MX, DNS failures |
 //! | [`metrics`], [`admin`] | Prometheus metrics and the `/metrics` `/healthz` `/readyz` endpoint |
 //! | [`runtime`] | building and running everything from a validated configuration |
 //! | [`sink`] | a minimal SMTP server standing in for the legacy backend (`demo`, tests) |
@@ -24,6 +25,7 @@ pub mod inbound;
 pub mod io;
 pub mod listener;
 pub mod metrics;
+pub mod mx;
 pub mod runtime;
 pub mod sink;
 pub mod tls;

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod binary;
+pub mod dns;
 pub mod next_hop;
 pub mod pki;
 pub mod process;

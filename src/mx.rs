@@ -1,0 +1,408 @@
+//! MX look-ups for originate mode (SPEC §3 `resolver`, issue 13): for a recipient domain, the
+//! hosts to try in order and their addresses (RFC 5321 §5.1), or why there are none and the SMTP
+//! reply that says so: null MX (RFC 7505), no such domain, no address, DNS failing for now.
+//! This module only answers "where"; connecting, and the next MX on failure, is the driver's.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::NetError;
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::TokioResolver;
+use tokio::task::JoinSet;
+use tokio::time::{timeout_at, Instant};
+
+/// At most this many MX hosts are considered: a hostile zone must not make us try hundreds.
+pub const MAX_MX_HOSTS: usize = 10;
+/// At most this many addresses per host.
+pub const MAX_ADDRS_PER_HOST: usize = 4;
+
+/// One host to try: the MX exchange (or the domain itself for an implicit MX) and its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    /// Lowercase, without the trailing dot; the name a `verify` policy checks (RFC 6125).
+    pub host: String,
+    /// IPv6 and IPv4 interleaved, IPv6 first (RFC 8305 §4), with the port given to `next_hops`.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Why a domain has no next hop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MxError {
+    /// RFC 7505: the domain publishes a null MX, it accepts no mail.
+    #[error("the domain publishes a null MX (RFC 7505)")]
+    NullMx,
+    /// NXDOMAIN for the recipient domain.
+    #[error("the domain does not exist (NXDOMAIN)")]
+    NoSuchDomain,
+    /// No MX, and no A/AAAA for the implicit MX; or no MX host has an address.
+    #[error("no mail server address for the domain")]
+    NoAddress,
+    /// Not a domain name we can look up (empty, too long, a bad label, not ASCII).
+    #[error("not a valid domain name: {0}")]
+    InvalidDomain(String),
+    /// SERVFAIL, REFUSED, timeouts, unreachable name servers: try again later.
+    #[error("temporary DNS failure: {0}")]
+    TempFail(String),
+}
+
+impl MxError {
+    /// The reply to the RCPT that needed this look-up (RFC 3463 enhanced codes).
+    pub fn reply(&self) -> &'static str {
+        match self {
+            // RFC 7505 §4.2 and RFC 7504's X.1.10.
+            MxError::NullMx => "550 5.1.10 Recipient domain does not accept mail (null MX)",
+            MxError::NoSuchDomain => "550 5.1.2 Recipient domain does not exist",
+            MxError::NoAddress => "550 5.1.2 Recipient domain has no mail server address",
+            MxError::InvalidDomain(_) => "501 5.1.3 Recipient domain is not a valid domain name",
+            // X.4.3: directory server failure.
+            MxError::TempFail(_) => "451 4.4.3 Temporary DNS failure for the recipient domain",
+        }
+    }
+
+    /// True for failures the sending MTA should retry (4xx).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, MxError::TempFail(_))
+    }
+}
+
+/// The system DNS configuration (/etc/resolv.conf) could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the system DNS configuration (/etc/resolv.conf): {0}")]
+pub struct ResolverSetupError(String);
+
+/// An MX resolver: cheap to clone, one per `resolver:` section.
+#[derive(Debug, Clone)]
+pub struct MxResolver {
+    resolver: TokioResolver,
+    timeout: Duration,
+}
+
+impl MxResolver {
+    /// `nameservers` over UDP and TCP, or the system's when empty. `timeout` bounds a whole
+    /// `next_hops` call (the MX query and the address queries after it).
+    pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, ResolverSetupError> {
+        let mut builder = if nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| ResolverSetupError(e.to_string()))?
+        } else {
+            let servers = nameservers
+                .iter()
+                .map(|addr| {
+                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                    for connection in &mut ns.connections {
+                        connection.port = addr.port();
+                    }
+                    ns
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+            .with_options(ResolverOpts::default())
+        };
+        let options = builder.options_mut();
+        // Two tries per query (hickory's `attempts` counts retries), each half the budget: one
+        // lost UDP datagram is survivable. The whole call is bounded by `timeout` regardless.
+        options.timeout = (timeout / 2).max(Duration::from_millis(50));
+        options.attempts = 1;
+        // Mail routing is DNS only: /etc/hosts has no MX records and must not shadow MX hosts.
+        options.use_hosts_file = ResolveHosts::Never;
+        let resolver = builder
+            .build()
+            .map_err(|e| ResolverSetupError(e.to_string()))?;
+        Ok(MxResolver { resolver, timeout })
+    }
+
+    /// The hosts to try for `domain`, most preferred first, each with at least one address.
+    /// `domain` is an ASCII name (an A-label for IDNs); address literals are the caller's.
+    /// Within the timeout: a host whose addresses are not known by then is left out, and if
+    /// that leaves none, the answer is `TempFail`.
+    pub async fn next_hops(&self, domain: &str, port: u16) -> Result<Vec<NextHop>, MxError> {
+        let domain = normalize(domain)?;
+        let name = fqdn(&domain)?;
+        let deadline = Instant::now() + self.timeout;
+        let mx = timeout_at(deadline, self.resolver.lookup(name.clone(), RecordType::MX))
+            .await
+            .map_err(|_| {
+                MxError::TempFail(format!("MX {domain}: no answer within {:?}", self.timeout))
+            })?;
+        let hosts = match mx {
+            Ok(lookup) => {
+                let mut mx: Vec<(u16, Name)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_lowercase())),
+                        _ => None,
+                    })
+                    .collect();
+                if mx.is_empty() {
+                    // Only a CNAME or other types in the answer: the same as no MX.
+                    vec![(domain, name)]
+                } else {
+                    mx_hosts(&mut mx)?
+                }
+            }
+            Err(e) => match classify(&e) {
+                // RFC 5321 §5.1: no MX at all, the domain itself is an implicit MX (pref. 0).
+                Lookup::NoData => vec![(domain, name)],
+                Lookup::NxDomain => return Err(MxError::NoSuchDomain),
+                // No falling back to A records here: the MX set may exist, we just can't see it.
+                Lookup::Temporary => return Err(MxError::TempFail(format!("MX {domain}: {e}"))),
+            },
+        };
+        self.addresses(hosts, port, deadline).await
+    }
+
+    /// Resolve every host at once (a slow first MX must not use up the budget of the others);
+    /// keep the order; drop hosts without addresses and addresses already listed.
+    async fn addresses(
+        &self,
+        hosts: Vec<(String, Name)>,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<Vec<NextHop>, MxError> {
+        let mut tasks = JoinSet::new();
+        for (i, (_, name)) in hosts.iter().enumerate() {
+            let resolver = self.resolver.clone();
+            let name = name.clone();
+            tasks.spawn(async move { (i, host_addresses(&resolver, name).await) });
+        }
+        let mut found: Vec<Option<Result<Vec<IpAddr>, String>>> = vec![None; hosts.len()];
+        // Past the deadline, the unfinished look-ups are dropped (with `tasks`) and count as
+        // temporary failures.
+        while let Ok(Some(joined)) = timeout_at(deadline, tasks.join_next()).await {
+            if let Ok((i, result)) = joined {
+                found[i] = Some(result);
+            }
+        }
+
+        let mut seen = HashSet::new();
+        let mut hops = Vec::new();
+        let mut temporary = Vec::new();
+        for ((host, _), result) in hosts.into_iter().zip(found) {
+            match result {
+                Some(Ok(ips)) => {
+                    let addrs: Vec<SocketAddr> = ips
+                        .into_iter()
+                        .filter(|ip| seen.insert(*ip))
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .collect();
+                    if !addrs.is_empty() {
+                        hops.push(NextHop { host, addrs });
+                    }
+                }
+                Some(Err(e)) => temporary.push(e),
+                None => temporary.push(format!(
+                    "{host}: no address answer within {:?}",
+                    self.timeout
+                )),
+            }
+        }
+        if !hops.is_empty() {
+            Ok(hops)
+        } else if !temporary.is_empty() {
+            Err(MxError::TempFail(temporary.join("; ")))
+        } else {
+            Err(MxError::NoAddress)
+        }
+    }
+}
+
+/// The MX set in the order to try: RFC 7505 null MX, RFC 5321 §5.1 preference order with equal
+/// preferences shuffled, duplicates removed, at most `MAX_MX_HOSTS`.
+fn mx_hosts(mx: &mut Vec<(u16, Name)>) -> Result<Vec<(String, Name)>, MxError> {
+    // RFC 7505 §3: a null MX is a lone MX whose exchange is the root. (We do not insist on
+    // preference 0.) A "." beside real MX records is a misconfiguration: skip it, use the rest.
+    if mx.iter().all(|(_, exchange)| exchange.is_root()) {
+        return Err(MxError::NullMx);
+    }
+    mx.retain(|(_, exchange)| !exchange.is_root());
+    // RFC 5321 §5.1: equal preferences SHOULD be tried in random order. A fresh RandomState is
+    // a randomly keyed SipHash, enough to spread load without a `rand` dependency.
+    let random = RandomState::new();
+    mx.sort_by_cached_key(|(preference, exchange)| (*preference, random.hash_one(exchange)));
+    let mut seen = HashSet::new();
+    Ok(mx
+        .drain(..)
+        .filter(|(_, exchange)| seen.insert(exchange.clone()))
+        .take(MAX_MX_HOSTS)
+        .map(|(_, exchange)| {
+            let host = exchange.to_ascii().trim_end_matches('.').to_string();
+            (host, exchange)
+        })
+        .collect())
+}
+
+/// A and AAAA of one host, interleaved IPv6 first, at most `MAX_ADDRS_PER_HOST`. `Ok(empty)`:
+/// the host has no address (NXDOMAIN/NODATA for both); `Err`: at least one query failed
+/// temporarily and the other gave nothing.
+async fn host_addresses(resolver: &TokioResolver, name: Name) -> Result<Vec<IpAddr>, String> {
+    let (v6, v4) = tokio::join!(
+        resolver.lookup(name.clone(), RecordType::AAAA),
+        resolver.lookup(name.clone(), RecordType::A),
+    );
+    let mut failure = None;
+    let mut collect = |result: Result<hickory_resolver::lookup::Lookup, NetError>| match result {
+        Ok(lookup) => lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            if classify(&e) == Lookup::Temporary {
+                failure = Some(format!("{name}: {e}"));
+            }
+            Vec::new()
+        }
+    };
+    let (v6, v4): (Vec<IpAddr>, Vec<IpAddr>) = (collect(v6), collect(v4));
+    let mut ips = Vec::new();
+    let (mut v6, mut v4) = (v6.into_iter(), v4.into_iter());
+    while ips.len() < MAX_ADDRS_PER_HOST {
+        let (a, b) = (v6.next(), v4.next());
+        if a.is_none() && b.is_none() {
+            break;
+        }
+        ips.extend(a);
+        if ips.len() < MAX_ADDRS_PER_HOST {
+            ips.extend(b);
+        }
+    }
+    match failure {
+        Some(e) if ips.is_empty() => Err(e),
+        _ => Ok(ips),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Lookup {
+    /// NOERROR with no records of the type (NODATA).
+    NoData,
+    /// NXDOMAIN: the name does not exist.
+    NxDomain,
+    /// Anything else: SERVFAIL, REFUSED, timeouts, I/O.
+    Temporary,
+}
+
+/// hickory reports both NXDOMAIN and NODATA as `NoRecordsFound`, told apart by the response
+/// code; SERVFAIL and REFUSED arrive as `ResponseCode`, timeouts as `Timeout`.
+fn classify(e: &NetError) -> Lookup {
+    if e.is_nx_domain() {
+        Lookup::NxDomain
+    } else if e.is_no_records_found() {
+        Lookup::NoData
+    } else {
+        Lookup::Temporary
+    }
+}
+
+/// Lowercase ASCII, no trailing dot, checked against RFC 1035 §2.3.4's limits.
+fn normalize(domain: &str) -> Result<String, MxError> {
+    let invalid = |why: &str| MxError::InvalidDomain(format!("{domain:?}: {why}"));
+    let d = domain.strip_suffix('.').unwrap_or(domain);
+    if d.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if !d.is_ascii() {
+        return Err(invalid("not ASCII (IDNs must be given as A-labels)"));
+    }
+    // 255 octets on the wire = at most 253 characters in text without the root dot.
+    if d.len() > 253 {
+        return Err(invalid("longer than 253 characters"));
+    }
+    for label in d.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(invalid("a label is empty or longer than 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "a label has characters other than letters, digits, '-', '_'",
+            ));
+        }
+    }
+    Ok(d.to_ascii_lowercase())
+}
+
+/// The fully qualified name, so that no `search` domain of resolv.conf is ever appended.
+fn fqdn(domain: &str) -> Result<Name, MxError> {
+    Name::from_ascii(format!("{domain}."))
+        .map_err(|e| MxError::InvalidDomain(format!("{domain:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    #[test]
+    fn names_are_checked_and_lowercased() {
+        assert_eq!(normalize("Example.TEST.").unwrap(), "example.test");
+        for bad in ["", ".", "a..b", "exämple.test", "a b.test", "[127.0.0.1]"] {
+            assert!(
+                matches!(normalize(bad), Err(MxError::InvalidDomain(_))),
+                "{bad:?}"
+            );
+        }
+        let long_label = format!("{}.test", "a".repeat(64));
+        assert!(normalize(&long_label).is_err());
+        let long_name = vec!["a".repeat(63); 4].join(".");
+        assert_eq!(long_name.len(), 255);
+        assert!(normalize(&long_name).is_err());
+        let max = format!("{}.a", vec!["a".repeat(63); 3].join("."));
+        assert_eq!(max.len(), 193);
+        assert!(normalize(&max).is_ok());
+    }
+
+    #[test]
+    fn preference_order_null_mx_and_bounds() {
+        let mut mx = vec![(20, n("b.test.")), (10, n("a.test.")), (10, n("a.test."))];
+        let hosts: Vec<String> = mx_hosts(&mut mx)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(hosts, ["a.test", "b.test"]);
+
+        assert_eq!(mx_hosts(&mut vec![(0, Name::root())]), Err(MxError::NullMx));
+        let mut mixed = vec![(0, Name::root()), (5, n("c.test."))];
+        assert_eq!(mx_hosts(&mut mixed).unwrap()[0].0, "c.test");
+
+        let mut many: Vec<(u16, Name)> = (0..50u16)
+            .map(|i| (i, n(&format!("mx{i}.test."))))
+            .collect();
+        let hosts = mx_hosts(&mut many).unwrap();
+        assert_eq!(hosts.len(), MAX_MX_HOSTS);
+        assert_eq!(hosts[0].0, "mx0.test");
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(
+            MxError::NullMx.reply(),
+            "550 5.1.10 Recipient domain does not accept mail (null MX)"
+        );
+        assert!(MxError::TempFail(String::new())
+            .reply()
+            .starts_with("451 4.4.3 "));
+        assert!(MxError::NoSuchDomain.reply().starts_with("550 5.1.2 "));
+        assert!(MxError::NoAddress.reply().starts_with("550 5.1.2 "));
+        assert!(!MxError::NoAddress.is_temporary());
+    }
+}

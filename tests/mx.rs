@@ -1,0 +1,250 @@
+//! MX look-ups (issue 13, SPEC §3 `resolver`) against a DNS server on 127.0.0.1: preference
+//! order, implicit MX, IPv6, null MX, NXDOMAIN, SERVFAIL, a silent server, hosts without
+//! addresses, and the bounds a hostile zone cannot push us past.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::dns::{sa, Record, SilentDns, TestDns};
+use smtp_sidecar::mx::{MxError, MxResolver, NextHop, MAX_ADDRS_PER_HOST, MAX_MX_HOSTS};
+
+const T: Duration = Duration::from_secs(3);
+
+fn hop(host: &str, addrs: &[(&str, u16)]) -> NextHop {
+    NextHop {
+        host: host.to_string(),
+        addrs: addrs.iter().map(|(ip, port)| sa(ip, *port)).collect(),
+    }
+}
+
+#[tokio::test]
+async fn mx_hosts_in_preference_order() {
+    // Listed (and served) with the less preferred first.
+    let dns = TestDns::start(vec![
+        Record::mx("example.test", 20, "mx2.example.test"),
+        Record::mx("example.test", 10, "mx1.example.test"),
+        Record::a("mx2.example.test", "192.0.2.2"),
+        Record::a("mx1.example.test", "192.0.2.1"),
+    ])
+    .await;
+    let hops = dns.resolver(T).next_hops("example.test", 25).await.unwrap();
+    assert_eq!(
+        hops,
+        vec![
+            hop("mx1.example.test", &[("192.0.2.1", 25)]),
+            hop("mx2.example.test", &[("192.0.2.2", 25)]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn equal_preferences_are_all_kept_after_the_better_one() {
+    let dns = TestDns::start(vec![
+        Record::mx("example.test", 20, "b.example.test"),
+        Record::mx("example.test", 20, "c.example.test"),
+        Record::mx("example.test", 5, "a.example.test"),
+        Record::a("a.example.test", "192.0.2.1"),
+        Record::a("b.example.test", "192.0.2.2"),
+        Record::a("c.example.test", "192.0.2.3"),
+    ])
+    .await;
+    let hops = dns.resolver(T).next_hops("example.test", 25).await.unwrap();
+    let mut hosts: Vec<&str> = hops.iter().map(|h| h.host.as_str()).collect();
+    assert_eq!(hosts[0], "a.example.test");
+    hosts[1..].sort();
+    assert_eq!(
+        hosts,
+        ["a.example.test", "b.example.test", "c.example.test"]
+    );
+}
+
+#[tokio::test]
+async fn no_mx_falls_back_to_the_domains_own_address() {
+    // RFC 5321 §5.1: the implicit MX.
+    let dns = TestDns::start(vec![Record::a("plain.test", "192.0.2.7")]).await;
+    let hops = dns
+        .resolver(T)
+        .next_hops("Plain.Test.", 2525)
+        .await
+        .unwrap();
+    assert_eq!(hops, vec![hop("plain.test", &[("192.0.2.7", 2525)])]);
+    let queries = dns.queries();
+    assert!(
+        queries.contains(&("plain.test".into(), "MX".into())),
+        "{queries:?}"
+    );
+}
+
+#[tokio::test]
+async fn ipv6_and_ipv4_are_interleaved_ipv6_first() {
+    let dns = TestDns::start(vec![
+        Record::mx("six.test", 10, "mx.six.test"),
+        Record::a("mx.six.test", "192.0.2.1"),
+        Record::a("mx.six.test", "192.0.2.2"),
+        Record::aaaa("mx.six.test", "2001:db8::1"),
+        Record::aaaa("v6only.test", "2001:db8::6"),
+    ])
+    .await;
+    let resolver = dns.resolver(T);
+    let hops = resolver.next_hops("six.test", 25).await.unwrap();
+    assert_eq!(
+        hops,
+        vec![hop(
+            "mx.six.test",
+            &[("2001:db8::1", 25), ("192.0.2.1", 25), ("192.0.2.2", 25)]
+        )]
+    );
+    let hops = resolver.next_hops("v6only.test", 25).await.unwrap();
+    assert_eq!(hops, vec![hop("v6only.test", &[("2001:db8::6", 25)])]);
+}
+
+#[tokio::test]
+async fn null_mx_is_a_permanent_refusal_without_address_look_ups() {
+    let dns = TestDns::start(vec![
+        Record::null_mx("nullmx.test"),
+        Record::a("nullmx.test", "192.0.2.9"),
+    ])
+    .await;
+    let err = dns
+        .resolver(T)
+        .next_hops("nullmx.test", 25)
+        .await
+        .unwrap_err();
+    assert_eq!(err, MxError::NullMx);
+    assert_eq!(
+        err.reply(),
+        "550 5.1.10 Recipient domain does not accept mail (null MX)"
+    );
+    assert_eq!(dns.queries(), vec![("nullmx.test".into(), "MX".into())]);
+}
+
+#[tokio::test]
+async fn nxdomain_is_no_such_domain() {
+    let dns = TestDns::start(vec![Record::a("other.test", "192.0.2.1")]).await;
+    let err = dns
+        .resolver(T)
+        .next_hops("missing.test", 25)
+        .await
+        .unwrap_err();
+    assert_eq!(err, MxError::NoSuchDomain);
+    assert_eq!(err.reply(), "550 5.1.2 Recipient domain does not exist");
+}
+
+#[tokio::test]
+async fn servfail_is_a_temporary_failure_and_no_a_fallback() {
+    let dns = TestDns::start(vec![Record::servfail("broken.test")]).await;
+    let err = dns
+        .resolver(T)
+        .next_hops("broken.test", 25)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MxError::TempFail(_)), "{err:?}");
+    assert!(err.reply().starts_with("451 4.4.3 "), "{}", err.reply());
+    let types: Vec<String> = dns.queries().into_iter().map(|(_, t)| t).collect();
+    assert!(types.iter().all(|t| t == "MX"), "{types:?}");
+}
+
+#[tokio::test]
+async fn a_silent_name_server_is_a_temporary_failure_within_the_timeout() {
+    let silent = SilentDns::start().await;
+    let resolver = MxResolver::new(&[silent.addr], Duration::from_millis(300)).unwrap();
+    let started = Instant::now();
+    let err = resolver.next_hops("example.test", 25).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, MxError::TempFail(_)), "{err:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+}
+
+#[tokio::test]
+async fn mx_host_without_address() {
+    let dns = TestDns::start(vec![
+        // The only MX points to a name that does not exist.
+        Record::mx("dangling.test", 10, "nowhere.dangling.test"),
+        // The better MX exists but has no address (NODATA); the second one has one.
+        Record::mx("half.test", 10, "noaddr.half.test"),
+        Record::mx("noaddr.half.test", 10, "elsewhere.test"),
+        Record::mx("half.test", 20, "mx2.half.test"),
+        Record::a("mx2.half.test", "192.0.2.20"),
+        // Neither MX nor A.
+        Record::mx("empty.test", 10, "mx.empty.test"),
+    ])
+    .await;
+    let resolver = dns.resolver(T);
+    let err = resolver.next_hops("dangling.test", 25).await.unwrap_err();
+    assert_eq!(err, MxError::NoAddress);
+    assert_eq!(
+        err.reply(),
+        "550 5.1.2 Recipient domain has no mail server address"
+    );
+    assert_eq!(
+        resolver.next_hops("half.test", 25).await.unwrap(),
+        vec![hop("mx2.half.test", &[("192.0.2.20", 25)])]
+    );
+    assert_eq!(
+        resolver.next_hops("empty.test", 25).await,
+        Err(MxError::NoAddress)
+    );
+}
+
+#[tokio::test]
+async fn mx_hosts_failing_temporarily_are_skipped_while_one_remains() {
+    let dns = TestDns::start(vec![
+        Record::mx("mixed.test", 10, "sf.mixed.test"),
+        Record::mx("mixed.test", 20, "quiet.mixed.test"),
+        Record::mx("mixed.test", 30, "ok.mixed.test"),
+        Record::servfail("sf.mixed.test"),
+        Record::no_answer("quiet.mixed.test"),
+        Record::a("ok.mixed.test", "192.0.2.30"),
+        Record::mx("allbad.test", 10, "sf.mixed.test"),
+        Record::mx("allbad.test", 20, "quiet.mixed.test"),
+    ])
+    .await;
+    let resolver = dns.resolver(Duration::from_millis(600));
+    let started = Instant::now();
+    assert_eq!(
+        resolver.next_hops("mixed.test", 25).await.unwrap(),
+        vec![hop("ok.mixed.test", &[("192.0.2.30", 25)])]
+    );
+    let err = resolver.next_hops("allbad.test", 25).await.unwrap_err();
+    assert!(matches!(err, MxError::TempFail(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_hostile_zone_is_bounded() {
+    let mut records = Vec::new();
+    for i in 0..30u16 {
+        let host = format!("mx{i:02}.big.test");
+        records.push(Record::mx("big.test", i, &host));
+        for j in 1..=10 {
+            records.push(Record::a(&host, &format!("10.{i}.0.{j}")));
+        }
+    }
+    let dns = TestDns::start(records).await;
+    let hops = dns.resolver(T).next_hops("big.test", 25).await.unwrap();
+    assert_eq!(hops.len(), MAX_MX_HOSTS);
+    assert_eq!(hops[0].host, "mx00.big.test");
+    assert_eq!(hops[MAX_MX_HOSTS - 1].host, "mx09.big.test");
+    assert!(hops.iter().all(|h| h.addrs.len() == MAX_ADDRS_PER_HOST));
+    // Only the hosts considered were looked up.
+    assert!(!dns
+        .queries()
+        .iter()
+        .any(|(name, _)| name == "mx10.big.test"));
+}
+
+#[tokio::test]
+async fn invalid_domains_are_refused_before_any_query() {
+    let dns = TestDns::start(vec![]).await;
+    let resolver = dns.resolver(T);
+    for bad in ["", "a..test", &"x".repeat(300), "bücher.test"] {
+        let err = resolver.next_hops(bad, 25).await.unwrap_err();
+        assert!(matches!(err, MxError::InvalidDomain(_)), "{bad:?}: {err:?}");
+    }
+    assert!(dns.queries().is_empty());
+}
