@@ -24,6 +24,7 @@ pub mod date;
 pub mod ehlo;
 pub mod inbound;
 pub mod line;
+pub mod outbound;
 pub mod reply;
 pub mod session;
 pub mod testing;

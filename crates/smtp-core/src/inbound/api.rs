@@ -1,9 +1,8 @@
 //! The policy a terminate listener hands each session ([`Config`]). The actions and events a
 //! session gives back are the shared ones of [`crate::session`].
 
-use std::time::Duration;
-
 use crate::data::{BareNewlines, LongLines};
+use crate::session::Timeouts;
 
 /// What a listener's policy allows, fixed for the life of a session.
 #[derive(Debug, Clone)]
@@ -41,17 +40,4 @@ pub enum OnFailure {
     Defer,
     /// `550 5.7.1`: the sender bounces it.
     Reject,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// From our greeting to the client's first command.
-    pub greeting: Duration,
-    /// Waiting for each further command (and each AUTH response line).
-    pub command: Duration,
-    /// Waiting for each block of message data.
-    pub data_block: Duration,
-    pub tls_handshake: Duration,
-    /// Waiting for the backend's greeting and each of its replies.
-    pub backend_reply: Duration,
 }

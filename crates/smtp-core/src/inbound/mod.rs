@@ -41,8 +41,8 @@ mod params;
 mod shared;
 mod state;
 
-pub use crate::session::{Action, ClientCert, Direction, Event, PeerCert, TlsInfo};
-pub use api::{Config, OnFailure, Timeouts};
+pub use crate::session::{Action, ClientCert, Direction, Event, PeerCert, Timeouts, TlsInfo};
+pub use api::{Config, OnFailure};
 pub use domain_secure::{DomainSecureRefusal, Missing};
 
 use auth::AuthState;

@@ -11,7 +11,7 @@
 //! `protocol_log` the protocol log lines, `received` the Received header, `tls_info` what a
 //! completed handshake reports.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -113,4 +113,18 @@ pub trait Machine {
     fn handle_shutdown(&mut self, now: Instant);
     /// The shutdown grace period is over: whatever is left is told `421 4.3.2` and closed.
     fn handle_grace_expired(&mut self, now: Instant);
+}
+
+/// The deadlines of a session's waits (DESIGN.md rule 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From our greeting to the client's first command.
+    pub greeting: Duration,
+    /// Waiting for each further command (and each AUTH response line).
+    pub command: Duration,
+    /// Waiting for each block of message data.
+    pub data_block: Duration,
+    pub tls_handshake: Duration,
+    /// Waiting for the backend's (or next hop's) greeting and each of its replies.
+    pub backend_reply: Duration,
 }
