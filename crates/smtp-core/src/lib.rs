@@ -11,6 +11,7 @@
 //! | [`reply`] | streaming nom parser and serialiser for server replies, with caps |
 //! | [`ehlo`] | the EHLO capability rewrite (allow-list) |
 //! | [`date`] | calendar dates (RFC 5322, RFC 3339) from a time passed in |
+//! | `params` | MAIL/RCPT parameter rules: what a client may send, given what it was offered |
 //! | [`data`] | the DATA reframer: dot-stuffing, bare CR/LF, NUL, end-of-data |
 //! | [`session`] | what both directions share: legs, actions, events, the [`session::Machine`] a driver runs, the connection part (buffers, queues, timers, errors), protocol log, Received header |
 //! | [`inbound`] | the terminate-mode session state machine |
@@ -25,6 +26,7 @@ pub mod ehlo;
 pub mod inbound;
 pub mod line;
 pub mod outbound;
+mod params;
 pub mod reply;
 pub mod session;
 pub mod testing;

@@ -7,11 +7,11 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::backend::hello_command;
-use super::params::{check_mail, check_rcpt, ParamError};
 use super::{Action, Backend, Event, Mode, Pending, Phase, Session, Transaction};
 use crate::command::{parse_command, Command, CommandError, Verb};
 use crate::ehlo::{rewrite_ehlo, EhloPolicy, Offered};
 use crate::line::{LineEvent, MAX_COMMAND_LINE};
+use crate::params::{check_mail, check_rcpt, ParamError};
 use crate::reply::Reply;
 use crate::session::Leg;
 use crate::timer::Timer;

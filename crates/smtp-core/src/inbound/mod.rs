@@ -16,8 +16,8 @@
 //! particular to terminate mode. This file holds the [`Session`] and its `handle_*`/`poll_*`
 //! surface; `machine` its [`crate::session::Machine`] implementation for the driver; `api`
 //! the listener's policy ([`Config`]); `state` the private state types; `shared` the internals every part uses (closing, losing a
-//! message in flight, policy refusals), `commands` the client's commands, `params` the
-//! MAIL/RCPT parameter rules, `auth` the authentication state and its replay, `backend` the
+//! message in flight, policy refusals), `commands` the client's commands (MAIL/RCPT parameters
+//! follow `crate::params`), `auth` the authentication state and its replay, `backend` the
 //! backend leg (reply checks, replacing and replaying a connection), `body` the message body,
 //! `domain_secure` the Domain Security decision at MAIL FROM.
 
@@ -37,7 +37,6 @@ mod body;
 mod commands;
 mod domain_secure;
 mod machine;
-mod params;
 mod shared;
 mod state;
 

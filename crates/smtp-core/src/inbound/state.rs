@@ -2,8 +2,8 @@
 //! doing right now ([`Mode`]), the command waiting for the backend's reply ([`Pending`]) and
 //! the backend connection's state ([`Backend`], [`Replay`]).
 
-use super::params::MailParams;
 use crate::data::Reframer;
+use crate::params::MailParams;
 
 /// Where the SMTP dialogue stands (RFC 5321 §4.1.4 ordering). Named for what the session
 /// expects next, as rustls names its handshake states.

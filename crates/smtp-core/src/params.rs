@@ -9,7 +9,7 @@ use crate::ehlo::Offered;
 
 /// Why a MAIL or RCPT command is refused; [`ParamError::reply`] is the SPEC §4 reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(super) enum ParamError {
+pub(crate) enum ParamError {
     #[error("parameter of an extension not offered")]
     Unsupported,
     #[error("repeated or malformed parameter")]
@@ -21,7 +21,7 @@ pub(super) enum ParamError {
 }
 
 impl ParamError {
-    pub(super) fn reply(self) -> &'static str {
+    pub(crate) fn reply(self) -> &'static str {
         match self {
             ParamError::Unsupported => "555 5.5.4 Unsupported parameter",
             ParamError::Invalid => "501 5.5.4 Invalid parameter",
@@ -33,7 +33,7 @@ impl ParamError {
 
 /// What the transaction keeps from its MAIL command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct MailParams {
+pub(crate) struct MailParams {
     /// `SMTPUTF8` was given: recipients may be non-ASCII (RFC 6531 §3.4).
     pub smtputf8: bool,
 }
@@ -128,7 +128,7 @@ impl Kind {
 
 /// Check MAIL FROM's parameters and address. `AUTH=` from a client that has not
 /// authenticated is rewritten to `AUTH=<>` (RFC 4954 §5): the backend trusts what we send.
-pub(super) fn check_mail(
+pub(crate) fn check_mail(
     from: &str,
     params: &mut [Param],
     offered: Offered,
@@ -154,7 +154,7 @@ pub(super) fn check_mail(
 }
 
 /// Check RCPT TO's parameters and address within a transaction started by `mail`.
-pub(super) fn check_rcpt(
+pub(crate) fn check_rcpt(
     to: &str,
     params: &[Param],
     offered: Offered,
