@@ -14,7 +14,10 @@ pub struct Metrics {
     pub message_bytes_total: IntCounterVec,
     pub policy_rejections_total: IntCounterVec,
     pub domain_secure_messages_received_total: IntCounterVec,
+    pub domain_secure_messages_sent_total: IntCounterVec,
+    pub domain_secure_outbound_session_failures_total: IntCounterVec,
     pub backend_failures_total: IntCounterVec,
+    pub next_hop_failures_total: IntCounterVec,
     pub session_duration_seconds: HistogramVec,
     /// notAfter of each loaded certificate, labelled by store name, SHA-1 thumbprint (as
     /// Exchange and Windows show it) and subject: all from the operator's own files.
@@ -107,10 +110,30 @@ impl Metrics {
                  mutual-TLS session",
                 &["listener", "domain"],
             ),
+            domain_secure_messages_sent_total: counter(
+                r,
+                "domain_secure_messages_sent_total",
+                "Messages the next hop accepted for a domain-secure domain over a verified \
+                 mutual-TLS session",
+                &["listener", "domain"],
+            ),
+            domain_secure_outbound_session_failures_total: counter(
+                r,
+                "domain_secure_outbound_session_failures_total",
+                "Outbound sessions to a domain-secure domain that could not get mutual TLS, by \
+                 reason",
+                &["listener", "domain", "reason"],
+            ),
             backend_failures_total: counter(
                 r,
                 "backend_failures_total",
                 "Sessions ended because the backend was unreachable, silent or broken",
+                &["listener"],
+            ),
+            next_hop_failures_total: counter(
+                r,
+                "next_hop_failures_total",
+                "Next hop attempts that failed (DNS, connect, refused greeting, lost, silent)",
                 &["listener"],
             ),
             session_duration_seconds,

@@ -14,6 +14,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
+use smtp_core::session::DnsFailure;
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
 
@@ -22,14 +23,9 @@ pub const MAX_MX_HOSTS: usize = 10;
 /// At most this many addresses per host.
 pub const MAX_ADDRS_PER_HOST: usize = 4;
 
-/// One host to try: the MX exchange (or the domain itself for an implicit MX) and its addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NextHop {
-    /// Lowercase, without the trailing dot; the name a `verify` policy checks (RFC 6125).
-    pub host: String,
-    /// IPv6 and IPv4 interleaved, IPv6 first (RFC 8305 §4), with the port given to `next_hops`.
-    pub addrs: Vec<SocketAddr>,
-}
+/// One host to try: the MX exchange (or the domain itself for an implicit MX) and its
+/// addresses (IPv6 and IPv4 interleaved, IPv6 first, RFC 8305 §4), as the session takes it.
+pub type NextHop = smtp_core::session::Route;
 
 /// Why a domain has no next hop.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,17 +48,20 @@ pub enum MxError {
 }
 
 impl MxError {
-    /// The reply to the RCPT that needed this look-up (RFC 3463 enhanced codes).
-    pub fn reply(&self) -> &'static str {
+    /// What the session is told (it decides the reply: `DnsFailure::reply`).
+    pub fn failure(&self) -> DnsFailure {
         match self {
-            // RFC 7505 §4.2 and RFC 7504's X.1.10.
-            MxError::NullMx => "550 5.1.10 Recipient domain does not accept mail (null MX)",
-            MxError::NoSuchDomain => "550 5.1.2 Recipient domain does not exist",
-            MxError::NoAddress => "550 5.1.2 Recipient domain has no mail server address",
-            MxError::InvalidDomain(_) => "501 5.1.3 Recipient domain is not a valid domain name",
-            // X.4.3: directory server failure.
-            MxError::TempFail(_) => "451 4.4.3 Temporary DNS failure for the recipient domain",
+            MxError::NullMx => DnsFailure::NullMx,
+            MxError::NoSuchDomain => DnsFailure::NoSuchDomain,
+            MxError::NoAddress => DnsFailure::NoAddress,
+            MxError::InvalidDomain(_) => DnsFailure::InvalidDomain,
+            MxError::TempFail(_) => DnsFailure::Temporary,
         }
+    }
+
+    /// The reply to the RCPT that needed this look-up.
+    pub fn reply(&self) -> &'static str {
+        self.failure().reply()
     }
 
     /// True for failures the sending MTA should retry (4xx).

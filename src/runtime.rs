@@ -42,6 +42,9 @@ pub struct ListenerRuntime {
     pub metrics: Metrics,
     /// How the certificate is chosen, to name the one served in the protocol log.
     pub certificates: CertPlan,
+    /// Originate, `next_hop: mx`: the MX resolver and the port next hops listen on.
+    pub resolver: Option<crate::mx::MxResolver>,
+    pub mx_port: u16,
 }
 
 impl ListenerRuntime {
@@ -254,6 +257,8 @@ fn listener_runtime(
         max_connections_per_ip: p.max_connections_per_ip,
         metrics: metrics.clone(),
         certificates: plan.clone(),
+        resolver: None,
+        mx_port: 25,
     })
 }
 

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use smtp_core::outbound::Level;
 use smtp_core::session::Event;
 
 use super::PROTOCOL;
@@ -59,6 +60,33 @@ pub(super) fn record(
         Event::BackendFailed { reason } => {
             tracing::warn!(listener = %l.name, %peer, %reason, "backend failed; client told 421 4.4.2");
             m.backend_failures_total.with_label_values(&[&l.name]).inc();
+        }
+        Event::NextHopFailed { host, reason } => {
+            tracing::info!(listener = %l.name, %peer, next_hop = %host, %reason, "next hop attempt failed");
+            m.next_hop_failures_total
+                .with_label_values(&[&l.name])
+                .inc();
+        }
+        Event::OutboundTlsFailure(r) => {
+            tracing::info!(listener = %l.name, %peer, domain = %r.domain, level = r.level.as_str(),
+                next_hop = %r.host, reason = r.failure.label(), enforced = r.enforced,
+                "outbound TLS policy not met");
+            let enforced = if r.enforced { "true" } else { "false" };
+            m.policy_rejections_total
+                .with_label_values(&[&l.name, r.failure.label(), enforced])
+                .inc();
+            if r.level == Level::DomainSecure {
+                // A listed domain as configured, or `other` for the default: bounded labels.
+                let domain = r.listed.as_deref().unwrap_or("other");
+                m.domain_secure_outbound_session_failures_total
+                    .with_label_values(&[&l.name, domain, r.failure.label()])
+                    .inc();
+            }
+        }
+        Event::DomainSecureSent { domain } => {
+            m.domain_secure_messages_sent_total
+                .with_label_values(&[&l.name, &domain])
+                .inc();
         }
         Event::Protocol { direction, line } => {
             let listener = &l.name;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use smtp_core::session::{Action, Leg, Machine};
+use smtp_core::session::{Action, DnsFailure, Leg, Machine, TlsStart};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout};
 
@@ -174,6 +174,40 @@ impl<'a> Driver<'a> {
                     session.handle_connect_failed(&reason, Instant::now());
                 }
             },
+            Action::Connect(target) => {
+                let connect = tokio::net::TcpStream::connect(target.addr);
+                match timeout(l.connect_timeout, connect).await {
+                    Ok(Ok(stream)) => {
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!(error = %e, "TCP_NODELAY on next hop socket");
+                        }
+                        self.backend = Stream::Plain(stream);
+                        session.handle_connected(Instant::now());
+                    }
+                    Ok(Err(e)) => session.handle_connect_failed(&e.to_string(), Instant::now()),
+                    Err(_) => session.handle_connect_failed("timed out", Instant::now()),
+                }
+            }
+            Action::Resolve(domain) => {
+                let result = match &l.resolver {
+                    Some(resolver) => resolver
+                        .next_hops(&domain, l.mx_port)
+                        .await
+                        .map_err(|e| {
+                            tracing::info!(listener = %l.name, peer = %self.peer, %domain, error = %e, "MX look-up failed");
+                            e.failure()
+                        }),
+                    None => Err(DnsFailure::Temporary),
+                };
+                session.handle_resolved(result, Instant::now());
+            }
+            Action::Disconnect(leg) => {
+                let mut stream = match leg {
+                    Leg::Client => std::mem::take(&mut self.client),
+                    Leg::Backend => std::mem::take(&mut self.backend),
+                };
+                let _ = timeout(l.write_timeout, stream.shutdown()).await;
+            }
             Action::Abort(leg) => {
                 // An abortive close (RST): the backend discards the message in flight, and no
                 // TIME_WAIT is left behind, so sessions that have many messages refused cannot
@@ -186,7 +220,7 @@ impl<'a> Driver<'a> {
                     tracing::debug!(error = %e, "SO_LINGER on an aborted connection");
                 }
             }
-            Action::StartTls(Leg::Client) => {
+            Action::StartTls(TlsStart::Server) => {
                 let (Stream::Plain(tcp), Some(acceptor)) =
                     (std::mem::take(&mut self.client), &l.acceptor)
                 else {
@@ -209,8 +243,8 @@ impl<'a> Driver<'a> {
                     None => session.handle_tls_failed(Leg::Client, Instant::now()),
                 }
             }
-            Action::StartTls(Leg::Backend) => {
-                // Not asked for by any session yet: the originate leg's client handshake.
+            Action::StartTls(TlsStart::Client(_client)) => {
+                // The originate leg's client handshake.
                 session.handle_tls_failed(Leg::Backend, Instant::now());
             }
             Action::Close => {

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 
 use crate::data::{BareNewlines, LongLines};
 use crate::inbound::{ClientCert, Config, OnFailure, Session, Timeouts, TlsInfo};
-use crate::session::{Action, Event, Leg, Machine};
+use crate::session::{Action, DnsFailure, Event, Leg, Machine, Route, Target, TlsClient, TlsStart};
 
 /// A policy with the SPEC defaults, for tests.
 pub fn test_config() -> Config {
@@ -32,6 +32,30 @@ pub fn test_config() -> Config {
             tls_handshake: Duration::from_secs(30),
             backend_reply: Duration::from_secs(300),
         },
+        protocol_log: false,
+    }
+}
+
+/// An originate policy for tests: a fixed relay `relay.test`, `may` by default.
+pub fn test_originate_config() -> crate::outbound::Config {
+    let inbound = test_config();
+    crate::outbound::Config {
+        hostname: "mx.test".into(),
+        next_hop: crate::outbound::NextHop::Relay {
+            host: "relay.test".into(),
+        },
+        policy: crate::outbound::DomainPolicy {
+            default: crate::outbound::Level::May,
+            domains: Vec::new(),
+        },
+        on_failure: crate::outbound::OnFailure::Defer,
+        enforce: true,
+        bare_newlines: inbound.bare_newlines,
+        long_lines: inbound.long_lines,
+        received_header: false,
+        max_message_size: inbound.max_message_size,
+        max_recipients: inbound.max_recipients,
+        timeouts: inbound.timeouts,
         protocol_log: false,
     }
 }
@@ -66,6 +90,18 @@ pub struct Harness<S: Machine = Session> {
     pub auto_tls: bool,
     /// What the handshake reports ([`test_tls`] unless a test sets a client certificate).
     pub tls_info: TlsInfo,
+    /// Originate: the domains looked up, and the answer each look-up gets (none: it stays
+    /// unanswered).
+    pub resolves: Vec<String>,
+    pub dns: Option<Result<Vec<Route>, DnsFailure>>,
+    /// Originate: the next hop addresses connected to, and those that refuse connections.
+    pub connected: Vec<Target>,
+    pub unreachable: Vec<std::net::SocketAddr>,
+    /// Graceful closes of the backend leg (after QUIT).
+    pub disconnects: u32,
+    /// Originate: each client handshake asked for, and what it reports (`None`: it fails).
+    pub tls_clients: Vec<TlsClient>,
+    pub hop_tls: Option<TlsInfo>,
 }
 
 impl Harness<Session> {
@@ -91,6 +127,18 @@ impl Harness<Session> {
     }
 }
 
+impl Harness<crate::outbound::Session> {
+    /// An originate session with our greeting taken.
+    pub fn originate(cfg: crate::outbound::Config) -> Self {
+        let now = Instant::now();
+        let ip = "192.0.2.1".parse().expect("ip");
+        let session = crate::outbound::Session::new(cfg, ip, now, test_wall());
+        let mut h = Self::with_session(session, now);
+        assert_eq!(h.take_client(), "220 mx.test ESMTP\r\n");
+        h
+    }
+}
+
 /// The wall clock the harness's sessions start at (for Received headers): 2026-11-24.
 pub fn test_wall() -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_795_488_300)
@@ -111,6 +159,13 @@ impl<S: Machine> Harness<S> {
             backend_reachable: true,
             auto_tls: true,
             tls_info: test_tls(),
+            resolves: Vec::new(),
+            dns: None,
+            connected: Vec::new(),
+            unreachable: Vec::new(),
+            disconnects: 0,
+            tls_clients: Vec::new(),
+            hop_tls: None,
         };
         h.run();
         h
@@ -130,13 +185,43 @@ impl<S: Machine> Harness<S> {
                         self.session.handle_connect_failed("refused", self.now);
                     }
                 }
+                Action::Connect(target) => {
+                    self.connects += 1;
+                    let refused = self.unreachable.contains(&target.addr);
+                    self.connected.push(target);
+                    if refused {
+                        self.session.handle_connect_failed("refused", self.now);
+                    } else {
+                        self.session.handle_connected(self.now);
+                    }
+                }
+                Action::Resolve(domain) => {
+                    self.resolves.push(domain);
+                    if let Some(answer) = self.dns.clone() {
+                        self.session.handle_resolved(answer, self.now);
+                    }
+                }
                 Action::Abort(Leg::Backend) => self.backend_closes += 1,
                 Action::Abort(Leg::Client) => self.closed = true,
-                Action::StartTls(leg) => {
+                Action::Disconnect(Leg::Backend) => self.disconnects += 1,
+                Action::Disconnect(Leg::Client) => self.closed = true,
+                Action::StartTls(TlsStart::Server) => {
                     self.tls_started += 1;
                     if self.auto_tls {
                         let info = self.tls_info.clone();
-                        self.session.handle_tls_established(leg, info, self.now);
+                        self.session
+                            .handle_tls_established(Leg::Client, info, self.now);
+                    }
+                }
+                Action::StartTls(TlsStart::Client(client)) => {
+                    self.tls_started += 1;
+                    self.tls_clients.push(client);
+                    match self.hop_tls.clone() {
+                        Some(info) => {
+                            self.session
+                                .handle_tls_established(Leg::Backend, info, self.now);
+                        }
+                        None => self.session.handle_tls_failed(Leg::Backend, self.now),
                     }
                 }
                 Action::Close => self.closed = true,

@@ -13,7 +13,7 @@ use crate::ehlo::{rewrite_ehlo, EhloPolicy, Offered};
 use crate::line::{LineEvent, MAX_COMMAND_LINE};
 use crate::params::{check_mail, check_rcpt, ParamError};
 use crate::reply::Reply;
-use crate::session::Leg;
+use crate::session::{Leg, TlsStart};
 use crate::timer::Timer;
 
 /// Recipients over `max_recipients` refused in one transaction before each further one
@@ -291,7 +291,7 @@ impl Session {
         self.conn
             .timers
             .set(Timer::Client, now + self.cfg.timeouts.tls_handshake);
-        self.conn.control(Action::StartTls(Leg::Client));
+        self.conn.control(Action::StartTls(TlsStart::Server));
     }
 
     fn mail(&mut self, mut cmd: Command, now: Instant) {

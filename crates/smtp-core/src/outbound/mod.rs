@@ -1,7 +1,250 @@
 //! The originate-mode session: the legacy MTA relays to us as its smart host, in plaintext;
 //! we deliver each transaction to the next hop over TLS as the recipient domain's policy
-//! demands, without a queue: every decision is answered to the legacy MTA in the same session.
+//! demands, **without a queue**: every decision is answered to the legacy MTA in the same
+//! session, so it keeps ownership of the message and retries or bounces as it always did.
+//!
+//! The dialogue with the legacy MTA is ours (greeting, EHLO reply, MAIL); the next hop
+//! session opens lazily at the first RCPT, when the recipient domain is known: look up its
+//! MX (or use the fixed relay), connect, EHLO, STARTTLS as the level asks, EHLO again, check
+//! the certificate, MAIL; then that RCPT and the ones after it, DATA and the body go through
+//! one at a time, and the legacy MTA gets `250` to its end of data only after the next hop's.
+//! One next hop session serves one transaction; it is closed with QUIT after the end of data.
+//!
+//! This file holds the [`Session`] and its [`Machine`] surface; `api` the listener's policy;
+//! `state` the private state; `commands` the client's commands; `hop` the next hop leg (set
+//! up, replies, failures); `policy` the TLS level decision and its replies; `body` the
+//! message body.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::ehlo::Offered;
+use crate::session::{Action, Conn, DnsFailure, Event, Leg, Machine, Route, TlsInfo};
+use crate::timer::Timer;
 
 mod api;
+mod body;
+mod commands;
+mod hop;
+mod policy;
+mod state;
 
 pub use api::{Config, DomainPolicy, Level, NextHop, OnFailure};
+pub use policy::{TlsFailure, TlsFailureReport};
+
+use state::{Hop, HopState, Mode, Phase};
+
+/// Pipelined command bytes buffered before the session stops asking for more client input.
+const CLIENT_BUFFER_CAP: usize = 8 * 1024;
+
+#[derive(Debug)]
+pub struct Session {
+    /// Shared by every session of the listener.
+    cfg: Arc<Config>,
+    peer: IpAddr,
+    started: (Instant, SystemTime),
+    phase: Phase,
+    mode: Mode,
+    /// The client's EHLO/HELO name and whether it was EHLO.
+    helo: Option<(String, bool)>,
+    /// What the client was offered (parameters follow it).
+    offered: Offered,
+    hop: Hop,
+    commands_seen: u32,
+    conn: Conn,
+}
+
+impl Session {
+    /// A new session for the legacy MTA at `peer`; `wall` is the wall clock at `now`, for the
+    /// Received header. Our greeting goes out at once: no next hop is needed before RCPT.
+    pub fn new(cfg: impl Into<Arc<Config>>, peer: IpAddr, now: Instant, wall: SystemTime) -> Self {
+        let cfg: Arc<Config> = cfg.into();
+        let mut s = Session {
+            conn: Conn::new(cfg.protocol_log),
+            cfg,
+            peer,
+            started: (now, wall),
+            phase: Phase::ExpectEhlo,
+            mode: Mode::Commands,
+            helo: None,
+            offered: Offered::default(),
+            hop: Hop::default(),
+            commands_seen: 0,
+        };
+        let greeting = format!("220 {} ESMTP", s.cfg.hostname);
+        s.conn.send(&greeting);
+        s.conn
+            .timers
+            .set(Timer::Client, now + s.cfg.timeouts.greeting);
+        s.conn.flush();
+        s
+    }
+
+    fn wall(&self, now: Instant) -> SystemTime {
+        self.started.1 + now.saturating_duration_since(self.started.0)
+    }
+}
+
+impl Machine for Session {
+    fn poll_action(&mut self) -> Option<Action> {
+        self.conn.poll_action()
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.conn.poll_event()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.conn.poll_timeout()
+    }
+
+    fn wants_bytes(&self, leg: Leg) -> bool {
+        match leg {
+            Leg::Client => match self.mode {
+                _ if self.conn.client_eof || self.conn.is_closed() => false,
+                Mode::Data(_) | Mode::SkipBdat { .. } => true,
+                _ => self.conn.client_in.buffered() < CLIENT_BUFFER_CAP,
+            },
+            Leg::Backend => self.hop.state != HopState::None,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    fn client_tls(&self) -> bool {
+        false
+    }
+
+    fn handle_bytes(&mut self, leg: Leg, data: &[u8], now: Instant) {
+        if self.conn.is_closed() {
+            return;
+        }
+        match leg {
+            Leg::Client => {
+                let data = match self.mode {
+                    Mode::Data(_) | Mode::SkipBdat { .. } => {
+                        let used = self.feed_body(data, now);
+                        &data[used..]
+                    }
+                    _ => data,
+                };
+                if !data.is_empty() {
+                    self.conn.client_in.push(data);
+                }
+                self.process_input(now);
+            }
+            Leg::Backend => self.hop_bytes(data, now),
+        }
+        self.conn.flush();
+    }
+
+    fn handle_eof(&mut self, leg: Leg, now: Instant) {
+        if self.conn.is_closed() {
+            return;
+        }
+        match leg {
+            Leg::Client => {
+                self.conn.client_eof = true;
+                if matches!(self.mode, Mode::Data(_) | Mode::SkipBdat { .. }) {
+                    return self.handle_lost(Leg::Client, now);
+                }
+                self.process_input(now);
+            }
+            Leg::Backend => self.hop_failed("connection closed", now),
+        }
+        self.conn.flush();
+    }
+
+    fn handle_lost(&mut self, leg: Leg, now: Instant) {
+        if self.conn.is_closed() {
+            return;
+        }
+        match leg {
+            Leg::Client => {
+                self.fail_message_in_flight();
+                self.close();
+            }
+            Leg::Backend => self.hop_failed("connection lost", now),
+        }
+        self.conn.flush();
+    }
+
+    fn handle_connected(&mut self, now: Instant) {
+        if self.hop.state == HopState::Connecting {
+            self.hop.state = HopState::Greeting;
+            self.conn.backend_in.clear();
+            self.conn
+                .timers
+                .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
+        }
+    }
+
+    fn handle_connect_failed(&mut self, reason: &str, now: Instant) {
+        if self.hop.state == HopState::Connecting {
+            self.hop.state = HopState::None;
+            self.attempt_failed(format!("connect failed: {reason}"), now);
+            self.conn.flush();
+        }
+    }
+
+    fn handle_resolved(&mut self, result: Result<Vec<Route>, DnsFailure>, now: Instant) {
+        if self.hop.state == HopState::Resolving {
+            self.resolved(result, now);
+            self.conn.flush();
+        }
+    }
+
+    fn handle_tls_established(&mut self, leg: Leg, info: TlsInfo, now: Instant) {
+        if leg == Leg::Backend && self.hop.state == HopState::Handshaking {
+            self.hop_tls(info, now);
+            self.conn.flush();
+        }
+    }
+
+    fn handle_tls_failed(&mut self, leg: Leg, now: Instant) {
+        if leg == Leg::Backend && self.hop.state == HopState::Handshaking {
+            self.hop_tls_failed(now);
+            self.conn.flush();
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match self.conn.timers.expired(now) {
+            Some(Timer::Backend) => self.hop_failed("no reply in time", now),
+            Some(Timer::Client) => {
+                self.fail_message_in_flight();
+                self.conn.send("421 4.4.2 Timeout, closing connection");
+                self.close();
+            }
+            None => {}
+        }
+        self.conn.flush();
+    }
+
+    fn handle_shutdown(&mut self, now: Instant) {
+        self.conn.draining = true;
+        if matches!(self.mode, Mode::Commands)
+            && !matches!(self.phase, Phase::ExpectRcpt(_))
+            && self.conn.client_in.buffered() == 0
+        {
+            self.conn.shutdown_now();
+        }
+        self.process_input(now);
+        self.conn.flush();
+    }
+
+    fn handle_grace_expired(&mut self, _now: Instant) {
+        if self.conn.is_closed() {
+            return;
+        }
+        self.fail_message_in_flight();
+        self.conn.shutdown_now();
+        self.conn.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests;

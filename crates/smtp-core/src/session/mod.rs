@@ -11,6 +11,7 @@
 //! `protocol_log` the protocol log lines, `received` the Received header, `tls_info` what a
 //! completed handshake reports.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,19 +39,104 @@ pub enum Leg {
 pub enum Action {
     /// Write these bytes to the leg (and flush them).
     Write(Leg, Bytes),
-    /// Open the backend connection to the configured servers, in order; answer with
-    /// [`Machine::handle_connected`] or [`Machine::handle_connect_failed`].
+    /// Open the backend connection to the configured servers, in order (the legacy server,
+    /// or an originate listener's fixed relay); answer with [`Machine::handle_connected`] or
+    /// [`Machine::handle_connect_failed`].
     ConnectBackend,
-    /// Start the TLS handshake on the leg: the server side on the client leg. Everything
-    /// written before has been flushed; whatever plaintext the peer sent after asking for TLS
-    /// must be discarded (RFC 3207 §4.2). Answer with [`Machine::handle_tls_established`] or
-    /// [`Machine::handle_tls_failed`].
-    StartTls(Leg),
+    /// Open the backend connection to one address of a next hop; answered the same way.
+    Connect(Target),
+    /// Look up where mail for a domain goes (MX, else A/AAAA); answer with
+    /// [`Machine::handle_resolved`].
+    Resolve(String),
+    /// Start a TLS handshake. Everything written before has been flushed; whatever
+    /// plaintext the peer sent after agreeing to TLS must be discarded (RFC 3207 §4.2).
+    /// Answer with [`Machine::handle_tls_established`] or [`Machine::handle_tls_failed`].
+    StartTls(TlsStart),
+    /// Close the leg after what was written to it (a FIN: after QUIT).
+    Disconnect(Leg),
     /// Drop the leg's connection without a word (an abortive close: a backend discards a
     /// message whose end of data never came).
     Abort(Leg),
     /// Close both connections. Nothing follows.
     Close,
+}
+
+/// One address of a next hop, with the host name it was found under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+/// A mail exchanger of a domain, in preference order, with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The MX host (no trailing dot), or the domain itself when it has no MX (RFC 5321 §5.1).
+    pub host: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Why a domain's next hops could not be found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DnsFailure {
+    /// RFC 7505: the domain says it accepts no mail.
+    #[error("null MX")]
+    NullMx,
+    #[error("no such domain")]
+    NoSuchDomain,
+    /// Neither MX nor address records.
+    #[error("no mail server address")]
+    NoAddress,
+    #[error("not a valid domain name")]
+    InvalidDomain,
+    /// SERVFAIL, a timeout: the legacy MTA should try again later.
+    #[error("temporary DNS failure")]
+    Temporary,
+}
+
+impl DnsFailure {
+    /// The reply to the RCPT that needed the look-up (SPEC §4, RFC 7505 §4.2, RFC 3463).
+    pub fn reply(self) -> &'static str {
+        match self {
+            DnsFailure::NullMx => "550 5.1.10 Recipient domain does not accept mail (null MX)",
+            DnsFailure::NoSuchDomain => "550 5.1.2 Recipient domain does not exist",
+            DnsFailure::NoAddress => "550 5.1.2 Recipient domain has no mail server address",
+            DnsFailure::InvalidDomain => "501 5.1.3 Recipient domain is not a valid domain name",
+            DnsFailure::Temporary => "451 4.4.3 Temporary DNS failure for the recipient domain",
+        }
+    }
+}
+
+/// Which side of a TLS handshake to play.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsStart {
+    /// The server side, on the client leg (the client sent STARTTLS).
+    Server,
+    /// The client side, on the backend leg toward a next hop.
+    Client(TlsClient),
+}
+
+impl TlsStart {
+    pub fn leg(&self) -> Leg {
+        match self {
+            TlsStart::Server => Leg::Client,
+            TlsStart::Client(_) => Leg::Backend,
+        }
+    }
+}
+
+/// How to handshake with a next hop. The handshake itself accepts any certificate: whether
+/// it is good enough is the session's decision, on what the driver reports of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsClient {
+    /// Sent as SNI.
+    pub server_name: String,
+    /// Verify the chain against `trust` and check that it is valid for one of `names`
+    /// (the next hop host, then the recipient domain); report the outcome.
+    pub verify: bool,
+    pub names: Vec<String>,
+    /// Present our client certificate (mutual TLS).
+    pub present_certificate: bool,
 }
 
 /// Things that happened, for metrics and logs.
@@ -76,6 +162,14 @@ pub enum Event {
     DomainSecureRefused(crate::inbound::DomainSecureRefusal),
     /// The backend misbehaved or went away; the session ends with `421 4.4.2`.
     BackendFailed { reason: String },
+    /// A next hop could not be used (unreachable, refused, misbehaved, lost); the legacy MTA
+    /// was told `4xx`, or the next one was tried.
+    NextHopFailed { host: String, reason: String },
+    /// A recipient domain's TLS level could not be met with a next hop.
+    OutboundTlsFailure(crate::outbound::TlsFailureReport),
+    /// The next hop answered 2xx to the end of a message sent over verified mutual TLS to a
+    /// `domain-secure` domain; `domain` is the listed domain as configured.
+    DomainSecureSent { domain: String },
     /// A line of the client dialogue for the protocol log, secrets masked (only when the
     /// listener has `protocol_log`).
     Protocol { direction: Direction, line: String },
@@ -102,10 +196,13 @@ pub trait Machine {
     fn handle_eof(&mut self, leg: Leg, now: Instant);
     /// The leg failed (a reset, a write that could not be done).
     fn handle_lost(&mut self, leg: Leg, now: Instant);
-    /// The connection asked for by [`Action::ConnectBackend`] is open.
+    /// The connection asked for by [`Action::ConnectBackend`] or [`Action::Connect`] is open.
     fn handle_connected(&mut self, now: Instant);
     fn handle_connect_failed(&mut self, reason: &str, now: Instant);
-    /// The handshake asked for by [`Action::StartTls`] completed.
+    /// The answer to [`Action::Resolve`]: next hops in preference order.
+    fn handle_resolved(&mut self, _result: Result<Vec<Route>, DnsFailure>, _now: Instant) {}
+    /// The handshake asked for by [`Action::StartTls`] completed; on the backend leg,
+    /// `info.client_cert` is the next hop's certificate as verified (if asked to).
     fn handle_tls_established(&mut self, leg: Leg, info: TlsInfo, now: Instant);
     fn handle_tls_failed(&mut self, leg: Leg, now: Instant);
     fn handle_timeout(&mut self, now: Instant);

@@ -1,0 +1,555 @@
+//! The next hop leg: finding it (MX or the fixed relay), connecting address after address,
+//! greeting, EHLO, STARTTLS and the certificate check as the recipient domain's level asks,
+//! MAIL; then the replies to what the client sends through it, and its failures.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::policy::{self, TlsFailure, TlsFailureReport};
+use super::state::{HopState, Mode, Pending, Phase, RouteInfo};
+use super::{Level, NextHop, Session};
+use crate::command::{Command, Param};
+use crate::ehlo::Offered;
+use crate::params::check_mail;
+use crate::reply::Reply;
+use crate::session::{Action, DnsFailure, Event, Leg, Route, Target, TlsClient, TlsInfo, TlsStart};
+use crate::timer::Timer;
+
+/// Addresses tried for one transaction. The resolver already bounds hosts and addresses per
+/// host (`src/mx.rs`); this caps what a session will ever try, whatever it is handed.
+const MAX_TARGETS: usize = 40;
+
+/// Refused domains remembered in one transaction; past that, the oldest is forgotten (a
+/// new attempt is made for it, nothing worse).
+const MAX_REFUSED_DOMAINS: usize = 16;
+
+impl Session {
+    /// The first recipient named the domain: find its next hop.
+    pub(super) fn open_hop(&mut self, domain: &str, now: Instant) {
+        self.hop = Default::default();
+        self.conn
+            .timers
+            .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
+        match &self.cfg.next_hop {
+            NextHop::Mx => {
+                self.hop.state = HopState::Resolving;
+                self.conn.control(Action::Resolve(domain.to_owned()));
+            }
+            NextHop::Relay { host } => {
+                self.hop.host = host.clone();
+                self.hop.state = HopState::Connecting;
+                self.conn.control(Action::ConnectBackend);
+            }
+        }
+    }
+
+    pub(super) fn resolved(&mut self, result: Result<Vec<Route>, DnsFailure>, now: Instant) {
+        self.hop.state = HopState::None;
+        let routes = match result {
+            Ok(routes) => routes,
+            Err(failure) => {
+                let host = self.route().map(|r| r.domain.clone()).unwrap_or_default();
+                self.conn.event(Event::NextHopFailed {
+                    host,
+                    reason: failure.to_string(),
+                });
+                return self.setup_failed(failure.reply().to_owned(), now);
+            }
+        };
+        self.hop.targets = routes
+            .into_iter()
+            .flat_map(|route| {
+                let host = route.host;
+                route.addrs.into_iter().map(move |addr| Target {
+                    host: host.clone(),
+                    addr,
+                })
+            })
+            .take(MAX_TARGETS)
+            .collect();
+        if self.hop.targets.is_empty() {
+            return self.setup_failed(DnsFailure::NoAddress.reply().to_owned(), now);
+        }
+        self.connect_next(now);
+    }
+
+    /// Connect to the next address, or answer the waiting RCPT when none is left.
+    fn connect_next(&mut self, now: Instant) {
+        let Some(target) = self.hop.targets.pop_front() else {
+            let reply = self.hop.policy_reply.take().unwrap_or_else(|| {
+                let domain = self.route().map(|r| r.domain.as_str()).unwrap_or_default();
+                let domain = policy::printable(domain);
+                format!("451 4.4.1 No next hop for {domain} could be reached")
+            });
+            return self.setup_failed(reply, now);
+        };
+        self.hop.host = target.host.clone();
+        self.hop.current = Some(target.addr);
+        self.hop.state = HopState::Connecting;
+        self.hop.tls = None;
+        self.conn
+            .timers
+            .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
+        self.conn.control(Action::Connect(target));
+    }
+
+    /// The current connection attempt failed: the next address, if there is one.
+    pub(super) fn attempt_failed(&mut self, reason: String, now: Instant) {
+        self.conn.event(Event::NextHopFailed {
+            host: self.hop.host.clone(),
+            reason: reason.clone(),
+        });
+        if !matches!(self.hop.state, HopState::None | HopState::Connecting) {
+            self.conn.abort(Leg::Backend);
+        }
+        self.hop.state = HopState::None;
+        self.conn.backend_in.clear();
+        self.hop.last_failure = Some(reason);
+        self.hop.plain_only = false;
+        match self.cfg.next_hop {
+            NextHop::Mx => self.connect_next(now),
+            NextHop::Relay { .. } => {
+                self.hop.targets.clear();
+                self.connect_next(now);
+            }
+        }
+    }
+
+    /// The RCPT that was to open the next hop session gets `reply`; so does every further
+    /// recipient of that domain in this transaction.
+    fn setup_failed(&mut self, reply: String, now: Instant) {
+        self.drop_hop();
+        let Phase::ExpectRcpt(tx) = &mut self.phase else {
+            return;
+        };
+        if let Some(route) = tx.route.take() {
+            if tx.refused.len() >= MAX_REFUSED_DOMAINS {
+                tx.refused.remove(0);
+            }
+            tx.refused.push((route.domain, reply.clone()));
+        }
+        self.conn.send(&reply);
+        self.expect_command(now);
+    }
+
+    /// Forget the next hop connection (reset if open).
+    fn drop_hop(&mut self) {
+        if !matches!(
+            self.hop.state,
+            HopState::None | HopState::Resolving | HopState::Connecting
+        ) {
+            self.conn.abort(Leg::Backend);
+        }
+        self.hop = Default::default();
+        self.conn.backend_in.clear();
+        self.conn.timers.stop(Timer::Backend);
+    }
+
+    pub(super) fn route(&self) -> Option<&RouteInfo> {
+        match &self.phase {
+            Phase::ExpectRcpt(tx) => tx.route.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn level(&self) -> Level {
+        self.route().map_or(Level::None, |r| r.level)
+    }
+
+    /// Whether the next hop owes us a reply now.
+    fn awaits_hop(&self) -> bool {
+        match self.hop.state {
+            HopState::Greeting
+            | HopState::Ehlo { .. }
+            | HopState::Helo
+            | HopState::StartTls
+            | HopState::Mail => true,
+            HopState::Ready => matches!(
+                self.mode,
+                Mode::Await(Pending::Rcpt | Pending::Data | Pending::EndOfData { .. })
+            ),
+            _ => false,
+        }
+    }
+
+    pub(super) fn hop_bytes(&mut self, data: &[u8], now: Instant) {
+        if matches!(
+            self.hop.state,
+            HopState::None | HopState::Resolving | HopState::Connecting | HopState::Handshaking
+        ) {
+            return;
+        }
+        if !data.is_empty() && !self.awaits_hop() {
+            // One command at a time: nothing may arrive while none is outstanding.
+            return self.hop_failed("bytes sent with no command outstanding", now);
+        }
+        self.conn.backend_in.push(data);
+        loop {
+            match self.conn.backend_in.next_reply() {
+                Ok(Some(reply)) => {
+                    let state = self.hop.state;
+                    self.on_hop_reply(reply, now);
+                    if self.hop.state == HopState::Handshaking {
+                        break;
+                    }
+                    if self.hop.state == state
+                        && !self.awaits_hop()
+                        && self.conn.backend_in.buffered() > 0
+                    {
+                        return self.hop_failed("bytes sent with no command outstanding", now);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return self.hop_failed(&format!("bad reply: {e}"), now),
+            }
+            if self.conn.is_closed() || self.hop.state == HopState::None {
+                break;
+            }
+        }
+        self.process_input(now);
+    }
+
+    fn on_hop_reply(&mut self, reply: Reply, now: Instant) {
+        self.conn.timers.stop(Timer::Backend);
+        match self.hop.state {
+            HopState::Greeting if reply.code == 220 => self.send_hello(true, now),
+            HopState::Greeting => self.attempt_failed(refused("greeting", &reply), now),
+            HopState::Ehlo { after_tls } if reply.is_positive() => {
+                self.hop.offered = Offered::from_reply(&reply);
+                self.hop.starttls = reply
+                    .lines
+                    .iter()
+                    .skip(1)
+                    .any(|l| l.trim().eq_ignore_ascii_case("STARTTLS"));
+                self.after_hello(after_tls, now);
+            }
+            HopState::Ehlo { after_tls: false } if reply.code >= 500 => {
+                self.send_hello(false, now);
+            }
+            HopState::Ehlo { .. } => self.attempt_failed(refused("EHLO", &reply), now),
+            HopState::Helo if reply.is_positive() => {
+                self.hop.offered = Offered::default();
+                self.hop.starttls = false;
+                self.after_hello(false, now);
+            }
+            HopState::Helo => self.attempt_failed(refused("HELO", &reply), now),
+            HopState::StartTls if reply.code == 220 => self.start_tls(now),
+            HopState::StartTls if policy::needs_tls(self.level()) => {
+                self.tls_unmet(TlsFailure::StartTlsRefused, now);
+            }
+            // `may`: a refused STARTTLS leaves the session usable in plaintext.
+            HopState::StartTls => self.send_mail(now),
+            HopState::Mail if reply.is_positive() => {
+                self.hop.state = HopState::Ready;
+                if let Mode::Await(Pending::Setup { rcpt }) =
+                    std::mem::replace(&mut self.mode, Mode::Commands)
+                {
+                    self.forward(&rcpt, Pending::Rcpt, now);
+                }
+            }
+            // The next hop refused the sender: its own words answer the RCPT.
+            HopState::Mail => {
+                let mut out = BytesMut::new();
+                reply.write_to(&mut out);
+                let text = String::from_utf8_lossy(&out).trim_end().to_owned();
+                self.quit_hop();
+                self.setup_failed(text, now);
+            }
+            HopState::Ready => self.transaction_reply(reply, now),
+            _ => self.hop_failed(&refused("unexpected reply", &reply), now),
+        }
+    }
+
+    /// EHLO (or HELO) with our name.
+    fn send_hello(&mut self, esmtp: bool, now: Instant) {
+        let name = self.cfg.hostname.clone();
+        let cmd = if esmtp {
+            Command::Ehlo(name)
+        } else {
+            Command::Helo(name)
+        };
+        cmd.write_to(self.conn.out(Leg::Backend));
+        self.hop.state = if esmtp {
+            HopState::Ehlo { after_tls: false }
+        } else {
+            HopState::Helo
+        };
+        self.wait_hop(now);
+    }
+
+    fn wait_hop(&mut self, now: Instant) {
+        self.conn
+            .timers
+            .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
+    }
+
+    /// The next hop's capabilities are known: STARTTLS as the level asks, else MAIL.
+    fn after_hello(&mut self, after_tls: bool, now: Instant) {
+        let level = self.level();
+        if after_tls || self.hop.plain_only || !policy::wants_tls(level) {
+            return self.send_mail(now);
+        }
+        if self.hop.starttls {
+            self.conn.write(Leg::Backend, b"STARTTLS\r\n");
+            self.hop.state = HopState::StartTls;
+            return self.wait_hop(now);
+        }
+        if policy::needs_tls(level) {
+            return self.tls_unmet(TlsFailure::NoStartTls, now);
+        }
+        self.send_mail(now);
+    }
+
+    fn start_tls(&mut self, now: Instant) {
+        if self.conn.backend_in.buffered() > 0 {
+            // RFC 3207 §4.2: nothing sent before the handshake may be taken as part of it.
+            return self.attempt_failed("bytes after the 220 to STARTTLS".into(), now);
+        }
+        let Some(route) = self.route() else {
+            return;
+        };
+        let level = route.level;
+        let mut names = vec![self.hop.host.clone()];
+        if route.domain != self.hop.host {
+            names.push(route.domain.clone());
+        }
+        let client = TlsClient {
+            server_name: self.hop.host.clone(),
+            verify: policy::verifies(level),
+            names,
+            present_certificate: level == Level::DomainSecure,
+        };
+        self.hop.state = HopState::Handshaking;
+        self.conn
+            .timers
+            .set(Timer::Backend, now + self.cfg.timeouts.tls_handshake);
+        self.conn
+            .control(Action::StartTls(TlsStart::Client(client)));
+    }
+
+    pub(super) fn hop_tls(&mut self, info: TlsInfo, now: Instant) {
+        self.conn.backend_in.clear();
+        let failure = policy::judge(self.level(), &info);
+        self.hop.tls = Some(info);
+        if let Some(failure) = failure {
+            if !self.report_unmet(failure, now) {
+                return;
+            }
+        }
+        // RFC 3207 §4.2: EHLO again; what the next hop offered before TLS is forgotten.
+        Command::Ehlo(self.cfg.hostname.clone()).write_to(self.conn.out(Leg::Backend));
+        self.hop.state = HopState::Ehlo { after_tls: true };
+        self.wait_hop(now);
+    }
+
+    pub(super) fn hop_tls_failed(&mut self, now: Instant) {
+        self.conn.timers.stop(Timer::Backend);
+        if policy::needs_tls(self.level()) && !self.report_unmet(TlsFailure::Handshake, now) {
+            return;
+        }
+        // `may` (or audit mode): a new connection to the same address, in plaintext.
+        self.conn.abort(Leg::Backend);
+        self.conn.backend_in.clear();
+        self.hop.state = HopState::None;
+        self.hop.plain_only = true;
+        match (self.cfg.next_hop.clone(), self.hop.current) {
+            (NextHop::Mx, Some(addr)) => {
+                let host = self.hop.host.clone();
+                self.hop.targets.push_front(Target { host, addr });
+                self.connect_next(now);
+            }
+            (NextHop::Mx, None) => self.attempt_failed("handshake failed".into(), now),
+            (NextHop::Relay { .. }, _) => {
+                self.hop.state = HopState::Connecting;
+                self.hop.tls = None;
+                self.wait_hop(now);
+                self.conn.control(Action::ConnectBackend);
+            }
+        }
+    }
+
+    /// The level cannot be met with this connection: see [`Session::report_unmet`]; in
+    /// audit mode the session goes on in plaintext, as `may` would.
+    fn tls_unmet(&mut self, failure: TlsFailure, now: Instant) {
+        if self.report_unmet(failure, now) {
+            self.send_mail(now);
+        }
+    }
+
+    /// Report an unmet level. In audit mode that is all, and the caller goes on as `may`
+    /// would (returns true); otherwise the attempt fails and the next address is tried, the
+    /// policy's reply kept for when none is left (returns false).
+    fn report_unmet(&mut self, failure: TlsFailure, now: Instant) -> bool {
+        let Some(route) = self.route().cloned() else {
+            return false;
+        };
+        let enforced = self.cfg.enforce;
+        let listed = route
+            .listed
+            .and_then(|i| self.cfg.policy.domains.get(i))
+            .map(|(d, _)| d.clone());
+        let host = self.hop.host.clone();
+        let label = failure.label();
+        if enforced {
+            let reply = policy::reply(
+                self.cfg.on_failure,
+                route.level,
+                &route.domain,
+                &host,
+                &failure,
+            );
+            self.hop.policy_reply = Some(reply);
+        } else {
+            self.hop.audited = true;
+        }
+        self.conn.event(Event::OutboundTlsFailure(TlsFailureReport {
+            domain: route.domain,
+            listed,
+            level: route.level,
+            host,
+            failure,
+            enforced,
+        }));
+        if enforced {
+            self.attempt_failed(format!("TLS policy not met: {label}"), now);
+        }
+        !enforced
+    }
+
+    /// MAIL, with the parameters the next hop can take.
+    fn send_mail(&mut self, now: Instant) {
+        let Phase::ExpectRcpt(tx) = &self.phase else {
+            return;
+        };
+        let Command::Mail { from, params } = &tx.mail else {
+            return;
+        };
+        let mut params: Vec<Param> = params.clone();
+        if !self.hop.offered.size {
+            // We enforce the size ourselves; a next hop without SIZE never sees one.
+            params.retain(|p| !p.keyword.eq_ignore_ascii_case("SIZE"));
+        }
+        let forwardable = self.offered.forwardable(self.hop.offered);
+        if let Err(e) = check_mail(from, &mut params, forwardable, false, u64::MAX) {
+            let reply = e.reply().to_owned();
+            self.release_hop();
+            return self.setup_failed(reply, now);
+        }
+        let mail = Command::Mail {
+            from: from.clone(),
+            params,
+        };
+        mail.write_to(self.conn.out(Leg::Backend));
+        self.hop.state = HopState::Mail;
+        self.wait_hop(now);
+    }
+
+    /// A reply within the transaction: to RCPT, DATA or the end of data.
+    fn transaction_reply(&mut self, reply: Reply, now: Instant) {
+        let Mode::Await(pending) = std::mem::replace(&mut self.mode, Mode::Commands) else {
+            return self.hop_failed(&refused("unexpected reply", &reply), now);
+        };
+        if !expects(&pending, reply.code) {
+            let reason = format!("reply {} does not answer {pending:?}", reply.code);
+            self.mode = Mode::Await(pending);
+            return self.hop_failed(&reason, now);
+        }
+        self.conn.send_reply(&reply);
+        match pending {
+            Pending::Rcpt => {
+                if let (true, Phase::ExpectRcpt(tx)) = (reply.is_positive(), &mut self.phase) {
+                    tx.rcpts += 1;
+                }
+            }
+            Pending::Data if reply.code == 354 => return self.enter_data(now),
+            Pending::Data | Pending::Setup { .. } => {}
+            Pending::EndOfData { bytes } => {
+                self.message_done(reply.is_positive(), bytes);
+                self.end_transaction();
+            }
+        }
+        self.expect_command(now);
+    }
+
+    /// The next hop answered the end of data (end-to-end acknowledgement, SPEC §1.1).
+    fn message_done(&mut self, accepted: bool, bytes: u64) {
+        if !accepted {
+            return self.conn.event(Event::MessageRejected);
+        }
+        self.conn.reset_errors();
+        self.conn.event(Event::MessageAccepted { bytes });
+        let Some(route) = self.route() else {
+            return;
+        };
+        let verified = self
+            .hop
+            .tls
+            .as_ref()
+            .is_some_and(|t| policy::judge(Level::Verify, t).is_none());
+        if route.level == Level::DomainSecure && verified && !self.hop.audited {
+            let domain = route
+                .listed
+                .and_then(|i| self.cfg.policy.domains.get(i))
+                .map_or_else(|| "other".to_owned(), |(d, _)| d.clone());
+            self.conn.event(Event::DomainSecureSent { domain });
+        }
+    }
+
+    /// The next hop is unusable. During set-up the next address is tried; within a
+    /// transaction the client is told `451 4.4.2` for what waits, and the transaction cannot
+    /// complete (never a 250 for a message the next hop did not acknowledge).
+    pub(super) fn hop_failed(&mut self, reason: &str, now: Instant) {
+        if self.conn.is_closed() {
+            return;
+        }
+        match (&self.mode, self.hop.state) {
+            (_, HopState::Resolving) => {
+                return self.setup_failed(DnsFailure::Temporary.reply().to_owned(), now);
+            }
+            (Mode::Await(Pending::Setup { .. }), _) => {
+                return self.attempt_failed(reason.to_owned(), now);
+            }
+            _ => {}
+        }
+        self.conn.event(Event::NextHopFailed {
+            host: self.hop.host.clone(),
+            reason: reason.to_owned(),
+        });
+        self.drop_hop();
+        if let Phase::ExpectRcpt(tx) = &mut self.phase {
+            tx.broken = true;
+        }
+        match std::mem::replace(&mut self.mode, Mode::Commands) {
+            Mode::Await(Pending::EndOfData { .. }) => {
+                self.conn.event(Event::MessageFailed);
+                self.conn
+                    .send("451 4.4.2 Next hop lost mid-message, try again later");
+                self.phase = Phase::ExpectMail;
+                self.expect_command(now);
+            }
+            Mode::Await(_) => {
+                self.conn
+                    .send("451 4.4.2 Next hop connection lost, try again later");
+                self.expect_command(now);
+            }
+            // The body keeps streaming (to nowhere); its end gets the 451.
+            mode @ (Mode::Data(_) | Mode::SkipBdat { .. }) => self.mode = mode,
+            Mode::Commands => {}
+        }
+    }
+}
+
+/// Whether `code` can answer the command (RFC 5321 §4.2, §4.3.2).
+fn expects(pending: &Pending, code: u16) -> bool {
+    let class = code / 100;
+    match pending {
+        Pending::Data => code == 354 || class == 4 || class == 5,
+        _ => matches!(class, 2 | 4 | 5),
+    }
+}
+
+fn refused(what: &str, reply: &Reply) -> String {
+    let text = reply.lines.join(" / ");
+    format!("{what}: {} {text}", reply.code)
+}

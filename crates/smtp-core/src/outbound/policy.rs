@@ -1,0 +1,124 @@
+//! The outbound TLS policy decision: what a recipient domain's level demands of a next hop
+//! connection, and what the legacy MTA is told when it cannot be had (SPEC §4: `450 4.7.5`
+//! or `550 5.7.5` on that RCPT, the text saying why).
+
+use super::{Level, OnFailure};
+use crate::session::{ClientCert, TlsInfo};
+
+/// Why a next hop connection did not meet the recipient domain's level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The next hop did not offer STARTTLS.
+    NoStartTls,
+    /// It offered STARTTLS and then refused it.
+    StartTlsRefused,
+    /// The TLS handshake failed.
+    Handshake,
+    /// The certificate chain did not verify against `trust`; why, as the driver put it
+    /// (`expired`, `revoked`, `untrusted issuer`...).
+    Certificate(String),
+    /// The chain verifies but names neither the next hop nor the recipient domain.
+    NameMismatch,
+}
+
+impl TlsFailure {
+    /// A short stable label for metrics (`reason`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            TlsFailure::NoStartTls => "no_starttls",
+            TlsFailure::StartTlsRefused => "starttls_refused",
+            TlsFailure::Handshake => "handshake_failed",
+            TlsFailure::Certificate(why) => match why.as_str() {
+                "expired" | "not yet valid" => "certificate_expired",
+                "revoked" => "certificate_revoked",
+                "untrusted issuer" => "certificate_untrusted",
+                _ => "certificate_invalid",
+            },
+            TlsFailure::NameMismatch => "name_mismatch",
+        }
+    }
+
+    fn text(&self, host: &str, domain: &str) -> String {
+        match self {
+            TlsFailure::NoStartTls => format!("{host} did not offer STARTTLS"),
+            TlsFailure::StartTlsRefused => format!("{host} refused STARTTLS"),
+            TlsFailure::Handshake => format!("TLS handshake with {host} failed"),
+            TlsFailure::Certificate(why) => {
+                format!("certificate of {host} did not verify ({why})")
+            }
+            TlsFailure::NameMismatch => {
+                format!("certificate of {host} is not valid for {host} or {domain}")
+            }
+        }
+    }
+}
+
+/// A TLS policy that was not met, for the log and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFailureReport {
+    /// The recipient domain (ASCII, lower case): for the log only, never a metric label.
+    pub domain: String,
+    /// The listed domain as configured, when the domain is listed: a bounded label.
+    pub listed: Option<String>,
+    pub level: Level,
+    pub host: String,
+    pub failure: TlsFailure,
+    /// `false`: audit mode, the recipient was delivered as `may` would.
+    pub enforced: bool,
+}
+
+/// What the level still demands once the next hop's capabilities are known.
+pub(super) fn wants_tls(level: Level) -> bool {
+    level >= Level::May
+}
+
+/// Whether TLS is a must (a plaintext fallback is a failure).
+pub(super) fn needs_tls(level: Level) -> bool {
+    level >= Level::Encrypt
+}
+
+/// Whether the certificate is checked.
+pub(super) fn verifies(level: Level) -> bool {
+    level >= Level::Verify
+}
+
+/// The certificate check after a handshake: `None` if the level is met.
+pub(super) fn judge(level: Level, tls: &TlsInfo) -> Option<TlsFailure> {
+    if !verifies(level) {
+        return None;
+    }
+    match &tls.client_cert {
+        ClientCert::Verified(_) => None,
+        ClientCert::Failed { reason, .. } if reason == "name mismatch" => {
+            Some(TlsFailure::NameMismatch)
+        }
+        ClientCert::Failed { reason, .. } => Some(TlsFailure::Certificate(reason.clone())),
+        ClientCert::None => Some(TlsFailure::Certificate("no certificate".into())),
+    }
+}
+
+/// The reply on the RCPT when a domain's level cannot be met.
+pub(super) fn reply(
+    on_failure: OnFailure,
+    level: Level,
+    domain: &str,
+    host: &str,
+    failure: &TlsFailure,
+) -> String {
+    let code = match on_failure {
+        OnFailure::Defer => "450 4.7.5",
+        OnFailure::Bounce => "550 5.7.5",
+    };
+    let (host, domain) = (printable(host), printable(domain));
+    let text = failure.text(&host, &domain);
+    let level = level.as_str();
+    format!("{code} TLS policy {level} for {domain} not met: {text}")
+}
+
+/// A name from DNS or from the client, safe inside a reply line: printable ASCII, bounded.
+pub(super) fn printable(name: &str) -> String {
+    name.chars()
+        .take(255)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}

@@ -1,0 +1,500 @@
+//! Originate sessions against a scripted next hop, byte for byte, on a virtual clock.
+
+use std::time::Duration;
+
+use super::*;
+use crate::session::{ClientCert, PeerCert, Target, TlsInfo};
+use crate::testing::{test_originate_config, test_tls, Harness};
+
+const OUR_EHLO: &str = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 36700160\r\n250-8BITMIME\r\n\
+                        250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 SMTPUTF8\r\n";
+const HOP_CAPS_TLS: &str =
+    "250-next.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 STARTTLS\r\n";
+const HOP_CAPS: &str = "250-next.test\r\n250-PIPELINING\r\n250 SIZE 10240000\r\n";
+
+fn cfg(level: Level) -> Config {
+    let mut cfg = test_originate_config();
+    cfg.policy.default = level;
+    cfg
+}
+
+fn verified() -> TlsInfo {
+    TlsInfo {
+        client_cert: ClientCert::Verified(Box::default()),
+        ..test_tls()
+    }
+}
+
+fn failed(reason: &str) -> TlsInfo {
+    TlsInfo {
+        client_cert: ClientCert::Failed {
+            cert: Box::<PeerCert>::default(),
+            reason: reason.into(),
+        },
+        ..test_tls()
+    }
+}
+
+/// EHLO and MAIL, answered by us; then the first RCPT, which opens the next hop.
+fn start(h: &mut Harness<Session>, rcpt: &str) {
+    h.client_says(b"EHLO legacy.test\r\n");
+    assert_eq!(h.take_client(), OUR_EHLO);
+    h.client_says(b"MAIL FROM:<a@x.test> SIZE=100\r\n");
+    assert_eq!(h.take_client(), "250 2.1.0 Ok\r\n");
+    assert_eq!(h.connects, 0, "no next hop before RCPT");
+    h.client_says(format!("RCPT TO:<{rcpt}>\r\n").as_bytes());
+    assert_eq!(h.take_client(), "", "the RCPT waits for the next hop");
+}
+
+/// The next hop greets and answers EHLO with `caps`.
+fn greet(h: &mut Harness<Session>, caps: &str) {
+    h.backend_says(b"220 next.test ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO mx.test\r\n");
+    h.backend_says(caps.as_bytes());
+}
+
+/// After TLS: EHLO again, then MAIL and the waiting RCPT.
+fn after_tls_to_rcpt(h: &mut Harness<Session>, rcpt: &str) {
+    assert_eq!(h.take_backend(), "EHLO mx.test\r\n");
+    h.backend_says(HOP_CAPS.as_bytes());
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+    h.backend_says(b"250 2.1.0 Sender ok\r\n");
+    assert_eq!(h.take_backend(), format!("RCPT TO:<{rcpt}>\r\n"));
+    h.backend_says(b"250 2.1.5 Recipient ok\r\n");
+    assert_eq!(h.take_client(), "250 2.1.5 Recipient ok\r\n");
+}
+
+/// DATA, a body, and the next hop's verdict on it.
+fn message(h: &mut Harness<Session>, verdict: &str) -> String {
+    h.client_says(b"DATA\r\n");
+    assert_eq!(h.take_backend(), "DATA\r\n");
+    h.backend_says(b"354 go ahead\r\n");
+    assert_eq!(h.take_client(), "354 go ahead\r\n");
+    h.client_says(b"Subject: t\r\n\r\n.dot\r\nbare\r\n.\r\n");
+    assert_eq!(
+        h.take_client(),
+        "",
+        "no reply to the end of data before the next hop's"
+    );
+    assert_eq!(h.take_backend(), "Subject: t\r\n\r\n.dot\r\nbare\r\n.\r\n");
+    h.backend_says(verdict.as_bytes());
+    h.take_client()
+}
+
+#[test]
+fn relay_may_with_starttls_end_to_end() {
+    let mut c = cfg(Level::May);
+    c.bare_newlines = crate::data::BareNewlines::Normalize;
+    let mut h = Harness::originate(c);
+    h.hop_tls = Some(test_tls());
+    start(&mut h, "b@y.test");
+    assert_eq!(h.connects, 1);
+    greet(&mut h, HOP_CAPS_TLS);
+    assert_eq!(h.take_backend(), "STARTTLS\r\n");
+    h.backend_says(b"220 2.0.0 Ready\r\n");
+    assert_eq!(h.tls_clients.len(), 1);
+    assert_eq!(h.tls_clients[0].server_name, "relay.test");
+    assert!(!h.tls_clients[0].verify && !h.tls_clients[0].present_certificate);
+    after_tls_to_rcpt(&mut h, "b@y.test");
+    assert_eq!(
+        message(&mut h, "250 2.0.0 Ok: queued as X\r\n"),
+        "250 2.0.0 Ok: queued as X\r\n"
+    );
+    assert_eq!(h.take_backend(), "QUIT\r\n");
+    assert_eq!(h.disconnects, 1, "one next hop session per transaction");
+    assert!(h.events.contains(&Event::MessageAccepted { bytes: 26 }));
+    // The next transaction opens a new next hop session.
+    h.client_says(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<c@y.test>\r\n");
+    assert_eq!(h.take_client(), "250 2.1.0 Ok\r\n");
+    assert_eq!(h.connects, 2);
+}
+
+#[test]
+fn may_goes_on_in_plaintext_without_starttls() {
+    let mut h = Harness::originate(cfg(Level::May));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+    assert!(h.events.is_empty(), "{:?}", h.events);
+}
+
+#[test]
+fn none_never_asks_for_tls() {
+    let mut h = Harness::originate(cfg(Level::None));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS_TLS);
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+    assert_eq!(h.tls_started, 0);
+}
+
+#[test]
+fn may_retries_in_plaintext_on_a_new_connection_after_a_failed_handshake() {
+    let mut h = Harness::originate(cfg(Level::May));
+    h.hop_tls = None;
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS_TLS);
+    assert_eq!(h.take_backend(), "STARTTLS\r\n");
+    h.backend_says(b"220 2.0.0 Ready\r\n");
+    assert_eq!((h.backend_closes, h.connects), (1, 2), "a new connection");
+    greet(&mut h, HOP_CAPS_TLS);
+    assert_eq!(
+        h.take_backend(),
+        "MAIL FROM:<a@x.test> SIZE=100\r\n",
+        "no STARTTLS the second time"
+    );
+}
+
+#[test]
+fn encrypt_without_starttls_defers_or_bounces_on_the_rcpt() {
+    for (on_failure, code) in [
+        (OnFailure::Defer, "450 4.7.5"),
+        (OnFailure::Bounce, "550 5.7.5"),
+    ] {
+        let mut c = cfg(Level::Encrypt);
+        c.on_failure = on_failure;
+        let mut h = Harness::originate(c);
+        start(&mut h, "b@y.test");
+        greet(&mut h, HOP_CAPS);
+        assert_eq!(
+            h.take_client(),
+            format!(
+                "{code} TLS policy encrypt for y.test not met: relay.test did not offer \
+                 STARTTLS\r\n"
+            )
+        );
+        assert_eq!(h.take_backend(), "", "no MAIL in plaintext");
+        assert_eq!(h.backend_closes, 1);
+        assert!(h.events.iter().any(|e| matches!(e,
+            Event::OutboundTlsFailure(r) if r.failure == TlsFailure::NoStartTls && r.enforced
+                && r.domain == "y.test" && r.level == Level::Encrypt)));
+        // Another recipient of that domain gets the same answer without a new attempt.
+        h.client_says(b"RCPT TO:<c@y.test>\r\n");
+        assert!(h.take_client().starts_with(code));
+        assert_eq!(h.connects, 1);
+        h.client_says(b"DATA\r\n");
+        assert_eq!(h.take_client(), "554 5.5.1 No valid recipients\r\n");
+    }
+}
+
+#[test]
+fn audit_mode_reports_and_delivers_as_may_would() {
+    let mut c = cfg(Level::Encrypt);
+    c.enforce = false;
+    let mut h = Harness::originate(c);
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+    assert!(h.events.iter().any(|e| matches!(e,
+        Event::OutboundTlsFailure(r) if r.failure == TlsFailure::NoStartTls && !r.enforced)));
+}
+
+#[test]
+fn starttls_refused_under_encrypt() {
+    let mut h = Harness::originate(cfg(Level::Encrypt));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS_TLS);
+    h.take_backend();
+    h.backend_says(b"454 4.7.0 TLS not available\r\n");
+    assert_eq!(
+        h.take_client(),
+        "450 4.7.5 TLS policy encrypt for y.test not met: relay.test refused STARTTLS\r\n"
+    );
+}
+
+#[test]
+fn verify_checks_the_certificate_after_the_handshake() {
+    for (info, reply) in [
+        (
+            failed("name mismatch"),
+            Some("certificate of relay.test is not valid for relay.test or y.test"),
+        ),
+        (
+            failed("expired"),
+            Some("certificate of relay.test did not verify (expired)"),
+        ),
+        (
+            failed("untrusted issuer"),
+            Some("did not verify (untrusted issuer)"),
+        ),
+        (failed("revoked"), Some("did not verify (revoked)")),
+        (verified(), None),
+    ] {
+        let mut h = Harness::originate(cfg(Level::Verify));
+        h.hop_tls = Some(info);
+        start(&mut h, "b@y.test");
+        greet(&mut h, HOP_CAPS_TLS);
+        h.take_backend();
+        h.backend_says(b"220 go\r\n");
+        let ask = &h.tls_clients[0];
+        assert!(ask.verify && !ask.present_certificate);
+        assert_eq!(ask.names, ["relay.test", "y.test"]);
+        match reply {
+            Some(text) => {
+                let got = h.take_client();
+                assert!(got.starts_with("450 4.7.5 TLS policy verify for y.test not met: "));
+                assert!(got.contains(text), "{got}");
+                assert_eq!(
+                    h.take_backend(),
+                    "",
+                    "nothing is sent over an unverified session"
+                );
+            }
+            None => after_tls_to_rcpt(&mut h, "b@y.test"),
+        }
+    }
+}
+
+#[test]
+fn domain_secure_presents_our_certificate_and_counts_the_message() {
+    let mut c = cfg(Level::May);
+    c.policy.domains = vec![("woodgrovebank.com".into(), Level::DomainSecure)];
+    let mut h = Harness::originate(c);
+    h.hop_tls = Some(verified());
+    start(&mut h, "b@WoodgroveBank.com");
+    greet(&mut h, HOP_CAPS_TLS);
+    h.take_backend();
+    h.backend_says(b"220 go\r\n");
+    assert!(h.tls_clients[0].present_certificate && h.tls_clients[0].verify);
+    after_tls_to_rcpt(&mut h, "b@WoodgroveBank.com");
+    message(&mut h, "250 ok\r\n");
+    assert!(h.events.contains(&Event::DomainSecureSent {
+        domain: "woodgrovebank.com".into()
+    }));
+}
+
+#[test]
+fn a_refused_message_is_not_counted_as_domain_secure() {
+    let mut c = cfg(Level::DomainSecure);
+    c.policy.domains = vec![("y.test".into(), Level::DomainSecure)];
+    let mut h = Harness::originate(c);
+    h.hop_tls = Some(verified());
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS_TLS);
+    h.take_backend();
+    h.backend_says(b"220 go\r\n");
+    after_tls_to_rcpt(&mut h, "b@y.test");
+    assert_eq!(message(&mut h, "554 5.7.1 no\r\n"), "554 5.7.1 no\r\n");
+    assert!(h.events.contains(&Event::MessageRejected));
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::DomainSecureSent { .. })));
+}
+
+fn mx_cfg() -> Config {
+    let mut c = cfg(Level::May);
+    c.next_hop = NextHop::Mx;
+    c
+}
+
+fn route(host: &str, addrs: &[&str]) -> Route {
+    Route {
+        host: host.into(),
+        addrs: addrs.iter().map(|a| a.parse().expect("addr")).collect(),
+    }
+}
+
+#[test]
+fn mx_tries_hosts_in_order_and_the_next_one_on_failure() {
+    let mut h = Harness::originate(mx_cfg());
+    h.dns = Some(Ok(vec![
+        route("mx1.y.test", &["192.0.2.10:25", "192.0.2.11:25"]),
+        route("mx2.y.test", &["192.0.2.20:25"]),
+    ]));
+    h.unreachable = vec!["192.0.2.10:25".parse().expect("addr")];
+    start(&mut h, "b@y.test");
+    assert_eq!(h.resolves, ["y.test"]);
+    // The second address answers with a temporary refusal: the next MX.
+    h.backend_says(b"421 4.3.2 busy\r\n");
+    h.backend_says(b"220 mx2 ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO mx.test\r\n");
+    let hosts: Vec<String> = h
+        .connected
+        .iter()
+        .map(|t: &Target| t.addr.to_string())
+        .collect();
+    assert_eq!(hosts, ["192.0.2.10:25", "192.0.2.11:25", "192.0.2.20:25"]);
+    assert_eq!(h.connected[2].host, "mx2.y.test");
+    h.backend_says(HOP_CAPS.as_bytes());
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+}
+
+#[test]
+fn mx_failures_have_their_replies() {
+    for (dns, reply) in [
+        (
+            Err(DnsFailure::NullMx),
+            "550 5.1.10 Recipient domain does not accept mail (null MX)\r\n",
+        ),
+        (
+            Err(DnsFailure::Temporary),
+            "451 4.4.3 Temporary DNS failure for the recipient domain\r\n",
+        ),
+        (
+            Err(DnsFailure::NoSuchDomain),
+            "550 5.1.2 Recipient domain does not exist\r\n",
+        ),
+        (
+            Ok(vec![route("mx1.y.test", &["192.0.2.10:25"])]),
+            "451 4.4.1 No next hop for y.test could be reached\r\n",
+        ),
+    ] {
+        let mut h = Harness::originate(mx_cfg());
+        h.dns = Some(dns);
+        h.unreachable = vec!["192.0.2.10:25".parse().expect("addr")];
+        h.client_says(b"EHLO legacy.test\r\nMAIL FROM:<a@x.test>\r\n");
+        h.take_client();
+        h.client_says(b"RCPT TO:<b@y.test>\r\n");
+        assert_eq!(h.take_client(), reply);
+        assert!(!h.closed, "the session goes on");
+    }
+}
+
+#[test]
+fn mx_a_second_domain_waits_for_another_transaction() {
+    let mut h = Harness::originate(mx_cfg());
+    h.dns = Some(Ok(vec![route("mx1.y.test", &["192.0.2.10:25"])]));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    h.take_backend();
+    h.backend_says(b"250 ok\r\n");
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_client(), "250 ok\r\n");
+    h.client_says(b"RCPT TO:<c@other.test>\r\n");
+    assert_eq!(h.take_client(), "452 4.5.3 Too many recipients\r\n");
+    assert_eq!(h.resolves, ["y.test"]);
+}
+
+#[test]
+fn a_sender_refused_by_the_next_hop_answers_the_rcpt() {
+    let mut h = Harness::originate(cfg(Level::May));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    h.take_backend();
+    h.backend_says(b"550-5.7.1 sender\r\n550 5.7.1 refused\r\n");
+    assert_eq!(h.take_client(), "550-5.7.1 sender\r\n550 5.7.1 refused\r\n");
+    assert_eq!(h.take_backend(), "QUIT\r\n");
+}
+
+#[test]
+fn next_hop_lost_mid_message_gives_451_after_the_end_of_data() {
+    let mut h = Harness::originate(cfg(Level::May));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    h.take_backend();
+    h.backend_says(b"250 ok\r\n250 ok\r\n");
+    h.take_client();
+    h.client_says(b"DATA\r\n");
+    h.backend_says(b"354 go\r\n");
+    h.take_client();
+    h.client_says(b"Subject: x\r\n\r\npart one\r\n");
+    h.session.handle_eof(Leg::Backend, h.now);
+    h.run();
+    assert_eq!(h.take_client(), "", "the client is still sending");
+    h.client_says(b"part two\r\n.\r\n");
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.2 Next hop lost mid-message, try again later\r\n"
+    );
+    assert!(h.events.contains(&Event::MessageFailed));
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::MessageAccepted { .. })));
+    // The session goes on.
+    h.client_says(b"NOOP\r\n");
+    assert_eq!(h.take_client(), "250 2.0.0 OK\r\n");
+}
+
+#[test]
+fn next_hop_silent_at_the_end_of_data_gives_451() {
+    let mut h = Harness::originate(cfg(Level::May));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    h.take_backend();
+    h.backend_says(b"250 ok\r\n250 ok\r\n");
+    h.take_client();
+    h.client_says(b"DATA\r\n");
+    h.backend_says(b"354 go\r\n");
+    h.client_says(b"x\r\n.\r\n");
+    h.take_client();
+    h.advance(Duration::from_secs(301));
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.2 Next hop lost mid-message, try again later\r\n"
+    );
+    assert!(h.events.contains(&Event::MessageFailed));
+}
+
+#[test]
+fn next_hop_bytes_with_nothing_outstanding_are_a_failure() {
+    let mut h = Harness::originate(cfg(Level::May));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    h.take_backend();
+    h.backend_says(b"250 ok\r\n");
+    // RCPT's reply with a smuggled extra one: it must not answer the next command.
+    h.backend_says(b"250 ok\r\n250 extra\r\n");
+    assert_eq!(h.take_client(), "250 ok\r\n");
+    assert_eq!(h.backend_closes, 1);
+    assert!(h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::NextHopFailed { reason, .. } if reason.contains("no command outstanding"))));
+    h.client_says(b"DATA\r\n");
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.2 Next hop connection lost, try again later\r\n"
+    );
+}
+
+#[test]
+fn nothing_before_the_handshake_survives_it() {
+    let mut h = Harness::originate(cfg(Level::Encrypt));
+    h.hop_tls = Some(test_tls());
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS_TLS);
+    h.take_backend();
+    // A 220 with a pipelined fake reply behind it (CVE-2011-1575 style).
+    h.backend_says(b"220 go\r\n250 fake\r\n");
+    assert_eq!(
+        h.tls_started, 0,
+        "no handshake on a stream with injected bytes"
+    );
+    assert!(h.take_client().starts_with("451 4.4.1"));
+}
+
+#[test]
+fn parameters_the_next_hop_did_not_offer_are_refused_not_dropped() {
+    let mut h = Harness::originate(cfg(Level::None));
+    h.client_says(b"EHLO legacy.test\r\n");
+    h.take_client();
+    h.client_says(b"MAIL FROM:<a@x.test> RET=HDRS SIZE=5\r\n");
+    assert_eq!(h.take_client(), "250 2.1.0 Ok\r\n");
+    h.client_says(b"RCPT TO:<b@y.test>\r\n");
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
+    assert_eq!(h.take_backend(), "");
+}
+
+#[test]
+fn our_greeting_and_commands_we_answer() {
+    let mut h = Harness::originate(cfg(Level::May));
+    for (cmd, reply) in [
+        ("HELO legacy.test\r\n", "250 mx.test\r\n"),
+        ("STARTTLS\r\n", "502 5.5.1 STARTTLS not offered\r\n"),
+        ("AUTH PLAIN AGEAYg==\r\n", "502 5.5.1 AUTH not offered\r\n"),
+        ("RCPT TO:<b@y.test>\r\n", "503 5.5.1 Need MAIL command\r\n"),
+        ("DATA\r\n", "503 5.5.1 Need MAIL command\r\n"),
+        (
+            "MAIL FROM:<a@x.test> BODY=8BITMIME\r\n",
+            "555 5.5.4 Unsupported parameter\r\n",
+        ),
+        ("NOOP\r\n", "250 2.0.0 OK\r\n"),
+        ("QUIT\r\n", "221 2.0.0 Bye\r\n"),
+    ] {
+        h.client_says(cmd.as_bytes());
+        assert_eq!(h.take_client(), reply, "{cmd}");
+    }
+    assert!(h.closed);
+}
