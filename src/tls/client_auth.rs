@@ -115,25 +115,29 @@ impl ClientAuth {
     }
 }
 
-/// Why a client certificate did not verify, in a word or two for the reply and the log:
-/// `expired`, `not yet valid`, `revoked`, `untrusted issuer`...
+/// Why a peer certificate did not verify, in a word or two for the reply and the log:
+/// `expired`, `not yet valid`, `revoked`, `untrusted issuer`, `name mismatch` (a server
+/// certificate valid but not for the next hop's names)...
 pub fn failure_reason(e: &rustls::Error) -> &'static str {
     match e {
         rustls::Error::NoCertificatesPresented => "no client certificate",
-        rustls::Error::InvalidCertificate(ce) => match ce {
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "not yet valid"
+        rustls::Error::InvalidCertificate(ce) => {
+            match ce {
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "not yet valid"
+                }
+                CertificateError::Revoked => "revoked",
+                CertificateError::UnknownIssuer => "untrusted issuer",
+                CertificateError::BadSignature => "bad signature",
+                CertificateError::InvalidPurpose
+                | CertificateError::InvalidPurposeContext { .. } => "not for client authentication",
+                CertificateError::BadEncoding => "malformed",
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => "name mismatch",
+                _ => "invalid",
             }
-            CertificateError::Revoked => "revoked",
-            CertificateError::UnknownIssuer => "untrusted issuer",
-            CertificateError::BadSignature => "bad signature",
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                "not for client authentication"
-            }
-            CertificateError::BadEncoding => "malformed",
-            _ => "invalid",
-        },
+        }
         _ => "invalid",
     }
 }

@@ -1,4 +1,5 @@
-//! TLS: the certificate store and the rustls server configuration of each listener.
+//! TLS: the certificate store, the rustls server configuration of each listener and the
+//! client configuration of originate listeners.
 //!
 //! | file | owns |
 //! |---|---|
@@ -9,6 +10,7 @@
 //! | `server.rs` | the rustls [`rustls::ServerConfig`] of a listener and what a session reports about TLS |
 //! | `trust.rs` | `trust`: anchors (OS store, CA files) and CRLs, loaded once per runtime |
 //! | `client_auth.rs` | `client_certificates`: the client verifier, and what a session learns of the client's certificate |
+//! | `client.rs` | originate mode's TLS client: the rustls [`rustls::ClientConfig`]s (with and without `client_certificate`) and the next hop's certificate judged against `trust` after the handshake |
 //!
 //! Every TLS object is built with one explicit crypto provider ([`provider`]) instead of the
 //! process-wide default, so the choice is made in one place and no code path can panic because
@@ -18,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 mod certinfo;
+mod client;
 mod client_auth;
 mod select;
 mod selfsigned;
@@ -28,6 +31,8 @@ mod trust;
 #[cfg(test)]
 mod test_util;
 #[cfg(test)]
+mod tests_client;
+#[cfg(test)]
 mod tests_handshake;
 #[cfg(test)]
 mod tests_select;
@@ -37,6 +42,7 @@ mod tests_selfsigned;
 mod tests_store;
 
 pub use certinfo::CertInfo;
+pub use client::{server_name, ClientTls};
 pub use client_auth::{failure_reason, peer_cert, ClientAuth};
 pub use select::{Candidates, CertPlan};
 pub use selfsigned::{kept_self_signed, load_or_create_self_signed, self_signed, SELF_SIGNED_NAME};

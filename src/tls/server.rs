@@ -33,15 +33,8 @@ pub fn server_config(
     min_version: TlsVersion,
     client_auth: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    static BOTH: [&SupportedProtocolVersion; 2] =
-        [&rustls::version::TLS13, &rustls::version::TLS12];
-    static ONLY_13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
-    let versions: &[&SupportedProtocolVersion] = match min_version {
-        TlsVersion::V1_2 => &BOTH,
-        TlsVersion::V1_3 => &ONLY_13,
-    };
-    let builder =
-        ServerConfig::builder_with_provider(super::provider()).with_protocol_versions(versions)?;
+    let builder = ServerConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(protocol_versions(min_version))?;
     let builder = match client_auth {
         None => builder.with_no_client_auth(),
         Some(verifier) => builder.with_client_cert_verifier(verifier),
@@ -54,9 +47,23 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The protocol versions from `tls_min_version` up, for servers and clients alike.
+pub(crate) fn protocol_versions(
+    min_version: TlsVersion,
+) -> &'static [&'static SupportedProtocolVersion] {
+    static BOTH: [&SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    static ONLY_13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    match min_version {
+        TlsVersion::V1_2 => &BOTH,
+        TlsVersion::V1_3 => &ONLY_13,
+    }
+}
+
 /// The negotiated protocol (`"TLSv1.2"`, `"TLSv1.3"`) and cipher suite as rustls names it
 /// (`"TLS13_AES_128_GCM_SHA256"`), for the Received header (RFC 8314 §4.3 style) and logs.
-/// Before the handshake has chosen them, both are `"unknown"`.
+/// Before the handshake has chosen them, both are `"unknown"`. Either side's connection will
+/// do (a `ServerConnection` or `ClientConnection` derefs to its `CommonState`).
 pub fn session_tls_info(conn: &CommonState) -> (String, String) {
     let version = match conn.protocol_version() {
         Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),

@@ -149,29 +149,30 @@ pub fn openssl_fingerprint(cert: &Path, digest: &str) -> String {
     hex.replace(':', "").to_ascii_uppercase()
 }
 
-/// Accepts exactly one server certificate, but checks handshake signatures for real.
+/// Accepts exactly one server certificate, but checks handshake signatures for real (as
+/// originate mode's verifier does).
 #[derive(Debug)]
 struct AcceptOnly {
     cert: CertificateDer<'static>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    signatures: super::client::RecordOnly,
 }
 
 impl ServerCertVerifier for AcceptOnly {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_ref() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
+        if end_entity.as_ref() != self.cert.as_ref() {
+            return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::UnknownIssuer,
-            ))
+            ));
         }
+        let signatures = &self.signatures;
+        signatures.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -180,8 +181,7 @@ impl ServerCertVerifier for AcceptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -190,14 +190,11 @@ impl ServerCertVerifier for AcceptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 
@@ -213,7 +210,7 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptOnly {
             cert: cert.clone(),
-            provider,
+            signatures: super::client::RecordOnly(provider),
         }))
         .with_no_client_auth()
 }
