@@ -45,9 +45,17 @@ pub struct ListenerRuntime {
     /// Originate, `next_hop: mx`: the MX resolver and the port next hops listen on.
     pub resolver: Option<crate::mx::MxResolver>,
     pub mx_port: u16,
+    /// Originate: the TLS client toward next hops, and the certificate it presents.
+    pub client_tls: Option<crate::tls::ClientTls>,
+    pub client_certificate: Option<crate::tls::CertInfo>,
 }
 
 impl ListenerRuntime {
+    /// `log.protocol_log`: command, reply and certificate lines of every session.
+    pub fn protocol_log(&self) -> bool {
+        self.session.protocol_log
+    }
+
     /// The deadline of a TLS handshake on the client leg.
     pub fn tls_handshake_timeout(&self) -> Duration {
         self.session.timeouts.tls_handshake
@@ -259,6 +267,8 @@ fn listener_runtime(
         certificates: plan.clone(),
         resolver: None,
         mx_port: 25,
+        client_tls: None,
+        client_certificate: None,
     })
 }
 

@@ -1,14 +1,16 @@
 //! TLS handshakes of a session and what is recorded of them: the server side on the client
-//! leg (implicit TLS, or after STARTTLS), always under a deadline; the metric, the log lines,
-//! and the protocol log's certificates (ours and the peer's, as Exchange's verbose log has).
+//! leg (implicit TLS, or after STARTTLS), the client side toward a next hop (originate), each
+//! under a deadline; the metric, the log lines, and the protocol log's certificates (ours and
+//! the peer's, as Exchange's verbose log has).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use smtp_core::session::{ClientCert, TlsInfo};
+use rustls::pki_types::UnixTime;
+use smtp_core::session::{ClientCert, TlsClient, TlsInfo};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::PROTOCOL;
 use crate::io::Stream;
@@ -26,7 +28,7 @@ fn handshake_done(
         .tls_handshakes_total
         .with_label_values(&[&l.name, "server", "ok", &version])
         .inc();
-    if l.session.protocol_log {
+    if l.protocol_log() {
         log_handshake(l, conn, session, peer, &version, &cipher);
     }
     let client_cert = l.client_auth.client_cert(conn);
@@ -70,7 +72,18 @@ fn log_handshake(
     if let Some(cert) = l.certificates.served(conn.server_name()) {
         log_certificate(session, listener, peer, "local", &cert.info);
     }
-    let leaf = conn.peer_certificates().and_then(|chain| chain.first());
+    log_remote_certificate(l, conn.peer_certificates(), session, peer);
+}
+
+/// The peer's leaf certificate in the protocol log, or that there was none.
+fn log_remote_certificate(
+    l: &ListenerRuntime,
+    chain: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    session: u64,
+    peer: SocketAddr,
+) {
+    let listener = &l.name;
+    let leaf = chain.and_then(|chain| chain.first());
     match leaf.map(|der| crate::tls::CertInfo::from_der(der)) {
         Some(Ok(cert)) => log_certificate(session, listener, peer, "remote", &cert),
         Some(Err(reason)) => {
@@ -106,9 +119,9 @@ fn log_certificate(
     );
 }
 
-fn handshake_failed(l: &ListenerRuntime, peer: SocketAddr, reason: &str) {
-    tracing::info!(listener = %l.name, %peer, reason, "TLS handshake failed");
-    count_handshake_error(l);
+fn handshake_failed(l: &ListenerRuntime, peer: SocketAddr, reason: &str, side: &str) {
+    tracing::info!(listener = %l.name, %peer, reason, side, "TLS handshake failed");
+    count_handshake_error(l, side);
 }
 
 /// A handshake that failed with an error: with `client_certificates: require`, a client
@@ -125,16 +138,16 @@ fn handshake_error(l: &ListenerRuntime, peer: SocketAddr, e: &std::io::Error) {
             let client_certificate = crate::tls::failure_reason(err);
             tracing::info!(listener = %l.name, %peer, client_certificate, reason = %e,
                 "TLS handshake failed: client certificate refused");
-            count_handshake_error(l);
+            count_handshake_error(l, "server");
         }
-        _ => handshake_failed(l, peer, &e.to_string()),
+        _ => handshake_failed(l, peer, &e.to_string(), "server"),
     }
 }
 
-fn count_handshake_error(l: &ListenerRuntime) {
+fn count_handshake_error(l: &ListenerRuntime, side: &str) {
     l.metrics
         .tls_handshakes_total
-        .with_label_values(&[&l.name, "server", "error", ""])
+        .with_label_values(&[&l.name, side, "error", ""])
         .inc();
 }
 
@@ -159,8 +172,74 @@ pub(crate) async fn accept_tls(
             None
         }
         Err(_) => {
-            handshake_failed(l, peer, "timed out");
+            handshake_failed(l, peer, "timed out", "server");
             None
         }
     }
+}
+
+/// The client side of a TLS handshake with a next hop on `tcp` by `deadline`. The handshake
+/// accepts any certificate; the next hop's is judged here (when the session asked) and
+/// reported for the session to decide. A failure is logged and counted, and ends in `None`.
+pub(crate) async fn connect_tls(
+    l: &ListenerRuntime,
+    tcp: TcpStream,
+    ask: &TlsClient,
+    deadline: tokio::time::Instant,
+    id: u64,
+    peer: SocketAddr,
+) -> Option<(Stream, TlsInfo)> {
+    let (Some(client_tls), Some(name)) = (&l.client_tls, crate::tls::server_name(&ask.server_name))
+    else {
+        handshake_failed(
+            l,
+            peer,
+            "no TLS client configuration or unusable server name",
+            "client",
+        );
+        return None;
+    };
+    let config = client_tls.config(ask.present_certificate);
+    let connect = TlsConnector::from(config).connect(name, tcp);
+    let stream = match timeout_at(deadline, connect).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            handshake_failed(l, peer, &e.to_string(), "client");
+            return None;
+        }
+        Err(_) => {
+            handshake_failed(l, peer, "timed out", "client");
+            return None;
+        }
+    };
+    let conn = stream.get_ref().1;
+    let (version, cipher) = crate::tls::session_tls_info(conn);
+    l.metrics
+        .tls_handshakes_total
+        .with_label_values(&[&l.name, "client", "ok", &version])
+        .inc();
+    let next_hop_cert = if ask.verify {
+        let names: Vec<&str> = ask.names.iter().map(String::as_str).collect();
+        client_tls.judge_server_cert(conn, &names, UnixTime::now())
+    } else {
+        ClientCert::None
+    };
+    if l.protocol_log() {
+        let listener = &l.name;
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let next_hop = &ask.server_name;
+        tracing::info!(target: PROTOCOL, session = id, %listener, %peer, %next_hop, version, cipher, resumed, "TLS established with the next hop");
+        if ask.present_certificate {
+            if let Some(cert) = &l.client_certificate {
+                log_certificate(id, listener, peer, "local", cert);
+            }
+        }
+        log_remote_certificate(l, conn.peer_certificates(), id, peer);
+    }
+    let info = TlsInfo {
+        version,
+        cipher,
+        client_cert: next_hop_cert,
+    };
+    Some((Stream::ClientTls(Box::new(stream)), info))
 }

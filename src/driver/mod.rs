@@ -71,7 +71,8 @@ impl<'a> Driver<'a> {
                 self.record_events(session);
                 match self.act(session, action).await {
                     Step::Go => {}
-                    Step::ClientReadable => client_more = true,
+                    Step::Readable(Leg::Client) => client_more = true,
+                    Step::Readable(Leg::Backend) => backend_more = true,
                     Step::Done => return self.record_events(session),
                 }
             }
@@ -238,14 +239,29 @@ impl<'a> Driver<'a> {
                     Some((tls, info)) => {
                         self.client = tls;
                         session.handle_tls_established(Leg::Client, info, Instant::now());
-                        return Step::ClientReadable;
+                        return Step::Readable(Leg::Client);
                     }
                     None => session.handle_tls_failed(Leg::Client, Instant::now()),
                 }
             }
-            Action::StartTls(TlsStart::Client(_client)) => {
-                // The originate leg's client handshake.
-                session.handle_tls_failed(Leg::Backend, Instant::now());
+            Action::StartTls(TlsStart::Client(ask)) => {
+                let Stream::Plain(tcp) = std::mem::take(&mut self.backend) else {
+                    session.handle_tls_failed(Leg::Backend, Instant::now());
+                    return Step::Go;
+                };
+                // As on the client leg: the plain stream is moved into the TLS stream.
+                let deadline = session.poll_timeout().map_or_else(
+                    || tokio::time::Instant::now() + l.tls_handshake_timeout(),
+                    tokio::time::Instant::from_std,
+                );
+                match handshake::connect_tls(l, tcp, &ask, deadline, self.id, self.peer).await {
+                    Some((tls, info)) => {
+                        self.backend = tls;
+                        session.handle_tls_established(Leg::Backend, info, Instant::now());
+                        return Step::Readable(Leg::Backend);
+                    }
+                    None => session.handle_tls_failed(Leg::Backend, Instant::now()),
+                }
             }
             Action::Close => {
                 self.close().await;
@@ -267,8 +283,8 @@ impl<'a> Driver<'a> {
 /// What the loop does after an action.
 enum Step {
     Go,
-    /// The client leg changed (TLS): try a read before waiting for readiness.
-    ClientReadable,
+    /// The leg changed (TLS): try a read before waiting for readiness.
+    Readable(Leg),
     /// The session closed.
     Done,
 }
