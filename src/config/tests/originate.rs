@@ -441,3 +441,27 @@ fn session_config_carries_the_policy() {
     assert!(!session.protocol_log);
     assert_eq!(session.hostname, "mx.test");
 }
+
+/// The commented-out listener of config.yaml.example, once uncommented, is SPEC §3's (without
+/// a client certificate rule, since the example's store is empty).
+#[test]
+fn example_originate_block_uncommented() {
+    let example = super::EXAMPLE;
+    let Some(start) = example.find("  # - name: outbound") else {
+        panic!("config.yaml.example lost its originate listener")
+    };
+    let block: String = example[start..]
+        .lines()
+        .map(|line| match line.strip_prefix("  # ") {
+            Some(rest) => format!("  {rest}\n"),
+            None => format!("{line}\n"),
+        })
+        .collect();
+    let config = ok(&format!("{}{block}", &example[..start]));
+    let want = OriginateListener {
+        client_certificate: CertificateSelection::Automatic,
+        ..spec_sample_outbound()
+    };
+    assert_eq!(config.listeners[1].name, "outbound");
+    assert_eq!(config.listeners[1].originate(), Some(&want));
+}
