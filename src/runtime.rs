@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, Listener, ListenerTls};
+use crate::config::{Config, Listener, ListenerMode, ListenerTls, TerminateListener};
 use crate::metrics::Metrics;
 use crate::tls::{CertPlan, CertStore, ClientAuth, LoadedCert, Trust};
 
@@ -140,8 +140,15 @@ pub fn build(
     let mut problems = Vec::new();
     let mut listeners = Vec::new();
     let mut explicit = Vec::new();
-    for l in &config.listeners {
-        let plan = CertPlan::new(&store, &l.certificate, &config.hostname);
+    for (i, l) in config.listeners.iter().enumerate() {
+        let term = match &l.mode {
+            ListenerMode::Terminate(term) => term,
+            ListenerMode::Originate(_) => {
+                problems.push(originate_not_served(i, &l.name));
+                continue;
+            }
+        };
+        let plan = CertPlan::new(&store, &term.certificate, &config.hostname);
         match &plan {
             CertPlan::Explicit(cert) => {
                 warn_if_expired(&l.name, cert, now);
@@ -154,7 +161,7 @@ pub fn build(
             }
             CertPlan::NoMatch(_) | CertPlan::NoCertificate => {}
         }
-        match listener_runtime(config, l, &plan, trust, metrics) {
+        match listener_runtime(config, l, term, &plan, trust, metrics) {
             Ok(rt) => listeners.push((l.listen, Arc::new(rt))),
             Err(p) => problems.push(p),
         }
@@ -167,6 +174,11 @@ pub fn build(
         listeners,
         explicit,
     })
+}
+
+/// Until the runtime serves originate listeners, `run` and `check` refuse them with this.
+pub fn originate_not_served(index: usize, name: &str) -> String {
+    format!("listeners[{index}] ({name}): mode originate is not served yet by this build")
 }
 
 /// An expired certificate is still served (as Exchange does: refusing TLS would push mail to
@@ -184,31 +196,40 @@ fn warn_if_expired(listener: &str, cert: &LoadedCert, now: i64) {
 }
 
 /// The client-certificate policy of a listener over the runtime's trust.
-pub fn listener_client_auth(l: &Listener, trust: &Trust) -> Result<ClientAuth, String> {
-    ClientAuth::new(l.policy.client_certificates, trust)
+pub fn listener_client_auth(
+    l: &Listener,
+    term: &TerminateListener,
+    trust: &Trust,
+) -> Result<ClientAuth, String> {
+    ClientAuth::new(term.policy.client_certificates, trust)
         .map_err(|e| format!("listener {}: policy.client_certificates: {e}", l.name))
 }
 
 fn listener_runtime(
     config: &Config,
     l: &Listener,
+    term: &TerminateListener,
     plan: &CertPlan,
     trust: &Trust,
     metrics: &Metrics,
 ) -> Result<ListenerRuntime, String> {
-    let client_auth = listener_client_auth(l, trust)?;
+    let client_auth = listener_client_auth(l, term, trust)?;
     let acceptor = match (plan.resolver(), plan) {
         (Some(resolver), _) => Some(
-            crate::tls::server_config(resolver, l.policy.tls_min_version, client_auth.verifier())
-                .map_err(|e| format!("listener {}: {e}", l.name))?,
+            crate::tls::server_config(
+                resolver,
+                term.policy.tls_min_version,
+                client_auth.verifier(),
+            )
+            .map_err(|e| format!("listener {}: {e}", l.name))?,
         ),
-        (None, CertPlan::NoMatch(why)) if l.tls == ListenerTls::Implicit => {
+        (None, CertPlan::NoMatch(why)) if term.tls == ListenerTls::Implicit => {
             return Err(format!(
                 "listener {}: tls: implicit cannot start without its certificate: {why}",
                 l.name
             ));
         }
-        (None, _) if l.tls == ListenerTls::Implicit => {
+        (None, _) if term.tls == ListenerTls::Implicit => {
             return Err(format!(
                 "listener {}: tls: implicit needs a certificate",
                 l.name
@@ -226,15 +247,15 @@ fn listener_runtime(
             None
         }
     };
-    let p = &l.policy;
+    let p = &term.policy;
     let t = p.timeouts;
     metrics.init_listener(&l.name, &p.domain_secure);
     Ok(ListenerRuntime {
         name: l.name.clone(),
-        implicit_tls: l.tls == ListenerTls::Implicit,
+        implicit_tls: term.tls == ListenerTls::Implicit,
         session: Arc::new(smtp_core::inbound::Config {
             hostname: config.hostname.clone(),
-            starttls: acceptor.is_some() && l.tls == ListenerTls::Starttls,
+            starttls: acceptor.is_some() && term.tls == ListenerTls::Starttls,
             require_tls: p.require_tls,
             auth_requires_tls: p.auth_requires_tls,
             bare_newlines: p.bare_newlines,
@@ -256,8 +277,8 @@ fn listener_runtime(
             },
             protocol_log: config.log.protocol_log,
         }),
-        servers: l.backend.servers.clone(),
-        connect_timeout: l.backend.connect_timeout,
+        servers: term.backend.servers.clone(),
+        connect_timeout: term.backend.connect_timeout,
         write_timeout: t.command,
         acceptor,
         client_auth,

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
-    Backend, BareNewlines, CertificateSelection, ClientCertificates, Config, Listener, ListenerTls,
-    LogConfig, LogFormat, LongLines, OnFailure, Policy, Timeouts, TlsVersion, TrustConfig,
+    Backend, BareNewlines, CertificateSelection, ClientCertificates, Config, Listener,
+    ListenerMode, ListenerTls, LogConfig, LogFormat, LongLines, OnFailure, Policy, ResolverConfig,
+    TerminateListener, Timeouts, TlsVersion, TrustConfig,
 };
 use crate::sink::SinkEvent;
 use crate::tls::CertStore;
@@ -39,6 +40,7 @@ fn demo_config() -> Config {
             protocol_log: false,
         },
         certificates: Vec::new(),
+        resolver: ResolverConfig::default(),
         // The demo verifies no peer: it asks for no client certificates.
         trust: TrustConfig {
             system_roots: false,
@@ -48,34 +50,36 @@ fn demo_config() -> Config {
         listeners: vec![Listener {
             name: "demo".into(),
             listen: addr(LISTEN),
-            tls: ListenerTls::Starttls,
-            certificate: CertificateSelection::Automatic,
-            backend: Backend {
-                servers: vec![SINK.into()],
-                connect_timeout: Duration::from_secs(5),
-            },
-            policy: Policy {
-                require_tls: false,
-                auth_requires_tls: true,
-                client_certificates: ClientCertificates::None,
-                domain_secure: Vec::new(),
-                on_failure: OnFailure::Defer,
-                enforce: true,
-                tls_min_version: TlsVersion::V1_2,
-                bare_newlines: BareNewlines::Reject,
-                long_lines: LongLines::Fold,
-                received_header: true,
-                max_message_size: 35 * 1024 * 1024,
-                max_recipients: 100,
-                max_connections: 1000,
-                max_connections_per_ip: 20,
-                timeouts: Timeouts {
-                    greeting: Duration::from_secs(300),
-                    command: Duration::from_secs(300),
-                    data_block: Duration::from_secs(180),
-                    tls_handshake: Duration::from_secs(30),
+            mode: ListenerMode::Terminate(TerminateListener {
+                tls: ListenerTls::Starttls,
+                certificate: CertificateSelection::Automatic,
+                backend: Backend {
+                    servers: vec![SINK.into()],
+                    connect_timeout: Duration::from_secs(5),
                 },
-            },
+                policy: Policy {
+                    require_tls: false,
+                    auth_requires_tls: true,
+                    client_certificates: ClientCertificates::None,
+                    domain_secure: Vec::new(),
+                    on_failure: OnFailure::Defer,
+                    enforce: true,
+                    tls_min_version: TlsVersion::V1_2,
+                    bare_newlines: BareNewlines::Reject,
+                    long_lines: LongLines::Fold,
+                    received_header: true,
+                    max_message_size: 35 * 1024 * 1024,
+                    max_recipients: 100,
+                    max_connections: 1000,
+                    max_connections_per_ip: 20,
+                    timeouts: Timeouts {
+                        greeting: Duration::from_secs(300),
+                        command: Duration::from_secs(300),
+                        data_block: Duration::from_secs(180),
+                        tls_handshake: Duration::from_secs(30),
+                    },
+                },
+            }),
         }],
     }
 }

@@ -73,7 +73,7 @@ pub fn shortfall(config: &Config, limit: Limit) -> Option<String> {
     let sessions: u64 = config
         .listeners
         .iter()
-        .map(|l| u64::from(l.policy.max_connections))
+        .map(|l| u64::from(l.max_connections()))
         .sum();
     let needed = sessions
         .saturating_mul(PER_SESSION)

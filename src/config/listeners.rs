@@ -1,15 +1,18 @@
-//! Validation of `listeners[]`: names and addresses unique, certificate rules checked for form
-//! (matching them is the store's job), backend typed (`policy` has its own file).
-//! `mode: originate` is recognised and its keys checked for syntax, but the listener itself is
-//! refused as not supported yet.
+//! Validation of `listeners[]`: names and addresses unique, the mode's own part typed (a
+//! terminate listener's backend, an originate listener's next hop), certificate rules checked
+//! for form (matching them is the store's job), the other mode's keys refused (`policy` has
+//! its own file).
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::fields::{join, Problems};
 use super::policy::{originate_policy, terminate_policy};
-use super::raw::{RawBackend, RawCertificateRef, RawListener};
-use super::yaml::{List, Table};
-use super::{Backend, CertificateSelection, Listener, ListenerTls, Policy};
+use super::raw::{defaults, RawBackend, RawCertificateRef, RawListener};
+use super::yaml::{List, Table, Value};
+use super::{
+    Backend, CertificateSelection, Listener, ListenerMode, ListenerTls, NextHopConfig,
+    OriginateListener, TerminateListener,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -21,7 +24,6 @@ enum Mode {
 pub fn listeners(
     p: &mut Problems,
     raw: &List<Table<RawListener>>,
-    cert_names: &[String],
     taken: &mut Vec<(SocketAddr, String)>,
 ) -> Option<Vec<Listener>> {
     let items = p.list("listeners", raw)?;
@@ -36,7 +38,7 @@ pub fn listeners(
         let Some(raw) = p.table(&path, item) else {
             continue;
         };
-        if let Some(listener) = listener(p, &path, raw, cert_names, taken, &mut names) {
+        if let Some(listener) = listener(p, &path, raw, taken, &mut names) {
             out.push(listener);
         }
     }
@@ -47,7 +49,6 @@ fn listener(
     p: &mut Problems,
     path: &str,
     raw: &RawListener,
-    cert_names: &[String],
     taken: &mut Vec<(SocketAddr, String)>,
     names: &mut Vec<(String, String)>,
 ) -> Option<Listener> {
@@ -107,30 +108,18 @@ fn listener(
         "false",
     );
 
-    match mode? {
-        Mode::Originate => {
-            p.add(&join(path, "mode"), "originate is not supported yet");
-            originate(p, path, raw, cert_names);
-            None
-        }
-        Mode::Terminate => {
-            let terminate = terminate(p, path, raw);
-            let (tls, certificate, backend, policy) = terminate?;
-            Some(Listener {
-                name: name?,
-                listen: listen?,
-                tls,
-                certificate,
-                backend,
-                policy,
-            })
-        }
-    }
+    let mode = match mode? {
+        Mode::Terminate => ListenerMode::Terminate(terminate(p, path, raw)?),
+        Mode::Originate => ListenerMode::Originate(originate(p, path, raw)?),
+    };
+    Some(Listener {
+        name: name?,
+        listen: listen?,
+        mode,
+    })
 }
 
-type Terminate = (ListenerTls, CertificateSelection, Backend, Policy);
-
-fn terminate(p: &mut Problems, path: &str, raw: &RawListener) -> Option<Terminate> {
+fn terminate(p: &mut Problems, path: &str, raw: &RawListener) -> Option<TerminateListener> {
     for (key, given) in [
         ("next_hop", raw.next_hop.is_some()),
         ("client_certificate", raw.client_certificate.is_some()),
@@ -143,7 +132,11 @@ fn terminate(p: &mut Problems, path: &str, raw: &RawListener) -> Option<Terminat
         ("starttls", ListenerTls::Starttls),
         ("implicit", ListenerTls::Implicit),
     ];
-    let tls = p.choice(&join(path, "tls"), &raw.tls, &tls_choices);
+    let tls_value = raw
+        .tls
+        .clone()
+        .unwrap_or_else(|| Value::str(defaults::LISTENER_TLS));
+    let tls = p.choice(&join(path, "tls"), &tls_value, &tls_choices);
     let certificate = certificate_selection(p, &join(path, "certificate"), &raw.certificate);
     let backend_path = join(path, "backend");
     let backend = match &raw.backend {
@@ -159,17 +152,132 @@ fn terminate(p: &mut Problems, path: &str, raw: &RawListener) -> Option<Terminat
     let policy = p
         .table(&policy_path, &raw.policy)
         .and_then(|pol| terminate_policy(p, &policy_path, pol));
-    Some((tls?, certificate?, backend?, policy?))
+    Some(TerminateListener {
+        tls: tls?,
+        certificate: certificate?,
+        backend: backend?,
+        policy: policy?,
+    })
 }
 
-/// A terminate listener's `certificate`: name or thumbprint, checked for form only. Whether
-/// it matches a certificate is the store's question (`check` fails on a miss; `run` serves the
-/// listener without STARTTLS), so a name is not looked up in `certificates` here.
+/// An originate listener. The legacy MTA talks to it in plaintext, so it has no `tls` and no
+/// `certificate` to serve; it delivers to `next_hop`, not to a `backend`.
+fn originate(p: &mut Problems, path: &str, raw: &RawListener) -> Option<OriginateListener> {
+    for (key, given) in [
+        ("tls", raw.tls.is_some()),
+        ("certificate", raw.certificate.is_some()),
+        ("backend", raw.backend.is_some()),
+    ] {
+        if given {
+            p.add(&join(path, key), "only valid with mode: terminate");
+        }
+    }
+    let next_hop_path = join(path, "next_hop");
+    let next_hop = match &raw.next_hop {
+        Some(value) => next_hop(p, &next_hop_path, value),
+        None => {
+            p.add(&next_hop_path, "missing (required for mode: originate)");
+            None
+        }
+    };
+    let client_certificate = certificate_selection(
+        p,
+        &join(path, "client_certificate"),
+        &raw.client_certificate,
+    );
+    let policy_path = join(path, "policy");
+    let policy = p
+        .table(&policy_path, &raw.policy)
+        .and_then(|pol| originate_policy(p, &policy_path, pol));
+    Some(OriginateListener {
+        next_hop: next_hop?,
+        client_certificate: client_certificate?,
+        policy: policy?,
+    })
+}
+
+/// `next_hop`: `mx`, or a relay as `"host:port"`.
+fn next_hop(p: &mut Problems, path: &str, value: &Value) -> Option<NextHopConfig> {
+    let text = p.string(path, value)?.trim();
+    if text == "mx" {
+        return Some(NextHopConfig::Mx);
+    }
+    match relay(text) {
+        Ok((host, port)) => Some(NextHopConfig::Relay { host, port }),
+        Err(why) => {
+            p.add(
+                path,
+                format_args!(
+                    "invalid next hop {text:?}: {why} (expected mx or \"host:port\", IPv6 as \
+                     \"[2001:db8::1]:25\")"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A relay's `host:port`: the host a DNS name (lower-cased, trailing dot removed) or an IP
+/// address, IPv6 in brackets; the port 1-65535. The error says which part is wrong.
+fn relay(text: &str) -> Result<(String, u16), &'static str> {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (v6, port) = rest.split_once(']').ok_or("no closing ]")?;
+            let v6: Ipv6Addr = v6.parse().map_err(|_| "not an IPv6 address in brackets")?;
+            let port = port.strip_prefix(':').ok_or("no :port")?;
+            (v6.to_string(), port)
+        }
+        None => {
+            let (host, port) = text.rsplit_once(':').ok_or("no :port")?;
+            if host.contains(':') {
+                return Err("an IPv6 address must be in brackets");
+            }
+            (host.to_owned(), port)
+        }
+    };
+    if port.is_empty() {
+        return Err("no port after the colon");
+    }
+    // Digits only: `u16::from_str` would take `+25`.
+    let port = match port.parse::<u16>() {
+        Ok(n) if n > 0 && port.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => return Err("the port must be a number from 1 to 65535"),
+    };
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok((host, port));
+    }
+    let name = host.strip_suffix('.').unwrap_or(&host).to_ascii_lowercase();
+    let labels_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    // All digits and dots but no IPv4 address (`10.0.0.256`, `1.2.3`): a typo, not a name.
+    let numeric = name.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if !labels_ok || (numeric && name.parse::<Ipv4Addr>().is_err()) {
+        return Err("the host is not a DNS name or an IP address");
+    }
+    Ok((name, port))
+}
+
+/// A terminate listener's `certificate` or an originate listener's `client_certificate`: name
+/// or thumbprint, checked for form only; absent is `Automatic`. Whether it matches a
+/// certificate is the store's question (`check` fails on a miss), so a name is not looked up
+/// in `certificates` here.
 fn certificate_selection(
     p: &mut Problems,
     path: &str,
-    table: &Table<RawCertificateRef>,
+    table: &Option<Table<RawCertificateRef>>,
 ) -> Option<CertificateSelection> {
+    let Some(table) = table else {
+        return Some(CertificateSelection::Automatic);
+    };
     let raw = p.table(path, table)?;
     let name = match &raw.name {
         Some(value) => Some(p.string(&join(path, "name"), value)?.trim()),
@@ -214,30 +322,6 @@ fn normalise_thumbprint(text: &str) -> Option<String> {
         .collect();
     let valid = matches!(hex.len(), 40 | 64) && hex.bytes().all(|b| b.is_ascii_hexdigit());
     valid.then_some(hex)
-}
-
-/// `client_certificate` of an originate listener: `Some(name)` if the name is valid and in
-/// the store.
-fn certificate_ref(
-    p: &mut Problems,
-    path: &str,
-    table: &Table<RawCertificateRef>,
-    certs: &[String],
-) -> Option<Option<String>> {
-    let raw = p.table(path, table)?;
-    let Some(value) = &raw.name else {
-        return Some(None);
-    };
-    let name_path = join(path, "name");
-    let name = p.string(&name_path, value)?;
-    if !certs.iter().any(|known| known == name) {
-        p.add(
-            &name_path,
-            format_args!("no certificate named {name:?} in certificates"),
-        );
-        return None;
-    }
-    Some(Some(name.to_owned()))
 }
 
 fn backend(p: &mut Problems, path: &str, raw: &RawBackend) -> Option<Backend> {
@@ -306,22 +390,4 @@ fn is_host_port(text: &str) -> bool {
         && !port.is_empty()
         && port.bytes().all(|b| b.is_ascii_digit())
         && port.parse::<u16>().is_ok_and(|port| port > 0)
-}
-
-/// An originate listener's own keys, for spelling and references only: the mode itself has
-/// already been refused, so nothing here says "not supported yet".
-fn originate(p: &mut Problems, path: &str, raw: &RawListener, certs: &[String]) {
-    if let Some(next_hop) = &raw.next_hop {
-        let next_hop_path = join(path, "next_hop");
-        if let Some(hop) = p.string(&next_hop_path, next_hop) {
-            if hop != "mx" && !is_host_port(hop) {
-                let message = format!("invalid next hop {hop:?} (expected mx or \"host:port\")");
-                p.add(&next_hop_path, message);
-            }
-        }
-    }
-    if let Some(table) = &raw.client_certificate {
-        let _ = certificate_ref(p, &join(path, "client_certificate"), table, certs);
-    }
-    originate_policy(p, &join(path, "policy"), &raw.policy);
 }

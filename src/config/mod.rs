@@ -9,8 +9,9 @@
 //! | `units` | duration and size syntax |
 //! | `fields` | typing one value, recording a path-prefixed problem on failure |
 //! | `validate` | [`parse`], [`load`], [`ConfigError`], the top-level sections |
-//! | `listeners` | `listeners[]`: addresses, names, certificate references, backend |
-//! | `policy` | a listener's `policy` (terminate typed, originate spell-checked) |
+//! | `listeners` | `listeners[]`: addresses, names, mode, certificate references, backend, next hop |
+//! | `policy` | a listener's `policy`, per mode, and domain names |
+//! | `session` | the core's per-session configuration of an originate listener |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,11 +19,13 @@ use std::time::Duration;
 
 pub use smtp_core::data::{BareNewlines, LongLines};
 pub use smtp_core::inbound::OnFailure;
+pub use smtp_core::outbound::Level;
 
 mod fields;
 mod listeners;
 mod policy;
 mod raw;
+mod session;
 mod units;
 mod validate;
 mod yaml;
@@ -42,8 +45,30 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub log: LogConfig,
     pub certificates: Vec<CertificateConfig>,
+    pub resolver: ResolverConfig,
     pub trust: TrustConfig,
     pub listeners: Vec<Listener>,
+}
+
+/// `resolver`: DNS for originate listeners' MX look-ups (`crate::mx::MxResolver::new` takes
+/// both fields as they are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// Asked over UDP and TCP, in order; empty: the system's (/etc/resolv.conf). Written
+    /// `"ip"` (port 53) or `"ip:port"` / `"[v6]:port"`.
+    pub nameservers: Vec<SocketAddr>,
+    /// Bounds a whole look-up (the MX query and the address queries after it).
+    pub timeout: Duration,
+}
+
+impl Default for ResolverConfig {
+    /// SPEC §3: the system's name servers, 5s.
+    fn default() -> Self {
+        ResolverConfig {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `trust`: the anchors and revocation lists peer certificates are verified against.
@@ -122,16 +147,129 @@ pub enum TlsVersion {
     V1_3,
 }
 
-/// A `mode: terminate` listener.
+/// One entry of `listeners`: what both modes have, and the mode's own part.
+///
+/// The mode is an enum rather than optional fields so that a terminate listener always has
+/// its backend and an originate listener its next hop: code that serves one mode matches once
+/// and then reads plain fields.
 #[derive(Debug, Clone)]
 pub struct Listener {
+    /// `name`, or the listen address when none is given; unique.
     pub name: String,
     pub listen: SocketAddr,
+    pub mode: ListenerMode,
+}
+
+#[derive(Debug, Clone)]
+pub enum ListenerMode {
+    /// `mode: terminate`: inbound TLS in front of a legacy server.
+    Terminate(TerminateListener),
+    /// `mode: originate`: the legacy MTA's smart host, delivering over TLS.
+    Originate(OriginateListener),
+}
+
+impl Listener {
+    /// The terminate part, if that is the mode.
+    pub fn terminate(&self) -> Option<&TerminateListener> {
+        match &self.mode {
+            ListenerMode::Terminate(t) => Some(t),
+            ListenerMode::Originate(_) => None,
+        }
+    }
+
+    /// The originate part, if that is the mode.
+    pub fn originate(&self) -> Option<&OriginateListener> {
+        match &self.mode {
+            ListenerMode::Originate(o) => Some(o),
+            ListenerMode::Terminate(_) => None,
+        }
+    }
+
+    /// `mode` as the YAML spells it.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            ListenerMode::Terminate(_) => "terminate",
+            ListenerMode::Originate(_) => "originate",
+        }
+    }
+
+    /// `policy.max_connections`, whichever the mode.
+    pub fn max_connections(&self) -> u32 {
+        match &self.mode {
+            ListenerMode::Terminate(t) => t.policy.max_connections,
+            ListenerMode::Originate(o) => o.policy.max_connections,
+        }
+    }
+}
+
+/// The part of a `mode: terminate` listener that originate does not have.
+#[derive(Debug, Clone)]
+pub struct TerminateListener {
     pub tls: ListenerTls,
     /// `certificate`: which store entry to serve.
     pub certificate: CertificateSelection,
     pub backend: Backend,
     pub policy: Policy,
+}
+
+/// The part of a `mode: originate` listener that terminate does not have. The legacy MTA
+/// connects to it in plaintext (it has no `tls`); TLS is on the leg to the next hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginateListener {
+    pub next_hop: NextHopConfig,
+    /// `client_certificate`: what is presented where mutual TLS is wanted (`domain-secure`).
+    /// `Automatic`: the first valid certificate of the store (SNI plays no part on this side).
+    pub client_certificate: CertificateSelection,
+    pub policy: OriginatePolicy,
+}
+
+/// `next_hop` of an originate listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHopConfig {
+    /// `mx`: each recipient domain's MX hosts (A/AAAA without MX), port 25.
+    Mx,
+    /// `"host:port"`: a fixed relay. `host` is a DNS name (lower case, no trailing dot) or an
+    /// IP address (IPv6 without its brackets); it is the name a `verify` policy checks.
+    Relay { host: String, port: u16 },
+}
+
+impl std::fmt::Display for NextHopConfig {
+    /// `mx`, or `host:port` as a connect string (`[v6]:port` for IPv6).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NextHopConfig::Mx => f.write_str("mx"),
+            NextHopConfig::Relay { host, port } if host.contains(':') => {
+                write!(f, "[{host}]:{port}")
+            }
+            NextHopConfig::Relay { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// The `policy` of an originate listener: the TLS level per recipient domain, what a level
+/// that cannot be met answers, and the limits and timeouts both modes share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginatePolicy {
+    /// `default`: the level of every domain not listed (default `may`).
+    pub default: Level,
+    /// `domains`, in file order: ASCII (A-labels), lower case, no trailing dot, each once.
+    pub domains: Vec<(String, Level)>,
+    pub on_failure: smtp_core::outbound::OnFailure,
+    /// `false`: audit mode; a level that cannot be met is logged and counted, and the
+    /// recipient delivered as `may` would.
+    pub enforce: bool,
+    /// The lowest TLS version offered to the next hop.
+    pub tls_min_version: TlsVersion,
+    pub bare_newlines: BareNewlines,
+    pub long_lines: LongLines,
+    pub received_header: bool,
+    pub max_message_size: u64,
+    pub max_recipients: u32,
+    pub max_connections: u32,
+    pub max_connections_per_ip: u32,
+    /// `tls_handshake` bounds the handshake with the next hop too; the next hop's replies are
+    /// awaited for `command` (as a terminate listener's backend's are).
+    pub timeouts: Timeouts,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +279,7 @@ pub struct Backend {
     pub connect_timeout: Duration,
 }
 
+/// The `policy` of a terminate listener.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub require_tls: bool,

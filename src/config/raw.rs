@@ -39,6 +39,13 @@ pub mod defaults {
     pub const COMMAND: &str = "5m";
     pub const DATA_BLOCK: &str = "3m";
     pub const TLS_HANDSHAKE: &str = "30s";
+    /// Terminate listeners only (absent keys of an originate listener stay absent).
+    pub const LISTENER_TLS: &str = "starttls";
+    pub const REQUIRE_TLS: bool = false;
+    pub const AUTH_REQUIRES_TLS: bool = true;
+    pub const CLIENT_CERTIFICATES: &str = "none";
+    /// Originate listeners only: opportunistic TLS, as Exchange and Postfix's `may`.
+    pub const ORIGINATE_DEFAULT_LEVEL: &str = "may";
 }
 
 fn s(text: &str) -> Value {
@@ -169,16 +176,18 @@ impl Default for RawTrust {
     }
 }
 
-/// A listener of either mode. `backend` is terminate's; `next_hop`, `client_certificate` and
-/// the `policy` keys `default`/`domains` are originate's.
+/// A listener of either mode. `tls`, `certificate` and `backend` are terminate's (optional
+/// here so that originate can refuse them when given at all; their defaults are applied when
+/// a terminate listener is typed); `next_hop`, `client_certificate` and the `policy` keys
+/// `default`/`domains` are originate's.
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct RawListener {
     pub name: Option<Value>,
     pub mode: Value,
     pub listen: Option<Value>,
-    pub tls: Value,
-    pub certificate: Table<RawCertificateRef>,
+    pub tls: Option<Value>,
+    pub certificate: Option<Table<RawCertificateRef>>,
     pub proxy_protocol: Value,
     pub backend: Option<Table<RawBackend>>,
     pub next_hop: Option<Value>,
@@ -196,8 +205,8 @@ impl Default for RawListener {
             name: None,
             mode: s("terminate"),
             listen: None,
-            tls: s("starttls"),
-            certificate: Table::default(),
+            tls: None,
+            certificate: None,
             proxy_protocol: Value::Bool(false),
             backend: None,
             next_hop: None,
@@ -245,15 +254,16 @@ impl Default for RawBackend {
     }
 }
 
-/// Both modes' policy keys: terminate's, then originate's `default` and `domains`
-/// (`on_failure` and `enforce` are shared).
+/// Both modes' policy keys: terminate's own (`require_tls` to `domain_secure`, optional so that
+/// originate can refuse them; their defaults are in [`defaults`]), the shared ones, then
+/// originate's `default` and `domains`. `on_failure` is shared with different words per mode.
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct RawPolicy {
-    pub require_tls: Value,
-    pub auth_requires_tls: Value,
-    pub client_certificates: Value,
-    pub domain_secure: Value,
+    pub require_tls: Option<Value>,
+    pub auth_requires_tls: Option<Value>,
+    pub client_certificates: Option<Value>,
+    pub domain_secure: Option<Value>,
     pub on_failure: Value,
     pub tls_min_version: Value,
     pub bare_newlines: Value,
@@ -278,10 +288,10 @@ keys!(RawPolicy: "require_tls", "auth_requires_tls", "client_certificates", "dom
 impl Default for RawPolicy {
     fn default() -> Self {
         Self {
-            require_tls: Value::Bool(false),
-            auth_requires_tls: Value::Bool(true),
-            client_certificates: s("none"),
-            domain_secure: empty_list(),
+            require_tls: None,
+            auth_requires_tls: None,
+            client_certificates: None,
+            domain_secure: None,
             on_failure: s("defer"),
             tls_min_version: s("1.2"),
             bare_newlines: s("reject"),

@@ -3,7 +3,7 @@
 //! Listener sections are checked in `listeners`; this file holds the top-level sections.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use super::fields::{join, Problems};
 use super::listeners::listeners;
 use super::raw::{RawConfig, RawLog, RawResolver, RawTrust};
 use super::yaml::Value;
-use super::{CertificateConfig, Config, LogConfig, LogFormat, TrustConfig};
+use super::{CertificateConfig, Config, LogConfig, LogFormat, ResolverConfig, TrustConfig};
 
 /// Why a configuration cannot be used: every problem found, not just the first.
 #[derive(Debug, thiserror::Error)]
@@ -88,11 +88,10 @@ fn config(p: &mut Problems, raw: &RawConfig) -> Option<Config> {
     let shutdown_grace = p.duration("shutdown_grace", &raw.shutdown_grace, false);
     let metrics_listen = metrics(p, raw);
     let log = p.table("log", &raw.log).and_then(|log| log_config(p, log));
-    let mut cert_names = Vec::new();
-    let certificates = certificates(p, raw, &mut cert_names);
-    if let Some(raw_resolver) = p.table("resolver", &raw.resolver) {
-        resolver(p, raw_resolver);
-    }
+    let certificates = certificates(p, raw);
+    let resolver = p
+        .table("resolver", &raw.resolver)
+        .and_then(|raw_resolver| resolver(p, raw_resolver));
     let trust = p
         .table("trust", &raw.trust)
         .and_then(|raw_trust| trust(p, raw_trust));
@@ -102,7 +101,7 @@ fn config(p: &mut Problems, raw: &RawConfig) -> Option<Config> {
     if let Some(Some(addr)) = metrics_listen {
         taken.push((addr, "metrics.listen".to_owned()));
     }
-    let listeners = listeners(p, &raw.listeners, &cert_names, &mut taken);
+    let listeners = listeners(p, &raw.listeners, &mut taken);
 
     Some(Config {
         hostname: hostname?,
@@ -111,6 +110,7 @@ fn config(p: &mut Problems, raw: &RawConfig) -> Option<Config> {
         metrics_listen: metrics_listen?,
         log: log?,
         certificates: certificates?,
+        resolver: resolver?,
         trust: trust?,
         listeners: listeners?,
     })
@@ -168,14 +168,12 @@ fn log_config(p: &mut Problems, log: &RawLog) -> Option<LogConfig> {
     })
 }
 
-/// The store. Entries with problems are left out (the problems fail the parse anyway); every
-/// name given goes to `names` for the listeners' reference checks.
-fn certificates(
-    p: &mut Problems,
-    raw: &RawConfig,
-    names: &mut Vec<String>,
-) -> Option<Vec<CertificateConfig>> {
+/// The store. Entries with problems are left out (the problems fail the parse anyway). The
+/// listeners' `certificate` / `client_certificate` names are matched against it when it is
+/// loaded, not here (with no entries, the self-signed default is named `self-signed`).
+fn certificates(p: &mut Problems, raw: &RawConfig) -> Option<Vec<CertificateConfig>> {
     let items = p.list("certificates", &raw.certificates)?;
+    let mut names: Vec<&str> = Vec::with_capacity(items.len());
     let mut out: Vec<CertificateConfig> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let path = format!("certificates[{i}]");
@@ -187,14 +185,14 @@ fn certificates(
         let cert_file = p.required_string(&join(&path, "cert"), cert.cert.as_ref());
         let key_file = p.required_string(&join(&path, "key"), cert.key.as_ref());
         let Some(name) = name else { continue };
-        if names.iter().any(|known| known == name) {
+        if names.contains(&name) {
             p.add(
                 &name_path,
                 format_args!("duplicate certificate name {name:?}"),
             );
             continue;
         }
-        names.push(name.to_owned());
+        names.push(name);
         if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
             out.push(CertificateConfig {
                 name: name.to_owned(),
@@ -206,12 +204,70 @@ fn certificates(
     Some(out)
 }
 
-fn resolver(p: &mut Problems, resolver: &RawResolver) {
-    let nameservers = p.strings("resolver.nameservers", &resolver.nameservers);
-    p.only_default("resolver.nameservers", nameservers, Vec::is_empty, "[]");
-    let timeout = p.duration("resolver.timeout", &resolver.timeout, true);
-    let five = Duration::from_secs(5);
-    p.only_default("resolver.timeout", timeout, |t| *t == five, "5s");
+/// The shortest and longest `resolver.timeout`: below 100ms a healthy resolver on another
+/// continent times out; past a minute the legacy MTA's own command timeout (RFC 5321 §4.5.3.2:
+/// 5 minutes for RCPT) is in sight, and a DNS answer that slow is no answer.
+const RESOLVER_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+const RESOLVER_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+
+fn resolver(p: &mut Problems, resolver: &RawResolver) -> Option<ResolverConfig> {
+    let nameservers = p
+        .strings("resolver.nameservers", &resolver.nameservers)
+        .and_then(|list| {
+            let mut ok = true;
+            let mut out = Vec::with_capacity(list.len());
+            for (i, text) in list.iter().enumerate() {
+                match nameserver(text) {
+                    Some(addr) => out.push(addr),
+                    None => {
+                        p.add(
+                            &format!("resolver.nameservers[{i}]"),
+                            format_args!(
+                                "invalid name server {text:?} (expected an IP address, \
+                                 optionally with a port: 192.0.2.53, 192.0.2.53:5353, 2001:db8::53 \
+                                 or [2001:db8::53]:5353)"
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            ok.then_some(out)
+        });
+    let timeout = p
+        .duration("resolver.timeout", &resolver.timeout, true)
+        .and_then(|t| {
+            if (RESOLVER_TIMEOUT_MIN..=RESOLVER_TIMEOUT_MAX).contains(&t) {
+                Some(t)
+            } else {
+                p.add(
+                    "resolver.timeout",
+                    "must be from 100ms to 60s (the whole MX and address look-up)",
+                );
+                None
+            }
+        });
+    Some(ResolverConfig {
+        nameservers: nameservers?,
+        timeout: timeout?,
+    })
+}
+
+/// A name server: `ip:port` / `[v6]:port`, or a bare address (`[v6]` too) on port 53. No host
+/// names: resolving the resolver would need a resolver.
+fn nameserver(text: &str) -> Option<SocketAddr> {
+    let text = text.trim();
+    let addr = match text.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            let bare = text
+                .strip_prefix('[')
+                .and_then(|t| t.strip_suffix(']'))
+                .unwrap_or(text);
+            SocketAddr::new(bare.parse::<IpAddr>().ok()?, 53)
+        }
+    };
+    (addr.port() != 0).then_some(addr)
 }
 
 /// `trust`: files are named here and read when the runtime is built (so a reload re-reads

@@ -7,6 +7,8 @@ use super::raw::{
 };
 use super::*;
 
+mod originate;
+mod resolver;
 mod trust_policy;
 mod values;
 
@@ -24,6 +26,14 @@ pub(super) fn problems(yaml: &str) -> Vec<String> {
     match parse(yaml) {
         Ok(config) => panic!("expected problems, got {config:?}\n--- for ---\n{yaml}"),
         Err(err) => err.problems,
+    }
+}
+
+/// The terminate part of a listener that must be one.
+pub(super) fn term(listener: &Listener) -> &TerminateListener {
+    match &listener.mode {
+        ListenerMode::Terminate(t) => t,
+        ListenerMode::Originate(o) => panic!("{} is originate: {o:?}", listener.name),
     }
 }
 
@@ -54,11 +64,11 @@ fn example_parses_to_documented_values() {
     };
     assert_eq!(listener.name, "inbound");
     assert_eq!(listener.listen.to_string(), "0.0.0.0:25");
-    assert_eq!(listener.tls, ListenerTls::Starttls);
-    assert_eq!(listener.certificate, CertificateSelection::Automatic);
-    assert_eq!(listener.backend.servers, ["127.0.0.1:2525"]);
-    assert_eq!(listener.backend.connect_timeout, secs(5));
-    assert_default_policy(&listener.policy);
+    assert_eq!(term(listener).tls, ListenerTls::Starttls);
+    assert_eq!(term(listener).certificate, CertificateSelection::Automatic);
+    assert_eq!(term(listener).backend.servers, ["127.0.0.1:2525"]);
+    assert_eq!(term(listener).backend.connect_timeout, secs(5));
+    assert_default_policy(&term(listener).policy);
 }
 
 fn assert_default_policy(policy: &Policy) {
@@ -106,22 +116,32 @@ fn example_mentions_every_key() {
 }
 
 #[test]
-fn spec_sample_only_lacks_what_is_not_built_yet() {
+fn spec_sample_parses_with_both_modes() {
+    let config = ok(SPEC_SAMPLE);
+    assert_eq!(config.resolver, ResolverConfig::default());
+    let [inbound, outbound] = config.listeners.as_slice() else {
+        panic!("{:?}", config.listeners)
+    };
+    assert_eq!(inbound.mode_name(), "terminate");
+    assert_eq!(outbound.mode_name(), "originate");
+    assert_eq!(outbound.name, "outbound");
+    assert_eq!(outbound.listen.to_string(), "127.0.0.1:10025");
+    // The rest of the originate listener: tests/originate.rs.
     assert_eq!(
-        problems(SPEC_SAMPLE),
-        ["listeners[1].mode: originate is not supported yet"]
+        outbound.originate(),
+        Some(&originate::spec_sample_outbound())
     );
 }
 
 #[test]
-fn spec_sample_without_those_parses() {
+fn spec_sample_terminate_listener() {
     let terminate_only = SPEC_SAMPLE
         .split("\n  - name: outbound")
         .next()
         .unwrap_or_default();
     let both = ok(terminate_only);
     assert_eq!(
-        both.listeners[0].certificate,
+        term(&both.listeners[0]).certificate,
         CertificateSelection::NameAndThumbprint {
             name: "internet".into(),
             thumbprint: "E8DA062786FD097DD8D79FF10C583CC23AD64F6C".into()
@@ -135,13 +155,13 @@ fn spec_sample_without_those_parses() {
         PathBuf::from("/etc/smtp-sidecar/mail.pem")
     );
     assert_eq!(
-        config.listeners[0].certificate,
+        term(&config.listeners[0]).certificate,
         CertificateSelection::Name("internet".into())
     );
-    assert_default_policy(&config.listeners[0].policy);
+    assert_default_policy(&term(&config.listeners[0]).policy);
     let by_thumbprint = ok(&terminate_only.replace("      name: internet", "      # name:"));
     assert_eq!(
-        by_thumbprint.listeners[0].certificate,
+        term(&by_thumbprint.listeners[0]).certificate,
         CertificateSelection::Thumbprint("E8DA062786FD097DD8D79FF10C583CC23AD64F6C".into())
     );
 }
@@ -158,17 +178,20 @@ fn minimal_config_gets_spec_defaults() {
     assert!(config.certificates.is_empty());
     let listener = &config.listeners[0];
     assert_eq!(listener.name, "127.0.0.1:2525");
-    assert_eq!(listener.tls, ListenerTls::Starttls);
-    assert_eq!(listener.certificate, CertificateSelection::Automatic);
-    assert_eq!(listener.backend.connect_timeout, secs(5));
-    assert_default_policy(&listener.policy);
+    assert_eq!(term(listener).tls, ListenerTls::Starttls);
+    assert_eq!(term(listener).certificate, CertificateSelection::Automatic);
+    assert_eq!(term(listener).backend.connect_timeout, secs(5));
+    assert_default_policy(&term(listener).policy);
     // An empty section and a timeouts map with one key keep the other defaults.
     let config = ok(&one_listener(
         "    policy: {timeouts: {command: 1m}}\nmetrics: {}\nlog:\n",
     ));
     assert_eq!(config.metrics_listen, None);
-    assert_eq!(config.listeners[0].policy.timeouts.command, secs(60));
-    assert_eq!(config.listeners[0].policy.timeouts.greeting, secs(300));
+    assert_eq!(term(&config.listeners[0]).policy.timeouts.command, secs(60));
+    assert_eq!(
+        term(&config.listeners[0]).policy.timeouts.greeting,
+        secs(300)
+    );
 }
 
 #[test]

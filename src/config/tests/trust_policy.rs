@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{ok, one_listener, problems};
+use super::{ok, one_listener, problems, term};
 use crate::config::{ClientCertificates, OnFailure};
 
 #[test]
@@ -25,7 +25,7 @@ fn trust_files_and_domain_security_are_typed() {
         config.trust.crl_files,
         [PathBuf::from("a.crl"), PathBuf::from("b.pem")]
     );
-    let policy = &config.listeners[0].policy;
+    let policy = &term(&config.listeners[0]).policy;
     assert_eq!(policy.client_certificates, ClientCertificates::Request);
     assert_eq!(policy.domain_secure, ["woodgrovebank.com", "fabrikam.test"]);
     assert_eq!(policy.on_failure, OnFailure::Reject);
