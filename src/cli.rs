@@ -226,12 +226,11 @@ fn check(path: &Path) -> ExitCode {
             None
         }
     };
-    for (i, l) in config.listeners.iter().enumerate() {
+    for l in &config.listeners {
         let term = match &l.mode {
             config::ListenerMode::Terminate(term) => term,
             config::ListenerMode::Originate(o) => {
                 ok &= print_originate(store.as_ref(), to_be_generated, l, o, &config);
-                ok &= originate_refused(i, &l.name);
                 continue;
             }
         };
@@ -343,13 +342,6 @@ fn print_certificate(
     }
 }
 
-/// Never claim an originate listener would run: `run` refuses it, and `check` says so in the
-/// same words. Always false.
-fn originate_refused(index: usize, name: &str) -> bool {
-    eprintln!("{}", runtime::originate_not_served(index, name));
-    false
-}
-
 /// An originate listener as `check` shows it: the next hop, the client certificate it would
 /// present, the level of each listed domain and the rest of its policy; false if its
 /// `client_certificate` rule matches nothing.
@@ -363,7 +355,7 @@ fn print_originate(
     let mut ok = true;
     println!("listener {} (originate, listen: {}):", l.name, l.listen);
     match o.next_hop {
-        config::NextHopConfig::Mx => {
+        config::NextHopConfig::Mx { .. } => {
             let r = &config.resolver;
             let servers = if r.nameservers.is_empty() {
                 "the system's (/etc/resolv.conf)".to_owned()

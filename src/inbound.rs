@@ -14,11 +14,12 @@ use crate::driver::{accept_tls, Driver};
 use crate::io::Stream;
 use crate::runtime::{ListenerRuntime, Shutdown};
 
-/// Serve one client connection until it ends.
+/// Serve one client connection of a terminate listener until it ends.
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     l: Arc<ListenerRuntime>,
+    cfg: Arc<smtp_core::inbound::Config>,
     shutdown: watch::Receiver<Shutdown>,
 ) {
     let started = Instant::now();
@@ -36,19 +37,7 @@ pub async fn serve(
         }
         _ => (Stream::Plain(tcp), None),
     };
-    let mut session = Session::new(
-        l.session.clone(),
-        peer.ip(),
-        tls,
-        started,
-        SystemTime::now(),
-    );
+    let mut session = Session::new(cfg, peer.ip(), tls, started, SystemTime::now());
     driver.run(&mut session, client, shutdown).await;
-    let elapsed = started.elapsed();
-    l.metrics
-        .session_duration_seconds
-        .with_label_values(&[&l.name])
-        .observe(elapsed.as_secs_f64());
-    let messages = driver.messages;
-    tracing::debug!(listener = %l.name, %peer, messages, tls = session.client_tls(), ?elapsed, "session ended");
+    driver.ended(started, session.client_tls());
 }

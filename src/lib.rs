@@ -7,6 +7,7 @@
 //! | [`listener`] | accept loop, connection limits, one task per session |
 //! | [`driver`] | the one driver loop: sockets of both legs in, a session's actions out; TLS handshakes and what is recorded of them; events into metrics and logs |
 //! | [`inbound`] | the terminate-mode entry: implicit TLS, then an `smtp_core::inbound::Session` on the driver |
+//! | [`outbound`] | the originate-mode entry: an `smtp_core::outbound::Session` on the driver |
 //! | [`io`] | socket reads into a per-thread scratch buffer, a leg's stream before/after TLS |
 //! | [`backend`] | connecting to the legacy server(s), in order |
 //! | [`mx`] | originate mode's MX look-ups: next hops in preference order, null MX, DNS failures |
@@ -26,6 +27,7 @@ pub mod io;
 pub mod listener;
 pub mod metrics;
 pub mod mx;
+pub mod outbound;
 pub mod runtime;
 pub mod sink;
 pub mod tls;

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::runtime::{ListenerRuntime, Shutdown};
+use crate::runtime::{ListenerRuntime, ModeRuntime, Shutdown};
 
 /// Counts of open sessions, total and per client address.
 #[derive(Debug)]
@@ -85,7 +85,17 @@ pub async fn accept_loop(
                             let active = l.metrics.connections_active.with_label_values(&[&l.name]);
                             l.metrics.connections_total.with_label_values(&[&l.name]).inc();
                             active.inc();
-                            crate::inbound::serve(stream, peer, Arc::clone(&l), shutdown).await;
+                            let l = Arc::clone(&l);
+                            match &l.mode {
+                                ModeRuntime::Terminate(cfg) => {
+                                    let cfg = Arc::clone(cfg);
+                                    crate::inbound::serve(stream, peer, l, cfg, shutdown).await;
+                                }
+                                ModeRuntime::Originate(o) => {
+                                    let cfg = Arc::clone(&o.session);
+                                    crate::outbound::serve(stream, peer, l, cfg, shutdown).await;
+                                }
+                            }
                             active.dec();
                             drop((admitted, alive));
                         });

@@ -159,6 +159,14 @@ impl Metrics {
         self.message_bytes_total.with_label_values(&[listener]);
     }
 
+    /// The domain-secure series of an originate listener at zero, for its listed domains.
+    pub fn init_originate(&self, listener: &str, domains: &[String]) {
+        for domain in domains {
+            self.domain_secure_messages_sent_total
+                .with_label_values(&[listener, domain]);
+        }
+    }
+
     /// One expiry series per certificate of `store` (set at start; a reload replaces them).
     pub fn set_certificates(&self, store: &crate::tls::CertStore) {
         self.certificate_expiry_timestamp_seconds.reset();

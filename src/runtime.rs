@@ -13,6 +13,8 @@ use crate::config::{Config, Listener, ListenerMode, ListenerTls, TerminateListen
 use crate::metrics::Metrics;
 use crate::tls::{CertPlan, CertStore, ClientAuth, LoadedCert, Trust};
 
+mod originate;
+
 /// Where shutdown stands; every session watches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shutdown {
@@ -32,7 +34,9 @@ pub struct ListenerRuntime {
     pub acceptor: Option<Arc<rustls::ServerConfig>>,
     /// `client_certificates`: what a session learns of the client's certificate.
     pub client_auth: ClientAuth,
-    pub session: Arc<smtp_core::inbound::Config>,
+    /// What each session is given, by mode.
+    pub mode: ModeRuntime,
+    /// Where `ConnectBackend` goes: the legacy server(s), or an originate listener's relay.
     pub servers: Vec<String>,
     pub connect_timeout: Duration,
     /// Deadline for writing to either peer.
@@ -42,29 +46,60 @@ pub struct ListenerRuntime {
     pub metrics: Metrics,
     /// How the certificate is chosen, to name the one served in the protocol log.
     pub certificates: CertPlan,
-    /// Originate, `next_hop: mx`: the MX resolver and the port next hops listen on.
+}
+
+/// The mode-specific part of a listener's runtime.
+#[derive(Debug)]
+pub enum ModeRuntime {
+    Terminate(Arc<smtp_core::inbound::Config>),
+    Originate(Box<OriginateRuntime>),
+}
+
+/// What an originate listener's sessions need beyond their policy.
+#[derive(Debug)]
+pub struct OriginateRuntime {
+    pub session: Arc<smtp_core::outbound::Config>,
+    /// `next_hop: mx`: the MX resolver and the port next hops are contacted on.
     pub resolver: Option<crate::mx::MxResolver>,
     pub mx_port: u16,
-    /// Originate: the TLS client toward next hops, and the certificate it presents.
-    pub client_tls: Option<crate::tls::ClientTls>,
+    /// The TLS client toward next hops, and the certificate it presents (for the log).
+    pub client_tls: crate::tls::ClientTls,
     pub client_certificate: Option<crate::tls::CertInfo>,
 }
 
 impl ListenerRuntime {
     /// `log.protocol_log`: command, reply and certificate lines of every session.
     pub fn protocol_log(&self) -> bool {
-        self.session.protocol_log
+        match &self.mode {
+            ModeRuntime::Terminate(c) => c.protocol_log,
+            ModeRuntime::Originate(o) => o.session.protocol_log,
+        }
     }
 
-    /// The deadline of a TLS handshake on the client leg.
+    fn timeouts(&self) -> &smtp_core::session::Timeouts {
+        match &self.mode {
+            ModeRuntime::Terminate(c) => &c.timeouts,
+            ModeRuntime::Originate(o) => &o.session.timeouts,
+        }
+    }
+
+    /// The originate part, for an originate listener.
+    pub fn originate(&self) -> Option<&OriginateRuntime> {
+        match &self.mode {
+            ModeRuntime::Originate(o) => Some(o),
+            ModeRuntime::Terminate(_) => None,
+        }
+    }
+
+    /// The deadline of a TLS handshake (either leg).
     pub fn tls_handshake_timeout(&self) -> Duration {
-        self.session.timeouts.tls_handshake
+        self.timeouts().tls_handshake
     }
 
     /// The longest any single wait of a session may last: the driver's bound for a session
     /// that set no deadline of its own (DESIGN.md rule 5).
     pub fn longest_wait(&self) -> Duration {
-        let t = &self.session.timeouts;
+        let t = self.timeouts();
         [
             t.greeting,
             t.command,
@@ -143,8 +178,11 @@ pub fn build(
     for (i, l) in config.listeners.iter().enumerate() {
         let term = match &l.mode {
             ListenerMode::Terminate(term) => term,
-            ListenerMode::Originate(_) => {
-                problems.push(originate_not_served(i, &l.name));
+            ListenerMode::Originate(o) => {
+                match originate::runtime(config, l, o, &store, trust, metrics) {
+                    Ok(rt) => listeners.push((l.listen, Arc::new(rt))),
+                    Err(p) => problems.push(format!("listeners[{i}] ({}): {p}", l.name)),
+                }
                 continue;
             }
         };
@@ -174,11 +212,6 @@ pub fn build(
         listeners,
         explicit,
     })
-}
-
-/// Until the runtime serves originate listeners, `run` and `check` refuse them with this.
-pub fn originate_not_served(index: usize, name: &str) -> String {
-    format!("listeners[{index}] ({name}): mode originate is not served yet by this build")
 }
 
 /// An expired certificate is still served (as Exchange does: refusing TLS would push mail to
@@ -253,7 +286,7 @@ fn listener_runtime(
     Ok(ListenerRuntime {
         name: l.name.clone(),
         implicit_tls: term.tls == ListenerTls::Implicit,
-        session: Arc::new(smtp_core::inbound::Config {
+        mode: ModeRuntime::Terminate(Arc::new(smtp_core::inbound::Config {
             hostname: config.hostname.clone(),
             starttls: acceptor.is_some() && term.tls == ListenerTls::Starttls,
             require_tls: p.require_tls,
@@ -276,7 +309,7 @@ fn listener_runtime(
                 backend_reply: t.command,
             },
             protocol_log: config.log.protocol_log,
-        }),
+        })),
         servers: term.backend.servers.clone(),
         connect_timeout: term.backend.connect_timeout,
         write_timeout: t.command,
@@ -286,10 +319,6 @@ fn listener_runtime(
         max_connections_per_ip: p.max_connections_per_ip,
         metrics: metrics.clone(),
         certificates: plan.clone(),
-        resolver: None,
-        mx_port: 25,
-        client_tls: None,
-        client_certificate: None,
     })
 }
 

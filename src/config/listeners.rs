@@ -200,7 +200,22 @@ fn originate(p: &mut Problems, path: &str, raw: &RawListener) -> Option<Originat
 fn next_hop(p: &mut Problems, path: &str, value: &Value) -> Option<NextHopConfig> {
     let text = p.string(path, value)?.trim();
     if text == "mx" {
-        return Some(NextHopConfig::Mx);
+        return Some(NextHopConfig::Mx { port: 25 });
+    }
+    if let Some(port) = text.strip_prefix("mx:") {
+        // `mx:PORT`: MX look-ups, next hops contacted on another port than 25.
+        return match port.parse::<u16>() {
+            Ok(port) if port > 0 => Some(NextHopConfig::Mx { port }),
+            _ => {
+                p.add(
+                    path,
+                    format_args!(
+                        "invalid next hop {text:?}: the port must be a number from 1 to 65535"
+                    ),
+                );
+                None
+            }
+        };
     }
     match relay(text) {
         Ok((host, port)) => Some(NextHopConfig::Relay { host, port }),
@@ -208,7 +223,7 @@ fn next_hop(p: &mut Problems, path: &str, value: &Value) -> Option<NextHopConfig
             p.add(
                 path,
                 format_args!(
-                    "invalid next hop {text:?}: {why} (expected mx or \"host:port\", IPv6 as \
+                    "invalid next hop {text:?}: {why} (expected mx, mx:PORT or \"host:port\", IPv6 as \
                      \"[2001:db8::1]:25\")"
                 ),
             );

@@ -226,8 +226,9 @@ pub struct OriginateListener {
 /// `next_hop` of an originate listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NextHopConfig {
-    /// `mx`: each recipient domain's MX hosts (A/AAAA without MX), port 25.
-    Mx,
+    /// `mx`: each recipient domain's MX hosts (A/AAAA without MX) on port 25; `mx:PORT`
+    /// on another port (a test network, or one that redirects port 25).
+    Mx { port: u16 },
     /// `"host:port"`: a fixed relay. `host` is a DNS name (lower case, no trailing dot) or an
     /// IP address (IPv6 without its brackets); it is the name a `verify` policy checks.
     Relay { host: String, port: u16 },
@@ -237,7 +238,8 @@ impl std::fmt::Display for NextHopConfig {
     /// `mx`, or `host:port` as a connect string (`[v6]:port` for IPv6).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NextHopConfig::Mx => f.write_str("mx"),
+            NextHopConfig::Mx { port: 25 } => f.write_str("mx"),
+            NextHopConfig::Mx { port } => write!(f, "mx:{port}"),
             NextHopConfig::Relay { host, port } if host.contains(':') => {
                 write!(f, "[{host}]:{port}")
             }

@@ -16,7 +16,7 @@ impl OriginateListener {
         Config {
             hostname: hostname.to_owned(),
             next_hop: match &self.next_hop {
-                NextHopConfig::Mx => NextHop::Mx,
+                NextHopConfig::Mx { .. } => NextHop::Mx,
                 NextHopConfig::Relay { host, .. } => NextHop::Relay { host: host.clone() },
             },
             policy: DomainPolicy {

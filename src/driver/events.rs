@@ -6,7 +6,7 @@ use smtp_core::outbound::Level;
 use smtp_core::session::Event;
 
 use super::PROTOCOL;
-use crate::runtime::ListenerRuntime;
+use crate::runtime::{ListenerRuntime, ModeRuntime};
 
 /// Count or log an event; returns 1 for an accepted message.
 pub(super) fn record(
@@ -46,7 +46,10 @@ pub(super) fn record(
                 .inc();
         }
         Event::DomainSecureRefused(refusal) => {
-            let enforced = l.session.enforce;
+            let enforced = match &l.mode {
+                ModeRuntime::Terminate(c) => c.enforce,
+                ModeRuntime::Originate(o) => o.session.enforce,
+            };
             tracing::info!(listener = %l.name, %peer, domain = %refusal.domain,
                 missing = %refusal.text(), subject = refusal.subject.as_deref().unwrap_or("-"),
                 enforced, "Domain Security not met");

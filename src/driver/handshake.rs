@@ -189,7 +189,9 @@ pub(crate) async fn connect_tls(
     id: u64,
     peer: SocketAddr,
 ) -> Option<(Stream, TlsInfo)> {
-    let (Some(client_tls), Some(name)) = (&l.client_tls, crate::tls::server_name(&ask.server_name))
+    let originate = l.originate();
+    let client_tls = originate.map(|o| &o.client_tls);
+    let (Some(client_tls), Some(name)) = (client_tls, crate::tls::server_name(&ask.server_name))
     else {
         handshake_failed(
             l,
@@ -230,7 +232,7 @@ pub(crate) async fn connect_tls(
         let next_hop = &ask.server_name;
         tracing::info!(target: PROTOCOL, session = id, %listener, %peer, %next_hop, version, cipher, resumed, "TLS established with the next hop");
         if ask.present_certificate {
-            if let Some(cert) = &l.client_certificate {
+            if let Some(cert) = originate.and_then(|o| o.client_certificate.as_ref()) {
                 log_certificate(id, listener, peer, "local", cert);
             }
         }

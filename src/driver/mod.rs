@@ -142,6 +142,18 @@ impl<'a> Driver<'a> {
         }
     }
 
+    /// The session is over: its duration is recorded and logged.
+    pub fn ended(&self, started: Instant, tls: bool) {
+        let elapsed = started.elapsed();
+        let l = self.l;
+        l.metrics
+            .session_duration_seconds
+            .with_label_values(&[&l.name])
+            .observe(elapsed.as_secs_f64());
+        let (peer, messages) = (self.peer, self.messages);
+        tracing::debug!(listener = %l.name, %peer, messages, tls, ?elapsed, "session ended");
+    }
+
     fn record_events<M: Machine>(&mut self, session: &mut M) {
         while let Some(event) = session.poll_event() {
             self.messages +=
@@ -190,9 +202,12 @@ impl<'a> Driver<'a> {
                 }
             }
             Action::Resolve(domain) => {
-                let result = match &l.resolver {
-                    Some(resolver) => resolver
-                        .next_hops(&domain, l.mx_port)
+                let resolver = l
+                    .originate()
+                    .and_then(|o| Some((o.resolver.as_ref()?, o.mx_port)));
+                let result = match resolver {
+                    Some((resolver, port)) => resolver
+                        .next_hops(&domain, port)
                         .await
                         .map_err(|e| {
                             tracing::info!(listener = %l.name, peer = %self.peer, %domain, error = %e, "MX look-up failed");

@@ -42,7 +42,7 @@ fn default_policy() -> OriginatePolicy {
 /// SPEC §3's `outbound` listener, as it must be typed.
 pub(super) fn spec_sample_outbound() -> OriginateListener {
     OriginateListener {
-        next_hop: NextHopConfig::Mx,
+        next_hop: NextHopConfig::Mx { port: 25 },
         client_certificate: CertificateSelection::Name("internet".into()),
         policy: OriginatePolicy {
             domains: vec![
@@ -141,7 +141,7 @@ fn every_key_typed() {
 fn minimal_listener_gets_defaults() {
     let got = originate(&outbound(""));
     let want = OriginateListener {
-        next_hop: NextHopConfig::Mx,
+        next_hop: NextHopConfig::Mx { port: 25 },
         client_certificate: CertificateSelection::Automatic,
         policy: default_policy(),
     };
@@ -185,12 +185,15 @@ fn relay_next_hops() {
         assert_eq!(got.next_hop, want, "{text}");
         assert_eq!(got.next_hop.to_string(), *shown, "{text}");
     }
-    assert_eq!(NextHopConfig::Mx.to_string(), "mx");
+    assert_eq!(NextHopConfig::Mx { port: 25 }.to_string(), "mx");
+    let got = originate(&outbound("").replace("next_hop: mx", "next_hop: \"mx:2525\""));
+    assert_eq!(got.next_hop, NextHopConfig::Mx { port: 2525 });
+    assert_eq!(got.next_hop.to_string(), "mx:2525");
 }
 
 #[test]
 fn invalid_next_hops() {
-    let expected = "(expected mx or \"host:port\", IPv6 as \"[2001:db8::1]:25\")";
+    let expected = "(expected mx, mx:PORT or \"host:port\", IPv6 as \"[2001:db8::1]:25\")";
     let cases: &[(&str, &str)] = &[
         ("MX", "no :port"),
         ("relay.example.net", "no :port"),
@@ -315,7 +318,7 @@ fn problems_reported_together() {
             "listeners[0].tls: only valid with mode: terminate",
             "listeners[0].backend: only valid with mode: terminate",
             "listeners[0].next_hop: invalid next hop \"relay:0\": the port must be a number from \
-             1 to 65535 (expected mx or \"host:port\", IPv6 as \"[2001:db8::1]:25\")",
+             1 to 65535 (expected mx, mx:PORT or \"host:port\", IPv6 as \"[2001:db8::1]:25\")",
             "listeners[0].policy.require_tls: only valid with mode: terminate",
             "listeners[0].policy.default: expected one of: none, may, encrypt, verify, \
              domain-secure, found \"secure\"",

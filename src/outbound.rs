@@ -1,0 +1,32 @@
+//! The originate-mode entry: a connection from the legacy MTA becomes an
+//! `smtp_core::outbound::Session` run by the one driver loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use smtp_core::outbound::Session;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::driver::Driver;
+use crate::io::Stream;
+use crate::runtime::{ListenerRuntime, Shutdown};
+
+/// Serve one connection of an originate listener until it ends.
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    l: Arc<ListenerRuntime>,
+    cfg: Arc<smtp_core::outbound::Config>,
+    shutdown: watch::Receiver<Shutdown>,
+) {
+    let started = Instant::now();
+    let mut driver = Driver::new(&l, peer);
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY on client socket");
+    }
+    let mut session = Session::new(cfg, peer.ip(), started, SystemTime::now());
+    driver.run(&mut session, Stream::Plain(tcp), shutdown).await;
+    driver.ended(started, false);
+}

@@ -1,0 +1,71 @@
+//! The runtime of an originate listener: its sessions' policy, the MX resolver, the TLS
+//! client toward next hops and the certificate it presents (chosen like a terminate
+//! listener's: by name or thumbprint, else the store's default for `hostname`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{unix_now, ListenerRuntime, ModeRuntime, OriginateRuntime};
+use crate::config::{Config, Listener, NextHopConfig, OriginateListener};
+use crate::metrics::Metrics;
+use crate::mx::MxResolver;
+use crate::tls::{CertPlan, CertStore, ClientAuth, ClientTls, Trust};
+
+/// How long one connection attempt to a next hop may take. Postfix waits 30 s; a session
+/// tries up to five addresses while the legacy MTA waits for its RCPT reply (5 minutes,
+/// RFC 5321 §4.5.3.2), so each gets less.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) fn runtime(
+    config: &Config,
+    l: &Listener,
+    o: &OriginateListener,
+    store: &CertStore,
+    trust: &Trust,
+    metrics: &Metrics,
+) -> Result<ListenerRuntime, String> {
+    let plan = CertPlan::new(store, &o.client_certificate, &config.hostname);
+    let certificate = match &plan {
+        CertPlan::Explicit(cert) => Some(cert),
+        CertPlan::Automatic(candidates) => candidates.default_at(unix_now()).map(|(c, _)| c),
+        CertPlan::NoMatch(why) => {
+            tracing::error!(listener = %l.name, reason = %why, "client_certificate matches no certificate: none will be presented");
+            None
+        }
+        CertPlan::NoCertificate => None,
+    };
+    let p = &o.policy;
+    let client_tls =
+        ClientTls::new(trust, certificate, p.tls_min_version).map_err(|e| e.to_string())?;
+    let (resolver, mx_port, servers) = match &o.next_hop {
+        NextHopConfig::Mx { port } => {
+            let r = &config.resolver;
+            let resolver = MxResolver::new(&r.nameservers, r.timeout).map_err(|e| e.to_string())?;
+            (Some(resolver), *port, Vec::new())
+        }
+        NextHopConfig::Relay { .. } => (None, 25, vec![o.next_hop.to_string()]),
+    };
+    let listed: Vec<String> = p.domains.iter().map(|(d, _)| d.clone()).collect();
+    metrics.init_listener(&l.name, &[]);
+    metrics.init_originate(&l.name, &listed);
+    Ok(ListenerRuntime {
+        name: l.name.clone(),
+        implicit_tls: false,
+        acceptor: None,
+        client_auth: ClientAuth::none(),
+        mode: ModeRuntime::Originate(Box::new(OriginateRuntime {
+            session: Arc::new(o.session_config(&config.hostname, config.log.protocol_log)),
+            resolver,
+            mx_port,
+            client_tls,
+            client_certificate: certificate.map(|c| c.info.clone()),
+        })),
+        servers,
+        connect_timeout: CONNECT_TIMEOUT,
+        write_timeout: p.timeouts.command,
+        max_connections: p.max_connections,
+        max_connections_per_ip: p.max_connections_per_ip,
+        metrics: metrics.clone(),
+        certificates: CertPlan::NoCertificate,
+    })
+}
