@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../crates/smtp-core"
 seconds="${FUZZ_SECONDS:-10}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
-for target in line command reply reframer session; do
+for target in line command reply reframer session originate; do
   echo "fuzz $target for ${seconds}s"
   dict=""
   [ -f "fuzz/$target.dict" ] && dict="-dict=fuzz/$target.dict"

@@ -31,3 +31,6 @@ pub mod reply;
 pub mod session;
 pub mod testing;
 pub mod timer;
+
+#[cfg(test)]
+mod proptest_support;

@@ -229,7 +229,7 @@ impl Session {
         self.forward(line, Pending::Rcpt, now);
     }
 
-    /// A reply to RCPT that is no protocol error of the client's.
+    /// A reply (to RCPT or DATA) that is no protocol error of the client's.
     fn reply_rcpt(&mut self, reply: &str, now: Instant) {
         self.conn.send(reply);
         self.expect_command(now);
@@ -243,7 +243,9 @@ impl Session {
             return self.reply_rcpt("451 4.4.2 Next hop connection lost, try again later", now);
         }
         if tx.rcpts == 0 {
-            return self.refuse("554 5.5.1 No valid recipients", now);
+            // Not an error of the client's: a pipelining MTA sends DATA before it knows its
+            // recipients were refused (RFC 2920 §3.1), and must not be cut off for that.
+            return self.reply_rcpt("554 5.5.1 No valid recipients", now);
         }
         if self.hop.state != HopState::Ready {
             return self.reply_rcpt("451 4.4.2 Next hop connection lost, try again later", now);

@@ -248,3 +248,6 @@ impl Machine for Session {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;
