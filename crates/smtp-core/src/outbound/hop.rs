@@ -16,9 +16,10 @@ use crate::reply::Reply;
 use crate::session::{Action, DnsFailure, Event, Leg, Route, Target, TlsClient, TlsInfo, TlsStart};
 use crate::timer::Timer;
 
-/// Addresses tried for one transaction. The resolver already bounds hosts and addresses per
-/// host (`src/mx.rs`); this caps what a session will ever try, whatever it is handed.
-const MAX_TARGETS: usize = 40;
+/// Addresses tried for one transaction (Postfix's `smtp_mx_address_limit`): the legacy MTA
+/// waits for its RCPT reply (5 minutes, RFC 5321 §4.5.3.2) while they are tried, and a
+/// hostile DNS answer must not make us try hundreds.
+const MAX_TARGETS: usize = 5;
 
 /// Refused domains remembered in one transaction; past that, the oldest is forgotten (a
 /// new attempt is made for it, nothing worse).
