@@ -188,23 +188,16 @@ impl Session {
         self.conn.backend_in.push(data);
         loop {
             match self.conn.backend_in.next_reply() {
-                Ok(Some(reply)) => {
-                    let state = self.hop.state;
-                    self.on_hop_reply(reply, now);
-                    if self.hop.state == HopState::Handshaking {
-                        break;
-                    }
-                    if self.hop.state == state
-                        && !self.awaits_hop()
-                        && self.conn.backend_in.buffered() > 0
-                    {
-                        return self.hop_failed("bytes sent with no command outstanding", now);
-                    }
+                // One command at a time: a reply with bytes behind it answered something we
+                // never sent (or is an attempt to answer the next one ahead of time).
+                Ok(Some(_)) if self.conn.backend_in.buffered() > 0 => {
+                    return self.hop_failed("bytes sent with no command outstanding", now);
                 }
+                Ok(Some(reply)) => self.on_hop_reply(reply, now),
                 Ok(None) => break,
                 Err(e) => return self.hop_failed(&format!("bad reply: {e}"), now),
             }
-            if self.conn.is_closed() || self.hop.state == HopState::None {
+            if self.conn.is_closed() || !self.awaits_hop() {
                 break;
             }
         }
@@ -252,7 +245,7 @@ impl Session {
             // The next hop refused the sender: its own words answer the RCPT.
             HopState::Mail => {
                 let mut out = BytesMut::new();
-                reply.write_to(&mut out);
+                for_client(reply).write_to(&mut out);
                 let text = String::from_utf8_lossy(&out).trim_end().to_owned();
                 self.quit_hop();
                 self.setup_failed(text, now);
@@ -456,17 +449,19 @@ impl Session {
             self.mode = Mode::Await(pending);
             return self.hop_failed(&reason, now);
         }
-        self.conn.send_reply(&reply);
+        let positive = reply.is_positive();
+        let code = reply.code;
+        self.conn.send_reply(&for_client(reply));
         match pending {
             Pending::Rcpt => {
-                if let (true, Phase::ExpectRcpt(tx)) = (reply.is_positive(), &mut self.phase) {
+                if let (true, Phase::ExpectRcpt(tx)) = (positive, &mut self.phase) {
                     tx.rcpts += 1;
                 }
             }
-            Pending::Data if reply.code == 354 => return self.enter_data(now),
+            Pending::Data if code == 354 => return self.enter_data(now),
             Pending::Data | Pending::Setup { .. } => {}
             Pending::EndOfData { bytes } => {
-                self.message_done(reply.is_positive(), bytes);
+                self.message_done(positive, bytes);
                 self.end_transaction();
             }
         }
@@ -548,6 +543,16 @@ fn expects(pending: &Pending, code: u16) -> bool {
         Pending::Data => code == 354 || class == 4 || class == 5,
         _ => matches!(class, 2 | 4 | 5),
     }
+}
+
+/// A next hop reply as the legacy MTA gets it. `421` is the next hop closing its own
+/// session; ours goes on, so the legacy MTA is told `451` (RFC 5321 §4.2.5: 421 means the
+/// receiver is closing the channel it is speaking on).
+fn for_client(mut reply: Reply) -> Reply {
+    if reply.code == 421 {
+        reply.code = 451;
+    }
+    reply
 }
 
 fn refused(what: &str, reply: &Reply) -> String {

@@ -382,7 +382,8 @@ fn next_hop_lost_mid_message_gives_451_after_the_end_of_data() {
     start(&mut h, "b@y.test");
     greet(&mut h, HOP_CAPS);
     h.take_backend();
-    h.backend_says(b"250 ok\r\n250 ok\r\n");
+    h.backend_says(b"250 ok\r\n");
+    h.backend_says(b"250 ok\r\n");
     h.take_client();
     h.client_says(b"DATA\r\n");
     h.backend_says(b"354 go\r\n");
@@ -412,7 +413,8 @@ fn next_hop_silent_at_the_end_of_data_gives_451() {
     start(&mut h, "b@y.test");
     greet(&mut h, HOP_CAPS);
     h.take_backend();
-    h.backend_says(b"250 ok\r\n250 ok\r\n");
+    h.backend_says(b"250 ok\r\n");
+    h.backend_says(b"250 ok\r\n");
     h.take_client();
     h.client_says(b"DATA\r\n");
     h.backend_says(b"354 go\r\n");
@@ -433,9 +435,12 @@ fn next_hop_bytes_with_nothing_outstanding_are_a_failure() {
     greet(&mut h, HOP_CAPS);
     h.take_backend();
     h.backend_says(b"250 ok\r\n");
-    // RCPT's reply with a smuggled extra one: it must not answer the next command.
+    // RCPT's reply with a smuggled extra one (to answer the next command ahead of time).
     h.backend_says(b"250 ok\r\n250 extra\r\n");
-    assert_eq!(h.take_client(), "250 ok\r\n");
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.2 Next hop connection lost, try again later\r\n"
+    );
     assert_eq!(h.backend_closes, 1);
     assert!(h
         .events
@@ -497,4 +502,20 @@ fn our_greeting_and_commands_we_answer() {
         assert_eq!(h.take_client(), reply, "{cmd}");
     }
     assert!(h.closed);
+}
+
+#[test]
+fn a_next_hop_closing_with_421_is_a_451_to_the_legacy_mta() {
+    let mut h = Harness::originate(cfg(Level::May));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    h.take_backend();
+    h.backend_says(b"250 ok\r\n");
+    h.backend_says(b"421 4.3.2 Shutting down\r\n");
+    assert_eq!(h.take_client(), "451 4.3.2 Shutting down\r\n");
+    h.session.handle_eof(Leg::Backend, h.now);
+    h.run();
+    assert!(!h.closed, "our session goes on");
+    h.client_says(b"RSET\r\n");
+    assert_eq!(h.take_client(), "250 2.0.0 OK\r\n");
 }
