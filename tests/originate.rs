@@ -694,3 +694,62 @@ async fn protocol_log_shows_both_certificates() {
     );
     assert!(log.contains("TLS established with the next hop"), "{log}");
 }
+
+// ---- parameters toward next hops with and without the extensions ----------------------------
+
+/// DSN parameters (we offer DSN) reach a next hop that offers DSN unchanged; to one that does
+/// not, they are left out (RFC 3461 §4.1: a relay to a non-DSN server drops them) and the
+/// message is delivered all the same: on MAIL, on RCPT, and on both.
+#[tokio::test]
+async fn dsn_parameters_follow_the_next_hops_offer() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let (ret, notify) = (
+        " RET=HDRS ENVID=abc",
+        " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@y.test",
+    );
+    for (dsn, mail, rcpt) in [
+        (true, ret, notify),
+        (false, ret, ""),
+        (false, "", notify),
+        (false, ret, notify),
+    ] {
+        let case = format!("next hop DSN {dsn}, MAIL{mail}, RCPT{rcpt}");
+        let mut extensions = vec!["PIPELINING", "SIZE 10240000", "8BITMIME"];
+        if dsn {
+            extensions.push("DSN");
+        }
+        let hop = NextHop::builder()
+            .host("y.test")
+            .extensions(&extensions)
+            .start()
+            .await;
+        let conf = Conf::new(&pki, hop.addr.to_string(), "      default: may\n");
+        let sidecar = start_with(&conf, &ours).await;
+        let mut client = Client::connect(sidecar.addr("outbound").unwrap()).await;
+        assert_eq!(client.reply().await, "220 mx.test ESMTP\r\n");
+        assert!(client.cmd("EHLO legacy.test").await.contains("250-DSN\r\n"));
+        let mail_line = format!("MAIL FROM:<a@x.test>{mail}");
+        let rcpt_line = format!("RCPT TO:<b@y.test>{rcpt}");
+        assert_eq!(client.cmd(&mail_line).await, "250 2.1.0 Ok\r\n", "{case}");
+        assert_eq!(client.cmd(&rcpt_line).await, "250 2.1.5 Ok\r\n", "{case}");
+        assert!(client.cmd("DATA").await.starts_with("354 "), "{case}");
+        client.send(BODY).await;
+        assert_eq!(client.reply().await, "250 2.0.0 Ok: queued\r\n", "{case}");
+        quit(client).await;
+        let s = hop.next_session().await;
+        let (mail, rcpt) = if dsn {
+            (mail_line, rcpt_line)
+        } else {
+            ("MAIL FROM:<a@x.test>".into(), "RCPT TO:<b@y.test>".into())
+        };
+        assert_eq!(
+            plain(&s.plaintext),
+            format!(
+                "EHLO mx.test\r\n{mail}\r\n{rcpt}\r\nDATA\r\n{}QUIT\r\n",
+                plain(BODY)
+            ),
+            "{case}"
+        );
+    }
+}
