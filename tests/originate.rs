@@ -753,3 +753,54 @@ async fn dsn_parameters_follow_the_next_hops_offer() {
         );
     }
 }
+
+/// RFC 3207 §4.2 on our side (SPEC §4): bytes a next hop sends after its `220` to STARTTLS
+/// and before the handshake are never taken for anything; that connection is given up and
+/// nothing is delivered through it.
+#[tokio::test]
+async fn bytes_after_the_next_hops_220_to_starttls_end_the_attempt() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hop = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let mut io = BufReader::new(tcp);
+        let mut seen = String::new();
+        io.get_mut()
+            .write_all(b"220 evil.test ESMTP\r\n")
+            .await
+            .unwrap();
+        loop {
+            let mut line = String::new();
+            if io.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return seen;
+            }
+            seen.push_str(&line);
+            let reply: &[u8] = match line.get(..4).unwrap_or_default() {
+                "EHLO" => b"250-evil.test\r\n250 STARTTLS\r\n",
+                // One write: the 220 and a reply to a command not yet sent.
+                "STAR" => b"220 2.0.0 Ready to start TLS\r\n250 2.1.0 injected\r\n",
+                _ => b"250 2.0.0 Ok\r\n",
+            };
+            if io.get_mut().write_all(reply).await.is_err() {
+                return seen;
+            }
+        }
+    });
+    let conf = Conf::new(&pki, addr.to_string(), "      default: encrypt\n");
+    let sidecar = start_with(&conf, &ours).await;
+    let mut client = legacy(&sidecar).await;
+    let (rcpt, eod) = send(&mut client, "b@y.test").await;
+    assert_eq!(
+        rcpt,
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
+    assert_eq!(eod, None);
+    quit(client).await;
+    let seen = tokio::time::timeout(common::T, hop).await.unwrap().unwrap();
+    assert_eq!(seen, "EHLO mx.test\r\nSTARTTLS\r\n");
+    assert_series(&sidecar, &[m::next_hop_failures(1)], "injection").await;
+}
