@@ -1,0 +1,402 @@
+//! Originate mode with `next_hop: mx` end to end (issue 13, SPEC §3 `resolver`, §4): the
+//! sidecar asks a DNS server on 127.0.0.1 (`common::dns`) and delivers to test next hops. MX
+//! hosts share one port (`mx:PORT`), so each is told apart by its loopback address: the first
+//! next hop listens on 127.0.0.1, the others are reached through forwarders on 127.0.0.2...
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "common/originate.rs"]
+mod support;
+
+use common::dns::{Record, TestDns};
+use common::next_hop::{Cert, End, Message, NextHop, NextHopPki, RunningNextHop};
+use common::pki::Leaf;
+use support::{assert_series, legacy, m, our_leaf, quit, send, start_with, Conf, Forward, BODY};
+
+/// A sidecar whose MX look-ups go to `dns`, next hops on `port`, at `level` for everyone.
+async fn sidecar(
+    pki: &NextHopPki,
+    ours: &Leaf,
+    dns: &TestDns,
+    port: u16,
+    level: &str,
+) -> smtp_sidecar::runtime::Running {
+    let mut conf = Conf::new(
+        pki,
+        format!("mx:{port}"),
+        &format!("      default: {level}\n"),
+    );
+    conf.dns = Some(dns.addr);
+    start_with(&conf, ours).await
+}
+
+async fn tls_hop(pki: &NextHopPki, host: &str, cert: Cert) -> RunningNextHop {
+    NextHop::builder()
+        .host(host)
+        .starttls(pki, cert)
+        .start()
+        .await
+}
+
+fn plain(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn delivery(rcpts: &[&str]) -> String {
+    let rcpts: String = rcpts.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();
+    format!(
+        "EHLO mx.test\r\nMAIL FROM:<a@x.test>\r\n{rcpts}DATA\r\n{}QUIT\r\n",
+        plain(BODY)
+    )
+}
+
+fn message(rcpts: &[&str]) -> Message {
+    Message {
+        mail_from: "a@x.test".into(),
+        rcpt_to: rcpts.iter().map(|r| (*r).to_owned()).collect(),
+        data: b"Subject: t\r\n\r\n..dot\r\nbody\r\n".to_vec(),
+    }
+}
+
+/// A delivery inside TLS to `hop`, whose name (SNI) is `sni`.
+async fn assert_delivered_tls(hop: &RunningNextHop, sni: &str, rcpts: &[&str]) {
+    let s = hop.next_session().await;
+    assert_eq!(plain(&s.plaintext), "EHLO mx.test\r\nSTARTTLS\r\n");
+    assert_eq!(plain(&s.encrypted), delivery(rcpts));
+    assert_eq!(s.messages, vec![message(rcpts)]);
+    assert_eq!(
+        s.tls.unwrap().sni.as_deref(),
+        Some(sni),
+        "SNI is the MX host"
+    );
+}
+
+fn mx_queries(dns: &TestDns, domain: &str) -> usize {
+    dns.queries()
+        .iter()
+        .filter(|(n, t)| n == domain && t == "MX")
+        .count()
+}
+
+/// The preferred MX (listed second) is tried first: it accepts and closes at once; the
+/// second one delivers, verified against its own name.
+#[tokio::test]
+async fn mx_hosts_are_tried_in_preference_order() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let hop = tls_hop(&pki, "mx2.y.test", Cert::Valid).await;
+    let port = hop.addr.port();
+    let closer = Forward::start("127.0.0.2", port, None).await;
+    let dns = TestDns::start(vec![
+        Record::mx("y.test", 20, "mx2.y.test"),
+        Record::mx("y.test", 10, "mx1.y.test"),
+        Record::a("mx2.y.test", "127.0.0.1"),
+        Record::a("mx1.y.test", "127.0.0.2"),
+    ])
+    .await;
+    let sidecar = sidecar(&pki, &ours, &dns, port, "verify").await;
+    let mut client = legacy(&sidecar).await;
+    let (rcpt, eod) = send(&mut client, "b@y.test").await;
+    assert_eq!(rcpt, "250 2.1.5 Ok\r\n");
+    assert_eq!(eod.as_deref(), Some("250 2.0.0 Ok: queued\r\n"));
+    quit(client).await;
+    assert_delivered_tls(&hop, "mx2.y.test", &["b@y.test"]).await;
+    assert_eq!(closer.accepted(), 1, "the preferred MX was tried");
+    assert_eq!(hop.accepted(), 1);
+    assert_eq!(mx_queries(&dns, "y.test"), 1, "{:?}", dns.queries());
+    let want = [
+        m::messages("accepted", 1),
+        m::handshake_ok(1),
+        m::next_hop_failures(1),
+    ];
+    assert_series(&sidecar, &want, "preference order").await;
+}
+
+/// A 4xx greeting at the first MX: the next MX. (Had the second been tried first, it would
+/// have delivered and the first would never have been contacted.)
+#[tokio::test]
+async fn a_4xx_greeting_moves_on_to_the_next_mx() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    for greeting in ["421 4.3.2 Busy, try later", "450 4.3.2 Busy, try later"] {
+        let busy = NextHop::builder().greeting(greeting).start().await;
+        let port = busy.addr.port();
+        let good = tls_hop(&pki, "mx2.y.test", Cert::Valid).await;
+        let to_good = Forward::start("127.0.0.2", port, Some(good.addr)).await;
+        let dns = TestDns::start(vec![
+            Record::mx("y.test", 10, "mx1.y.test"),
+            Record::mx("y.test", 20, "mx2.y.test"),
+            Record::a("mx1.y.test", "127.0.0.1"),
+            Record::a("mx2.y.test", "127.0.0.2"),
+        ])
+        .await;
+        let sidecar = sidecar(&pki, &ours, &dns, port, "verify").await;
+        let mut client = legacy(&sidecar).await;
+        let (rcpt, eod) = send(&mut client, "b@y.test").await;
+        assert_eq!(rcpt, "250 2.1.5 Ok\r\n", "{greeting}");
+        assert_eq!(
+            eod.as_deref(),
+            Some("250 2.0.0 Ok: queued\r\n"),
+            "{greeting}"
+        );
+        quit(client).await;
+        assert_delivered_tls(&good, "mx2.y.test", &["b@y.test"]).await;
+        let refused = busy.next_session().await;
+        assert!(refused.messages.is_empty(), "{greeting}");
+        if greeting.starts_with("421") {
+            assert_eq!(refused.end, End::ServerClosed);
+        } else {
+            // Given up on without a command, or with QUIT.
+            assert!(
+                plain(&refused.plaintext).is_empty() || plain(&refused.plaintext) == "QUIT\r\n",
+                "{greeting}: {refused:?}"
+            );
+        }
+        assert_eq!((busy.accepted(), to_good.accepted()), (1, 1), "{greeting}");
+        let want = [
+            m::messages("accepted", 1),
+            m::handshake_ok(1),
+            m::next_hop_failures(1),
+        ];
+        assert_series(&sidecar, &want, greeting).await;
+    }
+}
+
+/// No MX: the domain's own address (RFC 5321 §5.1), its name the one verified.
+#[tokio::test]
+async fn no_mx_falls_back_to_the_domains_address() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let hop = tls_hop(&pki, "y.test", Cert::Valid).await;
+    let dns = TestDns::start(vec![Record::a("y.test", "127.0.0.1")]).await;
+    let sidecar = sidecar(&pki, &ours, &dns, hop.addr.port(), "verify").await;
+    let mut client = legacy(&sidecar).await;
+    let (rcpt, eod) = send(&mut client, "b@y.test").await;
+    assert_eq!(rcpt, "250 2.1.5 Ok\r\n");
+    assert_eq!(eod.as_deref(), Some("250 2.0.0 Ok: queued\r\n"));
+    quit(client).await;
+    assert_delivered_tls(&hop, "y.test", &["b@y.test"]).await;
+    let queries = dns.queries();
+    assert!(
+        queries.contains(&("y.test".into(), "MX".into())),
+        "{queries:?}"
+    );
+    assert!(
+        queries.contains(&("y.test".into(), "A".into())),
+        "{queries:?}"
+    );
+    assert_series(
+        &sidecar,
+        &[m::messages("accepted", 1), m::handshake_ok(1)],
+        "implicit MX",
+    )
+    .await;
+}
+
+/// What DNS says about the recipient domain, answered on its RCPT; nothing is contacted.
+#[tokio::test]
+async fn dns_answers_become_rcpt_replies() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let hop = NextHop::builder().start().await;
+    for (records, reply) in [
+        (
+            vec![Record::null_mx("y.test")],
+            "550 5.1.10 Recipient domain does not accept mail (null MX)\r\n",
+        ),
+        (
+            vec![Record::servfail("y.test")],
+            "451 4.4.3 Temporary DNS failure for the recipient domain\r\n",
+        ),
+        (
+            vec![Record::a("other.test", "127.0.0.1")],
+            "550 5.1.2 Recipient domain does not exist\r\n",
+        ),
+    ] {
+        let dns = TestDns::start(records).await;
+        let sidecar = sidecar(&pki, &ours, &dns, hop.addr.port(), "may").await;
+        let mut client = legacy(&sidecar).await;
+        let (rcpt, eod) = send(&mut client, "b@y.test").await;
+        assert_eq!(rcpt, reply);
+        assert_eq!(eod, None);
+        // (A SERVFAIL is asked twice: the resolver's own retry.)
+        let asked = mx_queries(&dns, "y.test");
+        assert!(asked >= 1, "{:?}", dns.queries());
+        // Another recipient of the domain: the same answer, without asking again.
+        assert_eq!(client.cmd("RCPT TO:<c@y.test>").await, reply);
+        assert_eq!(
+            mx_queries(&dns, "y.test"),
+            asked,
+            "{reply}: {:?}",
+            dns.queries()
+        );
+        // The session goes on: a new transaction asks again.
+        assert_eq!(client.cmd("RSET").await, "250 2.0.0 OK\r\n");
+        assert_eq!(client.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+        assert_eq!(client.cmd("RCPT TO:<c@y.test>").await, reply);
+        quit(client).await;
+        assert_series(&sidecar, &[m::next_hop_failures(2)], reply).await;
+    }
+    assert_eq!(hop.accepted(), 0);
+}
+
+/// Every MX unreachable (one refuses the connection, one closes at once): `451 4.4.1`.
+#[tokio::test]
+async fn all_mx_unreachable_is_451_4_4_1() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let closer = Forward::start("127.0.0.4", 0, None).await;
+    let port = closer.addr.port();
+    let dns = TestDns::start(vec![
+        Record::mx("y.test", 10, "mx1.y.test"),
+        Record::mx("y.test", 20, "mx2.y.test"),
+        Record::a("mx1.y.test", "127.0.0.3"),
+        Record::a("mx2.y.test", "127.0.0.4"),
+    ])
+    .await;
+    let sidecar = sidecar(&pki, &ours, &dns, port, "may").await;
+    let mut client = legacy(&sidecar).await;
+    let (rcpt, _) = send(&mut client, "b@y.test").await;
+    assert_eq!(
+        rcpt,
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
+    quit(client).await;
+    assert_eq!(closer.accepted(), 1);
+    assert_series(&sidecar, &[m::next_hop_failures(2)], "unreachable").await;
+}
+
+/// A level not met at the first MX is a reason to try the next one; when none meets it, the
+/// policy's reply names the last one tried.
+#[tokio::test]
+async fn a_level_not_met_tries_the_next_mx() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    for second in [Cert::Valid, Cert::Untrusted] {
+        let first = tls_hop(&pki, "mx1.y.test", Cert::Untrusted).await;
+        let port = first.addr.port();
+        let other = tls_hop(&pki, "mx2.y.test", second).await;
+        let _to_other = Forward::start("127.0.0.2", port, Some(other.addr)).await;
+        let dns = TestDns::start(vec![
+            Record::mx("y.test", 10, "mx1.y.test"),
+            Record::mx("y.test", 20, "mx2.y.test"),
+            Record::a("mx1.y.test", "127.0.0.1"),
+            Record::a("mx2.y.test", "127.0.0.2"),
+        ])
+        .await;
+        let sidecar = sidecar(&pki, &ours, &dns, port, "verify").await;
+        let mut client = legacy(&sidecar).await;
+        let (rcpt, eod) = send(&mut client, "b@y.test").await;
+        let mut want = vec![m::handshake_ok(2)];
+        if second == Cert::Valid {
+            assert_eq!(rcpt, "250 2.1.5 Ok\r\n");
+            assert_eq!(eod.as_deref(), Some("250 2.0.0 Ok: queued\r\n"));
+            quit(client).await;
+            assert_delivered_tls(&other, "mx2.y.test", &["b@y.test"]).await;
+            want.extend([
+                m::messages("accepted", 1),
+                m::rejection("certificate_untrusted", true, 1),
+                m::next_hop_failures(1),
+            ]);
+        } else {
+            assert_eq!(
+                rcpt,
+                "450 4.7.5 TLS policy verify for y.test not met: certificate of mx2.y.test \
+                 did not verify (untrusted issuer)\r\n"
+            );
+            quit(client).await;
+            assert!(other.next_session().await.messages.is_empty());
+            want.extend([
+                m::rejection("certificate_untrusted", true, 2),
+                m::next_hop_failures(2),
+            ]);
+        }
+        assert!(first.next_session().await.messages.is_empty());
+        assert_eq!((first.accepted(), other.accepted()), (1, 1), "{second:?}");
+        assert_series(&sidecar, &want, &format!("second MX {second:?}")).await;
+    }
+}
+
+/// `verify` through MX: the certificate may name the MX host or the recipient domain;
+/// anything else is a name mismatch naming both.
+#[tokio::test]
+async fn verify_accepts_the_mx_host_or_the_domain_name() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    for (cert_name, cert, reply) in [
+        ("mx1.y.test", Cert::Valid, None),
+        ("y.test", Cert::Valid, None),
+        (
+            "mx1.y.test",
+            Cert::WrongName,
+            Some(
+                "450 4.7.5 TLS policy verify for y.test not met: certificate of mx1.y.test is \
+                 not valid for mx1.y.test or y.test\r\n",
+            ),
+        ),
+    ] {
+        let hop = tls_hop(&pki, cert_name, cert).await;
+        let dns = TestDns::start(vec![
+            Record::mx("y.test", 10, "mx1.y.test"),
+            Record::a("mx1.y.test", "127.0.0.1"),
+        ])
+        .await;
+        let sidecar = sidecar(&pki, &ours, &dns, hop.addr.port(), "verify").await;
+        let mut client = legacy(&sidecar).await;
+        let (rcpt, _) = send(&mut client, "b@y.test").await;
+        match reply {
+            None => {
+                assert_eq!(rcpt, "250 2.1.5 Ok\r\n", "{cert_name}");
+                quit(client).await;
+                assert_delivered_tls(&hop, "mx1.y.test", &["b@y.test"]).await;
+            }
+            Some(reply) => {
+                assert_eq!(rcpt, reply);
+                quit(client).await;
+            }
+        }
+    }
+}
+
+/// With MX, a recipient of a second domain waits for a transaction of its own: `452 4.5.3`,
+/// then delivered in the next one (a next hop session per transaction).
+#[tokio::test]
+async fn a_second_domain_is_452_4_5_3_then_delivered_in_the_next_transaction() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let hop = NextHop::builder().start().await;
+    let dns = TestDns::start(vec![
+        Record::mx("y.test", 10, "mx.y.test"),
+        Record::mx("z.test", 10, "mx.z.test"),
+        Record::a("mx.y.test", "127.0.0.1"),
+        Record::a("mx.z.test", "127.0.0.1"),
+    ])
+    .await;
+    let sidecar = sidecar(&pki, &ours, &dns, hop.addr.port(), "may").await;
+    let mut client = legacy(&sidecar).await;
+    assert_eq!(client.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Ok\r\n");
+    assert_eq!(
+        client.cmd("RCPT TO:<c@z.test>").await,
+        "452 4.5.3 Too many recipients\r\n"
+    );
+    assert_eq!(client.cmd("RCPT TO:<d@Y.TEST>").await, "250 2.1.5 Ok\r\n");
+    assert_eq!(
+        client.cmd("DATA").await,
+        "354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    client.send(BODY).await;
+    assert_eq!(client.reply().await, "250 2.0.0 Ok: queued\r\n");
+    // The legacy MTA retries the deferred recipient in a new transaction.
+    assert_eq!(client.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+    let (rcpt, eod) = send(&mut client, "c@z.test").await;
+    assert_eq!(rcpt, "250 2.1.5 Ok\r\n");
+    assert_eq!(eod.as_deref(), Some("250 2.0.0 Ok: queued\r\n"));
+    quit(client).await;
+    let first = hop.next_session().await;
+    assert_eq!(plain(&first.plaintext), delivery(&["b@y.test", "d@Y.TEST"]));
+    assert_eq!(first.messages, vec![message(&["b@y.test", "d@Y.TEST"])]);
+    let second = hop.next_session().await;
+    assert_eq!(plain(&second.plaintext), delivery(&["c@z.test"]));
+    assert_eq!(hop.accepted(), 2);
+    assert_series(&sidecar, &[m::messages("accepted", 2)], "two domains").await;
+}
