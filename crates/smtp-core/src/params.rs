@@ -190,6 +190,19 @@ fn check(
     Ok(())
 }
 
+/// What a relay leaves out toward a next hop that did not offer the extension (originate):
+/// `SIZE=` (the limit is enforced here) and the DSN parameters (RFC 3461 §4.1: relayed to a
+/// server without DSN, a message goes on without them). Anything else it did not offer is
+/// left for [`check_mail`]/[`check_rcpt`] to refuse.
+pub(crate) fn drop_for_next_hop(params: &mut Vec<Param>, next_hop: Offered) {
+    const DSN: [Kind; 4] = [Kind::Ret, Kind::Envid, Kind::Notify, Kind::Orcpt];
+    params.retain(|p| {
+        let size = is(p, Kind::Size) && !next_hop.size;
+        let dsn = DSN.iter().any(|&k| is(p, k)) && !next_hop.dsn;
+        !(size || dsn)
+    });
+}
+
 fn is(p: &Param, kind: Kind) -> bool {
     p.keyword.eq_ignore_ascii_case(kind.name())
 }

@@ -10,7 +10,7 @@ use super::{HopState, Mode, NextHop, Phase, Session};
 use crate::command::{parse_command, Command, CommandError};
 use crate::ehlo::Offered;
 use crate::line::{LineEvent, MAX_COMMAND_LINE};
-use crate::params::{check_mail, check_rcpt, ParamError};
+use crate::params::{check_mail, check_rcpt, drop_for_next_hop, ParamError};
 use crate::session::{Action, Event, Leg};
 use crate::timer::Timer;
 
@@ -196,8 +196,6 @@ impl Session {
             return self.reply_rcpt(&reply, now);
         }
         let (level, listed) = self.cfg.policy.level(&domain);
-        let mut line = BytesMut::with_capacity(64);
-        cmd.write_to(&mut line);
         match &tx.route {
             None => {
                 tx.route = Some(RouteInfo {
@@ -205,28 +203,32 @@ impl Session {
                     level,
                     listed,
                 });
-                self.mode = Mode::Await(Pending::Setup {
-                    rcpt: line.to_vec(),
-                });
+                self.mode = Mode::Await(Pending::Setup { rcpt: cmd });
                 self.conn.timers.stop(Timer::Client);
                 self.open_hop(&domain, now);
             }
-            Some(route) if route.domain == domain => self.forward_rcpt(&line, now),
+            Some(route) if route.domain == domain => self.forward_rcpt(cmd, now),
             // With a fixed relay, a recipient of another domain may share the session when
             // the relay session already meets its level, and its level demands nothing more
             // than the first one's; with MX, another domain is another next hop.
             Some(route) if self.cfg.next_hop != NextHop::Mx && level <= route.level => {
-                self.forward_rcpt(&line, now)
+                self.forward_rcpt(cmd, now)
             }
             Some(_) => self.reply_rcpt("452 4.5.3 Too many recipients", now),
         }
     }
 
-    fn forward_rcpt(&mut self, line: &[u8], now: Instant) {
+    /// RCPT to the next hop, without the DSN parameters of one that did not offer DSN.
+    pub(super) fn forward_rcpt(&mut self, mut rcpt: Command, now: Instant) {
         if self.hop.state != HopState::Ready {
             return self.reply_rcpt("451 4.4.2 Next hop connection lost, try again later", now);
         }
-        self.forward(line, Pending::Rcpt, now);
+        if let Command::Rcpt { params, .. } = &mut rcpt {
+            drop_for_next_hop(params, self.hop.offered);
+        }
+        let mut line = BytesMut::with_capacity(64);
+        rcpt.write_to(&mut line);
+        self.forward(&line, Pending::Rcpt, now);
     }
 
     /// A reply (to RCPT or DATA) that is no protocol error of the client's.

@@ -11,7 +11,7 @@ use super::state::{HopState, Mode, Pending, Phase, RouteInfo};
 use super::{Level, NextHop, Session};
 use crate::command::{Command, Param};
 use crate::ehlo::Offered;
-use crate::params::check_mail;
+use crate::params::{check_mail, drop_for_next_hop};
 use crate::reply::Reply;
 use crate::session::{Action, DnsFailure, Event, Leg, Route, Target, TlsClient, TlsInfo, TlsStart};
 use crate::timer::Timer;
@@ -239,7 +239,7 @@ impl Session {
                 if let Mode::Await(Pending::Setup { rcpt }) =
                     std::mem::replace(&mut self.mode, Mode::Commands)
                 {
-                    self.forward(&rcpt, Pending::Rcpt, now);
+                    self.forward_rcpt(rcpt, now);
                 }
             }
             // The next hop refused the sender: its own words answer the RCPT.
@@ -420,14 +420,11 @@ impl Session {
             return;
         };
         let mut params: Vec<Param> = params.clone();
-        if !self.hop.offered.size {
-            // We enforce the size ourselves; a next hop without SIZE never sees one.
-            params.retain(|p| !p.keyword.eq_ignore_ascii_case("SIZE"));
-        }
+        drop_for_next_hop(&mut params, self.hop.offered);
         let forwardable = self.offered.forwardable(self.hop.offered);
         if let Err(e) = check_mail(from, &mut params, forwardable, false, u64::MAX) {
             let reply = e.reply().to_owned();
-            self.release_hop();
+            self.quit_hop();
             return self.setup_failed(reply, now);
         }
         let mail = Command::Mail {

@@ -65,9 +65,9 @@ pub(super) enum Mode {
 /// A client command waiting for the next hop.
 #[derive(Debug)]
 pub(super) enum Pending {
-    /// The RCPT that opens the next hop session (as it will be sent), once MAIL is accepted.
+    /// The RCPT that opens the next hop session, sent once MAIL is accepted.
     Setup {
-        rcpt: Vec<u8>,
+        rcpt: Command,
     },
     Rcpt,
     Data,

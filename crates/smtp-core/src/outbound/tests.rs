@@ -470,16 +470,26 @@ fn nothing_before_the_handshake_survives_it() {
 }
 
 #[test]
-fn parameters_the_next_hop_did_not_offer_are_refused_not_dropped() {
+fn dsn_parameters_are_dropped_for_a_next_hop_without_dsn_others_refused() {
+    // RFC 3461 §4.1: relayed to a server without DSN, a message goes on without them.
     let mut h = Harness::originate(cfg(Level::None));
     h.client_says(b"EHLO legacy.test\r\n");
     h.take_client();
-    h.client_says(b"MAIL FROM:<a@x.test> RET=HDRS SIZE=5\r\n");
+    h.client_says(b"MAIL FROM:<a@x.test> RET=HDRS SIZE=5 ENVID=x\r\n");
     assert_eq!(h.take_client(), "250 2.1.0 Ok\r\n");
+    h.client_says(b"RCPT TO:<b@y.test> NOTIFY=NEVER ORCPT=rfc822;b@y.test\r\n");
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=5\r\n");
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_backend(), "RCPT TO:<b@y.test>\r\n");
+    // BODY=8BITMIME cannot be carried to a next hop without 8BITMIME: refused, not dropped.
+    let mut h = Harness::originate(cfg(Level::None));
+    h.client_says(b"EHLO legacy.test\r\nMAIL FROM:<a@x.test> BODY=8BITMIME\r\n");
+    h.take_client();
     h.client_says(b"RCPT TO:<b@y.test>\r\n");
     greet(&mut h, HOP_CAPS);
     assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
-    assert_eq!(h.take_backend(), "");
+    assert_eq!(h.take_backend(), "QUIT\r\n");
 }
 
 #[test]
