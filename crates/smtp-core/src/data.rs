@@ -73,6 +73,28 @@ pub enum Violation {
     LongLine,
 }
 
+impl Violation {
+    /// The policy refusal's metric reason and the reply after the client's end of data
+    /// (SPEC §4), the same in both directions.
+    pub fn refusal(self) -> (&'static str, &'static str) {
+        match self {
+            Violation::BareNewline => (
+                "bare_newline",
+                "550 5.6.11 Bare line feed or carriage return not allowed",
+            ),
+            Violation::Nul => ("nul_byte", "550 5.6.11 NUL character not allowed"),
+            Violation::LongLine => (
+                "long_line",
+                "550 5.6.0 Message has lines longer than 998 octets",
+            ),
+            Violation::TooBig => (
+                "message_size",
+                "552 5.3.4 Message size exceeds fixed maximum message size",
+            ),
+        }
+    }
+}
+
 /// Result of one [`Reframer::feed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fed {

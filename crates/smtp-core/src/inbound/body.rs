@@ -4,7 +4,7 @@
 use std::time::{Instant, SystemTime};
 
 use super::{Backend, Event, Mode, Pending, Phase, Session};
-use crate::data::{Reframer, Violation};
+use crate::data::Reframer;
 use crate::session::{received, Leg};
 use crate::timer::Timer;
 
@@ -103,21 +103,10 @@ impl Session {
                 self.conn.timers.stop(Timer::Client);
                 return;
             }
-            Some(Violation::BareNewline) => {
-                self.policy_rejection("bare_newline");
-                self.send("550 5.6.11 Bare line feed or carriage return not allowed");
-            }
-            Some(Violation::Nul) => {
-                self.policy_rejection("nul_byte");
-                self.send("550 5.6.11 NUL character not allowed");
-            }
-            Some(Violation::LongLine) => {
-                self.policy_rejection("long_line");
-                self.send("550 5.6.0 Message has lines longer than 998 octets");
-            }
-            Some(Violation::TooBig) => {
-                self.policy_rejection("message_size");
-                self.send("552 5.3.4 Message size exceeds fixed maximum message size");
+            Some(violation) => {
+                let (reason, reply) = violation.refusal();
+                self.policy_rejection(reason);
+                self.send(reply);
             }
         }
         self.conn.event(Event::MessageRejected);

@@ -82,7 +82,6 @@ pub struct Session {
     backend_helo: bool,
     /// Backend connections replaced so far (bounded by [`MAX_BACKEND_REPLACEMENTS`]).
     replacements: u32,
-    commands_seen: u32,
     conn: Conn,
 }
 
@@ -113,7 +112,6 @@ impl Session {
             auth: AuthState::default(),
             backend_helo: false,
             replacements: 0,
-            commands_seen: 0,
         };
         s.conn.control(Action::ConnectBackend);
         s

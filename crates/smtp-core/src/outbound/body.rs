@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::state::{HopState, Mode, Pending, Phase};
 use super::Session;
-use crate::data::{Reframer, Violation};
+use crate::data::Reframer;
 use crate::session::{received, Event, Leg};
 use crate::timer::Timer;
 
@@ -115,21 +115,10 @@ impl Session {
                     .send("451 4.4.2 Next hop lost mid-message, try again later");
                 return self.expect_command(now);
             }
-            Some(Violation::BareNewline) => {
-                self.policy_rejection("bare_newline");
-                "550 5.6.11 Bare line feed or carriage return not allowed"
-            }
-            Some(Violation::Nul) => {
-                self.policy_rejection("nul_byte");
-                "550 5.6.11 NUL character not allowed"
-            }
-            Some(Violation::LongLine) => {
-                self.policy_rejection("long_line");
-                "550 5.6.0 Message has lines longer than 998 octets"
-            }
-            Some(Violation::TooBig) => {
-                self.policy_rejection("message_size");
-                "552 5.3.4 Message size exceeds fixed maximum message size"
+            Some(violation) => {
+                let (reason, reply) = violation.refusal();
+                self.policy_rejection(reason);
+                reply
             }
         };
         self.conn.event(Event::MessageRejected);

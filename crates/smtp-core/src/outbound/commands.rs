@@ -7,9 +7,9 @@ use bytes::BytesMut;
 
 use super::state::{Pending, RouteInfo, Tx};
 use super::{HopState, Mode, NextHop, Phase, Session};
-use crate::command::{parse_command, Command, CommandError};
+use crate::command::Command;
 use crate::ehlo::Offered;
-use crate::line::{LineEvent, MAX_COMMAND_LINE};
+use crate::line::LineEvent;
 use crate::params::{check_mail, check_rcpt, drop_for_next_hop, ParamError};
 use crate::session::{Action, Event, Leg};
 use crate::timer::Timer;
@@ -43,38 +43,13 @@ impl Session {
     /// Wait for the next command.
     pub(super) fn expect_command(&mut self, now: Instant) {
         self.mode = Mode::Commands;
-        let wait = if self.commands_seen == 0 {
-            self.cfg.timeouts.greeting
-        } else {
-            self.cfg.timeouts.command
-        };
-        self.conn.timers.set(Timer::Client, now + wait);
+        self.conn.wait_for_command(&self.cfg.timeouts, now);
     }
 
     fn command_line(&mut self, event: LineEvent, now: Instant) {
-        let LineEvent::Line { line, crlf } = event else {
-            self.conn.log_command(b"[line too long]");
-            return self.refuse("500 5.5.2 Line too long", now);
-        };
-        self.conn.log_command(&line);
-        if !crlf {
-            return self.refuse("500 5.5.2 Bare line feed not allowed", now);
-        }
-        self.commands_seen += 1;
-        let cmd = match parse_command(&line) {
-            Ok(cmd) if line.len() + 2 > cmd.max_line_len() => {
-                return self.refuse("500 5.5.2 Line too long", now);
-            }
+        let cmd = match self.conn.read_command(event) {
             Ok(cmd) => cmd,
-            Err(_) if line.len() + 2 > MAX_COMMAND_LINE => {
-                return self.refuse("500 5.5.2 Line too long", now);
-            }
-            Err(CommandError::Unknown) => {
-                return self.refuse("500 5.5.1 Command unrecognized", now);
-            }
-            Err(CommandError::Syntax(_)) => {
-                return self.refuse("501 5.5.4 Syntax error in parameters or arguments", now);
-            }
+            Err(reply) => return self.refuse(reply, now),
         };
         match cmd {
             Command::Ehlo(name) => self.hello(name, true, now),

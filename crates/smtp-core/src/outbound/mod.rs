@@ -51,7 +51,6 @@ pub struct Session {
     /// What the client was offered (parameters follow it).
     offered: Offered,
     hop: Hop,
-    commands_seen: u32,
     conn: Conn,
 }
 
@@ -70,7 +69,6 @@ impl Session {
             helo: None,
             offered: Offered::default(),
             hop: Hop::default(),
-            commands_seen: 0,
         };
         let greeting = format!("220 {} ESMTP", s.cfg.hostname);
         s.conn.send(&greeting);

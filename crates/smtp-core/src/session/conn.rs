@@ -38,6 +38,8 @@ pub(crate) struct Conn {
     closed: bool,
     /// Emit [`Event::Protocol`] for every client line and every reply sent to it.
     pub(crate) protocol_log: bool,
+    /// Client command lines read (the first one waits for `greeting`, the rest `command`).
+    pub(crate) commands_seen: u32,
 }
 
 impl Conn {
@@ -54,6 +56,7 @@ impl Conn {
             client_eof: false,
             closed: false,
             protocol_log,
+            commands_seen: 0,
         }
     }
 

@@ -8,7 +8,7 @@
 //! [`Event`] and the [`Machine`] trait the one driver loop is written against. `conn` holds
 //! [`Conn`], the part every session has (line reader, reply parser, output buffers per leg,
 //! the action and event queues, the timer table, the error and drain state, body relaying);
-//! `protocol_log` the protocol log lines, `received` the Received header, `tls_info` what a
+//! `commands` reading a client command line; `protocol_log` the protocol log lines, `received` the Received header, `tls_info` what a
 //! completed handshake reports.
 
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+mod commands;
 mod conn;
 mod protocol_log;
 pub(crate) mod received;
