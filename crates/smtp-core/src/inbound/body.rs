@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime};
 
 use super::{Backend, Event, Mode, Pending, Phase, Session};
 use crate::data::Reframer;
-use crate::session::{received, Leg};
+use crate::session::{received, skip_chunk};
 use crate::timer::Timer;
 
 impl Session {
@@ -15,8 +15,8 @@ impl Session {
             self.cfg.long_lines,
             self.cfg.max_message_size,
         )));
-        if self.cfg.received_header {
-            let header = received::header(
+        let header = self.cfg.received_header.then(|| {
+            received::header(
                 self.helo.as_ref().map(|h| h.0.as_str()),
                 self.peer,
                 &self.cfg.hostname,
@@ -24,14 +24,11 @@ impl Session {
                 self.helo.as_ref().is_some_and(|h| h.1),
                 self.auth.is_authenticated(),
                 self.wall(now),
-            );
-            self.conn.write(Leg::Backend, header.as_bytes());
-        }
-        self.conn
-            .timers
-            .set(Timer::Client, now + self.cfg.timeouts.data_block);
-        // Body bytes the client pipelined behind DATA (RFC 2920 forbids it, some send anyway).
-        let rest = self.conn.client_in.take_remaining();
+            )
+        });
+        let rest = self
+            .conn
+            .begin_body(header, self.cfg.timeouts.data_block, now);
         if !rest.is_empty() {
             let used = self.feed_body(&rest, now);
             self.conn.client_in.push(&rest[used..]);
@@ -64,12 +61,9 @@ impl Session {
                 fed.consumed
             }
             Mode::SkipBdat { remaining, reply } => {
-                let n = usize::try_from(*remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(data.len());
-                *remaining -= n as u64;
-                if *remaining == 0 {
-                    let reply = *reply;
+                let reply = *reply;
+                let (n, done) = skip_chunk(remaining, data);
+                if done {
                     self.send(reply);
                     self.expect_command(now);
                 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::state::{HopState, Mode, Pending, Phase};
 use super::Session;
 use crate::data::Reframer;
-use crate::session::{received, Event, Leg};
+use crate::session::{received, skip_chunk, Event, Leg};
 use crate::timer::Timer;
 
 impl Session {
@@ -18,8 +18,8 @@ impl Session {
             self.cfg.long_lines,
             self.cfg.max_message_size,
         )));
-        if self.cfg.received_header {
-            let header = received::header(
+        let header = self.cfg.received_header.then(|| {
+            received::header(
                 self.helo.as_ref().map(|h| h.0.as_str()),
                 self.peer,
                 &self.cfg.hostname,
@@ -27,13 +27,11 @@ impl Session {
                 self.helo.as_ref().is_some_and(|h| h.1),
                 false,
                 self.wall(now),
-            );
-            self.conn.write(Leg::Backend, header.as_bytes());
-        }
-        self.conn
-            .timers
-            .set(Timer::Client, now + self.cfg.timeouts.data_block);
-        let rest = self.conn.client_in.take_remaining();
+            )
+        });
+        let rest = self
+            .conn
+            .begin_body(header, self.cfg.timeouts.data_block, now);
         if !rest.is_empty() {
             let used = self.feed_body(&rest, now);
             self.conn.client_in.push(&rest[used..]);
@@ -72,11 +70,8 @@ impl Session {
                 fed.consumed
             }
             Mode::SkipBdat { remaining } => {
-                let n = usize::try_from(*remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(data.len());
-                *remaining -= n as u64;
-                if *remaining == 0 {
+                let (n, done) = skip_chunk(remaining, data);
+                if done {
                     self.conn
                         .send("502 5.5.1 BDAT not supported (CHUNKING not offered)");
                     self.expect_command(now);

@@ -376,8 +376,8 @@ fn a_sender_refused_by_the_next_hop_answers_the_rcpt() {
     assert_eq!(h.take_backend(), "QUIT\r\n");
 }
 
-#[test]
-fn next_hop_lost_mid_message_gives_451_after_the_end_of_data() {
+/// A plaintext session to the relay, MAIL and RCPT accepted, DATA answered 354.
+fn in_data() -> Harness<Session> {
     let mut h = Harness::originate(cfg(Level::May));
     start(&mut h, "b@y.test");
     greet(&mut h, HOP_CAPS);
@@ -388,6 +388,12 @@ fn next_hop_lost_mid_message_gives_451_after_the_end_of_data() {
     h.client_says(b"DATA\r\n");
     h.backend_says(b"354 go\r\n");
     h.take_client();
+    h
+}
+
+#[test]
+fn next_hop_lost_mid_message_gives_451_after_the_end_of_data() {
+    let mut h = in_data();
     h.client_says(b"Subject: x\r\n\r\npart one\r\n");
     h.session.handle_eof(Leg::Backend, h.now);
     h.run();
@@ -409,15 +415,7 @@ fn next_hop_lost_mid_message_gives_451_after_the_end_of_data() {
 
 #[test]
 fn next_hop_silent_at_the_end_of_data_gives_451() {
-    let mut h = Harness::originate(cfg(Level::May));
-    start(&mut h, "b@y.test");
-    greet(&mut h, HOP_CAPS);
-    h.take_backend();
-    h.backend_says(b"250 ok\r\n");
-    h.backend_says(b"250 ok\r\n");
-    h.take_client();
-    h.client_says(b"DATA\r\n");
-    h.backend_says(b"354 go\r\n");
+    let mut h = in_data();
     h.client_says(b"x\r\n.\r\n");
     h.take_client();
     h.advance(Duration::from_secs(301));

@@ -4,7 +4,7 @@
 //! The state machines above it decide what to say; this says it, in order.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -12,7 +12,7 @@ use super::{Action, Event, Leg};
 use crate::data::{Fed, Reframer};
 use crate::line::{LineReader, MAX_EXTENDED_LINE};
 use crate::reply::{Reply, ReplyParser};
-use crate::timer::Timers;
+use crate::timer::{Timer, Timers};
 
 /// Protocol errors after which the client is disconnected (a client speaking another
 /// protocol, or a TLS ClientHello on the STARTTLS port, must not hold a session forever).
@@ -110,6 +110,22 @@ impl Conn {
         reframer.feed(data, &mut self.out[index(Leg::Backend)])
     }
 
+    /// The client's DATA was accepted: the Received header goes first, the wait for each
+    /// data block starts, and what the client pipelined behind DATA is handed back, to be fed
+    /// as body (RFC 2920 forbids sending it early; some clients do).
+    pub(crate) fn begin_body(
+        &mut self,
+        header: Option<String>,
+        data_block: Duration,
+        now: Instant,
+    ) -> BytesMut {
+        if let Some(header) = header {
+            self.write(Leg::Backend, header.as_bytes());
+        }
+        self.timers.set(Timer::Client, now + data_block);
+        self.client_in.take_remaining()
+    }
+
     /// Queue a control action after everything written so far.
     pub(crate) fn control(&mut self, action: Action) {
         self.flush();
@@ -169,6 +185,16 @@ impl Conn {
         self.send("421 4.3.2 Service shutting down");
         self.close();
     }
+}
+
+/// Bytes of a BDAT chunk being skipped (RFC 3030 §2: the chunk is data, not commands): how
+/// many of `data` are the chunk's, and whether it is now all read.
+pub(crate) fn skip_chunk(remaining: &mut u64, data: &[u8]) -> (usize, bool) {
+    let n = usize::try_from(*remaining)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    *remaining -= n as u64;
+    (n, *remaining == 0)
 }
 
 fn index(leg: Leg) -> usize {

@@ -22,7 +22,7 @@ mod protocol_log;
 pub(crate) mod received;
 mod tls_info;
 
-pub(crate) use conn::Conn;
+pub(crate) use conn::{skip_chunk, Conn};
 pub use protocol_log::Direction;
 pub use tls_info::{ClientCert, PeerCert, TlsInfo};
 
