@@ -88,7 +88,7 @@ impl Session {
     /// After a reconnect, bring the backend back to where the client is: greeted, then
     /// authenticated; then send the command that was waiting for it, if any.
     pub(super) fn replay_helo(&mut self, now: Instant) {
-        match self.helo.clone() {
+        match self.conn.helo.clone() {
             Some((name, esmtp)) => {
                 hello_command(name, esmtp).write_to(self.conn.out(Leg::Backend));
                 self.replay_step(Replay::Helo, now);

@@ -1,11 +1,11 @@
 //! The message body of a session: entering DATA (with the Received header), streaming through
 //! the reframer, and what a refused message does to the backend connection.
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use super::{Backend, Event, Mode, Pending, Phase, Session};
 use crate::data::Reframer;
-use crate::session::{received, skip_chunk};
+use crate::session::skip_chunk;
 use crate::timer::Timer;
 
 impl Session {
@@ -16,15 +16,9 @@ impl Session {
             self.cfg.max_message_size,
         )));
         let header = self.cfg.received_header.then(|| {
-            received::header(
-                self.helo.as_ref().map(|h| h.0.as_str()),
-                self.peer,
-                &self.cfg.hostname,
-                self.tls.as_ref(),
-                self.helo.as_ref().is_some_and(|h| h.1),
-                self.auth.is_authenticated(),
-                self.wall(now),
-            )
+            let authenticated = self.auth.is_authenticated();
+            self.conn
+                .received_header(&self.cfg.hostname, self.tls.as_ref(), authenticated, now)
         });
         let rest = self
             .conn
@@ -110,10 +104,5 @@ impl Session {
             return self.close();
         }
         self.expect_command(now);
-    }
-
-    /// The wall-clock time at `now`, derived from the time given at the start.
-    pub(super) fn wall(&self, now: Instant) -> SystemTime {
-        self.started.1 + now.saturating_duration_since(self.started.0)
     }
 }

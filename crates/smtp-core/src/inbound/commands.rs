@@ -146,7 +146,7 @@ impl Session {
                 // sent again on a fresh connection instead. Backends that accept it cost nothing.
                 // The new connection is greeted with the new name, then authenticated again.
                 if reply.code == 503 && self.backend_helo && self.replace_backend() {
-                    self.helo = Some((name.clone(), esmtp));
+                    self.conn.helo = Some((name.clone(), esmtp));
                     self.mode = Mode::Await(Pending::Ehlo { name, esmtp });
                     return;
                 }
@@ -154,7 +154,7 @@ impl Session {
                 if reply.is_positive() {
                     self.backend_helo = true;
                     self.backend_offered = Offered::from_reply(&reply);
-                    self.helo = Some((name, esmtp));
+                    self.conn.helo = Some((name, esmtp));
                     self.phase = Phase::ExpectMail;
                 }
                 if esmtp {

@@ -59,14 +59,10 @@ const MAX_BACKEND_REPLACEMENTS: u32 = 5;
 pub struct Session {
     /// Shared by every session of the listener: an idle session holds a pointer, not a copy.
     cfg: Arc<Config>,
-    peer: IpAddr,
     tls: Option<TlsInfo>,
-    started: (Instant, SystemTime),
     phase: Phase,
     mode: Mode,
     backend: Backend,
-    /// The client's EHLO/HELO name and whether it was EHLO.
-    helo: Option<(String, bool)>,
     /// The extensions offered to the client in the last EHLO reply: MAIL/RCPT parameters
     /// follow them.
     offered: Offered,
@@ -97,15 +93,12 @@ impl Session {
     ) -> Self {
         let cfg: Arc<Config> = cfg.into();
         let mut s = Session {
-            conn: Conn::new(cfg.protocol_log),
+            conn: Conn::new(cfg.protocol_log, peer, now, wall),
             cfg,
-            peer,
             tls,
-            started: (now, wall),
             phase: Phase::ExpectEhlo,
             mode: Mode::Starting,
             backend: Backend::Connecting,
-            helo: None,
             offered: Offered::default(),
             backend_offered: Offered::default(),
             ehlo_reply: None,
@@ -265,7 +258,7 @@ impl Session {
             self.backend_failed("authenticated backend connection cannot be replaced".into());
         }
         self.auth = AuthState::None;
-        self.helo = None;
+        self.conn.helo = None;
         self.offered = Offered::default();
         self.phase = Phase::ExpectEhlo;
         self.conn.client_in.clear();

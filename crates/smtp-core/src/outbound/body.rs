@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::state::{HopState, Mode, Pending, Phase};
 use super::Session;
 use crate::data::Reframer;
-use crate::session::{received, skip_chunk, Event, Leg};
+use crate::session::{skip_chunk, Event, Leg};
 use crate::timer::Timer;
 
 impl Session {
@@ -19,15 +19,9 @@ impl Session {
             self.cfg.max_message_size,
         )));
         let header = self.cfg.received_header.then(|| {
-            received::header(
-                self.helo.as_ref().map(|h| h.0.as_str()),
-                self.peer,
-                &self.cfg.hostname,
-                None,
-                self.helo.as_ref().is_some_and(|h| h.1),
-                false,
-                self.wall(now),
-            )
+            let authenticated = false;
+            self.conn
+                .received_header(&self.cfg.hostname, None, authenticated, now)
         });
         let rest = self
             .conn

@@ -102,7 +102,7 @@ impl Session {
             self.offered = Offered::default();
             self.conn.send(&format!("250 {host}"));
         }
-        self.helo = Some((name, esmtp));
+        self.conn.helo = Some((name, esmtp));
         self.phase = Phase::ExpectMail;
         self.expect_command(now);
     }

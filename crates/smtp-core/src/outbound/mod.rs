@@ -42,12 +42,8 @@ const CLIENT_BUFFER_CAP: usize = 8 * 1024;
 pub struct Session {
     /// Shared by every session of the listener.
     cfg: Arc<Config>,
-    peer: IpAddr,
-    started: (Instant, SystemTime),
     phase: Phase,
     mode: Mode,
-    /// The client's EHLO/HELO name and whether it was EHLO.
-    helo: Option<(String, bool)>,
     /// What the client was offered (parameters follow it).
     offered: Offered,
     hop: Hop,
@@ -60,13 +56,10 @@ impl Session {
     pub fn new(cfg: impl Into<Arc<Config>>, peer: IpAddr, now: Instant, wall: SystemTime) -> Self {
         let cfg: Arc<Config> = cfg.into();
         let mut s = Session {
-            conn: Conn::new(cfg.protocol_log),
+            conn: Conn::new(cfg.protocol_log, peer, now, wall),
             cfg,
-            peer,
-            started: (now, wall),
             phase: Phase::ExpectEhlo,
             mode: Mode::Commands,
-            helo: None,
             offered: Offered::default(),
             hop: Hop::default(),
         };
@@ -77,10 +70,6 @@ impl Session {
             .set(Timer::Client, now + s.cfg.timeouts.greeting);
         s.conn.flush();
         s
-    }
-
-    fn wall(&self, now: Instant) -> SystemTime {
-        self.started.1 + now.saturating_duration_since(self.started.0)
     }
 }
 

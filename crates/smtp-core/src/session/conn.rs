@@ -4,11 +4,12 @@
 //! The state machines above it decide what to say; this says it, in order.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 
-use super::{Action, Event, Leg};
+use super::{Action, Event, Leg, TlsInfo};
 use crate::data::{Fed, Reframer};
 use crate::line::{LineReader, MAX_EXTENDED_LINE};
 use crate::reply::{Reply, ReplyParser};
@@ -21,6 +22,11 @@ const MAX_ERRORS: u32 = 20;
 
 #[derive(Debug)]
 pub(crate) struct Conn {
+    /// The client's address, and when the session began (monotonic, wall), for Received.
+    pub(crate) peer: IpAddr,
+    started: (Instant, SystemTime),
+    /// The client's EHLO/HELO name and whether it was EHLO.
+    pub(crate) helo: Option<(String, bool)>,
     /// Client command lines, bounded.
     pub(crate) client_in: LineReader,
     /// Backend replies, bounded.
@@ -43,8 +49,11 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(protocol_log: bool) -> Self {
+    pub(crate) fn new(protocol_log: bool, peer: IpAddr, now: Instant, wall: SystemTime) -> Self {
         Conn {
+            peer,
+            started: (now, wall),
+            helo: None,
             client_in: LineReader::new(MAX_EXTENDED_LINE),
             backend_in: ReplyParser::new(),
             out: [BytesMut::new(), BytesMut::new()],
@@ -124,6 +133,31 @@ impl Conn {
         }
         self.timers.set(Timer::Client, now + data_block);
         self.client_in.take_remaining()
+    }
+
+    /// The wall clock at `now` (time is passed in; the session only knows when it began).
+    pub(crate) fn wall(&self, now: Instant) -> SystemTime {
+        self.started.1 + now.saturating_duration_since(self.started.0)
+    }
+
+    /// The Received header of a message from this client (RFC 5321 §4.4): its HELO name and
+    /// address, our name, the protocol, TLS details when there are any.
+    pub(crate) fn received_header(
+        &self,
+        hostname: &str,
+        tls: Option<&TlsInfo>,
+        authenticated: bool,
+        now: Instant,
+    ) -> String {
+        super::received::header(
+            self.helo.as_ref().map(|h| h.0.as_str()),
+            self.peer,
+            hostname,
+            tls,
+            self.helo.as_ref().is_some_and(|h| h.1),
+            authenticated,
+            self.wall(now),
+        )
     }
 
     /// Queue a control action after everything written so far.
