@@ -276,7 +276,7 @@ impl Session {
     pub(super) fn quit_hop(&mut self) {
         self.conn.write(Leg::Backend, b"QUIT\r\n");
         self.conn.control(Action::Disconnect(Leg::Backend));
-        self.hop = Default::default();
+        self.hop.state = HopState::None;
     }
 
     pub(super) fn ok(&mut self, reply: &str, now: Instant) {

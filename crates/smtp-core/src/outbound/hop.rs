@@ -406,6 +406,11 @@ impl Session {
             enforced,
         }));
         if enforced {
+            if self.hop.state == HopState::Handshaking && self.hop.tls.is_some() {
+                // RFC 3207 §4.1: a client that finds the security level unacceptable after
+                // the handshake says QUIT at once; nothing else crosses the session.
+                self.quit_hop();
+            }
             self.attempt_failed(format!("TLS policy not met: {label}"), now);
         }
         !enforced

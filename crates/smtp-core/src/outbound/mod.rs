@@ -173,6 +173,8 @@ impl Machine for Session {
         if self.hop.state == HopState::Connecting {
             self.hop.state = HopState::None;
             self.attempt_failed(format!("connect failed: {reason}"), now);
+            // A failure answers the waiting RCPT: what was pipelined behind it goes on.
+            self.process_input(now);
             self.conn.flush();
         }
     }
@@ -180,6 +182,8 @@ impl Machine for Session {
     fn handle_resolved(&mut self, result: Result<Vec<Route>, DnsFailure>, now: Instant) {
         if self.hop.state == HopState::Resolving {
             self.resolved(result, now);
+            // A failure answers the waiting RCPT: what was pipelined behind it goes on.
+            self.process_input(now);
             self.conn.flush();
         }
     }
@@ -187,6 +191,8 @@ impl Machine for Session {
     fn handle_tls_established(&mut self, leg: Leg, info: TlsInfo, now: Instant) {
         if leg == Leg::Backend && self.hop.state == HopState::Handshaking {
             self.hop_tls(info, now);
+            // A failure answers the waiting RCPT: what was pipelined behind it goes on.
+            self.process_input(now);
             self.conn.flush();
         }
     }
@@ -194,6 +200,8 @@ impl Machine for Session {
     fn handle_tls_failed(&mut self, leg: Leg, now: Instant) {
         if leg == Leg::Backend && self.hop.state == HopState::Handshaking {
             self.hop_tls_failed(now);
+            // A failure answers the waiting RCPT: what was pipelined behind it goes on.
+            self.process_input(now);
             self.conn.flush();
         }
     }
@@ -208,6 +216,7 @@ impl Machine for Session {
             }
             None => {}
         }
+        self.process_input(now);
         self.conn.flush();
     }
 

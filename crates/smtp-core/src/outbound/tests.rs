@@ -235,9 +235,10 @@ fn verify_checks_the_certificate_after_the_handshake() {
                 assert!(got.contains(text), "{got}");
                 assert_eq!(
                     h.take_backend(),
-                    "",
-                    "nothing is sent over an unverified session"
+                    "QUIT\r\n",
+                    "RFC 3207 §4.1: QUIT and nothing else over an unacceptable session"
                 );
+                assert_eq!((h.disconnects, h.backend_closes), (1, 0));
             }
             None => after_tls_to_rcpt(&mut h, "b@y.test"),
         }
@@ -526,4 +527,39 @@ fn a_next_hop_closing_with_421_is_a_451_to_the_legacy_mta() {
     assert!(!h.closed, "our session goes on");
     h.client_says(b"RSET\r\n");
     assert_eq!(h.take_client(), "250 2.0.0 OK\r\n");
+}
+
+#[test]
+fn commands_pipelined_behind_a_refused_rcpt_are_answered_at_once() {
+    // Postfix pipelines MAIL, RCPT and DATA; found with it as the legacy MTA.
+    let mut h = Harness::originate(mx_cfg());
+    h.client_says(b"EHLO legacy.test\r\n");
+    h.take_client();
+    h.client_says(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    assert_eq!(h.take_client(), "250 2.1.0 Ok\r\n");
+    h.session.handle_resolved(Err(DnsFailure::Temporary), h.now);
+    h.run();
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.3 Temporary DNS failure for the recipient domain\r\n\
+         554 5.5.1 No valid recipients\r\n"
+    );
+    // The same behind a connection refused, a failed handshake and a certificate refused.
+    for case in 0..3 {
+        let mut h = Harness::originate(cfg(Level::Verify));
+        h.hop_tls = (case == 2).then(|| failed("expired"));
+        h.backend_reachable = case != 0;
+        h.client_says(b"EHLO legacy.test\r\n");
+        h.take_client();
+        h.client_says(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+        if case != 0 {
+            greet(&mut h, HOP_CAPS_TLS);
+            h.backend_says(b"220 go\r\n");
+        }
+        let got = h.take_client();
+        assert!(
+            got.ends_with("\r\n554 5.5.1 No valid recipients\r\n"),
+            "case {case}: {got}"
+        );
+    }
 }
