@@ -25,9 +25,10 @@
 # stime, reaped children included; ../shared/bench/lib/proc.py) / messages delivered.
 #
 # Workloads (each run after a short warm-up that is not counted):
-#   2k: 2 KiB messages, 1 message per client session, 50 sessions at once, 4000 sessions
+#   2k: 2 KiB messages, 1 message per client session, 50 sessions at once, 5000 sessions
 #       (--quick: 1000); every message a new upstream TCP + TLS session for both peers
-#   1m: 1 MiB messages, 8 sessions at once, 64 sessions x 10 messages (--quick: 16 x 5)
+#   1m: 1 MiB messages, 8 sessions at once, 160 sessions x 10 messages (--quick: 16 x 5); the
+#       sidecar opens a new upstream session per message here too, Postfix as well
 # Rounds are interleaved (round 1: every workload and peer, then round 2, ...); the table gives
 # medians over rounds and [min–max].
 #
@@ -41,6 +42,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+COMMAND="scripts/bench-outbound.sh $*"
 HERE=$ROOT/scripts/bench-outbound
 ROUNDS=""
 QUICK=0
@@ -109,10 +111,10 @@ CERT=$BENCH/certs/ecdsa.crt KEY=$BENCH/certs/ecdsa.key
 # --- workloads ----------------------------------------------------------------------------------
 wl_args() { # workload [warmup] -> load generator arguments
   case "$1:${2:-}:$QUICK" in
-    2k::0) echo "-n 4000 -c 50 -m 1 -s 2K" ;;
+    2k::0) echo "-n 5000 -c 50 -m 1 -s 2K" ;;
     2k::1) echo "-n 1000 -c 50 -m 1 -s 2K" ;;
     2k:warm:*) echo "-n 200 -c 50 -m 1 -s 2K" ;;
-    1m::0) echo "-n 64 -c 8 -m 10 -s 1M" ;;
+    1m::0) echo "-n 160 -c 8 -m 10 -s 1M" ;;
     1m::1) echo "-n 16 -c 8 -m 5 -s 1M" ;;
     1m:warm:*) echo "-n 8 -c 8 -m 1 -s 1M" ;;
     *) die "unknown workload $1 (2k, 1m)" ;;
@@ -201,14 +203,14 @@ postfix_queue_empty() { # run dir
   [[ -z "$(find "$1/spool/incoming" "$1/spool/active" "$1/spool/deferred" "$1/spool/maildrop" -type f -print -quit 2>/dev/null)" ]]
 }
 wait_delivered() { # stats-file expected-count peer run-dir -> 0 when reached; waits up to 600 s
-  local i n
+  local i n empty=0
   for i in $(seq 6000); do
     n=$(sink_count "$1")
     if ((n >= $2)); then
       [[ "$3" != postfix ]] && return 0
       postfix_queue_empty "$4" && return 0
-    elif [[ "$3" == postfix ]] && postfix_queue_empty "$4" && ((i > 20)); then
-      return 1 # nothing left to deliver, but fewer arrived: lost or bounced
+    elif [[ "$3" == postfix ]] && postfix_queue_empty "$4" && ((++empty > 30)); then
+      return 1 # nothing left to deliver for 3 s, but fewer arrived: lost or bounced
     elif [[ "$3" == postfix && -n "$(find "$4/spool/deferred" -type f -print -quit 2>/dev/null)" ]]; then
       return 1 # Postfix deferred something: it would only retry minutes later
     fi
@@ -267,8 +269,8 @@ listeners:
       default: encrypt
       on_failure: defer
       max_message_size: 50MiB
-      max_connections: 10000
-      max_connections_per_ip: 10000
+      max_connections: 1000
+      max_connections_per_ip: 1000
 EOY
       mkdir -p "$run/state"
       cp "$run/sidecar.yaml" "$out/"
@@ -374,7 +376,7 @@ done
 
 {
   echo "Outbound, end to end at the next hop (STARTTLS, full handshake per message); medians of $ROUNDS round(s), [min–max]."
-  echo "Peer pinned to CPU $PEER_CPU; load generator and next hop on CPU $LOAD_CPU. $(date -u +%F), $(nproc) CPUs."
+  echo "Peer pinned to CPU $PEER_CPU; load generator and next hop on CPU $LOAD_CPU. $(date -u +%F), $(nproc) CPUs. \`$COMMAND\`"
   echo
   $REPORT table "$RESULTS/runs.jsonl"
 } | tee "$RESULTS/summary.md"
