@@ -30,7 +30,8 @@ pub async fn serve(
     let (client, tls) = match (&l.acceptor, l.implicit_tls) {
         (Some(acceptor), true) => {
             let deadline = tokio::time::Instant::now() + l.tls_handshake_timeout();
-            match accept_tls(&l, acceptor, tcp, deadline, driver.id, peer).await {
+            let handshake = accept_tls(&l, acceptor, tcp, deadline, driver.id, peer);
+            match Box::pin(handshake).await {
                 Some((client, info)) => (client, Some(info)),
                 None => return,
             }

@@ -189,7 +189,9 @@ impl<'a> Driver<'a> {
             },
             Action::Connect(target) => {
                 let connect = tokio::net::TcpStream::connect(target.addr);
-                match timeout(l.connect_timeout, connect).await {
+                // Boxed, as the other originate-only waits: a session's future is as large as
+                // its largest wait, and every idle terminate session would pay for these.
+                match Box::pin(timeout(l.connect_timeout, connect)).await {
                     Ok(Ok(stream)) => {
                         if let Err(e) = stream.set_nodelay(true) {
                             tracing::debug!(error = %e, "TCP_NODELAY on next hop socket");
@@ -206,8 +208,7 @@ impl<'a> Driver<'a> {
                     .originate()
                     .and_then(|o| Some((o.resolver.as_ref()?, o.mx_port)));
                 let result = match resolver {
-                    Some((resolver, port)) => resolver
-                        .next_hops(&domain, port)
+                    Some((resolver, port)) => Box::pin(resolver.next_hops(&domain, port))
                         .await
                         .map_err(|e| {
                             tracing::info!(listener = %l.name, peer = %self.peer, %domain, error = %e, "MX look-up failed");
@@ -250,7 +251,10 @@ impl<'a> Driver<'a> {
                     || tokio::time::Instant::now() + l.tls_handshake_timeout(),
                     tokio::time::Instant::from_std,
                 );
-                match accept_tls(l, acceptor, tcp, deadline, self.id, self.peer).await {
+                // Boxed: a handshake's state is large and comes once per session; the future
+                // every idle session holds need not carry room for it.
+                let handshake = accept_tls(l, acceptor, tcp, deadline, self.id, self.peer);
+                match Box::pin(handshake).await {
                     Some((tls, info)) => {
                         self.client = tls;
                         session.handle_tls_established(Leg::Client, info, Instant::now());
@@ -269,7 +273,8 @@ impl<'a> Driver<'a> {
                     || tokio::time::Instant::now() + l.tls_handshake_timeout(),
                     tokio::time::Instant::from_std,
                 );
-                match handshake::connect_tls(l, tcp, &ask, deadline, self.id, self.peer).await {
+                let handshake = handshake::connect_tls(l, tcp, &ask, deadline, self.id, self.peer);
+                match Box::pin(handshake).await {
                     Some((tls, info)) => {
                         self.backend = tls;
                         session.handle_tls_established(Leg::Backend, info, Instant::now());

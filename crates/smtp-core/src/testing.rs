@@ -188,7 +188,7 @@ impl<S: Machine> Harness<S> {
                 Action::Connect(target) => {
                     self.connects += 1;
                     let refused = self.unreachable.contains(&target.addr);
-                    self.connected.push(target);
+                    self.connected.push(*target);
                     if refused {
                         self.session.handle_connect_failed("refused", self.now);
                     } else {
@@ -215,7 +215,7 @@ impl<S: Machine> Harness<S> {
                 }
                 Action::StartTls(TlsStart::Client(client)) => {
                     self.tls_started += 1;
-                    self.tls_clients.push(client);
+                    self.tls_clients.push(*client);
                     match self.hop_tls.clone() {
                         Some(info) => {
                             self.session

@@ -92,7 +92,7 @@ impl Session {
         self.conn
             .timers
             .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
-        self.conn.control(Action::Connect(target));
+        self.conn.control(Action::Connect(Box::new(target)));
     }
 
     /// The current connection attempt failed: the next address, if there is one.
@@ -319,7 +319,7 @@ impl Session {
             .timers
             .set(Timer::Backend, now + self.cfg.timeouts.tls_handshake);
         self.conn
-            .control(Action::StartTls(TlsStart::Client(client)));
+            .control(Action::StartTls(TlsStart::Client(Box::new(client))));
     }
 
     pub(super) fn hop_tls(&mut self, info: TlsInfo, now: Instant) {
@@ -397,14 +397,15 @@ impl Session {
         } else {
             self.hop.audited = true;
         }
-        self.conn.event(Event::OutboundTlsFailure(TlsFailureReport {
-            domain: route.domain,
-            listed,
-            level: route.level,
-            host,
-            failure,
-            enforced,
-        }));
+        self.conn
+            .event(Event::OutboundTlsFailure(Box::new(TlsFailureReport {
+                domain: route.domain,
+                listed,
+                level: route.level,
+                host,
+                failure,
+                enforced,
+            })));
         if enforced {
             if self.hop.state == HopState::Handshaking && self.hop.tls.is_some() {
                 // RFC 3207 §4.1: a client that finds the security level unacceptable after

@@ -45,7 +45,9 @@ pub enum Action {
     /// [`Machine::handle_connect_failed`].
     ConnectBackend,
     /// Open the backend connection to one address of a next hop; answered the same way.
-    Connect(Target),
+    /// (Boxed, as the other rare large payloads: every session queues actions, so the
+    /// enum's size is paid per queued action.)
+    Connect(Box<Target>),
     /// Look up where mail for a domain goes (MX, else A/AAAA); answer with
     /// [`Machine::handle_resolved`].
     Resolve(String),
@@ -114,7 +116,7 @@ pub enum TlsStart {
     /// The server side, on the client leg (the client sent STARTTLS).
     Server,
     /// The client side, on the backend leg toward a next hop.
-    Client(TlsClient),
+    Client(Box<TlsClient>),
 }
 
 impl TlsStart {
@@ -167,7 +169,7 @@ pub enum Event {
     /// was told `4xx`, or the next one was tried.
     NextHopFailed { host: String, reason: String },
     /// A recipient domain's TLS level could not be met with a next hop.
-    OutboundTlsFailure(crate::outbound::TlsFailureReport),
+    OutboundTlsFailure(Box<crate::outbound::TlsFailureReport>),
     /// The next hop answered 2xx to the end of a message sent over verified mutual TLS to a
     /// `domain-secure` domain; `domain` is the listed domain as configured.
     DomainSecureSent { domain: String },
