@@ -6,11 +6,18 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-/// Connect to the first server that answers; the error names every attempt.
-pub async fn connect(servers: &[String], connect_timeout: Duration) -> Result<TcpStream, String> {
+/// Connect to the first server that answers; the error names every attempt. `seen` learns
+/// of each attempt (the server, whether it answered), for `backend_up`.
+pub async fn connect(
+    servers: &[String],
+    connect_timeout: Duration,
+    seen: impl Fn(&str, bool),
+) -> Result<TcpStream, String> {
     let mut failures = Vec::new();
     for server in servers {
-        match timeout(connect_timeout, TcpStream::connect(server.as_str())).await {
+        let attempt = timeout(connect_timeout, TcpStream::connect(server.as_str())).await;
+        seen(server, matches!(attempt, Ok(Ok(_))));
+        match attempt {
             Ok(Ok(stream)) => {
                 // Replies and commands are small and latency-bound (DESIGN.md §5).
                 if let Err(e) = stream.set_nodelay(true) {

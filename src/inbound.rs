@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use smtp_core::inbound::Session;
-use smtp_core::session::Machine;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -40,5 +39,5 @@ pub async fn serve(
     };
     let mut session = Session::new(cfg, peer.ip(), tls, started, SystemTime::now());
     driver.run(&mut session, client, shutdown).await;
-    driver.ended(started, session.client_tls());
+    driver.ended(started, session.tls());
 }

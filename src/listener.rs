@@ -82,10 +82,9 @@ pub async fn accept_loop(
                     Some(admitted) => {
                         let (l, shutdown, alive) = (Arc::clone(&l), shutdown.clone(), alive.clone());
                         tokio::spawn(async move {
-                            let active = l.metrics.connections_active.with_label_values(&[&l.name]);
-                            l.metrics.connections_total.with_label_values(&[&l.name]).inc();
-                            active.inc();
-                            let l = Arc::clone(&l);
+                            l.metrics.connections.inc();
+                            l.metrics.active.inc();
+                            let m = l.metrics.clone();
                             match &l.mode {
                                 ModeRuntime::Terminate(cfg) => {
                                     let cfg = Arc::clone(cfg);
@@ -96,12 +95,12 @@ pub async fn accept_loop(
                                     crate::outbound::serve(stream, peer, l, cfg, shutdown).await;
                                 }
                             }
-                            active.dec();
+                            m.active.dec();
                             drop((admitted, alive));
                         });
                     }
                     None => {
-                        l.metrics.connections_refused_total.with_label_values(&[&l.name]).inc();
+                        l.metrics.refused.inc();
                         tracing::info!(listener = %l.name, %peer, "too many connections");
                         tokio::spawn(refuse(stream, l.implicit_tls));
                     }

@@ -1,8 +1,34 @@
-//! Prometheus metrics (SPEC §5), registered once in one [`Metrics`] struct. Label values come
-//! from configuration (listener names) or small fixed sets, never from client input.
+//! Prometheus metrics (SPEC §5). [`Metrics::register`] registers every family once per
+//! process (the linkerd2-proxy way); [`Metrics::listener`] hands each listener a
+//! [`ListenerMetrics`] with its labels resolved, so recording an event is an array index and
+//! an atomic add, never a label lookup. Label values come from configuration (listener names,
+//! listed domains, backend servers) or small closed enums ([`Refusal`], [`LegFailure`]),
+//! never from client input: an unlisted domain is `other`.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+use smtp_core::session::{LegFailure, Refusal, ReplyTo};
 
+const NS: &str = "smtp_sidecar";
+
+/// `session_duration_seconds` buckets: an SMTP session lasts from milliseconds (a probe) to
+/// minutes (a slow client, a large message).
+const SESSION_BUCKETS: [f64; 11] = [
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+];
+
+/// `backend_reply_seconds` buckets: a local backend answers in a millisecond, a next hop on
+/// the internet in tens, a busy one after its end-of-data checks in seconds.
+const REPLY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// Reply classes (`replies_total{class}`).
+pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// Every metric family of the process.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -12,67 +38,101 @@ pub struct Metrics {
     pub tls_handshakes_total: IntCounterVec,
     pub messages_total: IntCounterVec,
     pub message_bytes_total: IntCounterVec,
+    pub bytes_total: IntCounterVec,
+    pub replies_total: IntCounterVec,
     pub policy_rejections_total: IntCounterVec,
     pub domain_secure_messages_received_total: IntCounterVec,
     pub domain_secure_messages_sent_total: IntCounterVec,
     pub domain_secure_outbound_session_failures_total: IntCounterVec,
+    pub domain_secure_outbound_last_failure_timestamp_seconds: IntGaugeVec,
     pub backend_failures_total: IntCounterVec,
     pub next_hop_failures_total: IntCounterVec,
+    pub backend_up: IntGaugeVec,
+    pub backend_reply_seconds: HistogramVec,
     pub session_duration_seconds: HistogramVec,
     /// notAfter of each loaded certificate, labelled by store name, SHA-1 thumbprint (as
     /// Exchange and Windows show it) and subject: all from the operator's own files.
     pub certificate_expiry_timestamp_seconds: IntGaugeVec,
+    pub config_reloads_total: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub config_last_reload_timestamp_seconds: IntGauge,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help).namespace("smtp_sidecar"), labels)
-        .expect("static metric definition");
+/// Registers one family; a failure is a bug in the static definitions below.
+#[allow(clippy::expect_used)]
+fn family<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("metric registered once");
-    c
+    metric
+}
+
+#[allow(clippy::expect_used)] // static definitions: a failure is a bug
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help).namespace(NS), labels)
+        .expect("static metric definition");
+    family(r, c)
+}
+
+#[allow(clippy::expect_used)]
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help).namespace(NS), labels)
+        .expect("static metric definition");
+    family(r, g)
+}
+
+#[allow(clippy::expect_used)]
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help)
+        .namespace(NS)
+        .buckets(buckets.to_vec());
+    let h = HistogramVec::new(opts, &["listener"]).expect("static metric definition");
+    family(r, h)
 }
 
 impl Metrics {
+    /// Every family, registered once in `registry`. The registry outlives configuration
+    /// reloads: a listener that stays keeps its series.
     #[allow(clippy::expect_used)] // static definitions registered once: a failure is a bug
-    pub fn new() -> Self {
-        let registry = Registry::new();
-        let r = &registry;
-        let connections_active = IntGaugeVec::new(
-            Opts::new("connections_active", "Sessions open now").namespace("smtp_sidecar"),
-            &["listener"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(connections_active.clone()))
-            .expect("metric registered once");
-        let session_duration_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "session_duration_seconds",
-                "Session length, connect to close",
-            )
-            .namespace("smtp_sidecar")
-            .buckets(vec![
-                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
-            ]),
-            &["listener"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(session_duration_seconds.clone()))
-            .expect("metric registered once");
-        let certificate_expiry_timestamp_seconds = IntGaugeVec::new(
+    pub fn register(registry: &mut Registry) -> Self {
+        let r = &*registry;
+        let build_info = gauge(
+            r,
+            "build_info",
+            "Always 1; the version of this build",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let config_generation = IntGauge::with_opts(
             Opts::new(
-                "certificate_expiry_timestamp_seconds",
-                "notAfter of each loaded certificate, Unix seconds",
+                "config_generation",
+                "Configurations loaded since start (1: the first)",
             )
-            .namespace("smtp_sidecar"),
-            &["name", "thumbprint", "subject"],
+            .namespace(NS),
         )
         .expect("static metric definition");
-        r.register(Box::new(certificate_expiry_timestamp_seconds.clone()))
-            .expect("metric registered once");
+        let config_last_reload_timestamp_seconds = IntGauge::with_opts(
+            Opts::new(
+                "config_last_reload_timestamp_seconds",
+                "When the configuration in use was loaded, Unix seconds",
+            )
+            .namespace(NS),
+        )
+        .expect("static metric definition");
+        let reloads = counter(
+            r,
+            "config_reloads_total",
+            "Configuration reloads by result (success/failure)",
+            &["result"],
+        );
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
         Metrics {
             connections_total: counter(r, "connections_total", "Sessions accepted", &["listener"]),
-            connections_active,
+            connections_active: gauge(r, "connections_active", "Sessions open now", &["listener"]),
             connections_refused_total: counter(
                 r,
                 "connections_refused_total",
@@ -88,7 +148,7 @@ impl Metrics {
             messages_total: counter(
                 r,
                 "messages_total",
-                "Messages by TLS (yes/no) and result (accepted/rejected/failed)",
+                "Messages by TLS of the client leg (yes/no) and result (accepted/rejected/failed)",
                 &["listener", "tls", "result"],
             ),
             message_bytes_total: counter(
@@ -96,6 +156,19 @@ impl Metrics {
                 "message_bytes_total",
                 "Body bytes of accepted messages relayed",
                 &["listener"],
+            ),
+            bytes_total: counter(
+                r,
+                "bytes_total",
+                "Bytes on the wire by leg (client/backend) and direction (received/sent), TLS \
+                 records included",
+                &["listener", "leg", "direction"],
+            ),
+            replies_total: counter(
+                r,
+                "replies_total",
+                "Replies sent to clients by the command they answer and class",
+                &["listener", "command", "class"],
             ),
             policy_rejections_total: counter(
                 r,
@@ -106,8 +179,8 @@ impl Metrics {
             domain_secure_messages_received_total: counter(
                 r,
                 "domain_secure_messages_received_total",
-                "Messages the backend accepted from a domain_secure sender domain over a verified \
-                 mutual-TLS session",
+                "Messages the backend accepted from a domain_secure sender domain over a \
+                 verified mutual-TLS session",
                 &["listener", "domain"],
             ),
             domain_secure_messages_sent_total: counter(
@@ -124,46 +197,140 @@ impl Metrics {
                  reason",
                 &["listener", "domain", "reason"],
             ),
+            domain_secure_outbound_last_failure_timestamp_seconds: gauge(
+                r,
+                "domain_secure_outbound_last_failure_timestamp_seconds",
+                "When an outbound session to a domain-secure domain last failed, by reason, \
+                 Unix seconds",
+                &["listener", "domain", "reason"],
+            ),
             backend_failures_total: counter(
                 r,
                 "backend_failures_total",
-                "Sessions ended because the backend was unreachable, silent or broken",
-                &["listener"],
+                "Sessions ended because the backend was unreachable, silent or broken, by kind",
+                &["listener", "kind"],
             ),
             next_hop_failures_total: counter(
                 r,
                 "next_hop_failures_total",
-                "Next hop attempts that failed (DNS, connect, refused greeting, lost, silent)",
-                &["listener"],
+                "Next hop attempts that failed (DNS, connect, refused, lost, silent, TLS level), \
+                 by kind",
+                &["listener", "kind"],
             ),
-            session_duration_seconds,
-            certificate_expiry_timestamp_seconds,
-            registry,
+            backend_up: gauge(
+                r,
+                "backend_up",
+                "1 if the backend server answered the last connection to it, 0 if not",
+                &["listener", "server"],
+            ),
+            backend_reply_seconds: histogram(
+                r,
+                "backend_reply_seconds",
+                "Time from a command sent to the backend or next hop to its reply",
+                &REPLY_BUCKETS,
+            ),
+            session_duration_seconds: histogram(
+                r,
+                "session_duration_seconds",
+                "Session length, connect to close",
+                &SESSION_BUCKETS,
+            ),
+            certificate_expiry_timestamp_seconds: gauge(
+                r,
+                "certificate_expiry_timestamp_seconds",
+                "notAfter of each loaded certificate, Unix seconds",
+                &["name", "thumbprint", "subject"],
+            ),
+            config_reloads_total: reloads,
+            config_generation: family(r, config_generation),
+            config_last_reload_timestamp_seconds: family(r, config_last_reload_timestamp_seconds),
+            registry: registry.clone(),
         }
     }
 
-    /// Create the series of a listener at zero, so dashboards see them before traffic.
-    pub fn init_listener(&self, listener: &str, domain_secure: &[String]) {
-        for domain in domain_secure {
-            self.domain_secure_messages_received_total
-                .with_label_values(&[listener, domain]);
-        }
-        self.connections_total.with_label_values(&[listener]);
-        self.connections_active.with_label_values(&[listener]);
-        for tls in ["yes", "no"] {
-            for result in ["accepted", "rejected", "failed"] {
-                self.messages_total
-                    .with_label_values(&[listener, tls, result]);
-            }
-        }
-        self.message_bytes_total.with_label_values(&[listener]);
+    /// A registry of its own with every family in it.
+    pub fn new() -> Self {
+        Self::register(&mut Registry::new())
     }
 
-    /// The domain-secure series of an originate listener at zero, for its listed domains.
-    pub fn init_originate(&self, listener: &str, domains: &[String]) {
-        for domain in domains {
-            self.domain_secure_messages_sent_total
-                .with_label_values(&[listener, domain]);
+    /// The handle of one listener, every series it can move created now at 0: `received`
+    /// are its inbound `domain_secure` domains, `sent` its listed outbound domains, `servers`
+    /// its backend servers.
+    pub fn listener(
+        &self,
+        name: &str,
+        received: &[String],
+        sent: &[String],
+        servers: &[String],
+    ) -> ListenerMetrics {
+        let l = name;
+        let messages = ["yes", "no"].map(|tls| {
+            ["accepted", "rejected", "failed"]
+                .map(|result| self.messages_total.with_label_values(&[l, tls, result]))
+        });
+        let handshakes = ["server", "client"].map(|side| {
+            [
+                self.tls_handshakes_total
+                    .with_label_values(&[l, side, "ok", "TLSv1.3"]),
+                self.tls_handshakes_total
+                    .with_label_values(&[l, side, "ok", "TLSv1.2"]),
+                self.tls_handshakes_total
+                    .with_label_values(&[l, side, "error", ""]),
+            ]
+        });
+        let rejections = Refusal::ALL.map(|reason| {
+            ["true", "false"].map(|enforced| {
+                self.policy_rejections_total
+                    .with_label_values(&[l, reason.as_str(), enforced])
+            })
+        });
+        let replies = ReplyTo::ALL.map(|to| {
+            CLASSES.map(|class| {
+                self.replies_total
+                    .with_label_values(&[l, to.as_str(), class])
+            })
+        });
+        let bytes = ["client", "backend"].map(|leg| {
+            ["received", "sent"].map(|dir| self.bytes_total.with_label_values(&[l, leg, dir]))
+        });
+        let counted = |vec: &IntCounterVec, domains: &[String]| -> Vec<(String, IntCounter)> {
+            domains
+                .iter()
+                .map(|d| (d.clone(), vec.with_label_values(&[l, d])))
+                .collect()
+        };
+        ListenerMetrics {
+            name: name.to_owned(),
+            connections: self.connections_total.with_label_values(&[l]),
+            active: self.connections_active.with_label_values(&[l]),
+            refused: self.connections_refused_total.with_label_values(&[l]),
+            messages,
+            message_bytes: self.message_bytes_total.with_label_values(&[l]),
+            bytes,
+            replies,
+            handshakes,
+            rejections,
+            received: counted(&self.domain_secure_messages_received_total, received),
+            sent: counted(&self.domain_secure_messages_sent_total, sent),
+            backend_failures: LegFailure::ALL.map(|k| {
+                self.backend_failures_total
+                    .with_label_values(&[l, k.as_str()])
+            }),
+            next_hop_failures: LegFailure::ALL.map(|k| {
+                self.next_hop_failures_total
+                    .with_label_values(&[l, k.as_str()])
+            }),
+            backend_up: servers
+                .iter()
+                .map(|s| (s.clone(), self.backend_up.with_label_values(&[l, s])))
+                .collect(),
+            reply_seconds: self.backend_reply_seconds.with_label_values(&[l]),
+            duration: self.session_duration_seconds.with_label_values(&[l]),
+            sent_other: self.domain_secure_messages_sent_total.clone(),
+            ds_failures: self.domain_secure_outbound_session_failures_total.clone(),
+            ds_last_failure: self
+                .domain_secure_outbound_last_failure_timestamp_seconds
+                .clone(),
         }
     }
 
@@ -192,5 +359,131 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One listener's series, labels resolved once when the listener is built.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    pub name: String,
+    pub connections: IntCounter,
+    pub active: IntGauge,
+    pub refused: IntCounter,
+    /// `[tls yes/no][accepted/rejected/failed]`
+    messages: [[IntCounter; 3]; 2],
+    pub message_bytes: IntCounter,
+    /// `[client/backend][received/sent]`
+    bytes: [[IntCounter; 2]; 2],
+    /// `[ReplyTo][CLASSES]`
+    replies: [[IntCounter; 4]; 16],
+    /// `[server/client][ok TLS 1.3, ok TLS 1.2, error]`
+    handshakes: [[IntCounter; 3]; 2],
+    /// `[Refusal][enforced true/false]`
+    rejections: [[IntCounter; 2]; 19],
+    received: Vec<(String, IntCounter)>,
+    sent: Vec<(String, IntCounter)>,
+    backend_failures: [IntCounter; 8],
+    next_hop_failures: [IntCounter; 8],
+    backend_up: Vec<(String, IntGauge)>,
+    pub reply_seconds: Histogram,
+    pub duration: Histogram,
+    /// Sent to a domain-secure domain that is not listed (the default level): `other`.
+    sent_other: IntCounterVec,
+    ds_failures: IntCounterVec,
+    ds_last_failure: IntGaugeVec,
+}
+
+/// A message's outcome (`messages_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted = 0,
+    Rejected = 1,
+    Failed = 2,
+}
+
+/// A TLS handshake's outcome (`tls_handshakes_total{side,result,version}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Ok13 = 0,
+    Ok12 = 1,
+    Error = 2,
+}
+
+impl Handshake {
+    /// From the version as `session_tls_info` names it (`TLSv1.3`, `TLSv1.2`).
+    pub fn ok(version: &str) -> Self {
+        if version == "TLSv1.2" {
+            Handshake::Ok12
+        } else {
+            Handshake::Ok13
+        }
+    }
+}
+
+impl ListenerMetrics {
+    pub fn message(&self, client_tls: bool, outcome: Outcome) {
+        self.messages[usize::from(!client_tls)][outcome as usize].inc();
+    }
+
+    /// `server`: the client leg's handshake; else the client side toward a next hop.
+    pub fn handshake(&self, server: bool, result: Handshake) {
+        self.handshakes[usize::from(!server)][result as usize].inc();
+    }
+
+    pub fn rejection(&self, reason: Refusal, enforced: bool) {
+        self.rejections[reason.index()][usize::from(!enforced)].inc();
+    }
+
+    /// A reply to a client, by what it answered and its code.
+    pub fn reply(&self, to: ReplyTo, code: u16) {
+        let class = usize::from(code / 100).saturating_sub(2).min(3);
+        self.replies[to.index()][class].inc();
+    }
+
+    /// Bytes on a leg: `client` or the backend leg, `received` or sent.
+    pub fn bytes(&self, client: bool, received: bool, n: usize) {
+        self.bytes[usize::from(!client)][usize::from(!received)].inc_by(n as u64);
+    }
+
+    pub fn backend_failure(&self, kind: LegFailure) {
+        self.backend_failures[kind.index()].inc();
+    }
+
+    pub fn next_hop_failure(&self, kind: LegFailure) {
+        self.next_hop_failures[kind.index()].inc();
+    }
+
+    /// A message from a listed inbound domain (as configured).
+    pub fn domain_secure_received(&self, domain: &str) {
+        if let Some((_, c)) = self.received.iter().find(|(d, _)| d == domain) {
+            c.inc();
+        }
+    }
+
+    /// A message to a listed outbound domain (as configured; `other` for the default level).
+    pub fn domain_secure_sent(&self, domain: &str) {
+        match self.sent.iter().find(|(d, _)| d == domain) {
+            Some((_, c)) => c.inc(),
+            None => self
+                .sent_other
+                .with_label_values(&[&self.name, "other"])
+                .inc(),
+        }
+    }
+
+    /// An outbound session to a domain-secure domain (listed, or `other`) that failed.
+    pub fn domain_secure_failure(&self, domain: &str, reason: Refusal, unix_now: i64) {
+        let labels = [self.name.as_str(), domain, reason.as_str()];
+        self.ds_failures.with_label_values(&labels).inc();
+        self.ds_last_failure
+            .with_label_values(&labels)
+            .set(unix_now);
+    }
+
+    /// Whether a backend server answered the last connection to it.
+    pub fn backend_up(&self, server: &str, up: bool) {
+        if let Some((_, g)) = self.backend_up.iter().find(|(s, _)| s == server) {
+            g.set(i64::from(up));
+        }
     }
 }

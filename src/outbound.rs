@@ -28,5 +28,5 @@ pub async fn serve(
     }
     let mut session = Session::new(cfg, peer.ip(), started, SystemTime::now());
     driver.run(&mut session, Stream::Plain(tcp), shutdown).await;
-    driver.ended(started, false);
+    driver.ended(started, None);
 }

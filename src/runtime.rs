@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, Listener, ListenerMode, ListenerTls, TerminateListener};
-use crate::metrics::Metrics;
+use crate::metrics::{ListenerMetrics, Metrics};
 use crate::tls::{CertPlan, CertStore, ClientAuth, LoadedCert, Trust};
 
 mod originate;
@@ -43,7 +43,8 @@ pub struct ListenerRuntime {
     pub write_timeout: Duration,
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
-    pub metrics: Metrics,
+    /// This listener's series, labels resolved.
+    pub metrics: ListenerMetrics,
     /// How the certificate is chosen, to name the one served in the protocol log.
     pub certificates: CertPlan,
 }
@@ -282,7 +283,6 @@ fn listener_runtime(
     };
     let p = &term.policy;
     let t = p.timeouts;
-    metrics.init_listener(&l.name, &p.domain_secure);
     Ok(ListenerRuntime {
         name: l.name.clone(),
         implicit_tls: term.tls == ListenerTls::Implicit,
@@ -317,7 +317,7 @@ fn listener_runtime(
         client_auth,
         max_connections: p.max_connections,
         max_connections_per_ip: p.max_connections_per_ip,
-        metrics: metrics.clone(),
+        metrics: metrics.listener(&l.name, &p.domain_secure, &[], &term.backend.servers),
         certificates: plan.clone(),
     })
 }
@@ -338,8 +338,11 @@ pub struct Running {
 
 /// Bind every listener and the admin endpoint, then accept in the background.
 pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartError> {
-    let metrics = Metrics::new();
+    let mut registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&mut registry);
     metrics.set_certificates(store);
+    metrics.config_generation.set(1);
+    metrics.config_last_reload_timestamp_seconds.set(unix_now());
     // Loaded once per runtime and shared by every listener.
     let trust = Trust::load(&config.trust).map_err(StartError::Trust)?;
     let s = &trust.summary;

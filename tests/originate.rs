@@ -282,7 +282,7 @@ async fn cell(pki: &NextHopPki, ours: &Leaf, level: &str, kind: Kind) {
                 }
             }
             metrics.push(m::rejection(reason, true, 1));
-            metrics.push(m::next_hop_failures(1));
+            metrics.push(m::next_hop_failures("policy", 1));
             if domain_secure {
                 metrics.push(m::ds_failure("y.test", reason, 1));
             }
@@ -389,7 +389,10 @@ async fn bounce_refuses_with_550_5_7_5() {
         quit(client).await;
         assert!(hop.next_session().await.messages.is_empty());
         assert_eq!(hop.accepted(), 1, "{kind:?}: one attempt");
-        let mut want = vec![m::rejection(reason, true, 1), m::next_hop_failures(1)];
+        let mut want = vec![
+            m::rejection(reason, true, 1),
+            m::next_hop_failures("policy", 1),
+        ];
         if matches!(kind, Kind::Tls(_)) {
             want.push(m::handshake_ok(1));
         }
@@ -565,7 +568,7 @@ async fn next_hop_lost_mid_message_is_451_4_4_2() {
             &[
                 m::messages("failed", 1),
                 m::handshake_ok(1),
-                m::next_hop_failures(1),
+                m::next_hop_failures("closed", 1),
             ],
             what,
         )
@@ -795,5 +798,10 @@ async fn bytes_after_the_next_hops_220_to_starttls_end_the_attempt() {
     quit(client).await;
     let seen = tokio::time::timeout(common::T, hop).await.unwrap().unwrap();
     assert_eq!(seen, "EHLO mx.test\r\nSTARTTLS\r\n");
-    assert_series(&sidecar, &[m::next_hop_failures(1)], "injection").await;
+    assert_series(
+        &sidecar,
+        &[m::next_hop_failures("protocol", 1)],
+        "injection",
+    )
+    .await;
 }

@@ -107,7 +107,7 @@ async fn mx_hosts_are_tried_in_preference_order() {
     let want = [
         m::messages("accepted", 1),
         m::handshake_ok(1),
-        m::next_hop_failures(1),
+        m::next_hop_failures("closed", 1),
     ];
     assert_series(&sidecar, &want, "preference order").await;
 }
@@ -156,7 +156,7 @@ async fn a_4xx_greeting_moves_on_to_the_next_mx() {
         let want = [
             m::messages("accepted", 1),
             m::handshake_ok(1),
-            m::next_hop_failures(1),
+            m::next_hop_failures("refused", 1),
         ];
         assert_series(&sidecar, &want, greeting).await;
     }
@@ -235,7 +235,7 @@ async fn dns_answers_become_rcpt_replies() {
         assert_eq!(client.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
         assert_eq!(client.cmd("RCPT TO:<c@y.test>").await, reply);
         quit(client).await;
-        assert_series(&sidecar, &[m::next_hop_failures(2)], reply).await;
+        assert_series(&sidecar, &[m::next_hop_failures("dns", 2)], reply).await;
     }
     assert_eq!(hop.accepted(), 0);
 }
@@ -263,7 +263,15 @@ async fn all_mx_unreachable_is_451_4_4_1() {
     );
     quit(client).await;
     assert_eq!(closer.accepted(), 1);
-    assert_series(&sidecar, &[m::next_hop_failures(2)], "unreachable").await;
+    assert_series(
+        &sidecar,
+        &[
+            m::next_hop_failures("unreachable", 1),
+            m::next_hop_failures("closed", 1),
+        ],
+        "unreachable",
+    )
+    .await;
 }
 
 /// A level not met at the first MX is a reason to try the next one; when none meets it, the
@@ -296,7 +304,7 @@ async fn a_level_not_met_tries_the_next_mx() {
             want.extend([
                 m::messages("accepted", 1),
                 m::rejection("certificate_untrusted", true, 1),
-                m::next_hop_failures(1),
+                m::next_hop_failures("policy", 1),
             ]);
         } else {
             assert_eq!(
@@ -308,7 +316,7 @@ async fn a_level_not_met_tries_the_next_mx() {
             assert!(other.next_session().await.messages.is_empty());
             want.extend([
                 m::rejection("certificate_untrusted", true, 2),
-                m::next_hop_failures(2),
+                m::next_hop_failures("policy", 2),
             ]);
         }
         assert!(first.next_session().await.messages.is_empty());

@@ -1,4 +1,7 @@
-//! What a session's events become: metrics, log lines and protocol log lines.
+//! What a session's events become: metrics (through the listener's [`ListenerMetrics`],
+//! labels resolved), log lines and protocol log lines. Both directions record here.
+//!
+//! [`ListenerMetrics`]: crate::metrics::ListenerMetrics
 
 use std::net::SocketAddr;
 
@@ -6,44 +9,45 @@ use smtp_core::outbound::Level;
 use smtp_core::session::Event;
 
 use super::PROTOCOL;
-use crate::runtime::{ListenerRuntime, ModeRuntime};
+use crate::metrics::Outcome;
+use crate::runtime::{unix_now, ListenerRuntime, ModeRuntime};
 
-/// Count or log an event; returns 1 for an accepted message.
+/// What a session's events added up to, for its closing log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub accepted: u32,
+    pub refused: u32,
+    pub failed: u32,
+}
+
+/// Count or log an event.
 pub(super) fn record(
     l: &ListenerRuntime,
     client_tls: bool,
     event: Event,
     peer: SocketAddr,
     id: u64,
-) -> u32 {
-    let tls = if client_tls { "yes" } else { "no" };
+    tally: &mut Tally,
+) {
     let m = &l.metrics;
     match event {
+        Event::Reply { to, code } => m.reply(to, code),
         Event::MessageAccepted { bytes } => {
-            m.messages_total
-                .with_label_values(&[&l.name, tls, "accepted"])
-                .inc();
-            m.message_bytes_total
-                .with_label_values(&[&l.name])
-                .inc_by(bytes);
-            return 1;
+            m.message(client_tls, Outcome::Accepted);
+            m.message_bytes.inc_by(bytes);
+            tally.accepted += 1;
         }
         Event::MessageRejected => {
-            m.messages_total
-                .with_label_values(&[&l.name, tls, "rejected"])
-                .inc();
+            m.message(client_tls, Outcome::Rejected);
+            tally.refused += 1;
         }
         Event::MessageFailed => {
-            m.messages_total
-                .with_label_values(&[&l.name, tls, "failed"])
-                .inc();
+            m.message(client_tls, Outcome::Failed);
+            tally.failed += 1;
         }
         Event::PolicyRejection { reason, enforced } => {
-            tracing::info!(listener = %l.name, %peer, reason, enforced, "policy refusal");
-            let enforced = if enforced { "true" } else { "false" };
-            m.policy_rejections_total
-                .with_label_values(&[&l.name, reason, enforced])
-                .inc();
+            tracing::info!(listener = %l.name, %peer, reason = reason.as_str(), enforced, "policy refusal");
+            m.rejection(reason, enforced);
         }
         Event::DomainSecureRefused(refusal) => {
             let enforced = match &l.mode {
@@ -54,42 +58,30 @@ pub(super) fn record(
                 missing = %refusal.text(), subject = refusal.subject.as_deref().unwrap_or("-"),
                 enforced, "Domain Security not met");
         }
-        Event::DomainSecureAccepted { domain } => {
-            // `domain` is the listed domain as configured: a bounded label.
-            m.domain_secure_messages_received_total
-                .with_label_values(&[&l.name, &domain])
-                .inc();
+        // `domain` is the listed domain as configured: a bounded label.
+        Event::DomainSecureAccepted { domain } => m.domain_secure_received(&domain),
+        Event::DomainSecureSent { domain } => m.domain_secure_sent(&domain),
+        Event::BackendFailed { kind, reason } => {
+            tracing::warn!(listener = %l.name, %peer, kind = kind.as_str(), %reason,
+                "backend failed; client told 421 4.4.2");
+            m.backend_failure(kind);
         }
-        Event::BackendFailed { reason } => {
-            tracing::warn!(listener = %l.name, %peer, %reason, "backend failed; client told 421 4.4.2");
-            m.backend_failures_total.with_label_values(&[&l.name]).inc();
-        }
-        Event::NextHopFailed { host, reason } => {
-            tracing::info!(listener = %l.name, %peer, next_hop = %host, %reason, "next hop attempt failed");
-            m.next_hop_failures_total
-                .with_label_values(&[&l.name])
-                .inc();
+        Event::NextHopFailed { host, kind, reason } => {
+            tracing::info!(listener = %l.name, %peer, next_hop = %host, kind = kind.as_str(),
+                %reason, "next hop attempt failed");
+            m.next_hop_failure(kind);
         }
         Event::OutboundTlsFailure(r) => {
+            let reason = r.failure.reason();
             tracing::info!(listener = %l.name, %peer, domain = %r.domain, level = r.level.as_str(),
-                next_hop = %r.host, reason = r.failure.label(), enforced = r.enforced,
+                next_hop = %r.host, reason = reason.as_str(), enforced = r.enforced,
                 "outbound TLS policy not met");
-            let enforced = if r.enforced { "true" } else { "false" };
-            m.policy_rejections_total
-                .with_label_values(&[&l.name, r.failure.label(), enforced])
-                .inc();
+            m.rejection(reason, r.enforced);
             if r.level == Level::DomainSecure {
                 // A listed domain as configured, or `other` for the default: bounded labels.
                 let domain = r.listed.as_deref().unwrap_or("other");
-                m.domain_secure_outbound_session_failures_total
-                    .with_label_values(&[&l.name, domain, r.failure.label()])
-                    .inc();
+                m.domain_secure_failure(domain, reason, unix_now());
             }
-        }
-        Event::DomainSecureSent { domain } => {
-            m.domain_secure_messages_sent_total
-                .with_label_values(&[&l.name, &domain])
-                .inc();
         }
         Event::Protocol { direction, line } => {
             let listener = &l.name;
@@ -97,5 +89,4 @@ pub(super) fn record(
             tracing::info!(target: PROTOCOL, session = id, %listener, %peer, "{dir} {line}");
         }
     }
-    0
 }

@@ -14,6 +14,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::PROTOCOL;
 use crate::io::Stream;
+use crate::metrics::Handshake;
 use crate::runtime::ListenerRuntime;
 
 /// Record a completed server-side handshake; returns what the session needs to know.
@@ -24,10 +25,7 @@ fn handshake_done(
     peer: SocketAddr,
 ) -> TlsInfo {
     let (version, cipher) = crate::tls::session_tls_info(conn);
-    l.metrics
-        .tls_handshakes_total
-        .with_label_values(&[&l.name, "server", "ok", &version])
-        .inc();
+    l.metrics.handshake(true, Handshake::ok(&version));
     if l.protocol_log() {
         log_handshake(l, conn, session, peer, &version, &cipher);
     }
@@ -145,10 +143,7 @@ fn handshake_error(l: &ListenerRuntime, peer: SocketAddr, e: &std::io::Error) {
 }
 
 fn count_handshake_error(l: &ListenerRuntime, side: &str) {
-    l.metrics
-        .tls_handshakes_total
-        .with_label_values(&[&l.name, side, "error", ""])
-        .inc();
+    l.metrics.handshake(side == "server", Handshake::Error);
 }
 
 /// The server side of a TLS handshake on `tcp` (implicit TLS, or after STARTTLS) by
@@ -216,10 +211,7 @@ pub(crate) async fn connect_tls(
     };
     let conn = stream.get_ref().1;
     let (version, cipher) = crate::tls::session_tls_info(conn);
-    l.metrics
-        .tls_handshakes_total
-        .with_label_values(&[&l.name, "client", "ok", &version])
-        .inc();
+    l.metrics.handshake(false, Handshake::ok(&version));
     let next_hop_cert = if ask.verify {
         let names: Vec<&str> = ask.names.iter().map(String::as_str).collect();
         client_tls.judge_server_cert(conn, &names, UnixTime::now())

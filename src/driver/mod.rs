@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use smtp_core::session::{Action, DnsFailure, Leg, Machine, TlsStart};
+use smtp_core::session::{Action, DnsFailure, Leg, Machine, TlsInfo, TlsStart};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout};
 
@@ -37,8 +37,11 @@ pub struct Driver<'a> {
     peer: SocketAddr,
     client: Stream,
     backend: Stream,
-    /// Messages accepted in this session, for the closing log line.
-    pub messages: u32,
+    /// When the last write to the backend leg ended, until its reply's first bytes arrive:
+    /// one command at a time, so that is the backend's reply latency.
+    awaiting_backend: Option<Instant>,
+    /// What this session's events added up to, for its closing log line.
+    tally: events::Tally,
 }
 
 impl<'a> Driver<'a> {
@@ -50,7 +53,8 @@ impl<'a> Driver<'a> {
             peer,
             client: Stream::None,
             backend: Stream::None,
-            messages: 0,
+            awaiting_backend: None,
+            tally: events::Tally::default(),
         }
     }
 
@@ -81,10 +85,11 @@ impl<'a> Driver<'a> {
                 return;
             }
             if client_more && session.wants_bytes(Leg::Client) {
-                match self
-                    .client
-                    .read_now(|data| session.handle_bytes(Leg::Client, data, Instant::now()))
-                {
+                let m = &self.l.metrics;
+                match self.client.read_now(|data| {
+                    m.bytes(true, true, data.len());
+                    session.handle_bytes(Leg::Client, data, Instant::now());
+                }) {
                     Read::Data { more } => {
                         client_more = more;
                         continue;
@@ -97,10 +102,16 @@ impl<'a> Driver<'a> {
                 }
             }
             if backend_more && session.wants_bytes(Leg::Backend) {
-                match self
-                    .backend
-                    .read_now(|data| session.handle_bytes(Leg::Backend, data, Instant::now()))
-                {
+                let m = &self.l.metrics;
+                let awaiting = &mut self.awaiting_backend;
+                match self.backend.read_now(|data| {
+                    let now = Instant::now();
+                    if let Some(sent) = awaiting.take() {
+                        m.reply_seconds.observe((now - sent).as_secs_f64());
+                    }
+                    m.bytes(false, true, data.len());
+                    session.handle_bytes(Leg::Backend, data, now);
+                }) {
                     Read::Data { more } => {
                         backend_more = more;
                         continue;
@@ -142,22 +153,25 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// The session is over: its duration is recorded and logged.
-    pub fn ended(&self, started: Instant, tls: bool) {
+    /// The session is over: its duration is recorded, and one line says how it went.
+    pub fn ended(&self, started: Instant, tls: Option<&TlsInfo>) {
         let elapsed = started.elapsed();
         let l = self.l;
-        l.metrics
-            .session_duration_seconds
-            .with_label_values(&[&l.name])
-            .observe(elapsed.as_secs_f64());
-        let (peer, messages) = (self.peer, self.messages);
-        tracing::debug!(listener = %l.name, %peer, messages, tls, ?elapsed, "session ended");
+        l.metrics.duration.observe(elapsed.as_secs_f64());
+        let t = self.tally;
+        let version = tls.map_or("none", |t| t.version.as_str());
+        let subject = tls
+            .and_then(|t| t.client_cert.cert())
+            .map_or("-", |c| c.subject.as_str());
+        tracing::info!(listener = %l.name, peer = %self.peer, session = self.id, tls = version,
+            client_certificate = subject, accepted = t.accepted, refused = t.refused,
+            failed = t.failed, duration_ms = elapsed.as_millis() as u64, "session ended");
     }
 
     fn record_events<M: Machine>(&mut self, session: &mut M) {
         while let Some(event) = session.poll_event() {
-            self.messages +=
-                events::record(self.l, session.client_tls(), event, self.peer, self.id);
+            let tls = session.client_tls();
+            events::record(self.l, tls, event, self.peer, self.id, &mut self.tally);
         }
     }
 
@@ -177,16 +191,22 @@ impl<'a> Driver<'a> {
                     session.handle_lost(leg, Instant::now());
                 }
             }
-            Action::ConnectBackend => match backend::connect(&l.servers, l.connect_timeout).await {
-                Ok(stream) => {
-                    self.backend = Stream::Plain(stream);
-                    session.handle_connected(Instant::now());
+            Action::ConnectBackend => {
+                match backend::connect(&l.servers, l.connect_timeout, |s, up| {
+                    l.metrics.backend_up(s, up)
+                })
+                .await
+                {
+                    Ok(stream) => {
+                        self.backend = Stream::Plain(stream);
+                        session.handle_connected(Instant::now());
+                    }
+                    Err(reason) => {
+                        tracing::warn!(listener = %l.name, peer = %self.peer, %reason, "backend unreachable");
+                        session.handle_connect_failed(&reason, Instant::now());
+                    }
                 }
-                Err(reason) => {
-                    tracing::warn!(listener = %l.name, peer = %self.peer, %reason, "backend unreachable");
-                    session.handle_connect_failed(&reason, Instant::now());
-                }
-            },
+            }
             Action::Connect(target) => {
                 let connect = tokio::net::TcpStream::connect(target.addr);
                 // Boxed, as the other originate-only waits: a session's future is as large as

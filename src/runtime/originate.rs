@@ -45,9 +45,14 @@ pub(super) fn runtime(
         }
         NextHopConfig::Relay { .. } => (None, 25, vec![o.next_hop.to_string()]),
     };
-    let listed: Vec<String> = p.domains.iter().map(|(d, _)| d.clone()).collect();
-    metrics.init_listener(&l.name, &[]);
-    metrics.init_originate(&l.name, &listed);
+    // The domain-secure ones: the only outbound domains counted per domain.
+    let listed: Vec<String> = p
+        .domains
+        .iter()
+        .filter(|(_, level)| *level == smtp_core::outbound::Level::DomainSecure)
+        .map(|(d, _)| d.clone())
+        .collect();
+    let metrics = metrics.listener(&l.name, &[], &listed, &servers);
     Ok(ListenerRuntime {
         name: l.name.clone(),
         implicit_tls: false,
@@ -65,7 +70,7 @@ pub(super) fn runtime(
         write_timeout: p.timeouts.command,
         max_connections: p.max_connections,
         max_connections_per_ip: p.max_connections_per_ip,
-        metrics: metrics.clone(),
+        metrics,
         certificates: CertPlan::NoCertificate,
     })
 }

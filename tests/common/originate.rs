@@ -198,8 +198,8 @@ pub mod m {
             "smtp_sidecar_domain_secure_outbound_session_failures_total{{domain=\"{domain}\",listener=\"outbound\",reason=\"{reason}\"}} {n}"
         )
     }
-    pub fn next_hop_failures(n: u64) -> String {
-        format!("smtp_sidecar_next_hop_failures_total{{listener=\"outbound\"}} {n}")
+    pub fn next_hop_failures(kind: &str, n: u64) -> String {
+        format!("smtp_sidecar_next_hop_failures_total{{kind=\"{kind}\",listener=\"outbound\"}} {n}")
     }
 }
 

@@ -76,19 +76,22 @@ pub enum Violation {
 impl Violation {
     /// The policy refusal's metric reason and the reply after the client's end of data
     /// (SPEC §4), the same in both directions.
-    pub fn refusal(self) -> (&'static str, &'static str) {
+    pub fn refusal(self) -> (crate::session::Refusal, &'static str) {
         match self {
             Violation::BareNewline => (
-                "bare_newline",
+                crate::session::Refusal::BareNewline,
                 "550 5.6.11 Bare line feed or carriage return not allowed",
             ),
-            Violation::Nul => ("nul_byte", "550 5.6.11 NUL character not allowed"),
+            Violation::Nul => (
+                crate::session::Refusal::NulByte,
+                "550 5.6.11 NUL character not allowed",
+            ),
             Violation::LongLine => (
-                "long_line",
+                crate::session::Refusal::LongLine,
                 "550 5.6.0 Message has lines longer than 998 octets",
             ),
             Violation::TooBig => (
-                "message_size",
+                crate::session::Refusal::MessageSize,
                 "552 5.3.4 Message size exceeds fixed maximum message size",
             ),
         }

@@ -8,7 +8,9 @@ use bytes::BytesMut;
 
 use crate::data::{BareNewlines, LongLines};
 use crate::inbound::{ClientCert, Config, OnFailure, Session, Timeouts, TlsInfo};
-use crate::session::{Action, DnsFailure, Event, Leg, Machine, Route, Target, TlsClient, TlsStart};
+use crate::session::{
+    Action, DnsFailure, Event, Leg, Machine, ReplyTo, Route, Target, TlsClient, TlsStart,
+};
 
 /// A policy with the SPEC defaults, for tests.
 pub fn test_config() -> Config {
@@ -78,7 +80,9 @@ pub struct Harness<S: Machine = Session> {
     pub client: BytesMut,
     /// Bytes written to the backend since the last `take_backend`.
     pub backend: BytesMut,
+    /// Events other than replies; the replies (what they answered, their code) apart.
     pub events: Vec<Event>,
+    pub replies: Vec<(ReplyTo, u16)>,
     /// Backend connections opened / dropped, client closed, TLS started.
     pub connects: u32,
     pub backend_closes: u32,
@@ -152,6 +156,7 @@ impl<S: Machine> Harness<S> {
             client: BytesMut::new(),
             backend: BytesMut::new(),
             events: Vec::new(),
+            replies: Vec::new(),
             connects: 0,
             backend_closes: 0,
             closed: false,
@@ -228,7 +233,10 @@ impl<S: Machine> Harness<S> {
             }
         }
         while let Some(e) = self.session.poll_event() {
-            self.events.push(e);
+            match e {
+                Event::Reply { to, code } => self.replies.push((to, code)),
+                e => self.events.push(e),
+            }
         }
     }
 

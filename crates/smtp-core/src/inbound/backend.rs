@@ -8,17 +8,17 @@ use super::{Action, Backend, Event, Mode, Pending, Replay, Session, MAX_BACKEND_
 use crate::command::Command;
 use crate::ehlo::Offered;
 use crate::reply::Reply;
-use crate::session::Leg;
+use crate::session::{Leg, LegFailure};
 use crate::timer::Timer;
 
 impl Session {
     /// The backend is unusable: the client gets `421 4.4.2`, never a 250 (SPEC §1.1).
-    pub(super) fn backend_failed(&mut self, reason: String) {
+    pub(super) fn backend_failed(&mut self, kind: LegFailure, reason: String) {
         if self.conn.is_closed() {
             return;
         }
         self.fail_message_in_flight();
-        self.conn.event(Event::BackendFailed { reason });
+        self.conn.event(Event::BackendFailed { kind, reason });
         self.backend = Backend::Gone;
         match self.mode {
             // Mid-handshake there is no way to tell the client anything.
@@ -48,7 +48,10 @@ impl Session {
             }
             Backend::Greeting => {
                 let text = reply.lines.join(" / ");
-                self.backend_failed(format!("greeting refused: {} {text}", reply.code));
+                self.backend_failed(
+                    LegFailure::Refused,
+                    format!("greeting refused: {} {text}", reply.code),
+                );
             }
             Backend::Replaying(step) => self.replayed(step, &reply, now),
             Backend::Ready if matches!(self.mode, Mode::Await(_)) => {
@@ -57,16 +60,19 @@ impl Session {
                 };
                 if !pending.expects(reply.code) {
                     let text = reply.lines.join(" / ");
-                    return self.backend_failed(format!(
-                        "reply {} {text} does not answer {pending:?}",
-                        reply.code
-                    ));
+                    return self.backend_failed(
+                        LegFailure::Protocol,
+                        format!("reply {} {text} does not answer {pending:?}", reply.code),
+                    );
                 }
                 self.complete(pending, reply, now);
             }
             _ => {
                 let text = reply.lines.join(" / ");
-                self.backend_failed(format!("unexpected reply: {} {text}", reply.code));
+                self.backend_failed(
+                    LegFailure::Protocol,
+                    format!("unexpected reply: {} {text}", reply.code),
+                );
             }
         }
     }
@@ -114,10 +120,13 @@ impl Session {
             Replay::Auth { .. } if reply.code == 235 => self.replay_done(now),
             _ => {
                 let text = reply.lines.join(" / ");
-                self.backend_failed(format!(
-                    "new connection refused the replay ({step:?}): {} {text}",
-                    reply.code
-                ));
+                self.backend_failed(
+                    LegFailure::Replay,
+                    format!(
+                        "new connection refused the replay ({step:?}): {} {text}",
+                        reply.code
+                    ),
+                );
             }
         }
     }
@@ -131,9 +140,15 @@ impl Session {
                 self.replay_step(Replay::Auth { next: next + 1 }, now);
             }
             AuthReplay::Impossible => {
-                self.backend_failed("authentication cannot be replayed on a new connection".into());
+                self.backend_failed(
+                    LegFailure::Replay,
+                    "authentication cannot be replayed on a new connection".into(),
+                );
             }
-            _ => self.backend_failed("backend asked for more than the recorded exchange".into()),
+            _ => self.backend_failed(
+                LegFailure::Replay,
+                "backend asked for more than the recorded exchange".into(),
+            ),
         }
     }
 

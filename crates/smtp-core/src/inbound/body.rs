@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::{Backend, Event, Mode, Pending, Phase, Session};
 use crate::data::Reframer;
-use crate::session::skip_chunk;
+use crate::session::{skip_chunk, ReplyTo};
 use crate::timer::Timer;
 
 impl Session {
@@ -81,6 +81,7 @@ impl Session {
         let Mode::Data(reframer) = std::mem::replace(&mut self.mode, Mode::Commands) else {
             return;
         };
+        self.conn.replying_to = ReplyTo::DataEnd;
         match reframer.violation() {
             None => {
                 let bytes = reframer.received();

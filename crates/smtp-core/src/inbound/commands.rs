@@ -13,7 +13,7 @@ use crate::ehlo::{rewrite_ehlo, EhloPolicy, Offered};
 use crate::line::LineEvent;
 use crate::params::{check_mail, check_rcpt, ParamError};
 use crate::reply::Reply;
-use crate::session::{Leg, TlsStart};
+use crate::session::{Leg, Refusal, TlsStart};
 use crate::timer::Timer;
 
 /// Recipients over `max_recipients` refused in one transaction before each further one
@@ -63,7 +63,7 @@ impl Session {
         if self.cfg.require_tls
             && self.tls.is_none()
             && needs_tls(cmd.verb())
-            && self.tls_policy_rejection("tls_required")
+            && self.tls_policy_rejection(Refusal::TlsRequired)
         {
             if let Command::Bdat { size, .. } = cmd {
                 return self.skip_bdat(size, "530 5.7.0 Must issue a STARTTLS command first", now);
@@ -293,7 +293,7 @@ impl Session {
             }
             Err(e) => {
                 if e == ParamError::TooBig {
-                    self.policy_rejection("message_size");
+                    self.policy_rejection(Refusal::MessageSize);
                 }
                 self.refuse(e.reply(), now);
             }
@@ -312,7 +312,7 @@ impl Session {
             let over_limit = tx.over_limit.saturating_add(1);
             if over_limit == 1 {
                 // Once per transaction: a thousand excess recipients are one refusal.
-                self.policy_rejection("max_recipients");
+                self.policy_rejection(Refusal::MaxRecipients);
             }
             self.send("452 4.5.3 Too many recipients");
             self.phase = Phase::ExpectRcpt(Transaction { over_limit, ..tx });
@@ -327,7 +327,7 @@ impl Session {
     fn auth(&mut self, cmd: &Command, now: Instant) {
         if self.tls.is_none()
             && self.cfg.auth_requires_tls
-            && self.tls_policy_rejection("auth_requires_tls")
+            && self.tls_policy_rejection(Refusal::AuthRequiresTls)
         {
             return self.refuse(
                 "538 5.7.11 Encryption required for requested authentication mechanism",

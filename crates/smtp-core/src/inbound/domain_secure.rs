@@ -5,6 +5,7 @@
 //! `550 5.7.1` (`on_failure`) and goes on, and each transaction is judged on its own.
 
 use super::{ClientCert, Event, OnFailure, PeerCert, Session, TlsInfo};
+use crate::session::Refusal;
 
 /// What a listed sender's session lacked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,12 +20,12 @@ pub enum Missing {
 
 impl Missing {
     /// The `reason` label of `smtp_sidecar_policy_rejections_total`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Refusal {
         match self {
-            Missing::NoTls => "domain_secure_no_tls",
-            Missing::NoClientCertificate => "domain_secure_no_client_certificate",
-            Missing::NotVerified(_) => "domain_secure_certificate_unverified",
-            Missing::NameMismatch => "domain_secure_name_mismatch",
+            Missing::NoTls => Refusal::DomainSecureNoTls,
+            Missing::NoClientCertificate => Refusal::DomainSecureNoClientCertificate,
+            Missing::NotVerified(_) => Refusal::DomainSecureCertificateUnverified,
+            Missing::NameMismatch => Refusal::DomainSecureNameMismatch,
         }
     }
 }

@@ -4,6 +4,7 @@
 use crate::inbound::{
     ClientCert, Config, DomainSecureRefusal, Event, Missing, OnFailure, PeerCert,
 };
+use crate::session::Refusal;
 use crate::testing::{test_config, test_tls, Harness};
 
 const FROM_BANK: &str = "MAIL FROM:<alice@WoodgroveBank.com>\r\n";
@@ -43,13 +44,13 @@ fn session(cfg: Config, tls: Option<ClientCert>) -> Harness {
 }
 
 /// Every way a listed sender can fall short, the reply text's tail and the metric reason.
-fn outcomes() -> Vec<(Option<ClientCert>, &'static str, &'static str)> {
+fn outcomes() -> Vec<(Option<ClientCert>, &'static str, Refusal)> {
     vec![
-        (None, "no TLS", "domain_secure_no_tls"),
+        (None, "no TLS", Refusal::DomainSecureNoTls),
         (
             Some(ClientCert::None),
             "no client certificate",
-            "domain_secure_no_client_certificate",
+            Refusal::DomainSecureNoClientCertificate,
         ),
         (
             Some(ClientCert::Failed {
@@ -57,14 +58,14 @@ fn outcomes() -> Vec<(Option<ClientCert>, &'static str, &'static str)> {
                 reason: "expired".into(),
             }),
             "client certificate did not verify (expired)",
-            "domain_secure_certificate_unverified",
+            Refusal::DomainSecureCertificateUnverified,
         ),
         (
             Some(ClientCert::Verified(
                 partner_cert(&["mail.fabrikam.test"]).into(),
             )),
             "client certificate not valid for woodgrovebank.com",
-            "domain_secure_name_mismatch",
+            Refusal::DomainSecureNameMismatch,
         ),
     ]
 }
@@ -240,7 +241,7 @@ fn audit_mode_require_tls_lets_commands_through() {
         .iter()
         .filter(|e| {
             **e == Event::PolicyRejection {
-                reason: "tls_required",
+                reason: Refusal::TlsRequired,
                 enforced: false,
             }
         })
@@ -267,7 +268,7 @@ fn audit_mode_auth_requires_tls_offers_and_passes_auth() {
         "235 2.7.0 ok\r\n"
     );
     assert!(h.events.contains(&Event::PolicyRejection {
-        reason: "auth_requires_tls",
+        reason: Refusal::AuthRequiresTls,
         enforced: false
     }));
 }
@@ -287,7 +288,7 @@ fn enforced_auth_requires_tls_still_refuses() {
         "538 5.7.11 Encryption required for requested authentication mechanism\r\n"
     );
     assert!(h.events.contains(&Event::PolicyRejection {
-        reason: "auth_requires_tls",
+        reason: Refusal::AuthRequiresTls,
         enforced: true
     }));
 }

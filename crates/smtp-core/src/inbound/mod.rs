@@ -27,7 +27,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::ehlo::Offered;
 use crate::reply::Reply;
-use crate::session::Conn;
+use crate::session::{Conn, LegFailure};
 use crate::timer::Timer;
 
 mod api;
@@ -40,7 +40,9 @@ mod machine;
 mod shared;
 mod state;
 
-pub use crate::session::{Action, ClientCert, Direction, Event, PeerCert, Timeouts, TlsInfo};
+pub use crate::session::{
+    Action, ClientCert, Direction, Event, PeerCert, Refusal, Timeouts, TlsInfo,
+};
 pub use api::{Config, OnFailure};
 pub use domain_secure::{DomainSecureRefusal, Missing};
 
@@ -200,7 +202,7 @@ impl Session {
     }
 
     pub fn handle_backend_connect_failed(&mut self, reason: &str, _now: Instant) {
-        self.backend_failed(format!("connect failed: {reason}"));
+        self.backend_failed(LegFailure::Unreachable, format!("connect failed: {reason}"));
         self.conn.flush();
     }
 
@@ -211,7 +213,10 @@ impl Session {
         if !data.is_empty() && !self.awaits_backend() {
             // One command at a time: nothing may arrive while none is outstanding, not even
             // the start of a line that would become the next command's reply.
-            self.backend_failed("bytes sent with no command outstanding".into());
+            self.backend_failed(
+                LegFailure::Protocol,
+                "bytes sent with no command outstanding".into(),
+            );
             return self.conn.flush();
         }
         self.conn.backend_in.push(data);
@@ -221,12 +226,15 @@ impl Session {
                     self.on_backend_reply(reply, now);
                     if !self.awaits_backend() && self.conn.backend_in.buffered() > 0 {
                         // One command at a time: whatever follows its reply was not asked for.
-                        self.backend_failed("bytes sent with no command outstanding".into());
+                        self.backend_failed(
+                            LegFailure::Protocol,
+                            "bytes sent with no command outstanding".into(),
+                        );
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    self.backend_failed(format!("bad reply: {e}"));
+                    self.backend_failed(LegFailure::Protocol, format!("bad reply: {e}"));
                     break;
                 }
             }
@@ -240,7 +248,7 @@ impl Session {
 
     pub fn handle_backend_eof(&mut self, _now: Instant) {
         if self.backend != Backend::Connecting {
-            self.backend_failed("connection closed".into());
+            self.backend_failed(LegFailure::Closed, "connection closed".into());
             self.conn.flush();
         }
     }
@@ -255,7 +263,10 @@ impl Session {
         // plaintext would stay so: the session goes on over a fresh one.
         self.tls = Some(info);
         if self.auth.is_authenticated() && !self.replace_backend() {
-            self.backend_failed("authenticated backend connection cannot be replaced".into());
+            self.backend_failed(
+                LegFailure::Replay,
+                "authenticated backend connection cannot be replaced".into(),
+            );
         }
         self.auth = AuthState::None;
         self.conn.helo = None;
@@ -276,7 +287,9 @@ impl Session {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.conn.timers.expired(now) {
-            Some(Timer::Backend) => self.backend_failed("no reply in time".into()),
+            Some(Timer::Backend) => {
+                self.backend_failed(LegFailure::Timeout, "no reply in time".into())
+            }
             Some(Timer::Client) => match self.mode {
                 Mode::AwaitTls => self.close(),
                 _ => {

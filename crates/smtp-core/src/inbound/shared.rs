@@ -4,7 +4,7 @@
 
 use super::{Backend, Event, Mode, Pending, Session};
 use crate::reply::Reply;
-use crate::session::Leg;
+use crate::session::{Leg, Refusal};
 use crate::timer::Timer;
 
 impl Session {
@@ -50,7 +50,7 @@ impl Session {
 
     /// A refusal that protects the backend or the session's bounds (size, recipients, bare
     /// newlines...): always enforced, audit mode or not.
-    pub(super) fn policy_rejection(&mut self, reason: &'static str) {
+    pub(super) fn policy_rejection(&mut self, reason: Refusal) {
         self.conn.event(Event::PolicyRejection {
             reason,
             enforced: true,
@@ -60,7 +60,7 @@ impl Session {
     /// A refusal of the TLS policy (`require_tls`, `auth_requires_tls`, `domain_secure`);
     /// returns whether it is enforced. In audit mode (`enforce: false`) it is only reported
     /// and the caller lets the command through.
-    pub(super) fn tls_policy_rejection(&mut self, reason: &'static str) -> bool {
+    pub(super) fn tls_policy_rejection(&mut self, reason: Refusal) -> bool {
         let enforced = self.cfg.enforce;
         self.conn.event(Event::PolicyRejection { reason, enforced });
         enforced

@@ -1,5 +1,6 @@
 //! Session tests: byte-exact, in memory, with a virtual clock.
 
+use crate::session::Refusal;
 use std::time::Duration;
 
 use crate::data::{BareNewlines, LongLines};
@@ -130,7 +131,7 @@ fn require_tls_refuses_mail_before_starttls() {
     }
     assert_eq!(h.take_backend(), "");
     assert!(h.events.contains(&Event::PolicyRejection {
-        reason: "tls_required",
+        reason: Refusal::TlsRequired,
         enforced: true,
     }));
 }
@@ -261,7 +262,7 @@ fn long_line_rejected_after_real_end_of_data_and_session_goes_on() {
         "550 5.6.0 Message has lines longer than 998 octets\r\n"
     );
     assert!(h.events.contains(&Event::PolicyRejection {
-        reason: "long_line",
+        reason: Refusal::LongLine,
         enforced: true,
     }));
     assert!(h.events.contains(&Event::MessageRejected));
@@ -529,4 +530,28 @@ fn invalid_sasl_response_cancels_with_one_reply() {
     );
     assert_eq!(reply, "501 5.7.0 Authentication cancelled\r\n");
     assert_eq!(h.exchange("NOOP\r\n", "", ""), "250 2.0.0 OK\r\n");
+}
+
+#[test]
+fn every_reply_is_reported_with_the_command_it_answers() {
+    use crate::session::ReplyTo;
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.transaction();
+    h.client_says(b"x\r\n.\r\n");
+    h.backend_says(b"250 2.0.0 queued\r\n");
+    h.client_says(b"BOGUS\r\nRCPT TO:<b@y.test>\r\n");
+    assert_eq!(
+        h.replies,
+        [
+            (ReplyTo::Greeting, 220),
+            (ReplyTo::Ehlo, 250),
+            (ReplyTo::Mail, 250),
+            (ReplyTo::Rcpt, 250),
+            (ReplyTo::Data, 354),
+            (ReplyTo::DataEnd, 250),
+            (ReplyTo::Invalid, 500),
+            (ReplyTo::Rcpt, 503),
+        ]
+    );
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::state::{HopState, Mode, Pending, Phase};
 use super::Session;
 use crate::data::Reframer;
-use crate::session::{skip_chunk, Event, Leg};
+use crate::session::{skip_chunk, Event, Leg, ReplyTo};
 use crate::timer::Timer;
 
 impl Session {
@@ -87,6 +87,7 @@ impl Session {
         let Mode::Data(reframer) = std::mem::replace(&mut self.mode, Mode::Commands) else {
             return;
         };
+        self.conn.replying_to = ReplyTo::DataEnd;
         let reply = match reframer.violation() {
             None if self.hop.state == HopState::Ready => {
                 let bytes = reframer.received();

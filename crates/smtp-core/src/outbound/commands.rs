@@ -11,7 +11,7 @@ use crate::command::Command;
 use crate::ehlo::Offered;
 use crate::line::LineEvent;
 use crate::params::{check_mail, check_rcpt, drop_for_next_hop, ParamError};
-use crate::session::{Action, Event, Leg};
+use crate::session::{Action, Event, Leg, Refusal};
 use crate::timer::Timer;
 
 /// Recipients over `max_recipients` refused in one transaction before each further one
@@ -131,7 +131,7 @@ impl Session {
             }
             Err(e) => {
                 if e == ParamError::TooBig {
-                    self.policy_rejection("message_size");
+                    self.policy_rejection(Refusal::MessageSize);
                 }
                 self.refuse(e.reply(), now);
             }
@@ -149,7 +149,7 @@ impl Session {
             tx.over_limit = tx.over_limit.saturating_add(1);
             let (first, over) = (tx.over_limit == 1, tx.over_limit > RECIPIENT_OVERSHOOT);
             if first {
-                self.policy_rejection("max_recipients");
+                self.policy_rejection(Refusal::MaxRecipients);
             }
             self.conn.send("452 4.5.3 Too many recipients");
             if over && !self.conn.count_error() {
@@ -292,7 +292,7 @@ impl Session {
         }
     }
 
-    pub(super) fn policy_rejection(&mut self, reason: &'static str) {
+    pub(super) fn policy_rejection(&mut self, reason: Refusal) {
         self.conn.event(Event::PolicyRejection {
             reason,
             enforced: true,

@@ -13,7 +13,9 @@ use crate::command::{Command, Param};
 use crate::ehlo::Offered;
 use crate::params::{check_mail, drop_for_next_hop};
 use crate::reply::Reply;
-use crate::session::{Action, DnsFailure, Event, Leg, Route, Target, TlsClient, TlsInfo, TlsStart};
+use crate::session::{
+    Action, DnsFailure, Event, Leg, LegFailure, Route, Target, TlsClient, TlsInfo, TlsStart,
+};
 use crate::timer::Timer;
 
 /// Addresses tried for one transaction (Postfix's `smtp_mx_address_limit`): the legacy MTA
@@ -53,6 +55,7 @@ impl Session {
                 let host = self.route().map(|r| r.domain.clone()).unwrap_or_default();
                 self.conn.event(Event::NextHopFailed {
                     host,
+                    kind: LegFailure::Dns,
                     reason: failure.to_string(),
                 });
                 return self.setup_failed(failure.reply().to_owned(), now);
@@ -96,9 +99,10 @@ impl Session {
     }
 
     /// The current connection attempt failed: the next address, if there is one.
-    pub(super) fn attempt_failed(&mut self, reason: String, now: Instant) {
+    pub(super) fn attempt_failed(&mut self, kind: LegFailure, reason: String, now: Instant) {
         self.conn.event(Event::NextHopFailed {
             host: self.hop.host.clone(),
+            kind,
             reason: reason.clone(),
         });
         if !matches!(self.hop.state, HopState::None | HopState::Connecting) {
@@ -183,7 +187,11 @@ impl Session {
         }
         if !data.is_empty() && !self.awaits_hop() {
             // One command at a time: nothing may arrive while none is outstanding.
-            return self.hop_failed("bytes sent with no command outstanding", now);
+            return self.hop_failed(
+                LegFailure::Protocol,
+                "bytes sent with no command outstanding",
+                now,
+            );
         }
         self.conn.backend_in.push(data);
         loop {
@@ -191,11 +199,17 @@ impl Session {
                 // One command at a time: a reply with bytes behind it answered something we
                 // never sent (or is an attempt to answer the next one ahead of time).
                 Ok(Some(_)) if self.conn.backend_in.buffered() > 0 => {
-                    return self.hop_failed("bytes sent with no command outstanding", now);
+                    return self.hop_failed(
+                        LegFailure::Protocol,
+                        "bytes sent with no command outstanding",
+                        now,
+                    );
                 }
                 Ok(Some(reply)) => self.on_hop_reply(reply, now),
                 Ok(None) => break,
-                Err(e) => return self.hop_failed(&format!("bad reply: {e}"), now),
+                Err(e) => {
+                    return self.hop_failed(LegFailure::Protocol, &format!("bad reply: {e}"), now)
+                }
             }
             if self.conn.is_closed() || !self.awaits_hop() {
                 break;
@@ -208,7 +222,9 @@ impl Session {
         self.conn.timers.stop(Timer::Backend);
         match self.hop.state {
             HopState::Greeting if reply.code == 220 => self.send_hello(true, now),
-            HopState::Greeting => self.attempt_failed(refused("greeting", &reply), now),
+            HopState::Greeting => {
+                self.attempt_failed(LegFailure::Refused, refused("greeting", &reply), now)
+            }
             HopState::Ehlo { after_tls } if reply.is_positive() => {
                 self.hop.offered = Offered::from_reply(&reply);
                 self.hop.starttls = reply
@@ -221,13 +237,17 @@ impl Session {
             HopState::Ehlo { after_tls: false } if reply.code >= 500 => {
                 self.send_hello(false, now);
             }
-            HopState::Ehlo { .. } => self.attempt_failed(refused("EHLO", &reply), now),
+            HopState::Ehlo { .. } => {
+                self.attempt_failed(LegFailure::Refused, refused("EHLO", &reply), now)
+            }
             HopState::Helo if reply.is_positive() => {
                 self.hop.offered = Offered::default();
                 self.hop.starttls = false;
                 self.after_hello(false, now);
             }
-            HopState::Helo => self.attempt_failed(refused("HELO", &reply), now),
+            HopState::Helo => {
+                self.attempt_failed(LegFailure::Refused, refused("HELO", &reply), now)
+            }
             HopState::StartTls if reply.code == 220 => self.start_tls(now),
             HopState::StartTls if policy::needs_tls(self.level()) => {
                 self.tls_unmet(TlsFailure::StartTlsRefused, now);
@@ -251,7 +271,11 @@ impl Session {
                 self.setup_failed(text, now);
             }
             HopState::Ready => self.transaction_reply(reply, now),
-            _ => self.hop_failed(&refused("unexpected reply", &reply), now),
+            _ => self.hop_failed(
+                LegFailure::Protocol,
+                &refused("unexpected reply", &reply),
+                now,
+            ),
         }
     }
 
@@ -298,7 +322,11 @@ impl Session {
     fn start_tls(&mut self, now: Instant) {
         if self.conn.backend_in.buffered() > 0 {
             // RFC 3207 §4.2: nothing sent before the handshake may be taken as part of it.
-            return self.attempt_failed("bytes after the 220 to STARTTLS".into(), now);
+            return self.attempt_failed(
+                LegFailure::Protocol,
+                "bytes after the 220 to STARTTLS".into(),
+                now,
+            );
         }
         let Some(route) = self.route() else {
             return;
@@ -353,7 +381,9 @@ impl Session {
                 self.hop.targets.push_front(Target { host, addr });
                 self.connect_next(now);
             }
-            (NextHop::Mx, None) => self.attempt_failed("handshake failed".into(), now),
+            (NextHop::Mx, None) => {
+                self.attempt_failed(LegFailure::Policy, "handshake failed".into(), now)
+            }
             (NextHop::Relay { .. }, _) => {
                 self.hop.state = HopState::Connecting;
                 self.hop.tls = None;
@@ -384,7 +414,7 @@ impl Session {
             .and_then(|i| self.cfg.policy.domains.get(i))
             .map(|(d, _)| d.clone());
         let host = self.hop.host.clone();
-        let label = failure.label();
+        let label = failure.reason().as_str();
         if enforced {
             let reply = policy::reply(
                 self.cfg.on_failure,
@@ -412,7 +442,11 @@ impl Session {
                 // the handshake says QUIT at once; nothing else crosses the session.
                 self.quit_hop();
             }
-            self.attempt_failed(format!("TLS policy not met: {label}"), now);
+            self.attempt_failed(
+                LegFailure::Policy,
+                format!("TLS policy not met: {label}"),
+                now,
+            );
         }
         !enforced
     }
@@ -445,12 +479,16 @@ impl Session {
     /// A reply within the transaction: to RCPT, DATA or the end of data.
     fn transaction_reply(&mut self, reply: Reply, now: Instant) {
         let Mode::Await(pending) = std::mem::replace(&mut self.mode, Mode::Commands) else {
-            return self.hop_failed(&refused("unexpected reply", &reply), now);
+            return self.hop_failed(
+                LegFailure::Protocol,
+                &refused("unexpected reply", &reply),
+                now,
+            );
         };
         if !expects(&pending, reply.code) {
             let reason = format!("reply {} does not answer {pending:?}", reply.code);
             self.mode = Mode::Await(pending);
-            return self.hop_failed(&reason, now);
+            return self.hop_failed(LegFailure::Protocol, &reason, now);
         }
         let positive = reply.is_positive();
         let code = reply.code;
@@ -498,7 +536,7 @@ impl Session {
     /// The next hop is unusable. During set-up the next address is tried; within a
     /// transaction the client is told `451 4.4.2` for what waits, and the transaction cannot
     /// complete (never a 250 for a message the next hop did not acknowledge).
-    pub(super) fn hop_failed(&mut self, reason: &str, now: Instant) {
+    pub(super) fn hop_failed(&mut self, kind: LegFailure, reason: &str, now: Instant) {
         if self.conn.is_closed() {
             return;
         }
@@ -507,12 +545,13 @@ impl Session {
                 return self.setup_failed(DnsFailure::Temporary.reply().to_owned(), now);
             }
             (Mode::Await(Pending::Setup { .. }), _) => {
-                return self.attempt_failed(reason.to_owned(), now);
+                return self.attempt_failed(kind, reason.to_owned(), now);
             }
             _ => {}
         }
         self.conn.event(Event::NextHopFailed {
             host: self.hop.host.clone(),
+            kind,
             reason: reason.to_owned(),
         });
         self.drop_hop();

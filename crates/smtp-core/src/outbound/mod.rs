@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::ehlo::Offered;
-use crate::session::{Action, Conn, DnsFailure, Event, Leg, Machine, Route, TlsInfo};
+use crate::session::{Action, Conn, DnsFailure, Event, Leg, LegFailure, Machine, Route, TlsInfo};
 use crate::timer::Timer;
 
 mod api;
@@ -140,7 +140,7 @@ impl Machine for Session {
                 }
                 self.process_input(now);
             }
-            Leg::Backend => self.hop_failed("connection closed", now),
+            Leg::Backend => self.hop_failed(LegFailure::Closed, "connection closed", now),
         }
         self.conn.flush();
     }
@@ -154,7 +154,7 @@ impl Machine for Session {
                 self.fail_message_in_flight();
                 self.close();
             }
-            Leg::Backend => self.hop_failed("connection lost", now),
+            Leg::Backend => self.hop_failed(LegFailure::Closed, "connection lost", now),
         }
         self.conn.flush();
     }
@@ -172,7 +172,11 @@ impl Machine for Session {
     fn handle_connect_failed(&mut self, reason: &str, now: Instant) {
         if self.hop.state == HopState::Connecting {
             self.hop.state = HopState::None;
-            self.attempt_failed(format!("connect failed: {reason}"), now);
+            self.attempt_failed(
+                LegFailure::Unreachable,
+                format!("connect failed: {reason}"),
+                now,
+            );
             // A failure answers the waiting RCPT: what was pipelined behind it goes on.
             self.process_input(now);
             self.conn.flush();
@@ -208,7 +212,7 @@ impl Machine for Session {
 
     fn handle_timeout(&mut self, now: Instant) {
         match self.conn.timers.expired(now) {
-            Some(Timer::Backend) => self.hop_failed("no reply in time", now),
+            Some(Timer::Backend) => self.hop_failed(LegFailure::Timeout, "no reply in time", now),
             Some(Timer::Client) => {
                 self.fail_message_in_flight();
                 self.conn.send("421 4.4.2 Timeout, closing connection");

@@ -3,7 +3,7 @@
 //! or `550 5.7.5` on that RCPT, the text saying why).
 
 use super::{Level, OnFailure};
-use crate::session::{ClientCert, TlsInfo};
+use crate::session::{ClientCert, Refusal, TlsInfo};
 
 /// Why a next hop connection did not meet the recipient domain's level.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,19 +22,19 @@ pub enum TlsFailure {
 }
 
 impl TlsFailure {
-    /// A short stable label for metrics (`reason`).
-    pub fn label(&self) -> &'static str {
+    /// The policy refusal it is (the metrics' `reason`).
+    pub fn reason(&self) -> Refusal {
         match self {
-            TlsFailure::NoStartTls => "no_starttls",
-            TlsFailure::StartTlsRefused => "starttls_refused",
-            TlsFailure::Handshake => "handshake_failed",
+            TlsFailure::NoStartTls => Refusal::NoStartTls,
+            TlsFailure::StartTlsRefused => Refusal::StartTlsRefused,
+            TlsFailure::Handshake => Refusal::HandshakeFailed,
             TlsFailure::Certificate(why) => match why.as_str() {
-                "expired" | "not yet valid" => "certificate_expired",
-                "revoked" => "certificate_revoked",
-                "untrusted issuer" => "certificate_untrusted",
-                _ => "certificate_invalid",
+                "expired" | "not yet valid" => Refusal::CertificateExpired,
+                "revoked" => Refusal::CertificateRevoked,
+                "untrusted issuer" => Refusal::CertificateUntrusted,
+                _ => Refusal::CertificateInvalid,
             },
-            TlsFailure::NameMismatch => "name_mismatch",
+            TlsFailure::NameMismatch => Refusal::NameMismatch,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{Conn, Timeouts};
+use super::{Conn, ReplyTo, Timeouts};
 use crate::command::{parse_command, Command, CommandError};
 use crate::line::{LineEvent, MAX_COMMAND_LINE};
 use crate::timer::Timer;
@@ -12,6 +12,7 @@ use crate::timer::Timer;
 impl Conn {
     /// The command on a client line, or the reply refusing it (a protocol error).
     pub(crate) fn read_command(&mut self, event: LineEvent) -> Result<Command, &'static str> {
+        self.replying_to = ReplyTo::Invalid;
         let LineEvent::Line { line, crlf } = event else {
             self.log_command(b"[line too long]");
             return Err("500 5.5.2 Line too long");
@@ -22,7 +23,11 @@ impl Conn {
             return Err("500 5.5.2 Bare line feed not allowed");
         }
         self.commands_seen += 1;
-        match parse_command(&line) {
+        let cmd = parse_command(&line);
+        if let Ok(cmd) = &cmd {
+            self.replying_to = ReplyTo::from(cmd.verb());
+        }
+        match cmd {
             Ok(cmd) if line.len() + 2 > cmd.max_line_len() => Err("500 5.5.2 Line too long"),
             Ok(cmd) => Ok(cmd),
             Err(_) if line.len() + 2 > MAX_COMMAND_LINE => Err("500 5.5.2 Line too long"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 
-use super::{Action, Event, Leg, TlsInfo};
+use super::{Action, Event, Leg, ReplyTo, TlsInfo};
 use crate::data::{Fed, Reframer};
 use crate::line::{LineReader, MAX_EXTENDED_LINE};
 use crate::reply::{Reply, ReplyParser};
@@ -46,6 +46,8 @@ pub(crate) struct Conn {
     pub(crate) protocol_log: bool,
     /// Client command lines read (the first one waits for `greeting`, the rest `command`).
     pub(crate) commands_seen: u32,
+    /// What the next reply to the client answers.
+    pub(crate) replying_to: ReplyTo,
 }
 
 impl Conn {
@@ -66,6 +68,7 @@ impl Conn {
             closed: false,
             protocol_log,
             commands_seen: 0,
+            replying_to: ReplyTo::Greeting,
         }
     }
 
@@ -87,6 +90,7 @@ impl Conn {
 
     /// Queue a reply line to the client (CRLF appended).
     pub(crate) fn send(&mut self, line: &str) {
+        self.count_reply(line.as_bytes());
         let out = &mut self.out[index(Leg::Client)];
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -95,6 +99,11 @@ impl Conn {
 
     /// Queue a (parsed, re-serialised) reply to the client.
     pub(crate) fn send_reply(&mut self, reply: &Reply) {
+        let to = self.replying_to;
+        self.event(Event::Reply {
+            to,
+            code: reply.code,
+        });
         let out = &mut self.out[index(Leg::Client)];
         let start = out.len();
         reply.write_to(out);
@@ -102,6 +111,16 @@ impl Conn {
             let written = out[start..].to_vec();
             self.log_replies(&written);
         }
+    }
+
+    fn count_reply(&mut self, line: &[u8]) {
+        let code = line
+            .get(..3)
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let to = self.replying_to;
+        self.event(Event::Reply { to, code });
     }
 
     /// Queue bytes for a leg.

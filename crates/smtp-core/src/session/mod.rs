@@ -20,10 +20,14 @@ mod commands;
 mod conn;
 mod protocol_log;
 pub(crate) mod received;
+mod refusal;
+mod reply_to;
 mod tls_info;
 
 pub(crate) use conn::{skip_chunk, Conn};
 pub use protocol_log::Direction;
+pub use refusal::{LegFailure, Refusal};
+pub use reply_to::ReplyTo;
 pub use tls_info::{ClientCert, PeerCert, TlsInfo};
 
 /// One of the two connections of a session.
@@ -156,23 +160,26 @@ pub enum Event {
     MessageFailed,
     /// A policy refusal, with a short stable reason for a metric label. `enforced: false`:
     /// audit mode, the command went through.
-    PolicyRejection {
-        reason: &'static str,
-        enforced: bool,
-    },
+    PolicyRejection { reason: Refusal, enforced: bool },
     /// A Domain Security refusal (also reported as a [`Event::PolicyRejection`]), with what
     /// was missing, for the log.
     DomainSecureRefused(crate::inbound::DomainSecureRefusal),
     /// The backend misbehaved or went away; the session ends with `421 4.4.2`.
-    BackendFailed { reason: String },
+    BackendFailed { kind: LegFailure, reason: String },
     /// A next hop could not be used (unreachable, refused, misbehaved, lost); the legacy MTA
     /// was told `4xx`, or the next one was tried.
-    NextHopFailed { host: String, reason: String },
+    NextHopFailed {
+        host: String,
+        kind: LegFailure,
+        reason: String,
+    },
     /// A recipient domain's TLS level could not be met with a next hop.
     OutboundTlsFailure(Box<crate::outbound::TlsFailureReport>),
     /// The next hop answered 2xx to the end of a message sent over verified mutual TLS to a
     /// `domain-secure` domain; `domain` is the listed domain as configured.
     DomainSecureSent { domain: String },
+    /// A reply was sent to the client (one per reply, multi-line or not).
+    Reply { to: ReplyTo, code: u16 },
     /// A line of the client dialogue for the protocol log, secrets masked (only when the
     /// listener has `protocol_log`).
     Protocol { direction: Direction, line: String },
