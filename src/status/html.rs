@@ -22,9 +22,10 @@ h2{font-size:16px;margin:20px 0 6px}\
 table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px rgba(0,0,0,.08);min-width:50%}\
 th,td{border:1px solid #d5dbe1;padding:4px 10px;text-align:left;white-space:nowrap}\
 th{background:#e8edf2;font-weight:600}\
+th.group{text-align:center}\
 td.n{text-align:right;font-variant-numeric:tabular-nums}\
 td.wrap{white-space:normal;max-width:420px;word-break:break-all}\
-tr.expiring td{background:#fde2e1}\
+tr.expiring td{background:#fbd3d0}\
 tr.expired td{background:#f8b4b0;font-weight:600}\
 .up{color:#116b2f;font-weight:600}\
 .unknown{color:#8a5a00}\
@@ -68,18 +69,20 @@ pub(super) fn ago(now: i64, then: i64) -> String {
     }
 }
 
-/// A table with its headings; `rows` already rendered; `empty` when there are none.
-fn table(out: &mut String, class: &str, headings: &[&str], rows: &[String], empty: &str) {
-    let _ = write!(out, "<table class=\"{class}\"><thead><tr>");
-    for h in headings {
-        let _ = write!(out, "<th>{h}</th>");
-    }
-    out.push_str("</tr></thead><tbody>");
+/// One heading row.
+fn headings(names: &[&str]) -> String {
+    let cells: String = names.iter().map(|h| format!("<th>{h}</th>")).collect();
+    format!("<tr>{cells}</tr>")
+}
+
+/// A table: `head` its heading rows, `columns` wide; `rows` already rendered; `empty` when
+/// there are none.
+fn table(out: &mut String, class: &str, head: &str, columns: usize, rows: &[String], empty: &str) {
+    let _ = write!(out, "<table class=\"{class}\"><thead>{head}</thead><tbody>");
     if rows.is_empty() {
         let _ = write!(
             out,
-            "<tr><td class=\"empty\" colspan=\"{}\">{empty}</td></tr>",
-            headings.len()
+            "<tr><td class=\"empty\" colspan=\"{columns}\">{empty}</td></tr>"
         );
     }
     for r in rows {
@@ -132,25 +135,22 @@ pub fn render(s: &Status) -> String {
             )
         })
         .collect();
-    table(
-        &mut out,
-        "listeners",
-        &[
-            "listener",
-            "mode",
-            "address",
-            "sessions now",
-            "sessions since start",
-            "connections over limits",
-            "messages accepted",
+    let head = format!(
+        "<tr><th rowspan=\"2\">listener</th><th rowspan=\"2\">mode</th>\
+         <th rowspan=\"2\">address</th><th colspan=\"3\" class=\"group\">sessions</th>\
+         <th colspan=\"5\" class=\"group\">messages</th></tr>{}",
+        headings(&[
+            "now",
+            "since start",
+            "over limits",
+            "accepted",
             "rejected",
             "failed",
-            "TLS share of messages",
-            "body bytes relayed",
-        ],
-        &rows,
-        "No listener.",
+            "TLS share",
+            "body bytes",
+        ])
     );
+    table(&mut out, "listeners", &head, 11, &rows, "No listener.");
 
     out.push_str("<h2>Domain-secure partners</h2>\n");
     let rows: Vec<String> = s
@@ -181,14 +181,15 @@ pub fn render(s: &Status) -> String {
     table(
         &mut out,
         "domains",
-        &[
+        &headings(&[
             "domain",
             "messages received",
             "messages sent",
             "outbound session failures",
             "last failure reason",
             "last failure at",
-        ],
+        ]),
+        6,
         &rows,
         "No domain-secure domain configured.",
     );
@@ -222,13 +223,14 @@ pub fn render(s: &Status) -> String {
     table(
         &mut out,
         "certificates",
-        &[
+        &headings(&[
             "name",
             "subject",
             "SHA-1 thumbprint",
             "expires",
             "days to expiry",
-        ],
+        ]),
+        5,
         &rows,
         "No certificate loaded.",
     );
@@ -255,7 +257,8 @@ pub fn render(s: &Status) -> String {
     table(
         &mut out,
         "backends",
-        &["listener", "server", "state"],
+        &headings(&["listener", "server", "state"]),
+        3,
         &rows,
         "No backend server.",
     );
