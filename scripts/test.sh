@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README, and what CI runs: installs the Debian packages the
 # interoperability tests drive (swaks, openssl, Postfix and its smtp-sink/smtp-source, python3,
-# an unpacked Exim 4, an unpacked OpenSMTPD), then checks formatting and lints, and runs every
-# test of the workspace.
+# an unpacked Exim 4, an unpacked OpenSMTPD) and Chromium for the status page, then checks
+# formatting and lints, and runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,8 @@ perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 { [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/postfix ]; } || need+=(postfix)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# The browser tests/status_page.rs loads the admin endpoint's status page in (headless).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

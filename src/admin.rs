@@ -1,7 +1,11 @@
 //! The admin endpoint on `metrics.listen`: `GET /metrics` (Prometheus text format),
-//! `/healthz` (the process is alive), `/readyz` (every listener is bound). The endpoint has
-//! its own small budget of connections, buffers and time, so that nothing arriving on the
-//! admin port can take the descriptors or tasks the SMTP sessions need.
+//! `/healthz` (the process is alive), `/readyz` (every listener is bound and no terminate
+//! listener has all its backend servers known down), and the status page, `/` (HTML) and
+//! `/status.json` ([`crate::status`]). `HEAD` is answered as `GET` without the body; another
+//! method on one of these paths is `405`, any other path `404`. The endpoint has its own
+//! small budget of connections, buffers and time, so that nothing arriving on the admin port
+//! can take the descriptors or tasks the SMTP sessions need; every answer is built from one
+//! snapshot of the registry, with no lock held across an await.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,12 +14,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
+use crate::runtime::unix_now;
+use crate::status::{ListenerInfo, Status};
 
 /// Admin connections served at once; one more is closed as soon as it is accepted. A
 /// Prometheus server and a health checker need one or two each, and every connection costs a
@@ -34,7 +41,17 @@ pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 /// The most of a request the endpoint buffers: its requests are a line and a few headers.
 const MAX_BUF_SIZE: usize = 16 * 1024;
 
-pub async fn serve(listener: TcpListener, metrics: Metrics) {
+/// The Content-Type of `/metrics`: the Prometheus text format 0.0.4.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The status page runs no script and loads nothing: a browser is told so.
+const PAGE_POLICY: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+/// Serve the admin endpoint on `listener`. `listeners` is what the status page and
+/// `/readyz` know of each listener beyond its metrics (its mode and address).
+pub async fn serve(listener: TcpListener, metrics: Metrics, listeners: Arc<[ListenerInfo]>) {
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -52,9 +69,10 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
             continue;
         };
         let metrics = metrics.clone();
+        let listeners = Arc::clone(&listeners);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&req, &metrics);
+                let response = respond(&req, &metrics, &listeners);
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -68,29 +86,73 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
     }
 }
 
-fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            Bytes::from(metrics.render()),
-        ),
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        // Listeners are bound before this endpoint starts; backend checks come with the
-        // backend pool.
-        (&Method::GET, "/readyz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            Bytes::from_static(b"not found\n"),
-        ),
-    };
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    if let Ok(v) = content_type.parse() {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, v);
+fn respond(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    listeners: &[ListenerInfo],
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !matches!(
+        path,
+        "/" | "/status.json" | "/metrics" | "/healthz" | "/readyz"
+    ) {
+        return response(StatusCode::NOT_FOUND, "text/plain", "not found\n");
     }
+    // HEAD: hyper sends the head of the GET answer, Content-Length included, and no body.
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match path {
+        "/metrics" => response(StatusCode::OK, METRICS_CONTENT_TYPE, metrics.render()),
+        "/healthz" => response(StatusCode::OK, "text/plain", "ok\n"),
+        // Listeners are bound before this endpoint starts.
+        "/readyz" => match Status::gather(metrics, listeners, unix_now()).readiness() {
+            Ok(()) => response(StatusCode::OK, "text/plain", "ready\n"),
+            Err(why) => response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        "/status.json" => response(
+            StatusCode::OK,
+            "application/json",
+            Status::gather(metrics, listeners, unix_now()).json(),
+        ),
+        _ => {
+            let page = Status::gather(metrics, listeners, unix_now()).html();
+            let mut r = response(StatusCode::OK, "text/html; charset=utf-8", page);
+            let headers = r.headers_mut();
+            headers.insert(
+                "content-security-policy",
+                HeaderValue::from_static(PAGE_POLICY),
+            );
+            headers.insert(
+                "x-content-type-options",
+                HeaderValue::from_static("nosniff"),
+            );
+            r
+        }
+    }
+}
+
+/// A response that no cache keeps: every answer here is of this instant.
+fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -12,6 +12,7 @@
 //! | [`backend`] | connecting to the legacy server(s), in order |
 //! | [`mx`] | originate mode's MX look-ups: next hops in preference order, null MX, DNS failures |
 //! | [`metrics`], [`admin`] | Prometheus metrics and the `/metrics` `/healthz` `/readyz` endpoint |
+//! | [`status`] | the admin endpoint's status page (`/`, `/status.json`) from one registry snapshot |
 //! | [`runtime`] | building and running everything from a validated configuration |
 //! | [`sink`] | a minimal SMTP server standing in for the legacy backend (`demo`, tests) |
 //! | [`cli`] | the `run`, `check` and `demo` commands |
@@ -30,4 +31,5 @@ pub mod mx;
 pub mod outbound;
 pub mod runtime;
 pub mod sink;
+pub mod status;
 pub mod tls;

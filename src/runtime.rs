@@ -374,7 +374,19 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
                 .await
                 .map_err(|source| StartError::BindMetrics { addr, source })?;
             let local = tcp.local_addr().unwrap_or(addr);
-            tokio::spawn(crate::admin::serve(tcp, metrics.clone()));
+            let infos: Vec<_> = bound
+                .iter()
+                .map(|(_, addr, rt)| crate::status::ListenerInfo {
+                    name: rt.name.clone(),
+                    mode: match rt.mode {
+                        ModeRuntime::Terminate(_) => "terminate",
+                        ModeRuntime::Originate(_) => "originate",
+                    }
+                    .to_owned(),
+                    listen: addr.to_string(),
+                })
+                .collect();
+            tokio::spawn(crate::admin::serve(tcp, metrics.clone(), infos.into()));
             Some(local)
         }
         None => None,
