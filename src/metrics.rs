@@ -48,6 +48,7 @@ pub struct Metrics {
     pub backend_failures_total: IntCounterVec,
     pub next_hop_failures_total: IntCounterVec,
     pub backend_up: IntGaugeVec,
+    pub backend_last_check_timestamp_seconds: IntGaugeVec,
     pub backend_reply_seconds: HistogramVec,
     pub session_duration_seconds: HistogramVec,
     /// notAfter of each loaded certificate, labelled by store name, SHA-1 thumbprint (as
@@ -223,6 +224,13 @@ impl Metrics {
                 "1 if the backend server answered the last connection to it, 0 if not",
                 &["listener", "server"],
             ),
+            backend_last_check_timestamp_seconds: gauge(
+                r,
+                "backend_last_check_timestamp_seconds",
+                "When backend_up was last set from a connection to the server, Unix seconds \
+                 (0: never since start)",
+                &["listener", "server"],
+            ),
             backend_reply_seconds: histogram(
                 r,
                 "backend_reply_seconds",
@@ -322,7 +330,13 @@ impl Metrics {
             }),
             backend_up: servers
                 .iter()
-                .map(|s| (s.clone(), self.backend_up.with_label_values(&[l, s])))
+                .map(|s| {
+                    let up = self.backend_up.with_label_values(&[l, s]);
+                    let checked = self
+                        .backend_last_check_timestamp_seconds
+                        .with_label_values(&[l, s]);
+                    (s.clone(), up, checked)
+                })
                 .collect(),
             reply_seconds: self.backend_reply_seconds.with_label_values(&[l]),
             duration: self.session_duration_seconds.with_label_values(&[l]),
@@ -384,7 +398,8 @@ pub struct ListenerMetrics {
     sent: Vec<(String, IntCounter)>,
     backend_failures: [IntCounter; 8],
     next_hop_failures: [IntCounter; 8],
-    backend_up: Vec<(String, IntGauge)>,
+    /// Per server: `backend_up`, and when it was last set.
+    backend_up: Vec<(String, IntGauge, IntGauge)>,
     pub reply_seconds: Histogram,
     pub duration: Histogram,
     /// Sent to a domain-secure domain that is not listed (the default level): `other`.
@@ -480,10 +495,11 @@ impl ListenerMetrics {
             .set(unix_now);
     }
 
-    /// Whether a backend server answered the last connection to it.
-    pub fn backend_up(&self, server: &str, up: bool) {
-        if let Some((_, g)) = self.backend_up.iter().find(|(s, _)| s == server) {
+    /// Whether a backend server answered the last connection to it (now).
+    pub fn backend_up(&self, server: &str, up: bool, unix_now: i64) {
+        if let Some((_, g, checked)) = self.backend_up.iter().find(|(s, _, _)| s == server) {
             g.set(i64::from(up));
+            checked.set(unix_now);
         }
     }
 }

@@ -137,8 +137,9 @@ pub struct BackendStatus {
 pub enum BackendState {
     /// The server answered the last connection to it.
     Up,
-    /// The gauge reads 0: the last connection failed, or none was tried since start (a
-    /// series is created at 0 with its listener, and `backend_up` alone cannot tell the two).
+    /// Its last connection failed.
+    Down,
+    /// No connection to it since start (`backend_last_check_timestamp_seconds` is 0).
     Unknown,
 }
 
@@ -331,14 +332,20 @@ impl Status {
         certificates.sort_by(|a, b| (a.not_after, &a.name).cmp(&(b.not_after, &b.name)));
 
         // Backends in listener order (then as the registry sorts them).
+        let checks = family("backend_last_check_timestamp_seconds");
+        let checked = |l: &str, s: &str| {
+            checks.iter().any(|(labels, v)| {
+                labels.get("listener") == Some(&l) && labels.get("server") == Some(&s) && *v > 0.0
+            })
+        };
         let mut backends: Vec<(usize, BackendStatus)> = family("backend_up")
             .iter()
             .filter_map(|(labels, v)| {
                 let (l, s) = (labels.get("listener")?, labels.get("server")?);
-                let state = if whole(*v) == 1 {
-                    BackendState::Up
-                } else {
-                    BackendState::Unknown
+                let state = match (whole(*v), checked(l, s)) {
+                    (1, _) => BackendState::Up,
+                    (_, true) => BackendState::Down,
+                    (_, false) => BackendState::Unknown,
                 };
                 Some((
                     listeners
@@ -369,8 +376,7 @@ impl Status {
 
     /// `/readyz`: `Err` with the reason when a terminate listener has backend servers and
     /// every one of them is known to be down. Listeners are bound before the admin endpoint
-    /// starts, so that part always holds here. (Today no server is *known* down: see
-    /// [`BackendState::Unknown`].)
+    /// starts, so that part always holds here. A server not tried since start is not down.
     pub fn readiness(&self) -> Result<(), String> {
         let mut problems = Vec::new();
         for l in &self.listeners {
@@ -417,10 +423,9 @@ impl Status {
 }
 
 impl BackendState {
-    /// Known to have failed its last connection. `backend_up` reads 0 both for a server
-    /// that failed and for one not tried yet, so no state is known down today.
+    /// Known to have failed its last connection.
     fn known_down(self) -> bool {
-        false
+        self == BackendState::Down
     }
 }
 

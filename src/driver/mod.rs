@@ -193,7 +193,7 @@ impl<'a> Driver<'a> {
             }
             Action::ConnectBackend => {
                 match backend::connect(&l.servers, l.connect_timeout, |s, up| {
-                    l.metrics.backend_up(s, up)
+                    l.metrics.backend_up(s, up, crate::runtime::unix_now())
                 })
                 .await
                 {

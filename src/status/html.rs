@@ -28,6 +28,7 @@ td.wrap{white-space:normal;max-width:420px;word-break:break-all}\
 tr.expiring td{background:#fbd3d0}\
 tr.expired td{background:#f8b4b0;font-weight:600}\
 .up{color:#116b2f;font-weight:600}\
+.down{color:#b00020;font-weight:600}\
 .unknown{color:#8a5a00}\
 .bad{color:#b3261e;font-weight:600}\
 .empty{color:#667;font-style:italic}\
@@ -242,10 +243,8 @@ pub fn render(s: &Status) -> String {
         .map(|b| {
             let state = match b.state {
                 BackendState::Up => "<td class=\"up\">up</td>",
-                BackendState::Unknown => {
-                    "<td class=\"unknown\">not up (its last connection failed, or none \
-                     since start)</td>"
-                }
+                BackendState::Down => "<td class=\"down\">down (its last connection failed)</td>",
+                BackendState::Unknown => "<td class=\"unknown\">not tried since start</td>",
             };
             format!(
                 "<tr><td>{}</td><td>{}</td>{state}</tr>",

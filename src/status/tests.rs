@@ -48,7 +48,7 @@ fn populated() -> (Metrics, Vec<ListenerInfo>) {
     inbound.message_bytes.inc_by(1234);
     inbound.domain_secure_received("woodgrovebank.com");
     inbound.domain_secure_received("woodgrovebank.com");
-    inbound.backend_up("127.0.0.1:25", true);
+    inbound.backend_up("127.0.0.1:25", true, NOW - 5);
     outbound.connections.inc();
     outbound.domain_secure_sent("woodgrovebank.com");
     outbound.domain_secure_sent("unlisted.example");
@@ -203,10 +203,26 @@ fn backends_in_listener_order_and_readiness() {
         ]
     );
     assert_eq!(s.readiness(), Ok(()));
-    // A backend that failed its last connection reads as one never tried: still ready.
-    let inbound = metrics.listener("inbound", &[], &[], &["127.0.0.1:25".into()]);
-    inbound.backend_up("127.0.0.1:25", false);
-    assert_eq!(Status::gather(&metrics, &infos, NOW).readiness(), Ok(()));
+    // One server down, the other never tried: still ready.
+    let inbound = metrics.listener(
+        "inbound",
+        &[],
+        &[],
+        &["127.0.0.1:25".into(), "127.0.0.2:25".into()],
+    );
+    inbound.backend_up("127.0.0.1:25", false, NOW - 1);
+    let s = Status::gather(&metrics, &infos, NOW);
+    assert_eq!(s.backends[0].state, BackendState::Down);
+    assert_eq!(s.readiness(), Ok(()));
+    // Every server of the terminate listener down: not ready, naming them.
+    inbound.backend_up("127.0.0.2:25", false, NOW - 1);
+    let why = Status::gather(&metrics, &infos, NOW)
+        .readiness()
+        .unwrap_err();
+    assert_eq!(
+        why,
+        "listener inbound: every backend server is down (127.0.0.1:25, 127.0.0.2:25)"
+    );
 }
 
 #[test]
