@@ -314,6 +314,13 @@ fn assert_counters(exposition: &str) {
             other => wrong.push(format!("{series}: want {value}, got {other:?}")),
         }
     }
+    // The backend's (and next hop's) replies are timed: one per command at least.
+    for listener in ["inbound", "audit", "outbound"] {
+        let series = format!("smtp_sidecar_backend_reply_seconds_count{{listener=\"{listener}\"}}");
+        if got.get(&series).is_none_or(|n| *n < 5.0) {
+            wrong.push(format!("{series}: want >= 5, got {:?}", got.get(&series)));
+        }
+    }
     // Backends: the live one answered, the closed port did not.
     let up = |listener: &str| -> Vec<f64> {
         got.iter()
@@ -440,7 +447,12 @@ async fn dashboard_and_alerts_work_against_a_real_prometheus() {
     for q in &queries {
         let expr = prom::substitute(&q.expr);
         match prometheus.query(&expr).await {
-            Ok(result) if !result.is_empty() => {}
+            // A quantile of a histogram that never moved is NaN, whatever its series.
+            Ok(result) if result.iter().any(|s| sample_value(s).is_finite()) => {}
+            Ok(result) if !result.is_empty() => failures.push(format!(
+                "{} {}: no finite value: {expr}: {result:?}",
+                q.panel, q.ref_id
+            )),
             Ok(_) => failures.push(format!("{} {}: no data: {expr}", q.panel, q.ref_id)),
             Err(e) => failures.push(format!("{} {}: {e}: {expr}", q.panel, q.ref_id)),
         }
