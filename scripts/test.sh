@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README, and what CI runs: installs the Debian packages the
 # interoperability tests drive (swaks, openssl, Postfix and its smtp-sink/smtp-source, python3,
-# an unpacked Exim 4, an unpacked OpenSMTPD) and Chromium for the status page, then checks
+# an unpacked Exim 4, an unpacked OpenSMTPD), Chromium for the status page and Prometheus
+# (tests/observability.rs), then checks
 # formatting and lints, and runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 # The browser tests/status_page.rs loads the admin endpoint's status page in (headless).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# tests/observability.rs runs Debian's Prometheus server (its own config and data directory in a
+# scratch directory, never the packaged service) and its promtool.
+{ [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

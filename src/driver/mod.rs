@@ -189,6 +189,12 @@ impl<'a> Driver<'a> {
                     Ok(Ok(()))
                 ) {
                     session.handle_lost(leg, Instant::now());
+                    return Step::Go;
+                }
+                l.metrics.bytes(leg == Leg::Client, false, bytes.len());
+                if leg == Leg::Backend {
+                    // One command at a time: the next bytes back are its reply.
+                    self.awaiting_backend = Some(Instant::now());
                 }
             }
             Action::ConnectBackend => {
