@@ -36,6 +36,7 @@ pub struct Metrics {
     pub connections_active: IntGaugeVec,
     pub connections_refused_total: IntCounterVec,
     pub tls_handshakes_total: IntCounterVec,
+    pub tls_handshake_errors_total: IntCounterVec,
     pub messages_total: IntCounterVec,
     pub message_bytes_total: IntCounterVec,
     pub bytes_total: IntCounterVec,
@@ -146,10 +147,17 @@ impl Metrics {
                 "TLS handshakes by side (server/client), result (ok/error) and version",
                 &["listener", "side", "result", "version"],
             ),
+            tls_handshake_errors_total: counter(
+                r,
+                "tls_handshake_errors_total",
+                "Failed TLS handshakes by side (server/client) and reason",
+                &["listener", "side", "reason"],
+            ),
             messages_total: counter(
                 r,
                 "messages_total",
-                "Messages by TLS of the client leg (yes/no) and result (accepted/rejected/failed)",
+                "Messages by TLS (yes/no) of the leg the listener protects (terminate: the client; \
+                 originate: the next hop) and result (accepted/rejected/failed)",
                 &["listener", "tls", "result"],
             ),
             message_bytes_total: counter(
@@ -286,6 +294,12 @@ impl Metrics {
                     .with_label_values(&[l, side, "error", ""]),
             ]
         });
+        let handshake_errors = ["server", "client"].map(|side| {
+            HandshakeError::ALL.map(|reason| {
+                self.tls_handshake_errors_total
+                    .with_label_values(&[l, side, reason.as_str()])
+            })
+        });
         let rejections = Refusal::ALL.map(|reason| {
             ["true", "false"].map(|enforced| {
                 self.policy_rejections_total
@@ -307,6 +321,14 @@ impl Metrics {
                 .map(|d| (d.clone(), vec.with_label_values(&[l, d])))
                 .collect()
         };
+        // The outbound failure series of each listed domain-secure domain, at 0: `increase()`
+        // then sees a first failure.
+        for domain in sent {
+            for reason in Refusal::OUTBOUND {
+                self.domain_secure_outbound_session_failures_total
+                    .with_label_values(&[l, domain, reason.as_str()]);
+            }
+        }
         ListenerMetrics {
             name: name.to_owned(),
             connections: self.connections_total.with_label_values(&[l]),
@@ -317,6 +339,7 @@ impl Metrics {
             bytes,
             replies,
             handshakes,
+            handshake_errors,
             rejections,
             received: counted(&self.domain_secure_messages_received_total, received),
             sent: counted(&self.domain_secure_messages_sent_total, sent),
@@ -392,6 +415,8 @@ pub struct ListenerMetrics {
     replies: [[IntCounter; 4]; 16],
     /// `[server/client][ok TLS 1.3, ok TLS 1.2, error]`
     handshakes: [[IntCounter; 3]; 2],
+    /// `[server/client][HandshakeError]`
+    handshake_errors: [[IntCounter; 7]; 2],
     /// `[Refusal][enforced true/false]`
     rejections: [[IntCounter; 2]; 19],
     received: Vec<(String, IntCounter)>,
@@ -435,9 +460,66 @@ impl Handshake {
     }
 }
 
+/// Why a TLS handshake failed (`tls_handshake_errors_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// Not done by its deadline.
+    Timeout,
+    /// `client_certificates: require` and the client sent none.
+    NoCertificate,
+    /// The client's certificate did not verify, by why.
+    CertificateExpired,
+    CertificateRevoked,
+    CertificateUntrusted,
+    CertificateInvalid,
+    /// Anything else: an alert, not TLS at all, no common version or cipher, a bad signature.
+    Protocol,
+}
+
+impl HandshakeError {
+    const ALL: [HandshakeError; 7] = [
+        HandshakeError::Timeout,
+        HandshakeError::NoCertificate,
+        HandshakeError::CertificateExpired,
+        HandshakeError::CertificateRevoked,
+        HandshakeError::CertificateUntrusted,
+        HandshakeError::CertificateInvalid,
+        HandshakeError::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeError::Timeout => "timeout",
+            HandshakeError::NoCertificate => "no_certificate",
+            HandshakeError::CertificateExpired => "certificate_expired",
+            HandshakeError::CertificateRevoked => "certificate_revoked",
+            HandshakeError::CertificateUntrusted => "certificate_untrusted",
+            HandshakeError::CertificateInvalid => "certificate_invalid",
+            HandshakeError::Protocol => "protocol",
+        }
+    }
+
+    /// From what rustls said of a client certificate it refused.
+    pub fn client_certificate(reason: &str) -> Self {
+        match reason {
+            "no client certificate" => HandshakeError::NoCertificate,
+            "expired" | "not yet valid" => HandshakeError::CertificateExpired,
+            "revoked" => HandshakeError::CertificateRevoked,
+            "untrusted issuer" => HandshakeError::CertificateUntrusted,
+            _ => HandshakeError::CertificateInvalid,
+        }
+    }
+}
+
 impl ListenerMetrics {
-    pub fn message(&self, client_tls: bool, outcome: Outcome) {
-        self.messages[usize::from(!client_tls)][outcome as usize].inc();
+    /// A failed handshake: counted in `tls_handshakes_total{result="error"}` and by reason.
+    pub fn handshake_error(&self, server: bool, reason: HandshakeError) {
+        self.handshake(server, Handshake::Error);
+        self.handshake_errors[usize::from(!server)][reason as usize].inc();
+    }
+
+    pub fn message(&self, tls: bool, outcome: Outcome) {
+        self.messages[usize::from(!tls)][outcome as usize].inc();
     }
 
     /// `server`: the client leg's handshake; else the client side toward a next hop.

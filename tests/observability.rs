@@ -257,7 +257,7 @@ fn assert_counters(exposition: &str) {
         ("smtp_sidecar_messages_total{listener=\"inbound\",result=\"accepted\",tls=\"yes\"}", 3.0),
         ("smtp_sidecar_messages_total{listener=\"inbound\",result=\"rejected\",tls=\"no\"}", 0.0),
         ("smtp_sidecar_messages_total{listener=\"audit\",result=\"accepted\",tls=\"no\"}", 1.0),
-        ("smtp_sidecar_messages_total{listener=\"outbound\",result=\"accepted\",tls=\"no\"}", 1.0),
+        ("smtp_sidecar_messages_total{listener=\"outbound\",result=\"accepted\",tls=\"yes\"}", 1.0),
         (
             "smtp_sidecar_messages_total{listener=\"outbound_untrusted\",result=\"accepted\",tls=\"no\"}",
             0.0,
@@ -424,7 +424,8 @@ async fn dashboard_and_alerts_work_against_a_real_prometheus() {
     // during the traffic need two samples).
     prometheus
         .wait_for(
-            "count_over_time(smtp_sidecar_domain_secure_outbound_session_failures_total[1m])",
+            "count_over_time(smtp_sidecar_domain_secure_outbound_session_failures_total\
+             {listener=\"outbound_untrusted\",reason=\"certificate_untrusted\"}[1m])",
             Duration::from_secs(15),
             |r| r.len() == 1 && sample_value(&r[0]) >= 2.0,
         )

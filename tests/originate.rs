@@ -202,7 +202,8 @@ async fn cell(pki: &NextHopPki, ours: &Leaf, level: &str, kind: Kind) {
         _ => {
             assert_eq!(rcpt, "250 2.1.5 Ok\r\n", "{cell}");
             assert_eq!(eod.as_deref(), Some("250 2.0.0 Ok: queued\r\n"), "{cell}");
-            metrics.push(m::messages("accepted", 1));
+            let over_tls = matches!(outcome, Outcome::Tls);
+            metrics.push(m::messages("accepted", over_tls, 1));
         }
     }
     quit(client).await;
@@ -416,7 +417,9 @@ async fn audit_mode_delivers_as_may_and_counts_enforced_false() {
         assert_eq!(rcpt, "250 2.1.5 Ok\r\n", "{cell}");
         assert_eq!(eod.as_deref(), Some("250 2.0.0 Ok: queued\r\n"), "{cell}");
         quit(client).await;
-        let mut want = vec![m::messages("accepted", 1)];
+        // Audit: delivered as `may` would, over TLS when the next hop has it.
+        let over_tls = !matches!(kind, Kind::NoStartTls | Kind::FailHandshake);
+        let mut want = vec![m::messages("accepted", over_tls, 1)];
         let first = hop.next_session().await;
         let reason = match expected("domain-secure", kind) {
             Outcome::Refused { reason, .. } => Some(reason),
@@ -483,7 +486,12 @@ async fn end_of_data_reply_is_the_next_hops() {
         quit(client).await;
         let s = hop.next_session().await;
         assert_eq!(plain(&s.encrypted), delivery(&["b@y.test"]), "{eod}");
-        assert_series(&sidecar, &[m::messages(result, 1), m::handshake_ok(1)], eod).await;
+        assert_series(
+            &sidecar,
+            &[m::messages(result, true, 1), m::handshake_ok(1)],
+            eod,
+        )
+        .await;
     }
 }
 
@@ -516,7 +524,7 @@ async fn no_reply_to_the_end_of_data_before_the_next_hops() {
             plain(BODY)
         )
     );
-    assert_series(&sidecar, &[m::messages("accepted", 1)], "held").await;
+    assert_series(&sidecar, &[m::messages("accepted", false, 1)], "held").await;
 }
 
 /// The next hop closes in the middle of the body: `451 4.4.2`, never 250, counted as failed;
@@ -566,7 +574,7 @@ async fn next_hop_lost_mid_message_is_451_4_4_2() {
         assert_series(
             &sidecar,
             &[
-                m::messages("failed", 1),
+                m::messages("failed", true, 1),
                 m::handshake_ok(1),
                 m::next_hop_failures("closed", 1),
             ],

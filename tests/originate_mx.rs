@@ -105,7 +105,7 @@ async fn mx_hosts_are_tried_in_preference_order() {
     assert_eq!(hop.accepted(), 1);
     assert_eq!(mx_queries(&dns, "y.test"), 1, "{:?}", dns.queries());
     let want = [
-        m::messages("accepted", 1),
+        m::messages("accepted", true, 1),
         m::handshake_ok(1),
         m::next_hop_failures("closed", 1),
     ];
@@ -154,7 +154,7 @@ async fn a_4xx_greeting_moves_on_to_the_next_mx() {
         }
         assert_eq!((busy.accepted(), to_good.accepted()), (1, 1), "{greeting}");
         let want = [
-            m::messages("accepted", 1),
+            m::messages("accepted", true, 1),
             m::handshake_ok(1),
             m::next_hop_failures("refused", 1),
         ];
@@ -187,7 +187,7 @@ async fn no_mx_falls_back_to_the_domains_address() {
     );
     assert_series(
         &sidecar,
-        &[m::messages("accepted", 1), m::handshake_ok(1)],
+        &[m::messages("accepted", true, 1), m::handshake_ok(1)],
         "implicit MX",
     )
     .await;
@@ -302,7 +302,7 @@ async fn a_level_not_met_tries_the_next_mx() {
             quit(client).await;
             assert_delivered_tls(&other, "mx2.y.test", &["b@y.test"]).await;
             want.extend([
-                m::messages("accepted", 1),
+                m::messages("accepted", true, 1),
                 m::rejection("certificate_untrusted", true, 1),
                 m::next_hop_failures("policy", 1),
             ]);
@@ -406,5 +406,10 @@ async fn a_second_domain_is_452_4_5_3_then_delivered_in_the_next_transaction() {
     let second = hop.next_session().await;
     assert_eq!(plain(&second.plaintext), delivery(&["c@z.test"]));
     assert_eq!(hop.accepted(), 2);
-    assert_series(&sidecar, &[m::messages("accepted", 2)], "two domains").await;
+    assert_series(
+        &sidecar,
+        &[m::messages("accepted", false, 2)],
+        "two domains",
+    )
+    .await;
 }

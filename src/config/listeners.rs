@@ -68,7 +68,11 @@ fn listener(
     };
     let mut listen_taken = false;
     if let Some(addr) = listen {
-        match taken.iter().find(|(used, _)| *used == addr) {
+        // Port 0 asks the kernel for a free port: two of those never clash.
+        match taken
+            .iter()
+            .find(|(used, _)| *used == addr && addr.port() != 0)
+        {
             Some((_, user)) => {
                 p.add(
                     &listen_path,

@@ -23,7 +23,7 @@ pub struct Tally {
 /// Count or log an event.
 pub(super) fn record(
     l: &ListenerRuntime,
-    client_tls: bool,
+    message_tls: bool,
     event: Event,
     peer: SocketAddr,
     id: u64,
@@ -33,16 +33,16 @@ pub(super) fn record(
     match event {
         Event::Reply { to, code } => m.reply(to, code),
         Event::MessageAccepted { bytes } => {
-            m.message(client_tls, Outcome::Accepted);
+            m.message(message_tls, Outcome::Accepted);
             m.message_bytes.inc_by(bytes);
             tally.accepted += 1;
         }
         Event::MessageRejected => {
-            m.message(client_tls, Outcome::Rejected);
+            m.message(message_tls, Outcome::Rejected);
             tally.refused += 1;
         }
         Event::MessageFailed => {
-            m.message(client_tls, Outcome::Failed);
+            m.message(message_tls, Outcome::Failed);
             tally.failed += 1;
         }
         Event::PolicyRejection { reason, enforced } => {

@@ -14,7 +14,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::PROTOCOL;
 use crate::io::Stream;
-use crate::metrics::Handshake;
+use crate::metrics::{Handshake, HandshakeError};
 use crate::runtime::ListenerRuntime;
 
 /// Record a completed server-side handshake; returns what the session needs to know.
@@ -117,9 +117,15 @@ fn log_certificate(
     );
 }
 
-fn handshake_failed(l: &ListenerRuntime, peer: SocketAddr, reason: &str, side: &str) {
-    tracing::info!(listener = %l.name, %peer, reason, side, "TLS handshake failed");
-    count_handshake_error(l, side);
+fn handshake_failed(
+    l: &ListenerRuntime,
+    peer: SocketAddr,
+    reason: &str,
+    side: &str,
+    kind: HandshakeError,
+) {
+    tracing::info!(listener = %l.name, %peer, reason, side, kind = kind.as_str(), "TLS handshake failed");
+    l.metrics.handshake_error(side == "server", kind);
 }
 
 /// A handshake that failed with an error: with `client_certificates: require`, a client
@@ -136,14 +142,11 @@ fn handshake_error(l: &ListenerRuntime, peer: SocketAddr, e: &std::io::Error) {
             let client_certificate = crate::tls::failure_reason(err);
             tracing::info!(listener = %l.name, %peer, client_certificate, reason = %e,
                 "TLS handshake failed: client certificate refused");
-            count_handshake_error(l, "server");
+            let kind = HandshakeError::client_certificate(client_certificate);
+            l.metrics.handshake_error(true, kind);
         }
-        _ => handshake_failed(l, peer, &e.to_string(), "server"),
+        _ => handshake_failed(l, peer, &e.to_string(), "server", HandshakeError::Protocol),
     }
-}
-
-fn count_handshake_error(l: &ListenerRuntime, side: &str) {
-    l.metrics.handshake(side == "server", Handshake::Error);
 }
 
 /// The server side of a TLS handshake on `tcp` (implicit TLS, or after STARTTLS) by
@@ -167,7 +170,7 @@ pub(crate) async fn accept_tls(
             None
         }
         Err(_) => {
-            handshake_failed(l, peer, "timed out", "server");
+            handshake_failed(l, peer, "timed out", "server", HandshakeError::Timeout);
             None
         }
     }
@@ -188,12 +191,8 @@ pub(crate) async fn connect_tls(
     let client_tls = originate.map(|o| &o.client_tls);
     let (Some(client_tls), Some(name)) = (client_tls, crate::tls::server_name(&ask.server_name))
     else {
-        handshake_failed(
-            l,
-            peer,
-            "no TLS client configuration or unusable server name",
-            "client",
-        );
+        let why = "no TLS client configuration or unusable server name";
+        handshake_failed(l, peer, why, "client", HandshakeError::Protocol);
         return None;
     };
     let config = client_tls.config(ask.present_certificate);
@@ -201,11 +200,12 @@ pub(crate) async fn connect_tls(
     let stream = match timeout_at(deadline, connect).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            handshake_failed(l, peer, &e.to_string(), "client");
+            let kind = HandshakeError::Protocol;
+            handshake_failed(l, peer, &e.to_string(), "client", kind);
             return None;
         }
         Err(_) => {
-            handshake_failed(l, peer, "timed out", "client");
+            handshake_failed(l, peer, "timed out", "client", HandshakeError::Timeout);
             return None;
         }
     };

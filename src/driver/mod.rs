@@ -170,7 +170,7 @@ impl<'a> Driver<'a> {
 
     fn record_events<M: Machine>(&mut self, session: &mut M) {
         while let Some(event) = session.poll_event() {
-            let tls = session.client_tls();
+            let tls = session.message_tls();
             events::record(self.l, tls, event, self.peer, self.id, &mut self.tally);
         }
     }

@@ -168,9 +168,11 @@ pub async fn assert_series(running: &Running, expected: &[String], context: &str
 
 /// Metric lines, labels in the order Prometheus renders them (alphabetical).
 pub mod m {
-    pub fn messages(result: &str, n: u64) -> String {
+    /// `tls`: whether the message went to the next hop over TLS.
+    pub fn messages(result: &str, tls: bool, n: u64) -> String {
+        let tls = if tls { "yes" } else { "no" };
         format!(
-            "smtp_sidecar_messages_total{{listener=\"outbound\",result=\"{result}\",tls=\"no\"}} {n}"
+            "smtp_sidecar_messages_total{{listener=\"outbound\",result=\"{result}\",tls=\"{tls}\"}} {n}"
         )
     }
     pub fn handshake_ok(n: u64) -> String {

@@ -128,3 +128,13 @@ fn backend_servers_must_be_host_port() {
         assert_eq!(got, [want], "{bad}");
     }
 }
+
+#[test]
+fn port_zero_never_clashes() {
+    // Port 0 asks the kernel for a free port (tests, and a metrics endpoint for a probe).
+    let yaml = "metrics: {listen: \"127.0.0.1:0\"}\nlisteners:\n\
+                \x20 - {name: a, listen: \"127.0.0.1:0\", backend: {servers: [\"h:1\"]}}\n\
+                \x20 - {name: b, listen: \"127.0.0.1:0\", backend: {servers: [\"h:1\"]}}\n";
+    let config = super::ok(yaml);
+    assert_eq!(config.listeners.len(), 2);
+}

@@ -32,7 +32,7 @@ impl Machine for Session {
         Session::is_closed(self)
     }
 
-    fn client_tls(&self) -> bool {
+    fn message_tls(&self) -> bool {
         self.tls.is_some()
     }
 

@@ -77,6 +77,7 @@ impl Session {
     }
 
     fn abort_hop_message(&mut self) {
+        self.hop_tls = self.hop.tls.is_some();
         self.conn.abort(Leg::Backend);
         self.hop = Default::default();
         self.conn.backend_in.clear();

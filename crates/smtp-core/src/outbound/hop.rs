@@ -511,6 +511,7 @@ impl Session {
 
     /// The next hop answered the end of data (end-to-end acknowledgement, SPEC §1.1).
     fn message_done(&mut self, accepted: bool, bytes: u64) {
+        self.hop_tls = self.hop.tls.is_some();
         if !accepted {
             return self.conn.event(Event::MessageRejected);
         }
@@ -540,6 +541,7 @@ impl Session {
         if self.conn.is_closed() {
             return;
         }
+        self.hop_tls = self.hop.tls.is_some();
         match (&self.mode, self.hop.state) {
             (_, HopState::Resolving) => {
                 return self.setup_failed(DnsFailure::Temporary.reply().to_owned(), now);

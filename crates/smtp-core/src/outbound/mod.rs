@@ -47,6 +47,9 @@ pub struct Session {
     /// What the client was offered (parameters follow it).
     offered: Offered,
     hop: Hop,
+    /// The last message's next hop session was TLS (kept after that session is closed, for
+    /// the event that reports the message).
+    hop_tls: bool,
     conn: Conn,
 }
 
@@ -62,6 +65,7 @@ impl Session {
             mode: Mode::Commands,
             offered: Offered::default(),
             hop: Hop::default(),
+            hop_tls: false,
         };
         let greeting = format!("220 {} ESMTP", s.cfg.hostname);
         s.conn.send(&greeting);
@@ -101,8 +105,8 @@ impl Machine for Session {
         self.conn.is_closed()
     }
 
-    fn client_tls(&self) -> bool {
-        false
+    fn message_tls(&self) -> bool {
+        self.hop_tls
     }
 
     fn handle_bytes(&mut self, leg: Leg, data: &[u8], now: Instant) {

@@ -198,8 +198,9 @@ pub trait Machine {
     /// Whether the driver should read from the leg now (backpressure).
     fn wants_bytes(&self, leg: Leg) -> bool;
     fn is_closed(&self) -> bool;
-    /// Whether the client leg is encrypted (for metric labels).
-    fn client_tls(&self) -> bool;
+    /// Whether this session's messages travel over TLS on the leg its listener protects (for
+    /// `messages_total{tls}`): the client leg in terminate mode, the next hop in originate.
+    fn message_tls(&self) -> bool;
 
     fn handle_bytes(&mut self, leg: Leg, data: &[u8], now: Instant);
     /// The peer shut down its sending side.

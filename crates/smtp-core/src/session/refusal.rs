@@ -57,6 +57,18 @@ impl Refusal {
         Refusal::NameMismatch,
     ];
 
+    /// Why an outbound session could not meet its level.
+    pub const OUTBOUND: [Refusal; 8] = [
+        Refusal::NoStartTls,
+        Refusal::StartTlsRefused,
+        Refusal::HandshakeFailed,
+        Refusal::CertificateExpired,
+        Refusal::CertificateRevoked,
+        Refusal::CertificateUntrusted,
+        Refusal::CertificateInvalid,
+        Refusal::NameMismatch,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
