@@ -84,7 +84,9 @@ pub async fn accept_loop(
                         tokio::spawn(async move {
                             l.metrics.connections.inc();
                             l.metrics.active.inc();
-                            let m = l.metrics.clone();
+                            // The gauge alone, not the listener's whole handle: an idle
+                            // session must cost little (C of ../shared/bench).
+                            let active = l.metrics.active.clone();
                             match &l.mode {
                                 ModeRuntime::Terminate(cfg) => {
                                     let cfg = Arc::clone(cfg);
@@ -95,7 +97,7 @@ pub async fn accept_loop(
                                     crate::outbound::serve(stream, peer, l, cfg, shutdown).await;
                                 }
                             }
-                            m.active.dec();
+                            active.dec();
                             drop((admitted, alive));
                         });
                     }

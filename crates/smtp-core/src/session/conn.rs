@@ -73,11 +73,19 @@ impl Conn {
     }
 
     pub(crate) fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front();
+        if action.is_none() {
+            release(&mut self.actions);
+        }
+        action
     }
 
     pub(crate) fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() {
+            release(&mut self.events);
+        }
+        event
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
@@ -237,6 +245,14 @@ impl Conn {
     pub(crate) fn shutdown_now(&mut self) {
         self.send("421 4.3.2 Service shutting down");
         self.close();
+    }
+}
+
+/// Drained queues give their memory back: an idle session holds no queue buffer (DESIGN.md
+/// §5), at the price of one allocation when the next batch begins.
+fn release<T>(queue: &mut VecDeque<T>) {
+    if queue.capacity() > 0 {
+        *queue = VecDeque::new();
     }
 }
 
