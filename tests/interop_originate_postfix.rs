@@ -26,14 +26,13 @@ mod common;
 #[path = "common/postfix_mta.rs"]
 mod postfix_mta;
 
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::binary::{start_binary, Binary};
 use common::pki::{Pki, Spec};
 use common::process::free_port;
-use postfix_mta::{text, PostfixMta, POSTQUEUE, WAIT};
+use postfix_mta::{metric, scrape_until, text, PostfixMta, POSTQUEUE, WAIT};
 
 /// The recipient domain, and the names the three Postfix-side hosts go by.
 const DOMAIN: &str = "y.test";
@@ -169,35 +168,6 @@ fn delivered(hop: &PostfixMta) -> String {
     let messages = hop.delivered();
     assert_eq!(messages.len(), 1, "{messages:?}");
     String::from_utf8(messages[0].clone()).unwrap()
-}
-
-/// GET /metrics over plain HTTP/1.0.
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
-fn metric(body: &str, series: &str) -> Option<String> {
-    body.lines()
-        .find(|l| l.starts_with(series))
-        .map(|l| l[series.len()..].trim().to_owned())
-}
-
-/// Scrape until `series` has `value` (10 s at most), then return the whole scrape.
-fn scrape_until(port: u16, series: &str, value: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let body = scrape(port);
-        if metric(&body, series).as_deref() == Some(value) || Instant::now() > deadline {
-            return body;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Send one message through the chain and check it arrived over TLS, byte for byte.

@@ -19,86 +19,19 @@
 mod common;
 #[path = "common/partner_pki.rs"]
 mod partner_pki;
+#[path = "common/postfix_mta.rs"]
+mod postfix_mta;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::binary::{start_binary, Binary};
 use common::process::{free_port, TempDir};
 use common::{config_yaml, recording_backend, Recorder};
 use partner_pki::PartnerPki;
-
-/// Debian's Postfix commands (its `command_directory`).
-const POSTFIX: &str = "/usr/sbin/postfix";
-const SENDMAIL: &str = "/usr/sbin/sendmail";
-const POSTQUEUE: &str = "/usr/sbin/postqueue";
-
-/// Run `cmd` to its end (`secs` at most; killed then), its output captured through files: a
-/// daemon it starts may keep inherited descriptors open, which pipes would wait for.
-fn run(mut cmd: Command, stdin: Option<&[u8]>, scratch: &Path, secs: u64) -> Output {
-    let (out_path, err_path) = (scratch.join("cmd.out"), scratch.join("cmd.err"));
-    cmd.stdout(std::fs::File::create(&out_path).unwrap());
-    cmd.stderr(std::fs::File::create(&err_path).unwrap());
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let what = format!("{cmd:?}");
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input).unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} still running after {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: std::fs::read(&out_path).unwrap_or_default(),
-        stderr: std::fs::read(&err_path).unwrap_or_default(),
-    }
-}
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-/// Postfix is installed, with the user and group its daemons and setgid commands run as, and
-/// we are root (only root may start its master).
-fn check_postfix() {
-    for tool in [POSTFIX, SENDMAIL, POSTQUEUE] {
-        assert!(
-            Path::new(tool).is_file(),
-            "{tool} not found: apt-get install postfix (scripts/test.sh does, unconfigured)"
-        );
-    }
-    for (db, name) in [("passwd", "postfix"), ("group", "postdrop")] {
-        let found = Command::new("getent").args([db, name]).output();
-        assert!(
-            found.is_ok_and(|o| o.status.success()),
-            "no {name} in {db}: Debian's postfix package creates it (apt-get install postfix)"
-        );
-    }
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "Postfix's master must be started as root (as scripts/test.sh and CI run)"
-    );
-}
+use postfix_mta::{check_postfix, metric, run, scrape_until, text, POSTFIX, POSTQUEUE, SENDMAIL};
 
 /// A Postfix instance of its own: `<dir>/conf` (main.cf, master.cf), `<dir>/queue`,
 /// `<dir>/data`, `<dir>/maillog`. Stopped (then killed if need be) when dropped, before its
@@ -240,72 +173,12 @@ impl Postfix {
     }
 }
 
-/// True while `pid` is a live process (not gone, not a zombie waiting to be reaped).
-fn alive(pid: &str) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // pid (comm) STATE ...: the state follows the last ')'.
-    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-    state.is_some_and(|s| !s.starts_with('Z') && !s.starts_with('X'))
-}
-
 impl Drop for Postfix {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- postfix maillog ---\n{}", self.maillog());
         }
-        let pid = self.master_pid();
-        let mut stop = Command::new(POSTFIX);
-        stop.arg("-c").arg(&self.conf).arg("stop");
-        stop.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Ok(mut child) = stop.spawn() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The master's children exit when it does; one that outlives 5 s is killed.
-        if let Some(pid) = pid {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while alive(&pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if alive(&pid) {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            }
-        }
-    }
-}
-
-/// GET /metrics over plain HTTP/1.0.
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
-fn metric(body: &str, series: &str) -> Option<String> {
-    body.lines()
-        .find(|l| l.starts_with(series))
-        .map(|l| l[series.len()..].trim().to_owned())
-}
-
-/// Scrape until `series` has `value` (10 s at most), then return the whole scrape.
-fn scrape_until(port: u16, series: &str, value: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let body = scrape(port);
-        if metric(&body, series).as_deref() == Some(value) || Instant::now() > deadline {
-            return body;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        postfix_mta::stop(&self.conf, self.master_pid());
     }
 }
 

@@ -18,7 +18,7 @@
 //! (`maillog_file`, written by its postlogd), printed when a test fails.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -359,6 +359,64 @@ impl PostfixMta {
     }
 }
 
+/// Stop the instance of `conf` (`postfix -c conf stop`, 10 s at most), then its master
+/// `pid` if it outlives that by 5 s.
+pub fn stop(conf: &Path, pid: Option<String>) {
+    let mut stop = Command::new(POSTFIX);
+    stop.arg("-c").arg(conf).arg("stop");
+    stop.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Ok(mut child) = stop.spawn() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // The master's children exit when it does; one that outlives 5 s is killed.
+    if let Some(pid) = pid {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(&pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(&pid) {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    }
+}
+
+/// GET /metrics of the sidecar's admin endpoint on 127.0.0.1:`port` over plain HTTP/1.0.
+pub fn scrape(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// The value of the first line of `body` that starts with `series`.
+pub fn metric(body: &str, series: &str) -> Option<String> {
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .map(|l| l[series.len()..].trim().to_owned())
+}
+
+/// Scrape until `series` has `value` (10 s at most), then return the whole scrape.
+pub fn scrape_until(port: u16, series: &str, value: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = scrape(port);
+        if metric(&body, series).as_deref() == Some(value) || Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// True while `pid` is a live process (not gone, not a zombie waiting to be reaped).
 fn alive(pid: &str) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -376,29 +434,6 @@ impl Drop for PostfixMta {
                 self.maillog()
             );
         }
-        let pid = self.master_pid();
-        let mut stop = Command::new(POSTFIX);
-        stop.arg("-c").arg(&self.conf).arg("stop");
-        stop.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Ok(mut child) = stop.spawn() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The master's children exit when it does; one that outlives 5 s is killed.
-        if let Some(pid) = pid {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while alive(&pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if alive(&pid) {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            }
-        }
+        stop(&self.conf, self.master_pid());
     }
 }
