@@ -36,8 +36,9 @@ pub struct ListenerRuntime {
     pub client_auth: ClientAuth,
     /// What each session is given, by mode.
     pub mode: ModeRuntime,
-    /// Where `ConnectBackend` goes: the legacy server(s), or an originate listener's relay.
-    pub servers: Vec<String>,
+    /// Where `ConnectBackend` goes: the legacy server(s), or an originate listener's relay,
+    /// with what the health checks know of each.
+    pub pool: crate::backend::Pool,
     pub connect_timeout: Duration,
     /// Deadline for writing to either peer.
     pub write_timeout: Duration,
@@ -81,6 +82,14 @@ impl ListenerRuntime {
         match &self.mode {
             ModeRuntime::Terminate(c) => &c.timeouts,
             ModeRuntime::Originate(o) => &o.session.timeouts,
+        }
+    }
+
+    /// Our name, as the sessions give it (and the health checks' EHLO).
+    pub fn hostname(&self) -> &str {
+        match &self.mode {
+            ModeRuntime::Terminate(c) => &c.hostname,
+            ModeRuntime::Originate(o) => &o.session.hostname,
         }
     }
 
@@ -310,7 +319,7 @@ fn listener_runtime(
             },
             protocol_log: config.log.protocol_log,
         })),
-        servers: term.backend.servers.clone(),
+        pool: crate::backend::Pool::new(&term.backend.servers, term.backend.connect_timeout),
         connect_timeout: term.backend.connect_timeout,
         write_timeout: t.command,
         acceptor,
@@ -399,6 +408,14 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
     let mut listeners = Vec::new();
     for (tcp, local, rt) in bound {
         tracing::info!(listener = %rt.name, addr = %local, "listening");
+        if !rt.pool.is_empty() {
+            let (rt, shutdown) = (Arc::clone(&rt), watch_rx.clone());
+            tokio::spawn(async move {
+                rt.pool
+                    .health_checks(&rt.name, rt.hostname(), &rt.metrics, shutdown)
+                    .await;
+            });
+        }
         listeners.push((rt.name.clone(), local));
         tokio::spawn(crate::listener::accept_loop(
             tcp,

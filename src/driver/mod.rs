@@ -14,7 +14,6 @@ use smtp_core::session::{Action, DnsFailure, Leg, Machine, TlsInfo, TlsStart};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout};
 
-use crate::backend;
 use crate::io::{Read, Stream};
 use crate::runtime::{ListenerRuntime, Shutdown};
 
@@ -198,10 +197,12 @@ impl<'a> Driver<'a> {
                 }
             }
             Action::ConnectBackend => {
-                match backend::connect(&l.servers, l.connect_timeout, |s, up| {
-                    l.metrics.backend_up(s, up, crate::runtime::unix_now())
-                })
-                .await
+                match l
+                    .pool
+                    .connect(&l.name, |s, up| {
+                        l.metrics.backend_up(s, up, crate::runtime::unix_now())
+                    })
+                    .await
                 {
                     Ok(stream) => {
                         self.backend = Stream::Plain(stream);

@@ -65,7 +65,7 @@ pub(super) fn runtime(
             client_tls,
             client_certificate: certificate.map(|c| c.info.clone()),
         })),
-        servers,
+        pool: crate::backend::Pool::new(&servers, CONNECT_TIMEOUT),
         connect_timeout: CONNECT_TIMEOUT,
         write_timeout: p.timeouts.command,
         max_connections: p.max_connections,

@@ -245,8 +245,15 @@ impl<'a> NextHopBuilder<'a> {
             while let Ok((tcp, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let (config, tx) = (Arc::clone(&config), tx.clone());
+                let counter = Arc::clone(&counter);
                 tokio::spawn(async move {
-                    let _ = tx.send(serve(tcp, &config).await);
+                    let session = serve(tcp, &config).await;
+                    // A relay's health check is not a delivery attempt.
+                    if super::is_health_check(&session.plaintext) {
+                        counter.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
+                    let _ = tx.send(session);
                 });
             }
         });

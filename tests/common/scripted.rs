@@ -46,12 +46,13 @@ impl Transcripts {
     pub fn get(&self) -> Vec<String> {
         let t = self.0.lock().unwrap();
         t.iter()
+            .filter(|b| !super::is_health_check(b))
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .collect()
     }
 
     pub fn count(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.get().len()
     }
 
     /// Wait until connection `n` (from 0) has received something ending with `suffix`.

@@ -1,0 +1,139 @@
+//! The pool's order and skip logic, and the health check, against local sockets.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Mutex;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+
+/// A port nothing listens on: connections to it are refused at once.
+async fn closed_port() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A server that greets with `greeting` and answers every line with `reply`.
+async fn server(greeting: &'static [u8], reply: &'static [u8]) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(greeting).await;
+                let mut buf = [0u8; 512];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                    let _ = s.write_all(reply).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn smtp() -> String {
+    server(b"220 ok ESMTP\r\n", b"250-ok\r\n250 PIPELINING\r\n").await
+}
+
+/// Connect through `pool`; return the servers attempted and the one connected to.
+async fn attempt(pool: &Pool) -> (Vec<(String, bool)>, Option<String>) {
+    let seen = Mutex::new(Vec::new());
+    let r = pool
+        .connect("l", |s, up| seen.lock().unwrap().push((s.to_owned(), up)))
+        .await;
+    let peer = r.ok().map(|s| s.peer_addr().unwrap().to_string());
+    (seen.into_inner().unwrap(), peer)
+}
+
+#[tokio::test]
+async fn servers_in_order_the_first_that_answers() {
+    let (a, b) = (smtp().await, smtp().await);
+    let pool = Pool::new(&[a.clone(), b.clone()], Duration::from_secs(2));
+    assert_eq!(attempt(&pool).await, (vec![(a.clone(), true)], Some(a)));
+}
+
+#[tokio::test]
+async fn a_failed_connect_marks_the_server_down_and_the_next_session_skips_it() {
+    let (dead, live) = (closed_port().await, smtp().await);
+    let pool = Pool::new(&[dead.clone(), live.clone()], Duration::from_secs(2));
+    assert!(pool.is_up(&dead));
+    let first = attempt(&pool).await;
+    assert_eq!(
+        first,
+        (
+            vec![(dead.clone(), false), (live.clone(), true)],
+            Some(live.clone())
+        )
+    );
+    assert!(!pool.is_up(&dead));
+    // Not tried again until a health check passes.
+    assert_eq!(
+        attempt(&pool).await,
+        (vec![(live.clone(), true)], Some(live))
+    );
+}
+
+#[tokio::test]
+async fn all_marked_down_fails_at_once_without_a_connect() {
+    let (a, b) = (smtp().await, smtp().await);
+    let pool = Pool::new(&[a.clone(), b.clone()], Duration::from_secs(2));
+    pool.mark("l", 0, false, "test");
+    pool.mark("l", 1, false, "test");
+    let seen = Mutex::new(Vec::new());
+    let r = pool
+        .connect("l", |s, up| seen.lock().unwrap().push((s.to_owned(), up)))
+        .await;
+    assert_eq!(
+        r.err().unwrap(),
+        format!("{a}: marked down; {b}: marked down")
+    );
+    assert!(seen.lock().unwrap().is_empty());
+    pool.mark("l", 1, true, "");
+    assert_eq!(attempt(&pool).await.1, Some(b));
+}
+
+#[tokio::test]
+async fn health_check_passes_on_220_and_2xx_ehlo() {
+    check(&smtp().await, "mx.test", Duration::from_secs(2))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn health_check_fails() {
+    let t = Duration::from_secs(2);
+    let refused = check(&closed_port().await, "mx.test", t).await.unwrap_err();
+    assert!(refused.starts_with("connect: "), "{refused}");
+    let busy = server(b"554 go away\r\n", b"250 ok\r\n").await;
+    assert_eq!(
+        check(&busy, "mx.test", t).await.unwrap_err(),
+        "greeting: 554 go away"
+    );
+    let no_ehlo = server(b"220 ok\r\n", b"502 5.5.2 no\r\n").await;
+    assert_eq!(
+        check(&no_ehlo, "mx.test", t).await.unwrap_err(),
+        "EHLO: 502 5.5.2 no"
+    );
+    // A greeting longer than a reply may be: refused, not buffered.
+    let long: &'static [u8] = "220-more\r\n".repeat(10_000).leak().as_bytes();
+    let endless = server(long, b"250 ok\r\n").await;
+    let err = check(&endless, "mx.test", t).await.unwrap_err();
+    assert!(err.starts_with("greeting: "), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_check_waits_for_a_silent_server_no_longer_than_its_deadline() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let err = check(&addr, "mx.test", Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        format!("greeting: no reply within {CHECK_REPLY_TIMEOUT:?}")
+    );
+    assert!(started.elapsed() <= CHECK_REPLY_TIMEOUT + Duration::from_millis(100));
+    drop(silent);
+}
