@@ -187,9 +187,23 @@ pub async fn check(server: &str, hostname: &str, connect_timeout: Duration) -> R
     if !ehlo.is_positive() {
         return Err(format!("EHLO: {}", one_line(&ehlo)));
     }
-    // The check has passed; QUIT is a courtesy, its reply not waited for.
+    // The check has passed. QUIT, then wait for the server to close first, so that the
+    // TIME_WAIT of a check every few seconds is the server's, not ours; one that does not
+    // close in time is reset.
     let _ = write(&mut tcp, b"QUIT\r\n").await;
-    let _ = timeout(CHECK_REPLY_TIMEOUT, tcp.shutdown()).await;
+    let mut rest = [0u8; 512];
+    let closed = timeout(CHECK_REPLY_TIMEOUT, async {
+        loop {
+            match tcp.read(&mut rest).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    if closed.is_err() {
+        let _ = tcp.set_zero_linger();
+    }
     Ok(())
 }
 
