@@ -41,6 +41,7 @@ pub struct Metrics {
     pub message_bytes_total: IntCounterVec,
     pub bytes_total: IntCounterVec,
     pub replies_total: IntCounterVec,
+    pub transactions_total: IntCounterVec,
     pub policy_rejections_total: IntCounterVec,
     pub domain_secure_messages_received_total: IntCounterVec,
     pub domain_secure_messages_sent_total: IntCounterVec,
@@ -178,6 +179,13 @@ impl Metrics {
                 "replies_total",
                 "Replies sent to clients by the command they answer and class",
                 &["listener", "command", "class"],
+            ),
+            transactions_total: counter(
+                r,
+                "transactions_total",
+                "Transactions begun (MAIL accepted); those without a message accepted, rejected \
+                 or failed were abandoned (RSET, QUIT, a lost client)",
+                &["listener"],
             ),
             policy_rejections_total: counter(
                 r,
@@ -332,6 +340,7 @@ impl Metrics {
         ListenerMetrics {
             name: name.to_owned(),
             connections: self.connections_total.with_label_values(&[l]),
+            transactions: self.transactions_total.with_label_values(&[l]),
             active: self.connections_active.with_label_values(&[l]),
             refused: self.connections_refused_total.with_label_values(&[l]),
             messages,
@@ -404,6 +413,7 @@ impl Default for Metrics {
 pub struct ListenerMetrics {
     pub name: String,
     pub connections: IntCounter,
+    pub transactions: IntCounter,
     pub active: IntGauge,
     pub refused: IntCounter,
     /// `[tls yes/no][accepted/rejected/failed]`
@@ -531,10 +541,14 @@ impl ListenerMetrics {
         self.rejections[reason.index()][usize::from(!enforced)].inc();
     }
 
-    /// A reply to a client, by what it answered and its code.
+    /// A reply to a client, by what it answered and its code; a 2xx to MAIL begins a
+    /// transaction.
     pub fn reply(&self, to: ReplyTo, code: u16) {
         let class = usize::from(code / 100).saturating_sub(2).min(3);
         self.replies[to.index()][class].inc();
+        if to == ReplyTo::Mail && class == 0 {
+            self.transactions.inc();
+        }
     }
 
     /// Bytes on a leg: `client` or the backend leg, `received` or sent.
@@ -583,5 +597,25 @@ impl ListenerMetrics {
             g.set(i64::from(up));
             checked.set(unix_now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_2xx_to_mail_begins_a_transaction() {
+        let m = Metrics::new();
+        let l = m.listener("x", &[], &[], &[]);
+        l.reply(ReplyTo::Mail, 250);
+        l.reply(ReplyTo::Mail, 550);
+        l.reply(ReplyTo::Rcpt, 250);
+        assert_eq!(l.transactions.get(), 1);
+        let text = m.render();
+        assert!(text.contains("smtp_sidecar_transactions_total{listener=\"x\"} 1\n"));
+        assert!(text.contains(
+            "smtp_sidecar_replies_total{class=\"5xx\",command=\"mail\",listener=\"x\"} 1\n"
+        ));
     }
 }
