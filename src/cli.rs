@@ -100,6 +100,9 @@ fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: &Path) -> ExitCode {
+    // SPEC §2: the file is also re-read when it changes on disk. Looked at before it is read,
+    // so that a change made while the sidecar starts is seen.
+    let mut file = runtime::FileWatch::new(path);
     let Some(config) = load_or_report(path) else {
         return ExitCode::FAILURE;
     };
@@ -131,8 +134,6 @@ fn run(path: &Path) -> ExitCode {
             }
         };
         running.set_config_path(path.to_owned());
-        // SPEC §2: the file is also re-read when it changes on disk.
-        let mut file = runtime::FileWatch::new(path);
         let mut poll = tokio::time::interval(FILE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -67,8 +67,15 @@ impl Running {
     async fn try_reload(&mut self, path: &Path) -> Result<(), Vec<String>> {
         let mut config = config::load(path).map_err(|e| e.problems)?;
         self.needs_restart(&mut config);
-        let store = load_certificates(&config)?;
-        let trust = Trust::load(&config.trust)?;
+        // Both read, so that every problem of either is reported.
+        let (store, trust) = match (load_certificates(&config), Trust::load(&config.trust)) {
+            (Ok(store), Ok(trust)) => (store, trust),
+            (store, trust) => {
+                let mut problems = store.err().unwrap_or_default();
+                problems.extend(trust.err().unwrap_or_default());
+                return Err(problems);
+            }
+        };
         let snapshot = build(&config, store, &trust, &self.metrics)?;
         // Every new address is bound before anything changes: a failure leaves all as it was.
         let mut fresh = Vec::new();
