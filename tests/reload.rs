@@ -156,7 +156,10 @@ fn listener(name: &str, port: u16, backend: SocketAddr) -> String {
 async fn a_listener_added_accepts_one_removed_stops() {
     let (backend, _rec) = recording_backend().await;
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
-    let head = "hostname: mx.test\nshutdown_grace: 2s\nlisteners:\n";
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let head = format!(
+        "hostname: mx.test\nshutdown_grace: 2s\nmetrics:\n  listen: {metrics}\nlisteners:\n"
+    );
     let yaml = format!(
         "{head}{}{}",
         listener("a", pa, backend),
@@ -165,6 +168,9 @@ async fn a_listener_added_accepts_one_removed_stops() {
     let b = start_binary(&yaml);
     wait_log(&b, " listening", 2).await;
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let b_up = "smtp_sidecar_backend_up{listener=\"b\"";
+    let text = admin_http::request(metrics, "GET", "/metrics").await.text();
+    assert!(text.contains(b_up), "{text}");
     // A session on `b` open across the reload that removes `b`.
     let (mut on_b, _) = session(at(pb)).await;
 
@@ -189,6 +195,11 @@ async fn a_listener_added_accepts_one_removed_stops() {
     // Its session in flight goes on.
     assert!(on_b.cmd("NOOP").await.starts_with("250"));
     assert_eq!(on_b.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    let text = admin_http::request(metrics, "GET", "/metrics").await.text();
+    assert!(
+        !text.contains(b_up),
+        "the removed listener's backend series are gone:\n{text}"
+    );
     let log = b.log();
     assert!(
         log.contains("stopped listening"),

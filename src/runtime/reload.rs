@@ -17,7 +17,7 @@ use super::{
     build, expiry_warnings, listener_infos, load_certificates, log_trust, names,
     spawn_health_checks, spawn_listener, unix_now, Running,
 };
-use crate::config::{self, Config};
+use crate::config::{self, Config, ListenerMode, NextHopConfig};
 use crate::tls::Trust;
 
 impl Running {
@@ -140,6 +140,12 @@ impl Running {
                 ));
             }
         }
+        let kept = backend_servers(&config);
+        for (listener, server) in backend_servers(&self.config) {
+            if !kept.contains(&(listener.clone(), server.clone())) {
+                self.metrics.forget_backend(&listener, &server);
+            }
+        }
         self.metrics.set_certificates(&snapshot.store);
         let (expiry, expiry_rx) = watch::channel(false);
         if !snapshot.explicit.is_empty() {
@@ -185,6 +191,26 @@ impl Running {
             new.log.format = old.log.format;
         }
     }
+}
+
+/// Each listener's backend servers (a relay next hop included), as `backend_up` labels them.
+fn backend_servers(config: &Config) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for l in &config.listeners {
+        match &l.mode {
+            ListenerMode::Terminate(t) => {
+                for s in &t.backend.servers {
+                    all.push((l.name.clone(), s.clone()));
+                }
+            }
+            ListenerMode::Originate(o) => {
+                if let NextHopConfig::Relay { .. } = o.next_hop {
+                    all.push((l.name.clone(), o.next_hop.to_string()));
+                }
+            }
+        }
+    }
+    all
 }
 
 /// The configuration a listener on `addr` is built from, to tell whether a reload changed it.
