@@ -461,6 +461,20 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
         let local = tcp.local_addr().unwrap_or(*addr);
         bound.push((*addr, tcp, local, Arc::clone(rt)));
     }
+    // Bound before any listener says it is listening: whoever waits for that line can ask
+    // the admin endpoint at once (it answers once serving starts below).
+    let admin = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::BindMetrics { addr, source })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = admin
+        .as_ref()
+        .zip(config.metrics_listen)
+        .map(|(tcp, addr)| tcp.local_addr().unwrap_or(addr));
     let (shutdown, watch_rx) = watch::channel(Shutdown::Running);
     let (alive_tx, alive) = mpsc::channel(1);
     let active: Vec<_> = bound
@@ -473,21 +487,13 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
         })
         .collect();
     let infos = Arc::new(ArcSwap::from_pointee(listener_infos(&active)));
-    let metrics_addr = match config.metrics_listen {
-        Some(addr) => {
-            let tcp = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::BindMetrics { addr, source })?;
-            let local = tcp.local_addr().unwrap_or(addr);
-            tokio::spawn(crate::admin::serve(
-                tcp,
-                metrics.clone(),
-                Arc::clone(&infos),
-            ));
-            Some(local)
-        }
-        None => None,
-    };
+    if let Some(tcp) = admin {
+        tokio::spawn(crate::admin::serve(
+            tcp,
+            metrics.clone(),
+            Arc::clone(&infos),
+        ));
+    }
     let (expiry, expiry_rx) = watch::channel(false);
     if !snapshot.explicit.is_empty() {
         tokio::spawn(expiry_warnings(
