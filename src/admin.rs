@@ -50,8 +50,13 @@ const PAGE_POLICY: &str =
      frame-ancestors 'none'";
 
 /// Serve the admin endpoint on `listener`. `listeners` is what the status page and
-/// `/readyz` know of each listener beyond its metrics (its mode and address).
-pub async fn serve(listener: TcpListener, metrics: Metrics, listeners: Arc<[ListenerInfo]>) {
+/// `/readyz` know of each listener beyond its metrics (its mode and address); a reload
+/// replaces it, and each connection reads it once.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    listeners: Arc<arc_swap::ArcSwap<Vec<ListenerInfo>>>,
+) {
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -69,7 +74,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, listeners: Arc<[List
             continue;
         };
         let metrics = metrics.clone();
-        let listeners = Arc::clone(&listeners);
+        let listeners = listeners.load_full();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let response = respond(&req, &metrics, &listeners);

@@ -100,6 +100,9 @@ fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: &Path) -> ExitCode {
+    // SPEC §2: the file is also re-read when it changes on disk. Looked at before it is read,
+    // so that a change made while the sidecar starts is seen.
+    let mut file = runtime::FileWatch::new(path);
     let Some(config) = load_or_report(path) else {
         return ExitCode::FAILURE;
     };
@@ -122,25 +125,54 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     rt.block_on(async {
-        let signals = StopSignals::install();
-        let running = match runtime::start(&config, &store).await {
+        let mut signals = StopSignals::install();
+        let mut running = match runtime::start(&config, &store).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
-        signals.wait().await;
+        running.set_config_path(path.to_owned());
+        let mut poll = tokio::time::interval(FILE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    Signal::Stop => break,
+                    Signal::Reload => {
+                        tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                        file.reset();
+                        running.reload().await;
+                    }
+                },
+                _ = poll.tick() => if file.poll() {
+                    tracing::info!(config = %path.display(), "the configuration file changed: reloading");
+                    running.reload().await;
+                },
+            }
+        }
         tracing::info!("stopping: no new connections; draining sessions");
         running.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
+/// How often the configuration file is looked at; a change is acted on once it has been
+/// stable for one poll, so within two.
+const FILE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a signal asks for.
+enum Signal {
+    /// SIGTERM or SIGINT: drain and exit.
+    Stop,
+    /// SIGHUP: reload the configuration and certificates.
+    Reload,
+}
+
 /// The handlers of SIGTERM, SIGINT and SIGHUP, installed before any listener accepts: a
 /// signal that came in between would otherwise end the process with its default action, not
-/// with a drain and exit 0. SIGHUP is caught so that it does not kill the process; reloading
-/// comes with the operations work and until then the configuration stays as it is.
+/// with a drain and exit 0 (or, for SIGHUP, a reload).
 struct StopSignals(Option<[tokio::signal::unix::Signal; 3]>);
 
 impl StopSignals {
@@ -160,17 +192,22 @@ impl StopSignals {
         }
     }
 
-    /// SIGTERM or SIGINT.
-    async fn wait(self) {
-        let Some([mut term, mut int, mut hup]) = self.0 else {
+    /// SIGTERM or SIGINT; SIGHUP is logged and ignored (the demo has no file to reload).
+    async fn wait(mut self) {
+        while let Signal::Reload = self.next().await {
+            tracing::warn!("SIGHUP: the demo has no configuration file to reload");
+        }
+    }
+
+    /// The next signal (cancel-safe).
+    async fn next(&mut self) -> Signal {
+        let Some([term, int, hup]) = &mut self.0 else {
             return std::future::pending().await;
         };
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = int.recv() => return,
-                _ = hup.recv() => tracing::warn!("SIGHUP: reload is not supported yet; configuration unchanged"),
-            }
+        tokio::select! {
+            _ = term.recv() => Signal::Stop,
+            _ = int.recv() => Signal::Stop,
+            _ = hup.recv() => Signal::Reload,
         }
     }
 }

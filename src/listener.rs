@@ -6,17 +6,17 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::runtime::{ListenerRuntime, ModeRuntime, Shutdown};
 
-/// Counts of open sessions, total and per client address.
+/// Counts of open sessions, total and per client address. The maximums are the current
+/// runtime's, given at each admission (a reload may change them).
 #[derive(Debug)]
 struct Limits {
-    max_total: u32,
-    max_per_ip: u32,
     open: Mutex<(u32, HashMap<IpAddr, u32>)>,
 }
 
@@ -28,11 +28,11 @@ struct Admitted {
 }
 
 impl Limits {
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
+    fn admit(self: &Arc<Self>, ip: IpAddr, l: &ListenerRuntime) -> Option<Admitted> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let (total, per_ip) = &mut *open;
         let this_ip = per_ip.get(&ip).copied().unwrap_or(0);
-        if *total >= self.max_total || this_ip >= self.max_per_ip {
+        if *total >= l.max_connections || this_ip >= l.max_connections_per_ip {
             return None;
         }
         *total += 1;
@@ -62,23 +62,27 @@ impl Drop for Admitted {
     }
 }
 
-/// Accept connections until shutdown begins. Every session task holds a clone of `alive`,
-/// so the runtime knows when the last one has finished.
+/// Accept connections until shutdown begins or `stop` turns true (the listener was removed
+/// by a reload); the socket closes when the loop ends. Each accepted connection reads the
+/// listener's current runtime once and its session keeps that `Arc`: a reload swaps `current`
+/// for new sessions only. Every session task holds a clone of `alive`, so the runtime knows
+/// when the last one has finished.
 pub async fn accept_loop(
     tcp: TcpListener,
-    l: Arc<ListenerRuntime>,
+    current: Arc<ArcSwap<ListenerRuntime>>,
     mut shutdown: watch::Receiver<Shutdown>,
+    mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
     let limits = Arc::new(Limits {
-        max_total: l.max_connections,
-        max_per_ip: l.max_connections_per_ip,
         open: Mutex::new((0, HashMap::new())),
     });
     loop {
         tokio::select! {
             accepted = tcp.accept() => match accepted {
-                Ok((stream, peer)) => match limits.admit(peer.ip()) {
+                Ok((stream, peer)) => {
+                let l = current.load_full();
+                match limits.admit(peer.ip(), &l) {
                     Some(admitted) => {
                         let (l, shutdown, alive) = (Arc::clone(&l), shutdown.clone(), alive.clone());
                         tokio::spawn(async move {
@@ -106,15 +110,20 @@ pub async fn accept_loop(
                         tracing::info!(listener = %l.name, %peer, "too many connections");
                         tokio::spawn(refuse(stream, l.implicit_tls));
                     }
-                },
+                }},
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(listener = %l.name, error = %e, "accept failed");
+                    tracing::warn!(listener = %current.load().name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() != Shutdown::Running {
+                    break;
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
                     break;
                 }
             }

@@ -380,6 +380,15 @@ impl Metrics {
         }
     }
 
+    /// A reload took `server` from `listener`: its `backend_up` series go (a stale value
+    /// would speak for a server no longer used, on the status page and in `/readyz`).
+    pub fn forget_backend(&self, listener: &str, server: &str) {
+        let _ = self.backend_up.remove_label_values(&[listener, server]);
+        let _ = self
+            .backend_last_check_timestamp_seconds
+            .remove_label_values(&[listener, server]);
+    }
+
     /// One expiry series per certificate of `store` (set at start; a reload replaces them).
     pub fn set_certificates(&self, store: &crate::tls::CertStore) {
         self.certificate_expiry_timestamp_seconds.reset();

@@ -3,9 +3,11 @@
 //! sessions), the bound sockets, the admin endpoint, and the drain on shutdown.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -14,6 +16,9 @@ use crate::metrics::{ListenerMetrics, Metrics};
 use crate::tls::{CertPlan, CertStore, ClientAuth, LoadedCert, Trust};
 
 mod originate;
+mod reload;
+
+pub use reload::FileWatch;
 
 /// Where shutdown stands; every session watches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,11 +343,98 @@ pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Metrics,
-    /// What the listeners were built from (the unit a reload will replace).
+    /// What the listeners were built from (the unit a reload replaces).
     pub snapshot: Arc<Snapshot>,
+    /// The configuration in force, and the file a reload re-reads (`None`: started from a
+    /// configuration in memory, which cannot be reloaded).
+    config: Config,
+    config_path: Option<PathBuf>,
+    /// The bound listeners, by the `listen` address of the configuration.
+    active: Vec<(SocketAddr, Active)>,
+    /// What the status page knows of each listener.
+    infos: Arc<ArcSwap<Vec<crate::status::ListenerInfo>>>,
     shutdown: watch::Sender<Shutdown>,
+    /// Given to the accept loops a reload starts; dropped when shutdown begins.
+    alive_tx: Option<mpsc::Sender<()>>,
     alive: mpsc::Receiver<()>,
     grace: Duration,
+    /// Dropped: the expiry warnings of the snapshot replaced end.
+    expiry: watch::Sender<bool>,
+}
+
+/// One bound listener: the runtime its accept loop hands each new session, and what stops
+/// the loop and the health checks of the runtime's pool.
+#[derive(Debug)]
+struct Active {
+    local: SocketAddr,
+    current: Arc<ArcSwap<ListenerRuntime>>,
+    /// true, or dropped: the accept loop ends and the socket closes (sessions go on).
+    stop: watch::Sender<bool>,
+    /// Dropped: the health checks of the pool of the runtime it was made for end.
+    checks: watch::Sender<bool>,
+}
+
+/// Start the health checks of `rt`'s pool; they end with shutdown or when the returned
+/// sender is dropped (the runtime was replaced).
+fn spawn_health_checks(
+    rt: &Arc<ListenerRuntime>,
+    shutdown: watch::Receiver<Shutdown>,
+) -> watch::Sender<bool> {
+    let (tx, mut rx) = watch::channel(false);
+    if !rt.pool.is_empty() {
+        let rt = Arc::clone(rt);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = rt.pool.health_checks(&rt.name, rt.hostname(), &rt.metrics, shutdown) => {}
+                _ = rx.changed() => {}
+            }
+        });
+    }
+    tx
+}
+
+fn spawn_listener(
+    tcp: TcpListener,
+    local: SocketAddr,
+    rt: Arc<ListenerRuntime>,
+    shutdown: &watch::Receiver<Shutdown>,
+    alive: mpsc::Sender<()>,
+) -> Active {
+    tracing::info!(listener = %rt.name, addr = %local, "listening");
+    let checks = spawn_health_checks(&rt, shutdown.clone());
+    let current = Arc::new(ArcSwap::new(rt));
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(crate::listener::accept_loop(
+        tcp,
+        Arc::clone(&current),
+        shutdown.clone(),
+        stop_rx,
+        alive,
+    ));
+    Active {
+        local,
+        current,
+        stop,
+        checks,
+    }
+}
+
+fn listener_infos(active: &[(SocketAddr, Active)]) -> Vec<crate::status::ListenerInfo> {
+    active
+        .iter()
+        .map(|(_, a)| {
+            let rt = a.current.load();
+            crate::status::ListenerInfo {
+                name: rt.name.clone(),
+                mode: match rt.mode {
+                    ModeRuntime::Terminate(_) => "terminate",
+                    ModeRuntime::Originate(_) => "originate",
+                }
+                .to_owned(),
+                listen: a.local.to_string(),
+            }
+        })
+        .collect()
 }
 
 /// Bind every listener and the admin endpoint, then accept in the background.
@@ -354,6 +446,87 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
     metrics.config_last_reload_timestamp_seconds.set(unix_now());
     // Loaded once per runtime and shared by every listener.
     let trust = Trust::load(&config.trust).map_err(StartError::Trust)?;
+    log_trust(&trust);
+    let snapshot =
+        Arc::new(build(config, store.clone(), &trust, &metrics).map_err(StartError::Certificates)?);
+    let mut bound = Vec::new();
+    for (addr, rt) in &snapshot.listeners {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: rt.name.clone(),
+                addr: *addr,
+                source,
+            })?;
+        let local = tcp.local_addr().unwrap_or(*addr);
+        bound.push((*addr, tcp, local, Arc::clone(rt)));
+    }
+    // Bound before any listener says it is listening: whoever waits for that line can ask
+    // the admin endpoint at once (it answers once serving starts below).
+    let admin = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::BindMetrics { addr, source })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = admin
+        .as_ref()
+        .zip(config.metrics_listen)
+        .map(|(tcp, addr)| tcp.local_addr().unwrap_or(addr));
+    let (shutdown, watch_rx) = watch::channel(Shutdown::Running);
+    let (alive_tx, alive) = mpsc::channel(1);
+    let active: Vec<_> = bound
+        .into_iter()
+        .map(|(addr, tcp, local, rt)| {
+            (
+                addr,
+                spawn_listener(tcp, local, rt, &watch_rx, alive_tx.clone()),
+            )
+        })
+        .collect();
+    let infos = Arc::new(ArcSwap::from_pointee(listener_infos(&active)));
+    if let Some(tcp) = admin {
+        tokio::spawn(crate::admin::serve(
+            tcp,
+            metrics.clone(),
+            Arc::clone(&infos),
+        ));
+    }
+    let (expiry, expiry_rx) = watch::channel(false);
+    if !snapshot.explicit.is_empty() {
+        tokio::spawn(expiry_warnings(
+            snapshot.explicit.clone(),
+            watch_rx.clone(),
+            expiry_rx,
+        ));
+    }
+    Ok(Running {
+        listeners: names(&active),
+        metrics_addr,
+        metrics,
+        snapshot,
+        config: config.clone(),
+        config_path: None,
+        active,
+        infos,
+        shutdown,
+        alive_tx: Some(alive_tx),
+        alive,
+        grace: config.shutdown_grace,
+        expiry,
+    })
+}
+
+fn names(active: &[(SocketAddr, Active)]) -> Vec<(String, SocketAddr)> {
+    active
+        .iter()
+        .map(|(_, a)| (a.current.load().name.clone(), a.local))
+        .collect()
+}
+
+fn log_trust(trust: &Trust) {
     let s = &trust.summary;
     tracing::info!(
         anchors = trust.roots.len(),
@@ -362,77 +535,6 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
         crls = s.crls.len(),
         "trust loaded"
     );
-    let snapshot =
-        Arc::new(build(config, store.clone(), &trust, &metrics).map_err(StartError::Certificates)?);
-    let runtimes = snapshot.listeners.clone();
-    let mut bound = Vec::new();
-    for (addr, rt) in runtimes {
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: rt.name.clone(),
-                addr,
-                source,
-            })?;
-        let local = tcp.local_addr().unwrap_or(addr);
-        bound.push((tcp, local, rt));
-    }
-    let metrics_addr = match config.metrics_listen {
-        Some(addr) => {
-            let tcp = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::BindMetrics { addr, source })?;
-            let local = tcp.local_addr().unwrap_or(addr);
-            let infos: Vec<_> = bound
-                .iter()
-                .map(|(_, addr, rt)| crate::status::ListenerInfo {
-                    name: rt.name.clone(),
-                    mode: match rt.mode {
-                        ModeRuntime::Terminate(_) => "terminate",
-                        ModeRuntime::Originate(_) => "originate",
-                    }
-                    .to_owned(),
-                    listen: addr.to_string(),
-                })
-                .collect();
-            tokio::spawn(crate::admin::serve(tcp, metrics.clone(), infos.into()));
-            Some(local)
-        }
-        None => None,
-    };
-    let (shutdown, watch_rx) = watch::channel(Shutdown::Running);
-    if !snapshot.explicit.is_empty() {
-        tokio::spawn(expiry_warnings(snapshot.explicit.clone(), watch_rx.clone()));
-    }
-    let (alive_tx, alive) = mpsc::channel(1);
-    let mut listeners = Vec::new();
-    for (tcp, local, rt) in bound {
-        tracing::info!(listener = %rt.name, addr = %local, "listening");
-        if !rt.pool.is_empty() {
-            let (rt, shutdown) = (Arc::clone(&rt), watch_rx.clone());
-            tokio::spawn(async move {
-                rt.pool
-                    .health_checks(&rt.name, rt.hostname(), &rt.metrics, shutdown)
-                    .await;
-            });
-        }
-        listeners.push((rt.name.clone(), local));
-        tokio::spawn(crate::listener::accept_loop(
-            tcp,
-            rt,
-            watch_rx.clone(),
-            alive_tx.clone(),
-        ));
-    }
-    Ok(Running {
-        listeners,
-        metrics_addr,
-        metrics,
-        snapshot,
-        shutdown,
-        alive,
-        grace: config.shutdown_grace,
-    })
 }
 
 /// Once a day, the start-up warning again for each explicitly selected certificate that has
@@ -440,6 +542,7 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
 async fn expiry_warnings(
     explicit: Vec<(String, LoadedCert)>,
     mut shutdown: watch::Receiver<Shutdown>,
+    mut replaced: watch::Receiver<bool>,
 ) {
     const DAY: Duration = Duration::from_secs(86_400);
     let mut daily = tokio::time::interval_at(tokio::time::Instant::now() + DAY, DAY);
@@ -452,6 +555,7 @@ async fn expiry_warnings(
                 }
             }
             _ = shutdown.changed() => return,
+            _ = replaced.changed() => return,
         }
     }
 }
@@ -468,6 +572,7 @@ impl Running {
     /// Stop accepting, let sessions finish for the grace period, then tell the rest
     /// `421 4.3.2` and wait briefly for them to close.
     pub async fn shutdown(mut self) {
+        self.alive_tx = None;
         let _ = self.shutdown.send(Shutdown::Draining);
         if tokio::time::timeout(self.grace, self.alive.recv())
             .await

@@ -54,6 +54,31 @@ impl Binary {
         log_of(&self.dir)
     }
 
+    /// The configuration file the binary runs with (a test may rewrite it).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.0.join("config.yaml")
+    }
+
+    /// The configuration as written (ports and `state_dir` filled in).
+    pub fn config(&self) -> String {
+        std::fs::read_to_string(self.config_path()).unwrap()
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Send the binary a signal by name (`HUP`, `TERM`...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {}", self.pid());
+    }
+
     /// The listener's address (one listener, whatever its name).
     pub fn addr(&self, _listener: &str) -> Option<SocketAddr> {
         Some(self.addr)
