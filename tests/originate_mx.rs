@@ -123,13 +123,7 @@ async fn a_4xx_greeting_moves_on_to_the_next_mx() {
         let port = busy.addr.port();
         let good = tls_hop(&pki, "mx2.y.test", Cert::Valid).await;
         let to_good = Forward::start("127.0.0.2", port, Some(good.addr)).await;
-        let dns = TestDns::start(vec![
-            Record::mx("y.test", 10, "mx1.y.test"),
-            Record::mx("y.test", 20, "mx2.y.test"),
-            Record::a("mx1.y.test", "127.0.0.1"),
-            Record::a("mx2.y.test", "127.0.0.2"),
-        ])
-        .await;
+        let dns = two_mx("127.0.0.1", "127.0.0.2").await;
         let sidecar = sidecar(&pki, &ours, &dns, port, "verify").await;
         let mut client = legacy(&sidecar).await;
         let (rcpt, eod) = send(&mut client, "b@y.test").await;
@@ -247,13 +241,7 @@ async fn all_mx_unreachable_is_451_4_4_1() {
     let ours = our_leaf(&pki);
     let closer = Forward::start("127.0.0.4", 0, None).await;
     let port = closer.addr.port();
-    let dns = TestDns::start(vec![
-        Record::mx("y.test", 10, "mx1.y.test"),
-        Record::mx("y.test", 20, "mx2.y.test"),
-        Record::a("mx1.y.test", "127.0.0.3"),
-        Record::a("mx2.y.test", "127.0.0.4"),
-    ])
-    .await;
+    let dns = two_mx("127.0.0.3", "127.0.0.4").await;
     let sidecar = sidecar(&pki, &ours, &dns, port, "may").await;
     let mut client = legacy(&sidecar).await;
     let (rcpt, _) = send(&mut client, "b@y.test").await;
@@ -285,13 +273,7 @@ async fn a_level_not_met_tries_the_next_mx() {
         let port = first.addr.port();
         let other = tls_hop(&pki, "mx2.y.test", second).await;
         let _to_other = Forward::start("127.0.0.2", port, Some(other.addr)).await;
-        let dns = TestDns::start(vec![
-            Record::mx("y.test", 10, "mx1.y.test"),
-            Record::mx("y.test", 20, "mx2.y.test"),
-            Record::a("mx1.y.test", "127.0.0.1"),
-            Record::a("mx2.y.test", "127.0.0.2"),
-        ])
-        .await;
+        let dns = two_mx("127.0.0.1", "127.0.0.2").await;
         let sidecar = sidecar(&pki, &ours, &dns, port, "verify").await;
         let mut client = legacy(&sidecar).await;
         let (rcpt, eod) = send(&mut client, "b@y.test").await;
@@ -412,4 +394,15 @@ async fn a_second_domain_is_452_4_5_3_then_delivered_in_the_next_transaction() {
         "two domains",
     )
     .await;
+}
+
+/// y.test with two MX hosts, mx1 (preference 10) at `first` and mx2 (20) at `second`.
+async fn two_mx(first: &str, second: &str) -> TestDns {
+    TestDns::start(vec![
+        Record::mx("y.test", 10, "mx1.y.test"),
+        Record::mx("y.test", 20, "mx2.y.test"),
+        Record::a("mx1.y.test", first),
+        Record::a("mx2.y.test", second),
+    ])
+    .await
 }
