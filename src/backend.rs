@@ -1,23 +1,31 @@
 //! The legacy server(s) of a listener as a pool (SPEC §3, issue 15 "Pool with health
 //! checks"): `backend.servers` in order, each under `connect_timeout`, skipping the servers
 //! marked down. A failed connection marks its server down at once, so the next session skips
-//! it; an SMTP health check (connect, `220`, EHLO, QUIT) every [`CHECK_INTERVAL`] marks each
-//! server up or down, and is what brings a server back. With every server down, a session is
-//! refused at once (`421 4.4.2`) without waiting for any connect.
+//! it; an SMTP health check (connect, `220`, EHLO, QUIT; over the hop's TLS when it has one)
+//! every `health_check_interval` marks each server up or down, and is what brings a server
+//! back. With every server down, a session is refused at once (`421 4.4.2`) without waiting
+//! for any connect.
+//!
+//! The encrypted hop (`backend.tls`) is the pool's too: an implicit-TLS connection is
+//! handshaken here before the session sees it, and the session's STARTTLS with the backend
+//! ends in [`Pool::starttls`]; each is checked as `backend.tls_verify` says, against the
+//! server's host name or address.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use smtp_core::reply::{Reply, ReplyParser};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 
+use crate::io::Stream;
 use crate::metrics::ListenerMetrics;
 use crate::runtime::Shutdown;
 
-/// How often each server is checked. Fixed for now: issue 15 gives the fixed waits keys later.
+/// How often each server is checked unless `backend.health_check_interval` says otherwise.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest a check waits for each reply (greeting, EHLO), and for each write.
 pub const CHECK_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,6 +37,17 @@ const CHECK_MAX_BYTES: usize = 64 * 1024;
 pub struct Pool {
     servers: Vec<Server>,
     connect_timeout: Duration,
+    check_interval: Duration,
+    tls: Option<HopTls>,
+}
+
+/// The encrypted hop to the servers (`backend.tls`).
+#[derive(Debug, Clone)]
+pub struct HopTls {
+    /// TLS from the first byte; otherwise the session does STARTTLS first.
+    pub implicit: bool,
+    /// From [`crate::tls::backend_config`]: verifying or not, as `tls_verify` says.
+    pub config: Arc<rustls::ClientConfig>,
 }
 
 #[derive(Debug)]
@@ -36,9 +55,12 @@ struct Server {
     addr: String,
     /// `true` while up or not yet checked (so the first sessions try it).
     up: AtomicBool,
+    /// `backend.xclient` is on and this server was seen without XCLIENT (logged once).
+    no_xclient: AtomicBool,
 }
 
 impl Pool {
+    /// Plain connections, checked every [`CHECK_INTERVAL`].
     pub fn new(servers: &[String], connect_timeout: Duration) -> Self {
         Pool {
             servers: servers
@@ -46,9 +68,45 @@ impl Pool {
                 .map(|addr| Server {
                     addr: addr.clone(),
                     up: AtomicBool::new(true),
+                    no_xclient: AtomicBool::new(false),
                 })
                 .collect(),
             connect_timeout,
+            check_interval: CHECK_INTERVAL,
+            tls: None,
+        }
+    }
+
+    /// A terminate listener's hop: how often to check, and its TLS.
+    pub fn with_hop(mut self, check_interval: Duration, tls: Option<HopTls>) -> Self {
+        self.check_interval = check_interval;
+        self.tls = tls;
+        self
+    }
+
+    /// The session's STARTTLS with server `server` (an index from [`Pool::connect`]) was
+    /// accepted: the handshake, by `deadline`. A failure is the reason, for the log.
+    pub async fn starttls(
+        &self,
+        server: usize,
+        tcp: TcpStream,
+        deadline: Instant,
+    ) -> Result<Stream, String> {
+        let (Some(tls), Some(s)) = (&self.tls, self.servers.get(server)) else {
+            return Err("no TLS configured for the backend".into());
+        };
+        let stream = timeout_at(deadline, handshake(tls, &s.addr, tcp))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_owned())??;
+        Ok(Stream::ClientTls(Box::new(stream)))
+    }
+
+    /// Log, once per server, that it does not offer XCLIENT although `backend.xclient` is on.
+    pub fn xclient_not_offered(&self, listener: &str, server: usize) {
+        if let Some(s) = self.servers.get(server) {
+            if !s.no_xclient.swap(true, Ordering::Relaxed) {
+                tracing::warn!(listener, server = %s.addr, "backend does not offer XCLIENT: it sees the sidecar's address, not the client's (logged once per server)");
+            }
         }
     }
 
@@ -75,31 +133,29 @@ impl Pool {
         }
     }
 
-    /// Connect to the first server not marked down that answers; a failure marks its server
-    /// down. The error names every attempt, or says that every server is marked down (then
-    /// no connection is tried at all). `seen` learns of each attempt, for `backend_up`.
+    /// Connect to the first server not marked down that answers (and, for implicit TLS,
+    /// completes its handshake, all within `connect_timeout`); a failure marks its server
+    /// down. Returns the connection and the server's index. The error names every attempt,
+    /// or says that every server is marked down (then no connection is tried at all). `seen`
+    /// learns of each attempt, for `backend_up`.
     pub async fn connect(
         &self,
         listener: &str,
         seen: impl Fn(&str, bool),
-    ) -> Result<TcpStream, String> {
+    ) -> Result<(Stream, usize), String> {
         let mut failures = Vec::new();
         for (i, server) in self.servers.iter().enumerate() {
             if !server.up.load(Ordering::Relaxed) {
                 failures.push(format!("{}: marked down", server.addr));
                 continue;
             }
-            let connect = TcpStream::connect(server.addr.as_str());
+            let connect = self.open(&server.addr);
             let why = match timeout(self.connect_timeout, connect).await {
                 Ok(Ok(stream)) => {
                     seen(&server.addr, true);
-                    // Replies and commands are small and latency-bound (DESIGN.md §5).
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %e, "TCP_NODELAY on backend socket");
-                    }
-                    return Ok(stream);
+                    return Ok((stream, i));
                 }
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => e,
                 Err(_) => format!("timed out after {:?}", self.connect_timeout),
             };
             seen(&server.addr, false);
@@ -109,7 +165,23 @@ impl Pool {
         Err(failures.join("; "))
     }
 
-    /// Check every server each [`CHECK_INTERVAL`] until shutdown begins: one round at a time
+    /// One connection to `addr`: TCP, then the handshake for implicit TLS.
+    async fn open(&self, addr: &str) -> Result<Stream, String> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        // Replies and commands are small and latency-bound (DESIGN.md §5).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY on backend socket");
+        }
+        match &self.tls {
+            Some(tls) if tls.implicit => {
+                let stream = handshake(tls, addr, tcp).await?;
+                Ok(Stream::ClientTls(Box::new(stream)))
+            }
+            _ => Ok(Stream::Plain(tcp)),
+        }
+    }
+
+    /// Check every server each `health_check_interval` until shutdown begins: one round at a time
     /// (so one check per server at a time), the servers of a round concurrently.
     pub async fn health_checks(
         &self,
@@ -118,7 +190,8 @@ impl Pool {
         metrics: &ListenerMetrics,
         mut shutdown: watch::Receiver<Shutdown>,
     ) {
-        let mut ticks = tokio::time::interval_at(Instant::now() + CHECK_INTERVAL, CHECK_INTERVAL);
+        let every = self.check_interval;
+        let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -131,7 +204,8 @@ impl Pool {
                 }
             }
             let round = self.servers.iter().enumerate().map(|(i, s)| async move {
-                let result = check(&s.addr, hostname, self.connect_timeout).await;
+                let tls = self.tls.as_ref();
+                let result = check(&s.addr, hostname, self.connect_timeout, tls).await;
                 metrics.backend_up(&s.addr, result.is_ok(), crate::runtime::unix_now());
                 match result {
                     Ok(()) => self.mark(listener, i, true, ""),
@@ -160,41 +234,110 @@ async fn join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<It
     .await;
 }
 
+/// A client handshake with server `addr` over `tcp`, named by its host part.
+async fn handshake(
+    tls: &HopTls,
+    addr: &str,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let name = crate::tls::server_name(host).ok_or_else(|| format!("unusable name {host:?}"))?;
+    tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))
+}
+
 /// One SMTP health check: connect (under `connect_timeout`), a `220` greeting, `EHLO
-/// <hostname>` answered 2xx, then `QUIT`. Every wait has a deadline.
-pub async fn check(server: &str, hostname: &str, connect_timeout: Duration) -> Result<(), String> {
+/// <hostname>` answered 2xx, then `QUIT`. Over the hop's TLS: implicit from the start, or
+/// STARTTLS (offered and accepted) and EHLO again. Every wait has a deadline.
+pub async fn check(
+    server: &str,
+    hostname: &str,
+    connect_timeout: Duration,
+    tls: Option<&HopTls>,
+) -> Result<(), String> {
     let mut tcp = match timeout(connect_timeout, TcpStream::connect(server)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(format!("connect: {e}")),
         Err(_) => return Err(format!("connect: timed out after {connect_timeout:?}")),
     };
-    let mut replies = Replies {
-        parser: ReplyParser::new(),
-        read: 0,
+    let Some(tls) = tls else {
+        greet(&mut tcp, hostname).await?;
+        return quit(&mut tcp).await;
     };
-    let greeting = replies
+    let handshake = |tcp| async move {
+        timeout(connect_timeout, handshake(tls, server, tcp))
+            .await
+            .map_err(|_| "TLS handshake: timed out".to_owned())?
+    };
+    if tls.implicit {
+        let mut stream = handshake(tcp).await?;
+        greet(&mut stream, hostname).await?;
+        return quit(&mut stream).await;
+    }
+    let ehlo = greet(&mut tcp, hostname).await?;
+    let offered = ehlo.lines.iter().skip(1).any(|l| {
+        l.split_ascii_whitespace()
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case("STARTTLS"))
+    });
+    if !offered {
+        return Err("STARTTLS not offered".into());
+    }
+    write(&mut tcp, b"STARTTLS\r\n").await?;
+    let mut replies = Replies::new();
+    let reply = replies
         .next(&mut tcp)
+        .await
+        .map_err(|e| format!("STARTTLS: {e}"))?;
+    if reply.code != 220 || replies.parser.buffered() > 0 {
+        return Err(format!("STARTTLS: {}", one_line(&reply)));
+    }
+    let mut stream = handshake(tcp).await?;
+    let ehlo = ehlo_on(&mut stream, &mut Replies::new(), hostname).await?;
+    drop(ehlo);
+    quit(&mut stream).await
+}
+
+/// The greeting (`220`) and our EHLO (2xx); the EHLO reply.
+async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    hostname: &str,
+) -> Result<Reply, String> {
+    let mut replies = Replies::new();
+    let greeting = replies
+        .next(s)
         .await
         .map_err(|e| format!("greeting: {e}"))?;
     if greeting.code != 220 {
         return Err(format!("greeting: {}", one_line(&greeting)));
     }
-    write(&mut tcp, format!("EHLO {hostname}\r\n").as_bytes()).await?;
-    let ehlo = replies
-        .next(&mut tcp)
-        .await
-        .map_err(|e| format!("EHLO: {e}"))?;
+    ehlo_on(s, &mut replies, hostname).await
+}
+
+async fn ehlo_on<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    replies: &mut Replies,
+    hostname: &str,
+) -> Result<Reply, String> {
+    write(s, format!("EHLO {hostname}\r\n").as_bytes()).await?;
+    let ehlo = replies.next(s).await.map_err(|e| format!("EHLO: {e}"))?;
     if !ehlo.is_positive() {
         return Err(format!("EHLO: {}", one_line(&ehlo)));
     }
-    // The check has passed. QUIT, then wait for the server to close first, so that the
-    // TIME_WAIT of a check every few seconds is the server's, not ours; one that does not
-    // close in time is reset.
-    let _ = write(&mut tcp, b"QUIT\r\n").await;
+    Ok(ehlo)
+}
+
+/// The check has passed. QUIT, then wait for the server to close first, so that the
+/// TIME_WAIT of a check every few seconds is the server's, not ours; one that does not close
+/// in time is reset.
+async fn quit<S: AsyncRead + AsyncWrite + Unpin + Socket>(s: &mut S) -> Result<(), String> {
+    let _ = write(s, b"QUIT\r\n").await;
     let mut rest = [0u8; 512];
     let closed = timeout(CHECK_REPLY_TIMEOUT, async {
         loop {
-            match tcp.read(&mut rest).await {
+            match s.read(&mut rest).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -202,13 +345,30 @@ pub async fn check(server: &str, hostname: &str, connect_timeout: Duration) -> R
     })
     .await;
     if closed.is_err() {
-        let _ = tcp.set_zero_linger();
+        let _ = s.tcp().set_zero_linger();
     }
     Ok(())
 }
 
-async fn write(tcp: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
-    match timeout(CHECK_REPLY_TIMEOUT, tcp.write_all(bytes)).await {
+/// The TCP connection under a check's stream.
+trait Socket {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Socket for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+async fn write<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> Result<(), String> {
+    match timeout(CHECK_REPLY_TIMEOUT, s.write_all(bytes)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("write: {e}")),
         Err(_) => Err("write: timed out".into()),
@@ -230,8 +390,15 @@ struct Replies {
 }
 
 impl Replies {
+    fn new() -> Self {
+        Replies {
+            parser: ReplyParser::new(),
+            read: 0,
+        }
+    }
+
     /// The next whole reply, within [`CHECK_REPLY_TIMEOUT`].
-    async fn next(&mut self, tcp: &mut TcpStream) -> Result<Reply, String> {
+    async fn next<S: AsyncRead + Unpin>(&mut self, tcp: &mut S) -> Result<Reply, String> {
         let deadline = Instant::now() + CHECK_REPLY_TIMEOUT;
         let mut buf = [0u8; 2048];
         loop {

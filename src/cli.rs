@@ -292,11 +292,18 @@ fn check(path: &Path) -> ExitCode {
             Some(store) => ok &= print_certificate(store, l, term, &config.hostname),
             None => println!("  certificate: (certificates invalid)"),
         }
+        let b = &term.backend;
         println!(
-            "  backend: {} (connect_timeout {})",
-            term.backend.servers.join(", "),
-            duration(term.backend.connect_timeout)
+            "  backend: {} (tls: {}, connect_timeout {}, health checks every {}{})",
+            b.servers.join(", "),
+            b.tls_str(),
+            duration(b.connect_timeout),
+            duration(b.health_check_interval),
+            if b.xclient { ", xclient" } else { "" }
         );
+        if let Some(warning) = b.tls_warning() {
+            println!("  warning: {warning}");
+        }
         println!("{}", policy_lines(&term.policy));
     }
     // A warning, not a failure: the sidecar runs, only past the limit its accepts fail and

@@ -37,7 +37,7 @@ pub async fn serve(
         }
         _ => (Stream::Plain(tcp), None),
     };
-    let mut session = Session::new(cfg, peer.ip(), tls, started, SystemTime::now());
+    let mut session = Session::new(cfg, peer, tls, started, SystemTime::now());
     driver.run(&mut session, client, shutdown).await;
     driver.ended(started, session.tls());
 }

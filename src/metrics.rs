@@ -440,8 +440,8 @@ pub struct ListenerMetrics {
     rejections: [[IntCounter; 2]; 19],
     received: Vec<(String, IntCounter)>,
     sent: Vec<(String, IntCounter)>,
-    backend_failures: [IntCounter; 8],
-    next_hop_failures: [IntCounter; 8],
+    backend_failures: [IntCounter; LegFailure::ALL.len()],
+    next_hop_failures: [IntCounter; LegFailure::ALL.len()],
     /// Per server: `backend_up`, and when it was last set.
     backend_up: Vec<(String, IntGauge, IntGauge)>,
     pub reply_seconds: Histogram,

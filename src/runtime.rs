@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, Listener, ListenerMode, ListenerTls, TerminateListener};
+use crate::config::{BackendTls, Config, Listener, ListenerMode, ListenerTls, TerminateListener};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::tls::{CertPlan, CertStore, ClientAuth, LoadedCert, Trust};
 
@@ -295,6 +295,17 @@ fn listener_runtime(
             None
         }
     };
+    if let Some(warning) = term.backend.tls_warning() {
+        tracing::warn!(listener = %l.name, "{warning}");
+    }
+    let hop_tls = match term.backend.tls {
+        BackendTls::None => None,
+        tls => Some(crate::backend::HopTls {
+            implicit: tls == BackendTls::Implicit,
+            config: crate::tls::backend_config(trust, term.backend.tls_verify)
+                .map_err(|e| format!("listener {}: backend.tls: {e}", l.name))?,
+        }),
+    };
     let p = &term.policy;
     let t = p.timeouts;
     Ok(ListenerRuntime {
@@ -310,6 +321,7 @@ fn listener_runtime(
             received_header: p.received_header,
             max_message_size: p.max_message_size,
             max_recipients: p.max_recipients,
+            max_errors: p.max_errors,
             domain_secure: p.domain_secure.clone(),
             on_failure: p.on_failure,
             enforce: p.enforce,
@@ -318,13 +330,16 @@ fn listener_runtime(
                 command: t.command,
                 data_block: t.data_block,
                 tls_handshake: t.tls_handshake,
-                // RFC 5321 §4.5.3.2 gives the client 5 to 10 minutes per reply; the command
-                // timeout is the operator's word for how long to wait.
-                backend_reply: t.command,
+                backend_reply: t.backend_reply,
+            },
+            hop: smtp_core::inbound::Hop {
+                starttls: term.backend.tls == BackendTls::Starttls,
+                xclient: term.backend.xclient,
             },
             protocol_log: config.log.protocol_log,
         })),
-        pool: crate::backend::Pool::new(&term.backend.servers, term.backend.connect_timeout),
+        pool: crate::backend::Pool::new(&term.backend.servers, term.backend.connect_timeout)
+            .with_hop(term.backend.health_check_interval, hop_tls),
         connect_timeout: term.backend.connect_timeout,
         write_timeout: t.command,
         acceptor,

@@ -42,7 +42,9 @@ async fn attempt(pool: &Pool) -> (Vec<(String, bool)>, Option<String>) {
     let r = pool
         .connect("l", |s, up| seen.lock().unwrap().push((s.to_owned(), up)))
         .await;
-    let peer = r.ok().map(|s| s.peer_addr().unwrap().to_string());
+    let peer = r
+        .ok()
+        .map(|(s, _)| s.tcp().unwrap().peer_addr().unwrap().to_string());
     (seen.into_inner().unwrap(), peer)
 }
 
@@ -95,7 +97,7 @@ async fn all_marked_down_fails_at_once_without_a_connect() {
 
 #[tokio::test]
 async fn health_check_passes_on_220_and_2xx_ehlo() {
-    check(&smtp().await, "mx.test", Duration::from_secs(2))
+    check(&smtp().await, "mx.test", Duration::from_secs(2), None)
         .await
         .unwrap();
 }
@@ -103,22 +105,24 @@ async fn health_check_passes_on_220_and_2xx_ehlo() {
 #[tokio::test]
 async fn health_check_fails() {
     let t = Duration::from_secs(2);
-    let refused = check(&closed_port().await, "mx.test", t).await.unwrap_err();
+    let refused = check(&closed_port().await, "mx.test", t, None)
+        .await
+        .unwrap_err();
     assert!(refused.starts_with("connect: "), "{refused}");
     let busy = server(b"554 go away\r\n", b"250 ok\r\n").await;
     assert_eq!(
-        check(&busy, "mx.test", t).await.unwrap_err(),
+        check(&busy, "mx.test", t, None).await.unwrap_err(),
         "greeting: 554 go away"
     );
     let no_ehlo = server(b"220 ok\r\n", b"502 5.5.2 no\r\n").await;
     assert_eq!(
-        check(&no_ehlo, "mx.test", t).await.unwrap_err(),
+        check(&no_ehlo, "mx.test", t, None).await.unwrap_err(),
         "EHLO: 502 5.5.2 no"
     );
     // A greeting longer than a reply may be: refused, not buffered.
     let long: &'static [u8] = "220-more\r\n".repeat(10_000).leak().as_bytes();
     let endless = server(long, b"250 ok\r\n").await;
-    let err = check(&endless, "mx.test", t).await.unwrap_err();
+    let err = check(&endless, "mx.test", t, None).await.unwrap_err();
     assert!(err.starts_with("greeting: "), "{err}");
 }
 
@@ -127,7 +131,7 @@ async fn health_check_waits_for_a_silent_server_no_longer_than_its_deadline() {
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap().to_string();
     let started = Instant::now();
-    let err = check(&addr, "mx.test", Duration::from_secs(2))
+    let err = check(&addr, "mx.test", Duration::from_secs(2), None)
         .await
         .unwrap_err();
     assert_eq!(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
-    Backend, BareNewlines, CertificateSelection, ClientCertificates, Config, Listener,
+    Backend, BackendTls, BareNewlines, CertificateSelection, ClientCertificates, Config, Listener,
     ListenerMode, ListenerTls, LogConfig, LogFormat, LongLines, OnFailure, Policy, ResolverConfig,
     TerminateListener, Timeouts, TlsVersion, TrustConfig,
 };
@@ -55,7 +55,11 @@ fn demo_config() -> Config {
                 certificate: CertificateSelection::Automatic,
                 backend: Backend {
                     servers: vec![SINK.into()],
+                    tls: BackendTls::None,
+                    tls_verify: true,
+                    xclient: false,
                     connect_timeout: Duration::from_secs(5),
+                    health_check_interval: Duration::from_secs(2),
                 },
                 policy: Policy {
                     require_tls: false,
@@ -72,11 +76,13 @@ fn demo_config() -> Config {
                     max_recipients: 100,
                     max_connections: 1000,
                     max_connections_per_ip: 20,
+                    max_errors: 20,
                     timeouts: Timeouts {
                         greeting: Duration::from_secs(300),
                         command: Duration::from_secs(300),
                         data_block: Duration::from_secs(180),
                         tls_handshake: Duration::from_secs(30),
+                        backend_reply: Duration::from_secs(300),
                     },
                 },
             }),

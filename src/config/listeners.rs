@@ -10,7 +10,7 @@ use super::policy::{originate_policy, terminate_policy};
 use super::raw::{defaults, RawBackend, RawCertificateRef, RawListener};
 use super::yaml::{List, Table, Value};
 use super::{
-    Backend, CertificateSelection, Listener, ListenerMode, ListenerTls, NextHopConfig,
+    Backend, BackendTls, CertificateSelection, Listener, ListenerMode, ListenerTls, NextHopConfig,
     OriginateListener, TerminateListener,
 };
 
@@ -370,23 +370,30 @@ fn backend(p: &mut Problems, path: &str, raw: &RawBackend) -> Option<Backend> {
         valid.then(|| list.iter().map(|s| s.trim().to_owned()).collect())
     });
 
-    let tls_path = join(path, "tls");
     let tls = p.choice(
-        &tls_path,
+        &join(path, "tls"),
         &raw.tls,
-        &[("none", true), ("starttls", false), ("implicit", false)],
+        &[
+            ("none", BackendTls::None),
+            ("starttls", BackendTls::Starttls),
+            ("implicit", BackendTls::Implicit),
+        ],
     );
-    p.only_default(&tls_path, tls, |none| *none, "none");
-    let verify_path = join(path, "tls_verify");
-    let tls_verify = p.bool(&verify_path, &raw.tls_verify);
-    p.only_default(&verify_path, tls_verify, |on| *on, "true");
-    let xclient_path = join(path, "xclient");
-    let xclient = p.bool(&xclient_path, &raw.xclient);
-    p.only_default(&xclient_path, xclient, |on| !on, "false");
+    let tls_verify = p.bool(&join(path, "tls_verify"), &raw.tls_verify);
+    let xclient = p.bool(&join(path, "xclient"), &raw.xclient);
     let connect_timeout = p.duration(&join(path, "connect_timeout"), &raw.connect_timeout, true);
+    let health_check_interval = p.duration(
+        &join(path, "health_check_interval"),
+        &raw.health_check_interval,
+        true,
+    );
     Some(Backend {
         servers: servers?,
+        tls: tls?,
+        tls_verify: tls_verify?,
+        xclient: xclient?,
         connect_timeout: connect_timeout?,
+        health_check_interval: health_check_interval?,
     })
 }
 

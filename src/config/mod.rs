@@ -269,6 +269,8 @@ pub struct OriginatePolicy {
     pub max_recipients: u32,
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
+    /// Consecutive protocol errors before `421 4.7.0` (SPEC §4).
+    pub max_errors: u32,
     /// `tls_handshake` bounds the handshake with the next hop too; the next hop's replies are
     /// awaited for `command` (as a terminate listener's backend's are).
     pub timeouts: Timeouts,
@@ -278,7 +280,47 @@ pub struct OriginatePolicy {
 pub struct Backend {
     /// `host:port` strings, tried in order.
     pub servers: Vec<String>,
+    /// Encrypt the hop to the backend too.
+    pub tls: BackendTls,
+    /// Check the backend's certificate against `trust` and the server's host name or address
+    /// (`false`: any certificate, e.g. a legacy server's self-signed one).
+    pub tls_verify: bool,
+    /// Pass the client's address with XCLIENT where the backend offers it.
+    pub xclient: bool,
     pub connect_timeout: Duration,
+    /// How often each server gets an SMTP health check.
+    pub health_check_interval: Duration,
+}
+
+impl Backend {
+    /// What the operator must hear of at start and in `check`: an encrypted hop whose
+    /// backend certificate is not checked.
+    pub fn tls_warning(&self) -> Option<&'static str> {
+        (self.tls != BackendTls::None && !self.tls_verify).then_some(
+            "backend.tls_verify is false: the backend's certificate is not checked \
+             (the hop is encrypted, but not authenticated)",
+        )
+    }
+
+    /// `backend.tls` as configured.
+    pub fn tls_str(&self) -> &'static str {
+        match self.tls {
+            BackendTls::None => "none",
+            BackendTls::Starttls => "starttls",
+            BackendTls::Implicit => "implicit",
+        }
+    }
+}
+
+/// `backend.tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendTls {
+    None,
+    /// Plain connection, then the backend's own STARTTLS, used by us and never shown to the
+    /// client.
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Implicit,
 }
 
 /// The `policy` of a terminate listener.
@@ -300,6 +342,8 @@ pub struct Policy {
     pub max_recipients: u32,
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
+    /// Consecutive protocol errors before `421 4.7.0` (SPEC §4).
+    pub max_errors: u32,
     pub timeouts: Timeouts,
 }
 
@@ -309,4 +353,6 @@ pub struct Timeouts {
     pub command: Duration,
     pub data_block: Duration,
     pub tls_handshake: Duration,
+    /// Each reply of the backend (or next hop); default: `command`.
+    pub backend_reply: Duration,
 }

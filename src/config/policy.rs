@@ -29,6 +29,7 @@ struct Shared {
     max_recipients: u32,
     max_connections: u32,
     max_connections_per_ip: u32,
+    max_errors: u32,
     enforce: bool,
     timeouts: Timeouts,
 }
@@ -106,6 +107,7 @@ pub fn terminate_policy(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option
         max_recipients: s.max_recipients,
         max_connections: s.max_connections,
         max_connections_per_ip: s.max_connections_per_ip,
+        max_errors: s.max_errors,
         timeouts: s.timeouts,
     })
 }
@@ -154,6 +156,7 @@ pub fn originate_policy(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option
         max_recipients: s.max_recipients,
         max_connections: s.max_connections,
         max_connections_per_ip: s.max_connections_per_ip,
+        max_errors: s.max_errors,
         timeouts: s.timeouts,
     })
 }
@@ -177,6 +180,7 @@ fn shared(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option<Shared> {
         &raw.max_connections_per_ip,
         1,
     );
+    let max_errors = p.count(&key("max_errors"), &raw.max_errors, 1);
     let enforce = p.bool(&key("enforce"), &raw.enforce);
     let timeouts_path = key("timeouts");
     let timeouts = p
@@ -191,6 +195,7 @@ fn shared(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option<Shared> {
         max_recipients: max_recipients?,
         max_connections: max_connections?,
         max_connections_per_ip: per_ip?,
+        max_errors: max_errors?,
         enforce: enforce?,
         timeouts: timeouts?,
     })
@@ -320,10 +325,15 @@ fn timeouts(p: &mut Problems, path: &str, raw: &RawTimeouts) -> Option<Timeouts>
     let command = p.duration(&join(path, "command"), &raw.command, true);
     let data_block = p.duration(&join(path, "data_block"), &raw.data_block, true);
     let tls_handshake = p.duration(&join(path, "tls_handshake"), &raw.tls_handshake, true);
+    let backend_reply = match &raw.backend_reply {
+        Some(value) => p.duration(&join(path, "backend_reply"), value, true),
+        None => command,
+    };
     Some(Timeouts {
         greeting: greeting?,
         command: command?,
         data_block: data_block?,
         tls_handshake: tls_handshake?,
+        backend_reply: backend_reply?,
     })
 }

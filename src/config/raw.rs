@@ -34,6 +34,9 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE: &str = "30s";
     pub const RESOLVER_TIMEOUT: &str = "5s";
     pub const CONNECT_TIMEOUT: &str = "5s";
+    pub const HEALTH_CHECK_INTERVAL: &str = "2s";
+    /// Consecutive protocol errors before a session is closed (SPEC §4).
+    pub const MAX_ERRORS: i128 = 20;
     pub const MAX_MESSAGE_SIZE: &str = "35MiB";
     pub const GREETING: &str = "5m";
     pub const COMMAND: &str = "5m";
@@ -236,10 +239,12 @@ pub struct RawBackend {
     pub tls_verify: Value,
     pub xclient: Value,
     pub connect_timeout: Value,
+    pub health_check_interval: Value,
     #[serde(flatten)]
     pub unknown: UnknownKeys,
 }
-keys!(RawBackend: "servers", "tls", "tls_verify", "xclient", "connect_timeout");
+keys!(RawBackend: "servers", "tls", "tls_verify", "xclient", "connect_timeout",
+    "health_check_interval");
 
 impl Default for RawBackend {
     fn default() -> Self {
@@ -249,6 +254,7 @@ impl Default for RawBackend {
             tls_verify: Value::Bool(true),
             xclient: Value::Bool(false),
             connect_timeout: s(defaults::CONNECT_TIMEOUT),
+            health_check_interval: s(defaults::HEALTH_CHECK_INTERVAL),
             unknown: UnknownKeys::default(),
         }
     }
@@ -273,6 +279,7 @@ pub struct RawPolicy {
     pub max_recipients: Value,
     pub max_connections: Value,
     pub max_connections_per_ip: Value,
+    pub max_errors: Value,
     pub enforce: Value,
     pub timeouts: Table<RawTimeouts>,
     pub default: Option<Value>,
@@ -282,8 +289,8 @@ pub struct RawPolicy {
 }
 keys!(RawPolicy: "require_tls", "auth_requires_tls", "client_certificates", "domain_secure",
     "on_failure", "tls_min_version", "bare_newlines", "long_lines", "received_header",
-    "max_message_size", "max_recipients", "max_connections", "max_connections_per_ip", "enforce",
-    "timeouts", "default", "domains");
+    "max_message_size", "max_recipients", "max_connections", "max_connections_per_ip", "max_errors",
+    "enforce", "timeouts", "default", "domains");
 
 impl Default for RawPolicy {
     fn default() -> Self {
@@ -301,6 +308,7 @@ impl Default for RawPolicy {
             max_recipients: Value::Int(100),
             max_connections: Value::Int(1000),
             max_connections_per_ip: Value::Int(20),
+            max_errors: Value::Int(defaults::MAX_ERRORS),
             enforce: Value::Bool(true),
             timeouts: Table::default(),
             default: None,
@@ -317,10 +325,12 @@ pub struct RawTimeouts {
     pub command: Value,
     pub data_block: Value,
     pub tls_handshake: Value,
+    /// Default: `command`'s value.
+    pub backend_reply: Option<Value>,
     #[serde(flatten)]
     pub unknown: UnknownKeys,
 }
-keys!(RawTimeouts: "greeting", "command", "data_block", "tls_handshake");
+keys!(RawTimeouts: "greeting", "command", "data_block", "tls_handshake", "backend_reply");
 
 impl Default for RawTimeouts {
     fn default() -> Self {
@@ -329,6 +339,7 @@ impl Default for RawTimeouts {
             command: s(defaults::COMMAND),
             data_block: s(defaults::DATA_BLOCK),
             tls_handshake: s(defaults::TLS_HANDSHAKE),
+            backend_reply: None,
             unknown: UnknownKeys::default(),
         }
     }

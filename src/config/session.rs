@@ -30,14 +30,13 @@ impl OriginateListener {
             received_header: p.received_header,
             max_message_size: p.max_message_size,
             max_recipients: p.max_recipients,
+            max_errors: p.max_errors,
             timeouts: Timeouts {
                 greeting: t.greeting,
                 command: t.command,
                 data_block: t.data_block,
                 tls_handshake: t.tls_handshake,
-                // As for a terminate listener's backend: RFC 5321 §4.5.3.2 gives 5 to 10
-                // minutes per reply; `command` is the operator's word for how long to wait.
-                backend_reply: t.command,
+                backend_reply: t.backend_reply,
             },
             protocol_log,
         }

@@ -27,6 +27,7 @@ pub(super) fn record(
     event: Event,
     peer: SocketAddr,
     id: u64,
+    server: Option<usize>,
     tally: &mut Tally,
 ) {
     let m = &l.metrics;
@@ -65,6 +66,11 @@ pub(super) fn record(
             tracing::warn!(listener = %l.name, %peer, kind = kind.as_str(), %reason,
                 "backend failed; client told 421 4.4.2");
             m.backend_failure(kind);
+        }
+        Event::XclientNotOffered => {
+            if let Some(server) = server {
+                l.pool.xclient_not_offered(&l.name, server);
+            }
         }
         Event::NextHopFailed { host, kind, reason } => {
             tracing::info!(listener = %l.name, %peer, next_hop = %host, kind = kind.as_str(),

@@ -237,3 +237,27 @@ pub(crate) async fn connect_tls(
     };
     Some((Stream::ClientTls(Box::new(stream)), info))
 }
+
+/// Record a completed handshake with a terminate listener's backend (implicit TLS, or after
+/// its STARTTLS): the metric, and in the protocol log the certificate it sent (ours it did
+/// not ask for). Whether that certificate was acceptable was decided in the handshake
+/// (`backend.tls_verify`).
+pub(crate) fn backend_tls_done(
+    l: &ListenerRuntime,
+    conn: &rustls::ClientConnection,
+    id: u64,
+    peer: SocketAddr,
+) -> TlsInfo {
+    let (version, cipher) = crate::tls::session_tls_info(conn);
+    l.metrics.handshake(false, Handshake::ok(&version));
+    if l.protocol_log() {
+        let listener = &l.name;
+        tracing::info!(target: PROTOCOL, session = id, %listener, %peer, version, cipher, "TLS established with the backend");
+        log_remote_certificate(l, conn.peer_certificates(), id, peer);
+    }
+    TlsInfo {
+        version,
+        cipher,
+        client_cert: ClientCert::None,
+    }
+}

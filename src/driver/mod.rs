@@ -36,6 +36,8 @@ pub struct Driver<'a> {
     peer: SocketAddr,
     client: Stream,
     backend: Stream,
+    /// The pool's index of the server the backend leg is connected to.
+    backend_server: Option<usize>,
     /// When the last write to the backend leg ended, until its reply's first bytes arrive:
     /// one command at a time, so that is the backend's reply latency.
     awaiting_backend: Option<Instant>,
@@ -52,6 +54,7 @@ impl<'a> Driver<'a> {
             peer,
             client: Stream::None,
             backend: Stream::None,
+            backend_server: None,
             awaiting_backend: None,
             tally: events::Tally::default(),
         }
@@ -170,7 +173,8 @@ impl<'a> Driver<'a> {
     fn record_events<M: Machine>(&mut self, session: &mut M) {
         while let Some(event) = session.poll_event() {
             let tls = session.message_tls();
-            events::record(self.l, tls, event, self.peer, self.id, &mut self.tally);
+            let (peer, server) = (self.peer, self.backend_server);
+            events::record(self.l, tls, event, peer, self.id, server, &mut self.tally);
         }
     }
 
@@ -204,8 +208,12 @@ impl<'a> Driver<'a> {
                     })
                     .await
                 {
-                    Ok(stream) => {
-                        self.backend = Stream::Plain(stream);
+                    Ok((stream, server)) => {
+                        if let Stream::ClientTls(tls) = &stream {
+                            handshake::backend_tls_done(l, tls.get_ref().1, self.id, self.peer);
+                        }
+                        self.backend = stream;
+                        self.backend_server = Some(server);
                         session.handle_connected(Instant::now());
                     }
                     Err(reason) => {
@@ -308,6 +316,34 @@ impl<'a> Driver<'a> {
                         return Step::Readable(Leg::Backend);
                     }
                     None => session.handle_tls_failed(Leg::Backend, Instant::now()),
+                }
+            }
+            Action::StartTls(TlsStart::Backend) => {
+                let (Stream::Plain(tcp), Some(server)) =
+                    (std::mem::take(&mut self.backend), self.backend_server)
+                else {
+                    session.handle_tls_failed(Leg::Backend, Instant::now());
+                    return Step::Go;
+                };
+                let deadline = session.poll_timeout().map_or_else(
+                    || tokio::time::Instant::now() + l.tls_handshake_timeout(),
+                    tokio::time::Instant::from_std,
+                );
+                match Box::pin(l.pool.starttls(server, tcp, deadline)).await {
+                    Ok(Stream::ClientTls(tls)) => {
+                        let info =
+                            handshake::backend_tls_done(l, tls.get_ref().1, self.id, self.peer);
+                        self.backend = Stream::ClientTls(tls);
+                        session.handle_tls_established(Leg::Backend, info, Instant::now());
+                        return Step::Readable(Leg::Backend);
+                    }
+                    Ok(_) => session.handle_tls_failed(Leg::Backend, Instant::now()),
+                    Err(reason) => {
+                        tracing::warn!(listener = %l.name, peer = %self.peer, %reason, "TLS to the backend failed");
+                        l.metrics
+                            .handshake_error(false, crate::metrics::HandshakeError::Protocol);
+                        session.handle_tls_failed(Leg::Backend, Instant::now());
+                    }
                 }
             }
             Action::Close => {

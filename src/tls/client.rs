@@ -198,6 +198,40 @@ fn server_failure_reason(e: &rustls::Error) -> &'static str {
     }
 }
 
+/// The TLS client configuration of a terminate listener's hop to its backend
+/// (`backend.tls`): TLS 1.2 or 1.3, no client certificate, no SNI for an address. With
+/// `verify`, the handshake itself checks the backend's chain against `trust` (anchors and
+/// CRLs) and the server's host name or address from `backend.servers`, and fails otherwise;
+/// without, any certificate is taken (a legacy server's self-signed one), its handshake
+/// signatures still checked.
+pub fn backend_config(trust: &Trust, verify: bool) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = super::provider();
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(super::server::protocol_versions(TlsVersion::V1_2))?;
+    let builder = if verify {
+        if trust.roots.is_empty() {
+            return Err(TlsError::Config(rustls::Error::General(
+                "backend.tls_verify needs trust anchors (trust.system_roots or trust.ca_files)"
+                    .into(),
+            )));
+        }
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::clone(&trust.roots), provider)
+                .with_crls(trust.crls.clone())
+                .allow_unknown_revocation_status()
+                .build()
+                .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+        builder.with_webpki_verifier(verifier)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(RecordOnly(provider)))
+    };
+    let mut config = builder.with_no_client_auth();
+    config.alpn_protocols = Vec::new();
+    Ok(Arc::new(config))
+}
+
 /// Accepts any server certificate chain at the TLS layer (it is judged after the handshake),
 /// but verifies the handshake signatures with the provider's algorithms.
 #[derive(Debug)]

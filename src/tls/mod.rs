@@ -42,7 +42,7 @@ mod tests_selfsigned;
 mod tests_store;
 
 pub use certinfo::CertInfo;
-pub use client::{server_name, ClientTls};
+pub use client::{backend_config, server_name, ClientTls};
 pub use client_auth::{failure_reason, peer_cert, ClientAuth};
 pub use select::{Candidates, CertPlan};
 pub use selfsigned::{kept_self_signed, load_or_create_self_signed, self_signed, SELF_SIGNED_NAME};

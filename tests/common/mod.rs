@@ -109,6 +109,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// A test SMTP client.
 pub struct Client {
     io: BufReader<Box<dyn Io>>,
+    /// Our end of the connection.
+    local: SocketAddr,
 }
 
 impl Client {
@@ -116,6 +118,7 @@ impl Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         Client {
+            local: tcp.local_addr().unwrap(),
             io: BufReader::new(Box::new(tcp)),
         }
     }
@@ -123,10 +126,18 @@ impl Client {
     /// Connect and complete a TLS handshake first (port 465 style).
     pub async fn connect_implicit(addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
+        let local = tcp.local_addr().unwrap();
         let tls = tls_connect(tcp).await.unwrap();
         Client {
             io: BufReader::new(Box::new(tls)),
+            local,
         }
+    }
+
+    /// The port the server sees this client connect from.
+    #[allow(dead_code)]
+    pub fn local_port(&self) -> u16 {
+        self.local.port()
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -170,6 +181,7 @@ impl Client {
         let tls = tls_connect_with(config, self.io.into_inner()).await?;
         Ok(Client {
             io: BufReader::new(Box::new(tls)),
+            local: self.local,
         })
     }
 

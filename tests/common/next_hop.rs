@@ -1,9 +1,11 @@
-//! A test next-hop MTA for the originate-mode tests, on 127.0.0.1 with an ephemeral port:
-//! greets `220 next.test ESMTP`, answers EHLO with a configurable extension list, and can offer
-//! STARTTLS with a real rustls handshake (a valid, untrusted, wrong-name, expired or revoked
-//! certificate, see [`Cert`]), fail the handshake on purpose, ask for or require a client
-//! certificate, refuse recipients, answer the end of data as told, or drop the connection in
-//! the middle of a message. RFC 3207: after the handshake MAIL is refused until EHLO again.
+//! A test next-hop MTA for the originate-mode tests (and a TLS backend for terminate's), on
+//! 127.0.0.1 with an ephemeral port: greets `220 next.test ESMTP`, answers EHLO with a
+//! configurable extension list, and can offer STARTTLS (or implicit TLS) with a real rustls
+//! handshake (a valid, untrusted, wrong-name, expired or revoked certificate, see [`Cert`]),
+//! fail the handshake on purpose, ask for or require a client certificate, refuse recipients,
+//! answer the end of data as told, or drop the connection in the middle of a message. RFC
+//! 3207: after the handshake MAIL is refused until EHLO again. An offered XCLIENT
+//! (`extensions(&["XCLIENT ADDR ..."])`) is answered with a new greeting.
 //!
 //! Each connection is recorded as a [`Session`] (bytes received before and inside TLS, the TLS
 //! version, SNI, client chain, accepted messages, how it ended), delivered once it has closed:
@@ -127,6 +129,7 @@ impl NextHop {
             .map(String::from)
             .to_vec(),
             starttls: StartTls::Off,
+            implicit: false,
             client_auth: ClientAuth::None,
             versions: rustls::DEFAULT_VERSIONS.to_vec(),
             rcpt_replies: HashMap::new(),
@@ -148,6 +151,7 @@ pub struct NextHopBuilder<'a> {
     greeting: String,
     extensions: Vec<String>,
     starttls: StartTls<'a>,
+    implicit: bool,
     client_auth: ClientAuth,
     versions: Vec<&'static SupportedProtocolVersion>,
     rcpt_replies: HashMap<String, String>,
@@ -179,6 +183,13 @@ impl<'a> NextHopBuilder<'a> {
     /// Offer STARTTLS and present `cert` (issued for `host`) in the handshake.
     pub fn starttls(mut self, pki: &'a NextHopPki, cert: Cert) -> Self {
         self.starttls = StartTls::Serve(pki, cert);
+        self
+    }
+
+    /// TLS from the first byte (SMTPS) with `cert`, instead of STARTTLS.
+    pub fn implicit_tls(mut self, pki: &'a NextHopPki, cert: Cert) -> Self {
+        self.starttls = StartTls::Serve(pki, cert);
+        self.implicit = true;
         self
     }
 
@@ -232,6 +243,7 @@ impl<'a> NextHopBuilder<'a> {
             greeting: self.greeting,
             extensions: self.extensions,
             tls,
+            implicit: self.implicit,
             rcpt_replies: self.rcpt_replies,
             eod_reply: self.eod_reply,
             drop_after: self.drop_after,

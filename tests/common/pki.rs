@@ -130,7 +130,10 @@ impl Pki {
         params.subject_alt_names = spec
             .names
             .iter()
-            .map(|n| SanType::DnsName((*n).try_into().unwrap()))
+            .map(|n| match n.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*n).try_into().unwrap()),
+            })
             .collect();
         params.not_before = rcgen::date_time_ymd(spec.from, 1, 1);
         params.not_after = rcgen::date_time_ymd(spec.to, 1, 1);

@@ -24,6 +24,7 @@ pub fn test_config() -> Config {
         received_header: false,
         max_message_size: 35 * 1024 * 1024,
         max_recipients: 100,
+        max_errors: 20,
         domain_secure: Vec::new(),
         on_failure: OnFailure::Defer,
         enforce: true,
@@ -34,6 +35,7 @@ pub fn test_config() -> Config {
             tls_handshake: Duration::from_secs(30),
             backend_reply: Duration::from_secs(300),
         },
+        hop: crate::inbound::Hop::default(),
         protocol_log: false,
     }
 }
@@ -57,6 +59,7 @@ pub fn test_originate_config() -> crate::outbound::Config {
         received_header: false,
         max_message_size: inbound.max_message_size,
         max_recipients: inbound.max_recipients,
+        max_errors: inbound.max_errors,
         timeouts: inbound.timeouts,
         protocol_log: false,
     }
@@ -114,7 +117,7 @@ impl Harness<Session> {
         let now = Instant::now();
         let session = Session::new(
             cfg,
-            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.1:49152".parse().expect("address"),
             None,
             now,
             test_wall(),
@@ -218,9 +221,11 @@ impl<S: Machine> Harness<S> {
                             .handle_tls_established(Leg::Client, info, self.now);
                     }
                 }
-                Action::StartTls(TlsStart::Client(client)) => {
+                Action::StartTls(start @ (TlsStart::Client(_) | TlsStart::Backend)) => {
                     self.tls_started += 1;
-                    self.tls_clients.push(*client);
+                    if let TlsStart::Client(client) = start {
+                        self.tls_clients.push(*client);
+                    }
                     match self.hop_tls.clone() {
                         Some(info) => {
                             self.session

@@ -82,11 +82,13 @@ fn assert_default_policy(policy: &Policy) {
     assert_eq!(policy.max_recipients, 100);
     assert_eq!(policy.max_connections, 1000);
     assert_eq!(policy.max_connections_per_ip, 20);
+    assert_eq!(policy.max_errors, 20);
     let timeouts = Timeouts {
         greeting: secs(300),
         command: secs(300),
         data_block: secs(180),
         tls_handshake: secs(30),
+        backend_reply: secs(300),
     };
     assert_eq!(policy.timeouts, timeouts);
 }
@@ -206,9 +208,9 @@ fn unknown_keys_everywhere_reported_together() {
             "listeners[0].bakend: unknown key (expected one of: name, mode, listen, tls, \
              certificate, proxy_protocol, backend, policy, next_hop, client_certificate)",
             "listeners[0].backend.tls_verfy: unknown key (expected one of: servers, tls, \
-             tls_verify, xclient, connect_timeout)",
+             tls_verify, xclient, connect_timeout, health_check_interval)",
             "listeners[0].policy.timeouts.comand: unknown key (expected one of: greeting, \
-             command, data_block, tls_handshake)",
+             command, data_block, tls_handshake, backend_reply)",
         ]
     );
 }

@@ -30,11 +30,13 @@ fn default_policy() -> OriginatePolicy {
         max_recipients: 100,
         max_connections: 1000,
         max_connections_per_ip: 20,
+        max_errors: 20,
         timeouts: Timeouts {
             greeting: secs(300),
             command: secs(300),
             data_block: secs(180),
             tls_handshake: secs(30),
+            backend_reply: secs(300),
         },
     }
 }
@@ -122,11 +124,14 @@ fn every_key_typed() {
             max_recipients: 50,
             max_connections: 200,
             max_connections_per_ip: 5,
+            max_errors: 20,
             timeouts: Timeouts {
                 greeting: secs(60),
                 command: secs(120),
                 data_block: secs(90),
                 tls_handshake: secs(10),
+                // Not given: `command`'s.
+                backend_reply: secs(120),
             },
         },
     };
@@ -395,6 +400,7 @@ fn session_config_carries_the_policy() {
         received_header,
         max_message_size,
         max_recipients,
+        max_errors,
         timeouts,
         protocol_log,
     } = o.session_config(&config.hostname, true);
@@ -421,6 +427,7 @@ fn session_config_carries_the_policy() {
     assert!(received_header);
     assert_eq!(max_message_size, 35 * 1024 * 1024);
     assert_eq!(max_recipients, 100);
+    assert_eq!(max_errors, 20);
     assert_eq!(
         timeouts,
         smtp_core::session::Timeouts {

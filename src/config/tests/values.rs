@@ -1,8 +1,55 @@
 //! One key at a time: each wrong or not-yet-supported value gives exactly one problem, with
 //! its path.
 
+use std::time::Duration;
+
 use super::{ok, one_listener, problems, term};
-use crate::config::TlsVersion;
+use crate::config::{BackendTls, TlsVersion};
+
+/// The backend hop's keys (issue 15): TLS, XCLIENT, the health-check interval, the error
+/// limit and the backend reply timeout.
+#[test]
+fn backend_hop_keys() {
+    let yaml = one_listener("").replace(
+        "servers:",
+        "tls: implicit, tls_verify: false, xclient: true, health_check_interval: 500ms, servers:",
+    );
+    let config = ok(&yaml);
+    let b = &term(&config.listeners[0]).backend;
+    assert_eq!(b.tls, BackendTls::Implicit);
+    assert!(!b.tls_verify && b.xclient);
+    assert_eq!(b.health_check_interval, Duration::from_millis(500));
+    assert!(b.tls_warning().is_some());
+    for (backend, want) in [
+        (
+            "tls: tls",
+            "tls: expected one of: none, starttls, implicit, found \"tls\"",
+        ),
+        (
+            "xclient: yes",
+            "xclient: expected true or false, found \"yes\"",
+        ),
+        (
+            "health_check_interval: 0s",
+            "health_check_interval: must be greater than 0s",
+        ),
+    ] {
+        let yaml = one_listener("").replace("servers:", &format!("{backend}, servers:"));
+        assert_eq!(problems(&yaml), [format!("listeners[0].backend.{want}")]);
+    }
+    let t = |yaml: &str| term(&ok(&one_listener(yaml)).listeners[0]).policy.clone();
+    let p = t("    policy: {max_errors: 3, timeouts: {command: 1m}}\n");
+    assert_eq!(
+        (p.max_errors, p.timeouts.backend_reply),
+        (3, Duration::from_secs(60))
+    );
+    let p = t("    policy: {timeouts: {backend_reply: 10s}}\n");
+    assert_eq!(p.timeouts.backend_reply, Duration::from_secs(10));
+    assert_eq!(
+        problems(&one_listener("    policy: {max_errors: 0}\n")),
+        ["listeners[0].policy.max_errors: expected a whole number from 1 to 4294967295, found 0"]
+    );
+}
 
 /// Each later-release key at a non-default value is refused, one at a time and with its path.
 #[test]
@@ -17,20 +64,6 @@ fn not_supported_yet_values() {
             [*want],
             "{extra}"
         );
-    }
-    for (backend, want) in [
-        ("tls: starttls", "tls: not supported yet (only none is)"),
-        (
-            "tls_verify: false",
-            "tls_verify: not supported yet (only true is)",
-        ),
-        (
-            "xclient: true",
-            "xclient: not supported yet (only false is)",
-        ),
-    ] {
-        let yaml = one_listener("").replace("servers:", &format!("{backend}, servers:"));
-        assert_eq!(problems(&yaml), [format!("listeners[0].backend.{want}")]);
     }
     // Accepted either way, nothing uses it yet.
     ok(&one_listener("trust: {system_roots: false}\n"));

@@ -21,6 +21,8 @@ pub(super) struct Config {
     pub(super) greeting: String,
     pub(super) extensions: Vec<String>,
     pub(super) tls: Tls,
+    /// TLS from the first byte (SMTPS) instead of STARTTLS.
+    pub(super) implicit: bool,
     pub(super) rcpt_replies: HashMap<String, String>,
     pub(super) eod_reply: String,
     pub(super) drop_after: Option<usize>,
@@ -51,6 +53,18 @@ enum Step {
 
 async fn converse(tcp: TcpStream, config: &Config, s: &mut Session) -> io::Result<End> {
     tcp.set_nodelay(true)?;
+    if config.implicit {
+        let Tls::Serve(acceptor) = &config.tls else {
+            unreachable!("implicit TLS is built with a certificate")
+        };
+        let tls = match accept(acceptor, tcp, s).await {
+            Ok(tls) => tls,
+            Err(end) => return Ok(end),
+        };
+        let mut io = BufReader::new(tls);
+        write(&mut io, &config.greeting).await?;
+        return inside_tls(&mut io, config, s).await;
+    }
     let mut io = BufReader::new(tcp);
     write(&mut io, &config.greeting).await?;
     let phase = match &config.greeting {
@@ -72,9 +86,22 @@ async fn converse(tcp: TcpStream, config: &Config, s: &mut Session) -> io::Resul
         tcp.write_all(b"this is not a TLS handshake\r\n").await?;
         return Ok(End::ServerClosed);
     };
+    let tls = match accept(acceptor, tcp, s).await {
+        Ok(tls) => tls,
+        Err(end) => return Ok(end),
+    };
+    inside_tls(&mut BufReader::new(tls), config, s).await
+}
+
+/// The server side of the handshake, recorded into the session.
+async fn accept(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    s: &mut Session,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, End> {
     let tls = match timeout(READ_TIMEOUT, acceptor.accept(tcp)).await {
-        Err(_) => return Ok(End::TimedOut),
-        Ok(Err(e)) => return Ok(End::HandshakeFailed(e.to_string())),
+        Err(_) => return Err(End::TimedOut),
+        Ok(Err(e)) => return Err(End::HandshakeFailed(e.to_string())),
         Ok(Ok(tls)) => tls,
     };
     let conn = tls.get_ref().1;
@@ -83,16 +110,16 @@ async fn converse(tcp: TcpStream, config: &Config, s: &mut Session) -> io::Resul
         sni: conn.server_name().map(str::to_owned),
         client_chain: conn.peer_certificates().unwrap_or_default().to_vec(),
     });
-    let mut io = BufReader::new(tls);
-    match dialogue(
-        &mut io,
-        config,
-        Phase::Tls,
-        &mut s.encrypted,
-        &mut s.messages,
-    )
-    .await?
-    {
+    Ok(tls)
+}
+
+/// The dialogue inside TLS, recorded as `encrypted`.
+async fn inside_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut BufReader<S>,
+    config: &Config,
+    s: &mut Session,
+) -> io::Result<End> {
+    match dialogue(io, config, Phase::Tls, &mut s.encrypted, &mut s.messages).await? {
         Step::End(end) => Ok(end),
         Step::StartTls => unreachable!("STARTTLS is refused inside TLS"),
     }
@@ -133,6 +160,11 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(Step::StartTls);
             }
             (_, "STARTTLS") => "502 5.5.1 STARTTLS not available".to_owned(),
+            // Postfix's XCLIENT, when offered: a new greeting, and EHLO again.
+            (_, "XCLIENT") if offers(config, "XCLIENT") => {
+                (greeted, txn) = (false, None);
+                config.greeting.clone()
+            }
             (_, "MAIL") if !greeted => "503 5.5.1 Send EHLO first".to_owned(),
             (_, "MAIL") if txn.is_some() => "503 5.5.1 Nested MAIL command".to_owned(),
             (_, "MAIL") => {
@@ -216,6 +248,14 @@ fn ehlo_reply(config: &Config, phase: Phase) -> String {
         format!("250{sep}{l}\r\n")
     });
     lines.collect()
+}
+
+/// Whether the EHLO reply offers `keyword`.
+fn offers(config: &Config, keyword: &str) -> bool {
+    config
+        .extensions
+        .iter()
+        .any(|e| e.split(' ').next() == Some(keyword))
 }
 
 /// The address between `<` and `>` in a MAIL or RCPT command.

@@ -19,6 +19,8 @@ pub struct Config {
     pub received_header: bool,
     pub max_message_size: u64,
     pub max_recipients: u32,
+    /// Consecutive protocol errors before `421 4.7.0` (SPEC §4; reset by a delivered message).
+    pub max_errors: u32,
     /// `domain_secure`: sender domains that need a verified client certificate naming them,
     /// as configured (compared ASCII case-insensitively).
     pub domain_secure: Vec<String>,
@@ -28,6 +30,8 @@ pub struct Config {
     /// `enforced: false`) and the command goes through.
     pub enforce: bool,
     pub timeouts: Timeouts,
+    /// How each backend connection is set up before it carries the client's dialogue.
+    pub hop: Hop,
     /// Emit [`crate::session::Event::Protocol`] for every command and reply line
     /// (`log.protocol_log`).
     pub protocol_log: bool,
@@ -40,4 +44,19 @@ pub enum OnFailure {
     Defer,
     /// `550 5.7.1`: the sender bounces it.
     Reject,
+}
+
+/// The backend hop: what is done on each new backend connection after its greeting, before
+/// the client's dialogue goes over it (the first connection and every replacement alike).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hop {
+    /// `backend.tls: starttls`: EHLO, STARTTLS and a handshake ([`crate::session::TlsStart::Backend`]);
+    /// a backend that does not offer STARTTLS, or refuses it, is a failed backend. The
+    /// backend's STARTTLS is ours: the client never sees it.
+    pub starttls: bool,
+    /// `backend.xclient: true`: EHLO, then, when the backend offers XCLIENT, the client's
+    /// address (and HELO name and protocol, once known) with the attributes it offers, and
+    /// its new greeting (Postfix's XCLIENT_README). A backend without it is reported once
+    /// per connection ([`crate::session::Event::XclientNotOffered`]) and used as it is.
+    pub xclient: bool,
 }

@@ -4,11 +4,13 @@
 use std::time::Instant;
 
 use super::auth::AuthReplay;
-use super::{Action, Backend, Event, Mode, Pending, Replay, Session, MAX_BACKEND_REPLACEMENTS};
+use super::{
+    Action, Backend, Event, Mode, Pending, Replay, Secure, Session, MAX_BACKEND_REPLACEMENTS,
+};
 use crate::command::Command;
 use crate::ehlo::Offered;
 use crate::reply::Reply;
-use crate::session::{Leg, LegFailure};
+use crate::session::{Leg, LegFailure, TlsStart};
 use crate::timer::Timer;
 
 impl Session {
@@ -34,16 +36,11 @@ impl Session {
         self.conn.timers.stop(Timer::Backend);
         match self.backend {
             Backend::Greeting if reply.code == 220 => {
-                if matches!(self.mode, Mode::Starting) {
-                    self.backend = Backend::Ready;
-                    self.mode = Mode::Commands;
-                    let greeting = format!("220 {} ESMTP", self.cfg.hostname);
-                    self.send(&greeting);
-                    self.conn
-                        .timers
-                        .set(Timer::Client, now + self.cfg.timeouts.greeting);
+                if self.cfg.hop.starttls {
+                    Command::Ehlo(self.cfg.hostname.clone()).write_to(self.conn.out(Leg::Backend));
+                    self.securing(Secure::Ehlo, now);
                 } else {
-                    self.replay_helo(now);
+                    self.secured(now);
                 }
             }
             Backend::Greeting => {
@@ -53,6 +50,7 @@ impl Session {
                     format!("greeting refused: {} {text}", reply.code),
                 );
             }
+            Backend::Securing(step) => self.secure_step(step, &reply, now),
             Backend::Replaying(step) => self.replayed(step, &reply, now),
             Backend::Ready if matches!(self.mode, Mode::Await(_)) => {
                 let Mode::Await(pending) = std::mem::replace(&mut self.mode, Mode::Commands) else {
@@ -77,6 +75,84 @@ impl Session {
         }
     }
 
+    /// The backend's answer to a step of setting up TLS: STARTTLS must be offered and
+    /// accepted, then the driver does the handshake ([`TlsStart::Backend`]). A backend that
+    /// cannot is a failed backend: the client is never served in plaintext over a hop that
+    /// must be encrypted.
+    fn secure_step(&mut self, step: Secure, reply: &Reply, now: Instant) {
+        match step {
+            Secure::Ehlo if reply.is_positive() && offers(reply, "STARTTLS") => {
+                Command::StartTls.write_to(self.conn.out(Leg::Backend));
+                self.securing(Secure::StartTls, now);
+            }
+            Secure::StartTls if reply.code == 220 => {
+                self.conn.control(Action::StartTls(TlsStart::Backend));
+                self.securing(Secure::Handshake, now);
+            }
+            _ => {
+                let text = reply.lines.join(" / ");
+                let why = match step {
+                    Secure::Ehlo if reply.is_positive() => "STARTTLS not offered",
+                    Secure::Ehlo => "EHLO refused",
+                    _ => "STARTTLS refused",
+                };
+                self.backend_failed(LegFailure::Tls, format!("{why}: {} {text}", reply.code));
+            }
+        }
+    }
+
+    fn securing(&mut self, step: Secure, now: Instant) {
+        self.backend = Backend::Securing(step);
+        let wait = match step {
+            Secure::Handshake => self.cfg.timeouts.tls_handshake,
+            _ => self.cfg.timeouts.backend_reply,
+        };
+        self.conn.timers.set(Timer::Backend, now + wait);
+    }
+
+    /// The new backend connection is greeted (and encrypted, if the hop asks for it): the
+    /// client gets our greeting, or the connection is brought back to where the client is.
+    pub(super) fn secured(&mut self, now: Instant) {
+        self.conn.timers.stop(Timer::Backend);
+        if matches!(self.mode, Mode::Starting) {
+            self.backend = Backend::Ready;
+            self.mode = Mode::Commands;
+            let greeting = format!("220 {} ESMTP", self.cfg.hostname);
+            self.send(&greeting);
+            self.conn
+                .timers
+                .set(Timer::Client, now + self.cfg.timeouts.greeting);
+        } else {
+            self.replay_helo(now);
+        }
+    }
+
+    /// `hop.xclient`, at the first HELO/EHLO reply of a backend connection: when it offers
+    /// XCLIENT, send the client's address with the attributes it offers and return true (the
+    /// reply is not the answer: the HELO/EHLO goes again after XCLIENT's new greeting).
+    /// Otherwise the reply stands, and a backend without XCLIENT is reported.
+    pub(super) fn try_xclient(&mut self, reply: &Reply, helo: &str, esmtp: bool) -> bool {
+        if !self.cfg.hop.xclient || self.xclient_asked || !reply.is_positive() {
+            return false;
+        }
+        self.xclient_asked = true;
+        let Some(offered) = xclient_attributes(reply) else {
+            self.conn.event(Event::XclientNotOffered);
+            return false;
+        };
+        let client = std::net::SocketAddr::new(self.conn.peer, self.client_port);
+        let line = xclient_line(&offered, client, helo, esmtp);
+        self.conn.write(Leg::Backend, line.as_bytes());
+        true
+    }
+
+    /// The HELO/EHLO that goes to a backend connection: EHLO when XCLIENT is still to be
+    /// looked for (a HELO reply lists no extensions), else what the client said.
+    pub(super) fn hello_for_backend(&self, name: String, esmtp: bool) -> Command {
+        let probe = self.cfg.hop.xclient && !self.xclient_asked;
+        hello_command(name, esmtp || probe)
+    }
+
     /// Replace the backend connection: the old one is dropped without a word (a message in
     /// flight there is discarded), a new one is opened and brought back to where the client
     /// is. Returns false, changing nothing, once the session has used its replacements.
@@ -96,7 +172,8 @@ impl Session {
     pub(super) fn replay_helo(&mut self, now: Instant) {
         match self.conn.helo.clone() {
             Some((name, esmtp)) => {
-                hello_command(name, esmtp).write_to(self.conn.out(Leg::Backend));
+                let hello = self.hello_for_backend(name, esmtp);
+                hello.write_to(self.conn.out(Leg::Backend));
                 self.replay_step(Replay::Helo, now);
             }
             None => self.replay_auth(0, now),
@@ -106,6 +183,10 @@ impl Session {
     /// The backend answered a step of the replay.
     fn replayed(&mut self, step: Replay, reply: &Reply, now: Instant) {
         match step {
+            Replay::Helo if self.xclient_pending(reply) => {
+                self.replay_step(Replay::Xclient, now);
+            }
+            Replay::Xclient if reply.code == 220 => self.replay_helo(now),
             Replay::Helo if reply.is_positive() => {
                 self.backend_helo = true;
                 // The new connection may be another server (failover) offering less.
@@ -181,6 +262,84 @@ impl Session {
             .timers
             .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
     }
+
+    /// [`Session::try_xclient`] with the client's recorded HELO/EHLO (a replay).
+    fn xclient_pending(&mut self, reply: &Reply) -> bool {
+        match self.conn.helo.clone() {
+            Some((name, esmtp)) => self.try_xclient(reply, &name, esmtp),
+            None => false,
+        }
+    }
+}
+
+/// Whether an EHLO reply offers `keyword`.
+fn offers(reply: &Reply, keyword: &str) -> bool {
+    reply.lines.iter().skip(1).any(|line| {
+        line.split_ascii_whitespace()
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case(keyword))
+    })
+}
+
+/// The XCLIENT attributes an EHLO reply offers (`XCLIENT NAME ADDR PORT ...`, upper-cased),
+/// or `None` when it does not offer XCLIENT.
+fn xclient_attributes(reply: &Reply) -> Option<Vec<String>> {
+    reply.lines.iter().skip(1).find_map(|line| {
+        let mut words = line.split_ascii_whitespace();
+        let keyword = words.next()?;
+        keyword
+            .eq_ignore_ascii_case("XCLIENT")
+            .then(|| words.map(|w| w.to_ascii_uppercase()).collect())
+    })
+}
+
+/// The XCLIENT command (Postfix's XCLIENT_README): of ADDR, PORT, NAME, HELO and PROTO, those
+/// the backend offered. We look up no reverse name, so NAME is `[UNAVAILABLE]`; a HELO name
+/// over 255 octets (more than a host name can be) is `[UNAVAILABLE]` too. Values are xtext
+/// (RFC 3461 §4).
+pub(super) fn xclient_line(
+    offered: &[String],
+    client: std::net::SocketAddr,
+    helo: &str,
+    esmtp: bool,
+) -> String {
+    let addr = match client.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("IPV6:{ip}"),
+    };
+    let helo = if helo.len() <= 255 {
+        xtext(helo)
+    } else {
+        "[UNAVAILABLE]".into()
+    };
+    let attributes = [
+        ("ADDR", addr),
+        ("PORT", client.port().to_string()),
+        ("NAME", "[UNAVAILABLE]".into()),
+        ("HELO", helo),
+        ("PROTO", if esmtp { "ESMTP" } else { "SMTP" }.into()),
+    ];
+    let mut line = String::from("XCLIENT");
+    for (name, value) in attributes {
+        if offered.iter().any(|o| o == name) {
+            line.push_str(&format!(" {name}={value}"));
+        }
+    }
+    line.push_str("\r\n");
+    line
+}
+
+/// xtext (RFC 3461 §4): `+`, `=`, controls, space and non-ASCII as `+HH`.
+fn xtext(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
 }
 
 pub(super) fn hello_command(name: String, esmtp: bool) -> Command {

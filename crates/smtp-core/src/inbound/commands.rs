@@ -13,7 +13,7 @@ use crate::ehlo::{rewrite_ehlo, EhloPolicy, Offered};
 use crate::line::LineEvent;
 use crate::params::{check_mail, check_rcpt, ParamError};
 use crate::reply::Reply;
-use crate::session::{Leg, Refusal, TlsStart};
+use crate::session::{Leg, LegFailure, Refusal, TlsStart};
 use crate::timer::Timer;
 
 /// Recipients over `max_recipients` refused in one transaction before each further one
@@ -140,6 +140,20 @@ impl Session {
     /// The backend answered the command we forwarded.
     pub(super) fn complete(&mut self, pending: Pending, reply: Reply, now: Instant) {
         match pending {
+            Pending::Ehlo { name, esmtp } if self.try_xclient(&reply, &name, esmtp) => {
+                self.mode = Mode::Await(Pending::Xclient { name, esmtp });
+                return;
+            }
+            Pending::Xclient { name, esmtp } => {
+                if reply.code != 220 {
+                    let text = reply.lines.join(" / ");
+                    let why = format!("XCLIENT refused: {} {text}", reply.code);
+                    return self.backend_failed(LegFailure::Refused, why);
+                }
+                let mut out = BytesMut::new();
+                hello_command(name.clone(), esmtp).write_to(&mut out);
+                return self.forward(&out, Pending::Ehlo { name, esmtp }, now);
+            }
             Pending::Ehlo { name, esmtp } => {
                 // A backend that refuses a second HELO/EHLO in one session (OpenSMTPD: `503
                 // Already identified`) meets one after STARTTLS (RFC 3207 §4.2): the EHLO is
@@ -172,6 +186,13 @@ impl Session {
                     let rewritten = rewrite_ehlo(&reply, &policy);
                     self.offered = Offered::from_reply(&rewritten);
                     self.send_reply(&rewritten);
+                } else if reply.is_positive() {
+                    // A HELO is answered with one line (RFC 5321 §4.1.1.1), also when an EHLO
+                    // went to the backend to look for XCLIENT: no extension reaches a HELO
+                    // client.
+                    let mut reply = reply;
+                    reply.lines.truncate(1);
+                    self.send_reply(&reply);
                 } else {
                     self.send_reply(&reply);
                 }
@@ -243,7 +264,8 @@ impl Session {
 
     fn hello(&mut self, name: String, esmtp: bool, now: Instant) {
         let mut out = BytesMut::new();
-        hello_command(name.clone(), esmtp).write_to(&mut out);
+        self.hello_for_backend(name.clone(), esmtp)
+            .write_to(&mut out);
         // EHLO resets any transaction (RFC 5321 §4.1.4); the backend does the same.
         if self.phase != Phase::ExpectEhlo {
             self.phase = Phase::ExpectMail;

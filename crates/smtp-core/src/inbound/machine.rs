@@ -66,13 +66,17 @@ impl Machine for Session {
     }
 
     fn handle_tls_established(&mut self, leg: Leg, info: TlsInfo, now: Instant) {
-        if leg == Leg::Client {
-            Session::handle_tls_established(self, info, now);
+        match leg {
+            Leg::Client => Session::handle_tls_established(self, info, now),
+            Leg::Backend => self.handle_backend_tls_established(now),
         }
     }
 
-    fn handle_tls_failed(&mut self, _leg: Leg, now: Instant) {
-        Session::handle_tls_failed(self, now);
+    fn handle_tls_failed(&mut self, leg: Leg, now: Instant) {
+        match leg {
+            Leg::Client => Session::handle_tls_failed(self, now),
+            Leg::Backend => self.handle_backend_tls_failed(now),
+        }
     }
 
     fn handle_timeout(&mut self, now: Instant) {

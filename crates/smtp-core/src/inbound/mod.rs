@@ -21,7 +21,7 @@
 //! backend leg (reply checks, replacing and replaying a connection), `body` the message body,
 //! `domain_secure` the Domain Security decision at MAIL FROM.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -43,11 +43,11 @@ mod state;
 pub use crate::session::{
     Action, ClientCert, Direction, Event, PeerCert, Refusal, Timeouts, TlsInfo,
 };
-pub use api::{Config, OnFailure};
+pub use api::{Config, Hop, OnFailure};
 pub use domain_secure::{DomainSecureRefusal, Missing};
 
 use auth::AuthState;
-use state::{Backend, Mode, Pending, Phase, Replay, Transaction};
+use state::{Backend, Mode, Pending, Phase, Replay, Secure, Transaction};
 
 /// Pipelined command bytes buffered before the session stops asking for more client input.
 const CLIENT_BUFFER_CAP: usize = 8 * 1024;
@@ -80,6 +80,11 @@ pub struct Session {
     backend_helo: bool,
     /// Backend connections replaced so far (bounded by [`MAX_BACKEND_REPLACEMENTS`]).
     replacements: u32,
+    /// The client's port, for XCLIENT (its address is `conn.peer`).
+    client_port: u16,
+    /// Whether XCLIENT was considered on the current backend connection (`hop.xclient`: at
+    /// its first HELO/EHLO reply).
+    xclient_asked: bool,
     conn: Conn,
 }
 
@@ -88,14 +93,14 @@ impl Session {
     /// (implicit TLS, port 465). `wall` is the wall clock at `now`, for the Received header.
     pub fn new(
         cfg: impl Into<Arc<Config>>,
-        peer: IpAddr,
+        peer: SocketAddr,
         tls: Option<TlsInfo>,
         now: Instant,
         wall: SystemTime,
     ) -> Self {
         let cfg: Arc<Config> = cfg.into();
         let mut s = Session {
-            conn: Conn::new(cfg.protocol_log, peer, now, wall),
+            conn: Conn::new(cfg.protocol_log, cfg.max_errors, peer.ip(), now, wall),
             cfg,
             tls,
             phase: Phase::ExpectEhlo,
@@ -107,6 +112,8 @@ impl Session {
             auth: AuthState::default(),
             backend_helo: false,
             replacements: 0,
+            client_port: peer.port(),
+            xclient_asked: false,
         };
         s.conn.control(Action::ConnectBackend);
         s
@@ -194,6 +201,7 @@ impl Session {
         if self.backend == Backend::Connecting {
             self.backend = Backend::Greeting;
             self.backend_helo = false;
+            self.xclient_asked = false;
             self.conn.backend_in.clear();
             self.conn
                 .timers
@@ -285,6 +293,23 @@ impl Session {
         self.close();
     }
 
+    /// The handshake with the backend after its STARTTLS (`hop.starttls`) completed.
+    pub fn handle_backend_tls_established(&mut self, now: Instant) {
+        if self.backend == Backend::Securing(Secure::Handshake) {
+            self.secured(now);
+            self.process_input(now);
+            self.conn.flush();
+        }
+    }
+
+    /// The handshake with the backend failed (its certificate included, when checked).
+    pub fn handle_backend_tls_failed(&mut self, _now: Instant) {
+        if self.backend == Backend::Securing(Secure::Handshake) {
+            self.backend_failed(LegFailure::Tls, "TLS handshake failed".into());
+            self.conn.flush();
+        }
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.conn.timers.expired(now) {
             Some(Timer::Backend) => {
@@ -343,3 +368,6 @@ mod hardening_tests;
 
 #[cfg(test)]
 mod domain_secure_tests;
+
+#[cfg(test)]
+mod hop_tests;

@@ -2,7 +2,7 @@
 //! dropping the backend connection, and policy refusals. Replies, writes and queues are the
 //! shared [`crate::session::Conn`]'s.
 
-use super::{Backend, Event, Mode, Pending, Session};
+use super::{Backend, Event, Mode, Pending, Secure, Session};
 use crate::reply::Reply;
 use crate::session::{Leg, Refusal};
 use crate::timer::Timer;
@@ -71,7 +71,10 @@ impl Session {
         matches!(self.mode, Mode::Await(_))
             || matches!(
                 self.backend,
-                Backend::Greeting | Backend::Replaying(_) | Backend::Connecting
+                Backend::Greeting
+                    | Backend::Replaying(_)
+                    | Backend::Connecting
+                    | Backend::Securing(Secure::Ehlo | Secure::StartTls)
             )
     }
 }

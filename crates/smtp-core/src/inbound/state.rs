@@ -46,6 +46,12 @@ pub(super) enum Pending {
     },
     Rset,
     Auth,
+    /// XCLIENT, sent after the first HELO/EHLO reply of a backend connection that offers
+    /// it; on its new greeting the client's HELO/EHLO is sent again.
+    Xclient {
+        name: String,
+        esmtp: bool,
+    },
     Other,
 }
 
@@ -85,6 +91,8 @@ pub(super) enum Mode {
 pub(super) enum Backend {
     Connecting,
     Greeting,
+    /// Greeted: setting up TLS to the backend (`hop.starttls`).
+    Securing(Secure),
     /// Reconnected: bringing the new connection back to where the client is.
     Replaying(Replay),
     Ready,
@@ -96,6 +104,19 @@ pub(super) enum Backend {
 pub(super) enum Replay {
     /// Our HELO/EHLO replay is in flight.
     Helo,
+    /// XCLIENT after the replayed HELO/EHLO; the HELO/EHLO is sent again after its greeting.
+    Xclient,
     /// The AUTH exchange is being replayed; `next` is the next recorded client line.
     Auth { next: usize },
+}
+
+/// A step of setting up TLS on a new backend connection (`hop.starttls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Secure {
+    /// Our EHLO, to see STARTTLS offered.
+    Ehlo,
+    /// STARTTLS is in flight.
+    StartTls,
+    /// The driver is doing the handshake; the backend may send nothing meanwhile.
+    Handshake,
 }

@@ -365,7 +365,7 @@ fn bdat_chunk_is_skipped_not_executed() {
 fn backend_unreachable() {
     let mut s = crate::inbound::Session::new(
         test_config(),
-        "192.0.2.1".parse().expect("ip"),
+        "192.0.2.1:49152".parse().expect("address"),
         None,
         std::time::Instant::now(),
         std::time::SystemTime::now(),

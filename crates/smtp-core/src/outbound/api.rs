@@ -21,6 +21,8 @@ pub struct Config {
     pub received_header: bool,
     pub max_message_size: u64,
     pub max_recipients: u32,
+    /// Consecutive protocol errors before `421 4.7.0` (reset by a delivered message).
+    pub max_errors: u32,
     /// `backend_reply` bounds each reply of the next hop.
     pub timeouts: Timeouts,
     pub protocol_log: bool,

@@ -59,7 +59,7 @@ impl Session {
     pub fn new(cfg: impl Into<Arc<Config>>, peer: IpAddr, now: Instant, wall: SystemTime) -> Self {
         let cfg: Arc<Config> = cfg.into();
         let mut s = Session {
-            conn: Conn::new(cfg.protocol_log, peer, now, wall),
+            conn: Conn::new(cfg.protocol_log, cfg.max_errors, peer, now, wall),
             cfg,
             phase: Phase::ExpectEhlo,
             mode: Mode::Commands,

@@ -15,11 +15,6 @@ use crate::line::{LineReader, MAX_EXTENDED_LINE};
 use crate::reply::{Reply, ReplyParser};
 use crate::timer::{Timer, Timers};
 
-/// Protocol errors after which the client is disconnected (a client speaking another
-/// protocol, or a TLS ClientHello on the STARTTLS port, must not hold a session forever).
-/// Counted since the last delivered message (SPEC §4).
-const MAX_ERRORS: u32 = 20;
-
 #[derive(Debug)]
 pub(crate) struct Conn {
     /// The client's address, and when the session began (monotonic, wall), for Received.
@@ -37,6 +32,8 @@ pub(crate) struct Conn {
     events: VecDeque<Event>,
     pub(crate) timers: Timers,
     errors: u32,
+    /// Protocol errors after which the client is disconnected (`policy.max_errors`).
+    max_errors: u32,
     /// Shutdown has begun: the session ends at the next command boundary.
     pub(crate) draining: bool,
     /// The client shut down its sending side: what it sent is still answered, then we close.
@@ -51,7 +48,13 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(protocol_log: bool, peer: IpAddr, now: Instant, wall: SystemTime) -> Self {
+    pub(crate) fn new(
+        protocol_log: bool,
+        max_errors: u32,
+        peer: IpAddr,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
         Conn {
             peer,
             started: (now, wall),
@@ -63,6 +66,7 @@ impl Conn {
             events: VecDeque::new(),
             timers: Timers::default(),
             errors: 0,
+            max_errors,
             draining: false,
             client_eof: false,
             closed: false,
@@ -228,7 +232,7 @@ impl Conn {
     /// Returns whether the session goes on. Every path that counts an error comes here.
     pub(crate) fn count_error(&mut self) -> bool {
         self.errors += 1;
-        if self.errors >= MAX_ERRORS {
+        if self.errors >= self.max_errors {
             self.send("421 4.7.0 Too many errors, closing connection");
             self.close();
             return false;

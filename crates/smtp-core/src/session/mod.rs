@@ -121,13 +121,17 @@ pub enum TlsStart {
     Server,
     /// The client side, on the backend leg toward a next hop.
     Client(Box<TlsClient>),
+    /// The client side, on the backend leg toward a terminate listener's legacy server, after
+    /// its STARTTLS: the driver knows which server that is and how its certificate is checked
+    /// (`backend.tls_verify`); a certificate that fails the check fails the handshake.
+    Backend,
 }
 
 impl TlsStart {
     pub fn leg(&self) -> Leg {
         match self {
             TlsStart::Server => Leg::Client,
-            TlsStart::Client(_) => Leg::Backend,
+            TlsStart::Client(_) | TlsStart::Backend => Leg::Backend,
         }
     }
 }
@@ -178,6 +182,9 @@ pub enum Event {
     /// The next hop answered 2xx to the end of a message sent over verified mutual TLS to a
     /// `domain-secure` domain; `domain` is the listed domain as configured.
     DomainSecureSent { domain: String },
+    /// `backend.xclient` is on, but the backend connection did not offer XCLIENT: it sees
+    /// the sidecar's address as the client's.
+    XclientNotOffered,
     /// A reply was sent to the client (one per reply, multi-line or not).
     Reply { to: ReplyTo, code: u16 },
     /// A line of the client dialogue for the protocol log, secrets masked (only when the

@@ -119,10 +119,13 @@ pub enum LegFailure {
     Policy,
     /// A recipient domain's next hops could not be found (DNS).
     Dns,
+    /// The encrypted hop to a backend could not be set up: no STARTTLS offered, STARTTLS
+    /// refused, or the handshake failed (certificate included).
+    Tls,
 }
 
 impl LegFailure {
-    pub const ALL: [LegFailure; 8] = [
+    pub const ALL: [LegFailure; 9] = [
         LegFailure::Unreachable,
         LegFailure::Refused,
         LegFailure::Closed,
@@ -131,6 +134,7 @@ impl LegFailure {
         LegFailure::Replay,
         LegFailure::Policy,
         LegFailure::Dns,
+        LegFailure::Tls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -143,6 +147,7 @@ impl LegFailure {
             LegFailure::Replay => "replay",
             LegFailure::Policy => "policy",
             LegFailure::Dns => "dns",
+            LegFailure::Tls => "tls",
         }
     }
 

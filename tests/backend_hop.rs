@@ -1,0 +1,275 @@
+//! The encrypted hop to the backend and XCLIENT (issue 15, SPEC §3 `backend`), end to end: the
+//! real binary in front of a test backend with a real rustls server on 127.0.0.1. What the
+//! backend receives is asserted byte for byte, before and inside TLS.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::binary::{start_binary, Binary};
+use common::next_hop::{Cert, End, NextHop, NextHopPki, RunningNextHop, Session};
+use common::Client;
+
+const BODY: &str = "Subject: hop\r\n\r\n..a dot line\r\n";
+
+/// The sidecar in front of `backend`, with `backend.tls`/`tls_verify`/`xclient` as given;
+/// health checks rare enough that none runs during a test.
+fn sidecar(backend: &RunningNextHop, pki: &NextHopPki, hop: &str) -> Binary {
+    start_binary(&format!(
+        "hostname: mx.test\n\
+         shutdown_grace: 2s\n\
+         {trust}\
+         listeners:\n\
+         \x20 - name: inbound\n\
+         \x20   mode: terminate\n\
+         \x20   listen: 127.0.0.1:0\n\
+         \x20   backend:\n\
+         \x20     servers: [\"127.0.0.1:{port}\"]\n\
+         \x20     connect_timeout: 2s\n\
+         \x20     health_check_interval: 1h\n\
+         {hop}\
+         \x20   policy:\n\
+         \x20     received_header: false\n",
+        trust = pki.trust_yaml(),
+        port = backend.addr.port(),
+    ))
+}
+
+/// A plaintext client delivers one message and quits; returns the replies to MAIL..QUIT.
+async fn deliver(addr: std::net::SocketAddr) -> String {
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert_eq!(
+        ehlo.matches("STARTTLS").count(),
+        1,
+        "only the sidecar's own STARTTLS: {ehlo}"
+    );
+    let mut replies = String::new();
+    for line in ["MAIL FROM:<a@x.test>", "RCPT TO:<b@y.test>", "DATA"] {
+        replies.push_str(&c.cmd(line).await);
+    }
+    c.send(format!("{BODY}.\r\n").as_bytes()).await;
+    replies.push_str(&c.reply().await);
+    replies.push_str(&c.cmd("QUIT").await);
+    replies
+}
+
+const DELIVERED: &str = "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n\
+                         250 2.0.0 Ok: queued\r\n221 2.0.0 Bye\r\n";
+
+/// What the backend receives of [`deliver`] after its greeting (dot-stuffing kept).
+fn dialogue(ehlo: &str) -> String {
+    format!("{ehlo}MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n{BODY}.\r\nQUIT\r\n")
+}
+
+#[tokio::test]
+async fn starttls_hop_verified_against_the_servers_address() {
+    let pki = NextHopPki::new();
+    let backend = NextHop::builder()
+        .host("127.0.0.1")
+        .starttls(&pki, Cert::Valid)
+        .start()
+        .await;
+    let bin = sidecar(&backend, &pki, "      tls: starttls\n");
+    assert_eq!(deliver(bin.addr("inbound").unwrap()).await, DELIVERED);
+    let s = backend.next_session().await;
+    assert_eq!(
+        String::from_utf8_lossy(&s.plaintext),
+        "EHLO mx.test\r\nSTARTTLS\r\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&s.encrypted),
+        dialogue("EHLO client.test\r\n")
+    );
+    assert_eq!(s.messages.len(), 1);
+    assert!(s.tls.is_some());
+    assert_eq!(s.end, End::Quit);
+}
+
+#[tokio::test]
+async fn implicit_tls_hop() {
+    let pki = NextHopPki::new();
+    let backend = NextHop::builder()
+        .host("127.0.0.1")
+        .implicit_tls(&pki, Cert::Valid)
+        .start()
+        .await;
+    let bin = sidecar(&backend, &pki, "      tls: implicit\n");
+    assert_eq!(deliver(bin.addr("inbound").unwrap()).await, DELIVERED);
+    let s = backend.next_session().await;
+    assert_eq!(s.plaintext, b"");
+    assert_eq!(
+        String::from_utf8_lossy(&s.encrypted),
+        dialogue("EHLO client.test\r\n")
+    );
+}
+
+/// A certificate that does not verify (wrong name, untrusted issuer, expired, revoked), or
+/// no STARTTLS at all: the client gets 421 4.4.2 and the backend never sees a command in the
+/// clear beyond our EHLO and STARTTLS.
+#[tokio::test]
+async fn a_hop_that_cannot_be_verified_carries_nothing() {
+    let pki = NextHopPki::new();
+    for cert in [
+        Cert::WrongName,
+        Cert::Untrusted,
+        Cert::Expired,
+        Cert::Revoked,
+    ] {
+        let backend = NextHop::builder()
+            .host("127.0.0.1")
+            .starttls(&pki, cert)
+            .start()
+            .await;
+        let bin = sidecar(&backend, &pki, "      tls: starttls\n");
+        let mut c = Client::connect(bin.addr("inbound").unwrap()).await;
+        assert_eq!(
+            c.read_to_close().await,
+            "421 4.4.2 Backend unavailable, try again later\r\n",
+            "{cert:?}"
+        );
+        let s = backend.next_session().await;
+        assert_eq!(s.plaintext, b"EHLO mx.test\r\nSTARTTLS\r\n", "{cert:?}");
+        assert!(
+            matches!(s.end, End::HandshakeFailed(_)),
+            "{cert:?}: {:?}",
+            s.end
+        );
+        assert!(bin.log().contains("TLS to the backend failed"), "{cert:?}");
+    }
+    let backend = NextHop::builder().host("127.0.0.1").start().await;
+    let bin = sidecar(&backend, &pki, "      tls: starttls\n");
+    let mut c = Client::connect(bin.addr("inbound").unwrap()).await;
+    assert_eq!(
+        c.read_to_close().await,
+        "421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    let s = backend.next_session().await;
+    assert_eq!(s.plaintext, b"EHLO mx.test\r\n");
+    assert!(bin.log().contains("STARTTLS not offered"));
+}
+
+/// `tls_verify: false`: a legacy server's certificate nobody vouches for is taken, and the
+/// operator is warned at start.
+#[tokio::test]
+async fn tls_verify_false_takes_any_certificate_with_a_warning() {
+    let pki = NextHopPki::new();
+    let backend = NextHop::builder()
+        .host("127.0.0.1")
+        .starttls(&pki, Cert::Untrusted)
+        .start()
+        .await;
+    let bin = sidecar(
+        &backend,
+        &pki,
+        "      tls: starttls\n      tls_verify: false\n",
+    );
+    assert!(bin.log().contains("backend.tls_verify is false"));
+    assert_eq!(deliver(bin.addr("inbound").unwrap()).await, DELIVERED);
+    assert_eq!(backend.next_session().await.messages.len(), 1);
+}
+
+/// XCLIENT where the backend offers it: the client's address and port as the backend saw
+/// the sidecar's peer, its HELO name and protocol, then the EHLO again; inside the TLS hop.
+#[tokio::test]
+async fn xclient_over_the_tls_hop() {
+    let pki = NextHopPki::new();
+    let backend = NextHop::builder()
+        .host("127.0.0.1")
+        .starttls(&pki, Cert::Valid)
+        .extensions(&["8BITMIME", "XCLIENT NAME ADDR PORT PROTO HELO LOGIN"])
+        .start()
+        .await;
+    let bin = sidecar(&backend, &pki, "      tls: starttls\n      xclient: true\n");
+    let addr = bin.addr("inbound").unwrap();
+    let mut c = Client::connect(addr).await;
+    let port = c.local_port();
+    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(!ehlo.contains("XCLIENT"), "{ehlo}");
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    let s: Session = backend.next_session().await;
+    assert_eq!(
+        String::from_utf8_lossy(&s.encrypted),
+        format!(
+            "EHLO client.test\r\n\
+             XCLIENT ADDR=127.0.0.1 PORT={port} NAME=[UNAVAILABLE] HELO=client.test PROTO=ESMTP\r\n\
+             EHLO client.test\r\nQUIT\r\n"
+        )
+    );
+    assert!(!bin.log().contains("does not offer XCLIENT"));
+}
+
+/// A backend without XCLIENT: the session goes on, and it is logged once for the server,
+/// not once per session.
+#[tokio::test]
+async fn a_backend_without_xclient_is_logged_once() {
+    let pki = NextHopPki::new();
+    let backend = NextHop::builder().start().await;
+    let bin = sidecar(&backend, &pki, "      xclient: true\n");
+    for _ in 0..2 {
+        assert_eq!(deliver(bin.addr("inbound").unwrap()).await, DELIVERED);
+        let s = backend.next_session().await;
+        assert_eq!(
+            String::from_utf8_lossy(&s.plaintext),
+            dialogue("EHLO client.test\r\n")
+        );
+    }
+    assert_eq!(bin.log().matches("does not offer XCLIENT").count(), 1);
+}
+
+/// The health checks speak the hop's TLS: STARTTLS (or implicit) and EHLO inside, so a
+/// server whose certificate does not verify is marked down before any session meets it.
+#[tokio::test]
+async fn health_checks_go_over_the_tls_hop() {
+    let pki = NextHopPki::new();
+    let good = NextHop::builder()
+        .host("127.0.0.1")
+        .starttls(&pki, Cert::Valid)
+        .start()
+        .await;
+    let bad = NextHop::builder()
+        .host("127.0.0.1")
+        .starttls(&pki, Cert::WrongName)
+        .start()
+        .await;
+    let running = common::start(&format!(
+        "hostname: mx.test\n\
+         {trust}\
+         listeners:\n\
+         \x20 - name: inbound\n\
+         \x20   mode: terminate\n\
+         \x20   listen: 127.0.0.1:0\n\
+         \x20   backend:\n\
+         \x20     servers: [\"{bad}\", \"{good}\"]\n\
+         \x20     tls: starttls\n\
+         \x20     health_check_interval: 100ms\n",
+        trust = pki.trust_yaml(),
+        bad = bad.addr,
+        good = good.addr,
+    ))
+    .await;
+    let check = good.next_session().await;
+    assert_eq!(check.plaintext, b"EHLO mx.test\r\nSTARTTLS\r\n");
+    assert_eq!(check.encrypted, b"EHLO mx.test\r\nQUIT\r\n");
+    assert_eq!(check.end, End::Quit);
+    let failed = bad.next_session().await;
+    assert!(
+        matches!(failed.end, End::HandshakeFailed(_)),
+        "{:?}",
+        failed.end
+    );
+    let up = |server: std::net::SocketAddr| {
+        running
+            .metrics
+            .backend_up
+            .with_label_values(&["inbound", &server.to_string()])
+            .get()
+    };
+    let started = std::time::Instant::now();
+    while up(bad.addr) != 0 || up(good.addr) != 1 {
+        assert!(started.elapsed() < common::T, "checks did not settle");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    running.shutdown().await;
+}
