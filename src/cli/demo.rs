@@ -50,6 +50,7 @@ fn demo_config() -> Config {
         listeners: vec![Listener {
             name: "demo".into(),
             listen: addr(LISTEN),
+            proxy_protocol: false,
             mode: ListenerMode::Terminate(TerminateListener {
                 tls: ListenerTls::Starttls,
                 certificate: CertificateSelection::Automatic,
@@ -77,6 +78,7 @@ fn demo_config() -> Config {
                         command: Duration::from_secs(300),
                         data_block: Duration::from_secs(180),
                         tls_handshake: Duration::from_secs(30),
+                        proxy_header: Duration::from_secs(10),
                     },
                 },
             }),

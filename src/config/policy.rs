@@ -320,10 +320,12 @@ fn timeouts(p: &mut Problems, path: &str, raw: &RawTimeouts) -> Option<Timeouts>
     let command = p.duration(&join(path, "command"), &raw.command, true);
     let data_block = p.duration(&join(path, "data_block"), &raw.data_block, true);
     let tls_handshake = p.duration(&join(path, "tls_handshake"), &raw.tls_handshake, true);
+    let proxy_header = p.duration(&join(path, "proxy_header"), &raw.proxy_header, true);
     Some(Timeouts {
         greeting: greeting?,
         command: command?,
         data_block: data_block?,
         tls_handshake: tls_handshake?,
+        proxy_header: proxy_header?,
     })
 }

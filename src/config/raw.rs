@@ -39,6 +39,8 @@ pub mod defaults {
     pub const COMMAND: &str = "5m";
     pub const DATA_BLOCK: &str = "3m";
     pub const TLS_HANDSHAKE: &str = "30s";
+    /// A balancer sends its header at once; a connection that has not within this is not one.
+    pub const PROXY_HEADER: &str = "10s";
     /// Terminate listeners only (absent keys of an originate listener stay absent).
     pub const LISTENER_TLS: &str = "starttls";
     pub const REQUIRE_TLS: bool = false;
@@ -317,10 +319,11 @@ pub struct RawTimeouts {
     pub command: Value,
     pub data_block: Value,
     pub tls_handshake: Value,
+    pub proxy_header: Value,
     #[serde(flatten)]
     pub unknown: UnknownKeys,
 }
-keys!(RawTimeouts: "greeting", "command", "data_block", "tls_handshake");
+keys!(RawTimeouts: "greeting", "command", "data_block", "tls_handshake", "proxy_header");
 
 impl Default for RawTimeouts {
     fn default() -> Self {
@@ -329,6 +332,7 @@ impl Default for RawTimeouts {
             command: s(defaults::COMMAND),
             data_block: s(defaults::DATA_BLOCK),
             tls_handshake: s(defaults::TLS_HANDSHAKE),
+            proxy_header: s(defaults::PROXY_HEADER),
             unknown: UnknownKeys::default(),
         }
     }

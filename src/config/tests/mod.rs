@@ -87,6 +87,7 @@ fn assert_default_policy(policy: &Policy) {
         command: secs(300),
         data_block: secs(180),
         tls_handshake: secs(30),
+        proxy_header: secs(10),
     };
     assert_eq!(policy.timeouts, timeouts);
 }
@@ -208,7 +209,7 @@ fn unknown_keys_everywhere_reported_together() {
             "listeners[0].backend.tls_verfy: unknown key (expected one of: servers, tls, \
              tls_verify, xclient, connect_timeout)",
             "listeners[0].policy.timeouts.comand: unknown key (expected one of: greeting, \
-             command, data_block, tls_handshake)",
+             command, data_block, tls_handshake, proxy_header)",
         ]
     );
 }
