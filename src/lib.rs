@@ -4,7 +4,8 @@
 //! |---|---|
 //! | [`config`] | the YAML schema of SPEC §3: raw serde structs, validation into [`config::Config`] |
 //! | [`tls`] | certificate store, rustls server configuration |
-//! | [`listener`] | accept loop, connection limits, one task per session |
+//! | [`listener`] | accept loop, connection limits, PROXY header, one task per session |
+//! | [`proxy`] | the PROXY protocol header: read exactly, parsed, the client's address |
 //! | [`driver`] | the one driver loop: sockets of both legs in, a session's actions out; TLS handshakes and what is recorded of them; events into metrics and logs |
 //! | [`inbound`] | the terminate-mode entry: implicit TLS, then an `smtp_core::inbound::Session` on the driver |
 //! | [`outbound`] | the originate-mode entry: an `smtp_core::outbound::Session` on the driver |
@@ -29,6 +30,7 @@ pub mod listener;
 pub mod metrics;
 pub mod mx;
 pub mod outbound;
+pub mod proxy;
 pub mod runtime;
 pub mod sink;
 pub mod status;

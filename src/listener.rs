@@ -1,8 +1,14 @@
-//! The accept loop of one listener: connection limits (SPEC §4: `421 4.7.0`), one task per
-//! session, and a stop when shutdown begins.
+//! The accept loop of one listener: connection limits (SPEC §4: `421 4.7.0`), the PROXY
+//! header of a `proxy_protocol` listener, one task per session, and a stop when shutdown
+//! begins.
+//!
+//! Behind a load balancer every connection comes from the balancer's address, so a
+//! `proxy_protocol` listener admits a connection into `max_connections` at once (which bounds
+//! the connections still reading their header) and into `max_connections_per_ip` only once
+//! its header has named the client.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,27 +26,62 @@ struct Limits {
     open: Mutex<(u32, HashMap<IpAddr, u32>)>,
 }
 
-/// One admitted connection; releases its place when dropped.
+/// One admitted connection; releases its places when dropped.
 #[derive(Debug)]
 struct Admitted {
     limits: Arc<Limits>,
-    ip: IpAddr,
+    /// The address whose place it holds: `None` until a PROXY header has named it.
+    ip: Option<IpAddr>,
 }
 
 impl Limits {
-    fn admit(self: &Arc<Self>, ip: IpAddr, l: &ListenerRuntime) -> Option<Admitted> {
+    /// A place among the listener's connections and, if `ip` is given, among that address's.
+    fn admit(self: &Arc<Self>, ip: Option<IpAddr>, l: &ListenerRuntime) -> Option<Admitted> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let (total, per_ip) = &mut *open;
-        let this_ip = per_ip.get(&ip).copied().unwrap_or(0);
-        if *total >= l.max_connections || this_ip >= l.max_connections_per_ip {
+        if *total >= l.max_connections {
             return None;
         }
+        if let Some(ip) = ip {
+            if !take_ip_place(per_ip, ip, l) {
+                return None;
+            }
+        }
         *total += 1;
-        per_ip.insert(ip, this_ip + 1);
         Some(Admitted {
             limits: Arc::clone(self),
             ip,
         })
+    }
+}
+
+/// One more connection from `ip`, unless it has `max_connections_per_ip` already.
+fn take_ip_place(per_ip: &mut HashMap<IpAddr, u32>, ip: IpAddr, l: &ListenerRuntime) -> bool {
+    let this_ip = per_ip.get(&ip).copied().unwrap_or(0);
+    if this_ip >= l.max_connections_per_ip {
+        return false;
+    }
+    per_ip.insert(ip, this_ip + 1);
+    true
+}
+
+impl Admitted {
+    /// The place of `ip`, once the PROXY header has named the client; false if that address
+    /// has all its places taken (the connection's place in the total goes when it drops).
+    fn claim_ip(&mut self, ip: IpAddr, l: &ListenerRuntime) -> bool {
+        if self.ip.is_some() {
+            return true;
+        }
+        let mut open = self
+            .limits
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let claimed = take_ip_place(&mut open.1, ip, l);
+        if claimed {
+            self.ip = Some(ip);
+        }
+        claimed
     }
 }
 
@@ -53,10 +94,13 @@ impl Drop for Admitted {
             .unwrap_or_else(PoisonError::into_inner);
         let (total, per_ip) = &mut *open;
         *total = total.saturating_sub(1);
-        if let Some(n) = per_ip.get_mut(&self.ip) {
+        let Some(ip) = self.ip else {
+            return;
+        };
+        if let Some(n) = per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
-                per_ip.remove(&self.ip);
+                per_ip.remove(&ip);
             }
         }
     }
@@ -80,37 +124,24 @@ pub async fn accept_loop(
     loop {
         tokio::select! {
             accepted = tcp.accept() => match accepted {
-                Ok((stream, peer)) => {
-                let l = current.load_full();
-                match limits.admit(peer.ip(), &l) {
-                    Some(admitted) => {
-                        let (l, shutdown, alive) = (Arc::clone(&l), shutdown.clone(), alive.clone());
-                        tokio::spawn(async move {
-                            l.metrics.connections.inc();
-                            l.metrics.active.inc();
-                            // The gauge alone, not the listener's whole handle: an idle
-                            // session must cost little (C of ../shared/bench).
-                            let active = l.metrics.active.clone();
-                            match &l.mode {
-                                ModeRuntime::Terminate(cfg) => {
-                                    let cfg = Arc::clone(cfg);
-                                    crate::inbound::serve(stream, peer, l, cfg, shutdown).await;
-                                }
-                                ModeRuntime::Originate(o) => {
-                                    let cfg = Arc::clone(&o.session);
-                                    crate::outbound::serve(stream, peer, l, cfg, shutdown).await;
-                                }
-                            }
-                            active.dec();
-                            drop((admitted, alive));
-                        });
+                Ok((stream, socket)) => {
+                    let l = current.load_full();
+                    // Behind a balancer the socket's address is the balancer's: the client's
+                    // is known once the header is read.
+                    let ip = l.proxy_header.is_none().then_some(socket.ip());
+                    match limits.admit(ip, &l) {
+                        Some(admitted) => {
+                            let (shutdown, alive) = (shutdown.clone(), alive.clone());
+                            tokio::spawn(async move {
+                                connection(stream, socket, l, admitted, shutdown).await;
+                                drop(alive);
+                            });
+                        }
+                        None => {
+                            too_many(stream, socket, &l);
+                        }
                     }
-                    None => {
-                        l.metrics.refused.inc();
-                        tracing::info!(listener = %l.name, %peer, "too many connections");
-                        tokio::spawn(refuse(stream, l.implicit_tls));
-                    }
-                }},
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(listener = %current.load().name, error = %e, "accept failed");
@@ -129,6 +160,64 @@ pub async fn accept_loop(
             }
         }
     }
+}
+
+/// One admitted connection: its PROXY header where the listener expects one, then its
+/// session, whose client address is the header's.
+async fn connection(
+    mut stream: TcpStream,
+    socket: SocketAddr,
+    l: Arc<ListenerRuntime>,
+    mut admitted: Admitted,
+    shutdown: watch::Receiver<Shutdown>,
+) {
+    let peer = match l.proxy_header {
+        None => socket,
+        Some(limit) => match crate::proxy::read_header(&mut stream, limit).await {
+            Ok(header) => {
+                let peer = header.source.unwrap_or(socket);
+                tracing::debug!(listener = %l.name, %peer, proxy = %socket, header = header.kind,
+                    "proxied connection");
+                if !admitted.claim_ip(peer.ip(), &l) {
+                    too_many(stream, peer, &l);
+                    return;
+                }
+                peer
+            }
+            Err(e) => {
+                // Not one byte of SMTP to a connection that did not say whose it is.
+                l.metrics.proxy_header_error(&e);
+                tracing::info!(listener = %l.name, proxy = %socket, reason = %e,
+                    "connection closed: no valid PROXY header");
+                let _ = stream.shutdown().await;
+                return;
+            }
+        },
+    };
+    l.metrics.connections.inc();
+    l.metrics.active.inc();
+    // The gauge alone, not the listener's whole handle: an idle session must cost little
+    // (C of ../shared/bench).
+    let active = l.metrics.active.clone();
+    match &l.mode {
+        ModeRuntime::Terminate(cfg) => {
+            let cfg = Arc::clone(cfg);
+            crate::inbound::serve(stream, peer, l, cfg, shutdown).await;
+        }
+        ModeRuntime::Originate(o) => {
+            let cfg = Arc::clone(&o.session);
+            crate::outbound::serve(stream, peer, l, cfg, shutdown).await;
+        }
+    }
+    active.dec();
+    drop(admitted);
+}
+
+/// Refused by a connection limit: counted, logged, and `421 4.7.0`.
+fn too_many(stream: TcpStream, peer: SocketAddr, l: &ListenerRuntime) {
+    l.metrics.refused.inc();
+    tracing::info!(listener = %l.name, %peer, "too many connections");
+    tokio::spawn(refuse(stream, l.implicit_tls));
 }
 
 /// `421 4.7.0` and close. On an implicit-TLS port a plaintext reply would be noise, and a

@@ -11,6 +11,8 @@ use prometheus::{
 };
 use smtp_core::session::{LegFailure, Refusal, ReplyTo};
 
+use crate::proxy::HeaderError;
+
 const NS: &str = "smtp_sidecar";
 
 /// `session_duration_seconds` buckets: an SMTP session lasts from milliseconds (a probe) to
@@ -35,6 +37,7 @@ pub struct Metrics {
     pub connections_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
     pub connections_refused_total: IntCounterVec,
+    pub proxy_header_errors_total: IntCounterVec,
     pub tls_handshakes_total: IntCounterVec,
     pub tls_handshake_errors_total: IntCounterVec,
     pub messages_total: IntCounterVec,
@@ -141,6 +144,13 @@ impl Metrics {
                 "connections_refused_total",
                 "Connections refused by max_connections or max_connections_per_ip",
                 &["listener"],
+            ),
+            proxy_header_errors_total: counter(
+                r,
+                "proxy_header_errors_total",
+                "Connections of a proxy_protocol listener closed for their PROXY header, by \
+                 reason (missing, invalid, closed, timeout)",
+                &["listener", "reason"],
             ),
             tls_handshakes_total: counter(
                 r,
@@ -343,6 +353,10 @@ impl Metrics {
             transactions: self.transactions_total.with_label_values(&[l]),
             active: self.connections_active.with_label_values(&[l]),
             refused: self.connections_refused_total.with_label_values(&[l]),
+            proxy_header_errors: HeaderError::REASONS.map(|reason| {
+                self.proxy_header_errors_total
+                    .with_label_values(&[l, reason])
+            }),
             messages,
             message_bytes: self.message_bytes_total.with_label_values(&[l]),
             bytes,
@@ -425,6 +439,8 @@ pub struct ListenerMetrics {
     pub transactions: IntCounter,
     pub active: IntGauge,
     pub refused: IntCounter,
+    /// `[HeaderError::REASONS]`
+    proxy_header_errors: [IntCounter; 4],
     /// `[tls yes/no][accepted/rejected/failed]`
     messages: [[IntCounter; 3]; 2],
     pub message_bytes: IntCounter,
@@ -531,6 +547,14 @@ impl HandshakeError {
 }
 
 impl ListenerMetrics {
+    /// A connection closed for its PROXY header.
+    pub fn proxy_header_error(&self, e: &HeaderError) {
+        let reason = e.reason();
+        if let Some(i) = HeaderError::REASONS.iter().position(|r| *r == reason) {
+            self.proxy_header_errors[i].inc();
+        }
+    }
+
     /// A failed handshake: counted in `tls_handshakes_total{result="error"}` and by reason.
     pub fn handshake_error(&self, server: bool, reason: HandshakeError) {
         self.handshake(server, Handshake::Error);

@@ -49,6 +49,8 @@ pub struct ListenerRuntime {
     pub write_timeout: Duration,
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
+    /// `proxy_protocol: true`: the deadline of the PROXY header each connection begins with.
+    pub proxy_header: Option<Duration>,
     /// This listener's series, labels resolved.
     pub metrics: ListenerMetrics,
     /// How the certificate is chosen, to name the one served in the protocol log.
@@ -346,6 +348,7 @@ fn listener_runtime(
         client_auth,
         max_connections: p.max_connections,
         max_connections_per_ip: p.max_connections_per_ip,
+        proxy_header: l.proxy_protocol.then_some(t.proxy_header),
         metrics: metrics.listener(&l.name, &p.domain_secure, &[], &term.backend.servers),
         certificates: plan.clone(),
     })

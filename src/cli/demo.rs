@@ -50,6 +50,7 @@ fn demo_config() -> Config {
         listeners: vec![Listener {
             name: "demo".into(),
             listen: addr(LISTEN),
+            proxy_protocol: false,
             mode: ListenerMode::Terminate(TerminateListener {
                 tls: ListenerTls::Starttls,
                 certificate: CertificateSelection::Automatic,
@@ -83,6 +84,7 @@ fn demo_config() -> Config {
                         data_block: Duration::from_secs(180),
                         tls_handshake: Duration::from_secs(30),
                         backend_reply: Duration::from_secs(300),
+                        proxy_header: Duration::from_secs(10),
                     },
                 },
             }),

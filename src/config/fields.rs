@@ -174,25 +174,6 @@ impl Problems {
         parsed
     }
 
-    /// For keys a later release builds: records "not supported yet" unless the (already typed,
-    /// `None` if invalid) value is the default.
-    pub fn only_default<T>(
-        &mut self,
-        path: &str,
-        typed: Option<T>,
-        is_default: impl FnOnce(&T) -> bool,
-        default_shown: &str,
-    ) {
-        if let Some(typed) = typed {
-            if !is_default(&typed) {
-                self.add(
-                    path,
-                    format_args!("not supported yet (only {default_shown} is)"),
-                );
-            }
-        }
-    }
-
     fn wrong<T>(&mut self, path: &str, expected: &str, found: &Value) -> Option<T> {
         self.add(
             path,

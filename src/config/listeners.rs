@@ -105,12 +105,6 @@ fn listener(
     }
 
     let proxy_protocol = p.bool(&join(path, "proxy_protocol"), &raw.proxy_protocol);
-    p.only_default(
-        &join(path, "proxy_protocol"),
-        proxy_protocol,
-        |on| !on,
-        "false",
-    );
 
     let mode = match mode? {
         Mode::Terminate => ListenerMode::Terminate(terminate(p, path, raw)?),
@@ -119,6 +113,7 @@ fn listener(
     Some(Listener {
         name: name?,
         listen: listen?,
+        proxy_protocol: proxy_protocol?,
         mode,
     })
 }

@@ -157,6 +157,9 @@ pub struct Listener {
     /// `name`, or the listen address when none is given; unique.
     pub name: String,
     pub listen: SocketAddr,
+    /// `proxy_protocol`: every connection begins with a PROXY v1/v2 header, read within
+    /// `policy.timeouts.proxy_header`, whose address is the client's (`crate::proxy`).
+    pub proxy_protocol: bool,
     pub mode: ListenerMode,
 }
 
@@ -355,4 +358,6 @@ pub struct Timeouts {
     pub tls_handshake: Duration,
     /// Each reply of the backend (or next hop); default: `command`.
     pub backend_reply: Duration,
+    /// Reading the PROXY header of a `proxy_protocol` listener's connection.
+    pub proxy_header: Duration,
 }

@@ -329,11 +329,13 @@ fn timeouts(p: &mut Problems, path: &str, raw: &RawTimeouts) -> Option<Timeouts>
         Some(value) => p.duration(&join(path, "backend_reply"), value, true),
         None => command,
     };
+    let proxy_header = p.duration(&join(path, "proxy_header"), &raw.proxy_header, true);
     Some(Timeouts {
         greeting: greeting?,
         command: command?,
         data_block: data_block?,
         tls_handshake: tls_handshake?,
         backend_reply: backend_reply?,
+        proxy_header: proxy_header?,
     })
 }

@@ -28,7 +28,7 @@ macro_rules! keys {
     };
 }
 
-/// SPEC §3 defaults shared with the "not supported yet (only <default> is)" messages.
+/// SPEC §3 defaults that are not written as literals in the `Default` impls below.
 pub mod defaults {
     pub const STATE_DIR: &str = "/var/lib/smtp-sidecar";
     pub const SHUTDOWN_GRACE: &str = "30s";
@@ -42,6 +42,8 @@ pub mod defaults {
     pub const COMMAND: &str = "5m";
     pub const DATA_BLOCK: &str = "3m";
     pub const TLS_HANDSHAKE: &str = "30s";
+    /// A balancer sends its header at once; a connection that has not within this is not one.
+    pub const PROXY_HEADER: &str = "10s";
     /// Terminate listeners only (absent keys of an originate listener stay absent).
     pub const LISTENER_TLS: &str = "starttls";
     pub const REQUIRE_TLS: bool = false;
@@ -327,10 +329,12 @@ pub struct RawTimeouts {
     pub tls_handshake: Value,
     /// Default: `command`'s value.
     pub backend_reply: Option<Value>,
+    pub proxy_header: Value,
     #[serde(flatten)]
     pub unknown: UnknownKeys,
 }
-keys!(RawTimeouts: "greeting", "command", "data_block", "tls_handshake", "backend_reply");
+keys!(RawTimeouts: "greeting", "command", "data_block", "tls_handshake", "backend_reply",
+    "proxy_header");
 
 impl Default for RawTimeouts {
     fn default() -> Self {
@@ -340,6 +344,7 @@ impl Default for RawTimeouts {
             data_block: s(defaults::DATA_BLOCK),
             tls_handshake: s(defaults::TLS_HANDSHAKE),
             backend_reply: None,
+            proxy_header: s(defaults::PROXY_HEADER),
             unknown: UnknownKeys::default(),
         }
     }

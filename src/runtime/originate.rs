@@ -70,6 +70,7 @@ pub(super) fn runtime(
         write_timeout: p.timeouts.command,
         max_connections: p.max_connections,
         max_connections_per_ip: p.max_connections_per_ip,
+        proxy_header: l.proxy_protocol.then_some(p.timeouts.proxy_header),
         metrics,
         certificates: CertPlan::NoCertificate,
     })

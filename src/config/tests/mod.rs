@@ -89,6 +89,7 @@ fn assert_default_policy(policy: &Policy) {
         data_block: secs(180),
         tls_handshake: secs(30),
         backend_reply: secs(300),
+        proxy_header: secs(10),
     };
     assert_eq!(policy.timeouts, timeouts);
 }
@@ -210,7 +211,7 @@ fn unknown_keys_everywhere_reported_together() {
             "listeners[0].backend.tls_verfy: unknown key (expected one of: servers, tls, \
              tls_verify, xclient, connect_timeout, health_check_interval)",
             "listeners[0].policy.timeouts.comand: unknown key (expected one of: greeting, \
-             command, data_block, tls_handshake, backend_reply)",
+             command, data_block, tls_handshake, backend_reply, proxy_header)",
         ]
     );
 }

@@ -37,6 +37,7 @@ fn default_policy() -> OriginatePolicy {
             data_block: secs(180),
             tls_handshake: secs(30),
             backend_reply: secs(300),
+            proxy_header: secs(10),
         },
     }
 }
@@ -132,6 +133,7 @@ fn every_key_typed() {
                 tls_handshake: secs(10),
                 // Not given: `command`'s.
                 backend_reply: secs(120),
+                proxy_header: secs(10),
             },
         },
     };
@@ -284,7 +286,6 @@ fn problems_with_their_paths() {
         ("    policy: {auth_requires_tls: true}", "listeners[0].policy.auth_requires_tls: only valid with mode: terminate".into()),
         ("    policy: {client_certificates: none}", "listeners[0].policy.client_certificates: only valid with mode: terminate".into()),
         ("    policy: {domain_secure: []}", "listeners[0].policy.domain_secure: only valid with mode: terminate".into()),
-        ("    proxy_protocol: true", "listeners[0].proxy_protocol: not supported yet (only false is)".into()),
     ];
     for (extra, want) in cases {
         assert_eq!(

@@ -1,9 +1,8 @@
-//! One key at a time: each wrong or not-yet-supported value gives exactly one problem, with
-//! its path.
+//! One key at a time: each wrong value gives exactly one problem, with its path.
 
 use std::time::Duration;
 
-use super::{ok, one_listener, problems, term};
+use super::{ok, one_listener, problems, secs, term};
 use crate::config::{BackendTls, TlsVersion};
 
 /// The backend hop's keys (issue 15): TLS, XCLIENT, the health-check interval, the error
@@ -51,22 +50,33 @@ fn backend_hop_keys() {
     );
 }
 
-/// Each later-release key at a non-default value is refused, one at a time and with its path.
+/// `trust` without the OS store and without CA files is accepted: nothing needs anchors
+/// unless it verifies (then its own check says so).
 #[test]
-fn not_supported_yet_values() {
-    let cases: &[(&str, &str)] = &[(
-        "    proxy_protocol: true",
-        "listeners[0].proxy_protocol: not supported yet (only false is)",
-    )];
-    for (extra, want) in cases {
-        assert_eq!(
-            problems(&one_listener(&format!("{extra}\n"))),
-            [*want],
-            "{extra}"
-        );
-    }
-    // Accepted either way, nothing uses it yet.
+fn trust_without_anchors_is_accepted() {
     ok(&one_listener("trust: {system_roots: false}\n"));
+}
+
+/// `proxy_protocol` (either mode) and the deadline of its header, default 10s.
+#[test]
+fn proxy_protocol_and_its_deadline() {
+    let config = ok(&one_listener(
+        "    proxy_protocol: true\n    policy: {timeouts: {proxy_header: 3s}}\n",
+    ));
+    let [l] = config.listeners.as_slice() else {
+        panic!("{config:?}")
+    };
+    assert!(l.proxy_protocol);
+    assert_eq!(term(l).policy.timeouts.proxy_header, secs(3));
+    let config = ok(&one_listener(""));
+    assert!(!config.listeners[0].proxy_protocol);
+    assert_eq!(
+        term(&config.listeners[0]).policy.timeouts.proxy_header,
+        secs(10)
+    );
+    let outbound = "listeners:\n  - mode: originate\n    listen: 127.0.0.1:10025\n    \
+                    next_hop: mx\n    proxy_protocol: true\n";
+    assert!(ok(outbound).listeners[0].proxy_protocol);
 }
 
 #[test]
@@ -93,6 +103,9 @@ fn invalid_values_name_their_path() {
         ("    policy: {max_message_size: 0}", "listeners[0].policy.max_message_size: must be greater than 0"),
         ("    policy: {max_recipients: 0}", "listeners[0].policy.max_recipients: expected a whole number from 1 to 4294967295, found 0"),
         ("    policy: {timeouts: {greeting: 0s}}", "listeners[0].policy.timeouts.greeting: must be greater than 0s"),
+        ("    policy: {timeouts: {proxy_header: 0s}}", "listeners[0].policy.timeouts.proxy_header: must be greater than 0s"),
+        ("    policy: {timeouts: {proxy_header: 10}}", "listeners[0].policy.timeouts.proxy_header: invalid duration 10 (use e.g. 30s, 5m, 1h)"),
+        ("    proxy_protocol: yes", "listeners[0].proxy_protocol: expected true or false, found \"yes\""),
         ("    policy: {timeouts: [5m]}", "listeners[0].policy.timeouts: expected a mapping, found a list"),
         ("  - listen: 127.0.0.1:2525\n    backend: {servers: [\"h:1\"]}", "listeners[1].listen: 127.0.0.1:2525 is already used by listeners[0].listen"),
         ("metrics: {listen: \"127.0.0.1:2525\"}", "listeners[0].listen: 127.0.0.1:2525 is already used by metrics.listen"),
