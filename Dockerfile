@@ -24,11 +24,13 @@ COPY benches benches
 COPY src src
 # --locked: exactly the dependency versions of Cargo.lock, or fail. The caches keep the
 # registry and the dependencies' builds between image builds; the binary is copied out of the
-# cache mount in the same step.
+# cache mount in the same step. The release profile's line tables are most of the binary
+# (55 of its 69 MB): stripped of them it is 14 MB, and a backtrace still names the functions.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
-    && install -m 0755 target/release/smtp-sidecar /usr/local/bin/smtp-sidecar
+    && install -m 0755 target/release/smtp-sidecar /usr/local/bin/smtp-sidecar \
+    && strip --strip-debug /usr/local/bin/smtp-sidecar
 
 # --- run -------------------------------------------------------------------------------------
 FROM debian:bookworm-slim
