@@ -2,6 +2,7 @@
 //! ports, a recording backend, and a small SMTP client that can do STARTTLS and implicit TLS.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod aiosmtpd;
 pub mod binary;
 pub mod dns;
 pub mod next_hop;
