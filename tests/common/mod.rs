@@ -5,6 +5,7 @@
 pub mod aiosmtpd;
 pub mod binary;
 pub mod dns;
+pub mod legacy_backend;
 pub mod next_hop;
 pub mod pki;
 pub mod process;
