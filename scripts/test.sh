@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The test command of the README, and what CI runs: installs the Debian packages the
-# interoperability tests drive (swaks, openssl, Postfix and its smtp-sink/smtp-source, python3,
-# an unpacked Exim 4, an unpacked OpenSMTPD), Chromium for the status page and Prometheus
-# (tests/observability.rs), then checks
-# formatting and lints, and runs every test of the workspace.
+# interoperability tests drive (swaks, openssl, Postfix and its smtp-sink/smtp-source, python3
+# and its aiosmtpd, an unpacked Exim 4, an unpacked OpenSMTPD), Chromium for the status page and
+# Prometheus (tests/observability.rs), then checks formatting and lints, and runs every test of
+# the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,10 @@ perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 { [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/postfix ]; } || need+=(postfix)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# aiosmtpd, the legacy backend of tests/interop_aiosmtpd.rs, for Debian's own /usr/bin/python3
+# (the one the test runs; a python3 earlier on PATH, e.g. pyenv's, would not see the package).
+{ [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; } \
+  || need+=(python3-aiosmtpd)
 # The browser tests/status_page.rs loads the admin endpoint's status page in (headless).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # tests/observability.rs runs Debian's Prometheus server (its own config and data directory in a
@@ -24,9 +28,10 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || sudo=sudo
   echo "installing test tools: ${need[*]}"
   # No system MTA is configured or started: the tests use Postfix's smtp-sink/smtp-source,
-  # and tests/interop_postfix_partner.rs runs Postfix itself as a sending MTA with its own
-  # main.cf, queue and data directories in a scratch directory (`postfix -c DIR start`, as
-  # root), as the postfix user and postdrop group the package creates.
+  # and tests/common/postfix_mta.rs runs Postfix itself (a sending MTA, a next hop, a legacy
+  # backend) with its own main.cf, queue and data directories in a scratch directory
+  # (`postfix -c DIR start`, as root), as the postfix user and postdrop group the package
+  # creates.
   echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

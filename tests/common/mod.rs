@@ -2,8 +2,10 @@
 //! ports, a recording backend, and a small SMTP client that can do STARTTLS and implicit TLS.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod aiosmtpd;
 pub mod binary;
 pub mod dns;
+pub mod legacy_backend;
 pub mod next_hop;
 pub mod pki;
 pub mod process;

@@ -3,13 +3,20 @@
 //! started with `postfix -c <dir>/conf start` and stopped (then killed if need be) when dropped,
 //! before the directory is removed. The system's Postfix is never configured or started.
 //!
-//! Two roles:
+//! Three roles:
 //! - [`PostfixMta::legacy`]: a legacy MTA that relays everything to a smart host in plaintext
 //!   (`relayhost = [ip]:port`, `smtp_tls_security_level = none`); mail comes in through its
 //!   `sendmail`, `postdrop` and `pickup`, it has no inet service.
 //! - [`PostfixMta::next_hop`]: a receiving MTA whose `smtpd` listens on 127.0.0.1 with
 //!   STARTTLS (`smtpd_tls_security_level = may`, a given certificate) and delivers every
 //!   recipient of one domain to one Maildir (the `virtual` agent, as the postfix user).
+//! - [`PostfixMta::backend`]: a legacy backend behind the sidecar, the same receiving MTA with
+//!   what [`SmtpdOptions`] asks for: STARTTLS, a second smtpd with implicit TLS, XCLIENT
+//!   from 127.0.0.0/8. It stores messages as the client sent them, but for the trace header
+//!   fields it adds on top ([`split_trace`]) and LF line ends.
+//!
+//! Instances of any roles run side by side: each has its own queue, data directory, ports and
+//! `myhostname`, and listens on 127.0.0.1 only.
 //!
 //! Only the services each role needs run, none chrooted (a chroot would need copies of system
 //! files). Postfix must be started as root (its master drops privileges to the `postfix` user
@@ -24,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::process::{free_port, TempDir};
+use crate::common::process::{exactly, free_port, TempDir};
 
 /// Debian's Postfix commands (its `command_directory`).
 pub const POSTFIX: &str = "/usr/sbin/postfix";
@@ -150,7 +157,41 @@ fn common_main_cf(dir: &Path, hostname: &str) -> String {
     )
 }
 
-/// The services of master.cf both roles need (none chrooted).
+/// main.cf lines of a receiving MTA: every recipient in `domain` delivered to one Maildir,
+/// `{DIR}/mail/maildir/`, by the `virtual` agent as the postfix user; nothing relayed.
+fn receiver_main_cf(domain: &str) -> String {
+    let (uid, gid) = postfix_ids();
+    format!(
+        "virtual_mailbox_domains = {domain}\n\
+         virtual_mailbox_maps = static:maildir/\n\
+         virtual_mailbox_base = {{DIR}}/mail\n\
+         virtual_uid_maps = static:{uid}\n\
+         virtual_gid_maps = static:{gid}\n\
+         virtual_minimum_uid = 1\n\
+         relay_domains =\n\
+         smtpd_relay_restrictions = reject_unauth_destination\n\
+         smtpd_timeout = 20s\n"
+    )
+}
+
+/// main.cf lines for smtpd's STARTTLS with the PEM chain `cert` and key `key`, logged and
+/// named in the Received header.
+fn tls_main_cf(cert: &Path, key: &Path) -> String {
+    format!(
+        "smtpd_tls_security_level = may\n\
+         smtpd_tls_cert_file = {cert}\n\
+         smtpd_tls_key_file = {key}\n\
+         smtpd_tls_loglevel = 1\n\
+         smtpd_tls_received_header = yes\n",
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+/// The delivery agent of the receiving roles.
+const VIRTUAL: &str = "virtual   unix  - n n -     - virtual";
+
+/// The services of master.cf every role needs (none chrooted).
 const BASE_SERVICES: [&str; 18] = [
     "pickup    unix  n - n 60    1 pickup",
     "cleanup   unix  n - n -     0 cleanup",
@@ -176,8 +217,23 @@ const BASE_SERVICES: [&str; 18] = [
 pub struct PostfixMta {
     pub conf: PathBuf,
     pub dir: TempDir,
-    /// The smtpd port on 127.0.0.1 (next hop only).
+    /// The smtpd port on 127.0.0.1 (next hop and backend only).
     pub port: Option<u16>,
+    /// The port of the smtpd with implicit TLS, when [`SmtpdOptions::implicit_tls`] asked for it.
+    pub implicit_port: Option<u16>,
+}
+
+/// What a backend's smtpd offers besides plain SMTP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmtpdOptions<'a> {
+    /// STARTTLS (`smtpd_tls_security_level = may`) with this PEM chain and key.
+    pub tls: Option<(&'a Path, &'a Path)>,
+    /// A second smtpd, on [`PostfixMta::implicit_port`], speaking TLS from the first byte
+    /// (`smtpd_tls_wrappermode = yes`; needs `tls`).
+    pub implicit_tls: bool,
+    /// XCLIENT advertised to and accepted from 127.0.0.0/8 (`smtpd_authorized_xclient_hosts`):
+    /// what it sets shows in the Received header ([`received_from`]).
+    pub xclient: bool,
 }
 
 impl PostfixMta {
@@ -194,43 +250,47 @@ impl PostfixMta {
             "smtp      unix  - - n -     - smtp",
             "relay     unix  - - n -     - smtp",
         ];
-        PostfixMta::start("postfix-legacy", hostname, &main, &services, false)
+        PostfixMta::start("postfix-legacy", hostname, &main, &services, &[])
     }
 
     /// A receiving MTA as `hostname` on 127.0.0.1:<free port>, STARTTLS offered with the PEM
     /// chain `cert` and key `key`, every recipient in `domain` delivered to [`Self::maildir`].
     pub fn next_hop(hostname: &str, domain: &str, cert: &Path, key: &Path) -> PostfixMta {
-        let (uid, gid) = postfix_ids();
-        let main = format!(
-            "virtual_mailbox_domains = {domain}\n\
-             virtual_mailbox_maps = static:maildir/\n\
-             virtual_mailbox_base = {{DIR}}/mail\n\
-             virtual_uid_maps = static:{uid}\n\
-             virtual_gid_maps = static:{gid}\n\
-             virtual_minimum_uid = 1\n\
-             relay_domains =\n\
-             smtpd_relay_restrictions = reject_unauth_destination\n\
-             smtpd_tls_security_level = may\n\
-             smtpd_tls_cert_file = {cert}\n\
-             smtpd_tls_key_file = {key}\n\
-             smtpd_tls_loglevel = 1\n\
-             smtpd_tls_received_header = yes\n\
-             smtpd_timeout = 20s\n",
-            cert = cert.display(),
-            key = key.display(),
-        );
-        let services = ["virtual   unix  - n n -     - virtual"];
-        PostfixMta::start("postfix-next-hop", hostname, &main, &services, true)
+        let main = receiver_main_cf(domain) + &tls_main_cf(cert, key);
+        PostfixMta::start("postfix-next-hop", hostname, &main, &[VIRTUAL], &[""])
     }
 
-    /// Write the configuration and start the master; with `inet`, an smtpd on 127.0.0.1 on a
-    /// free port (another one if that port was taken meanwhile: 3 attempts).
+    /// A legacy backend as `hostname` on 127.0.0.1:<free port> with what `options` asks for,
+    /// every recipient in `domain` delivered to [`Self::maildir`]. Its clients get no header
+    /// rewriting (no From, Date or Message-ID added) and no name look-up (`unknown`, or
+    /// XCLIENT's NAME, in the Received header).
+    pub fn backend(hostname: &str, domain: &str, options: &SmtpdOptions<'_>) -> PostfixMta {
+        let mut main = receiver_main_cf(domain)
+            + "local_header_rewrite_clients =\n\
+               smtpd_peername_lookup = no\n";
+        if let Some((cert, key)) = options.tls {
+            main += &tls_main_cf(cert, key);
+        }
+        if options.xclient {
+            main += "smtpd_authorized_xclient_hosts = 127.0.0.0/8\n";
+        }
+        let mut inet = vec![""];
+        if options.implicit_tls {
+            assert!(options.tls.is_some(), "implicit TLS needs a certificate");
+            inet.push("-o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt");
+        }
+        PostfixMta::start("postfix-backend", hostname, &main, &[VIRTUAL], &inet)
+    }
+
+    /// Write the configuration and start the master, with one smtpd on 127.0.0.1 on a free
+    /// port for each entry of `inet` (its master.cf `-o` overrides): on [`Self::port`], then
+    /// [`Self::implicit_port`]. Other ports if one was taken meanwhile: 3 attempts.
     fn start(
         tag: &str,
         hostname: &str,
         main_extra: &str,
         services: &[&str],
-        inet: bool,
+        inet: &[&str],
     ) -> PostfixMta {
         check_postfix();
         let dir = TempDir::new(tag);
@@ -252,15 +312,16 @@ impl PostfixMta {
             conf,
             dir,
             port: None,
+            implicit_port: None,
         };
         for _attempt in 0..3 {
             let mut lines: Vec<String> = BASE_SERVICES.iter().map(|s| s.to_string()).collect();
             lines.extend(services.iter().map(|s| s.to_string()));
-            if inet {
-                let port = free_port();
-                lines.push(format!("127.0.0.1:{port} inet n - n - - smtpd"));
-                mta.port = Some(port);
+            let ports: Vec<u16> = inet.iter().map(|_| free_port()).collect();
+            for (port, overrides) in ports.iter().zip(inet) {
+                lines.push(format!("127.0.0.1:{port} inet n - n - - smtpd {overrides}"));
             }
+            (mta.port, mta.implicit_port) = (ports.first().copied(), ports.get(1).copied());
             std::fs::write(mta.conf.join("master.cf"), lines.join("\n") + "\n").unwrap();
             // `postfix start` waits for the master's initialisation (`master -w`): a port
             // taken meanwhile is a failure here.
@@ -269,7 +330,7 @@ impl PostfixMta {
                 return mta;
             }
             eprintln!("postfix start: {}\n{}", text(&out), mta.maillog());
-            if !inet {
+            if inet.is_empty() {
                 break;
             }
         }
@@ -351,12 +412,52 @@ impl PostfixMta {
         files.iter().map(|f| std::fs::read(f).unwrap()).collect()
     }
 
+    /// The messages delivered once there are `n` ([`WAIT`] at most), and no more.
+    pub fn delivered_when(&self, n: usize) -> Vec<Vec<u8>> {
+        exactly(n, "messages delivered", WAIT, || self.delivered())
+    }
+
     /// The master's process id, from its pid file.
     fn master_pid(&self) -> Option<String> {
         let pid = std::fs::read_to_string(self.dir.0.join("queue/pid/master.pid")).ok()?;
         let pid = pid.trim().to_owned();
         (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(pid)
     }
+}
+
+/// The header fields Postfix puts on top of a message it stores: Received when it accepts it,
+/// the others when the `virtual` agent delivers it.
+const TRACE_FIELDS: [&str; 4] = [
+    "Return-Path: ",
+    "X-Original-To: ",
+    "Delivered-To: ",
+    "Received: ",
+];
+
+/// A message as the `virtual` agent stored it, split after the [`TRACE_FIELDS`] on top (with
+/// their continuation lines): those fields, and the rest, which is what the client sent (LF
+/// line ends).
+pub fn split_trace(stored: &[u8]) -> (String, Vec<u8>) {
+    let mut at = 0;
+    for line in stored.split_inclusive(|&b| b == b'\n') {
+        let field = TRACE_FIELDS.iter().any(|f| line.starts_with(f.as_bytes()));
+        if !(field || (at > 0 && line.starts_with(b"\t"))) {
+            break;
+        }
+        at += line.len();
+    }
+    let trace = String::from_utf8_lossy(&stored[..at]).into_owned();
+    (trace, stored[at..].to_vec())
+}
+
+/// What Postfix's (first) Received header names the client by: `HELO (NAME [ADDR])`, the
+/// session's own or what XCLIENT set. `HELO=` of XCLIENT lasts only until the EHLO that must
+/// follow it: that EHLO's name is the one recorded.
+pub fn received_from(stored: &[u8]) -> String {
+    let (trace, _) = split_trace(stored);
+    let line = trace.lines().find(|l| l.starts_with("Received: from "));
+    let line = line.unwrap_or_else(|| panic!("no Received header from Postfix:\n{trace}"));
+    line["Received: from ".len()..].to_owned()
 }
 
 /// Stop the instance of `conf` (`postfix -c conf stop`, 10 s at most), then its master

@@ -68,3 +68,20 @@ pub fn wait_accepting(child: &mut Child, port: u16) -> bool {
     }
     panic!("nothing accepting on 127.0.0.1:{port} after 10 s");
 }
+
+/// What `read` returns once it has `n` items (`within` at most), read again a moment later
+/// (one more would come by then) and checked to be still `n`: the `what` a test waits for.
+pub fn exactly<T>(n: usize, what: &str, within: Duration, read: impl Fn() -> Vec<T>) -> Vec<T> {
+    let deadline = Instant::now() + within;
+    while read().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} {what} not there after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let all = read();
+    assert_eq!(all.len(), n, "more {what} than {n}");
+    all
+}

@@ -1,0 +1,171 @@
+//! What the tests of a real legacy MTA behind the real binary do, whichever MTA it is
+//! (tests/interop_postfix_backend.rs, tests/interop_aiosmtpd.rs): a client on STARTTLS
+//! delivers a message whose lines start with dots, seeing the sidecar's EHLO replies and
+//! certificate; smuggling attempts. The tests compare what the MTA stored with [`MESSAGE`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::{AcceptAny, Client};
+
+/// A message as its author wrote it: lines a transparency bug would change (a leading dot,
+/// two, a line of a single dot, one of two), white space at both ends, an empty line.
+pub const MESSAGE: &[u8] = b"From: Alice <a@x.test>\r\n\
+    To: Bob <b@y.test>\r\n\
+    Subject: legacy backend\r\n\
+    Date: Mon, 1 Jun 2026 10:00:00 +0000\r\n\
+    Message-ID: <legacy-backend@x.test>\r\n\
+    \r\n\
+    first line\r\n\
+    .leading dot\r\n\
+    ..two dots\r\n\
+    .\r\n\
+    ..\r\n\
+    \x20 spaced \t\r\n\
+    \r\n\
+    last line\r\n";
+
+/// The sender and recipient every test uses.
+pub const FROM: &str = "a@x.test";
+pub const TO: &str = "b@y.test";
+
+/// The bogus ends of data a smuggler tries (SPEC §1 principle 2, DESIGN §4), each followed in
+/// [`smuggling_data`] by a whole second transaction.
+pub const SMUGGLES: [&[u8]; 3] = [b"\n.\r\n", b"\r\n.\n", b"\r.\r\n"];
+
+/// The sidecar's reply to any of [`SMUGGLES`] under `bare_newlines: reject`.
+pub const REFUSED: &str = "550 5.6.11 Bare line feed or carriage return not allowed\r\n";
+
+/// The sidecar's own reply to QUIT.
+pub const BYE: &str = "221 2.0.0 Bye\r\n";
+
+/// What a smuggler sends after DATA, one transaction for each of [`SMUGGLES`].
+pub fn smuggling_attempts() -> Vec<Vec<u8>> {
+    SMUGGLES.iter().map(|eod| smuggling_data(eod)).collect()
+}
+
+/// What a smuggler sends after DATA: `eod`, then a transaction for victim@y.test, then the
+/// real end of data.
+pub fn smuggling_data(eod: &[u8]) -> Vec<u8> {
+    let mut m = b"Subject: smuggle\r\n\r\nhello".to_vec();
+    m.extend_from_slice(eod);
+    m.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\n");
+    m.extend_from_slice(b"smuggled\r\n.\r\n");
+    m
+}
+
+/// What each of [`smuggling_data`] is under `bare_newlines: normalize`: the bogus end of data
+/// a line of a single dot (stuffed by the sidecar, unstuffed by the backend), the smuggled
+/// commands body text of the one message.
+pub const NORMALIZED: &[u8] = b"Subject: smuggle\r\n\r\nhello\r\n.\r\n\
+    MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nsmuggled\r\n";
+
+/// `message` as SMTP carries it: a dot doubled at the start of every line (RFC 5321 §4.5.2),
+/// then the end of data.
+pub fn stuffed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// CRLF line ends made LF, as MTAs that store in files write them.
+pub fn lf(message: &[u8]) -> Vec<u8> {
+    String::from_utf8(message.to_vec())
+        .unwrap()
+        .replace("\r\n", "\n")
+        .into_bytes()
+}
+
+/// What a client saw of one STARTTLS session.
+#[derive(Debug)]
+pub struct Session {
+    /// The EHLO reply before STARTTLS, and after it.
+    pub ehlo_plain: String,
+    pub ehlo_tls: String,
+    /// The replies to MAIL, RCPT, DATA and the end of data of each message, then to QUIT.
+    pub replies: Vec<String>,
+}
+
+/// Greeting, EHLO, STARTTLS (the certificate shown must be the sidecar's own, for mx.test,
+/// never the backend's), EHLO, then a transaction from [`FROM`] to [`TO`] for each of
+/// `data` (what follows DATA, sent as it is: [`stuffed`] or [`smuggling_data`]), then QUIT.
+pub async fn starttls_session(sidecar: SocketAddr, data: &[Vec<u8>]) -> Session {
+    let mut c = Client::connect(sidecar).await;
+    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    let ehlo_plain = c.cmd("EHLO client.test").await;
+    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+    let (mut c, certificate) = upgrade(c).await;
+    let shown = smtp_sidecar::tls::CertInfo::from_der(&certificate).unwrap();
+    assert_eq!(shown.sans, ["mx.test"], "not the sidecar's certificate");
+    let ehlo_tls = c.cmd("EHLO client.test").await;
+    let mut replies = Vec::new();
+    for data in data {
+        replies.extend(transaction(&mut c, data).await);
+    }
+    replies.push(c.cmd("QUIT").await);
+    Session {
+        ehlo_plain,
+        ehlo_tls,
+        replies,
+    }
+}
+
+/// After a `220` to STARTTLS: the handshake, and the certificate the server showed (DER).
+pub async fn upgrade(c: Client) -> (Client, Vec<u8>) {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = AcceptAny::new(provider.clone());
+    let seen = verifier.seen.clone();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let c = c.try_upgrade(Arc::new(config)).await.unwrap();
+    let certificate = seen.lock().unwrap().take().unwrap();
+    (c, certificate)
+}
+
+/// MAIL FROM [`FROM`], RCPT TO [`TO`], DATA, then `data` as it is: the four replies.
+pub async fn transaction(c: &mut Client, data: &[u8]) -> Vec<String> {
+    let mut replies = Vec::new();
+    replies.push(c.cmd(&format!("MAIL FROM:<{FROM}>")).await);
+    replies.push(c.cmd(&format!("RCPT TO:<{TO}>")).await);
+    replies.push(c.cmd("DATA").await);
+    c.send(data).await;
+    replies.push(c.reply().await);
+    replies
+}
+
+/// The replies a [`starttls_session`] expects: for each transaction those to MAIL, RCPT and
+/// DATA (the first three of `accepted`), then its entry of `ends`; last, the one to QUIT.
+pub fn replies(accepted: [&'static str; 4], ends: &[&'static str]) -> Vec<&'static str> {
+    let mut all = Vec::new();
+    for end in ends {
+        all.extend_from_slice(&accepted[..3]);
+        all.push(*end);
+    }
+    all.push(BYE);
+    all
+}
+
+/// The EHLO reply of an SMTP server at `addr`, asked directly.
+pub async fn ehlo(addr: SocketAddr) -> String {
+    let mut c = Client::connect(addr).await;
+    let greeting = c.reply().await;
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    c.cmd("EHLO client.test").await
+}
+
+/// Byte for byte, both sides shown escaped when they differ.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], want: &[u8]) {
+    let (g, w) = (got.escape_ascii(), want.escape_ascii());
+    assert!(got == want, "got:  {g}\nwant: {w}");
+}
