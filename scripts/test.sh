@@ -23,6 +23,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # tests/observability.rs runs Debian's Prometheus server (its own config and data directory in a
 # scratch directory, never the packaged service) and its promtool.
 { [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || need+=(prometheus)
+# tests/packaging.rs verifies deploy/systemd's unit with systemd-analyze (nothing is started).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -8,7 +8,8 @@
 //!   client (nor its certificate), the hop to it plaintext;
 //! - smuggling under `bare_newlines: reject`: each bogus end of data refused with the SPEC's
 //!   reply and nothing stored, the next message in the session delivered alone;
-//! - under `normalize`: each attempt stored as one message with the smuggled lines as body text.
+//! - under `normalize`: each attempt stored as one message with the smuggled lines as body text;
+//! - the sidecar's encrypted hop to it (STARTTLS and implicit, verified).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -114,4 +115,44 @@ async fn aiosmtpd_backend_fixture_tls() {
     assert_eq!(c.cmd("EHLO client.test").await, offered);
     assert_eq!(transaction(&mut c, &stuffed(MESSAGE)).await, ACCEPTED);
     assert_stored(&backend.stored_when(1)[0], MESSAGE, true);
+}
+
+/// The sidecar's encrypted hop to aiosmtpd (Python's TLS stack), STARTTLS and implicit TLS,
+/// verified against the test CA and the server's IP address: the message arrives over TLS
+/// (aiosmtpd says so in the envelope), byte for byte.
+#[tokio::test]
+async fn aiosmtpd_encrypted_hop() {
+    let pki = Pki::new("aiosmtpd-hop-pki");
+    let ca = pki.dir.0.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let leaf = pki.leaf("legacy", Spec::ca(&["legacy.test", "127.0.0.1"]));
+    for (hop, tls) in [
+        ("starttls", Tls::Starttls(&leaf.cert, &leaf.key)),
+        ("implicit", Tls::Implicit(&leaf.cert, &leaf.key)),
+    ] {
+        let backend = Aiosmtpd::start(tls);
+        let yaml = config_yaml(backend.addr, "starttls", "")
+            .replace(
+                "      connect_timeout: 2s\n",
+                &format!("      connect_timeout: 2s\n      tls: {hop}\n      health_check_interval: 1h\n"),
+            )
+            .replace(
+                "listeners:\n",
+                &format!(
+                    "trust: {{system_roots: false, ca_files: [\"{}\"]}}\nlisteners:\n",
+                    ca.display()
+                ),
+            );
+        let sidecar = start_binary(&yaml);
+        let session = starttls_session(sidecar.addr("inbound").unwrap(), &[stuffed(MESSAGE)]).await;
+        // After its STARTTLS aiosmtpd offers AUTH (not on its implicit-TLS port), and the
+        // client, inside TLS itself, is shown it.
+        let ehlo = match hop {
+            "starttls" => EHLO_TLS.replace("250 HELP", "250-AUTH LOGIN PLAIN\r\n250 HELP"),
+            _ => EHLO_TLS.to_owned(),
+        };
+        assert_eq!(session.ehlo_tls, ehlo, "{hop}");
+        assert_eq!(session.replies, replies(ACCEPTED, &[ACCEPTED[3]]), "{hop}");
+        assert_stored(&backend.stored_when(1)[0], MESSAGE, true);
+    }
 }

@@ -12,7 +12,9 @@
 //! - the fixture's own STARTTLS, implicit TLS and XCLIENT, driven directly, for the tests of
 //!   the sidecar's encrypted hop and XCLIENT;
 //! - a Postfix sending MTA (the legacy role) relaying through the sidecar to this backend: two
-//!   instances side by side, the message stored byte for byte.
+//!   instances side by side, the message stored byte for byte;
+//! - the sidecar's encrypted hop (STARTTLS and implicit, verified) with XCLIENT, the client's
+//!   address from a PROXY header recorded by Postfix.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -233,4 +235,78 @@ fn postfix_sending_mta_through_sidecar_to_postfix_backend() {
     assert_eq!(from, "legacy.x.test (unknown [127.0.0.1])", "{trace}");
     let pickup = "\nReceived: by legacy.x.test (Postfix, from userid 0)\n\tid ";
     assert!(trace.contains(pickup), "{trace}");
+}
+
+/// The sidecar's encrypted hop and XCLIENT against Postfix (`smtpd_authorized_xclient_hosts`),
+/// STARTTLS and implicit TLS, each verified against the test CA and the server's IP address.
+/// The client comes through a PROXY header as 192.0.2.7: Postfix records that address (from
+/// XCLIENT) and the client's own HELO name, and the hop as TLS (`with ESMTPS`).
+#[tokio::test]
+async fn sidecar_encrypted_hop_and_xclient_to_postfix() {
+    let pki = Pki::new("postfix-hop-pki");
+    let ca = pki.dir.0.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let leaf = pki.leaf("legacy", Spec::ca(&[HOSTNAME, "127.0.0.1"]));
+    let options = SmtpdOptions {
+        tls: Some((&leaf.cert, &leaf.key)),
+        implicit_tls: true,
+        xclient: true,
+    };
+    let backend = PostfixMta::backend(HOSTNAME, DOMAIN, &options);
+    for (n, (tls, port)) in [
+        ("starttls", backend.port),
+        ("implicit", backend.implicit_port),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sidecar = start_binary(&format!(
+            "hostname: mx.test\n\
+             shutdown_grace: 2s\n\
+             trust: {{system_roots: false, ca_files: [\"{ca}\"]}}\n\
+             listeners:\n\
+             \x20 - name: inbound\n\
+             \x20   mode: terminate\n\
+             \x20   listen: 127.0.0.1:0\n\
+             \x20   proxy_protocol: true\n\
+             \x20   backend:\n\
+             \x20     servers: [\"{server}\"]\n\
+             \x20     tls: {tls}\n\
+             \x20     xclient: true\n\
+             \x20     health_check_interval: 1h\n\
+             \x20   policy:\n\
+             \x20     received_header: false\n",
+            ca = ca.display(),
+            server = local(port),
+        ));
+        let mut c = Client::connect(sidecar.addr("inbound").unwrap()).await;
+        c.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n").await;
+        assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+        let ehlo = c.cmd("EHLO client.test").await;
+        assert!(!ehlo.contains("XCLIENT"), "{tls}: {ehlo}");
+        let replies = transaction(&mut c, &stuffed(MESSAGE)).await;
+        assert_eq!(without_queue_ids(&replies), ACCEPTED, "{tls}");
+        assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+
+        let stored = backend.delivered_when(n + 1);
+        let stored = &stored[n];
+        assert_eq!(
+            received_from(stored),
+            "client.test (unknown [192.0.2.7])",
+            "{tls}"
+        );
+        let (trace, message) = split_trace(stored);
+        assert_bytes(&message, &lf(MESSAGE));
+        assert!(
+            trace.contains("(Postfix) with ESMTPS id "),
+            "{tls}: {trace}"
+        );
+        let log = backend.maillog();
+        assert_eq!(
+            log.matches("TLS connection established from unknown[127.0.0.1]")
+                .count(),
+            n + 1,
+            "{tls}: {log}"
+        );
+    }
 }
