@@ -332,6 +332,10 @@ pub struct AutoBackend {
     in_auth: bool,
     /// Everything each connection received, for [`check_backend_stream`].
     pub connections: Vec<Vec<u8>>,
+    /// Also offer STARTTLS and XCLIENT (ADDR, PORT, NAME, HELO, PROTO) and answer both `220`,
+    /// for a session with `hop.starttls`/`hop.xclient` (the harness's `hop_tls` completes the
+    /// handshake).
+    pub hop: bool,
 }
 
 impl AutoBackend {
@@ -381,10 +385,23 @@ impl AutoBackend {
             }
             let verb = line.get(..4).map(|v| v.to_ascii_uppercase());
             match verb.as_deref() {
-                Some(b"EHLO") => replies.extend_from_slice(
-                    b"250-legacy.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n\
-                      250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN\r\n",
-                ),
+                Some(b"EHLO") => {
+                    if self.hop {
+                        replies.extend_from_slice(
+                            b"250-legacy.test\r\n250-STARTTLS\r\n\
+                              250-XCLIENT NAME ADDR PORT PROTO HELO\r\n",
+                        );
+                    } else {
+                        replies.extend_from_slice(b"250-legacy.test\r\n");
+                    }
+                    replies.extend_from_slice(
+                        b"250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n\
+                          250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN\r\n",
+                    );
+                }
+                Some(b"STAR" | b"XCLI") if self.hop => {
+                    replies.extend_from_slice(b"220 legacy.test ESMTP\r\n");
+                }
                 // `AUTH PLAIN <initial response>` completes at once; anything else is asked for
                 // one response line.
                 Some(b"AUTH") if line.iter().filter(|&&b| b == b' ').count() >= 2 => {
@@ -405,6 +422,30 @@ impl AutoBackend {
             }
         }
     }
+}
+
+/// XCLIENT's attributes as the sidecar sends them: `NAME=value` pairs, one space apart, names
+/// of Postfix's XCLIENT_README, each once, values xtext (printable ASCII, no space, no `=`).
+fn check_xclient(attributes: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(attributes);
+    let mut seen = Vec::new();
+    for pair in text.split(' ') {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(format!("XCLIENT attribute without a value {pair:?}"));
+        };
+        if !["ADDR", "PORT", "NAME", "HELO", "PROTO"].contains(&name) || seen.contains(&name) {
+            return Err(format!("XCLIENT attribute {name:?} unknown or repeated"));
+        }
+        seen.push(name);
+        if value.is_empty()
+            || !value
+                .bytes()
+                .all(|b| (b'!'..=b'~').contains(&b) && b != b'=')
+        {
+            return Err(format!("XCLIENT {name} value not xtext {value:?}"));
+        }
+    }
+    Ok(())
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -457,6 +498,10 @@ pub fn check_backend_stream(stream: &[u8]) -> Result<(), String> {
             continue;
         }
         in_sasl = false;
+        if let Some(attributes) = line.strip_prefix(b"XCLIENT ") {
+            check_xclient(attributes)?;
+            continue;
+        }
         let cmd = match parse_command(line) {
             Ok(cmd) => cmd,
             Err(_) if sasl_like => continue,

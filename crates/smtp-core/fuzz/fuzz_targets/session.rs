@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use smtp_core::data::{BareNewlines, LongLines};
+use smtp_core::inbound::Hop;
 use smtp_core::testing::{check_backend_stream, test_config, AutoBackend, Harness};
 
 fuzz_target!(|data: &[u8]| {
@@ -13,9 +14,16 @@ fuzz_target!(|data: &[u8]| {
     cfg.bare_newlines = if mode & 1 == 0 { BareNewlines::Reject } else { BareNewlines::Normalize };
     cfg.require_tls = mode & 2 != 0;
     cfg.long_lines = if mode & 4 == 0 { LongLines::Fold } else { LongLines::Reject };
-    let split = usize::from(mode >> 3).max(1);
+    // The encrypted hop and XCLIENT on every backend connection.
+    let hop = mode & 8 != 0;
+    cfg.hop = Hop { starttls: hop, xclient: hop };
+    let split = usize::from(mode >> 4).max(1);
     let mut h = Harness::new(cfg);
+    if hop {
+        h.hop_tls = Some(h.tls_info.clone());
+    }
     let mut backend = AutoBackend::default();
+    backend.hop = hop;
     backend.serve(&mut h);
     for chunk in input.chunks(split) {
         if h.closed {

@@ -8,8 +8,13 @@ use crate::proptest_support::{check_replies, piece};
 use crate::testing::{check_backend_stream, test_config, AutoBackend, Harness};
 
 fn drive(pieces: &[Vec<u8>], split: usize, cfg: crate::inbound::Config) -> (AutoBackend, Vec<u8>) {
+    let hop = cfg.hop.starttls;
     let mut h = Harness::new(cfg);
+    if hop {
+        h.hop_tls = Some(h.tls_info.clone());
+    }
     let mut backend = AutoBackend::default();
+    backend.hop = hop;
     backend.serve(&mut h);
     let input: Vec<u8> = pieces.concat();
     for chunk in input.chunks(split.max(1)) {
@@ -33,8 +38,12 @@ proptest! {
         normalize in any::<bool>(),
         auth_in_plaintext in any::<bool>(),
         reject_long in any::<bool>(),
+        hop in any::<bool>(),
     ) {
         let mut cfg = test_config();
+        // The encrypted hop and XCLIENT: setting up each backend connection changes nothing
+        // of what it carries, and XCLIENT carries client HELO names as xtext only.
+        cfg.hop = crate::inbound::Hop { starttls: hop, xclient: hop };
         cfg.max_message_size = 2000;
         cfg.auth_requires_tls = !auth_in_plaintext;
         cfg.bare_newlines = if normalize { BareNewlines::Normalize } else { BareNewlines::Reject };
@@ -55,7 +64,10 @@ proptest! {
 fn the_checker_catches_what_it_must() {
     let long = [b"DATA\r\n".as_slice(), &[b'x'; 999], b"\r\n.\r\n"].concat();
     let aborted = [b"DATA\r\n".as_slice(), &[b'x'; 999]].concat();
-    let bad: [&[u8]; 10] = [
+    let bad: [&[u8]; 13] = [
+        b"EHLO a\r\nXCLIENT HELO=a b\r\n",
+        b"EHLO a\r\nXCLIENT ADDR=1 ADDR=2\r\n",
+        b"EHLO a\r\nXCLIENT LOGIN=x\r\n",
         &long,
         &aborted,
         b"EHLO a\nMAIL FROM:<a@b>\r\n",
@@ -82,6 +94,28 @@ fn the_checker_catches_what_it_must() {
     // A SASL response that spells a verb is SASL data to the backend (found by the fuzzer).
     let good: &[u8] = b"EHLO a\r\nAUTH LOGIN\r\nsTARTTLS\r\n*\r\nQUIT\r\n";
     assert_eq!(check_backend_stream(good), Ok(()));
+    let good: &[u8] = b"EHLO a\r\nXCLIENT ADDR=IPV6:::1 HELO=a+20b PROTO=ESMTP\r\nEHLO a\r\n";
+    assert_eq!(check_backend_stream(good), Ok(()));
     let longest = [b"DATA\r\n".as_slice(), &[b'x'; 998], b"\r\n.\r\n"].concat();
     assert_eq!(check_backend_stream(&longest), Ok(()));
+}
+
+/// The property above meets the hop: with `hop` on, what the scripted backend receives has
+/// our STARTTLS and an XCLIENT before the client's EHLO.
+#[test]
+fn the_hop_is_exercised() {
+    let mut cfg = test_config();
+    cfg.hop = crate::inbound::Hop {
+        starttls: true,
+        xclient: true,
+    };
+    let pieces = [b"EHLO client.test\r\nMAIL FROM:<a@b.c>\r\n".to_vec()];
+    let (backend, client) = drive(&pieces, 7, cfg);
+    assert_eq!(
+        String::from_utf8_lossy(&backend.connections[0]),
+        "EHLO mx.test\r\nSTARTTLS\r\nEHLO client.test\r\n\
+         XCLIENT ADDR=192.0.2.1 PORT=49152 NAME=[UNAVAILABLE] HELO=client.test PROTO=ESMTP\r\n\
+         EHLO client.test\r\nMAIL FROM:<a@b.c>\r\n"
+    );
+    assert!(String::from_utf8_lossy(&client).ends_with("250 ok\r\n"));
 }
