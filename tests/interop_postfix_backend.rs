@@ -238,7 +238,8 @@ fn postfix_sending_mta_through_sidecar_to_postfix_backend() {
 }
 
 /// The sidecar's encrypted hop and XCLIENT against Postfix (`smtpd_authorized_xclient_hosts`),
-/// STARTTLS and implicit TLS, each verified against the test CA and the server's IP address.
+/// STARTTLS and implicit TLS, each verified against the test CA and the server's IP address,
+/// also on the connection that replaces one after a refused message.
 /// The client comes through a PROXY header as 192.0.2.7: Postfix records that address (from
 /// XCLIENT) and the client's own HELO name, and the hop as TLS (`with ESMTPS`).
 #[tokio::test]
@@ -284,6 +285,10 @@ async fn sidecar_encrypted_hop_and_xclient_to_postfix() {
         assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
         let ehlo = c.cmd("EHLO client.test").await;
         assert!(!ehlo.contains("XCLIENT"), "{tls}: {ehlo}");
+        // A refused message first: the backend connection is replaced, and the new one is
+        // encrypted and given XCLIENT again before the next message.
+        let refused = transaction(&mut c, &smuggling_attempts()[0]).await;
+        assert_eq!(refused[3], REFUSED, "{tls}");
         let replies = transaction(&mut c, &stuffed(MESSAGE)).await;
         assert_eq!(without_queue_ids(&replies), ACCEPTED, "{tls}");
         assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
@@ -302,10 +307,12 @@ async fn sidecar_encrypted_hop_and_xclient_to_postfix() {
             "{tls}: {trace}"
         );
         let log = backend.maillog();
+        // Two connections per round: the one the refused message went over, and its
+        // replacement.
         assert_eq!(
             log.matches("TLS connection established from unknown[127.0.0.1]")
                 .count(),
-            n + 1,
+            2 * (n + 1),
             "{tls}: {log}"
         );
     }
