@@ -62,46 +62,35 @@ fn dialogue(ehlo: &str) -> String {
     format!("{ehlo}MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n{BODY}.\r\nQUIT\r\n")
 }
 
+/// Both hops, verified against the test CA and the server's IP address: what the backend
+/// receives before TLS (our EHLO and STARTTLS, or nothing) and inside it, byte for byte.
 #[tokio::test]
-async fn starttls_hop_verified_against_the_servers_address() {
+async fn tls_hop_verified_against_the_servers_address() {
     let pki = NextHopPki::new();
-    let backend = NextHop::builder()
-        .host("127.0.0.1")
-        .starttls(&pki, Cert::Valid)
+    for (hop, plaintext) in [
+        ("starttls", "EHLO mx.test\r\nSTARTTLS\r\n"),
+        ("implicit", ""),
+    ] {
+        let builder = NextHop::builder().host("127.0.0.1");
+        let backend = match hop {
+            "starttls" => builder.starttls(&pki, Cert::Valid),
+            _ => builder.implicit_tls(&pki, Cert::Valid),
+        }
         .start()
         .await;
-    let bin = sidecar(&backend, &pki, "      tls: starttls\n");
-    assert_eq!(deliver(bin.addr("inbound").unwrap()).await, DELIVERED);
-    let s = backend.next_session().await;
-    assert_eq!(
-        String::from_utf8_lossy(&s.plaintext),
-        "EHLO mx.test\r\nSTARTTLS\r\n"
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&s.encrypted),
-        dialogue("EHLO client.test\r\n")
-    );
-    assert_eq!(s.messages.len(), 1);
-    assert!(s.tls.is_some());
-    assert_eq!(s.end, End::Quit);
-}
-
-#[tokio::test]
-async fn implicit_tls_hop() {
-    let pki = NextHopPki::new();
-    let backend = NextHop::builder()
-        .host("127.0.0.1")
-        .implicit_tls(&pki, Cert::Valid)
-        .start()
-        .await;
-    let bin = sidecar(&backend, &pki, "      tls: implicit\n");
-    assert_eq!(deliver(bin.addr("inbound").unwrap()).await, DELIVERED);
-    let s = backend.next_session().await;
-    assert_eq!(s.plaintext, b"");
-    assert_eq!(
-        String::from_utf8_lossy(&s.encrypted),
-        dialogue("EHLO client.test\r\n")
-    );
+        let bin = sidecar(&backend, &pki, &format!("      tls: {hop}\n"));
+        assert_eq!(deliver(bin.addr("inbound").unwrap()).await, DELIVERED);
+        let s = backend.next_session().await;
+        assert_eq!(String::from_utf8_lossy(&s.plaintext), plaintext, "{hop}");
+        assert_eq!(
+            String::from_utf8_lossy(&s.encrypted),
+            dialogue("EHLO client.test\r\n"),
+            "{hop}"
+        );
+        assert_eq!(s.messages.len(), 1);
+        assert!(s.tls.is_some());
+        assert_eq!(s.end, End::Quit);
+    }
 }
 
 /// A certificate that does not verify (wrong name, untrusted issuer, expired, revoked), or
