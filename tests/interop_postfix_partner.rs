@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::binary::{start_binary, Binary};
 use common::process::{free_port, TempDir};
-use common::{config_yaml, recording_backend, Recorder};
+use common::{config_yaml, recording_backend, Recorder, T};
 use partner_pki::PartnerPki;
 use postfix_mta::{check_postfix, metric, run, scrape_until, text, POSTFIX, POSTQUEUE, SENDMAIL};
 
@@ -474,11 +474,18 @@ fn postfix_partner_without_a_certificate_is_deferred() {
     assert!(out.status.success(), "postqueue -i: {}", text(&out));
     let log = postfix.maillog_when("the second deferral", |l| l.matches(&deferred).count() == 2);
     assert!(!log.contains("status=sent"), "{log}");
-    let queue = postfix.queue();
-    assert!(
-        queue.contains("\"queue_name\": \"deferred\"") && queue.contains(&id),
-        "{queue}"
-    );
+    // The log line comes first; qmgr moves the message to the deferred queue after it.
+    let started = Instant::now();
+    let deferred_again =
+        |queue: &str| queue.contains("\"queue_name\": \"deferred\"") && queue.contains(&id);
+    while !deferred_again(&postfix.queue()) {
+        assert!(
+            started.elapsed() < T,
+            "not deferred again: {}",
+            postfix.queue()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The sidecar refused twice, counted it, and passed nothing on.
     let refused = "smtp_sidecar_policy_rejections_total{enforced=\"true\",listener=\"inbound\",reason=\"domain_secure_no_client_certificate\"}";
