@@ -19,7 +19,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
@@ -27,9 +27,9 @@ mod common;
 use common::binary::{start_binary, Binary};
 use common::config_yaml;
 use common::legacy_backend::{
-    assert_bytes, ca_file, ehlo, encrypted_hop_yaml, ids_masked, lf, matches, received_header_yaml,
-    replies, smuggling_attempts, split_received, starttls_session, stuffed, MESSAGE, NORMALIZED,
-    REFUSED, SIDECAR_RECEIVED, SMUGGLES,
+    assert_received, ca_file, checked_session, ehlo, encrypted_hops, ids_masked, lf,
+    received_header_yaml, replies, smuggling_attempts, spawn_logged, stuffed, MESSAGE, NORMALIZED,
+    REFUSED, SMUGGLES,
 };
 use common::pki::{Leaf, Pki, Spec};
 use common::process::{exactly, free_port, wait_accepting, Guard, TempDir};
@@ -85,12 +85,10 @@ impl Exim {
                 key = leaf.key.display(),
             );
             std::fs::write(&conf_path, conf).unwrap();
-            let out = std::fs::File::create(&log).unwrap();
             // -bdf: daemon in the foreground; -odi: deliver at once, no queue runner.
             let mut cmd = Command::new(&exim);
             cmd.arg("-C").arg(&conf_path).args(["-bdf", "-odi"]);
-            cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap());
-            let mut child = Guard(cmd.stderr(out).spawn().unwrap());
+            let mut child = Guard(spawn_logged(&mut cmd, &log));
             // The daemon binds both ports before it accepts on either; a probe of the implicit
             // one would leave an aborted handshake in its log.
             if wait_accepting(&mut child.0, port) {
@@ -145,15 +143,18 @@ impl Drop for Exim {
 }
 
 /// Exim's EHLO reply (but for its first line), and what the client is shown of it through the
-/// sidecar: no PIPECONNECT, CHUNKING, PRDR or Exim's STARTTLS, SIZE capped at the sidecar's.
+/// sidecar, before STARTTLS and after it: no PIPECONNECT, CHUNKING, PRDR or Exim's STARTTLS,
+/// SIZE capped at the sidecar's.
 const EHLO: &str = "250-SIZE 52428800\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-PIPECONNECT\r\n\
                     250-CHUNKING\r\n250-STARTTLS\r\n250-PRDR\r\n250-SMTPUTF8\r\n250 HELP\r\n";
-const EHLO_PLAIN: &str = "250-mx.test\r\n250-SIZE 36700160\r\n250-8BITMIME\r\n250-PIPELINING\r\n\
-                          250-SMTPUTF8\r\n250-HELP\r\n250 STARTTLS\r\n";
-const EHLO_TLS: &str = "250-mx.test\r\n250-SIZE 36700160\r\n250-8BITMIME\r\n250-PIPELINING\r\n\
-                        250-SMTPUTF8\r\n250 HELP\r\n";
+const SHOWN: [&str; 2] = [
+    "250-mx.test\r\n250-SIZE 36700160\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n\
+     250-HELP\r\n250 STARTTLS\r\n",
+    "250-mx.test\r\n250-SIZE 36700160\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n\
+     250 HELP\r\n",
+];
 
-/// Replies to a transaction Exim accepts, its message id masked by [`masked`].
+/// Replies to a transaction Exim accepts, its message id masked.
 const ACCEPTED: [&str; 4] = [
     "250 OK\r\n",
     "250 Accepted\r\n",
@@ -161,8 +162,22 @@ const ACCEPTED: [&str; 4] = [
     "250 OK id=<id>\r\n",
 ];
 
-fn masked(replies: &[String]) -> Vec<String> {
-    ids_masked(replies, "250 OK id=", "\r\n")
+/// Exim's Received header on a message from the shared client over a plaintext hop, and over
+/// TLS 1.3 (the cipher, GnuTLS's, in the name of the IANA suite), as
+/// [`common::legacy_backend::matches`] patterns.
+const EXIM_RECEIVED: &str = "Received: from [127.0.0.1] (helo=client.test)\n\
+    \tby legacy.test with esmtp (Exim 4.*)\n\
+    \t(envelope-from <a@x.test>)\n\tid *\n\tfor b@y.test;\n\t* +0000";
+const EXIM_RECEIVED_TLS: &str = "Received: from [127.0.0.1] (helo=client.test)\n\
+    \tby legacy.test with esmtps  (TLS1.3) tls TLS_*\n\t(Exim 4.*)\n\
+    \t(envelope-from <a@x.test>)\n\tid *\n\tfor b@y.test;\n\t* +0000";
+
+/// A STARTTLS session through `sidecar` to Exim, shown [`SHOWN`]: the replies, Exim's message
+/// ids masked.
+async fn session(sidecar: &Binary, data: &[Vec<u8>], what: &str) -> Vec<String> {
+    let addr = sidecar.addr("inbound").unwrap();
+    let replies = checked_session(addr, SHOWN, data, what).await;
+    ids_masked(&replies, "250 OK id=", "\r\n")
 }
 
 /// Exim (with a certificate for legacy.test and 127.0.0.1 from a test CA) and the sidecar in
@@ -176,36 +191,6 @@ fn setup(policy: &str, received: bool) -> (Exim, Binary, Pki) {
         false => config_yaml(exim.addr(), "starttls", policy),
     };
     (exim, start_binary(&yaml), pki)
-}
-
-/// Exim's Received header on a message from the shared client over a plaintext hop, and over
-/// TLS 1.3 (the cipher, GnuTLS's, in the name of the IANA suite), as [`matches`] patterns.
-const EXIM_RECEIVED: &str = "Received: from [127.0.0.1] (helo=client.test)\n\
-    \tby legacy.test with esmtp (Exim 4.*)\n\
-    \t(envelope-from <a@x.test>)\n\tid *\n\tfor b@y.test;\n\t* +0000";
-const EXIM_RECEIVED_TLS: &str = "Received: from [127.0.0.1] (helo=client.test)\n\
-    \tby legacy.test with esmtps  (TLS1.3) tls TLS_*\n\t(Exim 4.*)\n\
-    \t(envelope-from <a@x.test>)\n\tid *\n\tfor b@y.test;\n\t* +0000";
-
-/// `stored` is `message` (LF line ends) under Exim's Received header (`tls`: over a TLS 1.3
-/// hop) and, when `ours`, the sidecar's below it.
-#[track_caller]
-fn assert_stored(stored: &[u8], message: &[u8], tls: bool, ours: bool) {
-    let (trace, rest) = split_received(stored);
-    assert_bytes(&rest, &lf(message));
-    let exim = if tls {
-        EXIM_RECEIVED_TLS
-    } else {
-        EXIM_RECEIVED
-    };
-    let expected = match ours {
-        true => format!("{exim}\n{SIDECAR_RECEIVED}"),
-        false => exim.to_owned(),
-    };
-    assert!(
-        matches(&expected, &trace),
-        "got:\n{trace}\nwant:\n{expected}"
-    );
 }
 
 /// The lines of Exim's log that record a message received (`<=`).
@@ -225,12 +210,15 @@ async fn exim_backend_starttls_delivery() {
     let direct = format!("250-legacy.test Hello client.test [127.0.0.1]\r\n{EHLO}");
     assert_eq!(ehlo(exim.addr()).await, direct);
 
-    let session = starttls_session(sidecar.addr("inbound").unwrap(), &[stuffed(MESSAGE)]).await;
-    assert_eq!(session.ehlo_plain, EHLO_PLAIN);
-    assert_eq!(session.ehlo_tls, EHLO_TLS);
-    assert_eq!(masked(&session.replies), replies(ACCEPTED, &[ACCEPTED[3]]));
-    assert_stored(&exim.delivered_when(1)[0], MESSAGE, false, true);
-    // The hop is plaintext: no `X=` (TLS) in the log line of the message.
+    let replies_seen = session(&sidecar, &[stuffed(MESSAGE)], "delivery").await;
+    assert_eq!(replies_seen, replies(ACCEPTED, &[ACCEPTED[3]]));
+    // Both Received headers, the hop plaintext (no `X=`, TLS, in the log line either).
+    assert_received(
+        &exim.delivered_when(1)[0],
+        &lf(MESSAGE),
+        EXIM_RECEIVED,
+        true,
+    );
     let received = received_lines(&exim);
     assert!(
         received.len() == 1 && received[0].contains(" P=esmtp S="),
@@ -243,14 +231,23 @@ async fn exim_backend_smuggling_refused() {
     let (exim, sidecar, _pki) = setup("      bare_newlines: reject\n", false);
     let mut data = smuggling_attempts();
     data.push(stuffed(MESSAGE));
-    let session = starttls_session(sidecar.addr("inbound").unwrap(), &data).await;
     let ends = [REFUSED, REFUSED, REFUSED, ACCEPTED[3]];
-    assert_eq!(masked(&session.replies), replies(ACCEPTED, &ends));
+    assert_eq!(
+        session(&sidecar, &data, "reject").await,
+        replies(ACCEPTED, &ends)
+    );
     // Only the clean message: nothing of the refused ones, smuggled or not.
-    assert_stored(&exim.delivered_when(1)[0], MESSAGE, false, false);
+    assert_received(
+        &exim.delivered_when(1)[0],
+        &lf(MESSAGE),
+        EXIM_RECEIVED,
+        false,
+    );
     let received = received_lines(&exim);
+    let clean = " <= a@x.test H=(client.test) [127.0.0.1] P=esmtp ";
+    let only = received.len() == 1 && received[0].contains(clean);
     assert!(
-        received.len() == 1 && received[0].contains(" id=legacy-backend@x.test"),
+        only && received[0].ends_with(" id=legacy-backend@x.test"),
         "{received:?}"
     );
 }
@@ -258,11 +255,11 @@ async fn exim_backend_smuggling_refused() {
 #[tokio::test]
 async fn exim_backend_smuggling_normalized_into_body() {
     let (exim, sidecar, _pki) = setup("      bare_newlines: normalize\n", false);
-    let session = starttls_session(sidecar.addr("inbound").unwrap(), &smuggling_attempts()).await;
     let ends = [ACCEPTED[3]; SMUGGLES.len()];
-    assert_eq!(masked(&session.replies), replies(ACCEPTED, &ends));
+    let replies_seen = session(&sidecar, &smuggling_attempts(), "normalize").await;
+    assert_eq!(replies_seen, replies(ACCEPTED, &ends));
     for stored in exim.delivered_when(SMUGGLES.len()) {
-        assert_stored(&stored, NORMALIZED, false, false);
+        assert_received(&stored, &lf(NORMALIZED), EXIM_RECEIVED, false);
     }
 }
 
@@ -275,18 +272,11 @@ async fn sidecar_encrypted_hop_to_exim() {
     let pki = Pki::new("exim-hop-pki");
     let ca = ca_file(&pki);
     let exim = Exim::start(&pki.leaf("legacy", Spec::ca(&["legacy.test", "127.0.0.1"])));
-    for (n, (hop, port)) in [("starttls", exim.port), ("implicit", exim.implicit_port)]
-        .into_iter()
-        .enumerate()
-    {
-        let backend = SocketAddr::from(([127, 0, 0, 1], port));
-        let sidecar = start_binary(&encrypted_hop_yaml(backend, hop, &ca, ""));
-        let session = starttls_session(sidecar.addr("inbound").unwrap(), &[stuffed(MESSAGE)]).await;
-        assert_eq!(session.ehlo_plain, EHLO_PLAIN, "{hop}");
-        assert_eq!(session.ehlo_tls, EHLO_TLS, "{hop}");
-        let expected = replies(ACCEPTED, &[ACCEPTED[3]]);
-        assert_eq!(masked(&session.replies), expected, "{hop}");
-        assert_stored(&exim.delivered_when(n + 1)[n], MESSAGE, true, false);
+    for (n, hop, sidecar) in encrypted_hops(exim.port, exim.implicit_port, &ca) {
+        let replies_seen = session(&sidecar, &[stuffed(MESSAGE)], hop).await;
+        assert_eq!(replies_seen, replies(ACCEPTED, &[ACCEPTED[3]]), "{hop}");
+        let stored = &exim.delivered_when(n + 1)[n];
+        assert_received(stored, &lf(MESSAGE), EXIM_RECEIVED_TLS, false);
         let received = received_lines(&exim);
         assert_eq!(received.len(), n + 1, "{hop}: {received:?}");
         assert!(

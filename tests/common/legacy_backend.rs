@@ -6,8 +6,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
+use super::binary::{start_binary, Binary};
 use super::pki::Pki;
 use super::{config_yaml, AcceptAny, Client};
 
@@ -194,6 +196,33 @@ pub fn encrypted_hop_yaml(backend: SocketAddr, hop: &str, ca: &Path, policy: &st
     format!("{trust}{yaml}")
 }
 
+/// For an MTA listening on 127.0.0.1 with STARTTLS on `starttls` and implicit TLS on
+/// `implicit`: each hop in turn (its index and name) with the sidecar in front of it
+/// ([`encrypted_hop_yaml`], no policy lines), started when its turn comes.
+pub fn encrypted_hops(
+    starttls: u16,
+    implicit: u16,
+    ca: &Path,
+) -> impl Iterator<Item = (usize, &'static str, Binary)> + '_ {
+    let hops = [("starttls", starttls), ("implicit", implicit)];
+    hops.into_iter().enumerate().map(move |(n, (hop, port))| {
+        let backend = SocketAddr::from(([127, 0, 0, 1], port));
+        (
+            n,
+            hop,
+            start_binary(&encrypted_hop_yaml(backend, hop, ca, "")),
+        )
+    })
+}
+
+/// `cmd` spawned with no input and its output (stdout and stderr) to `log`, created anew: an
+/// MTA daemon, whose log a failing test prints.
+pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap());
+    cmd.stderr(out).spawn().unwrap()
+}
+
 /// [`config_yaml`] with the sidecar's own Received header on.
 pub fn received_header_yaml(backend: SocketAddr, tls: &str, policy: &str) -> String {
     let yaml = config_yaml(backend, tls, policy);
@@ -206,6 +235,35 @@ pub const SIDECAR_RECEIVED: &str = "Received: from client.test ([127.0.0.1])\n\
     \tby mx.test (smtp-sidecar) with ESMTPS\n\
     \t(version=TLSv1.3 cipher=TLS13_*);\n\
     \t* +0000";
+
+/// `stored` is `message` (as the MTA stores or relays it) under the MTA's Received header
+/// `theirs` (a [`matches`] pattern) and, when `ours`, the sidecar's ([`SIDECAR_RECEIVED`]) below.
+#[track_caller]
+pub fn assert_received(stored: &[u8], message: &[u8], theirs: &str, ours: bool) {
+    let (trace, rest) = split_received(stored);
+    assert_bytes(&rest, message);
+    let expected = match ours {
+        true => format!("{theirs}\n{SIDECAR_RECEIVED}"),
+        false => theirs.to_owned(),
+    };
+    let ok = matches(&expected, &trace);
+    assert!(ok, "got:\n{trace}\nwant:\n{expected}");
+}
+
+/// A [`starttls_session`] through the sidecar at `sidecar` that shows the client `ehlo` (the
+/// EHLO reply before STARTTLS, and after it): the replies to the transactions and to QUIT.
+/// `what` names the case in a failure.
+pub async fn checked_session(
+    sidecar: SocketAddr,
+    ehlo: [&str; 2],
+    data: &[Vec<u8>],
+    what: &str,
+) -> Vec<String> {
+    let session = starttls_session(sidecar, data).await;
+    assert_eq!(session.ehlo_plain, ehlo[0], "{what}");
+    assert_eq!(session.ehlo_tls, ehlo[1], "{what}");
+    session.replies
+}
 
 /// Whether `text` is `pattern`, each `*` in which stands for any run of characters within one
 /// line: exact but for what varies (ids, dates, ciphers), the number of lines included.
