@@ -1,47 +1,52 @@
 //! Interoperability with Exim 4 as the legacy backend: the real `smtp-sidecar` binary in front
-//! of a real Exim daemon (Debian's exim4-daemon-light, unpacked under
-//! target/interop-tools/exim4 by scripts/test.sh) that appends every message it accepts to a
-//! file, driven by Python's smtplib. A missing Exim is a failure, never a skip.
+//! of a real Exim daemon (Debian's exim4-daemon-light, built with GnuTLS, unpacked under
+//! target/interop-tools/exim4 by scripts/test.sh) that offers STARTTLS and implicit TLS with a
+//! certificate from a test CA and delivers every message to a Maildir, one file per message.
+//! What Exim stores is what the client sent, LF line ends, under the Received header fields on
+//! top (Exim's, and the sidecar's where a test asks for it), which are checked apart. The client
+//! is the tests' own, on STARTTLS (tests/common/legacy_backend.rs). A missing Exim is a failure,
+//! never a skip.
+//!
+//! - delivery: leading dots unstuffed exactly once, Exim's STARTTLS, CHUNKING, PRDR and
+//!   PIPECONNECT never shown to the client, the hop plaintext (`with esmtp`), both Received
+//!   headers;
+//! - smuggling under `bare_newlines: reject` (each attempt refused, nothing stored, the clean
+//!   message after them delivered alone) and `normalize`;
+//! - the sidecar's encrypted hop to it, STARTTLS and implicit (`tls_on_connect_ports`),
+//!   verified against the test CA and 127.0.0.1: `with esmtps (TLS1.3)` in Exim's Received
+//!   header, `X=TLS1.3` in its log.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 mod common;
 
-use common::process::{free_port, wait_accepting, Guard, TempDir};
+use common::binary::{start_binary, Binary};
+use common::config_yaml;
+use common::legacy_backend::{
+    assert_received, ca_file, checked_session, ehlo, encrypted_hops, ids_masked, lf,
+    received_header_yaml, replies, smuggling_attempts, spawn_logged, stuffed, MESSAGE, NORMALIZED,
+    REFUSED, SMUGGLES,
+};
+use common::pki::{Leaf, Pki, Spec};
+use common::process::{exactly, free_port, wait_accepting, Guard, TempDir};
 
-/// Start `cmd` (stdout and stderr to `log`) listening on a port `make` chose; 3 attempts.
-fn start(what: &str, log: &Path, mut make: impl FnMut(u16) -> Command) -> (Guard, u16) {
-    for _attempt in 0..3 {
-        let port = free_port();
-        let out = std::fs::File::create(log).unwrap();
-        let mut cmd = make(port);
-        cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap());
-        let mut child = Guard(cmd.stderr(out).spawn().unwrap());
-        if wait_accepting(&mut child.0, port) {
-            return (child, port);
-        }
-        let log = std::fs::read_to_string(log).unwrap_or_default();
-        eprintln!("{what} exited (port {port} taken?):\n{log}");
-    }
-    panic!("{what} did not start");
-}
-
-/// Exim as a foreground daemon on 127.0.0.1, appending every message to `<dir>/out/mailbox`
-/// exactly as stored (no prefix, no suffix), plus the sidecar in front of it.
-struct Setup {
+/// Exim as a foreground daemon on 127.0.0.1 as legacy.test, with `leaf` for its TLS: STARTTLS
+/// on `port`, implicit TLS on `implicit_port`, every message delivered at once to a Maildir (as
+/// Debian-exim, one file per message, nothing added but its Received header). Its log is
+/// printed when a test fails.
+struct Exim {
+    port: u16,
+    implicit_port: u16,
     dir: TempDir,
-    sidecar_port: u16,
-    _exim: Guard,
-    _sidecar: Guard,
+    _child: Guard,
 }
 
-impl Setup {
-    fn start(policy: &[&str]) -> Setup {
+impl Exim {
+    fn start(leaf: &Leaf) -> Exim {
         let exim = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop-tools/exim4");
         let exim = exim.join("usr/sbin/exim4");
         // Debian's build looks its user up before reading any configuration.
@@ -56,208 +61,227 @@ impl Setup {
         );
         let dir = TempDir::new("exim");
         let (spool, out) = (dir.open_subdir("spool"), dir.open_subdir("out"));
-        let conf = format!(
-            "primary_hostname = legacy.test\nqualify_domain = legacy.test\n\
-             exim_path = {exim}\nspool_directory = {spool}\nlog_file_path = {spool}/%slog\n\
-             keep_environment =\nhost_lookup =\nrfc1413_hosts =\ntls_advertise_hosts =\n\
-             local_interfaces = 127.0.0.1\nprdr_enable = true\nacl_smtp_rcpt = rcpt\n\
-             begin acl\nrcpt:\n  accept hosts = 127.0.0.1\n  deny\n\
-             begin routers\nall:\n  driver = accept\n  transport = mailbox\n\
-             begin transports\nmailbox:\n  driver = appendfile\n  file = {out}/mailbox\n\
-             \x20 user = Debian-exim\n  message_prefix =\n  message_suffix =\n",
-            exim = exim.display(),
-            spool = spool.display(),
-            out = out.display(),
-        );
         let conf_path = dir.0.join("exim.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        // -bdf: daemon in the foreground; -oX: its port; -odi: deliver at once, no queue runner.
-        let (exim, exim_port) = start("exim", &dir.0.join("exim.log"), |port| {
-            let mut cmd = Command::new(&exim);
-            cmd.arg("-C").arg(&conf_path);
-            cmd.args(["-bdf", "-odi", "-oX", &port.to_string()]);
-            cmd
-        });
-        let policy: String = policy.iter().map(|l| format!("      {l}\n")).collect();
-        let config = dir.0.join("config.yaml");
-        let (sidecar, sidecar_port) = start("sidecar", &dir.0.join("sidecar.log"), |port| {
-            let yaml = format!(
-                "hostname: mx.test\nstate_dir: {}\nshutdown_grace: 1s\ncertificates: []\n\
-                 listeners:\n  - name: inbound\n    mode: terminate\n    listen: 127.0.0.1:{port}\n\
-                 \x20   tls: starttls\n    backend:\n      servers: [\"127.0.0.1:{exim_port}\"]\n\
-                 \x20     connect_timeout: 2s\n    policy:\n      received_header: true\n{policy}",
-                dir.0.join("state").display()
+        let log = dir.0.join("exim.log");
+        for _attempt in 0..3 {
+            let (port, implicit_port) = (free_port(), free_port());
+            let conf = format!(
+                "primary_hostname = legacy.test\nqualify_domain = legacy.test\n\
+                 exim_path = {exim}\nspool_directory = {spool}\nlog_file_path = {spool}/%slog\n\
+                 keep_environment =\nhost_lookup =\nrfc1413_hosts =\n\
+                 local_interfaces = 127.0.0.1\n\
+                 daemon_smtp_ports = {port} : {implicit_port}\n\
+                 tls_on_connect_ports = {implicit_port}\n\
+                 tls_advertise_hosts = *\ntls_certificate = {cert}\ntls_privatekey = {key}\n\
+                 prdr_enable = true\nacl_smtp_rcpt = rcpt\n\
+                 begin acl\nrcpt:\n  accept hosts = 127.0.0.1\n  deny\n\
+                 begin routers\nall:\n  driver = accept\n  transport = maildir\n\
+                 begin transports\nmaildir:\n  driver = appendfile\n  \
+                 directory = {out}/maildir\n  maildir_format\n  user = Debian-exim\n",
+                exim = exim.display(),
+                spool = spool.display(),
+                out = out.display(),
+                cert = leaf.cert.display(),
+                key = leaf.key.display(),
             );
-            std::fs::write(&config, yaml).unwrap();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"));
-            cmd.arg("run").arg("-c").arg(&config);
-            cmd
-        });
-        Setup {
-            dir,
-            sidecar_port,
-            _exim: exim,
-            _sidecar: sidecar,
-        }
-    }
-
-    /// What Exim appended to its mailbox so far ("" if it has not created it).
-    fn mailbox(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("out/mailbox")).unwrap_or_default()
-    }
-
-    /// Poll the mailbox (10 s at most) until `done` holds.
-    fn mailbox_when(&self, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let m = self.mailbox();
-            if done(&m) {
-                return m;
+            std::fs::write(&conf_path, conf).unwrap();
+            // -bdf: daemon in the foreground; -odi: deliver at once, no queue runner.
+            let mut cmd = Command::new(&exim);
+            cmd.arg("-C").arg(&conf_path).args(["-bdf", "-odi"]);
+            let mut child = Guard(spawn_logged(&mut cmd, &log));
+            // The daemon binds both ports before it accepts on either; a probe of the implicit
+            // one would leave an aborted handshake in its log.
+            if wait_accepting(&mut child.0, port) {
+                return Exim {
+                    port,
+                    implicit_port,
+                    dir,
+                    _child: child,
+                };
             }
-            assert!(Instant::now() < deadline, "mailbox after 10 s:\n{m}");
-            std::thread::sleep(Duration::from_millis(50));
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!("exim exited (port {port} or {implicit_port} taken?):\n{log}");
         }
+        panic!("exim did not start");
+    }
+
+    /// Its STARTTLS port.
+    fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// The messages delivered so far, by file name.
+    fn delivered(&self) -> Vec<Vec<u8>> {
+        let Ok(entries) = std::fs::read_dir(self.dir.0.join("out/maildir/new")) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+    }
+
+    /// The messages delivered once there are `n` (10 s at most), and no more.
+    fn delivered_when(&self, n: usize) -> Vec<Vec<u8>> {
+        exactly(n, "messages delivered", Duration::from_secs(10), || {
+            self.delivered()
+        })
+    }
+
+    fn mainlog(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("spool/mainlog")).unwrap_or_default()
     }
 }
 
-impl Drop for Setup {
+impl Drop for Exim {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let read = |p: &str| std::fs::read_to_string(self.dir.0.join(p)).unwrap_or_default();
-            let (side, exim, main) = (read("sidecar.log"), read("exim.log"), read("spool/mainlog"));
-            eprintln!("--- sidecar ---\n{side}--- exim ---\n{exim}--- exim mainlog ---\n{main}");
+            let (exim, main) = (read("exim.log"), read("spool/mainlog"));
+            eprintln!("--- exim ---\n{exim}--- exim mainlog ---\n{main}");
         }
     }
 }
 
-/// Python's smtplib, `python3 -u -c <script> <port>`, read line by line (20 s per line).
-struct Python {
-    child: Guard,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
+/// Exim's EHLO reply (but for its first line), and what the client is shown of it through the
+/// sidecar, before STARTTLS and after it: no PIPECONNECT, CHUNKING, PRDR or Exim's STARTTLS,
+/// SIZE capped at the sidecar's.
+const EHLO: &str = "250-SIZE 52428800\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-PIPECONNECT\r\n\
+                    250-CHUNKING\r\n250-STARTTLS\r\n250-PRDR\r\n250-SMTPUTF8\r\n250 HELP\r\n";
+const SHOWN: [&str; 2] = [
+    "250-mx.test\r\n250-SIZE 36700160\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n\
+     250-HELP\r\n250 STARTTLS\r\n",
+    "250-mx.test\r\n250-SIZE 36700160\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n\
+     250 HELP\r\n",
+];
+
+/// Replies to a transaction Exim accepts, its message id masked.
+const ACCEPTED: [&str; 4] = [
+    "250 OK\r\n",
+    "250 Accepted\r\n",
+    "354 Enter message, ending with \".\" on a line by itself\r\n",
+    "250 OK id=<id>\r\n",
+];
+
+/// Exim's Received header on a message from the shared client over a plaintext hop, and over
+/// TLS 1.3 (the cipher, GnuTLS's, in the name of the IANA suite), as
+/// [`common::legacy_backend::matches`] patterns.
+const EXIM_RECEIVED: &str = "Received: from [127.0.0.1] (helo=client.test)\n\
+    \tby legacy.test with esmtp (Exim 4.*)\n\
+    \t(envelope-from <a@x.test>)\n\tid *\n\tfor b@y.test;\n\t* +0000";
+const EXIM_RECEIVED_TLS: &str = "Received: from [127.0.0.1] (helo=client.test)\n\
+    \tby legacy.test with esmtps  (TLS1.3) tls TLS_*\n\t(Exim 4.*)\n\
+    \t(envelope-from <a@x.test>)\n\tid *\n\tfor b@y.test;\n\t* +0000";
+
+/// A STARTTLS session through `sidecar` to Exim, shown [`SHOWN`]: the replies, Exim's message
+/// ids masked.
+async fn session(sidecar: &Binary, data: &[Vec<u8>], what: &str) -> Vec<String> {
+    let addr = sidecar.addr("inbound").unwrap();
+    let replies = checked_session(addr, SHOWN, data, what).await;
+    ids_masked(&replies, "250 OK id=", "\r\n")
 }
 
-const PY_PRELUDE: &str = "import smtplib, ssl, sys
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), local_hostname='client.test', timeout=20)
-def features(): return ' '.join(sorted(s.esmtp_features))
-";
-
-impl Python {
-    fn spawn(port: u16, script: &str) -> Python {
-        let mut cmd = Command::new("python3");
-        cmd.arg("-u").arg("-c").arg(format!("{PY_PRELUDE}{script}"));
-        cmd.arg(port.to_string()).stdin(Stdio::piped());
-        let child = cmd.stdout(Stdio::piped()).spawn();
-        let mut child = Guard(child.expect("python3 not found: apt-get install python3"));
-        let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap_or(0) == 0 || tx.send(line).is_err() {
-                return;
-            }
-        });
-        let stdin = child.0.stdin.take().unwrap();
-        Python {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn line(&self) -> String {
-        let line = self.lines.recv_timeout(Duration::from_secs(20));
-        line.unwrap_or_else(|e| panic!("no line from python: {e}"))
-    }
-
-    /// The rest of its output, and whether it exited 0 (within 20 s).
-    fn finish(mut self) -> (String, bool) {
-        let out: String =
-            std::iter::from_fn(|| self.lines.recv_timeout(Duration::from_secs(20)).ok()).collect();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.0.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "python still running: {out}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (out, self.child.0.wait().unwrap().success())
-    }
+/// Exim (with a certificate for legacy.test and 127.0.0.1 from a test CA) and the sidecar in
+/// front of it on a plaintext hop, with these policy lines and the sidecar's Received header
+/// when `received`.
+fn setup(policy: &str, received: bool) -> (Exim, Binary, Pki) {
+    let pki = Pki::new("exim-pki");
+    let exim = Exim::start(&pki.leaf("legacy", Spec::ca(&["legacy.test", "127.0.0.1"])));
+    let yaml = match received {
+        true => received_header_yaml(exim.addr(), "starttls", policy),
+        false => config_yaml(exim.addr(), "starttls", policy),
+    };
+    (exim, start_binary(&yaml), pki)
 }
 
-/// The Received header the sidecar adds, as Exim stores it (LF line ends).
-const OURS: &str = "Received: from client.test ([127.0.0.1])\n\tby mx.test (smtp-sidecar) \
-                    with ESMTPS\n\t(version=TLSv1.3 cipher=TLS13_";
-/// The one Exim adds on top.
-const EXIM: &str = "Received: from [127.0.0.1] (helo=client.test)\n\tby legacy.test with esmtp";
+/// The lines of Exim's log that record a message received (`<=`).
+fn received_lines(exim: &Exim) -> Vec<String> {
+    let log = exim.mainlog();
+    log.lines()
+        .filter(|l| l.contains(" <= "))
+        .map(str::to_owned)
+        .collect()
+}
 
-#[test]
-fn exim_backend_starttls_delivery() {
-    let setup = Setup::start(&[]);
-    let script = "print(s.ehlo()[0], features())
-print(s.starttls(context=ctx)[0])
-print(s.ehlo()[0], features())
-body = b'Subject: exim\\r\\n\\r\\nfirst line\\r\\n.leading\\r\\n..two dots\\r\\nlast line\\r\\n'
-print(s.mail('a@x.test')[0], s.rcpt('b@y.test')[0], s.data(body)[0])
-print(s.quit()[0])";
-    let py = Python::spawn(setup.sidecar_port, script);
-    let (out, ok) = py.finish();
-    assert!(ok, "{out}");
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 5, "{out}");
-    // Exim advertises CHUNKING, PRDR and PIPECONNECT: none may reach the client; STARTTLS is
-    // the sidecar's own, before TLS only.
-    let ehlo = "8bitmime help pipelining size smtputf8";
-    assert_eq!(lines[0], format!("250 {ehlo} starttls"), "{out}");
-    let tls = format!("250 {ehlo}");
-    assert_eq!(lines[1..3], ["220", tls.as_str()], "{out}");
-    assert_eq!(lines[3..], ["250 250 250", "221"], "{out}");
+#[tokio::test]
+async fn exim_backend_starttls_delivery() {
+    let (exim, sidecar, _pki) = setup("", true);
+    // Exim offers STARTTLS, PIPECONNECT, CHUNKING and PRDR itself: what the client must never
+    // be shown.
+    let direct = format!("250-legacy.test Hello client.test [127.0.0.1]\r\n{EHLO}");
+    assert_eq!(ehlo(exim.addr()).await, direct);
 
-    let body = "Subject: exim\n\nfirst line\n.leading\n..two dots\nlast line\n";
-    let mbox = setup.mailbox_when(|m| m.ends_with(body));
-    assert!(mbox.starts_with(EXIM), "{mbox}");
-    let at = mbox
-        .find(OURS)
-        .unwrap_or_else(|| panic!("no sidecar header:\n{mbox}"));
-    let ours: Vec<&str> = mbox[at..].lines().collect();
-    let date_then_body = format!("{}\n{body}", ours[3]);
-    assert!(
-        ours[3].starts_with('\t') && ours[3].ends_with(" +0000"),
-        "{mbox}"
+    let replies_seen = session(&sidecar, &[stuffed(MESSAGE)], "delivery").await;
+    assert_eq!(replies_seen, replies(ACCEPTED, &[ACCEPTED[3]]));
+    // Both Received headers, the hop plaintext (no `X=`, TLS, in the log line either).
+    assert_received(
+        &exim.delivered_when(1)[0],
+        &lf(MESSAGE),
+        EXIM_RECEIVED,
+        true,
     );
-    assert!(mbox[at..].ends_with(&date_then_body), "{mbox}");
-    assert_eq!(mbox.matches("Received: ").count(), 2, "{mbox}");
+    let received = received_lines(&exim);
+    assert!(
+        received.len() == 1 && received[0].contains(" P=esmtp S="),
+        "{received:?}"
+    );
 }
 
-#[test]
-fn exim_backend_smuggling_refused() {
-    let setup = Setup::start(&["bare_newlines: reject"]);
-    let script = "s.ehlo(); s.starttls(context=ctx); s.ehlo()
-print(s.mail('a@x.test')[0], s.rcpt('b@y.test')[0], s.docmd('DATA')[0])
-s.send(b'Subject: smuggle\\r\\n\\r\\nhello\\n.\\nMAIL FROM:<evil@x.test>\\r\\n'
-       b'RCPT TO:<victim@y.test>\\r\\nDATA\\r\\nsmuggled\\r\\n\\r\\n.\\r\\n')
-print(*s.getreply())
-sys.stdin.readline()
-print(s.mail('a@x.test')[0], s.rcpt('b@y.test')[0], s.data(b'Subject: after\\r\\n\\r\\nclean\\r\\n')[0])
-print(s.quit()[0])";
-    let mut py = Python::spawn(setup.sidecar_port, script);
-    assert_eq!(py.line(), "250 250 354\n");
-    let refused = py.line();
-    assert!(refused.starts_with("550 b'5.6.11 "), "{refused}");
-    // Nothing of the refused message may be delivered, smuggled or not.
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(setup.mailbox(), "", "delivered after 550");
-    py.stdin.write_all(b"go\n").unwrap();
-    let (out, ok) = py.finish();
-    assert!(ok && out == "250 250 250\n221\n", "{out}");
-    let mbox = setup.mailbox_when(|m| m.ends_with("Subject: after\n\nclean\n"));
-    let once = mbox.starts_with(EXIM) && mbox.matches("Received: ").count() == 2;
-    assert!(
-        once && !mbox.contains("smuggle") && !mbox.contains("evil"),
-        "{mbox}"
+#[tokio::test]
+async fn exim_backend_smuggling_refused() {
+    let (exim, sidecar, _pki) = setup("      bare_newlines: reject\n", false);
+    let mut data = smuggling_attempts();
+    data.push(stuffed(MESSAGE));
+    let ends = [REFUSED, REFUSED, REFUSED, ACCEPTED[3]];
+    assert_eq!(
+        session(&sidecar, &data, "reject").await,
+        replies(ACCEPTED, &ends)
     );
-    // Exim's log: exactly one message accepted, the clean one.
-    let log = std::fs::read_to_string(setup.dir.0.join("spool/mainlog")).unwrap();
-    let accepted: Vec<&str> = log.lines().filter(|l| l.contains(" <= ")).collect();
-    assert_eq!(accepted.len(), 1, "{log}");
-    assert!(accepted[0].contains(" <= a@x.test "), "{log}");
+    // Only the clean message: nothing of the refused ones, smuggled or not.
+    assert_received(
+        &exim.delivered_when(1)[0],
+        &lf(MESSAGE),
+        EXIM_RECEIVED,
+        false,
+    );
+    let received = received_lines(&exim);
+    let clean = " <= a@x.test H=(client.test) [127.0.0.1] P=esmtp ";
+    let only = received.len() == 1 && received[0].contains(clean);
+    assert!(
+        only && received[0].ends_with(" id=legacy-backend@x.test"),
+        "{received:?}"
+    );
+}
+
+#[tokio::test]
+async fn exim_backend_smuggling_normalized_into_body() {
+    let (exim, sidecar, _pki) = setup("      bare_newlines: normalize\n", false);
+    let ends = [ACCEPTED[3]; SMUGGLES.len()];
+    let replies_seen = session(&sidecar, &smuggling_attempts(), "normalize").await;
+    assert_eq!(replies_seen, replies(ACCEPTED, &ends));
+    for stored in exim.delivered_when(SMUGGLES.len()) {
+        assert_received(&stored, &lf(NORMALIZED), EXIM_RECEIVED, false);
+    }
+}
+
+/// The sidecar's encrypted hop to Exim (GnuTLS), STARTTLS and implicit TLS
+/// (`tls_on_connect_ports`), verified against the test CA and the server's IP address: the
+/// message arrives byte for byte, and Exim records the hop as TLS 1.3 (`with esmtps (TLS1.3)`
+/// in its Received header, `P=esmtps X=TLS1.3:` in its log).
+#[tokio::test]
+async fn sidecar_encrypted_hop_to_exim() {
+    let pki = Pki::new("exim-hop-pki");
+    let ca = ca_file(&pki);
+    let exim = Exim::start(&pki.leaf("legacy", Spec::ca(&["legacy.test", "127.0.0.1"])));
+    for (n, hop, sidecar) in encrypted_hops(exim.port, exim.implicit_port, &ca) {
+        let replies_seen = session(&sidecar, &[stuffed(MESSAGE)], hop).await;
+        assert_eq!(replies_seen, replies(ACCEPTED, &[ACCEPTED[3]]), "{hop}");
+        let stored = &exim.delivered_when(n + 1)[n];
+        assert_received(stored, &lf(MESSAGE), EXIM_RECEIVED_TLS, false);
+        let received = received_lines(&exim);
+        assert_eq!(received.len(), n + 1, "{hop}: {received:?}");
+        assert!(
+            received[n].contains(" P=esmtps X=TLS1.3:"),
+            "{hop}: {received:?}"
+        );
+    }
 }

@@ -1,12 +1,17 @@
 //! What the tests of a real legacy MTA behind the real binary do, whichever MTA it is
-//! (tests/interop_postfix_backend.rs, tests/interop_aiosmtpd.rs): a client on STARTTLS
-//! delivers a message whose lines start with dots, seeing the sidecar's EHLO replies and
-//! certificate; smuggling attempts. The tests compare what the MTA stored with [`MESSAGE`].
+//! (tests/interop_postfix_backend.rs, tests/interop_aiosmtpd.rs, tests/interop_exim.rs,
+//! tests/interop_opensmtpd.rs): a client on STARTTLS delivers a message whose lines start with
+//! dots, seeing the sidecar's EHLO replies and certificate; smuggling attempts; the sidecar's
+//! encrypted hop. The tests compare what the MTA stored with [`MESSAGE`].
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use super::{AcceptAny, Client};
+use super::binary::{start_binary, Binary};
+use super::pki::Pki;
+use super::{config_yaml, AcceptAny, Client};
 
 /// A message as its author wrote it: lines a transparency bug would change (a leading dot,
 /// two, a line of a single dot, one of two), white space at both ends, an empty line.
@@ -168,4 +173,139 @@ pub async fn ehlo(addr: SocketAddr) -> String {
 pub fn assert_bytes(got: &[u8], want: &[u8]) {
     let (g, w) = (got.escape_ascii(), want.escape_ascii());
     assert!(got == want, "got:  {g}\nwant: {w}");
+}
+
+/// The test CA of `pki` written to `<dir>/ca.pem`, for the sidecar's `trust`.
+pub fn ca_file(pki: &Pki) -> PathBuf {
+    let ca = pki.dir.0.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    ca
+}
+
+/// [`config_yaml`] (a STARTTLS listener with these policy lines) with the hop to `backend`
+/// encrypted (`hop`: `starttls` or `implicit`) and verified against the CA file `ca` alone, and
+/// health checks an hour apart, so that none comes among the sessions a test counts.
+pub fn encrypted_hop_yaml(backend: SocketAddr, hop: &str, ca: &Path, policy: &str) -> String {
+    let trust = format!(
+        "trust: {{system_roots: false, ca_files: [\"{}\"]}}\n",
+        ca.display()
+    );
+    let timeout = "      connect_timeout: 2s\n";
+    let hop = format!("{timeout}      tls: {hop}\n      health_check_interval: 1h\n");
+    let yaml = config_yaml(backend, "starttls", policy).replace(timeout, &hop);
+    format!("{trust}{yaml}")
+}
+
+/// For an MTA listening on 127.0.0.1 with STARTTLS on `starttls` and implicit TLS on
+/// `implicit`: each hop in turn (its index and name) with the sidecar in front of it
+/// ([`encrypted_hop_yaml`], no policy lines), started when its turn comes.
+pub fn encrypted_hops(
+    starttls: u16,
+    implicit: u16,
+    ca: &Path,
+) -> impl Iterator<Item = (usize, &'static str, Binary)> + '_ {
+    let hops = [("starttls", starttls), ("implicit", implicit)];
+    hops.into_iter().enumerate().map(move |(n, (hop, port))| {
+        let backend = SocketAddr::from(([127, 0, 0, 1], port));
+        (
+            n,
+            hop,
+            start_binary(&encrypted_hop_yaml(backend, hop, ca, "")),
+        )
+    })
+}
+
+/// `cmd` spawned with no input and its output (stdout and stderr) to `log`, created anew: an
+/// MTA daemon, whose log a failing test prints.
+pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap());
+    cmd.stderr(out).spawn().unwrap()
+}
+
+/// [`config_yaml`] with the sidecar's own Received header on.
+pub fn received_header_yaml(backend: SocketAddr, tls: &str, policy: &str) -> String {
+    let yaml = config_yaml(backend, tls, policy);
+    yaml.replace("received_header: false", "received_header: true")
+}
+
+/// The Received header field the sidecar adds for the shared client on TLS 1.3, as a
+/// [`matches`] pattern (its cipher and date vary).
+pub const SIDECAR_RECEIVED: &str = "Received: from client.test ([127.0.0.1])\n\
+    \tby mx.test (smtp-sidecar) with ESMTPS\n\
+    \t(version=TLSv1.3 cipher=TLS13_*);\n\
+    \t* +0000";
+
+/// `stored` is `message` (as the MTA stores or relays it) under the MTA's Received header
+/// `theirs` (a [`matches`] pattern) and, when `ours`, the sidecar's ([`SIDECAR_RECEIVED`]) below.
+#[track_caller]
+pub fn assert_received(stored: &[u8], message: &[u8], theirs: &str, ours: bool) {
+    let (trace, rest) = split_received(stored);
+    assert_bytes(&rest, message);
+    let expected = match ours {
+        true => format!("{theirs}\n{SIDECAR_RECEIVED}"),
+        false => theirs.to_owned(),
+    };
+    let ok = matches(&expected, &trace);
+    assert!(ok, "got:\n{trace}\nwant:\n{expected}");
+}
+
+/// A [`starttls_session`] through the sidecar at `sidecar` that shows the client `ehlo` (the
+/// EHLO reply before STARTTLS, and after it): the replies to the transactions and to QUIT.
+/// `what` names the case in a failure.
+pub async fn checked_session(
+    sidecar: SocketAddr,
+    ehlo: [&str; 2],
+    data: &[Vec<u8>],
+    what: &str,
+) -> Vec<String> {
+    let session = starttls_session(sidecar, data).await;
+    assert_eq!(session.ehlo_plain, ehlo[0], "{what}");
+    assert_eq!(session.ehlo_tls, ehlo[1], "{what}");
+    session.replies
+}
+
+/// Whether `text` is `pattern`, each `*` in which stands for any run of characters within one
+/// line: exact but for what varies (ids, dates, ciphers), the number of lines included.
+pub fn matches(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            let Some(text) = text.strip_prefix(head) else {
+                return false;
+            };
+            let line = text.find('\n').unwrap_or(text.len());
+            (0..=line).any(|n| matches(tail, &text[n..]))
+        }
+    }
+}
+
+/// A stored or relayed message split after the Received header fields on top (with their
+/// continuation lines): those fields (LF line ends, none after the last), and the rest as it is.
+pub fn split_received(stored: &[u8]) -> (String, Vec<u8>) {
+    let mut lines = Vec::new();
+    let mut at = 0;
+    for line in stored.split_inclusive(|&b| b == b'\n') {
+        let continued = !lines.is_empty() && line.starts_with(b"\t");
+        if !(line.starts_with(b"Received: ") || continued) {
+            break;
+        }
+        let text = String::from_utf8_lossy(line);
+        lines.push(text.trim_end_matches(['\r', '\n']).to_owned());
+        at += line.len();
+    }
+    (lines.join("\n"), stored[at..].to_vec())
+}
+
+/// `replies` with the queue id that an MTA puts between `before` and `after` in its reply to
+/// the end of data replaced by `<id>`.
+pub fn ids_masked(replies: &[String], before: &str, after: &str) -> Vec<String> {
+    let mask = |r: &String| {
+        let id = r.strip_prefix(before).and_then(|r| r.strip_suffix(after));
+        match id {
+            Some(id) if !id.is_empty() && !id.contains(' ') => format!("{before}<id>{after}"),
+            _ => r.clone(),
+        }
+    };
+    replies.iter().map(mask).collect()
 }
