@@ -323,6 +323,43 @@ fn check_accepts_an_originate_listener_and_prints_its_policy() {
     );
 }
 
+/// `check` builds what `run` builds: a backend hop that verifies with no anchor to verify
+/// against stops both, with the same message naming the listener's key path.
+#[test]
+fn check_refuses_what_run_refuses() {
+    let dir = common::process::TempDir::new("check-as-run");
+    let config = dir.0.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "hostname: mx.test\nstate_dir: {}\ntrust: {{system_roots: false}}\n\
+             listeners:\n  - name: inbound\n    listen: 127.0.0.1:0\n\
+             \x20   backend:\n      servers: [\"127.0.0.1:2526\"]\n      tls: starttls\n\
+             \x20     tls_verify: true\n",
+            dir.0.join("state").display()
+        ),
+    )
+    .unwrap();
+    let problem = "listeners[0] (inbound).backend.tls: backend.tls_verify needs trust anchors";
+    let out = run_check(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(problem), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("configuration OK"),
+        "{stderr}"
+    );
+
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{log}");
+    assert!(log.contains(problem), "{log}");
+}
+
 /// `smtp-sidecar demo` as the README runs it: fixed ports 2525, 2526 and 9725.
 #[tokio::test]
 async fn demo_relays_a_message_and_prints_it() {

@@ -118,7 +118,7 @@ impl Trust {
         for crl in &s.crls {
             // A CRL past its next update still applies, but the partner CA has published a
             // newer one that the sidecar does not have: say so.
-            let now = super::store::unix_now();
+            let now = crate::clock::unix_now();
             let next = crl.next_update.map_or_else(
                 || "no next update".to_owned(),
                 |t| {
