@@ -268,7 +268,7 @@ fn check(path: &Path) -> ExitCode {
     // The build `run` and a reload do, over the same files: whatever stops it stops `run`.
     if let (Some(store), Some(trust)) = (&store, trust) {
         let metrics = crate::metrics::Metrics::new();
-        if let Err(problems) = runtime::build(&config, store.clone(), trust, &metrics) {
+        if let Err(problems) = runtime::build(&config, store.clone(), trust, &metrics, None) {
             eprintln!("{}: the configuration cannot run:", path.display());
             for p in problems {
                 eprintln!("  {p}");

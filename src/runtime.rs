@@ -211,7 +211,7 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
     let trust = Trust::load(&config.trust).map_err(StartError::Trust)?;
     log_trust(&trust);
     let snapshot =
-        build(config, store.clone(), trust, &metrics).map_err(StartError::Certificates)?;
+        build(config, store.clone(), trust, &metrics, None).map_err(StartError::Certificates)?;
     log_warnings(&snapshot);
     warn_expired(&snapshot);
     let snapshot = Arc::new(snapshot);

@@ -52,7 +52,8 @@ pub struct ListenerRuntime {
     /// What each session is given, by mode.
     pub mode: ModeRuntime,
     /// Where `ConnectBackend` goes: the legacy server(s), or an originate listener's relay,
-    /// with what the health checks know of each.
+    /// with what the health checks know of each. Shared with the next snapshot when a reload
+    /// leaves what it is built from unchanged, so that what the checks learnt survives.
     pub pool: Arc<Pool>,
     pub connect_timeout: Duration,
     /// Deadline for writing to either peer.

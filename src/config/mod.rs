@@ -279,7 +279,7 @@ pub struct OriginatePolicy {
     pub timeouts: Timeouts,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     /// `host:port` strings, tried in order.
     pub servers: Vec<String>,

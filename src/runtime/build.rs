@@ -44,11 +44,15 @@ pub fn load_files(config: &Config) -> Result<(CertStore, Trust), Vec<String>> {
 /// in `metrics`, or every problem that stops it. A `certificate` rule that matches nothing
 /// costs that listener its STARTTLS (SPEC §4 `454 4.7.0`), not the whole process: a warning;
 /// only an implicit-TLS listener, which cannot speak without a certificate, is a problem.
+///
+/// `previous`, the snapshot in force when reloading: a listener whose pool would be built
+/// from the same inputs keeps that pool, with what its health checks know.
 pub fn build(
     config: &Config,
     store: CertStore,
     trust: Trust,
     metrics: &Metrics,
+    previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<String>> {
     let mut problems = Vec::new();
     let mut listeners = Vec::new();
@@ -62,6 +66,7 @@ pub fn build(
             store: &store,
             trust: &trust,
             metrics,
+            kept: kept_pool(previous, config, l, &trust),
             warnings: &mut warnings,
         };
         let built = match &l.mode {
@@ -85,7 +90,38 @@ pub fn build(
     })
 }
 
-/// What building one terminate listener needs.
+/// The pool `previous` gave the listener called like `l`, if this configuration would build
+/// the same one: same backend servers and settings (or relay), same `hostname` (the health
+/// checks' EHLO), and for a hop that verifies the backend's certificate, the same anchors
+/// and CRLs.
+fn kept_pool(
+    previous: Option<&Snapshot>,
+    config: &Config,
+    l: &Listener,
+    trust: &Trust,
+) -> Option<Arc<Pool>> {
+    let previous = previous?;
+    let old = previous
+        .config
+        .listeners
+        .iter()
+        .find(|o| o.name == l.name)?;
+    let same = previous.config.hostname == config.hostname
+        && match (&old.mode, &l.mode) {
+            (ListenerMode::Terminate(a), ListenerMode::Terminate(b)) => {
+                let verifies = b.backend.tls != BackendTls::None && b.backend.tls_verify;
+                a.backend == b.backend && (!verifies || previous.trust.same_anchors(trust))
+            }
+            (ListenerMode::Originate(a), ListenerMode::Originate(b)) => a.next_hop == b.next_hop,
+            _ => false,
+        };
+    if !same {
+        return None;
+    }
+    previous.listener(&l.name).map(|rt| Arc::clone(&rt.pool))
+}
+
+/// What building one listener needs.
 struct Builder<'a> {
     config: &'a Config,
     l: &'a Listener,
@@ -94,6 +130,8 @@ struct Builder<'a> {
     store: &'a CertStore,
     trust: &'a Trust,
     metrics: &'a Metrics,
+    /// The previous snapshot's pool of this listener, if it can stay.
+    kept: Option<Arc<Pool>>,
     warnings: &'a mut Vec<Warning>,
 }
 
@@ -150,7 +188,10 @@ impl Builder<'_> {
         if let Some(warning) = term.backend.tls_warning() {
             self.warn(false, warning);
         }
-        let pool = Arc::new(self.pool(term)?);
+        let pool = match self.kept.take() {
+            Some(pool) => pool,
+            None => Arc::new(self.pool(term)?),
+        };
         let p = &term.policy;
         let t = p.timeouts;
         Ok(ListenerRuntime {

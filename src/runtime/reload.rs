@@ -67,7 +67,7 @@ impl Running {
         let mut config = config::load(path).map_err(|e| e.problems)?;
         self.needs_restart(&mut config);
         let (store, trust) = load_files(&config)?;
-        let snapshot = build(&config, store, trust, &self.metrics)?;
+        let snapshot = build(&config, store, trust, &self.metrics, Some(&self.snapshot))?;
         // Every new address is bound before anything changes: a failure leaves all as it was.
         let mut fresh = Vec::new();
         let mut problems = Vec::new();
@@ -106,8 +106,11 @@ impl Running {
                 if listener_config(old_config, *addr) != listener_config(&config, *addr) {
                     changed.push(rt.name.clone());
                 }
-                // The old pool's checks end (its sender dropped), the new one's start.
-                a.checks = spawn_health_checks(&rt, shutdown.clone());
+                // A pool kept by the build keeps its checks; otherwise the old pool's end
+                // (their sender dropped) and the new one's start.
+                if !Arc::ptr_eq(&a.current.load().pool, &rt.pool) {
+                    a.checks = spawn_health_checks(&rt, shutdown.clone());
+                }
                 a.current.store(rt);
                 self.active.push((*addr, a));
             } else if let Some(j) = fresh.iter().position(|(a, _, _)| a == addr) {

@@ -45,6 +45,12 @@ pub struct CrlSummary {
 }
 
 impl Trust {
+    /// Whether `other` holds the same anchors and CRLs (files re-read by a reload may have
+    /// changed while the configuration did not).
+    pub fn same_anchors(&self, other: &Trust) -> bool {
+        self.roots.roots == other.roots.roots && self.crls == other.crls
+    }
+
     /// Reads every anchor and CRL; each problem names its key path and file.
     pub fn load(config: &TrustConfig) -> Result<Trust, Vec<String>> {
         let mut problems = Vec::new();

@@ -62,7 +62,10 @@ impl Builder<'_> {
                 client_tls,
                 client_certificate: certificate.map(|c| c.info.clone()),
             })),
-            pool: Arc::new(Pool::new(&servers, CONNECT_TIMEOUT)),
+            pool: self
+                .kept
+                .take()
+                .unwrap_or_else(|| Arc::new(Pool::new(&servers, CONNECT_TIMEOUT))),
             connect_timeout: CONNECT_TIMEOUT,
             write_timeout: p.timeouts.command,
             max_connections: p.max_connections,
