@@ -72,16 +72,24 @@ fn init_logging(log: &LogConfig) {
 }
 
 fn load_or_report(path: &Path) -> Option<Config> {
-    match config::load(path) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("{}: configuration is invalid:", path.display());
-            for p in &e.problems {
+    reported(
+        path,
+        "configuration is invalid",
+        config::load(path).map_err(|e| e.problems),
+    )
+}
+
+/// The value, or `None` once every problem is on stderr under a line saying what they make
+/// invalid.
+fn reported<T>(path: &Path, what: &str, result: Result<T, Vec<String>>) -> Option<T> {
+    result
+        .map_err(|problems| {
+            eprintln!("{}: {what}:", path.display());
+            for p in problems {
                 eprintln!("  {p}");
             }
-            None
-        }
-    }
+        })
+        .ok()
 }
 
 /// Before anything opens a socket: the soft open-file limit up to the hard one, and a warning
@@ -216,7 +224,6 @@ fn check(path: &Path) -> ExitCode {
     let Some(config) = load_or_report(path) else {
         return ExitCode::FAILURE;
     };
-    let mut ok = true;
     // With no certificates, `run` serves the self-signed certificate kept in state_dir, or
     // one it generates then; `check` writes nothing, so it builds with one generated in
     // memory in its place and announces the one to come.
@@ -240,41 +247,21 @@ fn check(path: &Path) -> ExitCode {
     } else {
         crate::tls::CertStore::load(&config.certificates)
     };
-    let store = match store {
-        Ok(store) => Some(store),
-        Err(problems) => {
-            eprintln!("{}: certificates are invalid:", path.display());
-            for p in problems {
-                eprintln!("  {p}");
-            }
-            ok = false;
-            None
-        }
-    };
-    let trust = match crate::tls::Trust::load(&config.trust) {
-        Ok(trust) => {
-            println!("{}", trust.describe());
-            Some(trust)
-        }
-        Err(problems) => {
-            eprintln!("{}: trust is invalid:", path.display());
-            for p in problems {
-                eprintln!("  {p}");
-            }
-            ok = false;
-            None
-        }
-    };
+    let store = reported(path, "certificates are invalid", store);
+    let trust = reported(
+        path,
+        "trust is invalid",
+        crate::tls::Trust::load(&config.trust),
+    );
+    if let Some(trust) = &trust {
+        println!("{}", trust.describe());
+    }
+    let mut ok = store.is_some() && trust.is_some();
     // The build `run` and a reload do, over the same files: whatever stops it stops `run`.
     if let (Some(store), Some(trust)) = (&store, trust) {
         let metrics = crate::metrics::Metrics::new();
-        if let Err(problems) = runtime::build(&config, store.clone(), trust, &metrics, None) {
-            eprintln!("{}: the configuration cannot run:", path.display());
-            for p in problems {
-                eprintln!("  {p}");
-            }
-            ok = false;
-        }
+        let built = runtime::build(&config, store.clone(), trust, &metrics, None);
+        ok &= reported(path, "the configuration cannot run", built).is_some();
     }
     for l in &config.listeners {
         let term = match &l.mode {

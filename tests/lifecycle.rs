@@ -189,8 +189,13 @@ fn binary_exits_zero_on_sigterm_and_sigint() {
 
 /// `smtp-sidecar check -c <config>`.
 fn run_check(config: &std::path::Path) -> std::process::Output {
+    sidecar("check", config)
+}
+
+/// `smtp-sidecar <command> -c <config>`, to its end.
+fn sidecar(command: &str, config: &std::path::Path) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
-        .args(["check", "-c"])
+        .args([command, "-c"])
         .arg(config)
         .output()
         .unwrap()
@@ -329,17 +334,15 @@ fn check_accepts_an_originate_listener_and_prints_its_policy() {
 fn check_refuses_what_run_refuses() {
     let dir = common::process::TempDir::new("check-as-run");
     let config = dir.0.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "hostname: mx.test\nstate_dir: {}\ntrust: {{system_roots: false}}\n\
-             listeners:\n  - name: inbound\n    listen: 127.0.0.1:0\n\
-             \x20   backend:\n      servers: [\"127.0.0.1:2526\"]\n      tls: starttls\n\
-             \x20     tls_verify: true\n",
-            dir.0.join("state").display()
-        ),
-    )
-    .unwrap();
+    let state = dir.0.join("state");
+    let yaml = format!(
+        "hostname: mx.test\nstate_dir: {}\ntrust: {{system_roots: false}}\n\
+         listeners:\n  - name: inbound\n    listen: 127.0.0.1:0\n\
+         \x20   backend:\n      servers: [\"127.0.0.1:2526\"]\n      tls: starttls\n\
+         \x20     tls_verify: true\n",
+        state.display()
+    );
+    std::fs::write(&config, yaml).unwrap();
     let problem = "listeners[0] (inbound).backend.tls: backend.tls_verify needs trust anchors";
     let out = run_check(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -350,11 +353,7 @@ fn check_refuses_what_run_refuses() {
         "{stderr}"
     );
 
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let run = sidecar("run", &config);
     let log = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{log}");
     assert!(log.contains(problem), "{log}");

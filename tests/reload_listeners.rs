@@ -60,6 +60,27 @@ async fn until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+fn at(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A terminate listener called `name` on 127.0.0.1:`port` in front of `backend`.
+fn listener(name: &str, port: u16, backend: SocketAddr) -> String {
+    format!(
+        "  - name: {name}\n    listen: 127.0.0.1:{port}\n    \
+         backend: {{servers: [\"{backend}\"], connect_timeout: 2s}}\n"
+    )
+}
+
+/// A session past its greeting; its EHLO reply.
+async fn session(addr: SocketAddr) -> (Client, String) {
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(ehlo.starts_with("250-mx.test\r\n"), "{ehlo}");
+    (c, ehlo)
+}
+
 /// The pool of listener `name` in the snapshot in force.
 fn pool(running: &Running, name: &str) -> Arc<smtp_sidecar::backend::Pool> {
     Arc::clone(&running.snapshot.listener(name).unwrap().pool)
@@ -94,12 +115,8 @@ async fn an_unchanged_backend_keeps_its_pool_and_what_the_checks_know() {
     let kept = pool(&running, "inbound");
     assert!(Arc::ptr_eq(&first, &kept), "the pool was rebuilt");
     assert!(!kept.is_up(&late), "a reload reset what the checks knew");
-    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
-    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
-    assert!(c
-        .cmd("EHLO client.test")
-        .await
-        .contains("250-SIZE 2000\r\n"));
+    let (mut c, ehlo) = session(running.addr("inbound").unwrap()).await;
+    assert!(ehlo.contains("250-SIZE 2000\r\n"), "{ehlo}");
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
 
     // The backend changes: a new pool that knows nothing yet, whose own checks run.
@@ -126,26 +143,6 @@ async fn an_unchanged_backend_keeps_its_pool_and_what_the_checks_know() {
     running.shutdown().await;
 }
 
-fn at(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// A terminate listener called `name` on 127.0.0.1:`port` in front of `backend`.
-fn listener(name: &str, port: u16, backend: SocketAddr) -> String {
-    format!(
-        "  - name: {name}\n    listen: 127.0.0.1:{port}\n    \
-         backend: {{servers: [\"{backend}\"], connect_timeout: 2s}}\n"
-    )
-}
-
-/// A session past its greeting and EHLO.
-async fn session(addr: SocketAddr) -> Client {
-    let mut c = Client::connect(addr).await;
-    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
-    assert!(c.cmd("EHLO client.test").await.starts_with("250-mx.test"));
-    c
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listener_moved_to_another_port_closes_the_old_one_and_its_sessions_finish() {
     let dir = TempDir::new("reload-move");
@@ -156,7 +153,7 @@ async fn a_listener_moved_to_another_port_closes_the_old_one_and_its_sessions_fi
     let mut running = start_file(&path).await;
     let first = pool(&running, "a");
     // In the middle of a transaction when the listener moves.
-    let mut in_flight = session(at(old_port)).await;
+    let (mut in_flight, _) = session(at(old_port)).await;
     assert_eq!(
         in_flight.cmd("MAIL FROM:<a@x.test>").await,
         "250 2.1.0 Ok\r\n"
@@ -169,7 +166,7 @@ async fn a_listener_moved_to_another_port_closes_the_old_one_and_its_sessions_fi
         TcpStream::connect(at(old_port)).await.is_err(),
         "the old port still accepts"
     );
-    let mut new = session(at(new_port)).await;
+    let (mut new, _) = session(at(new_port)).await;
     assert_eq!(new.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
     assert!(
         Arc::ptr_eq(&first, &pool(&running, "a")),
@@ -224,7 +221,7 @@ async fn the_status_page_shows_the_listeners_in_force() {
     let mut running = start_file(&path).await;
     let admin = running.metrics_addr.unwrap();
     // `b` has counted a session: its series stay in the registry after the reload.
-    let mut c = session(at(pb)).await;
+    let (mut c, _) = session(at(pb)).await;
     c.cmd("QUIT").await;
     assert_eq!(status_listeners(admin).await, ["a", "b"]);
 
@@ -295,7 +292,7 @@ async fn a_port_that_cannot_be_bound_refuses_the_reload() {
     );
     assert_eq!(metric(&text, "smtp_sidecar_config_generation"), 1.0);
     // The old configuration in force: `a` serves, `b` is not there.
-    let mut c = session(at(port)).await;
+    let (mut c, _) = session(at(port)).await;
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
     assert_eq!(status_listeners(admin).await, ["a"]);
     drop(taken);

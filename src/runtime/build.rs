@@ -211,13 +211,7 @@ impl Builder<'_> {
                 domain_secure: p.domain_secure.clone(),
                 on_failure: p.on_failure,
                 enforce: p.enforce,
-                timeouts: smtp_core::inbound::Timeouts {
-                    greeting: t.greeting,
-                    command: t.command,
-                    data_block: t.data_block,
-                    tls_handshake: t.tls_handshake,
-                    backend_reply: t.backend_reply,
-                },
+                timeouts: t.session(),
                 hop: smtp_core::inbound::Hop {
                     starttls: term.backend.tls == BackendTls::Starttls,
                     xclient: term.backend.xclient,
