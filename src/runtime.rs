@@ -34,12 +34,14 @@ mod reload;
 pub use build::{build, load_certificates, load_files};
 pub use reload::FileWatch;
 
+/// Why [`start`] could not: every problem of the trust or of the build, or a port.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{}", .0.join("\n"))]
-    Certificates(Vec<String>),
-    #[error("{}", .0.join("\n"))]
     Trust(Vec<String>),
+    /// The configuration cannot run over the store and trust given (see [`build`]).
+    #[error("{}", .0.join("\n"))]
+    Build(Vec<String>),
     #[error("listener {name}: cannot listen on {addr}: {source}")]
     Bind {
         name: String,
@@ -211,7 +213,7 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
     let trust = Trust::load(&config.trust).map_err(StartError::Trust)?;
     log_trust(&trust);
     let snapshot =
-        build(config, store.clone(), trust, &metrics, None).map_err(StartError::Certificates)?;
+        build(config, store.clone(), trust, &metrics, None).map_err(StartError::Build)?;
     log_warnings(&snapshot);
     warn_expired(&snapshot);
     let snapshot = Arc::new(snapshot);

@@ -221,7 +221,8 @@ pub struct TerminateListener {
 pub struct OriginateListener {
     pub next_hop: NextHopConfig,
     /// `client_certificate`: what is presented where mutual TLS is wanted (`domain-secure`).
-    /// `Automatic`: the first valid certificate of the store (SNI plays no part on this side).
+    /// `Automatic`: the store's default for `hostname`, the one a terminate listener serves a
+    /// client without SNI (SNI plays no part on this side).
     pub client_certificate: CertificateSelection,
     pub policy: OriginatePolicy,
 }
