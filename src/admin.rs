@@ -20,8 +20,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::clock::unix_now;
 use crate::metrics::Metrics;
-use crate::runtime::unix_now;
 use crate::status::{ListenerInfo, Status};
 
 /// Admin connections served at once; one more is closed as soon as it is accepted. A

@@ -23,7 +23,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::io::Stream;
 use crate::metrics::ListenerMetrics;
-use crate::runtime::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// How often each server is checked unless `backend.health_check_interval` says otherwise.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -206,7 +206,7 @@ impl Pool {
             let round = self.servers.iter().enumerate().map(|(i, s)| async move {
                 let tls = self.tls.as_ref();
                 let result = check(&s.addr, hostname, self.connect_timeout, tls).await;
-                metrics.backend_up(&s.addr, result.is_ok(), crate::runtime::unix_now());
+                metrics.backend_up(&s.addr, result.is_ok(), crate::clock::unix_now());
                 match result {
                     Ok(()) => self.mark(listener, i, true, ""),
                     Err(why) => self.mark(listener, i, false, &format!("health check: {why}")),

@@ -72,16 +72,24 @@ fn init_logging(log: &LogConfig) {
 }
 
 fn load_or_report(path: &Path) -> Option<Config> {
-    match config::load(path) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("{}: configuration is invalid:", path.display());
-            for p in &e.problems {
+    reported(
+        path,
+        "configuration is invalid",
+        config::load(path).map_err(|e| e.problems),
+    )
+}
+
+/// The value, or `None` once every problem is on stderr under a line saying what they make
+/// invalid.
+fn reported<T>(path: &Path, what: &str, result: Result<T, Vec<String>>) -> Option<T> {
+    result
+        .map_err(|problems| {
+            eprintln!("{}: {what}:", path.display());
+            for p in problems {
                 eprintln!("  {p}");
             }
-            None
-        }
-    }
+        })
+        .ok()
 }
 
 /// Before anything opens a socket: the soft open-file limit up to the hard one, and a warning
@@ -216,9 +224,9 @@ fn check(path: &Path) -> ExitCode {
     let Some(config) = load_or_report(path) else {
         return ExitCode::FAILURE;
     };
-    let mut ok = true;
-    // With no certificates, `run` serves the self-signed one kept in state_dir, or one it
-    // generates then; `check` writes nothing, so an ungenerated one is only announced.
+    // With no certificates, `run` serves the self-signed certificate kept in state_dir, or
+    // one it generates then; `check` writes nothing, so it builds with one generated in
+    // memory in its place and announces the one to come.
     let mut to_be_generated = false;
     let store = if config.certificates.is_empty() {
         let kept = crate::tls::kept_self_signed(&config.state_dir, &config.hostname);
@@ -233,36 +241,28 @@ fn check(path: &Path) -> ExitCode {
                 ""
             }
         );
-        Some(crate::tls::CertStore {
-            certs: kept.into_iter().collect(),
-        })
+        kept.map_or_else(|| crate::tls::self_signed(&config.hostname), Ok)
+            .map(|cert| crate::tls::CertStore { certs: vec![cert] })
+            .map_err(|e| vec![e.to_string()])
     } else {
-        match crate::tls::CertStore::load(&config.certificates) {
-            Ok(store) => Some(store),
-            Err(problems) => {
-                eprintln!("{}: certificates are invalid:", path.display());
-                for p in problems {
-                    eprintln!("  {p}");
-                }
-                ok = false;
-                None
-            }
-        }
+        crate::tls::CertStore::load(&config.certificates)
     };
-    let trust = match crate::tls::Trust::load(&config.trust) {
-        Ok(trust) => {
-            println!("{}", trust.describe());
-            Some(trust)
-        }
-        Err(problems) => {
-            eprintln!("{}: trust is invalid:", path.display());
-            for p in problems {
-                eprintln!("  {p}");
-            }
-            ok = false;
-            None
-        }
-    };
+    let store = reported(path, "certificates are invalid", store);
+    let trust = reported(
+        path,
+        "trust is invalid",
+        crate::tls::Trust::load(&config.trust),
+    );
+    if let Some(trust) = &trust {
+        println!("{}", trust.describe());
+    }
+    let mut ok = store.is_some() && trust.is_some();
+    // The build `run` and a reload do, over the same files: whatever stops it stops `run`.
+    if let (Some(store), Some(trust)) = (&store, trust) {
+        let metrics = crate::metrics::Metrics::new();
+        let built = runtime::build(&config, store.clone(), trust, &metrics, None);
+        ok &= reported(path, "the configuration cannot run", built).is_some();
+    }
     for l in &config.listeners {
         let term = match &l.mode {
             config::ListenerMode::Terminate(term) => term,
@@ -271,12 +271,6 @@ fn check(path: &Path) -> ExitCode {
                 continue;
             }
         };
-        if let Some(trust) = &trust {
-            if let Err(e) = runtime::listener_client_auth(l, term, trust) {
-                eprintln!("{e}");
-                ok = false;
-            }
-        }
         let tls = match term.tls {
             config::ListenerTls::Starttls => "starttls",
             config::ListenerTls::Implicit => "implicit",
@@ -352,7 +346,7 @@ fn print_certificate(
             true
         }
         CertPlan::Automatic(candidates) => {
-            if let Some((cert, matched)) = candidates.default_at(runtime::unix_now()) {
+            if let Some((cert, matched)) = candidates.default_at(crate::clock::unix_now()) {
                 let rule = if matched {
                     format!("matches hostname {hostname}")
                 } else {
@@ -494,17 +488,15 @@ fn print_client_certificate(
                 indent(&cert.describe())
             );
         }
-        CertPlan::Automatic(_) => {
-            let now = runtime::unix_now();
-            match store.certs.iter().find(|c| c.info.is_valid_at(now)) {
-                Some(cert) => println!(
-                    "  client certificate {}: the first valid one of the store\n{}",
-                    cert.name,
-                    indent(&cert.describe())
-                ),
-                None => println!("  client certificate: none of the store is valid now"),
-            }
-        }
+        // Chosen as the build chooses it: the one a client without SNI would be served.
+        plan @ CertPlan::Automatic(_) => match plan.served(None) {
+            Some(cert) => println!(
+                "  client certificate {}: the store's default for hostname {hostname}\n{}",
+                cert.name,
+                indent(&cert.describe())
+            ),
+            None => println!("  client certificate: none"),
+        },
         CertPlan::NoMatch(why) => {
             // The store names the rule `certificate.*`; this one is `client_certificate.*`.
             eprintln!("listener {}: client_{why}", l.name);

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use crate::driver::{accept_tls, Driver};
 use crate::io::Stream;
-use crate::runtime::{ListenerRuntime, Shutdown};
+use crate::shutdown::Shutdown;
+use crate::snapshot::ListenerRuntime;
 
 /// Serve one client connection of a terminate listener until it ends.
 pub async fn serve(

@@ -14,7 +14,10 @@
 //! | [`mx`] | originate mode's MX look-ups: next hops in preference order, null MX, DNS failures |
 //! | [`metrics`], [`admin`] | Prometheus metrics and the `/metrics` `/healthz` `/readyz` endpoint |
 //! | [`status`] | the admin endpoint's status page (`/`, `/status.json`) from one registry snapshot |
-//! | [`runtime`] | building and running everything from a validated configuration |
+//! | [`runtime`] | **build** (configuration, certificates, trust → one [`snapshot::Snapshot`] or every problem; used by `run`, `check` and reload) and **run** (bound sockets, metrics registry, health checks, reload, drain) |
+//! | [`snapshot`] | the immutable values a build yields: per listener, what its sessions read once |
+//! | [`shutdown`] | the drain stages every accept loop, session and health check follows |
+//! | [`clock`] | the wall clock as Unix seconds |
 //! | [`sink`] | a minimal SMTP server standing in for the legacy backend (`demo`, tests) |
 //! | [`cli`] | the `run`, `check` and `demo` commands |
 #![forbid(unsafe_code)]
@@ -22,6 +25,7 @@
 pub mod admin;
 pub mod backend;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod inbound;
@@ -32,6 +36,8 @@ pub mod mx;
 pub mod outbound;
 pub mod proxy;
 pub mod runtime;
+pub mod shutdown;
 pub mod sink;
+pub mod snapshot;
 pub mod status;
 pub mod tls;

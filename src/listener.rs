@@ -17,7 +17,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::runtime::{ListenerRuntime, ModeRuntime, Shutdown};
+use crate::shutdown::Shutdown;
+use crate::snapshot::{ListenerRuntime, ModeRuntime};
 
 /// Counts of open sessions, total and per client address. The maximums are the current
 /// runtime's, given at each admission (a reload may change them).

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use crate::driver::Driver;
 use crate::io::Stream;
-use crate::runtime::{ListenerRuntime, Shutdown};
+use crate::shutdown::Shutdown;
+use crate::snapshot::ListenerRuntime;
 
 /// Serve one connection of an originate listener until it ends.
 pub async fn serve(

@@ -1,142 +1,47 @@
-//! Building and running everything from a validated configuration: the TLS configuration and
-//! session policy of each listener (one immutable [`ListenerRuntime`] each, shared by its
-//! sessions), the bound sockets, the admin endpoint, and the drain on shutdown.
+//! The sidecar's runtime, in two parts (DESIGN.md §1):
+//!
+//! - **build** (`build.rs`): configuration, certificate store and trust → one immutable
+//!   [`Snapshot`], or every problem. Pure apart from reading files; `run`, `check` and a
+//!   reload all use it.
+//! - **run** (this file, and `reload.rs`): what lives for the process — the bound sockets
+//!   and their accept loops (with their connection limits), the metrics registry and admin
+//!   endpoint, the health checks, the drain on shutdown — and the snapshot in force, which
+//!   a reload replaces whole. Each accept loop holds its listener's runtime in an `ArcSwap`
+//!   that a new session reads once.
+//!
+//! The dependency runs one way: runtime → listener → inbound/outbound → driver, all of them
+//! reading [`crate::snapshot`] types, none of them this module.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{BackendTls, Config, Listener, ListenerMode, ListenerTls, TerminateListener};
-use crate::metrics::{ListenerMetrics, Metrics};
-use crate::tls::{CertPlan, CertStore, ClientAuth, LoadedCert, Trust};
+use crate::clock::unix_now;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::snapshot::{ListenerRuntime, Snapshot};
+use crate::tls::{CertPlan, CertStore, LoadedCert, Trust};
 
-mod originate;
+mod build;
 mod reload;
 
+pub use build::{build, load_certificates, load_files};
 pub use reload::FileWatch;
 
-/// Where shutdown stands; every session watches it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shutdown {
-    Running,
-    /// Stop accepting; sessions finish their transaction, then get `421 4.3.2`.
-    Draining,
-    /// `shutdown_grace` is over: `421 4.3.2` to whatever is left.
-    GraceOver,
-}
-
-/// Everything a session of one listener needs, fixed when the listener starts.
-#[derive(Debug)]
-pub struct ListenerRuntime {
-    pub name: String,
-    pub implicit_tls: bool,
-    /// `None`: no certificate, so no STARTTLS (`454 4.7.0`).
-    pub acceptor: Option<Arc<rustls::ServerConfig>>,
-    /// `client_certificates`: what a session learns of the client's certificate.
-    pub client_auth: ClientAuth,
-    /// What each session is given, by mode.
-    pub mode: ModeRuntime,
-    /// Where `ConnectBackend` goes: the legacy server(s), or an originate listener's relay,
-    /// with what the health checks know of each.
-    pub pool: crate::backend::Pool,
-    pub connect_timeout: Duration,
-    /// Deadline for writing to either peer.
-    pub write_timeout: Duration,
-    pub max_connections: u32,
-    pub max_connections_per_ip: u32,
-    /// `proxy_protocol: true`: the deadline of the PROXY header each connection begins with.
-    pub proxy_header: Option<Duration>,
-    /// This listener's series, labels resolved.
-    pub metrics: ListenerMetrics,
-    /// How the certificate is chosen, to name the one served in the protocol log.
-    pub certificates: CertPlan,
-}
-
-/// The mode-specific part of a listener's runtime.
-#[derive(Debug)]
-pub enum ModeRuntime {
-    Terminate(Arc<smtp_core::inbound::Config>),
-    Originate(Box<OriginateRuntime>),
-}
-
-/// What an originate listener's sessions need beyond their policy.
-#[derive(Debug)]
-pub struct OriginateRuntime {
-    pub session: Arc<smtp_core::outbound::Config>,
-    /// `next_hop: mx`: the MX resolver and the port next hops are contacted on.
-    pub resolver: Option<crate::mx::MxResolver>,
-    pub mx_port: u16,
-    /// The TLS client toward next hops, and the certificate it presents (for the log).
-    pub client_tls: crate::tls::ClientTls,
-    pub client_certificate: Option<crate::tls::CertInfo>,
-}
-
-impl ListenerRuntime {
-    /// `log.protocol_log`: command, reply and certificate lines of every session.
-    pub fn protocol_log(&self) -> bool {
-        match &self.mode {
-            ModeRuntime::Terminate(c) => c.protocol_log,
-            ModeRuntime::Originate(o) => o.session.protocol_log,
-        }
-    }
-
-    fn timeouts(&self) -> &smtp_core::session::Timeouts {
-        match &self.mode {
-            ModeRuntime::Terminate(c) => &c.timeouts,
-            ModeRuntime::Originate(o) => &o.session.timeouts,
-        }
-    }
-
-    /// Our name, as the sessions give it (and the health checks' EHLO).
-    pub fn hostname(&self) -> &str {
-        match &self.mode {
-            ModeRuntime::Terminate(c) => &c.hostname,
-            ModeRuntime::Originate(o) => &o.session.hostname,
-        }
-    }
-
-    /// The originate part, for an originate listener.
-    pub fn originate(&self) -> Option<&OriginateRuntime> {
-        match &self.mode {
-            ModeRuntime::Originate(o) => Some(o),
-            ModeRuntime::Terminate(_) => None,
-        }
-    }
-
-    /// The deadline of a TLS handshake (either leg).
-    pub fn tls_handshake_timeout(&self) -> Duration {
-        self.timeouts().tls_handshake
-    }
-
-    /// The longest any single wait of a session may last: the driver's bound for a session
-    /// that set no deadline of its own (DESIGN.md rule 5).
-    pub fn longest_wait(&self) -> Duration {
-        let t = self.timeouts();
-        [
-            t.greeting,
-            t.command,
-            t.data_block,
-            t.tls_handshake,
-            t.backend_reply,
-        ]
-        .into_iter()
-        .chain([self.connect_timeout, self.write_timeout])
-        .max()
-        .unwrap_or(Duration::from_secs(300))
-    }
-}
-
+/// Why [`start`] could not: every problem of the trust or of the build, or a port.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{}", .0.join("\n"))]
-    Certificates(Vec<String>),
-    #[error("{}", .0.join("\n"))]
     Trust(Vec<String>),
+    /// The configuration cannot run over the store and trust given (see [`build`]).
+    #[error("{}", .0.join("\n"))]
+    Build(Vec<String>),
     #[error("listener {name}: cannot listen on {addr}: {source}")]
     Bind {
         name: String,
@@ -150,89 +55,19 @@ pub enum StartError {
     },
 }
 
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// The certificate store of `config`: its `certificates`, or with none, the self-signed
-/// certificate kept in `state_dir` (SPEC §3).
-pub fn load_certificates(config: &Config) -> Result<CertStore, Vec<String>> {
-    if config.certificates.is_empty() {
-        let cert = crate::tls::load_or_create_self_signed(&config.state_dir, &config.hostname)
-            .map_err(|e| vec![format!("state_dir {}: {e}", config.state_dir.display())])?;
-        return Ok(CertStore { certs: vec![cert] });
-    }
-    CertStore::load(&config.certificates)
-}
-
-/// Everything built from one configuration and its certificate store: the store and each
-/// listener's immutable runtime (its rustls configuration included). Nothing in it changes
-/// once built; a reload builds a new one and swaps it whole.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub store: Arc<CertStore>,
-    pub listeners: Vec<(SocketAddr, Arc<ListenerRuntime>)>,
-    /// Each listener's explicitly selected certificate, whose expiry is checked daily.
-    pub explicit: Vec<(String, LoadedCert)>,
-}
-
-/// Builds the [`Snapshot`] of `config` over `store`, or every problem that stops it. A
-/// `certificate` rule that matches nothing is logged as an error and costs that listener its
-/// STARTTLS (SPEC §4 `454 4.7.0`), not the whole process; only an implicit-TLS listener,
-/// which cannot speak without a certificate, is a problem.
-pub fn build(
-    config: &Config,
-    store: CertStore,
-    trust: &Trust,
-    metrics: &Metrics,
-) -> Result<Snapshot, Vec<String>> {
-    let now = unix_now();
-    let mut problems = Vec::new();
-    let mut listeners = Vec::new();
-    let mut explicit = Vec::new();
-    for (i, l) in config.listeners.iter().enumerate() {
-        let term = match &l.mode {
-            ListenerMode::Terminate(term) => term,
-            ListenerMode::Originate(o) => {
-                match originate::runtime(config, l, o, &store, trust, metrics) {
-                    Ok(rt) => listeners.push((l.listen, Arc::new(rt))),
-                    Err(p) => problems.push(format!("listeners[{i}] ({}): {p}", l.name)),
-                }
-                continue;
-            }
-        };
-        let plan = CertPlan::new(&store, &term.certificate, &config.hostname);
-        match &plan {
-            CertPlan::Explicit(cert) => {
-                warn_if_expired(&l.name, cert, now);
-                explicit.push((l.name.clone(), cert.clone()));
-            }
-            CertPlan::Automatic(candidates) => {
-                if let Some((cert, _)) = candidates.default_at(now) {
-                    warn_if_expired(&l.name, cert, now);
-                }
-            }
-            CertPlan::NoMatch(_) | CertPlan::NoCertificate => {}
-        }
-        match listener_runtime(config, l, term, &plan, trust, metrics) {
-            Ok(rt) => listeners.push((l.listen, Arc::new(rt))),
-            Err(p) => problems.push(p),
+/// What the build found for the operator, at the level each asks for.
+fn log_warnings(snapshot: &Snapshot) {
+    for w in &snapshot.warnings {
+        if w.error {
+            tracing::error!(listener = %w.listener, "{}", w.message);
+        } else {
+            tracing::warn!(listener = %w.listener, "{}", w.message);
         }
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(Snapshot {
-        store: Arc::new(store),
-        listeners,
-        explicit,
-    })
 }
 
 /// An expired certificate is still served (as Exchange does: refusing TLS would push mail to
-/// plaintext), but the operator hears of it at start and daily.
+/// plaintext), but the operator hears of it at start, on reload and daily.
 fn warn_if_expired(listener: &str, cert: &LoadedCert, now: i64) {
     if now > cert.info.not_after {
         tracing::warn!(
@@ -245,113 +80,26 @@ fn warn_if_expired(listener: &str, cert: &LoadedCert, now: i64) {
     }
 }
 
-/// The client-certificate policy of a listener over the runtime's trust.
-pub fn listener_client_auth(
-    l: &Listener,
-    term: &TerminateListener,
-    trust: &Trust,
-) -> Result<ClientAuth, String> {
-    ClientAuth::new(term.policy.client_certificates, trust)
-        .map_err(|e| format!("listener {}: policy.client_certificates: {e}", l.name))
+/// The certificate each listener serves a client without SNI, warned of if expired.
+fn warn_expired(snapshot: &Snapshot) {
+    let now = unix_now();
+    for (_, rt) in &snapshot.listeners {
+        if let Some(cert) = rt.certificates.served(None) {
+            warn_if_expired(&rt.name, cert, now);
+        }
+    }
 }
 
-fn listener_runtime(
-    config: &Config,
-    l: &Listener,
-    term: &TerminateListener,
-    plan: &CertPlan,
-    trust: &Trust,
-    metrics: &Metrics,
-) -> Result<ListenerRuntime, String> {
-    let client_auth = listener_client_auth(l, term, trust)?;
-    let acceptor = match (plan.resolver(), plan) {
-        (Some(resolver), _) => Some(
-            crate::tls::server_config(
-                resolver,
-                term.policy.tls_min_version,
-                client_auth.verifier(),
-            )
-            .map_err(|e| format!("listener {}: {e}", l.name))?,
-        ),
-        (None, CertPlan::NoMatch(why)) if term.tls == ListenerTls::Implicit => {
-            return Err(format!(
-                "listener {}: tls: implicit cannot start without its certificate: {why}",
-                l.name
-            ));
-        }
-        (None, _) if term.tls == ListenerTls::Implicit => {
-            return Err(format!(
-                "listener {}: tls: implicit needs a certificate",
-                l.name
-            ));
-        }
-        (None, CertPlan::NoMatch(why)) => {
-            tracing::error!(
-                listener = %l.name,
-                "{why}: STARTTLS is not offered on this listener"
-            );
-            None
-        }
-        (None, _) => {
-            tracing::warn!(listener = %l.name, "no certificate: STARTTLS is not offered");
-            None
-        }
-    };
-    if let Some(warning) = term.backend.tls_warning() {
-        tracing::warn!(listener = %l.name, "{warning}");
-    }
-    let hop_tls = match term.backend.tls {
-        BackendTls::None => None,
-        tls => Some(crate::backend::HopTls {
-            implicit: tls == BackendTls::Implicit,
-            config: crate::tls::backend_config(trust, term.backend.tls_verify)
-                .map_err(|e| format!("listener {}: backend.tls: {e}", l.name))?,
-        }),
-    };
-    let p = &term.policy;
-    let t = p.timeouts;
-    Ok(ListenerRuntime {
-        name: l.name.clone(),
-        implicit_tls: term.tls == ListenerTls::Implicit,
-        mode: ModeRuntime::Terminate(Arc::new(smtp_core::inbound::Config {
-            hostname: config.hostname.clone(),
-            starttls: acceptor.is_some() && term.tls == ListenerTls::Starttls,
-            require_tls: p.require_tls,
-            auth_requires_tls: p.auth_requires_tls,
-            bare_newlines: p.bare_newlines,
-            long_lines: p.long_lines,
-            received_header: p.received_header,
-            max_message_size: p.max_message_size,
-            max_recipients: p.max_recipients,
-            max_errors: p.max_errors,
-            domain_secure: p.domain_secure.clone(),
-            on_failure: p.on_failure,
-            enforce: p.enforce,
-            timeouts: smtp_core::inbound::Timeouts {
-                greeting: t.greeting,
-                command: t.command,
-                data_block: t.data_block,
-                tls_handshake: t.tls_handshake,
-                backend_reply: t.backend_reply,
-            },
-            hop: smtp_core::inbound::Hop {
-                starttls: term.backend.tls == BackendTls::Starttls,
-                xclient: term.backend.xclient,
-            },
-            protocol_log: config.log.protocol_log,
-        })),
-        pool: crate::backend::Pool::new(&term.backend.servers, term.backend.connect_timeout)
-            .with_hop(term.backend.health_check_interval, hop_tls),
-        connect_timeout: term.backend.connect_timeout,
-        write_timeout: t.command,
-        acceptor,
-        client_auth,
-        max_connections: p.max_connections,
-        max_connections_per_ip: p.max_connections_per_ip,
-        proxy_header: l.proxy_protocol.then_some(t.proxy_header),
-        metrics: metrics.listener(&l.name, &p.domain_secure, &[], &term.backend.servers),
-        certificates: plan.clone(),
-    })
+/// Each listener's explicitly selected certificate, whose expiry is checked daily.
+fn explicit_certificates(snapshot: &Snapshot) -> Vec<(String, LoadedCert)> {
+    snapshot
+        .listeners
+        .iter()
+        .filter_map(|(_, rt)| match &rt.certificates {
+            CertPlan::Explicit(cert) => Some((rt.name.clone(), cert.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A started sidecar: listeners bound and accepting.
@@ -361,11 +109,11 @@ pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Metrics,
-    /// What the listeners were built from (the unit a reload replaces).
+    /// What the listeners were built from, the configuration in force included (the unit a
+    /// reload replaces).
     pub snapshot: Arc<Snapshot>,
-    /// The configuration in force, and the file a reload re-reads (`None`: started from a
-    /// configuration in memory, which cannot be reloaded).
-    config: Config,
+    /// The file a reload re-reads (`None`: started from a configuration in memory, which
+    /// cannot be reloaded).
     config_path: Option<PathBuf>,
     /// The bound listeners, by the `listen` address of the configuration.
     active: Vec<(SocketAddr, Active)>,
@@ -381,7 +129,7 @@ pub struct Running {
 }
 
 /// One bound listener: the runtime its accept loop hands each new session, and what stops
-/// the loop and the health checks of the runtime's pool.
+/// the loop and the health checks of the runtime's pool (which a reload may keep).
 #[derive(Debug)]
 struct Active {
     local: SocketAddr,
@@ -393,17 +141,20 @@ struct Active {
 }
 
 /// Start the health checks of `rt`'s pool; they end with shutdown or when the returned
-/// sender is dropped (the runtime was replaced).
+/// sender is dropped (the pool was replaced, or its listener closed). The task holds the
+/// pool and what the checks report with, not the whole runtime.
 fn spawn_health_checks(
-    rt: &Arc<ListenerRuntime>,
+    rt: &ListenerRuntime,
     shutdown: watch::Receiver<Shutdown>,
 ) -> watch::Sender<bool> {
     let (tx, mut rx) = watch::channel(false);
     if !rt.pool.is_empty() {
-        let rt = Arc::clone(rt);
+        let pool = Arc::clone(&rt.pool);
+        let (name, hostname) = (rt.name.clone(), rt.hostname().to_owned());
+        let metrics = rt.metrics.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = rt.pool.health_checks(&rt.name, rt.hostname(), &rt.metrics, shutdown) => {}
+                () = pool.health_checks(&name, &hostname, &metrics, shutdown) => {}
                 _ = rx.changed() => {}
             }
         });
@@ -444,11 +195,7 @@ fn listener_infos(active: &[(SocketAddr, Active)]) -> Vec<crate::status::Listene
             let rt = a.current.load();
             crate::status::ListenerInfo {
                 name: rt.name.clone(),
-                mode: match rt.mode {
-                    ModeRuntime::Terminate(_) => "terminate",
-                    ModeRuntime::Originate(_) => "originate",
-                }
-                .to_owned(),
+                mode: rt.mode_name().to_owned(),
                 listen: a.local.to_string(),
             }
         })
@@ -462,11 +209,14 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
     metrics.set_certificates(store);
     metrics.config_generation.set(1);
     metrics.config_last_reload_timestamp_seconds.set(unix_now());
-    // Loaded once per runtime and shared by every listener.
+    // Loaded once per snapshot and shared by its listeners.
     let trust = Trust::load(&config.trust).map_err(StartError::Trust)?;
     log_trust(&trust);
     let snapshot =
-        Arc::new(build(config, store.clone(), &trust, &metrics).map_err(StartError::Certificates)?);
+        build(config, store.clone(), trust, &metrics, None).map_err(StartError::Build)?;
+    log_warnings(&snapshot);
+    warn_expired(&snapshot);
+    let snapshot = Arc::new(snapshot);
     let mut bound = Vec::new();
     for (addr, rt) in &snapshot.listeners {
         let tcp = TcpListener::bind(addr)
@@ -512,20 +262,12 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
             Arc::clone(&infos),
         ));
     }
-    let (expiry, expiry_rx) = watch::channel(false);
-    if !snapshot.explicit.is_empty() {
-        tokio::spawn(expiry_warnings(
-            snapshot.explicit.clone(),
-            watch_rx.clone(),
-            expiry_rx,
-        ));
-    }
+    let expiry = spawn_expiry_warnings(&snapshot, &watch_rx);
     Ok(Running {
         listeners: names(&active),
         metrics_addr,
         metrics,
         snapshot,
-        config: config.clone(),
         config_path: None,
         active,
         infos,
@@ -553,6 +295,20 @@ fn log_trust(trust: &Trust) {
         crls = s.crls.len(),
         "trust loaded"
     );
+}
+
+/// The daily expiry warnings of `snapshot`'s explicitly selected certificates; they end
+/// when shutdown begins or the returned sender is dropped (the snapshot was replaced).
+fn spawn_expiry_warnings(
+    snapshot: &Snapshot,
+    shutdown: &watch::Receiver<Shutdown>,
+) -> watch::Sender<bool> {
+    let (tx, rx) = watch::channel(false);
+    let explicit = explicit_certificates(snapshot);
+    if !explicit.is_empty() {
+        tokio::spawn(expiry_warnings(explicit, shutdown.clone(), rx));
+    }
+    tx
 }
 
 /// Once a day, the start-up warning again for each explicitly selected certificate that has

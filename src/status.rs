@@ -7,8 +7,10 @@
 //! [`Status::json`] render it. Everything after the snapshot is a pure function of it and
 //! of the clock reading passed in, so it is tested with a [`Metrics`] populated by hand.
 //!
-//! What the registry cannot tell (a listener's mode and address) comes from the
-//! [`ListenerInfo`] list the runtime hands the admin endpoint.
+//! What the registry cannot tell (which listeners are in force, their mode and address)
+//! comes from the [`ListenerInfo`] list the runtime hands the admin endpoint, and updates on
+//! every reload: a listener a reload removed is not shown, though its counters stay in the
+//! registry.
 
 use std::collections::BTreeMap;
 
@@ -58,10 +60,10 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ListenerStatus {
     pub name: String,
-    /// `terminate`, `originate`, or `None` for a listener the runtime did not name (one
-    /// dropped by a reload whose counters stay).
-    pub mode: Option<String>,
-    pub listen: Option<String>,
+    /// `terminate` or `originate`.
+    pub mode: String,
+    /// The bound address.
+    pub listen: String,
     /// `connections_active`: sessions open now.
     pub sessions_active: i64,
     /// `connections_total`: sessions since start.
@@ -211,20 +213,10 @@ impl Status {
             .find_map(|(l, _)| l.get("version").map(|v| (*v).to_owned()))
             .unwrap_or_default();
 
-        // Listeners: the runtime's, in configuration order, then any only the metrics know.
-        let mut listeners: Vec<ListenerStatus> = infos
-            .iter()
-            .map(|i| ListenerStatus::new(&i.name, Some(i)))
-            .collect();
-        let mut listener = |name: &str| -> usize {
-            match listeners.iter().position(|l| l.name == name) {
-                Some(i) => i,
-                None => {
-                    listeners.push(ListenerStatus::new(name, None));
-                    listeners.len() - 1
-                }
-            }
-        };
+        // Listeners: the runtime's, in configuration order. Series of any other (one a reload
+        // removed, whose counters stay in the registry) are not shown.
+        let mut listeners: Vec<ListenerStatus> = infos.iter().map(ListenerStatus::new).collect();
+        let listener = |name: &str| listeners.iter().position(|l| l.name == name);
         let per_listener = |name: &str| {
             family(name)
                 .iter()
@@ -240,7 +232,9 @@ impl Status {
             "message_bytes_total",
         ] {
             for (l, labels, v) in per_listener(name) {
-                rows.push((listener(l), name, labels, v));
+                if let Some(i) = listener(l) {
+                    rows.push((i, name, labels, v));
+                }
             }
         }
         for (i, name, labels, v) in rows {
@@ -331,7 +325,8 @@ impl Status {
                 .collect();
         certificates.sort_by(|a, b| (a.not_after, &a.name).cmp(&(b.not_after, &b.name)));
 
-        // Backends in listener order (then as the registry sorts them).
+        // Backends of the listeners in force, in listener order (then as the registry sorts
+        // them).
         let checks = family("backend_last_check_timestamp_seconds");
         let checked = |l: &str, s: &str| {
             checks.iter().any(|(labels, v)| {
@@ -348,10 +343,7 @@ impl Status {
                     (_, false) => BackendState::Unknown,
                 };
                 Some((
-                    listeners
-                        .iter()
-                        .position(|x| x.name == *l)
-                        .unwrap_or(usize::MAX),
+                    listeners.iter().position(|x| x.name == *l)?,
                     BackendStatus {
                         listener: (*l).to_owned(),
                         server: (*s).to_owned(),
@@ -380,7 +372,7 @@ impl Status {
     pub fn readiness(&self) -> Result<(), String> {
         let mut problems = Vec::new();
         for l in &self.listeners {
-            if l.mode.as_deref() != Some("terminate") {
+            if l.mode != "terminate" {
                 continue;
             }
             let servers: Vec<&BackendStatus> = self
@@ -430,11 +422,11 @@ impl BackendState {
 }
 
 impl ListenerStatus {
-    fn new(name: &str, info: Option<&ListenerInfo>) -> ListenerStatus {
+    fn new(info: &ListenerInfo) -> ListenerStatus {
         ListenerStatus {
-            name: name.to_owned(),
-            mode: info.map(|i| i.mode.clone()),
-            listen: info.map(|i| i.listen.clone()),
+            name: info.name.clone(),
+            mode: info.mode.clone(),
+            listen: info.listen.clone(),
             sessions_active: 0,
             sessions_total: 0,
             sessions_refused: 0,

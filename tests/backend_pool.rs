@@ -146,7 +146,7 @@ async fn until_checked(running: &Running, server: SocketAddr, up: bool, since: i
 }
 
 fn unix_now() -> i64 {
-    smtp_sidecar::runtime::unix_now()
+    smtp_sidecar::clock::unix_now()
 }
 
 /// (a) both up: the first gets the mail; (b) the first stops answering (it black-holes

@@ -189,8 +189,13 @@ fn binary_exits_zero_on_sigterm_and_sigint() {
 
 /// `smtp-sidecar check -c <config>`.
 fn run_check(config: &std::path::Path) -> std::process::Output {
+    sidecar("check", config)
+}
+
+/// `smtp-sidecar <command> -c <config>`, to its end.
+fn sidecar(command: &str, config: &std::path::Path) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
-        .args(["check", "-c"])
+        .args([command, "-c"])
         .arg(config)
         .output()
         .unwrap()
@@ -321,6 +326,37 @@ fn check_accepts_an_originate_listener_and_prints_its_policy() {
         stderr.contains("domain-secure would present the self-signed certificate"),
         "{stderr}"
     );
+}
+
+/// `check` builds what `run` builds: a backend hop that verifies with no anchor to verify
+/// against stops both, with the same message naming the listener's key path.
+#[test]
+fn check_refuses_what_run_refuses() {
+    let dir = common::process::TempDir::new("check-as-run");
+    let config = dir.0.join("config.yaml");
+    let state = dir.0.join("state");
+    let yaml = format!(
+        "hostname: mx.test\nstate_dir: {}\ntrust: {{system_roots: false}}\n\
+         listeners:\n  - name: inbound\n    listen: 127.0.0.1:0\n\
+         \x20   backend:\n      servers: [\"127.0.0.1:2526\"]\n      tls: starttls\n\
+         \x20     tls_verify: true\n",
+        state.display()
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let problem = "listeners[0] (inbound).backend.tls: backend.tls_verify needs trust anchors";
+    let out = run_check(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(problem), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("configuration OK"),
+        "{stderr}"
+    );
+
+    let run = sidecar("run", &config);
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{log}");
+    assert!(log.contains(problem), "{log}");
 }
 
 /// `smtp-sidecar demo` as the README runs it: fixed ports 2525, 2526 and 9725.

@@ -221,7 +221,8 @@ pub struct TerminateListener {
 pub struct OriginateListener {
     pub next_hop: NextHopConfig,
     /// `client_certificate`: what is presented where mutual TLS is wanted (`domain-secure`).
-    /// `Automatic`: the first valid certificate of the store (SNI plays no part on this side).
+    /// `Automatic`: the store's default for `hostname`, the one a terminate listener serves a
+    /// client without SNI (SNI plays no part on this side).
     pub client_certificate: CertificateSelection,
     pub policy: OriginatePolicy,
 }
@@ -279,7 +280,7 @@ pub struct OriginatePolicy {
     pub timeouts: Timeouts,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     /// `host:port` strings, tried in order.
     pub servers: Vec<String>,

@@ -1,6 +1,6 @@
 //! From a validated originate listener to the core's per-session [`smtp_core::outbound::Config`]
-//! (the terminate equivalent is built in `runtime.rs`, where whether STARTTLS can be offered is
-//! known).
+//! (the terminate equivalent is built in `runtime/build.rs`, where whether STARTTLS can be
+//! offered is known), and the deadlines of either direction's sessions.
 
 use smtp_core::outbound::{Config, DomainPolicy, NextHop};
 use smtp_core::session::Timeouts;
@@ -12,7 +12,6 @@ impl OriginateListener {
     /// `protocol_log` is `log.protocol_log`.
     pub fn session_config(&self, hostname: &str, protocol_log: bool) -> Config {
         let p = &self.policy;
-        let t = p.timeouts;
         Config {
             hostname: hostname.to_owned(),
             next_hop: match &self.next_hop {
@@ -31,14 +30,22 @@ impl OriginateListener {
             max_message_size: p.max_message_size,
             max_recipients: p.max_recipients,
             max_errors: p.max_errors,
-            timeouts: Timeouts {
-                greeting: t.greeting,
-                command: t.command,
-                data_block: t.data_block,
-                tls_handshake: t.tls_handshake,
-                backend_reply: t.backend_reply,
-            },
+            timeouts: p.timeouts.session(),
             protocol_log,
+        }
+    }
+}
+
+impl super::Timeouts {
+    /// The deadlines a session keeps: all but `proxy_header`, which the accept loop applies
+    /// before there is a session.
+    pub fn session(&self) -> Timeouts {
+        Timeouts {
+            greeting: self.greeting,
+            command: self.command,
+            data_block: self.data_block,
+            tls_handshake: self.tls_handshake,
+            backend_reply: self.backend_reply,
         }
     }
 }

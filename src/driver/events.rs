@@ -9,8 +9,9 @@ use smtp_core::outbound::Level;
 use smtp_core::session::Event;
 
 use super::PROTOCOL;
+use crate::clock::unix_now;
 use crate::metrics::Outcome;
-use crate::runtime::{unix_now, ListenerRuntime, ModeRuntime};
+use crate::snapshot::{ListenerRuntime, ModeRuntime};
 
 /// What a session's events added up to, for its closing log line.
 #[derive(Debug, Default, Clone, Copy)]

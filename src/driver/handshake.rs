@@ -15,7 +15,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use super::PROTOCOL;
 use crate::io::Stream;
 use crate::metrics::{Handshake, HandshakeError};
-use crate::runtime::ListenerRuntime;
+use crate::snapshot::ListenerRuntime;
 
 /// Record a completed server-side handshake; returns what the session needs to know.
 fn handshake_done(

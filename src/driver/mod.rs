@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout};
 
 use crate::io::{Read, Stream};
-use crate::runtime::{ListenerRuntime, Shutdown};
+use crate::shutdown::Shutdown;
+use crate::snapshot::ListenerRuntime;
 
 mod events;
 mod handshake;
@@ -204,7 +205,7 @@ impl<'a> Driver<'a> {
                 match l
                     .pool
                     .connect(&l.name, |s, up| {
-                        l.metrics.backend_up(s, up, crate::runtime::unix_now())
+                        l.metrics.backend_up(s, up, crate::clock::unix_now())
                     })
                     .await
                 {

@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use super::{
-    build, expiry_warnings, listener_infos, load_certificates, log_trust, names,
-    spawn_health_checks, spawn_listener, unix_now, Running,
+    build, listener_infos, load_files, log_trust, log_warnings, names, spawn_expiry_warnings,
+    spawn_health_checks, spawn_listener, warn_expired, Running,
 };
+use crate::clock::unix_now;
 use crate::config::{self, Config, ListenerMode, NextHopConfig};
-use crate::tls::Trust;
 
 impl Running {
     /// The file a reload re-reads (the one this configuration came from).
@@ -67,16 +66,8 @@ impl Running {
     async fn try_reload(&mut self, path: &Path) -> Result<(), Vec<String>> {
         let mut config = config::load(path).map_err(|e| e.problems)?;
         self.needs_restart(&mut config);
-        // Both read, so that every problem of either is reported.
-        let (store, trust) = match (load_certificates(&config), Trust::load(&config.trust)) {
-            (Ok(store), Ok(trust)) => (store, trust),
-            (store, trust) => {
-                let mut problems = store.err().unwrap_or_default();
-                problems.extend(trust.err().unwrap_or_default());
-                return Err(problems);
-            }
-        };
-        let snapshot = build(&config, store, &trust, &self.metrics)?;
+        let (store, trust) = load_files(&config)?;
+        let snapshot = build(&config, store, trust, &self.metrics, Some(&self.snapshot))?;
         // Every new address is bound before anything changes: a failure leaves all as it was.
         let mut fresh = Vec::new();
         let mut problems = Vec::new();
@@ -101,19 +92,25 @@ impl Running {
         let Some(alive) = self.alive_tx.clone() else {
             return Err(vec!["shutting down".to_owned()]);
         };
-        log_trust(&trust);
+        log_trust(&snapshot.trust);
+        log_warnings(&snapshot);
+        warn_expired(&snapshot);
         let shutdown = self.shutdown.subscribe();
+        let old_config = &self.snapshot.config;
         let mut old = std::mem::take(&mut self.active);
         let (mut added, mut changed, mut moved) = (Vec::new(), Vec::new(), Vec::new());
         for (addr, rt) in &snapshot.listeners {
             let rt = Arc::clone(rt);
             if let Some(i) = old.iter().position(|(a, _)| a == addr) {
                 let (_, mut a) = old.swap_remove(i);
-                if listener_config(&self.config, *addr) != listener_config(&config, *addr) {
+                if listener_config(old_config, *addr) != listener_config(&config, *addr) {
                     changed.push(rt.name.clone());
                 }
-                // The old pool's checks end (its sender dropped), the new one's start.
-                a.checks = spawn_health_checks(&rt, shutdown.clone());
+                // A pool kept by the build keeps its checks; otherwise the old pool's end
+                // (their sender dropped) and the new one's start.
+                if !Arc::ptr_eq(&a.current.load().pool, &rt.pool) {
+                    a.checks = spawn_health_checks(&rt, shutdown.clone());
+                }
                 a.current.store(rt);
                 self.active.push((*addr, a));
             } else if let Some(j) = fresh.iter().position(|(a, _, _)| a == addr) {
@@ -141,26 +138,18 @@ impl Running {
             }
         }
         let kept = backend_servers(&config);
-        for (listener, server) in backend_servers(&self.config) {
+        for (listener, server) in backend_servers(old_config) {
             if !kept.contains(&(listener.clone(), server.clone())) {
                 self.metrics.forget_backend(&listener, &server);
             }
         }
         self.metrics.set_certificates(&snapshot.store);
-        let (expiry, expiry_rx) = watch::channel(false);
-        if !snapshot.explicit.is_empty() {
-            tokio::spawn(expiry_warnings(
-                snapshot.explicit.clone(),
-                shutdown.clone(),
-                expiry_rx,
-            ));
-        }
-        self.expiry = expiry;
+        // The replaced snapshot's daily warnings end as their sender is dropped.
+        self.expiry = spawn_expiry_warnings(&snapshot, &shutdown);
+        self.grace = config.shutdown_grace;
         self.snapshot = Arc::new(snapshot);
         self.listeners = names(&self.active);
         self.infos.store(Arc::new(listener_infos(&self.active)));
-        self.grace = config.shutdown_grace;
-        self.config = config;
         tracing::info!(
             generation = self.metrics.config_generation.get() + 1,
             added = ?added,
@@ -174,7 +163,7 @@ impl Running {
 
     /// What a reload cannot change is logged and kept as it is in `new`.
     fn needs_restart(&self, new: &mut Config) {
-        let old = &self.config;
+        let old = &self.snapshot.config;
         if new.metrics_listen != old.metrics_listen {
             tracing::warn!("reload: metrics.listen changed: needs a restart; unchanged until then");
             new.metrics_listen = old.metrics_listen;

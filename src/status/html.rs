@@ -131,8 +131,8 @@ pub fn render(s: &Status) -> String {
                 l.messages_failed,
                 l.message_bytes,
                 name = escape(&l.name),
-                mode = escape(l.mode.as_deref().unwrap_or("-")),
-                listen = escape(l.listen.as_deref().unwrap_or("-")),
+                mode = escape(&l.mode),
+                listen = escape(&l.listen),
             )
         })
         .collect();

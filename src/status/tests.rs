@@ -84,8 +84,8 @@ fn counts_per_listener() {
         s.listeners[0],
         ListenerStatus {
             name: "inbound".into(),
-            mode: Some("terminate".into()),
-            listen: Some("127.0.0.1:2525".into()),
+            mode: "terminate".into(),
+            listen: "127.0.0.1:2525".into(),
             sessions_active: 2,
             sessions_total: 5,
             sessions_refused: 1,
@@ -98,19 +98,28 @@ fn counts_per_listener() {
         }
     );
     let out = &s.listeners[1];
-    assert_eq!(out.mode.as_deref(), Some("originate"));
+    assert_eq!(out.mode, "originate");
     assert_eq!((out.sessions_total, out.messages_accepted), (1, 0));
     assert_eq!(out.tls_share_percent, None, "no message yet: no share");
 }
 
+/// A listener a reload removed keeps its series in the registry, but is no longer in force:
+/// neither it nor its backends are shown, and its domain counts still add up.
 #[test]
-fn a_listener_only_the_metrics_know_is_shown_without_a_mode() {
+fn a_listener_only_the_metrics_know_is_not_shown() {
     let (metrics, _) = populated();
     let s = Status::gather(&metrics, &[info("outbound", "originate")], NOW);
     let names: Vec<&str> = s.listeners.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, ["outbound", "inbound"]);
-    assert_eq!(s.listeners[1].mode, None);
-    assert_eq!(s.listeners[1].sessions_total, 5);
+    assert_eq!(names, ["outbound"]);
+    assert!(
+        s.backends.iter().all(|b| b.listener == "outbound"),
+        "{:?}",
+        s.backends
+    );
+    let bank = s.domains.iter().find(|d| d.domain == "woodgrovebank.com");
+    assert_eq!(bank.map(|d| d.received), Some(2), "{:?}", s.domains);
+    assert!(!s.html().contains("data-listener=\"inbound\""));
+    assert!(!s.json().contains("\"inbound\""));
 }
 
 #[test]
@@ -246,9 +255,10 @@ fn json_has_every_section() {
 
 #[test]
 fn html_shows_counts_highlights_and_escapes() {
-    let (metrics, infos) = populated();
+    let (metrics, mut infos) = populated();
     let metrics_listener = metrics.listener("<i>evil</i>", &[], &[], &[]);
     metrics_listener.connections.inc();
+    infos.push(info("<i>evil</i>", "terminate"));
     let html = Status::gather(&metrics, &infos, NOW).html();
     assert!(html.starts_with("<!DOCTYPE html>"));
     // Self-contained: no script, nothing loaded from elsewhere.
@@ -274,7 +284,7 @@ fn html_shows_counts_highlights_and_escapes() {
     // Label values are escaped, in text and in attributes.
     assert!(html.contains("CN=&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;"));
     assert!(html.contains(
-        "<tr data-listener=\"&lt;i&gt;evil&lt;/i&gt;\"><td>&lt;i&gt;evil&lt;/i&gt;</td><td>-</td>"
+        "<tr data-listener=\"&lt;i&gt;evil&lt;/i&gt;\"><td>&lt;i&gt;evil&lt;/i&gt;</td><td>terminate</td>"
     ));
     assert!(!html.contains("<i>evil"));
     assert!(!html.contains("<b>\"x"));

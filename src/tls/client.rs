@@ -210,10 +210,9 @@ pub fn backend_config(trust: &Trust, verify: bool) -> Result<Arc<ClientConfig>, 
         .with_protocol_versions(super::server::protocol_versions(TlsVersion::V1_2))?;
     let builder = if verify {
         if trust.roots.is_empty() {
-            return Err(TlsError::Config(rustls::Error::General(
-                "backend.tls_verify needs trust anchors (trust.system_roots or trust.ca_files)"
-                    .into(),
-            )));
+            return Err(TlsError::Unusable(
+                "backend.tls_verify needs trust anchors (trust.system_roots or trust.ca_files)",
+            ));
         }
         let verifier =
             WebPkiServerVerifier::builder_with_provider(Arc::clone(&trust.roots), provider)

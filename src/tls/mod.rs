@@ -59,6 +59,9 @@ pub enum TlsError {
     /// rcgen refused to generate the self-signed certificate.
     #[error("generating the self-signed certificate: {0}")]
     Generate(String),
+    /// The configuration asks for something the loaded files cannot give.
+    #[error("{0}")]
+    Unusable(&'static str),
     /// rustls refused the configuration (no usable protocol version, no randomness...).
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),

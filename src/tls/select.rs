@@ -17,7 +17,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use super::store::{unix_now, CertStore, LoadedCert};
+use super::store::{CertStore, LoadedCert};
+use crate::clock::unix_now;
 use crate::config::CertificateSelection;
 
 /// What a listener's `certificate` rule yields from a store.

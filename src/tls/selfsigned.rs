@@ -13,8 +13,9 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
 use super::certinfo::CertInfo;
-use super::store::{unix_now, LoadedCert};
+use super::store::LoadedCert;
 use super::TlsError;
+use crate::clock::unix_now;
 use smtp_core::date::civil_from_days;
 
 /// The store name of the generated certificate.

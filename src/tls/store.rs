@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -14,6 +13,7 @@ use rustls::sign::{CertifiedKey, SigningKey};
 use rustls::{InconsistentKeys, SignatureAlgorithm};
 
 use super::certinfo::CertInfo;
+use crate::clock::unix_now;
 use crate::config::CertificateConfig;
 
 /// One usable certificate: chain and key checked to belong together.
@@ -165,14 +165,6 @@ impl CertStore {
             .iter()
             .find(|c| c.info.matches_thumbprint(thumbprint))
     }
-}
-
-/// Seconds since the unix epoch; a clock before 1970 counts as 0.
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {

@@ -175,7 +175,7 @@ fn the_client_signature_schemes_narrow_the_choice() {
     pki.entries.push(entry("rsa", &rsa_cert, &rsa_key));
     let store = pki.store();
     let candidates = super::Candidates::new(&store, "mx.example.com");
-    let (sni, now) = (Some("mx.example.com"), super::store::unix_now());
+    let (sni, now) = (Some("mx.example.com"), crate::clock::unix_now());
     let preferred = candidates.choose(sni, now).expect("cert");
     assert_eq!(
         preferred.name, "rsa",

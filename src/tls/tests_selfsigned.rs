@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use super::test_util::*;
 use super::{load_or_create_self_signed, self_signed};
-use crate::tls::store::unix_now;
+use crate::clock::unix_now;
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path)

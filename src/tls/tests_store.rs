@@ -5,8 +5,8 @@ use rustls::SignatureAlgorithm;
 
 use super::test_util::*;
 use super::{CertPlan, CertStore};
+use crate::clock::unix_now;
 use crate::config::CertificateSelection;
-use crate::tls::store::unix_now;
 
 fn load_one(cert: &std::path::Path, key: &std::path::Path) -> Result<CertStore, Vec<String>> {
     CertStore::load(&[entry("internet", cert, key)])

@@ -45,6 +45,12 @@ pub struct CrlSummary {
 }
 
 impl Trust {
+    /// Whether `other` holds the same anchors and CRLs (files re-read by a reload may have
+    /// changed while the configuration did not).
+    pub fn same_anchors(&self, other: &Trust) -> bool {
+        self.roots.roots == other.roots.roots && self.crls == other.crls
+    }
+
     /// Reads every anchor and CRL; each problem names its key path and file.
     pub fn load(config: &TrustConfig) -> Result<Trust, Vec<String>> {
         let mut problems = Vec::new();
@@ -118,7 +124,7 @@ impl Trust {
         for crl in &s.crls {
             // A CRL past its next update still applies, but the partner CA has published a
             // newer one that the sidecar does not have: say so.
-            let now = super::store::unix_now();
+            let now = crate::clock::unix_now();
             let next = crl.next_update.map_or_else(
                 || "no next update".to_owned(),
                 |t| {

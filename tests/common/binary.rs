@@ -54,6 +54,18 @@ impl Binary {
         log_of(&self.dir)
     }
 
+    /// Wait (10 s at most) until the log holds `needle` `n` times.
+    pub async fn wait_log(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no {needle:?} ({n}) in the log:\n{}", self.log());
+    }
+
     /// The configuration file the binary runs with (a test may rewrite it).
     pub fn config_path(&self) -> std::path::PathBuf {
         self.dir.0.join("config.yaml")

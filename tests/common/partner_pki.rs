@@ -41,6 +41,8 @@ pub struct PartnerPki {
     /// The intermediate's CRL listing `revoked` (PEM) and the same CRL in DER.
     pub crl_pem: PathBuf,
     pub crl_der: PathBuf,
+    /// A CRL of the intermediate that revokes nothing (PEM), for a revocation that comes later.
+    pub crl_none_revoked: PathBuf,
     /// `mail.woodgrovebank.com`, `woodgrovebank.com`; issued by the intermediate.
     pub partner: Identity,
     pub revoked: Identity,
@@ -201,21 +203,29 @@ impl PartnerPki {
             "Untrusted CA",
         );
 
-        let crl = CertificateRevocationListParams {
-            this_update: rcgen::date_time_ymd(2024, 1, 1),
-            next_update: rcgen::date_time_ymd(2089, 6, 1),
-            crl_number: SerialNumber::from(7u64),
-            issuing_distribution_point: None,
-            revoked_certs: vec![RevokedCertParams {
+        let crl_listing = |number: u64, revoked_certs| {
+            CertificateRevocationListParams {
+                this_update: rcgen::date_time_ymd(2024, 1, 1),
+                next_update: rcgen::date_time_ymd(2089, 6, 1),
+                crl_number: SerialNumber::from(number),
+                issuing_distribution_point: None,
+                revoked_certs,
+                key_identifier_method: KeyIdMethod::Sha256,
+            }
+            .signed_by(&inter)
+            .unwrap()
+        };
+        let crl = crl_listing(
+            7,
+            vec![RevokedCertParams {
                 serial_number: SerialNumber::from_slice(&[0x10, revoked_serial]),
                 revocation_time: rcgen::date_time_ymd(2024, 1, 1),
                 reason_code: Some(RevocationReason::KeyCompromise),
                 invalidity_date: None,
             }],
-            key_identifier_method: KeyIdMethod::Sha256,
-        }
-        .signed_by(&inter)
-        .unwrap();
+        );
+        let crl_none_revoked = dir.0.join("intermediate.none-revoked.crl.pem");
+        std::fs::write(&crl_none_revoked, crl_listing(6, Vec::new()).pem().unwrap()).unwrap();
         let intermediate_file = dir.0.join("intermediate.pem");
         std::fs::write(&intermediate_file, pem_of(&inter_der)).unwrap();
         let root_file = dir.0.join("root.pem");
@@ -230,6 +240,7 @@ impl PartnerPki {
             intermediate_file,
             crl_pem,
             crl_der,
+            crl_none_revoked,
             partner,
             revoked,
             expired,

@@ -278,7 +278,8 @@ pub async fn implicit_presented(addr: std::net::SocketAddr, sni: Option<&str>) -
     presented(TcpStream::connect(addr).await.unwrap(), sni).await
 }
 
-async fn read_reply<R: AsyncRead + Unpin>(io: &mut BufReader<R>) -> String {
+/// One SMTP reply, every line of it.
+pub async fn read_reply<R: AsyncRead + Unpin>(io: &mut BufReader<R>) -> String {
     let mut all = String::new();
     loop {
         let mut line = String::new();

@@ -1,0 +1,161 @@
+//! What one configuration becomes once built ([`crate::runtime`]'s build): a [`Snapshot`],
+//! immutable, with one [`ListenerRuntime`] per listener. A session reads its listener's `Arc`
+//! once, when it is accepted, and keeps it to the end; a reload builds a new snapshot and the
+//! accept loops hand out its listeners from then on.
+//!
+//! This module holds only the types, so that the accept loop and the session drivers, which
+//! read them, need nothing of the runtime that builds and swaps them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::Pool;
+use crate::config::Config;
+use crate::metrics::ListenerMetrics;
+use crate::tls::{CertInfo, CertPlan, CertStore, ClientAuth, ClientTls, Trust};
+
+/// Everything built from one configuration: the configuration itself, the certificate store
+/// and trust read for it, and each listener's runtime. Nothing in it changes once built; a
+/// reload builds a new one and swaps it whole.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Config,
+    pub store: Arc<CertStore>,
+    pub trust: Arc<Trust>,
+    /// In configuration order, by the `listen` address of the configuration.
+    pub listeners: Vec<(SocketAddr, Arc<ListenerRuntime>)>,
+    /// What the operator must hear of but does not stop the configuration: logged by `run`
+    /// and by a reload that puts this snapshot in force.
+    pub warnings: Vec<Warning>,
+}
+
+/// A finding of the build that leaves a listener working, but less than configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub listener: String,
+    /// Logged at error rather than warning level: the listener lacks something its
+    /// configuration asks for (a certificate rule that matches nothing).
+    pub error: bool,
+    pub message: String,
+}
+
+/// Everything a session of one listener needs, fixed when the snapshot is built.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    pub name: String,
+    pub implicit_tls: bool,
+    /// `None`: no certificate, so no STARTTLS (`454 4.7.0`).
+    pub acceptor: Option<Arc<rustls::ServerConfig>>,
+    /// `client_certificates`: what a session learns of the client's certificate.
+    pub client_auth: ClientAuth,
+    /// What each session is given, by mode.
+    pub mode: ModeRuntime,
+    /// Where `ConnectBackend` goes: the legacy server(s), or an originate listener's relay,
+    /// with what the health checks know of each. Shared with the next snapshot when a reload
+    /// leaves what it is built from unchanged, so that what the checks learnt survives.
+    pub pool: Arc<Pool>,
+    pub connect_timeout: Duration,
+    /// Deadline for writing to either peer.
+    pub write_timeout: Duration,
+    pub max_connections: u32,
+    pub max_connections_per_ip: u32,
+    /// `proxy_protocol: true`: the deadline of the PROXY header each connection begins with.
+    pub proxy_header: Option<Duration>,
+    /// This listener's series, labels resolved.
+    pub metrics: ListenerMetrics,
+    /// How the certificate is chosen, to name the one served in the protocol log.
+    pub certificates: CertPlan,
+}
+
+/// The mode-specific part of a listener's runtime.
+#[derive(Debug)]
+pub enum ModeRuntime {
+    Terminate(Arc<smtp_core::inbound::Config>),
+    Originate(Box<OriginateRuntime>),
+}
+
+/// What an originate listener's sessions need beyond their policy.
+#[derive(Debug)]
+pub struct OriginateRuntime {
+    pub session: Arc<smtp_core::outbound::Config>,
+    /// `next_hop: mx`: the MX resolver and the port next hops are contacted on.
+    pub resolver: Option<crate::mx::MxResolver>,
+    pub mx_port: u16,
+    /// The TLS client toward next hops, and the certificate it presents (for the log).
+    pub client_tls: ClientTls,
+    pub client_certificate: Option<CertInfo>,
+}
+
+impl ListenerRuntime {
+    /// `log.protocol_log`: command, reply and certificate lines of every session.
+    pub fn protocol_log(&self) -> bool {
+        match &self.mode {
+            ModeRuntime::Terminate(c) => c.protocol_log,
+            ModeRuntime::Originate(o) => o.session.protocol_log,
+        }
+    }
+
+    fn timeouts(&self) -> &smtp_core::session::Timeouts {
+        match &self.mode {
+            ModeRuntime::Terminate(c) => &c.timeouts,
+            ModeRuntime::Originate(o) => &o.session.timeouts,
+        }
+    }
+
+    /// Our name, as the sessions give it (and the health checks' EHLO).
+    pub fn hostname(&self) -> &str {
+        match &self.mode {
+            ModeRuntime::Terminate(c) => &c.hostname,
+            ModeRuntime::Originate(o) => &o.session.hostname,
+        }
+    }
+
+    /// `terminate` or `originate`.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            ModeRuntime::Terminate(_) => "terminate",
+            ModeRuntime::Originate(_) => "originate",
+        }
+    }
+
+    /// The originate part, for an originate listener.
+    pub fn originate(&self) -> Option<&OriginateRuntime> {
+        match &self.mode {
+            ModeRuntime::Originate(o) => Some(o),
+            ModeRuntime::Terminate(_) => None,
+        }
+    }
+
+    /// The deadline of a TLS handshake (either leg).
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        self.timeouts().tls_handshake
+    }
+
+    /// The longest any single wait of a session may last: the driver's bound for a session
+    /// that set no deadline of its own (DESIGN.md rule 5).
+    pub fn longest_wait(&self) -> Duration {
+        let t = self.timeouts();
+        [
+            t.greeting,
+            t.command,
+            t.data_block,
+            t.tls_handshake,
+            t.backend_reply,
+        ]
+        .into_iter()
+        .chain([self.connect_timeout, self.write_timeout])
+        .max()
+        .unwrap_or(Duration::from_secs(300))
+    }
+}
+
+impl Snapshot {
+    /// The runtime of the listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
+        self.listeners
+            .iter()
+            .map(|(_, rt)| rt)
+            .find(|rt| rt.name == name)
+    }
+}
