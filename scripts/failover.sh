@@ -44,5 +44,5 @@ status=0
 SIDECAR_BIN=$BIN FAILOVER_ROUNDS=$ROUNDS FAILOVER_CLIENTS=$CLIENTS \
   cargo test --test failover -- --ignored --exact failover_measured --nocapture --test-threads 1 \
   >"$LOG" 2>&1 || status=$?
-grep -E '^(round|median)' "$LOG" || true
+grep -oE '(round [0-9]+:|median of).*' "$LOG" || true
 ((status == 0)) || { echo "failover.sh: the test failed (exit $status), see $LOG" >&2; exit 1; }
