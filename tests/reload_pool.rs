@@ -2,11 +2,10 @@
 //! whose connection fails ... is marked down at once: the next session skips it without
 //! trying ... only a check brings a server marked down back").
 //!
-//! Ignored: it fails today. A reload builds a new pool whose servers all count as up, and its
-//! health checks begin one `health_check_interval` later, so after every reload the sessions
-//! that arrive before a connect to the dead server has timed out each wait `connect_timeout`
-//! again; with reloads more often than the interval, no health check ever runs. Run it with
-//! `cargo test --test reload_pool -- --ignored`.
+//! A reload used to build a new pool whose servers all counted as up, with health checks that
+//! began one `health_check_interval` later: after every reload the sessions that arrived before
+//! a connect to the dead server had timed out each waited `connect_timeout` again. A listener
+//! whose backend is unchanged now keeps its pool and its checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -45,7 +44,6 @@ async fn greeted(b: &Binary) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: a reload forgets which backend servers are down"]
 async fn a_reload_keeps_a_server_marked_down() {
     let (hole, _held, _listener) = black_hole().await;
     let (live, _rec) = recording_backend().await;
