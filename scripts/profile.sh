@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Where a peer's CPU goes under one workload of ../shared/bench (issue 16: profile first).
+#
+#   scripts/profile.sh PEER [run.sh args...]      e.g. scripts/profile.sh sidecar -n 20000 -c 50 -m 1 -s 2K
+#
+# Runs ../shared/bench/run.sh PEER with its arguments while `perf record -e cpu-clock` samples
+# the peer's core (CPU 1; this VM has no hardware counters, so cpu-clock), system-wide on that
+# core: kernel work done on behalf of the peer counts, and the same method serves every peer
+# (the load generator and the sink run on CPU 0). Prints run.sh's JSON line, then the split of
+# the samples into kernel, crypto, rustls, runtime, SMTP work, allocation, memcpy and other
+# (scripts/perf-split.py), each also in CPU µs per session, and keeps the profile in target/profile/PEER.data for `perf report`.
+# SIDECAR_BIN defaults to target/release/smtp-sidecar (cargo build --release first; the release
+# profile keeps line tables).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+peer=${1:?usage: scripts/profile.sh PEER [run.sh args...]}
+shift
+command -v perf >/dev/null || { echo "perf not found: install the Debian package linux-perf" >&2; exit 1; }
+out=target/profile
+mkdir -p "$out"
+export SIDECAR_BIN=${SIDECAR_BIN:-$PWD/target/release/smtp-sidecar}
+cpu=${PEER_CPU:-1}
+perf record -q -e cpu-clock -F 2000 -C "$cpu" -o "$out/$peer.data" -- sleep 3600 2>/dev/null &
+perf_pid=$!
+sleep 0.5
+json=$(../shared/bench/run.sh "$peer" "$@" | tail -n 1)
+echo "$json"
+us=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("peer_cpu_us_per_session") or 0)' "$json")
+kill -INT "$perf_pid"
+wait "$perf_pid" 2>/dev/null || true
+# The peer's own processes (threads by name); what else ran on its core is left out.
+case "$peer" in
+  sidecar*) comm='^(tokio-rt-worker|smtp-sidecar)$' ;;
+  nginx*) comm='^nginx$' ;;
+  haproxy*) comm='^haproxy$' ;;
+  stunnel*) comm='^stunnel' ;;
+  postfix*) comm='^(smtpd|cleanup|qmgr|smtp|trivial-rewrite)$' ;;
+  *) comm='.' ;;
+esac
+python3 scripts/perf-split.py "$out/$peer.data" "$comm" "$us"
