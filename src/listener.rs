@@ -130,6 +130,13 @@ pub async fn accept_loop(
                     // Behind a balancer the socket's address is the balancer's: the client's
                     // is known once the header is read.
                     let ip = l.proxy_header.is_none().then_some(socket.ip());
+                    if l.handshakes_full() {
+                        // A handshake flood: refused before it costs a handshake, quietly
+                        // (a log line each would cost more than the refusal).
+                        l.metrics.refused.inc();
+                        tokio::spawn(refuse(stream, l.implicit_tls));
+                        continue;
+                    }
                     match limits.admit(ip, &l) {
                         Some(admitted) => {
                             let (shutdown, alive) = (shutdown.clone(), alive.clone());

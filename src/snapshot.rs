@@ -62,6 +62,9 @@ pub struct ListenerRuntime {
     pub max_connections_per_ip: u32,
     /// `proxy_protocol: true`: the deadline of the PROXY header each connection begins with.
     pub proxy_header: Option<Duration>,
+    /// `max_handshakes` slots for TLS handshakes in progress (a terminate listener that can
+    /// do TLS): one is taken for each handshake; with none free, new connections are refused.
+    pub handshakes: Option<Arc<tokio::sync::Semaphore>>,
     /// This listener's series, labels resolved.
     pub metrics: ListenerMetrics,
     /// How the certificate is chosen, to name the one served in the protocol log.
@@ -128,6 +131,13 @@ impl ListenerRuntime {
     }
 
     /// The deadline of a TLS handshake (either leg).
+    /// Every handshake slot is taken: a new connection is refused before it costs one.
+    pub fn handshakes_full(&self) -> bool {
+        self.handshakes
+            .as_ref()
+            .is_some_and(|slots| slots.available_permits() == 0)
+    }
+
     pub fn tls_handshake_timeout(&self) -> Duration {
         self.timeouts().tls_handshake
     }

@@ -331,6 +331,9 @@ pub enum BackendTls {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub require_tls: bool,
+    /// TLS handshakes in progress at once (implicit and STARTTLS): at the bound a new
+    /// connection is refused before its handshake, and a handshake waits for a slot.
+    pub max_handshakes: u32,
     pub auth_requires_tls: bool,
     pub client_certificates: ClientCertificates,
     /// Listed sender domains, as configured (lower-cased, no trailing dot).

@@ -90,10 +90,16 @@ pub fn terminate_policy(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option
             );
         }
     }
+    let max_handshakes = p.count(
+        &key("max_handshakes"),
+        &or(&raw.max_handshakes, Value::Int(defaults::MAX_HANDSHAKES)),
+        1,
+    );
     let shared = shared(p, path, raw);
     let s = shared?;
     Some(Policy {
         require_tls: require_tls?,
+        max_handshakes: max_handshakes?,
         auth_requires_tls: auth_requires_tls?,
         client_certificates: client_certificates?,
         domain_secure: domain_secure?,
@@ -120,6 +126,7 @@ pub fn originate_policy(p: &mut Problems, path: &str, raw: &RawPolicy) -> Option
         ("auth_requires_tls", raw.auth_requires_tls.is_some()),
         ("client_certificates", raw.client_certificates.is_some()),
         ("domain_secure", raw.domain_secure.is_some()),
+        ("max_handshakes", raw.max_handshakes.is_some()),
     ] {
         if given {
             p.add(&key(k), "only valid with mode: terminate");

@@ -47,6 +47,8 @@ pub mod defaults {
     /// Terminate listeners only (absent keys of an originate listener stay absent).
     pub const LISTENER_TLS: &str = "starttls";
     pub const REQUIRE_TLS: bool = false;
+    /// TLS handshakes in progress at once on a terminate listener.
+    pub const MAX_HANDSHAKES: i128 = 256;
     pub const AUTH_REQUIRES_TLS: bool = true;
     pub const CLIENT_CERTIFICATES: &str = "none";
     /// Originate listeners only: opportunistic TLS, as Exchange and Postfix's `may`.
@@ -272,6 +274,7 @@ pub struct RawPolicy {
     pub auth_requires_tls: Option<Value>,
     pub client_certificates: Option<Value>,
     pub domain_secure: Option<Value>,
+    pub max_handshakes: Option<Value>,
     pub on_failure: Value,
     pub tls_min_version: Value,
     pub bare_newlines: Value,
@@ -290,7 +293,7 @@ pub struct RawPolicy {
     pub unknown: UnknownKeys,
 }
 keys!(RawPolicy: "require_tls", "auth_requires_tls", "client_certificates", "domain_secure",
-    "on_failure", "tls_min_version", "bare_newlines", "long_lines", "received_header",
+    "max_handshakes", "on_failure", "tls_min_version", "bare_newlines", "long_lines", "received_header",
     "max_message_size", "max_recipients", "max_connections", "max_connections_per_ip", "max_errors",
     "enforce", "timeouts", "default", "domains");
 
@@ -301,6 +304,7 @@ impl Default for RawPolicy {
             auth_requires_tls: None,
             client_certificates: None,
             domain_secure: None,
+            max_handshakes: None,
             on_failure: s("defer"),
             tls_min_version: s("1.2"),
             bare_newlines: s("reject"),

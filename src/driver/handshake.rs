@@ -150,7 +150,8 @@ fn handshake_error(l: &ListenerRuntime, peer: SocketAddr, e: &std::io::Error) {
 }
 
 /// The server side of a TLS handshake on `tcp` (implicit TLS, or after STARTTLS) by
-/// `deadline`; a failure is logged and counted, and ends in `None`.
+/// `deadline`, in one of the listener's `max_handshakes` slots; a failure is logged and
+/// counted, and ends in `None`.
 pub(crate) async fn accept_tls(
     l: &ListenerRuntime,
     acceptor: &Arc<rustls::ServerConfig>,
@@ -159,6 +160,19 @@ pub(crate) async fn accept_tls(
     id: u64,
     peer: SocketAddr,
 ) -> Option<(Stream, TlsInfo)> {
+    // One of `max_handshakes` slots for the handshake's CPU work, awaited within its deadline;
+    // released when the handshake is over.
+    let _slot = match &l.handshakes {
+        None => None,
+        Some(slots) => match timeout_at(deadline, Arc::clone(slots).acquire_owned()).await {
+            Ok(Ok(slot)) => Some(slot),
+            _ => {
+                let why = "no handshake slot free in time (max_handshakes)";
+                handshake_failed(l, peer, why, "server", HandshakeError::Timeout);
+                return None;
+            }
+        },
+    };
     let accept = TlsAcceptor::from(Arc::clone(acceptor)).accept(tcp);
     match timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => {

@@ -221,14 +221,18 @@ impl Builder<'_> {
             pool,
             connect_timeout: term.backend.connect_timeout,
             write_timeout: t.command,
-            acceptor,
             client_auth,
             max_connections: p.max_connections,
             max_connections_per_ip: p.max_connections_per_ip,
             proxy_header: l.proxy_protocol.then_some(t.proxy_header),
+            handshakes: acceptor.as_ref().map(|_| {
+                let slots = usize::try_from(p.max_handshakes).unwrap_or(usize::MAX);
+                Arc::new(tokio::sync::Semaphore::new(slots))
+            }),
             metrics: self
                 .metrics
                 .listener(&l.name, &p.domain_secure, &[], &term.backend.servers),
+            acceptor,
             certificates: plan,
         })
     }

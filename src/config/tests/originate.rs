@@ -285,6 +285,7 @@ fn problems_with_their_paths() {
         ("    policy: {require_tls: false}", "listeners[0].policy.require_tls: only valid with mode: terminate".into()),
         ("    policy: {auth_requires_tls: true}", "listeners[0].policy.auth_requires_tls: only valid with mode: terminate".into()),
         ("    policy: {client_certificates: none}", "listeners[0].policy.client_certificates: only valid with mode: terminate".into()),
+        ("    policy: {max_handshakes: 10}", "listeners[0].policy.max_handshakes: only valid with mode: terminate".into()),
         ("    policy: {domain_secure: []}", "listeners[0].policy.domain_secure: only valid with mode: terminate".into()),
     ];
     for (extra, want) in cases {

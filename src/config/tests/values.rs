@@ -44,6 +44,11 @@ fn backend_hop_keys() {
     );
     let p = t("    policy: {timeouts: {backend_reply: 10s}}\n");
     assert_eq!(p.timeouts.backend_reply, Duration::from_secs(10));
+    assert_eq!(t("    policy: {max_handshakes: 8}\n").max_handshakes, 8);
+    assert_eq!(
+        problems(&one_listener("    policy: {max_handshakes: 0}\n")),
+        ["listeners[0].policy.max_handshakes: expected a whole number from 1 to 4294967295, found 0"]
+    );
     assert_eq!(
         problems(&one_listener("    policy: {max_errors: 0}\n")),
         ["listeners[0].policy.max_errors: expected a whole number from 1 to 4294967295, found 0"]

@@ -71,6 +71,7 @@ impl Builder<'_> {
             max_connections: p.max_connections,
             max_connections_per_ip: p.max_connections_per_ip,
             proxy_header: l.proxy_protocol.then_some(p.timeouts.proxy_header),
+            handshakes: None,
             metrics,
             certificates: CertPlan::NoCertificate,
         })
