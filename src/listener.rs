@@ -107,6 +107,25 @@ impl Drop for Admitted {
     }
 }
 
+/// The accept queue's length: the kernel caps it at `net.core.somaxconn` (4096 on current
+/// kernels). Under a flood the listener refuses fast and clients come straight back; with
+/// the default of 128 (tokio's `TcpListener::bind`, as std's) the queue overflows, and the
+/// connections the kernel then completes with SYN cookies and drops leave a client of a
+/// server-speaks-first protocol waiting for a greeting that never comes.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket for `addr` (`SO_REUSEADDR`, as tokio's `TcpListener::bind`), with a
+/// [`LISTEN_BACKLOG`] accept queue.
+pub async fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(*addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Accept connections until shutdown begins or `stop` turns true (the listener was removed
 /// by a reload); the socket closes when the loop ends. Each accepted connection reads the
 /// listener's current runtime once and its session keeps that `Arc`: a reload swaps `current`

@@ -219,7 +219,7 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
     let snapshot = Arc::new(snapshot);
     let mut bound = Vec::new();
     for (addr, rt) in &snapshot.listeners {
-        let tcp = TcpListener::bind(addr)
+        let tcp = crate::listener::bind(addr)
             .await
             .map_err(|source| StartError::Bind {
                 name: rt.name.clone(),

@@ -64,7 +64,7 @@ fn demo_config() -> Config {
                 },
                 policy: Policy {
                     require_tls: false,
-                    max_handshakes: 256,
+                    max_handshakes: 128,
                     auth_requires_tls: true,
                     client_certificates: ClientCertificates::None,
                     domain_secure: Vec::new(),

@@ -48,7 +48,7 @@ pub mod defaults {
     pub const LISTENER_TLS: &str = "starttls";
     pub const REQUIRE_TLS: bool = false;
     /// TLS handshakes in progress at once on a terminate listener.
-    pub const MAX_HANDSHAKES: i128 = 256;
+    pub const MAX_HANDSHAKES: i128 = 128;
     pub const AUTH_REQUIRES_TLS: bool = true;
     pub const CLIENT_CERTIFICATES: &str = "none";
     /// Originate listeners only: opportunistic TLS, as Exchange and Postfix's `may`.

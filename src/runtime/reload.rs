@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::net::TcpListener;
-
 use super::{
     build, listener_infos, load_files, log_trust, log_warnings, names, spawn_expiry_warnings,
     spawn_health_checks, spawn_listener, warn_expired, Running,
@@ -75,7 +73,7 @@ impl Running {
             if self.active.iter().any(|(a, _)| a == addr) {
                 continue;
             }
-            match TcpListener::bind(addr).await {
+            match crate::listener::bind(addr).await {
                 Ok(tcp) => {
                     let local = tcp.local_addr().unwrap_or(*addr);
                     fresh.push((*addr, tcp, local));

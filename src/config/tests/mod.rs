@@ -83,7 +83,7 @@ fn assert_default_policy(policy: &Policy) {
     assert_eq!(policy.max_connections, 1000);
     assert_eq!(policy.max_connections_per_ip, 20);
     assert_eq!(policy.max_errors, 20);
-    assert_eq!(policy.max_handshakes, 256);
+    assert_eq!(policy.max_handshakes, 128);
     let timeouts = Timeouts {
         greeting: secs(300),
         command: secs(300),
