@@ -281,12 +281,8 @@ impl<'a> Driver<'a> {
                     return Step::Go;
                 };
                 // The plain stream is moved into the TLS stream: no plaintext buffer survives
-                // the upgrade (DESIGN.md rule 4). The session's deadline, or the handshake
-                // timeout if it set none: every wait has one.
-                let deadline = session.poll_timeout().map_or_else(
-                    || tokio::time::Instant::now() + l.tls_handshake_timeout(),
-                    tokio::time::Instant::from_std,
-                );
+                // the upgrade (DESIGN.md rule 4).
+                let deadline = handshake_deadline(session, l);
                 // Boxed: a handshake's state is large and comes once per session; the future
                 // every idle session holds need not carry room for it.
                 let handshake = accept_tls(l, acceptor, tcp, deadline, self.id, self.peer);
@@ -305,10 +301,7 @@ impl<'a> Driver<'a> {
                     return Step::Go;
                 };
                 // As on the client leg: the plain stream is moved into the TLS stream.
-                let deadline = session.poll_timeout().map_or_else(
-                    || tokio::time::Instant::now() + l.tls_handshake_timeout(),
-                    tokio::time::Instant::from_std,
-                );
+                let deadline = handshake_deadline(session, l);
                 let handshake = handshake::connect_tls(l, tcp, &ask, deadline, self.id, self.peer);
                 match Box::pin(handshake).await {
                     Some((tls, info)) => {
@@ -326,10 +319,7 @@ impl<'a> Driver<'a> {
                     session.handle_tls_failed(Leg::Backend, Instant::now());
                     return Step::Go;
                 };
-                let deadline = session.poll_timeout().map_or_else(
-                    || tokio::time::Instant::now() + l.tls_handshake_timeout(),
-                    tokio::time::Instant::from_std,
-                );
+                let deadline = handshake_deadline(session, l);
                 match Box::pin(l.pool.starttls(server, tcp, deadline)).await {
                     Ok(Stream::ClientTls(tls)) => {
                         let info =
@@ -362,6 +352,15 @@ impl<'a> Driver<'a> {
         let _ = timeout(write_timeout, backend.shutdown()).await;
         let _ = timeout(write_timeout, self.client.shutdown()).await;
     }
+}
+
+/// The deadline of a handshake: the session's, or the handshake timeout if it set none (every
+/// wait has one).
+fn handshake_deadline<M: Machine>(session: &M, l: &ListenerRuntime) -> tokio::time::Instant {
+    session.poll_timeout().map_or_else(
+        || tokio::time::Instant::now() + l.tls_handshake_timeout(),
+        tokio::time::Instant::from_std,
+    )
 }
 
 /// What the loop does after an action.
