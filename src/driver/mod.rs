@@ -202,13 +202,11 @@ impl<'a> Driver<'a> {
                 }
             }
             Action::ConnectBackend => {
-                match l
-                    .pool
-                    .connect(&l.name, |s, up| {
-                        l.metrics.backend_up(s, up, crate::clock::unix_now())
-                    })
-                    .await
-                {
+                let seen = |s: &str, up| l.metrics.backend_up(s, up, crate::clock::unix_now());
+                // Boxed, as the other rare waits: with an implicit-TLS hop the connect holds a
+                // whole client handshake, and every idle session's future would carry room for
+                // it.
+                match Box::pin(l.pool.connect(&l.name, seen)).await {
                     Ok((stream, server)) => {
                         if let Stream::ClientTls(tls) = &stream {
                             handshake::backend_tls_done(l, tls.get_ref().1, self.id, self.peer);
