@@ -277,12 +277,7 @@ pub async fn check(
         return quit(&mut stream).await;
     }
     let ehlo = greet(&mut tcp, hostname).await?;
-    let offered = ehlo.lines.iter().skip(1).any(|l| {
-        l.split_ascii_whitespace()
-            .next()
-            .is_some_and(|k| k.eq_ignore_ascii_case("STARTTLS"))
-    });
-    if !offered {
+    if ehlo.extension("STARTTLS").is_none() {
         return Err("STARTTLS not offered".into());
     }
     write(&mut tcp, b"STARTTLS\r\n").await?;
@@ -295,8 +290,7 @@ pub async fn check(
         return Err(format!("STARTTLS: {}", one_line(&reply)));
     }
     let mut stream = handshake(tcp).await?;
-    let ehlo = ehlo_on(&mut stream, &mut Replies::new(), hostname).await?;
-    drop(ehlo);
+    ehlo_on(&mut stream, &mut Replies::new(), hostname).await?;
     quit(&mut stream).await
 }
 

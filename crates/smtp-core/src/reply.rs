@@ -42,6 +42,17 @@ impl Reply {
     pub fn is_intermediate(&self) -> bool {
         (300..400).contains(&self.code)
     }
+
+    /// In an EHLO reply, what follows the extension `keyword` (ASCII case-insensitive) on its
+    /// line, `""` when nothing does; `None` when no line after the first names it.
+    pub fn extension(&self, keyword: &str) -> Option<&str> {
+        self.lines.iter().skip(1).find_map(|line| {
+            let line = line.trim_ascii();
+            let word = line.split_ascii_whitespace().next()?;
+            word.eq_ignore_ascii_case(keyword)
+                .then(|| line[word.len()..].trim_ascii_start())
+        })
+    }
     /// Append the wire form: `code-text` CRLF for every line but the last, `code text` CRLF
     /// for the last (`code` CRLF when a text is empty). A reply without lines is written as
     /// `code` CRLF.

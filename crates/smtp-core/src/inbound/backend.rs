@@ -81,7 +81,7 @@ impl Session {
     /// must be encrypted.
     fn secure_step(&mut self, step: Secure, reply: &Reply, now: Instant) {
         match step {
-            Secure::Ehlo if reply.is_positive() && offers(reply, "STARTTLS") => {
+            Secure::Ehlo if reply.is_positive() && reply.extension("STARTTLS").is_some() => {
                 Command::StartTls.write_to(self.conn.out(Leg::Backend));
                 self.securing(Secure::StartTls, now);
             }
@@ -272,25 +272,16 @@ impl Session {
     }
 }
 
-/// Whether an EHLO reply offers `keyword`.
-fn offers(reply: &Reply, keyword: &str) -> bool {
-    reply.lines.iter().skip(1).any(|line| {
-        line.split_ascii_whitespace()
-            .next()
-            .is_some_and(|k| k.eq_ignore_ascii_case(keyword))
-    })
-}
-
 /// The XCLIENT attributes an EHLO reply offers (`XCLIENT NAME ADDR PORT ...`, upper-cased),
 /// or `None` when it does not offer XCLIENT.
 fn xclient_attributes(reply: &Reply) -> Option<Vec<String>> {
-    reply.lines.iter().skip(1).find_map(|line| {
-        let mut words = line.split_ascii_whitespace();
-        let keyword = words.next()?;
-        keyword
-            .eq_ignore_ascii_case("XCLIENT")
-            .then(|| words.map(|w| w.to_ascii_uppercase()).collect())
-    })
+    let offered = reply.extension("XCLIENT")?;
+    Some(
+        offered
+            .split_ascii_whitespace()
+            .map(str::to_ascii_uppercase)
+            .collect(),
+    )
 }
 
 /// The XCLIENT command (Postfix's XCLIENT_README): of ADDR, PORT, NAME, HELO and PROTO, those

@@ -227,11 +227,8 @@ impl Session {
             }
             HopState::Ehlo { after_tls } if reply.is_positive() => {
                 self.hop.offered = Offered::from_reply(&reply);
-                self.hop.starttls = reply
-                    .lines
-                    .iter()
-                    .skip(1)
-                    .any(|l| l.trim().eq_ignore_ascii_case("STARTTLS"));
+                // STARTTLS takes no parameter (RFC 3207 §4): a line with one is not the offer.
+                self.hop.starttls = reply.extension("STARTTLS") == Some("");
                 self.after_hello(after_tls, now);
             }
             HopState::Ehlo { after_tls: false } if reply.code >= 500 => {

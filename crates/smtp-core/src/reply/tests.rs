@@ -247,3 +247,25 @@ proptest! {
         prop_assert_eq!(parse_all(&bytes, chunk), Ok(vec![r]));
     }
 }
+
+#[test]
+fn extension_finds_a_keyword_after_the_first_line() {
+    let reply = Reply {
+        code: 250,
+        lines: vec![
+            "mx.test STARTTLS".into(),
+            "starttls".into(),
+            "XCLIENT\tNAME ADDR".into(),
+            "SIZE 1000 ".into(),
+        ],
+    };
+    assert_eq!(reply.extension("STARTTLS"), Some(""));
+    assert_eq!(reply.extension("xclient"), Some("NAME ADDR"));
+    assert_eq!(reply.extension("SIZE"), Some("1000"));
+    assert_eq!(
+        reply.extension("mx.test"),
+        None,
+        "the first line names the server"
+    );
+    assert_eq!(reply.extension("SIZ"), None);
+}
