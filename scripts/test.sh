@@ -25,6 +25,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 { [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || need+=(prometheus)
 # tests/packaging.rs verifies deploy/systemd's unit with systemd-analyze (nothing is started).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# src/listener.rs's test reads a listener's accept queue with ss.
+command -v ss >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -116,7 +116,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 
 /// A listening socket for `addr` (`SO_REUSEADDR`, as tokio's `TcpListener::bind`), with a
 /// [`LISTEN_BACKLOG`] accept queue.
-pub async fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
+pub fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -255,4 +255,28 @@ async fn refuse(mut stream: TcpStream, implicit_tls: bool) {
         let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply)).await;
     }
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    /// The socket really listens with the long queue: `ss` shows a listener's backlog as
+    /// its Send-Q.
+    #[tokio::test]
+    async fn listens_with_the_long_accept_queue() {
+        let tcp = super::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("ss not found: install the Debian package iproute2");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let backlog: Vec<&str> = text.split_whitespace().collect();
+        // The kernel caps the backlog at net.core.somaxconn.
+        let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap();
+        let want = super::LISTEN_BACKLOG.min(cap.trim().parse().unwrap());
+        // State, Recv-Q, Send-Q (the backlog), local address, peer address.
+        assert_eq!(backlog.get(2), Some(&want.to_string().as_str()), "{text}");
+    }
 }

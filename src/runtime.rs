@@ -219,13 +219,11 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
     let snapshot = Arc::new(snapshot);
     let mut bound = Vec::new();
     for (addr, rt) in &snapshot.listeners {
-        let tcp = crate::listener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: rt.name.clone(),
-                addr: *addr,
-                source,
-            })?;
+        let tcp = crate::listener::bind(addr).map_err(|source| StartError::Bind {
+            name: rt.name.clone(),
+            addr: *addr,
+            source,
+        })?;
         let local = tcp.local_addr().unwrap_or(*addr);
         bound.push((*addr, tcp, local, Arc::clone(rt)));
     }

@@ -73,7 +73,7 @@ impl Running {
             if self.active.iter().any(|(a, _)| a == addr) {
                 continue;
             }
-            match crate::listener::bind(addr).await {
+            match crate::listener::bind(addr) {
                 Ok(tcp) => {
                     let local = tcp.local_addr().unwrap_or(*addr);
                     fresh.push((*addr, tcp, local));
