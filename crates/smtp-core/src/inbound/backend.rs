@@ -183,11 +183,11 @@ impl Session {
     /// The backend answered a step of the replay.
     fn replayed(&mut self, step: Replay, reply: &Reply, now: Instant) {
         match step {
-            Replay::Helo if self.xclient_pending(reply) => {
-                self.replay_step(Replay::Xclient, now);
-            }
             Replay::Xclient if reply.code == 220 => self.replay_helo(now),
             Replay::Helo if reply.is_positive() => {
+                if self.xclient_pending(reply) {
+                    return self.replay_step(Replay::Xclient, now);
+                }
                 self.backend_helo = true;
                 // The new connection may be another server (failover) offering less.
                 self.backend_offered = Offered::from_reply(reply);

@@ -140,10 +140,6 @@ impl Session {
     /// The backend answered the command we forwarded.
     pub(super) fn complete(&mut self, pending: Pending, reply: Reply, now: Instant) {
         match pending {
-            Pending::Ehlo { name, esmtp } if self.try_xclient(&reply, &name, esmtp) => {
-                self.mode = Mode::Await(Pending::Xclient { name, esmtp });
-                return;
-            }
             Pending::Xclient { name, esmtp } => {
                 if reply.code != 220 {
                     let text = reply.lines.join(" / ");
@@ -155,6 +151,12 @@ impl Session {
                 return self.forward(&out, Pending::Ehlo { name, esmtp }, now);
             }
             Pending::Ehlo { name, esmtp } => {
+                // The first HELO/EHLO reply of a connection that offers XCLIENT: XCLIENT
+                // first, the HELO/EHLO again after its greeting.
+                if self.try_xclient(&reply, &name, esmtp) {
+                    self.mode = Mode::Await(Pending::Xclient { name, esmtp });
+                    return;
+                }
                 // A backend that refuses a second HELO/EHLO in one session (OpenSMTPD: `503
                 // Already identified`) meets one after STARTTLS (RFC 3207 §4.2): the EHLO is
                 // sent again on a fresh connection instead. Backends that accept it cost nothing.
