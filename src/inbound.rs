@@ -24,9 +24,6 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     let mut driver = Driver::new(&l, peer);
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY on client socket");
-    }
     let (client, tls) = match (&l.acceptor, l.implicit_tls) {
         (Some(acceptor), true) => {
             let deadline = tokio::time::Instant::now() + l.tls_handshake_timeout();

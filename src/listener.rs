@@ -115,13 +115,16 @@ impl Drop for Admitted {
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// A listening socket for `addr` (`SO_REUSEADDR`, as tokio's `TcpListener::bind`), with a
-/// [`LISTEN_BACKLOG`] accept queue.
+/// [`LISTEN_BACKLOG`] accept queue and `TCP_NODELAY`: replies are small and latency-bound
+/// (DESIGN.md §5), and Linux copies the option to every accepted socket, which saves a
+/// system call per session.
 pub fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(*addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -278,5 +281,16 @@ mod tests {
         let want = super::LISTEN_BACKLOG.min(cap.trim().parse().unwrap());
         // State, Recv-Q, Send-Q (the backlog), local address, peer address.
         assert_eq!(backlog.get(2), Some(&want.to_string().as_str()), "{text}");
+    }
+
+    /// Accepted sockets inherit `TCP_NODELAY` from the listener; sessions no longer set it.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let tcp = super::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let client = tokio::net::TcpStream::connect(tcp.local_addr().unwrap());
+        let (accepted, client) = tokio::join!(tcp.accept(), client);
+        let (accepted, _) = accepted.unwrap();
+        assert!(accepted.nodelay().unwrap());
+        assert!(!client.unwrap().nodelay().unwrap(), "the check can tell");
     }
 }

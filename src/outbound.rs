@@ -24,9 +24,6 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     let mut driver = Driver::new(&l, peer);
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY on client socket");
-    }
     let mut session = Session::new(cfg, peer.ip(), started, SystemTime::now());
     driver.run(&mut session, Stream::Plain(tcp), shutdown).await;
     driver.ended(started, None);
