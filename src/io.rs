@@ -4,6 +4,7 @@
 //! can run on that thread.
 
 use std::cell::RefCell;
+use std::io::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -109,27 +110,71 @@ impl Stream {
         }
     }
 
+    /// Write `data`. On a TLS stream it may only be encrypted into rustls' buffer, to leave
+    /// with whatever else the same batch of actions sends, at the next [`Stream::flush`] or
+    /// [`Stream::close`]. rustls bounds that buffer (64 KiB); what does not fit is written at
+    /// once.
     pub async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
             Stream::None => Err(std::io::ErrorKind::NotConnected.into()),
             Stream::Plain(s) => s.write_all(data).await,
-            Stream::ServerTls(s) => write_flush(s.as_mut(), data).await,
-            Stream::ClientTls(s) => write_flush(s.as_mut(), data).await,
+            Stream::ServerTls(s) => {
+                write_tls(s.as_mut(), data, |s, d| s.get_mut().1.writer().write(d)).await
+            }
+            Stream::ClientTls(s) => {
+                write_tls(s.as_mut(), data, |s, d| s.get_mut().1.writer().write(d)).await
+            }
         }
     }
 
-    /// Close the sending side (TLS: close_notify first). Errors are of no interest here.
-    pub async fn shutdown(&mut self) {
+    /// Whether [`Stream::write`] left bytes in the TLS buffer.
+    pub fn unflushed(&self) -> bool {
+        match self {
+            Stream::None | Stream::Plain(_) => false,
+            Stream::ServerTls(s) => s.get_ref().1.wants_write(),
+            Stream::ClientTls(s) => s.get_ref().1.wants_write(),
+        }
+    }
+
+    /// Send what [`Stream::write`] left in the TLS buffer.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::None | Stream::Plain(_) => Ok(()),
+            Stream::ServerTls(s) => s.flush().await,
+            Stream::ClientTls(s) => s.flush().await,
+        }
+    }
+
+    /// Close the connection: TLS sends its close_notify (with anything still buffered, in one
+    /// write), then the socket is closed, which sends the FIN. A `shutdown(2)` before the
+    /// close would only be one more system call. Errors are of no interest here.
+    pub async fn close(&mut self) {
         let _ = match self {
-            Stream::None => Ok(()),
-            Stream::Plain(s) => s.shutdown().await,
-            Stream::ServerTls(s) => s.shutdown().await,
-            Stream::ClientTls(s) => s.shutdown().await,
+            Stream::None | Stream::Plain(_) => Ok(()),
+            Stream::ServerTls(s) => {
+                s.get_mut().1.send_close_notify();
+                s.flush().await
+            }
+            Stream::ClientTls(s) => {
+                s.get_mut().1.send_close_notify();
+                s.flush().await
+            }
         };
+        *self = Stream::None;
     }
 }
 
-async fn write_flush<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> std::io::Result<()> {
-    s.write_all(data).await?;
-    s.flush().await
+/// Encrypt `data` into the connection's buffer with `buffer`; write it out at once only if
+/// it did not all fit.
+async fn write_tls<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    data: &[u8],
+    buffer: impl FnOnce(&mut S, &[u8]) -> std::io::Result<usize>,
+) -> std::io::Result<()> {
+    let n = buffer(s, data)?;
+    if n < data.len() {
+        s.write_all(&data[n..]).await?;
+        s.flush().await?;
+    }
+    Ok(())
 }

@@ -76,12 +76,21 @@ impl<'a> Driver<'a> {
             while let Some(action) = session.poll_action() {
                 // Events first: protocol log lines must be written before a handshake's.
                 self.record_events(session);
+                // Writes of one batch leave together (a reply and the close_notify after it
+                // in one system call); anything else waits for them first.
+                if !matches!(action, Action::Write(..) | Action::Close) {
+                    self.flush(session).await;
+                }
                 match self.act(session, action).await {
                     Step::Go => {}
                     Step::Readable(Leg::Client) => client_more = true,
                     Step::Readable(Leg::Backend) => backend_more = true,
                     Step::Done => return self.record_events(session),
                 }
+            }
+            if self.flush(session).await {
+                // A leg was lost: the session has more to do.
+                continue;
             }
             self.record_events(session);
             if session.is_closed() {
@@ -257,7 +266,7 @@ impl<'a> Driver<'a> {
                     Leg::Client => std::mem::take(&mut self.client),
                     Leg::Backend => std::mem::take(&mut self.backend),
                 };
-                let _ = timeout(l.write_timeout, stream.shutdown()).await;
+                let _ = timeout(l.write_timeout, stream.close()).await;
             }
             Action::Abort(leg) => {
                 // An abortive close (RST): the backend discards the message in flight, and no
@@ -343,12 +352,36 @@ impl<'a> Driver<'a> {
         Step::Go
     }
 
+    /// Send what writes left buffered on either leg, each under the write deadline. Returns
+    /// whether a leg was lost (the session was told, and its connection dropped).
+    async fn flush<M: Machine>(&mut self, session: &mut M) -> bool {
+        let mut lost = false;
+        for leg in [Leg::Client, Leg::Backend] {
+            let stream = match leg {
+                Leg::Client => &mut self.client,
+                Leg::Backend => &mut self.backend,
+            };
+            if stream.unflushed()
+                && !matches!(
+                    timeout(self.l.write_timeout, stream.flush()).await,
+                    Ok(Ok(()))
+                )
+            {
+                // Dead or stalled: the connection is dropped, so nothing is left to flush.
+                *stream = Stream::None;
+                session.handle_lost(leg, Instant::now());
+                lost = true;
+            }
+        }
+        lost
+    }
+
     /// Close both legs, each under the write deadline.
     async fn close(&mut self) {
         let write_timeout = self.l.write_timeout;
         let mut backend = std::mem::take(&mut self.backend);
-        let _ = timeout(write_timeout, backend.shutdown()).await;
-        let _ = timeout(write_timeout, self.client.shutdown()).await;
+        let _ = timeout(write_timeout, backend.close()).await;
+        let _ = timeout(write_timeout, self.client.close()).await;
     }
 }
 
