@@ -83,6 +83,8 @@ pub struct Harness<S: Machine = Session> {
     pub client: BytesMut,
     /// Bytes written to the backend since the last `take_backend`.
     pub backend: BytesMut,
+    /// Write actions to the backend so far (each is one system call in the driver).
+    pub backend_writes: u32,
     /// Events other than replies; the replies (what they answered, their code) apart.
     pub events: Vec<Event>,
     pub replies: Vec<(ReplyTo, u16)>,
@@ -162,6 +164,7 @@ impl<S: Machine> Harness<S> {
             replies: Vec::new(),
             connects: 0,
             backend_closes: 0,
+            backend_writes: 0,
             closed: false,
             tls_started: 0,
             backend_reachable: true,
@@ -184,7 +187,10 @@ impl<S: Machine> Harness<S> {
         while let Some(action) = self.session.poll_action() {
             match action {
                 Action::Write(Leg::Client, b) => self.client.extend_from_slice(&b),
-                Action::Write(Leg::Backend, b) => self.backend.extend_from_slice(&b),
+                Action::Write(Leg::Backend, b) => {
+                    self.backend_writes += 1;
+                    self.backend.extend_from_slice(&b);
+                }
                 Action::ConnectBackend => {
                     self.connects += 1;
                     if self.backend_reachable {

@@ -478,11 +478,14 @@ fn received_header_is_prepended() {
     let mut h = Harness::greeted(cfg);
     h.ehlo();
     h.transaction();
+    assert_eq!(h.take_backend(), "", "the header waits for the body");
+    let writes = h.backend_writes;
     h.client_says(b"x\r\n.\r\n");
     assert_eq!(
         h.take_backend(),
         "Received: from client.test ([192.0.2.1])\r\n\tby mx.test (smtp-sidecar) with ESMTP;\r\n\tTue, 24 Nov 2026 02:45:00 +0000\r\nx\r\n.\r\n"
     );
+    assert_eq!(h.backend_writes, writes + 1, "header and body in one write");
 }
 
 #[test]
