@@ -43,7 +43,7 @@ async fn starttls_message_reaches_backend_byte_exact() {
     let t = rec.closed(1).await;
     assert_eq!(
         String::from_utf8_lossy(&t[0]),
-        "EHLO client.test\r\nEHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n\
+        "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n\
          Subject: test\r\n\r\n..leading dot\r\nbody\r\n.\r\nQUIT\r\n"
     );
 }

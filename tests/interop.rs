@@ -345,7 +345,7 @@ async fn openssl_s_client_starttls_byte_exact() {
     assert_eq!(rec.bodies(), [OPENSSL_BODY]);
     let t = rec.transcript_with("MAIL FROM").await;
     let expected = format!(
-        "EHLO client.test\r\nEHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+        "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
          DATA\r\n{OPENSSL_BODY}QUIT\r\n"
     );
     assert_eq!(t, expected);

@@ -284,14 +284,35 @@ async fn opensmtpd_backend_starttls_delivery() {
     let hello = "250-legacy.test Hello client.test [127.0.0.1], pleased to meet you\r\n";
     assert_eq!(ehlo(smtpd.addr()).await, format!("{hello}{EHLO}"));
 
-    // OpenSMTPD refuses a second EHLO in a session (`503 5.5.1 Invalid command: Already
-    // identified`): the client's EHLO after STARTTLS reaches it on a fresh connection.
+    // The client's EHLO after STARTTLS has the name of its first: answered from OpenSMTPD's
+    // first reply, it never sees a second one.
     let replies_seen = session(&sidecar, &[stuffed(MESSAGE)], "delivery").await;
     assert_eq!(replies_seen, replies(ACCEPTED, &[ACCEPTED[3]]));
     // Both Received headers, the hop plaintext (no TLS in the log for its session either).
     let relayed = &smtpd.relayed_when(1)[0];
     assert_received(relayed, &stuffed(MESSAGE), OPENSMTPD_RECEIVED, true);
     assert_eq!(smtpd.message_tls(), [None]);
+
+    // Another name after STARTTLS: OpenSMTPD refuses a second EHLO in a session (`503 5.5.1
+    // Invalid command: Already identified`), so it reaches OpenSMTPD on a fresh connection.
+    let mut c = Client::connect(sidecar.addr("inbound").unwrap()).await;
+    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    assert!(c.cmd("EHLO client.test").await.contains("250 STARTTLS\r\n"));
+    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+    let mut c = c.upgrade().await;
+    assert!(c
+        .cmd("EHLO other.test")
+        .await
+        .starts_with("250-mx.test\r\n"));
+    let replies_seen = transaction(&mut c, &stuffed(MESSAGE)).await;
+    assert_eq!(masked(&replies_seen), ACCEPTED);
+    assert_eq!(c.cmd("QUIT").await, BYE);
+    let relayed = &smtpd.relayed_when(2)[1];
+    let ours = "Received: from other.test ([127.0.0.1])";
+    assert!(
+        String::from_utf8_lossy(relayed).contains(ours),
+        "{relayed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -66,7 +66,7 @@ async fn smuggling_through_a_long_line_is_folded_into_the_body() {
     ]
     .concat();
     let want = [
-        b"EHLO client.test\r\nEHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+        b"EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
           DATA\r\n"
             .as_slice(),
         &folded,

@@ -315,6 +315,18 @@ impl<S: Machine> Harness<S> {
         )
     }
 
+    /// The client's EHLO after STARTTLS with the name of its first: answered from the
+    /// backend's reply to that one, nothing forwarded.
+    pub fn ehlo_after_tls(&mut self) -> String {
+        self.client_says(b"EHLO client.test\r\n");
+        assert_eq!(
+            self.take_backend(),
+            "",
+            "answered from the reply before TLS"
+        );
+        self.take_client()
+    }
+
     /// EHLO with a plain backend EHLO reply.
     pub fn ehlo(&mut self) -> String {
         self.exchange(

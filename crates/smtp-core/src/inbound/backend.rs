@@ -255,6 +255,7 @@ impl Session {
 
     /// Forward a serialised command and wait for its reply.
     pub(super) fn forward(&mut self, bytes: &[u8], pending: Pending, now: Instant) {
+        self.before_tls_ehlo = None;
         self.conn.write(Leg::Backend, bytes);
         self.mode = Mode::Await(pending);
         self.conn.timers.stop(Timer::Client);

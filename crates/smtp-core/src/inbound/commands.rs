@@ -167,6 +167,9 @@ impl Session {
                     return;
                 }
                 self.offered = Offered::default();
+                if reply.is_positive() && esmtp && self.tls.is_none() && self.cfg.starttls {
+                    self.before_tls_ehlo = Some((name.clone(), reply.clone()));
+                }
                 if reply.is_positive() {
                     self.backend_helo = true;
                     self.backend_offered = Offered::from_reply(&reply);
@@ -265,6 +268,11 @@ impl Session {
     }
 
     fn hello(&mut self, name: String, esmtp: bool, now: Instant) {
+        if let Some((before, reply)) = self.before_tls_ehlo.take() {
+            if self.tls.is_some() && esmtp && before == name {
+                return self.complete(Pending::Ehlo { name, esmtp }, reply, now);
+            }
+        }
         let mut out = BytesMut::new();
         self.hello_for_backend(name.clone(), esmtp)
             .write_to(&mut out);

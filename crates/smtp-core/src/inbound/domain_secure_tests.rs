@@ -38,7 +38,7 @@ fn session(cfg: Config, tls: Option<ClientCert>) -> Harness {
         };
         h.client_says(b"STARTTLS\r\n");
         assert_eq!(h.take_client(), "220 2.0.0 Ready to start TLS\r\n");
-        h.ehlo();
+        h.ehlo_after_tls();
     }
     h
 }

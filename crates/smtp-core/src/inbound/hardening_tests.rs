@@ -10,10 +10,10 @@ const EHLO_FULL: &str = "250-legacy.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n25
 /// A session inside TLS that was offered every extension we pass.
 fn tls_session() -> Harness {
     let mut h = Harness::greeted(test_config());
-    h.ehlo();
+    h.exchange("EHLO client.test\r\n", "EHLO client.test\r\n", EHLO_FULL);
     h.client_says(b"STARTTLS\r\n");
     h.take_client();
-    h.exchange("EHLO client.test\r\n", "EHLO client.test\r\n", EHLO_FULL);
+    h.ehlo_after_tls();
     h
 }
 
@@ -352,15 +352,16 @@ fn a_second_ehlo_refused_by_the_backend_goes_to_a_new_connection() {
     h.ehlo();
     h.client_says(b"STARTTLS\r\n");
     h.take_client();
-    h.client_says(b"EHLO client.test\r\n");
-    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    // Another name than before TLS: the backend must be asked again.
+    h.client_says(b"EHLO other.test\r\n");
+    assert_eq!(h.take_backend(), "EHLO other.test\r\n");
     h.backend_says(b"503 5.5.1 Invalid command: Already identified\r\n");
     assert_eq!((h.connects, h.backend_closes), (2, 1));
     assert_eq!(h.take_client(), "");
     h.backend_says(b"220 legacy.test ESMTP OpenSMTPD\r\n");
     assert_eq!(
         h.take_backend(),
-        "EHLO client.test\r\n",
+        "EHLO other.test\r\n",
         "no HELO replayed before it"
     );
     h.backend_says(b"250-legacy.test Hello\r\n250-8BITMIME\r\n250 PIPELINING\r\n");

@@ -75,6 +75,11 @@ pub struct Session {
     /// The backend's reply to a client EHLO that was sent again on a fresh connection, held
     /// until that connection is authenticated again.
     ehlo_reply: Option<Reply>,
+    /// Before STARTTLS: the name of the client's EHLO and the backend's positive reply to it,
+    /// while nothing else has been sent to this backend connection. The same EHLO after
+    /// STARTTLS (RFC 3207 §4.2) is answered from it: the backend would be asked to return to
+    /// the state it is in, and one round trip per session is saved.
+    before_tls_ehlo: Option<(String, Reply)>,
     auth: AuthState,
     /// The current backend connection has accepted a HELO/EHLO.
     backend_helo: bool,
@@ -109,6 +114,7 @@ impl Session {
             offered: Offered::default(),
             backend_offered: Offered::default(),
             ehlo_reply: None,
+            before_tls_ehlo: None,
             auth: AuthState::default(),
             backend_helo: false,
             replacements: 0,

@@ -26,6 +26,7 @@ impl Session {
     /// Drop the backend connection without a word (the driver resets it): a message in
     /// flight there is discarded, and nothing still queued for it is sent.
     pub(super) fn drop_backend(&mut self) {
+        self.before_tls_ehlo = None;
         self.conn.abort(Leg::Backend);
         self.backend = Backend::Gone;
         self.conn.timers.stop(Timer::Backend);

@@ -1,6 +1,6 @@
 //! Session tests: byte-exact, in memory, with a virtual clock.
 
-use crate::session::Refusal;
+use crate::session::{Refusal, ReplyTo};
 use std::time::Duration;
 
 use crate::data::{BareNewlines, LongLines};
@@ -82,7 +82,7 @@ fn starttls_discards_pipelined_plaintext_and_resets() {
     // After TLS, the session starts again at EHLO (RFC 3207 §4.2).
     h.client_says(b"MAIL FROM:<a@x.test>\r\n");
     assert_eq!(h.take_client(), "503 5.5.1 Send EHLO first\r\n");
-    let reply = h.ehlo();
+    let reply = h.ehlo_after_tls();
     assert_eq!(
         reply,
         "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 36700160\r\n"
@@ -151,10 +151,10 @@ fn auth_requires_tls() {
 #[test]
 fn auth_exchange_inside_tls() {
     let mut h = Harness::greeted(test_config());
-    h.ehlo();
+    h.ehlo_auth();
     h.client_says(b"STARTTLS\r\n");
     h.take_client();
-    h.ehlo_auth();
+    h.ehlo_after_tls();
     assert_eq!(
         h.exchange("AUTH LOGIN\r\n", "AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n"),
         "334 VXNlcm5hbWU6\r\n"
@@ -520,10 +520,10 @@ fn shutdown_drains_at_command_boundary() {
 #[test]
 fn invalid_sasl_response_cancels_with_one_reply() {
     let mut h = Harness::greeted(test_config());
-    h.ehlo();
+    h.ehlo_auth();
     h.client_says(b"STARTTLS\r\n");
     h.take_client();
-    h.ehlo_auth();
+    h.ehlo_after_tls();
     h.exchange("AUTH LOGIN\r\n", "AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n");
     // Not base64: the backend is told to cancel, and its answer is the only reply.
     let reply = h.exchange(
@@ -557,4 +557,42 @@ fn every_reply_is_reported_with_the_command_it_answers() {
             (ReplyTo::Rcpt, 503),
         ]
     );
+}
+
+#[test]
+fn ehlo_after_starttls_is_answered_from_the_reply_before_it() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.client_says(b"STARTTLS\r\n");
+    h.take_client();
+    // The same name, and nothing sent to the backend since its reply: the backend would be
+    // asked to return to the state it is in.
+    assert_eq!(
+        h.ehlo_after_tls(),
+        "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 36700160\r\n"
+    );
+    assert!(h.replies.contains(&(ReplyTo::Ehlo, 250)));
+    h.transaction();
+    // Once only: a third EHLO is the backend's to answer.
+    let reply = "250-legacy.test\r\n250 8BITMIME\r\n";
+    h.exchange("EHLO client.test\r\n", "EHLO client.test\r\n", reply);
+
+    // Anything forwarded in between (RSET, VRFY...) and the backend is asked again.
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.exchange("RSET\r\n", "RSET\r\n", "250 ok\r\n");
+    h.client_says(b"STARTTLS\r\n");
+    h.take_client();
+    h.exchange("EHLO client.test\r\n", "EHLO client.test\r\n", reply);
+
+    // HELO before TLS, or after it: asked again.
+    for (before, after) in [("HELO", "EHLO"), ("EHLO", "HELO")] {
+        let mut h = Harness::greeted(test_config());
+        let first = format!("{before} client.test\r\n");
+        h.exchange(&first, &first, "250 legacy.test\r\n");
+        h.client_says(b"STARTTLS\r\n");
+        h.take_client();
+        let second = format!("{after} client.test\r\n");
+        h.exchange(&second, &second, "250 legacy.test\r\n");
+    }
 }
