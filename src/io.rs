@@ -11,12 +11,20 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+mod server_tls;
+
+pub use server_tls::ServerTls;
+
 /// The most read at once. Message bodies stream through in pieces of this size.
 pub const READ_CHUNK: usize = 64 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
 }
+
+/// Encrypted bytes a [`ServerTls`] holds for a batch before writing them out at once (the
+/// same bound rustls' buffered connection has).
+const FLUSH_AT: usize = 64 * 1024;
 
 /// What one non-blocking read found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +43,7 @@ pub enum Read {
 /// per read, and batching several means one reframer pass and one backend write for them.
 pub fn read_now<R: AsyncRead + Unpin + ?Sized>(
     stream: &mut R,
-    deliver: impl FnOnce(&[u8]),
+    mut deliver: impl FnMut(&[u8]),
 ) -> Read {
     SCRATCH.with_borrow_mut(|buf| {
         let mut rb = ReadBuf::new(buf);
@@ -74,17 +82,17 @@ pub enum Stream {
     #[default]
     None,
     Plain(TcpStream),
-    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    ServerTls(Box<ServerTls>),
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
     /// Read once without waiting (see [`read_now`]); nothing without a connection.
-    pub fn read_now(&mut self, deliver: impl FnOnce(&[u8])) -> Read {
+    pub fn read_now(&mut self, deliver: impl FnMut(&[u8])) -> Read {
         match self {
             Stream::None => Read::WouldBlock,
             Stream::Plain(s) => read_now(s, deliver),
-            Stream::ServerTls(s) => read_now(s.as_mut(), deliver),
+            Stream::ServerTls(s) => s.read_now(deliver),
             Stream::ClientTls(s) => read_now(s.as_mut(), deliver),
         }
     }
@@ -94,7 +102,7 @@ impl Stream {
         match self {
             Stream::None => None,
             Stream::Plain(s) => Some(s),
-            Stream::ServerTls(s) => Some(s.get_ref().0),
+            Stream::ServerTls(s) => Some(s.tcp()),
             Stream::ClientTls(s) => Some(s.get_ref().0),
         }
     }
@@ -119,20 +127,15 @@ impl Stream {
             Stream::None => Err(std::io::ErrorKind::NotConnected.into()),
             Stream::Plain(s) => s.write_all(data).await,
             Stream::ServerTls(s) => {
-                write_tls(s.as_mut(), data, |s, d| s.get_mut().1.writer().write(d)).await
+                s.write(data)?;
+                if s.buffered() > FLUSH_AT {
+                    s.flush().await?;
+                }
+                Ok(())
             }
             Stream::ClientTls(s) => {
                 write_tls(s.as_mut(), data, |s, d| s.get_mut().1.writer().write(d)).await
             }
-        }
-    }
-
-    /// Whether [`Stream::write`] left bytes in the TLS buffer.
-    pub fn unflushed(&self) -> bool {
-        match self {
-            Stream::None | Stream::Plain(_) => false,
-            Stream::ServerTls(s) => s.get_ref().1.wants_write(),
-            Stream::ClientTls(s) => s.get_ref().1.wants_write(),
         }
     }
 
@@ -151,10 +154,7 @@ impl Stream {
     pub async fn close(&mut self) {
         let _ = match self {
             Stream::None | Stream::Plain(_) => Ok(()),
-            Stream::ServerTls(s) => {
-                s.get_mut().1.send_close_notify();
-                s.flush().await
-            }
+            Stream::ServerTls(s) => s.close().await,
             Stream::ClientTls(s) => {
                 s.get_mut().1.send_close_notify();
                 s.flush().await

@@ -10,24 +10,20 @@ use rustls::pki_types::UnixTime;
 use smtp_core::session::{ClientCert, TlsClient, TlsInfo};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 use super::PROTOCOL;
-use crate::io::Stream;
+use crate::io::{ServerTls, Stream};
 use crate::metrics::{Handshake, HandshakeError};
 use crate::snapshot::ListenerRuntime;
 
 /// Record a completed server-side handshake; returns what the session needs to know.
-fn handshake_done(
-    l: &ListenerRuntime,
-    conn: &rustls::ServerConnection,
-    session: u64,
-    peer: SocketAddr,
-) -> TlsInfo {
+fn handshake_done(l: &ListenerRuntime, tls: &ServerTls, session: u64, peer: SocketAddr) -> TlsInfo {
+    let conn = tls.conn();
     let (version, cipher) = crate::tls::session_tls_info(conn);
     l.metrics.handshake(true, Handshake::ok(&version));
     if l.protocol_log() {
-        log_handshake(l, conn, session, peer, &version, &cipher);
+        log_handshake(l, tls, session, peer, &version, &cipher);
     }
     let client_cert = l.client_auth.client_cert(conn);
     match &client_cert {
@@ -54,20 +50,21 @@ fn handshake_done(
 /// (Exchange's verbose log records both).
 fn log_handshake(
     l: &ListenerRuntime,
-    conn: &rustls::ServerConnection,
+    tls: &ServerTls,
     session: u64,
     peer: SocketAddr,
     version: &str,
     cipher: &str,
 ) {
     let listener = &l.name;
+    let conn = tls.conn();
     let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    tracing::info!(target: PROTOCOL, session, %listener, %peer, version, cipher, sni = conn.server_name(), resumed, "TLS established");
+    tracing::info!(target: PROTOCOL, session, %listener, %peer, version, cipher, sni = tls.sni(), resumed, "TLS established");
     if resumed {
         // No certificate crossed the wire: what the first handshake exchanged was logged then.
         return;
     }
-    if let Some(cert) = l.certificates.served(conn.server_name()) {
+    if let Some(cert) = l.certificates.served(tls.sni()) {
         log_certificate(session, listener, peer, "local", &cert.info);
     }
     log_remote_certificate(l, conn.peer_certificates(), session, peer);
@@ -173,11 +170,11 @@ pub(crate) async fn accept_tls(
             }
         },
     };
-    let accept = TlsAcceptor::from(Arc::clone(acceptor)).accept(tcp);
+    let accept = ServerTls::accept(tcp, Arc::clone(acceptor));
     match timeout_at(deadline, accept).await {
-        Ok(Ok(stream)) => {
-            let info = handshake_done(l, stream.get_ref().1, id, peer);
-            Some((Stream::ServerTls(Box::new(stream)), info))
+        Ok(Ok(tls)) => {
+            let info = handshake_done(l, &tls, id, peer);
+            Some((Stream::ServerTls(Box::new(tls)), info))
         }
         Ok(Err(e)) => {
             handshake_error(l, peer, &e);

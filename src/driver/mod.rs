@@ -39,6 +39,10 @@ pub struct Driver<'a> {
     backend: Stream,
     /// The pool's index of the server the backend leg is connected to.
     backend_server: Option<usize>,
+    /// Legs written to in this batch of actions, whose TLS buffers the batch's end flushes.
+    /// Only writes make a leg dirty: what TLS itself queues after a handshake (a session
+    /// ticket) waits for the first reply and leaves with it.
+    dirty: [bool; 2],
     /// When the last write to the backend leg ended, until its reply's first bytes arrive:
     /// one command at a time, so that is the backend's reply latency.
     awaiting_backend: Option<Instant>,
@@ -56,6 +60,7 @@ impl<'a> Driver<'a> {
             client: Stream::None,
             backend: Stream::None,
             backend_server: None,
+            dirty: [false; 2],
             awaiting_backend: None,
             tally: events::Tally::default(),
         }
@@ -205,6 +210,7 @@ impl<'a> Driver<'a> {
                     return Step::Go;
                 }
                 l.metrics.bytes(leg == Leg::Client, false, bytes.len());
+                self.dirty[leg_index(leg)] = true;
                 if leg == Leg::Backend {
                     // One command at a time: the next bytes back are its reply.
                     self.awaiting_backend = Some(Instant::now());
@@ -357,16 +363,17 @@ impl<'a> Driver<'a> {
     async fn flush<M: Machine>(&mut self, session: &mut M) -> bool {
         let mut lost = false;
         for leg in [Leg::Client, Leg::Backend] {
+            if !std::mem::take(&mut self.dirty[leg_index(leg)]) {
+                continue;
+            }
             let stream = match leg {
                 Leg::Client => &mut self.client,
                 Leg::Backend => &mut self.backend,
             };
-            if stream.unflushed()
-                && !matches!(
-                    timeout(self.l.write_timeout, stream.flush()).await,
-                    Ok(Ok(()))
-                )
-            {
+            if !matches!(
+                timeout(self.l.write_timeout, stream.flush()).await,
+                Ok(Ok(()))
+            ) {
                 // Dead or stalled: the connection is dropped, so nothing is left to flush.
                 *stream = Stream::None;
                 session.handle_lost(leg, Instant::now());
@@ -392,6 +399,13 @@ fn handshake_deadline<M: Machine>(session: &M, l: &ListenerRuntime) -> tokio::ti
         || tokio::time::Instant::now() + l.tls_handshake_timeout(),
         tokio::time::Instant::from_std,
     )
+}
+
+fn leg_index(leg: Leg) -> usize {
+    match leg {
+        Leg::Client => 0,
+        Leg::Backend => 1,
+    }
 }
 
 /// What the loop does after an action.

@@ -81,7 +81,7 @@ impl ClientAuth {
     }
 
     /// What the session learns of the client certificate after a completed handshake.
-    pub fn client_cert(&self, conn: &rustls::ServerConnection) -> ClientCert {
+    pub fn client_cert(&self, conn: &rustls::CommonState) -> ClientCert {
         let Some((leaf, intermediates)) = conn.peer_certificates().and_then(|c| c.split_first())
         else {
             return ClientCert::None;

@@ -25,11 +25,12 @@ mod client_auth;
 mod select;
 mod selfsigned;
 mod server;
+pub mod sni;
 mod store;
 mod trust;
 
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 #[cfg(test)]
 mod tests_client;
 #[cfg(test)]

@@ -1,0 +1,449 @@
+//! The server side of TLS on a client connection, on rustls' unbuffered API.
+//!
+//! rustls' buffered connection keeps a read buffer of at least 4 KiB for as long as it lives,
+//! and reads at most 4 KiB at a time into it. Here the session owns no read buffer at all
+//! while it waits: records are read into the thread's scratch buffer (64 KiB at a time, as
+//! plain reads are), and only the bytes of a record cut in half by the read are kept. What is
+//! encrypted for the client waits in `out` until the driver flushes its batch, so the session
+//! ticket after the handshake leaves with the first reply, and a reply with the close_notify.
+
+use std::io;
+use std::sync::Arc;
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    AppDataRecord, ConnectionState, EncodeError, EncryptError, InsufficientSizeError,
+    UnbufferedStatus,
+};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{Read, SCRATCH};
+use crate::tls::sni::{self, Sni};
+
+/// The largest TLS record on the wire (16 KiB of payload, plus header and expansion): what
+/// one half-read record can keep in memory.
+const MAX_RECORD: usize = 16 * 1024 + 2048 + 5;
+
+/// A TLS server connection over TCP.
+pub struct ServerTls {
+    tcp: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// Received bytes rustls has not consumed: the start of a record the last read cut in
+    /// half. Empty, unallocated, between records. rustls must be shown exactly these bytes
+    /// first on every call (its handshake reassembly points into them).
+    partial: Vec<u8>,
+    /// Plaintext rustls gave up while we were writing (a client that sent commands before
+    /// our greeting), delivered by the next read.
+    held: Vec<u8>,
+    /// Encrypted bytes for the next flush.
+    out: Vec<u8>,
+    /// The client closed (close_notify or EOF) or broke the protocol: reads report it.
+    closed: bool,
+    /// The server name the client asked for (SNI), for the log and the certificate served.
+    sni: Option<String>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("tcp", &self.tcp)
+            .field("partial", &self.partial.len())
+            .field("out", &self.out.len())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a step of the handshake leaves to do once rustls' state is released.
+enum Next {
+    Again,
+    Send,
+    Receive,
+    Done,
+    Failed(rustls::Error),
+}
+
+impl ServerTls {
+    /// The server side of the handshake on `tcp`. The caller bounds it in time. A failure
+    /// is the rustls error inside an `io::Error` (the alert, if any, has been sent).
+    pub async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
+        let mut tls = ServerTls {
+            tcp,
+            conn,
+            partial: Vec::new(),
+            held: Vec::new(),
+            out: Vec::new(),
+            closed: false,
+            sni: None,
+        };
+        // The handshake's own input buffer, dropped with the handshake.
+        let mut incoming = vec![0; 4096];
+        let mut used = 0;
+        let mut sni_seen = false;
+        loop {
+            // Before rustls handles the bytes (it may move them).
+            if !sni_seen && used > 0 {
+                match sni::parse(&incoming[..used]) {
+                    Sni::Incomplete => {}
+                    Sni::None => sni_seen = true,
+                    Sni::Name(name) => {
+                        tls.sni = Some(name);
+                        sni_seen = true;
+                    }
+                }
+            }
+            let UnbufferedStatus { discard, state } =
+                tls.conn.process_tls_records(&mut incoming[..used]);
+            let next = match state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    match append(&mut tls.out, |buf| e.encode(buf).map_err(encode_size)) {
+                        Ok(()) => Next::Again,
+                        Err(e) => Next::Failed(e),
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    t.done();
+                    Next::Send
+                }
+                Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => {
+                    Next::Receive
+                }
+                // Application data after the client's Finished: it waits in rustls for the
+                // first read.
+                Ok(ConnectionState::ReadTraffic(_)) => Next::Done,
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(_) => Next::Failed(rustls::Error::General("unexpected TLS state".into())),
+                Err(e) => Next::Failed(e),
+            };
+            if discard > 0 {
+                incoming.copy_within(discard..used, 0);
+                used -= discard;
+            }
+            let handshaking = tls.conn.is_handshaking();
+            match next {
+                Next::Again => {}
+                // The handshake's flights go out at once. What a TLS 1.3 server sends after
+                // the client's Finished (a session ticket) waits for the first reply; TLS
+                // 1.2's last flight is the server's Finished, which the client waits for.
+                Next::Send if handshaking || !tls13(&tls.conn) => tls.flush().await?,
+                Next::Send => {}
+                Next::Receive if !handshaking => break,
+                Next::Receive => {
+                    if used == incoming.len() {
+                        if used >= MAX_HANDSHAKE {
+                            return Err(invalid(rustls::Error::General(
+                                "handshake message too large".into(),
+                            )));
+                        }
+                        incoming.resize((used * 2).min(MAX_HANDSHAKE), 0);
+                    }
+                    match tls.tcp.read(&mut incoming[used..]).await? {
+                        0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        n => used += n,
+                    }
+                }
+                Next::Done => break,
+                Next::Failed(e) => {
+                    tls.send_alert(&mut incoming[..used]).await;
+                    return Err(invalid(e));
+                }
+            }
+        }
+        if used > MAX_RECORD {
+            // Far more than a client sends along with its Finished before our greeting.
+            let e = rustls::Error::General("too much data with the handshake".into());
+            return Err(invalid(e));
+        }
+        if used > 0 {
+            tls.partial = incoming[..used].to_vec();
+        }
+        Ok(tls)
+    }
+
+    /// The connection's TLS state (version, suite, the client's certificates).
+    pub fn conn(&self) -> &UnbufferedServerConnection {
+        &self.conn
+    }
+
+    /// The server name the client asked for (SNI).
+    pub fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Read what the socket has without waiting, decrypt it, and pass each record's
+    /// plaintext to `deliver`, in order (see [`super::read_now`]).
+    pub fn read_now(&mut self, mut deliver: impl FnMut(&[u8])) -> Read {
+        if !self.held.is_empty() {
+            deliver(&std::mem::take(&mut self.held));
+            return Read::Data { more: true };
+        }
+        if self.closed {
+            return Read::Closed;
+        }
+        SCRATCH.with_borrow_mut(|buf| {
+            let mut used = self.partial.len();
+            buf[..used].copy_from_slice(&self.partial);
+            self.partial = Vec::new();
+            // Through `poll_read`, which (unlike `try_read`) takes a short read to mean the
+            // socket is drained: no read that only returns EAGAIN.
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut stopped = None;
+            while used < buf.len() {
+                let mut rb = ReadBuf::new(&mut buf[used..]);
+                match Pin::new(&mut self.tcp).poll_read(&mut cx, &mut rb) {
+                    Poll::Ready(Ok(())) if !rb.filled().is_empty() => used += rb.filled().len(),
+                    Poll::Ready(_) => {
+                        stopped = Some(Read::Closed);
+                        break;
+                    }
+                    Poll::Pending => {
+                        stopped = Some(Read::WouldBlock);
+                        break;
+                    }
+                }
+            }
+            let mut start = 0;
+            let mut delivered = false;
+            loop {
+                let UnbufferedStatus { mut discard, state } =
+                    self.conn.process_tls_records(&mut buf[start..used]);
+                let more = match state {
+                    Ok(ConnectionState::ReadTraffic(mut r)) => {
+                        while let Some(record) = r.next_record() {
+                            match record {
+                                Ok(AppDataRecord {
+                                    discard: d,
+                                    payload,
+                                }) => {
+                                    discard += d;
+                                    delivered = true;
+                                    deliver(payload);
+                                }
+                                Err(_) => {
+                                    self.closed = true;
+                                    break;
+                                }
+                            }
+                        }
+                        !self.closed
+                    }
+                    // Post-handshake messages (a key update's answer) leave with the next
+                    // flush; the driver flushes after every batch.
+                    Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                        append(&mut self.out, |b| e.encode(b).map_err(encode_size)).is_ok()
+                    }
+                    Ok(ConnectionState::TransmitTlsData(t)) => {
+                        t.done();
+                        true
+                    }
+                    Ok(ConnectionState::PeerClosed | ConnectionState::Closed) | Err(_) => {
+                        self.closed = true;
+                        false
+                    }
+                    Ok(_) => false,
+                };
+                start += discard;
+                if !more {
+                    break;
+                }
+            }
+            if start < used && !self.closed {
+                // What is left is the start of one record; rustls refuses a longer one.
+                if used - start > MAX_RECORD {
+                    self.closed = true;
+                } else {
+                    self.partial = buf[start..used].to_vec();
+                }
+            }
+            if stopped == Some(Read::Closed) {
+                self.closed = true;
+            }
+            match (delivered, self.closed) {
+                (true, closed) => Read::Data {
+                    more: closed || stopped.is_none(),
+                },
+                (false, true) => Read::Closed,
+                (false, false) => Read::WouldBlock,
+            }
+        })
+    }
+
+    /// Encrypt `data` for the next flush.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.with_write_traffic(|w, out| append(out, |b| w.encrypt(data, b).map_err(encrypt_size)))
+    }
+
+    /// Encrypted bytes waiting for a flush.
+    pub fn buffered(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Send what waits, then hold no buffer.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.tcp.write_all(&self.out).await?;
+        }
+        self.out = Vec::new();
+        Ok(())
+    }
+
+    /// Send the close_notify (with what still waits, in one write).
+    pub async fn close(&mut self) -> io::Result<()> {
+        let queued = self.with_write_traffic(|w, out| {
+            append(out, |b| w.queue_close_notify(b).map_err(encrypt_size))
+        });
+        let flushed = self.flush().await;
+        queued.and(flushed)
+    }
+
+    /// Run `f` once rustls is ready for application data, encoding whatever it has to send
+    /// first (a session ticket) into `out`.
+    fn with_write_traffic(
+        &mut self,
+        f: impl FnOnce(
+            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut Vec<u8>,
+        ) -> Result<(), rustls::Error>,
+    ) -> io::Result<()> {
+        let mut f = Some(f);
+        loop {
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut self.partial);
+            let done = match state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => match f.take() {
+                    Some(f) => Some(f(&mut w, &mut self.out).map_err(invalid)),
+                    None => Some(Err(io::ErrorKind::Other.into())),
+                },
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    append(&mut self.out, |b| e.encode(b).map_err(encode_size))
+                        .err()
+                        .map(|e| Err(invalid(e)))
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    t.done();
+                    None
+                }
+                Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    let mut failed = None;
+                    while let Some(record) = r.next_record() {
+                        match record {
+                            Ok(record) => self.held.extend_from_slice(record.payload),
+                            Err(e) => {
+                                failed = Some(Err(invalid(e)));
+                                break;
+                            }
+                        }
+                    }
+                    failed
+                }
+                // Edge-triggered: the next call says whether we may still write.
+                Ok(ConnectionState::PeerClosed) => {
+                    self.closed = true;
+                    None
+                }
+                Ok(_) => Some(Err(io::ErrorKind::BrokenPipe.into())),
+                Err(e) => Some(Err(invalid(e))),
+            };
+            self.partial.drain(..discard);
+            if let Some(result) = done {
+                return result;
+            }
+        }
+    }
+
+    /// After a handshake error: send the alert rustls queued for it, if any, best effort.
+    /// `incoming` is what rustls was last shown; rustls is asked only while it has something
+    /// to send (asking more would have it read the offending bytes again).
+    async fn send_alert(&mut self, incoming: &mut [u8]) {
+        while self.conn.wants_write() {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(incoming);
+            let Ok(ConnectionState::EncodeTlsData(mut e)) = state else {
+                break;
+            };
+            if append(&mut self.out, |b| e.encode(b).map_err(encode_size)).is_err() {
+                break;
+            }
+        }
+        let _ = self.flush().await;
+    }
+}
+
+/// Whether TLS 1.3 was negotiated.
+fn tls13(conn: &UnbufferedServerConnection) -> bool {
+    conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+}
+
+/// The largest handshake flight buffered (rustls' own limit for a handshake message).
+const MAX_HANDSHAKE: usize = 64 * 1024 + MAX_RECORD;
+
+/// Append what `write` produces to `out`, growing it to the size rustls asks for.
+fn append(
+    out: &mut Vec<u8>,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Sized>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    out.resize(start + 512, 0);
+    let n = match write(&mut out[start..]) {
+        Ok(n) => n,
+        Err(Sized::Need(required)) => {
+            out.resize(start + required, 0);
+            match write(&mut out[start..]) {
+                Ok(n) => n,
+                Err(Sized::Need(_)) => unreachable!("rustls asked for this size"),
+                Err(Sized::Failed(e)) => {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        Err(Sized::Failed(e)) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    out.truncate(start + n);
+    Ok(())
+}
+
+/// Why an encoding did not fit: the size rustls needs, or a real failure.
+enum Sized {
+    Need(usize),
+    Failed(rustls::Error),
+}
+
+fn encode_size(e: EncodeError) -> Sized {
+    match e {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Sized::Need(required_size)
+        }
+        other => Sized::Failed(rustls::Error::General(other.to_string())),
+    }
+}
+
+fn encrypt_size(e: EncryptError) -> Sized {
+    match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Sized::Need(required_size)
+        }
+        other => Sized::Failed(rustls::Error::General(other.to_string())),
+    }
+}
+
+/// A rustls error as an `io::Error` (the handshake's error reporting looks inside).
+fn invalid(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! The unbuffered server stream against rustls clients over real sockets on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read as _, Write as _};
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, HandshakeKind, ServerConfig, SupportedProtocolVersion};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::ServerTls;
+use crate::io::Read;
+use crate::tls::test_util::{client_config, ec_cert};
+
+const TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+const TLS12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
+
+struct Pki {
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+}
+
+fn pki(versions: &[&'static SupportedProtocolVersion]) -> Pki {
+    let (cert, key) = ec_cert("mx.test");
+    use rustls::pki_types::pem::PemObject;
+    let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut server = ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    server.send_tls13_tickets = 1;
+    Pki {
+        server: Arc::new(server),
+        client: Arc::new(client_config(&cert, versions)),
+    }
+}
+
+/// A listener and a connected pair of sockets: (server side, client side).
+async fn sockets() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap());
+    let (server, client) = tokio::join!(listener.accept(), client);
+    (server.unwrap().0, client.unwrap())
+}
+
+/// Read until `want` bytes have been delivered (or the stream closes).
+async fn read_exactly(tls: &mut ServerTls, want: usize) -> (Vec<u8>, Read) {
+    let mut got = Vec::new();
+    loop {
+        let r = tls.read_now(|data| got.extend_from_slice(data));
+        match r {
+            Read::Closed => return (got, r),
+            _ if got.len() >= want => return (got, r),
+            Read::Data { more: true } => {}
+            _ => tls.tcp().readable().await.unwrap(),
+        }
+    }
+}
+
+fn name() -> ServerName<'static> {
+    ServerName::try_from("mx.test").unwrap()
+}
+
+/// TLS 1.3: the ticket waits for the first reply; the reply and the close_notify arrive; the
+/// session holds no buffer while idle; the ticket lets the next connection resume.
+#[tokio::test]
+async fn tls13_reply_ticket_close_and_resumption() {
+    let pki = pki(TLS13);
+    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
+    for round in 0..2 {
+        let (server, client) = sockets().await;
+        let accept = ServerTls::accept(server, pki.server.clone());
+        let (tls, client) = tokio::join!(accept, connector.connect(name(), client));
+        let (mut tls, mut client) = (tls.unwrap(), client.unwrap());
+        let kind = tls.conn().handshake_kind();
+        if round == 0 {
+            assert_eq!(kind, Some(HandshakeKind::Full));
+            assert!(tls.buffered() > 0, "the ticket waits for the first reply");
+        } else {
+            assert_eq!(kind, Some(HandshakeKind::Resumed));
+        }
+        client.write_all(b"EHLO client.test\r\n").await.unwrap();
+        let (got, _) = read_exactly(&mut tls, 18).await;
+        assert_eq!(got, b"EHLO client.test\r\n");
+        assert_eq!(tls.partial.capacity(), 0, "no read buffer while idle");
+        tls.write(b"250 mx.test\r\n").unwrap();
+        tls.close().await.unwrap();
+        assert_eq!(tls.out.capacity(), 0, "no write buffer after a flush");
+        let mut reply = Vec::new();
+        client
+            .read_to_end(&mut reply)
+            .await
+            .expect("a clean close_notify");
+        assert_eq!(reply, b"250 mx.test\r\n");
+    }
+}
+
+/// TLS 1.2: the server's Finished leaves at once (the client waits for it).
+#[tokio::test]
+async fn tls12_handshake_and_dialogue() {
+    let pki = pki(TLS12);
+    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
+    let (server, client) = sockets().await;
+    let accept = ServerTls::accept(server, pki.server.clone());
+    let (tls, client) = tokio::join!(accept, connector.connect(name(), client));
+    let (mut tls, mut client) = (tls.unwrap(), client.unwrap());
+    assert_eq!(tls.buffered(), 0);
+    client.write_all(b"QUIT\r\n").await.unwrap();
+    assert_eq!(read_exactly(&mut tls, 6).await.0, b"QUIT\r\n");
+    tls.write(b"221 bye\r\n").unwrap();
+    tls.close().await.unwrap();
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"221 bye\r\n");
+}
+
+/// A client that sends a command with its Finished, before our greeting: the command is
+/// kept while we write, and read after.
+#[tokio::test]
+async fn data_with_the_finished_survives_our_first_write() {
+    let pki = pki(TLS13);
+    let (server, client) = sockets().await;
+    let client = client.into_std().unwrap();
+    client.set_nonblocking(false).unwrap();
+    let config = pki.client.clone();
+    let peer = std::thread::spawn(move || {
+        let mut tcp = client;
+        let mut conn = rustls::ClientConnection::new(config, name()).unwrap();
+        // Written before the handshake ends: rustls sends it right after the Finished.
+        conn.writer().write_all(b"EHLO early.test\r\n").unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).unwrap();
+        }
+        while conn.wants_write() {
+            conn.write_tls(&mut tcp).unwrap();
+        }
+        let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+        let mut reply = Vec::new();
+        let _ = tls.read_to_end(&mut reply);
+        reply
+    });
+    let mut tls = ServerTls::accept(server, pki.server.clone()).await.unwrap();
+    // Give the early command time to arrive before we write.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tls.write(b"220 mx.test\r\n").unwrap();
+    assert_eq!(tls.held, b"EHLO early.test\r\n", "came with the Finished");
+    tls.flush().await.unwrap();
+    assert_eq!(read_exactly(&mut tls, 17).await.0, b"EHLO early.test\r\n");
+    tls.close().await.unwrap();
+    drop(tls);
+    assert_eq!(peer.join().unwrap(), b"220 mx.test\r\n");
+}
+
+/// A key update from the client is answered, and a large write arrives whole through
+/// records cut across reads.
+#[tokio::test]
+async fn key_update_and_records_cut_across_reads() {
+    let pki = pki(TLS13);
+    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
+    let (server, client) = sockets().await;
+    let accept = ServerTls::accept(server, pki.server.clone());
+    let (tls, client) = tokio::join!(accept, connector.connect(name(), client));
+    let (mut tls, mut client) = (tls.unwrap(), client.unwrap());
+    client.get_mut().1.refresh_traffic_keys().unwrap();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let body = body.clone();
+        tokio::spawn(async move {
+            for chunk in body.chunks(7_000) {
+                client.write_all(chunk).await.unwrap();
+                client.flush().await.unwrap();
+            }
+            client
+        })
+    };
+    let (got, _) = read_exactly(&mut tls, body.len()).await;
+    assert!(got == body, "the body arrives whole and in order");
+    let mut client = writer.await.unwrap();
+    tls.write(b"250 ok\r\n").unwrap();
+    tls.close().await.unwrap();
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"250 ok\r\n");
+}
+
+/// A handshake that fails sends its alert: the client learns why.
+#[tokio::test]
+async fn a_failed_handshake_sends_its_alert() {
+    let pki = pki(TLS13);
+    let other = pki_for_versions_only_12();
+    let connector = tokio_rustls::TlsConnector::from(other);
+    let (server, client) = sockets().await;
+    let accept = ServerTls::accept(server, pki.server.clone());
+    let (tls, client) = tokio::join!(accept, connector.connect(name(), client));
+    assert!(tls.is_err());
+    let err = client.expect_err("no common version").to_string();
+    assert!(err.contains("ProtocolVersion"), "{err}");
+}
+
+fn pki_for_versions_only_12() -> Arc<ClientConfig> {
+    pki(TLS12).client
+}
