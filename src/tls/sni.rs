@@ -142,6 +142,23 @@ mod tests {
         assert_eq!(parse(&hello), Sni::None);
     }
 
+    proptest::proptest! {
+        /// Any input, and any real ClientHello with bytes changed: an answer, never a panic.
+        #[test]
+        fn anything_is_answered(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            edits in proptest::collection::vec((0usize..400, proptest::num::u8::ANY), 0..8),
+        ) {
+            let _ = parse(&bytes);
+            let mut hello = client_hello("mx.partner.example");
+            for (at, byte) in edits {
+                let at = at % hello.len();
+                hello[at] = byte;
+            }
+            let _ = parse(&hello);
+        }
+    }
+
     #[test]
     fn truncated_lengths_never_panic() {
         let hello = client_hello("mx.test");
