@@ -43,6 +43,10 @@ pub struct ServerTls {
     out: Vec<u8>,
     /// The client closed (close_notify or EOF) or broke the protocol: reads report it.
     closed: bool,
+    /// rustls reported an error. It is never asked to process bytes again (it would read the
+    /// offending ones again, or find the handshake state it keeps pointing past what it is
+    /// shown, and panic): only an alert it already queued is still sent.
+    failed: bool,
     /// The server name the client asked for (SNI), for the log and the certificate served.
     sni: Option<String>,
 }
@@ -54,6 +58,7 @@ impl std::fmt::Debug for ServerTls {
             .field("partial", &self.partial.len())
             .field("out", &self.out.len())
             .field("closed", &self.closed)
+            .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +84,7 @@ impl ServerTls {
             held: Vec::new(),
             out: Vec::new(),
             closed: false,
+            failed: false,
             sni: None,
         };
         // The handshake's own input buffer, dropped with the handshake.
@@ -156,6 +162,11 @@ impl ServerTls {
                 }
             }
         }
+        if !tls13(&tls.conn) {
+            // TLS 1.2's last flight is ours, and the client waits for it, even when its own
+            // Finished came with data.
+            tls.flush().await?;
+        }
         if used > MAX_RECORD {
             // Far more than a client sends along with its Finished before our greeting.
             let e = rustls::Error::General("too much data with the handshake".into());
@@ -188,7 +199,7 @@ impl ServerTls {
             deliver(&std::mem::take(&mut self.held));
             return Read::Data { more: true };
         }
-        if self.closed {
+        if self.closed || self.failed {
             return Read::Closed;
         }
         SCRATCH.with_borrow_mut(|buf| {
@@ -231,24 +242,30 @@ impl ServerTls {
                                     deliver(payload);
                                 }
                                 Err(_) => {
-                                    self.closed = true;
+                                    self.failed = true;
                                     break;
                                 }
                             }
                         }
-                        !self.closed
+                        !self.failed
                     }
-                    // Post-handshake messages (a key update's answer) leave with the next
-                    // flush; the driver flushes after every batch.
+                    // Post-handshake messages (a key update's answer) leave with our next
+                    // write.
                     Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                        append(&mut self.out, |b| e.encode(b).map_err(encode_size)).is_ok()
+                        let encoded = append(&mut self.out, |b| e.encode(b).map_err(encode_size));
+                        self.failed |= encoded.is_err();
+                        !self.failed
                     }
                     Ok(ConnectionState::TransmitTlsData(t)) => {
                         t.done();
                         true
                     }
-                    Ok(ConnectionState::PeerClosed | ConnectionState::Closed) | Err(_) => {
+                    Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
                         self.closed = true;
+                        false
+                    }
+                    Err(_) => {
+                        self.failed = true;
                         false
                     }
                     Ok(_) => false,
@@ -258,15 +275,16 @@ impl ServerTls {
                     break;
                 }
             }
-            if start < used && !self.closed {
-                // What is left is the start of one record; rustls refuses a longer one.
-                if used - start > MAX_RECORD {
-                    self.closed = true;
+            if start < used && !self.failed {
+                // What is left is the start of one record (or of a handshake message rustls
+                // is reassembling); more than that is not TLS.
+                if used - start > MAX_PARTIAL {
+                    self.failed = true;
                 } else {
                     self.partial = buf[start..used].to_vec();
                 }
             }
-            if stopped == Some(Read::Closed) {
+            if stopped == Some(Read::Closed) || self.failed {
                 self.closed = true;
             }
             match (delivered, self.closed) {
@@ -298,11 +316,17 @@ impl ServerTls {
         Ok(())
     }
 
-    /// Send the close_notify (with what still waits, in one write).
+    /// Send the close_notify (with what still waits, in one write); after an error, only the
+    /// alert rustls queued for it.
     pub async fn close(&mut self) -> io::Result<()> {
-        let queued = self.with_write_traffic(|w, out| {
-            append(out, |b| w.queue_close_notify(b).map_err(encrypt_size))
-        });
+        let queued = if self.failed {
+            self.queued_alerts(&mut []);
+            Ok(())
+        } else {
+            self.with_write_traffic(|w, out| {
+                append(out, |b| w.queue_close_notify(b).map_err(encrypt_size))
+            })
+        };
         let flushed = self.flush().await;
         queued.and(flushed)
     }
@@ -316,6 +340,9 @@ impl ServerTls {
             &mut Vec<u8>,
         ) -> Result<(), rustls::Error>,
     ) -> io::Result<()> {
+        if self.failed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
         let mut f = Some(f);
         loop {
             let UnbufferedStatus { discard, state } =
@@ -357,15 +384,24 @@ impl ServerTls {
             };
             self.partial.drain(..discard);
             if let Some(result) = done {
+                self.failed |= result.is_err();
                 return result;
             }
         }
     }
 
     /// After a handshake error: send the alert rustls queued for it, if any, best effort.
-    /// `incoming` is what rustls was last shown; rustls is asked only while it has something
-    /// to send (asking more would have it read the offending bytes again).
+    /// `incoming` is what rustls was last shown.
     async fn send_alert(&mut self, incoming: &mut [u8]) {
+        self.queued_alerts(incoming);
+        let _ = self.flush().await;
+    }
+
+    /// Encode what rustls has queued to send (after an error: its alert). rustls is asked
+    /// only while it has something queued, which it hands out before it looks at `incoming`
+    /// (asking more would have it read the offending bytes again).
+    fn queued_alerts(&mut self, incoming: &mut [u8]) {
+        self.failed = true;
         while self.conn.wants_write() {
             let UnbufferedStatus { state, .. } = self.conn.process_tls_records(incoming);
             let Ok(ConnectionState::EncodeTlsData(mut e)) = state else {
@@ -375,7 +411,6 @@ impl ServerTls {
                 break;
             }
         }
-        let _ = self.flush().await;
     }
 }
 
@@ -383,6 +418,10 @@ impl ServerTls {
 fn tls13(conn: &UnbufferedServerConnection) -> bool {
     conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
 }
+
+/// The most kept between reads: a record, or a small handshake message rustls reassembles
+/// (a key update); it must leave room in the 64 KiB scratch buffer for the next read.
+const MAX_PARTIAL: usize = 2 * MAX_RECORD;
 
 /// The largest handshake flight buffered (rustls' own limit for a handshake message).
 const MAX_HANDSHAKE: usize = 64 * 1024 + MAX_RECORD;

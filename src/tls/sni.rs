@@ -67,8 +67,11 @@ fn host_name(data: &[u8]) -> Option<String> {
         let kind = list.u8()?;
         let len = list.u16()?.into();
         let name = list.take(len)?;
+        // As rustls takes it: without a trailing dot, and never an IP address.
+        let name = name.strip_suffix(b".").unwrap_or(name);
         let dns = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
-        if kind == 0 && !name.is_empty() && name.len() <= 253 && name.iter().all(dns) {
+        let address = name.iter().all(|b| b.is_ascii_digit() || *b == b'.');
+        if kind == 0 && !name.is_empty() && name.len() <= 253 && name.iter().all(dns) && !address {
             return Some(String::from_utf8_lossy(name).to_ascii_lowercase());
         }
     }
@@ -157,6 +160,19 @@ mod tests {
             }
             let _ = parse(&hello);
         }
+    }
+
+    #[test]
+    fn a_trailing_dot_is_dropped_and_an_address_is_no_name() {
+        let entry = |name: &[u8]| {
+            let len = u8::try_from(name.len()).unwrap();
+            let mut list = vec![0, len + 3, 0, 0, len];
+            list.extend_from_slice(name);
+            super::host_name(&list)
+        };
+        assert_eq!(entry(b"MX.test."), Some("mx.test".into()));
+        assert_eq!(entry(b"192.0.2.1"), None);
+        assert_eq!(entry(b"mx test"), None);
     }
 
     #[test]

@@ -205,3 +205,33 @@ async fn a_failed_handshake_sends_its_alert() {
 fn pki_for_versions_only_12() -> Arc<ClientConfig> {
     pki(TLS12).client
 }
+
+/// A record that does not decrypt after the handshake: the stream reports the close, refuses
+/// to write, and closes with the alert rustls queued, never asking rustls again.
+#[tokio::test]
+async fn a_bad_record_after_the_handshake_ends_the_stream_cleanly() {
+    let pki = pki(TLS13);
+    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
+    let (server, client) = sockets().await;
+    let accept = ServerTls::accept(server, pki.server.clone());
+    let (tls, client) = tokio::join!(accept, connector.connect(name(), client));
+    let (mut tls, mut client) = (tls.unwrap(), client.unwrap());
+    // An application-data record of 40 random-looking octets, then a good record.
+    let mut bad = vec![0x17, 0x03, 0x03, 0x00, 40];
+    bad.extend((0..40u8).map(|i| i.wrapping_mul(37)));
+    client.get_mut().0.write_all(&bad).await.unwrap();
+    client.write_all(b"NOOP\r\n").await.unwrap();
+    let (got, r) = read_exactly(&mut tls, 1).await;
+    assert!(got.is_empty(), "nothing after a bad record is delivered");
+    assert_eq!(r, Read::Closed);
+    assert!(tls.failed);
+    assert_eq!(tls.read_now(|_| panic!("no data")), Read::Closed);
+    assert_eq!(
+        tls.write(b"250 ok\r\n").unwrap_err().kind(),
+        std::io::ErrorKind::BrokenPipe
+    );
+    tls.close().await.unwrap();
+    let mut rest = Vec::new();
+    let err = client.read_to_end(&mut rest).await.unwrap_err();
+    assert!(err.to_string().contains("BadRecordMac"), "{err}");
+}
