@@ -46,33 +46,34 @@ pub fn read_now<R: AsyncRead + Unpin + ?Sized>(
     mut deliver: impl FnMut(&[u8]),
 ) -> Read {
     SCRATCH.with_borrow_mut(|buf| {
-        let mut rb = ReadBuf::new(buf);
-        // A no-op waker: readiness is awaited separately, with no buffer held.
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut stopped = None;
-        while rb.remaining() > 0 {
-            let before = rb.filled().len();
-            match Pin::new(&mut *stream).poll_read(&mut cx, &mut rb) {
-                Poll::Ready(Ok(())) if rb.filled().len() > before => {}
-                Poll::Ready(_) => {
-                    stopped = Some(Read::Closed);
-                    break;
-                }
-                Poll::Pending => {
-                    stopped = Some(Read::WouldBlock);
-                    break;
-                }
-            }
-        }
-        if rb.filled().is_empty() {
+        let (used, stopped) = fill(stream, buf);
+        if used == 0 {
             return stopped.unwrap_or(Read::WouldBlock);
         }
-        deliver(rb.filled());
+        deliver(&buf[..used]);
         // After a close, `more` makes the next read report it.
         Read::Data {
             more: stopped != Some(Read::WouldBlock),
         }
     })
+}
+
+/// Read without waiting until `buf` is full or nothing more is ready: how much was read, and
+/// why it stopped (`None`: the buffer is full). Through `poll_read`, which takes a short read
+/// to mean the socket is drained (no read that only returns EAGAIN), with a no-op waker:
+/// readiness is awaited separately, with no buffer held.
+fn fill<R: AsyncRead + Unpin + ?Sized>(stream: &mut R, buf: &mut [u8]) -> (usize, Option<Read>) {
+    let mut rb = ReadBuf::new(buf);
+    let mut cx = Context::from_waker(Waker::noop());
+    while rb.remaining() > 0 {
+        let before = rb.filled().len();
+        match Pin::new(&mut *stream).poll_read(&mut cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().len() > before => {}
+            Poll::Ready(_) => return (rb.filled().len(), Some(Read::Closed)),
+            Poll::Pending => return (rb.filled().len(), Some(Read::WouldBlock)),
+        }
+    }
+    (rb.filled().len(), None)
 }
 
 /// One leg's connection: none yet (or moved out for a TLS handshake), plain TCP, or TLS as

@@ -15,10 +15,7 @@ use rustls::unbuffered::{
     AppDataRecord, ConnectionState, EncodeError, EncryptError, InsufficientSizeError,
     UnbufferedStatus,
 };
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Read, SCRATCH};
@@ -206,24 +203,8 @@ impl ServerTls {
             let mut used = self.partial.len();
             buf[..used].copy_from_slice(&self.partial);
             self.partial = Vec::new();
-            // Through `poll_read`, which (unlike `try_read`) takes a short read to mean the
-            // socket is drained: no read that only returns EAGAIN.
-            let mut cx = Context::from_waker(Waker::noop());
-            let mut stopped = None;
-            while used < buf.len() {
-                let mut rb = ReadBuf::new(&mut buf[used..]);
-                match Pin::new(&mut self.tcp).poll_read(&mut cx, &mut rb) {
-                    Poll::Ready(Ok(())) if !rb.filled().is_empty() => used += rb.filled().len(),
-                    Poll::Ready(_) => {
-                        stopped = Some(Read::Closed);
-                        break;
-                    }
-                    Poll::Pending => {
-                        stopped = Some(Read::WouldBlock);
-                        break;
-                    }
-                }
-            }
+            let (read, stopped) = super::fill(&mut self.tcp, &mut buf[used..]);
+            used += read;
             let mut start = 0;
             let mut delivered = false;
             loop {
