@@ -265,15 +265,7 @@ async fn a_backend_that_refuses_a_second_ehlo_serves_starttls_clients() {
         "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n..dot\r\n.\r\nQUIT\r\n"
     );
     // Another name: the backend's 503 sends it to a fresh connection.
-    let mut c = Client::connect(addr).await;
-    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
-    assert!(c.cmd("EHLO client.test").await.contains("250 STARTTLS\r\n"));
-    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
-    let mut c = c.upgrade().await;
-    assert!(c
-        .cmd("EHLO other.test")
-        .await
-        .starts_with("250-mx.test\r\n"));
+    let mut c = Client::starttls_session_as(addr, "other.test").await;
     envelope(&mut c).await;
     assert_eq!(c.cmd("..dot\r\n.").await, "250 2.0.0 queued\r\n");
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");

@@ -213,15 +213,18 @@ impl Client {
 
     /// Greeting, EHLO, STARTTLS, handshake, EHLO again.
     pub async fn starttls_session(addr: SocketAddr) -> Client {
+        Client::starttls_session_as(addr, "client.test").await
+    }
+
+    /// As [`Client::starttls_session`], with `name` in the EHLO after STARTTLS.
+    pub async fn starttls_session_as(addr: SocketAddr, name: &str) -> Client {
         let mut c = Client::connect(addr).await;
         assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
         assert!(c.cmd("EHLO client.test").await.contains("250 STARTTLS\r\n"));
         assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
         let mut c = c.upgrade().await;
-        assert!(c
-            .cmd("EHLO client.test")
-            .await
-            .starts_with("250-mx.test\r\n"));
+        let ehlo = format!("EHLO {name}");
+        assert!(c.cmd(&ehlo).await.starts_with("250-mx.test\r\n"));
         c
     }
 }

@@ -48,6 +48,25 @@ async fn sockets() -> (TcpStream, TcpStream) {
     (server.unwrap().0, client.unwrap())
 }
 
+type Client = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A handshake between `server` and a client with `client` over real sockets: both results.
+async fn handshake(
+    server: &Arc<ServerConfig>,
+    client: &Arc<ClientConfig>,
+) -> (std::io::Result<ServerTls>, std::io::Result<Client>) {
+    let connector = tokio_rustls::TlsConnector::from(client.clone());
+    let (server_tcp, client_tcp) = sockets().await;
+    let accept = ServerTls::accept(server_tcp, server.clone());
+    tokio::join!(accept, connector.connect(name(), client_tcp))
+}
+
+/// A completed handshake.
+async fn connected(pki: &Pki) -> (ServerTls, Client) {
+    let (tls, client) = handshake(&pki.server, &pki.client).await;
+    (tls.unwrap(), client.unwrap())
+}
+
 /// Read until `want` bytes have been delivered (or the stream closes).
 async fn read_exactly(tls: &mut ServerTls, want: usize) -> (Vec<u8>, Read) {
     let mut got = Vec::new();
@@ -71,12 +90,8 @@ fn name() -> ServerName<'static> {
 #[tokio::test]
 async fn tls13_reply_ticket_close_and_resumption() {
     let pki = pki(TLS13);
-    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
     for round in 0..2 {
-        let (server, client) = sockets().await;
-        let accept = ServerTls::accept(server, pki.server.clone());
-        let (tls, client) = tokio::join!(accept, connector.connect(name(), client));
-        let (mut tls, mut client) = (tls.unwrap(), client.unwrap());
+        let (mut tls, mut client) = connected(&pki).await;
         let kind = tls.conn().handshake_kind();
         if round == 0 {
             assert_eq!(kind, Some(HandshakeKind::Full));
@@ -104,11 +119,7 @@ async fn tls13_reply_ticket_close_and_resumption() {
 #[tokio::test]
 async fn tls12_handshake_and_dialogue() {
     let pki = pki(TLS12);
-    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
-    let (server, client) = sockets().await;
-    let accept = ServerTls::accept(server, pki.server.clone());
-    let (tls, client) = tokio::join!(accept, connector.connect(name(), client));
-    let (mut tls, mut client) = (tls.unwrap(), client.unwrap());
+    let (mut tls, mut client) = connected(&pki).await;
     assert_eq!(tls.buffered(), 0);
     client.write_all(b"QUIT\r\n").await.unwrap();
     assert_eq!(read_exactly(&mut tls, 6).await.0, b"QUIT\r\n");
@@ -161,11 +172,7 @@ async fn data_with_the_finished_survives_our_first_write() {
 #[tokio::test]
 async fn key_update_and_records_cut_across_reads() {
     let pki = pki(TLS13);
-    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
-    let (server, client) = sockets().await;
-    let accept = ServerTls::accept(server, pki.server.clone());
-    let (tls, client) = tokio::join!(accept, connector.connect(name(), client));
-    let (mut tls, mut client) = (tls.unwrap(), client.unwrap());
+    let (mut tls, mut client) = connected(&pki).await;
     client.get_mut().1.refresh_traffic_keys().unwrap();
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let writer = {
@@ -192,18 +199,11 @@ async fn key_update_and_records_cut_across_reads() {
 #[tokio::test]
 async fn a_failed_handshake_sends_its_alert() {
     let pki = pki(TLS13);
-    let other = pki_for_versions_only_12();
-    let connector = tokio_rustls::TlsConnector::from(other);
-    let (server, client) = sockets().await;
-    let accept = ServerTls::accept(server, pki.server.clone());
-    let (tls, client) = tokio::join!(accept, connector.connect(name(), client));
+    let only_12 = self::pki(TLS12).client;
+    let (tls, client) = handshake(&pki.server, &only_12).await;
     assert!(tls.is_err());
     let err = client.expect_err("no common version").to_string();
     assert!(err.contains("ProtocolVersion"), "{err}");
-}
-
-fn pki_for_versions_only_12() -> Arc<ClientConfig> {
-    pki(TLS12).client
 }
 
 /// A record that does not decrypt after the handshake: the stream reports the close, refuses
@@ -211,11 +211,7 @@ fn pki_for_versions_only_12() -> Arc<ClientConfig> {
 #[tokio::test]
 async fn a_bad_record_after_the_handshake_ends_the_stream_cleanly() {
     let pki = pki(TLS13);
-    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
-    let (server, client) = sockets().await;
-    let accept = ServerTls::accept(server, pki.server.clone());
-    let (tls, client) = tokio::join!(accept, connector.connect(name(), client));
-    let (mut tls, mut client) = (tls.unwrap(), client.unwrap());
+    let (mut tls, mut client) = connected(&pki).await;
     // An application-data record of 40 random-looking octets, then a good record.
     let mut bad = vec![0x17, 0x03, 0x03, 0x00, 40];
     bad.extend((0..40u8).map(|i| i.wrapping_mul(37)));
