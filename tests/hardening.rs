@@ -174,6 +174,9 @@ async fn a_backend_reply_nobody_asked_for_is_never_passed_on() {
 #[tokio::test]
 async fn backend_replacements_per_session_are_bounded() {
     let (backend, rec) = recording_backend().await;
+    // An earlier test's connections may linger in TIME_WAIT toward a port this backend now
+    // reuses: only new ones count.
+    let before = closing_toward(backend.port());
     let running = start_binary(&config_yaml(backend, "starttls", ""));
     let mut c = Client::connect(running.addr("inbound").unwrap()).await;
     c.reply().await;
@@ -196,23 +199,27 @@ async fn backend_replacements_per_session_are_bounded() {
     );
     // Each was reset, not closed: nothing in FIN_WAIT1, FIN_WAIT2 or TIME_WAIT toward the
     // backend's port is left behind.
-    assert_eq!(closing_toward(backend.port()), 0);
+    let after = closing_toward(backend.port());
+    let new: Vec<&String> = after.difference(&before).collect();
+    assert!(new.is_empty(), "closed in order: {new:?}");
 }
 
-/// Sockets in FIN_WAIT1, FIN_WAIT2 or TIME_WAIT (/proc/net/tcp states 04, 05, 06) whose
-/// remote port is `port`: what an orderly close by us leaves, and a reset does not.
-fn closing_toward(port: u16) -> usize {
+/// The local ends of sockets in FIN_WAIT1, FIN_WAIT2 or TIME_WAIT (/proc/net/tcp states 04,
+/// 05, 06) whose remote port is `port`: what an orderly close by us leaves, and a reset does
+/// not.
+fn closing_toward(port: u16) -> std::collections::HashSet<String> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
     let remote = format!(":{port:04X}");
     table
         .lines()
         .skip(1)
-        .filter(|l| {
+        .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let closing = matches!(f.get(3), Some(&"04" | &"05" | &"06"));
-            f.get(2).is_some_and(|r| r.ends_with(&remote)) && closing
+            let toward = f.get(2).is_some_and(|r| r.ends_with(&remote));
+            (closing && toward).then(|| f[1].to_string())
         })
-        .count()
+        .collect()
 }
 
 #[tokio::test]
