@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 mod server_tls;
@@ -134,9 +134,7 @@ impl Stream {
                 }
                 Ok(())
             }
-            Stream::ClientTls(s) => {
-                write_tls(s.as_mut(), data, |s, d| s.get_mut().1.writer().write(d)).await
-            }
+            Stream::ClientTls(s) => write_client_tls(s, data).await,
         }
     }
 
@@ -165,14 +163,13 @@ impl Stream {
     }
 }
 
-/// Encrypt `data` into the connection's buffer with `buffer`; write it out at once only if
-/// it did not all fit.
-async fn write_tls<S: AsyncWrite + Unpin>(
-    s: &mut S,
+/// Encrypt `data` into the connection's buffer; write it out at once only if it did not all
+/// fit.
+async fn write_client_tls(
+    s: &mut tokio_rustls::client::TlsStream<TcpStream>,
     data: &[u8],
-    buffer: impl FnOnce(&mut S, &[u8]) -> std::io::Result<usize>,
 ) -> std::io::Result<()> {
-    let n = buffer(s, data)?;
+    let n = s.get_mut().1.writer().write(data)?;
     if n < data.len() {
         s.write_all(&data[n..]).await?;
         s.flush().await?;

@@ -198,10 +198,7 @@ impl<'a> Driver<'a> {
         let l = self.l;
         match action {
             Action::Write(leg, bytes) => {
-                let stream = match leg {
-                    Leg::Client => &mut self.client,
-                    Leg::Backend => &mut self.backend,
-                };
+                let stream = self.stream(leg);
                 if !matches!(
                     timeout(l.write_timeout, stream.write(&bytes)).await,
                     Ok(Ok(()))
@@ -210,7 +207,7 @@ impl<'a> Driver<'a> {
                     return Step::Go;
                 }
                 l.metrics.bytes(leg == Leg::Client, false, bytes.len());
-                self.dirty[leg_index(leg)] = true;
+                self.dirty[leg.index()] = true;
                 if leg == Leg::Backend {
                     // One command at a time: the next bytes back are its reply.
                     self.awaiting_backend = Some(Instant::now());
@@ -268,20 +265,13 @@ impl<'a> Driver<'a> {
                 session.handle_resolved(result, Instant::now());
             }
             Action::Disconnect(leg) => {
-                let mut stream = match leg {
-                    Leg::Client => std::mem::take(&mut self.client),
-                    Leg::Backend => std::mem::take(&mut self.backend),
-                };
-                let _ = timeout(l.write_timeout, stream.close()).await;
+                let _ = timeout(l.write_timeout, self.stream(leg).close()).await;
             }
             Action::Abort(leg) => {
                 // An abortive close (RST): the backend discards the message in flight, and no
                 // TIME_WAIT is left behind, so sessions that have many messages refused cannot
                 // use up the ports toward a backend on another host.
-                let stream = match leg {
-                    Leg::Client => std::mem::take(&mut self.client),
-                    Leg::Backend => std::mem::take(&mut self.backend),
-                };
+                let stream = std::mem::take(self.stream(leg));
                 if let Some(Err(e)) = stream.tcp().map(|tcp| tcp.set_zero_linger()) {
                     tracing::debug!(error = %e, "SO_LINGER on an aborted connection");
                 }
@@ -361,19 +351,14 @@ impl<'a> Driver<'a> {
     /// Send what writes left buffered on either leg, each under the write deadline. Returns
     /// whether a leg was lost (the session was told, and its connection dropped).
     async fn flush<M: Machine>(&mut self, session: &mut M) -> bool {
+        let write_timeout = self.l.write_timeout;
         let mut lost = false;
         for leg in [Leg::Client, Leg::Backend] {
-            if !std::mem::take(&mut self.dirty[leg_index(leg)]) {
+            if !std::mem::take(&mut self.dirty[leg.index()]) {
                 continue;
             }
-            let stream = match leg {
-                Leg::Client => &mut self.client,
-                Leg::Backend => &mut self.backend,
-            };
-            if !matches!(
-                timeout(self.l.write_timeout, stream.flush()).await,
-                Ok(Ok(()))
-            ) {
+            let stream = self.stream(leg);
+            if !matches!(timeout(write_timeout, stream.flush()).await, Ok(Ok(()))) {
                 // Dead or stalled: the connection is dropped, so nothing is left to flush.
                 *stream = Stream::None;
                 session.handle_lost(leg, Instant::now());
@@ -383,11 +368,18 @@ impl<'a> Driver<'a> {
         lost
     }
 
+    /// A leg's connection.
+    fn stream(&mut self, leg: Leg) -> &mut Stream {
+        match leg {
+            Leg::Client => &mut self.client,
+            Leg::Backend => &mut self.backend,
+        }
+    }
+
     /// Close both legs, each under the write deadline.
     async fn close(&mut self) {
         let write_timeout = self.l.write_timeout;
-        let mut backend = std::mem::take(&mut self.backend);
-        let _ = timeout(write_timeout, backend.close()).await;
+        let _ = timeout(write_timeout, self.backend.close()).await;
         let _ = timeout(write_timeout, self.client.close()).await;
     }
 }
@@ -399,13 +391,6 @@ fn handshake_deadline<M: Machine>(session: &M, l: &ListenerRuntime) -> tokio::ti
         || tokio::time::Instant::now() + l.tls_handshake_timeout(),
         tokio::time::Instant::from_std,
     )
-}
-
-fn leg_index(leg: Leg) -> usize {
-    match leg {
-        Leg::Client => 0,
-        Leg::Backend => 1,
-    }
 }
 
 /// What the loop does after an action.

@@ -107,7 +107,7 @@ impl Conn {
     /// Queue a reply line to the client (CRLF appended).
     pub(crate) fn send(&mut self, line: &str) {
         self.count_reply(line.as_bytes());
-        let out = &mut self.out[index(Leg::Client)];
+        let out = &mut self.out[Leg::Client.index()];
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");
         self.log_replies(line.as_bytes());
@@ -120,7 +120,7 @@ impl Conn {
             to,
             code: reply.code,
         });
-        let out = &mut self.out[index(Leg::Client)];
+        let out = &mut self.out[Leg::Client.index()];
         let start = out.len();
         reply.write_to(out);
         if self.protocol_log {
@@ -141,18 +141,18 @@ impl Conn {
 
     /// Queue bytes for a leg.
     pub(crate) fn write(&mut self, leg: Leg, bytes: &[u8]) {
-        self.out[index(leg)].extend_from_slice(bytes);
+        self.out[leg.index()].extend_from_slice(bytes);
     }
 
     /// The output buffer of a leg, for serialisers that write into one.
     pub(crate) fn out(&mut self, leg: Leg) -> &mut BytesMut {
-        &mut self.out[index(leg)]
+        &mut self.out[leg.index()]
     }
 
     /// Feed message data through the reframer to the backend leg.
     pub(crate) fn relay_body(&mut self, reframer: &mut Reframer, data: &[u8]) -> Fed {
         self.hold_backend = false;
-        reframer.feed(data, &mut self.out[index(Leg::Backend)])
+        reframer.feed(data, &mut self.out[Leg::Backend.index()])
     }
 
     /// The client's DATA was accepted: the Received header goes first (held until the body's
@@ -209,7 +209,7 @@ impl Conn {
     pub(crate) fn flush(&mut self) {
         for leg in [Leg::Client, Leg::Backend] {
             let held = leg == Leg::Backend && self.hold_backend;
-            let out = &mut self.out[index(leg)];
+            let out = &mut self.out[leg.index()];
             if !out.is_empty() && !held {
                 let bytes = out.split().freeze();
                 self.actions.push_back(Action::Write(leg, bytes));
@@ -219,7 +219,7 @@ impl Conn {
 
     /// Drop a leg's connection without a word; nothing still queued for it is sent.
     pub(crate) fn abort(&mut self, leg: Leg) {
-        self.out[index(leg)].clear();
+        self.out[leg.index()].clear();
         if leg == Leg::Backend {
             self.hold_backend = false;
         }
@@ -279,11 +279,4 @@ pub(crate) fn skip_chunk(remaining: &mut u64, data: &[u8]) -> (usize, bool) {
         .min(data.len());
     *remaining -= n as u64;
     (n, *remaining == 0)
-}
-
-fn index(leg: Leg) -> usize {
-    match leg {
-        Leg::Client => 0,
-        Leg::Backend => 1,
-    }
 }

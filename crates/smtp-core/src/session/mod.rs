@@ -39,6 +39,16 @@ pub enum Leg {
     Backend,
 }
 
+impl Leg {
+    /// 0 or 1, for per-leg arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Leg::Client => 0,
+            Leg::Backend => 1,
+        }
+    }
+}
+
 /// What the driver must do, in the order returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
