@@ -13,11 +13,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{is_health_check, start, Client, Recorder};
+use common::{black_hole, is_health_check, start, Client, Recorder};
 use smtp_sidecar::backend::CHECK_INTERVAL;
 use smtp_sidecar::runtime::Running;
 use smtp_sidecar::sink::SinkEvent;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 const ALL_DOWN: &str = "421 4.4.2 Backend unavailable, try again later\r\n";
@@ -197,24 +197,6 @@ async fn in_order_failover_at_once_and_back_after_a_health_check() {
     deliver(&running).await;
     assert_eq!((a.messages(), b.messages()), (3, 4), "the first used again");
     running.shutdown().await;
-}
-
-/// A listening socket that answers no new connection: its accept queue is full, so further
-/// SYNs are dropped and a connect to it waits for its whole timeout.
-async fn black_hole(addr: SocketAddr) -> (SocketAddr, Vec<TcpStream>, TcpListener) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(addr).unwrap();
-    let listener = socket.listen(1).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut held = Vec::new();
-    for _ in 0..16 {
-        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => held.push(s),
-            _ => return (addr, held, listener),
-        }
-    }
-    panic!("the accept queue of {addr} never filled");
 }
 
 /// (c) Every server marked down: `421 4.4.2` at once. The server here black-holes

@@ -10,28 +10,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::binary::{start_binary, Binary};
-use common::{recording_backend, Client};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-/// A listening socket whose accept queue is full: a connect to it waits for its timeout.
-async fn black_hole() -> (SocketAddr, Vec<TcpStream>, TcpListener) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(1).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut held = Vec::new();
-    for _ in 0..16 {
-        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => held.push(s),
-            _ => return (addr, held, listener),
-        }
-    }
-    panic!("the accept queue of {addr} never filled");
-}
+use common::{black_hole, recording_backend, Client};
 
 /// The time to a session's greeting, which must be a 220.
 async fn greeted(b: &Binary) -> Duration {
@@ -45,7 +27,7 @@ async fn greeted(b: &Binary) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_a_server_marked_down() {
-    let (hole, _held, _listener) = black_hole().await;
+    let (hole, _held, _listener) = black_hole("127.0.0.1:0".parse().unwrap()).await;
     let (live, _rec) = recording_backend().await;
     let b = start_binary(&format!(
         "hostname: mx.test\nshutdown_grace: 1s\nlisteners:\n  - name: inbound\n    mode: terminate\n\

@@ -18,7 +18,7 @@ use std::time::Duration;
 use smtp_sidecar::runtime::Running;
 use smtp_sidecar::sink::SinkEvent;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 pub const T: Duration = Duration::from_secs(20);
 
@@ -325,4 +325,22 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// A listening socket that answers no new connection: its accept queue is full, so further
+/// SYNs are dropped and a connect to it waits for its whole timeout.
+pub async fn black_hole(addr: SocketAddr) -> (SocketAddr, Vec<TcpStream>, TcpListener) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => held.push(s),
+            _ => return (addr, held, listener),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
 }
