@@ -222,4 +222,42 @@ proptest! {
         let eod_line = 3;
         prop_assert_eq!(o.received, u64::try_from(o.consumed - eod_line).unwrap_or(u64::MAX));
     }
+
+    /// Whole blocks of ordinary lines are checked together (`clean_blocks`); fed one octet at a
+    /// time, no block is ever whole. Both must give the same, on mostly ordinary lines of every
+    /// length (around the block size and the 998-octet limit too) with the odd octet that needs
+    /// a decision anywhere in them.
+    #[test]
+    fn data_blocks_agree_with_one_octet_at_a_time(
+        mode in mode(),
+        max in max_size(),
+        lines in prop::collection::vec(
+            (
+                prop_oneof![8 => 0usize..140, 1 => 900usize..1100],
+                prop::collection::vec((any::<prop::sample::Index>(), byte()), 0..2),
+                prop_oneof![20 => Just(&b"\r\n"[..]), 1 => Just(&b"\n"[..]), 1 => Just(&b"\r"[..])],
+            ),
+            0..60,
+        ),
+        eod in any::<bool>(),
+    ) {
+        let mut input = Vec::new();
+        for (len, odd, end) in &lines {
+            let mut line: Vec<u8> = (0..*len).map(|i| b'a' + (i % 26) as u8).collect();
+            for (at, b) in odd {
+                if !line.is_empty() {
+                    let k = at.index(line.len());
+                    line[k] = *b;
+                }
+            }
+            input.extend_from_slice(&line);
+            input.extend_from_slice(end);
+        }
+        if eod {
+            input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+        }
+        let whole = feed(mode, max, &input, &[usize::MAX]);
+        let octets = feed(mode, max, &input, &[1]);
+        prop_assert_eq!(whole, octets);
+    }
 }

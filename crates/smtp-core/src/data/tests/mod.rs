@@ -382,3 +382,55 @@ fn data_size_limit_exactly_at_and_one_over() {
     let got = run(Reject, 2, &[b"a\nbcdef\r\n.\r\n"]);
     assert_eq!((got.violation, got.finished), (BN, true));
 }
+
+/// Runs of ordinary lines are checked a block of octets at a time (`clean_blocks`). Empty lines,
+/// a `.` line after one, a smuggled `\n.\n` and a NUL, each put after every line of a run of
+/// 40 ordinary lines of varied lengths (so at every offset from a block's start, give or take):
+/// fed whole (blocks) and one octet at a time (never a whole block), the outcome is the same,
+/// and it is the one expected.
+#[test]
+fn data_decisions_inside_runs_of_ordinary_lines() {
+    let lines: Vec<u8> = (0..40)
+        .flat_map(|n| {
+            let mut l: Vec<u8> = (0..(n * 7) % 90).map(|i| b'a' + (i % 26) as u8).collect();
+            l.extend_from_slice(b"\r\n");
+            l
+        })
+        .collect();
+    // (inserted, output under Normalize, violation under Reject)
+    let cases: [(&[u8], &[u8], Option<Violation>); 5] = [
+        (b"\r\n\r\nx\r\n", b"\r\n\r\nx\r\n", None),
+        (b"\r\n..\r\n", b"\r\n..\r\n", None),
+        (b"\r\n\r\n..y\r\n", b"\r\n\r\n..y\r\n", None),
+        (
+            b"\n.\nz\r\n",
+            b"\r\n..\r\nz\r\n",
+            Some(Violation::BareNewline),
+        ),
+        (b"q\0q\r\n", b"qq\r\n", Some(Violation::Nul)),
+    ];
+    for (inserted, normalized, violation) in cases {
+        let ends = lines.iter().enumerate().filter(|(_, &b)| b == b'\n');
+        for cut in ends.map(|(i, _)| i + 1) {
+            for (mode, expected_violation) in [(Normalize, None), (Reject, violation)] {
+                let mut input = lines[..cut].to_vec();
+                input.extend_from_slice(inserted);
+                input.extend_from_slice(&lines[cut..]);
+                input.extend_from_slice(b".\r\nQUIT\r\n");
+                let got = whole(mode, &input);
+                let octets: Vec<&[u8]> = input.chunks(1).collect();
+                assert_eq!(got, run(mode, u64::MAX, &octets), "{inserted:?} at {cut}");
+                assert!(got.finished);
+                assert_eq!(got.violation, expected_violation, "{inserted:?} at {cut}");
+                assert_eq!(got.rest, b"QUIT\r\n");
+                if mode == Normalize {
+                    let mut expected = lines[..cut].to_vec();
+                    expected.extend_from_slice(normalized);
+                    expected.extend_from_slice(&lines[cut..]);
+                    expected.extend_from_slice(b".\r\n");
+                    assert_eq!(got.out, expected, "{inserted:?} at {cut}");
+                }
+            }
+        }
+    }
+}
