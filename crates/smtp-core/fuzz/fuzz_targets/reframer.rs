@@ -5,7 +5,9 @@
 //!
 //! The first byte chooses the set-up: bit 0 the bare-newline mode, bit 1 a small size limit (so
 //! the cut at `max_size` is exercised), bit 2 the long-line policy, bits 3..8 the chunk size (1
-//! to 32 bytes). Run with `-max_len=4096` or more so that long lines occur.
+//! to 32 bytes). The input is also fed whole, which checks runs of ordinary lines a block at a
+//! time: the outcome must be the same. Run with `-max_len=4096` or more so that long lines
+//! occur.
 #![no_main]
 
 use bytes::BytesMut;
@@ -49,6 +51,15 @@ fuzz_target!(|data: &[u8]| {
             "input left over without an end of data"
         );
     }
+
+    // Chunking never changes anything; fed whole, runs of lines are checked a block at a time.
+    let mut whole = Reframer::new(mode, long_lines, max_size);
+    let mut whole_out = BytesMut::new();
+    let fed = whole.feed(input, &mut whole_out);
+    assert_eq!(fed.finished, finished);
+    assert_eq!(whole_out, out);
+    assert_eq!(whole.violation(), reframer.violation());
+    assert_eq!(whole.received(), reframer.received());
 
     // (a) Canonical line ends only, and no NUL.
     for (i, &b) in out.iter().enumerate() {
