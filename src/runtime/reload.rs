@@ -64,8 +64,16 @@ impl Running {
     async fn try_reload(&mut self, path: &Path) -> Result<(), Vec<String>> {
         let mut config = config::load(path).map_err(|e| e.problems)?;
         self.needs_restart(&mut config);
-        let (store, trust) = load_files(&config)?;
-        let snapshot = build(&config, store, trust, &self.metrics, Some(&self.snapshot))?;
+        // Reading certificates, CRLs and the system's roots and building on them takes a while:
+        // not on a thread that runs sessions (with one core, the only one).
+        let (metrics, current) = (self.metrics.clone(), Arc::clone(&self.snapshot));
+        let (config, snapshot) = tokio::task::spawn_blocking(move || {
+            let (store, trust) = load_files(&config)?;
+            let snapshot = build(&config, store, trust, &metrics, Some(&current))?;
+            Ok::<_, Vec<String>>((config, snapshot))
+        })
+        .await
+        .map_err(|e| vec![format!("the reload's build failed: {e}")])??;
         // Every new address is bound before anything changes: a failure leaves all as it was.
         let mut fresh = Vec::new();
         let mut problems = Vec::new();
