@@ -448,3 +448,41 @@ async fn demo_relays_a_message_and_prints_it() {
         "{stdout}"
     );
 }
+
+/// The thread names of a running process.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// On one core (`taskset` here; a cgroup quota of one CPU counts the same) the binary runs
+/// tokio's current-thread runtime: the process's one thread carries every session, with no
+/// worker threads to hand them between. On more cores it has a worker per core. Both relay.
+#[tokio::test]
+async fn one_core_is_one_thread_more_cores_a_worker_each() {
+    let (backend, rec) = recording_backend().await;
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for (cpus, workers) in [(Some("0"), 0), (None, cores)] {
+        let sidecar = binary::start_binary_on(&config_yaml(backend, "starttls", ""), cpus);
+        let mut c = Client::connect(sidecar.addr("inbound").unwrap()).await;
+        c.reply().await;
+        c.cmd("EHLO client.test").await;
+        c.cmd("MAIL FROM:<a@x.test>").await;
+        c.cmd("RCPT TO:<b@y.test>").await;
+        c.cmd("DATA").await;
+        c.send(b"one core or two\r\n.\r\n").await;
+        assert!(c.reply().await.starts_with("250 2.0.0 Ok"));
+        let threads = thread_names(sidecar.pid());
+        let running = threads.iter().filter(|t| *t == "tokio-rt-worker").count();
+        assert_eq!(running, workers, "{cpus:?}: {threads:?}");
+        if cpus.is_some() {
+            assert_eq!(threads, ["smtp-sidecar"]);
+        }
+    }
+    assert_eq!(rec.messages().len(), 2);
+}

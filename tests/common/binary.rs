@@ -16,6 +16,12 @@ pub struct Binary {
 
 /// Start the binary on `yaml` (whose listener is `127.0.0.1:0`) and wait until it accepts.
 pub fn start_binary(yaml: &str) -> Binary {
+    start_binary_on(yaml, None)
+}
+
+/// [`start_binary`], the process allowed on the CPUs `cpus` only (`taskset -c`), as a
+/// deployment pinned to one core would be.
+pub fn start_binary_on(yaml: &str, cpus: Option<&str>) -> Binary {
     let dir = TempDir::new("binary");
     for _attempt in 0..3 {
         let port = free_port();
@@ -29,7 +35,16 @@ pub fn start_binary(yaml: &str) -> Binary {
         let config = dir.0.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
         let log = std::fs::File::create(dir.0.join("sidecar.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+        let bin = env!("CARGO_BIN_EXE_smtp-sidecar");
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .arg("run")
             .arg("-c")
             .arg(&config)
@@ -38,7 +53,10 @@ pub fn start_binary(yaml: &str) -> Binary {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn();
-        let mut child = Guard(child.unwrap());
+        let mut child = Guard(child.unwrap_or_else(|e| match cpus {
+            Some(_) => panic!("taskset (Debian package util-linux): {e}"),
+            None => panic!("{bin}: {e}"),
+        }));
         if wait_listening(&mut child.0, &dir) {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             return Binary { addr, child, dir };
