@@ -11,6 +11,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+pub mod lane;
 mod server_tls;
 
 pub use server_tls::ServerTls;

@@ -6,6 +6,7 @@
 //! This module holds only the types, so that the accept loop and the session drivers, which
 //! read them, need nothing of the runtime that builds and swaps them.
 
+use crate::io::lane::Lane;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub struct Snapshot {
     /// What the operator must hear of but does not stop the configuration: logged by `run`
     /// and by a reload that puts this snapshot in force.
     pub warnings: Vec<Warning>,
+    /// The CPU lane of the server handshakes of every listener, handed on by a reload.
+    pub lane: Arc<Lane>,
 }
 
 /// A finding of the build that leaves a listener working, but less than configured.
@@ -65,6 +68,10 @@ pub struct ListenerRuntime {
     /// `max_handshakes` slots for TLS handshakes in progress (a terminate listener that can
     /// do TLS): one is taken for each handshake; with none free, new connections are refused.
     pub handshakes: Option<Arc<tokio::sync::Semaphore>>,
+    /// `max_handshakes`.
+    pub handshake_slots: usize,
+    /// The process's CPU lane for server handshakes (established sessions first).
+    pub lane: Arc<Lane>,
     /// This listener's series, labels resolved.
     pub metrics: ListenerMetrics,
     /// How the certificate is chosen, to name the one served in the protocol log.
@@ -136,6 +143,14 @@ impl ListenerRuntime {
         self.handshakes
             .as_ref()
             .is_some_and(|slots| slots.available_permits() == 0)
+    }
+
+    /// More than half the `max_handshakes` slots are taken: handshakes are queueing for the
+    /// CPU, and their work goes through the [`Lane`].
+    pub fn handshakes_pressed(&self) -> bool {
+        self.handshakes
+            .as_ref()
+            .is_some_and(|slots| slots.available_permits() < self.handshake_slots / 2)
     }
 
     pub fn tls_handshake_timeout(&self) -> Duration {

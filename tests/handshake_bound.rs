@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -111,4 +112,35 @@ async fn a_handshake_waits_for_a_slot() {
         .await
         .starts_with("250-mx.test\r\n"));
     running.shutdown().await;
+}
+
+/// With more than half of `max_handshakes` taken, handshakes queue for the CPU: their work
+/// goes through the lane (`io::lane`: established sessions first), and a session's handshake
+/// still completes through it and the session relays. With fewer taken, it does not.
+#[tokio::test]
+async fn more_than_half_the_slots_taken_sends_handshakes_through_the_lane() {
+    let (backend, rec) = recording_backend().await;
+    let running = start(&config_yaml(
+        backend,
+        "starttls",
+        "      max_handshakes: 4\n",
+    ))
+    .await;
+    let l = &running.snapshot.listeners[0].1;
+    let slots = l.handshakes.clone().unwrap();
+    let mut taken = Vec::new();
+    for n in 0..3 {
+        assert!(!l.handshakes_pressed(), "{n} of 4 taken");
+        taken.push(Arc::clone(&slots).acquire_owned().await.unwrap());
+    }
+    assert!(l.handshakes_pressed(), "3 of 4 taken");
+    let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
+    c.cmd("MAIL FROM:<a@x.test>").await;
+    c.cmd("RCPT TO:<b@y.test>").await;
+    c.cmd("DATA").await;
+    c.send(b"through the lane\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok"));
+    assert_eq!(rec.messages().len(), 1);
+    taken.clear();
+    assert!(!l.handshakes_pressed());
 }

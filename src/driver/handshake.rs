@@ -170,7 +170,10 @@ pub(crate) async fn accept_tls(
             }
         },
     };
-    let accept = ServerTls::accept(tcp, Arc::clone(acceptor));
+    // Under pressure, the handshake's CPU work goes through the lane (established sessions
+    // first); otherwise it costs the scheduling nothing.
+    let lane = l.handshakes_pressed().then_some(&*l.lane);
+    let accept = ServerTls::accept(tcp, Arc::clone(acceptor), lane);
     match timeout_at(deadline, accept).await {
         Ok(Ok(tls)) => {
             let info = handshake_done(l, &tls, id, peer);

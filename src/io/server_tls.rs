@@ -18,6 +18,7 @@ use rustls::unbuffered::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::lane::Lane;
 use super::{Read, SCRATCH};
 use crate::tls::sni::{self, Sni};
 
@@ -71,8 +72,14 @@ enum Next {
 
 impl ServerTls {
     /// The server side of the handshake on `tcp`. The caller bounds it in time. A failure
-    /// is the rustls error inside an `io::Error` (the alert, if any, has been sent).
-    pub async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+    /// is the rustls error inside an `io::Error` (the alert, if any, has been sent). With a
+    /// `lane`, rustls works on the client's bytes only in a place of it, never held across a
+    /// wait for the network.
+    pub async fn accept(
+        tcp: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+        lane: Option<&Lane>,
+    ) -> io::Result<Self> {
         let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
         let mut tls = ServerTls {
             tcp,
@@ -88,7 +95,11 @@ impl ServerTls {
         let mut incoming = vec![0; 4096];
         let mut used = 0;
         let mut sni_seen = false;
+        let mut turn = None;
         loop {
+            if let (None, Some(lane), true) = (&turn, lane, used > 0) {
+                turn = Some(lane.enter().await);
+            }
             // Before rustls handles the bytes (it may move them).
             if !sni_seen && used > 0 {
                 match sni::parse(&incoming[..used]) {
@@ -135,10 +146,14 @@ impl ServerTls {
                 // The handshake's flights go out at once. What a TLS 1.3 server sends after
                 // the client's Finished (a session ticket) waits for the first reply; TLS
                 // 1.2's last flight is the server's Finished, which the client waits for.
-                Next::Send if handshaking || !tls13(&tls.conn) => tls.flush().await?,
+                Next::Send if handshaking || !tls13(&tls.conn) => {
+                    turn = None;
+                    tls.flush().await?;
+                }
                 Next::Send => {}
                 Next::Receive if !handshaking => break,
                 Next::Receive => {
+                    turn = None;
                     if used == incoming.len() {
                         if used >= MAX_HANDSHAKE {
                             return Err(invalid(rustls::Error::General(
@@ -154,11 +169,13 @@ impl ServerTls {
                 }
                 Next::Done => break,
                 Next::Failed(e) => {
+                    drop(turn);
                     tls.send_alert(&mut incoming[..used]).await;
                     return Err(invalid(e));
                 }
             }
         }
+        drop(turn);
         if !tls13(&tls.conn) {
             // TLS 1.2's last flight is ours, and the client waits for it, even when its own
             // Finished came with data.

@@ -6,6 +6,7 @@
 //! `/etc/resolv.conf`): no socket is bound and nothing is logged; what the operator must hear
 //! of comes back as the snapshot's [`Warning`]s.
 
+use crate::io::lane::Lane;
 use std::sync::Arc;
 
 use crate::backend::{HopTls, Pool};
@@ -57,6 +58,10 @@ pub fn build(
     let mut problems = Vec::new();
     let mut listeners = Vec::new();
     let mut warnings = Vec::new();
+    let lane = previous.map_or_else(
+        || Arc::new(Lane::for_this_process()),
+        |p| Arc::clone(&p.lane),
+    );
     for (i, l) in config.listeners.iter().enumerate() {
         let at = format!("listeners[{i}] ({})", l.name);
         let mut b = Builder {
@@ -66,6 +71,7 @@ pub fn build(
             store: &store,
             trust: &trust,
             metrics,
+            lane: &lane,
             kept: kept_pool(previous, config, l, &trust),
             warnings: &mut warnings,
         };
@@ -87,6 +93,7 @@ pub fn build(
         trust: Arc::new(trust),
         listeners,
         warnings,
+        lane,
     })
 }
 
@@ -130,6 +137,7 @@ struct Builder<'a> {
     store: &'a CertStore,
     trust: &'a Trust,
     metrics: &'a Metrics,
+    lane: &'a Arc<Lane>,
     /// The previous snapshot's pool of this listener, if it can stay.
     kept: Option<Arc<Pool>>,
     warnings: &'a mut Vec<Warning>,
@@ -194,6 +202,7 @@ impl Builder<'_> {
         };
         let p = &term.policy;
         let t = p.timeouts;
+        let handshake_slots = usize::try_from(p.max_handshakes).unwrap_or(usize::MAX);
         Ok(ListenerRuntime {
             name: l.name.clone(),
             implicit_tls: term.tls == ListenerTls::Implicit,
@@ -225,10 +234,11 @@ impl Builder<'_> {
             max_connections: p.max_connections,
             max_connections_per_ip: p.max_connections_per_ip,
             proxy_header: l.proxy_protocol.then_some(t.proxy_header),
-            handshakes: acceptor.as_ref().map(|_| {
-                let slots = usize::try_from(p.max_handshakes).unwrap_or(usize::MAX);
-                Arc::new(tokio::sync::Semaphore::new(slots))
-            }),
+            handshakes: acceptor
+                .as_ref()
+                .map(|_| Arc::new(tokio::sync::Semaphore::new(handshake_slots))),
+            handshake_slots,
+            lane: Arc::clone(self.lane),
             metrics: self
                 .metrics
                 .listener(&l.name, &p.domain_secure, &[], &term.backend.servers),

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::ServerTls;
+use crate::io::lane::Lane;
 use crate::io::Read;
 use crate::tls::test_util::{client_config, ec_cert};
 
@@ -57,7 +58,8 @@ async fn handshake(
 ) -> (std::io::Result<ServerTls>, std::io::Result<Client>) {
     let connector = tokio_rustls::TlsConnector::from(client.clone());
     let (server_tcp, client_tcp) = sockets().await;
-    let accept = ServerTls::accept(server_tcp, server.clone());
+    let lane = Lane::new(1);
+    let accept = ServerTls::accept(server_tcp, server.clone(), Some(&lane));
     tokio::join!(accept, connector.connect(name(), client_tcp))
 }
 
@@ -155,7 +157,10 @@ async fn data_with_the_finished_survives_our_first_write() {
         let _ = tls.read_to_end(&mut reply);
         reply
     });
-    let mut tls = ServerTls::accept(server, pki.server.clone()).await.unwrap();
+    let lane = Lane::new(1);
+    let mut tls = ServerTls::accept(server, pki.server.clone(), Some(&lane))
+        .await
+        .unwrap();
     // Give the early command time to arrive before we write.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     tls.write(b"220 mx.test\r\n").unwrap();
