@@ -38,6 +38,9 @@ enum Extension {
     Chunking,
 }
 
+// `rewrite_ehlo` marks what it has seen by discriminant, one place per allowed extension.
+const _: () = assert!(Extension::ALLOWED.len() == Extension::Chunking as usize + 1);
+
 impl Extension {
     const ALLOWED: [Extension; 9] = [
         Extension::Size,
@@ -129,34 +132,39 @@ pub fn rewrite_ehlo(backend: &Reply, policy: &EhloPolicy) -> Reply {
     if !backend.is_positive() {
         return backend.clone();
     }
-    let mut lines = vec![policy.hostname.clone()];
-    let mut seen: Vec<Extension> = Vec::new();
+    // Our name, what the backend offers, and SIZE and STARTTLS when we add them.
+    let mut lines = Vec::with_capacity(backend.lines.len() + 2);
+    lines.push(policy.hostname.clone());
+    let mut seen = [false; Extension::ALLOWED.len()];
     // The first line is the backend's greeting text (RFC 5321 §4.1.1.1), replaced by our name.
     for line in backend.lines.iter().skip(1) {
         let mut tokens = line.split_ascii_whitespace();
         let Some(ext) = tokens.next().and_then(Extension::from_keyword) else {
             continue;
         };
-        if seen.contains(&ext) {
+        if std::mem::replace(&mut seen[ext as usize], true) {
             continue;
         }
-        seen.push(ext);
         let kept = match ext {
             Extension::Size => Some(size_line(tokens.next(), policy.max_size)),
             Extension::Auth if policy.offer_auth => auth_line(tokens),
             Extension::Auth => None,
             Extension::Chunking if policy.chunking => Some(ext.name().to_owned()),
             Extension::Chunking => None,
-            _ => Some(
-                std::iter::once(ext.name())
-                    .chain(tokens)
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
+            _ => {
+                // The keyword in its canonical spelling, then its parameters, one space apart.
+                let mut kept = String::with_capacity(line.len());
+                kept.push_str(ext.name());
+                for t in tokens {
+                    kept.push(' ');
+                    kept.push_str(t);
+                }
+                Some(kept)
+            }
         };
         lines.extend(kept);
     }
-    if !seen.contains(&Extension::Size) {
+    if !seen[Extension::Size as usize] {
         lines.push(size_line(None, policy.max_size));
     }
     if policy.offer_starttls {
