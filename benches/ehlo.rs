@@ -1,39 +1,18 @@
 //! The EHLO rewrite (`smtp_core::ehlo::rewrite_ehlo`): an Exchange 2003 reply with the lines
-//! legacy servers add (X-EXPS, XEXCH50, TURN, AUTH with an unknown mechanism, a duplicate),
+//! legacy servers add (`smtp_core::testing::EXCHANGE_2003`, as the rewrite's tests use it),
 //! rewritten for a client before STARTTLS and after it, and the extensions read back from the
 //! result (`Offered::from_reply`), as every EHLO of a session does.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use smtp_core::ehlo::{rewrite_ehlo, EhloPolicy, Offered};
 use smtp_core::reply::Reply;
+use smtp_core::testing::EXCHANGE_2003;
 use std::hint::black_box;
 
 fn exchange_2003() -> Reply {
-    let lines = [
-        "mail.contoso.local Hello [192.0.2.10]",
-        "TURN",
-        "ATRN",
-        "SIZE 10485760",
-        "ETRN",
-        "PIPELINING",
-        "DSN",
-        "ENHANCEDSTATUSCODES",
-        "8bitmime",
-        "BINARYMIME",
-        "CHUNKING",
-        "VRFY",
-        "X-EXPS GSSAPI NTLM LOGIN",
-        "X-EXPS=LOGIN",
-        "AUTH GSSAPI NTLM LOGIN X-UNKNOWN!",
-        "AUTH=LOGIN",
-        "X-LINK2STATE",
-        "XEXCH50",
-        "PIPELINING",
-        "OK",
-    ];
     Reply {
         code: 250,
-        lines: lines.iter().map(|l| (*l).to_owned()).collect(),
+        lines: EXCHANGE_2003.iter().map(|l| (*l).to_owned()).collect(),
     }
 }
 

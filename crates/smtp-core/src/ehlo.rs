@@ -200,35 +200,9 @@ fn auth_line<'a>(mechanisms: impl Iterator<Item = &'a str>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::EXCHANGE_2003;
 
     const MAX: u64 = 36_700_160; // 35 MiB
-
-    /// An Exchange 2003 EHLO reply, plus the lines other legacy servers add.
-    const EXCHANGE_2003: &[&str] = &[
-        "mail.contoso.local Hello [192.0.2.10]",
-        "TURN",
-        "ATRN",
-        "SIZE",
-        "ETRN",
-        "PIPELINING",
-        "DSN",
-        "ENHANCEDSTATUSCODES",
-        "8bitmime",
-        "BINARYMIME",
-        "CHUNKING",
-        "VRFY",
-        "X-EXPS GSSAPI NTLM LOGIN",
-        "X-EXPS=LOGIN",
-        "AUTH GSSAPI NTLM LOGIN",
-        "AUTH=LOGIN",
-        "X-LINK2STATE",
-        "XEXCH50",
-        "X-ANONYMOUSTLS",
-        "XCLIENT NAME ADDR",
-        "XFORWARD NAME ADDR",
-        "STARTTLS",
-        "OK",
-    ];
 
     fn policy(offer_starttls: bool, offer_auth: bool, chunking: bool) -> EhloPolicy {
         EhloPolicy {

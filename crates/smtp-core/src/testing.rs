@@ -12,6 +12,34 @@ use crate::session::{
     Action, DnsFailure, Event, Leg, Machine, ReplyTo, Route, Target, TlsClient, TlsStart,
 };
 
+/// An Exchange 2003 EHLO reply, plus the lines other legacy servers add (the EHLO rewrite's
+/// tests and bench).
+pub const EXCHANGE_2003: &[&str] = &[
+    "mail.contoso.local Hello [192.0.2.10]",
+    "TURN",
+    "ATRN",
+    "SIZE",
+    "ETRN",
+    "PIPELINING",
+    "DSN",
+    "ENHANCEDSTATUSCODES",
+    "8bitmime",
+    "BINARYMIME",
+    "CHUNKING",
+    "VRFY",
+    "X-EXPS GSSAPI NTLM LOGIN",
+    "X-EXPS=LOGIN",
+    "AUTH GSSAPI NTLM LOGIN",
+    "AUTH=LOGIN",
+    "X-LINK2STATE",
+    "XEXCH50",
+    "X-ANONYMOUSTLS",
+    "XCLIENT NAME ADDR",
+    "XFORWARD NAME ADDR",
+    "STARTTLS",
+    "OK",
+];
+
 /// A policy with the SPEC defaults, for tests.
 pub fn test_config() -> Config {
     Config {
