@@ -167,9 +167,9 @@ impl Session {
                     return;
                 }
                 self.offered = Offered::default();
-                if reply.is_positive() && esmtp && self.tls.is_none() && self.cfg.starttls {
-                    self.before_tls_ehlo = Some((name.clone(), reply.clone()));
-                }
+                // Kept to answer the EHLO after STARTTLS (moved in once it is rewritten).
+                let keep_for_tls = reply.is_positive() && esmtp && self.tls.is_none();
+                let keep_for_tls = (keep_for_tls && self.cfg.starttls).then(|| name.clone());
                 if reply.is_positive() {
                     self.backend_helo = true;
                     self.backend_offered = Offered::from_reply(&reply);
@@ -191,6 +191,9 @@ impl Session {
                     let rewritten = rewrite_ehlo(&reply, &policy);
                     self.offered = Offered::from_reply(&rewritten);
                     self.send_reply(&rewritten);
+                    if let Some(name) = keep_for_tls {
+                        self.before_tls_ehlo = Some((name, reply));
+                    }
                 } else if reply.is_positive() {
                     // A HELO is answered with one line (RFC 5321 §4.1.1.1), also when an EHLO
                     // went to the backend to look for XCLIENT: no extension reaches a HELO
