@@ -31,9 +31,12 @@ impl Lane {
         Lane(Semaphore::new(workers.max(1)))
     }
 
-    /// A lane for the runtime this process runs: a place per core it may use.
-    pub fn for_this_process() -> Self {
-        Lane::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    /// A lane for the runtime it is made in: a place per worker thread (one on the
+    /// current-thread runtime `cli` picks for one core; one outside any runtime).
+    pub fn for_this_runtime() -> Self {
+        let workers =
+            tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
+        Lane::new(workers)
     }
 
     /// Wait for a place, then yield once, so that the sessions whose sockets became ready

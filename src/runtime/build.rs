@@ -59,7 +59,7 @@ pub fn build(
     let mut listeners = Vec::new();
     let mut warnings = Vec::new();
     let lane = previous.map_or_else(
-        || Arc::new(Lane::for_this_process()),
+        || Arc::new(Lane::for_this_runtime()),
         |p| Arc::clone(&p.lane),
     );
     for (i, l) in config.listeners.iter().enumerate() {

@@ -73,3 +73,23 @@ async fn one_piece_at_a_time_per_place() {
     drop(first);
     assert!(second.await.unwrap());
 }
+
+/// A place per worker thread of the runtime the lane is made in.
+#[test]
+fn a_place_per_worker_of_the_runtime() {
+    let one = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert_eq!(
+        one.block_on(async { Lane::for_this_runtime().0.available_permits() }),
+        1
+    );
+    let three = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(3)
+        .build()
+        .unwrap();
+    assert_eq!(
+        three.block_on(async { Lane::for_this_runtime().0.available_permits() }),
+        3
+    );
+}
