@@ -43,6 +43,36 @@ pub struct Warning {
     pub message: String,
 }
 
+/// A listener's `max_handshakes` slots: one is taken for each handshake in progress; with
+/// none free, new connections are refused.
+#[derive(Debug)]
+pub struct HandshakeSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    total: usize,
+}
+
+impl HandshakeSlots {
+    pub fn new(total: usize) -> Self {
+        HandshakeSlots {
+            slots: Arc::new(tokio::sync::Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Wait for a slot, held until the permit is dropped.
+    pub async fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.slots).acquire_owned().await.ok()
+    }
+
+    fn full(&self) -> bool {
+        self.slots.available_permits() == 0
+    }
+
+    fn pressed(&self) -> bool {
+        self.slots.available_permits() < self.total / 2
+    }
+}
+
 /// Everything a session of one listener needs, fixed when the snapshot is built.
 #[derive(Debug)]
 pub struct ListenerRuntime {
@@ -66,10 +96,8 @@ pub struct ListenerRuntime {
     /// `proxy_protocol: true`: the deadline of the PROXY header each connection begins with.
     pub proxy_header: Option<Duration>,
     /// `max_handshakes` slots for TLS handshakes in progress (a terminate listener that can
-    /// do TLS): one is taken for each handshake; with none free, new connections are refused.
-    pub handshakes: Option<Arc<tokio::sync::Semaphore>>,
-    /// `max_handshakes`.
-    pub handshake_slots: usize,
+    /// do TLS).
+    pub handshakes: Option<HandshakeSlots>,
     /// The process's CPU lane for server handshakes (established sessions first).
     pub lane: Arc<Lane>,
     /// This listener's series, labels resolved.
@@ -137,12 +165,9 @@ impl ListenerRuntime {
         }
     }
 
-    /// The deadline of a TLS handshake (either leg).
     /// Every handshake slot is taken: a new connection is refused before it costs one.
     pub fn handshakes_full(&self) -> bool {
-        self.handshakes
-            .as_ref()
-            .is_some_and(|slots| slots.available_permits() == 0)
+        self.handshakes.as_ref().is_some_and(HandshakeSlots::full)
     }
 
     /// More than half the `max_handshakes` slots are taken: handshakes are queueing for the
@@ -150,9 +175,10 @@ impl ListenerRuntime {
     pub fn handshakes_pressed(&self) -> bool {
         self.handshakes
             .as_ref()
-            .is_some_and(|slots| slots.available_permits() < self.handshake_slots / 2)
+            .is_some_and(HandshakeSlots::pressed)
     }
 
+    /// The deadline of a TLS handshake (either leg).
     pub fn tls_handshake_timeout(&self) -> Duration {
         self.timeouts().tls_handshake
     }

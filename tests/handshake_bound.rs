@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -127,11 +126,11 @@ async fn more_than_half_the_slots_taken_sends_handshakes_through_the_lane() {
     ))
     .await;
     let l = &running.snapshot.listeners[0].1;
-    let slots = l.handshakes.clone().unwrap();
+    let slots = l.handshakes.as_ref().unwrap();
     let mut taken = Vec::new();
     for n in 0..3 {
         assert!(!l.handshakes_pressed(), "{n} of 4 taken");
-        taken.push(Arc::clone(&slots).acquire_owned().await.unwrap());
+        taken.push(slots.take().await.unwrap());
     }
     assert!(l.handshakes_pressed(), "3 of 4 taken");
     let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;

@@ -161,8 +161,8 @@ pub(crate) async fn accept_tls(
     // released when the handshake is over.
     let _slot = match &l.handshakes {
         None => None,
-        Some(slots) => match timeout_at(deadline, Arc::clone(slots).acquire_owned()).await {
-            Ok(Ok(slot)) => Some(slot),
+        Some(slots) => match timeout_at(deadline, slots.take()).await {
+            Ok(Some(slot)) => Some(slot),
             _ => {
                 let why = "no handshake slot free in time (max_handshakes)";
                 handshake_failed(l, peer, why, "server", HandshakeError::Timeout);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::backend::{HopTls, Pool};
 use crate::config::{BackendTls, Config, Listener, ListenerMode, ListenerTls, TerminateListener};
 use crate::metrics::Metrics;
-use crate::snapshot::{ListenerRuntime, ModeRuntime, Snapshot, Warning};
+use crate::snapshot::{HandshakeSlots, ListenerRuntime, ModeRuntime, Snapshot, Warning};
 use crate::tls::{CertPlan, CertStore, ClientAuth, Trust};
 
 mod originate;
@@ -236,8 +236,7 @@ impl Builder<'_> {
             proxy_header: l.proxy_protocol.then_some(t.proxy_header),
             handshakes: acceptor
                 .as_ref()
-                .map(|_| Arc::new(tokio::sync::Semaphore::new(handshake_slots))),
-            handshake_slots,
+                .map(|_| HandshakeSlots::new(handshake_slots)),
             lane: Arc::clone(self.lane),
             metrics: self
                 .metrics
