@@ -113,8 +113,10 @@ impl Stream {
     pub async fn readable(&self) {
         match self.tcp() {
             // An error shows up again on the next read, which reports it.
+            // The socket's own reader waker rather than `TcpStream::readable`'s list of
+            // waiters, which takes a lock to join and another to leave, on every wait.
             Some(tcp) => {
-                let _ = tcp.readable().await;
+                let _ = std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await;
             }
             None => std::future::pending().await,
         }

@@ -6,12 +6,16 @@
 //! `handshake` holds the TLS handshakes and what is recorded of them, `events` what a
 //! session's events become (metrics, logs).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use smtp_core::session::{Action, DnsFailure, Leg, Machine, TlsInfo, TlsStart};
 use tokio::sync::watch;
+use tokio::time::error::Elapsed;
 use tokio::time::{sleep_until, timeout};
 
 use crate::io::{Read, Stream};
@@ -71,12 +75,20 @@ impl<'a> Driver<'a> {
         &mut self,
         session: &mut M,
         client: Stream,
-        mut shutdown: watch::Receiver<Shutdown>,
+        shutdown: watch::Receiver<Shutdown>,
     ) {
         self.client = client;
         // Try a read before waiting for readiness: after a TLS handshake or a full read, bytes
         // may already be buffered (in rustls or the kernel) with no new readiness to come.
         let (mut client_more, mut backend_more) = (true, false);
+        // One timer for the session's deadline and one wait for the shutdown signal, kept
+        // across waits: a new deadline is usually later than the last, and moving a timer
+        // later costs no work in tokio's timer wheel (registering and removing one per wait
+        // did).
+        let mut deadline_timer = pin!(sleep_until(
+            tokio::time::Instant::now() + self.l.longest_wait()
+        ));
+        let mut shutdown_next = pin!(next_shutdown_state(shutdown));
         loop {
             while let Some(action) = session.poll_action() {
                 // Events first: protocol log lines must be written before a handshake's.
@@ -147,10 +159,13 @@ impl<'a> Driver<'a> {
             let stalled = deadline.is_none();
             let deadline =
                 deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.l.longest_wait());
+            if deadline_timer.deadline() != deadline {
+                deadline_timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 () = self.client.readable(), if session.wants_bytes(Leg::Client) => client_more = true,
                 () = self.backend.readable(), if session.wants_bytes(Leg::Backend) => backend_more = true,
-                () = sleep_until(deadline) => {
+                () = &mut deadline_timer => {
                     if stalled {
                         tracing::warn!(listener = %self.l.name, peer = %self.peer, "session stalled with no deadline; closing");
                         self.close().await;
@@ -158,8 +173,8 @@ impl<'a> Driver<'a> {
                     }
                     session.handle_timeout(Instant::now());
                 }
-                r = shutdown.changed() => {
-                    let state = if r.is_ok() { *shutdown.borrow_and_update() } else { Shutdown::GraceOver };
+                (state, shutdown) = &mut shutdown_next => {
+                    shutdown_next.set(next_shutdown_state(shutdown));
                     match state {
                         Shutdown::Running => {}
                         Shutdown::Draining => session.handle_shutdown(Instant::now()),
@@ -200,7 +215,7 @@ impl<'a> Driver<'a> {
             Action::Write(leg, bytes) => {
                 let stream = self.stream(leg);
                 if !matches!(
-                    timeout(l.write_timeout, stream.write(&bytes)).await,
+                    timeout_if_waiting(l.write_timeout, stream.write(&bytes)).await,
                     Ok(Ok(()))
                 ) {
                     session.handle_lost(leg, Instant::now());
@@ -358,7 +373,10 @@ impl<'a> Driver<'a> {
                 continue;
             }
             let stream = self.stream(leg);
-            if !matches!(timeout(write_timeout, stream.flush()).await, Ok(Ok(()))) {
+            if !matches!(
+                timeout_if_waiting(write_timeout, stream.flush()).await,
+                Ok(Ok(()))
+            ) {
                 // Dead or stalled: the connection is dropped, so nothing is left to flush.
                 *stream = Stream::None;
                 session.handle_lost(leg, Instant::now());
@@ -381,6 +399,28 @@ impl<'a> Driver<'a> {
         let write_timeout = self.l.write_timeout;
         let _ = timeout(write_timeout, self.backend.close()).await;
         let _ = timeout(write_timeout, self.client.close()).await;
+    }
+}
+
+/// The next state `shutdown` announces (`GraceOver` once its sender is gone), with the receiver
+/// back for the wait after it.
+async fn next_shutdown_state(
+    mut shutdown: watch::Receiver<Shutdown>,
+) -> (Shutdown, watch::Receiver<Shutdown>) {
+    let state = match shutdown.changed().await {
+        Ok(()) => *shutdown.borrow_and_update(),
+        Err(_) => Shutdown::GraceOver,
+    };
+    (state, shutdown)
+}
+
+/// `work` under a deadline of `limit` that starts when it first has to wait: most writes
+/// complete at once, and a deadline set for each would cost a clock read and a timer.
+async fn timeout_if_waiting<F: Future>(limit: Duration, work: F) -> Result<F::Output, Elapsed> {
+    let mut work = pin!(work);
+    match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => timeout(limit, work).await,
     }
 }
 
