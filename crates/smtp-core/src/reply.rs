@@ -7,7 +7,7 @@
 //! taken out of the byte buffer as they complete, so raw bytes held stay within one line cap
 //! plus one push, and the parsed lines of a reply in progress within [`MAX_REPLY_LINES`].
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use nom::branch::alt;
 use nom::bytes::complete::take_while_m_n;
 use nom::character::complete::char;
@@ -61,24 +61,27 @@ impl Reply {
     /// from backends and from configuration, and a reply must never be able to end a line
     /// early and inject another one.
     pub fn write_to(&self, out: &mut BytesMut) {
-        let code = self.code.to_string();
+        let mut digits = [0; 5];
+        let code = decimal(self.code, &mut digits);
         let last = self.lines.len().saturating_sub(1);
         if self.lines.is_empty() {
-            out.extend_from_slice(code.as_bytes());
+            out.extend_from_slice(code);
             out.extend_from_slice(b"\r\n");
         }
         for (n, text) in self.lines.iter().enumerate() {
-            out.extend_from_slice(code.as_bytes());
+            out.extend_from_slice(code);
             // RFC 5321 §4.2.1: "-" continues a multi-line reply, SP ends it.
             if n < last {
                 out.extend_from_slice(b"-");
             } else if !text.is_empty() {
                 out.extend_from_slice(b" ");
             }
-            out.extend(
-                text.bytes()
-                    .map(|b| if b < 0x20 || b == 0x7f { b' ' } else { b }),
-            );
+            let control = |b: u8| b < 0x20 || b == 0x7f;
+            if text.bytes().any(control) {
+                out.extend(text.bytes().map(|b| if control(b) { b' ' } else { b }));
+            } else {
+                out.extend_from_slice(text.as_bytes());
+            }
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -149,10 +152,9 @@ impl ReplyParser {
                 return Err(self.fail(ReplyError::LineTooLong));
             }
             self.scanned = 0;
-            let raw = self.buf.split_to(len);
             // RFC 5321 §4.2 wants CRLF; a legacy backend's bare LF is accepted because the
             // client only ever sees our re-serialised form.
-            let line = raw[..lf].strip_suffix(b"\r").unwrap_or(&raw[..lf]);
+            let line = self.buf[..lf].strip_suffix(b"\r").unwrap_or(&self.buf[..lf]);
             let Ok((_, (code, more, text))) = reply_line(line) else {
                 return Err(self.fail(ReplyError::Syntax));
             };
@@ -162,6 +164,9 @@ impl ReplyParser {
                 return Err(self.fail(ReplyError::Syntax));
             }
             let text = lossy_utf8(text);
+            // The line is copied out: moving past it keeps one buffer (splitting it off would
+            // make the buffer shared, an allocation per reply).
+            self.buf.advance(len);
             let reply = match self.partial.take() {
                 None => Reply {
                     code,
@@ -214,6 +219,19 @@ impl ReplyParser {
 /// `text` as UTF-8, each invalid sequence replaced by `?`. Not U+FFFD: that is three bytes for
 /// as little as one, so a line just within [`MAX_REPLY_LINE`] would be re-serialised past
 /// it, and the client's own parser (with a cap like ours) could refuse it.
+/// `n` in decimal, in the end of `digits`.
+fn decimal(mut n: u16, digits: &mut [u8; 5]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[start..];
+        }
+    }
+}
+
 fn lossy_utf8(text: &[u8]) -> String {
     let mut out = String::with_capacity(text.len());
     for chunk in text.utf8_chunks() {
