@@ -6,7 +6,7 @@
 //! line is reported once and then discarded up to and including its LF, so the session
 //! resynchronises. Lines come out as [`Bytes`] split off the read buffer, without copying.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -18,7 +18,7 @@ pub const MAX_EXTENDED_LINE: usize = 2048;
 pub enum LineEvent {
     /// A complete line, without its terminator (CRLF, or a bare LF). `crlf` is false when the
     /// LF was not preceded by CR.
-    Line { line: Bytes, crlf: bool },
+    Line { line: BytesMut, crlf: bool },
     /// A line longer than the cap (terminator included); its bytes were discarded up to and
     /// including the next LF (or are being discarded until it arrives).
     TooLong,
@@ -92,13 +92,16 @@ impl LineReader {
             drop(self.buf.split_to(len));
             return Some(LineEvent::TooLong);
         }
-        let raw = self.buf.split_to(len).freeze();
-        let crlf = lf > 0 && raw[lf - 1] == b'\r';
-        let end = if crlf { lf - 1 } else { lf };
-        Some(LineEvent::Line {
-            line: raw.slice(..end),
-            crlf,
-        })
+        // A line that is all that is buffered (one command per read, the usual case) takes
+        // the buffer along; splitting it off would make the buffer shared, an allocation.
+        let mut line = if len == self.buf.len() {
+            std::mem::take(&mut self.buf)
+        } else {
+            self.buf.split_to(len)
+        };
+        let crlf = lf > 0 && line[lf - 1] == b'\r';
+        line.truncate(if crlf { lf - 1 } else { lf });
+        Some(LineEvent::Line { line, crlf })
     }
 
     /// Bytes held and not yet returned as lines. After [`LineReader::next_line`] has returned
@@ -130,7 +133,7 @@ mod tests {
 
     fn line(s: &[u8], crlf: bool) -> LineEvent {
         LineEvent::Line {
-            line: Bytes::copy_from_slice(s),
+            line: BytesMut::from(s),
             crlf,
         }
     }
