@@ -8,15 +8,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use smtp_core::session::{Action, DnsFailure, Leg, Machine, TlsInfo, TlsStart};
 use tokio::sync::watch;
-use tokio::time::error::Elapsed;
-use tokio::time::{sleep_until, timeout};
+use tokio::time::{sleep_until, timeout, Sleep};
 
 use crate::io::{Read, Stream};
 use crate::shutdown::Shutdown;
@@ -52,6 +51,9 @@ pub struct Driver<'a> {
     awaiting_backend: Option<Instant>,
     /// What this session's events added up to, for its closing log line.
     tally: events::Tally,
+    /// The one timer of the session: its deadline while the loop waits, a write's while a
+    /// write waits. Boxed: a timer is pinned, and the driver moves.
+    timer: Pin<Box<Sleep>>,
 }
 
 impl<'a> Driver<'a> {
@@ -67,6 +69,7 @@ impl<'a> Driver<'a> {
             dirty: [false; 2],
             awaiting_backend: None,
             tally: events::Tally::default(),
+            timer: Box::pin(sleep_until(tokio::time::Instant::now() + l.longest_wait())),
         }
     }
 
@@ -75,20 +78,12 @@ impl<'a> Driver<'a> {
         &mut self,
         session: &mut M,
         client: Stream,
-        shutdown: watch::Receiver<Shutdown>,
+        mut shutdown: watch::Receiver<Shutdown>,
     ) {
         self.client = client;
         // Try a read before waiting for readiness: after a TLS handshake or a full read, bytes
         // may already be buffered (in rustls or the kernel) with no new readiness to come.
         let (mut client_more, mut backend_more) = (true, false);
-        // One timer for the session's deadline and one wait for the shutdown signal, kept
-        // across waits: a new deadline is usually later than the last, and moving a timer
-        // later costs no work in tokio's timer wheel (registering and removing one per wait
-        // did).
-        let mut deadline_timer = pin!(sleep_until(
-            tokio::time::Instant::now() + self.l.longest_wait()
-        ));
-        let mut shutdown_next = pin!(next_shutdown_state(shutdown));
         loop {
             while let Some(action) = session.poll_action() {
                 // Events first: protocol log lines must be written before a handshake's.
@@ -159,13 +154,15 @@ impl<'a> Driver<'a> {
             let stalled = deadline.is_none();
             let deadline =
                 deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.l.longest_wait());
-            if deadline_timer.deadline() != deadline {
-                deadline_timer.as_mut().reset(deadline);
+            // Moving the timer later costs no work in tokio's timer wheel; a new timer per wait
+            // was registered and removed each time.
+            if self.timer.deadline() != deadline {
+                self.timer.as_mut().reset(deadline);
             }
             tokio::select! {
                 () = self.client.readable(), if session.wants_bytes(Leg::Client) => client_more = true,
                 () = self.backend.readable(), if session.wants_bytes(Leg::Backend) => backend_more = true,
-                () = &mut deadline_timer => {
+                () = self.timer.as_mut() => {
                     if stalled {
                         tracing::warn!(listener = %self.l.name, peer = %self.peer, "session stalled with no deadline; closing");
                         self.close().await;
@@ -173,8 +170,8 @@ impl<'a> Driver<'a> {
                     }
                     session.handle_timeout(Instant::now());
                 }
-                (state, shutdown) = &mut shutdown_next => {
-                    shutdown_next.set(next_shutdown_state(shutdown));
+                r = shutdown.changed() => {
+                    let state = if r.is_ok() { *shutdown.borrow_and_update() } else { Shutdown::GraceOver };
                     match state {
                         Shutdown::Running => {}
                         Shutdown::Draining => session.handle_shutdown(Instant::now()),
@@ -213,10 +210,10 @@ impl<'a> Driver<'a> {
         let l = self.l;
         match action {
             Action::Write(leg, bytes) => {
-                let stream = self.stream(leg);
+                let (stream, timer) = self.stream_and_timer(leg);
                 if !matches!(
-                    timeout_if_waiting(l.write_timeout, stream.write(&bytes)).await,
-                    Ok(Ok(()))
+                    within(timer, l.write_timeout, stream.write(&bytes)).await,
+                    Some(Ok(()))
                 ) {
                     session.handle_lost(leg, Instant::now());
                     return Step::Go;
@@ -372,10 +369,10 @@ impl<'a> Driver<'a> {
             if !std::mem::take(&mut self.dirty[leg.index()]) {
                 continue;
             }
-            let stream = self.stream(leg);
+            let (stream, timer) = self.stream_and_timer(leg);
             if !matches!(
-                timeout_if_waiting(write_timeout, stream.flush()).await,
-                Ok(Ok(()))
+                within(timer, write_timeout, stream.flush()).await,
+                Some(Ok(()))
             ) {
                 // Dead or stalled: the connection is dropped, so nothing is left to flush.
                 *stream = Stream::None;
@@ -384,6 +381,15 @@ impl<'a> Driver<'a> {
             }
         }
         lost
+    }
+
+    /// A leg's connection and the session's timer, for a write under a deadline.
+    fn stream_and_timer(&mut self, leg: Leg) -> (&mut Stream, &mut Pin<Box<Sleep>>) {
+        let stream = match leg {
+            Leg::Client => &mut self.client,
+            Leg::Backend => &mut self.backend,
+        };
+        (stream, &mut self.timer)
     }
 
     /// A leg's connection.
@@ -402,25 +408,24 @@ impl<'a> Driver<'a> {
     }
 }
 
-/// The next state `shutdown` announces (`GraceOver` once its sender is gone), with the receiver
-/// back for the wait after it.
-async fn next_shutdown_state(
-    mut shutdown: watch::Receiver<Shutdown>,
-) -> (Shutdown, watch::Receiver<Shutdown>) {
-    let state = match shutdown.changed().await {
-        Ok(()) => *shutdown.borrow_and_update(),
-        Err(_) => Shutdown::GraceOver,
-    };
-    (state, shutdown)
-}
-
-/// `work` under a deadline of `limit` that starts when it first has to wait: most writes
-/// complete at once, and a deadline set for each would cost a clock read and a timer.
-async fn timeout_if_waiting<F: Future>(limit: Duration, work: F) -> Result<F::Output, Elapsed> {
+/// `work`, or `None` if it has to wait and does not finish within `limit` (measured on
+/// `timer`, which the loop sets back to the session's deadline before its next wait). Most
+/// writes complete at once: they cost no clock read and no timer.
+async fn within<F: Future>(
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+    work: F,
+) -> Option<F::Output> {
     let mut work = pin!(work);
-    match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
-        Poll::Ready(done) => Ok(done),
-        Poll::Pending => timeout(limit, work).await,
+    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
+    {
+        return Some(done);
+    }
+    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+    tokio::select! {
+        biased;
+        done = work => Some(done),
+        () = timer.as_mut() => None,
     }
 }
 

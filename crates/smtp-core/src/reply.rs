@@ -154,7 +154,9 @@ impl ReplyParser {
             self.scanned = 0;
             // RFC 5321 §4.2 wants CRLF; a legacy backend's bare LF is accepted because the
             // client only ever sees our re-serialised form.
-            let line = self.buf[..lf].strip_suffix(b"\r").unwrap_or(&self.buf[..lf]);
+            let line = self.buf[..lf]
+                .strip_suffix(b"\r")
+                .unwrap_or(&self.buf[..lf]);
             let Ok((_, (code, more, text))) = reply_line(line) else {
                 return Err(self.fail(ReplyError::Syntax));
             };
