@@ -462,3 +462,100 @@ async fn tls12_works_and_tls_min_version_13_refuses_it() {
         "a TLS 1.2-only client must be refused"
     );
 }
+
+/// A backend that answers up to DATA's 354 and then reads nothing more: the sidecar's write of
+/// the body waits once the sockets' buffers are full, and gives up after the write deadline
+/// (the command timeout), dropping the connection, while the client keeps sending. Should the
+/// wait have no deadline, the backend's late reads would keep finding body bytes.
+#[tokio::test]
+async fn a_write_the_backend_never_reads_ends_at_the_write_deadline() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (held_tx, mut held) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let held_tx = held_tx.clone();
+            tokio::spawn(async move {
+                let mut io = tokio::io::BufReader::new(tcp);
+                io.get_mut().write_all(b"220 legacy.test\r\n").await.ok()?;
+                loop {
+                    let mut line = String::new();
+                    if tokio::io::AsyncBufReadExt::read_line(&mut io, &mut line)
+                        .await
+                        .ok()?
+                        == 0
+                    {
+                        return None;
+                    }
+                    let reply: &[u8] = match &line.to_ascii_uppercase()[..4] {
+                        "DATA" => b"354 go ahead\r\n",
+                        "QUIT" => b"221 bye\r\n",
+                        _ => b"250 ok\r\n",
+                    };
+                    io.get_mut().write_all(reply).await.ok()?;
+                    if reply.starts_with(b"354") {
+                        // Hold the connection, reading nothing.
+                        return held_tx.send(io.into_inner()).await.ok();
+                    }
+                }
+            });
+        }
+    });
+    let yaml = config_yaml(backend, "starttls", "      timeouts: {command: 1s}\n");
+    let running = start(&yaml).await;
+    let mut client = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for (line, code) in [
+        ("", "220 "),
+        ("EHLO client.test\r\n", "250 "),
+        ("MAIL FROM:<a@x.test>\r\n", "250 "),
+        ("RCPT TO:<b@y.test>\r\n", "250 "),
+        ("DATA\r\n", "354 "),
+    ] {
+        client.write_all(line.as_bytes()).await.unwrap();
+        seen.clear();
+        while !String::from_utf8_lossy(&seen).contains(&format!("\n{code}"))
+            && !String::from_utf8_lossy(&seen).starts_with(code)
+        {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .expect("reply in time")
+                .unwrap();
+            assert!(n > 0, "closed while waiting for {code}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    // The body goes on and on, until the sidecar stops taking it.
+    let sender = tokio::spawn(async move {
+        let chunk = b"an ordinary line of a message body that never ends ......\r\n".repeat(1024);
+        while client.write_all(&chunk).await.is_ok() {}
+    });
+    let mut stalled = tokio::time::timeout(Duration::from_secs(5), held.recv())
+        .await
+        .expect("DATA reached the backend")
+        .unwrap();
+    // Past the write deadline (1 s), the sidecar has dropped the connection: at most what the
+    // backend's small buffers held is left to read. Without the deadline the body would keep
+    // coming, until the message size limit (50 MiB) cut it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        let (mut buf, mut total) = (vec![0u8; 64 * 1024], 0);
+        while let Ok(n @ 1..) = stalled.read(&mut buf).await {
+            total += n;
+        }
+        total
+    })
+    .await
+    .expect("the connection ended");
+    assert!(
+        drained < 1 << 20,
+        "the sidecar kept writing: {drained} octets more"
+    );
+    sender.abort();
+}
