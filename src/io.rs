@@ -112,9 +112,9 @@ impl Stream {
     /// Wait until the socket has something to read; never, without a connection.
     pub async fn readable(&self) {
         match self.tcp() {
-            // An error shows up again on the next read, which reports it.
             // The socket's own reader waker rather than `TcpStream::readable`'s list of
-            // waiters, which takes a lock to join and another to leave, on every wait.
+            // waiters, which takes a lock to join and another to leave, on every wait. An
+            // error shows up again on the next read, which reports it.
             Some(tcp) => {
                 let _ = std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await;
             }

@@ -6,13 +6,13 @@
 //! This module holds only the types, so that the accept loop and the session drivers, which
 //! read them, need nothing of the runtime that builds and swaps them.
 
-use crate::io::lane::Lane;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Pool;
 use crate::config::Config;
+use crate::io::lane::Lane;
 use crate::metrics::ListenerMetrics;
 use crate::tls::{CertInfo, CertPlan, CertStore, ClientAuth, ClientTls, Trust};
 

@@ -394,10 +394,7 @@ impl<'a> Driver<'a> {
 
     /// A leg's connection.
     fn stream(&mut self, leg: Leg) -> &mut Stream {
-        match leg {
-            Leg::Client => &mut self.client,
-            Leg::Backend => &mut self.backend,
-        }
+        self.stream_and_timer(leg).0
     }
 
     /// Close both legs, each under the write deadline.

@@ -6,11 +6,11 @@
 //! `/etc/resolv.conf`): no socket is bound and nothing is logged; what the operator must hear
 //! of comes back as the snapshot's [`Warning`]s.
 
-use crate::io::lane::Lane;
 use std::sync::Arc;
 
 use crate::backend::{HopTls, Pool};
 use crate::config::{BackendTls, Config, Listener, ListenerMode, ListenerTls, TerminateListener};
+use crate::io::lane::Lane;
 use crate::metrics::Metrics;
 use crate::snapshot::{HandshakeSlots, ListenerRuntime, ModeRuntime, Snapshot, Warning};
 use crate::tls::{CertPlan, CertStore, ClientAuth, Trust};

@@ -4,7 +4,8 @@
 //! sees it. Lines end at LF; the reader reports whether a CR preceded it so the session can
 //! decide what to do with bare LFs. The buffer never grows past `cap` + one push: an over-long
 //! line is reported once and then discarded up to and including its LF, so the session
-//! resynchronises. Lines come out as [`Bytes`] split off the read buffer, without copying.
+//! resynchronises. Lines come out as [`BytesMut`] taken or split off the read buffer, without
+//! copying.
 
 use bytes::BytesMut;
 

@@ -218,9 +218,6 @@ impl ReplyParser {
     }
 }
 
-/// `text` as UTF-8, each invalid sequence replaced by `?`. Not U+FFFD: that is three bytes for
-/// as little as one, so a line just within [`MAX_REPLY_LINE`] would be re-serialised past
-/// it, and the client's own parser (with a cap like ours) could refuse it.
 /// `n` in decimal, in the end of `digits`.
 fn decimal(mut n: u16, digits: &mut [u8; 5]) -> &[u8] {
     let mut start = digits.len();
@@ -234,6 +231,9 @@ fn decimal(mut n: u16, digits: &mut [u8; 5]) -> &[u8] {
     }
 }
 
+/// `text` as UTF-8, each invalid sequence replaced by `?`. Not U+FFFD: that is three bytes for
+/// as little as one, so a line just within [`MAX_REPLY_LINE`] would be re-serialised past
+/// it, and the client's own parser (with a cap like ours) could refuse it.
 fn lossy_utf8(text: &[u8]) -> String {
     let mut out = String::with_capacity(text.len());
     for chunk in text.utf8_chunks() {
