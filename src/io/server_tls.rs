@@ -7,6 +7,7 @@
 //! encrypted for the client waits in `out` until the driver flushes its batch, so the session
 //! ticket after the handshake leaves with the first reply, and a reply with the close_notify.
 
+use std::cell::Cell;
 use std::io;
 use std::sync::Arc;
 
@@ -305,12 +306,12 @@ impl ServerTls {
         self.out.len()
     }
 
-    /// Send what waits, then hold no buffer.
+    /// Send what waits, then hold no buffer: it goes back to the thread's spare.
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.tcp.write_all(&self.out).await?;
         }
-        self.out = Vec::new();
+        give_back(std::mem::take(&mut self.out));
         Ok(())
     }
 
@@ -424,11 +425,36 @@ const MAX_PARTIAL: usize = 2 * MAX_RECORD;
 /// The largest handshake flight buffered (rustls' own limit for a handshake message).
 const MAX_HANDSHAKE: usize = 64 * 1024 + MAX_RECORD;
 
-/// Append what `write` produces to `out`, growing it to the size rustls asks for.
+thread_local! {
+    /// An output buffer between one session's flush and the next batch on this thread: a
+    /// batch then costs no allocation, and an idle session still holds none.
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The largest buffer kept as the spare: a batch of replies fits many times over; a rare
+/// big one (up to [`super::FLUSH_AT`] and a record) is freed rather than kept.
+const SPARE_MAX: usize = 16 * 1024;
+
+/// A flushed buffer back to the thread's spare, unless one is there or it is too big.
+fn give_back(mut out: Vec<u8>) {
+    if out.capacity() > 0 && out.capacity() <= SPARE_MAX {
+        out.clear();
+        SPARE.with(|spare| {
+            let kept = spare.take();
+            spare.set(if kept.capacity() > 0 { kept } else { out });
+        });
+    }
+}
+
+/// Append what `write` produces to `out`, growing it to the size rustls asks for. An empty
+/// `out` starts as the thread's spare buffer.
 fn append(
     out: &mut Vec<u8>,
     mut write: impl FnMut(&mut [u8]) -> Result<usize, Sized>,
 ) -> Result<(), rustls::Error> {
+    if out.capacity() == 0 {
+        *out = SPARE.take();
+    }
     let start = out.len();
     out.resize(start + 512, 0);
     let n = match write(&mut out[start..]) {

@@ -236,3 +236,32 @@ async fn a_bad_record_after_the_handshake_ends_the_stream_cleanly() {
     let err = client.read_to_end(&mut rest).await.unwrap_err();
     assert!(err.to_string().contains("BadRecordMac"), "{err}");
 }
+
+/// A flushed output buffer is the thread's spare: the next batch starts in it (empty, with
+/// nothing of the last session's bytes), and one over the bound is freed instead.
+#[test]
+fn the_spare_output_buffer_is_reused_emptied_and_bounded() {
+    use super::{append, give_back, SPARE, SPARE_MAX};
+    let mut out = Vec::new();
+    append(&mut out, |b| {
+        b[..9].copy_from_slice(b"250 ok\r\n!");
+        Ok(9)
+    })
+    .unwrap();
+    let first = out.as_ptr();
+    give_back(out);
+    let mut next = Vec::new();
+    append(&mut next, |_| Ok(0)).unwrap();
+    assert_eq!(next.as_ptr(), first, "the next batch starts in the spare");
+    assert!(
+        next.is_empty(),
+        "and none of the last batch's bytes are in it"
+    );
+    give_back(next);
+    // A second buffer while the spare is there is freed; so is one over the bound.
+    give_back(Vec::with_capacity(64));
+    let kept = SPARE.take();
+    assert_eq!(kept.as_ptr(), first);
+    give_back(Vec::with_capacity(SPARE_MAX + 1));
+    assert_eq!(SPARE.take().capacity(), 0, "a big buffer is not kept");
+}
