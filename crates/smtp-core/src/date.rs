@@ -5,24 +5,35 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// RFC 5322 §3.3 date-time in UTC, e.g. `Tue, 24 Nov 2026 02:45:00 +0000`.
 pub fn format_rfc5322(when: SystemTime) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = when.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        d,
-        MONTHS[(m - 1) as usize],
-        y,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    Rfc5322(when).to_string()
+}
+
+/// A time displayed as an RFC 5322 §3.3 date-time in UTC, written where it is needed.
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc5322(pub SystemTime);
+
+impl std::fmt::Display for Rfc5322 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let secs = self.0.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(days as i64);
+        write!(
+            f,
+            "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+            DAYS[(days % 7) as usize],
+            d,
+            MONTHS[(m - 1) as usize],
+            y,
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
 }
 
 /// Formats unix seconds as RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SSZ`).

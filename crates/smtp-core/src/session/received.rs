@@ -31,24 +31,23 @@ pub(crate) fn header(
     authenticated: bool,
     when: SystemTime,
 ) -> String {
-    let mut proto = String::from(if esmtp { "ESMTP" } else { "SMTP" });
+    // One buffer, written in place: the header is built for every message.
+    let mut h = String::with_capacity(256);
+    h.push_str("Received: from ");
+    let helo = helo.unwrap_or("unknown").chars();
+    h.extend(helo.map(|c| if c.is_ascii_graphic() { c } else { '?' }));
+    let _ = match peer {
+        IpAddr::V4(ip) => write!(h, " ([{ip}])"),
+        IpAddr::V6(ip) => write!(h, " ([IPv6:{ip}])"),
+    };
+    let _ = write!(h, "\r\n\tby {hostname} (smtp-sidecar) with ");
+    h.push_str(if esmtp { "ESMTP" } else { "SMTP" });
     if tls.is_some() {
-        proto.push('S');
+        h.push('S');
     }
     if authenticated {
-        proto.push('A');
+        h.push('A');
     }
-    let helo: String = helo
-        .unwrap_or("unknown")
-        .chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect();
-    let literal = match peer {
-        IpAddr::V4(ip) => format!("[{ip}]"),
-        IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
-    };
-    let mut h =
-        format!("Received: from {helo} ({literal})\r\n\tby {hostname} (smtp-sidecar) with {proto}");
     if let Some(tls) = tls {
         let _ = write!(h, "\r\n\t(version={} cipher={})", tls.version, tls.cipher);
         if let ClientCert::Verified(cert) = &tls.client_cert {
@@ -59,7 +58,7 @@ pub(crate) fn header(
             h.push_str("\")");
         }
     }
-    let _ = write!(h, ";\r\n\t{}\r\n", crate::date::format_rfc5322(when));
+    let _ = write!(h, ";\r\n\t{}\r\n", crate::date::Rfc5322(when));
     h
 }
 
