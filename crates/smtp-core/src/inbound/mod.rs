@@ -171,7 +171,6 @@ impl Session {
             self.conn.client_in.push(data);
         }
         self.process_input(now);
-        self.conn.flush();
     }
 
     /// The client shut down its sending side. What it sent before is still processed and
@@ -188,7 +187,6 @@ impl Session {
             }
             _ => {
                 self.process_input(now);
-                self.conn.flush();
             }
         }
     }
@@ -217,7 +215,6 @@ impl Session {
 
     pub fn handle_backend_connect_failed(&mut self, reason: &str, _now: Instant) {
         self.backend_failed(LegFailure::Unreachable, format!("connect failed: {reason}"));
-        self.conn.flush();
     }
 
     pub fn handle_backend_bytes(&mut self, data: &[u8], now: Instant) {
@@ -231,7 +228,7 @@ impl Session {
                 LegFailure::Protocol,
                 "bytes sent with no command outstanding".into(),
             );
-            return self.conn.flush();
+            return;
         }
         self.conn.backend_in.push(data);
         loop {
@@ -257,13 +254,11 @@ impl Session {
             }
         }
         self.process_input(now);
-        self.conn.flush();
     }
 
     pub fn handle_backend_eof(&mut self, _now: Instant) {
         if self.backend != Backend::Connecting {
             self.backend_failed(LegFailure::Closed, "connection closed".into());
-            self.conn.flush();
         }
     }
 
@@ -291,7 +286,6 @@ impl Session {
         self.conn
             .timers
             .set(Timer::Client, now + self.cfg.timeouts.command);
-        self.conn.flush();
     }
 
     /// The TLS handshake failed: nothing can be said to the client in plaintext any more.
@@ -304,7 +298,6 @@ impl Session {
         if self.backend == Backend::Securing(Secure::Handshake) {
             self.secured(now);
             self.process_input(now);
-            self.conn.flush();
         }
     }
 
@@ -312,7 +305,6 @@ impl Session {
     pub fn handle_backend_tls_failed(&mut self, _now: Instant) {
         if self.backend == Backend::Securing(Secure::Handshake) {
             self.backend_failed(LegFailure::Tls, "TLS handshake failed".into());
-            self.conn.flush();
         }
     }
 
@@ -331,7 +323,6 @@ impl Session {
             },
             None => {}
         }
-        self.conn.flush();
     }
 
     /// Shutdown begins: finish the transaction in flight, then `421 4.3.2` at the next
@@ -345,7 +336,6 @@ impl Session {
             self.shutdown_now();
         }
         self.process_input(now);
-        self.conn.flush();
     }
 
     /// The shutdown grace period is over: whatever is left is told `421 4.3.2` and closed.
@@ -359,7 +349,6 @@ impl Session {
         } else {
             self.shutdown_now();
         }
-        self.conn.flush();
     }
 }
 

@@ -488,6 +488,30 @@ fn received_header_is_prepended() {
     assert_eq!(h.backend_writes, writes + 1, "header and body in one write");
 }
 
+/// A driver hands a TLS read over one record at a time: what the records of one read carry
+/// leaves in one write per leg, when the actions are next polled, not one write per record.
+#[test]
+fn pieces_handed_over_between_two_polls_leave_in_one_write() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.transaction();
+    h.take_backend();
+    let writes = h.backend_writes;
+    for piece in [&b"Subject: a\r\n"[..], b"\r\nline one\r\n", b"line two\r\n"] {
+        h.session.handle_client_bytes(piece, h.now);
+    }
+    h.run();
+    assert_eq!(
+        h.take_backend(),
+        "Subject: a\r\n\r\nline one\r\nline two\r\n"
+    );
+    assert_eq!(
+        h.backend_writes,
+        writes + 1,
+        "one write for the three pieces"
+    );
+}
+
 #[test]
 fn shutdown_drains_at_command_boundary() {
     let mut h = Harness::greeted(test_config());

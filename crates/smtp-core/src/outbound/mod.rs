@@ -72,7 +72,6 @@ impl Session {
         s.conn
             .timers
             .set(Timer::Client, now + s.cfg.timeouts.greeting);
-        s.conn.flush();
         s
     }
 }
@@ -129,7 +128,6 @@ impl Machine for Session {
             }
             Leg::Backend => self.hop_bytes(data, now),
         }
-        self.conn.flush();
     }
 
     fn handle_eof(&mut self, leg: Leg, now: Instant) {
@@ -146,7 +144,6 @@ impl Machine for Session {
             }
             Leg::Backend => self.hop_failed(LegFailure::Closed, "connection closed", now),
         }
-        self.conn.flush();
     }
 
     fn handle_lost(&mut self, leg: Leg, now: Instant) {
@@ -160,7 +157,6 @@ impl Machine for Session {
             }
             Leg::Backend => self.hop_failed(LegFailure::Closed, "connection lost", now),
         }
-        self.conn.flush();
     }
 
     fn handle_connected(&mut self, now: Instant) {
@@ -183,7 +179,6 @@ impl Machine for Session {
             );
             // A failure answers the waiting RCPT: what was pipelined behind it goes on.
             self.process_input(now);
-            self.conn.flush();
         }
     }
 
@@ -192,7 +187,6 @@ impl Machine for Session {
             self.resolved(result, now);
             // A failure answers the waiting RCPT: what was pipelined behind it goes on.
             self.process_input(now);
-            self.conn.flush();
         }
     }
 
@@ -201,7 +195,6 @@ impl Machine for Session {
             self.hop_tls(info, now);
             // A failure answers the waiting RCPT: what was pipelined behind it goes on.
             self.process_input(now);
-            self.conn.flush();
         }
     }
 
@@ -210,7 +203,6 @@ impl Machine for Session {
             self.hop_tls_failed(now);
             // A failure answers the waiting RCPT: what was pipelined behind it goes on.
             self.process_input(now);
-            self.conn.flush();
         }
     }
 
@@ -225,7 +217,6 @@ impl Machine for Session {
             None => {}
         }
         self.process_input(now);
-        self.conn.flush();
     }
 
     fn handle_shutdown(&mut self, now: Instant) {
@@ -237,7 +228,6 @@ impl Machine for Session {
             self.conn.shutdown_now();
         }
         self.process_input(now);
-        self.conn.flush();
     }
 
     fn handle_grace_expired(&mut self, _now: Instant) {
@@ -246,7 +236,6 @@ impl Machine for Session {
         }
         self.fail_message_in_flight();
         self.conn.shutdown_now();
-        self.conn.flush();
     }
 }
 

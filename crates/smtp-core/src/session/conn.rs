@@ -80,7 +80,14 @@ impl Conn {
         }
     }
 
+    /// The next action. What was written for the legs since the last control action becomes
+    /// its write actions only when the queue has run dry, so everything the handlers say
+    /// between two polls leaves in one write per leg: the records of one TLS read, each
+    /// handed over on its own, reach the backend together.
     pub(crate) fn poll_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty() {
+            self.flush();
+        }
         let action = self.actions.pop_front();
         if action.is_none() {
             release(&mut self.actions);
@@ -205,8 +212,9 @@ impl Conn {
     }
 
     /// Turn what is queued for each leg into write actions (client first: a reply is never
-    /// held back behind a large body write).
-    pub(crate) fn flush(&mut self) {
+    /// held back behind a large body write): before a control action, and when the actions
+    /// are polled.
+    fn flush(&mut self) {
         for leg in [Leg::Client, Leg::Backend] {
             let held = leg == Leg::Backend && self.hold_backend;
             let out = &mut self.out[leg.index()];
