@@ -81,9 +81,9 @@ impl Conn {
     }
 
     /// The next action. What was written for the legs since the last control action becomes
-    /// its write actions only when the queue has run dry, so everything the handlers say
-    /// between two polls leaves in one write per leg: the records of one TLS read, each
-    /// handed over on its own, reach the backend together.
+    /// write actions only when the queue has run dry, so what the handlers write between two
+    /// polls, with no control action between, leaves in one write per leg: the records of one
+    /// TLS read, each handed over on its own, reach the backend together.
     pub(crate) fn poll_action(&mut self) -> Option<Action> {
         if self.actions.is_empty() {
             self.flush();

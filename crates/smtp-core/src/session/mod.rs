@@ -203,8 +203,9 @@ pub enum Event {
 }
 
 /// A session as the driver sees it: the one driver loop is written against this, for both
-/// directions. Every `handle_*` may queue actions and events; the driver drains them after
-/// each call.
+/// directions. Every `handle_*` may queue actions and events; the driver drains the actions
+/// (until `poll_action` gives `None`) before it waits for anything, and may make several calls
+/// in between (the records of one read): what they write leaves in one write per leg.
 pub trait Machine {
     /// The next action to carry out.
     fn poll_action(&mut self) -> Option<Action>;
