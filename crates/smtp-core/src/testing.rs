@@ -113,6 +113,8 @@ pub struct Harness<S: Machine = Session> {
     pub backend: BytesMut,
     /// Write actions to the backend so far (each is one system call in the driver).
     pub backend_writes: u32,
+    /// Write actions on the client leg.
+    pub client_writes: u32,
     /// Events other than replies; the replies (what they answered, their code) apart.
     pub events: Vec<Event>,
     pub replies: Vec<(ReplyTo, u16)>,
@@ -193,6 +195,7 @@ impl<S: Machine> Harness<S> {
             connects: 0,
             backend_closes: 0,
             backend_writes: 0,
+            client_writes: 0,
             closed: false,
             tls_started: 0,
             backend_reachable: true,
@@ -214,7 +217,10 @@ impl<S: Machine> Harness<S> {
     pub fn run(&mut self) {
         while let Some(action) = self.session.poll_action() {
             match action {
-                Action::Write(Leg::Client, b) => self.client.extend_from_slice(&b),
+                Action::Write(Leg::Client, b) => {
+                    self.client_writes += 1;
+                    self.client.extend_from_slice(&b);
+                }
                 Action::Write(Leg::Backend, b) => {
                     self.backend_writes += 1;
                     self.backend.extend_from_slice(&b);

@@ -126,7 +126,13 @@ impl Session {
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.conn.poll_action()
+        // Replies to pipelined commands leave together, once the backend has answered the
+        // last one of them: while a client's command waits for the backend's reply, what was
+        // written to the client answers commands the client sent before it. (The backend's
+        // own states, a reconnection or a replay, are not the client's commands: a reply
+        // written before them is what the client waits for.)
+        let hold_replies = matches!(self.mode, Mode::Await(_));
+        self.conn.poll_action(hold_replies)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

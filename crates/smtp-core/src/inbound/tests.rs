@@ -67,6 +67,48 @@ fn pipelined_commands_are_answered_in_order() {
     assert_eq!(h.take_client(), "250 ok\r\n250 ok\r\n354 go\r\n");
 }
 
+/// RFC 2920: the replies to a pipelined batch leave together once the backend has answered
+/// its last command; a command sent alone is answered as soon as the backend answers it.
+#[test]
+fn replies_to_a_pipelined_batch_leave_in_one_write() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    let writes = h.client_writes;
+    h.client_says(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_client(), "", "the MAIL's reply waits for the batch");
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_client(), "");
+    h.backend_says(b"354 go\r\n");
+    assert_eq!(h.take_client(), "250 ok\r\n250 ok\r\n354 go\r\n");
+    assert_eq!(h.client_writes, writes + 1, "one write for the batch");
+    // Alone, each command is answered at once.
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    let reply = h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    assert_eq!(reply, "250 ok\r\n");
+}
+
+/// Replies held for a pipelined batch still leave, in order, when the backend fails to
+/// answer a later command of it.
+#[test]
+fn held_replies_go_out_before_a_backend_timeout() {
+    let t = test_config().timeouts;
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.client_says(b"NOOP\r\nMAIL FROM:<a@x.test>\r\n");
+    assert_eq!(h.take_client(), "");
+    h.advance(t.backend_reply);
+    assert_eq!(
+        h.take_client(),
+        "250 2.0.0 OK\r\n421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+}
+
 #[test]
 fn starttls_discards_pipelined_plaintext_and_resets() {
     let mut h = Harness::greeted(test_config());

@@ -78,7 +78,7 @@ impl Session {
 
 impl Machine for Session {
     fn poll_action(&mut self) -> Option<Action> {
-        self.conn.poll_action()
+        self.conn.poll_action(false)
     }
 
     fn poll_event(&mut self) -> Option<Event> {

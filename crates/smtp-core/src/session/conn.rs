@@ -84,9 +84,15 @@ impl Conn {
     /// write actions only when the queue has run dry, so what the handlers write between two
     /// polls, with no control action between, leaves in one write per leg: the records of one
     /// TLS read, each handed over on its own, reach the backend together.
-    pub(crate) fn poll_action(&mut self) -> Option<Action> {
+    ///
+    /// `hold_replies`: the session waits for the backend's answer to a command, so the replies
+    /// already written to the client (to commands the client pipelined before it) wait to
+    /// leave with that answer, in one write. RFC 2920 lets a server defer its replies while it
+    /// works through pipelined commands; it must never wait for the client with replies unsent,
+    /// and a session that waits for the backend does not wait for the client.
+    pub(crate) fn poll_action(&mut self, hold_replies: bool) -> Option<Action> {
         if self.actions.is_empty() {
-            self.flush();
+            self.flush(hold_replies);
         }
         let action = self.actions.pop_front();
         if action.is_none() {
@@ -207,16 +213,19 @@ impl Conn {
 
     /// Queue a control action after everything written so far.
     pub(crate) fn control(&mut self, action: Action) {
-        self.flush();
+        self.flush(false);
         self.actions.push_back(action);
     }
 
     /// Turn what is queued for each leg into write actions (client first: a reply is never
     /// held back behind a large body write): before a control action, and when the actions
-    /// are polled.
-    fn flush(&mut self) {
+    /// are polled (see [`Conn::poll_action`] for `hold_replies`).
+    fn flush(&mut self, hold_replies: bool) {
         for leg in [Leg::Client, Leg::Backend] {
-            let held = leg == Leg::Backend && self.hold_backend;
+            let held = match leg {
+                Leg::Client => hold_replies,
+                Leg::Backend => self.hold_backend,
+            };
             let out = &mut self.out[leg.index()];
             if !out.is_empty() && !held {
                 let bytes = out.split().freeze();
