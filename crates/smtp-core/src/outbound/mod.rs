@@ -78,7 +78,10 @@ impl Session {
 
 impl Machine for Session {
     fn poll_action(&mut self) -> Option<Action> {
-        self.conn.poll_action(false)
+        // As inbound: while a client's command waits for the next hop, the replies to the
+        // commands the client pipelined before it wait to leave with its reply.
+        let hold_replies = matches!(self.mode, Mode::Await(_));
+        self.conn.poll_action(hold_replies)
     }
 
     fn poll_event(&mut self) -> Option<Event> {

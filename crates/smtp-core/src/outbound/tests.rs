@@ -377,6 +377,29 @@ fn a_sender_refused_by_the_next_hop_answers_the_rcpt() {
     assert_eq!(h.take_backend(), "QUIT\r\n");
 }
 
+/// The replies to commands the legacy MTA pipelined leave together once the next hop has
+/// answered the last of them (as inbound).
+#[test]
+fn replies_to_a_pipelined_batch_leave_in_one_write() {
+    let mut h = Harness::originate(cfg(Level::May));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    h.take_backend();
+    h.backend_says(b"250 ok\r\n");
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_client(), "250 ok\r\n");
+    assert_eq!(h.take_backend(), "RCPT TO:<b@y.test>\r\n");
+    let writes = h.client_writes;
+    h.client_says(b"RCPT TO:<c@y.test>\r\nDATA\r\n");
+    assert_eq!(h.take_backend(), "RCPT TO:<c@y.test>\r\n");
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_client(), "", "the RCPT's reply waits for the DATA's");
+    assert_eq!(h.take_backend(), "DATA\r\n");
+    h.backend_says(b"354 go\r\n");
+    assert_eq!(h.take_client(), "250 ok\r\n354 go\r\n");
+    assert_eq!(h.client_writes, writes + 1, "one write for the batch");
+}
+
 /// A plaintext session to the relay, MAIL and RCPT accepted, DATA answered 354.
 fn in_data() -> Harness<Session> {
     let mut h = Harness::originate(cfg(Level::May));
