@@ -93,6 +93,30 @@ fn replies_to_a_pipelined_batch_leave_in_one_write() {
     assert_eq!(reply, "250 ok\r\n");
 }
 
+/// A client that keeps pipelined commands coming gets its replies once 4 KiB of them wait:
+/// what is held for it is bounded, and it must read them (the write deadline applies).
+#[test]
+fn held_replies_are_bounded() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.client_says(&b"RSET\r\n".repeat(100));
+    let reply = format!("250 2.0.0 {}\r\n", "x".repeat(90));
+    let mut answered = 0;
+    while h.client.is_empty() {
+        assert_eq!(h.take_backend(), "RSET\r\n");
+        h.backend_says(reply.as_bytes());
+        answered += 1;
+        assert!(answered < 100, "replies held for the whole batch");
+    }
+    let got = h.take_client();
+    assert!(
+        got.len() >= 4096 && got.len() < 4096 + reply.len(),
+        "{}",
+        got.len()
+    );
+    assert_eq!(got, reply.repeat(answered));
+}
+
 /// Replies held for a pipelined batch still leave, in order, when the backend fails to
 /// answer a later command of it.
 #[test]

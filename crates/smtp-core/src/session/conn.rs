@@ -89,7 +89,9 @@ impl Conn {
     /// already written to the client (to commands the client pipelined before it) wait to
     /// leave with that answer, in one write. RFC 2920 lets a server defer its replies while it
     /// works through pipelined commands; it must never wait for the client with replies unsent,
-    /// and a session that waits for the backend does not wait for the client.
+    /// and a session that waits for the backend does not wait for the client. At most
+    /// [`MAX_HELD_REPLIES`] octets are held: a client that keeps commands coming must still
+    /// read its replies, under the write deadline, or memory would grow with them.
     pub(crate) fn poll_action(&mut self, hold_replies: bool) -> Option<Action> {
         if self.actions.is_empty() {
             self.flush(hold_replies);
@@ -223,7 +225,7 @@ impl Conn {
     fn flush(&mut self, hold_replies: bool) {
         for leg in [Leg::Client, Leg::Backend] {
             let held = match leg {
-                Leg::Client => hold_replies,
+                Leg::Client => hold_replies && self.out[leg.index()].len() < MAX_HELD_REPLIES,
                 Leg::Backend => self.hold_backend,
             };
             let out = &mut self.out[leg.index()];
@@ -279,6 +281,10 @@ impl Conn {
         self.close();
     }
 }
+
+/// The most reply octets held for a pipelined batch (see [`Conn::poll_action`]): an envelope
+/// of dozens of recipients, far less than a client that streams commands could pile up.
+const MAX_HELD_REPLIES: usize = 4096;
 
 /// Drained queues give their memory back: an idle session holds no queue buffer (DESIGN.md
 /// §5), at the price of one allocation when the next batch begins.
