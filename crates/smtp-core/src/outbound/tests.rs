@@ -381,14 +381,7 @@ fn a_sender_refused_by_the_next_hop_answers_the_rcpt() {
 /// answered the last of them (as inbound).
 #[test]
 fn replies_to_a_pipelined_batch_leave_in_one_write() {
-    let mut h = Harness::originate(cfg(Level::May));
-    start(&mut h, "b@y.test");
-    greet(&mut h, HOP_CAPS);
-    h.take_backend();
-    h.backend_says(b"250 ok\r\n");
-    h.backend_says(b"250 ok\r\n");
-    assert_eq!(h.take_client(), "250 ok\r\n");
-    assert_eq!(h.take_backend(), "RCPT TO:<b@y.test>\r\n");
+    let mut h = envelope_accepted();
     let writes = h.client_writes;
     h.client_says(b"RCPT TO:<c@y.test>\r\nDATA\r\n");
     assert_eq!(h.take_backend(), "RCPT TO:<c@y.test>\r\n");
@@ -400,15 +393,23 @@ fn replies_to_a_pipelined_batch_leave_in_one_write() {
     assert_eq!(h.client_writes, writes + 1, "one write for the batch");
 }
 
-/// A plaintext session to the relay, MAIL and RCPT accepted, DATA answered 354.
-fn in_data() -> Harness<Session> {
+/// A plaintext session to the relay, MAIL and RCPT accepted (what went to the next hop and
+/// to the legacy MTA taken).
+fn envelope_accepted() -> Harness<Session> {
     let mut h = Harness::originate(cfg(Level::May));
     start(&mut h, "b@y.test");
     greet(&mut h, HOP_CAPS);
     h.take_backend();
     h.backend_says(b"250 ok\r\n");
     h.backend_says(b"250 ok\r\n");
-    h.take_client();
+    assert_eq!(h.take_client(), "250 ok\r\n");
+    assert_eq!(h.take_backend(), "RCPT TO:<b@y.test>\r\n");
+    h
+}
+
+/// A plaintext session to the relay, MAIL and RCPT accepted, DATA answered 354.
+fn in_data() -> Harness<Session> {
+    let mut h = envelope_accepted();
     h.client_says(b"DATA\r\n");
     h.backend_says(b"354 go\r\n");
     h.take_client();
