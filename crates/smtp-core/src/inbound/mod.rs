@@ -191,9 +191,7 @@ impl Session {
             Mode::Data(_) | Mode::SkipBdat { .. } | Mode::AwaitTls | Mode::Starting => {
                 self.handle_client_lost(now);
             }
-            _ => {
-                self.process_input(now);
-            }
+            _ => self.process_input(now),
         }
     }
 

@@ -55,7 +55,8 @@ pub struct Session {
 
 impl Session {
     /// A new session for the legacy MTA at `peer`; `wall` is the wall clock at `now`, for the
-    /// Received header. Our greeting leaves at the driver's first poll: no next hop is needed before RCPT.
+    /// Received header. Our greeting leaves at the driver's first poll: no next hop is
+    /// needed before RCPT.
     pub fn new(cfg: impl Into<Arc<Config>>, peer: IpAddr, now: Instant, wall: SystemTime) -> Self {
         let cfg: Arc<Config> = cfg.into();
         let mut s = Session {
