@@ -277,7 +277,8 @@ impl<'a> Driver<'a> {
                 session.handle_resolved(result, Instant::now());
             }
             Action::Disconnect(leg) => {
-                let _ = timeout(l.write_timeout, self.stream(leg).close()).await;
+                let (stream, timer) = self.stream_and_timer(leg);
+                let _ = within(timer, l.write_timeout, stream.close()).await;
             }
             Action::Abort(leg) => {
                 // An abortive close (RST): the backend discards the message in flight, and no
@@ -400,14 +401,15 @@ impl<'a> Driver<'a> {
     /// Close both legs, each under the write deadline.
     async fn close(&mut self) {
         let write_timeout = self.l.write_timeout;
-        let _ = timeout(write_timeout, self.backend.close()).await;
-        let _ = timeout(write_timeout, self.client.close()).await;
+        let _ = within(&mut self.timer, write_timeout, self.backend.close()).await;
+        let _ = within(&mut self.timer, write_timeout, self.client.close()).await;
     }
 }
 
 /// `work`, or `None` if it has to wait and does not finish within `limit` (measured on
-/// `timer`, which the loop sets back to the session's deadline before its next wait). Most
-/// writes complete at once: they cost no clock read and no timer.
+/// `timer`, which the loop sets back to the session's deadline before its next wait): every
+/// write, flush and close of a leg goes under the write deadline through here. Most complete
+/// at once: they cost no clock read and no timer.
 async fn within<F: Future>(
     timer: &mut Pin<Box<Sleep>>,
     limit: Duration,
