@@ -559,3 +559,80 @@ async fn a_write_the_backend_never_reads_ends_at_the_write_deadline() {
     );
     sender.abort();
 }
+
+/// The sidecar's last bytes to a peer and its FIN leave in one segment (MSG_MORE, then the
+/// close): a client closed on at the command timeout gets `421` and the end of the connection
+/// in one segment, plain or TLS (where the close_notify is in it too).
+#[tokio::test]
+async fn the_last_reply_and_the_fin_leave_in_one_segment() {
+    let (addr, _rec, _r) = sidecar("      timeouts: {command: 2s}\n").await;
+    for tls in [false, true] {
+        let mut c = if tls {
+            Client::starttls_session(addr).await
+        } else {
+            let mut c = Client::connect(addr).await;
+            c.reply().await;
+            assert!(c.cmd("EHLO client.test").await.starts_with("250-mx.test"));
+            c
+        };
+        let before = quiet_segments_in(c.local_addr(), addr).await;
+        assert_eq!(
+            c.read_to_close().await,
+            "421 4.4.2 Timeout, closing connection\r\n"
+        );
+        assert_eq!(
+            segments_in(c.local_addr(), addr) - before,
+            1,
+            "the reply and the FIN in one segment (tls: {tls})"
+        );
+    }
+}
+
+/// The client's QUIT reaches the backend with the FIN in the same segment.
+#[tokio::test]
+async fn quit_and_the_fin_reach_the_backend_in_one_segment() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (addrs_tx, mut addrs) = tokio::sync::mpsc::channel(1);
+    let (ended_tx, mut ended) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            let (addrs_tx, ended_tx) = (addrs_tx.clone(), ended_tx.clone());
+            tokio::spawn(async move {
+                let local = tcp.local_addr().ok()?;
+                let mut io = tokio::io::BufReader::new(tcp);
+                io.get_mut().write_all(b"220 legacy.test\r\n").await.ok()?;
+                let mut line = String::new();
+                tokio::io::AsyncBufReadExt::read_line(&mut io, &mut line)
+                    .await
+                    .ok()?;
+                io.get_mut().write_all(b"250 legacy.test\r\n").await.ok()?;
+                if line != "EHLO client.test\r\n" {
+                    return None; // the sidecar's health check
+                }
+                addrs_tx.send((local, peer)).await.ok()?;
+                let mut rest = Vec::new();
+                io.read_to_end(&mut rest).await.ok()?;
+                // The socket stays open (in CLOSE-WAIT) until its segments are counted.
+                ended_tx.send((rest, io)).await.ok()
+            });
+        }
+    });
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    c.reply().await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let (local, peer) = addrs.recv().await.unwrap();
+    let before = quiet_segments_in(local, peer).await;
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    let (rest, _socket) = tokio::time::timeout(T, ended.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest, b"QUIT\r\n");
+    assert_eq!(
+        segments_in(local, peer) - before,
+        1,
+        "QUIT and the FIN in one segment"
+    );
+}
