@@ -77,26 +77,6 @@ fn fill<R: AsyncRead + Unpin + ?Sized>(stream: &mut R, buf: &mut [u8]) -> (usize
     (rb.filled().len(), None)
 }
 
-/// Write all of `data` as the last bytes before the socket is closed: with MSG_MORE, the
-/// kernel holds a segment that is not full until more comes, and the close that follows adds
-/// its FIN to it. The bytes and the FIN then leave in one segment instead of two, and the
-/// peer is woken once. Only for a write that a close follows at once: the bytes wait for it.
-pub(crate) async fn write_last(tcp: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
-    use rustix::net::{send, SendFlags};
-    while !data.is_empty() {
-        let n = tcp
-            .async_io(tokio::io::Interest::WRITABLE, || {
-                send(tcp, data, SendFlags::MORE | SendFlags::NOSIGNAL).map_err(Into::into)
-            })
-            .await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        data = &data[n..];
-    }
-    Ok(())
-}
-
 /// One leg's connection: none yet (or moved out for a TLS handshake), plain TCP, or TLS as
 /// the server (the client leg) or as the client (the originate leg to a next hop).
 #[derive(Debug, Default)]
@@ -145,11 +125,10 @@ impl Stream {
     /// Write `data`. On a TLS stream it may only be encrypted into rustls' buffer, to leave
     /// with whatever else the same batch of actions sends, at the next [`Stream::flush`] or
     /// [`Stream::close`]. rustls bounds that buffer (64 KiB); what does not fit is written at
-    /// once. `last`: the connection is closed right after (see [`write_last`]).
-    pub async fn write(&mut self, data: &[u8], last: bool) -> std::io::Result<()> {
+    /// once.
+    pub async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
             Stream::None => Err(std::io::ErrorKind::NotConnected.into()),
-            Stream::Plain(s) if last => write_last(s, data).await,
             Stream::Plain(s) => s.write_all(data).await,
             Stream::ServerTls(s) => {
                 s.write(data)?;
@@ -172,18 +151,18 @@ impl Stream {
     }
 
     /// Close the connection: TLS sends its close_notify (with anything still buffered, in one
-    /// write, and on the client leg in one segment with the FIN), then the socket is closed,
-    /// which sends the FIN. A `shutdown(2)` before the close would only be one more system
-    /// call. Errors are of no interest here.
+    /// write), then the socket is closed, which sends the FIN. A `shutdown(2)` before the
+    /// close would only be one more system call. Errors are of no interest here.
     pub async fn close(&mut self) {
-        let _ = match std::mem::take(self) {
+        let _ = match self {
             Stream::None | Stream::Plain(_) => Ok(()),
             Stream::ServerTls(s) => s.close().await,
-            Stream::ClientTls(mut s) => {
+            Stream::ClientTls(s) => {
                 s.get_mut().1.send_close_notify();
                 s.flush().await
             }
         };
+        *self = Stream::None;
     }
 }
 

@@ -210,12 +210,9 @@ impl<'a> Driver<'a> {
         let l = self.l;
         match action {
             Action::Write(leg, bytes) => {
-                // Once the session has closed, only its last writes and the close are left:
-                // the FIN can leave with the bytes.
-                let last = session.is_closed();
                 let (stream, timer) = self.stream_and_timer(leg);
                 if !matches!(
-                    within(timer, l.write_timeout, stream.write(&bytes, last)).await,
+                    within(timer, l.write_timeout, stream.write(&bytes)).await,
                     Some(Ok(()))
                 ) {
                     session.handle_lost(leg, Instant::now());

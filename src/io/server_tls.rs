@@ -308,23 +308,16 @@ impl ServerTls {
 
     /// Send what waits, then hold no buffer: it goes back to the thread's spare.
     pub async fn flush(&mut self) -> io::Result<()> {
-        self.send(false).await
-    }
-
-    /// Send what waits (`last`: the socket is closed next, see [`super::write_last`]).
-    async fn send(&mut self, last: bool) -> io::Result<()> {
-        match (self.out.is_empty(), last) {
-            (true, _) => {}
-            (false, true) => super::write_last(&self.tcp, &self.out).await?,
-            (false, false) => self.tcp.write_all(&self.out).await?,
+        if !self.out.is_empty() {
+            self.tcp.write_all(&self.out).await?;
         }
         give_back(std::mem::take(&mut self.out));
         Ok(())
     }
 
-    /// Send the close_notify (with what still waits, in one write), then close the socket:
-    /// its FIN leaves in the same segment. After an error, only the alert rustls queued for it.
-    pub async fn close(mut self) -> io::Result<()> {
+    /// Send the close_notify (with what still waits, in one write); after an error, only the
+    /// alert rustls queued for it.
+    pub async fn close(&mut self) -> io::Result<()> {
         let queued = if self.failed {
             self.queued_alerts(&mut []);
             Ok(())
@@ -333,8 +326,8 @@ impl ServerTls {
                 append(out, |b| w.queue_close_notify(b).map_err(encrypt_size))
             })
         };
-        let sent = self.send(true).await;
-        queued.and(sent)
+        let flushed = self.flush().await;
+        queued.and(flushed)
     }
 
     /// Run `f` once rustls is ready for application data, encoding whatever it has to send

@@ -142,12 +142,6 @@ impl Client {
         self.local.port()
     }
 
-    /// Our end of the connection.
-    #[allow(dead_code)]
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
     pub async fn send(&mut self, bytes: &[u8]) {
         self.io.get_mut().write_all(bytes).await.unwrap();
         self.io.get_mut().flush().await.unwrap();
@@ -232,36 +226,6 @@ impl Client {
         let ehlo = format!("EHLO {name}");
         assert!(c.cmd(&ehlo).await.starts_with("250-mx.test\r\n"));
         c
-    }
-}
-
-/// How many TCP segments the socket from `local` to `peer` has received (the kernel's
-/// `tcpi_segs_in`, as `ss` of iproute2 shows it), in any state.
-#[allow(dead_code)]
-pub fn segments_in(local: SocketAddr, peer: SocketAddr) -> u32 {
-    let (src, dst) = (local.to_string(), peer.to_string());
-    let out = std::process::Command::new("ss")
-        .args(["-tinH", "state", "all", "src", &src, "dst", &dst])
-        .output()
-        .unwrap_or_else(|e| panic!("ss (Debian package iproute2): {e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .find_map(|w| w.strip_prefix("segs_in:"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no socket {src} -> {dst} in ss's output: {text:?}"))
-}
-
-/// [`segments_in`] once the connection has been quiet for longer than a delayed ACK waits
-/// (200 ms), so that nothing already owed is still to come.
-#[allow(dead_code)]
-pub async fn quiet_segments_in(local: SocketAddr, peer: SocketAddr) -> u32 {
-    let mut seen = segments_in(local, peer);
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        match segments_in(local, peer) {
-            now if now == seen => return now,
-            now => seen = now,
-        }
     }
 }
 

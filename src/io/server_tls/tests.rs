@@ -106,9 +106,8 @@ async fn tls13_reply_ticket_close_and_resumption() {
         assert_eq!(got, b"EHLO client.test\r\n");
         assert_eq!(tls.partial.capacity(), 0, "no read buffer while idle");
         tls.write(b"250 mx.test\r\n").unwrap();
-        tls.flush().await.unwrap();
-        assert_eq!(tls.out.capacity(), 0, "no write buffer after a flush");
         tls.close().await.unwrap();
+        assert_eq!(tls.out.capacity(), 0, "no write buffer after a flush");
         let mut reply = Vec::new();
         client
             .read_to_end(&mut reply)
@@ -169,6 +168,7 @@ async fn data_with_the_finished_survives_our_first_write() {
     tls.flush().await.unwrap();
     assert_eq!(read_exactly(&mut tls, 17).await.0, b"EHLO early.test\r\n");
     tls.close().await.unwrap();
+    drop(tls);
     assert_eq!(peer.join().unwrap(), b"220 mx.test\r\n");
 }
 
