@@ -14,14 +14,15 @@ use crate::io::Stream;
 use crate::shutdown::Shutdown;
 use crate::snapshot::ListenerRuntime;
 
-/// Serve one client connection of a terminate listener until it ends.
+/// Serve one client connection of a terminate listener until it ends; the connection is
+/// returned when it is to close with a linger ([`Driver::lingering`]).
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     l: Arc<ListenerRuntime>,
     cfg: Arc<smtp_core::inbound::Config>,
     shutdown: watch::Receiver<Shutdown>,
-) {
+) -> Option<Stream> {
     let started = Instant::now();
     let mut driver = Driver::new(&l, peer);
     let (client, tls) = match (&l.acceptor, l.implicit_tls) {
@@ -30,7 +31,7 @@ pub async fn serve(
             let handshake = accept_tls(&l, acceptor, tcp, deadline, driver.id, peer);
             match Box::pin(handshake).await {
                 Some((client, info)) => (client, Some(info)),
-                None => return,
+                None => return None,
             }
         }
         _ => (Stream::Plain(tcp), None),
@@ -38,4 +39,5 @@ pub async fn serve(
     let mut session = Session::new(cfg, peer, tls, started, SystemTime::now());
     driver.run(&mut session, client, shutdown).await;
     driver.ended(started, session.tls());
+    driver.lingering()
 }

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::io::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -154,17 +155,66 @@ impl Stream {
     /// write), then the socket is closed, which sends the FIN. A `shutdown(2)` before the
     /// close would only be one more system call. Errors are of no interest here.
     pub async fn close(&mut self) {
-        let _ = match self {
+        let _ = self.close_notify().await;
+        *self = Stream::None;
+    }
+
+    /// Send TLS's close_notify with anything still buffered, in one write.
+    pub async fn close_notify(&mut self) -> std::io::Result<()> {
+        match self {
             Stream::None | Stream::Plain(_) => Ok(()),
             Stream::ServerTls(s) => s.close().await,
             Stream::ClientTls(s) => {
                 s.get_mut().1.send_close_notify();
                 s.flush().await
             }
+        }
+    }
+
+    /// The end of a lingering close, after [`Stream::close_notify`]: shut down our sending
+    /// side (the FIN follows what was sent), then read and throw away what the peer still
+    /// sends until it closes too, [`LINGER`] and [`LINGER_BYTES`] at most. Only then is the
+    /// socket closed: a close with unread input would answer with a reset, which can destroy
+    /// the last reply before the peer reads it. Reads go through the thread's scratch buffer,
+    /// as all reads do.
+    pub async fn linger(mut self) {
+        let _ = tokio::time::timeout(LINGER, self.discard_until_closed()).await;
+    }
+
+    async fn discard_until_closed(&mut self) {
+        let tcp = match self {
+            Stream::Plain(s) => s,
+            Stream::ServerTls(s) => s.tcp_mut(),
+            Stream::None | Stream::ClientTls(_) => return,
         };
-        *self = Stream::None;
+        if tcp.shutdown().await.is_err() {
+            return;
+        }
+        let mut left = LINGER_BYTES;
+        loop {
+            if std::future::poll_fn(|cx| tcp.poll_read_ready(cx))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let (read, stopped) = SCRATCH.with_borrow_mut(|buf| fill(tcp, buf));
+            left = left.saturating_sub(read);
+            if stopped == Some(Read::Closed) || left == 0 {
+                return;
+            }
+        }
     }
 }
+
+/// How long a lingering close ([`Stream::linger`]) waits for the peer to close after its last
+/// reply. A client that read the reply closes within a round trip; one that does not is reset
+/// after this.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// What a lingering close reads and throws away at most: a client cut off in the middle of a
+/// message body can finish sending it (and then read the reply) when the body is within this.
+pub const LINGER_BYTES: usize = 1024 * 1024;
 
 /// Encrypt `data` into the connection's buffer; write it out at once only if it did not all
 /// fit.

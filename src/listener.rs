@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,6 +26,19 @@ use crate::snapshot::{ListenerRuntime, ModeRuntime};
 #[derive(Debug)]
 struct Limits {
     open: Mutex<(u32, HashMap<IpAddr, u32>)>,
+    /// Connections in a lingering close: no longer sessions, so out of the counts above, but
+    /// sockets still; at most `max_connections` of them.
+    lingering: AtomicU32,
+}
+
+/// A lingering close's place; released when dropped.
+#[derive(Debug)]
+struct Lingering(Arc<Limits>);
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        self.0.lingering.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One admitted connection; releases its places when dropped.
@@ -67,6 +81,20 @@ fn take_ip_place(per_ip: &mut HashMap<IpAddr, u32>, ip: IpAddr, l: &ListenerRunt
 }
 
 impl Admitted {
+    /// Give up the session's places (a client reconnecting at once from the same address
+    /// must find its place free) for a place among the lingering closes, if one is left.
+    fn into_lingering(self, max: u32) -> Option<Lingering> {
+        let limits = Arc::clone(&self.limits);
+        drop(self);
+        limits
+            .lingering
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Lingering(limits))
+    }
+
     /// The place of `ip`, once the PROXY header has named the client; false if that address
     /// has all its places taken (the connection's place in the total goes when it drops).
     fn claim_ip(&mut self, ip: IpAddr, l: &ListenerRuntime) -> bool {
@@ -143,6 +171,7 @@ pub async fn accept_loop(
 ) {
     let limits = Arc::new(Limits {
         open: Mutex::new((0, HashMap::new())),
+        lingering: AtomicU32::new(0),
     });
     loop {
         tokio::select! {
@@ -229,18 +258,26 @@ async fn connection(
     // The gauge alone, not the listener's whole handle: an idle session must cost little
     // (C of ../shared/bench).
     let active = l.metrics.active.clone();
-    match &l.mode {
+    let max_lingering = l.max_connections;
+    let lingering = match &l.mode {
         ModeRuntime::Terminate(cfg) => {
             let cfg = Arc::clone(cfg);
-            crate::inbound::serve(stream, peer, l, cfg, shutdown).await;
+            crate::inbound::serve(stream, peer, l, cfg, shutdown).await
         }
         ModeRuntime::Originate(o) => {
             let cfg = Arc::clone(&o.session);
-            crate::outbound::serve(stream, peer, l, cfg, shutdown).await;
+            crate::outbound::serve(stream, peer, l, cfg, shutdown).await
         }
-    }
+    };
     active.dec();
-    drop(admitted);
+    let Some(stream) = lingering else {
+        return;
+    };
+    // Without a place (as many lingering closes as `max_connections`) the connection closes
+    // at once, as it would have without the linger.
+    if let Some(_place) = admitted.into_lingering(max_lingering) {
+        Box::pin(stream.linger()).await;
+    }
 }
 
 /// Refused by a connection limit: counted, logged, and `421 4.7.0`.

@@ -284,3 +284,72 @@ async fn a_backend_that_refuses_a_second_ehlo_serves_starttls_clients() {
         "EHLO other.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n..dot\r\n.\r\nQUIT\r\n"
     );
 }
+
+/// A client cut off after too many errors gets the `421` and then a clean close, not a reset,
+/// though it sent far more than was read: the sidecar shuts down its side after the `421` and
+/// reads (and throws away) what still comes until the client closes too. A close with that
+/// input unread would answer with a reset, which destroys the `421` for a client that has not
+/// read it yet (Windows discards what it received) or is still writing (its write fails
+/// first, and the reply is never read). Both fail with a reset without the lingering close.
+#[tokio::test]
+async fn the_421_after_too_many_errors_ends_in_a_fin_not_a_reset() {
+    let (backend, _rec) = recording_backend().await;
+    let running = start_binary(&config_yaml(backend, "starttls", "      max_errors: 3\n"));
+    let addr = running.addr("inbound").unwrap();
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    cut_off_after_errors(c).await;
+    cut_off_after_errors(Client::starttls_session(addr).await).await;
+}
+
+async fn cut_off_after_errors(mut c: Client) {
+    // More than the sidecar reads at once (64 KiB): most of it is still unread at the close.
+    c.send(&b"HELLO\r\n".repeat(50_000)).await;
+    // The sidecar has answered and closed its side by now; the client still writes (a
+    // reset would fail this write).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    c.send(&b"NOOP\r\n".repeat(10_000)).await;
+    assert_eq!(
+        c.read_to_close().await,
+        "500 5.5.1 Command unrecognized\r\n500 5.5.1 Command unrecognized\r\n\
+         500 5.5.1 Command unrecognized\r\n421 4.7.0 Too many errors, closing connection\r\n"
+    );
+}
+
+/// A lingering close is no longer a session: its places among `max_connections` and
+/// `max_connections_per_ip` are free at once (a client reconnecting right after a `421` is
+/// not refused for its own closed session). Lingering closes are bounded apart, by
+/// `max_connections`: past it a connection is closed at once, and its unread input resets it.
+#[tokio::test]
+async fn a_lingering_close_holds_no_session_place_and_is_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (backend, _rec) = recording_backend().await;
+    let limits = "      max_errors: 3\n      max_connections: 1\n      max_connections_per_ip: 1\n";
+    let running = start_binary(&config_yaml(backend, "starttls", limits));
+    let addr = running.addr("inbound").unwrap();
+    let mut a = Client::connect(addr).await;
+    assert_eq!(a.reply().await, "220 mx.test ESMTP\r\n");
+    a.send(&b"HELLO\r\n".repeat(50_000)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // A's connection lingers (it has not closed) and B, from the same address, is served.
+    let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut greeting = [0u8; 19];
+    b.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(&greeting, b"220 mx.test ESMTP\r\n");
+    b.write_all(&b"HELLO\r\n".repeat(50_000)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // A holds the one lingering place: B's connection closed at once, and was reset.
+    let mut got = Vec::new();
+    let err = b.read_to_end(&mut got).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    assert!(String::from_utf8_lossy(&got)
+        .ends_with("421 4.7.0 Too many errors, closing connection\r\n"));
+
+    // A still lingers: it writes on, and gets its replies and a clean close.
+    a.send(&b"NOOP\r\n".repeat(10_000)).await;
+    assert!(a
+        .read_to_close()
+        .await
+        .ends_with("421 4.7.0 Too many errors, closing connection\r\n"));
+}

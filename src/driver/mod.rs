@@ -54,6 +54,9 @@ pub struct Driver<'a> {
     /// The one timer of the session: its deadline while the loop waits, a write's while a
     /// write waits. Boxed: a timer is pinned, and the driver moves.
     timer: Pin<Box<Sleep>>,
+    /// The session closed with [`Action::Close`]'s `linger`: the client's connection, its
+    /// close_notify sent, is left for [`Driver::lingering`].
+    linger: bool,
 }
 
 impl<'a> Driver<'a> {
@@ -70,7 +73,15 @@ impl<'a> Driver<'a> {
             awaiting_backend: None,
             tally: events::Tally::default(),
             timer: Box::pin(sleep_until(tokio::time::Instant::now() + l.longest_wait())),
+            linger: false,
         }
+    }
+
+    /// After [`Driver::run`]: the client's connection if the session ended with a lingering
+    /// close ([`Action::Close`]), to be finished with [`Stream::linger`] once the session has
+    /// given up its place among the listener's connections.
+    pub fn lingering(&mut self) -> Option<Stream> {
+        self.linger.then(|| std::mem::take(&mut self.client))
     }
 
     /// Run `session` over `client` until it closes.
@@ -90,7 +101,7 @@ impl<'a> Driver<'a> {
                 self.record_events(session);
                 // Writes of one batch leave together (a reply and the close_notify after it
                 // in one system call); anything else waits for them first.
-                if !matches!(action, Action::Write(..) | Action::Close) {
+                if !matches!(action, Action::Write(..) | Action::Close { .. }) {
                     self.flush(session).await;
                 }
                 match self.act(session, action).await {
@@ -165,7 +176,7 @@ impl<'a> Driver<'a> {
                 () = self.timer.as_mut() => {
                     if stalled {
                         tracing::warn!(listener = %self.l.name, peer = %self.peer, "session stalled with no deadline; closing");
-                        self.close().await;
+                        self.close(false).await;
                         return;
                     }
                     session.handle_timeout(Instant::now());
@@ -353,8 +364,8 @@ impl<'a> Driver<'a> {
                     }
                 }
             }
-            Action::Close => {
-                self.close().await;
+            Action::Close { linger } => {
+                self.close(linger).await;
                 return Step::Done;
             }
         }
@@ -398,11 +409,16 @@ impl<'a> Driver<'a> {
         self.stream_and_timer(leg).0
     }
 
-    /// Close both legs, each under the write deadline.
-    async fn close(&mut self) {
+    /// Close both legs, each under the write deadline. `linger` (see [`Action::Close`]): the
+    /// client's connection, once its close_notify is sent, is kept for [`Driver::lingering`].
+    async fn close(&mut self, linger: bool) {
         let write_timeout = self.l.write_timeout;
         let _ = within(&mut self.timer, write_timeout, self.backend.close()).await;
-        let _ = within(&mut self.timer, write_timeout, self.client.close()).await;
+        let sent = within(&mut self.timer, write_timeout, self.client.close_notify()).await;
+        self.linger = linger && matches!(sent, Some(Ok(())));
+        if !self.linger {
+            self.client = Stream::None;
+        }
     }
 }
 

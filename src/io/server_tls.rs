@@ -207,6 +207,11 @@ impl ServerTls {
         &self.tcp
     }
 
+    /// The TCP socket under it, to shut down its sending side after the close_notify.
+    pub fn tcp_mut(&mut self) -> &mut TcpStream {
+        &mut self.tcp
+    }
+
     /// Read what the socket has without waiting, decrypt it, and pass each record's
     /// plaintext to `deliver`, in order (see [`super::read_now`]).
     pub fn read_now(&mut self, mut deliver: impl FnMut(&[u8])) -> Read {

@@ -122,6 +122,8 @@ pub struct Harness<S: Machine = Session> {
     pub connects: u32,
     pub backend_closes: u32,
     pub closed: bool,
+    /// The client's connection was closed with a lingering close ([`Action::Close`]).
+    pub lingered: bool,
     pub tls_started: u32,
     /// When false, `ConnectBackend` is answered with a failure.
     pub backend_reachable: bool,
@@ -197,6 +199,7 @@ impl<S: Machine> Harness<S> {
             backend_writes: 0,
             client_writes: 0,
             closed: false,
+            lingered: false,
             tls_started: 0,
             backend_reachable: true,
             auto_tls: true,
@@ -274,7 +277,10 @@ impl<S: Machine> Harness<S> {
                         None => self.session.handle_tls_failed(Leg::Backend, self.now),
                     }
                 }
-                Action::Close => self.closed = true,
+                Action::Close { linger } => {
+                    self.closed = true;
+                    self.lingered = linger;
+                }
             }
         }
         while let Some(e) = self.session.poll_event() {

@@ -79,7 +79,7 @@ impl Session {
                 self.send("221 2.0.0 Bye");
                 // RFC 5321 §4.1.1.10; the backend's own 221 is not waited for.
                 self.conn.write(Leg::Backend, b"QUIT\r\n");
-                self.close();
+                self.conn.close_after_quit();
             }
             Command::Rset => {
                 self.phase = match self.phase {

@@ -415,6 +415,28 @@ fn quit_is_answered_and_passed_on() {
     assert!(h.closed);
 }
 
+/// Only a close the client did not ask for lingers (the driver then reads what it still
+/// sends, so that its last reply is not lost to a reset): not after QUIT, nor after the client
+/// shut down its side.
+#[test]
+fn a_close_the_client_did_not_ask_for_lingers() {
+    let mut h = Harness::greeted(test_config());
+    h.client_says(b"QUIT\r\n");
+    assert!(h.closed && !h.lingered);
+
+    let mut h = Harness::greeted(test_config());
+    h.session.handle_client_eof(h.now);
+    h.run();
+    assert!(h.closed && !h.lingered);
+
+    let mut h = Harness::greeted(test_config());
+    h.client_says(&b"HELLO\r\n".repeat(20));
+    assert!(h
+        .take_client()
+        .ends_with("421 4.7.0 Too many errors, closing connection\r\n"));
+    assert!(h.closed && h.lingered);
+}
+
 #[test]
 fn bdat_chunk_is_skipped_not_executed() {
     let mut h = Harness::greeted(test_config());

@@ -68,7 +68,7 @@ impl Session {
             Command::Quit => {
                 self.conn.send("221 2.0.0 Bye");
                 self.release_hop();
-                self.close();
+                self.conn.close_after_quit();
             }
             Command::Vrfy(_) => self.ok("252 2.5.0 Cannot VRFY user, but will accept message", now),
             Command::Bdat { size, .. } => self.skip_bdat(size, now),

@@ -537,6 +537,27 @@ fn our_greeting_and_commands_we_answer() {
     assert!(h.closed);
 }
 
+/// As in terminate mode: after QUIT or the client's half-close the close does not linger;
+/// after too many errors it does.
+#[test]
+fn a_close_the_legacy_mta_did_not_ask_for_lingers() {
+    let mut h = Harness::originate(cfg(Level::May));
+    h.client_says(b"QUIT\r\n");
+    assert!(h.closed && !h.lingered);
+
+    let mut h = Harness::originate(cfg(Level::May));
+    h.session.handle_eof(Leg::Client, h.now);
+    h.run();
+    assert!(h.closed && !h.lingered);
+
+    let mut h = Harness::originate(cfg(Level::May));
+    h.client_says(&b"HELLO\r\n".repeat(20));
+    assert!(h
+        .take_client()
+        .ends_with("421 4.7.0 Too many errors, closing connection\r\n"));
+    assert!(h.closed && h.lingered);
+}
+
 #[test]
 fn a_next_hop_closing_with_421_is_a_451_to_the_legacy_mta() {
     let mut h = Harness::originate(cfg(Level::May));

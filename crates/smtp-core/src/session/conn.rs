@@ -41,6 +41,8 @@ pub(crate) struct Conn {
     pub(crate) draining: bool,
     /// The client shut down its sending side: what it sent is still answered, then we close.
     pub(crate) client_eof: bool,
+    /// The client said QUIT: nothing more comes from it.
+    quit: bool,
     closed: bool,
     /// Emit [`Event::Protocol`] for every client line and every reply sent to it.
     pub(crate) protocol_log: bool,
@@ -73,6 +75,7 @@ impl Conn {
             max_errors,
             draining: false,
             client_eof: false,
+            quit: false,
             closed: false,
             protocol_log,
             commands_seen: 0,
@@ -245,13 +248,22 @@ impl Conn {
         self.control(Action::Abort(leg));
     }
 
-    /// Close both legs after what is queued; every timer stops. Idempotent.
+    /// Close both legs after what is queued; every timer stops. Idempotent. The client's
+    /// connection lingers unless the client said QUIT or shut down its side (see
+    /// [`Action::Close`]).
     pub(crate) fn close(&mut self) {
         if !self.closed {
-            self.control(Action::Close);
+            let linger = !(self.quit || self.client_eof);
+            self.control(Action::Close { linger });
             self.closed = true;
             self.timers.stop_all();
         }
+    }
+
+    /// The client said QUIT and its `221` is queued: close without lingering.
+    pub(crate) fn close_after_quit(&mut self) {
+        self.quit = true;
+        self.close();
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -74,8 +74,13 @@ pub enum Action {
     /// Drop the leg's connection without a word (an abortive close: a backend discards a
     /// message whose end of data never came).
     Abort(Leg),
-    /// Close both connections. Nothing follows.
-    Close,
+    /// Close both connections. Nothing follows. `linger`: the client may still be sending
+    /// (it neither said QUIT nor shut down its side), so its connection gets a lingering
+    /// close: our side shut down after the last reply, then what it still sends read and
+    /// thrown away until it closes too (bounded). A close with unread input would send a
+    /// reset, and a reset can destroy the last reply before the client reads it (Windows
+    /// discards what it received; a client still writing sees only the write fail).
+    Close { linger: bool },
 }
 
 /// One address of a next hop, with the host name it was found under.
