@@ -303,8 +303,9 @@ async fn the_421_after_too_many_errors_ends_in_a_fin_not_a_reset() {
 }
 
 async fn cut_off_after_errors(mut c: Client) {
-    // More than the sidecar reads at once (64 KiB): most of it is still unread at the close.
-    c.send(&b"HELLO\r\n".repeat(50_000)).await;
+    // More than the sidecar reads at once (64 KiB), less than the socket buffers take: more
+    // than half is still unread at the close.
+    c.send(&b"HELLO\r\n".repeat(20_000)).await;
     // The sidecar has answered and closed its side by now; the client still writes (a
     // reset would fail this write).
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -329,7 +330,7 @@ async fn a_lingering_close_holds_no_session_place_and_is_bounded() {
     let addr = running.addr("inbound").unwrap();
     let mut a = Client::connect(addr).await;
     assert_eq!(a.reply().await, "220 mx.test ESMTP\r\n");
-    a.send(&b"HELLO\r\n".repeat(50_000)).await;
+    a.send(&b"HELLO\r\n".repeat(20_000)).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     // A's connection lingers (it has not closed) and B, from the same address, is served.
@@ -337,7 +338,8 @@ async fn a_lingering_close_holds_no_session_place_and_is_bounded() {
     let mut greeting = [0u8; 19];
     b.read_exact(&mut greeting).await.unwrap();
     assert_eq!(&greeting, b"220 mx.test ESMTP\r\n");
-    b.write_all(&b"HELLO\r\n".repeat(50_000)).await.unwrap();
+    // (The write may already meet the reset this expects.)
+    let _ = b.write_all(&b"HELLO\r\n".repeat(20_000)).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // A holds the one lingering place: B's connection closed at once, and was reset.
     let mut got = Vec::new();
@@ -352,4 +354,32 @@ async fn a_lingering_close_holds_no_session_place_and_is_bounded() {
         .read_to_close()
         .await
         .ends_with("421 4.7.0 Too many errors, closing connection\r\n"));
+}
+
+/// A lingering close ends after 2 s even if the client never closes: its connection is then
+/// gone, and what the client writes after that meets a reset.
+#[tokio::test]
+async fn a_lingering_close_ends_after_two_seconds() {
+    use tokio::io::AsyncWriteExt;
+    let (backend, _rec) = recording_backend().await;
+    let running = start_binary(&config_yaml(backend, "starttls", "      max_errors: 3\n"));
+    let mut s = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
+        .await
+        .unwrap();
+    s.write_all(&b"HELLO\r\n".repeat(20_000)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    s.write_all(b"NOOP\r\n")
+        .await
+        .expect("still lingering at 1.5 s");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // At 3 s the connection is closed: the first write draws the reset, a later one fails.
+    let mut reset = false;
+    for _ in 0..20 {
+        if s.write_all(b"NOOP\r\n").await.is_err() {
+            reset = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reset, "the connection outlived the linger");
 }

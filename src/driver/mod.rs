@@ -414,6 +414,9 @@ impl<'a> Driver<'a> {
     async fn close(&mut self, linger: bool) {
         let write_timeout = self.l.write_timeout;
         let _ = within(&mut self.timer, write_timeout, self.backend.close()).await;
+        // A connection already dropped (a write that failed or timed out) has nothing to
+        // linger for.
+        let linger = linger && self.client.tcp().is_some();
         let sent = within(&mut self.timer, write_timeout, self.client.close_notify()).await;
         self.linger = linger && matches!(sent, Some(Ok(())));
         if !self.linger {
