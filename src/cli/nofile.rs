@@ -16,6 +16,10 @@ use crate::config::Config;
 /// Descriptors one terminate session holds: the client's socket and the backend's.
 pub const PER_SESSION: u64 = 2;
 
+/// Descriptors a lingering close holds (the client's socket, after its session ended); a
+/// listener has as many of them as `max_connections` at most (`src/listener.rs`).
+pub const PER_LINGERING: u64 = 1;
+
 /// Descriptors set aside beyond the sessions: the listening sockets, the admin endpoint's
 /// listener and its connections (at most [`crate::admin::MAX_CONNECTIONS`], 16), stdin,
 /// stdout and stderr, the runtime's epoll and wake-up descriptors, and the certificate and
@@ -76,14 +80,15 @@ pub fn shortfall(config: &Config, limit: Limit) -> Option<String> {
         .map(|l| u64::from(l.max_connections()))
         .sum();
     let needed = sessions
-        .saturating_mul(PER_SESSION)
+        .saturating_mul(PER_SESSION + PER_LINGERING)
         .saturating_add(RESERVED);
     let available = limit.0?;
     (needed > available).then(|| {
         format!(
-            "listeners allow up to {sessions} sessions ({PER_SESSION} descriptors each + \
-             {RESERVED} reserved) but the open-file limit is {available}; raise it \
-             (LimitNOFILE= in systemd) or lower max_connections"
+            "listeners allow up to {sessions} sessions ({PER_SESSION} descriptors each, \
+             {PER_LINGERING} each for as many lingering closes, {RESERVED} reserved) but the \
+             open-file limit is {available}; raise it (LimitNOFILE= in systemd) or lower \
+             max_connections"
         )
     })
 }
@@ -109,13 +114,13 @@ mod tests {
     #[test]
     fn sessions_of_every_listener_count_against_the_limit() {
         let c = config(&[600, 400]);
-        // 1000 sessions: 2000 descriptors and 64 reserved.
-        assert_eq!(shortfall(&c, Limit(Some(2064))), None);
-        let warning = shortfall(&c, Limit(Some(2063))).unwrap_or_default();
+        // 1000 sessions: 2000 descriptors, 1000 for lingering closes and 64 reserved.
+        assert_eq!(shortfall(&c, Limit(Some(3064))), None);
+        let warning = shortfall(&c, Limit(Some(3063))).unwrap_or_default();
         assert!(
             warning.starts_with(
-                "listeners allow up to 1000 sessions (2 descriptors each + 64 reserved) \
-                 but the open-file limit is 2063;"
+                "listeners allow up to 1000 sessions (2 descriptors each, 1 each for as many \
+                 lingering closes, 64 reserved) but the open-file limit is 3063;"
             ),
             "{warning}"
         );
