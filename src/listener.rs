@@ -21,11 +21,58 @@ use tokio::sync::{mpsc, watch};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{ListenerRuntime, ModeRuntime};
 
-/// Counts of open sessions, total and per client address. The maximums are the current
-/// runtime's, given at each admission (a reload may change them).
+/// Places taken, in all and per client address, against a maximum of each.
+#[derive(Debug, Default)]
+struct Places {
+    total: u32,
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+impl Places {
+    /// One more place, and one more for `ip` if given, unless either maximum is reached.
+    fn take(&mut self, ip: Option<IpAddr>, max: u32, max_per_ip: u32) -> bool {
+        if self.total >= max {
+            return false;
+        }
+        if let Some(ip) = ip {
+            if !self.take_ip(ip, max_per_ip) {
+                return false;
+            }
+        }
+        self.total += 1;
+        true
+    }
+
+    /// One more place for `ip` (its place in the total is already held).
+    fn take_ip(&mut self, ip: IpAddr, max_per_ip: u32) -> bool {
+        let this_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if this_ip >= max_per_ip {
+            return false;
+        }
+        self.per_ip.insert(ip, this_ip + 1);
+        true
+    }
+
+    /// Give back a place taken by [`Places::take`] (with `ip` as it stands now).
+    fn give_back(&mut self, ip: Option<IpAddr>) {
+        self.total = self.total.saturating_sub(1);
+        let Some(ip) = ip else {
+            return;
+        };
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The open sessions of a listener. The maximums are the current runtime's, given at each
+/// admission (a reload may change them).
 #[derive(Debug)]
 struct Limits {
-    open: Mutex<(u32, HashMap<IpAddr, u32>)>,
+    open: Mutex<Places>,
     /// Connections in a lingering close: no longer sessions, so out of the counts above, but
     /// sockets still; at most `max_connections` of them.
     lingering: AtomicU32,
@@ -50,34 +97,19 @@ struct Admitted {
 }
 
 impl Limits {
+    fn open(&self) -> std::sync::MutexGuard<'_, Places> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A place among the listener's connections and, if `ip` is given, among that address's.
     fn admit(self: &Arc<Self>, ip: Option<IpAddr>, l: &ListenerRuntime) -> Option<Admitted> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let (total, per_ip) = &mut *open;
-        if *total >= l.max_connections {
-            return None;
-        }
-        if let Some(ip) = ip {
-            if !take_ip_place(per_ip, ip, l) {
-                return None;
-            }
-        }
-        *total += 1;
-        Some(Admitted {
-            limits: Arc::clone(self),
-            ip,
-        })
+        self.open()
+            .take(ip, l.max_connections, l.max_connections_per_ip)
+            .then(|| Admitted {
+                limits: Arc::clone(self),
+                ip,
+            })
     }
-}
-
-/// One more connection from `ip`, unless it has `max_connections_per_ip` already.
-fn take_ip_place(per_ip: &mut HashMap<IpAddr, u32>, ip: IpAddr, l: &ListenerRuntime) -> bool {
-    let this_ip = per_ip.get(&ip).copied().unwrap_or(0);
-    if this_ip >= l.max_connections_per_ip {
-        return false;
-    }
-    per_ip.insert(ip, this_ip + 1);
-    true
 }
 
 impl Admitted {
@@ -101,12 +133,7 @@ impl Admitted {
         if self.ip.is_some() {
             return true;
         }
-        let mut open = self
-            .limits
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let claimed = take_ip_place(&mut open.1, ip, l);
+        let claimed = self.limits.open().take_ip(ip, l.max_connections_per_ip);
         if claimed {
             self.ip = Some(ip);
         }
@@ -116,22 +143,7 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut open = self
-            .limits
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let (total, per_ip) = &mut *open;
-        *total = total.saturating_sub(1);
-        let Some(ip) = self.ip else {
-            return;
-        };
-        if let Some(n) = per_ip.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&ip);
-            }
-        }
+        self.limits.open().give_back(self.ip);
     }
 }
 
@@ -170,7 +182,7 @@ pub async fn accept_loop(
     alive: mpsc::Sender<()>,
 ) {
     let limits = Arc::new(Limits {
-        open: Mutex::new((0, HashMap::new())),
+        open: Mutex::new(Places::default()),
         lingering: AtomicU32::new(0),
     });
     loop {
