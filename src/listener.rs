@@ -9,8 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -68,23 +67,27 @@ impl Places {
     }
 }
 
-/// The open sessions of a listener. The maximums are the current runtime's, given at each
-/// admission (a reload may change them).
+/// The open sessions of a listener, and its lingering closes. The maximums are the current
+/// runtime's, given at each admission (a reload may change them).
 #[derive(Debug)]
 struct Limits {
     open: Mutex<Places>,
     /// Connections in a lingering close: no longer sessions, so out of the counts above, but
-    /// sockets still; at most `max_connections` of them.
-    lingering: AtomicU32,
+    /// sockets still; as many as sessions at most, in all and per address, so that one
+    /// address cannot take every lingering place.
+    lingering: Mutex<Places>,
 }
 
-/// A lingering close's place; released when dropped.
+/// A lingering close's places; released when dropped.
 #[derive(Debug)]
-struct Lingering(Arc<Limits>);
+struct Lingering {
+    limits: Arc<Limits>,
+    ip: Option<IpAddr>,
+}
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        self.0.lingering.fetch_sub(1, Ordering::Relaxed);
+        self.limits.lingering().give_back(self.ip);
     }
 }
 
@@ -97,8 +100,14 @@ struct Admitted {
 }
 
 impl Limits {
-    fn open(&self) -> std::sync::MutexGuard<'_, Places> {
+    fn open(&self) -> MutexGuard<'_, Places> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lingering(&self) -> MutexGuard<'_, Places> {
+        self.lingering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A place among the listener's connections and, if `ip` is given, among that address's.
@@ -114,17 +123,13 @@ impl Limits {
 
 impl Admitted {
     /// Give up the session's places (a client reconnecting at once from the same address
-    /// must find its place free) for a place among the lingering closes, if one is left.
-    fn into_lingering(self, max: u32) -> Option<Lingering> {
-        let limits = Arc::clone(&self.limits);
+    /// must find its place free) for a place among the lingering closes, if one is left for
+    /// the listener and for the address: `max_connections` and `max_connections_per_ip`.
+    fn into_lingering(self, max: u32, max_per_ip: u32) -> Option<Lingering> {
+        let (limits, ip) = (Arc::clone(&self.limits), self.ip);
         drop(self);
-        limits
-            .lingering
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Lingering(limits))
+        let taken = limits.lingering().take(ip, max, max_per_ip);
+        taken.then_some(Lingering { limits, ip })
     }
 
     /// The place of `ip`, once the PROXY header has named the client; false if that address
@@ -183,7 +188,7 @@ pub async fn accept_loop(
 ) {
     let limits = Arc::new(Limits {
         open: Mutex::new(Places::default()),
-        lingering: AtomicU32::new(0),
+        lingering: Mutex::new(Places::default()),
     });
     loop {
         tokio::select! {
@@ -270,7 +275,7 @@ async fn connection(
     // The gauge alone, not the listener's whole handle: an idle session must cost little
     // (C of ../shared/bench).
     let active = l.metrics.active.clone();
-    let max_lingering = l.max_connections;
+    let (max, max_per_ip) = (l.max_connections, l.max_connections_per_ip);
     let lingering = match &l.mode {
         ModeRuntime::Terminate(cfg) => {
             let cfg = Arc::clone(cfg);
@@ -285,9 +290,10 @@ async fn connection(
     let Some(stream) = lingering else {
         return;
     };
-    // Without a place (as many lingering closes as `max_connections`) the connection closes
-    // at once, as it would have without the linger.
-    if let Some(_place) = admitted.into_lingering(max_lingering) {
+    // Without a place (as many lingering closes as `max_connections`, or as
+    // `max_connections_per_ip` from this address) the connection closes at once, as it would
+    // have without the linger.
+    if let Some(_places) = admitted.into_lingering(max, max_per_ip) {
         Box::pin(stream.linger()).await;
     }
 }

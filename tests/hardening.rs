@@ -323,10 +323,30 @@ async fn cut_off_after_errors(mut c: Client) {
 /// `max_connections`: past it a connection is closed at once, and its unread input resets it.
 #[tokio::test]
 async fn a_lingering_close_holds_no_session_place_and_is_bounded() {
+    second_lingering_close_is_a_reset(
+        "      max_connections: 1\n      max_connections_per_ip: 1\n",
+    )
+    .await;
+}
+
+/// Lingering closes are bounded per address too, by `max_connections_per_ip`: one address
+/// cannot take all of a listener's lingering places, though three are free here.
+#[tokio::test]
+async fn lingering_closes_are_bounded_per_address() {
+    second_lingering_close_is_a_reset(
+        "      max_connections: 4\n      max_connections_per_ip: 1\n",
+    )
+    .await;
+}
+
+/// Client A is cut off after too many errors and lingers; B, from the same address, is
+/// greeted (A's session place is free), cut off too, and finds no lingering place left under
+/// `limits`: its close is a reset. A still gets its replies and a clean close.
+async fn second_lingering_close_is_a_reset(limits: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (backend, _rec) = recording_backend().await;
-    let limits = "      max_errors: 3\n      max_connections: 1\n      max_connections_per_ip: 1\n";
-    let running = start_binary(&config_yaml(backend, "starttls", limits));
+    let limits = format!("      max_errors: 3\n{limits}");
+    let running = start_binary(&config_yaml(backend, "starttls", &limits));
     let addr = running.addr("inbound").unwrap();
     let mut a = Client::connect(addr).await;
     assert_eq!(a.reply().await, "220 mx.test ESMTP\r\n");
@@ -341,7 +361,8 @@ async fn a_lingering_close_holds_no_session_place_and_is_bounded() {
     // (The write may already meet the reset this expects.)
     let _ = b.write_all(&b"HELLO\r\n".repeat(20_000)).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    // A holds the one lingering place: B's connection closed at once, and was reset.
+    // A holds the one lingering place B could have had: B's connection closed at once, and
+    // was reset.
     let mut got = Vec::new();
     let err = b.read_to_end(&mut got).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
