@@ -338,6 +338,32 @@ mod tests {
         assert_eq!(backlog.get(2), Some(&want.to_string().as_str()), "{text}");
     }
 
+    /// Places are bounded in all and per address, a refused place leaves no trace, and every
+    /// place given back leaves the counts as they were (no address lingers in the map).
+    #[test]
+    fn places_are_bounded_in_all_and_per_address() {
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let mut p = super::Places::default();
+        assert!(p.take(Some(a), 3, 2));
+        assert!(p.take(Some(a), 3, 2));
+        assert!(!p.take(Some(a), 3, 2), "a has its two places");
+        assert_eq!(p.total, 2, "a refused place is not counted");
+        assert!(
+            p.take(None, 3, 2),
+            "one more without an address (a PROXY header unread)"
+        );
+        assert!(!p.take(Some(b), 3, 2), "all three places are taken");
+        assert!(!p.per_ip.contains_key(&b));
+        assert!(p.take_ip(b, 2), "the header names b");
+        p.give_back(Some(b));
+        p.give_back(Some(a));
+        assert!(p.take(Some(b), 3, 2));
+        p.give_back(Some(b));
+        p.give_back(Some(a));
+        assert_eq!((p.total, p.per_ip.len()), (0, 0));
+    }
+
     /// Accepted sockets inherit `TCP_NODELAY` from the listener; sessions no longer set it.
     #[tokio::test]
     async fn accepted_sockets_have_nodelay() {
