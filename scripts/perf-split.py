@@ -1,21 +1,26 @@
 #!/usr/bin/env python3
 """Split a perf profile into cost categories (scripts/profile.sh).
 
-    scripts/perf-split.py PROFILE.data [COMM_REGEX [CPU_US_PER_SESSION]]
+    scripts/perf-split.py PROFILE.data [COMM_REGEX [CPU_US_PER_SESSION [START]]]
 
 Reads `perf report --sort comm,dso,sym`, keeps the samples of the processes (threads) whose
 name matches COMM_REGEX, and sorts each symbol into one category: kernel (every kernel
 symbol: syscalls, TCP/IP, scheduling, interrupts), crypto (aws-lc, ring or OpenSSL primitives),
 rustls, alloc (malloc and free), memcpy, runtime (tokio, mio, the clock), smtp (the SMTP work:
 smtp-core and its memchr scans, the sidecar's own code, nginx's mail module and event loop),
-other. Prints each category's share.
+other. Prints each category's share. START (seconds on the profile's clock, as `perf script`
+prints them): only the samples from then on count (scripts/profile.sh gives the moment the
+load generator started, so that the peer's own start is left out).
 """
 import re, subprocess, sys
 from collections import defaultdict
 path = sys.argv[1]
 comm = sys.argv[2] if len(sys.argv) > 2 else None
 per_session = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+start = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None
 args = ["perf", "report", "-i", path, "--sort", "comm,dso,sym", "--stdio", "-F", "overhead,comm,dso,sym"]
+if start:
+    args += ["--time", f"{start},"]
 out = subprocess.run(args, capture_output=True, text=True).stdout
 cats = defaultdict(float); total = 0.0; comms = defaultdict(float)
 rules = [

@@ -20,14 +20,36 @@ out=target/profile
 mkdir -p "$out"
 export SIDECAR_BIN=${SIDECAR_BIN:-$PWD/target/release/smtp-sidecar}
 cpu=${PEER_CPU:-1}
-perf record -q -e cpu-clock -F 2000 -C "$cpu" -o "$out/$peer.data" -- sleep 3600 2>/dev/null &
+# Timestamps on CLOCK_MONOTONIC, so that the split can start where the load does: the peer's
+# own start (configuration, certificates, the first seeding of a random generator) is not the
+# workload's, and in a short run it would be a visible share of the samples.
+perf record -q -k CLOCK_MONOTONIC -e cpu-clock -F 2000 -C "$cpu" -o "$out/$peer.data" \
+  -- sleep 3600 2>/dev/null &
 perf_pid=$!
+# Notes the moment the load generator starts (run.sh starts it once the peer listens), on
+# the load generator's core, and gives up after 10 minutes.
+taskset -c "${LOAD_CPU:-0}" python3 -c '
+import os, sys, time
+end = time.monotonic() + 600
+while time.monotonic() < end:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open(f"/proc/{pid}/comm").read().strip() == "smtp-loadgen":
+                print(f"{time.monotonic():.6f}")
+                sys.exit()
+        except OSError:
+            pass
+    time.sleep(0.005)
+' >"$out/$peer.start" &
+watch_pid=$!
 sleep 0.5
 json=$(../shared/bench/run.sh "$peer" "$@" | tail -n 1)
 echo "$json"
 us=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("peer_cpu_us_per_session") or 0)' "$json")
 kill -INT "$perf_pid"
 wait "$perf_pid" 2>/dev/null || true
+kill "$watch_pid" 2>/dev/null || true
+start=$(cat "$out/$peer.start")
 # The peer's own processes (threads by name); what else ran on its core is left out.
 case "$peer" in
   sidecar*) comm='^(tokio-rt-worker|smtp-sidecar)$' ;;
@@ -37,4 +59,4 @@ case "$peer" in
   postfix*) comm='^(smtpd|cleanup|qmgr|smtp|trivial-rewrite)$' ;;
   *) comm='.' ;;
 esac
-python3 scripts/perf-split.py "$out/$peer.data" "$comm" "$us"
+python3 scripts/perf-split.py "$out/$peer.data" "$comm" "$us" "$start"
