@@ -287,6 +287,18 @@ impl Metrics {
         Self::register(&mut Registry::new())
     }
 
+    /// Sessions open now, on every listener (those a reload removed included): what shutdown
+    /// still waits for, apart from lingering closes.
+    pub fn sessions_open(&self) -> i64 {
+        use prometheus::core::Collector;
+        self.connections_active
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum()
+    }
+
     /// The handle of one listener, every series it can move created now at 0: `received`
     /// are its inbound `domain_secure` domains, `sent` its listed outbound domains, `servers`
     /// its backend servers.

@@ -350,7 +350,13 @@ impl Running {
             .await
             .is_err()
         {
-            tracing::warn!("shutdown grace over: closing the sessions left");
+            // What is left may be only lingering closes, which end by themselves (2 s).
+            match self.metrics.sessions_open() {
+                0 => tracing::info!("shutdown grace over: no session left, only lingering closes"),
+                sessions => {
+                    tracing::warn!(sessions, "shutdown grace over: closing the sessions left");
+                }
+            }
             let _ = self.shutdown.send(Shutdown::GraceOver);
             let _ = tokio::time::timeout(Duration::from_secs(5), self.alive.recv()).await;
         }

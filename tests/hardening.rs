@@ -377,6 +377,32 @@ async fn second_lingering_close_is_a_reset(limits: &str) {
         .ends_with("421 4.7.0 Too many errors, closing connection\r\n"));
 }
 
+/// Shutdown with only a lingering close left: the grace ends with no session to close, and
+/// the log says so rather than warning of sessions left.
+#[tokio::test]
+async fn shutdown_with_only_a_lingering_close_left_says_so() {
+    use tokio::io::AsyncWriteExt;
+    let (backend, _rec) = recording_backend().await;
+    let yaml = config_yaml(backend, "starttls", "      max_errors: 3\n")
+        .replace("shutdown_grace: 2s", "shutdown_grace: 300ms");
+    let running = start_binary(&yaml);
+    let mut s = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
+        .await
+        .unwrap();
+    s.write_all(&b"HELLO\r\n".repeat(20_000)).await.unwrap();
+    running.wait_log("session ended", 1).await;
+    // The client has not closed: its connection lingers through the grace.
+    running.signal("TERM");
+    running.wait_log("shutdown grace over", 1).await;
+    let log = running.log();
+    assert!(
+        log.contains("shutdown grace over: no session left, only lingering closes"),
+        "{log}"
+    );
+    assert!(!log.contains("closing the sessions left"), "{log}");
+    drop(s);
+}
+
 /// A lingering close ends after 2 s even if the client never closes: its connection is then
 /// gone, and what the client writes after that meets a reset.
 #[tokio::test]
