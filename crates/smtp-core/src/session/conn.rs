@@ -41,8 +41,6 @@ pub(crate) struct Conn {
     pub(crate) draining: bool,
     /// The client shut down its sending side: what it sent is still answered, then we close.
     pub(crate) client_eof: bool,
-    /// The client said QUIT: nothing more comes from it.
-    quit: bool,
     closed: bool,
     /// Emit [`Event::Protocol`] for every client line and every reply sent to it.
     pub(crate) protocol_log: bool,
@@ -75,7 +73,6 @@ impl Conn {
             max_errors,
             draining: false,
             client_eof: false,
-            quit: false,
             closed: false,
             protocol_log,
             commands_seen: 0,
@@ -252,18 +249,21 @@ impl Conn {
     /// connection lingers unless the client said QUIT or shut down its side (see
     /// [`Action::Close`]).
     pub(crate) fn close(&mut self) {
+        self.close_with(!self.client_eof);
+    }
+
+    /// The client said QUIT and its `221` is queued: nothing more comes from it, so the close
+    /// does not linger.
+    pub(crate) fn close_after_quit(&mut self) {
+        self.close_with(false);
+    }
+
+    fn close_with(&mut self, linger: bool) {
         if !self.closed {
-            let linger = !(self.quit || self.client_eof);
             self.control(Action::Close { linger });
             self.closed = true;
             self.timers.stop_all();
         }
-    }
-
-    /// The client said QUIT and its `221` is queued: close without lingering.
-    pub(crate) fn close_after_quit(&mut self) {
-        self.quit = true;
-        self.close();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
