@@ -1,7 +1,8 @@
 //! Heap allocations per unit of work (issue 16: "allocations per session, a counting allocator
 //! in a bench"), counted by dhat's global allocator: the SMTP work of one workload-A session in
 //! memory (`common/a_session.rs`, as `benches/session.rs` times it), with and without the
-//! Received header. Prints allocations and bytes per session, averaged over 1,000 sessions after
+//! Received header, and a 1 MiB body relayed as workload Bfast hands it over (`common/bulk.rs`).
+//! Prints allocations and bytes per session, averaged over 1,000 sessions after
 //! one that warms up (thread-locals and lazies out of the count), and what of it the set-up
 //! alone costs (the test configuration, built per session here, is shared in the sidecar). Not a criterion bench: the
 //! counting allocator would distort any timing. `cargo bench --bench allocations`.
@@ -11,6 +12,8 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 
 #[path = "common/a_session.rs"]
 mod a_session;
+#[path = "common/bulk.rs"]
+mod bulk;
 
 const N: u64 = 1_000;
 
@@ -26,6 +29,21 @@ fn per_call(work: impl Fn()) -> (u64, u64) {
         (after.total_blocks - before.total_blocks) / N,
         (after.total_bytes - before.total_bytes) / N,
     )
+}
+
+/// Allocations and bytes allocated per call of `work`, on what `setup` made (not counted).
+fn per_call_of<T>(setup: impl Fn() -> T, work: impl Fn(T)) -> (u64, u64) {
+    work(setup());
+    let (mut blocks, mut bytes) = (0, 0);
+    for _ in 0..N {
+        let input = setup();
+        let before = dhat::HeapStats::get();
+        work(input);
+        let after = dhat::HeapStats::get();
+        blocks += after.total_blocks - before.total_blocks;
+        bytes += after.total_bytes - before.total_bytes;
+    }
+    (blocks / N, bytes / N)
 }
 
 fn main() {
@@ -45,6 +63,12 @@ fn main() {
         });
         println!("session_a/{name}: {blocks} allocations, {bytes} bytes per session");
     }
+    // A 1 MiB body relayed in 16 KiB records, four to a read (set-up excluded).
+    let body = bulk::body();
+    let (blocks, bytes) = per_call_of(bulk::in_data, |h| {
+        std::hint::black_box(bulk::relay(h, &body));
+    });
+    println!("body/relay_1mib: {blocks} allocations, {bytes} bytes per MiB");
     // What of that is the harness's and the test configuration's, not a session's.
     let (blocks, bytes) = per_call(|| {
         let h = smtp_core::testing::Harness::greeted(smtp_core::testing::test_config());
