@@ -15,6 +15,15 @@ use crate::line::{LineReader, MAX_EXTENDED_LINE};
 use crate::reply::{Reply, ReplyParser};
 use crate::timer::{Timer, Timers};
 
+/// The body octets one read of the client's connection brings at most (the sidecar reads 64
+/// KiB at a time, TLS records or plain bytes), with room for the Received header and a few
+/// folds: what the backend's buffer is made ready for in a bulk transfer.
+const BODY_BATCH: usize = 64 * 1024 + 1024;
+
+/// A piece of body data this large (half a full TLS record) is taken for part of a bulk
+/// transfer.
+const BULK_PIECE: usize = 8 * 1024;
+
 #[derive(Debug)]
 pub(crate) struct Conn {
     /// The client's address, and when the session began (monotonic, wall), for Received.
@@ -164,10 +173,19 @@ impl Conn {
         &mut self.out[leg.index()]
     }
 
-    /// Feed message data through the reframer to the backend leg.
+    /// Feed message data through the reframer to the backend leg. When the first piece of a
+    /// read in a bulk transfer arrives ([`BULK_PIECE`] or more: a full TLS record, a large
+    /// plain read) and the backend's buffer holds little, room for the whole read is made at
+    /// once ([`BODY_BATCH`]), while that costs no copy: the pieces of the read then reframe
+    /// into one buffer, instead of growing it piece by piece and moving what it already
+    /// holds each time. Small messages are not given more than they need.
     pub(crate) fn relay_body(&mut self, reframer: &mut Reframer, data: &[u8]) -> Fed {
         self.hold_backend = false;
-        reframer.feed(data, &mut self.out[Leg::Backend.index()])
+        let out = &mut self.out[Leg::Backend.index()];
+        if data.len() >= BULK_PIECE && out.len() < BULK_PIECE {
+            out.reserve(BODY_BATCH);
+        }
+        reframer.feed(data, out)
     }
 
     /// The client's DATA was accepted: the Received header goes first (held until the body's
