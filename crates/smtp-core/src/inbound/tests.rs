@@ -49,6 +49,45 @@ fn full_message_is_acknowledged_only_after_backend() {
     assert!(h.events.contains(&Event::MessageAccepted { bytes: 28 }));
 }
 
+/// A bulk body is reframed into one buffer kept from read to read, and the session gives it
+/// up with the body's last bytes: between messages it holds no body buffer (DESIGN.md §5).
+#[test]
+fn the_body_buffer_lasts_as_long_as_the_body() {
+    use crate::session::Leg;
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.transaction();
+    let line = b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n";
+    let mut body = Vec::new();
+    while body.len() < 256 * 1024 {
+        body.extend_from_slice(line);
+    }
+    let mut relayed = Vec::new();
+    for piece in body.chunks(16 * 1024) {
+        h.client_says(piece);
+        relayed.extend_from_slice(&h.backend.split());
+        assert!(
+            h.session.conn.buffer_capacity(Leg::Backend) >= 16 * 1024,
+            "kept while the body lasts"
+        );
+    }
+    h.client_says(b".\r\n");
+    relayed.extend_from_slice(&h.backend.split());
+    body.extend_from_slice(b".\r\n");
+    assert!(
+        relayed == body,
+        "the body reached the backend as it was sent"
+    );
+    assert_eq!(h.session.conn.buffer_capacity(Leg::Backend), 0, "given up");
+    h.backend_says(b"250 2.0.0 queued as 1\r\n");
+    assert_eq!(h.take_client(), "250 2.0.0 queued as 1\r\n");
+    // The next message starts with a buffer of its own.
+    h.transaction();
+    h.client_says(b"Subject: again\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(h.take_backend(), "Subject: again\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(h.session.conn.buffer_capacity(Leg::Backend), 0);
+}
+
 #[test]
 fn pipelined_commands_are_answered_in_order() {
     let mut h = Harness::greeted(test_config());

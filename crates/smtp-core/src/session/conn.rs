@@ -40,6 +40,9 @@ pub(crate) struct Conn {
     /// The Received header waits in the backend's buffer for the body's first bytes, to
     /// leave with them in one write (one system call and one segment fewer per message).
     hold_backend: bool,
+    /// A message body ended: once its last bytes leave, the backend's buffer is given up
+    /// (see [`Conn::relay_body`]).
+    body_done: bool,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
     pub(crate) timers: Timers,
@@ -75,6 +78,7 @@ impl Conn {
             backend_in: ReplyParser::new(),
             out: [BytesMut::new(), BytesMut::new()],
             hold_backend: false,
+            body_done: false,
             actions: VecDeque::new(),
             events: VecDeque::new(),
             timers: Timers::default(),
@@ -175,17 +179,22 @@ impl Conn {
 
     /// Feed message data through the reframer to the backend leg. When the first piece of a
     /// read in a bulk transfer arrives ([`BULK_PIECE`] or more: a full TLS record, a large
-    /// plain read) and the backend's buffer holds little, room for the whole read is made at
-    /// once ([`BODY_BATCH`]), while that costs no copy: the pieces of the read then reframe
-    /// into one buffer, instead of growing it piece by piece and moving what it already
-    /// holds each time. Small messages are not given more than they need.
+    /// plain read) and the backend's buffer holds little (so that moving it costs little),
+    /// room for the whole read is made at once ([`BODY_BATCH`]): the pieces of the read then
+    /// reframe into one buffer, instead of growing it piece by piece and moving what it
+    /// already holds each time. Small messages are not given more than they need.
+    ///
+    /// The buffer is kept from one read to the next while the body lasts, and given up with
+    /// the body's last bytes: a session between messages, or idle after one, holds none.
     pub(crate) fn relay_body(&mut self, reframer: &mut Reframer, data: &[u8]) -> Fed {
         self.hold_backend = false;
         let out = &mut self.out[Leg::Backend.index()];
         if data.len() >= BULK_PIECE && out.len() < BULK_PIECE {
             out.reserve(BODY_BATCH);
         }
-        reframer.feed(data, out)
+        let fed = reframer.feed(data, out);
+        self.body_done |= fed.finished;
+        fed
     }
 
     /// The client's DATA was accepted: the Received header goes first (held until the body's
@@ -251,7 +260,19 @@ impl Conn {
                 let bytes = out.split().freeze();
                 self.actions.push_back(Action::Write(leg, bytes));
             }
+            if leg == Leg::Backend && self.body_done {
+                // What `split` left is the rest of the body's buffer (up to a read's worth):
+                // the write takes the allocation along and frees it once done.
+                self.body_done = false;
+                *out = BytesMut::new();
+            }
         }
+    }
+
+    /// The room a leg's buffer holds, used or not.
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self, leg: Leg) -> usize {
+        self.out[leg.index()].capacity()
     }
 
     /// Drop a leg's connection without a word; nothing still queued for it is sent.
