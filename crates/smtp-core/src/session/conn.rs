@@ -17,8 +17,8 @@ use crate::timer::{Timer, Timers};
 
 /// The body octets one read of the client's connection brings at most (the sidecar reads 64
 /// KiB at a time, TLS records or plain bytes), with room for the Received header and a few
-/// folds: what the backend's buffer is made ready for in a bulk transfer.
-const BODY_BATCH: usize = 64 * 1024 + 1024;
+/// folds: the size the backend's buffer is made ready for in a bulk transfer.
+pub(crate) const BODY_BATCH: usize = 64 * 1024 + 1024;
 
 /// A piece of body data this large (half a full TLS record) is taken for part of a bulk
 /// transfer.
@@ -177,12 +177,13 @@ impl Conn {
         &mut self.out[leg.index()]
     }
 
-    /// Feed message data through the reframer to the backend leg. When the first piece of a
-    /// read in a bulk transfer arrives ([`BULK_PIECE`] or more: a full TLS record, a large
-    /// plain read) and the backend's buffer holds little (so that moving it costs little),
-    /// room for the whole read is made at once ([`BODY_BATCH`]): the pieces of the read then
-    /// reframe into one buffer, instead of growing it piece by piece and moving what it
-    /// already holds each time. Small messages are not given more than they need.
+    /// Feed message data through the reframer to the backend leg. When a piece of a bulk
+    /// transfer arrives ([`BULK_PIECE`] or more: a full TLS record, a large plain read) and
+    /// the backend's buffer holds less than that, the buffer is made [`BODY_BATCH`] large at
+    /// once (at most a few KiB it holds are moved): the pieces of
+    /// one read then reframe into one buffer, instead of growing it piece by piece and moving
+    /// what it already holds each time. A message that comes in smaller pieces (a 2 KiB
+    /// message, a client writing line by line) is given no more than it needs.
     ///
     /// The buffer is kept from one read to the next while the body lasts, and given up with
     /// the body's last bytes: a session between messages, or idle after one, holds none.
@@ -190,7 +191,10 @@ impl Conn {
         self.hold_backend = false;
         let out = &mut self.out[Leg::Backend.index()];
         if data.len() >= BULK_PIECE && out.len() < BULK_PIECE {
-            out.reserve(BODY_BATCH);
+            // Room for BODY_BATCH in all, not beyond what is held: asking for more than the
+            // buffer's whole allocation would have it reallocated and copied with the part
+            // already sent.
+            out.reserve(BODY_BATCH - out.len());
         }
         let fed = reframer.feed(data, out);
         self.body_done |= fed.finished;
@@ -207,6 +211,7 @@ impl Conn {
         data_block: Duration,
         now: Instant,
     ) -> BytesMut {
+        self.body_done = false;
         if let Some(header) = header {
             self.write(Leg::Backend, header.as_bytes());
             self.hold_backend = true;
@@ -260,9 +265,9 @@ impl Conn {
                 let bytes = out.split().freeze();
                 self.actions.push_back(Action::Write(leg, bytes));
             }
-            if leg == Leg::Backend && self.body_done {
-                // What `split` left is the rest of the body's buffer (up to a read's worth):
-                // the write takes the allocation along and frees it once done.
+            if leg == Leg::Backend && self.body_done && out.is_empty() {
+                // What `split` left is the rest of the body's buffer (up to BODY_BATCH): the
+                // write takes the allocation along and frees it once done.
                 self.body_done = false;
                 *out = BytesMut::new();
             }

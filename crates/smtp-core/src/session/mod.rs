@@ -24,6 +24,8 @@ mod refusal;
 mod reply_to;
 mod tls_info;
 
+#[cfg(test)]
+pub(crate) use conn::BODY_BATCH;
 pub(crate) use conn::{skip_chunk, Conn};
 pub use protocol_log::Direction;
 pub use refusal::{LegFailure, Refusal};
