@@ -40,8 +40,8 @@ pub(crate) struct Conn {
     /// The Received header waits in the backend's buffer for the body's first bytes, to
     /// leave with them in one write (one system call and one segment fewer per message).
     hold_backend: bool,
-    /// A message body ended: once its last bytes leave, the backend's buffer is given up
-    /// (see [`Conn::relay_body`]).
+    /// A message body ended: once its last bytes have become a write, the backend's buffer
+    /// is given up (see [`Conn::relay_body`]).
     body_done: bool,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -180,10 +180,10 @@ impl Conn {
     /// Feed message data through the reframer to the backend leg. When a piece of a bulk
     /// transfer arrives ([`BULK_PIECE`] or more: a full TLS record, a large plain read) and
     /// the backend's buffer holds less than that, the buffer is made [`BODY_BATCH`] large at
-    /// once (at most a few KiB it holds are moved): the pieces of
-    /// one read then reframe into one buffer, instead of growing it piece by piece and moving
-    /// what it already holds each time. A message that comes in smaller pieces (a 2 KiB
-    /// message, a client writing line by line) is given no more than it needs.
+    /// once (moving at most the few KiB it holds): the pieces of one read then reframe into
+    /// one buffer, instead of growing it piece by piece and moving what it already holds
+    /// each time. A message that comes in smaller pieces (a 2 KiB message, a client writing
+    /// line by line) is given no more than it needs.
     ///
     /// The buffer is kept from one read to the next while the body lasts, and given up with
     /// the body's last bytes: a session between messages, or idle after one, holds none.
