@@ -189,8 +189,9 @@ if [[ -n "$MAX_CONNECTIONS" ]]; then
   sed -i -E "s/^( *)max_connections: [0-9]+/\1max_connections: $MAX_CONNECTIONS/" "$CONFIG"
 fi
 if ((STEADY_CPU)); then # the first listener, "inbound", is the steady one
-  sed -i "0,/127.0.0.1:$SINK_PORT/s//127.0.0.1:$STEADY_SINK_PORT/" "$CONFIG"
-  [[ $(grep -c "127.0.0.1:$STEADY_SINK_PORT" "$CONFIG") == 1 ]] ||
+  # The first backend's servers line (a comment above may name the sink's port too).
+  sed -i "0,/servers: \[\"127.0.0.1:$SINK_PORT\"\]/s//servers: [\"127.0.0.1:$STEADY_SINK_PORT\"]/" "$CONFIG"
+  [[ $(grep -c "servers: \[\"127.0.0.1:$STEADY_SINK_PORT\"\]" "$CONFIG") == 1 ]] ||
     die "could not move the steady listener's backend to port $STEADY_SINK_PORT in $CONFIG"
 fi
 if [[ -n "$MAX_HANDSHAKES" ]]; then
