@@ -10,6 +10,15 @@
 #   --flood-tls MODE     implicit (default: the SMTPS listener, port 2465) or starttls (the
 #                        steady sessions' own listener, port 2587)
 #   --flood-m N          messages per flood session (default 0: handshake, EHLO, QUIT)
+#   --flood-kind KIND    full (default): smtp-loadgen's sessions, each a whole handshake
+#                        (and EHLO, QUIT), which cost the load generator about what they cost
+#                        the sidecar, so on two cores its core fills before the sidecar's;
+#                        hello: scripts/bench-flood/hello-flood (built here), which sends a
+#                        ClientHello made once at start, waits for the server's first flight
+#                        (the sidecar's key exchange and signature done) and closes: no
+#                        cryptography on the client, so one core of it takes the sidecar far
+#                        past its handshake capacity, as a real flood would. --flood-m does
+#                        not apply
 #   --steady-cpu N       the CPU of the steady client, with a sink of its own (default 0, the
 #                        flood's; 1 is the sidecar's, where the steady client gets priority
 #                        over the sidecar instead of over a saturated flood: it then measures
@@ -81,6 +90,7 @@ SIZE=2K
 FLOOD_C=500
 FLOOD_TLS=implicit
 FLOOD_M=0
+FLOOD_KIND=full
 FLOOD_TIMEOUT=5
 MAX_HANDSHAKES=""
 MAX_CONNECTIONS=""
@@ -105,6 +115,8 @@ while (($#)); do
     --flood-tls) FLOOD_TLS=${2:-}; [[ "$FLOOD_TLS" == implicit || "$FLOOD_TLS" == starttls ]] ||
       die "--flood-tls: implicit or starttls"; shift 2 ;;
     --flood-m) FLOOD_M=${2:-}; [[ "$FLOOD_M" =~ ^[0-9]+$ ]] || die "--flood-m: a whole number"; shift 2 ;;
+    --flood-kind) FLOOD_KIND=${2:-}; [[ "$FLOOD_KIND" == full || "$FLOOD_KIND" == hello ]] ||
+      die "--flood-kind: full or hello"; shift 2 ;;
     --flood-timeout) FLOOD_TIMEOUT=${2:-}; posint "$1" "$FLOOD_TIMEOUT"; shift 2 ;;
     --max-handshakes) MAX_HANDSHAKES=${2:-}; posint "$1" "$MAX_HANDSHAKES"; shift 2 ;;
     --max-connections) MAX_CONNECTIONS=${2:-}; posint "$1" "$MAX_CONNECTIONS"; shift 2 ;;
@@ -133,6 +145,15 @@ LG=$BENCH/loadgen/target/release/smtp-loadgen
 FASTSINK=$BENCH/loadgen/target/release/smtp-fastsink
 SINK=${SINK:-fast}
 [[ -x "$LG" ]] || die "no $LG: run $BENCH/setup.sh (or cargo build --release in $BENCH/loadgen)"
+HELLO_DIR=$ROOT/target/bench-flood/hello-flood
+HELLO=$HELLO_DIR/release/bench-hello-flood
+if [[ "$FLOOD_KIND" == hello ]]; then
+  need cargo "cargo (rustup)"
+  log "building the ClientHello flood (scripts/bench-flood/hello-flood)"
+  CARGO_TARGET_DIR=$HELLO_DIR cargo build --release --quiet \
+    --manifest-path "$ROOT/scripts/bench-flood/hello-flood/Cargo.toml" >&2 ||
+    die "could not build scripts/bench-flood/hello-flood"
+fi
 case "$SINK" in
   postfix) [[ -x /usr/sbin/smtp-sink ]] ||
     die "/usr/sbin/smtp-sink not found: install the Debian package postfix (or run $BENCH/setup.sh), or SINK=fast" ;;
@@ -537,7 +558,7 @@ def summary(path, meta):
               f"{noisy} |")
     fr = [r for r in runs if r["arm"] == "flood" and "flood" in r]
     if fr:
-        print("\nFlood (client side: smtp-loadgen; server side: /metrics of the flooded listener, "
+        print("\nFlood (client side: smtp-loadgen or hello-flood, completed = answered; server side: /metrics of the flooded listener, "
               "whole run):\n")
         print("| runs | attempts | attempts/s | completed | ended before TLS up | failed after TLS | "
               "timeouts | connect errors | handshake p99 ms (worst chunk) | server: accepted | "
@@ -682,8 +703,10 @@ flood_start() { # dir stream chunk-number
   ((c > 0)) || return 0
   n=$(next_chunk_n "$1/flood-$i.jsonl" "$c")
   FLOOD_FILE[i]=$1/chunk-$i-$3.json
-  nice -n "$FLOOD_NICE" taskset -c 0 "$LG" --addr "127.0.0.1:$FLOOD_PORT" --tls "$FLOOD_TLS" \
-    -n "$n" -c "$c" -m "$FLOOD_M" -s "$SIZE" --timeout "$FLOOD_TIMEOUT" --label "flood-$i" \
+  local gen=("$LG" -m "$FLOOD_M" -s "$SIZE")
+  [[ "$FLOOD_KIND" == full ]] || gen=("$HELLO")
+  nice -n "$FLOOD_NICE" taskset -c 0 "${gen[@]}" --addr "127.0.0.1:$FLOOD_PORT" --tls "$FLOOD_TLS" \
+    -n "$n" -c "$c" --timeout "$FLOOD_TIMEOUT" --label "flood-$i" \
     >"${FLOOD_FILE[i]}" 2>>"$1/flood.err" &
   FLOOD_PID[i]=$!
   STARTED+=("$!")
@@ -765,7 +788,7 @@ one_run() { # round arm
     >>"$OUT/runs.jsonl"
 }
 
-META="$(basename "$SIDECAR_BIN") ($(sha256sum "$SIDECAR_BIN" | cut -c1-12)), $ROUNDS rounds of ${SECS}s; steady: $STEADY_C STARTTLS sessions x $STEADY_RATE msg/s, $SIZE, on CPU $STEADY_CPU; flood: loadgen --tls $FLOOD_TLS -c $FLOOD_C -m $FLOOD_M on :$FLOOD_PORT at nice $FLOOD_NICE; max_handshakes ${MAX_HANDSHAKES:-default}, max_connections ${MAX_CONNECTIONS:-10000}; sink $SINK"
+META="$(basename "$SIDECAR_BIN") ($(sha256sum "$SIDECAR_BIN" | cut -c1-12)), $ROUNDS rounds of ${SECS}s; steady: $STEADY_C STARTTLS sessions x $STEADY_RATE msg/s, $SIZE, on CPU $STEADY_CPU; flood: $([[ $FLOOD_KIND == full ]] && echo "loadgen --tls $FLOOD_TLS -c $FLOOD_C -m $FLOOD_M" || echo "hello-flood --tls $FLOOD_TLS -c $FLOOD_C") on :$FLOOD_PORT at nice $FLOOD_NICE; max_handshakes ${MAX_HANDSHAKES:-default}, max_connections ${MAX_CONNECTIONS:-10000}; sink $SINK"
 log "$META"
 log "results in $OUT"
 for ((r = 1; r <= ROUNDS; r++)); do
