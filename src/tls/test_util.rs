@@ -203,7 +203,15 @@ pub fn client_config(
     cert: &CertificateDer<'static>,
     versions: &[&'static SupportedProtocolVersion],
 ) -> ClientConfig {
-    let provider = super::provider();
+    client_config_with(super::provider(), cert, versions)
+}
+
+/// [`client_config`] with another crypto provider (its cipher suites in its own order).
+pub fn client_config_with(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    cert: &CertificateDer<'static>,
+    versions: &[&'static SupportedProtocolVersion],
+) -> ClientConfig {
     ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .expect("client versions")

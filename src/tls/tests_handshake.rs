@@ -52,6 +52,41 @@ fn tls13_and_tls12_handshakes_report_version_and_suite() {
     assert!(suite.starts_with("TLS_ECDHE_ECDSA_WITH_"), "{suite}");
 }
 
+/// A client that lists AES-256 first (rustls' own order, OpenSSL's) gets AES-128-GCM, in
+/// TLS 1.3 and 1.2; one that offers AES-256 alone still gets it.
+#[test]
+fn the_listener_chooses_aes_128_whatever_the_client_lists_first() {
+    use crate::tls::crypto;
+    let cert = self_signed("mx.test").expect("cert");
+    let server = server_config(fixed(&cert), TlsVersion::V1_2, None).expect("server config");
+    let leaf = &cert.certified_key.cert[0];
+    let theirs = Arc::new(crypto::default_provider());
+    assert_eq!(
+        theirs.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "the client of this test must list AES-256 first"
+    );
+
+    let client = Arc::new(client_config_with(theirs.clone(), leaf, &[&TLS13]));
+    let (_c, s) = connect(&client, &server).expect("TLS 1.3 handshake");
+    assert_eq!(session_tls_info(&s).1, "TLS13_AES_128_GCM_SHA256");
+
+    let client = Arc::new(client_config_with(theirs.clone(), leaf, &[&TLS12]));
+    let (_c, s) = connect(&client, &server).expect("TLS 1.2 handshake");
+    assert_eq!(
+        session_tls_info(&s).1,
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+    );
+
+    let mut only_256 = crypto::default_provider();
+    only_256
+        .cipher_suites
+        .retain(|s| s.suite() == rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+    let client = Arc::new(client_config_with(Arc::new(only_256), leaf, &[&TLS13]));
+    let (_c, s) = connect(&client, &server).expect("AES-256 only");
+    assert_eq!(session_tls_info(&s).1, "TLS13_AES_256_GCM_SHA384");
+}
+
 #[test]
 fn session_tls_info_before_the_handshake() {
     let cert = self_signed("mx.test").expect("cert");
