@@ -19,16 +19,7 @@ const N: u64 = 1_000;
 
 /// Allocations and bytes allocated per call of `work`.
 fn per_call(work: impl Fn()) -> (u64, u64) {
-    work();
-    let before = dhat::HeapStats::get();
-    for _ in 0..N {
-        work();
-    }
-    let after = dhat::HeapStats::get();
-    (
-        (after.total_blocks - before.total_blocks) / N,
-        (after.total_bytes - before.total_bytes) / N,
-    )
+    per_call_of(|| (), |()| work())
 }
 
 /// Allocations and bytes allocated per call of `work`, on what `setup` made (not counted).
