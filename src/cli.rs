@@ -104,8 +104,9 @@ fn raise_open_file_limit(config: &Config) {
 /// One core to run on (`taskset`, a cgroup quota of one CPU): tokio's current-thread runtime,
 /// the process's one thread running every session, with no work-stealing queues or wake-ups
 /// handed between threads (3–4% less CPU per session on workload A). More: a worker per core.
-/// It looks at its sockets every 8 tasks (tokio's default is 61): under a handshake flood, a
-/// session woken by its socket then waits behind a few tasks, not dozens (see `io::lane`).
+/// It looks at its sockets every 8 tasks (tokio's default is 61), so that a session woken by
+/// its socket waits behind a few tasks, not dozens. A handshake flood's work is not among
+/// them: it runs on threads of its own, below the sessions' priority (`io::admission`).
 fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     if std::thread::available_parallelism().is_ok_and(|n| n.get() == 1) {
         return tokio::runtime::Builder::new_current_thread()
@@ -143,6 +144,9 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = crate::io::admission::handle() {
+        tracing::error!(error = %e, "cannot start the admission threads: a handshake flood will be served at the sessions' priority");
+    }
     rt.block_on(async {
         let mut signals = StopSignals::install();
         let mut running = match runtime::start(&config, &store).await {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-pub mod lane;
+pub mod admission;
 mod server_tls;
 
 pub use server_tls::ServerTls;

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::shutdown::Shutdown;
-use crate::snapshot::{ListenerRuntime, ModeRuntime};
+use crate::snapshot::{ListenerRuntime, ModeRuntime, PRESSURE_HOLD};
 
 /// Places taken, in all and per client address, against a maximum of each.
 #[derive(Debug, Default)]
@@ -185,68 +185,217 @@ pub fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
 /// listener's current runtime once and its session keeps that `Arc`: a reload swaps `current`
 /// for new sessions only. Every session task holds a clone of `alive`, so the runtime knows
 /// when the last one has finished.
+///
+/// The loop runs on the sessions' threads, and under a handshake flood on the admission
+/// threads ([`crate::io::admission`]): there its accepts and refusals wait for the sessions,
+/// and each admitted connection is handed to the sessions' threads.
 pub async fn accept_loop(
     tcp: TcpListener,
     current: Arc<ArcSwap<ListenerRuntime>>,
-    mut shutdown: watch::Receiver<Shutdown>,
-    mut stop: watch::Receiver<bool>,
+    shutdown: watch::Receiver<Shutdown>,
+    stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
-    let limits = Arc::new(Limits {
-        open: Mutex::new(Places::default()),
-        lingering: Mutex::new(Places::default()),
-    });
-    let mut burst = 0;
+    let mut accepting = Accepting {
+        limits: Arc::new(Limits {
+            open: Mutex::new(Places::default()),
+            lingering: Mutex::new(Places::default()),
+        }),
+        current,
+        shutdown,
+        stop,
+        alive,
+        sessions: tokio::runtime::Handle::current(),
+    };
+    let Ok(admission) = crate::io::admission::handle() else {
+        // No admission threads (`run` said so when it started): a flood is served here too.
+        while accepting.accept(&tcp, Place::Sessions).await == Ended::Move {}
+        return;
+    };
+    let mut tcp = match tcp.into_std() {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            tracing::error!(listener = %accepting.current.load().name, error = %e, "listener closed");
+            return;
+        }
+    };
     loop {
-        tokio::select! {
-            accepted = tcp.accept() => match accepted {
-                Ok((stream, socket)) => {
-                    let l = current.load_full();
-                    // Behind a balancer the socket's address is the balancer's: the client's
-                    // is known once the header is read.
-                    let ip = l.proxy_header.is_none().then_some(socket.ip());
-                    // A flood fills the accept queue: a few connections at a time, then the
-                    // established sessions whose sockets are ready run before the next few.
-                    burst += 1;
-                    if burst == ACCEPT_BURST {
-                        burst = 0;
-                        tokio::task::yield_now().await;
-                    }
-                    if l.handshakes_full() {
-                        // A handshake flood: refused before it costs a handshake, quietly
-                        // (a log line each would cost more than the refusal).
-                        l.metrics.refused.inc();
-                        refuse(stream, l.implicit_tls);
-                        continue;
-                    }
-                    match limits.admit(ip, &l) {
-                        Some(admitted) => {
-                            let (shutdown, alive) = (shutdown.clone(), alive.clone());
-                            tokio::spawn(async move {
-                                connection(stream, socket, l, admitted, shutdown).await;
-                                drop(alive);
-                            });
-                        }
-                        None => {
-                            too_many(stream, socket, &l);
-                        }
-                    }
-                }
+        let Some(here) = accepting.register(&tcp).await else {
+            return;
+        };
+        if accepting.accept(&here, Place::Sessions).await == Ended::Stopped {
+            return;
+        }
+        drop(here);
+        tracing::warn!(listener = %accepting.current.load().name,
+            "handshake flood: accepting and handshaking below the established sessions' priority");
+        let name = accepting.current.load().name.clone();
+        let there = admission.spawn(async move {
+            let ended = match accepting.register(&tcp).await {
+                Some(there) => accepting.accept(&there, Place::Admission).await,
+                None => Ended::Stopped,
+            };
+            (accepting, tcp, ended)
+        });
+        let ended;
+        (accepting, tcp, ended) = match there.await {
+            Ok(back) => back,
+            Err(e) => {
+                tracing::error!(listener = %name, error = %e, "accept loop failed: listener closed");
+                return;
+            }
+        };
+        if ended == Ended::Stopped {
+            return;
+        }
+        tracing::info!(listener = %accepting.current.load().name, "handshake flood over");
+    }
+}
+
+/// Where an accept loop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// On the sessions' threads, until a handshake flood.
+    Sessions,
+    /// On the admission threads, while the flood lasts.
+    Admission,
+}
+
+/// Why a turn of an accept loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Shutdown, or the listener was removed.
+    Stopped,
+    /// A handshake flood began or ended: the loop goes on on the other threads.
+    Move,
+}
+
+/// What an accept loop carries from one place to the other.
+struct Accepting {
+    limits: Arc<Limits>,
+    current: Arc<ArcSwap<ListenerRuntime>>,
+    shutdown: watch::Receiver<Shutdown>,
+    stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+    /// Where sessions run.
+    sessions: tokio::runtime::Handle,
+}
+
+impl Accepting {
+    /// The listening socket, registered with the runtime this runs on (a duplicate of the
+    /// descriptor, so that the socket stays open whatever happens to this one). `None` if the
+    /// loop must end: stopped while the registration kept failing.
+    async fn register(&mut self, tcp: &std::net::TcpListener) -> Option<TcpListener> {
+        loop {
+            match tcp.try_clone().and_then(TcpListener::from_std) {
+                Ok(here) => return Some(here),
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(listener = %current.load().name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() != Shutdown::Running {
-                    break;
+                    // Out of file descriptors and the like: as a failed accept.
+                    tracing::warn!(listener = %self.current.load().name, error = %e, "accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        stopped = self.stopped() => if stopped { return None },
+                    }
                 }
             }
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    break;
+        }
+    }
+
+    /// Shutdown began or the listener was removed; `false` if neither (a spurious change).
+    async fn stopped(&mut self) -> bool {
+        tokio::select! {
+            changed = self.shutdown.changed() => {
+                changed.is_err() || *self.shutdown.borrow() != Shutdown::Running
+            }
+            changed = self.stop.changed() => changed.is_err() || *self.stop.borrow(),
+        }
+    }
+
+    /// Accept on `tcp` until the loop must stop or move: from the sessions' threads when a
+    /// listener comes under handshake pressure, back from the admission threads when the
+    /// pressure is over.
+    async fn accept(&mut self, tcp: &TcpListener, place: Place) -> Ended {
+        let flood = place == Place::Admission;
+        // The admission threads look for the end of the flood even when nothing is accepted.
+        let mut look = tokio::time::interval(PRESSURE_HOLD);
+        let mut burst = 0;
+        loop {
+            tokio::select! {
+                accepted = tcp.accept() => match accepted {
+                    Ok((stream, socket)) => {
+                        let l = self.current.load_full();
+                        // A flood fills the accept queue: a few connections at a time, then
+                        // whatever else is ready to run.
+                        burst += 1;
+                        if burst == ACCEPT_BURST {
+                            burst = 0;
+                            tokio::task::yield_now().await;
+                        }
+                        self.admit(stream, socket, &l, place);
+                        if l.handshakes_pressed() != flood {
+                            return Ended::Move;
+                        }
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(listener = %self.current.load().name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = look.tick(), if flood => {
+                    if !self.current.load().handshakes_pressed() {
+                        return Ended::Move;
+                    }
                 }
+                stopped = self.stopped() => if stopped {
+                    return Ended::Stopped;
+                },
+            }
+        }
+    }
+
+    /// A new connection: refused, or a session on the sessions' threads.
+    fn admit(&self, stream: TcpStream, socket: SocketAddr, l: &Arc<ListenerRuntime>, place: Place) {
+        if l.handshakes_full() {
+            // A handshake flood: refused before it costs a handshake, quietly (a log line
+            // each would cost more than the refusal).
+            l.metrics.refused.inc();
+            refuse(stream, l.implicit_tls);
+            return;
+        }
+        // Behind a balancer the socket's address is the balancer's: the client's is known
+        // once the header is read.
+        let ip = l.proxy_header.is_none().then_some(socket.ip());
+        let Some(admitted) = self.limits.admit(ip, l) else {
+            too_many(stream, socket, l);
+            return;
+        };
+        let (l, shutdown, alive) = (Arc::clone(l), self.shutdown.clone(), self.alive.clone());
+        match place {
+            Place::Sessions => {
+                tokio::spawn(async move {
+                    connection(stream, socket, l, admitted, shutdown).await;
+                    drop(alive);
+                });
+            }
+            Place::Admission => {
+                // Off the admission runtime's reactor: the session's socket is the sessions'.
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::info!(listener = %l.name, peer = %socket, error = %e, "connection lost");
+                        return;
+                    }
+                };
+                self.sessions.spawn(async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => connection(stream, socket, l, admitted, shutdown).await,
+                        Err(e) => {
+                            tracing::info!(listener = %l.name, peer = %socket, error = %e, "connection lost");
+                        }
+                    }
+                    drop(alive);
+                });
             }
         }
     }

@@ -7,12 +7,12 @@
 //! read them, need nothing of the runtime that builds and swaps them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Pool;
 use crate::config::Config;
-use crate::io::lane::Lane;
 use crate::metrics::ListenerMetrics;
 use crate::tls::{CertInfo, CertPlan, CertStore, ClientAuth, ClientTls, Trust};
 
@@ -29,8 +29,6 @@ pub struct Snapshot {
     /// What the operator must hear of but does not stop the configuration: logged by `run`
     /// and by a reload that puts this snapshot in force.
     pub warnings: Vec<Warning>,
-    /// The CPU lane of the server handshakes of every listener, handed on by a reload.
-    pub lane: Arc<Lane>,
 }
 
 /// A finding of the build that leaves a listener working, but less than configured.
@@ -43,12 +41,21 @@ pub struct Warning {
     pub message: String,
 }
 
+/// How long a listener counts as under pressure after it last had more than half its
+/// `max_handshakes` slots taken: a flood comes in waves, and each move of a listener's work
+/// between the sessions' threads and the admission threads costs a little.
+pub const PRESSURE_HOLD: Duration = Duration::from_secs(1);
+
 /// A listener's `max_handshakes` slots: one is taken for each handshake in progress; with
 /// none free, new connections are refused.
 #[derive(Debug)]
 pub struct HandshakeSlots {
     slots: Arc<tokio::sync::Semaphore>,
     total: usize,
+    /// When the slots were made; the origin of `pressed_until`.
+    born: tokio::time::Instant,
+    /// Nanoseconds after `born` until which the listener is under pressure (0: never was).
+    pressed_until: AtomicU64,
 }
 
 impl HandshakeSlots {
@@ -56,6 +63,8 @@ impl HandshakeSlots {
         HandshakeSlots {
             slots: Arc::new(tokio::sync::Semaphore::new(total)),
             total,
+            born: tokio::time::Instant::now(),
+            pressed_until: AtomicU64::new(0),
         }
     }
 
@@ -68,8 +77,17 @@ impl HandshakeSlots {
         self.slots.available_permits() == 0
     }
 
+    /// More than half the slots taken now, or within the last [`PRESSURE_HOLD`].
     fn pressed(&self) -> bool {
-        self.slots.available_permits() < self.total / 2
+        let since = tokio::time::Instant::now().saturating_duration_since(self.born);
+        let now = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        if self.slots.available_permits() < self.total / 2 {
+            let hold = u64::try_from(PRESSURE_HOLD.as_nanos()).unwrap_or(u64::MAX);
+            self.pressed_until
+                .store(now.saturating_add(hold), Ordering::Relaxed);
+            return true;
+        }
+        now < self.pressed_until.load(Ordering::Relaxed)
     }
 }
 
@@ -98,8 +116,6 @@ pub struct ListenerRuntime {
     /// `max_handshakes` slots for TLS handshakes in progress (a terminate listener that can
     /// do TLS).
     pub handshakes: Option<HandshakeSlots>,
-    /// The process's CPU lane for server handshakes (established sessions first).
-    pub lane: Arc<Lane>,
     /// This listener's series, labels resolved.
     pub metrics: ListenerMetrics,
     /// How the certificate is chosen, to name the one served in the protocol log.
@@ -170,8 +186,10 @@ impl ListenerRuntime {
         self.handshakes.as_ref().is_some_and(HandshakeSlots::full)
     }
 
-    /// More than half the `max_handshakes` slots are taken: handshakes are queueing for the
-    /// CPU, and their work goes through the [`Lane`].
+    /// A handshake flood: more than half the `max_handshakes` slots are taken, or were within
+    /// the last [`PRESSURE_HOLD`]. The listener's accepts and server handshakes then run on
+    /// the admission threads, below the established sessions' priority
+    /// ([`crate::io::admission`]).
     pub fn handshakes_pressed(&self) -> bool {
         self.handshakes
             .as_ref()

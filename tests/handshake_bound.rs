@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use smtp_sidecar::runtime::Running;
+use smtp_sidecar::snapshot::PRESSURE_HOLD;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -113,11 +114,12 @@ async fn a_handshake_waits_for_a_slot() {
     running.shutdown().await;
 }
 
-/// With more than half of `max_handshakes` taken, handshakes queue for the CPU: their work
-/// goes through the lane (`io::lane`: established sessions first), and a session's handshake
-/// still completes through it and the session relays. With fewer taken, it does not.
+/// With more than half of `max_handshakes` taken, the listener is under a handshake flood:
+/// handshakes run on the admission threads (`io::admission`, below the sessions' priority),
+/// and a session's handshake still completes there and the session relays here. The
+/// pressure outlasts the slots by `PRESSURE_HOLD`; with fewer taken, there is none.
 #[tokio::test]
-async fn more_than_half_the_slots_taken_sends_handshakes_through_the_lane() {
+async fn more_than_half_the_slots_taken_sends_handshakes_to_the_admission_threads() {
     let (backend, rec) = recording_backend().await;
     let running = start(&config_yaml(
         backend,
@@ -137,9 +139,113 @@ async fn more_than_half_the_slots_taken_sends_handshakes_through_the_lane() {
     c.cmd("MAIL FROM:<a@x.test>").await;
     c.cmd("RCPT TO:<b@y.test>").await;
     c.cmd("DATA").await;
-    c.send(b"through the lane\r\n.\r\n").await;
+    c.send(b"through the admission threads\r\n.\r\n").await;
     assert!(c.reply().await.starts_with("250 2.0.0 Ok"));
-    assert_eq!(rec.messages().len(), 1);
+    assert_eq!(rec.messages(), [b"through the admission threads\r\n.\r\n"]);
     taken.clear();
-    assert!(!l.handshakes_pressed());
+    assert!(l.handshakes_pressed(), "the pressure is held");
+    tokio::time::sleep(PRESSURE_HOLD + Duration::from_millis(100)).await;
+    assert!(!l.handshakes_pressed(), "and then over");
+    running.shutdown().await;
+}
+
+/// Under a handshake flood the accept loop runs on the admission threads: with every thread
+/// of the sessions busy (this test's runtime is the sidecar's, and it blocks it), a new
+/// connection is still accepted and refused. Before the flood, the same connection would
+/// wait in the accept queue until the sessions' thread was free.
+#[tokio::test]
+async fn under_a_flood_connections_are_refused_while_the_sessions_threads_are_busy() {
+    let (backend, _rec) = recording_backend().await;
+    let running = start(&config_yaml(
+        backend,
+        "starttls",
+        "      max_handshakes: 2\n",
+    ))
+    .await;
+    let addr = running.addr("inbound").unwrap();
+    let stalled = [
+        stalled_starttls(&running).await,
+        stalled_starttls(&running).await,
+    ];
+    // Refused by the sessions' threads; the accept loop then moves (the same turn of it).
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(until_closed(tcp).await, REFUSED);
+    let before = refused(&running);
+    // This thread (the only one of the sessions) blocks while a client connects.
+    let blocked = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(T)).unwrap();
+        let mut all = Vec::new();
+        let read = tcp.read_to_end(&mut all);
+        (
+            read.map_err(|e| e.kind()),
+            String::from_utf8_lossy(&all).into_owned(),
+        )
+    })
+    .join()
+    .unwrap();
+    assert_eq!(blocked, (Ok(REFUSED.len()), REFUSED.to_owned()));
+    assert_eq!(refused(&running), before + 1);
+    // The flood over (the slots free, the pressure's hold passed), sessions are served.
+    drop(stalled);
+    tokio::time::sleep(PRESSURE_HOLD + Duration::from_millis(200)).await;
+    let mut c = Client::starttls_session(addr).await;
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    running.shutdown().await;
+}
+
+/// The real binary: its admission threads run at nice 19 from the start, and a flood's
+/// beginning and end are logged once each.
+#[tokio::test]
+async fn the_binary_logs_a_flood_and_its_end_and_admits_at_nice_19() {
+    let (backend, _rec) = recording_backend().await;
+    let yaml = config_yaml(backend, "implicit", "      max_handshakes: 2\n");
+    let bin = binary::start_binary(&yaml);
+    let addr = bin.addr("inbound").unwrap();
+    let tasks = format!("/proc/{}/task", bin.pid());
+    let mut admission = Vec::new();
+    for task in std::fs::read_dir(&tasks).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim_end() == "admission" {
+            let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+            // Fields after the command's closing parenthesis start at the third (state);
+            // the nice value is the nineteenth.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            admission.push(fields[19 - 3].to_owned());
+        }
+    }
+    assert!(!admission.is_empty(), "no admission thread in {tasks}");
+    assert!(admission.iter().all(|nice| nice == "19"), "{admission:?}");
+    // Two handshakes that wait for the rest of a record take both slots.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&[0x16, 0x03]).await.unwrap();
+        stalled.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        until_closed(TcpStream::connect(addr).await.unwrap()).await,
+        ""
+    );
+    bin.wait_log(
+        "handshake flood: accepting and handshaking below the established sessions' priority",
+        1,
+    )
+    .await;
+    drop(stalled);
+    bin.wait_log("handshake flood over", 1).await;
+    let mut c = Client::connect_implicit(addr).await;
+    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    let log = bin.log();
+    assert_eq!(log.matches("handshake flood:").count(), 1, "{log}");
+    assert_eq!(log.matches("handshake flood over").count(), 1, "{log}");
 }

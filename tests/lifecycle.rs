@@ -462,7 +462,8 @@ fn thread_names(pid: u32) -> Vec<String> {
 
 /// On one core (`taskset` here; a cgroup quota of one CPU counts the same) the binary runs
 /// tokio's current-thread runtime: the process's one thread carries every session, with no
-/// worker threads to hand them between. On more cores it has a worker per core. Both relay.
+/// worker threads to hand them between (its other thread is the admission threads' one, idle
+/// but under a handshake flood). On more cores it has a worker per core. Both relay.
 #[tokio::test]
 async fn one_core_is_one_thread_more_cores_a_worker_each() {
     let (backend, rec) = recording_backend().await;
@@ -482,8 +483,11 @@ async fn one_core_is_one_thread_more_cores_a_worker_each() {
         let threads = thread_names(sidecar.pid());
         let running = threads.iter().filter(|t| *t == "tokio-rt-worker").count();
         assert_eq!(running, workers, "{cpus:?}: {threads:?}");
+        // And as many admission threads (a handshake flood's, `io::admission`) as cores.
+        let admission = threads.iter().filter(|t| *t == "admission").count();
+        assert_eq!(admission, workers.max(1), "{cpus:?}: {threads:?}");
         if cpus.is_some() {
-            assert_eq!(threads, ["smtp-sidecar"]);
+            assert_eq!(threads, ["admission", "smtp-sidecar"]);
         }
     }
     assert_eq!(rec.messages().len(), 2);

@@ -170,11 +170,7 @@ pub(crate) async fn accept_tls(
             }
         },
     };
-    // Under pressure, the handshake's CPU work goes through the lane (established sessions
-    // first); otherwise it costs the scheduling nothing.
-    let lane = l.handshakes_pressed().then_some(&*l.lane);
-    let accept = ServerTls::accept(tcp, Arc::clone(acceptor), lane);
-    match timeout_at(deadline, accept).await {
+    match handshake(l, acceptor, tcp, deadline).await {
         Ok(Ok(tls)) => {
             let info = handshake_done(l, &tls, id, peer);
             Some((Stream::ServerTls(Box::new(tls)), info))
@@ -183,10 +179,55 @@ pub(crate) async fn accept_tls(
             handshake_error(l, peer, &e);
             None
         }
-        Err(_) => {
+        Err(Elapsed) => {
             handshake_failed(l, peer, "timed out", "server", HandshakeError::Timeout);
             None
         }
+    }
+}
+
+/// The server handshake itself, by `deadline`: here, or under a handshake flood on the
+/// admission threads, below the established sessions' priority, the session then going on
+/// here.
+async fn handshake(
+    l: &ListenerRuntime,
+    acceptor: &Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    deadline: tokio::time::Instant,
+) -> Result<std::io::Result<ServerTls>, Elapsed> {
+    let acceptor = Arc::clone(acceptor);
+    let admission = match crate::io::admission::handle() {
+        Ok(admission) if l.handshakes_pressed() => admission,
+        _ => {
+            let accept = ServerTls::accept(tcp, acceptor);
+            return timeout_at(deadline, accept).await.map_err(|_| Elapsed);
+        }
+    };
+    let tcp = match tcp.into_std() {
+        Ok(tcp) => tcp,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut there = Abandoned(admission.spawn(async move {
+        let accept = async { ServerTls::accept(TcpStream::from_std(tcp)?, acceptor).await };
+        timeout_at(deadline, accept).await.map_err(|_| Elapsed)
+    }));
+    match (&mut there.0).await {
+        Ok(Ok(done)) => Ok(done.and_then(ServerTls::rebind)),
+        Ok(Err(Elapsed)) => Err(Elapsed),
+        Err(e) => Ok(Err(std::io::Error::other(e))),
+    }
+}
+
+/// A handshake's deadline passed.
+struct Elapsed;
+
+/// A task that ends when its result is no longer awaited (the session that waits for it on
+/// the admission threads ended).
+struct Abandoned<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Abandoned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -19,7 +19,6 @@ use rustls::unbuffered::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::lane::Lane;
 use super::{Read, SCRATCH};
 use crate::tls::sni::{self, Sni};
 
@@ -73,14 +72,8 @@ enum Next {
 
 impl ServerTls {
     /// The server side of the handshake on `tcp`. The caller bounds it in time. A failure
-    /// is the rustls error inside an `io::Error` (the alert, if any, has been sent). With a
-    /// `lane`, rustls works on the client's bytes only in a place of it, never held across a
-    /// wait for the network.
-    pub async fn accept(
-        tcp: TcpStream,
-        config: Arc<rustls::ServerConfig>,
-        lane: Option<&Lane>,
-    ) -> io::Result<Self> {
+    /// is the rustls error inside an `io::Error` (the alert, if any, has been sent).
+    pub async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
         let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
         let mut tls = ServerTls {
             tcp,
@@ -96,11 +89,7 @@ impl ServerTls {
         let mut incoming = vec![0; 4096];
         let mut used = 0;
         let mut sni_seen = false;
-        let mut turn = None;
         loop {
-            if let (None, Some(lane), true) = (&turn, lane, used > 0) {
-                turn = Some(lane.enter().await);
-            }
             // Before rustls handles the bytes (it may move them).
             if !sni_seen && used > 0 {
                 match sni::parse(&incoming[..used]) {
@@ -148,13 +137,11 @@ impl ServerTls {
                 // the client's Finished (a session ticket) waits for the first reply; TLS
                 // 1.2's last flight is the server's Finished, which the client waits for.
                 Next::Send if handshaking || !tls13(&tls.conn) => {
-                    turn = None;
                     tls.flush().await?;
                 }
                 Next::Send => {}
                 Next::Receive if !handshaking => break,
                 Next::Receive => {
-                    turn = None;
                     if used == incoming.len() {
                         if used >= MAX_HANDSHAKE {
                             return Err(invalid(rustls::Error::General(
@@ -170,13 +157,11 @@ impl ServerTls {
                 }
                 Next::Done => break,
                 Next::Failed(e) => {
-                    drop(turn);
                     tls.send_alert(&mut incoming[..used]).await;
                     return Err(invalid(e));
                 }
             }
         }
-        drop(turn);
         if !tls13(&tls.conn) {
             // TLS 1.2's last flight is ours, and the client waits for it, even when its own
             // Finished came with data.
@@ -191,6 +176,14 @@ impl ServerTls {
             tls.partial = incoming[..used].to_vec();
         }
         Ok(tls)
+    }
+
+    /// The same connection, its socket registered with the runtime this is called on instead
+    /// of the one it was on (a handshake done on the admission threads, the session going on
+    /// on the sessions' threads).
+    pub fn rebind(self) -> io::Result<Self> {
+        let tcp = TcpStream::from_std(self.tcp.into_std()?)?;
+        Ok(ServerTls { tcp, ..self })
     }
 
     /// The connection's TLS state (version, suite, the client's certificates).

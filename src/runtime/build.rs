@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use crate::backend::{HopTls, Pool};
 use crate::config::{BackendTls, Config, Listener, ListenerMode, ListenerTls, TerminateListener};
-use crate::io::lane::Lane;
 use crate::metrics::Metrics;
 use crate::snapshot::{HandshakeSlots, ListenerRuntime, ModeRuntime, Snapshot, Warning};
 use crate::tls::{CertPlan, CertStore, ClientAuth, Trust};
@@ -58,10 +57,6 @@ pub fn build(
     let mut problems = Vec::new();
     let mut listeners = Vec::new();
     let mut warnings = Vec::new();
-    let lane = previous.map_or_else(
-        || Arc::new(Lane::for_this_runtime()),
-        |p| Arc::clone(&p.lane),
-    );
     for (i, l) in config.listeners.iter().enumerate() {
         let at = format!("listeners[{i}] ({})", l.name);
         let mut b = Builder {
@@ -71,7 +66,6 @@ pub fn build(
             store: &store,
             trust: &trust,
             metrics,
-            lane: &lane,
             kept: kept_pool(previous, config, l, &trust),
             warnings: &mut warnings,
         };
@@ -93,7 +87,6 @@ pub fn build(
         trust: Arc::new(trust),
         listeners,
         warnings,
-        lane,
     })
 }
 
@@ -137,7 +130,6 @@ struct Builder<'a> {
     store: &'a CertStore,
     trust: &'a Trust,
     metrics: &'a Metrics,
-    lane: &'a Arc<Lane>,
     /// The previous snapshot's pool of this listener, if it can stay.
     kept: Option<Arc<Pool>>,
     warnings: &'a mut Vec<Warning>,
@@ -237,7 +229,6 @@ impl Builder<'_> {
             handshakes: acceptor
                 .as_ref()
                 .map(|_| HandshakeSlots::new(handshake_slots)),
-            lane: Arc::clone(self.lane),
             metrics: self
                 .metrics
                 .listener(&l.name, &p.domain_secure, &[], &term.backend.servers),

@@ -11,7 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::ServerTls;
-use crate::io::lane::Lane;
 use crate::io::Read;
 use crate::tls::test_util::{client_config, ec_cert};
 
@@ -58,8 +57,7 @@ async fn handshake(
 ) -> (std::io::Result<ServerTls>, std::io::Result<Client>) {
     let connector = tokio_rustls::TlsConnector::from(client.clone());
     let (server_tcp, client_tcp) = sockets().await;
-    let lane = Lane::new(1);
-    let accept = ServerTls::accept(server_tcp, server.clone(), Some(&lane));
+    let accept = ServerTls::accept(server_tcp, server.clone());
     tokio::join!(accept, connector.connect(name(), client_tcp))
 }
 
@@ -117,6 +115,35 @@ async fn tls13_reply_ticket_close_and_resumption() {
     }
 }
 
+/// A handshake done on the admission threads (a listener under a handshake flood), the
+/// session going on on this runtime: the ticket held for the first reply, the command and
+/// the reply all arrive as they would have on one runtime.
+#[tokio::test]
+async fn a_handshake_done_on_the_admission_threads_carries_on_here() {
+    let pki = pki(TLS13);
+    let (server_tcp, client_tcp) = sockets().await;
+    let server_tcp = server_tcp.into_std().unwrap();
+    let config = pki.server.clone();
+    let accept = crate::io::admission::handle()
+        .unwrap()
+        .spawn(async move { ServerTls::accept(TcpStream::from_std(server_tcp)?, config).await });
+    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
+    let (tls, client) = tokio::join!(accept, connector.connect(name(), client_tcp));
+    let (mut tls, mut client) = (tls.unwrap().unwrap().rebind().unwrap(), client.unwrap());
+    assert!(
+        tls.buffered() > 0,
+        "the ticket still waits for the first reply"
+    );
+    client.write_all(b"EHLO client.test\r\n").await.unwrap();
+    let (got, _) = read_exactly(&mut tls, 18).await;
+    assert_eq!(got, b"EHLO client.test\r\n");
+    tls.write(b"250 mx.test\r\n").unwrap();
+    tls.close().await.unwrap();
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"250 mx.test\r\n");
+}
+
 /// TLS 1.2: the server's Finished leaves at once (the client waits for it).
 #[tokio::test]
 async fn tls12_handshake_and_dialogue() {
@@ -157,10 +184,7 @@ async fn data_with_the_finished_survives_our_first_write() {
         let _ = tls.read_to_end(&mut reply);
         reply
     });
-    let lane = Lane::new(1);
-    let mut tls = ServerTls::accept(server, pki.server.clone(), Some(&lane))
-        .await
-        .unwrap();
+    let mut tls = ServerTls::accept(server, pki.server.clone()).await.unwrap();
     // Give the early command time to arrive before we write.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     tls.write(b"220 mx.test\r\n").unwrap();

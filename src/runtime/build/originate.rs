@@ -72,7 +72,6 @@ impl Builder<'_> {
             max_connections_per_ip: p.max_connections_per_ip,
             proxy_header: l.proxy_protocol.then_some(p.timeouts.proxy_header),
             handshakes: None,
-            lane: Arc::clone(self.lane),
             metrics,
             certificates: CertPlan::NoCertificate,
         })
