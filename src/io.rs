@@ -90,6 +90,17 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// The same connection, its socket registered with the runtime this is called on instead
+    /// of the one it was accepted or handshaken on (the admission threads'): a client leg's
+    /// stream, plain or server TLS.
+    pub fn rebind(self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Plain(tcp) => Stream::Plain(TcpStream::from_std(tcp.into_std()?)?),
+            Stream::ServerTls(tls) => Stream::ServerTls(Box::new(tls.rebind()?)),
+            other => other,
+        })
+    }
+
     /// Read once without waiting (see [`read_now`]); nothing without a connection.
     pub fn read_now(&mut self, deliver: impl FnMut(&[u8])) -> Read {
         match self {

@@ -374,79 +374,122 @@ impl Accepting {
         match place {
             Place::Sessions => {
                 tokio::spawn(async move {
-                    connection(stream, socket, l, admitted, shutdown).await;
+                    connection(Start::Accepted(stream), socket, l, admitted, shutdown).await;
                     drop(alive);
                 });
             }
             Place::Admission => {
-                // Off the admission runtime's reactor: the session's socket is the sessions'.
-                let stream = match stream.into_std() {
-                    Ok(stream) => stream,
-                    Err(e) => {
-                        tracing::info!(listener = %l.name, peer = %socket, error = %e, "connection lost");
-                        return;
-                    }
-                };
-                self.sessions.spawn(async move {
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => connection(stream, socket, l, admitted, shutdown).await,
+                let sessions = self.sessions.clone();
+                let opens_here = l.implicit_tls && matches!(l.mode, ModeRuntime::Terminate(_));
+                if !opens_here {
+                    // Nothing before the session worth doing here: the socket goes to the
+                    // sessions' threads at once, off this runtime's reactor.
+                    let stream = match stream.into_std() {
+                        Ok(stream) => stream,
                         Err(e) => {
                             tracing::info!(listener = %l.name, peer = %socket, error = %e, "connection lost");
+                            return;
                         }
-                    }
-                    drop(alive);
+                    };
+                    sessions.spawn(async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                let start = Start::Accepted(stream);
+                                connection(start, socket, l, admitted, shutdown).await;
+                            }
+                            Err(e) => {
+                                tracing::info!(listener = %l.name, peer = %socket, error = %e, "connection lost");
+                            }
+                        }
+                        drop(alive);
+                    });
+                    return;
+                }
+                // The PROXY header and the TLS handshake here (most of a flood's work, and
+                // all of it for a flood that never gets further), then the session on the
+                // sessions' threads, its socket theirs.
+                let mut admitted = admitted;
+                tokio::spawn(async move {
+                    let Some((stream, peer)) = arrive(stream, socket, &l, &mut admitted).await
+                    else {
+                        return;
+                    };
+                    let Some(opened) = crate::inbound::open(stream, peer, &l).await else {
+                        l.metrics.active.dec();
+                        return;
+                    };
+                    sessions.spawn(async move {
+                        match opened.rebind() {
+                            Ok(opened) => {
+                                let start = Start::Opened(Box::new(opened));
+                                connection(start, socket, l, admitted, shutdown).await;
+                            }
+                            Err(e) => {
+                                l.metrics.active.dec();
+                                tracing::info!(listener = %l.name, %peer, error = %e,
+                                    "connection lost");
+                            }
+                        }
+                        drop(alive);
+                    });
                 });
             }
         }
     }
 }
 
-/// One admitted connection: its PROXY header where the listener expects one, then its
-/// session, whose client address is the header's.
+/// A connection as it reaches [`connection`].
+enum Start {
+    /// As accepted.
+    Accepted(TcpStream),
+    /// Arrived and opened on the admission threads (its PROXY header read, its implicit-TLS
+    /// handshake done, counted). Boxed: what an async fn is given stays in its future to the
+    /// end, and an idle session must cost little (C of ../shared/bench).
+    Opened(Box<crate::inbound::Opened>),
+}
+
+/// One admitted connection: what comes before its session ([`arrive`], and on an
+/// implicit-TLS listener the handshake) unless done already, then its session, then its
+/// lingering close if it ends with one. One async fn, and every value it is given small:
+/// what an async fn is given, and what it matches on across a wait, stays in its future to
+/// the end, and an idle session must cost little (C of ../shared/bench).
 async fn connection(
-    mut stream: TcpStream,
+    start: Start,
     socket: SocketAddr,
     l: Arc<ListenerRuntime>,
     mut admitted: Admitted,
     shutdown: watch::Receiver<Shutdown>,
 ) {
-    let peer = match l.proxy_header {
-        None => socket,
-        Some(limit) => match crate::proxy::read_header(&mut stream, limit).await {
-            Ok(header) => {
-                let peer = header.source.unwrap_or(socket);
-                tracing::debug!(listener = %l.name, %peer, proxy = %socket, header = header.kind,
-                    "proxied connection");
-                if !admitted.claim_ip(peer.ip(), &l) {
-                    too_many(stream, peer, &l);
-                    return;
-                }
-                peer
-            }
-            Err(e) => {
-                // Not one byte of SMTP to a connection that did not say whose it is.
-                l.metrics.proxy_header_error(&e);
-                tracing::info!(listener = %l.name, proxy = %socket, reason = %e,
-                    "connection closed: no valid PROXY header");
-                let _ = stream.shutdown().await;
-                return;
-            }
-        },
-    };
-    l.metrics.connections.inc();
-    l.metrics.active.inc();
-    // The gauge alone, not the listener's whole handle: an idle session must cost little
-    // (C of ../shared/bench).
+    // The gauge alone, not the listener's whole handle.
     let active = l.metrics.active.clone();
     let (max, max_per_ip) = (l.max_connections, l.max_connections_per_ip);
-    let lingering = match &l.mode {
-        ModeRuntime::Terminate(cfg) => {
-            let cfg = Arc::clone(cfg);
-            crate::inbound::serve(stream, peer, l, cfg, shutdown).await
-        }
-        ModeRuntime::Originate(o) => {
-            let cfg = Arc::clone(&o.session);
-            crate::outbound::serve(stream, peer, l, cfg, shutdown).await
+    let lingering = 'session: {
+        let stream = match start {
+            Start::Accepted(stream) => stream,
+            Start::Opened(opened) => {
+                // Only a terminate listener opens connections ahead of their sessions.
+                let ModeRuntime::Terminate(cfg) = &l.mode else {
+                    break 'session None;
+                };
+                let cfg = Arc::clone(cfg);
+                break 'session crate::inbound::serve(*opened, l, cfg, shutdown).await;
+            }
+        };
+        let Some((stream, peer)) = arrive(stream, socket, &l, &mut admitted).await else {
+            return;
+        };
+        match &l.mode {
+            ModeRuntime::Terminate(cfg) => {
+                let cfg = Arc::clone(cfg);
+                let Some(opened) = crate::inbound::open(stream, peer, &l).await else {
+                    break 'session None;
+                };
+                crate::inbound::serve(opened, l, cfg, shutdown).await
+            }
+            ModeRuntime::Originate(o) => {
+                let cfg = Arc::clone(&o.session);
+                crate::outbound::serve(stream, peer, l, cfg, shutdown).await
+            }
         }
     };
     active.dec();
@@ -459,6 +502,44 @@ async fn connection(
     if let Some(_places) = admitted.into_lingering(max, max_per_ip) {
         Box::pin(stream.linger()).await;
     }
+}
+
+/// What comes before a connection's session: its PROXY header where the listener expects
+/// one; the session's client address is the header's. `None` if the connection ended there
+/// (logged and counted). The session is counted from here, in `connections_total` and
+/// `active_sessions`.
+async fn arrive(
+    mut stream: TcpStream,
+    socket: SocketAddr,
+    l: &ListenerRuntime,
+    admitted: &mut Admitted,
+) -> Option<(TcpStream, SocketAddr)> {
+    let peer = match l.proxy_header {
+        None => socket,
+        Some(limit) => match crate::proxy::read_header(&mut stream, limit).await {
+            Ok(header) => {
+                let peer = header.source.unwrap_or(socket);
+                tracing::debug!(listener = %l.name, %peer, proxy = %socket, header = header.kind,
+                    "proxied connection");
+                if !admitted.claim_ip(peer.ip(), l) {
+                    too_many(stream, peer, l);
+                    return None;
+                }
+                peer
+            }
+            Err(e) => {
+                // Not one byte of SMTP to a connection that did not say whose it is.
+                l.metrics.proxy_header_error(&e);
+                tracing::info!(listener = %l.name, proxy = %socket, reason = %e,
+                    "connection closed: no valid PROXY header");
+                let _ = stream.shutdown().await;
+                return None;
+            }
+        },
+    };
+    l.metrics.connections.inc();
+    l.metrics.active.inc();
+    Some((stream, peer))
 }
 
 /// Refused by a connection limit: counted, logged, and `421 4.7.0`.

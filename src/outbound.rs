@@ -24,7 +24,7 @@ pub async fn serve(
     shutdown: watch::Receiver<Shutdown>,
 ) -> Option<Stream> {
     let started = Instant::now();
-    let mut driver = Driver::new(&l, peer);
+    let mut driver = Driver::new(&l, peer, crate::driver::next_session_id());
     let mut session = Session::new(cfg, peer.ip(), started, SystemTime::now());
     driver.run(&mut session, Stream::Plain(tcp), shutdown).await;
     driver.ended(started, None);

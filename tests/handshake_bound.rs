@@ -195,6 +195,59 @@ async fn under_a_flood_connections_are_refused_while_the_sessions_threads_are_bu
     running.shutdown().await;
 }
 
+/// Under a flood an implicit-TLS connection's handshake is done on the admission threads
+/// before its session goes to the sessions' threads: with this test's runtime (the sessions'
+/// only thread) blocked, a client still completes its handshake, and the greeting follows
+/// once the sessions' thread is free. (Handed to the sessions' threads first, the connection
+/// would wait there for its handshake to start.)
+#[tokio::test]
+async fn under_a_flood_an_implicit_handshake_is_done_while_the_sessions_threads_are_busy() {
+    let (backend, _rec) = recording_backend().await;
+    let running = start(&config_yaml(
+        backend,
+        "implicit",
+        "      max_handshakes: 4\n",
+    ))
+    .await;
+    let addr = running.addr("inbound").unwrap();
+    let l = &running.snapshot.listeners[0].1;
+    let slots = l.handshakes.as_ref().unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(slots.take().await.unwrap());
+    }
+    // Accepted under pressure: the accept loop moves to the admission threads.
+    let mut first = Client::connect_implicit(addr).await;
+    assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
+    // This thread (the only one of the sessions) blocks while a client does its handshake.
+    let handshaken = std::thread::spawn(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(T)).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("mx.test").unwrap();
+        let mut conn = rustls::ClientConnection::new(client_tls_config(), name).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).map_err(|e| e.kind())?;
+        }
+        Ok::<_, std::io::ErrorKind>(rustls::StreamOwned::new(conn, tcp))
+    })
+    .join()
+    .unwrap();
+    let mut tls = handshaken.expect("the handshake, with the sessions' thread blocked");
+    let greeting = tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n") && tls.read(&mut byte).unwrap() == 1 {
+            got.push(byte[0]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    assert_eq!(greeting.await.unwrap(), "220 mx.test ESMTP\r\n");
+    assert_eq!(first.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    drop(taken);
+    running.shutdown().await;
+}
+
 /// The real binary: its admission threads run at nice 19 from the start, and a flood's
 /// beginning and end are logged once each.
 #[tokio::test]

@@ -188,7 +188,8 @@ pub(crate) async fn accept_tls(
 
 /// The server handshake itself, by `deadline`: here, or under a handshake flood on the
 /// admission threads, below the established sessions' priority, the session then going on
-/// here.
+/// here. A connection opened on the admission threads (implicit TLS under a flood) is
+/// handshaken where it is.
 async fn handshake(
     l: &ListenerRuntime,
     acceptor: &Arc<rustls::ServerConfig>,
@@ -197,7 +198,7 @@ async fn handshake(
 ) -> Result<std::io::Result<ServerTls>, Elapsed> {
     let acceptor = Arc::clone(acceptor);
     let admission = match crate::io::admission::handle() {
-        Ok(admission) if l.handshakes_pressed() => admission,
+        Ok(admission) if l.handshakes_pressed() && !crate::io::admission::here() => admission,
         _ => {
             let accept = ServerTls::accept(tcp, acceptor);
             return timeout_at(deadline, accept).await.map_err(|_| Elapsed);

@@ -29,6 +29,11 @@ pub(crate) use handshake::accept_tls;
 /// Numbers the sessions of this process, for the protocol log.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
+/// The next session's number (taken before its implicit TLS handshake, which it names).
+pub fn next_session_id() -> u64 {
+    NEXT_SESSION.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Where protocol log lines go: filter them with `smtp_sidecar::protocol=info`.
 const PROTOCOL: &str = "smtp_sidecar::protocol";
 
@@ -60,11 +65,12 @@ pub struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    /// A driver for a client connection (plain, or already TLS for implicit TLS).
-    pub fn new(l: &'a ListenerRuntime, peer: SocketAddr) -> Self {
+    /// A driver for session `id`'s client connection (plain, or already TLS for implicit
+    /// TLS). Its timer is the runtime's it is made on: the sessions'.
+    pub fn new(l: &'a ListenerRuntime, peer: SocketAddr, id: u64) -> Self {
         Driver {
             l,
-            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            id,
             peer,
             client: Stream::None,
             backend: Stream::None,

@@ -13,14 +13,18 @@
 //!
 //! Handing a connection from one runtime to the other costs a few system calls and a
 //! thread's wake-up, so a listener moves its work here only under pressure
-//! ([`crate::snapshot::ListenerRuntime::handshakes_pressed`]): its accept loop
-//! (`crate::listener`) and its server handshakes (`crate::driver::handshake`); a session
-//! goes back to the sessions' threads once its handshake is done.
+//! ([`crate::snapshot::ListenerRuntime::handshakes_pressed`]): its accept loop and its
+//! refusals (`crate::listener`), what comes before a session (a PROXY header, an implicit-TLS
+//! handshake: a connection that fails there never reaches the sessions' threads), and the
+//! handshakes of STARTTLS sessions, sent here from the middle of a session
+//! (`crate::driver::handshake`). A session runs on the sessions' threads, its socket
+//! registered with their runtime.
 //!
 //! A process-wide runtime, built on first use, with as many threads as the process may use
 //! cores, each lowering its own priority (on Linux the nice value is a thread's): a thread
 //! may always lower its priority, without privileges.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 use tokio::runtime::{Builder, Handle, Runtime};
@@ -30,6 +34,16 @@ use tokio::runtime::{Builder, Handle, Runtime};
 pub const NICE: i32 = 19;
 
 static ADMISSION: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+thread_local! {
+    /// This thread is one of the admission threads.
+    static HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the caller runs on one of the admission threads.
+pub fn here() -> bool {
+    HERE.with(Cell::get)
+}
 
 /// The admission threads' runtime, started on the first call; the error if its threads could
 /// not be started (then every listener does all its work on the sessions' threads, as it
@@ -48,6 +62,7 @@ fn start() -> std::io::Result<Runtime> {
         .worker_threads(cores)
         .thread_name("admission")
         .on_thread_start(|| {
+            HERE.with(|here| here.set(true));
             // A thread left at the sessions' priority is only an extra thread doing their
             // work: nothing is lost but the priority, which the operator hears of once.
             if let Err(e) = rustix::process::setpriority_process(None, NICE) {
