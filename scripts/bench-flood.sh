@@ -8,7 +8,8 @@
 #   --size SIZE          message size of the steady sessions (default 2K; K/M suffixes)
 #   --flood-c N          flood concurrency: new connections in flight at once (default 500)
 #   --flood-tls MODE     implicit (default: the SMTPS listener, port 2465) or starttls (the
-#                        steady sessions' own listener, port 2587)
+#                        steady sessions' own listener, port 2587; with --steady-cpu 1 a
+#                        second STARTTLS listener like it, port 2588, backend the flood's sink)
 #   --flood-m N          messages per flood session (default 0: handshake, EHLO, QUIT)
 #   --flood-kind KIND    full (default): smtp-loadgen's sessions, each a whole handshake
 #                        (and EHLO, QUIT), which cost the load generator about what they cost
@@ -23,15 +24,17 @@
 #                        flood's; 1 is the sidecar's, where the steady client gets priority
 #                        over the sidecar instead of over a saturated flood: it then measures
 #                        the sidecar's serving of established sessions, not the harness's
-#                        core). 1 needs --flood-tls implicit (the steady listener's backend is
-#                        moved to the second sink, port 2527); "CPU 1 other" then includes the
+#                        core). The steady listener's backend is moved to the second sink,
+#                        port 2527, so the flood's backend connections (a STARTTLS session
+#                        connects its backend first) go to a listener of their own, and the
+#                        sink on CPU 0; "CPU 1 other" then includes the
 #                        steady client and its sink, and runs are not marked noisy
 #   --flood-timeout S    a flood session's time limit (default 5): a chunk ends with its last
 #                        session, so a session that hangs stalls its stream until then
-#   --max-handshakes N   write policy.max_handshakes: N into both listeners (default: not
+#   --max-handshakes N   write policy.max_handshakes: N into every listener (default: not
 #                        written, the binary's default applies; a binary without the key
 #                        refuses the configuration)
-#   --max-connections N  policy.max_connections of both listeners (default 10000, as the
+#   --max-connections N  policy.max_connections of every listener (default 10000, as the
 #                        bench configuration)
 #   --flood-nice N       run the flood's smtp-loadgen at nice N (default 0). 19 gives the
 #                        steady client and the sink almost all of CPU 0 they ask for, so that
@@ -126,8 +129,6 @@ while (($#)); do
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-[[ "$STEADY_CPU" == 0 || "$FLOOD_TLS" == implicit ]] ||
-  die "--steady-cpu 1 needs --flood-tls implicit (the steady sessions get a sink of their own)"
 export STEADY_CPU
 ((SECS <= 45)) || die "--secs $SECS: keep a run under a minute (at most 45)"
 
@@ -175,14 +176,17 @@ SINK_PORT=2526
 STEADY_SINK_PORT=2527
 STEADY_PORT=2587
 IMPLICIT_PORT=2465
+FLOOD_STARTTLS_PORT=2588
 METRICS_PORT=9726
 if [[ "$FLOOD_TLS" == implicit ]]; then
   FLOOD_PORT=$IMPLICIT_PORT FLOOD_LISTENER=inbound-smtps
+elif ((STEADY_CPU)); then
+  FLOOD_PORT=$FLOOD_STARTTLS_PORT FLOOD_LISTENER=flood-starttls
 else
   FLOOD_PORT=$STEADY_PORT FLOOD_LISTENER=inbound
 fi
 port_in_use() { [[ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]; }
-for p in $SINK_PORT $STEADY_SINK_PORT $STEADY_PORT $IMPLICIT_PORT $METRICS_PORT; do
+for p in $SINK_PORT $STEADY_SINK_PORT $STEADY_PORT $IMPLICIT_PORT $FLOOD_STARTTLS_PORT $METRICS_PORT; do
   port_in_use "$p" && die "port $p is already in use (ss -ltnp 'sport = :$p'); stop whatever listens there"
 done
 
@@ -209,6 +213,20 @@ sed -e "s#bench/certs/#$BENCH/certs/#g" -e "s#^state_dir:.*#state_dir: $OUT/stat
 if [[ -n "$MAX_CONNECTIONS" ]]; then
   sed -i -E "s/^( *)max_connections: [0-9]+/\1max_connections: $MAX_CONNECTIONS/" "$CONFIG"
 fi
+LISTENERS=2
+if [[ $FLOOD_LISTENER == flood-starttls ]]; then
+  # A copy of the steady listener "inbound" (listeners is the file's last key), appended
+  # before its backend moves: the flood's backend stays the sink on CPU 0.
+  awk -v port=$FLOOD_STARTTLS_PORT '
+    /^  - name: inbound$/ { on = 1; print "  - name: flood-starttls"; next }
+    on && /^  (- |#)/ { exit }
+    on { sub(/listen: 127\.0\.0\.1:[0-9]+/, "listen: 127.0.0.1:" port); print }
+  ' "$CONFIG" >"$CONFIG.flood"
+  grep -q "listen: 127.0.0.1:$FLOOD_STARTTLS_PORT" "$CONFIG.flood" ||
+    die "could not make the flood's STARTTLS listener from $CONFIG"
+  cat "$CONFIG.flood" >>"$CONFIG" && rm "$CONFIG.flood"
+  LISTENERS=3
+fi
 if ((STEADY_CPU)); then # the first listener, "inbound", is the steady one
   # The first backend's servers line (a comment above may name the sink's port too).
   sed -i "0,/servers: \[\"127.0.0.1:$SINK_PORT\"\]/s//servers: [\"127.0.0.1:$STEADY_SINK_PORT\"]/" "$CONFIG"
@@ -217,8 +235,8 @@ if ((STEADY_CPU)); then # the first listener, "inbound", is the steady one
 fi
 if [[ -n "$MAX_HANDSHAKES" ]]; then
   sed -i -E "s/^( *)(max_connections_per_ip: .*)$/\1\2\n\1max_handshakes: $MAX_HANDSHAKES/" "$CONFIG"
-  [[ $(grep -c "max_handshakes: $MAX_HANDSHAKES" "$CONFIG") == 2 ]] ||
-    die "could not write max_handshakes into both listeners of $CONFIG"
+  [[ $(grep -c "max_handshakes: $MAX_HANDSHAKES" "$CONFIG") == "$LISTENERS" ]] ||
+    die "could not write max_handshakes into every listener of $CONFIG"
 fi
 "$SIDECAR_BIN" check -c "$CONFIG" >"$OUT/check.txt" 2>&1 ||
   die "$SIDECAR_BIN check -c $CONFIG failed: $(tail -n 5 "$OUT/check.txt" | tr '\n' ' ')"
@@ -286,7 +304,7 @@ def probe(host, port, c, rate, secs, size, ready):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     msg = message(size)
-    lock, up, errors, lat, svc = threading.Lock(), [], [], [], []
+    lock, up, errors, lat, svc, when = threading.Lock(), [], [], [], [], []
     counts = {"ok": 0, "late": 0}
     up_event, go = threading.Event(), threading.Event()
     t = {}
@@ -321,7 +339,7 @@ def probe(host, port, c, rate, secs, size, ready):
             if len(up) == c:
                 up_event.set()
         go.wait()
-        mine_lat, mine_svc, ok, late = [], [], 0, 0
+        mine_lat, mine_svc, mine_when, ok, late = [], [], [], 0, 0
         k = 0
         try:
             while True:
@@ -340,6 +358,7 @@ def probe(host, port, c, rate, secs, size, ready):
                 conn.cmd("end of DATA", msg, 250)
                 done = time.monotonic()
                 mine_lat.append((done - due) * 1e3)
+                mine_when.append((int(due - t["start"]), (done - due) * 1e3))
                 mine_svc.append((done - sent) * 1e3)
                 ok += 1
                 k += 1
@@ -350,6 +369,7 @@ def probe(host, port, c, rate, secs, size, ready):
             with lock:
                 lat.extend(mine_lat)
                 svc.extend(mine_svc)
+                when.extend(mine_when)
                 counts["ok"] += ok
                 counts["late"] += late
 
@@ -368,6 +388,7 @@ def probe(host, port, c, rate, secs, size, ready):
         th.join(secs + 120)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     lat.sort(); svc.sort()
+    by_second = [sorted(ms for s, ms in when if s == k) for k in range(int(secs))]
     offered = c * rate
     print(json.dumps({
         "sessions": c, "established": established, "secs": secs, "offered_per_s": offered,
@@ -376,6 +397,7 @@ def probe(host, port, c, rate, secs, size, ready):
         "msg_ms": {"p50": pct(lat, 50), "p90": pct(lat, 90), "p99": pct(lat, 99),
                    "max": pct(lat, 100)},
         "service_ms": {"p50": pct(svc, 50), "p99": pct(svc, 99), "max": pct(svc, 100)},
+        "p99_ms_by_second": [pct(b, 99) for b in by_second],
         "errors": len(errors), "first_error": errors[0] if errors else None,
         "cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 3),
     }))
