@@ -11,7 +11,7 @@ use smtp_core::session::TlsInfo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::driver::{accept_tls, next_session_id, Driver};
+use crate::driver::{accept_tls, next_session_id, Served};
 use crate::io::Stream;
 use crate::shutdown::Shutdown;
 use crate::snapshot::ListenerRuntime;
@@ -25,17 +25,6 @@ pub struct Opened {
     peer: SocketAddr,
     id: u64,
     started: Instant,
-}
-
-impl Opened {
-    /// The same connection, its socket registered with the runtime this is called on (it
-    /// was opened on the admission threads).
-    pub fn rebind(self) -> std::io::Result<Opened> {
-        Ok(Opened {
-            client: self.client.rebind()?,
-            ..self
-        })
-    }
 }
 
 /// Open a client connection of a terminate listener: the TLS handshake of an implicit-TLS
@@ -61,16 +50,13 @@ pub async fn open(tcp: TcpStream, peer: SocketAddr, l: &ListenerRuntime) -> Opti
     })
 }
 
-/// Serve an opened client connection of a terminate listener until it ends; the connection
-/// is returned when it is to close with a linger ([`Driver::lingering`]). The session is
-/// made before the future: what an async fn is given stays in its future to the end, and an
-/// idle session must cost little (C of ../shared/bench).
+/// Serve an opened client connection of a terminate listener ([`crate::driver::serve`]).
 pub fn serve(
     opened: Opened,
     l: Arc<ListenerRuntime>,
     cfg: Arc<smtp_core::inbound::Config>,
     shutdown: watch::Receiver<Shutdown>,
-) -> impl Future<Output = Option<Stream>> + Send {
+) -> impl Future<Output = Served> + Send {
     let Opened {
         client,
         tls,
@@ -78,11 +64,6 @@ pub fn serve(
         id,
         started,
     } = opened;
-    let mut session = Session::new(cfg, peer, tls, started, SystemTime::now());
-    async move {
-        let mut driver = Driver::new(&l, peer, id);
-        driver.run(&mut session, client, shutdown).await;
-        driver.ended(started, session.tls());
-        driver.lingering()
-    }
+    let session = Session::new(cfg, peer, tls, started, SystemTime::now());
+    crate::driver::serve(l, session, client, (peer, id, started), shutdown)
 }

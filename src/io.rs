@@ -91,14 +91,25 @@ pub enum Stream {
 
 impl Stream {
     /// The same connection, its socket registered with the runtime this is called on instead
-    /// of the one it was accepted or handshaken on (the admission threads'): a client leg's
-    /// stream, plain or server TLS.
+    /// of the one it was accepted, handshaken or connected on (the admission threads'): plain,
+    /// or server TLS ([`Stream::rebinds`]).
     pub fn rebind(self) -> std::io::Result<Stream> {
         Ok(match self {
+            Stream::None => Stream::None,
             Stream::Plain(tcp) => Stream::Plain(TcpStream::from_std(tcp.into_std()?)?),
             Stream::ServerTls(tls) => Stream::ServerTls(Box::new(tls.rebind()?)),
-            other => other,
+            Stream::ClientTls(_) => {
+                return Err(std::io::Error::other(
+                    "a client TLS stream cannot be rebound",
+                ))
+            }
         })
+    }
+
+    /// Whether [`Stream::rebind`] can move it: not a client TLS stream, which tokio-rustls
+    /// does not let us take apart and put together again.
+    pub fn rebinds(&self) -> bool {
+        !matches!(self, Stream::ClientTls(_))
     }
 
     /// Read once without waiting (see [`read_now`]); nothing without a connection.

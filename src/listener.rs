@@ -18,6 +18,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::driver::Served;
+use crate::io::Stream;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{ListenerRuntime, ModeRuntime, PRESSURE_HOLD};
 
@@ -188,7 +190,7 @@ pub fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
 ///
 /// The loop runs on the sessions' threads, and under a handshake flood on the admission
 /// threads ([`crate::io::admission`]): there its accepts and refusals wait for the sessions,
-/// and each admitted connection is handed to the sessions' threads.
+/// and so do the sessions it starts until the flood is over.
 pub async fn accept_loop(
     tcp: TcpListener,
     current: Arc<ArcSwap<ListenerRuntime>>,
@@ -331,7 +333,7 @@ impl Accepting {
                             burst = 0;
                             tokio::task::yield_now().await;
                         }
-                        self.admit(stream, socket, &l, place);
+                        self.admit(stream, socket, &l);
                         if l.handshakes_pressed() != flood {
                             return Ended::Move;
                         }
@@ -354,8 +356,8 @@ impl Accepting {
         }
     }
 
-    /// A new connection: refused, or a session on the sessions' threads.
-    fn admit(&self, stream: TcpStream, socket: SocketAddr, l: &Arc<ListenerRuntime>, place: Place) {
+    /// A new connection: refused, or a session on the threads the loop runs on.
+    fn admit(&self, stream: TcpStream, socket: SocketAddr, l: &Arc<ListenerRuntime>) {
         if l.handshakes_full() {
             // A handshake flood: refused before it costs a handshake, quietly (a log line
             // each would cost more than the refusal).
@@ -370,137 +372,88 @@ impl Accepting {
             too_many(stream, socket, l);
             return;
         };
-        let (l, shutdown, alive) = (Arc::clone(l), self.shutdown.clone(), self.alive.clone());
-        match place {
-            Place::Sessions => {
-                tokio::spawn(async move {
-                    connection(Start::Accepted(stream), socket, l, admitted, shutdown).await;
-                    drop(alive);
-                });
-            }
-            Place::Admission => {
-                let sessions = self.sessions.clone();
-                let opens_here = l.implicit_tls && matches!(l.mode, ModeRuntime::Terminate(_));
-                if !opens_here {
-                    // Nothing before the session worth doing here: the socket goes to the
-                    // sessions' threads at once, off this runtime's reactor.
-                    let stream = match stream.into_std() {
-                        Ok(stream) => stream,
-                        Err(e) => {
-                            tracing::info!(listener = %l.name, peer = %socket, error = %e, "connection lost");
-                            return;
-                        }
-                    };
-                    sessions.spawn(async move {
-                        match TcpStream::from_std(stream) {
-                            Ok(stream) => {
-                                let start = Start::Accepted(stream);
-                                connection(start, socket, l, admitted, shutdown).await;
-                            }
-                            Err(e) => {
-                                tracing::info!(listener = %l.name, peer = %socket, error = %e, "connection lost");
-                            }
-                        }
-                        drop(alive);
-                    });
-                    return;
-                }
-                // The PROXY header and the TLS handshake here (most of a flood's work, and
-                // all of it for a flood that never gets further), then the session on the
-                // sessions' threads, its socket theirs.
-                let mut admitted = admitted;
-                tokio::spawn(async move {
-                    let Some((stream, peer)) = arrive(stream, socket, &l, &mut admitted).await
-                    else {
-                        return;
-                    };
-                    let Some(opened) = crate::inbound::open(stream, peer, &l).await else {
-                        l.metrics.active.dec();
-                        return;
-                    };
-                    sessions.spawn(async move {
-                        match opened.rebind() {
-                            Ok(opened) => {
-                                let start = Start::Opened(Box::new(opened));
-                                connection(start, socket, l, admitted, shutdown).await;
-                            }
-                            Err(e) => {
-                                l.metrics.active.dec();
-                                tracing::info!(listener = %l.name, %peer, error = %e,
-                                    "connection lost");
-                            }
-                        }
-                        drop(alive);
-                    });
-                });
-            }
-        }
+        let (l, shutdown) = (Arc::clone(l), self.shutdown.clone());
+        let sessions = (self.sessions.clone(), self.alive.clone());
+        // Under a flood, here: the admission threads.
+        tokio::spawn(connection(stream, socket, l, admitted, shutdown, sessions));
     }
 }
 
-/// A connection as it reaches [`connection`].
-enum Start {
-    /// As accepted.
-    Accepted(TcpStream),
-    /// Arrived and opened on the admission threads (its PROXY header read, its implicit-TLS
-    /// handshake done, counted). Boxed: what an async fn is given stays in its future to the
-    /// end, and an idle session must cost little (C of ../shared/bench).
-    Opened(Box<crate::inbound::Opened>),
-}
-
 /// One admitted connection: what comes before its session ([`arrive`], and on an
-/// implicit-TLS listener the handshake) unless done already, then its session, then its
-/// lingering close if it ends with one. One async fn, and every value it is given small:
-/// what an async fn is given, and what it matches on across a wait, stays in its future to
-/// the end, and an idle session must cost little (C of ../shared/bench).
+/// implicit-TLS listener the handshake), its session, then its lingering close if it ends
+/// with one. Under a handshake flood this runs on the admission threads, below the
+/// established sessions' priority, and a session that outlasts the flood moves to the
+/// sessions' threads: the rest of it is spawned there. One async fn, spawned as it is, and
+/// every value it is given small: what an async fn is given, and what it matches on across a
+/// wait, stays in its future to the end, and an idle session must cost little (C of
+/// ../shared/bench).
 async fn connection(
-    start: Start,
+    stream: TcpStream,
     socket: SocketAddr,
     l: Arc<ListenerRuntime>,
     mut admitted: Admitted,
     shutdown: watch::Receiver<Shutdown>,
+    (sessions, alive): (tokio::runtime::Handle, mpsc::Sender<()>),
 ) {
-    // The gauge alone, not the listener's whole handle.
-    let active = l.metrics.active.clone();
-    let (max, max_per_ip) = (l.max_connections, l.max_connections_per_ip);
-    let lingering = 'session: {
-        let stream = match start {
-            Start::Accepted(stream) => stream,
-            Start::Opened(opened) => {
-                // Only a terminate listener opens connections ahead of their sessions.
-                let ModeRuntime::Terminate(cfg) = &l.mode else {
-                    break 'session None;
-                };
-                let cfg = Arc::clone(cfg);
-                break 'session crate::inbound::serve(*opened, l, cfg, shutdown).await;
-            }
-        };
-        let Some((stream, peer)) = arrive(stream, socket, &l, &mut admitted).await else {
-            return;
-        };
-        match &l.mode {
-            ModeRuntime::Terminate(cfg) => {
-                let cfg = Arc::clone(cfg);
-                let Some(opened) = crate::inbound::open(stream, peer, &l).await else {
-                    break 'session None;
-                };
-                crate::inbound::serve(opened, l, cfg, shutdown).await
-            }
-            ModeRuntime::Originate(o) => {
-                let cfg = Arc::clone(&o.session);
-                crate::outbound::serve(stream, peer, l, cfg, shutdown).await
-            }
-        }
-    };
-    active.dec();
-    let Some(stream) = lingering else {
+    let Some((stream, peer)) = arrive(stream, socket, &l, &mut admitted).await else {
         return;
     };
-    // Without a place (as many lingering closes as `max_connections`, or as
-    // `max_connections_per_ip` from this address) the connection closes at once, as it would
-    // have without the linger.
-    if let Some(_places) = admitted.into_lingering(max, max_per_ip) {
-        Box::pin(stream.linger()).await;
+    // What the connection's end needs, not the listener's whole handle, which goes to the
+    // session.
+    let closing = Closing {
+        active: l.metrics.active.clone(),
+        max: (l.max_connections, l.max_connections_per_ip),
+        admitted,
+    };
+    let served = match &l.mode {
+        ModeRuntime::Terminate(cfg) => {
+            let cfg = Arc::clone(cfg);
+            let Some(opened) = crate::inbound::open(stream, peer, &l).await else {
+                closing.end(None).await;
+                return;
+            };
+            crate::inbound::serve(opened, l, cfg, shutdown).await
+        }
+        ModeRuntime::Originate(o) => {
+            let cfg = Arc::clone(&o.session);
+            crate::outbound::serve(stream, peer, l, cfg, shutdown).await
+        }
+    };
+    match served {
+        Served::Ended(lingering) => closing.end(lingering).await,
+        // Started under a flood that is over: the rest on the sessions' threads.
+        Served::Moved(moving) => {
+            sessions.spawn(async move {
+                let lingering = moving.run().await;
+                closing.end(lingering).await;
+                drop(alive);
+            });
+        }
+    }
+}
+
+/// A connection whose session is over: it leaves the listener's count (`active`), and closes
+/// with a linger if its session ended with one and a place is left (`max`:
+/// `max_connections`, `max_connections_per_ip`).
+struct Closing {
+    active: prometheus::IntGauge,
+    max: (u32, u32),
+    admitted: Admitted,
+}
+
+impl Closing {
+    async fn end(self, lingering: Option<Stream>) {
+        self.active.dec();
+        let Some(stream) = lingering else {
+            return;
+        };
+        // Without a place (as many lingering closes as `max_connections`, or as
+        // `max_connections_per_ip` from this address) the connection closes at once, as it
+        // would have without the linger.
+        let (max, max_per_ip) = self.max;
+        if let Some(_places) = self.admitted.into_lingering(max, max_per_ip) {
+            Box::pin(stream.linger()).await;
+        }
     }
 }
 

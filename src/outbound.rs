@@ -1,6 +1,7 @@
 //! The originate-mode entry: a connection from the legacy MTA becomes an
 //! `smtp_core::outbound::Session` run by the one driver loop.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -9,24 +10,27 @@ use smtp_core::outbound::Session;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::driver::Driver;
+use crate::driver::Served;
 use crate::io::Stream;
 use crate::shutdown::Shutdown;
 use crate::snapshot::ListenerRuntime;
 
-/// Serve one connection of an originate listener until it ends; the connection is returned
-/// when it is to close with a linger ([`Driver::lingering`]).
-pub async fn serve(
+/// Serve one connection of an originate listener ([`crate::driver::serve`]).
+pub fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     l: Arc<ListenerRuntime>,
     cfg: Arc<smtp_core::outbound::Config>,
     shutdown: watch::Receiver<Shutdown>,
-) -> Option<Stream> {
+) -> impl Future<Output = Served> + Send {
     let started = Instant::now();
-    let mut driver = Driver::new(&l, peer, crate::driver::next_session_id());
-    let mut session = Session::new(cfg, peer.ip(), started, SystemTime::now());
-    driver.run(&mut session, Stream::Plain(tcp), shutdown).await;
-    driver.ended(started, None);
-    driver.lingering()
+    let id = crate::driver::next_session_id();
+    let session = Session::new(cfg, peer.ip(), started, SystemTime::now());
+    crate::driver::serve(
+        l,
+        session,
+        Stream::Plain(tcp),
+        (peer, id, started),
+        shutdown,
+    )
 }

@@ -302,3 +302,202 @@ async fn the_binary_logs_a_flood_and_its_end_and_admits_at_nice_19() {
     assert_eq!(log.matches("handshake flood:").count(), 1, "{log}");
     assert_eq!(log.matches("handshake flood over").count(), 1, "{log}");
 }
+
+/// A client on std's blocking sockets, for the moments the test's runtime (the sessions' only
+/// thread) is blocked: plain until [`SyncClient::upgrade`], then TLS; every read within
+/// `timeout`.
+struct SyncClient(Box<dyn SyncIo>);
+
+trait SyncIo: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> SyncIo for T {}
+
+impl SyncClient {
+    fn connect(addr: std::net::SocketAddr, timeout: Duration) -> SyncClient {
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(timeout)).unwrap();
+        SyncClient(Box::new(tcp))
+    }
+
+    /// One whole reply, read a byte at a time so nothing is buffered past it; an error (the
+    /// read timed out) as its kind.
+    fn reply(&mut self) -> Result<String, std::io::ErrorKind> {
+        let mut all = Vec::new();
+        let mut line_start = 0;
+        let mut byte = [0u8; 1];
+        loop {
+            match self.0.read(&mut byte) {
+                Ok(1) => all.push(byte[0]),
+                Ok(_) => return Err(std::io::ErrorKind::UnexpectedEof),
+                Err(e) => return Err(e.kind()),
+            }
+            if all.ends_with(b"\r\n") {
+                if all.get(line_start + 3) != Some(&b'-') {
+                    return Ok(String::from_utf8_lossy(&all).into_owned());
+                }
+                line_start = all.len();
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), std::io::ErrorKind> {
+        self.0.write_all(bytes).map_err(|e| e.kind())?;
+        self.0.flush().map_err(|e| e.kind())
+    }
+
+    fn cmd(&mut self, line: &str) -> Result<String, std::io::ErrorKind> {
+        self.send(format!("{line}\r\n").as_bytes())?;
+        self.reply()
+    }
+
+    /// Greeting, EHLO, STARTTLS, the handshake and EHLO again, checked.
+    fn starttls(addr: std::net::SocketAddr, timeout: Duration) -> SyncClient {
+        let mut c = SyncClient::connect(addr, timeout);
+        assert_eq!(c.reply().unwrap(), "220 mx.test ESMTP\r\n");
+        assert!(c
+            .cmd("EHLO client.test")
+            .unwrap()
+            .contains("250 STARTTLS\r\n"));
+        assert_eq!(
+            c.cmd("STARTTLS").unwrap(),
+            "220 2.0.0 Ready to start TLS\r\n"
+        );
+        let name = rustls::pki_types::ServerName::try_from("mx.test").unwrap();
+        let conn = rustls::ClientConnection::new(client_tls_config(), name).unwrap();
+        let mut c = SyncClient(Box::new(rustls::StreamOwned::new(conn, c.0)));
+        assert!(c
+            .cmd("EHLO client.test")
+            .unwrap()
+            .starts_with("250-mx.test\r\n"));
+        c
+    }
+
+    /// A message from MAIL to its `250`; the replies, or the first error.
+    fn message(&mut self, body: &[u8]) -> Result<Vec<String>, std::io::ErrorKind> {
+        let mut replies = vec![
+            self.cmd("MAIL FROM:<a@x.test>")?,
+            self.cmd("RCPT TO:<b@y.test>")?,
+            self.cmd("DATA")?,
+        ];
+        self.send(body)?;
+        replies.push(self.reply()?);
+        Ok(replies)
+    }
+}
+
+/// The admission threads with every one of them held: work spawned there waits until the
+/// returned guard is dropped.
+struct AdmissionHeld(std::sync::Arc<std::sync::Barrier>);
+
+impl AdmissionHeld {
+    async fn hold() -> AdmissionHeld {
+        let handle = smtp_sidecar::io::admission::handle().unwrap();
+        let threads = handle.metrics().num_workers();
+        let started = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+        let release = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+        for _ in 0..threads {
+            let (started, release) = (started.clone(), release.clone());
+            handle.spawn(async move {
+                started.wait();
+                release.wait();
+            });
+        }
+        tokio::task::spawn_blocking(move || started.wait())
+            .await
+            .unwrap();
+        AdmissionHeld(release)
+    }
+}
+
+impl Drop for AdmissionHeld {
+    fn drop(&mut self) {
+        self.0.wait();
+    }
+}
+
+/// Under a flood a STARTTLS connection is served whole on the admission threads, its
+/// greeting, STARTTLS handshake and messages, and moves to the sessions' threads the next time
+/// it waits for its peers once the flood is over. First, with this test's runtime (the
+/// sessions' only thread) blocked, a session relays a message byte for byte; then, the flood
+/// over, with every admission thread held, it relays another. (A session handed to the
+/// sessions' threads at once would hang in the first part; one that never moved, in the
+/// second.) The backend runs on a runtime of its own, so that neither block stops it.
+#[tokio::test]
+async fn under_a_flood_a_starttls_session_runs_on_the_admission_threads_then_moves() {
+    let (backend_rt, backend, rec) = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (backend, rec) = rt.block_on(recording_backend());
+        (rt, backend, rec)
+    })
+    .join()
+    .unwrap();
+    let running = start(&config_yaml(
+        backend,
+        "starttls",
+        "      max_handshakes: 4\n",
+    ))
+    .await;
+    let addr = running.addr("inbound").unwrap();
+    let l = &running.snapshot.listeners[0].1;
+    let slots = l.handshakes.as_ref().unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(slots.take().await.unwrap());
+    }
+    // Accepted under pressure: the accept loop moves to the admission threads.
+    let mut first = Client::connect(addr).await;
+    assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
+    // This thread (the only one of the sessions) blocks while a client is served.
+    let (mut c, replies) = std::thread::spawn(move || {
+        let mut c = SyncClient::starttls(addr, Duration::from_secs(5));
+        let replies = c.message(b"on the admission threads\r\n.\r\n").unwrap();
+        (c, replies)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        replies[..3],
+        [
+            "250 2.1.0 Ok\r\n",
+            "250 2.1.5 Ok\r\n",
+            "354 End data with <CR><LF>.<CR><LF>\r\n"
+        ]
+    );
+    assert!(replies[3].starts_with("250 2.0.0 Ok"), "{replies:?}");
+    assert_eq!(rec.messages(), [b"on the admission threads\r\n.\r\n"]);
+    // The flood over, the session moves at its next wait: after this command's reply.
+    drop(taken);
+    tokio::time::sleep(PRESSURE_HOLD + Duration::from_millis(100)).await;
+    assert!(!l.handshakes_pressed());
+    let (mut c, noop) = tokio::task::spawn_blocking(move || {
+        let noop = c.cmd("NOOP");
+        (c, noop)
+    })
+    .await
+    .unwrap();
+    assert!(noop.unwrap().starts_with("250 "));
+    let held = AdmissionHeld::hold().await;
+    let (replies, quit) = tokio::task::spawn_blocking(move || {
+        let replies = c.message(b"on the sessions' threads\r\n.\r\n");
+        (replies, c.cmd("QUIT"))
+    })
+    .await
+    .unwrap();
+    drop(held);
+    let replies = replies.expect("served with the admission threads held");
+    assert!(replies[3].starts_with("250 2.0.0 Ok"), "{replies:?}");
+    assert_eq!(quit.unwrap(), "221 2.0.0 Bye\r\n");
+    assert_eq!(
+        rec.messages(),
+        [
+            &b"on the admission threads\r\n.\r\n"[..],
+            b"on the sessions' threads\r\n.\r\n"
+        ]
+    );
+    assert_eq!(first.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    running.shutdown().await;
+    backend_rt.shutdown_background();
+}

@@ -188,8 +188,8 @@ pub(crate) async fn accept_tls(
 
 /// The server handshake itself, by `deadline`: here, or under a handshake flood on the
 /// admission threads, below the established sessions' priority, the session then going on
-/// here. A connection opened on the admission threads (implicit TLS under a flood) is
-/// handshaken where it is.
+/// here. A connection started on the admission threads (under a flood) is handshaken where
+/// it is.
 async fn handshake(
     l: &ListenerRuntime,
     acceptor: &Arc<rustls::ServerConfig>,

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,80 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 /// The next session's number (taken before its implicit TLS handshake, which it names).
 pub fn next_session_id() -> u64 {
     NEXT_SESSION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How a session's run on the thread it started on ended.
+#[derive(Debug)]
+pub enum Served {
+    /// The session is over; the client's connection if it closes with a linger
+    /// ([`Driver::lingering`]).
+    Ended(Option<Stream>),
+    /// The session started on the admission threads and is to go on on the sessions' threads
+    /// ([`Ran::Moved`]): the rest of it, to be run there.
+    Moved(Moving),
+}
+
+/// The rest of a session that moves to the sessions' threads: its sockets are registered with
+/// the runtime that first polls it. Its output is as [`Served::Ended`]'s.
+pub struct Moving(Pin<Box<dyn Future<Output = Option<Stream>> + Send>>);
+
+impl std::fmt::Debug for Moving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Moving")
+    }
+}
+
+impl Moving {
+    pub async fn run(self) -> Option<Stream> {
+        self.0.await
+    }
+}
+
+/// Serve `session` over `client` (session `id` of `l`, from `peer`, begun at `started`) until
+/// it ends, or until it is to move ([`Ran::Moved`]). Either way its closing line and duration
+/// are recorded once, at its end. Not an async fn: an async fn keeps its arguments in its
+/// future beside the locals they are moved to (the session twice, 720 bytes each), and an
+/// idle session must cost little (C of ../shared/bench).
+#[allow(clippy::manual_async_fn)]
+pub fn serve<M: Machine + Send + 'static>(
+    l: Arc<ListenerRuntime>,
+    mut session: M,
+    client: Stream,
+    (peer, id, started): (SocketAddr, u64, Instant),
+    mut shutdown: watch::Receiver<Shutdown>,
+) -> impl Future<Output = Served> + Send {
+    async move {
+        let mut driver = Driver::new(&l, peer, id, client);
+        if driver.run(&mut session, &mut shutdown).await == Ran::Moved {
+            let parked = driver.park();
+            let rest = resume(Arc::clone(&l), session, parked, started, shutdown);
+            return Served::Moved(Moving(Box::pin(rest)));
+        }
+        driver.ended(started, session.client_tls());
+        Served::Ended(driver.lingering())
+    }
+}
+
+/// The rest of a session that moved: run where it is first polled, to its end.
+async fn resume<M: Machine + Send>(
+    l: Arc<ListenerRuntime>,
+    mut session: M,
+    parked: Parked,
+    started: Instant,
+    mut shutdown: watch::Receiver<Shutdown>,
+) -> Option<Stream> {
+    let peer = parked.peer;
+    let mut driver = match Driver::resume(&l, parked) {
+        Ok(driver) => driver,
+        Err(e) => {
+            tracing::info!(listener = %l.name, %peer, error = %e, "connection lost");
+            return None;
+        }
+    };
+    // A resumed driver does not move again.
+    let _closed = driver.run(&mut session, &mut shutdown).await;
+    driver.ended(started, session.client_tls());
+    driver.lingering()
 }
 
 /// Where protocol log lines go: filter them with `smtp_sidecar::protocol=info`.
@@ -62,17 +137,43 @@ pub struct Driver<'a> {
     /// The session closed with [`Action::Close`]'s `linger`: the client's connection, its
     /// close_notify sent, is left for [`Driver::lingering`].
     linger: bool,
+    /// Resumed on the sessions' threads after a move ([`Ran::Moved`]): it does not move again.
+    settled: bool,
+}
+
+/// How [`Driver::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Ran {
+    /// The session closed.
+    Closed,
+    /// The session was started on the admission threads under a handshake flood, the flood
+    /// is over, and it waits for its peers: it is to go on on the sessions' threads
+    /// ([`Driver::park`], [`Driver::resume`]).
+    Moved,
+}
+
+/// A session's driver between two runtimes: what it holds, with no borrow and no timer.
+#[derive(Debug)]
+pub struct Parked {
+    id: u64,
+    peer: SocketAddr,
+    client: Stream,
+    backend: Stream,
+    backend_server: Option<usize>,
+    awaiting_backend: Option<Instant>,
+    tally: events::Tally,
 }
 
 impl<'a> Driver<'a> {
     /// A driver for session `id`'s client connection (plain, or already TLS for implicit
-    /// TLS). Its timer is the runtime's it is made on: the sessions'.
-    pub fn new(l: &'a ListenerRuntime, peer: SocketAddr, id: u64) -> Self {
+    /// TLS). Its timer is the runtime's it is made on.
+    pub fn new(l: &'a ListenerRuntime, peer: SocketAddr, id: u64, client: Stream) -> Self {
         Driver {
             l,
             id,
             peer,
-            client: Stream::None,
+            client,
             backend: Stream::None,
             backend_server: None,
             dirty: [false; 2],
@@ -80,7 +181,47 @@ impl<'a> Driver<'a> {
             tally: events::Tally::default(),
             timer: Box::pin(sleep_until(tokio::time::Instant::now() + l.longest_wait())),
             linger: false,
+            settled: false,
         }
+    }
+
+    /// After [`Ran::Moved`]: what the driver holds, to be resumed on another runtime. Nothing
+    /// is buffered for a write at that point (the loop moves only where it would wait).
+    pub fn park(self) -> Parked {
+        Parked {
+            id: self.id,
+            peer: self.peer,
+            client: self.client,
+            backend: self.backend,
+            backend_server: self.backend_server,
+            awaiting_backend: self.awaiting_backend,
+            tally: self.tally,
+        }
+    }
+
+    /// A parked driver, its sockets registered with the runtime this is called on and a timer
+    /// of that runtime's; it does not move again.
+    pub fn resume(l: &'a ListenerRuntime, parked: Parked) -> std::io::Result<Self> {
+        let mut driver = Driver::new(l, parked.peer, parked.id, parked.client.rebind()?);
+        driver.backend = parked.backend.rebind()?;
+        driver.backend_server = parked.backend_server;
+        driver.awaiting_backend = parked.awaiting_backend;
+        driver.tally = parked.tally;
+        driver.settled = true;
+        Ok(driver)
+    }
+
+    /// Whether the session, waiting for its peers, is to move to the sessions' threads: it
+    /// runs on the admission threads, where a listener under a handshake flood starts its
+    /// sessions ([`crate::io::admission`]), and the flood is over. A connection to the
+    /// backend over TLS cannot be moved (tokio-rustls' client stream cannot be taken apart
+    /// and put together again): such a session ends where it started.
+    fn moves(&self) -> bool {
+        !self.settled
+            && crate::io::admission::here()
+            && !self.l.handshakes_pressed()
+            && self.client.rebinds()
+            && self.backend.rebinds()
     }
 
     /// After [`Driver::run`]: the client's connection if the session ended with a lingering
@@ -90,17 +231,16 @@ impl<'a> Driver<'a> {
         self.linger.then(|| std::mem::take(&mut self.client))
     }
 
-    /// Run `session` over `client` until it closes.
+    /// Run `session` until it closes, or until it is to move to the sessions' threads.
     pub async fn run<M: Machine>(
         &mut self,
         session: &mut M,
-        client: Stream,
-        mut shutdown: watch::Receiver<Shutdown>,
-    ) {
-        self.client = client;
-        // Try a read before waiting for readiness: after a TLS handshake or a full read, bytes
-        // may already be buffered (in rustls or the kernel) with no new readiness to come.
-        let (mut client_more, mut backend_more) = (true, false);
+        shutdown: &mut watch::Receiver<Shutdown>,
+    ) -> Ran {
+        // Try a read before waiting for readiness: after a TLS handshake, a full read or a
+        // move, bytes may already be buffered (in rustls or the kernel) with no new readiness
+        // to come.
+        let (mut client_more, mut backend_more) = (true, true);
         loop {
             while let Some(action) = session.poll_action() {
                 // Events first: protocol log lines must be written before a handshake's.
@@ -114,7 +254,10 @@ impl<'a> Driver<'a> {
                     Step::Go => {}
                     Step::Readable(Leg::Client) => client_more = true,
                     Step::Readable(Leg::Backend) => backend_more = true,
-                    Step::Done => return self.record_events(session),
+                    Step::Done => {
+                        self.record_events(session);
+                        return Ran::Closed;
+                    }
                 }
             }
             if self.flush(session).await {
@@ -123,7 +266,7 @@ impl<'a> Driver<'a> {
             }
             self.record_events(session);
             if session.is_closed() {
-                return;
+                return Ran::Closed;
             }
             if client_more && session.wants_bytes(Leg::Client) {
                 let m = &self.l.metrics;
@@ -165,6 +308,9 @@ impl<'a> Driver<'a> {
                     Read::WouldBlock => backend_more = false,
                 }
             }
+            if self.moves() {
+                return Ran::Moved;
+            }
             let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
             // The session always sets one while it waits; should it not, the session is
             // stalled, and ends after the longest wait the listener allows.
@@ -183,7 +329,7 @@ impl<'a> Driver<'a> {
                     if stalled {
                         tracing::warn!(listener = %self.l.name, peer = %self.peer, "session stalled with no deadline; closing");
                         self.close(false).await;
-                        return;
+                        return Ran::Closed;
                     }
                     session.handle_timeout(Instant::now());
                 }

@@ -14,11 +14,16 @@
 //! Handing a connection from one runtime to the other costs a few system calls and a
 //! thread's wake-up, so a listener moves its work here only under pressure
 //! ([`crate::snapshot::ListenerRuntime::handshakes_pressed`]): its accept loop and its
-//! refusals (`crate::listener`), what comes before a session (a PROXY header, an implicit-TLS
-//! handshake: a connection that fails there never reaches the sessions' threads), and the
-//! handshakes of STARTTLS sessions, sent here from the middle of a session
-//! (`crate::driver::handshake`). A session runs on the sessions' threads, its socket
-//! registered with their runtime.
+//! refusals (`crate::listener`), and the connections it accepts meanwhile, whole: what comes
+//! before a session (a PROXY header, an implicit-TLS handshake) and the session itself, its
+//! greeting, its STARTTLS handshake and whatever it does before the flood is over; then, the
+//! next time it waits for its peers, it moves to the sessions' threads
+//! (`crate::driver::Ran::Moved`). A flood's connections, which a flood makes by the thousand
+//! whether they stop at the ClientHello, after the handshake or after STARTTLS (a backend
+//! connection each), never take the sessions' threads; a real client that arrives during the
+//! flood is served as the flood is. Sessions established before the flood stay where they
+//! are, but a STARTTLS handshake of theirs during the flood is done here and sent back
+//! (`crate::driver::handshake`).
 //!
 //! A process-wide runtime, built on first use, with as many threads as the process may use
 //! cores, each lowering its own priority (on Linux the nice value is a thread's): a thread

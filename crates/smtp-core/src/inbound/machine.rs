@@ -36,6 +36,10 @@ impl Machine for Session {
         self.tls.is_some()
     }
 
+    fn client_tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
     fn handle_bytes(&mut self, leg: Leg, data: &[u8], now: Instant) {
         match leg {
             Leg::Client => self.handle_client_bytes(data, now),

@@ -226,6 +226,10 @@ pub trait Machine {
     /// Whether this session's messages travel over TLS on the leg its listener protects (for
     /// `messages_total{tls}`): the client leg in terminate mode, the next hop in originate.
     fn message_tls(&self) -> bool;
+    /// The client leg's TLS, once established (the session's closing log line names it).
+    fn client_tls(&self) -> Option<&TlsInfo> {
+        None
+    }
 
     fn handle_bytes(&mut self, leg: Leg, data: &[u8], now: Instant);
     /// The peer shut down its sending side.
