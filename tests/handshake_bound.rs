@@ -52,6 +52,34 @@ async fn stalled_starttls(running: &Running) -> Client {
     c
 }
 
+/// Wait until `done`, within the test's deadline.
+async fn until(done: impl Fn() -> bool) {
+    tokio::time::timeout(T, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("in time");
+}
+
+/// A listener (`tls`, backend `backend`) with `max_handshakes: 4` under a handshake flood: 3
+/// of its slots taken, held until the returned permits drop.
+async fn flooded(
+    backend: std::net::SocketAddr,
+    tls: &str,
+) -> (Running, Vec<tokio::sync::OwnedSemaphorePermit>) {
+    let running = start(&config_yaml(backend, tls, "      max_handshakes: 4\n")).await;
+    let l = &running.snapshot.listeners[0].1;
+    let slots = l.handshakes.as_ref().unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(slots.take().await.unwrap());
+    }
+    assert!(l.handshakes_pressed());
+    (running, taken)
+}
+
 #[tokio::test]
 async fn starttls_listener_refuses_at_accept_while_the_slots_are_taken() {
     let running = listener("starttls").await;
@@ -195,27 +223,16 @@ async fn under_a_flood_connections_are_refused_while_the_sessions_threads_are_bu
     running.shutdown().await;
 }
 
-/// Under a flood an implicit-TLS connection's handshake is done on the admission threads
-/// before its session goes to the sessions' threads: with this test's runtime (the sessions'
-/// only thread) blocked, a client still completes its handshake, and the greeting follows
-/// once the sessions' thread is free. (Handed to the sessions' threads first, the connection
-/// would wait there for its handshake to start.)
+/// Under a flood an implicit-TLS connection's handshake is done on the admission threads:
+/// with this test's runtime (the sessions' only thread) blocked, a client still completes its
+/// handshake, and the greeting follows once that thread is free (the backend, whose greeting
+/// the sidecar's follows, is served by it). (Handed to the sessions' threads first, the
+/// connection would wait there for its handshake to start.)
 #[tokio::test]
 async fn under_a_flood_an_implicit_handshake_is_done_while_the_sessions_threads_are_busy() {
     let (backend, _rec) = recording_backend().await;
-    let running = start(&config_yaml(
-        backend,
-        "implicit",
-        "      max_handshakes: 4\n",
-    ))
-    .await;
+    let (running, taken) = flooded(backend, "implicit").await;
     let addr = running.addr("inbound").unwrap();
-    let l = &running.snapshot.listeners[0].1;
-    let slots = l.handshakes.as_ref().unwrap();
-    let mut taken = Vec::new();
-    for _ in 0..3 {
-        taken.push(slots.take().await.unwrap());
-    }
     // Accepted under pressure: the accept loop moves to the admission threads.
     let mut first = Client::connect_implicit(addr).await;
     assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
@@ -434,19 +451,9 @@ async fn under_a_flood_a_starttls_session_runs_on_the_admission_threads_then_mov
     })
     .join()
     .unwrap();
-    let running = start(&config_yaml(
-        backend,
-        "starttls",
-        "      max_handshakes: 4\n",
-    ))
-    .await;
+    let (running, taken) = flooded(backend, "starttls").await;
     let addr = running.addr("inbound").unwrap();
     let l = &running.snapshot.listeners[0].1;
-    let slots = l.handshakes.as_ref().unwrap();
-    let mut taken = Vec::new();
-    for _ in 0..3 {
-        taken.push(slots.take().await.unwrap());
-    }
     // Accepted under pressure: the accept loop moves to the admission threads.
     let mut first = Client::connect(addr).await;
     assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
@@ -497,7 +504,16 @@ async fn under_a_flood_a_starttls_session_runs_on_the_admission_threads_then_mov
             b"on the sessions' threads\r\n.\r\n"
         ]
     );
+    // Each session leaves the listener's count once, the moved one as the other.
+    let active = running
+        .metrics
+        .connections_active
+        .with_label_values(&["inbound"]);
+    until(|| active.get() == 1).await;
     assert_eq!(first.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    until(|| active.get() == 0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(active.get(), 0);
     running.shutdown().await;
     backend_rt.shutdown_background();
 }
