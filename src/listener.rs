@@ -424,7 +424,7 @@ async fn connection(
         // Started under a flood that is over: the rest on the sessions' threads.
         Served::Moved(moving) => {
             sessions.spawn(async move {
-                let lingering = moving.run().await;
+                let lingering = moving.await;
                 closing.end(lingering).await;
                 drop(alive);
             });

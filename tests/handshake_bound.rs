@@ -52,17 +52,6 @@ async fn stalled_starttls(running: &Running) -> Client {
     c
 }
 
-/// Wait until `done`, within the test's deadline.
-async fn until(done: impl Fn() -> bool) {
-    tokio::time::timeout(T, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("in time");
-}
-
 /// A listener (`tls`, backend `backend`) with `max_handshakes: 4` under a handshake flood: 3
 /// of its slots taken, held until the returned permits drop.
 async fn flooded(
@@ -509,9 +498,9 @@ async fn under_a_flood_a_starttls_session_runs_on_the_admission_threads_then_mov
         .metrics
         .connections_active
         .with_label_values(&["inbound"]);
-    until(|| active.get() == 1).await;
+    eventually(|| active.get() == 1, "the moved session counted out").await;
     assert_eq!(first.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
-    until(|| active.get() == 0).await;
+    eventually(|| active.get() == 0, "both sessions counted out").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(active.get(), 0);
     running.shutdown().await;

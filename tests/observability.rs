@@ -201,7 +201,7 @@ async fn traffic(running: &Running, pki: &PartnerPki) {
 
     // Every session has ended and been counted.
     let metrics = &running.metrics;
-    support::eventually(
+    common::eventually(
         || {
             ["inbound", "audit", "down", "outbound", "outbound_untrusted"]
                 .iter()

@@ -56,9 +56,11 @@ impl std::fmt::Debug for Moving {
     }
 }
 
-impl Moving {
-    pub async fn run(self) -> Option<Stream> {
-        self.0.await
+impl Future for Moving {
+    type Output = Option<Stream>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
     }
 }
 
@@ -103,7 +105,7 @@ async fn resume<M: Machine + Send>(
             return None;
         }
     };
-    // A resumed driver does not move again.
+    // Resumed on the sessions' threads, it does not move again.
     let _closed = driver.run(&mut session, &mut shutdown).await;
     driver.ended(started, session.client_tls());
     driver.lingering()
@@ -137,8 +139,6 @@ pub struct Driver<'a> {
     /// The session closed with [`Action::Close`]'s `linger`: the client's connection, its
     /// close_notify sent, is left for [`Driver::lingering`].
     linger: bool,
-    /// Resumed on the sessions' threads after a move ([`Ran::Moved`]): it does not move again.
-    settled: bool,
 }
 
 /// How [`Driver::run`] returned.
@@ -181,7 +181,6 @@ impl<'a> Driver<'a> {
             tally: events::Tally::default(),
             timer: Box::pin(sleep_until(tokio::time::Instant::now() + l.longest_wait())),
             linger: false,
-            settled: false,
         }
     }
 
@@ -200,14 +199,13 @@ impl<'a> Driver<'a> {
     }
 
     /// A parked driver, its sockets registered with the runtime this is called on and a timer
-    /// of that runtime's; it does not move again.
+    /// of that runtime's (the sessions', where it does not move again: [`Driver::moves`]).
     pub fn resume(l: &'a ListenerRuntime, parked: Parked) -> std::io::Result<Self> {
         let mut driver = Driver::new(l, parked.peer, parked.id, parked.client.rebind()?);
         driver.backend = parked.backend.rebind()?;
         driver.backend_server = parked.backend_server;
         driver.awaiting_backend = parked.awaiting_backend;
         driver.tally = parked.tally;
-        driver.settled = true;
         Ok(driver)
     }
 
@@ -217,8 +215,7 @@ impl<'a> Driver<'a> {
     /// backend over TLS cannot be moved (tokio-rustls' client stream cannot be taken apart
     /// and put together again): such a session ends where it started.
     fn moves(&self) -> bool {
-        !self.settled
-            && crate::io::admission::here()
+        crate::io::admission::here()
             && !self.l.handshakes_pressed()
             && self.client.rebinds()
             && self.backend.rebinds()

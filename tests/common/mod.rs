@@ -22,6 +22,17 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 pub const T: Duration = Duration::from_secs(20);
 
+/// Poll `f` until true (5 s at most).
+pub async fn eventually(mut f: impl FnMut() -> bool, what: &str) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what}: not within 5 s");
+}
+
 /// A recording backend: every byte each connection received, and the messages.
 #[derive(Clone, Default)]
 pub struct Recorder {

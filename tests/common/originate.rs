@@ -374,14 +374,3 @@ impl Drop for HeldHop {
         self.task.abort();
     }
 }
-
-/// Poll `f` until true (5 s at most).
-pub async fn eventually(mut f: impl FnMut() -> bool, what: &str) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{what}: not within 5 s");
-}
