@@ -17,8 +17,11 @@ mod server_tls;
 
 pub use server_tls::ServerTls;
 
-/// The most read at once. Message bodies stream through in pieces of this size.
-pub const READ_CHUNK: usize = 64 * 1024;
+/// The most read at once. Message bodies stream through in pieces of this size. 128 KiB (eight
+/// full TLS records) halves a bulk transfer's reads, reframer passes and backend writes
+/// against 64 KiB; the buffer is the thread's, and a session relaying a body holds a backend
+/// buffer of this size only while it does (`smtp_core`'s `BODY_BATCH`).
+pub const READ_CHUNK: usize = 128 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);

@@ -303,9 +303,9 @@ async fn the_421_after_too_many_errors_ends_in_a_fin_not_a_reset() {
 }
 
 async fn cut_off_after_errors(mut c: Client) {
-    // More than the sidecar reads at once (64 KiB), less than the socket buffers take: more
+    // More than the sidecar reads at once (128 KiB), less than the socket buffers take: more
     // than half is still unread at the close.
-    c.send(&b"HELLO\r\n".repeat(20_000)).await;
+    c.send(&b"HELLO\r\n".repeat(40_000)).await;
     // The sidecar has answered and closed its side by now; the client still writes (a
     // reset would fail this write).
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -2,7 +2,7 @@
 //!
 //! rustls' buffered connection keeps a read buffer of at least 4 KiB for as long as it lives,
 //! and reads at most 4 KiB at a time into it. Here the session owns no read buffer at all
-//! while it waits: records are read into the thread's scratch buffer (64 KiB at a time, as
+//! while it waits: records are read into the thread's scratch buffer (128 KiB at a time, as
 //! plain reads are), and only the bytes of a record cut in half by the read are kept. What is
 //! encrypted for the client waits in `out` until the driver flushes its batch, so the session
 //! ticket after the handshake leaves with the first reply, and a reply with the close_notify.
@@ -417,7 +417,7 @@ fn tls13(conn: &UnbufferedServerConnection) -> bool {
 }
 
 /// The most kept between reads: a record, or a small handshake message rustls reassembles
-/// (a key update); it must leave room in the 64 KiB scratch buffer for the next read.
+/// (a key update); it must leave room in the 128 KiB scratch buffer for the next read.
 const MAX_PARTIAL: usize = 2 * MAX_RECORD;
 
 /// The largest handshake flight buffered (rustls' own limit for a handshake message).

@@ -15,10 +15,10 @@ use crate::line::{LineReader, MAX_EXTENDED_LINE};
 use crate::reply::{Reply, ReplyParser};
 use crate::timer::{Timer, Timers};
 
-/// The body octets one read of the client's connection brings at most (the sidecar reads 64
+/// The body octets one read of the client's connection brings at most (the sidecar reads 128
 /// KiB at a time, TLS records or plain bytes), with room for the Received header and a few
 /// folds: the size the backend's buffer is made ready for in a bulk transfer.
-pub(crate) const BODY_BATCH: usize = 64 * 1024 + 1024;
+pub(crate) const BODY_BATCH: usize = 128 * 1024 + 1024;
 
 /// A piece of body data this large (half a full TLS record) is taken for part of a bulk
 /// transfer.
