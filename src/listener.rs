@@ -321,11 +321,15 @@ impl Accepting {
         // The admission threads look for the end of the flood even when nothing is accepted.
         let mut look = tokio::time::interval(PRESSURE_HOLD);
         let mut burst = 0;
+        // Connections taken in a row without waiting: how many were queued at once.
+        let mut waiting = 0u32;
         loop {
             tokio::select! {
-                accepted = tcp.accept() => match accepted {
+                (accepted, waited) = accept_noting_wait(tcp) => match accepted {
                     Ok((stream, socket)) => {
                         let l = self.current.load_full();
+                        waiting = if waited { 1 } else { waiting.saturating_add(1) };
+                        l.accept_queue(waiting);
                         // A flood fills the accept queue: a few connections at a time, then
                         // whatever else is ready to run.
                         burst += 1;
@@ -345,13 +349,18 @@ impl Accepting {
                     }
                 },
                 _ = look.tick(), if flood => {
+                    // The accept in progress was dropped: the run starts again.
+                    waiting = 0;
                     if !self.current.load().handshakes_pressed() {
                         return Ended::Move;
                     }
                 }
-                stopped = self.stopped() => if stopped {
-                    return Ended::Stopped;
-                },
+                stopped = self.stopped() => {
+                    if stopped {
+                        return Ended::Stopped;
+                    }
+                    waiting = 0;
+                }
             }
         }
     }
@@ -377,6 +386,19 @@ impl Accepting {
         // Under a flood, here: the admission threads.
         tokio::spawn(connection(stream, socket, l, admitted, shutdown, sessions));
     }
+}
+
+/// `tcp.accept()`, and whether it had to wait: a connection taken without a wait was
+/// already in the accept queue.
+async fn accept_noting_wait(tcp: &TcpListener) -> (std::io::Result<(TcpStream, SocketAddr)>, bool) {
+    let mut waited = false;
+    let accepted = std::future::poll_fn(|cx| {
+        let polled = tcp.poll_accept(cx);
+        waited |= polled.is_pending();
+        polled
+    })
+    .await;
+    (accepted, waited)
 }
 
 /// One admitted connection: what comes before its session ([`arrive`], and on an

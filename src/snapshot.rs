@@ -77,17 +77,39 @@ impl HandshakeSlots {
         self.slots.available_permits() == 0
     }
 
-    /// More than half the slots taken now, or within the last [`PRESSURE_HOLD`].
+    /// More than half the slots taken now, or pressure seen within the last
+    /// [`PRESSURE_HOLD`] (this, or [`HandshakeSlots::queued`]).
     fn pressed(&self) -> bool {
-        let since = tokio::time::Instant::now().saturating_duration_since(self.born);
-        let now = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        let now = self.now();
         if self.slots.available_permits() < self.total / 2 {
-            let hold = u64::try_from(PRESSURE_HOLD.as_nanos()).unwrap_or(u64::MAX);
-            self.pressed_until
-                .store(now.saturating_add(hold), Ordering::Relaxed);
+            self.press(now);
             return true;
         }
         now < self.pressed_until.load(Ordering::Relaxed)
+    }
+
+    /// The accept loop found `waiting` connections in the accept queue at once: more than
+    /// half as many as there are slots is pressure too. A STARTTLS flood takes no slot before
+    /// its `STARTTLS`, and until its handshakes fill half the slots it would be accepted and
+    /// served at the sessions' priority; its connections pile up in the queue at once.
+    /// Clients that open sessions one after another never leave that many waiting.
+    fn queued(&self, waiting: u32) {
+        if usize::try_from(waiting).unwrap_or(usize::MAX) > self.total / 2 {
+            self.press(self.now());
+        }
+    }
+
+    /// Nanoseconds since the slots were made.
+    fn now(&self) -> u64 {
+        let since = tokio::time::Instant::now().saturating_duration_since(self.born);
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Under pressure from `now` for [`PRESSURE_HOLD`].
+    fn press(&self, now: u64) {
+        let hold = u64::try_from(PRESSURE_HOLD.as_nanos()).unwrap_or(u64::MAX);
+        self.pressed_until
+            .store(now.saturating_add(hold), Ordering::Relaxed);
     }
 }
 
@@ -187,13 +209,23 @@ impl ListenerRuntime {
     }
 
     /// A handshake flood: more than half the `max_handshakes` slots are taken, or were within
-    /// the last [`PRESSURE_HOLD`]. The listener's accepts and server handshakes then run on
+    /// the last [`PRESSURE_HOLD`], or that many connections were waiting in the accept queue
+    /// at once ([`ListenerRuntime::accept_queue`]). The listener's accepts and server handshakes then run on
     /// the admission threads, below the established sessions' priority
     /// ([`crate::io::admission`]).
     pub fn handshakes_pressed(&self) -> bool {
         self.handshakes
             .as_ref()
             .is_some_and(HandshakeSlots::pressed)
+    }
+
+    /// The accept loop took `waiting` connections from the accept queue in a row without
+    /// waiting: more than half `max_handshakes` of them puts the listener under pressure
+    /// ([`ListenerRuntime::handshakes_pressed`]) before any handshake has begun.
+    pub fn accept_queue(&self, waiting: u32) {
+        if let Some(slots) = &self.handshakes {
+            slots.queued(waiting);
+        }
     }
 
     /// The deadline of a TLS handshake (either leg).

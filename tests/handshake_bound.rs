@@ -166,6 +166,53 @@ async fn more_than_half_the_slots_taken_sends_handshakes_to_the_admission_thread
     running.shutdown().await;
 }
 
+/// `n` connections made while this test's thread, the sessions' only one, is blocked: they
+/// wait in the accept queue together until it runs again. Each then gets its greeting.
+async fn queued_at_once(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    let queued = std::thread::spawn(move || {
+        (0..n)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap();
+    let mut greeted = Vec::new();
+    for tcp in queued {
+        tcp.set_nonblocking(true).unwrap();
+        let mut tcp = TcpStream::from_std(tcp).unwrap();
+        let mut greeting = [0; 19];
+        tokio::time::timeout(T, tcp.read_exact(&mut greeting))
+            .await
+            .expect("greeted in time")
+            .unwrap();
+        assert_eq!(&greeting, b"220 mx.test ESMTP\r\n");
+        greeted.push(tcp);
+    }
+    greeted
+}
+
+/// A STARTTLS flood takes no handshake slot before its `STARTTLS`, but its connections pile
+/// up in the accept queue: more than half `max_handshakes` of them found there at once put
+/// the listener under pressure before any handshake has begun. Half of them do not.
+#[tokio::test]
+async fn more_than_half_the_slots_waiting_in_the_accept_queue_is_pressure() {
+    let (backend, _rec) = recording_backend().await;
+    let running = start(&config_yaml(
+        backend,
+        "starttls",
+        "      max_handshakes: 4\n",
+    ))
+    .await;
+    let addr = running.addr("inbound").unwrap();
+    let l = &running.snapshot.listeners[0].1;
+    let two = queued_at_once(addr, 2).await;
+    assert!(!l.handshakes_pressed(), "2 waiting at once, of 4 slots");
+    let three = queued_at_once(addr, 3).await;
+    assert!(l.handshakes_pressed(), "3 waiting at once, of 4 slots");
+    drop((two, three));
+    running.shutdown().await;
+}
+
 /// Under a handshake flood the accept loop runs on the admission threads: with every thread
 /// of the sessions busy (this test's runtime is the sidecar's, and it blocks it), a new
 /// connection is still accepted and refused. Before the flood, the same connection would
