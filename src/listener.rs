@@ -321,7 +321,8 @@ impl Accepting {
         // The admission threads look for the end of the flood even when nothing is accepted.
         let mut look = tokio::time::interval(PRESSURE_HOLD);
         let mut burst = 0;
-        // Connections taken in a row without waiting: how many were queued at once.
+        // Connections taken in a row without finding the queue empty: arrivals outpacing
+        // the loop.
         let mut waiting = 0u32;
         loop {
             tokio::select! {
@@ -346,6 +347,7 @@ impl Accepting {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(listener = %self.current.load().name, error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
+                        waiting = 0;
                     }
                 },
                 _ = look.tick(), if flood => {

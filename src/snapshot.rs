@@ -42,9 +42,15 @@ pub struct Warning {
 }
 
 /// How long a listener counts as under pressure after it last had more than half its
-/// `max_handshakes` slots taken: a flood comes in waves, and each move of a listener's work
+/// `max_handshakes` slots taken, or as many connections waiting to be accepted
+/// ([`HandshakeSlots::queued`]): a flood comes in waves, and each move of a listener's work
 /// between the sessions' threads and the admission threads costs a little.
 pub const PRESSURE_HOLD: Duration = Duration::from_secs(1);
+
+/// Connections taken from the accept queue in a row that are never a flood, whatever the
+/// slots: senders that open several connections at once (Postfix opens a few to each
+/// destination), on a listener with few slots, are not one.
+const QUEUED_FLOOR: usize = 32;
 
 /// A listener's `max_handshakes` slots: one is taken for each handshake in progress; with
 /// none free, new connections are refused.
@@ -88,13 +94,16 @@ impl HandshakeSlots {
         now < self.pressed_until.load(Ordering::Relaxed)
     }
 
-    /// The accept loop found `waiting` connections in the accept queue at once: more than
-    /// half as many as there are slots is pressure too. A STARTTLS flood takes no slot before
-    /// its `STARTTLS`, and until its handshakes fill half the slots it would be accepted and
-    /// served at the sessions' priority; its connections pile up in the queue at once.
-    /// Clients that open sessions one after another never leave that many waiting.
+    /// The accept loop took `waiting` connections in a row without finding the accept queue
+    /// empty: more than half as many as there are slots (and more than [`QUEUED_FLOOR`]) is
+    /// pressure too. A STARTTLS flood takes no slot before its `STARTTLS`, and until its
+    /// handshakes filled half the slots it was accepted and served at the sessions'
+    /// priority; its connections arrive faster than the loop takes them. So do ordinary ones
+    /// when the sessions leave the loop no time, and their work then waits for the sessions
+    /// too, which is what pressure is for.
     fn queued(&self, waiting: u32) {
-        if usize::try_from(waiting).unwrap_or(usize::MAX) > self.total / 2 {
+        let waiting = usize::try_from(waiting).unwrap_or(usize::MAX);
+        if waiting > (self.total / 2).max(QUEUED_FLOOR) {
             self.press(self.now());
         }
     }
@@ -220,8 +229,9 @@ impl ListenerRuntime {
     }
 
     /// The accept loop took `waiting` connections from the accept queue in a row without
-    /// waiting: more than half `max_handshakes` of them puts the listener under pressure
-    /// ([`ListenerRuntime::handshakes_pressed`]) before any handshake has begun.
+    /// finding it empty: more than half `max_handshakes` of them (and more than 32) puts the
+    /// listener under pressure ([`ListenerRuntime::handshakes_pressed`]) before any handshake
+    /// has begun.
     pub fn accept_queue(&self, waiting: u32) {
         if let Some(slots) = &self.handshakes {
             slots.queued(waiting);

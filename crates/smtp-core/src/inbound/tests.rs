@@ -69,10 +69,10 @@ fn the_body_buffer_lasts_as_long_as_the_body() {
     // each read. One read starts with a small piece, as a read that begins with the end of
     // a record cut in two does.
     let reads: [&[usize]; 4] = [
-        &[16_384; 4],
+        &[16_384; 8],
         &[6_000, 16_384, 16_384, 16_384],
         &[16_384; 4],
-        &[16_384; 4],
+        &[16_384; 8],
     ];
     let mut relayed = Vec::new();
     let mut at = 0;
