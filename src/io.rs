@@ -44,14 +44,17 @@ pub enum Read {
 }
 
 /// Read without waiting and pass what arrived to `deliver`. Reads repeat until the scratch
-/// buffer is full or nothing more is ready: a TLS stream yields about one record (16 KiB)
-/// per read, and batching several means one reframer pass and one backend write for them.
+/// buffer is full, `max` octets are read, or nothing more is ready: a TLS stream yields
+/// about one record (16 KiB) per read, and batching several means one reframer pass and one
+/// backend write for them.
 pub fn read_now<R: AsyncRead + Unpin + ?Sized>(
     stream: &mut R,
+    max: usize,
     mut deliver: impl FnMut(&[u8]),
 ) -> Read {
     SCRATCH.with_borrow_mut(|buf| {
-        let (used, stopped) = fill(stream, buf);
+        let room = buf.len().min(max.max(1));
+        let (used, stopped) = fill(stream, &mut buf[..room]);
         if used == 0 {
             return stopped.unwrap_or(Read::WouldBlock);
         }
@@ -115,13 +118,14 @@ impl Stream {
         !matches!(self, Stream::ClientTls(_))
     }
 
-    /// Read once without waiting (see [`read_now`]); nothing without a connection.
-    pub fn read_now(&mut self, deliver: impl FnMut(&[u8])) -> Read {
+    /// Read once without waiting, about `max` octets at most (see [`read_now`] and
+    /// [`ServerTls::read_now`]); nothing without a connection.
+    pub fn read_now(&mut self, max: usize, deliver: impl FnMut(&[u8])) -> Read {
         match self {
             Stream::None => Read::WouldBlock,
-            Stream::Plain(s) => read_now(s, deliver),
-            Stream::ServerTls(s) => s.read_now(deliver),
-            Stream::ClientTls(s) => read_now(s.as_mut(), deliver),
+            Stream::Plain(s) => read_now(s, max, deliver),
+            Stream::ServerTls(s) => s.read_now(max, deliver),
+            Stream::ClientTls(s) => read_now(s.as_mut(), max, deliver),
         }
     }
 

@@ -267,7 +267,8 @@ impl<'a> Driver<'a> {
             }
             if client_more && session.wants_bytes(Leg::Client) {
                 let m = &self.l.metrics;
-                match self.client.read_now(|data| {
+                let budget = session.read_budget(Leg::Client);
+                match self.client.read_now(budget, |data| {
                     m.bytes(true, true, data.len());
                     session.handle_bytes(Leg::Client, data, Instant::now());
                 }) {
@@ -285,7 +286,8 @@ impl<'a> Driver<'a> {
             if backend_more && session.wants_bytes(Leg::Backend) {
                 let m = &self.l.metrics;
                 let awaiting = &mut self.awaiting_backend;
-                match self.backend.read_now(|data| {
+                let budget = session.read_budget(Leg::Backend);
+                match self.backend.read_now(budget, |data| {
                     let now = Instant::now();
                     if let Some(sent) = awaiting.take() {
                         m.reply_seconds.observe((now - sent).as_secs_f64());

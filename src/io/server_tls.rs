@@ -206,8 +206,11 @@ impl ServerTls {
     }
 
     /// Read what the socket has without waiting, decrypt it, and pass each record's
-    /// plaintext to `deliver`, in order (see [`super::read_now`]).
-    pub fn read_now(&mut self, mut deliver: impl FnMut(&[u8])) -> Read {
+    /// plaintext to `deliver`, in order (see [`super::read_now`]). `max` bounds the octets
+    /// read from the socket, but never below a whole record: a smaller read would take a
+    /// record in many pieces. What is delivered is then at most `max` or a record's worth,
+    /// and the start of one record kept from the read before.
+    pub fn read_now(&mut self, max: usize, mut deliver: impl FnMut(&[u8])) -> Read {
         if !self.held.is_empty() {
             deliver(&std::mem::take(&mut self.held));
             return Read::Data { more: true };
@@ -219,7 +222,8 @@ impl ServerTls {
             let mut used = self.partial.len();
             buf[..used].copy_from_slice(&self.partial);
             self.partial = Vec::new();
-            let (read, stopped) = super::fill(&mut self.tcp, &mut buf[used..]);
+            let room = (buf.len() - used).min(max.max(MAX_RECORD));
+            let (read, stopped) = super::fill(&mut self.tcp, &mut buf[used..used + room]);
             used += read;
             let mut start = 0;
             let mut delivered = false;

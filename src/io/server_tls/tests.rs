@@ -71,7 +71,7 @@ async fn connected(pki: &Pki) -> (ServerTls, Client) {
 async fn read_exactly(tls: &mut ServerTls, want: usize) -> (Vec<u8>, Read) {
     let mut got = Vec::new();
     loop {
-        let r = tls.read_now(|data| got.extend_from_slice(data));
+        let r = tls.read_now(usize::MAX, |data| got.extend_from_slice(data));
         match r {
             Read::Closed => return (got, r),
             _ if got.len() >= want => return (got, r),
@@ -250,7 +250,10 @@ async fn a_bad_record_after_the_handshake_ends_the_stream_cleanly() {
     assert!(got.is_empty(), "nothing after a bad record is delivered");
     assert_eq!(r, Read::Closed);
     assert!(tls.failed);
-    assert_eq!(tls.read_now(|_| panic!("no data")), Read::Closed);
+    assert_eq!(
+        tls.read_now(usize::MAX, |_| panic!("no data")),
+        Read::Closed
+    );
     assert_eq!(
         tls.write(b"250 ok\r\n").unwrap_err().kind(),
         std::io::ErrorKind::BrokenPipe
@@ -288,4 +291,27 @@ fn the_spare_output_buffer_is_reused_emptied_and_bounded() {
     assert_eq!(kept.as_ptr(), first);
     give_back(Vec::with_capacity(SPARE_MAX + 1));
     assert_eq!(SPARE.take().capacity(), 0, "a big buffer is not kept");
+}
+
+/// A read's budget bounds what is taken from the socket, but never below a whole record: with
+/// four full records waiting and a budget of 100 octets, each read delivers one record.
+#[tokio::test]
+async fn a_read_budget_takes_a_record_at_a_time() {
+    let pki = pki(TLS13);
+    let (mut tls, mut client) = connected(&pki).await;
+    let body = vec![b'x'; 4 * 16_384];
+    client.write_all(&body).await.unwrap();
+    client.flush().await.unwrap();
+    let mut got = Vec::new();
+    let mut reads = Vec::new();
+    while got.len() < body.len() {
+        let before = got.len();
+        match tls.read_now(100, |data| got.extend_from_slice(data)) {
+            Read::Data { .. } => reads.push(got.len() - before),
+            Read::WouldBlock => tls.tcp().readable().await.unwrap(),
+            Read::Closed => panic!("closed after {} octets", got.len()),
+        }
+    }
+    assert_eq!(got, body);
+    assert_eq!(reads, [16_384; 4], "one record per read");
 }

@@ -595,3 +595,28 @@ fn refused_auth_attempts_count_as_errors() {
     );
     assert!(h.closed);
 }
+
+/// The driver reads no more client input at once than the session will hold: outside DATA,
+/// what still fits under the 8 KiB of pipelined input a session buffers while it waits for
+/// the backend (a whole read of 128 KiB would be held past it); in DATA, as much as it reads.
+#[test]
+fn the_client_read_budget_keeps_pipelined_input_within_its_bound() {
+    use crate::session::{Leg, Machine};
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    assert_eq!(h.session.read_budget(Leg::Client), 8 * 1024);
+    // The MAIL goes to the backend; what is pipelined after it waits for its reply.
+    let rcpt = "RCPT TO:<b@y.test>\r\n";
+    h.client_says(format!("MAIL FROM:<a@x.test>\r\n{rcpt}").as_bytes());
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test>\r\n");
+    assert_eq!(h.session.read_budget(Leg::Client), 8 * 1024 - rcpt.len());
+    h.client_says(&b"NOOP\r\n".repeat(2_000));
+    assert_eq!(h.session.read_budget(Leg::Client), 0);
+    assert!(!h.session.wants_bytes(Leg::Client));
+    assert_eq!(h.session.read_budget(Leg::Backend), usize::MAX);
+
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.transaction();
+    assert_eq!(h.session.read_budget(Leg::Client), usize::MAX, "in DATA");
+}

@@ -28,6 +28,13 @@ impl Machine for Session {
         }
     }
 
+    fn read_budget(&self, leg: Leg) -> usize {
+        match leg {
+            Leg::Client => self.client_read_budget(),
+            Leg::Backend => usize::MAX,
+        }
+    }
+
     fn is_closed(&self) -> bool {
         Session::is_closed(self)
     }

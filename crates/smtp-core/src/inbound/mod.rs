@@ -144,6 +144,16 @@ impl Session {
         self.conn.poll_timeout()
     }
 
+    /// How much of the client's input the driver may read at once: in DATA (or while a BDAT
+    /// chunk is skipped) as much as it reads, else what still fits under
+    /// [`CLIENT_BUFFER_CAP`], so that pipelined input stays within it.
+    pub fn client_read_budget(&self) -> usize {
+        match self.mode {
+            Mode::Data(_) | Mode::SkipBdat { .. } => usize::MAX,
+            _ => CLIENT_BUFFER_CAP.saturating_sub(self.conn.client_in.buffered()),
+        }
+    }
+
     /// Whether the driver should read from the client now (backpressure: a session that is
     /// waiting on the backend holds at most [`CLIENT_BUFFER_CAP`] of pipelined input).
     pub fn wants_client_bytes(&self) -> bool {

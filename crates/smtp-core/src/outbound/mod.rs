@@ -104,6 +104,13 @@ impl Machine for Session {
         }
     }
 
+    fn read_budget(&self, leg: Leg) -> usize {
+        match (leg, &self.mode) {
+            (Leg::Client, Mode::Data(_) | Mode::SkipBdat { .. }) | (Leg::Backend, _) => usize::MAX,
+            (Leg::Client, _) => CLIENT_BUFFER_CAP.saturating_sub(self.conn.client_in.buffered()),
+        }
+    }
+
     fn is_closed(&self) -> bool {
         self.conn.is_closed()
     }

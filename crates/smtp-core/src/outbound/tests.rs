@@ -608,3 +608,29 @@ fn commands_pipelined_behind_a_refused_rcpt_are_answered_at_once() {
         );
     }
 }
+
+/// As inbound: the driver reads no more of the legacy MTA's input at once than fits under
+/// the 8 KiB a session buffers while the next hop is awaited; in DATA, as much as it reads.
+#[test]
+fn the_client_read_budget_keeps_pipelined_input_within_its_bound() {
+    let mut h = Harness::originate(cfg(Level::May));
+    assert_eq!(h.session.read_budget(Leg::Client), 8 * 1024);
+    start(&mut h, "b@y.test");
+    // The RCPT waits for the next hop; what is pipelined after it is held.
+    h.client_says(b"NOOP\r\n");
+    assert_eq!(h.session.read_budget(Leg::Client), 8 * 1024 - 6);
+    assert_eq!(h.session.read_budget(Leg::Backend), usize::MAX);
+
+    let mut h = Harness::originate(cfg(Level::May));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+    h.backend_says(b"250 2.1.0 Sender ok\r\n");
+    assert_eq!(h.take_backend(), "RCPT TO:<b@y.test>\r\n");
+    h.backend_says(b"250 2.1.5 Recipient ok\r\n");
+    h.take_client();
+    h.client_says(b"DATA\r\n");
+    h.backend_says(b"354 go ahead\r\n");
+    assert_eq!(h.take_client(), "354 go ahead\r\n");
+    assert_eq!(h.session.read_budget(Leg::Client), usize::MAX, "in DATA");
+}

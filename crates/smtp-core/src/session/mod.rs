@@ -222,6 +222,13 @@ pub trait Machine {
     fn poll_timeout(&self) -> Option<Instant>;
     /// Whether the driver should read from the leg now (backpressure).
     fn wants_bytes(&self, leg: Leg) -> bool;
+    /// The most the driver should read from the leg at once, when it reads: what the session
+    /// will still buffer (a whole read of pipelined input would otherwise be held past the
+    /// session's bound). `usize::MAX`: as much as the driver reads.
+    fn read_budget(&self, leg: Leg) -> usize {
+        let _ = leg;
+        usize::MAX
+    }
     fn is_closed(&self) -> bool;
     /// Whether this session's messages travel over TLS on the leg its listener protects (for
     /// `messages_total{tls}`): the client leg in terminate mode, the next hop in originate.
