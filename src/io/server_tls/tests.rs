@@ -302,6 +302,9 @@ async fn a_read_budget_takes_a_record_at_a_time() {
     let body = vec![b'x'; 4 * 16_384];
     client.write_all(&body).await.unwrap();
     client.flush().await.unwrap();
+    // All four records in the socket before the first read: a read that found only part of
+    // them would leave a longer partial record, and the next could complete two.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let mut got = Vec::new();
     let mut reads = Vec::new();
     while got.len() < body.len() {
