@@ -49,9 +49,6 @@ pub use domain_secure::{DomainSecureRefusal, Missing};
 use auth::AuthState;
 use state::{Backend, Mode, Pending, Phase, Replay, Secure, Transaction};
 
-/// Pipelined command bytes buffered before the session stops asking for more client input.
-const CLIENT_BUFFER_CAP: usize = 8 * 1024;
-
 /// Backend connections a session may replace (after refused messages, or for a backend that
 /// refuses a second EHLO) before it ends with `421`: one pipelining client must not be able
 /// to drive an unbounded rate of backend connections.
@@ -146,22 +143,22 @@ impl Session {
 
     /// How much of the client's input the driver may read at once: in DATA (or while a BDAT
     /// chunk is skipped) as much as it reads, else what still fits under
-    /// [`CLIENT_BUFFER_CAP`], so that pipelined input stays within it.
+    /// 8 KiB of pipelined input (the session's `client_room`).
     pub fn client_read_budget(&self) -> usize {
         match self.mode {
             Mode::Data(_) | Mode::SkipBdat { .. } => usize::MAX,
-            _ => CLIENT_BUFFER_CAP.saturating_sub(self.conn.client_in.buffered()),
+            _ => self.conn.client_room(),
         }
     }
 
     /// Whether the driver should read from the client now (backpressure: a session that is
-    /// waiting on the backend holds at most [`CLIENT_BUFFER_CAP`] of pipelined input).
+    /// waiting on the backend holds at most 8 KiB of pipelined input, its `client_room`).
     pub fn wants_client_bytes(&self) -> bool {
         match self.mode {
             _ if self.conn.client_eof || self.conn.is_closed() => false,
             Mode::Starting | Mode::AwaitTls => false,
             Mode::Data(_) | Mode::SkipBdat { .. } => true,
-            _ => self.conn.client_in.buffered() < CLIENT_BUFFER_CAP,
+            _ => self.conn.client_room() > 0,
         }
     }
 

@@ -35,9 +35,6 @@ pub use policy::{TlsFailure, TlsFailureReport};
 
 use state::{Hop, HopState, Mode, Phase};
 
-/// Pipelined command bytes buffered before the session stops asking for more client input.
-const CLIENT_BUFFER_CAP: usize = 8 * 1024;
-
 #[derive(Debug)]
 pub struct Session {
     /// Shared by every session of the listener.
@@ -98,7 +95,7 @@ impl Machine for Session {
             Leg::Client => match self.mode {
                 _ if self.conn.client_eof || self.conn.is_closed() => false,
                 Mode::Data(_) | Mode::SkipBdat { .. } => true,
-                _ => self.conn.client_in.buffered() < CLIENT_BUFFER_CAP,
+                _ => self.conn.client_room() > 0,
             },
             Leg::Backend => self.hop.state != HopState::None,
         }
@@ -107,7 +104,7 @@ impl Machine for Session {
     fn read_budget(&self, leg: Leg) -> usize {
         match (leg, &self.mode) {
             (Leg::Client, Mode::Data(_) | Mode::SkipBdat { .. }) | (Leg::Backend, _) => usize::MAX,
-            (Leg::Client, _) => CLIENT_BUFFER_CAP.saturating_sub(self.conn.client_in.buffered()),
+            (Leg::Client, _) => self.conn.client_room(),
         }
     }
 

@@ -20,6 +20,10 @@ use crate::timer::{Timer, Timers};
 /// folds: the size the backend's buffer is made ready for in a bulk transfer.
 pub(crate) const BODY_BATCH: usize = 128 * 1024 + 1024;
 
+/// Pipelined command bytes a session holds, outside DATA, before it stops asking for client
+/// input (either direction: [`Conn::client_room`]).
+const CLIENT_BUFFER_CAP: usize = 8 * 1024;
+
 /// A piece of body data this large (half a full TLS record) is taken for part of a bulk
 /// transfer.
 const BULK_PIECE: usize = 8 * 1024;
@@ -63,6 +67,13 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// Room left for pipelined client input under [`CLIENT_BUFFER_CAP`]: outside DATA, a
+    /// session reads the client only while there is some, and no more than that at once
+    /// ([`crate::session::Machine::read_budget`]).
+    pub(crate) fn client_room(&self) -> usize {
+        CLIENT_BUFFER_CAP.saturating_sub(self.client_in.buffered())
+    }
+
     pub(crate) fn new(
         protocol_log: bool,
         max_errors: u32,
