@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use smtp_core::reply::{Reply, ReplyParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -57,6 +58,9 @@ struct Server {
     up: AtomicBool,
     /// `backend.xclient` is on and this server was seen without XCLIENT (logged once).
     no_xclient: AtomicBool,
+    /// Its EHLO reply to the last health check that passed (over the hop's TLS when it has
+    /// one); cleared when it is marked down.
+    ehlo: ArcSwapOption<Reply>,
 }
 
 impl Pool {
@@ -69,6 +73,7 @@ impl Pool {
                     addr: addr.clone(),
                     up: AtomicBool::new(true),
                     no_xclient: AtomicBool::new(false),
+                    ehlo: ArcSwapOption::empty(),
                 })
                 .collect(),
             connect_timeout,
@@ -121,9 +126,21 @@ impl Pool {
             .any(|s| s.addr == server && s.up.load(Ordering::Relaxed))
     }
 
+    /// The EHLO reply of the server a new session connects to (the first not marked down),
+    /// from its last health check; `None` until one has passed. A session started under a
+    /// handshake flood answers its client's EHLO before STARTTLS with it and connects only
+    /// once it needs the backend (`smtp_core::inbound::Session::new_deferred`).
+    pub fn known_ehlo(&self) -> Option<Arc<Reply>> {
+        let first = self.servers.iter().find(|s| s.up.load(Ordering::Relaxed))?;
+        first.ehlo.load_full()
+    }
+
     /// Mark server `i` up or down; a change is logged (down with `why`).
     fn mark(&self, listener: &str, i: usize, up: bool, why: &str) {
         let Some(s) = self.servers.get(i) else { return };
+        if !up {
+            s.ehlo.store(None);
+        }
         if s.up.swap(up, Ordering::Relaxed) != up {
             if up {
                 tracing::info!(listener, server = %s.addr, "backend server up again");
@@ -208,7 +225,10 @@ impl Pool {
                 let result = check(&s.addr, hostname, self.connect_timeout, tls).await;
                 metrics.backend_up(&s.addr, result.is_ok(), crate::clock::unix_now());
                 match result {
-                    Ok(()) => self.mark(listener, i, true, ""),
+                    Ok(ehlo) => {
+                        s.ehlo.store(Some(Arc::new(ehlo)));
+                        self.mark(listener, i, true, "");
+                    }
                     Err(why) => self.mark(listener, i, false, &format!("health check: {why}")),
                 }
             });
@@ -250,21 +270,23 @@ async fn handshake(
 
 /// One SMTP health check: connect (under `connect_timeout`), a `220` greeting, `EHLO
 /// <hostname>` answered 2xx, then `QUIT`. Over the hop's TLS: implicit from the start, or
-/// STARTTLS (offered and accepted) and EHLO again. Every wait has a deadline.
+/// STARTTLS (offered and accepted) and EHLO again. Every wait has a deadline. The EHLO reply
+/// (the last one: over TLS when the hop has it) is what the server offers a session.
 pub async fn check(
     server: &str,
     hostname: &str,
     connect_timeout: Duration,
     tls: Option<&HopTls>,
-) -> Result<(), String> {
+) -> Result<Reply, String> {
     let mut tcp = match timeout(connect_timeout, TcpStream::connect(server)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(format!("connect: {e}")),
         Err(_) => return Err(format!("connect: timed out after {connect_timeout:?}")),
     };
     let Some(tls) = tls else {
-        greet(&mut tcp, hostname).await?;
-        return quit(&mut tcp).await;
+        let ehlo = greet(&mut tcp, hostname).await?;
+        quit(&mut tcp).await;
+        return Ok(ehlo);
     };
     let handshake = |tcp| async move {
         timeout(connect_timeout, handshake(tls, server, tcp))
@@ -273,8 +295,9 @@ pub async fn check(
     };
     if tls.implicit {
         let mut stream = handshake(tcp).await?;
-        greet(&mut stream, hostname).await?;
-        return quit(&mut stream).await;
+        let ehlo = greet(&mut stream, hostname).await?;
+        quit(&mut stream).await;
+        return Ok(ehlo);
     }
     let ehlo = greet(&mut tcp, hostname).await?;
     if ehlo.extension("STARTTLS").is_none() {
@@ -290,8 +313,9 @@ pub async fn check(
         return Err(format!("STARTTLS: {}", one_line(&reply)));
     }
     let mut stream = handshake(tcp).await?;
-    ehlo_on(&mut stream, &mut Replies::new(), hostname).await?;
-    quit(&mut stream).await
+    let ehlo = ehlo_on(&mut stream, &mut Replies::new(), hostname).await?;
+    quit(&mut stream).await;
+    Ok(ehlo)
 }
 
 /// The greeting (`220`) and our EHLO (2xx); the EHLO reply.
@@ -326,7 +350,7 @@ async fn ehlo_on<S: AsyncRead + AsyncWrite + Unpin>(
 /// The check has passed. QUIT, then wait for the server to close first, so that the
 /// TIME_WAIT of a check every few seconds is the server's, not ours; one that does not close
 /// in time is reset.
-async fn quit<S: AsyncRead + AsyncWrite + Unpin + Socket>(s: &mut S) -> Result<(), String> {
+async fn quit<S: AsyncRead + AsyncWrite + Unpin + Socket>(s: &mut S) {
     let _ = write(s, b"QUIT\r\n").await;
     let mut rest = [0u8; 512];
     let closed = timeout(CHECK_REPLY_TIMEOUT, async {
@@ -341,7 +365,6 @@ async fn quit<S: AsyncRead + AsyncWrite + Unpin + Socket>(s: &mut S) -> Result<(
     if closed.is_err() {
         let _ = s.tcp().set_zero_linger();
     }
-    Ok(())
 }
 
 /// The TCP connection under a check's stream.

@@ -64,6 +64,16 @@ pub fn serve(
         id,
         started,
     } = opened;
-    let session = Session::new(cfg, peer, tls, started, SystemTime::now());
+    // Under a handshake flood a STARTTLS session greets without waiting for the backend,
+    // and connects to it once TLS is up (or for a command before TLS that needs it): the
+    // flood's connections that never get that far cost the backend nothing, and the
+    // sidecar's core the packets of a connection each.
+    let known_ehlo = (tls.is_none() && cfg.starttls && l.handshakes_pressed())
+        .then(|| l.pool.known_ehlo())
+        .flatten();
+    let session = match known_ehlo {
+        Some(ehlo) => Session::new_deferred(cfg, peer, ehlo, started, SystemTime::now()),
+        None => Session::new(cfg, peer, tls, started, SystemTime::now()),
+    };
     crate::driver::serve(l, session, client, (peer, id, started), shutdown)
 }

@@ -475,6 +475,61 @@ impl Drop for AdmissionHeld {
     }
 }
 
+/// Under a flood a STARTTLS session greets and answers its EHLO before STARTTLS without a
+/// backend connection (the EHLO from the backend's reply to its last health check), and
+/// connects once TLS is up: a flood attempt that gets no further costs the backend nothing.
+/// A session that goes on relays its message byte for byte, over one backend connection
+/// that never saw the EHLO before TLS. (Without the deferral the first session leaves a
+/// backend connection behind, and the second one's begins `EHLO client.test` twice.)
+#[tokio::test]
+async fn under_a_flood_a_starttls_session_connects_the_backend_once_tls_is_up() {
+    let (backend, rec) = recording_backend().await;
+    let yaml = config_yaml(backend, "starttls", "      max_handshakes: 4\n").replace(
+        "connect_timeout: 2s\n",
+        "connect_timeout: 2s\n      health_check_interval: 100ms\n",
+    );
+    let running = start(&yaml).await;
+    let addr = running.addr("inbound").unwrap();
+    let l = &running.snapshot.listeners[0].1;
+    eventually(|| l.pool.known_ehlo().is_some(), "a health check passed").await;
+    let slots = l.handshakes.as_ref().unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(slots.take().await.unwrap());
+    }
+    assert!(l.handshakes_pressed());
+
+    let mut attempt = Client::connect(addr).await;
+    assert_eq!(attempt.reply().await, "220 mx.test ESMTP\r\n");
+    assert_eq!(
+        attempt.cmd("EHLO client.test").await,
+        "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 36700160\r\n\
+         250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n"
+    );
+    assert_eq!(attempt.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    assert!(attempt.closed().await);
+
+    let mut c = Client::starttls_session(addr).await;
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Ok\r\n");
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+    c.send(b"deferred\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok"));
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    assert_eq!(rec.messages(), [b"deferred\r\n.\r\n"]);
+    let transcripts = rec.closed(1).await;
+    assert_eq!(
+        String::from_utf8_lossy(&transcripts[0]),
+        "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n\
+         deferred\r\n.\r\nQUIT\r\n",
+        "one backend connection, for the session that got past STARTTLS"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rec.transcripts.lock().unwrap().len(), 1);
+    drop(taken);
+    running.shutdown().await;
+}
+
 /// Under a flood a STARTTLS connection is served whole on the admission threads, its
 /// greeting, STARTTLS handshake and messages, and moves to the sessions' threads the next time
 /// it waits for its peers once the flood is over. First, with this test's runtime (the

@@ -97,9 +97,29 @@ async fn all_marked_down_fails_at_once_without_a_connect() {
 
 #[tokio::test]
 async fn health_check_passes_on_220_and_2xx_ehlo() {
-    check(&smtp().await, "mx.test", Duration::from_secs(2), None)
+    let ehlo = check(&smtp().await, "mx.test", Duration::from_secs(2), None)
         .await
         .unwrap();
+    assert_eq!(
+        (ehlo.code, ehlo.lines),
+        (250, vec!["ok".into(), "PIPELINING".into()])
+    );
+}
+
+/// The EHLO reply known for new sessions is the first server's not marked down, from its
+/// last passed check; a server marked down forgets its own.
+#[tokio::test]
+async fn the_known_ehlo_is_the_first_live_servers() {
+    let pool = Pool::new(&[smtp().await, smtp().await], Duration::from_secs(2));
+    assert_eq!(pool.known_ehlo(), None, "no check passed yet");
+    let (a, b) = (Reply::new(250, "a"), Reply::new(250, "b"));
+    pool.servers[0].ehlo.store(Some(Arc::new(a.clone())));
+    pool.servers[1].ehlo.store(Some(Arc::new(b.clone())));
+    assert_eq!(pool.known_ehlo().as_deref(), Some(&a));
+    pool.mark("l", 0, false, "test");
+    assert_eq!(pool.known_ehlo().as_deref(), Some(&b));
+    pool.mark("l", 0, true, "");
+    assert_eq!(pool.known_ehlo(), None, "the first server's was forgotten");
 }
 
 #[tokio::test]

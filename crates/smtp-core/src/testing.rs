@@ -159,6 +159,18 @@ impl Harness<Session> {
         Self::with_session(session, now)
     }
 
+    /// A session started with its backend deferred ([`Session::new_deferred`]), which knows
+    /// the backend's EHLO reply `ehlo` (wire form); our greeting is not taken.
+    pub fn deferred(cfg: Config, ehlo: &str) -> Self {
+        let now = Instant::now();
+        let mut parser = crate::reply::ReplyParser::default();
+        parser.push(ehlo.as_bytes());
+        let ehlo = parser.next_reply().ok().flatten().expect("an EHLO reply");
+        let peer = "192.0.2.1:49152".parse().expect("address");
+        let session = Session::new_deferred(cfg, peer, ehlo.into(), now, test_wall());
+        Self::with_session(session, now)
+    }
+
     /// A session past the backend greeting, with our greeting taken.
     pub fn greeted(cfg: Config) -> Self {
         let mut h = Self::new(cfg);
@@ -410,6 +422,10 @@ impl AutoBackend {
                 replies.extend_from_slice(b"220 legacy.test ESMTP\r\n");
             }
             let sent = h.backend.split();
+            assert!(
+                sent.is_empty() || !self.connections.is_empty(),
+                "written to a backend that was never connected: {sent:?}"
+            );
             if let Some(conn) = self.connections.last_mut() {
                 conn.extend_from_slice(&sent);
             }

@@ -116,15 +116,38 @@ impl Session {
         self.conn.timers.stop(Timer::Backend);
         if matches!(self.mode, Mode::Starting) {
             self.backend = Backend::Ready;
-            self.mode = Mode::Commands;
-            let greeting = format!("220 {} ESMTP", self.cfg.hostname);
-            self.send(&greeting);
-            self.conn
-                .timers
-                .set(Timer::Client, now + self.cfg.timeouts.greeting);
+            self.greet(now);
         } else {
             self.replay_helo(now);
         }
+    }
+
+    /// Our greeting: the session starts reading commands.
+    pub(super) fn greet(&mut self, now: Instant) {
+        self.mode = Mode::Commands;
+        let greeting = format!("220 {} ESMTP", self.cfg.hostname);
+        self.send(&greeting);
+        self.conn
+            .timers
+            .set(Timer::Client, now + self.cfg.timeouts.greeting);
+    }
+
+    /// Open a [`Backend::Deferred`] connection (nothing otherwise). It is brought to where
+    /// the client is as a replaced one is ([`Session::replay_helo`]); commands wait for it.
+    pub(super) fn connect_deferred(&mut self) {
+        if self.backend == Backend::Deferred {
+            self.known_ehlo = None;
+            self.conn.control(Action::ConnectBackend);
+            self.backend = Backend::Connecting;
+        }
+    }
+
+    /// `cmd` needs the backend, which is deferred: connect, and carry it out once the
+    /// connection is where the client is. The client's wait is the backend's from here.
+    pub(super) fn connect_for(&mut self, cmd: Command) {
+        self.waiting = Some(Box::new(cmd));
+        self.conn.timers.stop(Timer::Client);
+        self.connect_deferred();
     }
 
     /// `hop.xclient`, at the first HELO/EHLO reply of a backend connection: when it offers
@@ -250,6 +273,9 @@ impl Session {
             if let Mode::Await(pending @ Pending::Ehlo { .. }) = mode {
                 self.complete(pending, reply, now);
             }
+        }
+        if let Some(cmd) = self.waiting.take() {
+            self.dispatch(*cmd, now);
         }
     }
 

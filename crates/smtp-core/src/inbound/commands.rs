@@ -27,7 +27,8 @@ impl Session {
     pub(super) fn process_input(&mut self, now: Instant) {
         loop {
             match self.mode {
-                Mode::Commands | Mode::AuthLine if self.backend == Backend::Ready => {}
+                Mode::Commands | Mode::AuthLine
+                    if matches!(self.backend, Backend::Ready | Backend::Deferred) => {}
                 _ => return,
             }
             if self.conn.draining && !matches!(self.phase, Phase::ExpectRcpt(_)) {
@@ -70,6 +71,28 @@ impl Session {
             }
             return self.refuse("530 5.7.0 Must issue a STARTTLS command first", now);
         }
+        if self.backend == Backend::Deferred && self.needs_backend(&cmd) {
+            return self.connect_for(cmd);
+        }
+        self.dispatch(cmd, now);
+    }
+
+    /// Whether a command needs the backend connection: every one but those the sidecar
+    /// answers itself, and, before TLS, HELO and EHLO ([`Backend::Deferred`]).
+    fn needs_backend(&self, cmd: &Command) -> bool {
+        match cmd {
+            Command::Ehlo(_) | Command::Helo(_) => self.tls.is_some(),
+            Command::StartTls
+            | Command::Noop
+            | Command::Quit
+            | Command::Bdat { .. }
+            | Command::Etrn(_) => false,
+            _ => true,
+        }
+    }
+
+    /// Carry out a client command (its TLS policy already checked).
+    pub(super) fn dispatch(&mut self, cmd: Command, now: Instant) {
         match cmd {
             Command::Ehlo(name) => self.hello(name, true, now),
             Command::Helo(name) => self.hello(name, false, now),
@@ -78,7 +101,9 @@ impl Session {
             Command::Quit => {
                 self.send("221 2.0.0 Bye");
                 // RFC 5321 §4.1.1.10; the backend's own 221 is not waited for.
-                self.conn.write(Leg::Backend, b"QUIT\r\n");
+                if self.backend != Backend::Deferred {
+                    self.conn.write(Leg::Backend, b"QUIT\r\n");
+                }
                 self.conn.close_after_quit();
             }
             Command::Rset => {
@@ -107,6 +132,39 @@ impl Session {
                 self.forward_cmd(&cmd, Pending::Other, now);
             }
             Command::Etrn(_) => self.refuse("502 5.5.1 Command not implemented", now),
+        }
+    }
+
+    /// Answer the client's HELO/EHLO with the backend's `reply` to it: an EHLO reply
+    /// rewritten by the listener's policy (its extensions are what MAIL and RCPT may use), a
+    /// HELO with its first line.
+    fn answer_hello(&mut self, name: String, esmtp: bool, reply: &Reply) {
+        self.offered = Offered::default();
+        if reply.is_positive() {
+            self.conn.helo = Some((name, esmtp));
+            self.phase = Phase::ExpectMail;
+        }
+        if esmtp {
+            let policy = EhloPolicy {
+                hostname: self.cfg.hostname.clone(),
+                offer_starttls: self.cfg.starttls && self.tls.is_none(),
+                // In audit mode AUTH is offered before TLS too: the policy must not
+                // change what clients do, only report what it would have refused.
+                offer_auth: self.tls.is_some() || !self.cfg.auth_requires_tls || !self.cfg.enforce,
+                max_size: self.cfg.max_message_size,
+                chunking: false,
+            };
+            let rewritten = rewrite_ehlo(reply, &policy);
+            self.offered = Offered::from_reply(&rewritten);
+            self.send_reply(&rewritten);
+        } else if reply.is_positive() {
+            // A HELO is answered with one line (RFC 5321 §4.1.1.1), also when an EHLO went
+            // to the backend to look for XCLIENT: no extension reaches a HELO client.
+            let mut reply = reply.clone();
+            reply.lines.truncate(1);
+            self.send_reply(&reply);
+        } else {
+            self.send_reply(reply);
         }
     }
 
@@ -166,43 +224,16 @@ impl Session {
                     self.mode = Mode::Await(Pending::Ehlo { name, esmtp });
                     return;
                 }
-                self.offered = Offered::default();
                 // Kept to answer the EHLO after STARTTLS (moved in once it is rewritten).
                 let keep_for_tls = reply.is_positive() && esmtp && self.tls.is_none();
                 let keep_for_tls = (keep_for_tls && self.cfg.starttls).then(|| name.clone());
                 if reply.is_positive() {
                     self.backend_helo = true;
                     self.backend_offered = Offered::from_reply(&reply);
-                    self.conn.helo = Some((name, esmtp));
-                    self.phase = Phase::ExpectMail;
                 }
-                if esmtp {
-                    let policy = EhloPolicy {
-                        hostname: self.cfg.hostname.clone(),
-                        offer_starttls: self.cfg.starttls && self.tls.is_none(),
-                        // In audit mode AUTH is offered before TLS too: the policy must not
-                        // change what clients do, only report what it would have refused.
-                        offer_auth: self.tls.is_some()
-                            || !self.cfg.auth_requires_tls
-                            || !self.cfg.enforce,
-                        max_size: self.cfg.max_message_size,
-                        chunking: false,
-                    };
-                    let rewritten = rewrite_ehlo(&reply, &policy);
-                    self.offered = Offered::from_reply(&rewritten);
-                    self.send_reply(&rewritten);
-                    if let Some(name) = keep_for_tls {
-                        self.before_tls_ehlo = Some((name, reply));
-                    }
-                } else if reply.is_positive() {
-                    // A HELO is answered with one line (RFC 5321 §4.1.1.1), also when an EHLO
-                    // went to the backend to look for XCLIENT: no extension reaches a HELO
-                    // client.
-                    let mut reply = reply;
-                    reply.lines.truncate(1);
-                    self.send_reply(&reply);
-                } else {
-                    self.send_reply(&reply);
+                self.answer_hello(name, esmtp, &reply);
+                if let Some(name) = keep_for_tls {
+                    self.before_tls_ehlo = Some((name, reply));
                 }
             }
             Pending::Mail { mail, secure } => {
@@ -271,6 +302,19 @@ impl Session {
     }
 
     fn hello(&mut self, name: String, esmtp: bool, now: Instant) {
+        if let Some(known) = self.known_ehlo.clone() {
+            // The backend is deferred: an EHLO is answered from its known EHLO reply, a HELO
+            // with our name (the known reply greets the health check, not this client).
+            let ours;
+            let reply = if esmtp {
+                known.as_ref()
+            } else {
+                ours = Reply::new(250, self.cfg.hostname.clone());
+                &ours
+            };
+            self.answer_hello(name, esmtp, reply);
+            return self.expect_command(now);
+        }
         if let Some((before, reply)) = self.before_tls_ehlo.take() {
             if self.tls.is_some() && esmtp && before == name {
                 return self.complete(Pending::Ehlo { name, esmtp }, reply, now);

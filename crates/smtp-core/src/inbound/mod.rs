@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::command::Command;
 use crate::ehlo::Offered;
 use crate::reply::Reply;
 use crate::session::{Conn, LegFailure};
@@ -87,6 +88,12 @@ pub struct Session {
     /// Whether XCLIENT was considered on the current backend connection (`hop.xclient`: at
     /// its first HELO/EHLO reply).
     xclient_asked: bool,
+    /// While the backend is [`Backend::Deferred`]: the backend's EHLO reply that answers the
+    /// client's EHLO before STARTTLS (the listener's, shared).
+    known_ehlo: Option<Arc<Reply>>,
+    /// A command that opened a deferred backend connection: it is carried out once the
+    /// connection is where the client is.
+    waiting: Option<Box<Command>>,
     conn: Conn,
 }
 
@@ -100,8 +107,39 @@ impl Session {
         now: Instant,
         wall: SystemTime,
     ) -> Self {
-        let cfg: Arc<Config> = cfg.into();
-        let mut s = Session {
+        let mut s = Session::build(cfg.into(), peer, tls, now, wall);
+        s.conn.control(Action::ConnectBackend);
+        s
+    }
+
+    /// A new plaintext session that greets at once and connects to the backend only when it
+    /// needs it ([`Backend::Deferred`]): once TLS is up, or for the first command before it
+    /// that the backend must answer. `ehlo` is a positive EHLO reply of the backend (the
+    /// listener's health check's): the client's EHLO before STARTTLS is answered from it,
+    /// rewritten as any other. A flood of connections that never get past STARTTLS then
+    /// costs the backend nothing.
+    pub fn new_deferred(
+        cfg: impl Into<Arc<Config>>,
+        peer: SocketAddr,
+        ehlo: Arc<Reply>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        let mut s = Session::build(cfg.into(), peer, None, now, wall);
+        s.backend = Backend::Deferred;
+        s.known_ehlo = Some(ehlo);
+        s.greet(now);
+        s
+    }
+
+    fn build(
+        cfg: Arc<Config>,
+        peer: SocketAddr,
+        tls: Option<TlsInfo>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        Session {
             conn: Conn::new(cfg.protocol_log, cfg.max_errors, peer.ip(), now, wall),
             cfg,
             tls,
@@ -117,9 +155,9 @@ impl Session {
             replacements: 0,
             client_port: peer.port(),
             xclient_asked: false,
-        };
-        s.conn.control(Action::ConnectBackend);
-        s
+            known_ehlo: None,
+            waiting: None,
+        }
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -229,7 +267,8 @@ impl Session {
     }
 
     pub fn handle_backend_bytes(&mut self, data: &[u8], now: Instant) {
-        if self.conn.is_closed() || self.backend == Backend::Connecting {
+        if self.conn.is_closed() || matches!(self.backend, Backend::Connecting | Backend::Deferred)
+        {
             return;
         }
         if !data.is_empty() && !self.awaits_backend() {
@@ -268,7 +307,7 @@ impl Session {
     }
 
     pub fn handle_backend_eof(&mut self, _now: Instant) {
-        if self.backend != Backend::Connecting {
+        if !matches!(self.backend, Backend::Connecting | Backend::Deferred) {
             self.backend_failed(LegFailure::Closed, "connection closed".into());
         }
     }
@@ -297,6 +336,9 @@ impl Session {
         self.conn
             .timers
             .set(Timer::Client, now + self.cfg.timeouts.command);
+        // A deferred backend is needed from here on: connected while the client sends its
+        // EHLO, which waits for it.
+        self.connect_deferred();
     }
 
     /// The TLS handshake failed: nothing can be said to the client in plaintext any more.
@@ -377,3 +419,6 @@ mod domain_secure_tests;
 
 #[cfg(test)]
 mod hop_tests;
+
+#[cfg(test)]
+mod deferred_tests;

@@ -7,9 +7,22 @@ use crate::data::{BareNewlines, LongLines};
 use crate::proptest_support::{check_replies, piece};
 use crate::testing::{check_backend_stream, test_config, AutoBackend, Harness};
 
-fn drive(pieces: &[Vec<u8>], split: usize, cfg: crate::inbound::Config) -> (AutoBackend, Vec<u8>) {
+/// The EHLO reply a deferred session knows ([`Harness::deferred`]): what [`AutoBackend`]
+/// offers, so that what the client is offered before TLS is what it would have been.
+const AUTO_EHLO: &str = "250-legacy.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n\
+                         250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN\r\n";
+
+fn drive(
+    pieces: &[Vec<u8>],
+    split: usize,
+    cfg: crate::inbound::Config,
+    deferred: bool,
+) -> (AutoBackend, Vec<u8>) {
     let hop = cfg.hop.starttls;
-    let mut h = Harness::new(cfg);
+    let mut h = match deferred {
+        true => Harness::deferred(cfg, AUTO_EHLO),
+        false => Harness::new(cfg),
+    };
     if hop {
         h.hop_tls = Some(h.tls_info.clone());
     }
@@ -39,6 +52,7 @@ proptest! {
         auth_in_plaintext in any::<bool>(),
         reject_long in any::<bool>(),
         hop in any::<bool>(),
+        deferred in any::<bool>(),
     ) {
         let mut cfg = test_config();
         // The encrypted hop and XCLIENT: setting up each backend connection changes nothing
@@ -48,7 +62,7 @@ proptest! {
         cfg.auth_requires_tls = !auth_in_plaintext;
         cfg.bare_newlines = if normalize { BareNewlines::Normalize } else { BareNewlines::Reject };
         cfg.long_lines = if reject_long { LongLines::Reject } else { LongLines::Fold };
-        let (backend, client) = drive(&pieces, split, cfg);
+        let (backend, client) = drive(&pieces, split, cfg, deferred);
         for (i, conn) in backend.connections.iter().enumerate() {
             if let Err(e) = check_backend_stream(conn) {
                 return Err(TestCaseError::fail(format!("connection {i}: {e}\n{:?}", String::from_utf8_lossy(conn))));
@@ -110,7 +124,7 @@ fn the_hop_is_exercised() {
         xclient: true,
     };
     let pieces = [b"EHLO client.test\r\nMAIL FROM:<a@b.c>\r\n".to_vec()];
-    let (backend, client) = drive(&pieces, 7, cfg);
+    let (backend, client) = drive(&pieces, 7, cfg, false);
     assert_eq!(
         String::from_utf8_lossy(&backend.connections[0]),
         "EHLO mx.test\r\nSTARTTLS\r\nEHLO client.test\r\n\

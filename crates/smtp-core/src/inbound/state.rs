@@ -89,6 +89,11 @@ pub(super) enum Mode {
 /// The backend connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Backend {
+    /// Not connected yet, and not to be before it is needed: a session started under a
+    /// handshake flood ([`super::Session::new_deferred`]). Its greeting is ours at once, and
+    /// its EHLO before STARTTLS is answered from the backend's EHLO reply the caller knows;
+    /// the connection is opened once TLS is up, or for the first command that needs it.
+    Deferred,
     Connecting,
     Greeting,
     /// Greeted: setting up TLS to the backend (`hop.starttls`).

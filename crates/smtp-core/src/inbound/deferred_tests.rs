@@ -1,0 +1,142 @@
+//! Sessions started with their backend deferred ([`super::Session::new_deferred`]): what a
+//! connection that never gets past STARTTLS costs the backend (nothing), and that a session
+//! which goes on is served exactly as one connected from the start.
+
+use crate::testing::{test_config, Harness};
+
+/// The backend's EHLO reply as its health check last saw it.
+const KNOWN_EHLO: &str = "250-legacy.test Hello mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n\
+                          250-XEXCH50\r\n250-SIZE 99999999999\r\n250-STARTTLS\r\n250 AUTH LOGIN\r\n";
+
+/// [`KNOWN_EHLO`] rewritten for a client before TLS.
+const EHLO_BEFORE_TLS: &str =
+    "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 36700160\r\n250 STARTTLS\r\n";
+
+#[test]
+fn greets_and_answers_ehlo_without_the_backend() {
+    let mut h = Harness::deferred(test_config(), KNOWN_EHLO);
+    assert_eq!(h.take_client(), "220 mx.test ESMTP\r\n", "greeted at once");
+    h.client_says(b"EHLO client.test\r\n");
+    assert_eq!(h.take_client(), EHLO_BEFORE_TLS);
+    h.client_says(b"NOOP\r\n");
+    assert_eq!(h.take_client(), "250 2.0.0 OK\r\n");
+    h.client_says(b"HELO client.test\r\n");
+    assert_eq!(h.take_client(), "250 mx.test\r\n");
+    h.client_says(b"QUIT\r\n");
+    assert_eq!(h.take_client(), "221 2.0.0 Bye\r\n");
+    assert!(h.closed);
+    assert_eq!(h.connects, 0, "no backend connection");
+    assert_eq!(h.take_backend(), "");
+}
+
+#[test]
+fn a_flood_attempt_that_stops_at_starttls_never_reaches_the_backend() {
+    let mut h = Harness::deferred(test_config(), KNOWN_EHLO);
+    h.auto_tls = false;
+    h.client_says(b"EHLO client.test\r\nSTARTTLS\r\n");
+    assert_eq!(
+        h.take_client(),
+        format!("220 mx.test ESMTP\r\n{EHLO_BEFORE_TLS}220 2.0.0 Ready to start TLS\r\n")
+    );
+    assert_eq!(h.tls_started, 1);
+    h.session.handle_tls_failed(h.now);
+    h.run();
+    assert!(h.closed);
+    assert_eq!(h.connects, 0);
+}
+
+/// Once TLS is up the backend is connected, while the client sends its EHLO; the EHLO waits
+/// for the connection's greeting and goes to it as sent, and the session is an ordinary one.
+#[test]
+fn the_backend_is_connected_once_tls_is_up() {
+    let mut h = Harness::deferred(test_config(), KNOWN_EHLO);
+    h.client_says(b"EHLO client.test\r\nSTARTTLS\r\n");
+    h.take_client();
+    assert_eq!(h.connects, 1, "connected as TLS came up");
+    h.client_says(b"EHLO client.test\r\n");
+    assert_eq!(
+        h.take_backend(),
+        "",
+        "nothing before the backend's greeting"
+    );
+    assert_eq!(h.take_client(), "");
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    h.backend_says(b"250-legacy.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 AUTH LOGIN\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250-mx.test\r\n250-PIPELINING\r\n250-AUTH LOGIN\r\n250 SIZE 36700160\r\n",
+        "the backend's own reply, rewritten"
+    );
+    h.transaction();
+    h.client_says(b"Subject: hi\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(h.take_backend(), "Subject: hi\r\n\r\nbody\r\n.\r\n");
+    h.backend_says(b"250 2.0.0 queued as 1\r\n");
+    assert_eq!(h.take_client(), "250 2.0.0 queued as 1\r\n");
+    h.client_says(b"QUIT\r\n");
+    assert_eq!(h.take_backend(), "QUIT\r\n");
+    assert_eq!(h.connects, 1);
+}
+
+/// A command before TLS that the backend must answer connects it; the connection is
+/// greeted with the client's EHLO, and what it offers itself (here no 8BITMIME, which the
+/// known reply had) decides what passes, as on any replaced connection.
+#[test]
+fn a_command_before_tls_connects_the_backend_and_waits_for_it() {
+    let mut h = Harness::deferred(test_config(), KNOWN_EHLO);
+    h.client_says(b"EHLO client.test\r\nMAIL FROM:<a@x.test> BODY=8BITMIME\r\nRSET\r\n");
+    assert_eq!(
+        h.take_client(),
+        format!("220 mx.test ESMTP\r\n{EHLO_BEFORE_TLS}")
+    );
+    assert_eq!(h.connects, 1);
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    h.backend_says(b"250-legacy.test\r\n250 PIPELINING\r\n");
+    assert_eq!(
+        h.take_backend(),
+        "RSET\r\n",
+        "the MAIL refused, not forwarded"
+    );
+    h.backend_says(b"250 2.0.0 Ok\r\n");
+    assert_eq!(
+        h.take_client(),
+        "555 5.5.4 Unsupported parameter\r\n250 2.0.0 Ok\r\n"
+    );
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 2.1.0 Ok\r\n",
+    );
+    assert_eq!(h.connects, 1);
+}
+
+#[test]
+fn an_unreachable_backend_is_421_when_it_is_needed() {
+    let mut h = Harness::deferred(test_config(), KNOWN_EHLO);
+    h.backend_reachable = false;
+    h.client_says(b"EHLO client.test\r\nSTARTTLS\r\n");
+    assert_eq!(
+        h.take_client(),
+        format!(
+            "220 mx.test ESMTP\r\n{EHLO_BEFORE_TLS}220 2.0.0 Ready to start TLS\r\n\
+             421 4.4.2 Backend unavailable, try again later\r\n"
+        )
+    );
+    assert!(h.closed);
+}
+
+/// Under `require_tls` nothing before TLS needs the backend: refusals are ours.
+#[test]
+fn require_tls_refusals_need_no_backend() {
+    let mut cfg = test_config();
+    cfg.require_tls = true;
+    let mut h = Harness::deferred(cfg, KNOWN_EHLO);
+    h.take_client();
+    h.client_says(b"EHLO client.test\r\nMAIL FROM:<a@x.test>\r\n");
+    assert_eq!(
+        h.take_client(),
+        format!("{EHLO_BEFORE_TLS}530 5.7.0 Must issue a STARTTLS command first\r\n")
+    );
+    assert_eq!(h.connects, 0);
+}
