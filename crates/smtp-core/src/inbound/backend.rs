@@ -205,6 +205,9 @@ impl Session {
 
     /// The backend answered a step of the replay.
     fn replayed(&mut self, step: Replay, reply: &Reply, now: Instant) {
+        if step == Replay::Helo && !reply.is_positive() && self.waiting.is_some() {
+            return self.helo_refused(reply, now);
+        }
         match step {
             Replay::Xclient if reply.code == 220 => self.replay_helo(now),
             Replay::Helo if reply.is_positive() => {
@@ -232,6 +235,22 @@ impl Session {
                     ),
                 );
             }
+        }
+    }
+
+    /// A deferred connection refused the client's HELO/EHLO, which was answered from the
+    /// known reply: the client gets the backend's refusal for the command that waited, and
+    /// the session is back before its HELO/EHLO, on this connection.
+    fn helo_refused(&mut self, reply: &Reply, now: Instant) {
+        self.waiting = None;
+        self.backend = Backend::Ready;
+        self.conn.timers.stop(Timer::Backend);
+        self.conn.helo = None;
+        self.offered = Offered::default();
+        self.phase = super::Phase::ExpectEhlo;
+        self.send_reply(reply);
+        if self.count_error() {
+            self.expect_command(now);
         }
     }
 
@@ -275,12 +294,21 @@ impl Session {
             }
         }
         if let Some(cmd) = self.waiting.take() {
+            if self.conn.draining {
+                // Shutdown began while connecting: the command is answered `421 4.3.2`.
+                return self.shutdown_now();
+            }
             self.dispatch(*cmd, now);
         }
     }
 
     /// Forward a serialised command and wait for its reply.
     pub(super) fn forward(&mut self, bytes: &[u8], pending: Pending, now: Instant) {
+        if self.backend == Backend::Deferred {
+            // Every command that needs the backend connects it first (`connect_for`).
+            debug_assert_ne!(self.backend, Backend::Deferred, "forwarded, not connected");
+            return self.backend_failed(LegFailure::Protocol, "not connected".into());
+        }
         self.before_tls_ehlo = None;
         self.conn.write(Leg::Backend, bytes);
         self.mode = Mode::Await(pending);

@@ -26,6 +26,9 @@ impl Session {
     /// Handle buffered client lines for as long as the session can make progress.
     pub(super) fn process_input(&mut self, now: Instant) {
         loop {
+            if self.conn.is_closed() {
+                return;
+            }
             match self.mode {
                 Mode::Commands | Mode::AuthLine
                     if matches!(self.backend, Backend::Ready | Backend::Deferred) => {}
@@ -77,17 +80,16 @@ impl Session {
         self.dispatch(cmd, now);
     }
 
-    /// Whether a command needs the backend connection: every one but those the sidecar
-    /// answers itself, and, before TLS, HELO and EHLO ([`Backend::Deferred`]).
+    /// Whether a command needs the backend connection before anything is looked at. MAIL and
+    /// AUTH decide for themselves, once their own checks have passed (a refusal of ours needs
+    /// no backend); RSET is ours while nothing has been forwarded; RCPT and DATA are refused
+    /// before a MAIL, which connects. HELO and EHLO before TLS are answered from the known
+    /// reply ([`Backend::Deferred`]).
     fn needs_backend(&self, cmd: &Command) -> bool {
         match cmd {
             Command::Ehlo(_) | Command::Helo(_) => self.tls.is_some(),
-            Command::StartTls
-            | Command::Noop
-            | Command::Quit
-            | Command::Bdat { .. }
-            | Command::Etrn(_) => false,
-            _ => true,
+            Command::Vrfy(_) | Command::Expn(_) | Command::Help(_) => true,
+            _ => false,
         }
     }
 
@@ -111,6 +113,10 @@ impl Session {
                     Phase::ExpectEhlo => Phase::ExpectEhlo,
                     _ => Phase::ExpectMail,
                 };
+                if self.backend == Backend::Deferred {
+                    // No transaction can have begun: there is nothing to reset.
+                    return self.ok("250 2.0.0 OK", now);
+                }
                 self.forward_cmd(&Command::Rset, Pending::Rset, now);
             }
             Command::Mail { .. } => self.mail(cmd, now),
@@ -351,6 +357,10 @@ impl Session {
         match self.phase {
             Phase::ExpectEhlo => return self.refuse("503 5.5.1 Send EHLO first", now),
             Phase::ExpectRcpt(_) => return self.refuse("503 5.5.1 Nested MAIL command", now),
+            // Its parameters are checked against what the connection itself offers.
+            Phase::ExpectMail if self.backend == Backend::Deferred => {
+                return self.connect_for(cmd);
+            }
             Phase::ExpectMail => {}
         }
         let Command::Mail { from, params } = &mut cmd else {
@@ -420,6 +430,13 @@ impl Session {
                 self.refuse("503 5.5.1 Already authenticated", now)
             }
             Phase::ExpectMail if !self.offered.auth => {
+                self.refuse("502 5.5.1 AUTH not offered", now)
+            }
+            Phase::ExpectMail if self.backend == Backend::Deferred => {
+                self.connect_for(cmd.clone());
+            }
+            // The connection itself must offer it too (a failover server may not).
+            Phase::ExpectMail if !self.backend_offered.auth => {
                 self.refuse("502 5.5.1 AUTH not offered", now)
             }
             Phase::ExpectMail => {

@@ -140,3 +140,96 @@ fn require_tls_refusals_need_no_backend() {
     );
     assert_eq!(h.connects, 0);
 }
+
+/// A command the sidecar refuses itself, or RSET with nothing to reset, needs no backend: a
+/// flood cannot make each attempt connect with a line before STARTTLS.
+#[test]
+fn our_own_refusals_and_rset_need_no_backend() {
+    let mut h = Harness::deferred(test_config(), KNOWN_EHLO);
+    h.take_client();
+    h.client_says(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nRSET\r\n");
+    assert_eq!(
+        h.take_client(),
+        "503 5.5.1 Send EHLO first\r\n503 5.5.1 Need MAIL command\r\n\
+         503 5.5.1 Need MAIL command\r\n250 2.0.0 OK\r\n"
+    );
+    h.client_says(b"EHLO client.test\r\nAUTH LOGIN\r\nRSET\r\nVRFY x\r\n");
+    assert_eq!(
+        h.take_client(),
+        format!(
+            "{EHLO_BEFORE_TLS}538 5.7.11 Encryption required for requested authentication \
+             mechanism\r\n250 2.0.0 OK\r\n"
+        )
+    );
+    assert_eq!(h.connects, 1, "VRFY is the backend's to answer");
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    h.backend_says(b"250 legacy.test\r\n");
+    assert_eq!(h.take_backend(), "VRFY x\r\n");
+}
+
+/// The backend refuses the client's EHLO, which was answered from the known reply: the
+/// command that waited gets the backend's refusal (not a 421, and no backend failure), and
+/// the client may say EHLO again on the same connection.
+#[test]
+fn a_refused_replayed_ehlo_is_the_backends_answer() {
+    let mut h = Harness::deferred(test_config(), KNOWN_EHLO);
+    h.take_client();
+    h.client_says(b"EHLO bad.client\r\nMAIL FROM:<a@x.test>\r\n");
+    h.take_client();
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO bad.client\r\n");
+    h.backend_says(b"550 5.7.1 Go away\r\n");
+    assert_eq!(h.take_client(), "550 5.7.1 Go away\r\n");
+    assert!(!h.closed);
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, crate::inbound::Event::BackendFailed { .. })));
+    h.client_says(b"MAIL FROM:<a@x.test>\r\n");
+    assert_eq!(h.take_client(), "503 5.5.1 Send EHLO first\r\n");
+    let reply = h.exchange(
+        "EHLO good.client\r\n",
+        "EHLO good.client\r\n",
+        "250 legacy.test\r\n",
+    );
+    assert_eq!(
+        reply,
+        "250-mx.test\r\n250-SIZE 36700160\r\n250 STARTTLS\r\n"
+    );
+    assert_eq!(h.connects, 1);
+}
+
+/// AUTH offered by the known reply but not by the connection: refused, not forwarded.
+#[test]
+fn auth_needs_the_connection_to_offer_it() {
+    let mut cfg = test_config();
+    cfg.auth_requires_tls = false;
+    let mut h = Harness::deferred(cfg, KNOWN_EHLO);
+    h.take_client();
+    h.client_says(b"EHLO client.test\r\n");
+    assert!(h.take_client().contains("250-AUTH LOGIN\r\n"));
+    h.client_says(b"AUTH LOGIN\r\n");
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    h.backend_says(b"250-legacy.test\r\n250 PIPELINING\r\n");
+    assert_eq!(h.take_client(), "502 5.5.1 AUTH not offered\r\n");
+    assert_eq!(h.take_backend(), "");
+}
+
+/// Shutdown while a deferred connection is being opened for a command: that command is
+/// answered `421 4.3.2`, and nothing pipelined behind it reaches the backend.
+#[test]
+fn shutdown_while_connecting_forwards_nothing() {
+    let mut h = Harness::deferred(test_config(), KNOWN_EHLO);
+    h.take_client();
+    h.client_says(b"EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n");
+    h.take_client();
+    h.session.handle_shutdown(h.now);
+    h.run();
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    h.backend_says(b"250 legacy.test\r\n");
+    assert_eq!(h.take_client(), "421 4.3.2 Service shutting down\r\n");
+    assert!(h.closed);
+    assert!(!h.take_backend().contains("MAIL"));
+}

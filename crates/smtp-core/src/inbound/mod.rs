@@ -337,8 +337,10 @@ impl Session {
             .timers
             .set(Timer::Client, now + self.cfg.timeouts.command);
         // A deferred backend is needed from here on: connected while the client sends its
-        // EHLO, which waits for it.
-        self.connect_deferred();
+        // EHLO, which waits for it (unless shutdown began: that EHLO is answered 421).
+        if !self.conn.draining {
+            self.connect_deferred();
+        }
     }
 
     /// The TLS handshake failed: nothing can be said to the client in plaintext any more.
