@@ -68,7 +68,7 @@ pub fn serve(
     // and connects to it once TLS is up (or for a command before TLS that needs it): the
     // flood's connections that never get that far cost the backend nothing, and the
     // sidecar's core the packets of a connection each.
-    let known_ehlo = (tls.is_none() && cfg.starttls && l.handshakes_pressed())
+    let known_ehlo = (tls.is_none() && cfg.starttls && l.handshakes_flooded())
         .then(|| l.pool.known_ehlo())
         .flatten();
     let session = match known_ehlo {

@@ -208,6 +208,7 @@ pub async fn accept_loop(
         stop,
         alive,
         sessions: tokio::runtime::Handle::current(),
+        flood_logged: false,
     };
     let Ok(admission) = crate::io::admission::handle() else {
         // No admission threads (`run` said so when it started): a flood is served here too.
@@ -229,8 +230,9 @@ pub async fn accept_loop(
             return;
         }
         drop(here);
-        tracing::warn!(listener = %accepting.current.load().name,
-            "handshake flood: accepting and handshaking below the established sessions' priority");
+        tracing::debug!(listener = %accepting.current.load().name,
+            "handshake pressure: accepting and handshaking below the established sessions' priority");
+        accepting.note_flood();
         let name = accepting.current.load().name.clone();
         let there = admission.spawn(async move {
             let ended = match accepting.register(&tcp).await {
@@ -250,7 +252,12 @@ pub async fn accept_loop(
         if ended == Ended::Stopped {
             return;
         }
-        tracing::info!(listener = %accepting.current.load().name, "handshake flood over");
+        let name = &accepting.current.load().name;
+        if std::mem::take(&mut accepting.flood_logged) {
+            tracing::info!(listener = %name, "handshake flood over");
+        } else {
+            tracing::debug!(listener = %name, "handshake pressure over");
+        }
     }
 }
 
@@ -281,6 +288,8 @@ struct Accepting {
     alive: mpsc::Sender<()>,
     /// Where sessions run.
     sessions: tokio::runtime::Handle,
+    /// The flood under way was logged.
+    flood_logged: bool,
 }
 
 impl Accepting {
@@ -300,6 +309,17 @@ impl Accepting {
                     }
                 }
             }
+        }
+    }
+
+    /// Warn, once per stay on the admission threads, when the pressure is a flood
+    /// ([`ListenerRuntime::handshakes_flooded`]); a few handshakes at once are not one.
+    fn note_flood(&mut self) {
+        let l = self.current.load();
+        if !self.flood_logged && l.handshakes_flooded() {
+            self.flood_logged = true;
+            tracing::warn!(listener = %l.name,
+                "handshake flood: accepting and handshaking below the established sessions' priority");
         }
     }
 
@@ -339,6 +359,9 @@ impl Accepting {
                             tokio::task::yield_now().await;
                         }
                         self.admit(stream, socket, &l);
+                        if flood {
+                            self.note_flood();
+                        }
                         if l.handshakes_pressed() != flood {
                             return Ended::Move;
                         }
@@ -353,6 +376,7 @@ impl Accepting {
                 _ = look.tick(), if flood => {
                     // The accept in progress was dropped: the run starts again.
                     waiting = 0;
+                    self.note_flood();
                     if !self.current.load().handshakes_pressed() {
                         return Ended::Move;
                     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use smtp_sidecar::runtime::Running;
-use smtp_sidecar::snapshot::PRESSURE_HOLD;
+use smtp_sidecar::snapshot::{PRESSURE_HOLD, PRESS_TAKEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -163,6 +163,38 @@ async fn more_than_half_the_slots_taken_sends_handshakes_to_the_admission_thread
     assert!(l.handshakes_pressed(), "the pressure is held");
     tokio::time::sleep(PRESSURE_HOLD + Duration::from_millis(100)).await;
     assert!(!l.handshakes_pressed(), "and then over");
+    running.shutdown().await;
+}
+
+/// A few handshakes at once are pressure (their CPU goes below the established sessions'),
+/// not a flood: with the default 128 slots, more than `PRESS_TAKEN` (4) in progress put the
+/// listener under pressure, and only more than half of them is a flood, which the log warns
+/// of.
+#[tokio::test]
+async fn more_than_four_handshakes_at_once_are_pressure_not_a_flood() {
+    let (backend, _rec) = recording_backend().await;
+    let running = start(&config_yaml(backend, "starttls", "")).await;
+    let l = &running.snapshot.listeners[0].1;
+    let slots = l.handshakes.as_ref().unwrap();
+    let mut taken = Vec::new();
+    for n in 0..=PRESS_TAKEN {
+        assert!(!l.handshakes_pressed(), "{n} taken");
+        taken.push(slots.take().await.unwrap());
+    }
+    assert!(l.handshakes_pressed(), "5 taken");
+    while taken.len() < 64 {
+        taken.push(slots.take().await.unwrap());
+    }
+    assert!(!l.handshakes_flooded(), "64 of 128 taken");
+    taken.push(slots.take().await.unwrap());
+    assert!(l.handshakes_flooded(), "65 of 128 taken");
+    taken.clear();
+    assert!(l.handshakes_pressed() && l.handshakes_flooded(), "held");
+    tokio::time::sleep(PRESSURE_HOLD + Duration::from_millis(100)).await;
+    assert!(
+        !l.handshakes_pressed() && !l.handshakes_flooded(),
+        "and then over"
+    );
     running.shutdown().await;
 }
 
