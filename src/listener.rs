@@ -188,9 +188,9 @@ pub fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
 /// for new sessions only. Every session task holds a clone of `alive`, so the runtime knows
 /// when the last one has finished.
 ///
-/// The loop runs on the sessions' threads, and under a handshake flood on the admission
+/// The loop runs on the sessions' threads, and under handshake pressure on the admission
 /// threads ([`crate::io::admission`]): there its accepts and refusals wait for the sessions,
-/// and so do the sessions it starts until the flood is over.
+/// and so do the sessions it starts until the pressure is over.
 pub async fn accept_loop(
     tcp: TcpListener,
     current: Arc<ArcSwap<ListenerRuntime>>,
@@ -211,7 +211,7 @@ pub async fn accept_loop(
         flood_logged: false,
     };
     let Ok(admission) = crate::io::admission::handle() else {
-        // No admission threads (`run` said so when it started): a flood is served here too.
+        // No admission threads (`run` said so when it started): pressure is served here too.
         while accepting.accept(&tcp, Place::Sessions).await == Ended::Move {}
         return;
     };
@@ -252,21 +252,17 @@ pub async fn accept_loop(
         if ended == Ended::Stopped {
             return;
         }
-        let name = &accepting.current.load().name;
-        if std::mem::take(&mut accepting.flood_logged) {
-            tracing::info!(listener = %name, "handshake flood over");
-        } else {
-            tracing::debug!(listener = %name, "handshake pressure over");
-        }
+        accepting.note_flood();
+        tracing::debug!(listener = %accepting.current.load().name, "handshake pressure over");
     }
 }
 
 /// Where an accept loop runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
-    /// On the sessions' threads, until a handshake flood.
+    /// On the sessions' threads, until handshake pressure.
     Sessions,
-    /// On the admission threads, while the flood lasts.
+    /// On the admission threads, while the pressure lasts.
     Admission,
 }
 
@@ -275,7 +271,7 @@ enum Place {
 enum Ended {
     /// Shutdown, or the listener was removed.
     Stopped,
-    /// A handshake flood began or ended: the loop goes on on the other threads.
+    /// Handshake pressure began or ended: the loop goes on on the other threads.
     Move,
 }
 
@@ -312,14 +308,23 @@ impl Accepting {
         }
     }
 
-    /// Warn, once per stay on the admission threads, when the pressure is a flood
-    /// ([`ListenerRuntime::handshakes_flooded`]); a few handshakes at once are not one.
+    /// Log a flood's beginning and end ([`ListenerRuntime::handshakes_flooded`]; a burst of
+    /// handshakes is pressure, not a flood): a warning when it is first seen, and once it has
+    /// not been seen for [`crate::snapshot::PRESSURE_HOLD`], that it is over, whether or not
+    /// the pressure lasts.
     fn note_flood(&mut self) {
         let l = self.current.load();
-        if !self.flood_logged && l.handshakes_flooded() {
-            self.flood_logged = true;
-            tracing::warn!(listener = %l.name,
-                "handshake flood: accepting and handshaking below the established sessions' priority");
+        match (self.flood_logged, l.handshakes_flooded()) {
+            (false, true) => {
+                self.flood_logged = true;
+                tracing::warn!(listener = %l.name,
+                    "handshake flood: accepting and handshaking below the established sessions' priority");
+            }
+            (true, false) => {
+                self.flood_logged = false;
+                tracing::info!(listener = %l.name, "handshake flood over");
+            }
+            _ => {}
         }
     }
 
@@ -337,8 +342,8 @@ impl Accepting {
     /// listener comes under handshake pressure, back from the admission threads when the
     /// pressure is over.
     async fn accept(&mut self, tcp: &TcpListener, place: Place) -> Ended {
-        let flood = place == Place::Admission;
-        // The admission threads look for the end of the flood even when nothing is accepted.
+        let admission = place == Place::Admission;
+        // The admission threads look for the end of the pressure even when nothing is accepted.
         let mut look = tokio::time::interval(PRESSURE_HOLD);
         let mut burst = 0;
         // Connections taken in a row without finding the queue empty: arrivals outpacing
@@ -359,10 +364,10 @@ impl Accepting {
                             tokio::task::yield_now().await;
                         }
                         self.admit(stream, socket, &l);
-                        if flood {
+                        if admission {
                             self.note_flood();
                         }
-                        if l.handshakes_pressed() != flood {
+                        if l.handshakes_pressed() != admission {
                             return Ended::Move;
                         }
                     }
@@ -373,7 +378,7 @@ impl Accepting {
                         waiting = 0;
                     }
                 },
-                _ = look.tick(), if flood => {
+                _ = look.tick(), if admission => {
                     // The accept in progress was dropped: the run starts again.
                     waiting = 0;
                     self.note_flood();
@@ -409,7 +414,7 @@ impl Accepting {
         };
         let (l, shutdown) = (Arc::clone(l), self.shutdown.clone());
         let sessions = (self.sessions.clone(), self.alive.clone());
-        // Under a flood, here: the admission threads.
+        // Under pressure, here: the admission threads.
         tokio::spawn(connection(stream, socket, l, admitted, shutdown, sessions));
     }
 }
@@ -429,8 +434,8 @@ async fn accept_noting_wait(tcp: &TcpListener) -> (std::io::Result<(TcpStream, S
 
 /// One admitted connection: what comes before its session ([`arrive`], and on an
 /// implicit-TLS listener the handshake), its session, then its lingering close if it ends
-/// with one. Under a handshake flood this runs on the admission threads, below the
-/// established sessions' priority, and a session that outlasts the flood moves to the
+/// with one. Under handshake pressure this runs on the admission threads, below the
+/// established sessions' priority, and a session that outlasts the pressure moves to the
 /// sessions' threads: the rest of it is spawned there. One async fn, spawned as it is, and
 /// every value it is given small: what an async fn is given, and what it matches on across a
 /// wait, stays in its future to the end, and an idle session must cost little (C of
@@ -469,7 +474,7 @@ async fn connection(
     };
     match served {
         Served::Ended(lingering) => closing.end(lingering).await,
-        // Started under a flood that is over: the rest on the sessions' threads.
+        // Started under pressure that is over: the rest on the sessions' threads.
         Served::Moved(moving) => {
             sessions.spawn(async move {
                 let lingering = moving.await;

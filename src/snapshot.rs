@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::backend::Pool;
@@ -41,17 +41,21 @@ pub struct Warning {
     pub message: String,
 }
 
-/// How long a listener counts as under pressure after it last had more than half its
-/// `max_handshakes` slots taken, or as many connections waiting to be accepted
-/// ([`HandshakeSlots::queued`]): a flood comes in waves, and each move of a listener's work
-/// between the sessions' threads and the admission threads costs a little.
+/// How long a listener counts as under pressure, or flooded, after the last sign of it
+/// ([`PRESS_BURST`], [`HandshakeSlots::flooded`]): a flood comes in waves, and each move of a
+/// listener's work between the sessions' threads and the admission threads costs a little.
 pub const PRESSURE_HOLD: Duration = Duration::from_secs(1);
 
-/// Handshakes in progress at once beyond which a listener is under pressure (or half its
-/// slots, if fewer): with more, established sessions' wake-ups wait behind them (a flood of
-/// 8 ClientHellos at a time took their p99 from 1.2–3.3 to 6.1–8.6 ms; with pressure above 4
-/// in progress, from 2.1–3.4 to 3.6–4.4).
-pub const PRESS_TAKEN: usize = 4;
+/// Handshakes begun within [`PRESS_WINDOW`] beyond which a listener is under pressure (or half
+/// its slots, if fewer): each is ~150 µs of CPU in one piece, and established sessions'
+/// wake-ups would wait behind them (a flood of 8 ClientHellos at a time took their p99 from
+/// 1.2–3.3 to 6.1–8.6 ms; with pressure above 4 handshakes in progress, from 2.1–3.4 to
+/// 3.6–4.4). Handshakes begun, not in progress: one that waits for a slow or silent client
+/// costs no CPU, and a few of those must not keep a listener under pressure.
+pub const PRESS_BURST: usize = 4;
+
+/// See [`PRESS_BURST`].
+pub const PRESS_WINDOW: Duration = Duration::from_millis(50);
 
 /// Connections taken from the accept queue in a row that are never a flood, whatever the
 /// slots: senders that open several connections at once (Postfix opens a few to each
@@ -70,6 +74,14 @@ pub struct HandshakeSlots {
     pressed_until: AtomicU64,
     /// The same, for a flood.
     flooded_until: AtomicU64,
+    /// When the last handshakes began (nanoseconds after `born`), newest at `next - 1`.
+    begun: Mutex<Begun>,
+}
+
+#[derive(Debug, Default)]
+struct Begun {
+    at: [Option<u64>; PRESS_BURST + 1],
+    next: usize,
 }
 
 impl HandshakeSlots {
@@ -80,30 +92,43 @@ impl HandshakeSlots {
             born: tokio::time::Instant::now(),
             pressed_until: AtomicU64::new(0),
             flooded_until: AtomicU64::new(0),
+            begun: Mutex::default(),
         }
     }
 
-    /// Wait for a slot, held until the permit is dropped.
+    /// Wait for a slot, held until the permit is dropped: a handshake begins.
     pub async fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        Arc::clone(&self.slots).acquire_owned().await.ok()
+        let permit = Arc::clone(&self.slots).acquire_owned().await.ok()?;
+        self.begin(self.now());
+        Some(permit)
+    }
+
+    /// A handshake begins at `now`: more than [`PRESS_BURST`] (or half the slots, if fewer)
+    /// within [`PRESS_WINDOW`] is pressure.
+    fn begin(&self, now: u64) {
+        let burst = PRESS_BURST.min(self.total / 2).max(1);
+        let mut begun = self.begun.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = begun.at.len();
+        let next = begun.next;
+        begun.at[next] = Some(now);
+        begun.next = (next + 1) % n;
+        // The start `burst` before this one: with it, `burst + 1` within the window.
+        let earlier = begun.at[(next + n - burst) % n];
+        drop(begun);
+        let window = u64::try_from(PRESS_WINDOW.as_nanos()).unwrap_or(u64::MAX);
+        if earlier.is_some_and(|at| now.saturating_sub(at) <= window) {
+            self.press(now);
+        }
     }
 
     fn full(&self) -> bool {
         self.slots.available_permits() == 0
     }
 
-    /// More than [`PRESS_TAKEN`] handshakes in progress (or half the slots, if fewer), or a
-    /// flood: pressure now, or within the last [`PRESSURE_HOLD`].
+    /// A burst of handshakes ([`PRESS_BURST`]) or a flood, now or within the last
+    /// [`PRESSURE_HOLD`].
     fn pressed(&self) -> bool {
-        let now = self.now();
-        if self.flooded() {
-            return true;
-        }
-        if self.total - self.slots.available_permits() > PRESS_TAKEN.min(self.total / 2) {
-            self.press(now);
-            return true;
-        }
-        now < self.pressed_until.load(Ordering::Relaxed)
+        self.flooded() || self.now() < self.pressed_until.load(Ordering::Relaxed)
     }
 
     /// More than half the slots taken now, or a flood seen within the last [`PRESSURE_HOLD`]
@@ -141,15 +166,16 @@ impl HandshakeSlots {
     fn flood(&self, now: u64) {
         self.press(now);
         let hold = u64::try_from(PRESSURE_HOLD.as_nanos()).unwrap_or(u64::MAX);
+        // Never earlier than another thread's later mark.
         self.flooded_until
-            .store(now.saturating_add(hold), Ordering::Relaxed);
+            .fetch_max(now.saturating_add(hold), Ordering::Relaxed);
     }
 
     /// Under pressure from `now` for [`PRESSURE_HOLD`].
     fn press(&self, now: u64) {
         let hold = u64::try_from(PRESSURE_HOLD.as_nanos()).unwrap_or(u64::MAX);
         self.pressed_until
-            .store(now.saturating_add(hold), Ordering::Relaxed);
+            .fetch_max(now.saturating_add(hold), Ordering::Relaxed);
     }
 }
 
@@ -248,9 +274,9 @@ impl ListenerRuntime {
         self.handshakes.as_ref().is_some_and(HandshakeSlots::full)
     }
 
-    /// Handshake pressure: more than [`PRESS_TAKEN`] handshakes in progress (or half the
-    /// `max_handshakes` slots, if fewer), or a flood ([`ListenerRuntime::handshakes_flooded`]),
-    /// now or within the last [`PRESSURE_HOLD`]. The listener's accepts and server handshakes
+    /// Handshake pressure: more than [`PRESS_BURST`] handshakes begun within [`PRESS_WINDOW`]
+    /// (or half the `max_handshakes` slots, if fewer), or a flood
+    /// ([`ListenerRuntime::handshakes_flooded`]), now or within the last [`PRESSURE_HOLD`]. The listener's accepts and server handshakes
     /// then run on the admission threads, below the established sessions' priority
     /// ([`crate::io::admission`]): each handshake is ~150 µs of CPU in one piece, and a few
     /// of them ahead of an established session's every wake-up add up over a message.
@@ -270,9 +296,8 @@ impl ListenerRuntime {
     }
 
     /// The accept loop took `waiting` connections from the accept queue in a row without
-    /// finding it empty: more than half `max_handshakes` of them (and more than 32) puts the
-    /// listener under pressure ([`ListenerRuntime::handshakes_pressed`]) before any handshake
-    /// has begun.
+    /// finding it empty: more than half `max_handshakes` of them (and more than 32) is a
+    /// flood ([`ListenerRuntime::handshakes_flooded`]) before any handshake has begun.
     pub fn accept_queue(&self, waiting: u32) {
         if let Some(slots) = &self.handshakes {
             slots.queued(waiting);

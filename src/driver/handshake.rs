@@ -186,9 +186,9 @@ pub(crate) async fn accept_tls(
     }
 }
 
-/// The server handshake itself, by `deadline`: here, or under a handshake flood on the
+/// The server handshake itself, by `deadline`: here, or under handshake pressure on the
 /// admission threads, below the established sessions' priority, the session then going on
-/// here. A connection started on the admission threads (under a flood) is handshaken where
+/// here. A connection started on the admission threads (under pressure) is handshaken where
 /// it is.
 async fn handshake(
     l: &ListenerRuntime,

@@ -147,7 +147,7 @@ pub struct Driver<'a> {
 pub enum Ran {
     /// The session closed.
     Closed,
-    /// The session was started on the admission threads under a handshake flood, the flood
+    /// The session was started on the admission threads under handshake pressure, the pressure
     /// is over, and it waits for its peers: it is to go on on the sessions' threads
     /// ([`Driver::park`], [`Driver::resume`]).
     Moved,
@@ -210,8 +210,8 @@ impl<'a> Driver<'a> {
     }
 
     /// Whether the session, waiting for its peers, is to move to the sessions' threads: it
-    /// runs on the admission threads, where a listener under a handshake flood starts its
-    /// sessions ([`crate::io::admission`]), and the flood is over. A connection to the
+    /// runs on the admission threads, where a listener under handshake pressure starts its
+    /// sessions ([`crate::io::admission`]), and the pressure is over. A connection to the
     /// backend over TLS cannot be moved (tokio-rustls' client stream cannot be taken apart
     /// and put together again): such a session ends where it started.
     fn moves(&self) -> bool {

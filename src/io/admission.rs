@@ -1,4 +1,5 @@
-//! The admission threads: where a listener under a handshake flood accepts, refuses and does
+//! The admission threads: where a listener under handshake pressure (a burst of handshakes,
+//! or a flood: [`crate::snapshot::ListenerRuntime::handshakes_pressed`]) accepts, refuses and does
 //! its TLS handshakes, below the established sessions' priority.
 //!
 //! A full TLS handshake costs the server ~100 µs of CPU in one piece; a message of an
@@ -16,7 +17,7 @@
 //! ([`crate::snapshot::ListenerRuntime::handshakes_pressed`]): its accept loop and its
 //! refusals (`crate::listener`), and the connections it accepts meanwhile, whole: what comes
 //! before a session (a PROXY header, an implicit-TLS handshake) and the session itself, its
-//! greeting, its STARTTLS handshake and whatever it does before the flood is over; then, the
+//! greeting, its STARTTLS handshake and whatever it does before the pressure is over; then, the
 //! next time it waits for its peers, it moves to the sessions' threads
 //! (`crate::driver::Ran::Moved`). A flood's connections, which a flood makes by the thousand
 //! whether they stop at the ClientHello, after the handshake or after STARTTLS (a backend
