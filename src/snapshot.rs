@@ -47,12 +47,13 @@ pub struct Warning {
 pub const PRESSURE_HOLD: Duration = Duration::from_secs(1);
 
 /// Handshakes begun within [`PRESS_WINDOW`] beyond which a listener is under pressure (or half
-/// its slots, if fewer): each is ~150 µs of CPU in one piece, and established sessions'
-/// wake-ups would wait behind them (a flood of 8 ClientHellos at a time took their p99 from
-/// 1.2–3.3 to 6.1–8.6 ms; with pressure above 4 handshakes in progress, from 2.1–3.4 to
-/// 3.6–4.4). Handshakes begun, not in progress: one that waits for a slow or silent client
-/// costs no CPU, and a few of those must not keep a listener under pressure.
-pub const PRESS_BURST: usize = 4;
+/// its slots, if fewer): 160 a second in a burst, each ~150 µs of CPU in one piece that
+/// established sessions' wake-ups would wait behind (a flood of 8 ClientHellos at a time,
+/// ~400 a second, took their p99 from 1.2–3.3 to 6.1–8.6 ms; with pressure above 4
+/// handshakes in progress, from 2.1–3.4 to 3.6–4.4). Handshakes begun, not in progress: one
+/// that waits for a slow or silent client costs no CPU, and a few of those must not keep a
+/// listener under pressure.
+pub const PRESS_BURST: usize = 8;
 
 /// See [`PRESS_BURST`].
 pub const PRESS_WINDOW: Duration = Duration::from_millis(50);
