@@ -42,7 +42,7 @@ pub struct Warning {
 }
 
 /// How long a listener counts as under pressure, or flooded, after the last sign of it
-/// ([`PRESS_BURST`], [`HandshakeSlots::flooded`]): a flood comes in waves, and each move of a
+/// ([`PRESS_BURST`], [`ListenerRuntime::handshakes_flooded`]): a flood comes in waves, and each move of a
 /// listener's work between the sessions' threads and the admission threads costs a little.
 pub const PRESSURE_HOLD: Duration = Duration::from_secs(1);
 

@@ -27,19 +27,20 @@
 //! (`crate::driver::handshake`).
 //!
 //! A process-wide runtime, built on first use, with as many threads as the process may use
-//! cores, each lowering its own priority (on Linux the nice value is a thread's): a thread
-//! may always lower its priority, without privileges.
+//! cores (with one, a current-thread runtime on a thread of its own), each lowering its own
+//! priority (on Linux the nice value is a thread's): a thread may always lower its priority,
+//! without privileges.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use tokio::runtime::{Builder, Handle, Runtime};
+use tokio::runtime::{Builder, Handle};
 
 /// The nice value of the admission threads: the lowest priority of normal scheduling, so that
 /// the kernel gives a thread of the sessions the core at once when it wakes.
 pub const NICE: i32 = 19;
 
-static ADMISSION: OnceLock<Result<Runtime, String>> = OnceLock::new();
+static ADMISSION: OnceLock<Result<Handle, String>> = OnceLock::new();
 
 thread_local! {
     /// This thread is one of the admission threads.
@@ -58,28 +59,48 @@ pub fn handle() -> Result<&'static Handle, &'static str> {
     ADMISSION
         .get_or_init(|| start().map_err(|e| e.to_string()))
         .as_ref()
-        .map(Runtime::handle)
         .map_err(String::as_str)
 }
 
-fn start() -> std::io::Result<Runtime> {
+/// With one core, a current-thread runtime on a thread of its own, as the sessions' runtime is
+/// then (`cli`): a load that keeps a listener under pressure (workload A) runs here whole,
+/// and the multi-thread scheduler, which runs the task woken last first, read a p99 up to a
+/// third higher for it. With more cores, a worker per core.
+/// The runtime lives as long as the process.
+fn start() -> std::io::Result<Handle> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    Builder::new_multi_thread()
+    if cores == 1 {
+        let runtime = Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        // Only `Runtime::block_on` drives a current-thread runtime's sockets and timers.
+        std::thread::Builder::new()
+            .name("admission".into())
+            .spawn(move || {
+                lower_priority();
+                runtime.block_on(std::future::pending::<()>());
+            })?;
+        return Ok(handle);
+    }
+    let runtime = Builder::new_multi_thread()
         .worker_threads(cores)
         .thread_name("admission")
-        .on_thread_start(|| {
-            HERE.with(|here| here.set(true));
-            // A thread left at the sessions' priority is only an extra thread doing their
-            // work: nothing is lost but the priority, which the operator hears of once.
-            if let Err(e) = rustix::process::setpriority_process(None, NICE) {
-                static SAID: std::sync::Once = std::sync::Once::new();
-                SAID.call_once(|| {
-                    tracing::warn!(error = %e, "admission threads left at the sessions' priority: a handshake flood competes with established sessions");
-                });
-            }
-        })
+        .on_thread_start(lower_priority)
         .enable_all()
-        .build()
+        .build()?;
+    Ok(Box::leak(Box::new(runtime)).handle().clone())
+}
+
+/// On an admission thread as it starts: marked as one, at nice [`NICE`].
+fn lower_priority() {
+    HERE.with(|here| here.set(true));
+    // A thread left at the sessions' priority is only an extra thread doing their work:
+    // nothing is lost but the priority, which the operator hears of once.
+    if let Err(e) = rustix::process::setpriority_process(None, NICE) {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::warn!(error = %e, "admission threads left at the sessions' priority: a handshake flood competes with established sessions");
+        });
+    }
 }
 
 #[cfg(test)]
