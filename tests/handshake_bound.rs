@@ -358,9 +358,21 @@ async fn under_a_flood_an_implicit_handshake_is_done_while_the_sessions_threads_
 /// beginning and end are logged once each.
 #[tokio::test]
 async fn the_binary_logs_a_flood_and_its_end_and_admits_at_nice_19() {
+    binary_flood(None).await;
+}
+
+/// The same on one core, where the admission threads are a current-thread runtime on a thread
+/// of its own: the refusal, the end of the flood (a timer there) and the handshake after it
+/// need that thread to drive its sockets and timers.
+#[tokio::test]
+async fn on_one_core_the_admission_thread_drives_its_own_runtime() {
+    binary_flood(Some("0")).await;
+}
+
+async fn binary_flood(cpus: Option<&str>) {
     let (backend, _rec) = recording_backend().await;
     let yaml = config_yaml(backend, "implicit", "      max_handshakes: 2\n");
-    let bin = binary::start_binary(&yaml);
+    let bin = binary::start_binary_on(&yaml, cpus);
     let addr = bin.addr("inbound").unwrap();
     let tasks = format!("/proc/{}/task", bin.pid());
     let mut admission = Vec::new();
