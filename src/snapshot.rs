@@ -116,8 +116,7 @@ impl HandshakeSlots {
         // The start `burst` before this one: with it, `burst + 1` within the window.
         let earlier = begun.at[(next + n - burst) % n];
         drop(begun);
-        let window = u64::try_from(PRESS_WINDOW.as_nanos()).unwrap_or(u64::MAX);
-        if earlier.is_some_and(|at| now.saturating_sub(at) <= window) {
+        if earlier.is_some_and(|at| now.saturating_sub(at) <= nanos(PRESS_WINDOW)) {
             self.press(now);
         }
     }
@@ -159,25 +158,27 @@ impl HandshakeSlots {
 
     /// Nanoseconds since the slots were made.
     fn now(&self) -> u64 {
-        let since = tokio::time::Instant::now().saturating_duration_since(self.born);
-        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        nanos(tokio::time::Instant::now().saturating_duration_since(self.born))
     }
 
     /// Flooded, and so under pressure, from `now` for [`PRESSURE_HOLD`].
     fn flood(&self, now: u64) {
         self.press(now);
-        let hold = u64::try_from(PRESSURE_HOLD.as_nanos()).unwrap_or(u64::MAX);
         // Never earlier than another thread's later mark.
         self.flooded_until
-            .fetch_max(now.saturating_add(hold), Ordering::Relaxed);
+            .fetch_max(now.saturating_add(nanos(PRESSURE_HOLD)), Ordering::Relaxed);
     }
 
     /// Under pressure from `now` for [`PRESSURE_HOLD`].
     fn press(&self, now: u64) {
-        let hold = u64::try_from(PRESSURE_HOLD.as_nanos()).unwrap_or(u64::MAX);
         self.pressed_until
-            .fetch_max(now.saturating_add(hold), Ordering::Relaxed);
+            .fetch_max(now.saturating_add(nanos(PRESSURE_HOLD)), Ordering::Relaxed);
     }
+}
+
+/// A duration in nanoseconds, as the slots' clock counts them.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Everything a session of one listener needs, fixed when the snapshot is built.
