@@ -52,7 +52,7 @@ kill "$watch_pid" 2>/dev/null || true
 start=$(cat "$out/$peer.start")
 # The peer's own processes (threads by name); what else ran on its core is left out.
 case "$peer" in
-  sidecar*) comm='^(tokio-rt-worker|smtp-sidecar)$' ;;
+  sidecar*) comm='^(tokio-rt-worker|smtp-sidecar|admission)$' ;;
   nginx*) comm='^nginx$' ;;
   haproxy*) comm='^haproxy$' ;;
   stunnel*) comm='^stunnel' ;;
