@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Config, LogConfig, LogFormat};
+use crate::config::{self, Config};
 use crate::runtime;
 
 #[derive(Debug, Parser)]
@@ -47,29 +47,6 @@ pub fn main() -> ExitCode {
 
 mod demo;
 mod nofile;
-
-fn init_logging(log: &LogConfig) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Asked for, the protocol log is written whatever the level of the rest.
-    if log.protocol_log {
-        if let Ok(directive) = "smtp_sidecar::protocol=info".parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    // Colour only for a person at a terminal: a file or the journal gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
 
 fn load_or_report(path: &Path) -> Option<Config> {
     reported(
@@ -126,7 +103,8 @@ fn run(path: &Path) -> ExitCode {
     let Some(config) = load_or_report(path) else {
         return ExitCode::FAILURE;
     };
-    init_logging(&config.log);
+    // Dropped at the return: what is queued for standard error is written first.
+    let _log = crate::log::init(&config.log);
     raise_open_file_limit(&config);
     let store = match runtime::load_certificates(&config) {
         Ok(s) => s,
@@ -159,6 +137,7 @@ fn run(path: &Path) -> ExitCode {
         running.set_config_path(path.to_owned());
         let mut poll = tokio::time::interval(FILE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut log_drops = crate::log::Drops::default();
         loop {
             tokio::select! {
                 signal = signals.next() => match signal {
@@ -169,10 +148,13 @@ fn run(path: &Path) -> ExitCode {
                         running.reload().await;
                     }
                 },
-                _ = poll.tick() => if file.poll() {
-                    tracing::info!(config = %path.display(), "the configuration file changed: reloading");
-                    running.reload().await;
-                },
+                _ = poll.tick() => {
+                    log_drops.report();
+                    if file.poll() {
+                        tracing::info!(config = %path.display(), "the configuration file changed: reloading");
+                        running.reload().await;
+                    }
+                }
             }
         }
         tracing::info!("stopping: no new connections; draining sessions");

@@ -12,6 +12,7 @@
 //! | [`io`] | socket reads into a per-thread scratch buffer, a leg's stream before/after TLS |
 //! | [`backend`] | connecting to the legacy server(s), in order; their health checks, and each one's last EHLO reply |
 //! | [`mx`] | originate mode's MX look-ups: next hops in preference order, null MX, DNS failures |
+//! | [`log`] | the log on standard error, written by a thread of its own from a bounded queue: a reader that stalls costs lines (counted, and said), never the sessions |
 //! | [`metrics`], [`admin`] | Prometheus metrics and the `/metrics` `/healthz` `/readyz` endpoint |
 //! | [`status`] | the admin endpoint's status page (`/`, `/status.json`) from one registry snapshot |
 //! | [`runtime`] | **build** (configuration, certificates, trust → one [`snapshot::Snapshot`] or every problem; used by `run`, `check` and reload) and **run** (bound sockets, metrics registry, health checks, reload, drain) |
@@ -31,6 +32,7 @@ pub mod driver;
 pub mod inbound;
 pub mod io;
 pub mod listener;
+pub mod log;
 pub mod metrics;
 pub mod mx;
 pub mod outbound;

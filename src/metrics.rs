@@ -62,6 +62,9 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub config_generation: IntGauge,
     pub config_last_reload_timestamp_seconds: IntGauge,
+    /// Log lines dropped because standard error was not read fast enough ([`crate::log`]),
+    /// brought up to date at each scrape.
+    pub log_lines_dropped_total: IntCounter,
 }
 
 /// Registers one family; a failure is a bug in the static definitions below.
@@ -123,6 +126,14 @@ impl Metrics {
             Opts::new(
                 "config_last_reload_timestamp_seconds",
                 "When the configuration in use was loaded, Unix seconds",
+            )
+            .namespace(NS),
+        )
+        .expect("static metric definition");
+        let log_lines_dropped_total = IntCounter::with_opts(
+            Opts::new(
+                "log_lines_dropped_total",
+                "Log lines dropped because standard error was not read fast enough",
             )
             .namespace(NS),
         )
@@ -278,6 +289,7 @@ impl Metrics {
             config_reloads_total: reloads,
             config_generation: family(r, config_generation),
             config_last_reload_timestamp_seconds: family(r, config_last_reload_timestamp_seconds),
+            log_lines_dropped_total: family(r, log_lines_dropped_total),
             registry: registry.clone(),
         }
     }
@@ -428,6 +440,11 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        let counted = self.log_lines_dropped_total.get();
+        let dropped = crate::log::dropped_lines();
+        if dropped > counted {
+            self.log_lines_dropped_total.inc_by(dropped - counted);
+        }
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {

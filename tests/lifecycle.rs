@@ -462,8 +462,9 @@ fn thread_names(pid: u32) -> Vec<String> {
 
 /// On one core (`taskset` here; a cgroup quota of one CPU counts the same) the binary runs
 /// tokio's current-thread runtime: the process's one thread carries every session, with no
-/// worker threads to hand them between (its other thread is the admission threads' one, idle
-/// but under a handshake flood). On more cores it has a worker per core. Both relay.
+/// worker threads to hand them between (its other threads are the admission threads' one, idle
+/// but under a handshake flood, and the log's writer, `log`). On more cores it has a worker
+/// per core. Both relay.
 #[tokio::test]
 async fn one_core_is_one_thread_more_cores_a_worker_each() {
     let (backend, rec) = recording_backend().await;
@@ -487,7 +488,7 @@ async fn one_core_is_one_thread_more_cores_a_worker_each() {
         let admission = threads.iter().filter(|t| *t == "admission").count();
         assert_eq!(admission, workers.max(1), "{cpus:?}: {threads:?}");
         if cpus.is_some() {
-            assert_eq!(threads, ["admission", "smtp-sidecar"]);
+            assert_eq!(threads, ["admission", "log", "smtp-sidecar"]);
         }
     }
     assert_eq!(rec.messages().len(), 2);

@@ -340,3 +340,169 @@ fn admin_endpoint_caps_its_connections_and_times_out_idle_ones() {
         "{response}"
     );
 }
+
+/// A backend that answers every command line with `250`, and `QUIT` with `221`.
+fn answering_backend() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(stream.try_clone().unwrap()).lines();
+                let _ = stream.write_all(b"220 backend.test ESMTP\r\n");
+                while let Some(Ok(line)) = lines.next() {
+                    let quit = line.eq_ignore_ascii_case("QUIT");
+                    let reply: &[u8] = if quit { b"221 bye\r\n" } else { b"250 ok\r\n" };
+                    if stream.write_all(reply).is_err() || quit {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One plain session: greeting, `EHLO`, `QUIT`; the replies' first lines.
+fn ehlo_quit(addr: SocketAddr) -> std::io::Result<Vec<String>> {
+    let s = TcpStream::connect_timeout(&addr, WAIT)?;
+    s.set_read_timeout(Some(WAIT))?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let mut reply = || -> std::io::Result<String> {
+        let mut first = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Ok(format!("{first}(closed)"));
+            }
+            if first.is_empty() {
+                first = line.trim_end().to_string();
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(first);
+            }
+        }
+    };
+    let greeting = reply()?;
+    w.write_all(b"EHLO client.test\r\n")?;
+    let ehlo = reply()?;
+    w.write_all(b"QUIT\r\n")?;
+    let quit = reply()?;
+    Ok(vec![greeting, ehlo, quit])
+}
+
+/// Standard error is a pipe to whatever collects the log, and a collector can stop reading
+/// (journald restarting, a paused terminal, a container runtime's full buffer). The sessions
+/// do not wait for it: with stderr a pipe that nobody reads and the protocol log on (a line per
+/// command and reply), 2,000 sessions are all served; the lines that did not fit the log's
+/// queue are counted in `/metrics`, and once the pipe is read again the log says how many.
+/// (Written from the runtime's threads, the log stopped the whole process at the first line
+/// that did not fit the pipe.)
+#[test]
+fn a_log_reader_that_stalls_costs_log_lines_not_sessions() {
+    const THREADS: usize = 4;
+    const SESSIONS: usize = 500;
+    let backend = answering_backend();
+    let dir = TempDir::new("stalled-log");
+    let fifo = dir.0.join("stderr");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    assert!(
+        made.is_ok_and(|s| s.success()),
+        "mkfifo (Debian package coreutils)"
+    );
+    let (port, admin_port) = (free_port(), free_port());
+    let yaml = format!(
+        "hostname: mx.test\nstate_dir: {}\nshutdown_grace: 1s\n\
+         log:\n  level: info\n  protocol_log: true\n\
+         metrics:\n  listen: 127.0.0.1:{admin_port}\n\
+         listeners:\n  - name: inbound\n    mode: terminate\n    listen: 127.0.0.1:{port}\n\
+         \x20   backend:\n      servers: [\"{backend}\"]\n\
+         \x20   policy:\n      max_connections_per_ip: 1000\n",
+        dir.0.join("state").display()
+    );
+    let config = dir.0.join("config.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    // Descriptor 3 holds the pipe open for reading (nobody reads it), so that the writes to
+    // stderr fill it and then wait, instead of failing.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<>\"$2\"; exec \"$0\" run -c \"$1\" 2>\"$2\"")
+        .arg(env!("CARGO_BIN_EXE_smtp-sidecar"))
+        .arg(&config)
+        .arg(&fifo)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn();
+    let mut child = Guard(child.unwrap());
+    assert!(
+        wait_accepting(&mut child.0, port),
+        "the sidecar did not start"
+    );
+    assert!(
+        wait_accepting(&mut child.0, admin_port),
+        "no admin endpoint"
+    );
+    let smtp = SocketAddr::from(([127, 0, 0, 1], port));
+    // Each client stops at its first failure: a stalled sidecar fails the test in one WAIT.
+    let clients: Vec<_> = (0..THREADS)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..SESSIONS).find_map(|i| match ehlo_quit(smtp) {
+                    Ok(r)
+                        if r[0].starts_with("220 ")
+                            && r[1].starts_with("250")
+                            && r[2].starts_with("221 ") =>
+                    {
+                        None
+                    }
+                    Ok(r) => Some(format!("session {i}: {r:?}")),
+                    Err(e) => Some(format!("session {i}: {e}")),
+                })
+            })
+        })
+        .collect();
+    let failed: Vec<_> = clients
+        .into_iter()
+        .filter_map(|c| c.join().unwrap())
+        .collect();
+    assert!(failed.is_empty(), "sessions failed: {failed:?}");
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let metrics = get_metrics(admin).unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("smtp_sidecar_log_lines_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no log_lines_dropped_total in\n{metrics}"));
+    assert!(
+        dropped > 0,
+        "no line dropped: the test's load did not fill the queue"
+    );
+    // Read the pipe again: what was queued comes out, then the warning.
+    let (lines, seen) = std::sync::mpsc::channel();
+    let reader = std::fs::File::open(&fifo).unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + WAIT;
+    let warning = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(line) if line.contains("log lines dropped") => break line,
+            Ok(_) => {}
+            Err(e) => panic!("no warning of the dropped lines in the log ({e})"),
+        }
+    };
+    assert!(
+        warning.contains("WARN") && warning.contains("lines="),
+        "{warning}"
+    );
+}

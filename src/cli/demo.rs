@@ -125,7 +125,7 @@ fn print_event(event: SinkEvent) {
 
 pub fn run() -> ExitCode {
     let config = demo_config();
-    super::init_logging(&config.log);
+    let _log = crate::log::init(&config.log);
     super::raise_open_file_limit(&config);
     let cert = match crate::tls::self_signed(&config.hostname) {
         Ok(c) => c,

@@ -67,9 +67,20 @@ pub fn start_binary_on(yaml: &str, cpus: Option<&str>) -> Binary {
 }
 
 impl Binary {
-    /// What the binary has logged so far (stdout and stderr).
+    /// What the binary has logged so far (stdout and stderr). Its log lines reach the file
+    /// from a thread of their own a moment after they are logged: this returns once the file
+    /// has not grown for 50 ms (2 s at most).
     pub fn log(&self) -> String {
-        log_of(&self.dir)
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut log = log_of(&self.dir);
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = log_of(&self.dir);
+            if now.len() == log.len() || Instant::now() > deadline {
+                return now;
+            }
+            log = now;
+        }
     }
 
     /// Wait (10 s at most) until the log holds `needle` `n` times.
