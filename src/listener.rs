@@ -318,11 +318,12 @@ impl Accepting {
             (false, true) => {
                 self.flood_logged = true;
                 tracing::warn!(listener = %l.name,
-                    "handshake flood: accepting and handshaking below the established sessions' priority");
+                    "handshake flood: accepting and handshaking below the established sessions' priority; failed handshakes counted until it is over");
             }
             (true, false) => {
                 self.flood_logged = false;
-                tracing::info!(listener = %l.name, "handshake flood over");
+                let failed_handshakes = l.take_quiet_handshake_failures();
+                tracing::info!(listener = %l.name, failed_handshakes, "handshake flood over");
             }
             _ => {}
         }

@@ -77,6 +77,9 @@ pub struct HandshakeSlots {
     flooded_until: AtomicU64,
     /// When the last handshakes began (nanoseconds after `born`), newest at `next - 1`.
     begun: Mutex<Begun>,
+    /// Handshakes that failed under a flood since the flood's end was last logged: counted,
+    /// not logged one by one.
+    quiet_failures: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +97,7 @@ impl HandshakeSlots {
             pressed_until: AtomicU64::new(0),
             flooded_until: AtomicU64::new(0),
             begun: Mutex::default(),
+            quiet_failures: AtomicU64::new(0),
         }
     }
 
@@ -295,6 +299,24 @@ impl ListenerRuntime {
         self.handshakes
             .as_ref()
             .is_some_and(HandshakeSlots::flooded)
+    }
+
+    /// A server handshake failed: under a flood it is counted for the line that says the
+    /// flood is over, and `true` says not to log it on its own (a flood's thousands of
+    /// abandoned handshakes a second would bury the log, and fill its queue: [`crate::log`]).
+    pub fn quiet_handshake_failure(&self) -> bool {
+        let Some(slots) = self.handshakes.as_ref().filter(|s| s.flooded()) else {
+            return false;
+        };
+        slots.quiet_failures.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The handshakes that failed under a flood since the last call.
+    pub fn take_quiet_handshake_failures(&self) -> u64 {
+        self.handshakes
+            .as_ref()
+            .map_or(0, |s| s.quiet_failures.swap(0, Ordering::Relaxed))
     }
 
     /// The accept loop took `waiting` connections from the accept queue in a row without

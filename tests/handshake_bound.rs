@@ -419,6 +419,14 @@ async fn binary_flood(cpus: Option<&str>) {
     let log = bin.log();
     assert_eq!(log.matches("handshake flood:").count(), 1, "{log}");
     assert_eq!(log.matches("handshake flood over").count(), 1, "{log}");
+    // The two stalled handshakes failed under the flood: counted in its last line, not
+    // logged one by one.
+    assert!(!log.contains("TLS handshake failed"), "{log}");
+    let over = log.lines().find(|l| l.contains("handshake flood over"));
+    assert!(
+        over.is_some_and(|l| l.contains("failed_handshakes=2")),
+        "{log}"
+    );
 }
 
 /// A client on std's blocking sockets, for the moments the test's runtime (the sessions' only

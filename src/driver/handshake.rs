@@ -121,8 +121,12 @@ fn handshake_failed(
     side: &str,
     kind: HandshakeError,
 ) {
+    let server = side == "server";
+    l.metrics.handshake_error(server, kind);
+    if server && l.quiet_handshake_failure() {
+        return;
+    }
     tracing::info!(listener = %l.name, %peer, reason, side, kind = kind.as_str(), "TLS handshake failed");
-    l.metrics.handshake_error(side == "server", kind);
 }
 
 /// A handshake that failed with an error: with `client_certificates: require`, a client
