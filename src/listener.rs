@@ -208,7 +208,7 @@ pub async fn accept_loop(
         stop,
         alive,
         sessions: tokio::runtime::Handle::current(),
-        flood_logged: false,
+        flood: None,
     };
     let Ok(admission) = crate::io::admission::handle() else {
         // No admission threads (`run` said so when it started): pressure is served here too.
@@ -284,8 +284,9 @@ struct Accepting {
     alive: mpsc::Sender<()>,
     /// Where sessions run.
     sessions: tokio::runtime::Handle,
-    /// The flood under way was logged.
-    flood_logged: bool,
+    /// The flood under way was logged, when the listener's failed server handshakes were
+    /// this many.
+    flood: Option<u64>,
 }
 
 impl Accepting {
@@ -314,19 +315,22 @@ impl Accepting {
     /// the pressure lasts.
     fn note_flood(&mut self) {
         let l = self.current.load();
-        match (self.flood_logged, l.handshakes_flooded()) {
-            (false, true) => {
-                self.flood_logged = true;
+        match (self.flood, l.handshakes_flooded()) {
+            (None, true) => {
+                self.flood = Some(l.metrics.server_handshake_errors());
                 tracing::warn!(listener = %l.name,
                     "handshake flood: accepting and handshaking below the established sessions' priority; failed handshakes counted until it is over");
             }
-            (true, false) => {
-                self.flood_logged = false;
-                let failed_handshakes = l.take_quiet_handshake_failures();
+            (Some(from), false) => {
+                self.flood = None;
+                // From the listener's counter, which a reload keeps.
+                let failed_handshakes = l.metrics.server_handshake_errors().saturating_sub(from);
                 tracing::info!(listener = %l.name, failed_handshakes, "handshake flood over");
             }
             _ => {}
         }
+        // The configuration in use (a reload's too) keeps quiet while the flood is announced.
+        l.announce_flood(self.flood.is_some());
     }
 
     /// Shutdown began or the listener was removed; `false` if neither (a spurious change).

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Octets of log lines waiting for standard error at most (some thousands of lines).
+/// Octets of log lines waiting for standard error at most (some thousands of lines); as
+/// many more may be on their way out, so the log holds 2 MiB at most.
 pub const QUEUE_BYTES: usize = 1 << 20;
 
 /// How long the writer lets lines gather after the first before it writes them out: the
@@ -58,7 +59,7 @@ pub fn init(log: &LogConfig) -> Guard {
     let started = std::thread::Builder::new()
         .name("log".into())
         .spawn(move || {
-            writer.write_out(&mut std::io::stderr());
+            writer.write_out(&mut std::io::stderr(), GATHER);
             let _ = done.send(());
         });
     let guard = match started {
@@ -127,13 +128,26 @@ impl Queue {
     }
 
     /// One formatted line (tracing-subscriber writes an event with one `write_all`): queued
-    /// whole, or dropped whole if it does not fit.
+    /// whole, or dropped whole if it does not fit. Once the process is closing its log, written
+    /// at once (a thread still at work then, like the admission threads, is not lost).
     fn push(&self, line: &[u8]) {
         let mut pending = self.lock();
-        if pending.lines.len() + line.len() > QUEUE_BYTES {
+        if pending.closing {
+            drop(pending);
+            let _ = std::io::stderr().lock().write_all(line);
+            return;
+        }
+        let need = pending.lines.len() + line.len();
+        if need > QUEUE_BYTES {
             drop(pending);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        if need > pending.lines.capacity() {
+            // Grown in steps that stop at the bound, not doubled past it.
+            let to = (2 * need).clamp(4096, QUEUE_BYTES);
+            let len = pending.lines.len();
+            pending.lines.reserve_exact(to - len);
         }
         let first = pending.lines.is_empty();
         pending.lines.extend_from_slice(line);
@@ -143,10 +157,17 @@ impl Queue {
         }
     }
 
-    /// The writer thread: waits for lines, lets more gather for [`GATHER`], writes them out
-    /// in one go; until the process is closing and nothing is left.
-    fn write_out(&self, out: &mut impl Write) {
+    /// Less than half the queue is taken: a line now would fit.
+    fn has_room(&self) -> bool {
+        self.lock().lines.len() < QUEUE_BYTES / 2
+    }
+
+    /// The writer thread: waits for lines, lets more gather for `gather` ([`GATHER`]), writes
+    /// them out in one go; until the process is closing and nothing is left.
+    fn write_out(&self, out: &mut impl Write, gather: Duration) {
         let mut batch = Vec::new();
+        // The last write stopped within a line: the next begins with a line end of its own.
+        let mut mid_line = false;
         loop {
             let mut pending = self.lock();
             while pending.lines.is_empty() && !pending.closing {
@@ -160,19 +181,45 @@ impl Queue {
             }
             if !pending.closing {
                 drop(pending);
-                std::thread::sleep(GATHER);
+                std::thread::sleep(gather);
                 pending = self.lock();
             }
             std::mem::swap(&mut pending.lines, &mut batch);
             drop(pending);
             // A reader that stalls holds this thread here, and only this thread.
-            let _ = out.write_all(&batch).and_then(|()| out.flush());
+            if mid_line {
+                mid_line = write_all(out, b"\n") > 0;
+            }
+            let written = write_all(out, &batch);
+            if let Some(rest) = batch.get(written..).filter(|rest| !rest.is_empty()) {
+                let lines = rest.iter().filter(|&&b| b == b'\n').count();
+                self.dropped
+                    .fetch_add(u64::try_from(lines).unwrap_or(u64::MAX), Ordering::Relaxed);
+                mid_line = written > 0 && batch.get(written - 1) != Some(&b'\n');
+            }
+            let _ = out.flush();
             batch.clear();
             if batch.capacity() > SPARE_KEPT {
                 batch = Vec::new();
             }
         }
     }
+}
+
+/// Writes `bytes` to `out` until done or it fails (a reader gone); how many were written. A
+/// standard error handed over non-blocking is waited for.
+fn write_all(out: &mut impl Write, bytes: &[u8]) -> usize {
+    let mut written = 0;
+    while let Some(rest) = bytes.get(written..).filter(|rest| !rest.is_empty()) {
+        match out.write(rest) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(GATHER),
+            Err(_) => break,
+        }
+    }
+    written
 }
 
 /// Where one event's line goes: the queue, or (no writer thread) standard error at once.
@@ -189,6 +236,18 @@ impl Write for Line {
         }
     }
 
+    /// Without a writer thread, a line is written under stderr's lock, so that another
+    /// thread's cannot come between its parts.
+    fn write_all(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match &self.0 {
+            Some(queue) => {
+                queue.push(line);
+                Ok(())
+            }
+            None => std::io::stderr().lock().write_all(line),
+        }
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
@@ -201,11 +260,12 @@ pub struct Drops {
 }
 
 impl Drops {
-    /// One warning for the lines dropped since the last one, if any. Called periodically: while
-    /// the queue stays full the warning is dropped too, and counted in the next.
+    /// One warning for the lines dropped since the last one, if any, once the queue has room
+    /// for it. Called periodically.
     pub fn report(&mut self) {
         let dropped = dropped_lines();
-        if dropped > self.reported {
+        let room = QUEUE.get().is_some_and(|q| q.has_room());
+        if dropped > self.reported && room {
             tracing::warn!(
                 lines = dropped - self.reported,
                 "log lines dropped: standard error was not read fast enough"
@@ -232,6 +292,11 @@ mod tests {
         }
     }
 
+    fn recorded() -> (Recorded, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        (Recorded(Arc::clone(&writes)), writes)
+    }
+
     #[test]
     fn lines_are_written_whole_in_order_and_dropped_whole_when_the_queue_is_full() {
         let queue = Queue::default();
@@ -243,9 +308,10 @@ mod tests {
         assert_eq!(queue.dropped.load(Ordering::Relaxed), 3);
         queue.push(b"short\n");
         assert_eq!(queue.lock().lines.len(), fit * 1000 + 6);
+        assert!(queue.lock().lines.capacity() <= QUEUE_BYTES);
         queue.lock().closing = true;
-        let writes = Arc::new(Mutex::new(Vec::new()));
-        queue.write_out(&mut Recorded(Arc::clone(&writes)));
+        let (mut out, writes) = recorded();
+        queue.write_out(&mut out, GATHER);
         let writes = writes.lock().unwrap();
         // Closing: everything queued in one write, nothing waited for.
         assert_eq!(writes.len(), 1);
@@ -256,21 +322,76 @@ mod tests {
     #[test]
     fn the_lines_of_a_moment_are_one_write() {
         let queue = Arc::new(Queue::default());
-        let writes = Arc::new(Mutex::new(Vec::new()));
+        let (mut out, writes) = recorded();
         let writer = {
-            let (queue, writes) = (Arc::clone(&queue), Arc::clone(&writes));
-            std::thread::spawn(move || queue.write_out(&mut Recorded(writes)))
+            let queue = Arc::clone(&queue);
+            // A long moment, so that the pushes below fit in it however slow the machine.
+            std::thread::spawn(move || queue.write_out(&mut out, Duration::from_millis(300)))
         };
         for i in 0..100 {
             queue.push(format!("line {i}\n").as_bytes());
+        }
+        let want: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while writes.lock().unwrap().concat().len() < want.len() {
+            assert!(std::time::Instant::now() < deadline, "not written");
+            std::thread::sleep(Duration::from_millis(10));
         }
         queue.lock().closing = true;
         queue.ready.notify_one();
         writer.join().unwrap();
         let writes = writes.lock().unwrap();
-        let all: Vec<u8> = writes.concat();
-        let want: String = (0..100).map(|i| format!("line {i}\n")).collect();
-        assert_eq!(String::from_utf8(all).unwrap(), want);
-        assert!(writes.len() <= 2, "{} writes", writes.len());
+        assert_eq!(writes.len(), 1, "{writes:?}");
+        assert_eq!(String::from_utf8(writes.concat()).unwrap(), want);
+    }
+
+    /// Takes 6 octets, fails once (a reader that went away and came back), then takes all.
+    struct FailsOnce(Arc<Mutex<Vec<u8>>>, u8);
+
+    impl Write for FailsOnce {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.1 += 1;
+            let n = match self.1 {
+                1 => buf.len().min(6),
+                2 => return Err(std::io::ErrorKind::BrokenPipe.into()),
+                _ => buf.len(),
+            };
+            self.0.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn what_a_failed_write_leaves_is_counted_and_the_next_starts_on_a_line_of_its_own() {
+        let queue = Arc::new(Queue::default());
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let (queue, written) = (Arc::clone(&queue), Arc::clone(&written));
+            std::thread::spawn(move || {
+                queue.write_out(&mut FailsOnce(written, 0), Duration::ZERO);
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let wait = |done: &dyn Fn() -> bool| {
+            while !done() {
+                assert!(std::time::Instant::now() < deadline, "timed out");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        queue.push(b"one\ntwo\nthree\n");
+        // "one\ntw" taken, then the write failed: two lines lost.
+        wait(&|| queue.dropped.load(Ordering::Relaxed) == 2);
+        queue.push(b"four\n");
+        wait(&|| written.lock().unwrap().ends_with(b"four\n"));
+        queue.lock().closing = true;
+        queue.ready.notify_one();
+        writer.join().unwrap();
+        assert_eq!(
+            String::from_utf8(written.lock().unwrap().clone()).unwrap(),
+            "one\ntw\nfour\n"
+        );
     }
 }

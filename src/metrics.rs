@@ -9,6 +9,9 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use smtp_core::session::{LegFailure, Refusal, ReplyTo};
 
 use crate::proxy::HeaderError;
@@ -65,6 +68,8 @@ pub struct Metrics {
     /// Log lines dropped because standard error was not read fast enough ([`crate::log`]),
     /// brought up to date at each scrape.
     pub log_lines_dropped_total: IntCounter,
+    /// What of [`crate::log::dropped_lines`] `log_lines_dropped_total` has counted.
+    log_dropped_counted: Arc<AtomicU64>,
 }
 
 /// Registers one family; a failure is a bug in the static definitions below.
@@ -290,6 +295,7 @@ impl Metrics {
             config_generation: family(r, config_generation),
             config_last_reload_timestamp_seconds: family(r, config_last_reload_timestamp_seconds),
             log_lines_dropped_total: family(r, log_lines_dropped_total),
+            log_dropped_counted: Arc::default(),
             registry: registry.clone(),
         }
     }
@@ -440,8 +446,11 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let counted = self.log_lines_dropped_total.get();
+        // Two scrapes at once add the difference once: the one that raises the mark does.
         let dropped = crate::log::dropped_lines();
+        let counted = self
+            .log_dropped_counted
+            .fetch_max(dropped, Ordering::Relaxed);
         if dropped > counted {
             self.log_lines_dropped_total.inc_by(dropped - counted);
         }
@@ -585,6 +594,12 @@ impl ListenerMetrics {
     }
 
     /// A failed handshake: counted in `tls_handshakes_total{result="error"}` and by reason.
+    /// Server handshakes of this listener that failed since the start (reloads keep the
+    /// series).
+    pub fn server_handshake_errors(&self) -> u64 {
+        self.handshakes[0][Handshake::Error as usize].get()
+    }
+
     pub fn handshake_error(&self, server: bool, reason: HandshakeError) {
         self.handshake(server, Handshake::Error);
         self.handshake_errors[usize::from(!server)][reason as usize].inc();

@@ -7,7 +7,7 @@
 //! read them, need nothing of the runtime that builds and swaps them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -77,9 +77,9 @@ pub struct HandshakeSlots {
     flooded_until: AtomicU64,
     /// When the last handshakes began (nanoseconds after `born`), newest at `next - 1`.
     begun: Mutex<Begun>,
-    /// Handshakes that failed under a flood since the flood's end was last logged: counted,
+    /// A flood was announced in the log and is not over: its failed handshakes are counted,
     /// not logged one by one.
-    quiet_failures: AtomicU64,
+    announced: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -97,7 +97,7 @@ impl HandshakeSlots {
             pressed_until: AtomicU64::new(0),
             flooded_until: AtomicU64::new(0),
             begun: Mutex::default(),
-            quiet_failures: AtomicU64::new(0),
+            announced: AtomicBool::new(false),
         }
     }
 
@@ -301,22 +301,22 @@ impl ListenerRuntime {
             .is_some_and(HandshakeSlots::flooded)
     }
 
-    /// A server handshake failed: under a flood it is counted for the line that says the
-    /// flood is over, and `true` says not to log it on its own (a flood's thousands of
-    /// abandoned handshakes a second would bury the log, and fill its queue: [`crate::log`]).
-    pub fn quiet_handshake_failure(&self) -> bool {
-        let Some(slots) = self.handshakes.as_ref().filter(|s| s.flooded()) else {
-            return false;
-        };
-        slots.quiet_failures.fetch_add(1, Ordering::Relaxed);
-        true
+    /// A flood on this listener is announced in the log, or over ([`crate::listener`]'s
+    /// accept loop says so).
+    pub fn announce_flood(&self, announced: bool) {
+        if let Some(slots) = &self.handshakes {
+            slots.announced.store(announced, Ordering::Relaxed);
+        }
     }
 
-    /// The handshakes that failed under a flood since the last call.
-    pub fn take_quiet_handshake_failures(&self) -> u64 {
+    /// A failed server handshake goes without a line of its own: a flood is announced, whose
+    /// last line counts them (`tls_handshake_errors_total` does anyway). A flood's thousands
+    /// of abandoned handshakes a second would bury the log, and fill its queue
+    /// ([`crate::log`]).
+    pub fn quiet_handshake_failure(&self) -> bool {
         self.handshakes
             .as_ref()
-            .map_or(0, |s| s.quiet_failures.swap(0, Ordering::Relaxed))
+            .is_some_and(|s| s.announced.load(Ordering::Relaxed))
     }
 
     /// The accept loop took `waiting` connections from the accept queue in a row without
