@@ -535,7 +535,7 @@ async fn dashboard_and_alerts_work_against_a_real_prometheus() {
         }
         alerts.push(name);
     }
-    assert_eq!(alerts.len(), 4, "{alerts:?}");
+    assert_eq!(alerts.len(), 5, "{alerts:?}");
     for name in firing_expected.keys() {
         assert!(alerts.iter().any(|a| a == name), "no alert {name}");
     }
