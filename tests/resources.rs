@@ -24,23 +24,27 @@ fn hard_limit() -> Option<u64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok() // "unlimited": None
 }
 
-/// A backend that greets every connection with `220` and then holds it open, reading and
-/// discarding, until the test ends: each session in front of it keeps its descriptor.
-fn greeting_backend() -> SocketAddr {
+/// A backend on a free port of its own: each connection served by `serve` on a thread.
+fn backend(serve: fn(TcpStream)) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                if stream.write_all(b"220 backend.test ESMTP\r\n").is_ok() {
-                    let mut buf = [0u8; 512];
-                    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-                }
-            });
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(stream));
         }
     });
     addr
+}
+
+/// A backend that greets every connection with `220` and then holds it open, reading and
+/// discarding, until the test ends: each session in front of it keeps its descriptor.
+fn greeting_backend() -> SocketAddr {
+    backend(|mut stream| {
+        if stream.write_all(b"220 backend.test ESMTP\r\n").is_ok() {
+            let mut buf = [0u8; 512];
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    })
 }
 
 /// The real binary running `run`, its stderr in `<dir>/sidecar.log`.
@@ -343,25 +347,17 @@ fn admin_endpoint_caps_its_connections_and_times_out_idle_ones() {
 
 /// A backend that answers every command line with `250`, and `QUIT` with `221`.
 fn answering_backend() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut lines = BufReader::new(stream.try_clone().unwrap()).lines();
-                let _ = stream.write_all(b"220 backend.test ESMTP\r\n");
-                while let Some(Ok(line)) = lines.next() {
-                    let quit = line.eq_ignore_ascii_case("QUIT");
-                    let reply: &[u8] = if quit { b"221 bye\r\n" } else { b"250 ok\r\n" };
-                    if stream.write_all(reply).is_err() || quit {
-                        break;
-                    }
-                }
-            });
+    backend(|mut stream| {
+        let mut lines = BufReader::new(stream.try_clone().unwrap()).lines();
+        let _ = stream.write_all(b"220 backend.test ESMTP\r\n");
+        while let Some(Ok(line)) = lines.next() {
+            let quit = line.eq_ignore_ascii_case("QUIT");
+            let reply: &[u8] = if quit { b"221 bye\r\n" } else { b"250 ok\r\n" };
+            if stream.write_all(reply).is_err() || quit {
+                break;
+            }
         }
-    });
-    addr
+    })
 }
 
 /// One plain session: greeting, `EHLO`, `QUIT`; the replies' first lines.
