@@ -73,14 +73,11 @@ pub fn init(log: &LogConfig) -> Guard {
             Guard(None)
         }
     };
-    let make = {
-        let queue = guard.0.as_ref().map(|(q, _)| Arc::clone(q));
-        move || Line(queue.clone())
-    };
+    let sink = Sink(guard.0.as_ref().map(|(q, _)| Arc::clone(q)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(make);
+        .with_writer(sink);
     let _ = match log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -188,9 +185,9 @@ impl Queue {
             drop(pending);
             // A reader that stalls holds this thread here, and only this thread.
             if mid_line {
-                mid_line = write_all(out, b"\n") > 0;
+                mid_line = write_some(out, b"\n") > 0;
             }
-            let written = write_all(out, &batch);
+            let written = write_some(out, &batch);
             if let Some(rest) = batch.get(written..).filter(|rest| !rest.is_empty()) {
                 let lines = rest.iter().filter(|&&b| b == b'\n').count();
                 self.dropped
@@ -208,7 +205,7 @@ impl Queue {
 
 /// Writes `bytes` to `out` until done or it fails (a reader gone); how many were written. A
 /// standard error handed over non-blocking is waited for.
-fn write_all(out: &mut impl Write, bytes: &[u8]) -> usize {
+fn write_some(out: &mut impl Write, bytes: &[u8]) -> usize {
     let mut written = 0;
     while let Some(rest) = bytes.get(written..).filter(|rest| !rest.is_empty()) {
         match out.write(rest) {
@@ -222,24 +219,29 @@ fn write_all(out: &mut impl Write, bytes: &[u8]) -> usize {
     written
 }
 
-/// Where one event's line goes: the queue, or (no writer thread) standard error at once.
-struct Line(Option<Arc<Queue>>);
+/// The subscriber's writer: the queue, or (no writer thread) standard error.
+struct Sink(Option<Arc<Queue>>);
 
-impl Write for Line {
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Sink {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Line<'a> {
+        Line(self.0.as_deref())
+    }
+}
+
+/// Where one event's line goes: the queue, or standard error at once.
+struct Line<'a>(Option<&'a Queue>);
+
+impl Write for Line<'_> {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        match &self.0 {
-            Some(queue) => {
-                queue.push(line);
-                Ok(line.len())
-            }
-            None => std::io::stderr().write(line),
-        }
+        self.write_all(line).map(|()| line.len())
     }
 
-    /// Without a writer thread, a line is written under stderr's lock, so that another
-    /// thread's cannot come between its parts.
+    /// Queued whole; without a writer thread, written under stderr's lock, so that another
+    /// thread's line cannot come between its parts.
     fn write_all(&mut self, line: &[u8]) -> std::io::Result<()> {
-        match &self.0 {
+        match self.0 {
             Some(queue) => {
                 queue.push(line);
                 Ok(())

@@ -5,13 +5,13 @@
 //! listed domains, backend servers) or small closed enums ([`Refusal`], [`LegFailure`]),
 //! never from client input: an unlisted domain is `other`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
 use smtp_core::session::{LegFailure, Refusal, ReplyTo};
 
 use crate::proxy::HeaderError;
