@@ -358,7 +358,7 @@ async fn under_a_flood_an_implicit_handshake_is_done_while_the_sessions_threads_
 /// beginning and end are logged once each.
 #[tokio::test]
 async fn the_binary_logs_a_flood_and_its_end_and_admits_at_nice_19() {
-    binary_flood(None).await;
+    binary_flood(None, "implicit").await;
 }
 
 /// The same on one core, where the admission threads are a current-thread runtime on a thread
@@ -366,12 +366,20 @@ async fn the_binary_logs_a_flood_and_its_end_and_admits_at_nice_19() {
 /// need that thread to drive its sockets and timers.
 #[tokio::test]
 async fn on_one_core_the_admission_thread_drives_its_own_runtime() {
-    binary_flood(Some("0")).await;
+    binary_flood(Some("0"), "implicit").await;
 }
 
-async fn binary_flood(cpus: Option<&str>) {
+/// A flood of a STARTTLS listener: the sessions whose handshake after `STARTTLS` failed
+/// while the flood was announced end without a line each, as their handshakes do; the
+/// flood's last line counts them.
+#[tokio::test]
+async fn a_starttls_floods_failed_sessions_are_counted_not_logged() {
+    binary_flood(None, "starttls").await;
+}
+
+async fn binary_flood(cpus: Option<&str>, tls: &str) {
     let (backend, _rec) = recording_backend().await;
-    let yaml = config_yaml(backend, "implicit", "      max_handshakes: 2\n");
+    let yaml = config_yaml(backend, tls, "      max_handshakes: 2\n");
     let bin = binary::start_binary_on(&yaml, cpus);
     let addr = bin.addr("inbound").unwrap();
     let tasks = format!("/proc/{}/task", bin.pid());
@@ -397,14 +405,20 @@ async fn binary_flood(cpus: Option<&str>) {
     // Two handshakes that wait for the rest of a record take both slots.
     let mut stalled = Vec::new();
     for _ in 0..2 {
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(&[0x16, 0x03]).await.unwrap();
-        stalled.push(tcp);
+        let mut c = Client::connect(addr).await;
+        if tls == "starttls" {
+            assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+            assert!(c.cmd("EHLO client.test").await.contains("STARTTLS"));
+            assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+        }
+        c.send(&[0x16, 0x03]).await;
+        stalled.push(c);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let refusal = if tls == "starttls" { REFUSED } else { "" };
     assert_eq!(
         until_closed(TcpStream::connect(addr).await.unwrap()).await,
-        ""
+        refusal
     );
     bin.wait_log(
         "handshake flood: accepting and handshaking below the established sessions' priority",
@@ -413,15 +427,24 @@ async fn binary_flood(cpus: Option<&str>) {
     .await;
     drop(stalled);
     bin.wait_log("handshake flood over", 1).await;
-    let mut c = Client::connect_implicit(addr).await;
-    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    let mut c = if tls == "starttls" {
+        Client::starttls_session(addr).await
+    } else {
+        let mut c = Client::connect_implicit(addr).await;
+        assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+        c
+    };
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    drop(c);
+    bin.wait_log("session ended", 1).await;
     let log = bin.log();
     assert_eq!(log.matches("handshake flood:").count(), 1, "{log}");
     assert_eq!(log.matches("handshake flood over").count(), 1, "{log}");
     // The two stalled handshakes failed under the flood: counted in its last line, not
-    // logged one by one.
+    // logged one by one, and neither are their sessions' ends; the session after the flood's
+    // end is.
     assert!(!log.contains("TLS handshake failed"), "{log}");
+    assert_eq!(log.matches("session ended").count(), 1, "{log}");
     let over = log.lines().find(|l| l.contains("handshake flood over"));
     assert!(
         over.is_some_and(|l| l.contains("failed_handshakes=2")),

@@ -14,7 +14,7 @@ use crate::metrics::Outcome;
 use crate::snapshot::{ListenerRuntime, ModeRuntime};
 
 /// What a session's events added up to, for its closing log line.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
     pub accepted: u32,
     pub refused: u32,

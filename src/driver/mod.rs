@@ -139,6 +139,10 @@ pub struct Driver<'a> {
     /// The session closed with [`Action::Close`]'s `linger`: the client's connection, its
     /// close_notify sent, is left for [`Driver::lingering`].
     linger: bool,
+    /// The client's TLS handshake after `STARTTLS` failed under an announced handshake flood:
+    /// the failure went without a line of its own, and so does the session's end
+    /// ([`Driver::ended`]); the flood's last line counts it.
+    quiet_end: bool,
 }
 
 /// How [`Driver::run`] returned.
@@ -181,6 +185,7 @@ impl<'a> Driver<'a> {
             tally: events::Tally::default(),
             timer: Box::pin(sleep_until(tokio::time::Instant::now() + l.longest_wait())),
             linger: false,
+            quiet_end: false,
         }
     }
 
@@ -344,12 +349,17 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// The session is over: its duration is recorded, and one line says how it went.
+    /// The session is over: its duration is recorded, and one line says how it went, unless
+    /// it was a flood's attempt that ended in a failed handshake with no message
+    /// ([`Driver::quiet_end`]): a flood's thousands a second would bury the log.
     pub fn ended(&self, started: Instant, tls: Option<&TlsInfo>) {
         let elapsed = started.elapsed();
         let l = self.l;
         l.metrics.duration.observe(elapsed.as_secs_f64());
         let t = self.tally;
+        if self.quiet_end && t == events::Tally::default() {
+            return;
+        }
         let version = tls.map_or("none", |t| t.version.as_str());
         let subject = tls
             .and_then(|t| t.client_cert.cert())
@@ -470,7 +480,10 @@ impl<'a> Driver<'a> {
                         session.handle_tls_established(Leg::Client, info, Instant::now());
                         return Step::Readable(Leg::Client);
                     }
-                    None => session.handle_tls_failed(Leg::Client, Instant::now()),
+                    None => {
+                        self.quiet_end = l.quiet_handshake_failure();
+                        session.handle_tls_failed(Leg::Client, Instant::now());
+                    }
                 }
             }
             Action::StartTls(TlsStart::Client(ask)) => {
