@@ -209,6 +209,7 @@ pub async fn accept_loop(
         alive,
         sessions: tokio::runtime::Handle::current(),
         flood: None,
+        quiet: None,
     };
     let Ok(admission) = crate::io::admission::handle() else {
         // No admission threads (`run` said so when it started): pressure is served here too.
@@ -287,6 +288,8 @@ struct Accepting {
     /// The flood under way was logged, when the listener's failed server handshakes were
     /// this many.
     flood: Option<u64>,
+    /// The configuration whose failed handshakes were last made quiet for a flood.
+    quiet: Option<Arc<ListenerRuntime>>,
 }
 
 impl Accepting {
@@ -329,8 +332,21 @@ impl Accepting {
             }
             _ => {}
         }
-        // The configuration in use (a reload's too) keeps quiet while the flood is announced.
-        l.announce_flood(self.flood.is_some());
+        // Only the configuration in use keeps quiet, and only while the flood is announced: one
+        // a reload replaced logs what fails of its handshakes still in progress one by one
+        // again, so that no failure goes without a line of its own or the flood's last line.
+        let announced = self.flood.is_some();
+        l.announce_flood(announced);
+        if self.quiet.as_ref().is_some_and(|q| Arc::ptr_eq(q, &l)) {
+            if !announced {
+                self.quiet = None;
+            }
+        } else {
+            if let Some(before) = self.quiet.take() {
+                before.announce_flood(false);
+            }
+            self.quiet = announced.then(|| Arc::clone(&l));
+        }
     }
 
     /// Shutdown began or the listener was removed; `false` if neither (a spurious change).

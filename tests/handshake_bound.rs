@@ -452,6 +452,49 @@ async fn binary_flood(cpus: Option<&str>, tls: &str) {
     );
 }
 
+/// A reload during a flood: the new configuration's slots are free, so for the log the flood
+/// is over; the configuration it replaced stops keeping quiet, so the handshakes it still has
+/// in progress are logged one by one when they fail, not lost between the flood's last line
+/// and the old configuration.
+#[tokio::test]
+async fn a_reload_during_a_flood_leaves_no_failed_handshake_unlogged() {
+    let (backend, _rec) = recording_backend().await;
+    let yaml = config_yaml(backend, "implicit", "      max_handshakes: 2\n");
+    let bin = binary::start_binary(&yaml);
+    let addr = bin.addr("inbound").unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&[0x16, 0x03]).await.unwrap();
+        stalled.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        until_closed(TcpStream::connect(addr).await.unwrap()).await,
+        ""
+    );
+    bin.wait_log("handshake flood:", 1).await;
+    let config = bin.config();
+    assert!(config.contains("max_handshakes: 2"), "{config}");
+    let reloaded = config.replace("max_handshakes: 2", "max_handshakes: 3");
+    std::fs::write(bin.config_path(), reloaded).unwrap();
+    bin.signal("HUP");
+    bin.wait_log("configuration reloaded", 1).await;
+    bin.wait_log("handshake flood over", 1).await;
+    let log = bin.log();
+    let over = log.lines().find(|l| l.contains("handshake flood over"));
+    assert!(
+        over.is_some_and(|l| l.contains("failed_handshakes=0")),
+        "{log}"
+    );
+    drop(stalled);
+    bin.wait_log("TLS handshake failed", 2).await;
+    // The listener serves on the new configuration.
+    let mut c = Client::connect_implicit(addr).await;
+    assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+}
+
 /// A client on std's blocking sockets, for the moments the test's runtime (the sessions' only
 /// thread) is blocked: plain until [`SyncClient::upgrade`], then TLS; every read within
 /// `timeout`.
