@@ -12,6 +12,10 @@
 //! The thread is woken once for the lines of [`GATHER`], not once per line: at the default
 //! level every session logs a line, and a wake-up of another thread per line cost a session
 //! of workload A more than the line's own `write(2)` did.
+//!
+//! A panic is logged through the queue too ([`panic_hook`]), as an error line after the lines
+//! logged before it: Rust's own hook writes to standard error at once, ahead of them, and
+//! would wait on a reader that stalls.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +69,9 @@ pub fn init(log: &LogConfig) -> Guard {
     let guard = match started {
         Ok(_) => {
             // A second `init` (tests) keeps the first queue, as the first subscriber stays.
-            let _ = QUEUE.set(Arc::clone(&queue));
+            if QUEUE.set(Arc::clone(&queue)).is_ok() {
+                panic_hook();
+            }
             Guard(Some((queue, finished)))
         }
         Err(e) => {
@@ -83,6 +89,42 @@ pub fn init(log: &LogConfig) -> Guard {
         LogFormat::Text => builder.try_init(),
     };
     guard
+}
+
+/// Panics are logged as error lines of the target `smtp_sidecar::panic` (fields `thread`,
+/// `location`, and `backtrace` when `RUST_BACKTRACE` asks for one), queued like any line. Rust's
+/// own hook is kept for what the log cannot take: a panic while the subscriber itself is
+/// logging (a panic within the hook), or with errors filtered out of the log.
+fn panic_hook() {
+    let rusts = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        thread_local!(static IN_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        let nested = IN_HOOK.replace(true);
+        if nested || !tracing::enabled!(target: "smtp_sidecar::panic", tracing::Level::ERROR) {
+            rusts(info);
+            IN_HOOK.set(nested);
+            return;
+        }
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("<unnamed>");
+        let location = info
+            .location()
+            .map_or_else(String::new, ToString::to_string);
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("Box<dyn Any>");
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(target: "smtp_sidecar::panic", thread, location, %backtrace,
+                "panicked: {payload}");
+        } else {
+            tracing::error!(target: "smtp_sidecar::panic", thread, location, "panicked: {payload}");
+        }
+        IN_HOOK.set(false);
+    }));
 }
 
 /// Log lines dropped since the start because standard error was not read fast enough.
