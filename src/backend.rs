@@ -19,7 +19,6 @@ use arc_swap::ArcSwapOption;
 use smtp_core::reply::{Reply, ReplyParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::io::Stream;
@@ -205,7 +204,7 @@ impl Pool {
         listener: &str,
         hostname: &str,
         metrics: &ListenerMetrics,
-        mut shutdown: watch::Receiver<Shutdown>,
+        mut shutdown: crate::shutdown::Watch,
     ) {
         let every = self.check_interval;
         let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
@@ -214,7 +213,7 @@ impl Pool {
             tokio::select! {
                 _ = ticks.tick() => {}
                 r = shutdown.changed() => {
-                    if r.is_err() || *shutdown.borrow() != Shutdown::Running {
+                    if r.is_err() || shutdown.borrow() != Shutdown::Running {
                         return;
                     }
                     continue;

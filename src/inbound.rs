@@ -9,11 +9,9 @@ use std::time::{Instant, SystemTime};
 use smtp_core::inbound::Session;
 use smtp_core::session::TlsInfo;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::driver::{accept_tls, next_session_id, Served};
 use crate::io::Stream;
-use crate::shutdown::Shutdown;
 use crate::snapshot::ListenerRuntime;
 
 /// A client connection of a terminate listener, ready for its session: on an implicit-TLS
@@ -55,7 +53,7 @@ pub fn serve(
     opened: Opened,
     l: Arc<ListenerRuntime>,
     cfg: Arc<smtp_core::inbound::Config>,
-    shutdown: watch::Receiver<Shutdown>,
+    shutdown: crate::shutdown::Watch,
 ) -> impl Future<Output = Served> + Send {
     let Opened {
         client,

@@ -194,7 +194,7 @@ pub fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn accept_loop(
     tcp: TcpListener,
     current: Arc<ArcSwap<ListenerRuntime>>,
-    shutdown: watch::Receiver<Shutdown>,
+    shutdown: crate::shutdown::Watch,
     stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
@@ -280,7 +280,7 @@ enum Ended {
 struct Accepting {
     limits: Arc<Limits>,
     current: Arc<ArcSwap<ListenerRuntime>>,
-    shutdown: watch::Receiver<Shutdown>,
+    shutdown: crate::shutdown::Watch,
     stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
     /// Where sessions run.
@@ -353,7 +353,7 @@ impl Accepting {
     async fn stopped(&mut self) -> bool {
         tokio::select! {
             changed = self.shutdown.changed() => {
-                changed.is_err() || *self.shutdown.borrow() != Shutdown::Running
+                changed.is_err() || self.shutdown.borrow() != Shutdown::Running
             }
             changed = self.stop.changed() => changed.is_err() || *self.stop.borrow(),
         }
@@ -466,7 +466,7 @@ async fn connection(
     socket: SocketAddr,
     l: Arc<ListenerRuntime>,
     mut admitted: Admitted,
-    shutdown: watch::Receiver<Shutdown>,
+    shutdown: crate::shutdown::Watch,
     (sessions, alive): (tokio::runtime::Handle, mpsc::Sender<()>),
 ) {
     let Some((stream, peer)) = arrive(stream, socket, &l, &mut admitted).await else {

@@ -8,11 +8,9 @@ use std::time::{Instant, SystemTime};
 
 use smtp_core::outbound::Session;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::driver::Served;
 use crate::io::Stream;
-use crate::shutdown::Shutdown;
 use crate::snapshot::ListenerRuntime;
 
 /// Serve one connection of an originate listener ([`crate::driver::serve`]).
@@ -21,7 +19,7 @@ pub fn serve(
     peer: SocketAddr,
     l: Arc<ListenerRuntime>,
     cfg: Arc<smtp_core::outbound::Config>,
-    shutdown: watch::Receiver<Shutdown>,
+    shutdown: crate::shutdown::Watch,
 ) -> impl Future<Output = Served> + Send {
     let started = Instant::now();
     let id = crate::driver::next_session_id();

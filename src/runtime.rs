@@ -119,7 +119,7 @@ pub struct Running {
     active: Vec<(SocketAddr, Active)>,
     /// What the status page knows of each listener.
     infos: Arc<ArcSwap<Vec<crate::status::ListenerInfo>>>,
-    shutdown: watch::Sender<Shutdown>,
+    shutdown: crate::shutdown::Sender,
     /// Given to the accept loops a reload starts; dropped when shutdown begins.
     alive_tx: Option<mpsc::Sender<()>>,
     alive: mpsc::Receiver<()>,
@@ -145,7 +145,7 @@ struct Active {
 /// pool and what the checks report with, not the whole runtime.
 fn spawn_health_checks(
     rt: &ListenerRuntime,
-    shutdown: watch::Receiver<Shutdown>,
+    shutdown: crate::shutdown::Watch,
 ) -> watch::Sender<bool> {
     let (tx, mut rx) = watch::channel(false);
     if !rt.pool.is_empty() {
@@ -166,7 +166,7 @@ fn spawn_listener(
     tcp: TcpListener,
     local: SocketAddr,
     rt: Arc<ListenerRuntime>,
-    shutdown: &watch::Receiver<Shutdown>,
+    shutdown: &crate::shutdown::Watch,
     alive: mpsc::Sender<()>,
 ) -> Active {
     tracing::info!(listener = %rt.name, addr = %local, "listening");
@@ -241,7 +241,7 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
         .as_ref()
         .zip(config.metrics_listen)
         .map(|(tcp, addr)| tcp.local_addr().unwrap_or(addr));
-    let (shutdown, watch_rx) = watch::channel(Shutdown::Running);
+    let (shutdown, watch_rx) = crate::shutdown::channel();
     let (alive_tx, alive) = mpsc::channel(1);
     let active: Vec<_> = bound
         .into_iter()
@@ -299,7 +299,7 @@ fn log_trust(trust: &Trust) {
 /// when shutdown begins or the returned sender is dropped (the snapshot was replaced).
 fn spawn_expiry_warnings(
     snapshot: &Snapshot,
-    shutdown: &watch::Receiver<Shutdown>,
+    shutdown: &crate::shutdown::Watch,
 ) -> watch::Sender<bool> {
     let (tx, rx) = watch::channel(false);
     let explicit = explicit_certificates(snapshot);
@@ -313,7 +313,7 @@ fn spawn_expiry_warnings(
 /// expired (it may expire while the process runs), until shutdown begins.
 async fn expiry_warnings(
     explicit: Vec<(String, LoadedCert)>,
-    mut shutdown: watch::Receiver<Shutdown>,
+    mut shutdown: crate::shutdown::Watch,
     mut replaced: watch::Receiver<bool>,
 ) {
     const DAY: Duration = Duration::from_secs(86_400);
@@ -345,7 +345,7 @@ impl Running {
     /// `421 4.3.2` and wait briefly for them to close.
     pub async fn shutdown(mut self) {
         self.alive_tx = None;
-        let _ = self.shutdown.send(Shutdown::Draining);
+        self.shutdown.send(Shutdown::Draining);
         if tokio::time::timeout(self.grace, self.alive.recv())
             .await
             .is_err()
@@ -357,7 +357,7 @@ impl Running {
                     tracing::warn!(sessions, "shutdown grace over: closing the sessions left");
                 }
             }
-            let _ = self.shutdown.send(Shutdown::GraceOver);
+            self.shutdown.send(Shutdown::GraceOver);
             let _ = tokio::time::timeout(Duration::from_secs(5), self.alive.recv()).await;
         }
     }

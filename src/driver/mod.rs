@@ -15,7 +15,6 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use smtp_core::session::{Action, DnsFailure, Leg, Machine, TlsInfo, TlsStart};
-use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout, Sleep};
 
 use crate::io::{Read, Stream};
@@ -75,7 +74,7 @@ pub fn serve<M: Machine + Send + 'static>(
     mut session: M,
     client: Stream,
     (peer, id, started): (SocketAddr, u64, Instant),
-    mut shutdown: watch::Receiver<Shutdown>,
+    mut shutdown: crate::shutdown::Watch,
 ) -> impl Future<Output = Served> + Send {
     async move {
         let mut driver = Driver::new(&l, peer, id, client);
@@ -95,7 +94,7 @@ async fn resume<M: Machine + Send>(
     mut session: M,
     parked: Parked,
     started: Instant,
-    mut shutdown: watch::Receiver<Shutdown>,
+    mut shutdown: crate::shutdown::Watch,
 ) -> Option<Stream> {
     let peer = parked.peer;
     let mut driver = match Driver::resume(&l, parked) {
@@ -237,7 +236,7 @@ impl<'a> Driver<'a> {
     pub async fn run<M: Machine>(
         &mut self,
         session: &mut M,
-        shutdown: &mut watch::Receiver<Shutdown>,
+        shutdown: &mut crate::shutdown::Watch,
     ) -> Ran {
         // Try a read before waiting for readiness: after a TLS handshake, a full read or a
         // move, bytes may already be buffered (in rustls or the kernel) with no new readiness
@@ -337,8 +336,7 @@ impl<'a> Driver<'a> {
                     }
                     session.handle_timeout(Instant::now());
                 }
-                r = shutdown.changed() => {
-                    let state = if r.is_ok() { *shutdown.borrow_and_update() } else { Shutdown::GraceOver };
+                state = std::future::poll_fn(|cx| shutdown.poll_change(cx)) => {
                     match state {
                         Shutdown::Running => {}
                         Shutdown::Draining => session.handle_shutdown(Instant::now()),
