@@ -292,6 +292,14 @@ struct Accepting {
     quiet: Option<Arc<ListenerRuntime>>,
 }
 
+impl Drop for Accepting {
+    /// A loop that ends during a flood (shutdown, the listener removed) ends the flood too:
+    /// its draining sessions' failed handshakes are logged again, and the count is given.
+    fn drop(&mut self) {
+        self.end_flood();
+    }
+}
+
 impl Accepting {
     /// The listening socket, registered with the runtime this runs on (a duplicate of the
     /// descriptor, so that the socket stays open whatever happens to this one). `None` if the
@@ -320,24 +328,26 @@ impl Accepting {
         let l = self.current.load();
         match (self.flood, l.handshakes_flooded()) {
             (None, true) => {
+                // Counted from before the quiet begins: a failure in between is counted and
+                // logged, not lost.
                 self.flood = Some(l.metrics.server_handshake_errors());
+                self.quiet_on(&l, true);
                 tracing::warn!(listener = %l.name,
                     "handshake flood: accepting and handshaking below the established sessions' priority; failed handshakes counted until it is over");
             }
-            (Some(from), false) => {
-                self.flood = None;
-                // From the listener's counter, which a reload keeps.
-                let failed_handshakes = l.metrics.server_handshake_errors().saturating_sub(from);
-                tracing::info!(listener = %l.name, failed_handshakes, "handshake flood over");
-            }
-            _ => {}
+            (Some(_), false) => self.end_flood(),
+            // Only the configuration in use keeps quiet (a reload's too), and only while the
+            // flood is announced: one a reload replaced logs what fails of its handshakes
+            // still in progress one by one again.
+            (flood, _) => self.quiet_on(&l, flood.is_some()),
         }
-        // Only the configuration in use keeps quiet, and only while the flood is announced: one
-        // a reload replaced logs what fails of its handshakes still in progress one by one
-        // again, so that no failure goes without a line of its own or the flood's last line.
-        let announced = self.flood.is_some();
+    }
+
+    /// The configuration `l` keeps quiet or not; the one that kept quiet before it, if
+    /// another, no longer does.
+    fn quiet_on(&mut self, l: &Arc<ListenerRuntime>, announced: bool) {
         l.announce_flood(announced);
-        if self.quiet.as_ref().is_some_and(|q| Arc::ptr_eq(q, &l)) {
+        if self.quiet.as_ref().is_some_and(|q| Arc::ptr_eq(q, l)) {
             if !announced {
                 self.quiet = None;
             }
@@ -345,8 +355,27 @@ impl Accepting {
             if let Some(before) = self.quiet.take() {
                 before.announce_flood(false);
             }
-            self.quiet = announced.then(|| Arc::clone(&l));
+            self.quiet = announced.then(|| Arc::clone(l));
         }
+    }
+
+    /// The flood is over (or the loop ends during one): no configuration keeps quiet any
+    /// more, and the last line counts what failed quietly. The quiet ends before the count
+    /// is read, so that a failure is either in the count or logged on its own (a failure
+    /// counts itself before it looks whether to keep quiet: `driver::handshake`).
+    fn end_flood(&mut self) {
+        let Some(from) = self.flood.take() else {
+            return;
+        };
+        let l = self.current.load();
+        self.quiet_on(&l, false);
+        if let Some(before) = self.quiet.take() {
+            before.announce_flood(false);
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        // From the listener's counter, which a reload keeps.
+        let failed_handshakes = l.metrics.server_handshake_errors().saturating_sub(from);
+        tracing::info!(listener = %l.name, failed_handshakes, "handshake flood over");
     }
 
     /// Shutdown began or the listener was removed; `false` if neither (a spurious change).

@@ -305,7 +305,7 @@ impl ListenerRuntime {
     /// accept loop says so).
     pub fn announce_flood(&self, announced: bool) {
         if let Some(slots) = &self.handshakes {
-            slots.announced.store(announced, Ordering::Relaxed);
+            slots.announced.store(announced, Ordering::SeqCst);
         }
     }
 
@@ -313,10 +313,14 @@ impl ListenerRuntime {
     /// last line counts them (`tls_handshake_errors_total` does anyway). A flood's thousands
     /// of abandoned handshakes a second would bury the log, and fill its queue
     /// ([`crate::log`]).
+    /// Asked after the failure is counted: with the fence, a flood's end that stops the quiet
+    /// and then reads the count (`listener`'s `end_flood`) either sees this failure counted or
+    /// has it logged.
     pub fn quiet_handshake_failure(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
         self.handshakes
             .as_ref()
-            .is_some_and(|s| s.announced.load(Ordering::Relaxed))
+            .is_some_and(|s| s.announced.load(Ordering::SeqCst))
     }
 
     /// The accept loop took `waiting` connections from the accept queue in a row without

@@ -495,6 +495,35 @@ async fn a_reload_during_a_flood_leaves_no_failed_handshake_unlogged() {
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
 }
 
+/// Shutdown during a flood: the accept loop stops, and with it the flood, for the log: its
+/// last line is written, and the draining sessions' failed handshakes are logged again.
+#[tokio::test]
+async fn a_flood_under_way_at_shutdown_is_ended_in_the_log() {
+    let (backend, _rec) = recording_backend().await;
+    let yaml = config_yaml(backend, "starttls", "      max_handshakes: 2\n");
+    let bin = binary::start_binary(&yaml);
+    let addr = bin.addr("inbound").unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(addr).await;
+        assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+        assert!(c.cmd("EHLO client.test").await.contains("STARTTLS"));
+        assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+        c.send(&[0x16, 0x03]).await;
+        stalled.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        until_closed(TcpStream::connect(addr).await.unwrap()).await,
+        REFUSED
+    );
+    bin.wait_log("handshake flood:", 1).await;
+    bin.signal("TERM");
+    bin.wait_log("handshake flood over", 1).await;
+    drop(stalled);
+    bin.wait_log("TLS handshake failed", 2).await;
+}
+
 /// A client on std's blocking sockets, for the moments the test's runtime (the sessions' only
 /// thread) is blocked: plain until [`SyncClient::upgrade`], then TLS; every read within
 /// `timeout`.
