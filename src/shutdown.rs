@@ -64,12 +64,14 @@ impl Sender {
 }
 
 impl Drop for Sender {
-    /// Gone, the sender leaves the state at [`Shutdown::GraceOver`] and wakes the sessions
-    /// registered: a registration that a wake-up found with nothing new would wait for good.
+    /// Gone, the sender leaves the state at [`Shutdown::GraceOver`], as a closed watch reads
+    /// to the sessions ([`Watch::poll_change`]), and wakes them; those that saw it already
+    /// are on their way out.
     fn drop(&mut self) {
         if *self.tx.borrow() != Shutdown::GraceOver {
-            self.send(Shutdown::GraceOver);
+            self.tx.send_replace(Shutdown::GraceOver);
         }
+        self.wake.notify_waiters();
     }
 }
 
@@ -111,6 +113,8 @@ impl Watch {
     /// Waits until the state changes from the last one seen; an error once the sender is gone
     /// (the process is on its way out).
     pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        // It takes the version [`Watch::poll_change`]'s registration waits for.
+        self.registered = None;
         self.rx.changed().await
     }
 
@@ -203,6 +207,38 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((state, polls), (Shutdown::Draining, 10));
+    }
+
+    /// A session waiting, registered, when the sender goes: woken, with the grace over.
+    #[tokio::test]
+    async fn a_sender_that_goes_wakes_the_registered_with_the_grace_over() {
+        let (tx, mut watch) = channel();
+        let waiter = tokio::spawn(async move { poll_fn(|cx| watch.poll_change(cx)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        drop(tx);
+        let state = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(state, Shutdown::GraceOver);
+    }
+
+    /// Registered from one task, then polled from another (a session that moved to the
+    /// sessions' threads): the new task is the one woken.
+    #[tokio::test]
+    async fn a_watch_polled_from_another_task_registers_that_task() {
+        let (tx, mut watch) = channel();
+        let first = std::future::poll_fn(|cx| Poll::Ready(watch.poll_change(cx))).await;
+        assert!(first.is_pending());
+        let waiter = tokio::spawn(async move { poll_fn(|cx| watch.poll_change(cx)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send(Shutdown::Draining);
+        let state = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(state, Shutdown::Draining);
     }
 
     #[tokio::test]
