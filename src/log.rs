@@ -14,8 +14,8 @@
 //! of workload A more than the line's own `write(2)` did.
 //!
 //! A panic is logged through the queue too ([`panic_hook`]), as an error line after the lines
-//! logged before it: Rust's own hook writes to standard error at once, ahead of them, and
-//! would wait on a reader that stalls.
+//! logged before it (Rust's own hook writes to standard error at once, ahead of them), and
+//! the panicking thread waits until it is written, in case the process aborts next.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +63,7 @@ pub fn init(log: &LogConfig) -> Guard {
     let started = std::thread::Builder::new()
         .name("log".into())
         .spawn(move || {
+            WRITER.set(true);
             writer.write_out(&mut std::io::stderr(), GATHER);
             let _ = done.send(());
         });
@@ -91,18 +92,27 @@ pub fn init(log: &LogConfig) -> Guard {
     guard
 }
 
+thread_local! {
+    /// This thread is the log's writer.
+    static WRITER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread is logging a panic ([`panic_hook`]): its line is queued whatever the bound,
+    /// and waited for.
+    static PANICKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Panics are logged as error lines of the target `smtp_sidecar::panic` (fields `thread`,
-/// `location`, and `backtrace` when `RUST_BACKTRACE` asks for one), queued like any line. Rust's
-/// own hook is kept for what the log cannot take: a panic while the subscriber itself is
-/// logging (a panic within the hook), or with errors filtered out of the log.
+/// `location`, and `backtrace` when `RUST_BACKTRACE` asks for one, as Rust's own hook does),
+/// after the lines queued before them. The line is queued even into a full queue, and the
+/// panicking thread waits until it is written ([`EXIT_WAIT`] at most): a panic that aborts the
+/// process next (in a `Drop` while unwinding) still shows. Rust's own hook is kept where the
+/// log cannot take the line: a panic of the writer thread itself, or a log that filters
+/// errors out.
 fn panic_hook() {
     let rusts = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        thread_local!(static IN_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-        let nested = IN_HOOK.replace(true);
-        if nested || !tracing::enabled!(target: "smtp_sidecar::panic", tracing::Level::ERROR) {
+        if WRITER.get() || !tracing::enabled!(target: "smtp_sidecar::panic", tracing::Level::ERROR)
+        {
             rusts(info);
-            IN_HOOK.set(nested);
             return;
         }
         let thread = std::thread::current();
@@ -116,14 +126,17 @@ fn panic_hook() {
             .copied()
             .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
             .unwrap_or("Box<dyn Any>");
-        let backtrace = std::backtrace::Backtrace::capture();
-        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
-            tracing::error!(target: "smtp_sidecar::panic", thread, location, %backtrace,
-                "panicked: {payload}");
-        } else {
-            tracing::error!(target: "smtp_sidecar::panic", thread, location, "panicked: {payload}");
+        let backtrace = std::env::var_os("RUST_BACKTRACE")
+            .filter(|v| v != "0")
+            .map(|_| std::backtrace::Backtrace::force_capture());
+        PANICKING.set(true);
+        match backtrace {
+            Some(backtrace) => tracing::error!(target: "smtp_sidecar::panic", thread, location,
+                %backtrace, "panicked: {payload}"),
+            None => tracing::error!(target: "smtp_sidecar::panic", thread, location,
+                "panicked: {payload}"),
         }
-        IN_HOOK.set(false);
+        PANICKING.set(false);
     }));
 }
 
@@ -152,6 +165,8 @@ struct Queue {
     pending: Mutex<Pending>,
     /// Lines arrived in an empty queue, or the process is closing.
     ready: Condvar,
+    /// A batch was written.
+    drained: Condvar,
     dropped: AtomicU64,
 }
 
@@ -159,6 +174,11 @@ struct Queue {
 struct Pending {
     lines: Vec<u8>,
     closing: bool,
+    /// A panic's line waits: write without letting more gather.
+    hurry: bool,
+    /// Batches the writer has taken, and written (or given up on) so far.
+    taken: u64,
+    written: u64,
 }
 
 impl Queue {
@@ -196,6 +216,33 @@ impl Queue {
         }
     }
 
+    /// A panic's line ([`panic_hook`]): queued whatever the bound, written without waiting
+    /// for more lines, and waited for until it is written, [`EXIT_WAIT`] at most.
+    fn push_and_wait(&self, line: &[u8]) {
+        let mut pending = self.lock();
+        if pending.closing {
+            drop(pending);
+            let _ = std::io::stderr().lock().write_all(line);
+            return;
+        }
+        pending.lines.extend_from_slice(line);
+        pending.hurry = true;
+        let batch = pending.taken + 1;
+        self.ready.notify_one();
+        let deadline = std::time::Instant::now() + EXIT_WAIT;
+        while pending.written < batch {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            pending = self
+                .drained
+                .wait_timeout(pending, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     /// Less than half the queue is taken: a line now would fit.
     fn has_room(&self) -> bool {
         self.lock().lines.len() < QUEUE_BYTES / 2
@@ -218,12 +265,23 @@ impl Queue {
             if pending.lines.is_empty() {
                 return;
             }
-            if !pending.closing {
-                drop(pending);
-                std::thread::sleep(gather);
-                pending = self.lock();
+            // More lines gather for `gather`, unless a panic's line waits or the log closes.
+            let until = std::time::Instant::now() + gather;
+            while !pending.closing && !pending.hurry {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                pending = self
+                    .ready
+                    .wait_timeout(pending, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
+            pending.hurry = false;
             std::mem::swap(&mut pending.lines, &mut batch);
+            pending.taken += 1;
+            let this = pending.taken;
             drop(pending);
             // A reader that stalls holds this thread here, and only this thread.
             if mid_line {
@@ -237,6 +295,8 @@ impl Queue {
                 mid_line = written > 0 && batch.get(written - 1) != Some(&b'\n');
             }
             let _ = out.flush();
+            self.lock().written = this;
+            self.drained.notify_all();
             batch.clear();
             if batch.capacity() > SPARE_KEPT {
                 batch = Vec::new();
@@ -284,6 +344,10 @@ impl Write for Line<'_> {
     /// thread's line cannot come between its parts.
     fn write_all(&mut self, line: &[u8]) -> std::io::Result<()> {
         match self.0 {
+            Some(queue) if PANICKING.get() => {
+                queue.push_and_wait(line);
+                Ok(())
+            }
             Some(queue) => {
                 queue.push(line);
                 Ok(())
