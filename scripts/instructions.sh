@@ -32,8 +32,11 @@ for n in "$small" "$large"; do
   rm -f "$out/$peer-$n.out"
   json=$(SIDECAR_BIN=$wrapper ../shared/bench/run.sh "$peer" -n "$n" -c 10 -m 1 -s 2K | tail -n 1)
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); sys.exit(0 if d.get("sessions_ok")==int(sys.argv[2]) else f"run.sh: {sys.argv[1]}")' "$json" "$n"
-  # The sidecar writes the profile as it exits, after run.sh has stopped it.
-  for _ in $(seq 100); do [[ -s "$out/$peer-$n.out" ]] && break; sleep 0.1; done
+  # The sidecar writes the profile as it exits, after run.sh has stopped it; its last line
+  # is the totals.
+  for _ in $(seq 300); do grep -qs '^totals:' "$out/$peer-$n.out" && break; sleep 0.1; done
+  grep -qs '^totals:' "$out/$peer-$n.out" ||
+    { echo "no complete profile in $out/$peer-$n.out (the sidecar killed before it wrote it?)" >&2; exit 1; }
 done
 python3 - "$out/$peer-$small.out" "$out/$peer-$large.out" "$((large - small))" <<'EOF'
 import re, subprocess, sys
