@@ -377,32 +377,22 @@ async fn a_starttls_floods_failed_sessions_are_counted_not_logged() {
     binary_flood(None, "starttls").await;
 }
 
-async fn binary_flood(cpus: Option<&str>, tls: &str) {
-    let (backend, _rec) = recording_backend().await;
+/// The real binary (on `cpus`) with a listener (`tls`) of 2 handshake slots, both taken by
+/// handshakes that wait for the rest of a record (after `STARTTLS` on a STARTTLS listener),
+/// a third connection refused, and the flood announced in the log. The stalled clients hold
+/// the slots until dropped; the backend lives as long as the returned value.
+struct Flooded {
+    bin: binary::Binary,
+    addr: std::net::SocketAddr,
+    stalled: Vec<Client>,
+    _backend: Recorder,
+}
+
+async fn binary_flooded(tls: &str, cpus: Option<&str>) -> Flooded {
+    let (backend, rec) = recording_backend().await;
     let yaml = config_yaml(backend, tls, "      max_handshakes: 2\n");
     let bin = binary::start_binary_on(&yaml, cpus);
     let addr = bin.addr("inbound").unwrap();
-    let tasks = format!("/proc/{}/task", bin.pid());
-    let mut admission = Vec::new();
-    for task in std::fs::read_dir(&tasks).unwrap() {
-        let task = task.unwrap().path();
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if comm.trim_end() == "admission" {
-            let stat = std::fs::read_to_string(task.join("stat")).unwrap();
-            // Fields after the command's closing parenthesis start at the third (state);
-            // the nice value is the nineteenth.
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .unwrap()
-                .1
-                .split_whitespace()
-                .collect();
-            admission.push(fields[19 - 3].to_owned());
-        }
-    }
-    assert!(!admission.is_empty(), "no admission thread in {tasks}");
-    assert!(admission.iter().all(|nice| nice == "19"), "{admission:?}");
-    // Two handshakes that wait for the rest of a record take both slots.
     let mut stalled = Vec::new();
     for _ in 0..2 {
         let mut c = Client::connect(addr).await;
@@ -425,6 +415,41 @@ async fn binary_flood(cpus: Option<&str>, tls: &str) {
         1,
     )
     .await;
+    Flooded {
+        bin,
+        addr,
+        stalled,
+        _backend: rec,
+    }
+}
+
+async fn binary_flood(cpus: Option<&str>, tls: &str) {
+    let Flooded {
+        bin,
+        addr,
+        stalled,
+        _backend,
+    } = binary_flooded(tls, cpus).await;
+    let tasks = format!("/proc/{}/task", bin.pid());
+    let mut admission = Vec::new();
+    for task in std::fs::read_dir(&tasks).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim_end() == "admission" {
+            let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+            // Fields after the command's closing parenthesis start at the third (state);
+            // the nice value is the nineteenth.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            admission.push(fields[19 - 3].to_owned());
+        }
+    }
+    assert!(!admission.is_empty(), "no admission thread in {tasks}");
+    assert!(admission.iter().all(|nice| nice == "19"), "{admission:?}");
     drop(stalled);
     bin.wait_log("handshake flood over", 1).await;
     let mut c = if tls == "starttls" {
@@ -458,22 +483,12 @@ async fn binary_flood(cpus: Option<&str>, tls: &str) {
 /// and the old configuration.
 #[tokio::test]
 async fn a_reload_during_a_flood_leaves_no_failed_handshake_unlogged() {
-    let (backend, _rec) = recording_backend().await;
-    let yaml = config_yaml(backend, "implicit", "      max_handshakes: 2\n");
-    let bin = binary::start_binary(&yaml);
-    let addr = bin.addr("inbound").unwrap();
-    let mut stalled = Vec::new();
-    for _ in 0..2 {
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(&[0x16, 0x03]).await.unwrap();
-        stalled.push(tcp);
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        until_closed(TcpStream::connect(addr).await.unwrap()).await,
-        ""
-    );
-    bin.wait_log("handshake flood:", 1).await;
+    let Flooded {
+        bin,
+        addr,
+        stalled,
+        _backend,
+    } = binary_flooded("implicit", None).await;
     let config = bin.config();
     assert!(config.contains("max_handshakes: 2"), "{config}");
     let reloaded = config.replace("max_handshakes: 2", "max_handshakes: 3");
@@ -499,25 +514,12 @@ async fn a_reload_during_a_flood_leaves_no_failed_handshake_unlogged() {
 /// last line is written, and the draining sessions' failed handshakes are logged again.
 #[tokio::test]
 async fn a_flood_under_way_at_shutdown_is_ended_in_the_log() {
-    let (backend, _rec) = recording_backend().await;
-    let yaml = config_yaml(backend, "starttls", "      max_handshakes: 2\n");
-    let bin = binary::start_binary(&yaml);
-    let addr = bin.addr("inbound").unwrap();
-    let mut stalled = Vec::new();
-    for _ in 0..2 {
-        let mut c = Client::connect(addr).await;
-        assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
-        assert!(c.cmd("EHLO client.test").await.contains("STARTTLS"));
-        assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
-        c.send(&[0x16, 0x03]).await;
-        stalled.push(c);
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        until_closed(TcpStream::connect(addr).await.unwrap()).await,
-        REFUSED
-    );
-    bin.wait_log("handshake flood:", 1).await;
+    let Flooded {
+        bin,
+        stalled,
+        _backend,
+        ..
+    } = binary_flooded("starttls", None).await;
     bin.signal("TERM");
     bin.wait_log("handshake flood over", 1).await;
     drop(stalled);
