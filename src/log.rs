@@ -186,16 +186,25 @@ impl Queue {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One formatted line (tracing-subscriber writes an event with one `write_all`): queued
-    /// whole, or dropped whole if it does not fit. Once the process is closing its log, written
-    /// at once (a thread still at work then, like the admission threads, is not lost).
-    fn push(&self, line: &[u8]) {
-        let mut pending = self.lock();
-        if pending.closing {
-            drop(pending);
-            let _ = std::io::stderr().lock().write_all(line);
-            return;
+    /// The queue, locked to take `line`; or, once the process is closing its log, `None`,
+    /// `line` written at once (a thread still at work then, like the admission threads, is
+    /// not lost).
+    fn open(&self, line: &[u8]) -> Option<MutexGuard<'_, Pending>> {
+        let pending = self.lock();
+        if !pending.closing {
+            return Some(pending);
         }
+        drop(pending);
+        let _ = std::io::stderr().lock().write_all(line);
+        None
+    }
+
+    /// One formatted line (tracing-subscriber writes an event with one `write_all`): queued
+    /// whole, or dropped whole if it does not fit ([`Queue::open`] once the log is closing).
+    fn push(&self, line: &[u8]) {
+        let Some(mut pending) = self.open(line) else {
+            return;
+        };
         let need = pending.lines.len() + line.len();
         if need > QUEUE_BYTES {
             drop(pending);
@@ -219,28 +228,17 @@ impl Queue {
     /// A panic's line ([`panic_hook`]): queued whatever the bound, written without waiting
     /// for more lines, and waited for until it is written, [`EXIT_WAIT`] at most.
     fn push_and_wait(&self, line: &[u8]) {
-        let mut pending = self.lock();
-        if pending.closing {
-            drop(pending);
-            let _ = std::io::stderr().lock().write_all(line);
+        let Some(mut pending) = self.open(line) else {
             return;
-        }
+        };
         pending.lines.extend_from_slice(line);
         pending.hurry = true;
         let batch = pending.taken + 1;
         self.ready.notify_one();
-        let deadline = std::time::Instant::now() + EXIT_WAIT;
-        while pending.written < batch {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            pending = self
-                .drained
-                .wait_timeout(pending, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let _written = self
+            .drained
+            .wait_timeout_while(pending, EXIT_WAIT, |p| p.written < batch)
+            .unwrap_or_else(PoisonError::into_inner);
     }
 
     /// Less than half the queue is taken: a line now would fit.
@@ -266,18 +264,11 @@ impl Queue {
                 return;
             }
             // More lines gather for `gather`, unless a panic's line waits or the log closes.
-            let until = std::time::Instant::now() + gather;
-            while !pending.closing && !pending.hurry {
-                let left = until.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                pending = self
-                    .ready
-                    .wait_timeout(pending, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
+            pending = self
+                .ready
+                .wait_timeout_while(pending, gather, |p| !p.closing && !p.hurry)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
             pending.hurry = false;
             std::mem::swap(&mut pending.lines, &mut batch);
             pending.taken += 1;

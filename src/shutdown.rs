@@ -161,6 +161,14 @@ mod tests {
     use std::future::poll_fn;
     use std::time::Duration;
 
+    /// What a spawned waiter returns, within 5 s.
+    async fn woken<T>(waiter: tokio::task::JoinHandle<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_registered_watch_is_woken_by_each_change_and_sees_it_once() {
         let (tx, mut watch) = channel();
@@ -175,10 +183,7 @@ mod tests {
         tx.send(Shutdown::Draining);
         tokio::time::sleep(Duration::from_millis(50)).await;
         tx.send(Shutdown::GraceOver);
-        let seen = tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
+        let seen = woken(waiter).await;
         assert_eq!(seen, [Shutdown::Draining, Shutdown::GraceOver]);
     }
 
@@ -202,10 +207,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tx.send(Shutdown::Draining);
-        let (state, polls) = tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
+        let (state, polls) = woken(waiter).await;
         assert_eq!((state, polls), (Shutdown::Draining, 10));
     }
 
@@ -217,10 +219,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
         drop(tx);
-        let state = tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("woken")
-            .unwrap();
+        let state = woken(waiter).await;
         assert_eq!(state, Shutdown::GraceOver);
     }
 
@@ -234,10 +233,7 @@ mod tests {
         let waiter = tokio::spawn(async move { poll_fn(|cx| watch.poll_change(cx)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         tx.send(Shutdown::Draining);
-        let state = tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("woken")
-            .unwrap();
+        let state = woken(waiter).await;
         assert_eq!(state, Shutdown::Draining);
     }
 
