@@ -4,7 +4,8 @@
 # within ~0.3% whatever else the machine is doing, where CPU time on this shared machine moves
 # by ±10% between runs (other jobs, steal). Kernel work is not counted: use it for changes in
 # userspace (the SMTP work, rustls, the runtime, allocation). valgrind hides some of the CPU's
-# extensions (the SHA instructions, ADX), so crypto weighs more here than in time.
+# extensions (the SHA instructions, ADX), so crypto weighs far more here than in time: do not
+# weigh a change to crypto against anything else with it.
 #
 #   scripts/instructions.sh [PEER] [SMALL LARGE]     e.g. scripts/instructions.sh sidecar-implicit
 #

@@ -22,8 +22,6 @@ use std::sync::{Arc, OnceLock};
 mod certinfo;
 mod client;
 mod client_auth;
-#[cfg(not(feature = "crypto-ring"))]
-mod hkdf;
 mod select;
 mod selfsigned;
 mod server;
@@ -79,18 +77,12 @@ pub enum TlsError {
 /// strong as the key exchanges it comes with (X25519 and P-256 are 128-bit), and it is the
 /// cheaper one: a TLS 1.3 handshake with it runs its key schedule on SHA-256, which current
 /// x86 and ARM cores compute in hardware, where AES-256's SHA-384 runs aws-lc's portable
-/// SHA-512 code on many, and each record takes 10 AES rounds instead of 14. With aws-lc-rs,
-/// the TLS 1.3 suites on SHA-256 run their key schedule on an HKDF that keys each HMAC once
-/// (`hkdf.rs`).
+/// SHA-512 code on many, and each record takes 10 AES rounds instead of 14.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| {
             let mut provider = crypto::default_provider();
-            #[cfg(not(feature = "crypto-ring"))]
-            {
-                provider.cipher_suites = hkdf::sha256_suites(&provider.cipher_suites);
-            }
             provider
                 .cipher_suites
                 .sort_by_key(|s| !aes_128_gcm(s.suite()));
