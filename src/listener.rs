@@ -368,10 +368,8 @@ impl Accepting {
             return;
         };
         let l = self.current.load();
+        // The configuration in use, and one a reload replaced, if any.
         self.quiet_on(&l, false);
-        if let Some(before) = self.quiet.take() {
-            before.announce_flood(false);
-        }
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         // From the listener's counter, which a reload keeps.
         let failed_handshakes = l.metrics.server_handshake_errors().saturating_sub(from);

@@ -593,13 +593,13 @@ impl ListenerMetrics {
         }
     }
 
-    /// A failed handshake: counted in `tls_handshakes_total{result="error"}` and by reason.
     /// Server handshakes of this listener that failed since the start (reloads keep the
     /// series).
     pub fn server_handshake_errors(&self) -> u64 {
         self.handshakes[0][Handshake::Error as usize].get()
     }
 
+    /// A failed handshake: counted in `tls_handshakes_total{result="error"}` and by reason.
     pub fn handshake_error(&self, server: bool, reason: HandshakeError) {
         self.handshake(server, Handshake::Error);
         self.handshake_errors[usize::from(!server)][reason as usize].inc();

@@ -313,6 +313,7 @@ impl ListenerRuntime {
     /// last line counts them (`tls_handshake_errors_total` does anyway). A flood's thousands
     /// of abandoned handshakes a second would bury the log, and fill its queue
     /// ([`crate::log`]).
+    ///
     /// Asked after the failure is counted: with the fence, a flood's end that stops the quiet
     /// and then reads the count (`listener`'s `end_flood`) either sees this failure counted or
     /// has it logged.
