@@ -24,8 +24,11 @@ cpu=${PEER_CPU:-1}
 # own start (configuration, certificates, the first seeding of a random generator) is not the
 # workload's, and in a short run it would be a visible share of the samples.
 perf record -q -k CLOCK_MONOTONIC -e cpu-clock -F 2000 -C "$cpu" -o "$out/$peer.data" \
-  -- sleep 3600 2>/dev/null &
+  -- sleep 3600 >/dev/null 2>&1 &
 perf_pid=$!
+# Should run.sh fail, perf and the watcher below stop with the script (perf would otherwise
+# sample for the hour, holding a caller's pipe open).
+trap 'kill -INT "$perf_pid" 2>/dev/null || true; kill "${watch_pid:-}" 2>/dev/null || true' EXIT
 # Notes the moment the load generator starts (run.sh starts it once the peer listens), on
 # the load generator's core, and gives up after 10 minutes.
 taskset -c "${LOAD_CPU:-0}" python3 -c '
@@ -43,7 +46,8 @@ while time.monotonic() < end:
 ' >"$out/$peer.start" &
 watch_pid=$!
 sleep 0.5
-json=$(../shared/bench/run.sh "$peer" "$@" | tail -n 1)
+json=$(../shared/bench/run.sh "$peer" "$@" | tail -n 1) ||
+  { echo "$json"; echo "profile.sh: run.sh $peer failed" >&2; exit 1; }
 echo "$json"
 us=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("peer_cpu_us_per_session") or 0)' "$json")
 kill -INT "$perf_pid"
