@@ -56,7 +56,9 @@ kill "$watch_pid" 2>/dev/null || true
 start=$(cat "$out/$peer.start")
 # The peer's own processes (threads by name); what else ran on its core is left out.
 case "$peer" in
-  sidecar*) comm='^(tokio-rt-worker|smtp-sidecar|admission)$' ;;
+  # The main thread carries the binary's file name (15 characters of it), whatever SIDECAR_BIN
+  # is called.
+  sidecar*) comm="^(tokio-rt-worker|admission|$(basename "$SIDECAR_BIN" | cut -c1-15))\$" ;;
   nginx*) comm='^nginx$' ;;
   haproxy*) comm='^haproxy$' ;;
   stunnel*) comm='^stunnel' ;;
