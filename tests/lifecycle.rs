@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::process::{wait_listening, Guard};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -152,20 +153,18 @@ fn binary_exits_zero_on_sigterm_and_sigint() {
             ),
         )
         .unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
-            .args(["run", "-c"])
-            .arg(&config)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sidecar did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Killed if the test fails: left running, it would hold the test's output open.
+        let mut guard = Guard(
+            std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+                .args(["run", "-c"])
+                .arg(&config)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let child = &mut guard.0;
+        // Its own listener: the signal handlers are installed before it binds.
+        assert!(wait_listening(child, port), "sidecar did not start");
         let status = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])
             .status()

@@ -61,12 +61,62 @@ pub fn wait_accepting(child: &mut Child, port: u16) -> bool {
         if child.try_wait().unwrap().is_some() {
             return false;
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        // A connection to a port nobody listens on can still succeed: on loopback the kernel
+        // may give the connecting socket that very port, and it connects to itself.
+        let accepted = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .is_ok_and(|c| c.local_addr().is_ok_and(|l| l.port() != port));
+        if accepted {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("nothing accepting on 127.0.0.1:{port} after 10 s");
+}
+
+/// Wait (10 s at most) until `child` itself listens on 127.0.0.1:`port`, not merely until
+/// something accepts there (a port taken from `free_port` may have gone to another test's
+/// listener meanwhile); false if it exited first.
+pub fn wait_listening(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if listens(child.id(), port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "process {} not listening on 127.0.0.1:{port} after 10 s",
+        child.id()
+    );
+}
+
+/// Whether process `pid` holds a socket listening on 127.0.0.1:`port`: a listening entry of
+/// /proc/net/tcp (state 0A) whose inode is one of the process's descriptors.
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+                .then(|| f.get(9).map(|i| format!("socket:[{i}]")))
+                .flatten()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
 }
 
 /// What `read` returns once it has `n` items (`within` at most), read again a moment later
