@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{wait_listening, Guard};
+use common::process::{free_port, wait_listening, Guard};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -140,10 +140,7 @@ fn binary_exits_zero_on_sigterm_and_sigint() {
     let dir = std::env::temp_dir().join(format!("smtp-sidecar-sig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for signal in ["TERM", "INT"] {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let config = dir.join("config.yaml");
         std::fs::write(
             &config,

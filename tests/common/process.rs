@@ -55,42 +55,38 @@ pub fn free_port() -> u16 {
 /// Wait (10 s at most) until `port` accepts connections while `child` runs; false if it
 /// exited first.
 pub fn wait_accepting(child: &mut Child, port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
+    let what = format!("nothing accepting on 127.0.0.1:{port}");
+    wait_for(child, &what, |_| {
         // A connection to a port nobody listens on can still succeed: on loopback the kernel
         // may give the connecting socket that very port, and it connects to itself.
-        let accepted = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-            .is_ok_and(|c| c.local_addr().is_ok_and(|l| l.port() != port));
-        if accepted {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing accepting on 127.0.0.1:{port} after 10 s");
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .is_ok_and(|c| c.local_addr().is_ok_and(|l| l.port() != port))
+    })
 }
 
 /// Wait (10 s at most) until `child` itself listens on 127.0.0.1:`port`, not merely until
 /// something accepts there (a port taken from `free_port` may have gone to another test's
 /// listener meanwhile); false if it exited first.
 pub fn wait_listening(child: &mut Child, port: u16) -> bool {
+    let what = format!("process {} not listening on 127.0.0.1:{port}", child.id());
+    wait_for(child, &what, |pid| listens(pid, port))
+}
+
+/// Poll `ready` (given the child's pid) every 50 ms while `child` runs: true once it holds,
+/// false if the child exited first; after 10 s, a panic saying `what`.
+fn wait_for(child: &mut Child, what: &str, ready: impl Fn(u32) -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if child.try_wait().unwrap().is_some() {
             return false;
         }
-        if listens(child.id(), port) {
+        if ready(child.id()) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!(
-        "process {} not listening on 127.0.0.1:{port} after 10 s",
-        child.id()
-    );
+    panic!("{what} after 10 s");
 }
 
 /// Whether process `pid` holds a socket listening on 127.0.0.1:`port`: a listening entry of
