@@ -118,6 +118,11 @@ impl Pool {
         self.servers.is_empty()
     }
 
+    /// Whether a new session tries any server: one is up, or not yet checked.
+    pub fn any_up(&self) -> bool {
+        self.servers.iter().any(|s| s.up.load(Ordering::Relaxed))
+    }
+
     /// Whether `server` is tried by new sessions (up, or not yet checked).
     pub fn is_up(&self, server: &str) -> bool {
         self.servers

@@ -20,6 +20,8 @@ use crate::snapshot::ListenerRuntime;
 pub struct Opened {
     client: Stream,
     tls: Option<TlsInfo>,
+    /// The greeting went with the handshake (TLS 1.3 half-RTT data).
+    greeted: bool,
     peer: SocketAddr,
     id: u64,
     started: Instant,
@@ -27,21 +29,38 @@ pub struct Opened {
 
 /// Open a client connection of a terminate listener: the TLS handshake of an implicit-TLS
 /// listener. `None` if it failed (logged and counted).
-pub async fn open(tcp: TcpStream, peer: SocketAddr, l: &ListenerRuntime) -> Option<Opened> {
+///
+/// The handshake sends our greeting with its last flight when it can (TLS 1.3 and no client
+/// certificate asked for: [`crate::io::ServerTls::accept`]), unless every backend server is
+/// marked down, when the client is better told `421 4.4.2` at once. The session then
+/// connects to the backend while the client sends its first command: one write and one
+/// round trip fewer before that command, and the backend connection made while the client
+/// finishes its handshake.
+pub async fn open(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    l: &ListenerRuntime,
+    cfg: &smtp_core::inbound::Config,
+) -> Option<Opened> {
     let started = Instant::now();
     let id = next_session_id();
-    let (client, tls) = match (&l.acceptor, l.implicit_tls) {
+    let (client, tls, greeted) = match (&l.acceptor, l.implicit_tls) {
         (Some(acceptor), true) => {
             let deadline = tokio::time::Instant::now() + l.tls_handshake_timeout();
-            let handshake = accept_tls(l, acceptor, tcp, deadline, id, peer);
-            let (client, info) = Box::pin(handshake).await?;
-            (client, Some(info))
+            let greeting = match l.pool.any_up() {
+                true => cfg.greeting().into_bytes(),
+                false => Vec::new(),
+            };
+            let handshake = accept_tls(l, acceptor, tcp, deadline, greeting, id, peer);
+            let accepted = Box::pin(handshake).await?;
+            (accepted.stream, Some(accepted.info), accepted.sent_half_rtt)
         }
-        _ => (Stream::Plain(tcp), None),
+        _ => (Stream::Plain(tcp), None, false),
     };
     Some(Opened {
         client,
         tls,
+        greeted,
         peer,
         id,
         started,
@@ -58,6 +77,7 @@ pub fn serve(
     let Opened {
         client,
         tls,
+        greeted,
         peer,
         id,
         started,
@@ -69,9 +89,12 @@ pub fn serve(
     let known_ehlo = (tls.is_none() && cfg.starttls && l.handshakes_flooded())
         .then(|| l.pool.known_ehlo())
         .flatten();
-    let session = match known_ehlo {
-        Some(ehlo) => Session::new_deferred(cfg, peer, ehlo, started, SystemTime::now()),
-        None => Session::new(cfg, peer, tls, started, SystemTime::now()),
+    let session = match (known_ehlo, tls) {
+        (Some(ehlo), _) => Session::new_deferred(cfg, peer, ehlo, started, SystemTime::now()),
+        (None, Some(tls)) if greeted => {
+            Session::new_greeted(cfg, peer, tls, started, SystemTime::now())
+        }
+        (None, tls) => Session::new(cfg, peer, tls, started, SystemTime::now()),
     };
     crate::driver::serve(l, session, client, (peer, id, started), shutdown)
 }

@@ -509,7 +509,7 @@ async fn connection(
     let served = match &l.mode {
         ModeRuntime::Terminate(cfg) => {
             let cfg = Arc::clone(cfg);
-            let Some(opened) = crate::inbound::open(stream, peer, &l).await else {
+            let Some(opened) = crate::inbound::open(stream, peer, &l, &cfg).await else {
                 closing.end(None).await;
                 return;
             };

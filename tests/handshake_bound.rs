@@ -314,9 +314,8 @@ async fn under_a_flood_connections_are_refused_while_the_sessions_threads_are_bu
 
 /// Under a flood an implicit-TLS connection's handshake is done on the admission threads:
 /// with this test's runtime (the sessions' only thread) blocked, a client still completes its
-/// handshake, and the greeting follows once that thread is free (the backend, whose greeting
-/// the sidecar's follows, is served by it). (Handed to the sessions' threads first, the
-/// connection would wait there for its handshake to start.)
+/// handshake, and has the greeting that came with it. (Handed to the sessions' threads first,
+/// the connection would wait there for its handshake to start.)
 #[tokio::test]
 async fn under_a_flood_an_implicit_handshake_is_done_while_the_sessions_threads_are_busy() {
     let (backend, _rec) = recording_backend().await;
@@ -325,6 +324,9 @@ async fn under_a_flood_an_implicit_handshake_is_done_while_the_sessions_threads_
     // Accepted under pressure: the accept loop moves to the admission threads.
     let mut first = Client::connect_implicit(addr).await;
     assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
+    // The greeting came with the handshake: a reply to a command says the handshake is over
+    // on the sidecar's side too, and its slot free.
+    assert_eq!(first.cmd("NOOP").await, "250 2.0.0 OK\r\n");
     // This thread (the only one of the sessions) blocks while a client does its handshake.
     let handshaken = std::thread::spawn(move || {
         let mut tcp = std::net::TcpStream::connect(addr).unwrap();

@@ -150,17 +150,27 @@ fn handshake_error(l: &ListenerRuntime, peer: SocketAddr, e: &std::io::Error) {
     }
 }
 
+/// A completed server handshake on a client connection.
+pub(crate) struct Accepted {
+    pub stream: Stream,
+    pub info: TlsInfo,
+    /// The half-RTT data the handshake was given went with it ([`ServerTls::accept`]).
+    pub sent_half_rtt: bool,
+}
+
 /// The server side of a TLS handshake on `tcp` (implicit TLS, or after STARTTLS) by
-/// `deadline`, in one of the listener's `max_handshakes` slots; a failure is logged and
-/// counted, and ends in `None`.
+/// `deadline`, in one of the listener's `max_handshakes` slots, sending `half_rtt` (an
+/// implicit-TLS listener's greeting, or nothing) with its last flight if it can; a failure is
+/// logged and counted, and ends in `None`.
 pub(crate) async fn accept_tls(
     l: &ListenerRuntime,
     acceptor: &Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     deadline: tokio::time::Instant,
+    half_rtt: Vec<u8>,
     id: u64,
     peer: SocketAddr,
-) -> Option<(Stream, TlsInfo)> {
+) -> Option<Accepted> {
     // One of `max_handshakes` slots for the handshake's CPU work, awaited within its deadline;
     // released when the handshake is over.
     let _slot = match &l.handshakes {
@@ -174,10 +184,15 @@ pub(crate) async fn accept_tls(
             }
         },
     };
-    match handshake(l, acceptor, tcp, deadline).await {
+    match handshake(l, acceptor, tcp, deadline, half_rtt).await {
         Ok(Ok(tls)) => {
             let info = handshake_done(l, &tls, id, peer);
-            Some((Stream::ServerTls(Box::new(tls)), info))
+            let sent_half_rtt = tls.sent_half_rtt();
+            Some(Accepted {
+                stream: Stream::ServerTls(Box::new(tls)),
+                info,
+                sent_half_rtt,
+            })
         }
         Ok(Err(e)) => {
             handshake_error(l, peer, &e);
@@ -199,12 +214,13 @@ async fn handshake(
     acceptor: &Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     deadline: tokio::time::Instant,
+    half_rtt: Vec<u8>,
 ) -> Result<std::io::Result<ServerTls>, Elapsed> {
     let acceptor = Arc::clone(acceptor);
     let admission = match crate::io::admission::handle() {
         Ok(admission) if l.handshakes_pressed() && !crate::io::admission::here() => admission,
         _ => {
-            let accept = ServerTls::accept(tcp, acceptor);
+            let accept = ServerTls::accept(tcp, acceptor, &half_rtt);
             return timeout_at(deadline, accept).await.map_err(|_| Elapsed);
         }
     };
@@ -213,7 +229,8 @@ async fn handshake(
         Err(e) => return Ok(Err(e)),
     };
     let mut there = Abandoned(admission.spawn(async move {
-        let accept = async { ServerTls::accept(TcpStream::from_std(tcp)?, acceptor).await };
+        let accept =
+            async { ServerTls::accept(TcpStream::from_std(tcp)?, acceptor, &half_rtt).await };
         timeout_at(deadline, accept).await.map_err(|_| Elapsed)
     }));
     match (&mut there.0).await {

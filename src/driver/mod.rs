@@ -471,10 +471,12 @@ impl<'a> Driver<'a> {
                 let deadline = handshake_deadline(session, l);
                 // Boxed: a handshake's state is large and comes once per session; the future
                 // every idle session holds need not carry room for it.
-                let handshake = accept_tls(l, acceptor, tcp, deadline, self.id, self.peer);
+                let handshake =
+                    accept_tls(l, acceptor, tcp, deadline, Vec::new(), self.id, self.peer);
                 match Box::pin(handshake).await {
-                    Some((tls, info)) => {
-                        self.client = tls;
+                    Some(accepted) => {
+                        self.client = accepted.stream;
+                        let info = accepted.info;
                         session.handle_tls_established(Leg::Client, info, Instant::now());
                         return Step::Readable(Leg::Client);
                     }

@@ -6,6 +6,9 @@
 //! plain reads are), and only the bytes of a record cut in half by the read are kept. What is
 //! encrypted for the client waits in `out` until the driver flushes its batch, so the session
 //! ticket after the handshake leaves with the first reply, and a reply with the close_notify.
+//!
+//! An implicit-TLS listener's greeting may leave with the server's handshake flight, as TLS
+//! 1.3 half-RTT data ([`ServerTls::accept`]): one write and one round trip fewer per session.
 
 use std::cell::Cell;
 use std::io;
@@ -47,6 +50,8 @@ pub struct ServerTls {
     failed: bool,
     /// The server name the client asked for (SNI), for the log and the certificate served.
     sni: Option<String>,
+    /// The handshake sent the bytes it was given as half-RTT data.
+    sent_half_rtt: bool,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -66,6 +71,9 @@ enum Next {
     Again,
     Send,
     Receive,
+    /// As `Receive`, but rustls would encrypt application data (half-RTT data, while the
+    /// client's Finished is awaited).
+    Writable,
     Done,
     Failed(rustls::Error),
 }
@@ -73,7 +81,17 @@ enum Next {
 impl ServerTls {
     /// The server side of the handshake on `tcp`. The caller bounds it in time. A failure
     /// is the rustls error inside an `io::Error` (the alert, if any, has been sent).
-    pub async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+    ///
+    /// `half_rtt` (an implicit-TLS listener's greeting; empty for none) leaves encrypted with
+    /// the server's last flight when rustls allows application data before the client's
+    /// Finished: TLS 1.3, `send_half_rtt_data`, and no client certificate asked for (rustls
+    /// sends nothing to a client it may yet have to authenticate). [`ServerTls::sent_half_rtt`]
+    /// says whether it did; the handshake still ends only with the client's Finished.
+    pub async fn accept(
+        tcp: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+        half_rtt: &[u8],
+    ) -> io::Result<Self> {
         let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
         let mut tls = ServerTls {
             tcp,
@@ -84,11 +102,15 @@ impl ServerTls {
             closed: false,
             failed: false,
             sni: None,
+            sent_half_rtt: false,
         };
         // The handshake's own input buffer, dropped with the handshake.
         let mut incoming = vec![0; 4096];
         let mut used = 0;
         let mut sni_seen = false;
+        // Set once rustls has said it would encrypt application data during the handshake:
+        // the next `WriteTraffic` encrypts `half_rtt`.
+        let mut write_half_rtt = false;
         loop {
             // Before rustls handles the bytes (it may move them).
             if !sni_seen && used > 0 {
@@ -114,9 +136,20 @@ impl ServerTls {
                     t.done();
                     Next::Send
                 }
-                Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => {
-                    Next::Receive
+                Ok(ConnectionState::WriteTraffic(mut w)) if write_half_rtt => {
+                    write_half_rtt = false;
+                    match append(&mut tls.out, |buf| {
+                        w.encrypt(half_rtt, buf).map_err(encrypt_size)
+                    }) {
+                        Ok(()) => {
+                            tls.sent_half_rtt = true;
+                            Next::Receive
+                        }
+                        Err(e) => Next::Failed(e),
+                    }
                 }
+                Ok(ConnectionState::WriteTraffic(_)) => Next::Writable,
+                Ok(ConnectionState::BlockedHandshake) => Next::Receive,
                 // Application data after the client's Finished: it waits in rustls for the
                 // first read.
                 Ok(ConnectionState::ReadTraffic(_)) => Next::Done,
@@ -132,16 +165,20 @@ impl ServerTls {
             }
             let handshaking = tls.conn.is_handshaking();
             match next {
-                Next::Again => {}
-                // The handshake's flights go out at once. What a TLS 1.3 server sends after
-                // the client's Finished (a session ticket) waits for the first reply; TLS
-                // 1.2's last flight is the server's Finished, which the client waits for.
-                Next::Send if handshaking || !tls13(&tls.conn) => {
-                    tls.flush().await?;
+                // A flight leaves when the handshake next waits for the client (below), with
+                // the half-RTT data if any. What a TLS 1.3 server sends after the client's
+                // Finished (a session ticket) waits for the first reply; TLS 1.2's last
+                // flight is the server's Finished, which the client waits for (after the loop).
+                Next::Again | Next::Send => {}
+                Next::Receive | Next::Writable if !handshaking => break,
+                Next::Writable if !half_rtt.is_empty() && !tls.sent_half_rtt => {
+                    // Asked again, rustls hands out its `WriteTraffic` for the encryption.
+                    write_half_rtt = true;
                 }
-                Next::Send => {}
-                Next::Receive if !handshaking => break,
-                Next::Receive => {
+                Next::Receive | Next::Writable => {
+                    if !tls.out.is_empty() {
+                        tls.flush().await?;
+                    }
                     if used == incoming.len() {
                         if used >= MAX_HANDSHAKE {
                             return Err(invalid(rustls::Error::General(
@@ -194,6 +231,11 @@ impl ServerTls {
     /// The server name the client asked for (SNI).
     pub fn sni(&self) -> Option<&str> {
         self.sni.as_deref()
+    }
+
+    /// The handshake sent the bytes [`ServerTls::accept`] was given as half-RTT data.
+    pub fn sent_half_rtt(&self) -> bool {
+        self.sent_half_rtt
     }
 
     pub fn tcp(&self) -> &TcpStream {

@@ -171,6 +171,15 @@ impl Harness<Session> {
         Self::with_session(session, now)
     }
 
+    /// An implicit-TLS session ([`test_tls`]) whose greeting went with its handshake
+    /// ([`Session::new_greeted`]).
+    pub fn greeted_in_handshake(cfg: Config) -> Self {
+        let now = Instant::now();
+        let peer = "192.0.2.1:49152".parse().expect("address");
+        let session = Session::new_greeted(cfg, peer, test_tls(), now, test_wall());
+        Self::with_session(session, now)
+    }
+
     /// A session past the backend greeting, with our greeting taken.
     pub fn greeted(cfg: Config) -> Self {
         let mut h = Self::new(cfg);

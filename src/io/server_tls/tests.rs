@@ -34,6 +34,8 @@ fn pki(versions: &[&'static SupportedProtocolVersion]) -> Pki {
         .with_single_cert(vec![cert.clone()], key)
         .unwrap();
     server.send_tls13_tickets = 1;
+    // As the sidecar's own configuration (`crate::tls::server_config`).
+    server.send_half_rtt_data = true;
     Pki {
         server: Arc::new(server),
         client: Arc::new(client_config(&cert, versions)),
@@ -57,7 +59,7 @@ async fn handshake(
 ) -> (std::io::Result<ServerTls>, std::io::Result<Client>) {
     let connector = tokio_rustls::TlsConnector::from(client.clone());
     let (server_tcp, client_tcp) = sockets().await;
-    let accept = ServerTls::accept(server_tcp, server.clone());
+    let accept = ServerTls::accept(server_tcp, server.clone(), &[]);
     tokio::join!(accept, connector.connect(name(), client_tcp))
 }
 
@@ -124,9 +126,9 @@ async fn a_handshake_done_on_the_admission_threads_carries_on_here() {
     let (server_tcp, client_tcp) = sockets().await;
     let server_tcp = server_tcp.into_std().unwrap();
     let config = pki.server.clone();
-    let accept = crate::io::admission::handle()
-        .unwrap()
-        .spawn(async move { ServerTls::accept(TcpStream::from_std(server_tcp)?, config).await });
+    let accept = crate::io::admission::handle().unwrap().spawn(async move {
+        ServerTls::accept(TcpStream::from_std(server_tcp)?, config, &[]).await
+    });
     let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
     let (tls, client) = tokio::join!(accept, connector.connect(name(), client_tcp));
     let (mut tls, mut client) = (tls.unwrap().unwrap().rebind().unwrap(), client.unwrap());
@@ -184,7 +186,9 @@ async fn data_with_the_finished_survives_our_first_write() {
         let _ = tls.read_to_end(&mut reply);
         reply
     });
-    let mut tls = ServerTls::accept(server, pki.server.clone()).await.unwrap();
+    let mut tls = ServerTls::accept(server, pki.server.clone(), &[])
+        .await
+        .unwrap();
     // Give the early command time to arrive before we write.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     tls.write(b"220 mx.test\r\n").unwrap();
@@ -317,4 +321,131 @@ async fn a_read_budget_takes_a_record_at_a_time() {
     }
     assert_eq!(got, body);
     assert_eq!(reads, [16_384; 4], "one record per read");
+}
+
+const GREETING: &[u8] = b"220 mx.test ESMTP\r\n";
+
+/// A client on a blocking socket that takes the server's flights, and what came with them,
+/// without sending its own Finished: what it holds when the handshake is over on its side
+/// (or when the server has sent nothing more for a while).
+fn before_our_finished(
+    config: Arc<ClientConfig>,
+    tcp: TcpStream,
+) -> (rustls::ClientConnection, std::net::TcpStream, Vec<u8>) {
+    let mut tcp = tcp.into_std().unwrap();
+    tcp.set_nonblocking(false).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name()).unwrap();
+    // The ClientHello.
+    while conn.wants_write() {
+        conn.write_tls(&mut tcp).unwrap();
+    }
+    let mut early = Vec::new();
+    loop {
+        match conn.read_tls(&mut tcp) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+            Err(e) => panic!("{e}"),
+        }
+        conn.process_new_packets().unwrap();
+        let mut buf = [0; 256];
+        while let Ok(n) = conn.reader().read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            early.extend_from_slice(&buf[..n]);
+        }
+        if early.len() >= GREETING.len() {
+            break;
+        }
+    }
+    (conn, tcp, early)
+}
+
+/// TLS 1.3 without a client certificate: the greeting leaves with the server's flight, and
+/// the client holds it before it has sent its Finished. The handshake still ends with that
+/// Finished, and the session goes on.
+#[tokio::test]
+async fn tls13_greeting_leaves_with_the_handshake() {
+    let pki = pki(TLS13);
+    let (server_tcp, client_tcp) = sockets().await;
+    let config = pki.client.clone();
+    let peer = std::thread::spawn(move || {
+        let (mut conn, mut tcp, early) = before_our_finished(config, client_tcp);
+        assert!(!conn.is_handshaking(), "the server's Finished came");
+        assert_eq!(early, GREETING, "the greeting came before our Finished");
+        conn.writer().write_all(b"EHLO client.test\r\n").unwrap();
+        tcp.set_read_timeout(None).unwrap();
+        let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+        tls.flush().unwrap();
+        let mut reply = Vec::new();
+        let _ = tls.read_to_end(&mut reply);
+        reply
+    });
+    let mut tls = ServerTls::accept(server_tcp, pki.server.clone(), GREETING)
+        .await
+        .unwrap();
+    assert!(tls.sent_half_rtt());
+    assert!(
+        !tls.conn().is_handshaking(),
+        "ended with the client's Finished"
+    );
+    assert_eq!(read_exactly(&mut tls, 18).await.0, b"EHLO client.test\r\n");
+    tls.write(b"250 mx.test\r\n").unwrap();
+    tls.close().await.unwrap();
+    drop(tls);
+    assert_eq!(peer.join().unwrap(), b"250 mx.test\r\n");
+}
+
+/// Where half-RTT data cannot be sent, nothing is sent before the client's Finished and the
+/// handshake says so: TLS 1.2, and TLS 1.3 with a client certificate asked for (rustls sends
+/// nothing to a client it may still have to authenticate).
+#[tokio::test]
+async fn no_greeting_with_the_handshake_for_tls12_or_a_client_certificate() {
+    let asking = {
+        let (cert, key) = ec_cert("mx.test");
+        use rustls::pki_types::pem::PemObject;
+        let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            crate::tls::provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .unwrap();
+        let mut server = ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(TLS13)
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        server.send_half_rtt_data = true;
+        Pki {
+            server: Arc::new(server),
+            client: Arc::new(client_config(&cert, TLS13)),
+        }
+    };
+    for (what, pki) in [("TLS 1.2", pki(TLS12)), ("client certificate", asking)] {
+        let (server_tcp, client_tcp) = sockets().await;
+        let config = pki.client.clone();
+        let peer = std::thread::spawn(move || {
+            let (mut conn, mut tcp, early) = before_our_finished(config, client_tcp);
+            assert_eq!(early, b"", "nothing before our Finished ({what})");
+            tcp.set_read_timeout(None).unwrap();
+            while conn.is_handshaking() || conn.wants_write() {
+                conn.complete_io(&mut tcp).unwrap();
+            }
+        });
+        let tls = ServerTls::accept(server_tcp, pki.server.clone(), GREETING)
+            .await
+            .unwrap();
+        assert!(!tls.sent_half_rtt(), "{what}");
+        peer.join().unwrap();
+    }
 }

@@ -37,6 +37,14 @@ pub struct Config {
     pub protocol_log: bool,
 }
 
+impl Config {
+    /// The greeting a session opens with: `220 <hostname> ESMTP`, CRLF-terminated. An
+    /// implicit-TLS listener may send it with its handshake ([`super::Session::new_greeted`]).
+    pub fn greeting(&self) -> String {
+        format!("220 {} ESMTP\r\n", self.hostname)
+    }
+}
+
 /// `on_failure` of a terminate listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {

@@ -124,9 +124,16 @@ impl Session {
 
     /// Our greeting: the session starts reading commands.
     pub(super) fn greet(&mut self, now: Instant) {
+        let greeting = self.cfg.greeting();
+        self.conn.write(Leg::Client, greeting.as_bytes());
+        self.greeted(&greeting, now);
+    }
+
+    /// The greeting is out (written by [`Session::greet`], or sent with the handshake): it is
+    /// counted and logged as any reply, and the session waits for the first command.
+    pub(super) fn greeted(&mut self, greeting: &str, now: Instant) {
         self.mode = Mode::Commands;
-        let greeting = format!("220 {} ESMTP", self.cfg.hostname);
-        self.send(&greeting);
+        self.conn.sent(greeting.trim_end());
         self.conn
             .timers
             .set(Timer::Client, now + self.cfg.timeouts.greeting);

@@ -1,6 +1,8 @@
 //! Sessions started with their backend deferred ([`super::Session::new_deferred`]): what a
 //! connection that never gets past STARTTLS costs the backend (nothing), and that a session
-//! which goes on is served exactly as one connected from the start.
+//! which goes on is served exactly as one connected from the start. And implicit-TLS sessions
+//! whose greeting went with the handshake ([`super::Session::new_greeted`]), which connect to
+//! the backend as such a session does once TLS is up.
 
 use crate::testing::{test_config, Harness};
 
@@ -232,4 +234,61 @@ fn shutdown_while_connecting_forwards_nothing() {
     assert_eq!(h.take_client(), "421 4.3.2 Service shutting down\r\n");
     assert!(h.closed);
     assert!(!h.take_backend().contains("MAIL"));
+}
+
+/// The greeting went with the handshake: it is not written again, but counted and logged as
+/// sent; the backend is connected at once, and the client's EHLO, which may come before the
+/// backend's greeting, goes to it as sent.
+#[test]
+fn a_session_greeted_in_the_handshake_connects_at_once() {
+    use crate::inbound::Event;
+    let mut cfg = test_config();
+    cfg.protocol_log = true;
+    let mut h = Harness::greeted_in_handshake(cfg);
+    assert_eq!(h.take_client(), "", "greeted in the handshake, not again");
+    assert_eq!(h.connects, 1, "connected at once");
+    let greeting = h.events.iter().find_map(|e| match e {
+        Event::Protocol { direction, line } => Some(format!("{} {line}", direction.as_str())),
+        _ => None,
+    });
+    assert_eq!(greeting.as_deref(), Some("> 220 mx.test ESMTP"));
+    assert_eq!(h.replies, [(crate::session::ReplyTo::Greeting, 220)]);
+    h.client_says(b"EHLO client.test\r\n");
+    assert_eq!(
+        h.take_backend(),
+        "",
+        "nothing before the backend's greeting"
+    );
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    h.backend_says(b"250-legacy.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 AUTH LOGIN\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250-mx.test\r\n250-PIPELINING\r\n250-AUTH LOGIN\r\n250 SIZE 36700160\r\n",
+        "the backend's own reply, rewritten for a client over TLS"
+    );
+    h.transaction();
+    h.client_says(b"Subject: hi\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(h.take_backend(), "Subject: hi\r\n\r\nbody\r\n.\r\n");
+    h.backend_says(b"250 2.0.0 queued as 1\r\n");
+    assert_eq!(h.take_client(), "250 2.0.0 queued as 1\r\n");
+    h.client_says(b"QUIT\r\n");
+    assert_eq!(h.take_client(), "221 2.0.0 Bye\r\n");
+    assert_eq!(h.take_backend(), "QUIT\r\n");
+    assert_eq!(h.connects, 1);
+}
+
+/// A backend that refuses the session, after a greeting that went with the handshake: the
+/// client's EHLO, waiting for it, is answered `421 4.4.2`, and nothing of it is forwarded.
+#[test]
+fn a_session_greeted_in_the_handshake_with_a_refusing_backend_gets_421() {
+    let mut h = Harness::greeted_in_handshake(test_config());
+    h.client_says(b"EHLO client.test\r\n");
+    h.backend_says(b"554 5.3.2 not now\r\n");
+    assert_eq!(
+        h.take_client(),
+        "421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    assert_eq!(h.take_backend(), "");
+    assert!(h.closed);
 }

@@ -132,6 +132,26 @@ impl Session {
         s
     }
 
+    /// A new implicit-TLS session whose greeting ([`Config::greeting`]) already left with the
+    /// server's last handshake flight, as TLS 1.3 half-RTT data: it connects to the backend
+    /// at once, and the client's first command waits for the connection, as after STARTTLS
+    /// in a [`Session::new_deferred`] session. A backend that cannot be reached is told to
+    /// the client as `421 4.4.2`, in answer to that command.
+    pub fn new_greeted(
+        cfg: impl Into<Arc<Config>>,
+        peer: SocketAddr,
+        tls: TlsInfo,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        let mut s = Session::build(cfg.into(), peer, Some(tls), now, wall);
+        s.backend = Backend::Deferred;
+        let greeting = s.cfg.greeting();
+        s.greeted(&greeting, now);
+        s.connect_deferred();
+        s
+    }
+
     fn build(
         cfg: Arc<Config>,
         peer: SocketAddr,

@@ -145,10 +145,15 @@ impl Conn {
 
     /// Queue a reply line to the client (CRLF appended).
     pub(crate) fn send(&mut self, line: &str) {
-        self.count_reply(line.as_bytes());
         let out = &mut self.out[Leg::Client.index()];
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");
+        self.sent(line);
+    }
+
+    /// A reply line (without its CRLF) went to the client: count and log it.
+    pub(crate) fn sent(&mut self, line: &str) {
+        self.count_reply(line.as_bytes());
         self.log_replies(line.as_bytes());
     }
 
