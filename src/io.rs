@@ -31,6 +31,25 @@ thread_local! {
 /// same bound rustls' buffered connection has).
 const FLUSH_AT: usize = 64 * 1024;
 
+/// Send what of `data` the socket takes now (none if it would block) with `MSG_MORE`: the
+/// kernel holds a segment that is not full until more comes or the socket is shut down or
+/// closed, whose FIN then rides on it. For the last bytes of a connection, when its close
+/// follows at once: one segment and one wake-up of the peer fewer, on loopback the peer's
+/// receive work done on our core. Never where a lingering close follows, which may wait
+/// before its FIN; and a close with unread input resets the connection and drops what is
+/// held, which only a peer that sent after its QUIT (or a backend that sent unasked) meets.
+fn send_before_fin(tcp: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
+    use rustix::net::{send, SendFlags};
+    let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+        send(tcp, data, SendFlags::MORE | SendFlags::NOSIGNAL).map_err(std::io::Error::from)
+    });
+    match sent {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// What one non-blocking read found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
@@ -171,6 +190,19 @@ impl Stream {
         }
     }
 
+    /// Write `data`, the last bytes this connection carries before it is closed, at once and
+    /// with nothing read from it in between: on a plain connection the kernel holds them for
+    /// the FIN of that close ([`send_before_fin`]), one segment instead of two.
+    pub async fn write_last(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => {
+                let sent = send_before_fin(s, data)?;
+                s.write_all(&data[sent..]).await
+            }
+            _ => self.write(data).await,
+        }
+    }
+
     /// Send what [`Stream::write`] left in the TLS buffer.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         match self {
@@ -184,15 +216,17 @@ impl Stream {
     /// write), then the socket is closed, which sends the FIN. A `shutdown(2)` before the
     /// close would only be one more system call. Errors are of no interest here.
     pub async fn close(&mut self) {
-        let _ = self.close_notify().await;
+        let _ = self.close_notify(true).await;
         *self = Stream::None;
     }
 
-    /// Send TLS's close_notify with anything still buffered, in one write.
-    pub async fn close_notify(&mut self) -> std::io::Result<()> {
+    /// Send TLS's close_notify with anything still buffered, in one write. `closing`: the
+    /// socket is closed at once after it, with nothing read in between, so the kernel may hold
+    /// the write for the close's FIN ([`send_before_fin`]).
+    pub async fn close_notify(&mut self, closing: bool) -> std::io::Result<()> {
         match self {
             Stream::None | Stream::Plain(_) => Ok(()),
-            Stream::ServerTls(s) => s.close().await,
+            Stream::ServerTls(s) => s.close(closing).await,
             Stream::ClientTls(s) => {
                 s.get_mut().1.send_close_notify();
                 s.flush().await

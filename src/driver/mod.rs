@@ -380,11 +380,15 @@ impl<'a> Driver<'a> {
         let l = self.l;
         match action {
             Action::Write(leg, bytes) => {
+                // A closed session writes nothing more: what it wrote to the backend is that
+                // leg's last (a QUIT), and `close` drops the leg next, with nothing read.
+                let last = leg == Leg::Backend && session.is_closed();
                 let (stream, timer) = self.stream_and_timer(leg);
-                if !matches!(
-                    within(timer, l.write_timeout, stream.write(&bytes)).await,
-                    Some(Ok(()))
-                ) {
+                let written = match last {
+                    true => within(timer, l.write_timeout, stream.write_last(&bytes)).await,
+                    false => within(timer, l.write_timeout, stream.write(&bytes)).await,
+                };
+                if !matches!(written, Some(Ok(()))) {
                     session.handle_lost(leg, Instant::now());
                     return Step::Go;
                 }
@@ -581,7 +585,12 @@ impl<'a> Driver<'a> {
         // A connection already dropped (a write that failed or timed out) has nothing to
         // linger for.
         let linger = linger && self.client.tcp().is_some();
-        let sent = within(&mut self.timer, write_timeout, self.client.close_notify()).await;
+        let sent = within(
+            &mut self.timer,
+            write_timeout,
+            self.client.close_notify(!linger),
+        )
+        .await;
         self.linger = linger && matches!(sent, Some(Ok(())));
         if !self.linger {
             self.client = Stream::None;

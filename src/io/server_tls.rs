@@ -360,8 +360,9 @@ impl ServerTls {
     }
 
     /// Send the close_notify (with what still waits, in one write); after an error, only the
-    /// alert rustls queued for it.
-    pub async fn close(&mut self) -> io::Result<()> {
+    /// alert rustls queued for it. `closing`: the socket is closed at once after it, so the
+    /// write may wait in the kernel for the close's FIN (`send_before_fin`).
+    pub async fn close(&mut self, closing: bool) -> io::Result<()> {
         let queued = if self.failed {
             self.queued_alerts(&mut []);
             Ok(())
@@ -370,6 +371,12 @@ impl ServerTls {
                 append(out, |b| w.queue_close_notify(b).map_err(encrypt_size))
             })
         };
+        if closing && !self.out.is_empty() {
+            match super::send_before_fin(&self.tcp, &self.out) {
+                Ok(sent) => drop(self.out.drain(..sent)),
+                Err(e) => return Err(e),
+            }
+        }
         let flushed = self.flush().await;
         queued.and(flushed)
     }

@@ -106,7 +106,7 @@ async fn tls13_reply_ticket_close_and_resumption() {
         assert_eq!(got, b"EHLO client.test\r\n");
         assert_eq!(tls.partial.capacity(), 0, "no read buffer while idle");
         tls.write(b"250 mx.test\r\n").unwrap();
-        tls.close().await.unwrap();
+        tls.close(false).await.unwrap();
         assert_eq!(tls.out.capacity(), 0, "no write buffer after a flush");
         let mut reply = Vec::new();
         client
@@ -140,7 +140,7 @@ async fn a_handshake_done_on_the_admission_threads_carries_on_here() {
     let (got, _) = read_exactly(&mut tls, 18).await;
     assert_eq!(got, b"EHLO client.test\r\n");
     tls.write(b"250 mx.test\r\n").unwrap();
-    tls.close().await.unwrap();
+    tls.close(false).await.unwrap();
     let mut reply = Vec::new();
     client.read_to_end(&mut reply).await.unwrap();
     assert_eq!(reply, b"250 mx.test\r\n");
@@ -155,7 +155,7 @@ async fn tls12_handshake_and_dialogue() {
     client.write_all(b"QUIT\r\n").await.unwrap();
     assert_eq!(read_exactly(&mut tls, 6).await.0, b"QUIT\r\n");
     tls.write(b"221 bye\r\n").unwrap();
-    tls.close().await.unwrap();
+    tls.close(false).await.unwrap();
     let mut reply = Vec::new();
     client.read_to_end(&mut reply).await.unwrap();
     assert_eq!(reply, b"221 bye\r\n");
@@ -195,7 +195,7 @@ async fn data_with_the_finished_survives_our_first_write() {
     assert_eq!(tls.held, b"EHLO early.test\r\n", "came with the Finished");
     tls.flush().await.unwrap();
     assert_eq!(read_exactly(&mut tls, 17).await.0, b"EHLO early.test\r\n");
-    tls.close().await.unwrap();
+    tls.close(false).await.unwrap();
     drop(tls);
     assert_eq!(peer.join().unwrap(), b"220 mx.test\r\n");
 }
@@ -222,7 +222,7 @@ async fn key_update_and_records_cut_across_reads() {
     assert!(got == body, "the body arrives whole and in order");
     let mut client = writer.await.unwrap();
     tls.write(b"250 ok\r\n").unwrap();
-    tls.close().await.unwrap();
+    tls.close(false).await.unwrap();
     let mut reply = Vec::new();
     client.read_to_end(&mut reply).await.unwrap();
     assert_eq!(reply, b"250 ok\r\n");
@@ -262,7 +262,7 @@ async fn a_bad_record_after_the_handshake_ends_the_stream_cleanly() {
         tls.write(b"250 ok\r\n").unwrap_err().kind(),
         std::io::ErrorKind::BrokenPipe
     );
-    tls.close().await.unwrap();
+    tls.close(false).await.unwrap();
     let mut rest = Vec::new();
     let err = client.read_to_end(&mut rest).await.unwrap_err();
     assert!(err.to_string().contains("BadRecordMac"), "{err}");
@@ -395,7 +395,7 @@ async fn tls13_greeting_leaves_with_the_handshake() {
     );
     assert_eq!(read_exactly(&mut tls, 18).await.0, b"EHLO client.test\r\n");
     tls.write(b"250 mx.test\r\n").unwrap();
-    tls.close().await.unwrap();
+    tls.close(false).await.unwrap();
     drop(tls);
     assert_eq!(peer.join().unwrap(), b"250 mx.test\r\n");
 }
@@ -448,4 +448,56 @@ async fn no_greeting_with_the_handshake_for_tls12_or_a_client_certificate() {
         assert!(!tls.sent_half_rtt(), "{what}");
         peer.join().unwrap();
     }
+}
+
+/// Whether `tcp` has received anything within 50 ms (a byte, or the end of the stream).
+async fn arrives(tcp: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let wait = std::time::Duration::from_millis(50);
+    tokio::time::timeout(wait, tcp.peek(&mut byte))
+        .await
+        .is_ok()
+}
+
+/// A connection's last bytes, with its close following at once: the kernel holds them for
+/// the close's FIN (one segment), and they arrive whole with it. On TLS (the reply and the
+/// close_notify), and on a plain connection (a QUIT to the backend).
+#[tokio::test]
+async fn last_bytes_wait_for_the_fin_and_arrive_with_it() {
+    let pki = pki(TLS13);
+    let (mut tls, mut client) = connected(&pki).await;
+    tls.write(b"221 2.0.0 Bye\r\n").unwrap();
+    tls.close(true).await.unwrap();
+    assert!(
+        !arrives(client.get_mut().0).await,
+        "held for the FIN until the socket closes"
+    );
+    drop(tls);
+    let mut reply = Vec::new();
+    client
+        .read_to_end(&mut reply)
+        .await
+        .expect("a clean close_notify");
+    assert_eq!(reply, b"221 2.0.0 Bye\r\n");
+
+    let (ours, mut theirs) = sockets().await;
+    let mut plain = crate::io::Stream::Plain(ours);
+    plain.write_last(b"QUIT\r\n").await.unwrap();
+    assert!(!arrives(&mut theirs).await, "held for the FIN");
+    drop(plain);
+    let mut got = Vec::new();
+    theirs.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"QUIT\r\n");
+}
+
+/// Without a close to follow (a lingering close shuts the socket down later), the last
+/// reply leaves at once.
+#[tokio::test]
+async fn a_close_that_lingers_sends_at_once() {
+    let pki = pki(TLS13);
+    let (mut tls, mut client) = connected(&pki).await;
+    tls.write(b"421 4.4.2 Timeout, closing connection\r\n")
+        .unwrap();
+    tls.close(false).await.unwrap();
+    assert!(arrives(client.get_mut().0).await, "sent before any close");
 }
