@@ -30,12 +30,11 @@ pub struct Opened {
 /// Open a client connection of a terminate listener: the TLS handshake of an implicit-TLS
 /// listener. `None` if it failed (logged and counted).
 ///
-/// The handshake sends our greeting with its last flight when it can (TLS 1.3 and no client
-/// certificate asked for: [`crate::io::ServerTls::accept`]), unless every backend server is
-/// marked down, when the client is better told `421 4.4.2` at once. The session then
-/// connects to the backend while the client sends its first command: one write and one
-/// round trip fewer before that command, and the backend connection made while the client
-/// finishes its handshake.
+/// The handshake sends our greeting with its last flight when it can (TLS 1.3, and no client
+/// certificate asked for in a full handshake: [`crate::io::ServerTls::accept`]), unless every
+/// backend server is marked down, when the client is better told `421 4.4.2` at once. The
+/// session then connects to the backend as soon as the handshake ends, while the client sends
+/// its first command: one write and one round trip fewer before that command.
 pub async fn open(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -51,8 +50,13 @@ pub async fn open(
                 true => cfg.greeting().into_bytes(),
                 false => Vec::new(),
             };
+            let length = greeting.len();
             let handshake = accept_tls(l, acceptor, tcp, deadline, greeting, id, peer);
             let accepted = Box::pin(handshake).await?;
+            if accepted.sent_half_rtt {
+                // Written by the handshake, not by a write of the session's.
+                l.metrics.bytes(true, false, length);
+            }
             (accepted.stream, Some(accepted.info), accepted.sent_half_rtt)
         }
         _ => (Stream::Plain(tcp), None, false),

@@ -32,12 +32,16 @@ thread_local! {
 const FLUSH_AT: usize = 64 * 1024;
 
 /// Send what of `data` the socket takes now (none if it would block) with `MSG_MORE`: the
-/// kernel holds a segment that is not full until more comes or the socket is shut down or
-/// closed, whose FIN then rides on it. For the last bytes of a connection, when its close
-/// follows at once: one segment and one wake-up of the peer fewer, on loopback the peer's
-/// receive work done on our core. Never where a lingering close follows, which may wait
-/// before its FIN; and a close with unread input resets the connection and drops what is
-/// held, which only a peer that sent after its QUIT (or a backend that sent unasked) meets.
+/// kernel holds a segment that is not full until more is written, a segment from the peer
+/// (an ACK) pushes it, or the socket is shut down or closed, whose FIN then rides on it. For
+/// the last bytes of a connection, when its close follows at once: one segment and one
+/// wake-up of the peer fewer, on loopback the peer's receive work done on our core. Never
+/// where a lingering close follows, which may wait before its FIN. A close with unread input
+/// resets the connection and drops what is held: a client that closes after its QUIT without
+/// waiting for the `221` (Postfix's `smtp_skip_quit_response`, its default) may not get it,
+/// which it does not read anyway; a backend that sent unasked may not get our QUIT, only the
+/// reset that followed it before. Elsewhere than Linux, nothing is sent here.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn send_before_fin(tcp: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
     use rustix::net::{send, SendFlags};
     let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
@@ -48,6 +52,11 @@ fn send_before_fin(tcp: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
         Err(e) => Err(e),
     }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn send_before_fin(_tcp: &TcpStream, _data: &[u8]) -> std::io::Result<usize> {
+    Ok(0)
 }
 
 /// What one non-blocking read found.

@@ -371,13 +371,16 @@ impl ServerTls {
                 append(out, |b| w.queue_close_notify(b).map_err(encrypt_size))
             })
         };
-        if closing && !self.out.is_empty() {
-            match super::send_before_fin(&self.tcp, &self.out) {
-                Ok(sent) => drop(self.out.drain(..sent)),
-                Err(e) => return Err(e),
-            }
-        }
-        let flushed = self.flush().await;
+        let held = match closing && !self.out.is_empty() {
+            true => super::send_before_fin(&self.tcp, &self.out).map(|sent| {
+                self.out.drain(..sent);
+            }),
+            false => Ok(()),
+        };
+        let flushed = match held {
+            Ok(()) => self.flush().await,
+            Err(e) => Err(e),
+        };
         queued.and(flushed)
     }
 

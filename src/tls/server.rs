@@ -43,8 +43,9 @@ pub fn server_config(
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     config.ticketer = super::crypto::Ticketer::new()?;
     config.send_tls13_tickets = TLS13_TICKETS;
-    // An implicit-TLS listener's greeting may leave with the handshake (`ServerTls::accept`);
-    // rustls never sends it when a client certificate is asked for.
+    // An implicit-TLS listener's greeting may leave with the handshake (`ServerTls::accept`).
+    // rustls does not send it in a full handshake that asks for a client certificate; a
+    // resumed one has its client authenticated by the ticket already.
     config.send_half_rtt_data = true;
     config.alpn_protocols = Vec::new();
     // The suite by our order, AES-128-GCM first (see `provider`), not the client's: most

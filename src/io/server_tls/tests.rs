@@ -400,38 +400,41 @@ async fn tls13_greeting_leaves_with_the_handshake() {
     assert_eq!(peer.join().unwrap(), b"250 mx.test\r\n");
 }
 
+/// A TLS 1.3 server that asks for a client certificate (and takes a client without one).
+fn asking() -> Pki {
+    let (cert, key) = ec_cert("mx.test");
+    use rustls::pki_types::pem::PemObject;
+    let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        crate::tls::provider(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .unwrap();
+    let mut server = ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(TLS13)
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    server.send_tls13_tickets = 1;
+    server.send_half_rtt_data = true;
+    Pki {
+        server: Arc::new(server),
+        client: Arc::new(client_config(&cert, TLS13)),
+    }
+}
+
 /// Where half-RTT data cannot be sent, nothing is sent before the client's Finished and the
-/// handshake says so: TLS 1.2, and TLS 1.3 with a client certificate asked for (rustls sends
-/// nothing to a client it may still have to authenticate).
+/// handshake says so: TLS 1.2, and a full TLS 1.3 handshake with a client certificate asked
+/// for (rustls sends nothing to a client it may still have to authenticate).
 #[tokio::test]
 async fn no_greeting_with_the_handshake_for_tls12_or_a_client_certificate() {
-    let asking = {
-        let (cert, key) = ec_cert("mx.test");
-        use rustls::pki_types::pem::PemObject;
-        let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
-        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.clone()).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            crate::tls::provider(),
-        )
-        .allow_unauthenticated()
-        .build()
-        .unwrap();
-        let mut server = ServerConfig::builder_with_provider(crate::tls::provider())
-            .with_protocol_versions(TLS13)
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![cert.clone()], key)
-            .unwrap();
-        server.send_half_rtt_data = true;
-        Pki {
-            server: Arc::new(server),
-            client: Arc::new(client_config(&cert, TLS13)),
-        }
-    };
-    for (what, pki) in [("TLS 1.2", pki(TLS12)), ("client certificate", asking)] {
+    for (what, pki) in [("TLS 1.2", pki(TLS12)), ("client certificate", asking())] {
         let (server_tcp, client_tcp) = sockets().await;
         let config = pki.client.clone();
         let peer = std::thread::spawn(move || {
@@ -500,4 +503,45 @@ async fn a_close_that_lingers_sends_at_once() {
         .unwrap();
     tls.close(false).await.unwrap();
     assert!(arrives(client.get_mut().0).await, "sent before any close");
+}
+
+/// A session resumed on a listener that asks for client certificates: its client was
+/// authenticated by the ticket (no certificate is asked for again), and rustls sends the
+/// greeting with the handshake, as on any TLS 1.3 listener. The full handshake before it did
+/// not.
+#[tokio::test]
+async fn a_resumed_session_asked_for_a_certificate_is_greeted_in_the_handshake() {
+    let pki = asking();
+    for round in 0..2 {
+        let (server_tcp, client_tcp) = sockets().await;
+        let config = pki.client.clone();
+        let peer = std::thread::spawn(move || {
+            let (mut conn, mut tcp, early) = before_our_finished(config, client_tcp);
+            tcp.set_read_timeout(None).unwrap();
+            // Our Finished, then the ticket and the close_notify.
+            let mut rest = Vec::new();
+            rustls::Stream::new(&mut conn, &mut tcp)
+                .read_to_end(&mut rest)
+                .unwrap();
+            (early, rest)
+        });
+        let mut tls = ServerTls::accept(server_tcp, pki.server.clone(), GREETING)
+            .await
+            .unwrap();
+        let kind = tls.conn().handshake_kind();
+        let sent = tls.sent_half_rtt();
+        tls.close(false).await.unwrap();
+        drop(tls);
+        let (early, rest) = peer.join().unwrap();
+        assert_eq!(rest, b"");
+        if round == 0 {
+            assert_eq!(kind, Some(HandshakeKind::Full));
+            assert!(!sent);
+            assert_eq!(early, b"", "nothing before our Finished");
+        } else {
+            assert_eq!(kind, Some(HandshakeKind::Resumed));
+            assert!(sent);
+            assert_eq!(early, GREETING, "the greeting before our Finished");
+        }
+    }
 }

@@ -279,9 +279,19 @@ fn a_session_greeted_in_the_handshake_connects_at_once() {
 }
 
 /// A backend that refuses the session, after a greeting that went with the handshake: the
-/// client's EHLO, waiting for it, is answered `421 4.4.2`, and nothing of it is forwarded.
+/// client is told `421 4.4.2` at once, before any command of its (and, when its EHLO was
+/// waiting for the backend, nothing of it is forwarded).
 #[test]
 fn a_session_greeted_in_the_handshake_with_a_refusing_backend_gets_421() {
+    let mut h = Harness::greeted_in_handshake(test_config());
+    h.backend_says(b"554 5.3.2 not now\r\n");
+    assert_eq!(
+        h.take_client(),
+        "421 4.4.2 Backend unavailable, try again later\r\n",
+        "unasked, right after the greeting"
+    );
+    assert!(h.closed);
+
     let mut h = Harness::greeted_in_handshake(test_config());
     h.client_says(b"EHLO client.test\r\n");
     h.backend_says(b"554 5.3.2 not now\r\n");

@@ -135,8 +135,9 @@ impl Session {
     /// A new implicit-TLS session whose greeting ([`Config::greeting`]) already left with the
     /// server's last handshake flight, as TLS 1.3 half-RTT data: it connects to the backend
     /// at once, and the client's first command waits for the connection, as after STARTTLS
-    /// in a [`Session::new_deferred`] session. A backend that cannot be reached is told to
-    /// the client as `421 4.4.2`, in answer to that command.
+    /// in a [`Session::new_deferred`] session. A backend that cannot be reached, or refuses
+    /// the session, is told to the client as `421 4.4.2` as soon as it is known (usually before
+    /// the client's first command), and the session closes.
     pub fn new_greeted(
         cfg: impl Into<Arc<Config>>,
         peer: SocketAddr,
