@@ -40,13 +40,9 @@ const FLUSH_AT: usize = 64 * 1024;
 /// resets the connection and drops what is held: a client that closes after its QUIT without
 /// waiting for the `221` (Postfix's `smtp_skip_quit_response`, its default) may not get it,
 /// which it does not read anyway; a backend that sent unasked may not get our QUIT, only the
-/// reset that followed it before. Elsewhere than Linux, nothing is sent here.
-#[cfg(any(target_os = "linux", target_os = "android"))]
+/// reset that followed it before.
 fn send_before_fin(tcp: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
-    use rustix::net::{send, SendFlags};
-    let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
-        send(tcp, data, SendFlags::MORE | SendFlags::NOSIGNAL).map_err(std::io::Error::from)
-    });
+    let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || send_more(tcp, data));
     match sent {
         Ok(n) => Ok(n),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
@@ -54,9 +50,17 @@ fn send_before_fin(tcp: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
     }
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn send_before_fin(_tcp: &TcpStream, _data: &[u8]) -> std::io::Result<usize> {
-    Ok(0)
+/// One `send(2)` of `data` with `MSG_MORE` (see [`send_before_fin`]) on a non-blocking socket:
+/// what it took. Elsewhere than Linux, a plain write.
+pub(crate) fn send_more(socket: impl std::os::fd::AsFd, data: &[u8]) -> std::io::Result<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let sent = {
+        use rustix::net::{send, SendFlags};
+        send(socket, data, SendFlags::MORE | SendFlags::NOSIGNAL)
+    };
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let sent = rustix::io::write(socket, data);
+    sent.map_err(std::io::Error::from)
 }
 
 /// What one non-blocking read found.

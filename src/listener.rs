@@ -8,7 +8,6 @@
 //! its header has named the client.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -604,15 +603,20 @@ fn too_many(stream: TcpStream, peer: SocketAddr, l: &ListenerRuntime) {
 }
 
 /// `421 4.7.0` and close, at once: no task and no wait for a refusal, of which a flood brings
-/// thousands a second. The reply goes whole into the new socket's empty send buffer. On an
-/// implicit-TLS port a plaintext reply would be noise, and a handshake is what an overloaded
-/// listener can least afford: just close.
+/// thousands a second. The reply goes whole into the new socket's empty send buffer, held
+/// there (`MSG_MORE`) for the FIN to leave in the same segment: under a flood, every packet
+/// sent on loopback is received on the sidecar's core. On an implicit-TLS port a plaintext
+/// reply would be noise, and a handshake is what an overloaded listener can least afford:
+/// just close.
 fn refuse(stream: TcpStream, implicit_tls: bool) {
     let Ok(stream) = stream.into_std() else {
         return;
     };
     if !implicit_tls {
-        let _ = (&stream).write(b"421 4.7.0 Too many connections, try again later\r\n");
+        let _ = crate::io::send_more(
+            &stream,
+            b"421 4.7.0 Too many connections, try again later\r\n",
+        );
     }
     // The FIN before the close: the close resets a connection whose client has already
     // written (a ClientHello), and the FIN tells it first.
