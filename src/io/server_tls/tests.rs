@@ -22,17 +22,36 @@ struct Pki {
     client: Arc<ClientConfig>,
 }
 
-fn pki(versions: &[&'static SupportedProtocolVersion]) -> Pki {
+/// A fresh ECDSA certificate for `mx.test` and its key.
+fn server_cert() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
     let (cert, key) = ec_cert("mx.test");
     use rustls::pki_types::pem::PemObject;
     let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let mut server = ServerConfig::builder_with_provider(crate::tls::provider())
+    (cert, key)
+}
+
+fn pki(versions: &[&'static SupportedProtocolVersion]) -> Pki {
+    let (cert, key) = server_cert();
+    pki_from(cert, key, versions, None)
+}
+
+/// A server serving `cert` (and asking clients for a certificate with `verifier`), and a
+/// client that trusts it.
+fn pki_from(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    versions: &[&'static SupportedProtocolVersion],
+    verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Pki {
+    let builder = ServerConfig::builder_with_provider(crate::tls::provider())
         .with_protocol_versions(versions)
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
         .unwrap();
+    let builder = match verifier {
+        None => builder.with_no_client_auth(),
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+    };
+    let mut server = builder.with_single_cert(vec![cert.clone()], key).unwrap();
     server.send_tls13_tickets = 1;
     // As the sidecar's own configuration (`crate::tls::server_config`).
     server.send_half_rtt_data = true;
@@ -83,6 +102,13 @@ async fn read_exactly(tls: &mut ServerTls, want: usize) -> (Vec<u8>, Read) {
     }
 }
 
+/// Everything `peer` sends until it closes cleanly (a TLS peer: with its close_notify).
+async fn to_the_end(peer: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut all = Vec::new();
+    peer.read_to_end(&mut all).await.expect("a clean close");
+    all
+}
+
 fn name() -> ServerName<'static> {
     ServerName::try_from("mx.test").unwrap()
 }
@@ -108,12 +134,7 @@ async fn tls13_reply_ticket_close_and_resumption() {
         tls.write(b"250 mx.test\r\n").unwrap();
         tls.close(false).await.unwrap();
         assert_eq!(tls.out.capacity(), 0, "no write buffer after a flush");
-        let mut reply = Vec::new();
-        client
-            .read_to_end(&mut reply)
-            .await
-            .expect("a clean close_notify");
-        assert_eq!(reply, b"250 mx.test\r\n");
+        assert_eq!(to_the_end(&mut client).await, b"250 mx.test\r\n");
     }
 }
 
@@ -141,9 +162,7 @@ async fn a_handshake_done_on_the_admission_threads_carries_on_here() {
     assert_eq!(got, b"EHLO client.test\r\n");
     tls.write(b"250 mx.test\r\n").unwrap();
     tls.close(false).await.unwrap();
-    let mut reply = Vec::new();
-    client.read_to_end(&mut reply).await.unwrap();
-    assert_eq!(reply, b"250 mx.test\r\n");
+    assert_eq!(to_the_end(&mut client).await, b"250 mx.test\r\n");
 }
 
 /// TLS 1.2: the server's Finished leaves at once (the client waits for it).
@@ -156,9 +175,7 @@ async fn tls12_handshake_and_dialogue() {
     assert_eq!(read_exactly(&mut tls, 6).await.0, b"QUIT\r\n");
     tls.write(b"221 bye\r\n").unwrap();
     tls.close(false).await.unwrap();
-    let mut reply = Vec::new();
-    client.read_to_end(&mut reply).await.unwrap();
-    assert_eq!(reply, b"221 bye\r\n");
+    assert_eq!(to_the_end(&mut client).await, b"221 bye\r\n");
 }
 
 /// A client that sends a command with its Finished, before our greeting: the command is
@@ -223,9 +240,7 @@ async fn key_update_and_records_cut_across_reads() {
     let mut client = writer.await.unwrap();
     tls.write(b"250 ok\r\n").unwrap();
     tls.close(false).await.unwrap();
-    let mut reply = Vec::new();
-    client.read_to_end(&mut reply).await.unwrap();
-    assert_eq!(reply, b"250 ok\r\n");
+    assert_eq!(to_the_end(&mut client).await, b"250 ok\r\n");
 }
 
 /// A handshake that fails sends its alert: the client learns why.
@@ -402,10 +417,7 @@ async fn tls13_greeting_leaves_with_the_handshake() {
 
 /// A TLS 1.3 server that asks for a client certificate (and takes a client without one).
 fn asking() -> Pki {
-    let (cert, key) = ec_cert("mx.test");
-    use rustls::pki_types::pem::PemObject;
-    let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let (cert, key) = server_cert();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).unwrap();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -415,18 +427,7 @@ fn asking() -> Pki {
     .allow_unauthenticated()
     .build()
     .unwrap();
-    let mut server = ServerConfig::builder_with_provider(crate::tls::provider())
-        .with_protocol_versions(TLS13)
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
-    server.send_tls13_tickets = 1;
-    server.send_half_rtt_data = true;
-    Pki {
-        server: Arc::new(server),
-        client: Arc::new(client_config(&cert, TLS13)),
-    }
+    pki_from(cert, key, TLS13, Some(verifier))
 }
 
 /// Where half-RTT data cannot be sent, nothing is sent before the client's Finished and the
@@ -476,21 +477,14 @@ async fn last_bytes_wait_for_the_fin_and_arrive_with_it() {
         "held for the FIN until the socket closes"
     );
     drop(tls);
-    let mut reply = Vec::new();
-    client
-        .read_to_end(&mut reply)
-        .await
-        .expect("a clean close_notify");
-    assert_eq!(reply, b"221 2.0.0 Bye\r\n");
+    assert_eq!(to_the_end(&mut client).await, b"221 2.0.0 Bye\r\n");
 
     let (ours, mut theirs) = sockets().await;
     let mut plain = crate::io::Stream::Plain(ours);
     plain.write_last(b"QUIT\r\n").await.unwrap();
     assert!(!arrives(&mut theirs).await, "held for the FIN");
     drop(plain);
-    let mut got = Vec::new();
-    theirs.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"QUIT\r\n");
+    assert_eq!(to_the_end(&mut theirs).await, b"QUIT\r\n");
 }
 
 /// Without a close to follow (a lingering close shuts the socket down later), the last
