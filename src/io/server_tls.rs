@@ -69,7 +69,6 @@ impl std::fmt::Debug for ServerTls {
 /// What a step of the handshake leaves to do once rustls' state is released.
 enum Next {
     Again,
-    Send,
     Receive,
     /// As `Receive`, but rustls would encrypt application data (half-RTT data, while the
     /// client's Finished is awaited).
@@ -132,9 +131,10 @@ impl ServerTls {
                         Err(e) => Next::Failed(e),
                     }
                 }
+                // Marked sent: the flight leaves when the handshake next waits (below).
                 Ok(ConnectionState::TransmitTlsData(t)) => {
                     t.done();
-                    Next::Send
+                    Next::Again
                 }
                 Ok(ConnectionState::WriteTraffic(mut w)) if write_half_rtt => {
                     write_half_rtt = false;
@@ -169,7 +169,7 @@ impl ServerTls {
                 // the half-RTT data if any. What a TLS 1.3 server sends after the client's
                 // Finished (a session ticket) waits for the first reply; TLS 1.2's last
                 // flight is the server's Finished, which the client waits for (after the loop).
-                Next::Again | Next::Send => {}
+                Next::Again => {}
                 Next::Receive | Next::Writable if !handshaking => break,
                 Next::Writable if !half_rtt.is_empty() && !tls.sent_half_rtt => {
                     // Asked again, rustls hands out its `WriteTraffic` for the encryption.
