@@ -196,8 +196,9 @@ impl Metrics {
             bytes_total: counter(
                 r,
                 "bytes_total",
-                "Bytes on the wire by leg (client/backend) and direction (received/sent), TLS \
-                 records included",
+                "SMTP bytes by leg (client/backend) and direction (received/sent), as the \
+                 session read and wrote them: decrypted on a TLS leg, without TLS handshakes or \
+                 record overhead",
                 &["listener", "leg", "direction"],
             ),
             replies_total: counter(
