@@ -5,7 +5,7 @@
 //! Prints allocations and bytes per session, averaged over 1,000 sessions after
 //! one that warms up (thread-locals and lazies out of the count), and what of it the set-up
 //! alone costs (the test configuration, built per session here, is shared in the sidecar). Not a criterion bench: the
-//! counting allocator would distort any timing. `cargo bench --bench allocations`.
+//! counting allocator would distort any timing. `cargo bench --bench allocations`; `tests/allocations.rs` holds the same counts to a budget.
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -14,28 +14,13 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 mod a_session;
 #[path = "common/bulk.rs"]
 mod bulk;
+#[path = "common/counting.rs"]
+mod counting;
 
+use counting::{per_call, per_call_of};
+
+/// Sessions (or bodies) averaged over.
 const N: u64 = 1_000;
-
-/// Allocations and bytes allocated per call of `work`.
-fn per_call(work: impl Fn()) -> (u64, u64) {
-    per_call_of(|| (), |()| work())
-}
-
-/// Allocations and bytes allocated per call of `work`, on what `setup` made (not counted).
-fn per_call_of<T>(setup: impl Fn() -> T, work: impl Fn(T)) -> (u64, u64) {
-    work(setup());
-    let (mut blocks, mut bytes) = (0, 0);
-    for _ in 0..N {
-        let input = setup();
-        let before = dhat::HeapStats::get();
-        work(input);
-        let after = dhat::HeapStats::get();
-        blocks += after.total_blocks - before.total_blocks;
-        bytes += after.total_bytes - before.total_bytes;
-    }
-    (blocks / N, bytes / N)
-}
 
 fn main() {
     let _counting = dhat::Profiler::builder().testing().build();
@@ -49,19 +34,19 @@ fn main() {
             b"EHLO other.test\r\n",
         ),
     ] {
-        let (blocks, bytes) = per_call(|| {
+        let (blocks, bytes) = per_call(N, || {
             std::hint::black_box(a_session::session(received_header, second_ehlo, &body));
         });
         println!("session_a/{name}: {blocks} allocations, {bytes} bytes per session");
     }
     // A 1 MiB body relayed in 16 KiB records, four to a read (set-up excluded).
     let body = bulk::body();
-    let (blocks, bytes) = per_call_of(bulk::in_data, |h| {
+    let (blocks, bytes) = per_call_of(N, bulk::in_data, |h| {
         std::hint::black_box(bulk::relay(h, &body));
     });
     println!("body/relay_1mib: {blocks} allocations, {bytes} bytes per MiB");
     // What of that is the harness's and the test configuration's, not a session's.
-    let (blocks, bytes) = per_call(|| {
+    let (blocks, bytes) = per_call(N, || {
         let h = smtp_core::testing::Harness::greeted(smtp_core::testing::test_config());
         std::hint::black_box(h);
     });
