@@ -632,6 +632,37 @@ async fn per_recipient_replies_are_passed_through() {
     assert_eq!(hop.accepted(), 1);
 }
 
+/// `backend_reply_seconds` times the next hop's replies, and nothing else: two transactions
+/// of one legacy session, each a next hop session of its own (EHLO, MAIL, RCPT, DATA and the
+/// end of data answered; the 221 to QUIT is not waited for), are ten replies. The second
+/// session's greeting is not the reply to the first one's QUIT.
+#[tokio::test]
+async fn reply_latency_counts_the_next_hops_replies_only() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let hop = NextHop::builder().host("y.test").start().await;
+    let conf = Conf::new(&pki, hop.addr.to_string(), "      default: none\n");
+    let sidecar = start_with(&conf, &ours).await;
+    let mut client = legacy(&sidecar).await;
+    let delivered = (
+        "250 2.1.5 Ok\r\n".to_owned(),
+        Some("250 2.0.0 Ok: queued\r\n".to_owned()),
+    );
+    assert_eq!(send(&mut client, "b@y.test").await, delivered);
+    assert_eq!(client.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+    assert_eq!(send(&mut client, "c@y.test").await, delivered);
+    quit(client).await;
+    for _ in 0..2 {
+        assert_eq!(hop.next_session().await.messages.len(), 1);
+    }
+    let timed = sidecar
+        .metrics
+        .backend_reply_seconds
+        .with_label_values(&["outbound"])
+        .get_sample_count();
+    assert_eq!(timed, 10);
+}
+
 // ---- the protocol log ----------------------------------------------------------------------
 
 /// A domain-secure delivery logs the next hop's certificate (side=remote) and ours

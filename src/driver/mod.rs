@@ -409,7 +409,7 @@ impl<'a> Driver<'a> {
                         if let Stream::ClientTls(tls) = &stream {
                             handshake::backend_tls_done(l, tls.get_ref().1, self.id, self.peer);
                         }
-                        self.backend = stream;
+                        self.connected_backend(stream);
                         self.backend_server = Some(server);
                         session.handle_connected(Instant::now());
                     }
@@ -428,7 +428,7 @@ impl<'a> Driver<'a> {
                         if let Err(e) = stream.set_nodelay(true) {
                             tracing::debug!(error = %e, "TCP_NODELAY on next hop socket");
                         }
-                        self.backend = Stream::Plain(stream);
+                        self.connected_backend(Stream::Plain(stream));
                         session.handle_connected(Instant::now());
                     }
                     Ok(Err(e)) => session.handle_connect_failed(&e.to_string(), Instant::now()),
@@ -570,6 +570,14 @@ impl<'a> Driver<'a> {
             Leg::Backend => &mut self.backend,
         };
         (stream, &mut self.timer)
+    }
+
+    /// A new connection on the backend leg (a backend server, a next hop). Its first bytes
+    /// are its greeting, not the reply to what was written on the connection before it (a
+    /// QUIT, a body the old server refused): `backend_reply_seconds` times replies only.
+    fn connected_backend(&mut self, stream: Stream) {
+        self.backend = stream;
+        self.awaiting_backend = None;
     }
 
     /// A leg's connection.
