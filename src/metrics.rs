@@ -283,7 +283,8 @@ impl Metrics {
             session_duration_seconds: histogram(
                 r,
                 "session_duration_seconds",
-                "Session length, connect to close",
+                "Session length, from its start (after a PROXY header, where one is expected) to \
+                 its close: one per session of connections_total",
                 &SESSION_BUCKETS,
             ),
             certificate_expiry_timestamp_seconds: gauge(

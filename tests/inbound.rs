@@ -681,3 +681,31 @@ async fn bytes_total_counts_every_octet_of_each_leg() {
         running.shutdown().await;
     }
 }
+
+/// A connection whose implicit-TLS handshake fails is a session like any other for the
+/// metrics: counted in `connections_total`, and its length in `session_duration_seconds`.
+#[tokio::test]
+async fn a_failed_implicit_handshake_is_a_session_with_a_duration() {
+    let (backend, _rec) = recording_backend().await;
+    let running = start(&config_yaml(backend, "implicit", "")).await;
+    let mut tcp = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
+        .await
+        .unwrap();
+    tcp.write_all(b"EHLO this is not a ClientHello\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(T, tcp.read_to_end(&mut rest)).await;
+    let m = &running.metrics;
+    eventually(
+        || m.connections_active.with_label_values(&["inbound"]).get() == 0,
+        "session ended",
+    )
+    .await;
+    let sessions = m.connections_total.with_label_values(&["inbound"]).get();
+    let timed = m
+        .session_duration_seconds
+        .with_label_values(&["inbound"])
+        .get_sample_count();
+    assert_eq!((sessions, timed), (1, 1));
+}
