@@ -158,7 +158,7 @@ impl Metrics {
             connections_refused_total: counter(
                 r,
                 "connections_refused_total",
-                "Connections refused by max_connections or max_connections_per_ip",
+                "Connections refused by max_connections, max_connections_per_ip or max_handshakes",
                 &["listener"],
             ),
             proxy_header_errors_total: counter(
@@ -190,7 +190,8 @@ impl Metrics {
             message_bytes_total: counter(
                 r,
                 "message_bytes_total",
-                "Body bytes of accepted messages relayed",
+                "Body bytes of accepted messages relayed, as the client sent them (no Received \
+                 header, folds or newline repairs)",
                 &["listener"],
             ),
             bytes_total: counter(
@@ -211,7 +212,7 @@ impl Metrics {
                 r,
                 "transactions_total",
                 "Transactions begun (MAIL accepted); those without a message accepted, rejected \
-                 or failed were abandoned (RSET, QUIT, a lost client)",
+                 or failed were abandoned (RSET, QUIT, a lost client) or had their DATA refused",
                 &["listener"],
             ),
             policy_rejections_total: counter(

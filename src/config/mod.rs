@@ -54,7 +54,8 @@ pub struct Config {
 /// both fields as they are).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolverConfig {
-    /// Asked over UDP and TCP, in order; empty: the system's (/etc/resolv.conf). Written
+    /// Asked over UDP, then TCP, the fastest to answer preferred (hickory's default
+    /// ordering); empty: the system's (/etc/resolv.conf). Written
     /// `"ip"` (port 53) or `"ip:port"` / `"[v6]:port"`.
     pub nameservers: Vec<SocketAddr>,
     /// Bounds a whole look-up (the MX query and the address queries after it).
@@ -276,7 +277,7 @@ pub struct OriginatePolicy {
     /// Consecutive protocol errors before `421 4.7.0` (SPEC §4).
     pub max_errors: u32,
     /// `tls_handshake` bounds the handshake with the next hop too; the next hop's replies are
-    /// awaited for `command` (as a terminate listener's backend's are).
+    /// awaited for `backend_reply` (as a terminate listener's backend's are).
     pub timeouts: Timeouts,
 }
 
