@@ -68,15 +68,21 @@ fn listener(
     };
     let mut listen_taken = false;
     if let Some(addr) = listen {
-        // Port 0 asks the kernel for a free port: two of those never clash.
-        match taken
-            .iter()
-            .find(|(used, _)| *used == addr && addr.port() != 0)
-        {
-            Some((_, user)) => {
+        match taken.iter().find(|(used, _)| clash(*used, addr)) {
+            Some((used, user)) if *used == addr => {
                 p.add(
                     &listen_path,
                     format_args!("{addr} is already used by {user}"),
+                );
+                listen_taken = true;
+            }
+            Some((used, user)) => {
+                p.add(
+                    &listen_path,
+                    format_args!(
+                        "{addr} cannot be bound beside {used} ({user}): a wildcard address \
+                         takes its port on every address of its family, and [::] on IPv4's too"
+                    ),
                 );
                 listen_taken = true;
             }
@@ -116,6 +122,23 @@ fn listener(
         proxy_protocol: proxy_protocol?,
         mode,
     })
+}
+
+/// Whether two listening addresses cannot both be bound. Port 0 asks the kernel for a free
+/// port: two of those never clash. On one port, a wildcard address (`0.0.0.0`, `[::]`) takes
+/// every address of its family, and `[::]` IPv4's too: the sidecar's IPv6 sockets are
+/// dual-stack (Linux's default, `net.ipv6.bindv6only = 0`), and a listening socket's port
+/// cannot be shared even with `SO_REUSEADDR`.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |wild: IpAddr, other: IpAddr| match wild {
+        IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
+        IpAddr::V6(w) => w.is_unspecified(),
+    };
+    x == y || covers(x, y) || covers(y, x)
 }
 
 fn terminate(p: &mut Problems, path: &str, raw: &RawListener) -> Option<TerminateListener> {

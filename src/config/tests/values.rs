@@ -114,6 +114,10 @@ fn invalid_values_name_their_path() {
         ("    policy: {timeouts: [5m]}", "listeners[0].policy.timeouts: expected a mapping, found a list"),
         ("  - listen: 127.0.0.1:2525\n    backend: {servers: [\"h:1\"]}", "listeners[1].listen: 127.0.0.1:2525 is already used by listeners[0].listen"),
         ("metrics: {listen: \"127.0.0.1:2525\"}", "listeners[0].listen: 127.0.0.1:2525 is already used by metrics.listen"),
+        ("  - listen: 0.0.0.0:2525\n    backend: {servers: [\"h:1\"]}", "listeners[1].listen: 0.0.0.0:2525 cannot be bound beside 127.0.0.1:2525 (listeners[0].listen): a wildcard address takes its port on every address of its family, and [::] on IPv4's too"),
+        ("  - listen: \"[::]:2525\"\n    backend: {servers: [\"h:1\"]}", "listeners[1].listen: [::]:2525 cannot be bound beside 127.0.0.1:2525 (listeners[0].listen): a wildcard address takes its port on every address of its family, and [::] on IPv4's too"),
+        ("  - listen: \"[::ffff:127.0.0.1]:2525\"\n    backend: {servers: [\"h:1\"]}", "listeners[1].listen: [::ffff:127.0.0.1]:2525 cannot be bound beside 127.0.0.1:2525 (listeners[0].listen): a wildcard address takes its port on every address of its family, and [::] on IPv4's too"),
+        ("metrics: {listen: \"0.0.0.0:2525\"}", "listeners[0].listen: 127.0.0.1:2525 cannot be bound beside 0.0.0.0:2525 (metrics.listen): a wildcard address takes its port on every address of its family, and [::] on IPv4's too"),
     ];
     for (extra, want) in cases {
         assert_eq!(
@@ -121,6 +125,14 @@ fn invalid_values_name_their_path() {
             [*want],
             "{extra}"
         );
+    }
+    // Other ports, or a wildcard of the other family, do not clash.
+    for extra in [
+        "  - listen: 0.0.0.0:2526\n    backend: {servers: [\"h:1\"]}",
+        "  - listen: \"[::1]:2525\"\n    backend: {servers: [\"h:1\"]}",
+        "  - listen: 127.0.0.2:2525\n    backend: {servers: [\"h:1\"]}",
+    ] {
+        assert_eq!(ok(&one_listener(&format!("{extra}\n"))).listeners.len(), 2);
     }
     assert_eq!(
         problems("listeners: []"),
