@@ -709,3 +709,90 @@ async fn a_failed_implicit_handshake_is_a_session_with_a_duration() {
         .get_sample_count();
     assert_eq!((sessions, timed), (1, 1));
 }
+
+/// Replies by command and class, transactions, messages and handshakes, counted exactly:
+/// every non-zero series of those families after a known set of sessions, pipelined commands
+/// and failed handshakes among them (the held replies of a pipelined batch are each counted
+/// for their own command).
+#[tokio::test]
+async fn replies_transactions_and_handshakes_are_counted_exactly() {
+    let (backend, _rec) = recording_backend().await;
+    let policy = "      timeouts: {tls_handshake: 1s}\n";
+    let running = start(&config_yaml(backend, "starttls", policy)).await;
+    let addr = running.addr("inbound").unwrap();
+
+    // A delivered message, a pipelined one, an abandoned transaction and odd commands.
+    let mut c = Client::starttls_session(addr).await;
+    envelope(&mut c).await;
+    assert!(c
+        .cmd("Subject: 1\r\n\r\none\r\n.")
+        .await
+        .starts_with("250 "));
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+        .await;
+    assert_eq!(c.reply().await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.reply().await, "250 2.1.5 Ok\r\n");
+    assert!(c.reply().await.starts_with("354 "));
+    assert!(c
+        .cmd("Subject: 2\r\n\r\ntwo\r\n.")
+        .await
+        .starts_with("250 "));
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+    assert!(c.cmd("RSET").await.starts_with("250 "));
+    assert!(c.cmd("NOOP").await.starts_with("250 "));
+    assert!(c.cmd("XYZZY").await.starts_with("500 "));
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    assert!(c.closed().await);
+    // STARTTLS, then bytes that are no ClientHello.
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    assert!(c.cmd("STARTTLS").await.starts_with("220 "));
+    c.send(b"this is no ClientHello\r\n").await;
+    c.read_to_close().await;
+    // STARTTLS, then nothing until the handshake's deadline.
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    assert!(c.cmd("STARTTLS").await.starts_with("220 "));
+    c.read_to_close().await;
+
+    let m = &running.metrics;
+    eventually(
+        || m.connections_active.with_label_values(&["inbound"]).get() == 0,
+        "sessions ended",
+    )
+    .await;
+    let families = [
+        "smtp_sidecar_replies_total{",
+        "smtp_sidecar_transactions_total{",
+        "smtp_sidecar_messages_total{",
+        "smtp_sidecar_tls_handshakes_total{",
+        "smtp_sidecar_tls_handshake_errors_total{",
+    ];
+    let exposition = m.render();
+    let counted: Vec<&str> = exposition
+        .lines()
+        .filter(|l| families.iter().any(|f| l.starts_with(f)) && !l.ends_with(" 0"))
+        .collect();
+    let want = [
+        "smtp_sidecar_messages_total{listener=\"inbound\",result=\"accepted\",tls=\"yes\"} 2",
+        "smtp_sidecar_replies_total{class=\"2xx\",command=\"data_end\",listener=\"inbound\"} 2",
+        "smtp_sidecar_replies_total{class=\"2xx\",command=\"ehlo\",listener=\"inbound\"} 4",
+        "smtp_sidecar_replies_total{class=\"2xx\",command=\"greeting\",listener=\"inbound\"} 3",
+        "smtp_sidecar_replies_total{class=\"2xx\",command=\"mail\",listener=\"inbound\"} 3",
+        "smtp_sidecar_replies_total{class=\"2xx\",command=\"noop\",listener=\"inbound\"} 1",
+        "smtp_sidecar_replies_total{class=\"2xx\",command=\"quit\",listener=\"inbound\"} 1",
+        "smtp_sidecar_replies_total{class=\"2xx\",command=\"rcpt\",listener=\"inbound\"} 2",
+        "smtp_sidecar_replies_total{class=\"2xx\",command=\"rset\",listener=\"inbound\"} 1",
+        "smtp_sidecar_replies_total{class=\"2xx\",command=\"starttls\",listener=\"inbound\"} 3",
+        "smtp_sidecar_replies_total{class=\"3xx\",command=\"data\",listener=\"inbound\"} 2",
+        "smtp_sidecar_replies_total{class=\"5xx\",command=\"invalid\",listener=\"inbound\"} 1",
+        "smtp_sidecar_tls_handshake_errors_total{listener=\"inbound\",reason=\"protocol\",side=\"server\"} 1",
+        "smtp_sidecar_tls_handshake_errors_total{listener=\"inbound\",reason=\"timeout\",side=\"server\"} 1",
+        "smtp_sidecar_tls_handshakes_total{listener=\"inbound\",result=\"error\",side=\"server\",version=\"\"} 2",
+        "smtp_sidecar_tls_handshakes_total{listener=\"inbound\",result=\"ok\",side=\"server\",version=\"TLSv1.3\"} 1",
+        "smtp_sidecar_transactions_total{listener=\"inbound\"} 3",
+    ];
+    assert_eq!(counted, want, "{exposition}");
+}
