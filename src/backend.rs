@@ -21,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
+use crate::metrics::HandshakeError;
+
 use crate::io::Stream;
 use crate::metrics::ListenerMetrics;
 use crate::shutdown::Shutdown;
@@ -89,19 +91,21 @@ impl Pool {
     }
 
     /// The session's STARTTLS with server `server` (an index from [`Pool::connect`]) was
-    /// accepted: the handshake, by `deadline`. A failure is the reason, for the log.
+    /// accepted: the handshake, by `deadline`.
     pub async fn starttls(
         &self,
         server: usize,
         tcp: TcpStream,
         deadline: Instant,
-    ) -> Result<Stream, String> {
+    ) -> Result<Stream, HopTlsError> {
         let (Some(tls), Some(s)) = (&self.tls, self.servers.get(server)) else {
-            return Err("no TLS configured for the backend".into());
+            return Err(HopTlsError::Unusable(
+                "no TLS configured for the backend".into(),
+            ));
         };
         let stream = timeout_at(deadline, handshake(tls, &s.addr, tcp))
             .await
-            .map_err(|_| "TLS handshake timed out".to_owned())??;
+            .map_err(|_| HopTlsError::Timeout)??;
         Ok(Stream::ClientTls(Box::new(stream)))
     }
 
@@ -158,11 +162,14 @@ impl Pool {
     /// completes its handshake, all within `connect_timeout`); a failure marks its server
     /// down. Returns the connection and the server's index. The error names every attempt,
     /// or says that every server is marked down (then no connection is tried at all). `seen`
-    /// learns of each attempt, for `backend_up`.
+    /// learns of each attempt, for `backend_up`, and `tls_failed` of each implicit-TLS
+    /// handshake that failed (one cut short by `connect_timeout` is counted as a timed-out
+    /// connection only).
     pub async fn connect(
         &self,
         listener: &str,
         seen: impl Fn(&str, bool),
+        tls_failed: impl Fn(HandshakeError),
     ) -> Result<(Stream, usize), String> {
         let mut failures = Vec::new();
         for (i, server) in self.servers.iter().enumerate() {
@@ -170,7 +177,7 @@ impl Pool {
                 failures.push(format!("{}: marked down", server.addr));
                 continue;
             }
-            let connect = self.open(&server.addr);
+            let connect = self.open(&server.addr, &tls_failed);
             let why = match timeout(self.connect_timeout, connect).await {
                 Ok(Ok(stream)) => {
                     seen(&server.addr, true);
@@ -186,8 +193,13 @@ impl Pool {
         Err(failures.join("; "))
     }
 
-    /// One connection to `addr`: TCP, then the handshake for implicit TLS.
-    async fn open(&self, addr: &str) -> Result<Stream, String> {
+    /// One connection to `addr`: TCP, then the handshake for implicit TLS (its failure told
+    /// to `tls_failed` too).
+    async fn open(
+        &self,
+        addr: &str,
+        tls_failed: &impl Fn(HandshakeError),
+    ) -> Result<Stream, String> {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         // Replies and commands are small and latency-bound (DESIGN.md §5).
         if let Err(e) = tcp.set_nodelay(true) {
@@ -195,7 +207,10 @@ impl Pool {
         }
         match &self.tls {
             Some(tls) if tls.implicit => {
-                let stream = handshake(tls, addr, tcp).await?;
+                let stream = handshake(tls, addr, tcp).await.map_err(|e| {
+                    tls_failed(e.kind());
+                    e.to_string()
+                })?;
                 Ok(Stream::ClientTls(Box::new(stream)))
             }
             _ => Ok(Stream::Plain(tcp)),
@@ -263,13 +278,39 @@ async fn handshake(
     tls: &HopTls,
     addr: &str,
     tcp: TcpStream,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, HopTlsError> {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-    let name = crate::tls::server_name(host).ok_or_else(|| format!("unusable name {host:?}"))?;
+    let name = crate::tls::server_name(host)
+        .ok_or_else(|| HopTlsError::Unusable(format!("unusable name {host:?}")))?;
     tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake: {e}"))
+        .map_err(HopTlsError::Failed)
+}
+
+/// A TLS handshake with a backend server that did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HopTlsError {
+    #[error("TLS handshake timed out")]
+    Timeout,
+    /// No handshake could be tried (no TLS configuration, a server name rustls refuses).
+    #[error("{0}")]
+    Unusable(String),
+    /// The handshake failed: the server's certificate refused (`backend.tls_verify`), an
+    /// alert, not TLS at all...
+    #[error("TLS handshake: {0}")]
+    Failed(std::io::Error),
+}
+
+impl HopTlsError {
+    /// Its reason in `tls_handshake_errors_total`.
+    pub fn kind(&self) -> HandshakeError {
+        match self {
+            HopTlsError::Timeout => HandshakeError::Timeout,
+            HopTlsError::Unusable(_) => HandshakeError::Protocol,
+            HopTlsError::Failed(e) => HandshakeError::of(e),
+        }
+    }
 }
 
 /// One SMTP health check: connect (under `connect_timeout`), a `220` greeting, `EHLO
@@ -296,6 +337,7 @@ pub async fn check(
         timeout(connect_timeout, handshake(tls, server, tcp))
             .await
             .map_err(|_| "TLS handshake: timed out".to_owned())?
+            .map_err(|e| e.to_string())
     };
     if tls.implicit {
         let mut stream = handshake(tcp).await?;

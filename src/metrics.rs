@@ -575,7 +575,22 @@ impl HandshakeError {
         }
     }
 
-    /// From what rustls said of a client certificate it refused.
+    /// Why a handshake that ended in an error failed: a certificate rustls refused, by why
+    /// ([`HandshakeError::client_certificate`]), or anything else.
+    pub fn of(e: &std::io::Error) -> Self {
+        let tls = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match tls {
+            Some(
+                err @ (rustls::Error::NoCertificatesPresented
+                | rustls::Error::InvalidCertificate(_)),
+            ) => Self::client_certificate(crate::tls::failure_reason(err)),
+            _ => HandshakeError::Protocol,
+        }
+    }
+
+    /// From what rustls said of a certificate it refused.
     pub fn client_certificate(reason: &str) -> Self {
         match reason {
             "no client certificate" => HandshakeError::NoCertificate,

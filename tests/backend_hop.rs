@@ -262,3 +262,63 @@ async fn health_checks_go_over_the_tls_hop() {
     }
     running.shutdown().await;
 }
+
+/// A handshake with the backend that fails is counted on side "client" by why, on either
+/// hop: a certificate that does not verify by its reason, bytes that are not TLS as
+/// `protocol`. The client is told 421 4.4.2 each time.
+#[tokio::test]
+async fn failed_hop_handshakes_are_counted_by_reason() {
+    let pki = NextHopPki::new();
+    for (hop, cert, reason) in [
+        ("starttls", Some(Cert::Untrusted), "certificate_untrusted"),
+        ("implicit", Some(Cert::Untrusted), "certificate_untrusted"),
+        ("starttls", Some(Cert::Expired), "certificate_expired"),
+        ("implicit", Some(Cert::WrongName), "certificate_invalid"),
+        ("starttls", None, "protocol"),
+    ] {
+        let builder = NextHop::builder().host("127.0.0.1");
+        let backend = match (hop, cert) {
+            ("implicit", Some(cert)) => builder.implicit_tls(&pki, cert),
+            (_, Some(cert)) => builder.starttls(&pki, cert),
+            (_, None) => builder.fail_handshake(),
+        }
+        .start()
+        .await;
+        let yaml = format!(
+            "hostname: mx.test\nshutdown_grace: 2s\n{trust}listeners:\n  - name: inbound\n    \
+             mode: terminate\n    listen: 127.0.0.1:0\n    backend:\n      servers: \
+             [\"{addr}\"]\n      connect_timeout: 2s\n      health_check_interval: 1h\n      \
+             tls: {hop}\n",
+            trust = pki.trust_yaml(),
+            addr = backend.addr,
+        );
+        let running = common::start(&yaml).await;
+        let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+        assert_eq!(
+            c.read_to_close().await,
+            "421 4.4.2 Backend unavailable, try again later\r\n",
+            "{hop} {cert:?}"
+        );
+        let m = &running.metrics;
+        let failed = |reason: &str| {
+            m.tls_handshake_errors_total
+                .with_label_values(&["inbound", "client", reason])
+                .get()
+        };
+        let all: u64 = [
+            "timeout",
+            "no_certificate",
+            "certificate_expired",
+            "certificate_revoked",
+            "certificate_untrusted",
+            "certificate_invalid",
+            "protocol",
+        ]
+        .iter()
+        .map(|r| failed(r))
+        .sum();
+        assert_eq!((failed(reason), all), (1, 1), "{hop} {cert:?}");
+        drop(c);
+        running.shutdown().await;
+    }
+}

@@ -40,7 +40,11 @@ async fn smtp() -> String {
 async fn attempt(pool: &Pool) -> (Vec<(String, bool)>, Option<String>) {
     let seen = Mutex::new(Vec::new());
     let r = pool
-        .connect("l", |s, up| seen.lock().unwrap().push((s.to_owned(), up)))
+        .connect(
+            "l",
+            |s, up| seen.lock().unwrap().push((s.to_owned(), up)),
+            |_| {},
+        )
         .await;
     let peer = r
         .ok()
@@ -84,7 +88,11 @@ async fn all_marked_down_fails_at_once_without_a_connect() {
     pool.mark("l", 1, false, "test");
     let seen = Mutex::new(Vec::new());
     let r = pool
-        .connect("l", |s, up| seen.lock().unwrap().push((s.to_owned(), up)))
+        .connect(
+            "l",
+            |s, up| seen.lock().unwrap().push((s.to_owned(), up)),
+            |_| {},
+        )
         .await;
     assert_eq!(
         r.err().unwrap(),

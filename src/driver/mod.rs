@@ -404,7 +404,8 @@ impl<'a> Driver<'a> {
                 // Boxed, as the other rare waits: with an implicit-TLS hop the connect holds a
                 // whole client handshake, and every idle session's future would carry room for
                 // it.
-                match Box::pin(l.pool.connect(&l.name, seen)).await {
+                let tls_failed = |kind| l.metrics.handshake_error(false, kind);
+                match Box::pin(l.pool.connect(&l.name, seen, tls_failed)).await {
                     Ok((stream, server)) => {
                         if let Stream::ClientTls(tls) = &stream {
                             handshake::backend_tls_done(l, tls.get_ref().1, self.id, self.peer);
@@ -524,10 +525,9 @@ impl<'a> Driver<'a> {
                         return Step::Readable(Leg::Backend);
                     }
                     Ok(_) => session.handle_tls_failed(Leg::Backend, Instant::now()),
-                    Err(reason) => {
-                        tracing::warn!(listener = %l.name, peer = %self.peer, %reason, "TLS to the backend failed");
-                        l.metrics
-                            .handshake_error(false, crate::metrics::HandshakeError::Protocol);
+                    Err(e) => {
+                        tracing::warn!(listener = %l.name, peer = %self.peer, reason = %e, "TLS to the backend failed");
+                        l.metrics.handshake_error(false, e.kind());
                         session.handle_tls_failed(Leg::Backend, Instant::now());
                     }
                 }
