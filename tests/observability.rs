@@ -41,7 +41,8 @@ const FROM_BANK: &str = "MAIL FROM:<alice@woodgrovebank.com>";
 /// partner's domain domain_secure, enforced), `audit` (the same, enforce: false), `down`
 /// (its backend's port closed), `outbound` (originate to a next hop requiring our client
 /// certificate, y.test domain-secure) and `outbound_untrusted` (the same to a next hop whose
-/// certificate nobody trusts).
+/// certificate nobody trusts); and `unchecked`, whose backend no session and no health check
+/// (every hour) reaches during the test.
 fn yaml(
     partner: &PartnerPki,
     hops: &NextHopPki,
@@ -70,7 +71,7 @@ fn yaml(
     format!(
         "hostname: mx.test\nshutdown_grace: 2s\nmetrics:\n  listen: 127.0.0.250:0\n\
          trust:\n  system_roots: false\n  ca_files: [\"{}\", \"{}\", \"{}\"]\n  crl_files: \
-         [\"{}\", \"{}\"]\nlisteners:\n{}{}{}{}{}",
+         [\"{}\", \"{}\"]\nlisteners:\n{}{}{}{}{}{}",
         partner.root_file.display(),
         hops.root_file.display(),
         hops.revoking_ca_file.display(),
@@ -79,6 +80,10 @@ fn yaml(
         terminate("inbound", 1, backend, &ds),
         terminate("audit", 2, backend, &format!("{ds}      enforce: false\n")),
         terminate("down", 3, closed, ""),
+        terminate("unchecked", 6, closed, "").replace(
+            "connect_timeout: 2s\n",
+            "connect_timeout: 2s\n      health_check_interval: 1h\n",
+        ),
         originate("outbound", 4, good_hop),
         originate("outbound_untrusted", 5, bad_hop),
     )
@@ -458,6 +463,35 @@ async fn dashboard_and_alerts_work_against_a_real_prometheus() {
             Err(e) => failures.push(format!("{} {}: {e}: {expr}", q.panel, q.ref_id)),
         }
     }
+    // Backend up: UP and DOWN for the servers reached, NOT CHECKED (2) for the one nothing
+    // has reached yet (it is still tried by new sessions).
+    let backend_up = queries.iter().find(|q| q.panel == "Backend up").unwrap();
+    let result = prometheus
+        .query(&prom::substitute(&backend_up.expr))
+        .await
+        .unwrap();
+    let states: BTreeMap<String, f64> = result
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["listener"].as_str().unwrap().to_owned(),
+                sample_value(s),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, f64> = [
+        ("audit", 1.0),
+        ("down", 0.0),
+        ("inbound", 1.0),
+        ("outbound", 1.0),
+        ("outbound_untrusted", 1.0),
+        ("unchecked", 2.0),
+    ]
+    .map(|(l, v)| (l.to_owned(), v))
+    .into();
+    if states != want {
+        failures.push(format!("Backend up: {states:?}"));
+    }
     // The template variables' label_values(METRIC, LABEL) queries find every listener.
     for var in dashboard["templating"]["list"].as_array().unwrap() {
         let Some(def) = var["definition"].as_str() else {
@@ -480,7 +514,15 @@ async fn dashboard_and_alerts_work_against_a_real_prometheus() {
             .iter()
             .filter_map(|v| v.as_str())
             .collect();
-        if values != ["audit", "down", "inbound", "outbound", "outbound_untrusted"] {
+        let listeners = [
+            "audit",
+            "down",
+            "inbound",
+            "outbound",
+            "outbound_untrusted",
+            "unchecked",
+        ];
+        if values != listeners {
             failures.push(format!("variable {def}: {values:?}"));
         }
     }
