@@ -48,11 +48,11 @@ pub fn init(log: &LogConfig) -> Guard {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Asked for, the protocol log is written whatever the level of the rest.
-    if log.protocol_log {
-        if let Ok(directive) = "smtp_sidecar::protocol=info".parse() {
-            filter = filter.add_directive(directive);
-        }
+    // The protocol log is written whatever the level of the rest, when `log.protocol_log`
+    // asks for it: the sessions decide, from the configuration in force (a reload may turn
+    // it on or off), so the filter always lets its lines through.
+    if let Ok(directive) = "smtp_sidecar::protocol=info".parse() {
+        filter = filter.add_directive(directive);
     }
     // Colour only for a person at a terminal: a file or the journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())

@@ -150,3 +150,40 @@ async fn the_client_certificate_is_logged_with_its_fields() {
     }
     assert!(log.contains("side=\"local\" subject=CN=mx.test"), "{log}");
 }
+
+/// `log.protocol_log` turned on by a reload, with the rest of the log at warn: the next
+/// session's lines are written (the log's filter lets them through from the start; the
+/// configuration in force decides).
+#[tokio::test]
+async fn a_reload_turns_the_protocol_log_on() {
+    let (backend, _t) = scripted_backend(Script::default()).await;
+    let level = "log:\n  level: warn,smtp_sidecar::runtime=info\n";
+    let rest = config_yaml(backend, "starttls", "");
+    let sidecar = start_binary(&format!("{level}  protocol_log: false\n{rest}"));
+    let quit = |c: Client| async move {
+        let mut c = c;
+        assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+        assert!(c.closed().await);
+    };
+    let c = Client::starttls_session(sidecar.addr("inbound").unwrap()).await;
+    quit(c).await;
+    assert!(!sidecar.log().contains("smtp_sidecar::protocol"));
+
+    let config = sidecar
+        .config()
+        .replace("protocol_log: false", "protocol_log: true");
+    std::fs::write(sidecar.config_path(), config).unwrap();
+    sidecar.signal("HUP");
+    sidecar.wait_log("configuration reloaded", 1).await;
+    let c = Client::starttls_session(sidecar.addr("inbound").unwrap()).await;
+    quit(c).await;
+    sidecar.wait_log("< QUIT", 1).await;
+    let log = sidecar.log();
+    for line in [
+        "> 220 mx.test ESMTP",
+        "< EHLO client.test",
+        "TLS established",
+    ] {
+        assert!(log.contains(line), "{line:?} not in the log:\n{log}");
+    }
+}
