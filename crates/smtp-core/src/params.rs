@@ -191,15 +191,22 @@ fn check(
 }
 
 /// What a relay leaves out toward a next hop that did not offer the extension (originate):
-/// `SIZE=` (the limit is enforced here) and the DSN parameters (RFC 3461 §4.1: relayed to a
-/// server without DSN, a message goes on without them). Anything else it did not offer is
-/// left for [`check_mail`]/[`check_rcpt`] to refuse.
+/// `SIZE=` (the limit is enforced here), the DSN parameters (RFC 3461 §4.1: relayed to a
+/// server without DSN, a message goes on without them) and `BODY=7BIT` (RFC 6152: 7-bit is
+/// what a message without `BODY` is, and a server without 8BITMIME must not be sent the
+/// parameter). Anything else it did not offer (`BODY=8BITMIME`, `SMTPUTF8`) is left for
+/// [`check_mail`]/[`check_rcpt`] to refuse.
 pub(crate) fn drop_for_next_hop(params: &mut Vec<Param>, next_hop: Offered) {
     const DSN: [Kind; 4] = [Kind::Ret, Kind::Envid, Kind::Notify, Kind::Orcpt];
     params.retain(|p| {
         let size = is(p, Kind::Size) && !next_hop.size;
         let dsn = DSN.iter().any(|&k| is(p, k)) && !next_hop.dsn;
-        !(size || dsn)
+        let seven_bit = is(p, Kind::Body)
+            && !next_hop.eight_bit_mime
+            && p.value
+                .as_deref()
+                .is_some_and(|v| v.eq_ignore_ascii_case("7BIT"));
+        !(size || dsn || seven_bit)
     });
 }
 

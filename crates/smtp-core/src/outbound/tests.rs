@@ -493,7 +493,7 @@ fn nothing_before_the_handshake_survives_it() {
 }
 
 #[test]
-fn dsn_parameters_are_dropped_for_a_next_hop_without_dsn_others_refused() {
+fn dsn_parameters_and_body_7bit_are_dropped_for_a_next_hop_without_them_others_refused() {
     // RFC 3461 §4.1: relayed to a server without DSN, a message goes on without them.
     let mut h = Harness::originate(cfg(Level::None));
     h.client_says(b"EHLO legacy.test\r\n");
@@ -513,6 +513,15 @@ fn dsn_parameters_are_dropped_for_a_next_hop_without_dsn_others_refused() {
     greet(&mut h, HOP_CAPS);
     assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
     assert_eq!(h.take_backend(), "QUIT\r\n");
+    // BODY=7BIT is what a message without BODY is (RFC 6152): left out, in any case.
+    let mut h = Harness::originate(cfg(Level::None));
+    h.client_says(b"EHLO legacy.test\r\nMAIL FROM:<a@x.test> body=7bit SIZE=5\r\n");
+    h.take_client();
+    h.client_says(b"RCPT TO:<b@y.test>\r\n");
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=5\r\n");
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_backend(), "RCPT TO:<b@y.test>\r\n");
 }
 
 #[test]
