@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::state::{Pending, RouteInfo, Tx};
-use super::{HopState, Mode, NextHop, Phase, Session};
+use super::{policy, HopState, Mode, NextHop, Phase, Session};
 use crate::command::Command;
 use crate::ehlo::Offered;
 use crate::line::LineEvent;
@@ -184,9 +184,15 @@ impl Session {
             }
             Some(route) if route.domain == domain => self.forward_rcpt(cmd, now),
             // With a fixed relay, a recipient of another domain may share the session when
-            // the relay session already meets its level, and its level demands nothing more
-            // than the first one's; with MX, another domain is another next hop.
-            Some(route) if self.cfg.next_hop != NextHop::Mx && level <= route.level => {
+            // its level demands nothing more than the first one's and no certificate check:
+            // the relay's certificate was checked against the relay's name or the first
+            // domain's, and may name only that domain. With MX, another domain is another
+            // next hop. Either way the client sends the rest in another transaction.
+            Some(route)
+                if self.cfg.next_hop != NextHop::Mx
+                    && level <= route.level
+                    && !policy::verifies(level) =>
+            {
                 self.forward_rcpt(cmd, now)
             }
             Some(_) => self.reply_rcpt("452 4.5.3 Too many recipients", now),

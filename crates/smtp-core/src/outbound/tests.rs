@@ -366,6 +366,32 @@ fn mx_a_second_domain_waits_for_another_transaction() {
     assert_eq!(h.resolves, ["y.test"]);
 }
 
+/// A fixed relay's session carries another domain's recipients when their level asks no
+/// more than the first's and checks no certificate: under `verify` the relay's certificate
+/// may name only the first domain, so another verified domain goes in another transaction.
+#[test]
+fn relay_shares_a_session_across_domains_only_without_a_certificate_check() {
+    for (level, second) in [
+        (Level::May, "250 2.1.5 Recipient ok\r\n"),
+        (Level::Verify, "452 4.5.3 Too many recipients\r\n"),
+    ] {
+        let mut h = Harness::originate(cfg(level));
+        h.hop_tls = Some(verified());
+        start(&mut h, "b@y.test");
+        greet(&mut h, HOP_CAPS_TLS);
+        assert_eq!(h.take_backend(), "STARTTLS\r\n");
+        h.backend_says(b"220 go\r\n");
+        after_tls_to_rcpt(&mut h, "b@y.test");
+        h.client_says(b"RCPT TO:<c@other.test>\r\n");
+        if second.starts_with("250") {
+            assert_eq!(h.take_backend(), "RCPT TO:<c@other.test>\r\n", "{level:?}");
+            h.backend_says(second.as_bytes());
+        }
+        assert_eq!(h.take_client(), second, "{level:?}");
+        assert_eq!(h.tls_clients.len(), 1, "{level:?}");
+    }
+}
+
 #[test]
 fn a_sender_refused_by_the_next_hop_answers_the_rcpt() {
     let mut h = Harness::originate(cfg(Level::May));
