@@ -169,11 +169,17 @@ const ACCEPT_BURST: u32 = 16;
 /// A listening socket for `addr` (`SO_REUSEADDR`, as tokio's `TcpListener::bind`), with a
 /// [`LISTEN_BACKLOG`] accept queue and `TCP_NODELAY`: replies are small and latency-bound
 /// (DESIGN.md §5), and Linux copies the option to every accepted socket, which saves a
-/// system call per session.
+/// system call per session. An IPv6 socket takes IPv4 too (`IPV6_V6ONLY` off, whatever the
+/// host's default): `[::]:25` is every address, as the configuration's check of overlapping
+/// addresses assumes.
 pub fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        SocketAddr::V6(_) => {
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            rustix::net::sockopt::set_ipv6_v6only(&socket, false)?;
+            socket
+        }
     };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;

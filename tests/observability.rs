@@ -1,4 +1,4 @@
-//! Observability end to end (issue 14, SPEC §5): one sidecar in process with five listeners
+//! Observability end to end (issue 14, SPEC §5): one sidecar in process with six listeners
 //! and its admin endpoint, traffic through every path that moves a metric, then
 //!
 //! - `promtool check metrics` on a real scrape (no lint finding) and `promtool check rules`

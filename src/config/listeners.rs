@@ -76,6 +76,13 @@ fn listener(
                 );
                 listen_taken = true;
             }
+            Some((used, user)) if used.ip().to_canonical() == addr.ip().to_canonical() => {
+                p.add(
+                    &listen_path,
+                    format_args!("{addr} is the same address as {used} ({user})"),
+                );
+                listen_taken = true;
+            }
             Some((used, user)) => {
                 p.add(
                     &listen_path,
@@ -126,9 +133,9 @@ fn listener(
 
 /// Whether two listening addresses cannot both be bound. Port 0 asks the kernel for a free
 /// port: two of those never clash. On one port, a wildcard address (`0.0.0.0`, `[::]`) takes
-/// every address of its family, and `[::]` IPv4's too: the sidecar's IPv6 sockets are
-/// dual-stack (Linux's default, `net.ipv6.bindv6only = 0`), and a listening socket's port
-/// cannot be shared even with `SO_REUSEADDR`.
+/// every address of its family, and `[::]` IPv4's too: the sidecar's IPv6 listening sockets
+/// are dual-stack (`crate::listener::bind`), and a listening socket's port cannot be shared
+/// even with `SO_REUSEADDR`. An IPv4-mapped IPv6 address is its IPv4 address.
 fn clash(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() != b.port() || a.port() == 0 {
         return false;

@@ -101,6 +101,8 @@ async fn resume<M: Machine + Send>(
         Ok(driver) => driver,
         Err(e) => {
             tracing::info!(listener = %l.name, %peer, error = %e, "connection lost");
+            // Counted in connections_total like any session: its length too.
+            l.metrics.duration.observe(started.elapsed().as_secs_f64());
             return None;
         }
     };

@@ -116,7 +116,7 @@ fn invalid_values_name_their_path() {
         ("metrics: {listen: \"127.0.0.1:2525\"}", "listeners[0].listen: 127.0.0.1:2525 is already used by metrics.listen"),
         ("  - listen: 0.0.0.0:2525\n    backend: {servers: [\"h:1\"]}", "listeners[1].listen: 0.0.0.0:2525 cannot be bound beside 127.0.0.1:2525 (listeners[0].listen): a wildcard address takes its port on every address of its family, and [::] on IPv4's too"),
         ("  - listen: \"[::]:2525\"\n    backend: {servers: [\"h:1\"]}", "listeners[1].listen: [::]:2525 cannot be bound beside 127.0.0.1:2525 (listeners[0].listen): a wildcard address takes its port on every address of its family, and [::] on IPv4's too"),
-        ("  - listen: \"[::ffff:127.0.0.1]:2525\"\n    backend: {servers: [\"h:1\"]}", "listeners[1].listen: [::ffff:127.0.0.1]:2525 cannot be bound beside 127.0.0.1:2525 (listeners[0].listen): a wildcard address takes its port on every address of its family, and [::] on IPv4's too"),
+        ("  - listen: \"[::ffff:127.0.0.1]:2525\"\n    backend: {servers: [\"h:1\"]}", "listeners[1].listen: [::ffff:127.0.0.1]:2525 is the same address as 127.0.0.1:2525 (listeners[0].listen)"),
         ("metrics: {listen: \"0.0.0.0:2525\"}", "listeners[0].listen: 127.0.0.1:2525 cannot be bound beside 0.0.0.0:2525 (metrics.listen): a wildcard address takes its port on every address of its family, and [::] on IPv4's too"),
     ];
     for (extra, want) in cases {
