@@ -52,11 +52,7 @@ pub async fn open(
             };
             let length = greeting.len();
             let handshake = accept_tls(l, acceptor, tcp, deadline, greeting, id, peer);
-            let Some(accepted) = Box::pin(handshake).await else {
-                // A session in `connections_total` like any other: its length is recorded too.
-                l.metrics.duration.observe(started.elapsed().as_secs_f64());
-                return None;
-            };
+            let accepted = Box::pin(handshake).await?;
             if accepted.sent_half_rtt {
                 // Written by the handshake, not by a write of the session's.
                 l.metrics.bytes(true, false, length);

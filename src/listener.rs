@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
@@ -507,6 +507,8 @@ async fn connection(
     // What the connection's end needs, not the listener's whole handle, which goes to the
     // session.
     let closing = Closing {
+        started: Instant::now(),
+        duration: l.metrics.duration.clone(),
         active: l.metrics.active.clone(),
         max: (l.max_connections, l.max_connections_per_ip),
         admitted,
@@ -538,10 +540,15 @@ async fn connection(
     }
 }
 
-/// A connection whose session is over: it leaves the listener's count (`active`), and closes
-/// with a linger if its session ended with one and a place is left (`max`:
-/// `max_connections`, `max_connections_per_ip`).
+/// A connection whose session is over: its length is recorded (`session_duration_seconds`,
+/// one per session of `connections_total`, whichever way it ended, lingering close
+/// excluded), it leaves the listener's count (`active`), and closes with a linger if its
+/// session ended with one and a place is left (`max`: `max_connections`,
+/// `max_connections_per_ip`).
 struct Closing {
+    /// When the session began: once `connections_total` counted it (after a PROXY header).
+    started: Instant,
+    duration: prometheus::Histogram,
     active: prometheus::IntGauge,
     max: (u32, u32),
     admitted: Admitted,
@@ -549,6 +556,7 @@ struct Closing {
 
 impl Closing {
     async fn end(self, lingering: Option<Stream>) {
+        self.duration.observe(self.started.elapsed().as_secs_f64());
         self.active.dec();
         let Some(stream) = lingering else {
             return;

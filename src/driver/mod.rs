@@ -64,8 +64,8 @@ impl Future for Moving {
 }
 
 /// Serve `session` over `client` (session `id` of `l`, from `peer`, begun at `started`) until
-/// it ends, or until it is to move ([`Ran::Moved`]). Either way its closing line and duration
-/// are recorded once, at its end. Not an async fn: an async fn keeps its arguments in its
+/// it ends, or until it is to move ([`Ran::Moved`]). Either way its closing line is written
+/// once, at its end. Not an async fn: an async fn keeps its arguments in its
 /// future beside the locals they are moved to (the session twice, 720 bytes each), and an
 /// idle session must cost little (C of ../shared/bench).
 #[allow(clippy::manual_async_fn)]
@@ -101,8 +101,6 @@ async fn resume<M: Machine + Send>(
         Ok(driver) => driver,
         Err(e) => {
             tracing::info!(listener = %l.name, %peer, error = %e, "connection lost");
-            // Counted in connections_total like any session: its length too.
-            l.metrics.duration.observe(started.elapsed().as_secs_f64());
             return None;
         }
     };
@@ -349,13 +347,13 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// The session is over: its duration is recorded, and one line says how it went, unless
+    /// The session is over: one line says how it went (its length is recorded where the
+    /// listener's count of it ends, `crate::listener`), unless
     /// it was a flood's attempt that ended in a failed handshake with no message
     /// ([`Driver::quiet_end`]): a flood's thousands a second would bury the log.
     pub fn ended(&self, started: Instant, tls: Option<&TlsInfo>) {
         let elapsed = started.elapsed();
         let l = self.l;
-        l.metrics.duration.observe(elapsed.as_secs_f64());
         let t = self.tally;
         if self.quiet_end && t == events::Tally::default() {
             return;
