@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::scripted::{scripted_backend, Script};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -560,69 +561,13 @@ async fn a_write_the_backend_never_reads_ends_at_the_write_deadline() {
     sender.abort();
 }
 
-/// A backend that answers a fixed dialogue and counts, per connection, the octets it
-/// received and those it sent before the QUIT (whose 221 the sidecar, closing at once, never
-/// reads). Health checks are left out.
-async fn counting_backend() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
-) {
-    use tokio::io::AsyncBufReadExt;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let counts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let all = counts.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let all = all.clone();
-            tokio::spawn(async move {
-                let mut io = tokio::io::BufReader::new(tcp);
-                let (mut received, mut sent, mut in_data) = (Vec::new(), 0, false);
-                let mut reply = Some("220 legacy.test ESMTP\r\n");
-                loop {
-                    if let Some(r) = reply.take() {
-                        sent += r.len();
-                        io.get_mut().write_all(r.as_bytes()).await.unwrap();
-                    }
-                    let mut line = Vec::new();
-                    if io.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
-                        break;
-                    }
-                    received.extend_from_slice(&line);
-                    reply = match &line[..] {
-                        b".\r\n" if in_data => Some("250 2.0.0 Ok: queued\r\n"),
-                        _ if in_data => None,
-                        l if l.starts_with(b"EHLO") => {
-                            Some("250-legacy.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
-                        }
-                        l if l.starts_with(b"MAIL") => Some("250 2.1.0 Ok\r\n"),
-                        l if l.starts_with(b"RCPT") => Some("250 2.1.5 Ok\r\n"),
-                        b"DATA\r\n" => Some("354 go ahead\r\n"),
-                        b"QUIT\r\n" => {
-                            let _ = io.get_mut().write_all(b"221 2.0.0 Bye\r\n").await;
-                            None
-                        }
-                        _ => Some("500 5.5.2 what?\r\n"),
-                    };
-                    in_data =
-                        reply.is_some_and(|r| r.starts_with("354")) || (in_data && reply.is_none());
-                }
-                if !is_health_check(&received) {
-                    all.lock().unwrap().push((received.len(), sent));
-                }
-            });
-        }
-    });
-    (addr, counts)
-}
-
 /// `bytes_total` counts the SMTP octets each leg carried as the session read and wrote them,
 /// exactly: on a TLS leg the decrypted ones (no handshake, no record overhead), and on an
 /// implicit-TLS listener the greeting sent with the handshake too.
 #[tokio::test]
 async fn bytes_total_counts_every_octet_of_each_leg() {
     for tls in ["starttls", "implicit"] {
-        let (backend, counts) = counting_backend().await;
+        let (backend, transcripts) = scripted_backend(Script::default()).await;
         let running = start(&config_yaml(backend, tls, "")).await;
         let addr = running.addr("inbound").unwrap();
         // What the client sent and read, in SMTP octets.
@@ -664,10 +609,9 @@ async fn bytes_total_counts_every_octet_of_each_leg() {
                 .with_label_values(&["inbound", leg, direction])
                 .get() as usize
         };
-        eventually(|| !counts.lock().unwrap().is_empty(), "backend closed").await;
-        let backend = counts.lock().unwrap().clone();
-        assert_eq!(backend.len(), 1, "{tls}: one backend connection");
-        let (backend_received, backend_sent) = backend[0];
+        let received = transcripts.wait_for(0, "QUIT\r\n").await;
+        assert_eq!(received.len(), 1, "{tls}: one backend connection");
+        let (backend_received, backend_sent) = (received[0].len(), transcripts.sent()[0]);
         assert_eq!(
             [
                 counted("client", "received"),

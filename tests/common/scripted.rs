@@ -1,6 +1,6 @@
 //! A scripted legacy backend for the end-to-end tests: answers like a small strict MTA
 //! (optionally one that refuses a second EHLO, demands AUTH, or breaks the protocol on
-//! purpose) and records every byte each connection received.
+//! purpose) and records every byte each connection received, and how many it sent.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -38,11 +38,23 @@ impl Default for Script {
     }
 }
 
-/// What each backend connection received, in connection order.
+/// What each backend connection received, in connection order, and the octets it sent (its
+/// 221 to QUIT excepted).
 #[derive(Clone, Default)]
-pub struct Transcripts(Arc<Mutex<Vec<Vec<u8>>>>);
+pub struct Transcripts(Arc<Mutex<Vec<Vec<u8>>>>, Arc<Mutex<Vec<usize>>>);
 
 impl Transcripts {
+    /// The octets each connection (health checks left out) sent before its reply to QUIT:
+    /// what a sidecar that closes right after its QUIT reads of it.
+    pub fn sent(&self) -> Vec<usize> {
+        let (t, sent) = (self.0.lock().unwrap(), self.1.lock().unwrap());
+        t.iter()
+            .zip(sent.iter())
+            .filter(|(b, _)| !super::is_health_check(b))
+            .map(|(_, n)| *n)
+            .collect()
+    }
+
     pub fn get(&self) -> Vec<String> {
         let t = self.0.lock().unwrap();
         t.iter()
@@ -79,6 +91,7 @@ pub async fn scripted_backend(script: Script) -> (SocketAddr, Transcripts) {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let n = {
+                t.1.lock().unwrap().push(0);
                 let mut all = t.0.lock().unwrap();
                 all.push(Vec::new());
                 all.len() - 1
@@ -92,12 +105,9 @@ pub async fn scripted_backend(script: Script) -> (SocketAddr, Transcripts) {
 async fn serve(tcp: tokio::net::TcpStream, script: Script, t: Transcripts, n: usize) {
     let mut io = BufReader::new(tcp);
     let (mut greeted, mut authed, mut in_data, mut in_auth) = (false, false, false, false);
-    if io
-        .get_mut()
-        .write_all(b"220 legacy.test ESMTP\r\n")
-        .await
-        .is_err()
-    {
+    let greeting = "220 legacy.test ESMTP\r\n";
+    t.1.lock().unwrap()[n] += greeting.len();
+    if io.get_mut().write_all(greeting.as_bytes()).await.is_err() {
         return;
     }
     loop {
@@ -161,6 +171,7 @@ async fn serve(tcp: tokio::net::TcpStream, script: Script, t: Transcripts, n: us
         } else {
             "500 5.5.1 Unknown command\r\n"
         };
+        t.1.lock().unwrap()[n] += reply.len();
         if io.get_mut().write_all(reply.as_bytes()).await.is_err() {
             return;
         }
