@@ -578,16 +578,8 @@ impl HandshakeError {
     /// Why a handshake that ended in an error failed: a certificate rustls refused, by why
     /// ([`HandshakeError::client_certificate`]), or anything else.
     pub fn of(e: &std::io::Error) -> Self {
-        let tls = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        match tls {
-            Some(
-                err @ (rustls::Error::NoCertificatesPresented
-                | rustls::Error::InvalidCertificate(_)),
-            ) => Self::client_certificate(crate::tls::failure_reason(err)),
-            _ => HandshakeError::Protocol,
-        }
+        crate::tls::refused_certificate(e)
+            .map_or(HandshakeError::Protocol, Self::client_certificate)
     }
 
     /// From what rustls said of a certificate it refused.

@@ -133,20 +133,14 @@ fn handshake_failed(
 /// certificate that was missing or did not verify is named (`expired`, `revoked`,
 /// `untrusted issuer`...).
 fn handshake_error(l: &ListenerRuntime, peer: SocketAddr, e: &std::io::Error) {
-    let tls = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    match tls {
-        Some(
-            err @ (rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)),
-        ) => {
-            let client_certificate = crate::tls::failure_reason(err);
+    match crate::tls::refused_certificate(e) {
+        Some(client_certificate) => {
             tracing::info!(listener = %l.name, %peer, client_certificate, reason = %e,
                 "TLS handshake failed: client certificate refused");
             let kind = HandshakeError::client_certificate(client_certificate);
             l.metrics.handshake_error(true, kind);
         }
-        _ => handshake_failed(l, peer, &e.to_string(), "server", HandshakeError::Protocol),
+        None => handshake_failed(l, peer, &e.to_string(), "server", HandshakeError::Protocol),
     }
 }
 

@@ -115,6 +115,17 @@ impl ClientAuth {
     }
 }
 
+/// Why a handshake that ended in `e` refused the peer's certificate ([`failure_reason`]), or
+/// `None` when it failed for anything else.
+pub fn refused_certificate(e: &std::io::Error) -> Option<&'static str> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        err @ (rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)) => {
+            Some(failure_reason(err))
+        }
+        _ => None,
+    }
+}
+
 /// Why a peer certificate did not verify, in a word or two for the reply and the log:
 /// `expired`, `not yet valid`, `revoked`, `untrusted issuer`, `name mismatch` (a server
 /// certificate valid but not for the next hop's names)...
