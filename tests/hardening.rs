@@ -46,6 +46,14 @@ async fn parameters_of_extensions_never_offered_are_refused() {
         c.cmd("MAIL FROM:<a@x.test> SIZE=10 SIZE=99999999999").await,
         "501 5.5.4 Invalid parameter\r\n"
     );
+    // A malformed parameter list after a good path is an invalid parameter too.
+    for malformed in ["SIZE=", "SIZE=1  BODY=8BITMIME", "-X=1"] {
+        assert_eq!(
+            c.cmd(&format!("MAIL FROM:<a@x.test> {malformed}")).await,
+            "501 5.5.4 Invalid parameter\r\n",
+            "{malformed}"
+        );
+    }
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
     let t = rec.closed(1).await;
     assert_eq!(

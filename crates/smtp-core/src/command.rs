@@ -131,6 +131,10 @@ pub enum CommandError {
     /// A known verb with bad arguments: `501 5.5.4` (e.g. STARTTLS with an argument).
     #[error("syntax error in parameters or arguments")]
     Syntax(Verb),
+    /// MAIL or RCPT with a good path and a malformed parameter list: `501 5.5.4 Invalid
+    /// parameter` (SPEC §4).
+    #[error("invalid parameter")]
+    Parameter(Verb),
 }
 
 /// Parse one command line (without its CRLF).
@@ -149,7 +153,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
     };
     let args = std::str::from_utf8(args).map_err(|_| CommandError::Syntax(verb))?;
     // Leniency: extra spaces around the arguments change nothing once re-serialised.
-    grammar::arguments(verb, args.trim_matches(' ')).ok_or(CommandError::Syntax(verb))
+    grammar::arguments(verb, args.trim_matches(' '))
 }
 
 /// ASCII control characters: C0 and DEL.

@@ -10,7 +10,7 @@ use nom::multi::{many0_count, separated_list1};
 use nom::sequence::{delimited, preceded};
 use nom::{IResult, Parser};
 
-use super::{Command, Param, Verb};
+use super::{Command, CommandError, Param, Verb};
 
 type E<'a> = nom::error::Error<&'a str>;
 
@@ -37,20 +37,20 @@ pub(super) fn verb(line: &[u8]) -> Option<(&[u8], Verb)> {
     Some((rest, verb))
 }
 
-/// The command for `verb` with `args` (already trimmed of surrounding spaces), or `None` on a
-/// syntax error.
-pub(super) fn arguments(verb: Verb, args: &str) -> Option<Command> {
+/// The command for `verb` with `args` (already trimmed of surrounding spaces), or what is wrong
+/// with them.
+pub(super) fn arguments(verb: Verb, args: &str) -> Result<Command, CommandError> {
     let none = |cmd: Command| args.is_empty().then_some(cmd);
     let required = |f: fn(String) -> Command| (!args.is_empty()).then(|| f(args.to_owned()));
-    match verb {
+    let parsed = match verb {
         Verb::Ehlo => domain(args).map(Command::Ehlo),
         Verb::Helo => domain(args).map(Command::Helo),
         Verb::Mail => {
-            let (from, params) = full(args, path_arg("FROM:", true))?;
+            let (from, params) = mail_rcpt(verb, args, "FROM:")?;
             Some(Command::Mail { from, params })
         }
         Verb::Rcpt => {
-            let (to, params) = full(args, path_arg("TO:", false))?;
+            let (to, params) = mail_rcpt(verb, args, "TO:")?;
             Some(Command::Rcpt { to, params })
         }
         Verb::Data => none(Command::Data),
@@ -68,7 +68,27 @@ pub(super) fn arguments(verb: Verb, args: &str) -> Option<Command> {
         Verb::Etrn => required(Command::Etrn),
         Verb::Bdat => full(args, bdat),
         Verb::Auth => full(args, auth),
+    };
+    parsed.ok_or(CommandError::Syntax(verb))
+}
+
+/// MAIL or RCPT: a bad path is a syntax error, a bad parameter list after a good path is an
+/// invalid parameter (SPEC §4 tells the two apart).
+fn mail_rcpt(
+    verb: Verb,
+    args: &str,
+    keyword: &'static str,
+) -> Result<(String, Vec<Param>), CommandError> {
+    // The reverse-path may be null (`MAIL FROM:<>`), the forward-path not.
+    let (rest, path) = path_arg(keyword, verb == Verb::Mail)
+        .parse(args)
+        .map_err(|_| CommandError::Syntax(verb))?;
+    if rest.is_empty() {
+        return Ok((path, Vec::new()));
     }
+    let list = rest.strip_prefix(' ').ok_or(CommandError::Syntax(verb))?;
+    let params = full(list, params).ok_or(CommandError::Parameter(verb))?;
+    Ok((path, params))
 }
 
 /// Run `parser` over all of `input`.
@@ -95,12 +115,12 @@ fn domain(s: &str) -> Option<String> {
     token(s).filter(|d| d.len() <= MAX_DOMAIN)
 }
 
-/// `FROM:<path> [SP params]` or `TO:<path> [SP params]` (RFC 5321 §4.1.1.2, §4.1.1.3). The
+/// `FROM:<path>` or `TO:<path>` (RFC 5321 §4.1.1.2, §4.1.1.3), before the parameters. The
 /// only leniency is one optional space after the colon, which many clients send.
 fn path_arg<'a>(
     keyword: &'static str,
     allow_null: bool,
-) -> impl Parser<&'a str, Output = (String, Vec<Param>), Error = E<'a>> {
+) -> impl Parser<&'a str, Output = String, Error = E<'a>> {
     (
         tag_no_case(keyword),
         opt(char(' ')),
@@ -111,9 +131,8 @@ fn path_arg<'a>(
             }),
             char('>'),
         ),
-        opt(preceded(char(' '), params)),
     )
-        .map(|(_, _, path, params)| (path.to_owned(), params.unwrap_or_default()))
+        .map(|(_, _, path)| path.to_owned())
 }
 
 /// The content between `<` and `>`, possibly empty: runs of printable characters and quoted

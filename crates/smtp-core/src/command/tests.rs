@@ -232,7 +232,7 @@ fn parse_and_serialise_table() {
 
 #[test]
 fn errors_table() {
-    use CommandError::{Syntax, Unknown};
+    use CommandError::{Parameter, Syntax, Unknown};
     let long_path = format!("MAIL FROM:<{}@b>", "a".repeat(255));
     let ok_path = format!("MAIL FROM:<{}@b>", "a".repeat(254));
     let long_domain = format!("EHLO {}", "d".repeat(256));
@@ -275,22 +275,25 @@ fn errors_table() {
         (b"MAIL FROM:<\"a>b\"@c>", Err(Syntax(Verb::Mail))),
         (b"MAIL FROM:<\"unterminated@c>", Err(Syntax(Verb::Mail))),
         (b"MAIL FROM:<a@b>SIZE=1", Err(Syntax(Verb::Mail))),
-        (b"MAIL FROM:<a@b>  SIZE=1", Err(Syntax(Verb::Mail))),
+        (b"MAIL FROM:<a@b>  SIZE=1", Err(Parameter(Verb::Mail))),
         (
             b"MAIL FROM:<a@b> SIZE=1  BODY=7BIT",
-            Err(Syntax(Verb::Mail)),
+            Err(Parameter(Verb::Mail)),
         ),
-        (b"MAIL FROM:<a@b> SIZE=", Err(Syntax(Verb::Mail))),
-        (b"MAIL FROM:<a@b> SIZE=1=2", Err(Syntax(Verb::Mail))),
-        (b"MAIL FROM:<a@b> -X=1", Err(Syntax(Verb::Mail))),
-        (b"MAIL FROM:<a@b> =1", Err(Syntax(Verb::Mail))),
+        (b"MAIL FROM:<a@b> SIZE=", Err(Parameter(Verb::Mail))),
+        (b"MAIL FROM:<a@b> SIZE=1=2", Err(Parameter(Verb::Mail))),
+        (b"MAIL FROM:<a@b> -X=1", Err(Parameter(Verb::Mail))),
+        (b"MAIL FROM:<a@b> =1", Err(Parameter(Verb::Mail))),
         (long_path.as_bytes(), Err(Syntax(Verb::Mail))),
         (ok_path.as_bytes(), Ok(Verb::Mail)),
-        (seventeen.as_bytes(), Err(Syntax(Verb::Mail))),
+        (seventeen.as_bytes(), Err(Parameter(Verb::Mail))),
         (sixteen.as_bytes(), Ok(Verb::Mail)),
         (b"RCPT TO:<>", Err(Syntax(Verb::Rcpt))),
         (b"RCPT TO:", Err(Syntax(Verb::Rcpt))),
         (b"RCPT FROM:<a@b>", Err(Syntax(Verb::Rcpt))),
+        (b"RCPT TO:<a@b> NOTIFY=", Err(Parameter(Verb::Rcpt))),
+        (b"RCPT TO:<a@b> ", Ok(Verb::Rcpt)),
+        (b"RCPT TO:<a@b>NOTIFY=NEVER", Err(Syntax(Verb::Rcpt))),
         // No-argument verbs.
         (b"DATA x", Err(Syntax(Verb::Data))),
         (b"RSET now", Err(Syntax(Verb::Rset))),

@@ -61,6 +61,13 @@ fn parameters_follow_the_ehlo_reply() {
     assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
     h.client_says(b"MAIL FROM:<a@x.test> SIZE=10 SIZE=99999999999\r\n");
     assert_eq!(h.take_client(), "501 5.5.4 Invalid parameter\r\n");
+    h.client_says(b"MAIL FROM:<a@x.test> SIZE=10  BODY=8BITMIME\r\n");
+    assert_eq!(h.take_client(), "501 5.5.4 Invalid parameter\r\n");
+    h.client_says(b"MAIL FROM:<a@x.test>SIZE=10\r\n");
+    assert_eq!(
+        h.take_client(),
+        "501 5.5.4 Syntax error in parameters or arguments\r\n"
+    );
     h.client_says(b"MAIL FROM:<a@x.test> BODY=BINARYMIME\r\n");
     assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
     assert_eq!(h.take_backend(), "");

@@ -35,6 +35,7 @@ impl Conn {
             Err(CommandError::Syntax(_)) => {
                 Err("501 5.5.4 Syntax error in parameters or arguments")
             }
+            Err(CommandError::Parameter(_)) => Err("501 5.5.4 Invalid parameter"),
         }
     }
 
