@@ -10,6 +10,7 @@
 //! | [`command`] | nom parser and serialiser for client commands |
 //! | [`reply`] | streaming nom parser and serialiser for server replies, with caps |
 //! | [`ehlo`] | the EHLO capability rewrite (allow-list) |
+//! | [`idn`] | the A-labels a non-ASCII domain maps to, for policy matching |
 //! | [`date`] | calendar dates (RFC 5322, RFC 3339) from a time passed in |
 //! | `params` | MAIL/RCPT parameter rules: what a client may send, given what it was offered |
 //! | [`data`] | the DATA reframer: dot-stuffing, bare CR/LF, NUL, end-of-data |
@@ -23,6 +24,7 @@ pub mod command;
 pub mod data;
 pub mod date;
 pub mod ehlo;
+pub mod idn;
 pub mod inbound;
 pub mod line;
 pub mod outbound;

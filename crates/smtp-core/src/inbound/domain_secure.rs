@@ -105,8 +105,8 @@ impl Session {
 ///
 /// Where a legacy backend could read the path otherwise, it counts as listed (fail closed):
 /// a listed domain after any `@` of the path (`a@bank.test@evil.test`), and a non-ASCII
-/// (internationalised) domain when a listed domain is an A-label (`xn--`): without IDNA
-/// mapping here, `bücher.test` cannot be told apart from `xn--bcher-kva.test`.
+/// (internationalised) domain that maps to a listed one ([`crate::idn::ascii_forms`]:
+/// `bücher.test` is `xn--bcher-kva.test`, full-width `ｂａｎｋ.test` is `bank.test`).
 pub(super) fn listed_domain<'a>(list: &'a [String], sender: &str) -> Option<&'a str> {
     let (_, domain) = sender.rsplit_once('@')?;
     let domain = domain.strip_suffix('.').unwrap_or(domain);
@@ -126,12 +126,9 @@ pub(super) fn listed_domain<'a>(list: &'a [String], sender: &str) -> Option<&'a 
         })
     };
     let idn = || {
-        (!domain.is_ascii())
-            .then(|| {
-                list.iter()
-                    .find(|l| l.split('.').any(|label| label.starts_with("xn--")))
-            })
-            .flatten()
+        crate::idn::ascii_forms(domain)
+            .iter()
+            .find_map(|form| list.iter().find(|l| bare(l).eq_ignore_ascii_case(form)))
     };
     exact.or_else(after_an_at).or_else(idn).map(|l| l.as_str())
 }

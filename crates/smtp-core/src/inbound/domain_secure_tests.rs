@@ -313,10 +313,35 @@ fn paths_a_backend_could_read_as_a_listed_domain_count_as_listed() {
             "{path}"
         );
     }
-    assert_eq!(
-        listed_domain(&list, "a@bücher.test"),
-        Some("xn--bcher-kva.test")
-    );
+    // A non-ASCII domain is the listed domain it maps to (UTS #46), and no other.
+    let list = vec![
+        "woodgrovebank.com".to_owned(),
+        "xn--caf-dma.test".to_owned(),
+        "xn--bcher-kva.test".to_owned(),
+        "fass.de".to_owned(),
+    ];
+    for (path, listed) in [
+        ("a@bücher.test", "xn--bcher-kva.test"),
+        ("a@BÜCHER.TEST", "xn--bcher-kva.test"),
+        ("a@café.test.", "xn--caf-dma.test"),
+        (
+            "a@\u{ff57}\u{ff4f}\u{ff4f}\u{ff44}grovebank.com",
+            "woodgrovebank.com",
+        ),
+        ("a@woodgroveban\u{212a}.com", "woodgrovebank.com"),
+        ("a@faß.de", "fass.de"),
+    ] {
+        assert_eq!(listed_domain(&list, path), Some(listed), "{path}");
+    }
+    for path in ["a@mañana.test", "a@xn--.test", "a@bücher.test.evil"] {
+        assert_eq!(listed_domain(&list, path), None, "{path}");
+    }
+    let list = vec!["xn--fa-hia.de".to_owned()];
+    assert_eq!(listed_domain(&list, "a@faß.de"), Some("xn--fa-hia.de"));
+    let list = vec![
+        "woodgrovebank.com".to_owned(),
+        "xn--bcher-kva.test".to_owned(),
+    ];
     for path in [
         "a@mail.woodgrovebank.com",
         "a@woodgrovebank.com.evil.test",
@@ -326,7 +351,7 @@ fn paths_a_backend_could_read_as_a_listed_domain_count_as_listed() {
     ] {
         assert_eq!(listed_domain(&list, path), None, "{path}");
     }
-    // Without an A-label in the list, an internationalised domain is judged as it is.
+    // An internationalised domain that maps to no listed one is not listed.
     assert_eq!(listed_domain(&list[..1], "a@bücher.test"), None);
 }
 

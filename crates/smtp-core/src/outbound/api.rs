@@ -49,14 +49,23 @@ pub struct DomainPolicy {
 
 impl DomainPolicy {
     /// The level for a recipient domain (compared ASCII case-insensitively), and the index of
-    /// the listed entry, if it is listed.
+    /// the listed entry, if it is listed. A non-ASCII domain is the listed domain it maps to
+    /// ([`crate::idn::ascii_forms`]), the strictest if its forms name two: the next hop (or the
+    /// resolver) delivers `bücher.test` where `xn--bcher-kva.test` goes.
     pub fn level(&self, domain: &str) -> (Level, Option<usize>) {
         let domain = domain.strip_suffix('.').unwrap_or(domain);
-        match self
-            .domains
-            .iter()
-            .position(|(d, _)| d.eq_ignore_ascii_case(domain))
-        {
+        let listed = |name: &str| {
+            self.domains
+                .iter()
+                .position(|(d, _)| d.eq_ignore_ascii_case(name))
+        };
+        let index = listed(domain).or_else(|| {
+            crate::idn::ascii_forms(domain)
+                .iter()
+                .filter_map(|form| listed(form))
+                .max_by_key(|&i| self.domains[i].1)
+        });
+        match index {
             Some(i) => (self.domains[i].1, Some(i)),
             None => (self.default, None),
         }

@@ -669,3 +669,45 @@ fn the_client_read_budget_keeps_pipelined_input_within_its_bound() {
     assert_eq!(h.take_client(), "354 go ahead\r\n");
     assert_eq!(h.session.read_budget(Leg::Client), usize::MAX, "in DATA");
 }
+
+#[test]
+fn an_internationalised_recipient_domain_gets_its_listed_level() {
+    let policy = DomainPolicy {
+        default: Level::May,
+        domains: vec![
+            ("xn--caf-dma.test".to_owned(), Level::Verify),
+            ("xn--bcher-kva.test".to_owned(), Level::DomainSecure),
+            ("fass.de".to_owned(), Level::Encrypt),
+            ("xn--fa-hia.de".to_owned(), Level::Verify),
+        ],
+    };
+    assert_eq!(policy.level("BÜCHER.test."), (Level::DomainSecure, Some(1)));
+    assert_eq!(
+        policy.level("xn--BCHER-kva.test"),
+        (Level::DomainSecure, Some(1))
+    );
+    assert_eq!(policy.level("café.test"), (Level::Verify, Some(0)));
+    // Its two mappings name two entries: the stricter one.
+    assert_eq!(policy.level("faß.de"), (Level::Verify, Some(3)));
+    assert_eq!(policy.level("mañana.test"), (Level::May, None));
+    assert_eq!(policy.level("bücher.test.evil"), (Level::May, None));
+}
+
+#[test]
+fn a_unicode_recipient_domain_is_held_to_its_a_label_policy() {
+    let mut c = cfg(Level::May);
+    c.policy.domains = vec![("xn--bcher-kva.test".to_owned(), Level::Encrypt)];
+    let mut h = Harness::originate(c);
+    h.client_says(b"EHLO legacy.test\r\n");
+    assert_eq!(h.take_client(), OUR_EHLO);
+    h.client_says(b"MAIL FROM:<a@x.test> SMTPUTF8\r\n");
+    assert_eq!(h.take_client(), "250 2.1.0 Ok\r\n");
+    h.client_says("RCPT TO:<b@BÜCHER.test>\r\n".as_bytes());
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(
+        h.take_client(),
+        "450 4.7.5 TLS policy encrypt for b?cher.test not met: relay.test did not offer \
+         STARTTLS\r\n"
+    );
+    assert_eq!(h.take_backend(), "", "no MAIL in plaintext");
+}
