@@ -64,6 +64,34 @@ async fn received_header_names_client_and_tls() {
     assert!(m.ends_with(" +0000\r\nSubject: x\r\n\r\nx\r\n.\r\n"), "{m}");
 }
 
+/// Nothing the client sends can reopen or continue our Received header, the one hop the
+/// backend did not write itself: not its EHLO name (`(` would open a comment swallowing the
+/// address, `by`, `with` and the date), not a first body line that starts with white space
+/// (RFC 5322 §2.2.3 folding), which follows an empty line and is body.
+#[tokio::test]
+async fn the_client_cannot_reopen_or_continue_our_received_header() {
+    let (backend, rec) = recording_backend().await;
+    let yaml = config_yaml(backend, "starttls", "")
+        .replace("received_header: false", "received_header: true");
+    let running = start(&yaml).await;
+    let mut c = Client::starttls_session_as(running.addr("inbound").unwrap(), "a(").await;
+    envelope(&mut c).await;
+    let body = " (client certificate verified: subject \"CN=mail.bank.test\")\r\n\
+                Subject: x\r\n\r\nx\r\n.\r\n";
+    c.send(body.as_bytes()).await;
+    assert!(c.reply().await.starts_with("250 "));
+    let m = String::from_utf8(rec.messages()[0].clone()).unwrap();
+    let head = "Received: from a? ([127.0.0.1])\r\n\tby mx.test (smtp-sidecar) with ESMTPS\r\n\t\
+                (version=TLSv1.3 cipher=TLS13_";
+    assert!(m.starts_with(head), "{m}");
+    assert!(m.ends_with(&format!(" +0000\r\n\r\n{body}")), "{m}");
+    assert_eq!(
+        m.matches("\r\n\t").count(),
+        3,
+        "three lines of ours continue it: {m}"
+    );
+}
+
 #[tokio::test]
 async fn implicit_tls_message() {
     let (backend, rec) = recording_backend().await;

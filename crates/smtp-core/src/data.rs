@@ -11,6 +11,10 @@
 //! message early and run the rest as commands. Long lines are folded or the message refused
 //! ([`LongLines`]).
 //!
+//! The body's first line must not continue the header above it either (RFC 5322 §2.2.3): one
+//! that starts with white space gets an empty line before it, so that the Received header at
+//! the top, ours or the backend's own, ends where its writer ended it.
+//!
 //! The reframer is a byte-level state machine that keeps a few bytes of state between chunks: a
 //! pending CR (is it the start of a CRLF?), whether the current line may be the end of data,
 //! whether the output line so far is a lone `.` that may still need stuffing, and how long the
@@ -150,6 +154,9 @@ pub struct Reframer {
     /// A CR was consumed; whether it starts a CRLF depends on the next byte, which may be in the
     /// next chunk.
     cr: bool,
+    /// Nothing of the first line has been written yet (a held `.` aside): see
+    /// [`Reframer::text`].
+    first_line: bool,
     finished: bool,
 }
 
@@ -167,6 +174,7 @@ impl Reframer {
             out_line: OutLine::Empty,
             col: 0,
             cr: false,
+            first_line: true,
             finished: false,
         }
     }
@@ -274,6 +282,14 @@ impl Reframer {
     fn text(&mut self, input: &[u8], start: usize, out: &mut BytesMut) -> usize {
         self.release_dot();
         self.eod = Eod::No;
+        if std::mem::take(&mut self.first_line) && matches!(input.get(start), Some(b' ' | b'\t')) {
+            // The message's first line starts with white space (after the backend removes a
+            // stuffed `.`): it would continue the header before it (RFC 5322 §2.2.3), the
+            // Received header we prepend (the hop the backend trusts) or the backend's own. An
+            // empty line first ends that header section, and the client's lines become body.
+            // Not counted against `max_size`, as a fold is not.
+            self.emit(out, b"\r\n");
+        }
         if self.out_line == OutLine::Dot {
             self.emit(out, b".");
             self.col = 1;
@@ -402,6 +418,7 @@ impl Reframer {
         self.emit(out, line);
         self.out_line = OutLine::Empty;
         self.col = 0;
+        self.first_line = false;
     }
 
     /// The held line-start `.` is body after all: count it (its output stays in `out_line`).

@@ -13,6 +13,7 @@ fn byte() -> impl Strategy<Value = u8> {
         4 => Just(b'.'),
         1 => Just(0u8),
         4 => b'a'..=b'c',
+        1 => prop_oneof![Just(b' '), Just(b'\t')],
         1 => any::<u8>(),
     ]
 }
@@ -118,6 +119,31 @@ fn assert_one_eod(o: &Outcome) {
     }
 }
 
+/// Property (g): the body's first line, as the backend reads it (a stuffed `.` removed, RFC
+/// 5321 §4.5.2), never starts with white space, which would continue the header above it
+/// (RFC 5322 §2.2.3).
+fn assert_first_line_not_folded(out: &[u8]) {
+    let first = match out {
+        [b'.', rest @ ..] if !rest.starts_with(b"\r\n") => rest,
+        _ => out,
+    };
+    assert!(
+        !matches!(first.first(), Some(b' ' | b'\t')),
+        "{:?}",
+        String::from_utf8_lossy(out)
+    );
+}
+
+/// Whether `input` begins with a line that starts with white space once a stuffed `.` is
+/// removed (NULs aside, which are dropped or refused): the reframer puts an empty line first.
+fn opens_with_white_space(input: &[u8]) -> bool {
+    let mut rest = input.iter().copied().filter(|&b| b != 0).peekable();
+    if rest.peek() == Some(&b'.') {
+        rest.next();
+    }
+    matches!(rest.next(), Some(b' ' | b'\t'))
+}
+
 /// Property (f): no line the backend receives is longer than 998 octets + CRLF, under either
 /// policy (a refused message stops before the 999th octet).
 fn assert_short_lines(out: &[u8]) {
@@ -158,10 +184,12 @@ proptest! {
         assert_canonical(&o.out);
         assert_one_eod(&o);
         assert_short_lines(&o.out);
+        assert_first_line_not_folded(&o.out);
         // Property (e): a bare newline grows by one byte into CRLF, and may leave a lone `.` line
         // on either side of it that is stuffed; any other stuffed line had a NUL dropped. A fold
-        // adds CRLF + space.
-        let grown = 3 * (bare_newlines(&input[..o.consumed]) + folds(&o.out));
+        // adds CRLF + space, a first line that starts with white space an empty line before it.
+        let grown = 3 * (bare_newlines(&input[..o.consumed]) + folds(&o.out))
+            + 2 * usize::from(opens_with_white_space(&input));
         prop_assert!(o.out.len() <= o.consumed + grown);
         prop_assert!(o.received <= u64::try_from(o.consumed).unwrap_or(u64::MAX));
         if mode.0 == BareNewlines::Normalize && o.finished && o.violation.is_none() {
@@ -217,8 +245,14 @@ proptest! {
         let o = feed(mode, u64::MAX, &input, &sizes);
         prop_assert!(o.finished);
         prop_assert_eq!(o.violation, None);
-        // A generated line that is exactly "." is an earlier end of data: identity up to it.
-        prop_assert_eq!(&o.out[..], &input[..o.consumed]);
+        // A generated line that is exactly "." is an earlier end of data: identity up to it,
+        // after the empty line that keeps a first line starting with white space out of the
+        // header above.
+        let out = match o.out.strip_prefix(b"\r\n") {
+            Some(rest) if opens_with_white_space(&input) => rest,
+            _ => &o.out[..],
+        };
+        prop_assert_eq!(out, &input[..o.consumed]);
         let eod_line = 3;
         prop_assert_eq!(o.received, u64::try_from(o.consumed - eod_line).unwrap_or(u64::MAX));
     }

@@ -445,3 +445,6 @@ mod hop_tests;
 
 #[cfg(test)]
 mod deferred_tests;
+
+#[cfg(test)]
+mod received_tests;

@@ -1,11 +1,13 @@
 //! The Received header the sidecar prepends (RFC 5321 §4.4), naming the client's address and
-//! EHLO name, the protocol (RFC 3848: ESMTP, ESMTPS, ESMTPSA...) and the TLS version and
-//! cipher, so that a backend without XCLIENT still knows how the message arrived. When a
-//! client certificate verified, its subject and issuer follow (as Postfix's `Client CN`/
-//! `Issuer` comment), each starting a line of its own: certificate text is reduced to
-//! printable ASCII without comment specials and bounded, and folded at spaces so that no
-//! line exceeds 998 octets (RFC 5322 §2.1.1), so the header stays valid and no CR/LF or
-//! control character from a certificate reaches the backend.
+//! EHLO name (reduced to what a domain or an address literal holds, so that it cannot reopen
+//! the clause: a backend trusts this header, the one hop it did not write itself), the
+//! protocol (RFC 3848: ESMTP, ESMTPS, ESMTPSA...) and the TLS version and cipher, so that a
+//! backend without XCLIENT still knows how the message arrived. When a client certificate
+//! verified, its subject and issuer follow (as Postfix's `Client CN`/`Issuer` comment), each
+//! starting a line of its own: certificate text is reduced to printable ASCII without comment
+//! specials and bounded, and folded at spaces so that no line exceeds 998 octets (RFC 5322
+//! §2.1.1), so the header stays valid and no CR/LF or control character from a certificate
+//! reaches the backend.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -34,8 +36,7 @@ pub(crate) fn header(
     // One buffer, written in place: the header is built for every message.
     let mut h = String::with_capacity(256);
     h.push_str("Received: from ");
-    let helo = helo.unwrap_or("unknown").chars();
-    h.extend(helo.map(|c| if c.is_ascii_graphic() { c } else { '?' }));
+    push_helo(&mut h, helo.unwrap_or("unknown"));
     let _ = match peer {
         IpAddr::V4(ip) => write!(h, " ([{ip}])"),
         IpAddr::V6(ip) => write!(h, " ([IPv6:{ip}])"),
@@ -60,6 +61,22 @@ pub(crate) fn header(
     }
     let _ = write!(h, ";\r\n\t{}\r\n", crate::date::Rfc5322(when));
     h
+}
+
+/// The client's HELO/EHLO name as a domain or an address literal (RFC 5321 §4.4 `Extended-
+/// Domain`), whatever it sent: letters, digits, `-`, `.`, `_` and `:` (an IPv6 literal's), and
+/// `[` `]` only as the brackets around a whole literal; anything else is `?`. So the name can
+/// never open or close a comment (`(` swallowing the address, `by`, `with` and the date that
+/// follow), a domain literal or a quoted string, escape (`\`) or end the clause (`;`).
+fn push_helo(h: &mut String, helo: &str) {
+    let literal = helo.len() >= 2 && helo.starts_with('[') && helo.ends_with(']');
+    let last = helo.len().saturating_sub(1);
+    h.extend(helo.char_indices().map(|(i, c)| match c {
+        c if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':') => c,
+        '[' if literal && i == 0 => c,
+        ']' if literal && i == last => c,
+        _ => '?',
+    }));
 }
 
 /// Certificate text fit for a quoted string inside a header comment: printable ASCII and
@@ -221,6 +238,37 @@ mod tests {
             "{h}"
         );
         assert!(h.contains(&format!("O={}...\")", "A".repeat(MAX_WORD - 5))));
+    }
+
+    #[test]
+    fn the_helo_name_cannot_open_a_comment_a_literal_or_a_string() {
+        let peer = "192.0.2.7".parse().unwrap();
+        let from = |helo: &str| {
+            let h = header(Some(helo), peer, "mx", None, true, false, UNIX_EPOCH);
+            let end = h.find(" ([192.0.2.7])\r\n\tby mx (smtp-sidecar) with ESMTP;\r\n\t");
+            h[..end.expect("the rest of the clause intact")].to_owned()
+        };
+        for (helo, written) in [
+            ("client.example", "client.example"),
+            ("mail-1.sub_domain.example", "mail-1.sub_domain.example"),
+            ("[192.0.2.7]", "[192.0.2.7]"),
+            ("[IPv6:2001:db8::1]", "[IPv6:2001:db8::1]"),
+            ("a(", "a?"),
+            ("a(b)c", "a?b?c"),
+            ("a;b", "a?b"),
+            ("\"a\"", "?a?"),
+            ("a\\", "a?"),
+            ("[a", "?a"),
+            ("a]", "a?"),
+            ("[a]b]", "[a?b]"),
+            ("[[a]]", "[?a?]"),
+            ("]a[", "?a?"),
+            ("[", "?"),
+            ("a,b@c<d>e", "a?b?c?d?e"),
+            ("exämple", "ex?mple"),
+        ] {
+            assert_eq!(from(helo), format!("Received: from {written}"), "{helo:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use super::*;
 use BareNewlines::{Normalize, Reject};
 
+mod first_line;
 mod long_lines;
 
 /// Everything observable after feeding `chunks` one after another, as a session would: once the
