@@ -179,6 +179,32 @@ async fn a_backend_reply_nobody_asked_for_is_never_passed_on() {
     }
 }
 
+/// A reply the backend sent with its 354, before it had the body, does not accept the
+/// message: the client gets `421`, and the body's end of data never reaches that backend
+/// (its connection is reset), so it cannot deliver what the client will send again.
+#[tokio::test]
+async fn a_reply_sent_before_the_body_does_not_accept_it() {
+    let script = Script {
+        data_reply: "354 go ahead\r\n250 2.0.0 queued\r\n",
+        ..Script::default()
+    };
+    let (backend, t) = scripted_backend(script).await;
+    let running = start_binary(&config_yaml(backend, "starttls", ""));
+    let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Ok\r\n");
+    c.send(b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n").await;
+    assert_eq!(c.reply().await, "354 go ahead\r\n");
+    assert_eq!(c.reply().await, BACKEND_421);
+    assert!(c.closed().await);
+    let t = t.get();
+    assert!(
+        t[0].ends_with("RCPT TO:<b@y.test>\r\nDATA\r\n"),
+        "{:?}",
+        t[0]
+    );
+}
+
 #[tokio::test]
 async fn backend_replacements_per_session_are_bounded() {
     let (backend, rec) = recording_backend().await;

@@ -305,6 +305,85 @@ fn bytes_with_no_command_outstanding_are_a_backend_failure() {
     );
 }
 
+/// The backend failed for sending what no command asked for, and nothing more reached it;
+/// the client got `replies`, then `421`.
+fn failed_for_unasked_bytes(h: &mut Harness, replies: &str) {
+    assert_eq!(
+        h.take_client(),
+        format!("{replies}421 4.4.2 Backend unavailable, try again later\r\n")
+    );
+    assert_eq!(h.take_backend(), "", "the command is never sent");
+    assert_eq!(h.backend_closes, 1, "the connection is reset");
+    assert!(h.closed);
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::BackendFailed { kind: crate::session::LegFailure::Protocol, reason }
+            if reason == "bytes sent with no command outstanding"
+    )));
+}
+
+// A reply that arrives with the one before it was sent before the command it would answer,
+// even when handling the first one sends that command at once: it answers nothing.
+
+/// 354, and the body pipelined behind DATA ends at once: the 250 that came with the 354 was
+/// sent before the body, so it does not accept the message (which never reaches its end of
+/// data at the backend).
+#[test]
+fn a_reply_sent_with_the_354_does_not_accept_the_message() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.envelope();
+    h.client_says(b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(h.take_backend(), "DATA\r\n");
+    h.backend_says(b"354 go\r\n250 2.0.0 queued\r\n");
+    // The 354 did answer DATA.
+    failed_for_unasked_bytes(&mut h, "354 go\r\n");
+    assert!(h.events.contains(&Event::MessageFailed));
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::MessageAccepted { .. })));
+}
+
+/// A deferred connection replayed to where the client is, then the command that waited for
+/// it.
+#[test]
+fn a_reply_sent_with_the_replay_does_not_answer_the_waiting_command() {
+    let ehlo = "250-legacy.test\r\n250 PIPELINING\r\n";
+    let mut h = Harness::deferred(test_config(), ehlo);
+    h.client_says(b"EHLO client.test\r\nMAIL FROM:<a@x.test>\r\n");
+    h.take_client();
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    h.backend_says(b"250 legacy.test\r\n250 2.1.0 Ok\r\n");
+    failed_for_unasked_bytes(&mut h, "");
+}
+
+/// XCLIENT's new greeting, then the client's EHLO again.
+#[test]
+fn a_reply_sent_with_xclients_greeting_does_not_answer_the_ehlo() {
+    let mut cfg = test_config();
+    cfg.hop.xclient = true;
+    let mut h = Harness::greeted(cfg);
+    h.client_says(b"EHLO client.test\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    h.backend_says(b"250-legacy.test\r\n250 XCLIENT ADDR\r\n");
+    assert_eq!(h.take_backend(), "XCLIENT ADDR=192.0.2.1\r\n");
+    h.backend_says(b"220 legacy.test ESMTP\r\n250 legacy.test\r\n");
+    failed_for_unasked_bytes(&mut h, "");
+}
+
+/// The backend's greeting, then our own EHLO to encrypt the hop.
+#[test]
+fn a_reply_sent_with_the_greeting_does_not_answer_our_ehlo() {
+    let mut cfg = test_config();
+    cfg.hop.starttls = true;
+    let mut h = Harness::new(cfg);
+    h.backend_says(b"220 legacy.test ESMTP\r\n250-legacy.test\r\n250 STARTTLS\r\n");
+    failed_for_unasked_bytes(&mut h, "");
+    assert_eq!(h.tls_started, 0);
+}
+
 #[test]
 fn backend_replacements_are_bounded() {
     let mut h = Harness::greeted(test_config());

@@ -302,27 +302,29 @@ impl Session {
             return;
         }
         self.conn.backend_in.push(data);
-        loop {
-            match self.conn.backend_in.next_reply() {
-                Ok(Some(reply)) => {
-                    self.on_backend_reply(reply, now);
-                    if !self.awaits_backend() && self.conn.backend_in.buffered() > 0 {
-                        // One command at a time: whatever follows its reply was not asked for.
-                        self.backend_failed(
-                            LegFailure::Protocol,
-                            "bytes sent with no command outstanding".into(),
-                        );
+        match self.conn.backend_in.next_reply() {
+            Ok(Some(reply)) => {
+                self.on_backend_reply(reply, now);
+                // One command at a time, so whatever follows its reply was not asked for. That
+                // holds even when handling the reply sent the next command (the body after
+                // 354, the client's command after a replay, EHLO after XCLIENT's greeting):
+                // these bytes were sent before that command was, so they cannot answer it.
+                // The connection is dropped with what was queued for it: a message's end of
+                // data never reaches a backend that answered it ahead of time. (A connection
+                // being replaced is dropped already, with whatever it sent.)
+                let unasked = self.conn.backend_in.buffered() > 0;
+                if unasked && !self.conn.is_closed() && self.backend != Backend::Connecting {
+                    if self.backend != Backend::Gone {
+                        self.drop_backend();
                     }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    self.backend_failed(LegFailure::Protocol, format!("bad reply: {e}"));
-                    break;
+                    self.backend_failed(
+                        LegFailure::Protocol,
+                        "bytes sent with no command outstanding".into(),
+                    );
                 }
             }
-            if self.conn.is_closed() || self.backend == Backend::Connecting {
-                break;
-            }
+            Ok(None) => {}
+            Err(e) => self.backend_failed(LegFailure::Protocol, format!("bad reply: {e}")),
         }
         self.process_input(now);
     }
