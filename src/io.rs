@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 pub mod admission;
 mod server_tls;
 
-pub use server_tls::ServerTls;
+pub use server_tls::{client_hello, ServerTls};
 
 /// The most read at once. Message bodies stream through in pieces of this size. 128 KiB (eight
 /// full TLS records) halves a bulk transfer's reads, reframer passes and backend writes

@@ -40,15 +40,31 @@ async fn until_closed(mut tcp: TcpStream) -> String {
     String::from_utf8_lossy(&all).into_owned()
 }
 
-/// A STARTTLS session that stops right after `220 Ready to start TLS`: its handshake holds the
-/// listener's slot until it is dropped.
+/// A real client's first flight: its ClientHello, as one TLS record.
+fn client_hello() -> Vec<u8> {
+    let name = rustls::pki_types::ServerName::try_from("mx.test").unwrap();
+    let mut conn = rustls::ClientConnection::new(client_tls_config(), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// A STARTTLS session that stops after `220 Ready to start TLS` and its ClientHello, reading
+/// nothing more: its handshake holds the listener's slot until it is dropped.
 async fn stalled_starttls(running: &Running) -> Client {
+    let mut c = silent_starttls(running).await;
+    c.send(&client_hello()).await;
+    // The session's task takes the slot once the ClientHello is in.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c
+}
+
+/// A STARTTLS session that says nothing after `220 Ready to start TLS`.
+async fn silent_starttls(running: &Running) -> Client {
     let mut c = Client::connect(running.addr("inbound").unwrap()).await;
     assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
     assert!(c.cmd("EHLO client.test").await.contains("STARTTLS"));
     assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
-    // The session's task takes the slot when it starts the handshake.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     c
 }
 
@@ -90,9 +106,9 @@ async fn starttls_listener_refuses_at_accept_while_the_slots_are_taken() {
 async fn implicit_listener_closes_without_a_byte_while_the_slots_are_taken() {
     let running = listener("implicit").await;
     let addr = running.addr("inbound").unwrap();
-    // A client that sends half a TLS record header and waits: its handshake holds the slot.
+    // A client that sends its ClientHello and waits: its handshake holds the slot.
     let mut stalled = TcpStream::connect(addr).await.unwrap();
-    stalled.write_all(&[0x16, 0x03]).await.unwrap();
+    stalled.write_all(&client_hello()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = refused(&running);
     let tcp = TcpStream::connect(addr).await.unwrap();
@@ -103,6 +119,80 @@ async fn implicit_listener_closes_without_a_byte_while_the_slots_are_taken() {
     let mut c = Client::connect_implicit(addr).await;
     assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
     running.shutdown().await;
+}
+
+/// Silence is no handshake: connections that say nothing after connecting (implicit TLS) or
+/// after `STARTTLS`, or stop inside their ClientHello, hold no slot, and the one slot goes to
+/// a client that sends its ClientHello.
+#[tokio::test]
+async fn a_silent_client_holds_no_slot() {
+    for tls in ["implicit", "starttls"] {
+        let running = listener(tls).await;
+        let addr = running.addr("inbound").unwrap();
+        let hello = client_hello();
+        let (mut sessions, mut connections) = (Vec::new(), Vec::new());
+        for cut in [0, 2, 5, hello.len() - 1] {
+            if tls == "starttls" {
+                let mut c = silent_starttls(&running).await;
+                c.send(&hello[..cut]).await;
+                sessions.push(c);
+            } else {
+                let mut tcp = TcpStream::connect(addr).await.unwrap();
+                tcp.write_all(&hello[..cut]).await.unwrap();
+                connections.push(tcp);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = refused(&running);
+        let mut c = match tls {
+            "implicit" => Client::connect_implicit(addr).await,
+            _ => Client::starttls_session(addr).await,
+        };
+        if tls == "implicit" {
+            assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+        }
+        assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n", "{tls}");
+        assert_eq!(refused(&running), before, "{tls}");
+        drop((sessions, connections));
+        running.shutdown().await;
+    }
+}
+
+/// A client that ends its side inside its ClientHello (a FIN after two octets of it) is
+/// closed at once: the wait for the rest of the record ends with the FIN (the socket stays
+/// readable: a wait that looked again would spin on it), and the handshake fails.
+#[tokio::test]
+async fn a_client_hello_cut_by_a_fin_ends_the_wait() {
+    for tls in ["implicit", "starttls"] {
+        let running = listener(tls).await;
+        let addr = running.addr("inbound").unwrap();
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut greeted = String::new();
+        if tls == "starttls" {
+            tcp.write_all(b"EHLO client.test\r\nSTARTTLS\r\n")
+                .await
+                .unwrap();
+            let mut buf = vec![0; 4096];
+            while !greeted.contains("220 2.0.0 Ready to start TLS\r\n") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "{greeted}");
+                greeted.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+            }
+        }
+        tcp.write_all(&[0x16, 0x03]).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        assert_eq!(until_closed(tcp).await, "", "{tls}");
+        // And the listener still serves.
+        let mut c = match tls {
+            "implicit" => Client::connect_implicit(addr).await,
+            _ => Client::starttls_session(addr).await,
+        };
+        if tls == "implicit" {
+            assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+        }
+        assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n", "{tls}");
+        running.shutdown().await;
+    }
 }
 
 /// A session admitted before the slots were taken is not refused: its STARTTLS handshake
@@ -380,7 +470,8 @@ async fn a_starttls_floods_failed_sessions_are_counted_not_logged() {
 }
 
 /// The real binary (on `cpus`) with a listener (`tls`) of 2 handshake slots, both taken by
-/// handshakes that wait for the rest of a record (after `STARTTLS` on a STARTTLS listener),
+/// handshakes whose client sent its ClientHello and reads nothing (after `STARTTLS` on a
+/// STARTTLS listener),
 /// a third connection refused, and the flood announced in the log. The stalled clients hold
 /// the slots until dropped; the backend lives as long as the returned value.
 struct Flooded {
@@ -403,7 +494,7 @@ async fn binary_flooded(tls: &str, cpus: Option<&str>) -> Flooded {
             assert!(c.cmd("EHLO client.test").await.contains("STARTTLS"));
             assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
         }
-        c.send(&[0x16, 0x03]).await;
+        c.send(&client_hello()).await;
         stalled.push(c);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -165,11 +165,16 @@ pub(crate) async fn accept_tls(
     id: u64,
     peer: SocketAddr,
 ) -> Option<Accepted> {
-    // One of `max_handshakes` slots for the handshake's CPU work, awaited within its deadline;
-    // released when the handshake is over.
+    // One of `max_handshakes` slots for the handshake's CPU work, taken once the ClientHello
+    // is in and awaited within the deadline; released when the handshake is over.
     let _slot = match &l.handshakes {
         None => None,
-        Some(slots) => match timeout_at(deadline, slots.take()).await {
+        Some(slots) => match timeout_at(deadline, async {
+            crate::io::client_hello(&tcp).await;
+            slots.take().await
+        })
+        .await
+        {
             Ok(Some(slot)) => Some(slot),
             _ => {
                 let why = "no handshake slot free in time (max_handshakes)";

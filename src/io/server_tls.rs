@@ -77,6 +77,46 @@ enum Next {
     Failed(rustls::Error),
 }
 
+/// Wait until the client's first TLS record (its ClientHello) has arrived whole, reading
+/// nothing: or until what arrived cannot begin a handshake record, or the connection ended
+/// (the handshake then fails at once). A listener's `max_handshakes` slot is taken only after
+/// this, so that a peer which connects (or says STARTTLS) and then sends nothing holds no
+/// slot: the slots bound handshake work, and silence is no work.
+pub async fn client_hello(tcp: &TcpStream) {
+    let mut header = [0u8; 5];
+    loop {
+        // The peer's FIN ends the wait: the record can no longer complete, and a closed
+        // socket stays readable (waiting again would spin).
+        match tcp.ready(tokio::io::Interest::READABLE).await {
+            Ok(ready) if !ready.is_read_closed() => {}
+            _ => return,
+        }
+        // WouldBlock, for a record not yet whole, clears the readiness: the next segment
+        // wakes this again.
+        let whole = tcp.try_io(tokio::io::Interest::READABLE, || {
+            let n = rustix::net::recv(tcp, &mut header, rustix::net::RecvFlags::PEEK)?.0;
+            if n == 0 {
+                return Ok(());
+            }
+            let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            if n == header.len() && (header[0] != HANDSHAKE || 5 + length > MAX_RECORD) {
+                return Ok(());
+            }
+            if n == header.len() && rustix::io::ioctl_fionread(tcp)? >= 5 + length as u64 {
+                return Ok(());
+            }
+            Err(io::ErrorKind::WouldBlock.into())
+        });
+        match whole {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
+    }
+}
+
+/// The content type of a TLS handshake record.
+const HANDSHAKE: u8 = 22;
+
 impl ServerTls {
     /// The server side of the handshake on `tcp`. The caller bounds it in time. A failure
     /// is the rustls error inside an `io::Error` (the alert, if any, has been sent).
