@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::tls::ClientTls;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -71,6 +72,9 @@ pub enum Read {
     Data { more: bool },
     /// The peer closed (or the connection failed).
     Closed,
+    /// The TLS peer sent a fatal alert (its RFC 8446 name): it is gone, and the alert may say
+    /// why (a next hop refusing our certificate).
+    Alert(&'static str),
     /// Nothing now: wait for readiness.
     WouldBlock,
 }
@@ -109,7 +113,11 @@ fn fill<R: AsyncRead + Unpin + ?Sized>(stream: &mut R, buf: &mut [u8]) -> (usize
         let before = rb.filled().len();
         match Pin::new(&mut *stream).poll_read(&mut cx, &mut rb) {
             Poll::Ready(Ok(())) if rb.filled().len() > before => {}
-            Poll::Ready(_) => return (rb.filled().len(), Some(Read::Closed)),
+            Poll::Ready(Err(e)) => {
+                let stopped = ClientTls::received_alert(&e).map_or(Read::Closed, Read::Alert);
+                return (rb.filled().len(), Some(stopped));
+            }
+            Poll::Ready(Ok(())) => return (rb.filled().len(), Some(Read::Closed)),
             Poll::Pending => return (rb.filled().len(), Some(Read::WouldBlock)),
         }
     }

@@ -452,6 +452,105 @@ async fn audit_mode_delivers_as_may_and_counts_enforced_false() {
     }
 }
 
+// ---- domain-secure is mutual TLS -----------------------------------------------------------
+
+/// What a domain-secure relay to `hop` (y.test listed `domain-secure`) answers to the RCPT, the
+/// next hop's one session, and the outbound metrics.
+async fn domain_secure_attempt(
+    pki: &NextHopPki,
+    ours: &Leaf,
+    hop: &RunningNextHop,
+) -> (String, Session, Vec<String>) {
+    let policy = "      default: may\n      domains:\n        y.test: domain-secure\n";
+    let sidecar = start_with(&Conf::new(pki, hop.addr.to_string(), policy), ours).await;
+    let mut client = legacy(&sidecar).await;
+    let (rcpt, eod) = send(&mut client, "b@y.test").await;
+    assert_eq!(eod, None, "{rcpt}");
+    assert_eq!(
+        client.cmd("DATA").await,
+        "554 5.5.1 No valid recipients\r\n"
+    );
+    quit(client).await;
+    let session = hop.next_session().await;
+    assert_eq!(hop.accepted(), 1, "one attempt");
+    let metrics = support::series(&support::scrape(&sidecar).await);
+    (rcpt, session, metrics)
+}
+
+/// SPEC §3: `domain-secure` is `verify` with our certificate presented. A next hop with a
+/// valid certificate that does not ask for a client certificate gets none (a TLS client
+/// sends one only when asked): the level is not met, the RCPT is refused saying why, QUIT is
+/// all that crosses the session, and it is a domain-secure session failure, never a message
+/// sent.
+#[tokio::test]
+async fn domain_secure_is_unmet_when_the_next_hop_does_not_ask_for_our_certificate() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let hop = NextHop::builder()
+        .host("y.test")
+        .starttls(&pki, Cert::Valid)
+        .client_auth(ClientAuth::None)
+        .start()
+        .await;
+    let (rcpt, s, metrics) = domain_secure_attempt(&pki, &ours, &hop).await;
+    assert_eq!(
+        rcpt,
+        "450 4.7.5 TLS policy domain-secure for y.test not met: 127.0.0.1 did not ask for our \
+         client certificate\r\n"
+    );
+    assert_eq!(plain(&s.plaintext), "EHLO mx.test\r\nSTARTTLS\r\n");
+    let tls = s.tls.as_ref().expect("the handshake completed");
+    assert!(tls.client_chain.is_empty(), "no certificate of ours went");
+    assert_eq!(plain(&s.encrypted), "QUIT\r\n", "RFC 3207 §4.1");
+    assert!(s.messages.is_empty());
+    let mut want = vec![
+        m::handshake_ok(1),
+        m::rejection("handshake_failed", true, 1),
+        m::next_hop_failures("policy", 1),
+        m::ds_failure("y.test", "handshake_failed", 1),
+    ];
+    want.sort();
+    assert_eq!(metrics, want);
+}
+
+/// TLS 1.3: a next hop that requires a client certificate and refuses ours (it trusts another
+/// CA) completes the handshake on our side first and sends its alert after: a failed TLS
+/// handshake for the policy (`450 4.7.5`, reason handshake_failed, a domain-secure session
+/// failure), not an unreachable next hop (`451 4.4.1`, kind closed).
+#[tokio::test]
+async fn domain_secure_certificate_refused_after_a_tls13_handshake_is_a_tls_failure() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let hop = NextHop::builder()
+        .host("y.test")
+        .starttls(&pki, Cert::Valid)
+        .client_auth(ClientAuth::Require(pki.revoking_ca_file.clone()))
+        .tls_versions(&[&rustls::version::TLS13])
+        .start()
+        .await;
+    let (rcpt, s, metrics) = domain_secure_attempt(&pki, &ours, &hop).await;
+    assert_eq!(
+        rcpt,
+        "450 4.7.5 TLS policy domain-secure for y.test not met: TLS handshake with 127.0.0.1 \
+         failed: alert unknown_ca\r\n"
+    );
+    assert_eq!(plain(&s.plaintext), "EHLO mx.test\r\nSTARTTLS\r\n");
+    assert!(
+        matches!(&s.end, End::HandshakeFailed(_)),
+        "the next hop refused our certificate: {:?}",
+        s.end
+    );
+    assert!(s.messages.is_empty());
+    let mut want = vec![
+        m::handshake_ok(1),
+        m::rejection("handshake_failed", true, 1),
+        m::next_hop_failures("policy", 1),
+        m::ds_failure("y.test", "handshake_failed", 1),
+    ];
+    want.sort();
+    assert_eq!(metrics, want);
+}
+
 // ---- end-to-end acknowledgement ------------------------------------------------------------
 
 /// The client's end-of-data reply is the next hop's, whatever it is; only a 2xx counts as

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::pki_types::UnixTime;
+use smtp_core::session::OurCert;
 use smtp_core::session::{ClientCert, TlsClient, TlsInfo};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
@@ -43,6 +44,7 @@ fn handshake_done(l: &ListenerRuntime, tls: &ServerTls, session: u64, peer: Sock
         version,
         cipher,
         client_cert,
+        our_cert: OurCert::NotOffered,
     }
 }
 
@@ -271,7 +273,7 @@ pub(crate) async fn connect_tls(
         handshake_failed(l, peer, why, "client", HandshakeError::Protocol);
         return None;
     };
-    let config = client_tls.config(ask.present_certificate);
+    let (config, record) = client_tls.for_handshake(ask.present_certificate);
     let connect = TlsConnector::from(config).connect(name, tcp);
     let stream = match timeout_at(deadline, connect).await {
         Ok(Ok(stream)) => stream,
@@ -288,6 +290,9 @@ pub(crate) async fn connect_tls(
     let conn = stream.get_ref().1;
     let (version, cipher) = crate::tls::session_tls_info(conn);
     l.metrics.handshake(false, Handshake::ok(&version));
+    // `domain-secure`: whether ours went (the next hop asked, we had one); the session
+    // decides whether that makes the level.
+    let our_cert = record.map_or(OurCert::NotOffered, |r| r.our_cert());
     let next_hop_cert = if ask.verify {
         let names: Vec<&str> = ask.names.iter().map(String::as_str).collect();
         client_tls.judge_server_cert(conn, &names, UnixTime::now())
@@ -299,9 +304,20 @@ pub(crate) async fn connect_tls(
         let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let next_hop = &ask.server_name;
         tracing::info!(target: PROTOCOL, session = id, %listener, %peer, %next_hop, version, cipher, resumed, "TLS established with the next hop");
-        if ask.present_certificate {
-            if let Some(cert) = originate.and_then(|o| o.client_certificate.as_ref()) {
-                log_certificate(id, listener, peer, "local", cert);
+        match our_cert {
+            OurCert::NotOffered => {}
+            OurCert::Sent => {
+                if let Some(cert) = originate.and_then(|o| o.client_certificate.as_ref()) {
+                    log_certificate(id, listener, peer, "local", cert);
+                }
+            }
+            OurCert::NotRequested => {
+                tracing::info!(target: PROTOCOL, session = id, %listener, %peer,
+                    "no local certificate sent: the next hop did not ask for one");
+            }
+            OurCert::NoneToPresent => {
+                tracing::info!(target: PROTOCOL, session = id, %listener, %peer,
+                    "no local certificate sent: none to present");
             }
         }
         log_remote_certificate(l, conn.peer_certificates(), id, peer);
@@ -310,6 +326,7 @@ pub(crate) async fn connect_tls(
         version,
         cipher,
         client_cert: next_hop_cert,
+        our_cert,
     };
     Some((Stream::ClientTls(Box::new(stream)), info))
 }
@@ -335,5 +352,6 @@ pub(crate) fn backend_tls_done(
         version,
         cipher,
         client_cert: ClientCert::None,
+        our_cert: OurCert::NotOffered,
     }
 }

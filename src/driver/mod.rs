@@ -284,6 +284,10 @@ impl<'a> Driver<'a> {
                         session.handle_eof(Leg::Client, Instant::now());
                         continue;
                     }
+                    Read::Alert(alert) => {
+                        session.handle_tls_alert(Leg::Client, alert, Instant::now());
+                        continue;
+                    }
                     Read::WouldBlock => client_more = false,
                 }
             }
@@ -306,6 +310,11 @@ impl<'a> Driver<'a> {
                     Read::Closed => {
                         self.backend = Stream::None;
                         session.handle_eof(Leg::Backend, Instant::now());
+                        continue;
+                    }
+                    Read::Alert(alert) => {
+                        self.backend = Stream::None;
+                        session.handle_tls_alert(Leg::Backend, alert, Instant::now());
                         continue;
                     }
                     Read::WouldBlock => backend_more = false,

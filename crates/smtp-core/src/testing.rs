@@ -99,6 +99,7 @@ pub fn test_tls() -> TlsInfo {
         version: "TLSv1.3".into(),
         cipher: "TLS13_AES_128_GCM_SHA256".into(),
         client_cert: ClientCert::None,
+        our_cert: crate::session::OurCert::NotOffered,
     }
 }
 

@@ -16,6 +16,7 @@ fn hop_tls() -> Option<TlsInfo> {
         version: "TLSv1.3".into(),
         cipher: "TLS13_AES_256_GCM_SHA384".into(),
         client_cert: crate::session::ClientCert::None,
+        our_cert: crate::session::OurCert::NotOffered,
     })
 }
 

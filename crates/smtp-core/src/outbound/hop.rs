@@ -363,8 +363,29 @@ impl Session {
     }
 
     pub(super) fn hop_tls_failed(&mut self, now: Instant) {
+        self.tls_failed(TlsFailure::Handshake, now);
+    }
+
+    /// The next hop sent a fatal TLS alert. Right after our side of the handshake, before
+    /// its first reply inside TLS, that is its verdict on our last flight (in TLS 1.3 the
+    /// server judges our certificate once our handshake is done): the handshake failed, as
+    /// the policy sees it. Later, it is a connection lost like any other.
+    pub(super) fn hop_alert(&mut self, alert: &str, now: Instant) {
+        if self.hop.state == (HopState::Ehlo { after_tls: true }) {
+            self.tls_failed(TlsFailure::Alert(alert.to_owned()), now);
+            // A failure answers the waiting RCPT: what was pipelined behind it goes on.
+            self.process_input(now);
+        } else {
+            let alert = policy::printable(alert);
+            self.hop_failed(LegFailure::Closed, &format!("TLS alert {alert}"), now);
+        }
+    }
+
+    /// The TLS session the level asked for could not be had: unmet for `encrypt` and above;
+    /// `may` (or audit mode) tries again in plaintext.
+    fn tls_failed(&mut self, failure: TlsFailure, now: Instant) {
         self.conn.timers.stop(Timer::Backend);
-        if policy::needs_tls(self.level()) && !self.report_unmet(TlsFailure::Handshake, now) {
+        if policy::needs_tls(self.level()) && !self.report_unmet(failure, now) {
             return;
         }
         // `may` (or audit mode): a new connection to the same address, in plaintext.
@@ -517,12 +538,13 @@ impl Session {
         let Some(route) = self.route() else {
             return;
         };
-        let verified = self
+        // Verified and mutual: the next hop asked for our certificate and it went.
+        let mutual = self
             .hop
             .tls
             .as_ref()
-            .is_some_and(|t| policy::judge(Level::Verify, t).is_none());
-        if route.level == Level::DomainSecure && verified && !self.hop.audited {
+            .is_some_and(|t| policy::judge(Level::DomainSecure, t).is_none());
+        if route.level == Level::DomainSecure && mutual && !self.hop.audited {
             let domain = route
                 .listed
                 .and_then(|i| self.cfg.policy.domains.get(i))

@@ -154,6 +154,21 @@ impl Machine for Session {
         }
     }
 
+    /// On the next hop leg, right after our handshake and before the next hop's first reply,
+    /// an alert is a TLS handshake failure for the policy (`450 4.7.5` / `550 5.7.5`, reason
+    /// `handshake_failed`), not a lost connection: a TLS 1.3 next hop refuses our certificate
+    /// only after our side of the handshake has completed. Later, a lost connection, as a
+    /// close without an alert is. (The legacy MTA's leg is plaintext: there, a close.)
+    fn handle_tls_alert(&mut self, leg: Leg, alert: &str, now: Instant) {
+        if self.conn.is_closed() {
+            return;
+        }
+        match leg {
+            Leg::Client => self.handle_eof(leg, now),
+            Leg::Backend => self.hop_alert(alert, now),
+        }
+    }
+
     fn handle_lost(&mut self, leg: Leg, now: Instant) {
         if self.conn.is_closed() {
             return;

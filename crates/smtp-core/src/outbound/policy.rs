@@ -3,7 +3,7 @@
 //! or `550 5.7.5` on that RCPT, the text saying why).
 
 use super::{Level, OnFailure};
-use crate::session::{ClientCert, Refusal, TlsInfo};
+use crate::session::{ClientCert, OurCert, Refusal, TlsInfo};
 
 /// Why a next hop connection did not meet the recipient domain's level.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +19,17 @@ pub enum TlsFailure {
     Certificate(String),
     /// The chain verifies but names neither the next hop nor the recipient domain.
     NameMismatch,
+    /// `domain-secure`: the next hop did not ask for a client certificate, so ours did not
+    /// go (a TLS client sends one only in reply to a CertificateRequest): no mutual TLS.
+    ClientCertNotRequested,
+    /// `domain-secure`: it asked, but we had none to present (no `client_certificate` at run
+    /// time, or none for the signature schemes it accepts).
+    NoClientCert,
+    /// The next hop ended TLS with this fatal alert (its RFC 8446 name, e.g. `unknown_ca`)
+    /// after our side of the handshake was done and before its first reply: in TLS 1.3 a
+    /// server judges the client's certificate after the client's handshake has completed,
+    /// so a refused certificate arrives then, not as a failed handshake.
+    Alert(String),
 }
 
 impl TlsFailure {
@@ -35,6 +46,11 @@ impl TlsFailure {
                 _ => Refusal::CertificateInvalid,
             },
             TlsFailure::NameMismatch => Refusal::NameMismatch,
+            // No mutual TLS was had: the handshake the level needs did not happen. (The
+            // reasons are a closed list, the metrics' labels; the text says which.)
+            TlsFailure::ClientCertNotRequested
+            | TlsFailure::NoClientCert
+            | TlsFailure::Alert(_) => Refusal::HandshakeFailed,
         }
     }
 
@@ -48,6 +64,16 @@ impl TlsFailure {
             }
             TlsFailure::NameMismatch => {
                 format!("certificate of {host} is not valid for {host} or {domain}")
+            }
+            TlsFailure::ClientCertNotRequested => {
+                format!("{host} did not ask for our client certificate")
+            }
+            TlsFailure::NoClientCert => format!("no client certificate to present to {host}"),
+            TlsFailure::Alert(alert) => {
+                format!(
+                    "TLS handshake with {host} failed: alert {}",
+                    printable(alert)
+                )
             }
         }
     }
@@ -82,18 +108,27 @@ pub(super) fn verifies(level: Level) -> bool {
     level >= Level::Verify
 }
 
-/// The certificate check after a handshake: `None` if the level is met.
+/// The check after a handshake (the next hop's certificate; for `domain-secure`, that ours
+/// went too): `None` if the level is met.
 pub(super) fn judge(level: Level, tls: &TlsInfo) -> Option<TlsFailure> {
     if !verifies(level) {
         return None;
     }
-    match &tls.client_cert {
+    let theirs = match &tls.client_cert {
         ClientCert::Verified(_) => None,
         ClientCert::Failed { reason, .. } if reason == "name mismatch" => {
             Some(TlsFailure::NameMismatch)
         }
         ClientCert::Failed { reason, .. } => Some(TlsFailure::Certificate(reason.clone())),
         ClientCert::None => Some(TlsFailure::Certificate("no certificate".into())),
+    };
+    if theirs.is_some() || level != Level::DomainSecure {
+        return theirs;
+    }
+    match tls.our_cert {
+        OurCert::Sent => None,
+        OurCert::NotRequested => Some(TlsFailure::ClientCertNotRequested),
+        OurCert::NoneToPresent | OurCert::NotOffered => Some(TlsFailure::NoClientCert),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::session::{ClientCert, PeerCert, Target, TlsInfo};
+use crate::session::{ClientCert, OurCert, PeerCert, Target, TlsInfo};
 use crate::testing::{test_originate_config, test_tls, Harness};
 
 const OUR_EHLO: &str = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 36700160\r\n250-8BITMIME\r\n\
@@ -22,6 +22,14 @@ fn verified() -> TlsInfo {
     TlsInfo {
         client_cert: ClientCert::Verified(Box::default()),
         ..test_tls()
+    }
+}
+
+/// A verified next hop that asked for our certificate, which went: mutual TLS.
+fn mutual() -> TlsInfo {
+    TlsInfo {
+        our_cert: OurCert::Sent,
+        ..verified()
     }
 }
 
@@ -250,7 +258,7 @@ fn domain_secure_presents_our_certificate_and_counts_the_message() {
     let mut c = cfg(Level::May);
     c.policy.domains = vec![("woodgrovebank.com".into(), Level::DomainSecure)];
     let mut h = Harness::originate(c);
-    h.hop_tls = Some(verified());
+    h.hop_tls = Some(mutual());
     start(&mut h, "b@WoodgroveBank.com");
     greet(&mut h, HOP_CAPS_TLS);
     h.take_backend();
@@ -268,7 +276,7 @@ fn a_refused_message_is_not_counted_as_domain_secure() {
     let mut c = cfg(Level::DomainSecure);
     c.policy.domains = vec![("y.test".into(), Level::DomainSecure)];
     let mut h = Harness::originate(c);
-    h.hop_tls = Some(verified());
+    h.hop_tls = Some(mutual());
     start(&mut h, "b@y.test");
     greet(&mut h, HOP_CAPS_TLS);
     h.take_backend();
@@ -280,6 +288,232 @@ fn a_refused_message_is_not_counted_as_domain_secure() {
         .events
         .iter()
         .any(|e| matches!(e, Event::DomainSecureSent { .. })));
+}
+
+/// SPEC §3: `domain-secure` is mutual TLS. A TLS client sends its certificate only when the
+/// server asks: a verified next hop that did not ask for ours, or asked when we had none to
+/// give, does not meet the level; it is refused as any other unmet level, counted as a
+/// domain-secure failure, and nothing is counted as sent.
+#[test]
+fn domain_secure_is_unmet_unless_our_certificate_went() {
+    let not_requested = "relay.test did not ask for our client certificate";
+    let none = "no client certificate to present to relay.test";
+    for (our_cert, text) in [
+        (OurCert::NotRequested, not_requested),
+        (OurCert::NoneToPresent, none),
+        (OurCert::NotOffered, none),
+    ] {
+        for (on_failure, code) in [
+            (OnFailure::Defer, "450 4.7.5"),
+            (OnFailure::Bounce, "550 5.7.5"),
+        ] {
+            let mut c = cfg(Level::May);
+            c.policy.domains = vec![("y.test".into(), Level::DomainSecure)];
+            c.on_failure = on_failure;
+            let mut h = Harness::originate(c);
+            h.hop_tls = Some(TlsInfo {
+                our_cert,
+                ..verified()
+            });
+            start(&mut h, "b@y.test");
+            greet(&mut h, HOP_CAPS_TLS);
+            assert_eq!(h.take_backend(), "STARTTLS\r\n");
+            h.backend_says(b"220 go\r\n");
+            assert!(h.tls_clients[0].present_certificate);
+            assert_eq!(
+                h.take_client(),
+                format!("{code} TLS policy domain-secure for y.test not met: {text}\r\n"),
+                "{our_cert:?}"
+            );
+            assert_eq!(
+                h.take_backend(),
+                "QUIT\r\n",
+                "RFC 3207 §4.1: QUIT and nothing else over an unacceptable session"
+            );
+            let failures: Vec<&TlsFailureReport> = h
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::OutboundTlsFailure(r) => Some(&**r),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(failures.len(), 1, "{:?}", h.events);
+            assert_eq!(failures[0].level, Level::DomainSecure);
+            assert_eq!(failures[0].listed.as_deref(), Some("y.test"));
+            assert!(failures[0].enforced);
+            assert_eq!(failures[0].failure.reason().as_str(), "handshake_failed");
+            assert!(h.events.contains(&Event::NextHopFailed {
+                host: "relay.test".into(),
+                kind: LegFailure::Policy,
+                reason: "TLS policy not met: handshake_failed".into(),
+            }));
+            // The transaction goes on without the recipient; nothing is counted as sent.
+            h.client_says(b"DATA\r\n");
+            assert_eq!(h.take_client(), "554 5.5.1 No valid recipients\r\n");
+            assert!(!h
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::DomainSecureSent { .. })));
+        }
+    }
+}
+
+/// `verify` asks for no certificate of ours: one that did not go is no failure there.
+#[test]
+fn verify_does_not_need_our_certificate() {
+    let mut h = Harness::originate(cfg(Level::Verify));
+    h.hop_tls = Some(TlsInfo {
+        our_cert: OurCert::NotOffered,
+        ..verified()
+    });
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS_TLS);
+    h.take_backend();
+    h.backend_says(b"220 go\r\n");
+    assert!(!h.tls_clients[0].present_certificate);
+    after_tls_to_rcpt(&mut h, "b@y.test");
+}
+
+/// Audit mode: reported (enforced false), delivered over that TLS session as `may` would,
+/// and not counted as a domain-secure message.
+#[test]
+fn audit_mode_delivers_without_mutual_tls_but_does_not_count_it() {
+    let mut c = cfg(Level::DomainSecure);
+    c.policy.domains = vec![("y.test".into(), Level::DomainSecure)];
+    c.enforce = false;
+    let mut h = Harness::originate(c);
+    h.hop_tls = Some(TlsInfo {
+        our_cert: OurCert::NotRequested,
+        ..verified()
+    });
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS_TLS);
+    h.take_backend();
+    h.backend_says(b"220 go\r\n");
+    after_tls_to_rcpt(&mut h, "b@y.test");
+    assert_eq!(message(&mut h, "250 ok\r\n"), "250 ok\r\n");
+    assert!(h.events.iter().any(|e| matches!(e,
+        Event::OutboundTlsFailure(r)
+            if r.failure == TlsFailure::ClientCertNotRequested && !r.enforced)));
+    assert!(h.events.contains(&Event::MessageAccepted { bytes: 26 }));
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::DomainSecureSent { .. })));
+}
+
+/// A domain-secure session up to our EHLO inside TLS: the handshake completed on our side
+/// (TLS 1.3: the next hop has yet to judge our certificate).
+fn after_our_handshake(level: Level, on_failure: OnFailure) -> Harness<Session> {
+    let mut c = cfg(level);
+    c.policy.domains = vec![("y.test".into(), level)];
+    c.on_failure = on_failure;
+    let mut h = Harness::originate(c);
+    h.hop_tls = Some(mutual());
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS_TLS);
+    assert_eq!(h.take_backend(), "STARTTLS\r\n");
+    h.backend_says(b"220 go\r\n");
+    assert_eq!(h.take_backend(), "EHLO mx.test\r\n");
+    h
+}
+
+/// TLS 1.3: a next hop that refuses our certificate says so with an alert after our side of
+/// the handshake has completed, before its first reply. That is a failed handshake for the
+/// policy (`450 4.7.5` / `550 5.7.5`, `handshake_failed`), not an unreachable next hop.
+#[test]
+fn an_alert_before_the_first_reply_after_tls_is_a_failed_handshake() {
+    for (on_failure, code) in [
+        (OnFailure::Defer, "450 4.7.5"),
+        (OnFailure::Bounce, "550 5.7.5"),
+    ] {
+        let mut h = after_our_handshake(Level::DomainSecure, on_failure);
+        h.session
+            .handle_tls_alert(Leg::Backend, "certificate_required", h.now);
+        h.run();
+        assert_eq!(
+            h.take_client(),
+            format!(
+                "{code} TLS policy domain-secure for y.test not met: TLS handshake with \
+                 relay.test failed: alert certificate_required\r\n"
+            )
+        );
+        assert_eq!(h.take_backend(), "", "nothing more over a dead session");
+        assert_eq!((h.backend_closes, h.connects), (1, 1), "no other attempt");
+        assert!(h.events.iter().any(|e| matches!(e,
+            Event::OutboundTlsFailure(r)
+                if r.failure == TlsFailure::Alert("certificate_required".into())
+                    && r.failure.reason().as_str() == "handshake_failed"
+                    && r.level == Level::DomainSecure && r.enforced)));
+        assert!(h.events.contains(&Event::NextHopFailed {
+            host: "relay.test".into(),
+            kind: LegFailure::Policy,
+            reason: "TLS policy not met: handshake_failed".into(),
+        }));
+        assert!(!h.events.iter().any(|e| matches!(
+            e,
+            Event::NextHopFailed {
+                kind: LegFailure::Closed,
+                ..
+            }
+        )));
+        // Another recipient of the domain: the same answer, no new attempt.
+        h.client_says(b"RCPT TO:<c@y.test>\r\n");
+        assert!(h.take_client().starts_with(code));
+        assert_eq!(h.connects, 1);
+    }
+}
+
+/// Under `may`, such an alert is a failed handshake like any other: a new connection, in
+/// plaintext.
+#[test]
+fn an_alert_after_our_handshake_under_may_retries_in_plaintext() {
+    let mut h = after_our_handshake(Level::May, OnFailure::Defer);
+    h.session
+        .handle_tls_alert(Leg::Backend, "unknown_ca", h.now);
+    h.run();
+    assert_eq!(h.take_client(), "");
+    assert_eq!((h.backend_closes, h.connects), (1, 2), "a new connection");
+    greet(&mut h, HOP_CAPS_TLS);
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+}
+
+/// Narrow: a close without an alert at that point stays a lost connection, and an alert
+/// once the next hop has answered inside TLS is a connection lost like any other.
+#[test]
+fn a_close_without_an_alert_or_a_later_alert_is_a_lost_connection() {
+    let mut h = after_our_handshake(Level::DomainSecure, OnFailure::Defer);
+    h.session.handle_eof(Leg::Backend, h.now);
+    h.run();
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::OutboundTlsFailure(_))));
+
+    let mut h = after_our_handshake(Level::DomainSecure, OnFailure::Defer);
+    h.backend_says(HOP_CAPS.as_bytes());
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+    h.session
+        .handle_tls_alert(Leg::Backend, "internal_error", h.now);
+    h.run();
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
+    assert!(h.events.contains(&Event::NextHopFailed {
+        host: "relay.test".into(),
+        kind: LegFailure::Closed,
+        reason: "TLS alert internal_error".into(),
+    }));
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::OutboundTlsFailure(_))));
 }
 
 fn mx_cfg() -> Config {

@@ -30,7 +30,7 @@ pub(crate) use conn::{skip_chunk, Conn};
 pub use protocol_log::Direction;
 pub use refusal::{LegFailure, Refusal};
 pub use reply_to::ReplyTo;
-pub use tls_info::{ClientCert, PeerCert, TlsInfo};
+pub use tls_info::{ClientCert, OurCert, PeerCert, TlsInfo};
 
 /// One of the two connections of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -241,6 +241,13 @@ pub trait Machine {
     fn handle_bytes(&mut self, leg: Leg, data: &[u8], now: Instant);
     /// The peer shut down its sending side.
     fn handle_eof(&mut self, leg: Leg, now: Instant);
+    /// The leg's TLS connection failed on a fatal alert from its peer (`alert`: its RFC 8446
+    /// name, e.g. `certificate_required`): the driver's report of a read that failed on one.
+    /// Unless a direction has a use for the name, the peer is gone: a close.
+    fn handle_tls_alert(&mut self, leg: Leg, alert: &str, now: Instant) {
+        let _ = alert;
+        self.handle_eof(leg, now);
+    }
     /// The leg failed (a reset, a write that could not be done).
     fn handle_lost(&mut self, leg: Leg, now: Instant);
     /// The connection asked for by [`Action::ConnectBackend`] or [`Action::Connect`] is open.

@@ -139,6 +139,7 @@ mod tests {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_128_GCM_SHA256".into(),
             client_cert: ClientCert::None,
+            our_cert: crate::session::OurCert::NotOffered,
         };
         let h = header(
             Some("client.example"),
@@ -168,6 +169,7 @@ mod tests {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_128_GCM_SHA256".into(),
             client_cert: ClientCert::Verified(cert.clone().into()),
+            our_cert: crate::session::OurCert::NotOffered,
         };
         let peer = "192.0.2.7".parse().unwrap();
         let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);
@@ -203,6 +205,7 @@ mod tests {
                 version: "TLSv1.3".into(),
                 cipher: "TLS13_AES_128_GCM_SHA256".into(),
                 client_cert: ClientCert::Verified(cert.into()),
+                our_cert: crate::session::OurCert::NotOffered,
             };
             let peer = "192.0.2.7".parse().unwrap();
             let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);
@@ -230,6 +233,7 @@ mod tests {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_128_GCM_SHA256".into(),
             client_cert: ClientCert::Verified(cert.into()),
+            our_cert: crate::session::OurCert::NotOffered,
         };
         let peer = "192.0.2.7".parse().unwrap();
         let h = header(Some("c"), peer, "mx", Some(&tls), true, false, UNIX_EPOCH);

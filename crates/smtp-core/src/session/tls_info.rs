@@ -9,8 +9,28 @@ pub struct TlsInfo {
     pub version: String,
     /// e.g. `TLS13_AES_128_GCM_SHA256`
     pub cipher: String,
-    /// The client certificate, if one was presented, and what its verification said.
+    /// The client certificate, if one was presented, and what its verification said. On the
+    /// client side of a handshake (toward a next hop): the server's certificate.
     pub client_cert: ClientCert,
+    /// On the client side: whether ours went (mutual TLS, `domain-secure`);
+    /// [`OurCert::NotOffered`] on the server side.
+    pub our_cert: OurCert,
+}
+
+/// Our client certificate in a handshake toward a next hop, as the driver saw it: what
+/// decides whether `domain-secure`'s mutual TLS was had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OurCert {
+    /// None was to be presented (every level but `domain-secure`), or we were the server.
+    #[default]
+    NotOffered,
+    /// The next hop asked for a client certificate and ours went in that handshake.
+    Sent,
+    /// It did not ask (no CertificateRequest), so none went.
+    NotRequested,
+    /// We had none it could take: no `client_certificate` at run time (whether or not it
+    /// asked), or none for the signature schemes it accepts.
+    NoneToPresent,
 }
 
 /// The client certificate of a TLS session, as the driver verified it against `trust`. The
