@@ -588,7 +588,9 @@ async fn arrive(
                 let peer = header.source.unwrap_or(socket);
                 tracing::debug!(listener = %l.name, %peer, proxy = %socket, header = header.kind,
                     "proxied connection");
-                if !admitted.claim_ip(peer.ip(), l) {
+                // A header without a client (LOCAL, UNKNOWN: the balancer's health checks)
+                // leaves the balancer's own address, which is never limited per address.
+                if header.source.is_some() && !admitted.claim_ip(peer.ip(), l) {
                     too_many(stream, peer, l);
                     return None;
                 }

@@ -224,6 +224,35 @@ async fn v2_local_uses_the_socket_address() {
     }
 }
 
+/// Headers that name no client (v2 LOCAL, v1 UNKNOWN: the balancer's health checks) leave
+/// the balancer's own address, which is never limited per address: with
+/// `max_connections_per_ip: 1`, three of them at once are all served.
+#[tokio::test]
+async fn headers_without_a_client_are_not_limited_per_address() {
+    let (running, _rec) = sidecar("starttls", "      max_connections_per_ip: 1\n").await;
+    let addr = running.addr("inbound").unwrap();
+    let mut open = Vec::new();
+    for header in [
+        v2_local(),
+        b"PROXY UNKNOWN\r\n".to_vec(),
+        v2_local_with_addresses(),
+    ] {
+        let mut c = proxied(addr, &header).await;
+        assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+        open.push(c);
+    }
+    for c in &mut open {
+        assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    }
+    assert_eq!(
+        metric(
+            &running,
+            "smtp_sidecar_connections_refused_total{listener=\"inbound\"}"
+        ),
+        0.0
+    );
+}
+
 /// The header split across writes, the split points inside the signature, the addresses and
 /// the CRLF: one header all the same.
 #[tokio::test]
