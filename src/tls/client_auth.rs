@@ -31,6 +31,8 @@ pub struct ClientAuth {
     mode: ClientCertificates,
     /// The WebPki verifier over `trust`; `None` for `none`.
     webpki: Option<Arc<dyn ClientCertVerifier>>,
+    /// The subjects of the anchors of `trust` that are name-constrained ([`fenced`]).
+    fenced_anchors: Arc<[Vec<u8>]>,
 }
 
 impl ClientAuth {
@@ -39,6 +41,7 @@ impl ClientAuth {
         ClientAuth {
             mode: ClientCertificates::None,
             webpki: None,
+            fenced_anchors: Arc::new([]),
         }
     }
 
@@ -64,9 +67,17 @@ impl ClientAuth {
             }
             other => format!("client certificate verifier: {other}"),
         })?;
+        let fenced_anchors = trust
+            .roots
+            .roots
+            .iter()
+            .filter(|anchor| anchor.name_constraints.is_some())
+            .map(|anchor| anchor.subject.as_ref().to_vec())
+            .collect();
         Ok(ClientAuth {
             mode,
             webpki: Some(webpki),
+            fenced_anchors,
         })
     }
 
@@ -89,7 +100,7 @@ impl ClientAuth {
         let Some(webpki) = &self.webpki else {
             return ClientCert::None;
         };
-        let cert = match peer_cert(leaf) {
+        let mut cert = match peer_cert(leaf) {
             Ok(cert) => Box::new(cert),
             Err(reason) => {
                 return ClientCert::Failed {
@@ -98,6 +109,9 @@ impl ClientAuth {
                 }
             }
         };
+        if cert.common_name.is_some() && fenced(leaf, intermediates, &self.fenced_anchors) {
+            cert.common_name = None;
+        }
         let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         if self.mode == ClientCertificates::Require && !resumed {
             // rustls verified it during this handshake, or the handshake failed. A resumed
@@ -201,6 +215,34 @@ impl ClientCertVerifier for RequestOnly {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
     }
+}
+
+/// Whether a CA above `leaf` may be name-constrained: an intermediate of the chain carries
+/// nameConstraints, or a cert of it was issued by one of the `fenced_anchors` (subjects of
+/// name-constrained anchors), or a cert of it cannot be read. webpki checks the constraints
+/// against the subjectAltName only, so the common name of a leaf without one is nothing such
+/// a CA vouched for: a CA fenced to `partner.test` could otherwise name `bank.test` there.
+/// Erring towards "fenced" only costs the fallback.
+fn fenced(leaf: &[u8], intermediates: &[CertificateDer<'_>], fenced_anchors: &[Vec<u8>]) -> bool {
+    // An anchor's subject is the Name's contents; a certificate's issuer, the whole Name.
+    let by_fenced_anchor = |issuer: &[u8]| {
+        fenced_anchors.iter().any(|subject| {
+            issuer == subject.as_slice()
+                || (issuer.ends_with(subject) && issuer.len() - subject.len() <= 5)
+        })
+    };
+    let chain = std::iter::once(leaf).chain(intermediates.iter().map(|c| c.as_ref()));
+    chain.enumerate().any(|(i, der)| {
+        let Ok((_, cert)) = X509Certificate::from_der(der) else {
+            return true;
+        };
+        let constrained = i > 0
+            && cert
+                .extensions()
+                .iter()
+                .any(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_NAME_CONSTRAINTS);
+        constrained || by_fenced_anchor(cert.issuer().as_raw())
+    })
 }
 
 /// The facts of a client's leaf certificate, as plain data for the core.

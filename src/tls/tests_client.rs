@@ -47,6 +47,47 @@ impl Ca {
         }
     }
 
+    /// A CA allowed to issue only for names under `permitted` (nameConstraints): a root, or
+    /// with `parent`, an intermediate it signed (and its PEM, for a chain).
+    fn constrained(name: &str, permitted: &str, parent: Option<&Ca>) -> (Ca, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.name_constraints = Some(rcgen::NameConstraints {
+            permitted_subtrees: vec![rcgen::GeneralSubtree::DnsName(permitted.into())],
+            excluded_subtrees: Vec::new(),
+        });
+        let key = KeyPair::generate().expect("key");
+        let cert = match parent {
+            None => params.self_signed(&key),
+            Some(parent) => params.signed_by(&key, &parent.issuer),
+        }
+        .expect("ca");
+        let ca = Ca {
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        };
+        (ca, cert.pem())
+    }
+
+    /// A leaf with no subjectAltName, only the common name `cn`, followed in its chain by
+    /// `above` (PEM).
+    fn common_name_only(&self, cn: &str, above: &str) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
+        Leaf {
+            chain: vec![cert.der().clone()],
+            pem: cert.pem() + above,
+            key,
+        }
+    }
+
     /// A leaf for `host` with serial `serial`, valid from `from` to `until` (years).
     fn leaf_valid(&self, host: &str, serial: u64, from: i32, until: i32) -> Leaf {
         let mut params = leaf_params(host);
@@ -421,4 +462,43 @@ fn server_names() {
     ));
     assert_eq!(server_name("not a name"), None);
     assert_eq!(server_name(""), None);
+}
+
+/// RFC 6125's fallback to the common name of a certificate without a subjectAltName is not
+/// taken when a CA of its chain is name-constrained: webpki checks the constraints against
+/// the subjectAltName only, so a CA fenced to `partner.test` could otherwise vouch for
+/// `CN=bank.test` (a domain_secure partner). Unconstrained, the name is kept.
+#[test]
+fn a_name_constrained_chain_gives_no_common_name() {
+    let server_ca = Ca::new("Server CA");
+    let leaf = server_ca.leaf(MX, 1);
+    let open = Ca::new("Partner CA");
+    let (fenced_root, _) = Ca::constrained("Fenced CA", "partner.test", None);
+    let (fenced_sub, sub_pem) = Ca::constrained("Fenced Sub CA", "partner.test", Some(&open));
+    let cases: [(&Ca, &Ca, &str, Option<&str>); 3] = [
+        (&open, &open, "", Some("bank.test")),
+        (&fenced_root, &fenced_root, "", None),
+        (&fenced_sub, &open, &sub_pem, None),
+    ];
+    for (i, (issuer, anchor, above, want)) in cases.into_iter().enumerate() {
+        let dir = TempDir::new(&format!("cn-constrained-{i}"));
+        let client = issuer.common_name_only("bank.test", above).loaded(&dir);
+        let auth = ClientAuth::new(ClientCertificates::Require, &trust(&[anchor], Vec::new()))
+            .expect("require");
+        let tls = ClientTls::new(
+            &trust(&[&server_ca], Vec::new()),
+            Some(&client),
+            TlsVersion::V1_2,
+        )
+        .expect("client tls");
+        let (_c, s) = connect(tls.config(true), &server(&leaf, auth.verifier()), MX)
+            .expect("the chain verifies");
+        match auth.client_cert(&s) {
+            ClientCert::Verified(cert) => {
+                assert_eq!(cert.common_name.as_deref(), want, "case {i}");
+                assert!(cert.dns_names.is_empty());
+            }
+            other => panic!("case {i}: {other:?}"),
+        }
+    }
 }
