@@ -101,13 +101,17 @@ impl CertInfo {
 /// The text of one alternate name; kinds the sidecar never matches on are left out.
 /// A certificate's text as logs, replies, headers and metric labels may show it: whoever
 /// made the certificate chose it (an unverified client certificate is anyone's), so control
-/// characters become `?` (no forged log lines) and at most [`MAX_DISPLAY`] characters are
-/// kept (a subject can be tens of kilobytes).
+/// characters, line separators and bidirectional controls become `?` (no forged log lines:
+/// [`smtp_core::session::unsafe_in_log`]) and at most [`MAX_DISPLAY`] characters are kept (a
+/// subject can be tens of kilobytes).
 pub fn display_safe(text: &str) -> String {
     let mut out: String = text
         .chars()
         .take(MAX_DISPLAY)
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| match smtp_core::session::unsafe_in_log(c) {
+            true => '?',
+            false => c,
+        })
         .collect();
     if text.chars().nth(MAX_DISPLAY).is_some() {
         out.push_str("...");
@@ -183,6 +187,10 @@ mod tests {
         assert!(!info.subject.contains(['\r', '\n']));
         assert!(info.subject.chars().count() <= MAX_DISPLAY + 3);
         assert!(info.subject.ends_with("..."));
+        // Line separators and bidirectional controls too.
+        let der = certificate("a\u{2028}b\u{202E}c", None);
+        let info = CertInfo::from_der(&der).expect("parse");
+        assert_eq!(info.subject, "CN=a?b?c");
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod tls_info;
 #[cfg(test)]
 pub(crate) use conn::BODY_BATCH;
 pub(crate) use conn::{skip_chunk, Conn};
-pub use protocol_log::Direction;
+pub use protocol_log::{unsafe_in_log, Direction};
 pub use refusal::{LegFailure, Refusal};
 pub use reply_to::ReplyTo;
 pub use tls_info::{ClientCert, OurCert, PeerCert, TlsInfo};

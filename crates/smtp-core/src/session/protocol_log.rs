@@ -97,13 +97,32 @@ fn next_word(line: &[u8], from: usize) -> Option<(usize, usize)> {
 
 /// Text for the log: invalid UTF-8 and control characters shown as `?`, at most
 /// [`MAX_LOGGED`] characters (then `...`).
+/// Whether `c` must not reach a log line as it is, wherever the text came from (a command
+/// line, a certificate's subject): a control character (a forged line break, a terminal
+/// escape), a Unicode line or paragraph separator (a line break to many viewers and JSON
+/// tools), or a bidirectional mark, override or isolate (a line that reads other than it
+/// is). Such characters are written as `?`.
+pub fn unsafe_in_log(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
 fn loggable(line: &[u8]) -> String {
     let text = String::from_utf8_lossy(line);
     let mut out: String = text
         .chars()
         .take(MAX_LOGGED)
         .map(|c| {
-            if c.is_control() || c == '\u{FFFD}' {
+            if unsafe_in_log(c) || c == '\u{FFFD}' {
                 '?'
             } else {
                 c
@@ -187,6 +206,10 @@ mod tests {
     #[test]
     fn lines_are_logged_as_bounded_text() {
         assert_eq!(loggable(b"EHLO a\x1b[31m\0\xff"), "EHLO a?[31m??");
+        // Line separators and bidirectional controls: a line break, or text that reads
+        // backwards, to a viewer.
+        let tricky = "MAIL FROM:<a@b>\u{2028}x\u{2029}y\u{202E}z\u{2066}w\u{200F}v\u{85}u é";
+        assert_eq!(loggable(tricky.as_bytes()), "MAIL FROM:<a@b>?x?y?z?w?v?u é");
         let long = loggable(&[b'x'; 600]);
         assert_eq!(long.len(), MAX_LOGGED + 3);
         assert!(long.ends_with("x..."));
