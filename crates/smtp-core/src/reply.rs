@@ -248,10 +248,11 @@ fn lossy_utf8(text: &[u8]) -> String {
 /// `code ( "-" / SP / end ) text` (RFC 5321 §4.2): returns the code, whether more lines
 /// follow, and the raw text.
 fn reply_line(line: &[u8]) -> IResult<&[u8], (u16, bool, &[u8])> {
-    // RFC 5321 §4.2.1: the first digit is 2 to 5 for every reply a client may see.
+    // RFC 5321 §4.2: `%x32-35 %x30-35 %x30-39`: the first digit is 2 to 5 for every reply
+    // a client may see, the second 0 to 5 (its categories); anything else is no reply.
     let code = verify(
         take_while_m_n(3, 3, |b: u8| b.is_ascii_digit()),
-        |d: &[u8]| d.first().is_some_and(|f| (b'2'..=b'5').contains(f)),
+        |d: &[u8]| matches!(d, [b'2'..=b'5', b'0'..=b'5', _]),
     );
     let code = code.map(|d: &[u8]| {
         d.iter()
