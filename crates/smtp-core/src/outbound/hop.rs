@@ -259,6 +259,10 @@ impl Session {
                     self.forward_rcpt(rcpt, now);
                 }
             }
+            // A 3xx answers no MAIL: the next hop is broken, and its reply no RCPT's.
+            HopState::Mail if reply.is_intermediate() => {
+                self.hop_failed(LegFailure::Protocol, &refused("reply to MAIL", &reply), now)
+            }
             // The next hop refused the sender: its own words answer the RCPT.
             HopState::Mail => {
                 let mut out = BytesMut::new();

@@ -637,6 +637,27 @@ fn a_sender_refused_by_the_next_hop_answers_the_rcpt() {
     assert_eq!(h.take_backend(), "QUIT\r\n");
 }
 
+/// A 3xx to MAIL (`354`) is no refusal of the sender: it is not passed on as the RCPT's
+/// reply (a legacy MTA would take it for a go-ahead), the next hop failed the attempt.
+#[test]
+fn an_intermediate_reply_to_mail_is_a_broken_next_hop() {
+    let mut h = Harness::originate(cfg(Level::May));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    h.take_backend();
+    h.backend_says(b"354 go ahead\r\n");
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::NextHopFailed { kind: LegFailure::Protocol, reason, .. }
+            if reason == "reply to MAIL: 354 go ahead"
+    )));
+    assert!(!h.closed, "the session goes on");
+}
+
 /// The replies to commands the legacy MTA pipelined leave together once the next hop has
 /// answered the last of them (as inbound).
 #[test]
