@@ -22,7 +22,8 @@ use crate::io::Stream;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{ListenerRuntime, ModeRuntime, PRESSURE_HOLD};
 
-/// Places taken, in all and per client address, against a maximum of each.
+/// Places taken, in all and per client address, against a maximum of each. A client address
+/// counts as its [`place_key`].
 #[derive(Debug, Default)]
 struct Places {
     total: u32,
@@ -46,6 +47,7 @@ impl Places {
 
     /// One more place for `ip` (its place in the total is already held).
     fn take_ip(&mut self, ip: IpAddr, max_per_ip: u32) -> bool {
+        let ip = place_key(ip);
         let this_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
         if this_ip >= max_per_ip {
             return false;
@@ -57,7 +59,7 @@ impl Places {
     /// Give back a place taken by [`Places::take`] (with `ip` as it stands now).
     fn give_back(&mut self, ip: Option<IpAddr>) {
         self.total = self.total.saturating_sub(1);
-        let Some(ip) = ip else {
+        let Some(ip) = ip.map(place_key) else {
             return;
         };
         if let Some(n) = self.per_ip.get_mut(&ip) {
@@ -66,6 +68,17 @@ impl Places {
                 self.per_ip.remove(&ip);
             }
         }
+    }
+}
+
+/// What `max_connections_per_ip` counts a client address as: an IPv4 address (also when it
+/// comes IPv4-mapped, `::ffff:192.0.2.1`, as a dual-stack socket gives it), or an IPv6
+/// address's /64. One host holds a whole /64 (a subscriber's prefix, SLAAC), so counting its
+/// addresses one by one would give it 2^64 places.
+fn place_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
+        v4 => v4,
     }
 }
 
@@ -685,6 +698,37 @@ mod tests {
         assert!(p.take(Some(b), 3, 2));
         p.give_back(Some(b));
         p.give_back(Some(a));
+        assert_eq!((p.total, p.per_ip.len()), (0, 0));
+    }
+
+    /// An IPv6 client counts by its /64, an IPv4-mapped address as the IPv4 address; every
+    /// place given back still leaves the map empty.
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ones_as_ipv4() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let mut p = super::Places::default();
+        assert!(p.take(Some(ip("2001:db8:1:2::1")), 10, 2));
+        assert!(p.take(Some(ip("2001:db8:1:2:ffff::9")), 10, 2));
+        assert!(
+            !p.take(Some(ip("2001:db8:1:2:abcd::1")), 10, 2),
+            "the /64 has its two places"
+        );
+        assert!(p.take(Some(ip("2001:db8:1:3::1")), 10, 2), "another /64");
+        assert!(p.take(Some(ip("192.0.2.1")), 10, 2));
+        assert!(p.take(Some(ip("::ffff:192.0.2.1")), 10, 2));
+        assert!(
+            !p.take(Some(ip("192.0.2.1")), 10, 2),
+            "one address, two forms"
+        );
+        for a in [
+            "2001:db8:1:2::1",
+            "2001:db8:1:2:ffff::9",
+            "2001:db8:1:3::1",
+            "192.0.2.1",
+            "::ffff:192.0.2.1",
+        ] {
+            p.give_back(Some(ip(a)));
+        }
         assert_eq!((p.total, p.per_ip.len()), (0, 0));
     }
 

@@ -253,6 +253,24 @@ async fn headers_without_a_client_are_not_limited_per_address() {
     );
 }
 
+/// An IPv6 client counts by its /64: another address of the same /64 finds its one place
+/// taken, an address of another /64 does not.
+#[tokio::test]
+async fn per_ip_limit_counts_an_ipv6_client_by_its_64() {
+    let (running, _rec) = sidecar("starttls", "      max_connections_per_ip: 1\n").await;
+    let addr = running.addr("inbound").unwrap();
+    let header = |src: &str| format!("PROXY TCP6 {src} 2001:db8::25 1001 25\r\n");
+    let mut first = proxied(addr, header("2001:db8:1:2::1").as_bytes()).await;
+    assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
+    let mut same = proxied(addr, header("2001:db8:1:2:ffff::2").as_bytes()).await;
+    assert_eq!(
+        same.read_to_close().await,
+        "421 4.7.0 Too many connections, try again later\r\n"
+    );
+    let mut other = proxied(addr, header("2001:db8:1:3::1").as_bytes()).await;
+    assert_eq!(other.reply().await, "220 mx.test ESMTP\r\n");
+}
+
 /// The header split across writes, the split points inside the signature, the addresses and
 /// the CRLF: one header all the same.
 #[tokio::test]
