@@ -324,6 +324,46 @@ fn check_accepts_an_originate_listener_and_prints_its_policy() {
     );
 }
 
+/// A client certificate whose extendedKeyUsage lacks clientAuth works in no mutual TLS:
+/// `check` warns where domain-secure would present it, and not for one that allows it.
+#[test]
+fn check_warns_of_a_client_certificate_without_client_auth() {
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    for (ekus, warned) in [
+        (vec![ServerAuth], true),
+        (vec![ServerAuth, ClientAuth], false),
+    ] {
+        let dir = common::process::TempDir::new("check-client-auth");
+        let mut params = rcgen::CertificateParams::new(vec!["mx.test".into()]).unwrap();
+        params.extended_key_usages = ekus;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.0.join("c.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.0.join("c.key"), key.serialize_pem()).unwrap();
+        let config = dir.0.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "hostname: mx.test\nstate_dir: {state}\n\
+                 certificates:\n  - name: relay\n    cert: {dir}/c.crt\n    key: {dir}/c.key\n\
+                 listeners:\n  - name: outbound\n    mode: originate\n\
+                 \x20   listen: 127.0.0.1:10025\n    next_hop: \"127.0.0.1:2525\"\n\
+                 \x20   policy: {{default: domain-secure}}\n",
+                state = dir.0.join("state").display(),
+                dir = dir.0.display(),
+            ),
+        )
+        .unwrap();
+        let out = run_check(&config);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let warning = "warning: listener outbound: the client certificate does not allow TLS \
+                       client authentication (its extendedKeyUsage lacks clientAuth); \
+                       domain-secure partners will refuse it";
+        assert_eq!(stderr.contains(warning), warned, "{stderr}");
+    }
+}
+
 /// `check` builds what `run` builds: a backend hop that verifies with no anchor to verify
 /// against stops both, with the same message naming the listener's key path.
 #[test]

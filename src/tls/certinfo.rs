@@ -30,6 +30,10 @@ pub struct CertInfo {
     pub not_before: i64,
     /// notAfter, unix seconds.
     pub not_after: i64,
+    /// Whether it may authenticate a TLS client: no extendedKeyUsage, or one that lists
+    /// clientAuth (or anyExtendedKeyUsage). A partner's verifier (rustls's, OpenSSL's
+    /// purpose check) refuses a client certificate without it.
+    pub client_auth: bool,
 }
 
 impl CertInfo {
@@ -50,6 +54,11 @@ impl CertInfo {
             Ok(None) => Vec::new(),
             Err(e) => return Err(format!("invalid subjectAltName extension: {e}")),
         };
+        let client_auth = match cert.extended_key_usage() {
+            Ok(None) => true,
+            Ok(Some(eku)) => eku.value.client_auth || eku.value.any,
+            Err(_) => false,
+        };
         let validity = cert.validity();
         Ok(CertInfo {
             subject: display_safe(&cert.subject().to_string()),
@@ -60,6 +69,7 @@ impl CertInfo {
             sha256: hex_upper(&Sha256::digest(der)),
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
+            client_auth,
         })
     }
 
@@ -193,6 +203,26 @@ mod tests {
         assert_eq!(info.subject, "CN=a?b?c");
     }
 
+    /// A client certificate must allow client authentication: no extendedKeyUsage, or one
+    /// with clientAuth or anyExtendedKeyUsage.
+    #[test]
+    fn client_auth_is_read_from_the_extended_key_usage() {
+        use rcgen::ExtendedKeyUsagePurpose::{Any, ClientAuth, EmailProtection, ServerAuth};
+        for (ekus, want) in [
+            (vec![], true),
+            (vec![ServerAuth], false),
+            (vec![ServerAuth, ClientAuth], true),
+            (vec![EmailProtection, Any], true),
+        ] {
+            let mut params = rcgen::CertificateParams::new(vec!["a.test".into()]).expect("p");
+            params.extended_key_usages = ekus.clone();
+            let key = rcgen::KeyPair::generate().expect("key");
+            let der = params.self_signed(&key).expect("sign").der().to_vec();
+            let info = CertInfo::from_der(&der).expect("parse");
+            assert_eq!(info.client_auth, want, "{ekus:?}");
+        }
+    }
+
     #[test]
     fn the_cn_counts_as_a_name_only_without_any_subject_alt_name() {
         let email_only = certificate(
@@ -227,6 +257,7 @@ mod tests {
             sha256: "CD".repeat(32),
             not_before: 10,
             not_after: 20,
+            client_auth: true,
         };
         assert!(info.matches_thumbprint(&"ab".repeat(20)));
         assert!(info.matches_thumbprint(&"CD:".repeat(32)));

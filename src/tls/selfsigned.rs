@@ -122,7 +122,12 @@ fn generate(hostname: &str, now: i64) -> Result<Generated, TlsError> {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, hostname);
     params.distinguished_name = dn;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Client authentication too: an originate listener's `client_certificate` defaults to
+    // it, and a partner that trusts it refuses it for mutual TLS without clientAuth.
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let today = now.div_euclid(86_400);
     // Backdated a day so that a peer whose clock runs a little behind still accepts it.
     let (y, m, d) = ymd(today - 1)?;

@@ -27,6 +27,7 @@ fn self_signed_contents() {
     let years = (cert.info.not_after - now) as f64 / (365.25 * 86_400.0);
     assert!((4.99..5.01).contains(&years), "{years} years");
     assert!(cert.describe().contains("ECDSA P-256"));
+    assert!(cert.info.client_auth, "usable as a client certificate too");
     cert.certified_key.keys_match().expect("key matches");
     assert!(self_signed("").is_err());
 }
