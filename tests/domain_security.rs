@@ -9,6 +9,7 @@ mod partner_pki;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use partner_pki::{client_config, Identity, PartnerPki};
@@ -499,4 +500,47 @@ async fn a_resumed_session_keeps_its_verified_certificate() {
             "{resumed}"
         );
     }
+}
+
+/// Under `require`, a resumed session carries the chain its first handshake verified,
+/// checked again when it resumes: a certificate that has expired since is refused as a full
+/// handshake with it would be (the connection closed right after the handshake, counted as a
+/// failed one), not served for as long as its ticket lasts.
+#[tokio::test]
+async fn a_resumed_session_whose_certificate_expired_since_is_refused_under_require() {
+    let pki = PartnerPki::new();
+    let s = sidecar(&pki, "      client_certificates: require\n", false).await;
+    let (config, _) = client_config(Some(&pki.expiring));
+    let tcp = plain_until_starttls(s.addr).await;
+    let tls = tls_connect_with(Arc::clone(&config), tcp).await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    let mut tls = BufReader::new(tls);
+    tls.get_mut().write_all(b"EHLO c\r\n").await.unwrap();
+    let mut line = String::new();
+    tls.read_line(&mut line).await.unwrap();
+    assert_eq!(
+        line, "250-mx.test\r\n",
+        "served while the certificate is valid"
+    );
+    drop(tls);
+
+    let wait = pki.expiring_at.duration_since(std::time::SystemTime::now());
+    tokio::time::sleep(wait.unwrap_or_default() + Duration::from_secs(1)).await;
+    let errors = s.handshake_errors();
+    let tcp = plain_until_starttls(s.addr).await;
+    let mut tls = tls_connect_with(config, tcp).await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let _ = tls.write_all(b"EHLO c\r\n").await;
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(T, tls.read(&mut buf)).await.unwrap() {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("served: {:?}", String::from_utf8_lossy(&buf[..n])),
+    }
+    eventually(|| s.handshake_errors() == errors + 1, "the refusal counted").await;
 }

@@ -18,15 +18,31 @@ use crate::io::{ServerTls, Stream};
 use crate::metrics::{Handshake, HandshakeError};
 use crate::snapshot::ListenerRuntime;
 
-/// Record a completed server-side handshake; returns what the session needs to know.
-fn handshake_done(l: &ListenerRuntime, tls: &ServerTls, session: u64, peer: SocketAddr) -> TlsInfo {
+/// Record a completed server-side handshake; returns what the session needs to know, or
+/// `None` when the session must not go on: under `client_certificates: require`, a resumed
+/// session whose client certificate no longer verifies.
+fn handshake_done(
+    l: &ListenerRuntime,
+    tls: &ServerTls,
+    session: u64,
+    peer: SocketAddr,
+) -> Option<TlsInfo> {
     let conn = tls.conn();
+    let client_cert = l.client_auth.client_cert(conn);
+    if let (ClientCert::Failed { reason, .. }, true) = (&client_cert, l.client_auth.required()) {
+        // A resumed session carries the chain its first handshake verified, checked again
+        // now: one expired or revoked since is refused as a full handshake with it would be.
+        tracing::info!(listener = %l.name, %peer, client_certificate = %reason, resumed = true,
+            "TLS handshake failed: client certificate refused");
+        let kind = HandshakeError::client_certificate(reason);
+        l.metrics.handshake_error(true, kind);
+        return None;
+    }
     let (version, cipher) = crate::tls::session_tls_info(conn);
     l.metrics.handshake(true, Handshake::ok(&version));
     if l.protocol_log() {
         log_handshake(l, tls, session, peer, &version, &cipher);
     }
-    let client_cert = l.client_auth.client_cert(conn);
     match &client_cert {
         ClientCert::None => {}
         ClientCert::Verified(cert) => {
@@ -40,12 +56,12 @@ fn handshake_done(l: &ListenerRuntime, tls: &ServerTls, session: u64, peer: Sock
                 "client certificate did not verify; treated as none");
         }
     }
-    TlsInfo {
+    Some(TlsInfo {
         version,
         cipher,
         client_cert,
         our_cert: OurCert::NotOffered,
-    }
+    })
 }
 
 /// The protocol log's handshake lines: the certificate we sent and the client's, if any
@@ -187,7 +203,7 @@ pub(crate) async fn accept_tls(
     };
     match handshake(l, acceptor, tcp, deadline, half_rtt).await {
         Ok(Ok(tls)) => {
-            let info = handshake_done(l, &tls, id, peer);
+            let info = handshake_done(l, &tls, id, peer)?;
             let sent_half_rtt = tls.sent_half_rtt();
             Some(Accepted {
                 stream: Stream::ServerTls(Box::new(tls)),

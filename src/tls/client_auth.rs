@@ -91,6 +91,12 @@ impl ClientAuth {
         }
     }
 
+    /// `client_certificates: require`: a client without a certificate that verifies is not
+    /// served.
+    pub fn required(&self) -> bool {
+        self.mode == ClientCertificates::Require
+    }
+
     /// What the session learns of the client certificate after a completed handshake.
     pub fn client_cert(&self, conn: &rustls::CommonState) -> ClientCert {
         let Some((leaf, intermediates)) = conn.peer_certificates().and_then(|c| c.split_first())

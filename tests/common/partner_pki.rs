@@ -53,6 +53,10 @@ pub struct PartnerPki {
     pub untrusted: Identity,
     /// Names the partner's domain and verifies, but is for servers only (no clientAuth EKU).
     pub server_only: Identity,
+    /// The partner's, valid until [`PartnerPki::EXPIRING`] after the PKI was made.
+    pub expiring: Identity,
+    /// When `expiring` expires.
+    pub expiring_at: std::time::SystemTime,
 }
 
 const ROOT_CN: &str = "Woodgrove Root CA";
@@ -178,6 +182,17 @@ impl PartnerPki {
             Some(&inter_der),
             INTERMEDIATE_CN,
         );
+        let expiring_at = std::time::SystemTime::now() + PartnerPki::EXPIRING;
+        let mut expiring_params = leaf_params(&["mail.woodgrovebank.com"], 7);
+        let since_epoch = expiring_at.duration_since(std::time::UNIX_EPOCH).unwrap();
+        expiring_params.not_after = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+        let expiring = issue(
+            "expiring",
+            expiring_params,
+            &inter,
+            Some(&inter_der),
+            INTERMEDIATE_CN,
+        );
         let other_domain = issue(
             "other-domain",
             leaf_params(&["mail.fabrikam.test"], 4),
@@ -247,8 +262,13 @@ impl PartnerPki {
             other_domain,
             untrusted,
             server_only,
+            expiring,
+            expiring_at,
         }
     }
+
+    /// How long `expiring` is valid for from when the PKI is made.
+    pub const EXPIRING: std::time::Duration = std::time::Duration::from_secs(4);
 
     /// The `trust` section: this PKI's root, its CRL, no OS store.
     pub fn trust_yaml(&self) -> String {
