@@ -612,12 +612,37 @@ fn expects(pending: &Pending, code: u16) -> bool {
     }
 }
 
+/// The most octets of a reply line the legacy MTA gets, code and CRLF included (RFC 5321
+/// §4.5.3.1.5).
+const MAX_RELAYED_LINE: usize = 512;
+/// The most lines of one next hop reply the legacy MTA gets.
+const MAX_RELAYED_LINES: usize = 16;
+
 /// A next hop reply as the legacy MTA gets it. `421` is the next hop closing its own
 /// session; ours goes on, so the legacy MTA is told `451` (RFC 5321 §4.2.5: 421 means the
-/// receiver is closing the channel it is speaking on).
+/// receiver is closing the channel it is speaking on). The next hop may be hostile and the
+/// legacy MTA reads what it says: within RFC 5321's line length, [`MAX_RELAYED_LINES`]
+/// lines (the first ones and the last), printable ASCII (anything else `?`), whatever the
+/// next hop sent.
 fn for_client(mut reply: Reply) -> Reply {
     if reply.code == 421 {
         reply.code = 451;
+    }
+    if reply.lines.len() > MAX_RELAYED_LINES {
+        // The first lines, and the last: the one with the final code says the most.
+        let last = reply.lines.pop();
+        reply.lines.truncate(MAX_RELAYED_LINES - 1);
+        reply.lines.extend(last);
+    }
+    for line in &mut reply.lines {
+        let printable = |c: char| c == ' ' || c.is_ascii_graphic();
+        if line.len() > MAX_RELAYED_LINE - 6 || !line.chars().all(printable) {
+            *line = line
+                .chars()
+                .take(MAX_RELAYED_LINE - 6)
+                .map(|c| if printable(c) { c } else { '?' })
+                .collect();
+        }
     }
     reply
 }

@@ -658,6 +658,37 @@ fn an_intermediate_reply_to_mail_is_a_broken_next_hop() {
     assert!(!h.closed, "the session goes on");
 }
 
+/// A hostile next hop's reply reaches the legacy MTA within RFC 5321's limits: lines of 512
+/// octets at most (CRLF included), 16 lines (the first and the last), printable ASCII.
+#[test]
+fn a_next_hop_reply_is_bounded_and_ascii_for_the_legacy_mta() {
+    let mut h = Harness::originate(cfg(Level::May));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    h.take_backend();
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_backend(), "RCPT TO:<b@y.test>\r\n");
+    let long = "x".repeat(1500);
+    let mut reply = format!("550-5.1.1 caf\u{e9} {long}\r\n");
+    for i in 0..20 {
+        reply.push_str(&format!("550-line {i}\r\n"));
+    }
+    reply.push_str("550 5.1.1 end\r\n");
+    h.backend_says(reply.as_bytes());
+    let got = h.take_client();
+    let lines: Vec<&str> = got.split_inclusive("\r\n").collect();
+    assert_eq!(lines.len(), 16);
+    assert_eq!(
+        lines[0],
+        format!("550-5.1.1 caf? {}\r\n", &long[..506 - 11])
+    );
+    assert_eq!(lines[0].len(), 512);
+    assert_eq!(lines[1], "550-line 0\r\n");
+    assert_eq!(lines[14], "550-line 13\r\n");
+    assert_eq!(lines[15], "550 5.1.1 end\r\n", "the last line kept");
+    assert!(got.is_ascii());
+}
+
 /// The replies to commands the legacy MTA pipelined leave together once the next hop has
 /// answered the last of them (as inbound).
 #[test]
