@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::process::{exactly, free_port, TempDir};
+use crate::common::process::{exactly, free_ports, TempDir};
 
 /// Debian's Postfix commands (its `command_directory`).
 pub const POSTFIX: &str = "/usr/sbin/postfix";
@@ -317,7 +317,7 @@ impl PostfixMta {
         for _attempt in 0..3 {
             let mut lines: Vec<String> = BASE_SERVICES.iter().map(|s| s.to_string()).collect();
             lines.extend(services.iter().map(|s| s.to_string()));
-            let ports: Vec<u16> = inet.iter().map(|_| free_port()).collect();
+            let ports = free_ports(inet.len());
             for (port, overrides) in ports.iter().zip(inet) {
                 lines.push(format!("127.0.0.1:{port} inet n - n - - smtpd {overrides}"));
             }

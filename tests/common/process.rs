@@ -52,6 +52,18 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// `n` free ports, all different: each is held until all are found (one port asked for twice
+/// in a row can come back twice, as the kernel reuses the one just released).
+#[allow(dead_code)]
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 /// Wait (10 s at most) until `port` accepts connections while `child` runs; false if it
 /// exited first.
 pub fn wait_accepting(child: &mut Child, port: u16) -> bool {
