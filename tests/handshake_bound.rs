@@ -122,8 +122,8 @@ async fn implicit_listener_closes_without_a_byte_while_the_slots_are_taken() {
 }
 
 /// Silence is no handshake: connections that say nothing after connecting (implicit TLS) or
-/// after `STARTTLS`, or stop inside their ClientHello, hold no slot, and the one slot goes to
-/// a client that sends its ClientHello.
+/// after `STARTTLS`, or stop inside their ClientHello (a first record of one octet of it
+/// included), hold no slot, and the one slot goes to a client that sends its ClientHello.
 #[tokio::test]
 async fn a_silent_client_holds_no_slot() {
     for tls in ["implicit", "starttls"] {
@@ -131,14 +131,17 @@ async fn a_silent_client_holds_no_slot() {
         let addr = running.addr("inbound").unwrap();
         let hello = client_hello();
         let (mut sessions, mut connections) = (Vec::new(), Vec::new());
-        for cut in [0, 2, 5, hello.len() - 1] {
+        // Cut anywhere, or a first record of one octet of it (a record is not the message).
+        let mut partial: Vec<&[u8]> = [0, 2, 5, hello.len() - 1].map(|cut| &hello[..cut]).into();
+        partial.push(&[22, 3, 1, 0, 1, 1]);
+        for sent in partial {
             if tls == "starttls" {
                 let mut c = silent_starttls(&running).await;
-                c.send(&hello[..cut]).await;
+                c.send(sent).await;
                 sessions.push(c);
             } else {
                 let mut tcp = TcpStream::connect(addr).await.unwrap();
-                tcp.write_all(&hello[..cut]).await.unwrap();
+                tcp.write_all(sent).await.unwrap();
                 connections.push(tcp);
             }
         }

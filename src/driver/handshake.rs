@@ -184,22 +184,28 @@ pub(crate) async fn accept_tls(
     peer: SocketAddr,
 ) -> Option<Accepted> {
     // One of `max_handshakes` slots for the handshake's CPU work, taken once the ClientHello
-    // is in and awaited within the deadline; released when the handshake is over.
+    // is in, both awaited within the deadline; released when the handshake is over.
     let _slot = match &l.handshakes {
         None => None,
-        Some(slots) => match timeout_at(deadline, async {
-            crate::io::client_hello(&tcp).await;
-            slots.take().await
-        })
-        .await
-        {
-            Ok(Some(slot)) => Some(slot),
-            _ => {
-                let why = "no handshake slot free in time (max_handshakes)";
-                handshake_failed(l, peer, why, "server", HandshakeError::Timeout);
+        Some(slots) => {
+            let why = match timeout_at(deadline, crate::io::client_hello(&tcp)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(why)) => Some((why, HandshakeError::Protocol)),
+                Err(_) => Some(("no ClientHello in time", HandshakeError::Timeout)),
+            };
+            if let Some((why, kind)) = why {
+                handshake_failed(l, peer, why, "server", kind);
                 return None;
             }
-        },
+            match timeout_at(deadline, slots.take()).await {
+                Ok(Some(slot)) => Some(slot),
+                _ => {
+                    let why = "no handshake slot free in time (max_handshakes)";
+                    handshake_failed(l, peer, why, "server", HandshakeError::Timeout);
+                    return None;
+                }
+            }
+        }
     };
     match handshake(l, acceptor, tcp, deadline, half_rtt).await {
         Ok(Ok(tls)) => {

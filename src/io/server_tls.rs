@@ -77,40 +77,112 @@ enum Next {
     Failed(rustls::Error),
 }
 
-/// Wait until the client's first TLS record (its ClientHello) has arrived whole, reading
-/// nothing: or until what arrived cannot begin a handshake record, or the connection ended
+/// Wait until the client's ClientHello has arrived whole (in one TLS record or several),
+/// reading nothing; or until what arrived cannot be a ClientHello, or the connection ended
 /// (the handshake then fails at once). A listener's `max_handshakes` slot is taken only after
-/// this, so that a peer which connects (or says STARTTLS) and then sends nothing holds no
-/// slot: the slots bound handshake work, and silence is no work.
-pub async fn client_hello(tcp: &TcpStream) {
-    let mut header = [0u8; 5];
+/// this, so that a peer which connects (or says STARTTLS) and then sends nothing, or part of
+/// a ClientHello, holds no slot: the slots bound handshake work, and silence is no work.
+/// `Err`: a ClientHello longer than [`MAX_CLIENT_HELLO`], refused before it costs a slot.
+pub async fn client_hello(tcp: &TcpStream) -> Result<(), &'static str> {
     loop {
-        // The peer's FIN ends the wait: the record can no longer complete, and a closed
+        // The peer's FIN ends the wait: the ClientHello can no longer complete, and a closed
         // socket stays readable (waiting again would spin).
         match tcp.ready(tokio::io::Interest::READABLE).await {
             Ok(ready) if !ready.is_read_closed() => {}
-            _ => return,
+            _ => return Ok(()),
         }
-        // WouldBlock, for a record not yet whole, clears the readiness: the next segment
+        // WouldBlock, for a ClientHello not yet whole, clears the readiness: the next segment
         // wakes this again.
-        let whole = tcp.try_io(tokio::io::Interest::READABLE, || {
-            let n = rustix::net::recv(tcp, &mut header, rustix::net::RecvFlags::PEEK)?.0;
-            if n == 0 {
-                return Ok(());
-            }
-            let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
-            if n == header.len() && (header[0] != HANDSHAKE || 5 + length > MAX_RECORD) {
-                return Ok(());
-            }
-            if n == header.len() && rustix::io::ioctl_fionread(tcp)? >= 5 + length as u64 {
-                return Ok(());
-            }
-            Err(io::ErrorKind::WouldBlock.into())
+        let seen = tcp.try_io(tokio::io::Interest::READABLE, || {
+            super::SCRATCH.with_borrow_mut(|buf| {
+                let room = buf.len().min(HELLO_PEEK);
+                let peek = rustix::net::RecvFlags::PEEK;
+                let n = rustix::net::recv(tcp, &mut buf[..room], peek)?.0;
+                match hello_state(&buf[..n]) {
+                    Hello::Incomplete if n > 0 && n < room => Err(io::ErrorKind::WouldBlock.into()),
+                    Hello::Incomplete => Ok(Hello::Incomplete),
+                    state => Ok(state),
+                }
+            })
         });
-        match whole {
+        match seen {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            _ => return,
+            // As many octets as the peek takes and still no whole ClientHello (records of
+            // an octet or two each): over the bound too.
+            Ok(Hello::TooLong) | Ok(Hello::Incomplete) => {
+                return Err("ClientHello too long");
+            }
+            _ => return Ok(()),
         }
+    }
+}
+
+/// The longest ClientHello served (its handshake message, header included). A real one is a
+/// few hundred octets to a few KiB (post-quantum key shares, a resumption ticket); rustls
+/// would take up to 64 KiB, which a client could trickle in while holding a slot.
+pub const MAX_CLIENT_HELLO: usize = 16 * 1024;
+
+/// The most octets [`client_hello`] peeks at: a ClientHello of [`MAX_CLIENT_HELLO`] in
+/// records of at least 64 octets each, with their headers.
+const HELLO_PEEK: usize = MAX_CLIENT_HELLO + (MAX_CLIENT_HELLO / 64 + 1) * 5;
+
+/// What the first octets of a client's TLS stream hold, for [`client_hello`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hello {
+    /// Not yet the whole ClientHello.
+    Incomplete,
+    /// A whole ClientHello; or anything but the beginning of one (not a handshake record,
+    /// another message, nothing at all), which the handshake refuses at once.
+    Ready,
+    /// A ClientHello longer than [`MAX_CLIENT_HELLO`].
+    TooLong,
+}
+
+/// Walk the handshake records at the start of `bytes` for the ClientHello they carry.
+pub(crate) fn hello_state(bytes: &[u8]) -> Hello {
+    const CLIENT_HELLO: u8 = 1;
+    if bytes.is_empty() {
+        return Hello::Ready;
+    }
+    // The handshake message's 4-octet header (type, 24-bit length), as far as it has come,
+    // and how many octets of the message have.
+    let (mut head, mut have) = ([0u8; 4], 0usize);
+    let mut rest = bytes;
+    loop {
+        let Some(header) = rest.get(..5) else {
+            return match rest.first() {
+                Some(&t) if t != HANDSHAKE => Hello::Ready,
+                _ => Hello::Incomplete,
+            };
+        };
+        let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if header[0] != HANDSHAKE || length == 0 || 5 + length > MAX_RECORD {
+            return Hello::Ready;
+        }
+        let payload = &rest[5..rest.len().min(5 + length)];
+        for &b in payload {
+            if have < 4 {
+                head[have] = b;
+            }
+            have += 1;
+        }
+        if have >= 4 {
+            if head[0] != CLIENT_HELLO {
+                return Hello::Ready;
+            }
+            let message =
+                4 + (usize::from(head[1]) << 16 | usize::from(head[2]) << 8) + usize::from(head[3]);
+            if message > MAX_CLIENT_HELLO {
+                return Hello::TooLong;
+            }
+            if have >= message {
+                return Hello::Ready;
+            }
+        }
+        if payload.len() < length {
+            return Hello::Incomplete;
+        }
+        rest = &rest[5 + length..];
     }
 }
 

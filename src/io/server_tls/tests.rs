@@ -539,3 +539,65 @@ async fn a_resumed_session_asked_for_a_certificate_is_greeted_in_the_handshake()
         }
     }
 }
+
+/// A rustls client's ClientHello, as one record.
+fn real_client_hello() -> Vec<u8> {
+    let pki = pki(TLS13);
+    let mut conn = rustls::ClientConnection::new(Arc::clone(&pki.client), name()).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// The same handshake payload re-cut into records of `size` octets each.
+fn in_records(record: &[u8], size: usize) -> Vec<u8> {
+    let payload = &record[5..];
+    let mut out = Vec::new();
+    for piece in payload.chunks(size) {
+        out.extend_from_slice(&[22, 3, 1]);
+        out.extend_from_slice(&u16::try_from(piece.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(piece);
+    }
+    out
+}
+
+/// The wait for a ClientHello before a handshake slot: whole only when every octet of the
+/// message is in, however it is cut into records (a tiny first record is not the
+/// ClientHello), anything that is not one lets the handshake fail at once, and one longer
+/// than the bound is refused.
+#[test]
+fn a_client_hello_is_whole_only_when_all_of_it_is_in() {
+    use super::{hello_state, Hello, MAX_CLIENT_HELLO};
+    let hello = real_client_hello();
+    for recut in [
+        hello.clone(),
+        in_records(&hello, 100),
+        in_records(&hello, 1),
+    ] {
+        assert_eq!(hello_state(&recut), Hello::Ready);
+        // Every octet short of the end, wherever the cut falls (a record header, the
+        // message's header, a payload): not yet.
+        for cut in 1..recut.len() {
+            assert_eq!(hello_state(&recut[..cut]), Hello::Incomplete, "cut {cut}");
+        }
+    }
+    // The attack: a first record of one octet, then silence.
+    assert_eq!(hello_state(&[22, 3, 1, 0, 1, 1]), Hello::Incomplete);
+    // Not a ClientHello: the handshake refuses it at once, no need to wait.
+    assert_eq!(hello_state(b""), Hello::Ready);
+    assert_eq!(hello_state(b"EHLO x\r\n"), Hello::Ready);
+    assert_eq!(hello_state(&[23, 3, 3, 0, 5]), Hello::Ready);
+    assert_eq!(hello_state(&[22, 3, 1, 0, 4, 2, 0, 0, 0]), Hello::Ready);
+    assert_eq!(hello_state(&[22, 3, 1, 0, 0]), Hello::Ready);
+    // Longer than the bound, said in its header: refused before the rest comes.
+    let long = u32::try_from(MAX_CLIENT_HELLO - 3).unwrap().to_be_bytes();
+    assert_eq!(
+        hello_state(&[22, 3, 1, 0, 4, 1, long[1], long[2], long[3]]),
+        Hello::TooLong
+    );
+    let just = u32::try_from(MAX_CLIENT_HELLO - 4).unwrap().to_be_bytes();
+    assert_eq!(
+        hello_state(&[22, 3, 1, 0, 4, 1, just[1], just[2], just[3]]),
+        Hello::Incomplete
+    );
+}
