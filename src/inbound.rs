@@ -32,7 +32,8 @@ pub struct Opened {
 ///
 /// The handshake sends our greeting with its last flight when it can (TLS 1.3, and no client
 /// certificate asked for in a full handshake: [`crate::io::ServerTls::accept`]), unless every
-/// backend server is marked down, when the client is better told `421 4.4.2` at once. The
+/// backend server is marked down, when the client is better told `421 4.4.2` at once, or the
+/// listener requires a client certificate (a resumed session may still be refused). The
 /// session then connects to the backend as soon as the handshake ends, while the client sends
 /// its first command: one write and one round trip fewer before that command.
 pub async fn open(
@@ -46,7 +47,10 @@ pub async fn open(
     let (client, tls, greeted) = match (&l.acceptor, l.implicit_tls) {
         (Some(acceptor), true) => {
             let deadline = tokio::time::Instant::now() + l.tls_handshake_timeout();
-            let greeting = match l.pool.any_up() {
+            // Under `client_certificates: require` the session may yet be refused after the
+            // handshake (a resumed one whose certificate no longer verifies): no greeting
+            // before that.
+            let greeting = match l.pool.any_up() && !l.client_auth.required() {
                 true => cfg.greeting().into_bytes(),
                 false => Vec::new(),
             };

@@ -32,7 +32,10 @@ fn handshake_done(
     if let (ClientCert::Failed { reason, .. }, true) = (&client_cert, l.client_auth.required()) {
         // A resumed session carries the chain its first handshake verified, checked again
         // now: one expired or revoked since is refused as a full handshake with it would be.
-        tracing::info!(listener = %l.name, %peer, client_certificate = %reason, resumed = true,
+        // (In a full one rustls verified it; one its facts cannot be read from is refused
+        // too.)
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        tracing::info!(listener = %l.name, %peer, client_certificate = %reason, resumed,
             "TLS handshake failed: client certificate refused");
         let kind = HandshakeError::client_certificate(reason);
         l.metrics.handshake_error(true, kind);

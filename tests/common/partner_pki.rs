@@ -268,7 +268,7 @@ impl PartnerPki {
     }
 
     /// How long `expiring` is valid for from when the PKI is made.
-    pub const EXPIRING: std::time::Duration = std::time::Duration::from_secs(4);
+    pub const EXPIRING: std::time::Duration = std::time::Duration::from_secs(8);
 
     /// The `trust` section: this PKI's root, its CRL, no OS store.
     pub fn trust_yaml(&self) -> String {
