@@ -72,11 +72,16 @@ impl Places {
 }
 
 /// What `max_connections_per_ip` counts a client address as: an IPv4 address (also when it
-/// comes IPv4-mapped, `::ffff:192.0.2.1`, as a dual-stack socket gives it), or an IPv6
-/// address's /64. One host holds a whole /64 (a subscriber's prefix, SLAAC), so counting its
-/// addresses one by one would give it 2^64 places.
+/// comes IPv4-mapped, `::ffff:192.0.2.1`, as a dual-stack socket gives it, or through NAT64's
+/// well-known prefix, `64:ff9b::192.0.2.1`, RFC 6052, where each IPv4 client is an address
+/// of one /96), or an IPv6 address's /64. One host holds a whole /64 (a subscriber's prefix,
+/// SLAAC), so counting its addresses one by one would give it 2^64 places.
 fn place_key(ip: IpAddr) -> IpAddr {
+    const NAT64: u128 = 0x0064_ff9b_u128 << 96;
     match ip.to_canonical() {
+        IpAddr::V6(v6) if u128::from(v6) >> 32 == NAT64 >> 32 => {
+            IpAddr::V4(std::net::Ipv4Addr::from(u128::from(v6) as u32))
+        }
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
         v4 => v4,
     }
@@ -701,8 +706,8 @@ mod tests {
         assert_eq!((p.total, p.per_ip.len()), (0, 0));
     }
 
-    /// An IPv6 client counts by its /64, an IPv4-mapped address as the IPv4 address; every
-    /// place given back still leaves the map empty.
+    /// An IPv6 client counts by its /64, an IPv4-mapped or NAT64 address as the IPv4
+    /// address; every place given back still leaves the map empty.
     #[test]
     fn ipv6_clients_count_by_their_64_and_mapped_ones_as_ipv4() {
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
@@ -720,12 +725,21 @@ mod tests {
             !p.take(Some(ip("192.0.2.1")), 10, 2),
             "one address, two forms"
         );
+        // Behind NAT64 every IPv4 client is an address of 64:ff9b::/96: each its own.
+        assert!(
+            !p.take(Some(ip("64:ff9b::192.0.2.1")), 10, 2),
+            "192.0.2.1 again"
+        );
+        assert!(p.take(Some(ip("64:ff9b::192.0.2.2")), 10, 2));
+        assert!(p.take(Some(ip("64:ff9b::192.0.2.3")), 10, 2));
         for a in [
             "2001:db8:1:2::1",
             "2001:db8:1:2:ffff::9",
             "2001:db8:1:3::1",
             "192.0.2.1",
             "::ffff:192.0.2.1",
+            "64:ff9b::192.0.2.2",
+            "64:ff9b::192.0.2.3",
         ] {
             p.give_back(Some(ip(a)));
         }

@@ -64,6 +64,7 @@ pub(super) fn record(
         Event::DomainSecureAccepted { domain } => m.domain_secure_received(&domain),
         Event::DomainSecureSent { domain } => m.domain_secure_sent(&domain),
         Event::BackendFailed { kind, reason } => {
+            let reason = log_safe(&reason);
             tracing::warn!(listener = %l.name, %peer, kind = kind.as_str(), %reason,
                 "backend failed; client told 421 4.4.2");
             m.backend_failure(kind);
@@ -74,6 +75,7 @@ pub(super) fn record(
             }
         }
         Event::NextHopFailed { host, kind, reason } => {
+            let reason = log_safe(&reason);
             tracing::info!(listener = %l.name, %peer, next_hop = %host, kind = kind.as_str(),
                 %reason, "next hop attempt failed");
             m.next_hop_failure(kind);
@@ -95,5 +97,33 @@ pub(super) fn record(
             let dir = direction.as_str();
             tracing::info!(target: PROTOCOL, session = id, %listener, %peer, "{dir} {line}");
         }
+    }
+}
+
+/// Text a backend or a next hop chose (its reply's words in a failure's reason), fit for a
+/// log line: the characters of [`smtp_core::session::unsafe_in_log`] as `?`. The reply
+/// parser already refuses control characters; line separators and bidirectional controls
+/// are valid UTF-8 it lets through.
+fn log_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_in_log = smtp_core::session::unsafe_in_log;
+    match text.chars().any(unsafe_in_log) {
+        false => text.into(),
+        true => text
+            .chars()
+            .map(|c| if unsafe_in_log(c) { '?' } else { c })
+            .collect::<String>()
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reply_text_in_a_reason_cannot_break_a_log_line() {
+        assert_eq!(super::log_safe("greeting: 554 no"), "greeting: 554 no");
+        assert_eq!(
+            super::log_safe("greeting: 554 a\u{2028}b\u{202E}c é"),
+            "greeting: 554 a?b?c é"
+        );
     }
 }

@@ -31,8 +31,8 @@ pub struct CertInfo {
     /// notAfter, unix seconds.
     pub not_after: i64,
     /// Whether it may authenticate a TLS client: no extendedKeyUsage, or one that lists
-    /// clientAuth (or anyExtendedKeyUsage). A partner's verifier (rustls's, OpenSSL's
-    /// purpose check) refuses a client certificate without it.
+    /// clientAuth. A partner's verifier refuses a client certificate without it (rustls's
+    /// and OpenSSL's purpose check alike; neither takes anyExtendedKeyUsage for it).
     pub client_auth: bool,
 }
 
@@ -56,7 +56,7 @@ impl CertInfo {
         };
         let client_auth = match cert.extended_key_usage() {
             Ok(None) => true,
-            Ok(Some(eku)) => eku.value.client_auth || eku.value.any,
+            Ok(Some(eku)) => eku.value.client_auth,
             Err(_) => false,
         };
         let validity = cert.validity();
@@ -204,7 +204,7 @@ mod tests {
     }
 
     /// A client certificate must allow client authentication: no extendedKeyUsage, or one
-    /// with clientAuth or anyExtendedKeyUsage.
+    /// with clientAuth (anyExtendedKeyUsage is not enough for webpki or OpenSSL).
     #[test]
     fn client_auth_is_read_from_the_extended_key_usage() {
         use rcgen::ExtendedKeyUsagePurpose::{Any, ClientAuth, EmailProtection, ServerAuth};
@@ -212,7 +212,8 @@ mod tests {
             (vec![], true),
             (vec![ServerAuth], false),
             (vec![ServerAuth, ClientAuth], true),
-            (vec![EmailProtection, Any], true),
+            (vec![EmailProtection, Any], false),
+            (vec![ClientAuth, Any], true),
         ] {
             let mut params = rcgen::CertificateParams::new(vec!["a.test".into()]).expect("p");
             params.extended_key_usages = ekus.clone();

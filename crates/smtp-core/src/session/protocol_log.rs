@@ -95,8 +95,6 @@ fn next_word(line: &[u8], from: usize) -> Option<(usize, usize)> {
     Some((start, start + len))
 }
 
-/// Text for the log: invalid UTF-8 and control characters shown as `?`, at most
-/// [`MAX_LOGGED`] characters (then `...`).
 /// Whether `c` must not reach a log line as it is, wherever the text came from (a command
 /// line, a certificate's subject): a control character (a forged line break, a terminal
 /// escape), a Unicode line or paragraph separator (a line break to many viewers and JSON
@@ -116,6 +114,8 @@ pub fn unsafe_in_log(c: char) -> bool {
         )
 }
 
+/// Text for the log: invalid UTF-8 and the characters of [`unsafe_in_log`] shown as `?`, at
+/// most [`MAX_LOGGED`] characters (then `...`).
 fn loggable(line: &[u8]) -> String {
     let text = String::from_utf8_lossy(line);
     let mut out: String = text
