@@ -121,6 +121,18 @@ async fn implicit_listener_closes_without_a_byte_while_the_slots_are_taken() {
     running.shutdown().await;
 }
 
+/// A whole session of a client on a listener (`tls`): TLS, the greeting, QUIT.
+async fn served(tls: &str, addr: std::net::SocketAddr) {
+    let mut c = match tls {
+        "implicit" => Client::connect_implicit(addr).await,
+        _ => Client::starttls_session(addr).await,
+    };
+    if tls == "implicit" {
+        assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+    }
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n", "{tls}");
+}
+
 /// Silence is no handshake: connections that say nothing after connecting (implicit TLS) or
 /// after `STARTTLS`, or stop inside their ClientHello (a first record of one octet of it
 /// included), hold no slot, and the one slot goes to a client that sends its ClientHello.
@@ -147,14 +159,7 @@ async fn a_silent_client_holds_no_slot() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = refused(&running);
-        let mut c = match tls {
-            "implicit" => Client::connect_implicit(addr).await,
-            _ => Client::starttls_session(addr).await,
-        };
-        if tls == "implicit" {
-            assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
-        }
-        assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n", "{tls}");
+        served(tls, addr).await;
         assert_eq!(refused(&running), before, "{tls}");
         drop((sessions, connections));
         running.shutdown().await;
@@ -162,7 +167,7 @@ async fn a_silent_client_holds_no_slot() {
 }
 
 /// A client that ends its side inside its ClientHello (a FIN after two octets of it) is
-/// closed at once: the wait for the rest of the record ends with the FIN (the socket stays
+/// closed at once: the wait for the rest of the ClientHello ends with the FIN (the socket stays
 /// readable: a wait that looked again would spin on it), and the handshake fails.
 #[tokio::test]
 async fn a_client_hello_cut_by_a_fin_ends_the_wait() {
@@ -186,14 +191,7 @@ async fn a_client_hello_cut_by_a_fin_ends_the_wait() {
         tcp.shutdown().await.unwrap();
         assert_eq!(until_closed(tcp).await, "", "{tls}");
         // And the listener still serves.
-        let mut c = match tls {
-            "implicit" => Client::connect_implicit(addr).await,
-            _ => Client::starttls_session(addr).await,
-        };
-        if tls == "implicit" {
-            assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
-        }
-        assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n", "{tls}");
+        served(tls, addr).await;
         running.shutdown().await;
     }
 }

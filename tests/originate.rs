@@ -454,6 +454,18 @@ async fn audit_mode_delivers_as_may_and_counts_enforced_false() {
 
 // ---- domain-secure is mutual TLS -----------------------------------------------------------
 
+/// The outbound metrics of one domain-secure attempt that ended as a failed handshake (sorted).
+fn ds_handshake_failed() -> Vec<String> {
+    let mut want = vec![
+        m::handshake_ok(1),
+        m::rejection("handshake_failed", true, 1),
+        m::next_hop_failures("policy", 1),
+        m::ds_failure("y.test", "handshake_failed", 1),
+    ];
+    want.sort();
+    want
+}
+
 /// What a domain-secure relay to `hop` (y.test listed `domain-secure`) answers to the RCPT, the
 /// next hop's one session, and the outbound metrics.
 async fn domain_secure_attempt(
@@ -503,14 +515,7 @@ async fn domain_secure_is_unmet_when_the_next_hop_does_not_ask_for_our_certifica
     assert!(tls.client_chain.is_empty(), "no certificate of ours went");
     assert_eq!(plain(&s.encrypted), "QUIT\r\n", "RFC 3207 §4.1");
     assert!(s.messages.is_empty());
-    let mut want = vec![
-        m::handshake_ok(1),
-        m::rejection("handshake_failed", true, 1),
-        m::next_hop_failures("policy", 1),
-        m::ds_failure("y.test", "handshake_failed", 1),
-    ];
-    want.sort();
-    assert_eq!(metrics, want);
+    assert_eq!(metrics, ds_handshake_failed());
 }
 
 /// TLS 1.3: a next hop that requires a client certificate and refuses ours (it trusts another
@@ -541,14 +546,7 @@ async fn domain_secure_certificate_refused_after_a_tls13_handshake_is_a_tls_fail
         s.end
     );
     assert!(s.messages.is_empty());
-    let mut want = vec![
-        m::handshake_ok(1),
-        m::rejection("handshake_failed", true, 1),
-        m::next_hop_failures("policy", 1),
-        m::ds_failure("y.test", "handshake_failed", 1),
-    ];
-    want.sort();
-    assert_eq!(metrics, want);
+    assert_eq!(metrics, ds_handshake_failed());
 }
 
 // ---- end-to-end acknowledgement ------------------------------------------------------------

@@ -457,53 +457,25 @@ impl ServerCertVerifier for RecordOnly {
 mod tests {
     use std::sync::Arc;
 
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rcgen::KeyPair;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     use rustls::server::WebPkiClientVerifier;
-    use rustls::{
-        ClientConfig, ClientConnection, HandshakeKind, RootCertStore, ServerConfig,
-        ServerConnection,
-    };
+    use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
     use smtp_core::session::OurCert;
 
     use super::{server_name, ClientTls};
     use crate::config::TlsVersion;
-    use crate::tls::test_util::{leaf_params, pump, TempDir};
+    use crate::tls::test_util::{leaf_params, pump, Ca, TempDir};
     use crate::tls::{LoadedCert, Trust};
 
-    struct Ca {
-        der: CertificateDer<'static>,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
     impl Ca {
-        fn new(name: &str) -> Ca {
-            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, name);
-            let key = KeyPair::generate().expect("key");
-            let der = params.self_signed(&key).expect("ca").der().clone();
-            Ca {
-                der,
-                issuer: Issuer::new(params, key),
-            }
-        }
-
         /// A leaf for `host`: its chain, PEM and key.
-        fn leaf(&self, host: &str) -> (Vec<CertificateDer<'static>>, String, KeyPair) {
+        fn leaf_parts(&self, host: &str) -> (Vec<CertificateDer<'static>>, String, KeyPair) {
             let key = KeyPair::generate().expect("key");
             let cert = leaf_params(host)
                 .signed_by(&key, &self.issuer)
                 .expect("leaf");
             (vec![cert.der().clone()], cert.pem(), key)
-        }
-
-        fn roots(&self) -> Arc<RootCertStore> {
-            let mut roots = RootCertStore::empty();
-            roots.add(self.der.clone()).expect("anchor");
-            Arc::new(roots)
         }
     }
 
@@ -539,7 +511,7 @@ mod tests {
                 builder.with_client_cert_verifier(verifier(ca).build().expect("verifier"))
             }
         };
-        let (chain, _, key) = ca.leaf("mx.example.net");
+        let (chain, _, key) = ca.leaf_parts("mx.example.net");
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Arc::new(builder.with_single_cert(chain, key).expect("cert"))
     }
@@ -555,7 +527,7 @@ mod tests {
 
     /// Our `client_certificate`, issued by `ca`, as the store loads it.
     fn ours(ca: &Ca, dir: &TempDir) -> (LoadedCert, Vec<CertificateDer<'static>>) {
-        let (chain, pem, key) = ca.leaf("relay.contoso.test");
+        let (chain, pem, key) = ca.leaf_parts("relay.contoso.test");
         let cert = dir.write("client.crt", pem);
         let key = dir.write("client.key", key.serialize_pem());
         let loaded = LoadedCert::from_files("internet", &cert, &key, "test").expect("loaded");

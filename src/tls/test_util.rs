@@ -7,12 +7,15 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SignatureAlgorithm};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    SignatureAlgorithm,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, ServerConnection,
-    SignatureScheme, SupportedProtocolVersion,
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, ServerConfig,
+    ServerConnection, SignatureScheme, SupportedProtocolVersion,
 };
 
 use crate::config::CertificateConfig;
@@ -53,6 +56,35 @@ pub fn entry(name: &str, cert: &Path, key: &Path) -> CertificateConfig {
         name: name.to_string(),
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
+    }
+}
+
+/// A CA of a test PKI: its certificate, and what signs with it. The test modules add the
+/// certificates they need it to issue.
+pub struct Ca {
+    pub der: CertificateDer<'static>,
+    pub issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// A self-signed root named `name` (CN).
+    pub fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("key");
+        let der = params.self_signed(&key).expect("ca").der().clone();
+        Ca {
+            der,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A store with this CA as its one anchor.
+    pub fn roots(&self) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.der.clone()).expect("anchor");
+        Arc::new(roots)
     }
 }
 

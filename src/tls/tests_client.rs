@@ -18,7 +18,7 @@ use rustls::version::TLS12;
 use rustls::{ClientConnection, HandshakeKind, RootCertStore, ServerConfig, ServerConnection};
 use smtp_core::session::ClientCert;
 
-use super::test_util::{leaf_params, pump, TempDir};
+use super::test_util::{leaf_params, pump, Ca, TempDir};
 use super::{server_name, session_tls_info, ClientAuth, ClientTls, LoadedCert, Trust};
 use crate::config::{ClientCertificates, TlsVersion};
 
@@ -26,27 +26,7 @@ const MX: &str = "mx.example.net";
 const DOMAIN: &str = "example.net";
 const NAMES: [&str; 2] = [MX, DOMAIN];
 
-/// A CA of a test PKI.
-struct Ca {
-    der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
 impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().expect("key");
-        let der = params.self_signed(&key).expect("ca").der().clone();
-        Ca {
-            der,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
     /// A CA allowed to issue only for names under `permitted` (nameConstraints): a root, or
     /// with `parent`, an intermediate it signed (and its PEM, for a chain).
     fn constrained(name: &str, permitted: &str, parent: Option<&Ca>) -> (Ca, String) {
