@@ -145,11 +145,14 @@ impl Session {
     /// rewritten by the listener's policy (its extensions are what MAIL and RCPT may use), a
     /// HELO with its first line.
     fn answer_hello(&mut self, name: String, esmtp: bool, reply: &Reply) {
-        self.offered = Offered::default();
-        if reply.is_positive() {
-            self.conn.helo = Some((name, esmtp));
-            self.phase = Phase::ExpectMail;
+        // Accepted, it resets the session (a new offer, no transaction); refused, the
+        // session stays as it was (RFC 5321 §4.1.4), its offer and transaction too.
+        if !reply.is_positive() {
+            return self.send_reply(reply);
         }
+        self.offered = Offered::default();
+        self.conn.helo = Some((name, esmtp));
+        self.phase = Phase::ExpectMail;
         if esmtp {
             let policy = EhloPolicy {
                 hostname: self.cfg.hostname.clone(),
@@ -163,14 +166,12 @@ impl Session {
             let rewritten = rewrite_ehlo(reply, &policy);
             self.offered = Offered::from_reply(&rewritten);
             self.send_reply(&rewritten);
-        } else if reply.is_positive() {
+        } else {
             // A HELO is answered with one line (RFC 5321 §4.1.1.1), also when an EHLO went
             // to the backend to look for XCLIENT: no extension reaches a HELO client.
             let mut reply = reply.clone();
             reply.lines.truncate(1);
             self.send_reply(&reply);
-        } else {
-            self.send_reply(reply);
         }
     }
 
@@ -329,10 +330,8 @@ impl Session {
         let mut out = BytesMut::new();
         self.hello_for_backend(name.clone(), esmtp)
             .write_to(&mut out);
-        // EHLO resets any transaction (RFC 5321 §4.1.4); the backend does the same.
-        if self.phase != Phase::ExpectEhlo {
-            self.phase = Phase::ExpectMail;
-        }
+        // An accepted EHLO resets any transaction (RFC 5321 §4.1.4), a refused one leaves it,
+        // as the backend does: decided when it answers ([`Session::answer_hello`]).
         self.forward(&out, Pending::Ehlo { name, esmtp }, now);
     }
 

@@ -706,3 +706,37 @@ fn the_client_read_budget_keeps_pipelined_input_within_its_bound() {
     h.transaction();
     assert_eq!(h.session.read_budget(Leg::Client), usize::MAX, "in DATA");
 }
+
+/// An EHLO the backend refuses leaves the session as it was (RFC 5321 §4.1.4: the server
+/// "MUST stay in the same state"), on our side as on the backend's: the transaction goes on,
+/// and what the last accepted EHLO offered is still offered. An accepted one resets both.
+#[test]
+fn a_refused_ehlo_leaves_the_transaction_and_the_offer() {
+    let mut h = Harness::greeted(test_config());
+    h.exchange("EHLO client.test\r\n", "EHLO client.test\r\n", EHLO_FULL);
+    let mail = "MAIL FROM:<a@x.test> SIZE=10\r\n";
+    assert_eq!(h.exchange(mail, mail, "250 ok\r\n"), "250 ok\r\n");
+    let rcpt = "RCPT TO:<b@y.test>\r\n";
+    assert_eq!(h.exchange(rcpt, rcpt, "250 ok\r\n"), "250 ok\r\n");
+    let refused = "550 5.7.1 Not you\r\n";
+    assert_eq!(
+        h.exchange("EHLO other.test\r\n", "EHLO other.test\r\n", refused),
+        refused
+    );
+    // The transaction is the backend's still, and ours: DATA goes to it.
+    assert_eq!(
+        h.exchange("DATA\r\n", "DATA\r\n", "354 go\r\n"),
+        "354 go\r\n"
+    );
+    h.client_says(b"hi\r\n.\r\n");
+    assert_eq!(h.take_backend(), "hi\r\n.\r\n");
+    h.backend_says(b"250 queued\r\n");
+    assert_eq!(h.take_client(), "250 queued\r\n");
+    // SIZE is still offered.
+    assert_eq!(h.exchange(mail, mail, "250 ok\r\n"), "250 ok\r\n");
+    // An accepted EHLO resets the transaction, on both sides.
+    h.exchange("EHLO client.test\r\n", "EHLO client.test\r\n", EHLO_FULL);
+    h.client_says(b"DATA\r\n");
+    assert_eq!(h.take_backend(), "");
+    assert_eq!(h.take_client(), "503 5.5.1 Need MAIL command\r\n");
+}
