@@ -151,6 +151,50 @@ async fn the_client_certificate_is_logged_with_its_fields() {
     assert!(log.contains("side=\"local\" subject=CN=mx.test"), "{log}");
 }
 
+/// Under `client_certificates: require` a refused certificate is logged too: rustls keeps
+/// none of a failed handshake, the sidecar does (every certificate received is in the
+/// protocol log). A client with none is logged as such.
+#[tokio::test]
+async fn a_refused_client_certificate_is_logged() {
+    let pki = PartnerPki::new();
+    let (backend, _rec) = recording_backend().await;
+    let yaml = format!(
+        "log:\n  level: warn,smtp_sidecar::runtime=info\n  protocol_log: true\n{}{}",
+        pki.trust_yaml(),
+        config_yaml(backend, "starttls", "      client_certificates: require\n")
+    );
+    let sidecar = start_binary(&yaml);
+    for identity in [Some(&pki.expired), None] {
+        let mut c = Client::connect(sidecar.addr("inbound").unwrap()).await;
+        c.reply().await;
+        c.cmd("EHLO partner.test").await;
+        assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+        let (config, _) = client_config(identity);
+        // TLS 1.3: the client's side completes; the server's alert comes after.
+        if let Ok(mut c) = c.try_upgrade(config).await {
+            c.send(b"QUIT\r\n").await;
+            assert!(c.closed().await);
+        }
+    }
+    sidecar.wait_log("side=\"remote\"", 1).await;
+    sidecar.wait_log("no remote certificate", 1).await;
+    let log = sidecar.log();
+    let remote: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" certificate ") && l.contains("side=\"remote\""))
+        .collect();
+    assert_eq!(remote.len(), 1, "{log}");
+    let leaf = smtp_sidecar::tls::CertInfo::from_der(&pki.expired.chain[0]).unwrap();
+    for field in [
+        format!("subject={}", leaf.subject),
+        format!("serial={}", leaf.serial),
+        format!("sha1={}", leaf.sha1),
+    ] {
+        assert!(remote[0].contains(&field), "{field} missing: {}", remote[0]);
+    }
+    assert!(log.contains("no remote certificate"), "{log}");
+}
+
 /// `log.protocol_log` turned on by a reload, with the rest of the log at warn: the next
 /// session's lines are written (the log's filter lets them through from the start; the
 /// configuration in force decides).

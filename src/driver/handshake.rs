@@ -153,9 +153,18 @@ fn handshake_failed(
 /// A handshake that failed with an error: with `client_certificates: require`, a client
 /// certificate that was missing or did not verify is named (`expired`, `revoked`,
 /// `untrusted issuer`...).
-fn handshake_error(l: &ListenerRuntime, peer: SocketAddr, e: &std::io::Error) {
+fn handshake_error(l: &ListenerRuntime, peer: SocketAddr, session: u64, e: &std::io::Error) {
     match crate::tls::refused_certificate(e) {
         Some(client_certificate) => {
+            // The protocol log records every certificate received, a refused one too.
+            if l.protocol_log() {
+                log_remote_certificate(
+                    l,
+                    crate::tls::refused_leaf(e).map(std::slice::from_ref),
+                    session,
+                    peer,
+                );
+            }
             tracing::info!(listener = %l.name, %peer, client_certificate, reason = %e,
                 "TLS handshake failed: client certificate refused");
             let kind = HandshakeError::client_certificate(client_certificate);
@@ -221,7 +230,7 @@ pub(crate) async fn accept_tls(
             })
         }
         Ok(Err(e)) => {
-            handshake_error(l, peer, &e);
+            handshake_error(l, peer, id, &e);
             None
         }
         Err(Elapsed) => {

@@ -215,6 +215,8 @@ impl ServerTls {
             sni: None,
             sent_half_rtt: false,
         };
+        // No certificate refused by another handshake on this thread is taken for this one's.
+        let _ = crate::tls::take_refused_certificate();
         // The handshake's own input buffer, dropped with the handshake.
         let mut incoming = vec![0; 4096];
         let mut used = 0;
@@ -306,8 +308,17 @@ impl ServerTls {
                 }
                 Next::Done => break,
                 Next::Failed(e) => {
+                    // Set by the `require` verifier inside the `process_tls_records` above:
+                    // taken before anything waits, while this is still the thread it ran on.
+                    let refused = crate::tls::take_refused_certificate();
                     tls.send_alert(&mut incoming[..used]).await;
-                    return Err(invalid(e));
+                    return Err(match refused {
+                        Some(leaf) => io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            crate::tls::CertificateRefused { error: e, leaf },
+                        ),
+                        None => invalid(e),
+                    });
                 }
             }
         }

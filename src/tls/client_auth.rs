@@ -8,6 +8,7 @@
 //!   partner whose certificate does not verify still delivers its non-domain-secure mail and
 //!   the session learns why: [`ClientCert::Failed`].
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -86,7 +87,7 @@ impl ClientAuth {
         let webpki = self.webpki.as_ref()?;
         match self.mode {
             ClientCertificates::None => None,
-            ClientCertificates::Require => Some(Arc::clone(webpki)),
+            ClientCertificates::Require => Some(Arc::new(KeepRefused(Arc::clone(webpki)))),
             ClientCertificates::Request => Some(Arc::new(RequestOnly(Arc::clone(webpki)))),
         }
     }
@@ -135,10 +136,45 @@ impl ClientAuth {
     }
 }
 
+/// A server handshake that failed on the client's certificate, with that certificate: rustls
+/// keeps none of a failed handshake, and the protocol log records every certificate
+/// received. The server stream returns it inside its `io::Error`.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CertificateRefused {
+    pub error: rustls::Error,
+    /// The client's leaf certificate.
+    pub leaf: CertificateDer<'static>,
+}
+
+thread_local! {
+    /// The leaf certificate the `require` verifier refused in the handshake step this thread
+    /// is running: rustls calls the verifier inside `process_tls_records`, with no
+    /// connection of its own to tell, and the server stream takes it right after that call
+    /// returns the failure, with no wait in between ([`take_refused_certificate`]).
+    static REFUSED: RefCell<Option<CertificateDer<'static>>> = const { RefCell::new(None) };
+}
+
+/// The certificate the `require` verifier last refused on this thread, if any (see
+/// [`CertificateRefused`]); taken, so the next handshake starts with none.
+pub fn take_refused_certificate() -> Option<CertificateDer<'static>> {
+    REFUSED.with_borrow_mut(Option::take)
+}
+
+/// The client certificate a handshake that ended in `e` refused, when it is known.
+pub fn refused_leaf(e: &std::io::Error) -> Option<&CertificateDer<'static>> {
+    Some(&e.get_ref()?.downcast_ref::<CertificateRefused>()?.leaf)
+}
+
 /// Why a handshake that ended in `e` refused the peer's certificate ([`failure_reason`]), or
 /// `None` when it failed for anything else.
 pub fn refused_certificate(e: &std::io::Error) -> Option<&'static str> {
-    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+    let inner = e.get_ref()?;
+    let error = match inner.downcast_ref::<CertificateRefused>() {
+        Some(refused) => &refused.error,
+        None => inner.downcast_ref::<rustls::Error>()?,
+    };
+    match error {
         err @ (rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)) => {
             Some(failure_reason(err))
         }
@@ -170,6 +206,61 @@ pub fn failure_reason(e: &rustls::Error) -> &'static str {
             }
         }
         _ => "invalid",
+    }
+}
+
+/// `require`: the WebPki verifier, keeping a certificate it refuses for the protocol log
+/// ([`CertificateRefused`]).
+#[derive(Debug)]
+struct KeepRefused(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for KeepRefused {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now);
+        if verified.is_err() {
+            let leaf = end_entity.clone().into_owned();
+            REFUSED.with_borrow_mut(|refused| *refused = Some(leaf));
+        }
+        verified
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 

@@ -44,7 +44,10 @@ mod tests_store;
 
 pub use certinfo::CertInfo;
 pub use client::{backend_config, server_name, ClientTls};
-pub use client_auth::{failure_reason, peer_cert, refused_certificate, ClientAuth};
+pub use client_auth::{
+    failure_reason, peer_cert, refused_certificate, refused_leaf, take_refused_certificate,
+    CertificateRefused, ClientAuth,
+};
 pub use select::{Candidates, CertPlan};
 pub use selfsigned::{kept_self_signed, load_or_create_self_signed, self_signed, SELF_SIGNED_NAME};
 pub use server::{server_config, session_tls_info};
