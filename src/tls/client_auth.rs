@@ -87,8 +87,10 @@ impl ClientAuth {
         let webpki = self.webpki.as_ref()?;
         match self.mode {
             ClientCertificates::None => None,
-            ClientCertificates::Require => Some(Arc::new(KeepRefused(Arc::clone(webpki)))),
-            ClientCertificates::Request => Some(Arc::new(RequestOnly(Arc::clone(webpki)))),
+            mode => Some(Arc::new(Verifier {
+                webpki: Arc::clone(webpki),
+                mandatory: mode == ClientCertificates::Require,
+            })),
         }
     }
 
@@ -209,22 +211,29 @@ pub fn failure_reason(e: &rustls::Error) -> &'static str {
     }
 }
 
-/// `require`: the WebPki verifier, keeping a certificate it refuses for the protocol log
-/// ([`CertificateRefused`]).
+/// The verifier rustls is given, around the WebPki one over `trust`, which checks the
+/// handshake signature either way (the client proves it holds the certificate's key):
+/// - `require` (`mandatory`): a certificate that verifies is required; one it refuses is
+///   kept for the protocol log ([`CertificateRefused`]);
+/// - `request`: offered, optional, any chain accepted at the TLS layer (judged after the
+///   handshake, [`ClientAuth::client_cert`]).
 #[derive(Debug)]
-struct KeepRefused(Arc<dyn ClientCertVerifier>);
+struct Verifier {
+    webpki: Arc<dyn ClientCertVerifier>,
+    mandatory: bool,
+}
 
-impl ClientCertVerifier for KeepRefused {
+impl ClientCertVerifier for Verifier {
     fn offer_client_auth(&self) -> bool {
-        self.0.offer_client_auth()
+        true
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.0.client_auth_mandatory()
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
+        self.webpki.root_hint_subjects()
     }
 
     fn verify_client_cert(
@@ -233,7 +242,12 @@ impl ClientCertVerifier for KeepRefused {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.0.verify_client_cert(end_entity, intermediates, now);
+        if !self.mandatory {
+            return Ok(ClientCertVerified::assertion());
+        }
+        let verified = self
+            .webpki
+            .verify_client_cert(end_entity, intermediates, now);
         if verified.is_err() {
             let leaf = end_entity.clone().into_owned();
             REFUSED.with_borrow_mut(|refused| *refused = Some(leaf));
@@ -247,7 +261,7 @@ impl ClientCertVerifier for KeepRefused {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -256,61 +270,11 @@ impl ClientCertVerifier for KeepRefused {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `request`: offered, optional, any chain accepted at the TLS layer (judged after the
-/// handshake); the handshake signature is checked by the inner verifier all the same.
-#[derive(Debug)]
-struct RequestOnly(Arc<dyn ClientCertVerifier>);
-
-impl ClientCertVerifier for RequestOnly {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.webpki.supported_verify_schemes()
     }
 }
 
