@@ -35,15 +35,12 @@ const NO_NAME: &str = "name.invalid";
 pub struct ClientTls {
     /// No client certificate.
     anonymous: Arc<ClientConfig>,
-    /// With `client_certificate` (mutual TLS, `domain-secure`), no resumption; `None`: none
-    /// configured. Each `domain-secure` handshake uses a copy of it whose certificate
-    /// resolver records whether ours went ([`ClientTls::for_handshake`]).
-    with_cert: Option<Arc<ClientConfig>>,
+    /// What a `domain-secure` handshake (mutual TLS) starts from: no resumption. Each uses a
+    /// copy whose certificate resolver gives `certified_key` and records whether it went
+    /// ([`ClientTls::for_handshake`]).
+    mutual: Arc<ClientConfig>,
     /// `client_certificate` as it is presented; `None`: none configured.
     certified_key: Option<Arc<CertifiedKey>>,
-    /// What a `domain-secure` handshake starts from when no certificate is configured: no
-    /// resumption, a resolver that has nothing to give.
-    without_cert: Arc<ClientConfig>,
     /// The chain verifier over `trust` (anchors and CRLs) used after the handshake; `None`:
     /// `trust` has no anchors, so no chain verifies.
     webpki: Option<Arc<WebPkiServerVerifier>>,
@@ -83,13 +80,8 @@ impl ClientTls {
         };
         let anonymous = build(None)?;
         let certified_key = client_cert.map(|cert| Arc::clone(&cert.certified_key));
-        let with_cert = match &certified_key {
-            None => None,
-            Some(key) => Some(build(Some(Arc::new(
-                rustls::sign::SingleCertAndKey::from(Arc::clone(key)),
-            )))?),
-        };
-        let without_cert = build(Some(Arc::new(Recording {
+        // Its resolver is replaced in each handshake's copy.
+        let mutual = build(Some(Arc::new(Recording {
             key: None,
             record: CertRecord::new(false),
         })))?;
@@ -110,22 +102,18 @@ impl ClientTls {
         };
         Ok(ClientTls {
             anonymous,
-            with_cert,
+            mutual,
             certified_key,
-            without_cert,
             webpki,
         })
     }
 
-    /// The shared configuration: `present_certificate` offers the listener's
-    /// `client_certificate` when the next hop asks for one; without a configured certificate
-    /// this is the anonymous configuration either way. It records nothing: a handshake that
-    /// must know whether ours went (`domain-secure`) uses [`ClientTls::for_handshake`].
+    /// For tests: the configuration of a handshake, what it records left out; without a
+    /// configured certificate the anonymous one either way.
+    #[cfg(test)]
     pub fn config(&self, present_certificate: bool) -> Arc<ClientConfig> {
-        match (&self.with_cert, present_certificate) {
-            (Some(with_cert), true) => Arc::clone(with_cert),
-            _ => Arc::clone(&self.anonymous),
-        }
+        let present = present_certificate && self.certified_key.is_some();
+        self.for_handshake(present).0
     }
 
     /// The configuration of one next hop handshake. Without `present_certificate`, the shared
@@ -141,9 +129,8 @@ impl ClientTls {
         if !present_certificate {
             return (Arc::clone(&self.anonymous), None);
         }
-        let base = self.with_cert.as_ref().unwrap_or(&self.without_cert);
         let record = CertRecord::new(self.certified_key.is_some());
-        let mut config = ClientConfig::clone(base);
+        let mut config = ClientConfig::clone(&self.mutual);
         config.client_auth_cert_resolver = Arc::new(Recording {
             key: self.certified_key.clone(),
             record: record.clone(),
@@ -163,9 +150,11 @@ impl ClientTls {
         }
     }
 
-    /// Whether a client certificate is configured (what `config(true)` can present).
+    /// For tests: whether a client certificate is configured (what `config(true)` can
+    /// present).
+    #[cfg(test)]
     pub fn has_client_certificate(&self) -> bool {
-        self.with_cert.is_some()
+        self.certified_key.is_some()
     }
 
     /// What the next hop's certificate is worth, after the handshake: `Verified` if its chain
