@@ -7,6 +7,8 @@
 //! taken out of the byte buffer as they complete, so raw bytes held stay within one line cap
 //! plus one push, and the parsed lines of a reply in progress within [`MAX_REPLY_LINES`].
 
+use std::borrow::Cow;
+
 use bytes::{Buf, BytesMut};
 use nom::branch::alt;
 use nom::bytes::complete::take_while_m_n;
@@ -216,6 +218,23 @@ impl ReplyParser {
         };
         err
     }
+}
+
+/// `text` fit for a reply line we write: printable ASCII and spaces (anything else `?`), at
+/// most `max` characters. Certificate text in our own replies, a next hop's words passed to
+/// the legacy MTA: whoever chose it, the peer reading it gets what SMTP allows. Borrowed when
+/// it already is (the common case: no copy of every relayed line).
+pub(crate) fn printable_text(text: &str, max: usize) -> Cow<'_, str> {
+    let printable = |c: char| c == ' ' || c.is_ascii_graphic();
+    if text.len() <= max && text.chars().all(printable) {
+        return text.into();
+    }
+    let clean: String = text
+        .chars()
+        .take(max)
+        .map(|c| if printable(c) { c } else { '?' })
+        .collect();
+    clean.into()
 }
 
 /// `n` in decimal, in the end of `digits`.

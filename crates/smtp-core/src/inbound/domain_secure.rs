@@ -190,16 +190,7 @@ pub fn name_covers(name: &str, domain: &str) -> bool {
 
 /// Reply and log text from certificate-derived data: printable ASCII only, bounded.
 fn printable(text: &str) -> String {
-    text.chars()
-        .take(120)
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
+    crate::reply::printable_text(text, 120).into_owned()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! greeting, EHLO, STARTTLS and the certificate check as the recipient domain's level asks,
 //! MAIL; then the replies to what the client sends through it, and its failures.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -635,13 +636,8 @@ fn for_client(mut reply: Reply) -> Reply {
         reply.lines.extend(last);
     }
     for line in &mut reply.lines {
-        let printable = |c: char| c == ' ' || c.is_ascii_graphic();
-        if line.len() > MAX_RELAYED_LINE - 6 || !line.chars().all(printable) {
-            *line = line
-                .chars()
-                .take(MAX_RELAYED_LINE - 6)
-                .map(|c| if printable(c) { c } else { '?' })
-                .collect();
+        if let Cow::Owned(clean) = crate::reply::printable_text(line, MAX_RELAYED_LINE - 6) {
+            *line = clean;
         }
     }
     reply
