@@ -322,3 +322,78 @@ async fn failed_hop_handshakes_are_counted_by_reason() {
         running.shutdown().await;
     }
 }
+
+/// A TLS backend that stops reading in the middle of a message: the body's write to it gives
+/// up at the write deadline (the command timeout), the client hears `421 4.4.2`, and its
+/// connection closes right after. The dead connection is dropped when its write fails, not
+/// asked for a close_notify that would wait out a second deadline behind the same full
+/// buffers before the client's close.
+#[tokio::test]
+async fn a_stalled_tls_hop_closes_the_session_at_its_write_deadline() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let pki = NextHopPki::new();
+    let backend = NextHop::builder()
+        .host("127.0.0.1")
+        .implicit_tls(&pki, Cert::Valid)
+        .stall_after(1)
+        .start()
+        .await;
+    let yaml = format!(
+        "hostname: mx.test\nshutdown_grace: 2s\n{trust}listeners:\n  - name: inbound\n    \
+         mode: terminate\n    listen: 127.0.0.1:0\n    backend:\n      servers: [\"{addr}\"]\n      \
+         connect_timeout: 2s\n      health_check_interval: 1h\n      tls: implicit\n    \
+         policy:\n      timeouts: {{command: 2s}}\n",
+        trust = pki.trust_yaml(),
+        addr = backend.addr,
+    );
+    let running = common::start(&yaml).await;
+    let tcp = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
+        .await
+        .unwrap();
+    let (read, mut write) = tcp.into_split();
+    let mut read = tokio::io::BufReader::new(read);
+    let mut reply = String::new();
+    for (line, code) in [
+        ("", "220 "),
+        ("EHLO client.test\r\n", "250 "),
+        ("MAIL FROM:<a@x.test>\r\n", "250 "),
+        ("RCPT TO:<b@y.test>\r\n", "250 "),
+        ("DATA\r\n", "354 "),
+    ] {
+        write.write_all(line.as_bytes()).await.unwrap();
+        loop {
+            reply.clear();
+            let read = tokio::time::timeout(common::T, read.read_line(&mut reply));
+            assert!(read.await.unwrap().unwrap() > 0, "closed before {code}");
+            if reply.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        }
+        assert!(reply.starts_with(code), "{line:?}: {reply:?}");
+    }
+    // More body than every buffer between us and the stalled backend holds.
+    let sender = tokio::spawn(async move {
+        let chunk =
+            b"a line of a message body the backend never reads ...........\r\n".repeat(1024);
+        while write.write_all(&chunk).await.is_ok() {}
+    });
+    reply.clear();
+    let read_reply = tokio::time::timeout(common::T, read.read_line(&mut reply));
+    read_reply
+        .await
+        .expect("a reply in time")
+        .expect("the reply, not a reset");
+    let replied = std::time::Instant::now();
+    assert_eq!(reply, "421 4.4.2 Backend unavailable, try again later\r\n");
+    // Closed at once: well within the 2 s another write deadline would take.
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(common::T, read.read_to_end(&mut rest)).await;
+    assert!(matches!(end, Ok(Ok(0) | Err(_))), "{end:?} {rest:?}");
+    let waited = replied.elapsed();
+    assert!(
+        waited < std::time::Duration::from_millis(1000),
+        "closed {waited:?} after the 421"
+    );
+    sender.abort();
+    running.shutdown().await;
+}

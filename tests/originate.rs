@@ -681,6 +681,52 @@ async fn next_hop_lost_mid_message_is_451_4_4_2() {
     }
 }
 
+/// A next hop that stops reading in the middle of a message: the body's write to it gives
+/// up at the write deadline (the command timeout), the legacy MTA gets 451 at the end of its
+/// data, and its QUIT closes the session at once. The stalled connection was reset when its
+/// write failed: a close_notify on it would wait out a second deadline behind the same full
+/// buffers, and a graceful close would still deliver the cut body's queued bytes.
+#[tokio::test]
+async fn a_stalled_next_hop_is_reset_at_its_write_deadline() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let hop = NextHop::builder()
+        .host("y.test")
+        .starttls(&pki, Cert::Valid)
+        .stall_after(5)
+        .start()
+        .await;
+    let policy = "      default: encrypt\n      timeouts: {command: 2s}\n";
+    let conf = Conf::new(&pki, hop.addr.to_string(), policy);
+    let sidecar = start_with(&conf, &ours).await;
+    let mut client = legacy(&sidecar).await;
+    assert_eq!(client.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Ok\r\n");
+    assert_eq!(
+        client.cmd("DATA").await,
+        "354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    // More than the buffers between the sidecar and the stalled next hop hold.
+    let line = format!("{}\r\n", "x".repeat(78));
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    while body.len() < 24 << 20 {
+        body.extend_from_slice(line.as_bytes());
+    }
+    body.extend_from_slice(b".\r\n");
+    client.send(&body).await;
+    assert_eq!(
+        client.reply().await,
+        "451 4.4.2 Next hop lost mid-message, try again later\r\n"
+    );
+    assert_eq!(client.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    let quit = std::time::Instant::now();
+    assert!(client.closed().await, "the sidecar closes after QUIT");
+    let waited = quit.elapsed();
+    assert!(
+        waited < Duration::from_millis(1000),
+        "closed {waited:?} after QUIT"
+    );
+}
+
 /// Each RCPT gets the next hop's own reply (multi-line too), and DATA goes to the accepted
 /// recipients only.
 #[tokio::test]

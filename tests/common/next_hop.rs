@@ -52,6 +52,16 @@ use conn::{serve, Config, Tls};
 /// How long the next hop waits for any read (a line, the handshake) before giving up.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a `stall_after` next hop holds its connection without reading.
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// How `drop_after` and `stall_after` end a message body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cut {
+    Drop,
+    Stall,
+}
+
 /// Client certificates: none asked for, asked for, or required; checked against the CA(s) in
 /// the PEM file (a certificate that does not verify fails the handshake in both modes).
 #[derive(Debug, Clone)]
@@ -104,7 +114,8 @@ pub enum End {
     ClientClosed,
     /// The next hop closed on purpose: a 421 greeting, or `fail_handshake`.
     ServerClosed,
-    /// Closed by `drop_after` in the middle of a message.
+    /// Closed by `drop_after` in the middle of a message, or by `stall_after` after its
+    /// [`STALL`].
     Dropped,
     TimedOut,
     HandshakeFailed(String),
@@ -134,7 +145,7 @@ impl NextHop {
             versions: rustls::DEFAULT_VERSIONS.to_vec(),
             rcpt_replies: HashMap::new(),
             eod_reply: "250 2.0.0 Ok: queued".into(),
-            drop_after: None,
+            cut: None,
         }
     }
 }
@@ -156,7 +167,7 @@ pub struct NextHopBuilder<'a> {
     versions: Vec<&'static SupportedProtocolVersion>,
     rcpt_replies: HashMap<String, String>,
     eod_reply: String,
-    drop_after: Option<usize>,
+    cut: Option<(usize, Cut)>,
 }
 
 impl<'a> NextHopBuilder<'a> {
@@ -225,7 +236,14 @@ impl<'a> NextHopBuilder<'a> {
 
     /// Close the connection, unanswered, once `bytes` of a message body have arrived.
     pub fn drop_after(mut self, bytes: usize) -> Self {
-        self.drop_after = Some(bytes);
+        self.cut = Some((bytes, Cut::Drop));
+        self
+    }
+
+    /// Stop reading once `bytes` of a message body have arrived, and hold the connection open
+    /// (for [`STALL`]), as a server that hangs: the sender's writes fill the buffers and wait.
+    pub fn stall_after(mut self, bytes: usize) -> Self {
+        self.cut = Some((bytes, Cut::Stall));
         self
     }
 
@@ -246,7 +264,7 @@ impl<'a> NextHopBuilder<'a> {
             implicit: self.implicit,
             rcpt_replies: self.rcpt_replies,
             eod_reply: self.eod_reply,
-            drop_after: self.drop_after,
+            cut: self.cut,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

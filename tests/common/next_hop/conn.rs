@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use super::{End, Message, Session, TlsInfo, READ_TIMEOUT};
+use super::{Cut, End, Message, Session, TlsInfo, READ_TIMEOUT, STALL};
 
 pub(super) enum Tls {
     Off,
@@ -25,7 +25,8 @@ pub(super) struct Config {
     pub(super) implicit: bool,
     pub(super) rcpt_replies: HashMap<String, String>,
     pub(super) eod_reply: String,
-    pub(super) drop_after: Option<usize>,
+    /// `drop_after` or `stall_after`.
+    pub(super) cut: Option<(usize, Cut)>,
 }
 
 pub(super) async fn serve(tcp: TcpStream, config: &Config) -> Session {
@@ -231,8 +232,14 @@ async fn body<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(Ok(data));
         }
         data.extend_from_slice(&line);
-        if config.drop_after.is_some_and(|n| data.len() >= n) {
-            return Ok(Err(End::Dropped));
+        match config.cut {
+            Some((n, cut)) if data.len() >= n => {
+                if let Cut::Stall = cut {
+                    tokio::time::sleep(STALL).await;
+                }
+                return Ok(Err(End::Dropped));
+            }
+            _ => {}
         }
     }
 }
