@@ -398,6 +398,9 @@ impl<'a> Driver<'a> {
                     false => within(timer, l.write_timeout, stream.write(&bytes)).await,
                 };
                 if !matches!(written, Some(Ok(()))) {
+                    // Dead or stalled: the connection is reset, so that the close does not
+                    // wait on it for another write deadline.
+                    stream.reset();
                     session.handle_lost(leg, Instant::now());
                     return Step::Go;
                 }
@@ -468,10 +471,7 @@ impl<'a> Driver<'a> {
                 // An abortive close (RST): the backend discards the message in flight, and no
                 // TIME_WAIT is left behind, so sessions that have many messages refused cannot
                 // use up the ports toward a backend on another host.
-                let stream = std::mem::take(self.stream(leg));
-                if let Some(Err(e)) = stream.tcp().map(|tcp| tcp.set_zero_linger()) {
-                    tracing::debug!(error = %e, "SO_LINGER on an aborted connection");
-                }
+                self.stream(leg).reset();
             }
             Action::StartTls(TlsStart::Server) => {
                 let (Stream::Plain(tcp), Some(acceptor)) =
@@ -563,8 +563,8 @@ impl<'a> Driver<'a> {
                 within(timer, write_timeout, stream.flush()).await,
                 Some(Ok(()))
             ) {
-                // Dead or stalled: the connection is dropped, so nothing is left to flush.
-                *stream = Stream::None;
+                // Dead or stalled: the connection is reset, so nothing is left to flush.
+                stream.reset();
                 session.handle_lost(leg, Instant::now());
                 lost = true;
             }
