@@ -525,9 +525,11 @@ async fn connection(
     // What the connection's end needs, not the listener's whole handle, which goes to the
     // session.
     let closing = Closing {
-        started: Instant::now(),
-        duration: l.metrics.duration.clone(),
-        active: l.metrics.active.clone(),
+        counted: Counted {
+            started: Instant::now(),
+            duration: l.metrics.duration.clone(),
+            active: l.metrics.active.clone(),
+        },
         max: (l.max_connections, l.max_connections_per_ip),
         admitted,
     };
@@ -558,34 +560,51 @@ async fn connection(
     }
 }
 
-/// A connection whose session is over: its length is recorded (`session_duration_seconds`,
-/// one per session of `connections_total`, whichever way it ended, lingering close
-/// excluded), it leaves the listener's count (`active`), and closes with a linger if its
-/// session ended with one and a place is left (`max`: `max_connections`,
+/// A connection whose session is over: it is counted out ([`Counted`]), and closes with a
+/// linger if its session ended with one and a place is left (`max`: `max_connections`,
 /// `max_connections_per_ip`).
 struct Closing {
-    /// When the session began: once `connections_total` counted it (after a PROXY header).
-    started: Instant,
-    duration: prometheus::Histogram,
-    active: prometheus::IntGauge,
+    counted: Counted,
     max: (u32, u32),
     admitted: Admitted,
 }
 
 impl Closing {
     async fn end(self, lingering: Option<Stream>) {
-        self.duration.observe(self.started.elapsed().as_secs_f64());
-        self.active.dec();
+        let Closing {
+            counted,
+            max: (max, max_per_ip),
+            admitted,
+        } = self;
+        drop(counted);
         let Some(stream) = lingering else {
             return;
         };
         // Without a place (as many lingering closes as `max_connections`, or as
         // `max_connections_per_ip` from this address) the connection closes at once, as it
         // would have without the linger.
-        let (max, max_per_ip) = self.max;
-        if let Some(_places) = self.admitted.into_lingering(max, max_per_ip) {
+        if let Some(_places) = admitted.into_lingering(max, max_per_ip) {
             Box::pin(stream.linger()).await;
         }
+    }
+}
+
+/// A session in the listener's counts: when dropped, its length is recorded
+/// (`session_duration_seconds`, one per session of `connections_total`, whichever way it
+/// ended, lingering close excluded) and it leaves `active_sessions`. Dropped also when its
+/// task ends without reaching [`Closing::end`]: a panic in the session (which tokio contains
+/// to its task), or the runtime's end.
+struct Counted {
+    /// When the session began: once `connections_total` counted it (after a PROXY header).
+    started: Instant,
+    duration: prometheus::Histogram,
+    active: prometheus::IntGauge,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.duration.observe(self.started.elapsed().as_secs_f64());
+        self.active.dec();
     }
 }
 
@@ -678,6 +697,27 @@ mod tests {
         let want = super::LISTEN_BACKLOG.min(cap.trim().parse().unwrap());
         // State, Recv-Q, Send-Q (the backlog), local address, peer address.
         assert_eq!(backlog.get(2), Some(&want.to_string().as_str()), "{text}");
+    }
+
+    /// A session whose task panics still leaves `active_sessions` and is timed: the counts
+    /// end with the task, not only at the end of [`super::Closing::end`].
+    #[tokio::test]
+    async fn a_session_that_panics_is_counted_out() {
+        let active = prometheus::IntGauge::new("active", "active").unwrap();
+        let opts = prometheus::HistogramOpts::new("duration", "duration");
+        let duration = prometheus::Histogram::with_opts(opts).unwrap();
+        active.inc();
+        let counted = super::Counted {
+            started: std::time::Instant::now(),
+            duration: duration.clone(),
+            active: active.clone(),
+        };
+        let session = tokio::spawn(async move {
+            let _counted = counted;
+            panic!("a session's bug");
+        });
+        assert!(session.await.unwrap_err().is_panic());
+        assert_eq!((active.get(), duration.get_sample_count()), (0, 1));
     }
 
     /// Places are bounded in all and per address, a refused place leaves no trace, and every
