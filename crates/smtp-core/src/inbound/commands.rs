@@ -80,6 +80,24 @@ impl Session {
         self.dispatch(cmd, now);
     }
 
+    /// The refusal of a VRFY, EXPN or HELP whose argument the backend must not be given, as
+    /// it is forwarded otherwise: non-ASCII in a name or address unless SMTPUTF8 was offered
+    /// to the client and by the backend connection (RFC 6531 lets VRFY and EXPN carry UTF-8
+    /// under it, as MAIL and RCPT), and in a HELP topic at all (an ASCII string, RFC 5321
+    /// §4.1.1.8).
+    fn unfit_argument(&self, cmd: &Command) -> Option<&'static str> {
+        let smtputf8 = self.offered.forwardable(self.backend_offered).smtputf8;
+        match cmd {
+            Command::Vrfy(arg) | Command::Expn(arg) if !arg.is_ascii() && !smtputf8 => {
+                Some("553 5.6.7 Non-ASCII addresses require SMTPUTF8")
+            }
+            Command::Help(Some(topic)) if !topic.is_ascii() => {
+                Some("501 5.5.4 Syntax error in parameters or arguments")
+            }
+            _ => None,
+        }
+    }
+
     /// Whether a command needs the backend connection before anything is looked at. MAIL and
     /// AUTH decide for themselves, once their own checks have passed (a refusal of ours needs
     /// no backend); RSET is ours while nothing has been forwarded; RCPT and DATA are refused
@@ -135,7 +153,10 @@ impl Session {
             ),
             Command::Auth { .. } => self.auth(&cmd, now),
             Command::Vrfy(_) | Command::Expn(_) | Command::Help(_) => {
-                self.forward_cmd(&cmd, Pending::Other, now);
+                match self.unfit_argument(&cmd) {
+                    Some(refusal) => self.refuse(refusal, now),
+                    None => self.forward_cmd(&cmd, Pending::Other, now),
+                }
             }
             Command::Etrn(_) => self.refuse("502 5.5.1 Command not implemented", now),
         }

@@ -52,6 +52,44 @@ fn no_parameters_after_helo() {
     assert_eq!(h.take_backend(), "", "nothing of it reaches the backend");
 }
 
+/// VRFY and EXPN carry non-ASCII to the backend only where SMTPUTF8 was offered (after
+/// HELO, or an EHLO reply without it, `553 5.6.7`), HELP never; the backend sees none of the
+/// refused lines.
+#[test]
+fn non_ascii_arguments_follow_the_smtputf8_offer() {
+    let mut h = Harness::greeted(test_config());
+    h.exchange(
+        "HELO client.test\r\n",
+        "HELO client.test\r\n",
+        "250 legacy.test\r\n",
+    );
+    for line in ["VRFY zoë\r\n", "EXPN listé@corp.test\r\n"] {
+        h.client_says(line.as_bytes());
+        assert_eq!(
+            h.take_client(),
+            "553 5.6.7 Non-ASCII addresses require SMTPUTF8\r\n",
+            "{line}"
+        );
+    }
+    h.client_says("HELP zoë\r\n".as_bytes());
+    assert_eq!(
+        h.take_client(),
+        "501 5.5.4 Syntax error in parameters or arguments\r\n"
+    );
+    assert_eq!(h.take_backend(), "", "nothing of it reaches the backend");
+    h.exchange("VRFY zoe\r\n", "VRFY zoe\r\n", "252 2.1.5 Maybe\r\n");
+    h.exchange("EHLO client.test\r\n", "EHLO client.test\r\n", EHLO_FULL);
+    for line in ["VRFY zoë SMTPUTF8\r\n", "EXPN listé@corp.test SMTPUTF8\r\n"] {
+        h.exchange(line, line, "252 2.1.5 Maybe\r\n");
+    }
+    h.client_says("HELP zoë\r\n".as_bytes());
+    assert_eq!(
+        h.take_client(),
+        "501 5.5.4 Syntax error in parameters or arguments\r\n"
+    );
+    assert_eq!(h.take_backend(), "");
+}
+
 #[test]
 fn parameters_follow_the_ehlo_reply() {
     let mut h = Harness::greeted(test_config());
