@@ -232,3 +232,87 @@ async fn a_reload_turns_the_protocol_log_on() {
         assert!(log.contains(line), "{line:?} not in the log:\n{log}");
     }
 }
+
+/// The certificate logged as ours is the one the handshake served: with an ECDSA and an RSA
+/// certificate for the same name, a client that knows RSA signatures only gets the RSA one,
+/// and the log names it, not the ECDSA certificate a client with SNI alone would get.
+#[tokio::test]
+async fn the_certificate_logged_is_the_one_the_handshake_served() {
+    use common::pki::{sha256, KeyFormat, Pki, Spec};
+    use rustls::SignatureScheme as S;
+    use std::sync::Arc;
+    let pki = Pki::new("served");
+    let ecdsa = pki.leaf("ecdsa", Spec::ca(&["mx.test"]).years(2024, 2090));
+    let rsa = pki.leaf(
+        "rsa",
+        Spec::ca(&["mx.test"])
+            .years(2021, 2090)
+            .key(KeyFormat::RsaPkcs1),
+    );
+    let (backend, _rec) = recording_backend().await;
+    let yaml = format!(
+        "log:\n  level: warn,smtp_sidecar::runtime=info\n  protocol_log: true\n\
+         certificates:\n{}{}{}",
+        ecdsa.yaml_entry(),
+        rsa.yaml_entry(),
+        config_yaml(backend, "implicit", "")
+    );
+    let sidecar = start_binary(&yaml);
+    let addr = sidecar.addr("inbound").unwrap();
+    let rsa_only = [
+        S::RSA_PSS_SHA256,
+        S::RSA_PSS_SHA384,
+        S::RSA_PSS_SHA512,
+        S::RSA_PKCS1_SHA256,
+        S::RSA_PKCS1_SHA384,
+        S::RSA_PKCS1_SHA512,
+    ];
+    for (schemes, want) in [(None, &ecdsa), (Some(rsa_only.to_vec()), &rsa)] {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut verifier = AcceptAny::new(provider.clone());
+        verifier.schemes = schemes.clone();
+        let seen = verifier.seen.clone();
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        let tls = tls_connect_with(Arc::new(config), tcp).await.unwrap();
+        // The greeting: the handshake is over on the sidecar's side too, and logged.
+        let mut c = Client::from_io(tls, local);
+        assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
+        assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+        let served = seen.lock().unwrap().take().unwrap();
+        assert_eq!(sha256(&served), sha256(&want.der), "{schemes:?}");
+    }
+    let mut logged = Vec::new();
+    for _ in 0..100 {
+        let log = sidecar.log();
+        logged = log
+            .lines()
+            .filter(|l| l.contains(" certificate ") && l.contains("side=\"local\""))
+            .map(|l| {
+                l.split(" sha1=")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        if logged.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        logged,
+        [ecdsa.info().sha1, rsa.info().sha1],
+        "{}",
+        sidecar.log()
+    );
+}

@@ -85,7 +85,10 @@ fn log_handshake(
         // No certificate crossed the wire: what the first handshake exchanged was logged then.
         return;
     }
-    if let Some(cert) = l.certificates.served(tls.sni()) {
+    if let Some(cert) = l
+        .certificates
+        .served_in(tls.chosen_certificate(), tls.sni())
+    {
         log_certificate(session, listener, peer, "local", &cert.info);
     }
     log_remote_certificate(l, conn.peer_certificates(), session, peer);

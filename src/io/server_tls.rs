@@ -52,6 +52,9 @@ pub struct ServerTls {
     sni: Option<String>,
     /// The handshake sent the bytes it was given as half-RTT data.
     sent_half_rtt: bool,
+    /// The certificate the listener's SNI resolver chose for this handshake (an index among
+    /// its candidates, [`crate::tls::take_chosen_certificate`]), for the protocol log.
+    chosen: Option<u16>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -214,9 +217,12 @@ impl ServerTls {
             failed: false,
             sni: None,
             sent_half_rtt: false,
+            chosen: None,
         };
-        // No certificate refused by another handshake on this thread is taken for this one's.
+        // No certificate refused or chosen by another handshake on this thread is taken for
+        // this one's.
         let _ = crate::tls::take_refused_certificate();
+        let _ = crate::tls::take_chosen_certificate();
         // The handshake's own input buffer, dropped with the handshake.
         let mut incoming = vec![0; 4096];
         let mut used = 0;
@@ -238,6 +244,10 @@ impl ServerTls {
             }
             let UnbufferedStatus { discard, state } =
                 tls.conn.process_tls_records(&mut incoming[..used]);
+            // Set by the SNI resolver inside that call, on this thread: taken before any wait.
+            if let Some(chosen) = crate::tls::take_chosen_certificate() {
+                tls.chosen = Some(chosen);
+            }
             let next = match state {
                 Ok(ConnectionState::EncodeTlsData(mut e)) => {
                     match append(&mut tls.out, |buf| e.encode(buf).map_err(encode_size)) {
@@ -354,6 +364,12 @@ impl ServerTls {
     /// The server name the client asked for (SNI).
     pub fn sni(&self) -> Option<&str> {
         self.sni.as_deref()
+    }
+
+    /// Which of the listener's candidate certificates the handshake served, when its SNI
+    /// resolver chose one ([`crate::tls::CertPlan::served_in`]).
+    pub fn chosen_certificate(&self) -> Option<u16> {
+        self.chosen
     }
 
     /// The handshake sent the bytes [`ServerTls::accept`] was given as half-RTT data.

@@ -48,7 +48,7 @@ pub use client_auth::{
     failure_reason, peer_cert, refused_certificate, refused_leaf, take_refused_certificate,
     CertificateRefused, ClientAuth,
 };
-pub use select::{Candidates, CertPlan};
+pub use select::{take_chosen_certificate, Candidates, CertPlan};
 pub use selfsigned::{kept_self_signed, load_or_create_self_signed, self_signed, SELF_SIGNED_NAME};
 pub use server::{server_config, session_tls_info};
 pub use store::{CertStore, LoadedCert};

@@ -8,6 +8,7 @@
 //! handshake only compares a few strings and reads the clock (validity changes while the
 //! process runs, so "valid" is judged per handshake).
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -73,6 +74,19 @@ impl CertPlan {
         match found {
             Ok(cert) => CertPlan::Explicit(cert.clone()),
             Err(why) => CertPlan::NoMatch(why),
+        }
+    }
+
+    /// The certificate a handshake served: an explicit one, or the candidate the SNI
+    /// resolver chose in it (`chosen`: [`take_chosen_certificate`]'s index, which also
+    /// reflects the client's signature schemes and the time of the handshake). Without an
+    /// index, what the resolver would choose for `sni` now.
+    pub fn served_in(&self, chosen: Option<u16>, sni: Option<&str>) -> Option<&LoadedCert> {
+        match (self, chosen) {
+            (CertPlan::Automatic(candidates), Some(i)) => {
+                candidates.all.get(usize::from(i)).map(|c| &c.cert)
+            }
+            _ => self.served(sni),
         }
     }
 
@@ -319,10 +333,32 @@ struct SniResolver(Arc<Candidates>);
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let schemes = client_hello.signature_schemes();
-        self.0
-            .choose_for(client_hello.server_name(), unix_now(), Some(schemes))
-            .map(|c| c.certified_key.clone())
+        let chosen = self
+            .0
+            .choose_for(client_hello.server_name(), unix_now(), Some(schemes))?;
+        let index = self
+            .0
+            .all
+            .iter()
+            .position(|c| std::ptr::eq(&c.cert, chosen));
+        CHOSEN.set(index.and_then(|i| u16::try_from(i).ok()));
+        Some(chosen.certified_key.clone())
     }
+}
+
+thread_local! {
+    /// The candidate the SNI resolver chose in the handshake step this thread is running:
+    /// rustls calls the resolver inside `process_tls_records`, with no connection of its own
+    /// to tell, and the server stream takes it right after that call, with no wait in between
+    /// ([`take_chosen_certificate`]). What the protocol log names as the certificate we sent.
+    static CHOSEN: Cell<Option<u16>> = const { Cell::new(None) };
+}
+
+/// The index among a listener's candidates ([`CertPlan::served_in`]) of the certificate the
+/// SNI resolver last chose on this thread, if any; taken, so the next handshake starts with
+/// none.
+pub fn take_chosen_certificate() -> Option<u16> {
+    CHOSEN.take()
 }
 
 #[cfg(test)]

@@ -136,6 +136,16 @@ impl Client {
         }
     }
 
+    /// A client over a connection already set up (a TLS handshake of the test's own) from
+    /// `local`.
+    #[allow(dead_code)]
+    pub fn from_io<S: Io + 'static>(io: S, local: SocketAddr) -> Client {
+        Client {
+            local,
+            io: BufReader::new(Box::new(io)),
+        }
+    }
+
     /// Connect and complete a TLS handshake first (port 465 style).
     pub async fn connect_implicit(addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
@@ -282,6 +292,9 @@ pub async fn tls_connect_with<S: AsyncRead + AsyncWrite + Unpin>(
 pub struct AcceptAny {
     provider: Arc<rustls::crypto::CryptoProvider>,
     pub seen: Arc<Mutex<Option<Vec<u8>>>>,
+    /// The signature schemes offered (signature_algorithms): all the provider verifies,
+    /// unless narrowed here (a legacy client that knows RSA only).
+    pub schemes: Option<Vec<rustls::SignatureScheme>>,
 }
 
 impl AcceptAny {
@@ -289,6 +302,7 @@ impl AcceptAny {
         AcceptAny {
             provider,
             seen: Arc::default(),
+            schemes: None,
         }
     }
 }
@@ -332,9 +346,11 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.schemes.clone().unwrap_or_else(|| {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        })
     }
 }
 
