@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use crate::config::{LogConfig, LogFormat};
 
+mod fields;
+
 /// Octets of log lines waiting for standard error at most (some thousands of lines); as
 /// many more may be on their way out, so the log holds 2 MiB at most.
 pub const QUEUE_BYTES: usize = 1 << 20;
@@ -87,7 +89,7 @@ pub fn init(log: &LogConfig) -> Guard {
         .with_writer(sink);
     let _ = match log.format {
         LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(fields::TextFields).try_init(),
     };
     guard
 }

@@ -274,7 +274,7 @@ fn postfix_relays_through_the_sidecar_to_postfix_over_verified_tls() {
     }
     let log = chain.sidecar_log_when(" sans=y.test,mx.y.test ");
     assert!(
-        log.contains("side=\"remote\" subject=CN=y.test issuer=CN=Sidecar Test Root CA "),
+        log.contains("side=\"remote\" subject=\"CN=y.test\" issuer=\"CN=Sidecar Test Root CA\" "),
         "{log}"
     );
     assert!(log.contains(" sans=y.test,mx.y.test "), "{log}");

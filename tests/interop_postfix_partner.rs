@@ -408,7 +408,7 @@ fn postfix_partner_with_its_certificate_is_domain_secure() {
     // Its protocol log: the certificate Postfix presented, as received.
     let log = sidecar.log_when("> 221 ");
     let remote = format!(
-        "side=\"remote\" subject={} issuer={} serial=1001 ",
+        "side=\"remote\" subject={:?} issuer={:?} serial=1001 ",
         pki.partner.subject, pki.partner.issuer
     );
     assert!(log.contains(&remote), "{log}");

@@ -859,14 +859,14 @@ async fn protocol_log_shows_both_certificates() {
     let (local, remote) = (with("local"), with("remote"));
     assert_eq!(local.len(), 1, "ours, once:\n{log}");
     assert_eq!(remote.len(), 1, "the next hop's, once:\n{log}");
-    assert!(local[0].contains("subject=CN=mx.test"), "{}", local[0]);
+    assert!(local[0].contains("subject=\"CN=mx.test\""), "{}", local[0]);
     assert!(local[0].contains("sans=mx.test"), "{}", local[0]);
     let sha1 = format!("sha1={}", ours.info().sha1);
     assert!(local[0].contains(&sha1), "{sha1}: {}", local[0]);
-    assert!(remote[0].contains("subject=CN=y.test"), "{}", remote[0]);
+    assert!(remote[0].contains("subject=\"CN=y.test\""), "{}", remote[0]);
     assert!(remote[0].contains("sans=y.test"), "{}", remote[0]);
     assert!(
-        remote[0].contains("issuer=CN=Sidecar Test Root CA"),
+        remote[0].contains("issuer=\"CN=Sidecar Test Root CA\""),
         "{}",
         remote[0]
     );
