@@ -179,7 +179,12 @@ impl Session {
                     listed,
                 });
                 self.mode = Mode::Await(Pending::Setup { rcpt: cmd });
-                self.conn.timers.stop(Timer::Client);
+                // The set-up as a whole (every address, each step under its own deadline)
+                // takes at most what the client waits for this RCPT's reply: the command
+                // timeout (RFC 5321 §4.5.3.2.3: 5 minutes). Then the RCPT is answered.
+                self.conn
+                    .timers
+                    .set(Timer::Client, now + self.cfg.timeouts.command);
                 self.open_hop(&domain, now);
             }
             Some(route) if route.domain == domain => self.forward_rcpt(cmd, now),

@@ -122,6 +122,14 @@ impl Session {
         }
     }
 
+    /// The set-up took as long as the client waits for its RCPT's reply: the attempt in
+    /// progress is given up, no other address is tried, and the RCPT is answered as when
+    /// none is left.
+    pub(super) fn setup_expired(&mut self, now: Instant) {
+        self.hop.targets.clear();
+        self.attempt_failed(LegFailure::Timeout, "set-up not done in time".into(), now);
+    }
+
     /// The RCPT that was to open the next hop session gets `reply`; so does every further
     /// recipient of that domain in this transaction.
     fn setup_failed(&mut self, reply: String, now: Instant) {

@@ -33,7 +33,7 @@ mod state;
 pub use api::{Config, DomainPolicy, Level, NextHop, OnFailure};
 pub use policy::{TlsFailure, TlsFailureReport};
 
-use state::{Hop, HopState, Mode, Phase};
+use state::{Hop, HopState, Mode, Pending, Phase};
 
 #[derive(Debug)]
 pub struct Session {
@@ -232,6 +232,9 @@ impl Machine for Session {
     fn handle_timeout(&mut self, now: Instant) {
         match self.conn.timers.expired(now) {
             Some(Timer::Backend) => self.hop_failed(LegFailure::Timeout, "no reply in time", now),
+            Some(Timer::Client) if matches!(self.mode, Mode::Await(Pending::Setup { .. })) => {
+                self.setup_expired(now);
+            }
             Some(Timer::Client) => {
                 self.fail_message_in_flight();
                 self.conn.send("421 4.4.2 Timeout, closing connection");

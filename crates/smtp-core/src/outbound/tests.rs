@@ -554,6 +554,48 @@ fn mx_tries_hosts_in_order_and_the_next_one_on_failure() {
     assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
 }
 
+/// The set-up of a next hop, every address and step together, takes at most the command
+/// timeout (what the legacy MTA waits for its RCPT's reply): next hops that each stall just
+/// under their own deadline are not all tried, one after another, long after the client has
+/// given up. The RCPT gets the reply of an exhausted set-up, and the session goes on.
+#[test]
+fn the_whole_set_up_ends_at_the_command_timeout() {
+    let mut cfg = mx_cfg();
+    cfg.timeouts.backend_reply = Duration::from_secs(100);
+    cfg.timeouts.command = Duration::from_secs(250);
+    let mut h = Harness::originate(cfg);
+    let addrs = [
+        "192.0.2.10:25",
+        "192.0.2.11:25",
+        "192.0.2.12:25",
+        "192.0.2.13:25",
+    ];
+    h.dns = Some(Ok(vec![route("mx1.y.test", &addrs)]));
+    start(&mut h, "b@y.test");
+    // Each next hop accepts the connection and says nothing: 100 s each.
+    h.advance(Duration::from_secs(101));
+    h.advance(Duration::from_secs(101));
+    assert_eq!(h.connected.len(), 3);
+    assert_eq!(h.take_client(), "");
+    h.advance(Duration::from_secs(49));
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
+    assert_eq!(h.connected.len(), 3, "no address after the deadline");
+    assert!(h.events.contains(&Event::NextHopFailed {
+        host: "mx1.y.test".into(),
+        kind: LegFailure::Timeout,
+        reason: "set-up not done in time".into(),
+    }));
+    // The session goes on, its command timeout running again.
+    assert!(!h.closed);
+    h.client_says(b"NOOP\r\n");
+    assert_eq!(h.take_client(), "250 2.0.0 OK\r\n");
+    h.advance(Duration::from_secs(251));
+    assert_eq!(h.take_client(), "421 4.4.2 Timeout, closing connection\r\n");
+}
+
 #[test]
 fn mx_failures_have_their_replies() {
     for (dns, reply) in [
