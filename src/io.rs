@@ -182,8 +182,8 @@ impl Stream {
     /// Drop the connection with a reset (`SO_LINGER` 0): what is still queued for the peer
     /// is discarded, not sent ahead of a FIN, and no TIME_WAIT is left behind. For a message
     /// the backend must not take (it was cut short), and for a peer that stopped reading (a
-    /// write that failed or stalled), whose queued bytes would otherwise be retried for
-    /// minutes after the close.
+    /// write that stalled past its deadline), whose queued bytes would otherwise be retried
+    /// for as long as it keeps its window shut after the close.
     pub fn reset(&mut self) {
         let stream = std::mem::take(self);
         if let Some(Err(e)) = stream.tcp().map(TcpStream::set_zero_linger) {

@@ -589,6 +589,58 @@ async fn a_write_the_backend_never_reads_ends_at_the_write_deadline() {
     sender.abort();
 }
 
+/// A client whose command comes with a record that does not decrypt, in one segment: the
+/// command is read, the stream has failed, and the reply cannot be written; the client still
+/// gets the TLS alert that says why (RFC 8446 §6), then the close, not a reset.
+#[tokio::test]
+async fn a_bad_record_behind_a_command_is_answered_with_its_alert() {
+    use std::io::{Read as _, Write as _};
+    let (backend, _rec) = recording_backend().await;
+    let running = start(&config_yaml(backend, "implicit", "")).await;
+    let mut tcp = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("mx.test").unwrap();
+    let mut tls = rustls::ClientConnection::new(client_tls_config(), name).unwrap();
+    let mut plain = Vec::new();
+    // The handshake, and the greeting that comes with it or after it.
+    while tls.is_handshaking() || !plain.ends_with(b"\r\n") {
+        let mut out = Vec::new();
+        tls.write_tls(&mut out).unwrap();
+        tcp.write_all(&out).await.unwrap();
+        if tls.wants_read() {
+            let mut buf = vec![0u8; 16 * 1024];
+            let n = tokio::time::timeout(common::T, tcp.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed in the handshake");
+            tls.read_tls(&mut &buf[..n]).unwrap();
+            tls.process_new_packets().unwrap();
+            let _ = tls.reader().read_to_end(&mut plain);
+        }
+    }
+    assert_eq!(plain, b"220 mx.test ESMTP\r\n");
+    // NOOP, then an application-data record of 40 octets that decrypt to nothing.
+    tls.writer().write_all(b"NOOP\r\n").unwrap();
+    let mut out = Vec::new();
+    tls.write_tls(&mut out).unwrap();
+    out.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 40]);
+    out.extend((0..40u8).map(|i| i.wrapping_mul(37)));
+    tcp.write_all(&out).await.unwrap();
+    let mut received = Vec::new();
+    let end = tokio::time::timeout(common::T, tcp.read_to_end(&mut received))
+        .await
+        .unwrap();
+    assert!(end.is_ok(), "{end:?} after {} octets", received.len());
+    tls.read_tls(&mut &received[..]).unwrap();
+    let alert = tls.process_new_packets().unwrap_err();
+    assert_eq!(
+        alert,
+        rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+    );
+}
+
 /// `bytes_total` counts the SMTP octets each leg carried as the session read and wrote them,
 /// exactly: on a TLS leg the decrypted ones (no handshake, no record overhead), and on an
 /// implicit-TLS listener the greeting sent with the handshake too.

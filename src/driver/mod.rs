@@ -398,9 +398,7 @@ impl<'a> Driver<'a> {
                     false => within(timer, l.write_timeout, stream.write(&bytes)).await,
                 };
                 if !matches!(written, Some(Ok(()))) {
-                    // Dead or stalled: the connection is reset, so that the close does not
-                    // wait on it for another write deadline.
-                    stream.reset();
+                    stalled(stream, written.is_none());
                     session.handle_lost(leg, Instant::now());
                     return Step::Go;
                 }
@@ -465,7 +463,8 @@ impl<'a> Driver<'a> {
             }
             Action::Disconnect(leg) => {
                 let (stream, timer) = self.stream_and_timer(leg);
-                let _ = within(timer, l.write_timeout, stream.close()).await;
+                let closed = within(timer, l.write_timeout, stream.close()).await;
+                stalled(stream, closed.is_none());
             }
             Action::Abort(leg) => {
                 // An abortive close (RST): the backend discards the message in flight, and no
@@ -559,12 +558,9 @@ impl<'a> Driver<'a> {
                 continue;
             }
             let (stream, timer) = self.stream_and_timer(leg);
-            if !matches!(
-                within(timer, write_timeout, stream.flush()).await,
-                Some(Ok(()))
-            ) {
-                // Dead or stalled: the connection is reset, so nothing is left to flush.
-                stream.reset();
+            let flushed = within(timer, write_timeout, stream.flush()).await;
+            if !matches!(flushed, Some(Ok(()))) {
+                stalled(stream, flushed.is_none());
                 session.handle_lost(leg, Instant::now());
                 lost = true;
             }
@@ -598,9 +594,9 @@ impl<'a> Driver<'a> {
     /// client's connection, once its close_notify is sent, is kept for [`Driver::lingering`].
     async fn close(&mut self, linger: bool) {
         let write_timeout = self.l.write_timeout;
-        let _ = within(&mut self.timer, write_timeout, self.backend.close()).await;
-        // A connection already dropped (a write that failed or timed out) has nothing to
-        // linger for.
+        let closed = within(&mut self.timer, write_timeout, self.backend.close()).await;
+        stalled(&mut self.backend, closed.is_none());
+        // A connection already dropped (a write that timed out) has nothing to linger for.
         let linger = linger && self.client.tcp().is_some();
         let sent = within(
             &mut self.timer,
@@ -609,9 +605,23 @@ impl<'a> Driver<'a> {
         )
         .await;
         self.linger = linger && matches!(sent, Some(Ok(())));
-        if !self.linger {
+        if sent.is_none() {
+            self.client.reset();
+        } else if !self.linger {
             self.client = Stream::None;
         }
+    }
+}
+
+/// After a write, flush or close of `stream` that did not succeed: one that made no
+/// progress within the write deadline (`timed_out`) leaves the connection reset, so that
+/// nothing waits on it again (the close would, for another deadline) and what the peer did
+/// not read is not left queued in the kernel past the session. One that failed with an error
+/// keeps it: its close then fails at once, or sends the TLS alert rustls has queued (a
+/// client's broken record is answered with its alert, RFC 8446 §6).
+fn stalled(stream: &mut Stream, timed_out: bool) {
+    if timed_out {
+        stream.reset();
     }
 }
 
