@@ -35,7 +35,7 @@ fn handshake_done(
         // (In a full one rustls verified it; one its facts cannot be read from is refused
         // too.)
         let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        tracing::info!(listener = %l.name, %peer, client_certificate = %reason, resumed,
+        tracing::info!(listener = %l.name, %peer, client_certificate = reason.as_str(), resumed,
             "TLS handshake failed: client certificate refused");
         let kind = HandshakeError::client_certificate(reason);
         l.metrics.handshake_error(true, kind);

@@ -41,7 +41,8 @@ thread_local! {
 
 impl TextVisitor<'_> {
     fn write(&mut self, field: &Field, value: fmt::Arguments<'_>, quote: Quote) {
-        if self.result.is_err() {
+        // The `log` crate's metadata (rustls logs through it), already in the line's head.
+        if self.result.is_err() || field.name().starts_with("log.") {
             return;
         }
         let separator = if std::mem::take(&mut self.first) {
@@ -49,26 +50,36 @@ impl TextVisitor<'_> {
         } else {
             " "
         };
-        self.result = VALUE.with_borrow_mut(|text| {
-            text.clear();
-            text.write_fmt(value)?;
-            let w = &mut self.writer;
-            match field.name() {
-                "message" => {
-                    w.write_str(separator)?;
-                    escape_controls(w, text)
-                }
-                name => {
-                    let name = name.strip_prefix("r#").unwrap_or(name);
-                    write!(w, "{separator}{name}=")?;
-                    if quote == Quote::Always || !is_token(text) {
-                        write!(w, "{:?}", text.as_str())
-                    } else {
-                        w.write_str(text)
-                    }
-                }
-            }
+        // The thread's buffer, unless it is in use: a value whose formatting panicked, and
+        // the panic's own line (`log::panic_hook`) logged while it was borrowed.
+        self.result = VALUE.with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut text) => self.field(field.name(), separator, &mut text, value, quote),
+            Err(_) => self.field(field.name(), separator, &mut String::new(), value, quote),
         });
+    }
+
+    fn field(
+        &mut self,
+        name: &str,
+        separator: &str,
+        text: &mut String,
+        value: fmt::Arguments<'_>,
+        quote: Quote,
+    ) -> fmt::Result {
+        text.clear();
+        text.write_fmt(value)?;
+        let w = &mut self.writer;
+        if name == "message" {
+            w.write_str(separator)?;
+            return escape_controls(w, text);
+        }
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        write!(w, "{separator}{name}=")?;
+        if quote == Quote::Always || !is_token(text) {
+            write!(w, "{:?}", text.as_str())
+        } else {
+            w.write_str(text)
+        }
     }
 }
 
@@ -193,5 +204,27 @@ mod tests {
              reason=\"refused: \\\"550\\\" \\\\ \\u{1b}[31m\\nforged=1\" sha1=AB12 empty=\"\" \
              ok=true\n"
         );
+    }
+
+    /// The `log` crate's metadata is left out, as tracing-subscriber's own fields do: rustls
+    /// logs through the `log` crate.
+    #[test]
+    fn log_crate_metadata_is_left_out() {
+        assert_eq!(
+            line(|| tracing::warn!(log.target = "rustls::conn", log.line = 613u64, "an alert")),
+            "an alert\n"
+        );
+    }
+
+    /// A value whose formatting panics while the thread's buffer is borrowed: the line of the
+    /// panic (logged from the panic hook, on the same thread) is still written, with a
+    /// buffer of its own, instead of a second panic that would abort the process.
+    #[test]
+    fn a_line_logged_while_the_buffer_is_in_use_is_written() {
+        let text = super::VALUE.with(|buffer| {
+            let _held = buffer.borrow_mut();
+            line(|| tracing::info!(reason = %"in use", "logged meanwhile"))
+        });
+        assert_eq!(text, "logged meanwhile reason=\"in use\"\n");
     }
 }

@@ -158,10 +158,10 @@ impl Running {
         self.infos.store(Arc::new(listener_infos(&self.active)));
         tracing::info!(
             generation = self.metrics.config_generation.get() + 1,
-            added = ?added,
-            removed = ?removed,
-            moved = ?moved,
-            changed = ?changed,
+            added = %added.join(","),
+            removed = %removed.join(","),
+            moved = %moved.join(","),
+            changed = %changed.join(","),
             "configuration reloaded"
         );
         Ok(())
