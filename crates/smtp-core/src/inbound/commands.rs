@@ -74,6 +74,11 @@ impl Session {
             }
             return self.refuse("530 5.7.0 Must issue a STARTTLS command first", now);
         }
+        // What the client itself was not offered is refused before a deferred backend is
+        // connected for it; what the backend connection did not offer, in `dispatch`.
+        if let Some(refusal) = self.unfit_argument(&cmd, self.offered.smtputf8) {
+            return self.refuse(refusal, now);
+        }
         if self.backend == Backend::Deferred && self.needs_backend(&cmd) {
             return self.connect_for(cmd);
         }
@@ -81,12 +86,11 @@ impl Session {
     }
 
     /// The refusal of a VRFY, EXPN or HELP whose argument the backend must not be given, as
-    /// it is forwarded otherwise: non-ASCII in a name or address unless SMTPUTF8 was offered
-    /// to the client and by the backend connection (RFC 6531 lets VRFY and EXPN carry UTF-8
-    /// under it, as MAIL and RCPT), and in a HELP topic at all (an ASCII string, RFC 5321
-    /// §4.1.1.8).
-    fn unfit_argument(&self, cmd: &Command) -> Option<&'static str> {
-        let smtputf8 = self.offered.forwardable(self.backend_offered).smtputf8;
+    /// it is forwarded otherwise: non-ASCII in a name or address unless SMTPUTF8 is offered
+    /// (`smtputf8`: to the client, and by the backend connection once there is one; RFC 6531
+    /// lets VRFY and EXPN carry UTF-8 under it, as MAIL and RCPT), and in a HELP topic at all
+    /// (an ASCII string, RFC 5321 §4.1.1.8).
+    fn unfit_argument(&self, cmd: &Command, smtputf8: bool) -> Option<&'static str> {
         match cmd {
             Command::Vrfy(arg) | Command::Expn(arg) if !arg.is_ascii() && !smtputf8 => {
                 Some("553 5.6.7 Non-ASCII addresses require SMTPUTF8")
@@ -153,7 +157,8 @@ impl Session {
             ),
             Command::Auth { .. } => self.auth(&cmd, now),
             Command::Vrfy(_) | Command::Expn(_) | Command::Help(_) => {
-                match self.unfit_argument(&cmd) {
+                let smtputf8 = self.offered.forwardable(self.backend_offered).smtputf8;
+                match self.unfit_argument(&cmd, smtputf8) {
                     Some(refusal) => self.refuse(refusal, now),
                     None => self.forward_cmd(&cmd, Pending::Other, now),
                 }

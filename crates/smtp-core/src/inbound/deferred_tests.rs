@@ -31,6 +31,30 @@ fn greets_and_answers_ehlo_without_the_backend() {
     assert_eq!(h.take_backend(), "");
 }
 
+/// A VRFY or HELP the client's offer already rules out (non-ASCII without SMTPUTF8) is
+/// refused without a backend connection made for it.
+#[test]
+fn a_non_ascii_argument_is_refused_before_the_backend_is_connected() {
+    let mut h = Harness::deferred(test_config(), KNOWN_EHLO);
+    h.client_says(b"EHLO client.test\r\n");
+    h.take_client();
+    for (line, reply) in [
+        (
+            "VRFY zo\u{eb}\r\n",
+            "553 5.6.7 Non-ASCII addresses require SMTPUTF8\r\n",
+        ),
+        (
+            "HELP zo\u{eb}\r\n",
+            "501 5.5.4 Syntax error in parameters or arguments\r\n",
+        ),
+    ] {
+        h.client_says(line.as_bytes());
+        assert_eq!(h.take_client(), reply, "{line}");
+    }
+    assert_eq!(h.connects, 0, "no backend connection");
+    assert_eq!(h.take_backend(), "");
+}
+
 #[test]
 fn a_flood_attempt_that_stops_at_starttls_never_reaches_the_backend() {
     let mut h = Harness::deferred(test_config(), KNOWN_EHLO);
