@@ -347,30 +347,9 @@ async fn a_stalled_tls_hop_closes_the_session_at_its_write_deadline() {
         addr = backend.addr,
     );
     let running = common::start(&yaml).await;
-    let tcp = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
-        .await
-        .unwrap();
-    let (read, mut write) = tcp.into_split();
-    let mut read = tokio::io::BufReader::new(read);
+    let (mut read, mut write) =
+        common::plain_client_in_data(running.addr("inbound").unwrap()).await;
     let mut reply = String::new();
-    for (line, code) in [
-        ("", "220 "),
-        ("EHLO client.test\r\n", "250 "),
-        ("MAIL FROM:<a@x.test>\r\n", "250 "),
-        ("RCPT TO:<b@y.test>\r\n", "250 "),
-        ("DATA\r\n", "354 "),
-    ] {
-        write.write_all(line.as_bytes()).await.unwrap();
-        loop {
-            reply.clear();
-            let read = tokio::time::timeout(common::T, read.read_line(&mut reply));
-            assert!(read.await.unwrap().unwrap() > 0, "closed before {code}");
-            if reply.as_bytes().get(3) != Some(&b'-') {
-                break;
-            }
-        }
-        assert!(reply.starts_with(code), "{line:?}: {reply:?}");
-    }
     // More body than every buffer between us and the stalled backend holds.
     let sender = tokio::spawn(async move {
         let chunk =

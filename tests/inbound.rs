@@ -535,31 +535,7 @@ async fn a_write_the_backend_never_reads_ends_at_the_write_deadline() {
     });
     let yaml = config_yaml(backend, "starttls", "      timeouts: {command: 1s}\n");
     let running = start(&yaml).await;
-    let mut client = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
-        .await
-        .unwrap();
-    let mut seen = Vec::new();
-    for (line, code) in [
-        ("", "220 "),
-        ("EHLO client.test\r\n", "250 "),
-        ("MAIL FROM:<a@x.test>\r\n", "250 "),
-        ("RCPT TO:<b@y.test>\r\n", "250 "),
-        ("DATA\r\n", "354 "),
-    ] {
-        client.write_all(line.as_bytes()).await.unwrap();
-        seen.clear();
-        while !String::from_utf8_lossy(&seen).contains(&format!("\n{code}"))
-            && !String::from_utf8_lossy(&seen).starts_with(code)
-        {
-            let mut buf = [0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
-                .await
-                .expect("reply in time")
-                .unwrap();
-            assert!(n > 0, "closed while waiting for {code}");
-            seen.extend_from_slice(&buf[..n]);
-        }
-    }
+    let (_replies, mut client) = plain_client_in_data(running.addr("inbound").unwrap()).await;
     // The body goes on and on, until the sidecar stops taking it.
     let sender = tokio::spawn(async move {
         let chunk = b"an ordinary line of a message body that never ends ......\r\n".repeat(1024);

@@ -271,16 +271,7 @@ async fn the_certificate_logged_is_the_one_the_handshake_served() {
         S::RSA_PKCS1_SHA512,
     ];
     for (schemes, want) in [(None, &ecdsa), (Some(rsa_only.to_vec()), &rsa)] {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut verifier = AcceptAny::new(provider.clone());
-        verifier.schemes = schemes.clone();
-        let seen = verifier.seen.clone();
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+        let (config, seen) = showing_client_config(schemes.clone());
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let local = tcp.local_addr().unwrap();
         let tls = tls_connect_with(Arc::new(config), tcp).await.unwrap();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::binary::{start_binary, Binary};
 use super::pki::Pki;
-use super::{config_yaml, AcceptAny, Client};
+use super::{config_yaml, showing_client_config, Client};
 
 /// A message as its author wrote it: lines a transparency bug would change (a leading dot,
 /// two, a line of a single dot, one of two), white space at both ends, an empty line.
@@ -123,15 +123,7 @@ pub async fn starttls_session(sidecar: SocketAddr, data: &[Vec<u8>]) -> Session 
 
 /// After a `220` to STARTTLS: the handshake, and the certificate the server showed (DER).
 pub async fn upgrade(c: Client) -> (Client, Vec<u8>) {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = AcceptAny::new(provider.clone());
-    let seen = verifier.seen.clone();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let (config, seen) = showing_client_config(None);
     let c = c.try_upgrade(Arc::new(config)).await.unwrap();
     let certificate = seen.lock().unwrap().take().unwrap();
     (c, certificate)

@@ -286,6 +286,56 @@ pub async fn tls_connect_with<S: AsyncRead + AsyncWrite + Unpin>(
         .expect("handshake in time")
 }
 
+/// A plaintext client at `addr` taken to DATA's `354` (greeting, EHLO, MAIL, RCPT, DATA,
+/// each reply checked by its code), as its two halves: a body written from a task of its
+/// own while the replies are read.
+#[allow(dead_code)]
+pub async fn plain_client_in_data(
+    addr: SocketAddr,
+) -> (
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    let (read, mut write) = TcpStream::connect(addr).await.unwrap().into_split();
+    let mut read = BufReader::new(read);
+    for (line, code) in [
+        ("", "220 "),
+        ("EHLO client.test\r\n", "250 "),
+        ("MAIL FROM:<a@x.test>\r\n", "250 "),
+        ("RCPT TO:<b@y.test>\r\n", "250 "),
+        ("DATA\r\n", "354 "),
+    ] {
+        write.write_all(line.as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        while reply.len() < 4 || reply.as_bytes()[3] == b'-' {
+            reply.clear();
+            let n = tokio::time::timeout(T, read.read_line(&mut reply)).await;
+            assert!(n.unwrap().unwrap() > 0, "closed before {code}");
+        }
+        assert!(reply.starts_with(code), "{line:?}: {reply:?}");
+    }
+    (read, write)
+}
+
+/// A client configuration that takes any server certificate ([`AcceptAny`]), offering only
+/// `schemes` when given, and where the leaf it was shown will be.
+#[allow(dead_code)]
+pub fn showing_client_config(
+    schemes: Option<Vec<rustls::SignatureScheme>>,
+) -> (rustls::ClientConfig, Arc<Mutex<Option<Vec<u8>>>>) {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut verifier = AcceptAny::new(provider.clone());
+    verifier.schemes = schemes;
+    let seen = verifier.seen.clone();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    (config, seen)
+}
+
 /// Accepts any server certificate (the handshake signatures are still checked) and keeps
 /// the leaf it was shown, for tests of which certificate a listener serves.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 
 use super::process::TempDir;
-use super::{AcceptAny, T};
+use super::T;
 
 /// How the private key file of a leaf is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,15 +232,7 @@ pub fn sha256(der: &[u8]) -> String {
 
 /// TLS over `stream` sending `sni` (none when `None`); returns the leaf the server showed.
 pub async fn presented<S: AsyncRead + AsyncWrite + Unpin>(stream: S, sni: Option<&str>) -> Vec<u8> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = AcceptAny::new(provider.clone());
-    let seen = verifier.seen.clone();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let (mut config, seen) = super::showing_client_config(None);
     config.enable_sni = sni.is_some();
     // Without SNI rustls still wants a name to verify against; it is not sent.
     let name = ServerName::try_from(sni.unwrap_or("no-sni.invalid").to_string()).unwrap();
