@@ -519,17 +519,13 @@ async fn connection(
     shutdown: crate::shutdown::Watch,
     (sessions, alive): (tokio::runtime::Handle, mpsc::Sender<()>),
 ) {
-    let Some((stream, peer)) = arrive(stream, socket, &l, &mut admitted).await else {
+    let Some((stream, peer, counted)) = arrive(stream, socket, &l, &mut admitted).await else {
         return;
     };
     // What the connection's end needs, not the listener's whole handle, which goes to the
     // session.
     let closing = Closing {
-        counted: Counted {
-            started: Instant::now(),
-            duration: l.metrics.duration.clone(),
-            active: l.metrics.active.clone(),
-        },
+        counted,
         max: (l.max_connections, l.max_connections_per_ip),
         admitted,
     };
@@ -611,13 +607,13 @@ impl Drop for Counted {
 /// What comes before a connection's session: its PROXY header where the listener expects
 /// one; the session's client address is the header's. `None` if the connection ended there
 /// (logged and counted). The session is counted from here, in `connections_total` and
-/// `active_sessions`.
+/// `active_sessions`, until the [`Counted`] it returns is dropped.
 async fn arrive(
     mut stream: TcpStream,
     socket: SocketAddr,
     l: &ListenerRuntime,
     admitted: &mut Admitted,
-) -> Option<(TcpStream, SocketAddr)> {
+) -> Option<(TcpStream, SocketAddr, Counted)> {
     let peer = match l.proxy_header {
         None => socket,
         Some(limit) => match crate::proxy::read_header(&mut stream, limit).await {
@@ -645,7 +641,12 @@ async fn arrive(
     };
     l.metrics.connections.inc();
     l.metrics.active.inc();
-    Some((stream, peer))
+    let counted = Counted {
+        started: Instant::now(),
+        duration: l.metrics.duration.clone(),
+        active: l.metrics.active.clone(),
+    };
+    Some((stream, peer, counted))
 }
 
 /// Refused by a connection limit: counted, logged, and `421 4.7.0`.
