@@ -15,7 +15,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use smtp_core::session::{Action, DnsFailure, Leg, Machine, TlsInfo, TlsStart};
-use tokio::time::{sleep_until, timeout, Sleep};
+use tokio::time::{sleep_until, timeout_at, Sleep};
 
 use crate::io::{Read, Stream};
 use crate::shutdown::Shutdown;
@@ -432,9 +432,15 @@ impl<'a> Driver<'a> {
             }
             Action::Connect(target) => {
                 let connect = tokio::net::TcpStream::connect(target.addr);
+                // `connect_timeout`, and no later than the session's own deadline (a next
+                // hop's set-up has a budget as a whole).
+                let mut deadline = tokio::time::Instant::now() + l.connect_timeout;
+                if let Some(at) = session.poll_timeout() {
+                    deadline = deadline.min(tokio::time::Instant::from_std(at));
+                }
                 // Boxed, as the other originate-only waits: a session's future is as large as
                 // its largest wait, and every idle terminate session would pay for these.
-                match Box::pin(timeout(l.connect_timeout, connect)).await {
+                match Box::pin(timeout_at(deadline, connect)).await {
                     Ok(Ok(stream)) => {
                         if let Err(e) = stream.set_nodelay(true) {
                             tracing::debug!(error = %e, "TCP_NODELAY on next hop socket");

@@ -128,7 +128,8 @@ pub struct Harness<S: Machine = Session> {
     pub tls_started: u32,
     /// When false, `ConnectBackend` is answered with a failure.
     pub backend_reachable: bool,
-    /// When true, `StartTls` completes at once with `tls_info`.
+    /// When true, `StartTls` completes at once: on the client leg with `tls_info`, on the
+    /// backend leg with `hop_tls` (failed without one).
     pub auto_tls: bool,
     /// What the handshake reports ([`test_tls`] unless a test sets a client certificate).
     pub tls_info: TlsInfo,
@@ -292,6 +293,8 @@ impl<S: Machine> Harness<S> {
                         self.tls_clients.push(*client);
                     }
                     match self.hop_tls.clone() {
+                        // Left in progress: the test ends it.
+                        _ if !self.auto_tls => {}
                         Some(info) => {
                             self.session
                                 .handle_tls_established(Leg::Backend, info, self.now);

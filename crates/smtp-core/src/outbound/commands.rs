@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
+use super::hop::setup_budget;
 use super::state::{Pending, RouteInfo, Tx};
 use super::{policy, HopState, Mode, NextHop, Phase, Session};
 use crate::command::Command;
@@ -178,13 +179,9 @@ impl Session {
                     level,
                     listed,
                 });
-                self.mode = Mode::Await(Pending::Setup { rcpt: cmd });
-                // The set-up as a whole (every address, each step under its own deadline)
-                // takes at most what the client waits for this RCPT's reply: the command
-                // timeout (RFC 5321 §4.5.3.2.3: 5 minutes). Then the RCPT is answered.
-                self.conn
-                    .timers
-                    .set(Timer::Client, now + self.cfg.timeouts.command);
+                let until = now + setup_budget(self.cfg.timeouts.command);
+                self.mode = Mode::Await(Pending::Setup { rcpt: cmd, until });
+                self.conn.timers.stop(Timer::Client);
                 self.open_hop(&domain, now);
             }
             Some(route) if route.domain == domain => self.forward_rcpt(cmd, now),

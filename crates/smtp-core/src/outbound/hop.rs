@@ -3,7 +3,7 @@
 //! MAIL; then the replies to what the client sends through it, and its failures.
 
 use std::borrow::Cow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -24,6 +24,17 @@ use crate::timer::Timer;
 /// hostile DNS answer must not make us try hundreds.
 const MAX_TARGETS: usize = 5;
 
+/// The share of the command timeout a next hop's set-up may take, every address and step
+/// together (tenths): what the legacy MTA waits for its RCPT's reply is about as long
+/// (RFC 5321 §4.5.3.2.3: 5 minutes), counted from when it sent the RCPT, and the reply must
+/// reach it before it gives up.
+pub(super) const SETUP_SHARE: u32 = 9;
+
+/// The budget of a next hop's set-up, for a command timeout of `command`.
+pub(super) fn setup_budget(command: Duration) -> Duration {
+    command * SETUP_SHARE / 10
+}
+
 /// Refused domains remembered in one transaction; past that, the oldest is forgotten (a
 /// new attempt is made for it, nothing worse).
 const MAX_REFUSED_DOMAINS: usize = 16;
@@ -32,9 +43,7 @@ impl Session {
     /// The first recipient named the domain: find its next hop.
     pub(super) fn open_hop(&mut self, domain: &str, now: Instant) {
         self.hop = Default::default();
-        self.conn
-            .timers
-            .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
+        self.hop_timer(self.cfg.timeouts.backend_reply, now);
         match &self.cfg.next_hop {
             NextHop::Mx => {
                 self.hop.state = HopState::Resolving;
@@ -81,6 +90,10 @@ impl Session {
 
     /// Connect to the next address, or answer the waiting RCPT when none is left.
     fn connect_next(&mut self, now: Instant) {
+        if self.setup_over(now) {
+            // The budget is spent: no other address.
+            self.hop.targets.clear();
+        }
         let Some(target) = self.hop.targets.pop_front() else {
             let reply = self.hop.policy_reply.take().unwrap_or_else(|| {
                 let domain = self.route().map(|r| r.domain.as_str()).unwrap_or_default();
@@ -93,9 +106,8 @@ impl Session {
         self.hop.current = Some(target.addr);
         self.hop.state = HopState::Connecting;
         self.hop.tls = None;
-        self.conn
-            .timers
-            .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
+        // The driver's connect waits until this deadline at most.
+        self.hop_timer(self.cfg.timeouts.backend_reply, now);
         self.conn.control(Action::Connect(Box::new(target)));
     }
 
@@ -106,7 +118,10 @@ impl Session {
             kind,
             reason: reason.clone(),
         });
-        if !matches!(self.hop.state, HopState::None | HopState::Connecting) {
+        if !matches!(
+            self.hop.state,
+            HopState::None | HopState::Resolving | HopState::Connecting
+        ) {
             self.conn.abort(Leg::Backend);
         }
         self.hop.state = HopState::None;
@@ -122,12 +137,27 @@ impl Session {
         }
     }
 
-    /// The set-up took as long as the client waits for its RCPT's reply: the attempt in
-    /// progress is given up, no other address is tried, and the RCPT is answered as when
-    /// none is left.
+    /// The set-up has spent its budget ([`setup_budget`]): the attempt in progress is given
+    /// up, no other address is tried, and the RCPT is answered as when none is left.
     pub(super) fn setup_expired(&mut self, now: Instant) {
         self.hop.targets.clear();
         self.attempt_failed(LegFailure::Timeout, "set-up not done in time".into(), now);
+    }
+
+    /// Whether a set-up is in progress and its budget spent at `now`.
+    pub(super) fn setup_over(&self, now: Instant) -> bool {
+        matches!(self.mode, Mode::Await(Pending::Setup { until, .. }) if now >= until)
+    }
+
+    /// Wait for the next hop's next step for `wait` at most, and during a set-up no longer
+    /// than its budget lasts: every step of it (the connect, each reply, the handshake) ends
+    /// by then.
+    pub(super) fn hop_timer(&mut self, wait: Duration, now: Instant) {
+        let mut at = now + wait;
+        if let Mode::Await(Pending::Setup { until, .. }) = self.mode {
+            at = at.min(until);
+        }
+        self.conn.timers.set(Timer::Backend, at);
     }
 
     /// The RCPT that was to open the next hop session gets `reply`; so does every further
@@ -262,7 +292,7 @@ impl Session {
             HopState::StartTls => self.send_mail(now),
             HopState::Mail if reply.is_positive() => {
                 self.hop.state = HopState::Ready;
-                if let Mode::Await(Pending::Setup { rcpt }) =
+                if let Mode::Await(Pending::Setup { rcpt, .. }) =
                     std::mem::replace(&mut self.mode, Mode::Commands)
                 {
                     self.forward_rcpt(rcpt, now);
@@ -307,9 +337,7 @@ impl Session {
     }
 
     fn wait_hop(&mut self, now: Instant) {
-        self.conn
-            .timers
-            .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
+        self.hop_timer(self.cfg.timeouts.backend_reply, now);
     }
 
     /// The next hop's capabilities are known: STARTTLS as the level asks, else MAIL.
@@ -353,9 +381,8 @@ impl Session {
             present_certificate: level == Level::DomainSecure,
         };
         self.hop.state = HopState::Handshaking;
-        self.conn
-            .timers
-            .set(Timer::Backend, now + self.cfg.timeouts.tls_handshake);
+        // The driver's handshake waits until this deadline at most.
+        self.hop_timer(self.cfg.timeouts.tls_handshake, now);
         self.conn
             .control(Action::StartTls(TlsStart::Client(Box::new(client))));
     }

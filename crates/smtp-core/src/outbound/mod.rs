@@ -33,7 +33,7 @@ mod state;
 pub use api::{Config, DomainPolicy, Level, NextHop, OnFailure};
 pub use policy::{TlsFailure, TlsFailureReport};
 
-use state::{Hop, HopState, Mode, Pending, Phase};
+use state::{Hop, HopState, Mode, Phase};
 
 #[derive(Debug)]
 pub struct Session {
@@ -186,9 +186,7 @@ impl Machine for Session {
         if self.hop.state == HopState::Connecting {
             self.hop.state = HopState::Greeting;
             self.conn.backend_in.clear();
-            self.conn
-                .timers
-                .set(Timer::Backend, now + self.cfg.timeouts.backend_reply);
+            self.hop_timer(self.cfg.timeouts.backend_reply, now);
         }
     }
 
@@ -223,7 +221,13 @@ impl Machine for Session {
 
     fn handle_tls_failed(&mut self, leg: Leg, now: Instant) {
         if leg == Leg::Backend && self.hop.state == HopState::Handshaking {
-            self.hop_tls_failed(now);
+            // Cut short by the set-up's budget: not the next hop's failure to meet the
+            // policy.
+            if self.setup_over(now) {
+                self.setup_expired(now);
+            } else {
+                self.hop_tls_failed(now);
+            }
             // A failure answers the waiting RCPT: what was pipelined behind it goes on.
             self.process_input(now);
         }
@@ -231,10 +235,8 @@ impl Machine for Session {
 
     fn handle_timeout(&mut self, now: Instant) {
         match self.conn.timers.expired(now) {
+            Some(Timer::Backend) if self.setup_over(now) => self.setup_expired(now),
             Some(Timer::Backend) => self.hop_failed(LegFailure::Timeout, "no reply in time", now),
-            Some(Timer::Client) if matches!(self.mode, Mode::Await(Pending::Setup { .. })) => {
-                self.setup_expired(now);
-            }
             Some(Timer::Client) => {
                 self.fail_message_in_flight();
                 self.conn.send("421 4.4.2 Timeout, closing connection");

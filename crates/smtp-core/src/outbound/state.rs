@@ -2,6 +2,7 @@
 //! transaction ([`Tx`]) and the next hop connection ([`Hop`]).
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use super::Level;
 use crate::command::Command;
@@ -65,9 +66,11 @@ pub(super) enum Mode {
 /// A client command waiting for the next hop.
 #[derive(Debug)]
 pub(super) enum Pending {
-    /// The RCPT that opens the next hop session, sent once MAIL is accepted.
+    /// The RCPT that opens the next hop session, sent once MAIL is accepted; `until`: the
+    /// end of the set-up's budget ([`super::hop::SETUP_SHARE`]).
     Setup {
         rcpt: Command,
+        until: Instant,
     },
     Rcpt,
     Data,

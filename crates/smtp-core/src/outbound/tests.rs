@@ -554,16 +554,18 @@ fn mx_tries_hosts_in_order_and_the_next_one_on_failure() {
     assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
 }
 
-/// The set-up of a next hop, every address and step together, takes at most the command
-/// timeout (what the legacy MTA waits for its RCPT's reply): next hops that each stall just
-/// under their own deadline are not all tried, one after another, long after the client has
-/// given up. The RCPT gets the reply of an exhausted set-up, and the session goes on.
+/// The set-up of a next hop, every address and step together, takes at most 9/10 of the
+/// command timeout (the legacy MTA waits about as long for its RCPT's reply): next hops that
+/// each stall just under their own deadline are not all tried, one after another, long after
+/// the client has given up. The step in progress ends with the budget; the RCPT gets the
+/// reply of an exhausted set-up, and the session goes on.
 #[test]
-fn the_whole_set_up_ends_at_the_command_timeout() {
+fn the_whole_set_up_ends_within_the_command_timeout() {
     let mut cfg = mx_cfg();
     cfg.timeouts.backend_reply = Duration::from_secs(100);
     cfg.timeouts.command = Duration::from_secs(250);
     let mut h = Harness::originate(cfg);
+    let t0 = h.now;
     let addrs = [
         "192.0.2.10:25",
         "192.0.2.11:25",
@@ -572,17 +574,23 @@ fn the_whole_set_up_ends_at_the_command_timeout() {
     ];
     h.dns = Some(Ok(vec![route("mx1.y.test", &addrs)]));
     start(&mut h, "b@y.test");
-    // Each next hop accepts the connection and says nothing: 100 s each.
+    // Each next hop accepts the connection and says nothing: 100 s each, the third one
+    // until the budget's end at 225 s.
     h.advance(Duration::from_secs(101));
     h.advance(Duration::from_secs(101));
     assert_eq!(h.connected.len(), 3);
+    assert_eq!(
+        h.session.poll_timeout(),
+        Some(t0 + Duration::from_secs(225))
+    );
+    h.advance(Duration::from_secs(22));
     assert_eq!(h.take_client(), "");
-    h.advance(Duration::from_secs(49));
+    h.advance(Duration::from_secs(1));
     assert_eq!(
         h.take_client(),
         "451 4.4.1 No next hop for y.test could be reached\r\n"
     );
-    assert_eq!(h.connected.len(), 3, "no address after the deadline");
+    assert_eq!(h.connected.len(), 3, "no address after the budget");
     assert!(h.events.contains(&Event::NextHopFailed {
         host: "mx1.y.test".into(),
         kind: LegFailure::Timeout,
@@ -594,6 +602,41 @@ fn the_whole_set_up_ends_at_the_command_timeout() {
     assert_eq!(h.take_client(), "250 2.0.0 OK\r\n");
     h.advance(Duration::from_secs(251));
     assert_eq!(h.take_client(), "421 4.4.2 Timeout, closing connection\r\n");
+}
+
+/// A handshake the set-up's budget cuts short (the driver's handshake waits until the
+/// session's deadline, the budget's end at most) is not the next hop's failure to meet the
+/// TLS policy: no policy failure is counted or replied (under `bounce` that would be a
+/// 550), and no other address is tried.
+#[test]
+fn a_handshake_cut_by_the_set_up_budget_is_no_policy_failure() {
+    let mut cfg = cfg(Level::Encrypt);
+    cfg.on_failure = crate::outbound::OnFailure::Bounce;
+    cfg.timeouts.command = Duration::from_secs(100);
+    let mut h = Harness::originate(cfg);
+    h.auto_tls = false;
+    let t0 = h.now;
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS_TLS);
+    assert_eq!(h.take_backend(), "STARTTLS\r\n");
+    h.now = t0 + Duration::from_secs(80);
+    h.backend_says(b"220 2.0.0 Ready\r\n");
+    assert_eq!(h.tls_started, 1);
+    // The handshake's deadline: the budget's end (90 s), not tls_handshake's 30 s.
+    let until = t0 + Duration::from_secs(90);
+    assert_eq!(h.session.poll_timeout(), Some(until));
+    h.now = until;
+    h.session.handle_tls_failed(Leg::Backend, h.now);
+    h.run();
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::OutboundTlsFailure(_))));
+    assert_eq!(h.connects, 1);
 }
 
 #[test]
