@@ -415,7 +415,17 @@ impl<'a> Driver<'a> {
                 // whole client handshake, and every idle session's future would carry room for
                 // it.
                 let tls_failed = |kind| l.metrics.handshake_error(false, kind);
-                match Box::pin(l.pool.connect(&l.name, seen, tls_failed)).await {
+                let connect = Box::pin(l.pool.connect(&l.name, seen, tls_failed));
+                // An originate listener's relay: no later than the session's deadline (the
+                // set-up's budget), as a next hop's connect.
+                let deadline = l.originate().and(session.poll_timeout());
+                let connected = match deadline {
+                    Some(at) => timeout_at(tokio::time::Instant::from_std(at), connect)
+                        .await
+                        .unwrap_or_else(|_| Err("timed out".to_owned())),
+                    None => connect.await,
+                };
+                match connected {
                     Ok((stream, server)) => {
                         if let Stream::ClientTls(tls) = &stream {
                             handshake::backend_tls_done(l, tls.get_ref().1, self.id, self.peer);

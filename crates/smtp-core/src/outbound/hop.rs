@@ -292,10 +292,15 @@ impl Session {
             HopState::StartTls => self.send_mail(now),
             HopState::Mail if reply.is_positive() => {
                 self.hop.state = HopState::Ready;
-                if let Mode::Await(Pending::Setup { rcpt, .. }) =
+                if let Mode::Await(Pending::Setup { rcpt, until }) =
                     std::mem::replace(&mut self.mode, Mode::Commands)
                 {
                     self.forward_rcpt(rcpt, now);
+                    // The RCPT that opened the set-up is answered within its budget too.
+                    if matches!(self.mode, Mode::Await(Pending::Rcpt)) {
+                        let at = (now + self.cfg.timeouts.backend_reply).min(until);
+                        self.conn.timers.set(Timer::Backend, at);
+                    }
                 }
             }
             // A 3xx answers no MAIL: the next hop is broken, and its reply no RCPT's.
@@ -428,10 +433,14 @@ impl Session {
         if policy::needs_tls(self.level()) && !self.report_unmet(failure, now) {
             return;
         }
-        // `may` (or audit mode): a new connection to the same address, in plaintext.
+        // `may` (or audit mode): a new connection to the same address, in plaintext, if the
+        // set-up's budget allows one.
         self.conn.abort(Leg::Backend);
         self.conn.backend_in.clear();
         self.hop.state = HopState::None;
+        if self.setup_over(now) {
+            return self.setup_expired(now);
+        }
         self.hop.plain_only = true;
         match (self.cfg.next_hop.clone(), self.hop.current) {
             (NextHop::Mx, Some(addr)) => {

@@ -193,11 +193,16 @@ impl Machine for Session {
     fn handle_connect_failed(&mut self, reason: &str, now: Instant) {
         if self.hop.state == HopState::Connecting {
             self.hop.state = HopState::None;
-            self.attempt_failed(
-                LegFailure::Unreachable,
-                format!("connect failed: {reason}"),
-                now,
-            );
+            if self.setup_over(now) {
+                // Cut short by the set-up's budget: not the next hop's being unreachable.
+                self.setup_expired(now);
+            } else {
+                self.attempt_failed(
+                    LegFailure::Unreachable,
+                    format!("connect failed: {reason}"),
+                    now,
+                );
+            }
             // A failure answers the waiting RCPT: what was pipelined behind it goes on.
             self.process_input(now);
         }

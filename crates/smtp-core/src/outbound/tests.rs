@@ -607,36 +607,68 @@ fn the_whole_set_up_ends_within_the_command_timeout() {
 /// A handshake the set-up's budget cuts short (the driver's handshake waits until the
 /// session's deadline, the budget's end at most) is not the next hop's failure to meet the
 /// TLS policy: no policy failure is counted or replied (under `bounce` that would be a
-/// 550), and no other address is tried.
+/// 550), `may` does not try again in plaintext, and no other address is tried.
 #[test]
 fn a_handshake_cut_by_the_set_up_budget_is_no_policy_failure() {
-    let mut cfg = cfg(Level::Encrypt);
-    cfg.on_failure = crate::outbound::OnFailure::Bounce;
+    for level in [Level::Encrypt, Level::May] {
+        let mut cfg = mx_cfg();
+        cfg.policy.default = level;
+        cfg.on_failure = crate::outbound::OnFailure::Bounce;
+        cfg.timeouts.command = Duration::from_secs(100);
+        let mut h = Harness::originate(cfg);
+        h.auto_tls = false;
+        h.dns = Some(Ok(vec![route(
+            "mx1.y.test",
+            &["192.0.2.10:25", "192.0.2.11:25"],
+        )]));
+        let t0 = h.now;
+        start(&mut h, "b@y.test");
+        greet(&mut h, HOP_CAPS_TLS);
+        assert_eq!(h.take_backend(), "STARTTLS\r\n", "{level:?}");
+        h.now = t0 + Duration::from_secs(80);
+        h.backend_says(b"220 2.0.0 Ready\r\n");
+        assert_eq!(h.tls_started, 1, "{level:?}");
+        // The handshake's deadline: the budget's end (90 s), not tls_handshake's 30 s.
+        let until = t0 + Duration::from_secs(90);
+        assert_eq!(h.session.poll_timeout(), Some(until), "{level:?}");
+        h.now = until;
+        h.session.handle_tls_failed(Leg::Backend, h.now);
+        h.run();
+        assert_eq!(
+            h.take_client(),
+            "451 4.4.1 No next hop for y.test could be reached\r\n",
+            "{level:?}"
+        );
+        assert!(
+            !h.events
+                .iter()
+                .any(|e| matches!(e, Event::OutboundTlsFailure(_))),
+            "{level:?}"
+        );
+        assert_eq!(h.connected.len(), 1, "{level:?}: no other address");
+    }
+}
+
+/// The RCPT that opened the set-up is answered within the budget too: forwarded just
+/// before its end, its reply is not waited for past it.
+#[test]
+fn the_first_rcpt_is_answered_within_the_set_up_budget() {
+    let mut cfg = cfg(Level::May);
     cfg.timeouts.command = Duration::from_secs(100);
     let mut h = Harness::originate(cfg);
-    h.auto_tls = false;
     let t0 = h.now;
     start(&mut h, "b@y.test");
-    greet(&mut h, HOP_CAPS_TLS);
-    assert_eq!(h.take_backend(), "STARTTLS\r\n");
-    h.now = t0 + Duration::from_secs(80);
-    h.backend_says(b"220 2.0.0 Ready\r\n");
-    assert_eq!(h.tls_started, 1);
-    // The handshake's deadline: the budget's end (90 s), not tls_handshake's 30 s.
-    let until = t0 + Duration::from_secs(90);
-    assert_eq!(h.session.poll_timeout(), Some(until));
-    h.now = until;
-    h.session.handle_tls_failed(Leg::Backend, h.now);
-    h.run();
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+    h.now = t0 + Duration::from_secs(85);
+    h.backend_says(b"250 2.1.0 Ok\r\n");
+    assert_eq!(h.take_backend(), "RCPT TO:<b@y.test>\r\n");
+    assert_eq!(h.session.poll_timeout(), Some(t0 + Duration::from_secs(90)));
+    h.advance(Duration::from_secs(5));
     assert_eq!(
         h.take_client(),
-        "451 4.4.1 No next hop for y.test could be reached\r\n"
+        "451 4.4.2 Next hop connection lost, try again later\r\n"
     );
-    assert!(!h
-        .events
-        .iter()
-        .any(|e| matches!(e, Event::OutboundTlsFailure(_))));
-    assert_eq!(h.connects, 1);
 }
 
 #[test]
