@@ -415,29 +415,22 @@ impl<'a> Driver<'a> {
                 // whole client handshake, and every idle session's future would carry room for
                 // it.
                 let tls_failed = |kind| l.metrics.handshake_error(false, kind);
-                let connect = Box::pin(l.pool.connect(&l.name, seen, tls_failed));
+                let connect = l.pool.connect(&l.name, seen, tls_failed);
                 // An originate listener's relay: no later than the session's deadline (the
-                // set-up's budget), as a next hop's connect.
+                // set-up's budget), as a next hop's connect. Boxed with its timer.
                 let deadline = l.originate().and(session.poll_timeout());
                 let connected = match deadline {
-                    Some(at) => timeout_at(tokio::time::Instant::from_std(at), connect)
-                        .await
-                        .unwrap_or_else(|_| Err("timed out".to_owned())),
-                    None => connect.await,
+                    Some(at) => {
+                        let at = tokio::time::Instant::from_std(at);
+                        Box::pin(timeout_at(at, connect)).await
+                    }
+                    None => Ok(Box::pin(connect).await),
                 };
                 match connected {
-                    Ok((stream, server)) => {
-                        if let Stream::ClientTls(tls) = &stream {
-                            handshake::backend_tls_done(l, tls.get_ref().1, self.id, self.peer);
-                        }
-                        self.connected_backend(stream);
-                        self.backend_server = Some(server);
-                        session.handle_connected(Instant::now());
-                    }
-                    Err(reason) => {
-                        tracing::warn!(listener = %l.name, peer = %self.peer, %reason, "backend unreachable");
-                        session.handle_connect_failed(&reason, Instant::now());
-                    }
+                    // Cut by the deadline: the session says why (the set-up's budget); the
+                    // relay is not to blame.
+                    Err(_) => session.handle_connect_failed("timed out", Instant::now()),
+                    Ok(connected) => self.backend_connected(session, connected),
                 }
             }
             Action::Connect(target) => {
@@ -562,6 +555,29 @@ impl<'a> Driver<'a> {
             }
         }
         Step::Go
+    }
+
+    /// The backend pool's answer to [`Action::ConnectBackend`].
+    fn backend_connected<M: Machine>(
+        &mut self,
+        session: &mut M,
+        connected: Result<(Stream, usize), String>,
+    ) {
+        let l = self.l;
+        match connected {
+            Ok((stream, server)) => {
+                if let Stream::ClientTls(tls) = &stream {
+                    handshake::backend_tls_done(l, tls.get_ref().1, self.id, self.peer);
+                }
+                self.connected_backend(stream);
+                self.backend_server = Some(server);
+                session.handle_connected(Instant::now());
+            }
+            Err(reason) => {
+                tracing::warn!(listener = %l.name, peer = %self.peer, %reason, "backend unreachable");
+                session.handle_connect_failed(&reason, Instant::now());
+            }
+        }
     }
 
     /// Send what writes left buffered on either leg, each under the write deadline. Returns

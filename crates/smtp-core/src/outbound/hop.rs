@@ -30,6 +30,10 @@ const MAX_TARGETS: usize = 5;
 /// reach it before it gives up.
 pub(super) const SETUP_SHARE: u32 = 9;
 
+/// Why a next hop was given up when the set-up's budget was spent (the log's and the
+/// event's reason), so that it is not taken for the next hop's silence.
+pub(super) const SETUP_TIMED_OUT: &str = "set-up not done in time";
+
 /// The budget of a next hop's set-up, for a command timeout of `command`.
 pub(super) fn setup_budget(command: Duration) -> Duration {
     command * SETUP_SHARE / 10
@@ -141,12 +145,20 @@ impl Session {
     /// up, no other address is tried, and the RCPT is answered as when none is left.
     pub(super) fn setup_expired(&mut self, now: Instant) {
         self.hop.targets.clear();
-        self.attempt_failed(LegFailure::Timeout, "set-up not done in time".into(), now);
+        self.attempt_failed(LegFailure::Timeout, SETUP_TIMED_OUT.into(), now);
     }
 
     /// Whether a set-up is in progress and its budget spent at `now`.
     pub(super) fn setup_over(&self, now: Instant) -> bool {
         matches!(self.mode, Mode::Await(Pending::Setup { until, .. }) if now >= until)
+    }
+
+    /// Whether the RCPT that opened the set-up still waits for its reply with the budget
+    /// spent at `now`: the next hop is given up as in [`Session::setup_expired`], though
+    /// with the RCPT already in its hands.
+    pub(super) fn first_rcpt_over(&self, now: Instant) -> bool {
+        matches!(self.mode, Mode::Await(Pending::Rcpt))
+            && self.hop.first_rcpt_until.is_some_and(|until| now >= until)
     }
 
     /// Wait for the next hop's next step for `wait` at most, and during a set-up no longer
@@ -292,6 +304,9 @@ impl Session {
             HopState::StartTls => self.send_mail(now),
             HopState::Mail if reply.is_positive() => {
                 self.hop.state = HopState::Ready;
+                if self.setup_over(now) {
+                    return self.setup_expired(now);
+                }
                 if let Mode::Await(Pending::Setup { rcpt, until }) =
                     std::mem::replace(&mut self.mode, Mode::Commands)
                 {
@@ -300,6 +315,7 @@ impl Session {
                     if matches!(self.mode, Mode::Await(Pending::Rcpt)) {
                         let at = (now + self.cfg.timeouts.backend_reply).min(until);
                         self.conn.timers.set(Timer::Backend, at);
+                        self.hop.first_rcpt_until = Some(until);
                     }
                 }
             }
@@ -562,6 +578,7 @@ impl Session {
         self.conn.send_reply(&for_client(reply));
         match pending {
             Pending::Rcpt => {
+                self.hop.first_rcpt_until = None;
                 if let (true, Phase::ExpectRcpt(tx)) = (positive, &mut self.phase) {
                     tx.rcpts += 1;
                 }

@@ -33,6 +33,7 @@ mod state;
 pub use api::{Config, DomainPolicy, Level, NextHop, OnFailure};
 pub use policy::{TlsFailure, TlsFailureReport};
 
+use hop::SETUP_TIMED_OUT;
 use state::{Hop, HopState, Mode, Phase};
 
 #[derive(Debug)]
@@ -241,6 +242,9 @@ impl Machine for Session {
     fn handle_timeout(&mut self, now: Instant) {
         match self.conn.timers.expired(now) {
             Some(Timer::Backend) if self.setup_over(now) => self.setup_expired(now),
+            Some(Timer::Backend) if self.first_rcpt_over(now) => {
+                self.hop_failed(LegFailure::Timeout, SETUP_TIMED_OUT, now);
+            }
             Some(Timer::Backend) => self.hop_failed(LegFailure::Timeout, "no reply in time", now),
             Some(Timer::Client) => {
                 self.fail_message_in_flight();

@@ -100,6 +100,8 @@ pub(super) struct Hop {
     pub(super) last_failure: Option<String>,
     /// The reply to give if no attempt is left and the last failure was the TLS policy's.
     pub(super) policy_reply: Option<String>,
+    /// The end of the set-up's budget while the RCPT that opened it waits for its reply.
+    pub(super) first_rcpt_until: Option<Instant>,
 }
 
 /// The next hop connection's state; the variant names what it waits for.

@@ -669,6 +669,27 @@ fn the_first_rcpt_is_answered_within_the_set_up_budget() {
         h.take_client(),
         "451 4.4.2 Next hop connection lost, try again later\r\n"
     );
+    // Given up for the budget, not for the next hop's silence.
+    assert!(h.events.contains(&Event::NextHopFailed {
+        host: "relay.test".into(),
+        kind: LegFailure::Timeout,
+        reason: "set-up not done in time".into(),
+    }));
+    // MAIL accepted once the budget is spent: the RCPT is not sent at all.
+    let mut late = self::cfg(Level::May);
+    late.timeouts.command = Duration::from_secs(100);
+    let mut h = Harness::originate(late);
+    let t0 = h.now;
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    h.take_backend();
+    h.now = t0 + Duration::from_secs(90);
+    h.backend_says(b"250 2.1.0 Ok\r\n");
+    assert_eq!(h.take_backend(), "");
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
 }
 
 #[test]
