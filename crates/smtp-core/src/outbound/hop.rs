@@ -116,7 +116,13 @@ impl Session {
     }
 
     /// The current connection attempt failed: the next address, if there is one.
+    /// Past the set-up's budget, whatever failed is the budget's timeout, and no address is
+    /// left ([`Session::connect_next`]).
     pub(super) fn attempt_failed(&mut self, kind: LegFailure, reason: String, now: Instant) {
+        let (kind, reason) = match self.setup_over(now) {
+            true => (LegFailure::Timeout, SETUP_TIMED_OUT.to_owned()),
+            false => (kind, reason),
+        };
         self.conn.event(Event::NextHopFailed {
             host: self.hop.host.clone(),
             kind,
@@ -144,7 +150,6 @@ impl Session {
     /// The set-up has spent its budget ([`setup_budget`]): the attempt in progress is given
     /// up, no other address is tried, and the RCPT is answered as when none is left.
     pub(super) fn setup_expired(&mut self, now: Instant) {
-        self.hop.targets.clear();
         self.attempt_failed(LegFailure::Timeout, SETUP_TIMED_OUT.into(), now);
     }
 

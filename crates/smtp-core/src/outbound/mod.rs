@@ -194,16 +194,12 @@ impl Machine for Session {
     fn handle_connect_failed(&mut self, reason: &str, now: Instant) {
         if self.hop.state == HopState::Connecting {
             self.hop.state = HopState::None;
-            if self.setup_over(now) {
-                // Cut short by the set-up's budget: not the next hop's being unreachable.
-                self.setup_expired(now);
-            } else {
-                self.attempt_failed(
-                    LegFailure::Unreachable,
-                    format!("connect failed: {reason}"),
-                    now,
-                );
-            }
+            // Cut short by the set-up's budget, this is its timeout (`attempt_failed`).
+            self.attempt_failed(
+                LegFailure::Unreachable,
+                format!("connect failed: {reason}"),
+                now,
+            );
             // A failure answers the waiting RCPT: what was pipelined behind it goes on.
             self.process_input(now);
         }
@@ -241,7 +237,6 @@ impl Machine for Session {
 
     fn handle_timeout(&mut self, now: Instant) {
         match self.conn.timers.expired(now) {
-            Some(Timer::Backend) if self.setup_over(now) => self.setup_expired(now),
             Some(Timer::Backend) if self.first_rcpt_over(now) => {
                 self.hop_failed(LegFailure::Timeout, SETUP_TIMED_OUT, now);
             }
