@@ -618,14 +618,31 @@ fn a_second_ehlo_without_tls_goes_to_one_new_connection_with_auth_replayed() {
     assert_eq!(h.connects, 2, "one replacement, not five");
 }
 
+/// The client keeps what it was offered, but a replacement connection to a server without
+/// DSN or SMTPUTF8 is sent neither: DSN's parameters are refused, and so is non-ASCII in
+/// MAIL, VRFY and EXPN, which the client was told it could send.
 #[test]
 fn parameters_narrow_to_what_a_replacement_connection_offers() {
-    let mut h = tls_session(); // DSN offered
+    let mut h = tls_session(); // DSN and SMTPUTF8 offered
     refused_message(&mut h);
     h.backend_says(b"220 other.test ESMTP\r\n");
-    h.backend_says(b"250-other.test\r\n250 8BITMIME\r\n"); // a failover server without DSN
+    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    // A failover server without DSN or SMTPUTF8.
+    h.backend_says(b"250-other.test\r\n250 8BITMIME\r\n");
     h.client_says(b"MAIL FROM:<a@x.test> RET=HDRS\r\n");
     assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
+    h.client_says("MAIL FROM:<zoë@x.test> SMTPUTF8\r\n".as_bytes());
+    assert_eq!(h.take_client(), "555 5.5.4 Unsupported parameter\r\n");
+    for line in ["VRFY zoë SMTPUTF8\r\n", "EXPN listé@corp.test\r\n"] {
+        h.client_says(line.as_bytes());
+        assert_eq!(
+            h.take_client(),
+            "553 5.6.7 Non-ASCII addresses require SMTPUTF8\r\n",
+            "{line}"
+        );
+    }
+    assert_eq!(h.take_backend(), "", "nothing of it reaches the backend");
+    h.exchange("VRFY zoe\r\n", "VRFY zoe\r\n", "252 2.1.5 Maybe\r\n");
 }
 
 #[test]
