@@ -131,7 +131,7 @@ fn log_certificate(
         issuer = %cert.issuer,
         serial = %cert.serial,
         sha1 = %cert.sha1,
-        sans = %cert.sans.join(","),
+        sans = %cert.names_shown(","),
         not_before = %cert.not_before_rfc3339(),
         not_after = %cert.not_after_rfc3339(),
         "certificate"

@@ -73,6 +73,29 @@ impl CertInfo {
         })
     }
 
+    /// The certificate's names joined by `sep` as logs and listings show them: the first
+    /// [`MAX_NAMES_SHOWN`], within [`MAX_NAMES_TEXT`] characters, then how many more there
+    /// are. A certificate may carry thousands of names (a client's under `request` is not
+    /// even verified), and each is a line's worth of text.
+    pub fn names_shown(&self, sep: &str) -> String {
+        let mut out = String::new();
+        let mut shown = 0;
+        for name in self.sans.iter().take(MAX_NAMES_SHOWN) {
+            if shown > 0 && out.len() + sep.len() + name.len() > MAX_NAMES_TEXT {
+                break;
+            }
+            if shown > 0 {
+                out.push_str(sep);
+            }
+            out.push_str(name);
+            shown += 1;
+        }
+        if shown < self.sans.len() {
+            let _ = write!(out, "{sep}(+{} more)", self.sans.len() - shown);
+        }
+        out
+    }
+
     /// True when `unix_now` lies within notBefore..=notAfter (both ends inclusive, RFC 5280
     /// §4.1.2.5).
     pub fn is_valid_at(&self, unix_now: i64) -> bool {
@@ -131,6 +154,12 @@ pub fn display_safe(text: &str) -> String {
 
 /// See [`display_safe`]; a DNS name is at most 253 characters, a long DN a few hundred.
 const MAX_DISPLAY: usize = 256;
+
+/// See [`CertInfo::names_shown`]: a multi-domain certificate lists a few dozen names at most.
+const MAX_NAMES_SHOWN: usize = 32;
+
+/// See [`CertInfo::names_shown`]: four of the longest names.
+const MAX_NAMES_TEXT: usize = 1024;
 
 fn san_text(name: &GeneralName<'_>) -> Option<String> {
     match name {
@@ -201,6 +230,39 @@ mod tests {
         let der = certificate("a\u{2028}b\u{202E}c", None);
         let info = CertInfo::from_der(&der).expect("parse");
         assert_eq!(info.subject, "CN=a?b?c");
+    }
+
+    /// Thousands of names, as an unverified client certificate may carry, are shown as the
+    /// first ones and a count, within a kilobyte.
+    #[test]
+    fn a_certificate_with_many_names_shows_the_first_and_a_count() {
+        let many: Vec<rcgen::SanType> = (0..4000)
+            .map(|i| rcgen::SanType::DnsName(format!("a{i}.x").try_into().expect("ia5")))
+            .collect();
+        let info = CertInfo::from_der(&certificate("many", Some(many))).expect("parse");
+        let first: Vec<String> = (0..32).map(|i| format!("a{i}.x")).collect();
+        assert_eq!(
+            info.names_shown(","),
+            format!("{},(+3968 more)", first.join(","))
+        );
+        let long: Vec<rcgen::SanType> = (0..10)
+            .map(|i| {
+                let name = format!("{i}{}.test", "l".repeat(240));
+                rcgen::SanType::DnsName(name.try_into().expect("ia5"))
+            })
+            .collect();
+        let info = CertInfo::from_der(&certificate("long", Some(long))).expect("parse");
+        let shown = info.names_shown(", ");
+        assert!(shown.ends_with(", (+6 more)"), "{shown}");
+        assert!(shown.len() <= MAX_NAMES_TEXT + 20, "{}", shown.len());
+        let one = CertInfo::from_der(&certificate(
+            "one",
+            Some(vec![rcgen::SanType::DnsName(
+                "mx.test".try_into().expect("ia5"),
+            )]),
+        ))
+        .expect("parse");
+        assert_eq!(one.names_shown(","), "mx.test");
     }
 
     /// A client certificate must allow client authentication: no extendedKeyUsage, or one

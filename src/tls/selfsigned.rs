@@ -94,7 +94,7 @@ fn unusable_because(info: &CertInfo, hostname: &str, now: i64) -> Option<String>
     if !info.has_dns_name(hostname) {
         Some(format!(
             "it is for {:?}, not {hostname:?}",
-            info.sans.join(", ")
+            info.names_shown(", ")
         ))
     } else if !info.is_valid_at(now) {
         Some(format!(

@@ -100,7 +100,7 @@ impl LoadedCert {
         let sans = if i.sans.is_empty() {
             "(none)".to_string()
         } else {
-            i.sans.join(", ")
+            i.names_shown(", ")
         };
         format!(
             "subject:    {}\nissuer:     {}\nserial:     {}\nSANs:       {}\n\
