@@ -77,7 +77,7 @@ impl Session {
     }
 
     fn abort_hop_message(&mut self) {
-        self.hop_tls = self.hop.tls.is_some();
+        self.note_hop_tls();
         self.conn.abort(Leg::Backend);
         self.hop = Default::default();
         self.conn.backend_in.clear();
@@ -100,7 +100,7 @@ impl Session {
                 return;
             }
             None => {
-                self.conn.event(Event::MessageFailed);
+                self.message_event(Event::MessageFailed);
                 self.end_transaction();
                 self.conn
                     .send("451 4.4.2 Next hop lost mid-message, try again later");
@@ -112,7 +112,7 @@ impl Session {
                 reply
             }
         };
-        self.conn.event(Event::MessageRejected);
+        self.message_event(Event::MessageRejected);
         self.end_transaction();
         self.conn.send(reply);
         self.expect_command(now);
@@ -125,7 +125,7 @@ impl Session {
             self.mode,
             Mode::Data(_) | Mode::Await(Pending::EndOfData { .. })
         ) {
-            self.conn.event(Event::MessageFailed);
+            self.message_event(Event::MessageFailed);
         }
         if matches!(self.mode, Mode::Data(_)) && self.hop.state != HopState::None {
             self.abort_hop_message();

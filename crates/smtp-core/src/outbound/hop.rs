@@ -47,6 +47,7 @@ impl Session {
     /// The first recipient named the domain: find its next hop.
     pub(super) fn open_hop(&mut self, domain: &str, now: Instant) {
         self.hop = Default::default();
+        self.hop_tls = false;
         self.hop_timer(self.cfg.timeouts.backend_reply, now);
         match &self.cfg.next_hop {
             NextHop::Mx => {
@@ -205,6 +206,20 @@ impl Session {
         self.hop = Default::default();
         self.conn.backend_in.clear();
         self.conn.timers.stop(Timer::Backend);
+    }
+
+    /// Report a message's outcome, with the TLS of the next hop session that carried it
+    /// (`messages_total{tls}`): the session in place, or the last one if it is gone.
+    pub(super) fn message_event(&mut self, event: Event) {
+        self.note_hop_tls();
+        self.conn.event(event);
+    }
+
+    /// Keep whether the next hop session in place, if any, is TLS, for when it is gone.
+    pub(super) fn note_hop_tls(&mut self) {
+        if self.hop.state != HopState::None {
+            self.hop_tls = self.hop.tls.is_some();
+        }
     }
 
     pub(super) fn route(&self) -> Option<&RouteInfo> {
@@ -600,12 +615,11 @@ impl Session {
 
     /// The next hop answered the end of data (end-to-end acknowledgement, SPEC §1.1).
     fn message_done(&mut self, accepted: bool, bytes: u64) {
-        self.hop_tls = self.hop.tls.is_some();
         if !accepted {
-            return self.conn.event(Event::MessageRejected);
+            return self.message_event(Event::MessageRejected);
         }
         self.conn.reset_errors();
-        self.conn.event(Event::MessageAccepted { bytes });
+        self.message_event(Event::MessageAccepted { bytes });
         let Some(route) = self.route() else {
             return;
         };
@@ -631,7 +645,7 @@ impl Session {
         if self.conn.is_closed() {
             return;
         }
-        self.hop_tls = self.hop.tls.is_some();
+        self.note_hop_tls();
         match (&self.mode, self.hop.state) {
             (_, HopState::Resolving) => {
                 return self.setup_failed(DnsFailure::Temporary.reply().to_owned(), now);
@@ -652,7 +666,7 @@ impl Session {
         }
         match std::mem::replace(&mut self.mode, Mode::Commands) {
             Mode::Await(Pending::EndOfData { .. }) => {
-                self.conn.event(Event::MessageFailed);
+                self.message_event(Event::MessageFailed);
                 self.conn
                     .send("451 4.4.2 Next hop lost mid-message, try again later");
                 self.phase = Phase::ExpectMail;

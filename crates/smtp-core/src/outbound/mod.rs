@@ -46,7 +46,8 @@ pub struct Session {
     offered: Offered,
     hop: Hop,
     /// The last message's next hop session was TLS (kept after that session is closed, for
-    /// the event that reports the message).
+    /// the event that reports the message): set with each message's event
+    /// ([`Session::message_event`]).
     hop_tls: bool,
     conn: Conn,
 }

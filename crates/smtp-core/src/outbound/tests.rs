@@ -117,6 +117,48 @@ fn relay_may_with_starttls_end_to_end() {
     assert_eq!(h.connects, 2);
 }
 
+/// A message is counted with the TLS of the next hop session that carried it
+/// (`messages_total{tls}`) whatever its outcome: a message refused by us for a bare line feed
+/// (`bare_newlines: reject`) over a TLS next hop counts as TLS, and a message over a plaintext
+/// next hop whose client is lost while the verdict is awaited counts as plaintext, not as the
+/// TLS of the transaction before it.
+#[test]
+fn a_message_is_counted_with_its_next_hops_tls_whatever_its_outcome() {
+    let mut h = Harness::originate(cfg(Level::May));
+    h.hop_tls = Some(test_tls());
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS_TLS);
+    h.take_backend();
+    h.backend_says(b"220 2.0.0 Ready\r\n");
+    after_tls_to_rcpt(&mut h, "b@y.test");
+    h.client_says(b"DATA\r\n");
+    h.backend_says(b"354 go ahead\r\n");
+    h.take_client();
+    h.client_says(b"Subject: t\r\n\r\nbare\nlf\r\n.\r\n");
+    assert!(h.take_client().starts_with("550 5.6.11 "));
+    assert_eq!(h.events.last(), Some(&Event::MessageRejected));
+    assert!(h.session.message_tls(), "over the TLS next hop");
+
+    // The next transaction, over a plaintext next hop: the client is lost while the next
+    // hop's verdict is awaited.
+    h.hop_tls = None;
+    h.take_backend();
+    h.client_says(b"MAIL FROM:<a@x.test> SIZE=100\r\nRCPT TO:<c@y.test>\r\n");
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_backend(), "RCPT TO:<c@y.test>\r\n");
+    h.backend_says(b"250 ok\r\n");
+    h.client_says(b"DATA\r\n");
+    h.backend_says(b"354 go ahead\r\n");
+    h.client_says(b"Subject: t\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(h.take_backend(), "DATA\r\nSubject: t\r\n\r\nhi\r\n.\r\n");
+    h.session.handle_lost(Leg::Client, h.now);
+    h.run();
+    assert_eq!(h.events.last(), Some(&Event::MessageFailed));
+    assert!(!h.session.message_tls(), "over the plaintext next hop");
+}
+
 #[test]
 fn may_goes_on_in_plaintext_without_starttls() {
     let mut h = Harness::originate(cfg(Level::May));
