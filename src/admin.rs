@@ -1,6 +1,6 @@
 //! The admin endpoint on `metrics.listen`: `GET /metrics` (Prometheus text format),
-//! `/healthz` (the process is alive), `/readyz` (every listener is bound and no terminate
-//! listener has all its backend servers known down), and the status page, `/` (HTML) and
+//! `/healthz` (the process is alive), `/readyz` (every listener is bound, the process is not
+//! shutting down, and no terminate listener has all its backend servers known down), and the status page, `/` (HTML) and
 //! `/status.json` ([`crate::status`]). `HEAD` is answered as `GET` without the body; another
 //! method on one of these paths is `405`, any other path `404`. The endpoint has its own
 //! small budget of connections, buffers and time, so that nothing arriving on the admin port
@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::clock::unix_now;
 use crate::metrics::Metrics;
+use crate::shutdown::{Shutdown, Watch};
 use crate::status::{ListenerInfo, Status};
 
 /// Admin connections served at once; one more is closed as soon as it is accepted. A
@@ -51,11 +52,14 @@ const PAGE_POLICY: &str =
 
 /// Serve the admin endpoint on `listener`. `listeners` is what the status page and
 /// `/readyz` know of each listener beyond its metrics (its mode and address); a reload
-/// replaces it, and each connection reads it once.
+/// replaces it, and each connection reads it once. `shutdown` is the process's: once it is
+/// draining, `/readyz` says so, and a balancer sends no new sessions to listeners that no
+/// longer accept them.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     listeners: Arc<arc_swap::ArcSwap<Vec<ListenerInfo>>>,
+    shutdown: Watch,
 ) {
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -75,9 +79,11 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         let listeners = listeners.load_full();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&req, &metrics, &listeners);
+                let running = shutdown.borrow() == Shutdown::Running;
+                let response = respond(&req, &metrics, &listeners, running);
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -91,10 +97,12 @@ pub async fn serve(
     }
 }
 
+/// The answer to `req`; `running` is false once the process is shutting down.
 fn respond(
     req: &Request<Incoming>,
     metrics: &Metrics,
     listeners: &[ListenerInfo],
+    running: bool,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !matches!(
@@ -117,6 +125,11 @@ fn respond(
     match path {
         "/metrics" => response(StatusCode::OK, METRICS_CONTENT_TYPE, metrics.render()),
         "/healthz" => response(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" if !running => response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: shutting down\n",
+        ),
         // Listeners are bound before this endpoint starts.
         "/readyz" => match Status::gather(metrics, listeners, unix_now()).readiness() {
             Ok(()) => response(StatusCode::OK, "text/plain", "ready\n"),

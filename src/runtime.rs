@@ -258,6 +258,7 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
             tcp,
             metrics.clone(),
             Arc::clone(&infos),
+            watch_rx.clone(),
         ));
     }
     let expiry = spawn_expiry_warnings(&snapshot, &watch_rx);

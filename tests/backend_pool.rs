@@ -271,3 +271,35 @@ async fn health_checks_set_backend_up_without_any_session() {
     assert!(live.rec.transcripts.lock().unwrap().is_empty());
     running.shutdown().await;
 }
+
+/// Once shutdown begins, `/readyz` answers `503 not ready: shutting down` for as long as the
+/// sessions left drain: the listeners accept no new session, and a balancer that asks must
+/// send none there.
+#[tokio::test]
+async fn readyz_says_not_ready_while_shutting_down() {
+    let live = Backend::new().await;
+    let running = start(&yaml(&[live.addr], "2s", true)).await;
+    let admin = running.metrics_addr.unwrap();
+    let r = admin_http::get(admin, "/readyz").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ready\n"));
+    // A transaction in progress keeps the drain going until it ends.
+    let (_, mut c, _) = greeting(&running).await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Ok\r\n");
+    let shutdown = tokio::spawn(running.shutdown());
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let r = loop {
+        let r = admin_http::get(admin, "/readyz").await;
+        if r.status != 200 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (503, "not ready: shutting down\n")
+    );
+    assert_eq!(c.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Ok\r\n");
+    drop(c);
+    shutdown.await.unwrap();
+}
