@@ -13,6 +13,10 @@ use super::yaml::{List, Table, Value};
 #[derive(Debug, Default)]
 pub struct Problems(pub Vec<String>);
 
+/// The longest timeout or interval taken: a deadline is a point in time computed from it,
+/// and a day is past any wait an SMTP peer or an operator means (a value like `99999999d`
+/// would overflow the clock's arithmetic in every session).
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
 impl Problems {
     pub fn add(&mut self, path: &str, message: impl Display) {
         self.0.push(format!("{path}: {message}"));
@@ -120,7 +124,7 @@ impl Problems {
         parsed
     }
 
-    /// A duration; `positive` refuses zero (every timeout).
+    /// A duration of at most [`MAX_DURATION`]; `positive` refuses zero (every timeout).
     pub fn duration(&mut self, path: &str, value: &Value, positive: bool) -> Option<Duration> {
         let parsed = match value {
             Value::Str(s) => parse_duration(s),
@@ -135,6 +139,7 @@ impl Problems {
                 ),
             ),
             Some(d) if positive && d.is_zero() => self.add(path, "must be greater than 0s"),
+            Some(d) if d > MAX_DURATION => self.add(path, "must be at most 1d"),
             Some(d) => return Some(d),
         }
         None

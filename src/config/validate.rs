@@ -159,13 +159,37 @@ fn metrics(p: &mut Problems, raw: &RawConfig) -> Option<Option<SocketAddr>> {
 fn log_config(p: &mut Problems, log: &RawLog) -> Option<LogConfig> {
     let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
     let format = p.choice("log.format", &log.format, &formats);
-    let level = p.string("log.level", &log.level);
+    let mut level = p
+        .string("log.level", &log.level)
+        .map(|l| l.trim().to_owned());
+    if let Some(word) = level.as_deref().and_then(unknown_level) {
+        p.add(
+            "log.level",
+            format_args!(
+                "unknown level {word:?} (use error, warn, info, debug, trace or off, or \
+                 target=level directives like smtp_sidecar=debug,warn)"
+            ),
+        );
+        level = None;
+    }
     let protocol_log = p.bool("log.protocol_log", &log.protocol_log);
     Some(LogConfig {
         format: format?,
-        level: level?.trim().to_owned(),
+        level: level?,
         protocol_log: protocol_log?,
     })
+}
+
+/// A directive of a `log.level` filter that is a bare word but not a level. The filter
+/// takes such a word for a module's name, whose lines alone it then shows: `warning` or a
+/// misspelt `inf` would silence every line of the sidecar's, errors included.
+fn unknown_level(filter: &str) -> Option<&str> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.contains(['=', '[', ':']))
+        .find(|d| !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)))
 }
 
 /// The store. Entries with problems are left out (the problems fail the parse anyway). The

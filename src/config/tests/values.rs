@@ -84,6 +84,22 @@ fn proxy_protocol_and_its_deadline() {
     assert!(ok(outbound).listeners[0].proxy_protocol);
 }
 
+/// `log.level` is a tracing filter: levels, in any case, and target=level directives.
+#[test]
+fn log_levels_and_directives_are_taken() {
+    for level in [
+        "warn",
+        "DEBUG",
+        "off",
+        "smtp_sidecar=debug,warn",
+        "info, hyper=off",
+        "a::b[c]=trace",
+    ] {
+        let yaml = one_listener(&format!("log: {{level: \"{level}\"}}\n"));
+        assert_eq!(ok(&yaml).log.level, level.trim(), "{level}");
+    }
+}
+
 #[test]
 fn invalid_values_name_their_path() {
     let cases: &[(&str, &str)] = &[
@@ -93,6 +109,8 @@ fn invalid_values_name_their_path() {
         ("metrics: {listen: localhost}", "metrics.listen: expected an address like 127.0.0.1:25 or [::1]:25, found \"localhost\""),
         ("log: {format: xml}", "log.format: expected one of: text, json, found \"xml\""),
         ("log: 3", "log: expected a mapping, found 3"),
+        ("log: {level: warning}", "log.level: unknown level \"warning\" (use error, warn, info, debug, trace or off, or target=level directives like smtp_sidecar=debug,warn)"),
+        ("log: {level: \"smtp_sidecar=debug,inf\"}", "log.level: unknown level \"inf\" (use error, warn, info, debug, trace or off, or target=level directives like smtp_sidecar=debug,warn)"),
         ("certificates: [{name: a, cert: a.pem}]", "certificates[0].key: missing (required)"),
         ("certificates: [{name: a, cert: a, key: a}, {name: a, cert: b, key: b}]", "certificates[1].name: duplicate certificate name \"a\""),
         ("    tls: startls", "listeners[0].tls: expected one of: starttls, implicit, found \"startls\""),
@@ -109,6 +127,8 @@ fn invalid_values_name_their_path() {
         ("    policy: {max_recipients: 0}", "listeners[0].policy.max_recipients: expected a whole number from 1 to 4294967295, found 0"),
         ("    policy: {timeouts: {greeting: 0s}}", "listeners[0].policy.timeouts.greeting: must be greater than 0s"),
         ("    policy: {timeouts: {proxy_header: 0s}}", "listeners[0].policy.timeouts.proxy_header: must be greater than 0s"),
+        ("    policy: {timeouts: {command: 10000000000000000000s}}", "listeners[0].policy.timeouts.command: must be at most 1d"),
+        ("    policy: {timeouts: {data_block: 25h}}", "listeners[0].policy.timeouts.data_block: must be at most 1d"),
         ("    policy: {timeouts: {proxy_header: 10}}", "listeners[0].policy.timeouts.proxy_header: invalid duration 10 (use e.g. 30s, 5m, 1h)"),
         ("    proxy_protocol: yes", "listeners[0].proxy_protocol: expected true or false, found \"yes\""),
         ("    policy: {timeouts: [5m]}", "listeners[0].policy.timeouts: expected a mapping, found a list"),
