@@ -29,8 +29,12 @@ use crate::shutdown::Shutdown;
 
 /// How often each server is checked unless `backend.health_check_interval` says otherwise.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
-/// The longest a check waits for each reply (greeting, EHLO), and for each write.
+/// The longest a check waits for each write, and for each reply (greeting, EHLO) unless the
+/// pool says otherwise ([`Pool::with_reply_timeout`]).
 pub const CHECK_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a check waits for a reply whatever the sessions wait: a check round waits for
+/// its slowest server, and what the others are found to be waits with it.
+pub const MAX_CHECK_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most bytes a check reads from a server: a hostile one cannot make it buffer more.
 const CHECK_MAX_BYTES: usize = 64 * 1024;
 
@@ -40,6 +44,8 @@ pub struct Pool {
     servers: Vec<Server>,
     connect_timeout: Duration,
     check_interval: Duration,
+    /// How long a check waits for each reply.
+    reply_timeout: Duration,
     tls: Option<HopTls>,
 }
 
@@ -79,8 +85,17 @@ impl Pool {
                 .collect(),
             connect_timeout,
             check_interval: CHECK_INTERVAL,
+            reply_timeout: CHECK_REPLY_TIMEOUT,
             tls: None,
         }
+    }
+
+    /// A check waits for each reply as long as a session waits for the backend's
+    /// (`timeouts.backend_reply`), up to [`MAX_CHECK_REPLY_TIMEOUT`]: a server that greets
+    /// slowly (a reverse lookup, a greet pause) but serves every session is not down.
+    pub fn with_reply_timeout(mut self, sessions_wait: Duration) -> Self {
+        self.reply_timeout = sessions_wait.min(MAX_CHECK_REPLY_TIMEOUT);
+        self
     }
 
     /// A terminate listener's hop: how often to check, and its TLS.
@@ -241,11 +256,12 @@ impl Pool {
             }
             let round = self.servers.iter().enumerate().map(|(i, s)| async move {
                 let tls = self.tls.as_ref();
-                let result = check(&s.addr, hostname, self.connect_timeout, tls).await;
+                let waits = (self.connect_timeout, self.reply_timeout);
+                let result = check(&s.addr, hostname, waits, tls).await;
                 metrics.backend_up(&s.addr, result.is_ok(), crate::clock::unix_now());
                 match result {
                     Ok(ehlo) => {
-                        s.ehlo.store(Some(Arc::new(ehlo)));
+                        s.ehlo.store(ehlo.map(Arc::new));
                         self.mark(listener, i, true, "");
                     }
                     Err(why) => self.mark(listener, i, false, &format!("health check: {why}")),
@@ -314,24 +330,27 @@ impl HopTlsError {
 }
 
 /// One SMTP health check: connect (under `connect_timeout`), a `220` greeting, `EHLO
-/// <hostname>` answered 2xx, then `QUIT`. Over the hop's TLS: implicit from the start, or
-/// STARTTLS (offered and accepted) and EHLO again. Every wait has a deadline. The EHLO reply
-/// (the last one: over TLS when the hop has it) is what the server offers a session.
+/// <hostname>` answered, then `QUIT`, each reply within `reply_timeout`. Over the hop's TLS:
+/// implicit from the start, or STARTTLS (offered and accepted) and EHLO again. Every wait has
+/// a deadline. The EHLO reply (the last one: over TLS when the hop has it) is what the
+/// server offers a session; `None` when it refused EHLO with a 5xx: a server that knows only
+/// HELO serves sessions (they fall back to it), but offers nothing to know.
 pub async fn check(
     server: &str,
     hostname: &str,
-    connect_timeout: Duration,
+    (connect_timeout, reply_timeout): (Duration, Duration),
     tls: Option<&HopTls>,
-) -> Result<Reply, String> {
+) -> Result<Option<Reply>, String> {
     let mut tcp = match timeout(connect_timeout, TcpStream::connect(server)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(format!("connect: {e}")),
         Err(_) => return Err(format!("connect: timed out after {connect_timeout:?}")),
     };
+    let offered = |ehlo: Reply| ehlo.is_positive().then_some(ehlo);
     let Some(tls) = tls else {
-        let ehlo = greet(&mut tcp, hostname).await?;
+        let ehlo = greet(&mut tcp, hostname, reply_timeout).await?;
         quit(&mut tcp).await;
-        return Ok(ehlo);
+        return Ok(offered(ehlo));
     };
     let handshake = |tcp| async move {
         timeout(connect_timeout, handshake(tls, server, tcp))
@@ -341,16 +360,19 @@ pub async fn check(
     };
     if tls.implicit {
         let mut stream = handshake(tcp).await?;
-        let ehlo = greet(&mut stream, hostname).await?;
+        let ehlo = greet(&mut stream, hostname, reply_timeout).await?;
         quit(&mut stream).await;
-        return Ok(ehlo);
+        return Ok(offered(ehlo));
     }
-    let ehlo = greet(&mut tcp, hostname).await?;
+    let ehlo = greet(&mut tcp, hostname, reply_timeout).await?;
+    if !ehlo.is_positive() {
+        return Err(format!("EHLO: {}", one_line(&ehlo)));
+    }
     if ehlo.extension("STARTTLS").is_none() {
         return Err("STARTTLS not offered".into());
     }
     write(&mut tcp, b"STARTTLS\r\n").await?;
-    let mut replies = Replies::new();
+    let mut replies = Replies::new(reply_timeout);
     let reply = replies
         .next(&mut tcp)
         .await
@@ -359,17 +381,21 @@ pub async fn check(
         return Err(format!("STARTTLS: {}", one_line(&reply)));
     }
     let mut stream = handshake(tcp).await?;
-    let ehlo = ehlo_on(&mut stream, &mut Replies::new(), hostname).await?;
+    let ehlo = ehlo_on(&mut stream, &mut Replies::new(reply_timeout), hostname).await?;
     quit(&mut stream).await;
-    Ok(ehlo)
+    match ehlo.is_positive() {
+        true => Ok(Some(ehlo)),
+        false => Err(format!("EHLO: {}", one_line(&ehlo))),
+    }
 }
 
-/// The greeting (`220`) and our EHLO (2xx); the EHLO reply.
+/// The greeting (`220`) and our EHLO, each within `reply_timeout`; the EHLO reply, 2xx or 5xx.
 async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     hostname: &str,
+    reply_timeout: Duration,
 ) -> Result<Reply, String> {
-    let mut replies = Replies::new();
+    let mut replies = Replies::new(reply_timeout);
     let greeting = replies
         .next(s)
         .await
@@ -380,6 +406,8 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     ehlo_on(s, &mut replies, hostname).await
 }
 
+/// Our EHLO; its reply, 2xx or 5xx (a server that knows only HELO). A 4xx (`421`, a server
+/// shutting down or overloaded) fails the check.
 async fn ehlo_on<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     replies: &mut Replies,
@@ -387,7 +415,7 @@ async fn ehlo_on<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Reply, String> {
     write(s, format!("EHLO {hostname}\r\n").as_bytes()).await?;
     let ehlo = replies.next(s).await.map_err(|e| format!("EHLO: {e}"))?;
-    if !ehlo.is_positive() {
+    if !ehlo.is_positive() && ehlo.code / 100 != 5 {
         return Err(format!("EHLO: {}", one_line(&ehlo)));
     }
     Ok(ehlo)
@@ -450,19 +478,22 @@ fn one_line(reply: &Reply) -> String {
 struct Replies {
     parser: ReplyParser,
     read: usize,
+    /// How long each reply may take.
+    wait: Duration,
 }
 
 impl Replies {
-    fn new() -> Self {
+    fn new(wait: Duration) -> Self {
         Replies {
             parser: ReplyParser::new(),
             read: 0,
+            wait,
         }
     }
 
-    /// The next whole reply, within [`CHECK_REPLY_TIMEOUT`].
+    /// The next whole reply, within the wait.
     async fn next<S: AsyncRead + Unpin>(&mut self, tcp: &mut S) -> Result<Reply, String> {
-        let deadline = Instant::now() + CHECK_REPLY_TIMEOUT;
+        let deadline = Instant::now() + self.wait;
         let mut buf = [0u8; 2048];
         loop {
             match self.parser.next_reply() {
@@ -481,7 +512,7 @@ impl Replies {
                     self.parser.push(&buf[..n]);
                 }
                 Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err(format!("no reply within {CHECK_REPLY_TIMEOUT:?}")),
+                Err(_) => return Err(format!("no reply within {:?}", self.wait)),
             }
         }
     }

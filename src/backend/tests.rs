@@ -105,8 +105,9 @@ async fn all_marked_down_fails_at_once_without_a_connect() {
 
 #[tokio::test]
 async fn health_check_passes_on_220_and_2xx_ehlo() {
-    let ehlo = check(&smtp().await, "mx.test", Duration::from_secs(2), None)
+    let ehlo = check(&smtp().await, "mx.test", WAITS, None)
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(
         (ehlo.code, ehlo.lines),
@@ -130,9 +131,25 @@ async fn the_known_ehlo_is_the_first_live_servers() {
     assert_eq!(pool.known_ehlo(), None, "the first server's was forgotten");
 }
 
+/// A check's connect timeout and its wait for each reply.
+const WAITS: (Duration, Duration) = (Duration::from_secs(2), CHECK_REPLY_TIMEOUT);
+
+/// A server that refuses EHLO but greets serves sessions (they fall back to HELO): it passes,
+/// with no EHLO reply to know. One that answers EHLO with a 4xx does not.
+#[tokio::test]
+async fn health_check_passes_a_server_that_knows_only_helo() {
+    let helo_only = server(b"220 ok\r\n", b"502 5.5.2 no\r\n").await;
+    assert_eq!(check(&helo_only, "mx.test", WAITS, None).await, Ok(None));
+    let shutting_down = server(b"220 ok\r\n", b"421 4.3.2 bye\r\n").await;
+    assert_eq!(
+        check(&shutting_down, "mx.test", WAITS, None).await,
+        Err("EHLO: 421 4.3.2 bye".into())
+    );
+}
+
 #[tokio::test]
 async fn health_check_fails() {
-    let t = Duration::from_secs(2);
+    let t = WAITS;
     let refused = check(&closed_port().await, "mx.test", t, None)
         .await
         .unwrap_err();
@@ -141,11 +158,6 @@ async fn health_check_fails() {
     assert_eq!(
         check(&busy, "mx.test", t, None).await.unwrap_err(),
         "greeting: 554 go away"
-    );
-    let no_ehlo = server(b"220 ok\r\n", b"502 5.5.2 no\r\n").await;
-    assert_eq!(
-        check(&no_ehlo, "mx.test", t, None).await.unwrap_err(),
-        "EHLO: 502 5.5.2 no"
     );
     // A greeting longer than a reply may be: refused, not buffered.
     let long: &'static [u8] = "220-more\r\n".repeat(10_000).leak().as_bytes();
@@ -159,13 +171,35 @@ async fn health_check_waits_for_a_silent_server_no_longer_than_its_deadline() {
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap().to_string();
     let started = Instant::now();
-    let err = check(&addr, "mx.test", Duration::from_secs(2), None)
-        .await
-        .unwrap_err();
+    let err = check(&addr, "mx.test", WAITS, None).await.unwrap_err();
     assert_eq!(
         err,
         format!("greeting: no reply within {CHECK_REPLY_TIMEOUT:?}")
     );
     assert!(started.elapsed() <= CHECK_REPLY_TIMEOUT + Duration::from_millis(100));
     drop(silent);
+}
+
+/// A pool's checks wait for each reply as long as its sessions do (`backend_reply`), up to
+/// 30 s: a server that greets after 6 s, as one doing a slow reverse lookup may, passes.
+#[tokio::test(start_paused = true)]
+async fn health_check_waits_as_long_as_the_sessions_up_to_30s() {
+    let pool = Pool::new(&[], Duration::from_secs(2)).with_reply_timeout(Duration::from_secs(300));
+    assert_eq!(pool.reply_timeout, MAX_CHECK_REPLY_TIMEOUT);
+    let pool = Pool::new(&[], Duration::from_secs(2)).with_reply_timeout(Duration::from_secs(8));
+    assert_eq!(pool.reply_timeout, Duration::from_secs(8));
+    let slow = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = slow.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut tcp, _) = slow.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        tcp.write_all(b"220 slow\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let _ = tcp.read(&mut buf).await.unwrap();
+        tcp.write_all(b"250 ok\r\n").await.unwrap();
+        let _ = tcp.read(&mut buf).await;
+    });
+    let waits = (Duration::from_secs(2), pool.reply_timeout);
+    let ehlo = check(&addr, "mx.test", waits, None).await.unwrap().unwrap();
+    assert_eq!(ehlo.code, 250);
 }

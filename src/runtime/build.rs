@@ -92,7 +92,7 @@ pub fn build(
 
 /// The pool `previous` gave the listener called like `l`, if this configuration would build
 /// the same one: same backend servers and settings (or relay), same `hostname` (the health
-/// checks' EHLO), and for a hop that verifies the backend's certificate, the same anchors
+/// checks' EHLO) and `timeouts.backend_reply` (their wait), and for a hop that verifies the backend's certificate, the same anchors
 /// and CRLs.
 fn kept_pool(
     previous: Option<&Snapshot>,
@@ -110,7 +110,9 @@ fn kept_pool(
         && match (&old.mode, &l.mode) {
             (ListenerMode::Terminate(a), ListenerMode::Terminate(b)) => {
                 let verifies = b.backend.tls != BackendTls::None && b.backend.tls_verify;
-                a.backend == b.backend && (!verifies || previous.trust.same_anchors(trust))
+                a.backend == b.backend
+                    && a.policy.timeouts.backend_reply == b.policy.timeouts.backend_reply
+                    && (!verifies || previous.trust.same_anchors(trust))
             }
             (ListenerMode::Originate(a), ListenerMode::Originate(b)) => a.next_hop == b.next_hop,
             _ => false,
@@ -248,6 +250,8 @@ impl Builder<'_> {
                     .map_err(|e| format!("{}.backend.tls: {e}", self.at))?,
             }),
         };
-        Ok(Pool::new(&b.servers, b.connect_timeout).with_hop(b.health_check_interval, hop))
+        Ok(Pool::new(&b.servers, b.connect_timeout)
+            .with_hop(b.health_check_interval, hop)
+            .with_reply_timeout(term.policy.timeouts.backend_reply))
     }
 }
