@@ -33,16 +33,53 @@ pub fn listeners(
     }
     let mut names: Vec<(String, String)> = Vec::new();
     let mut out = Vec::with_capacity(items.len());
+    // Each terminate listener's backend servers, checked once all addresses are known
+    // against those where a backend connection would come back to us: a terminate
+    // listener's (a loop) and the admin endpoint's. (An originate listener as a backend
+    // relays on, which is no loop.)
+    let mut served = Vec::new();
+    let mut loops = vec!["metrics.listen".to_owned()];
     for (i, item) in items.iter().enumerate() {
         let path = format!("listeners[{i}]");
         let Some(raw) = p.table(&path, item) else {
             continue;
         };
         if let Some(listener) = listener(p, &path, raw, taken, &mut names) {
+            if let ListenerMode::Terminate(t) = &listener.mode {
+                served.push((format!("{path}.backend.servers"), t.backend.servers.clone()));
+                loops.push(format!("{path}.listen"));
+            }
             out.push(listener);
         }
     }
+    for (path, servers) in served {
+        for (j, server) in servers.iter().enumerate() {
+            let Ok(addr) = server.parse::<SocketAddr>() else {
+                continue;
+            };
+            let ours = taken
+                .iter()
+                .filter(|(_, user)| loops.contains(user))
+                .find(|(used, _)| reaches(addr, *used));
+            if let Some((used, user)) = ours {
+                p.add(
+                    &format!("{path}[{j}]"),
+                    format_args!(
+                        "{server} is the sidecar's own {used} ({user}): sessions would be \
+                         relayed back into the sidecar"
+                    ),
+                );
+            }
+        }
+    }
     Some(out)
+}
+
+/// A connection to `server` would arrive at the socket listening on `listen`.
+fn reaches(server: SocketAddr, listen: SocketAddr) -> bool {
+    server.port() == listen.port()
+        && (listen.ip().is_unspecified()
+            || server.ip().to_canonical() == listen.ip().to_canonical())
 }
 
 fn listener(
@@ -382,6 +419,12 @@ fn backend(p: &mut Problems, path: &str, raw: &RawBackend) -> Option<Backend> {
             p.add(&servers_path, "at least one \"host:port\" is required");
         }
         for (i, server) in list.iter().enumerate() {
+            if list[..i].iter().any(|s| s.trim() == server.trim()) {
+                p.add(
+                    &format!("{servers_path}[{i}]"),
+                    format_args!("{server:?} is listed twice"),
+                );
+            }
             if !is_host_port(server) {
                 p.add(
                     &format!("{servers_path}[{i}]"),
@@ -391,7 +434,11 @@ fn backend(p: &mut Problems, path: &str, raw: &RawBackend) -> Option<Backend> {
                 );
             }
         }
-        let valid = !list.is_empty() && list.iter().all(|s| is_host_port(s));
+        let unique = list
+            .iter()
+            .enumerate()
+            .all(|(i, s)| !list[..i].iter().any(|t| t.trim() == s.trim()));
+        let valid = !list.is_empty() && unique && list.iter().all(|s| is_host_port(s));
         valid.then(|| list.iter().map(|s| s.trim().to_owned()).collect())
     });
 

@@ -84,6 +84,35 @@ fn proxy_protocol_and_its_deadline() {
     assert!(ok(outbound).listeners[0].proxy_protocol);
 }
 
+/// A backend server that is one of the sidecar's own terminate listeners (or its admin
+/// endpoint) would relay every session back into the sidecar; a server listed twice is a
+/// slip. Both refused; an originate listener as a terminate listener's backend is a relay on.
+#[test]
+fn a_backend_that_leads_back_to_the_sidecar_is_refused() {
+    let yaml = |servers: &str, more: &str| {
+        format!(
+            "{more}listeners:\n  - listen: 0.0.0.0:2525\n    backend: {{servers: [{servers}]}}\n  \
+             - mode: originate\n    listen: 127.0.0.1:10025\n    next_hop: mx\n"
+        )
+    };
+    let own = "is the sidecar's own 0.0.0.0:2525 (listeners[0].listen): sessions would be relayed back into the sidecar";
+    for (servers, more, want) in [
+        ("\"127.0.0.1:2525\"", "", format!("listeners[0].backend.servers[0]: 127.0.0.1:2525 {own}")),
+        ("\"192.0.2.1:25\", \"[::ffff:10.1.2.3]:2525\"", "", format!("listeners[0].backend.servers[1]: [::ffff:10.1.2.3]:2525 {own}")),
+        ("\"127.0.0.1:9725\"", "metrics: {listen: \"127.0.0.1:9725\"}\n", "listeners[0].backend.servers[0]: 127.0.0.1:9725 is the sidecar's own 127.0.0.1:9725 (metrics.listen): sessions would be relayed back into the sidecar".into()),
+        ("\"192.0.2.1:25\", \"192.0.2.1:25\"", "", "listeners[0].backend.servers[1]: \"192.0.2.1:25\" is listed twice".into()),
+    ] {
+        assert_eq!(problems(&yaml(servers, more)), [want], "{servers}");
+    }
+    for servers in [
+        "\"127.0.0.1:10025\"",
+        "\"127.0.0.1:2526\"",
+        "\"localhost:25\"",
+    ] {
+        ok(&yaml(servers, ""));
+    }
+}
+
 /// `log.level` is a tracing filter: levels, in any case, and target=level directives.
 #[test]
 fn log_levels_and_directives_are_taken() {
