@@ -614,6 +614,9 @@ async fn arrive(
     l: &ListenerRuntime,
     admitted: &mut Admitted,
 ) -> Option<(TcpStream, SocketAddr, Counted)> {
+    // On a dual-stack listener (`[::]`) an IPv4 client arrives IPv4-mapped: the session,
+    // its logs, the Received header and XCLIENT know it by its IPv4 address.
+    let socket = SocketAddr::new(socket.ip().to_canonical(), socket.port());
     let peer = match l.proxy_header {
         None => socket,
         Some(limit) => match crate::proxy::read_header(&mut stream, limit).await {

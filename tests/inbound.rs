@@ -92,6 +92,29 @@ async fn the_client_cannot_reopen_or_continue_our_received_header() {
     );
 }
 
+/// On a dual-stack listener (`[::]`) an IPv4 client arrives as an IPv4-mapped IPv6
+/// address; the Received header the backend trusts names it by its IPv4 address, as a
+/// listener on an IPv4 address would, not as `[IPv6:::ffff:127.0.0.1]`.
+#[tokio::test]
+async fn a_dual_stack_listener_knows_an_ipv4_client_by_its_ipv4_address() {
+    let (backend, rec) = recording_backend().await;
+    let yaml = config_yaml(backend, "starttls", "")
+        .replace("received_header: false", "received_header: true")
+        .replace("listen: 127.0.0.1:0", "listen: \"[::]:0\"");
+    let running = start(&yaml).await;
+    let port = running.addr("inbound").unwrap().port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut c = Client::starttls_session_as(addr, "client.test").await;
+    envelope(&mut c).await;
+    c.send(b"Subject: x\r\n\r\nx\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 "));
+    let m = String::from_utf8(rec.messages()[0].clone()).unwrap();
+    assert!(
+        m.starts_with("Received: from client.test ([127.0.0.1])\r\n"),
+        "{m}"
+    );
+}
+
 #[tokio::test]
 async fn implicit_tls_message() {
     let (backend, rec) = recording_backend().await;
