@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,41 @@ struct Limits {
     /// sockets still; as many as sessions at most, in all and per address, so that one
     /// address cannot take every lingering place.
     lingering: Mutex<Places>,
+    /// The log lines of refusals by the limits above, and of bad PROXY headers.
+    refusals_said: LogBudget,
+    proxy_errors_said: LogBudget,
+}
+
+/// Log lines a peer can cause at will, one per connection (a refusal by a connection limit, a
+/// bad PROXY header): at most [`LINES_PER_SECOND`] a second for a listener, so that one
+/// address connecting in a loop cannot fill the log's queue and push other sessions' lines
+/// out. Each is still counted in the metrics, and the next line written says how many were
+/// left out.
+#[derive(Debug, Default)]
+struct LogBudget {
+    /// The Unix second being counted, and the lines written in it.
+    second: AtomicI64,
+    written: AtomicU32,
+    left_out: AtomicU64,
+}
+
+/// See [`LogBudget`].
+const LINES_PER_SECOND: u32 = 10;
+
+impl LogBudget {
+    /// `Some` (with the lines left out since the last one written) if a line may be written
+    /// at `now`, a Unix second.
+    fn take(&self, now: i64) -> Option<u64> {
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.written.store(0, Ordering::Relaxed);
+        }
+        if self.written.fetch_add(1, Ordering::Relaxed) < LINES_PER_SECOND {
+            Some(self.left_out.swap(0, Ordering::Relaxed))
+        } else {
+            self.left_out.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// A lingering close's places; released when dropped.
@@ -225,6 +261,8 @@ pub async fn accept_loop(
         limits: Arc::new(Limits {
             open: Mutex::new(Places::default()),
             lingering: Mutex::new(Places::default()),
+            refusals_said: LogBudget::default(),
+            proxy_errors_said: LogBudget::default(),
         }),
         current,
         shutdown,
@@ -480,7 +518,7 @@ impl Accepting {
         // once the header is read.
         let ip = l.proxy_header.is_none().then_some(socket.ip());
         let Some(admitted) = self.limits.admit(ip, l) else {
-            too_many(stream, socket, l);
+            too_many(stream, socket, l, &self.limits.refusals_said);
             return;
         };
         let (l, shutdown) = (Arc::clone(l), self.shutdown.clone());
@@ -627,7 +665,7 @@ async fn arrive(
                 // A header without a client (LOCAL, UNKNOWN: the balancer's health checks)
                 // leaves the balancer's own address, which is never limited per address.
                 if header.source.is_some() && !admitted.claim_ip(peer.ip(), l) {
-                    too_many(stream, peer, l);
+                    too_many(stream, peer, l, &admitted.limits.refusals_said);
                     return None;
                 }
                 peer
@@ -635,8 +673,18 @@ async fn arrive(
             Err(e) => {
                 // Not one byte of SMTP to a connection that did not say whose it is.
                 l.metrics.proxy_header_error(&e);
-                tracing::info!(listener = %l.name, proxy = %socket, reason = %e,
-                    "connection closed: no valid PROXY header");
+                match admitted
+                    .limits
+                    .proxy_errors_said
+                    .take(crate::clock::unix_now())
+                {
+                    Some(0) => tracing::info!(listener = %l.name, proxy = %socket, reason = %e,
+                        "connection closed: no valid PROXY header"),
+                    Some(left_out) => tracing::info!(listener = %l.name, proxy = %socket,
+                        reason = %e, left_out,
+                        "connection closed: no valid PROXY header (and others not logged since the last line)"),
+                    None => {}
+                }
                 let _ = stream.shutdown().await;
                 return None;
             }
@@ -652,10 +700,15 @@ async fn arrive(
     Some((stream, peer, counted))
 }
 
-/// Refused by a connection limit: counted, logged, and `421 4.7.0`.
-fn too_many(stream: TcpStream, peer: SocketAddr, l: &ListenerRuntime) {
+/// Refused by a connection limit: counted, logged (within `said`), and `421 4.7.0`.
+fn too_many(stream: TcpStream, peer: SocketAddr, l: &ListenerRuntime, said: &LogBudget) {
     l.metrics.refused.inc();
-    tracing::info!(listener = %l.name, %peer, "too many connections");
+    match said.take(crate::clock::unix_now()) {
+        Some(0) => tracing::info!(listener = %l.name, %peer, "too many connections"),
+        Some(left_out) => tracing::info!(listener = %l.name, %peer, left_out,
+            "too many connections (and refusals not logged since the last line)"),
+        None => {}
+    }
     refuse(stream, l.implicit_tls);
 }
 
@@ -726,6 +779,22 @@ mod tests {
 
     /// Places are bounded in all and per address, a refused place leaves no trace, and every
     /// place given back leaves the counts as they were (no address lingers in the map).
+    /// Ten lines a second; the first line of a later second says how many were left out.
+    #[test]
+    fn a_log_budget_writes_ten_lines_a_second_and_counts_the_rest() {
+        let budget = super::LogBudget::default();
+        let first: Vec<_> = (0..13).map(|_| budget.take(100)).collect();
+        assert_eq!(first[..10], [Some(0); 10]);
+        assert_eq!(first[10..], [None; 3]);
+        assert_eq!(budget.take(101), Some(3));
+        assert_eq!(budget.take(101), Some(0));
+        assert_eq!(
+            budget.take(100),
+            Some(0),
+            "a clock set back starts a second too"
+        );
+    }
+
     #[test]
     fn places_are_bounded_in_all_and_per_address() {
         let (a, b): (std::net::IpAddr, std::net::IpAddr) =
