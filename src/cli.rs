@@ -106,7 +106,16 @@ fn run(path: &Path) -> ExitCode {
     // Dropped at the return: what is queued for standard error is written first.
     let _log = crate::log::init(&config.log);
     raise_open_file_limit(&config);
-    let store = match runtime::load_certificates(&config) {
+    let saved = runtime::load_certificates(&config).and_then(|(store, unsaved)| {
+        match unsaved.map(crate::tls::Unsaved::save).transpose() {
+            Ok(_) => Ok(store),
+            Err(e) => Err(vec![format!(
+                "state_dir {}: {e}",
+                config.state_dir.display()
+            )]),
+        }
+    });
+    let store = match saved {
         Ok(s) => s,
         Err(problems) => {
             for p in problems {

@@ -31,7 +31,10 @@ use tokio::net::TcpStream;
 /// reads again.
 async fn start_file(path: &Path) -> Running {
     let config = smtp_sidecar::config::load(path).unwrap_or_else(|e| panic!("{:?}", e.problems));
-    let store = smtp_sidecar::runtime::load_certificates(&config).unwrap();
+    let (store, unsaved) = smtp_sidecar::runtime::load_certificates(&config).unwrap();
+    if let Some(unsaved) = unsaved {
+        unsaved.save().unwrap();
+    }
     let mut running = smtp_sidecar::runtime::start(&config, &store).await.unwrap();
     running.set_config_path(path.to_owned());
     running
@@ -257,8 +260,14 @@ async fn a_port_that_cannot_be_bound_refuses_the_reload() {
     let b = start_binary(&format!("{head}{}", listener("a", port, backend)));
     b.wait_log(" listening", 1).await;
     let state = b.config().lines().next().unwrap().to_owned();
+    let kept =
+        std::path::Path::new(state.trim_start_matches("state_dir: ")).join("self-signed.crt");
+    let kept_before = std::fs::read(&kept).unwrap();
+    // A new hostname too: the self-signed certificate the refused reload generates for it
+    // must not replace the kept one.
     let new = format!(
-        "{state}\n{head}{}{}",
+        "{state}\n{}{}{}",
+        head.replace("hostname: mx.test", "hostname: mx2.test"),
         listener("a", port, backend).replace("connect_timeout: 2s", "connect_timeout: 3s"),
         listener("b", taken_port, backend)
     );
@@ -296,6 +305,21 @@ async fn a_port_that_cannot_be_bound_refuses_the_reload() {
     let (mut c, _) = session(at(port)).await;
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
     assert_eq!(status_listeners(admin).await, ["a"]);
+    assert!(
+        std::fs::read(&kept).unwrap() == kept_before,
+        "the kept self-signed certificate was replaced by a refused reload"
+    );
+    // Accepted, the new hostname's certificate is kept in its place.
+    let accepted = format!(
+        "{state}\n{}{}",
+        head.replace("hostname: mx.test", "hostname: mx2.test"),
+        listener("a", port, backend)
+    );
+    std::fs::write(b.config_path(), accepted).unwrap();
+    b.signal("HUP");
+    b.wait_log("configuration reloaded", 1).await;
+    let pem = std::fs::read(&kept).unwrap();
+    assert!(pem != kept_before, "the new certificate was not kept");
     drop(taken);
 }
 

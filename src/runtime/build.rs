@@ -12,26 +12,27 @@ use crate::backend::{HopTls, Pool};
 use crate::config::{BackendTls, Config, Listener, ListenerMode, ListenerTls, TerminateListener};
 use crate::metrics::Metrics;
 use crate::snapshot::{HandshakeSlots, ListenerRuntime, ModeRuntime, Snapshot, Warning};
-use crate::tls::{CertPlan, CertStore, ClientAuth, Trust};
+use crate::tls::{CertPlan, CertStore, ClientAuth, Trust, Unsaved};
 
 mod originate;
 
 /// The certificate store of `config`: its `certificates`, or with none, the self-signed
-/// certificate kept in `state_dir` (generated and written there the first time, SPEC §3).
-pub fn load_certificates(config: &Config) -> Result<CertStore, Vec<String>> {
+/// certificate kept in `state_dir` (generated the first time, SPEC §3), with what is still
+/// to be written there ([`Unsaved::save`]) once the store is in force.
+pub fn load_certificates(config: &Config) -> Result<(CertStore, Option<Unsaved>), Vec<String>> {
     if config.certificates.is_empty() {
-        let cert = crate::tls::load_or_create_self_signed(&config.state_dir, &config.hostname)
+        let (cert, unsaved) = crate::tls::self_signed_in(&config.state_dir, &config.hostname)
             .map_err(|e| vec![format!("state_dir {}: {e}", config.state_dir.display())])?;
-        return Ok(CertStore { certs: vec![cert] });
+        return Ok((CertStore { certs: vec![cert] }, unsaved));
     }
-    CertStore::load(&config.certificates)
+    CertStore::load(&config.certificates).map(|store| (store, None))
 }
 
 /// The store and the trust of `config`, both read so that every problem of either is
-/// reported.
-pub fn load_files(config: &Config) -> Result<(CertStore, Trust), Vec<String>> {
+/// reported, and the store's certificate still to be written.
+pub fn load_files(config: &Config) -> Result<(CertStore, Trust, Option<Unsaved>), Vec<String>> {
     match (load_certificates(config), Trust::load(&config.trust)) {
-        (Ok(store), Ok(trust)) => Ok((store, trust)),
+        (Ok((store, unsaved)), Ok(trust)) => Ok((store, trust, unsaved)),
         (store, trust) => {
             let mut problems = store.err().unwrap_or_default();
             problems.extend(trust.err().unwrap_or_default());

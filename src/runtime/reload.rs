@@ -67,10 +67,10 @@ impl Running {
         // Reading certificates, CRLs and the system's roots and building on them takes a while:
         // not on a thread that runs sessions (with one core, the only one).
         let (metrics, current) = (self.metrics.clone(), Arc::clone(&self.snapshot));
-        let (config, snapshot) = tokio::task::spawn_blocking(move || {
-            let (store, trust) = load_files(&config)?;
+        let (config, snapshot, unsaved) = tokio::task::spawn_blocking(move || {
+            let (store, trust, unsaved) = load_files(&config)?;
             let snapshot = build(&config, store, trust, &metrics, Some(&current))?;
-            Ok::<_, Vec<String>>((config, snapshot))
+            Ok::<_, Vec<String>>((config, snapshot, unsaved))
         })
         .await
         .map_err(|e| vec![format!("the reload's build failed: {e}")])??;
@@ -98,6 +98,19 @@ impl Running {
         let Some(alive) = self.alive_tx.clone() else {
             return Err(vec!["shutting down".to_owned()]);
         };
+        // In force from here: a newly generated self-signed certificate replaces the kept one
+        // (not before, so that a refused reload leaves it, and what pins it, alone). In memory
+        // it serves whatever the write does; a failed write is regenerated at the next start.
+        if let Some(unsaved) = unsaved {
+            let failed = match tokio::task::spawn_blocking(move || unsaved.save()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failed {
+                tracing::warn!(error = %e, "the new self-signed certificate is in use but not kept in state_dir");
+            }
+        }
         log_trust(&snapshot.trust);
         log_warnings(&snapshot);
         warn_expired(&snapshot);

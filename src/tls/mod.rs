@@ -49,7 +49,10 @@ pub use client_auth::{
     CertificateRefused, ClientAuth,
 };
 pub use select::{take_chosen_certificate, Candidates, CertPlan};
-pub use selfsigned::{kept_self_signed, load_or_create_self_signed, self_signed, SELF_SIGNED_NAME};
+pub use selfsigned::{
+    kept_self_signed, load_or_create_self_signed, self_signed, self_signed_in, Unsaved,
+    SELF_SIGNED_NAME,
+};
 pub use server::{server_config, session_tls_info};
 pub use store::{CertStore, LoadedCert};
 pub use trust::{Trust, TrustSummary};

@@ -37,13 +37,51 @@ pub fn load_or_create_self_signed(
     state_dir: &Path,
     hostname: &str,
 ) -> Result<LoadedCert, TlsError> {
+    let (cert, unsaved) = self_signed_in(state_dir, hostname)?;
+    if let Some(unsaved) = unsaved {
+        unsaved.save()?;
+    }
+    Ok(cert)
+}
+
+/// A generated self-signed certificate not yet written to its `state_dir`: a reload writes
+/// it once it is in force, so that a reload refused later leaves the kept one (and what
+/// pins it) alone.
+#[derive(Debug)]
+pub struct Unsaved {
+    dir: PathBuf,
+    key_pem: String,
+    cert_pem: String,
+}
+
+impl Unsaved {
+    /// Write it (directory 0700, key 0600), replacing the kept one.
+    pub fn save(self) -> Result<(), TlsError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| file_error(&self.dir, "cannot create the directory", &e))?;
+        // Key first: a crash between the two writes leaves a mismatching pair, which the next
+        // start detects and replaces, never a certificate whose key was lost.
+        write_atomically(&self.dir.join(KEY_FILE), self.key_pem.as_bytes(), 0o600)?;
+        write_atomically(&self.dir.join(CERT_FILE), self.cert_pem.as_bytes(), 0o644)
+    }
+}
+
+/// [`load_or_create_self_signed`] without the write: the certificate, and if it was
+/// generated, what is still to be written.
+pub fn self_signed_in(
+    state_dir: &Path,
+    hostname: &str,
+) -> Result<(LoadedCert, Option<Unsaved>), TlsError> {
     let cert_path = state_dir.join(CERT_FILE);
     let key_path = state_dir.join(KEY_FILE);
     let now = unix_now();
     let exists = cert_path.exists() || key_path.exists();
     match LoadedCert::from_files(SELF_SIGNED_NAME, &cert_path, &key_path, SELF_SIGNED_NAME) {
         Ok(kept) => match unusable_because(&kept.info, hostname, now) {
-            None => return Ok(kept),
+            None => return Ok((kept, None)),
             Some(why) => tracing::info!(
                 dir = %state_dir.display(),
                 "regenerating the self-signed certificate: {why}"
@@ -62,16 +100,12 @@ pub fn load_or_create_self_signed(
     }
 
     let generated = generate(hostname, now)?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(|e| file_error(state_dir, "cannot create the directory", &e))?;
-    // Key first: a crash between the two writes leaves a mismatching pair, which the next
-    // start detects and replaces, never a certificate whose key was lost.
-    write_atomically(&key_path, generated.key_pem.as_bytes(), 0o600)?;
-    write_atomically(&cert_path, generated.cert_pem.as_bytes(), 0o644)?;
-    Ok(generated.loaded)
+    let unsaved = Unsaved {
+        dir: state_dir.to_owned(),
+        key_pem: generated.key_pem,
+        cert_pem: generated.cert_pem,
+    };
+    Ok((generated.loaded, Some(unsaved)))
 }
 
 /// The certificate kept in `state_dir`, if [`load_or_create_self_signed`] would reuse it;
