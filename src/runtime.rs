@@ -126,6 +126,8 @@ pub struct Running {
     grace: Duration,
     /// Dropped: the expiry warnings of the snapshot replaced end.
     expiry: watch::Sender<bool>,
+    /// How long a reload may take to read and build its configuration ([`RELOAD_DEADLINE`]).
+    reload_deadline: Duration,
 }
 
 /// One bound listener: the runtime its accept loop hands each new session, and what stops
@@ -275,6 +277,7 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
         alive,
         grace: config.shutdown_grace,
         expiry,
+        reload_deadline: reload::RELOAD_DEADLINE,
     })
 }
 

@@ -428,3 +428,51 @@ async fn a_crl_replaced_on_disk_revokes_after_sighup() {
     let partner = ehlo_presenting(addr, &pki.partner).await;
     assert!(partner.is_ok_and(|r| r.starts_with("250-mx.test")));
 }
+
+/// A reload whose files cannot be read in time (a CA file that is a FIFO nobody writes, as a
+/// file on a stalled mount would be) is refused at its deadline, with the reason, instead of
+/// holding up signals for ever; the configuration in force serves on, and a later reload
+/// works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_cannot_read_its_files_in_time_is_refused() {
+    let dir = TempDir::new("reload-stalled");
+    let (backend, _rec) = recording_backend().await;
+    let port = free_port();
+    let yaml = format!(
+        "hostname: mx.test\nlisteners:\n{}",
+        listener("a", port, backend)
+    );
+    let path = write_config(&dir, &yaml);
+    let mut running = start_file(&path).await;
+    running.set_reload_deadline(Duration::from_millis(500));
+    let fifo = dir.0.join("stalled.pem");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success(), "mkfifo (coreutils)");
+    write_config(
+        &dir,
+        &format!("trust: {{ca_files: [\"{}\"]}}\n{yaml}", fifo.display()),
+    );
+    // Should the reload wait for the read, the read ends after 5 s (a writer that closes)
+    // and the test fails instead of hanging.
+    let unblock = fifo.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(5));
+        let _ = std::fs::OpenOptions::new().write(true).open(unblock);
+    });
+    let started = Instant::now();
+    assert!(
+        !running.reload().await,
+        "a reload that cannot read its files"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let (mut c, _) = session(at(port)).await;
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    // The read that was left behind ends once the FIFO has a writer that closes.
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    reload_with(&mut running, &dir, &yaml).await;
+    running.shutdown().await;
+}

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{
     build, listener_infos, load_files, log_trust, log_warnings, names, spawn_expiry_warnings,
@@ -21,6 +21,11 @@ impl Running {
     /// The file a reload re-reads (the one this configuration came from).
     pub fn set_config_path(&mut self, path: PathBuf) {
         self.config_path = Some(path);
+    }
+
+    /// How long a reload may take to read its files and build on them (tests shorten it).
+    pub fn set_reload_deadline(&mut self, deadline: Duration) {
+        self.reload_deadline = deadline;
     }
 
     /// The file a reload re-reads, if any.
@@ -62,18 +67,27 @@ impl Running {
     }
 
     async fn try_reload(&mut self, path: &Path) -> Result<(), Vec<String>> {
-        let mut config = config::load(path).map_err(|e| e.problems)?;
+        // Reading the file, certificates, CRLs and the system's roots and building on them
+        // takes a while: not on a thread that runs sessions (with one core, the only one), and
+        // within a deadline, since signals wait meanwhile: a file on a stalled mount (or a
+        // FIFO) refuses the reload instead of holding up a SIGTERM for ever.
+        let deadline = (
+            tokio::time::Instant::now() + self.reload_deadline,
+            self.reload_deadline,
+        );
+        let read = path.to_owned();
+        let mut config = within(deadline, move || {
+            config::load(&read).map_err(|e| e.problems)
+        })
+        .await?;
         self.needs_restart(&mut config);
-        // Reading certificates, CRLs and the system's roots and building on them takes a while:
-        // not on a thread that runs sessions (with one core, the only one).
         let (metrics, current) = (self.metrics.clone(), Arc::clone(&self.snapshot));
-        let (config, snapshot, unsaved) = tokio::task::spawn_blocking(move || {
+        let (config, snapshot, unsaved) = within(deadline, move || {
             let (store, trust, unsaved) = load_files(&config)?;
             let snapshot = build(&config, store, trust, &metrics, Some(&current))?;
             Ok::<_, Vec<String>>((config, snapshot, unsaved))
         })
-        .await
-        .map_err(|e| vec![format!("the reload's build failed: {e}")])??;
+        .await?;
         // Every new address is bound before anything changes: a failure leaves all as it was.
         let mut fresh = Vec::new();
         let mut problems = Vec::new();
@@ -249,6 +263,25 @@ struct Stamp {
     len: u64,
     ino: u64,
     dev: u64,
+}
+
+/// How long a reload may take to read its files and build on them.
+pub const RELOAD_DEADLINE: Duration = Duration::from_secs(30);
+
+/// `work` on a blocking thread, by `deadline`. Past it the reload is refused and the work is
+/// left to end on its own (a blocking read cannot be cancelled); what it builds is dropped.
+async fn within<T: Send + 'static>(
+    (deadline, limit): (tokio::time::Instant, Duration),
+    work: impl FnOnce() -> Result<T, Vec<String>> + Send + 'static,
+) -> Result<T, Vec<String>> {
+    match tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => Err(vec![format!("the reload's build failed: {e}")]),
+        Err(_) => Err(vec![format!(
+            "reading and building the configuration took longer than {limit:?} (a file on a \
+             stalled mount, or a FIFO?)"
+        )]),
+    }
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
