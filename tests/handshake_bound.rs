@@ -196,6 +196,44 @@ async fn a_client_hello_cut_by_a_fin_ends_the_wait() {
     }
 }
 
+/// A ClientHello trickled an octet a segment is refused after 64 pieces, before it takes a
+/// slot: each piece had the server look at all that came so far again.
+#[tokio::test]
+async fn a_client_hello_in_too_many_pieces_is_refused() {
+    let running = listener("implicit").await;
+    let addr = running.addr("inbound").unwrap();
+    let errors = || {
+        running
+            .metrics
+            .tls_handshakes_total
+            .with_label_values(&["inbound", "server", "error", ""])
+            .get()
+    };
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let hello = client_hello();
+    let mut sent = 0;
+    for octet in &hello {
+        if tcp.write_all(std::slice::from_ref(octet)).await.is_err() {
+            break;
+        }
+        sent += 1;
+        if errors() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        sent < hello.len(),
+        "the whole ClientHello went ({sent} octets)"
+    );
+    assert_eq!(until_closed(tcp).await, "");
+    assert_eq!(errors(), 1);
+    // And a ClientHello in one piece is served.
+    served("implicit", addr).await;
+    running.shutdown().await;
+}
+
 /// A session admitted before the slots were taken is not refused: its STARTTLS handshake
 /// waits for the slot and completes once it is free.
 #[tokio::test]

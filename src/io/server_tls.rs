@@ -85,8 +85,10 @@ enum Next {
 /// (the handshake then fails at once). A listener's `max_handshakes` slot is taken only after
 /// this, so that a peer which connects (or says STARTTLS) and then sends nothing, or part of
 /// a ClientHello, holds no slot: the slots bound handshake work, and silence is no work.
-/// `Err`: a ClientHello longer than [`MAX_CLIENT_HELLO`], refused before it costs a slot.
+/// `Err`: a ClientHello longer than [`MAX_CLIENT_HELLO`], or that arrives in more than
+/// [`MAX_HELLO_PIECES`] pieces, refused before it costs a slot.
 pub async fn client_hello(tcp: &TcpStream) -> Result<(), &'static str> {
+    let mut pieces = 0;
     loop {
         // The peer's FIN ends the wait: the ClientHello can no longer complete, and a closed
         // socket stays readable (waiting again would spin).
@@ -109,7 +111,14 @@ pub async fn client_hello(tcp: &TcpStream) -> Result<(), &'static str> {
             })
         });
         match seen {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Each look peeks at all that came so far: a ClientHello trickled an octet a
+            // segment would cost a look at up to 17 KiB per octet.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                pieces += 1;
+                if pieces > MAX_HELLO_PIECES {
+                    return Err("ClientHello in too many pieces");
+                }
+            }
             // As many octets as the peek takes and still no whole ClientHello (records of
             // an octet or two each): over the bound too.
             Ok(Hello::TooLong) | Ok(Hello::Incomplete) => {
@@ -124,6 +133,10 @@ pub async fn client_hello(tcp: &TcpStream) -> Result<(), &'static str> {
 /// few hundred octets to a few KiB (post-quantum key shares, a resumption ticket); rustls
 /// would take up to 64 KiB, which a client could trickle in while holding a slot.
 pub const MAX_CLIENT_HELLO: usize = 16 * 1024;
+
+/// The most times [`client_hello`] finds the ClientHello still incomplete: a real one comes
+/// in one segment, or a few over a small MSS (a 16 KiB one in 12 of 1,400 octets).
+const MAX_HELLO_PIECES: u32 = 64;
 
 /// The most octets [`client_hello`] peeks at: a ClientHello of [`MAX_CLIENT_HELLO`] in
 /// records of at least 64 octets each, with their headers.
