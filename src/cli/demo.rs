@@ -106,21 +106,33 @@ fn print_event(event: SinkEvent) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "--- sink received a message: EHLO {helo}, MAIL FROM:{from}, RCPT TO:{}, {} bytes ---",
-            rcpts.join(" "),
+            "--- sink received a message: EHLO {}, MAIL FROM:{}, RCPT TO:{}, {} bytes ---",
+            terminal_safe(&helo),
+            terminal_safe(&from),
+            terminal_safe(&rcpts.join(" ")),
             data.len()
         );
         let shown = &data[..data.len().min(PRINT_MAX)];
-        let _ = out.write_all(
-            String::from_utf8_lossy(shown)
-                .replace("\r\n", "\n")
-                .as_bytes(),
-        );
+        let text = String::from_utf8_lossy(shown).replace("\r\n", "\n");
+        let _ = out.write_all(terminal_safe(&text).as_bytes());
         if data.len() > PRINT_MAX {
             let _ = writeln!(out, "[... {} more bytes]", data.len() - PRINT_MAX);
         }
         let _ = writeln!(out, "--- end of message ---");
     }
+}
+
+/// Peer text as the terminal shows it: line breaks and tabs kept, any other control character
+/// (an escape sequence would be the terminal's to act on: a title, a colour, a cursor move),
+/// line separator or bidirectional mark as `?`.
+fn terminal_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c,
+            c if smtp_core::session::unsafe_in_log(c) => '?',
+            c => c,
+        })
+        .collect()
 }
 
 pub fn run() -> ExitCode {
@@ -175,4 +187,16 @@ pub fn run() -> ExitCode {
         running.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// What a client sends reaches the demo's terminal without its escape sequences.
+    #[test]
+    fn peer_text_reaches_the_terminal_without_escapes() {
+        assert_eq!(
+            super::terminal_safe("Subject: \u{1b}]0;owned\u{7}x\r\n\tfolded\n\u{202E}abc"),
+            "Subject: ?]0;owned?x?\n\tfolded\n?abc"
+        );
+    }
 }
