@@ -75,11 +75,17 @@ pub fn listeners(
     Some(out)
 }
 
-/// A connection to `server` would arrive at the socket listening on `listen`.
+/// A connection to `server` would arrive at the socket listening on `listen`, as far as
+/// the configuration tells: the same address, or a wildcard listener and a loopback or
+/// wildcard server address of a family it takes (`[::]` takes IPv4's too). Another host's
+/// address on the same port is the usual deployment (`0.0.0.0:25` in front of
+/// `10.0.0.5:25`); this host's other addresses are not known here.
 fn reaches(server: SocketAddr, listen: SocketAddr) -> bool {
+    let (server_ip, listen_ip) = (server.ip().to_canonical(), listen.ip().to_canonical());
+    let local = server_ip.is_loopback() || server_ip.is_unspecified();
+    let family = listen_ip.is_ipv6() || server_ip.is_ipv4();
     server.port() == listen.port()
-        && (listen.ip().is_unspecified()
-            || server.ip().to_canonical() == listen.ip().to_canonical())
+        && (server_ip == listen_ip || (listen_ip.is_unspecified() && local && family))
 }
 
 fn listener(

@@ -98,16 +98,21 @@ fn a_backend_that_leads_back_to_the_sidecar_is_refused() {
     let own = "is the sidecar's own 0.0.0.0:2525 (listeners[0].listen): sessions would be relayed back into the sidecar";
     for (servers, more, want) in [
         ("\"127.0.0.1:2525\"", "", format!("listeners[0].backend.servers[0]: 127.0.0.1:2525 {own}")),
-        ("\"192.0.2.1:25\", \"[::ffff:10.1.2.3]:2525\"", "", format!("listeners[0].backend.servers[1]: [::ffff:10.1.2.3]:2525 {own}")),
+        ("\"192.0.2.1:25\", \"[::ffff:127.0.0.2]:2525\"", "", format!("listeners[0].backend.servers[1]: [::ffff:127.0.0.2]:2525 {own}")),
+        ("\"0.0.0.0:2525\"", "", format!("listeners[0].backend.servers[0]: 0.0.0.0:2525 {own}")),
         ("\"127.0.0.1:9725\"", "metrics: {listen: \"127.0.0.1:9725\"}\n", "listeners[0].backend.servers[0]: 127.0.0.1:9725 is the sidecar's own 127.0.0.1:9725 (metrics.listen): sessions would be relayed back into the sidecar".into()),
         ("\"192.0.2.1:25\", \"192.0.2.1:25\"", "", "listeners[0].backend.servers[1]: \"192.0.2.1:25\" is listed twice".into()),
     ] {
         assert_eq!(problems(&yaml(servers, more)), [want], "{servers}");
     }
+    // Another host on the wildcard listener's port is the usual deployment; an IPv6
+    // loopback is not an IPv4 wildcard's.
     for servers in [
         "\"127.0.0.1:10025\"",
         "\"127.0.0.1:2526\"",
         "\"localhost:25\"",
+        "\"10.0.0.5:2525\"",
+        "\"[::1]:2525\"",
     ] {
         ok(&yaml(servers, ""));
     }
