@@ -94,7 +94,7 @@ impl Pool {
     /// (`timeouts.backend_reply`), up to [`MAX_CHECK_REPLY_TIMEOUT`]: a server that greets
     /// slowly (a reverse lookup, a greet pause) but serves every session is not down.
     pub fn with_reply_timeout(mut self, sessions_wait: Duration) -> Self {
-        self.reply_timeout = sessions_wait.min(MAX_CHECK_REPLY_TIMEOUT);
+        self.reply_timeout = check_reply_timeout(sessions_wait);
         self
     }
 
@@ -261,7 +261,7 @@ impl Pool {
                 metrics.backend_up(&s.addr, result.is_ok(), crate::clock::unix_now());
                 match result {
                     Ok(ehlo) => {
-                        s.ehlo.store(ehlo.map(Arc::new));
+                        s.ehlo.store(Some(Arc::new(ehlo)));
                         self.mark(listener, i, true, "");
                     }
                     Err(why) => self.mark(listener, i, false, &format!("health check: {why}")),
@@ -329,28 +329,34 @@ impl HopTlsError {
     }
 }
 
+/// How long a check waits for each reply when sessions wait `sessions_wait`
+/// ([`Pool::with_reply_timeout`]).
+pub fn check_reply_timeout(sessions_wait: Duration) -> Duration {
+    sessions_wait.min(MAX_CHECK_REPLY_TIMEOUT)
+}
+
 /// One SMTP health check: connect (under `connect_timeout`), a `220` greeting, `EHLO
-/// <hostname>` answered, then `QUIT`, each reply within `reply_timeout`. Over the hop's TLS:
-/// implicit from the start, or STARTTLS (offered and accepted) and EHLO again. Every wait has
-/// a deadline. The EHLO reply (the last one: over TLS when the hop has it) is what the
-/// server offers a session; `None` when it refused EHLO with a 5xx: a server that knows only
-/// HELO serves sessions (they fall back to it), but offers nothing to know.
+/// <hostname>` answered 2xx, then `QUIT`, each reply within `reply_timeout`. Over the hop's
+/// TLS: implicit from the start, or STARTTLS (offered and accepted) and EHLO again. Every
+/// wait has a deadline. The EHLO reply (the last one: over TLS when the hop has it) is what
+/// the server offers a session. A refused EHLO fails: sessions pass the client's EHLO on, so
+/// a server that refuses it (a policy refusal, or one that knows only HELO) cannot offer
+/// them STARTTLS or XCLIENT, and the next server may.
 pub async fn check(
     server: &str,
     hostname: &str,
     (connect_timeout, reply_timeout): (Duration, Duration),
     tls: Option<&HopTls>,
-) -> Result<Option<Reply>, String> {
+) -> Result<Reply, String> {
     let mut tcp = match timeout(connect_timeout, TcpStream::connect(server)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(format!("connect: {e}")),
         Err(_) => return Err(format!("connect: timed out after {connect_timeout:?}")),
     };
-    let offered = |ehlo: Reply| ehlo.is_positive().then_some(ehlo);
     let Some(tls) = tls else {
         let ehlo = greet(&mut tcp, hostname, reply_timeout).await?;
         quit(&mut tcp).await;
-        return Ok(offered(ehlo));
+        return Ok(ehlo);
     };
     let handshake = |tcp| async move {
         timeout(connect_timeout, handshake(tls, server, tcp))
@@ -362,12 +368,9 @@ pub async fn check(
         let mut stream = handshake(tcp).await?;
         let ehlo = greet(&mut stream, hostname, reply_timeout).await?;
         quit(&mut stream).await;
-        return Ok(offered(ehlo));
+        return Ok(ehlo);
     }
     let ehlo = greet(&mut tcp, hostname, reply_timeout).await?;
-    if !ehlo.is_positive() {
-        return Err(format!("EHLO: {}", one_line(&ehlo)));
-    }
     if ehlo.extension("STARTTLS").is_none() {
         return Err("STARTTLS not offered".into());
     }
@@ -383,13 +386,10 @@ pub async fn check(
     let mut stream = handshake(tcp).await?;
     let ehlo = ehlo_on(&mut stream, &mut Replies::new(reply_timeout), hostname).await?;
     quit(&mut stream).await;
-    match ehlo.is_positive() {
-        true => Ok(Some(ehlo)),
-        false => Err(format!("EHLO: {}", one_line(&ehlo))),
-    }
+    Ok(ehlo)
 }
 
-/// The greeting (`220`) and our EHLO, each within `reply_timeout`; the EHLO reply, 2xx or 5xx.
+/// The greeting (`220`) and our EHLO (2xx), each within `reply_timeout`; the EHLO reply.
 async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     hostname: &str,
@@ -406,8 +406,6 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     ehlo_on(s, &mut replies, hostname).await
 }
 
-/// Our EHLO; its reply, 2xx or 5xx (a server that knows only HELO). A 4xx (`421`, a server
-/// shutting down or overloaded) fails the check.
 async fn ehlo_on<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     replies: &mut Replies,
@@ -415,7 +413,7 @@ async fn ehlo_on<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Reply, String> {
     write(s, format!("EHLO {hostname}\r\n").as_bytes()).await?;
     let ehlo = replies.next(s).await.map_err(|e| format!("EHLO: {e}"))?;
-    if !ehlo.is_positive() && ehlo.code / 100 != 5 {
+    if !ehlo.is_positive() {
         return Err(format!("EHLO: {}", one_line(&ehlo)));
     }
     Ok(ehlo)

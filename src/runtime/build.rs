@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{HopTls, Pool};
+use crate::backend::{check_reply_timeout, HopTls, Pool};
 use crate::config::{BackendTls, Config, Listener, ListenerMode, ListenerTls, TerminateListener};
 use crate::metrics::Metrics;
 use crate::snapshot::{HandshakeSlots, ListenerRuntime, ModeRuntime, Snapshot, Warning};
@@ -93,7 +93,8 @@ pub fn build(
 
 /// The pool `previous` gave the listener called like `l`, if this configuration would build
 /// the same one: same backend servers and settings (or relay), same `hostname` (the health
-/// checks' EHLO) and `timeouts.backend_reply` (their wait), and for a hop that verifies the backend's certificate, the same anchors
+/// checks' EHLO) and wait for each reply (from `timeouts.backend_reply`), and for a hop that
+/// verifies the backend's certificate, the same anchors
 /// and CRLs.
 fn kept_pool(
     previous: Option<&Snapshot>,
@@ -112,7 +113,8 @@ fn kept_pool(
             (ListenerMode::Terminate(a), ListenerMode::Terminate(b)) => {
                 let verifies = b.backend.tls != BackendTls::None && b.backend.tls_verify;
                 a.backend == b.backend
-                    && a.policy.timeouts.backend_reply == b.policy.timeouts.backend_reply
+                    && check_reply_timeout(a.policy.timeouts.backend_reply)
+                        == check_reply_timeout(b.policy.timeouts.backend_reply)
                     && (!verifies || previous.trust.same_anchors(trust))
             }
             (ListenerMode::Originate(a), ListenerMode::Originate(b)) => a.next_hop == b.next_hop,
