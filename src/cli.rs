@@ -134,7 +134,7 @@ fn run(path: &Path) -> ExitCode {
     if let Err(e) = crate::io::admission::handle() {
         tracing::error!(error = %e, "cannot start the admission threads: a handshake flood will be served at the sessions' priority");
     }
-    rt.block_on(async {
+    let code = rt.block_on(async {
         let mut signals = StopSignals::install();
         let mut running = match runtime::start(&config, &store).await {
             Ok(r) => r,
@@ -169,8 +169,15 @@ fn run(path: &Path) -> ExitCode {
         tracing::info!("stopping: no new connections; draining sessions");
         running.shutdown().await;
         ExitCode::SUCCESS
-    })
+    });
+    // Not waiting for blocking work left behind: a reload's read abandoned at its deadline
+    // (a file on a stalled mount), a backend's name still being resolved.
+    rt.shutdown_timeout(EXIT_WAIT);
+    code
 }
+
+/// How long the exit waits for blocking work still running.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often the configuration file is looked at; a change is acted on once it has been
 /// stable for one poll, so within two.

@@ -473,6 +473,7 @@ async fn a_reload_that_cannot_read_its_files_in_time_is_refused() {
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
     // The read that was left behind ends once the FIFO has a writer that closes.
     drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    running.set_reload_deadline(Duration::from_secs(30));
     reload_with(&mut running, &dir, &yaml).await;
     running.shutdown().await;
 }
