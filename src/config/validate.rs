@@ -159,9 +159,11 @@ fn metrics(p: &mut Problems, raw: &RawConfig) -> Option<Option<SocketAddr>> {
 fn log_config(p: &mut Problems, log: &RawLog) -> Option<LogConfig> {
     let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
     let format = p.choice("log.format", &log.format, &formats);
-    let mut level = p
-        .string("log.level", &log.level)
-        .map(|l| l.trim().to_owned());
+    // The filter's directives as it parses them: it takes no space around a comma.
+    let mut level = p.string("log.level", &log.level).map(|l| {
+        let directives: Vec<&str> = l.split(',').map(str::trim).collect();
+        directives.join(",")
+    });
     if let Some(word) = level.as_deref().and_then(unknown_level) {
         p.add(
             "log.level",
@@ -169,6 +171,12 @@ fn log_config(p: &mut Problems, log: &RawLog) -> Option<LogConfig> {
                 "unknown level {word:?} (use error, warn, info, debug, trace or off, or \
                  target=level directives like smtp_sidecar=debug,warn)"
             ),
+        );
+        level = None;
+    } else if let Some(Err(e)) = level.as_deref().map(tracing_subscriber::EnvFilter::try_new) {
+        p.add(
+            "log.level",
+            format_args!("not a valid filter ({e}); e.g. info or smtp_sidecar=debug,warn"),
         );
         level = None;
     }
@@ -184,7 +192,9 @@ fn log_config(p: &mut Problems, log: &RawLog) -> Option<LogConfig> {
 /// takes such a word for a module's name, whose lines alone it then shows: `warning` or a
 /// misspelt `inf` would silence every line of the sidecar's, errors included.
 fn unknown_level(filter: &str) -> Option<&str> {
-    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    const LEVELS: [&str; 12] = [
+        "error", "warn", "info", "debug", "trace", "off", "0", "1", "2", "3", "4", "5",
+    ];
     filter
         .split(',')
         .map(str::trim)

@@ -118,20 +118,29 @@ fn a_backend_that_leads_back_to_the_sidecar_is_refused() {
     }
 }
 
-/// `log.level` is a tracing filter: levels, in any case, and target=level directives.
+/// `log.level` is a tracing filter: levels, in any case or as numbers, and target=level
+/// directives, taken without the spaces around commas that the filter itself refuses; a
+/// directive the filter refuses is refused.
 #[test]
 fn log_levels_and_directives_are_taken() {
-    for level in [
-        "warn",
-        "DEBUG",
-        "off",
-        "smtp_sidecar=debug,warn",
-        "info, hyper=off",
-        "a::b[c]=trace",
+    for (level, taken) in [
+        ("warn", "warn"),
+        ("DEBUG", "DEBUG"),
+        ("off", "off"),
+        ("3", "3"),
+        ("smtp_sidecar=debug,warn", "smtp_sidecar=debug,warn"),
+        (" info, hyper=off ", "info,hyper=off"),
+        ("a::b[c]=trace", "a::b[c]=trace"),
     ] {
         let yaml = one_listener(&format!("log: {{level: \"{level}\"}}\n"));
-        assert_eq!(ok(&yaml).log.level, level.trim(), "{level}");
+        assert_eq!(ok(&yaml).log.level, taken, "{level}");
     }
+    let yaml = one_listener("log: {level: \"smtp_sidecar=verbose\"}\n");
+    let refused = problems(&yaml);
+    assert!(
+        refused.len() == 1 && refused[0].starts_with("log.level: not a valid filter ("),
+        "{refused:?}"
+    );
 }
 
 #[test]
