@@ -122,6 +122,8 @@ impl LogBudget {
     /// `Some` (with the lines left out since the last one written) if a line may be written
     /// at `now`, a Unix second.
     fn take(&self, now: i64) -> Option<u64> {
+        // Not exact at a second's turn (two threads may both reset, or one count into the old
+        // second): a line more or fewer, never a flood.
         if self.second.swap(now, Ordering::Relaxed) != now {
             self.written.store(0, Ordering::Relaxed);
         }
@@ -507,6 +509,10 @@ impl Accepting {
 
     /// A new connection: refused, or a session on the threads the loop runs on.
     fn admit(&self, stream: TcpStream, socket: SocketAddr, l: &Arc<ListenerRuntime>) {
+        // On a dual-stack listener (`[::]`) an IPv4 client arrives IPv4-mapped: the session,
+        // its logs (a refusal's too), the Received header and XCLIENT know it by its IPv4
+        // address.
+        let socket = SocketAddr::new(socket.ip().to_canonical(), socket.port());
         if l.handshakes_full() {
             // A handshake flood: refused before it costs a handshake, quietly (a log line
             // each would cost more than the refusal).
@@ -652,9 +658,6 @@ async fn arrive(
     l: &ListenerRuntime,
     admitted: &mut Admitted,
 ) -> Option<(TcpStream, SocketAddr, Counted)> {
-    // On a dual-stack listener (`[::]`) an IPv4 client arrives IPv4-mapped: the session,
-    // its logs, the Received header and XCLIENT know it by its IPv4 address.
-    let socket = SocketAddr::new(socket.ip().to_canonical(), socket.port());
     let peer = match l.proxy_header {
         None => socket,
         Some(limit) => match crate::proxy::read_header(&mut stream, limit).await {
@@ -777,8 +780,6 @@ mod tests {
         assert_eq!((active.get(), duration.get_sample_count()), (0, 1));
     }
 
-    /// Places are bounded in all and per address, a refused place leaves no trace, and every
-    /// place given back leaves the counts as they were (no address lingers in the map).
     /// Ten lines a second; the first line of a later second says how many were left out.
     #[test]
     fn a_log_budget_writes_ten_lines_a_second_and_counts_the_rest() {
@@ -795,6 +796,8 @@ mod tests {
         );
     }
 
+    /// Places are bounded in all and per address, a refused place leaves no trace, and every
+    /// place given back leaves the counts as they were (no address lingers in the map).
     #[test]
     fn places_are_bounded_in_all_and_per_address() {
         let (a, b): (std::net::IpAddr, std::net::IpAddr) =
