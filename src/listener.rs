@@ -660,7 +660,7 @@ async fn arrive(
 ) -> Option<(TcpStream, SocketAddr, Counted)> {
     let peer = match l.proxy_header {
         None => socket,
-        Some(limit) => match crate::proxy::read_header(&mut stream, limit).await {
+        Some(limit) => match crate::proxy::read_header_from(&mut stream, limit).await {
             Ok(header) => {
                 let peer = header.source.unwrap_or(socket);
                 tracing::debug!(listener = %l.name, %peer, proxy = %socket, header = header.kind,

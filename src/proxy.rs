@@ -92,7 +92,59 @@ impl HeaderError {
     }
 }
 
-/// Read the header from `r` within `limit`, and not one octet more.
+/// Read the header from the connection `tcp` within `limit`, and not one octet more. A
+/// balancer sends it whole in its first segment, usually with nothing behind it yet: a peek
+/// finds its end and one read takes it. Otherwise (cut across segments, or with more behind
+/// it than the peek looks at) it is read a step at a time ([`read_header`]).
+pub async fn read_header_from(
+    tcp: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Result<Header, HeaderError> {
+    let whole = async {
+        let mut peeked = [0u8; PEEK];
+        let n = tcp.peek(&mut peeked).await?;
+        let Some(len) = whole_header_len(&peeked[..n]) else {
+            return read_exactly(tcp).await;
+        };
+        let mut buf = vec![0; len];
+        tcp.read_exact(&mut buf).await?;
+        match step(&buf)? {
+            Step::Done(header) => Ok(header),
+            // What ends with the line's end (v1) or the announced length (v2) and is no
+            // header is refused as one, below.
+            Step::Read(_) => Err(HeaderError::Missing),
+        }
+    };
+    match tokio::time::timeout(limit, whole).await {
+        Ok(result) => result,
+        Err(_) => Err(HeaderError::Timeout(limit)),
+    }
+}
+
+/// What [`read_header_from`] peeks at: a v1 header's longest, and a v2 header with a few
+/// TLVs (a cloud balancer's endpoint and connection ids).
+const PEEK: usize = 512;
+
+/// The length of the header at the start of `peeked`, if all of it is there: up to the first
+/// CRLF for v1 (within its longest), the fixed part and the length it announces for v2.
+/// `None`: not whole yet, or not a header (the step-by-step read says which).
+fn whole_header_len(peeked: &[u8]) -> Option<usize> {
+    if peeked.starts_with(V1_PREFIX) {
+        let line = &peeked[..peeked.len().min(V1_MAX)];
+        return line
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|end| end + 2);
+    }
+    if peeked.starts_with(V2_SIGNATURE) && peeked.len() >= V2_FIXED {
+        let total = V2_FIXED + usize::from(u16::from_be_bytes([peeked[14], peeked[15]]));
+        return (total <= peeked.len()).then_some(total);
+    }
+    None
+}
+
+/// Read the header from `r` within `limit`, and not one octet more, a step at a time: never
+/// more than the shortest header that begins with what was read could still need.
 pub async fn read_header<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: Duration,

@@ -354,3 +354,31 @@ proptest! {
         prop_assert!(data.len() - rest.len() <= V2_MAX);
     }
 }
+
+/// The peek finds a whole header's length, and only a whole one's: v1 up to its CRLF within
+/// 107 octets, v2 its fixed part and announced length; what follows is not counted.
+#[test]
+fn a_whole_header_is_found_in_what_was_peeked() {
+    use super::whole_header_len;
+    let v1 = b"PROXY TCP4 192.0.2.1 192.0.2.25 40000 25\r\n";
+    let mut with_smtp = v1.to_vec();
+    with_smtp.extend_from_slice(b"EHLO x\r\n");
+    assert_eq!(whole_header_len(&with_smtp), Some(v1.len()));
+    assert_eq!(whole_header_len(&v1[..v1.len() - 1]), None, "no LF yet");
+    assert_eq!(whole_header_len(b"PROXY UNKNOWN\r\n"), Some(15));
+    let mut long = b"PROXY ".to_vec();
+    long.extend_from_slice(&[b'1'; 110]);
+    long.extend_from_slice(b"\r\n");
+    assert_eq!(
+        whole_header_len(&long),
+        None,
+        "past 107 octets: the careful read refuses it"
+    );
+    let v2 = v2_ipv4([192, 0, 2, 1], 40000, &[0x04, 0, 1, 7]);
+    let mut with_hello = v2.clone();
+    with_hello.extend_from_slice(&[0x16, 3, 1]);
+    assert_eq!(whole_header_len(&with_hello), Some(v2.len()));
+    assert_eq!(whole_header_len(&v2[..v2.len() - 1]), None);
+    assert_eq!(whole_header_len(&v2[..15]), None);
+    assert_eq!(whole_header_len(b"EHLO x\r\n"), None);
+}
