@@ -431,8 +431,9 @@ async fn a_crl_replaced_on_disk_revokes_after_sighup() {
 
 /// A reload whose files cannot be read in time (a CA file that is a FIFO nobody writes, as a
 /// file on a stalled mount would be) is refused at its deadline, with the reason, instead of
-/// holding up signals for ever; the configuration in force serves on, and a later reload
-/// works.
+/// holding up signals for ever; the configuration in force serves on. The read left behind,
+/// once it ends, builds nothing (the listener it would add has no series), and a later
+/// reload works.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_that_cannot_read_its_files_in_time_is_refused() {
     let dir = TempDir::new("reload-stalled");
@@ -448,10 +449,12 @@ async fn a_reload_that_cannot_read_its_files_in_time_is_refused() {
     let fifo = dir.0.join("stalled.pem");
     let made = std::process::Command::new("mkfifo").arg(&fifo).status();
     assert!(made.unwrap().success(), "mkfifo (coreutils)");
-    write_config(
-        &dir,
-        &format!("trust: {{ca_files: [\"{}\"]}}\n{yaml}", fifo.display()),
+    let stalled = format!(
+        "trust: {{ca_files: [\"{}\"]}}\n{yaml}{}",
+        fifo.display(),
+        listener("added", free_port(), backend)
     );
+    write_config(&dir, &stalled);
     // Should the reload wait for the read, the read ends after 5 s (a writer that closes)
     // and the test fails instead of hanging.
     let unblock = fifo.clone();
@@ -471,8 +474,14 @@ async fn a_reload_that_cannot_read_its_files_in_time_is_refused() {
     );
     let (mut c, _) = session(at(port)).await;
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
-    // The read that was left behind ends once the FIFO has a writer that closes.
-    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    // The read left behind ends with a CA it can use; nothing is built from it.
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    std::io::Write::write_all(&mut writer, ca.cert.pem().as_bytes()).unwrap();
+    drop(writer);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let series = running.metrics.render();
+    assert!(!series.contains("listener=\"added\""), "{series}");
     running.set_reload_deadline(Duration::from_secs(30));
     reload_with(&mut running, &dir, &yaml).await;
     running.shutdown().await;

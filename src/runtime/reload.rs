@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -76,14 +77,19 @@ impl Running {
             self.reload_deadline,
         );
         let read = path.to_owned();
-        let mut config = within(deadline, move || {
+        let mut config = within(deadline, move |_| {
             config::load(&read).map_err(|e| e.problems)
         })
         .await?;
         self.needs_restart(&mut config);
         let (metrics, current) = (self.metrics.clone(), Arc::clone(&self.snapshot));
-        let (config, snapshot, unsaved) = within(deadline, move || {
+        let (config, snapshot, unsaved) = within(deadline, move |abandoned| {
             let (store, trust, unsaved) = load_files(&config)?;
+            // Files read past the deadline: building would register the series of a
+            // configuration that is never in force.
+            if abandoned.load(Ordering::Relaxed) {
+                return Err(Vec::new());
+            }
             let snapshot = build(&config, store, trust, &metrics, Some(&current))?;
             Ok::<_, Vec<String>>((config, snapshot, unsaved))
         })
@@ -269,18 +275,25 @@ struct Stamp {
 pub const RELOAD_DEADLINE: Duration = Duration::from_secs(30);
 
 /// `work` on a blocking thread, by `deadline`. Past it the reload is refused and the work is
-/// left to end on its own (a blocking read cannot be cancelled); what it builds is dropped.
+/// left to end on its own (a blocking read cannot be cancelled), told so by the flag it is
+/// given; what it returns then is dropped.
 async fn within<T: Send + 'static>(
     (deadline, limit): (tokio::time::Instant, Duration),
-    work: impl FnOnce() -> Result<T, Vec<String>> + Send + 'static,
+    work: impl FnOnce(&AtomicBool) -> Result<T, Vec<String>> + Send + 'static,
 ) -> Result<T, Vec<String>> {
-    match tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(work)).await {
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&abandoned);
+    let running = tokio::task::spawn_blocking(move || work(&flag));
+    match tokio::time::timeout_at(deadline, running).await {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => Err(vec![format!("the reload's build failed: {e}")]),
-        Err(_) => Err(vec![format!(
-            "reading and building the configuration took longer than {limit:?} (a file on a \
-             stalled mount, or a FIFO?)"
-        )]),
+        Err(_) => {
+            abandoned.store(true, Ordering::Relaxed);
+            Err(vec![format!(
+                "reading and building the configuration took longer than {limit:?} (a file \
+                 on a stalled mount, or a FIFO?)"
+            )])
+        }
     }
 }
 
