@@ -125,16 +125,17 @@ pub async fn read_header_from(
 /// TLVs (a cloud balancer's endpoint and connection ids).
 const PEEK: usize = 512;
 
-/// The length of the header at the start of `peeked`, if all of it is there: up to the first
-/// CRLF for v1 (within its longest), the fixed part and the length it announces for v2.
+/// The length of the header at the start of `peeked`, if all of it is there: up to its line's
+/// end for v1 (its first CR or LF, which must be a CRLF, within its longest), the fixed part
+/// and the length it announces for v2.
 /// `None`: not whole yet, or not a header (the step-by-step read says which).
 fn whole_header_len(peeked: &[u8]) -> Option<usize> {
     if peeked.starts_with(V1_PREFIX) {
+        // Where the step-by-step read stops too: the first CR or LF, which must begin a CRLF
+        // for the fast read; anything else is the careful read's to judge.
         let line = &peeked[..peeked.len().min(V1_MAX)];
-        return line
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map(|end| end + 2);
+        let end = line.iter().position(|&b| b == b'\r' || b == b'\n')?;
+        return (line.get(end..end + 2) == Some(b"\r\n")).then_some(end + 2);
     }
     if peeked.starts_with(V2_SIGNATURE) && peeked.len() >= V2_FIXED {
         let total = V2_FIXED + usize::from(u16::from_be_bytes([peeked[14], peeked[15]]));

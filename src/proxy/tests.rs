@@ -381,4 +381,49 @@ fn a_whole_header_is_found_in_what_was_peeked() {
     assert_eq!(whole_header_len(&v2[..v2.len() - 1]), None);
     assert_eq!(whole_header_len(&v2[..15]), None);
     assert_eq!(whole_header_len(b"EHLO x\r\n"), None);
+    // A bare LF or CR first: left to the step-by-step read.
+    assert_eq!(whole_header_len(b"PROXY UNKNOWN x\ny\r\nEHLO x\r\n"), None);
+    assert_eq!(whole_header_len(b"PROXY UNKNOWN \nEHLO x\r\n"), None);
+    assert_eq!(whole_header_len(b"PROXY UNKNOWN\r\rx\r\n"), None);
+}
+
+/// Where the peek finds a whole header, the fast read takes what the step-by-step read takes,
+/// to the octet, with the same result: never more, never a header it would refuse.
+#[test]
+fn the_fast_read_agrees_with_the_step_by_step_read() {
+    let mut cases: Vec<Vec<u8>> = [
+        &b"PROXY TCP4 192.0.2.1 192.0.2.25 40000 25\r\nEHLO x\r\n"[..],
+        b"PROXY TCP6 2001:db8::1 2001:db8::25 40000 25\r\n\x16\x03\x01",
+        b"PROXY UNKNOWN\r\nQUIT\r\n",
+        b"PROXY UNKNOWN x\ny\r\nEHLO x\r\n",
+        b"PROXY UNKNOWN \nEHLO x\r\n",
+        b"PROXY TCP4 192.0.2.1 192.0.2.25 40000 25 \nEHLO x\r\n",
+        b"PROXY TCP4 999.0.2.1 192.0.2.25 40000 25\r\nEHLO x\r\n",
+        b"PROXY TCP4 192.0.2.1\r\n",
+    ]
+    .iter()
+    .map(|c| c.to_vec())
+    .collect();
+    let v2_header = v2_ipv4([192, 0, 2, 1], 40000, &[0x04, 0, 1, 7]);
+    cases.push([v2_header, b"EHLO x\r\n".to_vec()].concat());
+    cases.push([v2(0, 0, &[]), b"QUIT\r\n".to_vec()].concat());
+    let mut fast_reads = 0;
+    for data in cases {
+        let (careful, rest) = read(&data, &[]);
+        let Some(len) = super::whole_header_len(&data) else {
+            continue;
+        };
+        fast_reads += 1;
+        let fast = match step(&data[..len]) {
+            Ok(Step::Done(header)) => Ok(header),
+            Ok(Step::Read(_)) => Err(HeaderError::Missing),
+            Err(e) => Err(e),
+        };
+        let text = String::from_utf8_lossy(&data);
+        assert_eq!(format!("{fast:?}"), format!("{careful:?}"), "{text:?}");
+        if careful.is_ok() {
+            assert_eq!(&data[len..], &rest[..], "{text:?}");
+        }
+    }
+    assert_eq!(fast_reads, 7, "the cases a peek takes whole");
 }
