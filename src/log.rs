@@ -47,8 +47,16 @@ static QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();
 /// queued first (waiting [`EXIT_WAIT`] at most, so that a stalled reader cannot hold up the
 /// exit). If the writer thread cannot be started, lines are written by whoever logs them.
 pub fn init(log: &LogConfig) -> Guard {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+    // `RUST_LOG` in place of `log.level`, checked as it is: one the subscriber would refuse,
+    // or that names no level (`warning`, which it reads as a module's), is said and ignored.
+    let (level, ignored) = match std::env::var("RUST_LOG") {
+        Ok(env) => match crate::config::log_filter(&env) {
+            Ok(level) => (level, None),
+            Err(why) => (log.level.clone(), Some(why)),
+        },
+        Err(_) => (log.level.clone(), None),
+    };
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The protocol log is written whatever the level of the rest, when `log.protocol_log`
     // asks for it: the sessions decide, from the configuration in force (a reload may turn
@@ -91,6 +99,9 @@ pub fn init(log: &LogConfig) -> Guard {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.fmt_fields(fields::TextFields).try_init(),
     };
+    if let Some(why) = ignored {
+        tracing::warn!(level = %log.level, "RUST_LOG ignored: {why}; log.level applies");
+    }
     guard
 }
 

@@ -529,3 +529,38 @@ async fn one_core_is_one_thread_more_cores_a_worker_each() {
     }
     assert_eq!(rec.messages().len(), 2);
 }
+
+/// `RUST_LOG` is checked as `log.level` is: `warning` (a bare word the filter would take for a
+/// module's name, showing no line of the sidecar's) is said and ignored, so the error of a
+/// start that fails (its port is taken) is still written.
+#[test]
+fn a_rust_log_that_would_silence_the_sidecar_is_said_and_ignored() {
+    let dir = std::env::temp_dir().join(format!("smtp-sidecar-rustlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "hostname: mx.test\nstate_dir: {}\nlisteners:\n  - name: in\n    listen: 127.0.0.1:{port}\n    backend: {{servers: [\"127.0.0.1:9\"]}}\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-sidecar"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "warning")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("RUST_LOG ignored: unknown level \"warning\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -33,7 +33,7 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
-pub use validate::{load, parse, ConfigError};
+pub use validate::{load, log_filter, parse, ConfigError};
 
 /// A validated configuration: everything here is supported and consistent.
 #[derive(Debug, Clone)]

@@ -159,33 +159,42 @@ fn metrics(p: &mut Problems, raw: &RawConfig) -> Option<Option<SocketAddr>> {
 fn log_config(p: &mut Problems, log: &RawLog) -> Option<LogConfig> {
     let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
     let format = p.choice("log.format", &log.format, &formats);
-    // The filter's directives as it parses them: it takes no space around a comma.
-    let mut level = p.string("log.level", &log.level).map(|l| {
-        let directives: Vec<&str> = l.split(',').map(str::trim).collect();
-        directives.join(",")
-    });
-    if let Some(word) = level.as_deref().and_then(unknown_level) {
-        p.add(
-            "log.level",
-            format_args!(
-                "unknown level {word:?} (use error, warn, info, debug, trace or off, or \
-                 target=level directives like smtp_sidecar=debug,warn)"
-            ),
-        );
-        level = None;
-    } else if let Some(Err(e)) = level.as_deref().map(tracing_subscriber::EnvFilter::try_new) {
-        p.add(
-            "log.level",
-            format_args!("not a valid filter ({e}); e.g. info or smtp_sidecar=debug,warn"),
-        );
-        level = None;
-    }
+    let level = p
+        .string("log.level", &log.level)
+        .and_then(|l| match log_filter(l) {
+            Ok(level) => Some(level),
+            Err(why) => {
+                p.add("log.level", why);
+                None
+            }
+        });
     let protocol_log = p.bool("log.protocol_log", &log.protocol_log);
     Some(LogConfig {
         format: format?,
         level: level?,
         protocol_log: protocol_log?,
     })
+}
+
+/// A log filter (`log.level`, or `RUST_LOG`) as the subscriber will take it: its directives
+/// without the spaces around commas that it refuses. `Err` says what is wrong with it: a bare
+/// word that is not a level, or a directive the subscriber refuses (it would fall back to
+/// another filter without a word).
+pub fn log_filter(text: &str) -> Result<String, String> {
+    let directives: Vec<&str> = text.split(',').map(str::trim).collect();
+    let level = directives.join(",");
+    if let Some(word) = unknown_level(&level) {
+        return Err(format!(
+            "unknown level {word:?} (use error, warn, info, debug, trace or off, or \
+             target=level directives like smtp_sidecar=debug,warn)"
+        ));
+    }
+    match tracing_subscriber::EnvFilter::try_new(&level) {
+        Ok(_) => Ok(level),
+        Err(e) => Err(format!(
+            "not a valid filter ({e}); e.g. info or smtp_sidecar=debug,warn"
+        )),
+    }
 }
 
 /// A directive of a `log.level` filter that is a bare word but not a level. The filter
