@@ -76,16 +76,23 @@ pub fn listeners(
 }
 
 /// A connection to `server` would arrive at the socket listening on `listen`, as far as
-/// the configuration tells: the same address, or a wildcard listener and a loopback or
-/// wildcard server address of a family it takes (`[::]` takes IPv4's too). Another host's
-/// address on the same port is the usual deployment (`0.0.0.0:25` in front of
-/// `10.0.0.5:25`); this host's other addresses are not known here.
+/// the configuration tells: the same address, a wildcard listener and a loopback or wildcard
+/// server address of a family it takes (`[::]` takes IPv4's too), or a wildcard server address
+/// and a loopback listener of its family. Another host's address on the same port is the
+/// usual deployment (`0.0.0.0:25` in front of `10.0.0.5:25`); this host's other addresses are
+/// not known here.
 fn reaches(server: SocketAddr, listen: SocketAddr) -> bool {
     let (server_ip, listen_ip) = (server.ip().to_canonical(), listen.ip().to_canonical());
     let local = server_ip.is_loopback() || server_ip.is_unspecified();
     let family = listen_ip.is_ipv6() || server_ip.is_ipv4();
+    // A connection to a wildcard address goes to the loopback address of its family.
+    let to_loopback = server_ip.is_unspecified()
+        && listen_ip.is_loopback()
+        && server_ip.is_ipv4() == listen_ip.is_ipv4();
     server.port() == listen.port()
-        && (server_ip == listen_ip || (listen_ip.is_unspecified() && local && family))
+        && (server_ip == listen_ip
+            || (listen_ip.is_unspecified() && local && family)
+            || to_loopback)
 }
 
 fn listener(

@@ -105,6 +105,12 @@ fn a_backend_that_leads_back_to_the_sidecar_is_refused() {
     ] {
         assert_eq!(problems(&yaml(servers, more)), [want], "{servers}");
     }
+    let loopback =
+        "listeners:\n  - listen: 127.0.0.1:2525\n    backend: {servers: [\"0.0.0.0:2525\"]}\n";
+    assert_eq!(
+        problems(loopback),
+        ["listeners[0].backend.servers[0]: 0.0.0.0:2525 is the sidecar's own 127.0.0.1:2525 (listeners[0].listen): sessions would be relayed back into the sidecar"]
+    );
     // Another host on the wildcard listener's port is the usual deployment; an IPv6
     // loopback is not an IPv4 wildcard's.
     for servers in [
