@@ -418,6 +418,9 @@ fn normalise_thumbprint(text: &str) -> Option<String> {
     valid.then_some(hex)
 }
 
+/// The shortest `connect_timeout` and `health_check_interval` taken.
+const MIN_BACKEND_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn backend(p: &mut Problems, path: &str, raw: &RawBackend) -> Option<Backend> {
     let servers_path = join(path, "servers");
     let servers = match &raw.servers {
@@ -466,12 +469,19 @@ fn backend(p: &mut Problems, path: &str, raw: &RawBackend) -> Option<Backend> {
     );
     let tls_verify = p.bool(&join(path, "tls_verify"), &raw.tls_verify);
     let xclient = p.bool(&join(path, "xclient"), &raw.xclient);
-    let connect_timeout = p.duration(&join(path, "connect_timeout"), &raw.connect_timeout, true);
-    let health_check_interval = p.duration(
-        &join(path, "health_check_interval"),
-        &raw.health_check_interval,
-        true,
-    );
+    // Below a tenth of a second a connect fails before a loaded server can answer (marking
+    // it down), and checks follow one another against the legacy server without a pause.
+    let at_least = |p: &mut Problems, key: &str, value| {
+        let key = join(path, key);
+        let d = p.duration(&key, value, true)?;
+        if d < MIN_BACKEND_WAIT {
+            p.add(&key, "must be at least 100ms");
+            return None;
+        }
+        Some(d)
+    };
+    let connect_timeout = at_least(p, "connect_timeout", &raw.connect_timeout);
+    let health_check_interval = at_least(p, "health_check_interval", &raw.health_check_interval);
     Some(Backend {
         servers: servers?,
         tls: tls?,

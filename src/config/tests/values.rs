@@ -32,6 +32,14 @@ fn backend_hop_keys() {
             "health_check_interval: 0s",
             "health_check_interval: must be greater than 0s",
         ),
+        (
+            "health_check_interval: 1ms",
+            "health_check_interval: must be at least 100ms",
+        ),
+        (
+            "connect_timeout: 99ms",
+            "connect_timeout: must be at least 100ms",
+        ),
     ] {
         let yaml = one_listener("").replace("servers:", &format!("{backend}, servers:"));
         assert_eq!(problems(&yaml), [format!("listeners[0].backend.{want}")]);
