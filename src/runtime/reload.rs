@@ -122,10 +122,14 @@ impl Running {
         // (not before, so that a refused reload leaves it, and what pins it, alone). In memory
         // it serves whatever the write does; a failed write is regenerated at the next start.
         if let Some(unsaved) = unsaved {
-            let failed = match tokio::task::spawn_blocking(move || unsaved.save()).await {
-                Ok(Ok(())) => None,
+            // Within what is left of the reload's deadline: a stalled `state_dir` holds up no
+            // signal either (the write then ends, or not, on its own).
+            let save = tokio::task::spawn_blocking(move || unsaved.save());
+            let failed = match tokio::time::timeout_at(deadline.0, save).await {
+                Ok(Ok(Ok(()))) => None,
+                Ok(Ok(Err(e))) => Some(e.to_string()),
                 Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
+                Err(_) => Some("state_dir did not take it in time".to_owned()),
             };
             if let Some(e) = failed {
                 tracing::warn!(error = %e, "the new self-signed certificate is in use but not kept in state_dir");
