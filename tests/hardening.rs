@@ -464,3 +464,29 @@ async fn a_lingering_close_ends_after_two_seconds() {
     }
     assert!(reset, "the connection outlived the linger");
 }
+
+/// A client of a dual-stack listener (`[::]`) refused by a connection limit is logged by its
+/// IPv4 address, as the sessions it is let into are known, not as `::ffff:127.0.0.1`.
+#[tokio::test]
+async fn a_dual_stack_listeners_refusal_names_the_ipv4_client() {
+    let (backend, _rec) = recording_backend().await;
+    let port = common::process::free_port();
+    let yaml = config_yaml(backend, "starttls", "      max_connections_per_ip: 1\n")
+        .replace("listen: 127.0.0.1:0", &format!("listen: \"[::]:{port}\""));
+    let running = start_binary(&yaml);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut first = Client::connect(addr).await;
+    assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
+    let mut second = Client::connect(addr).await;
+    assert_eq!(
+        second.reply().await,
+        "421 4.7.0 Too many connections, try again later\r\n"
+    );
+    running.wait_log("too many connections", 1).await;
+    let log = running.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("too many connections"))
+        .unwrap_or_default();
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+}
