@@ -1,7 +1,7 @@
 //! The admin endpoint on `metrics.listen`: `GET /metrics` (Prometheus text format),
 //! `/healthz` (the process is alive), `/readyz` (every listener is bound, the process is not
-//! shutting down, and no terminate listener has all its backend servers known down), and the status page, `/` (HTML) and
-//! `/status.json` ([`crate::status`]). `HEAD` is answered as `GET` without the body; another
+//! shutting down, and no terminate listener has all its backend servers known down), and the
+//! status page, `/` (HTML) and `/status.json` ([`crate::status`]). `HEAD` is answered as `GET` without the body; another
 //! method on one of these paths is `405`, any other path `404`. The endpoint has its own
 //! small budget of connections, buffers and time, so that nothing arriving on the admin port
 //! can take the descriptors or tasks the SMTP sessions need; every answer is built from one

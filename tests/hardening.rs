@@ -475,13 +475,7 @@ async fn a_dual_stack_listeners_refusal_names_the_ipv4_client() {
         .replace("listen: 127.0.0.1:0", &format!("listen: \"[::]:{port}\""));
     let running = start_binary(&yaml);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut first = Client::connect(addr).await;
-    assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
-    let mut second = Client::connect(addr).await;
-    assert_eq!(
-        second.reply().await,
-        "421 4.7.0 Too many connections, try again later\r\n"
-    );
+    let _clients = one_place_per_address(addr).await;
     running.wait_log("too many connections", 1).await;
     let log = running.log();
     let line = log

@@ -391,13 +391,7 @@ async fn starttls_unavailable_without_certificate() {
 #[tokio::test]
 async fn too_many_connections_per_ip() {
     let (addr, _rec, _r) = sidecar("      max_connections_per_ip: 1\n").await;
-    let mut first = Client::connect(addr).await;
-    assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
-    let mut second = Client::connect(addr).await;
-    assert_eq!(
-        second.reply().await,
-        "421 4.7.0 Too many connections, try again later\r\n"
-    );
+    let (mut first, mut second) = one_place_per_address(addr).await;
     assert!(second.closed().await);
     assert_eq!(first.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
     tokio::time::sleep(Duration::from_millis(200)).await;

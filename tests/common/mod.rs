@@ -421,3 +421,16 @@ pub async fn black_hole(addr: SocketAddr) -> (SocketAddr, Vec<TcpStream>, TcpLis
     }
     panic!("the accept queue of {addr} never filled");
 }
+
+/// Two clients of the same address at `addr`, whose listener allows one per address: the
+/// first greeted, the second refused with `421 4.7.0`. Both are returned as they are.
+pub async fn one_place_per_address(addr: SocketAddr) -> (Client, Client) {
+    let mut first = Client::connect(addr).await;
+    assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
+    let mut second = Client::connect(addr).await;
+    assert_eq!(
+        second.reply().await,
+        "421 4.7.0 Too many connections, try again later\r\n"
+    );
+    (first, second)
+}
