@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 pub mod admission;
 mod server_tls;
+pub mod turn;
 
 pub use server_tls::{client_hello, ServerTls};
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::backend::Pool;
 use crate::config::Config;
+use crate::io::turn::Turn;
 use crate::metrics::ListenerMetrics;
 use crate::tls::{CertInfo, CertPlan, CertStore, ClientAuth, ClientTls, Trust};
 
@@ -63,11 +64,24 @@ pub const PRESS_WINDOW: Duration = Duration::from_millis(50);
 /// destination), on a listener with few slots, are not one.
 const QUEUED_FLOOR: usize = 32;
 
+/// How long a handshake may wait for its client's next flight before its slot can go to
+/// another connection, when every slot is taken ([`HandshakeSlots::cut_stalled`]). The
+/// client's turn is one round trip and its own cryptography, well under a second anywhere;
+/// a client that sends its ClientHello and then nothing would otherwise keep its slot for the
+/// whole `tls_handshake` (30 s), and `max_handshakes` of them, from a few addresses, would
+/// have the listener refuse every new connection as long as they came back. To keep a
+/// listener full now takes `max_handshakes` new ClientHellos a second, each with its
+/// handshake's work: a flood, which the listener sees as one.
+pub const STALLED_AFTER: Duration = Duration::from_secs(1);
+
 /// A listener's `max_handshakes` slots: one is taken for each handshake in progress; with
-/// none free, new connections are refused.
+/// none free, new connections are refused, unless one of the handshakes has waited for its
+/// client for [`STALLED_AFTER`]: that one is cut and its slot goes to the newcomer.
 #[derive(Debug)]
 pub struct HandshakeSlots {
     slots: Arc<tokio::sync::Semaphore>,
+    /// Whose turn it is in each handshake holding a slot.
+    holders: Arc<Mutex<Holders>>,
     total: usize,
     /// When the slots were made; the origin of `pressed_until`.
     born: tokio::time::Instant,
@@ -82,6 +96,38 @@ pub struct HandshakeSlots {
     announced: AtomicBool,
 }
 
+/// The turns of the handshakes holding slots, at the index their [`Slot`] keeps.
+#[derive(Debug, Default)]
+struct Holders {
+    turns: Vec<Option<Arc<Turn>>>,
+    free: Vec<usize>,
+}
+
+/// A taken slot, given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    turn: Arc<Turn>,
+    index: usize,
+    holders: Arc<Mutex<Holders>>,
+}
+
+impl Slot {
+    /// Whose turn it is in the handshake that holds this slot: the handshake keeps it up to
+    /// date, and is cut through it.
+    pub fn turn(&self) -> Arc<Turn> {
+        Arc::clone(&self.turn)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        holders.turns[self.index] = None;
+        holders.free.push(self.index);
+    }
+}
+
 #[derive(Debug, Default)]
 struct Begun {
     at: [Option<u64>; PRESS_BURST + 1],
@@ -92,6 +138,7 @@ impl HandshakeSlots {
     pub fn new(total: usize) -> Self {
         HandshakeSlots {
             slots: Arc::new(tokio::sync::Semaphore::new(total)),
+            holders: Arc::default(),
             total,
             born: tokio::time::Instant::now(),
             pressed_until: AtomicU64::new(0),
@@ -101,11 +148,62 @@ impl HandshakeSlots {
         }
     }
 
-    /// Wait for a slot, held until the permit is dropped: a handshake begins.
-    pub async fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let permit = Arc::clone(&self.slots).acquire_owned().await.ok()?;
+    /// Wait for a slot, held until dropped: a handshake begins. With none free, a stalled
+    /// handshake's is taken if there is one ([`HandshakeSlots::cut_stalled`]).
+    pub async fn take(&self) -> Option<Slot> {
+        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return None,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                self.cut_stalled();
+                Arc::clone(&self.slots).acquire_owned().await.ok()?
+            }
+        };
         self.begin(self.now());
-        Some(permit)
+        let turn = Arc::new(Turn::new(self.born));
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = match holders.free.pop() {
+            Some(index) => {
+                holders.turns[index] = Some(Arc::clone(&turn));
+                index
+            }
+            None => {
+                holders.turns.push(Some(Arc::clone(&turn)));
+                holders.turns.len() - 1
+            }
+        };
+        drop(holders);
+        Some(Slot {
+            _permit: permit,
+            turn,
+            index,
+            holders: Arc::clone(&self.holders),
+        })
+    }
+
+    /// Cut the handshake that has waited longest for its client, if that is at least
+    /// [`STALLED_AFTER`]: its slot is free once its task sees it. Done by the connection that
+    /// waits for a slot, once its whole ClientHello is in, so that connecting alone cuts
+    /// nothing and each waiting handshake cuts at most one.
+    fn cut_stalled(&self) {
+        if let Some(turn) = self.stalled() {
+            turn.cut();
+        }
+    }
+
+    /// The handshake that has waited longest for its client, if that is at least
+    /// [`STALLED_AFTER`] (and it is not cut already).
+    fn stalled(&self) -> Option<Arc<Turn>> {
+        let now = self.now();
+        let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        holders
+            .turns
+            .iter()
+            .flatten()
+            .filter_map(|turn| Some((turn.waiting_since()?, turn)))
+            .filter(|(since, _)| now.saturating_sub(*since) >= nanos(STALLED_AFTER))
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, turn)| Arc::clone(turn))
     }
 
     /// A handshake begins at `now`: more than [`PRESS_BURST`] (or half the slots, if fewer)
@@ -162,7 +260,7 @@ impl HandshakeSlots {
 
     /// Nanoseconds since the slots were made.
     fn now(&self) -> u64 {
-        nanos(tokio::time::Instant::now().saturating_duration_since(self.born))
+        crate::io::turn::nanos_since(self.born)
     }
 
     /// Flooded, and so under pressure, from `now` for [`PRESSURE_HOLD`].
@@ -275,9 +373,13 @@ impl ListenerRuntime {
         }
     }
 
-    /// Every handshake slot is taken: a new connection is refused before it costs one.
+    /// Every handshake slot is taken, and none by a handshake stalled on its client
+    /// ([`STALLED_AFTER`], which a new handshake waiting for a slot cuts): a new connection
+    /// is refused before it costs one.
     pub fn handshakes_full(&self) -> bool {
-        self.handshakes.as_ref().is_some_and(HandshakeSlots::full)
+        self.handshakes
+            .as_ref()
+            .is_some_and(|slots| slots.full() && slots.stalled().is_none())
     }
 
     /// Handshake pressure: more than [`PRESS_BURST`] handshakes begun within [`PRESS_WINDOW`]
@@ -363,5 +465,48 @@ impl Snapshot {
             .iter()
             .map(|(_, rt)| rt)
             .find(|rt| rt.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With every slot taken, a new handshake takes the slot of the one that has waited
+    /// longest for its client, once that is `STALLED_AFTER`; a handshake on our turn, or one
+    /// waiting less, is never cut.
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_stalled_handshake_is_cut_for_a_new_one() {
+        let slots = Arc::new(HandshakeSlots::new(3));
+        let working = slots.take().await.unwrap();
+        let first = slots.take().await.unwrap();
+        let second = slots.take().await.unwrap();
+        first.turn().clients();
+        tokio::time::advance(Duration::from_millis(400)).await;
+        second.turn().clients();
+        tokio::time::advance(STALLED_AFTER - Duration::from_millis(401)).await;
+        assert!(slots.stalled().is_none(), "none has waited long enough");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let cut = slots.stalled().unwrap();
+        assert!(Arc::ptr_eq(&cut, &first.turn()), "the longest wait first");
+        // A newcomer cuts it, and gets its slot once the handshake gives it back.
+        let newcomer = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.take().await.is_some() }
+        });
+        tokio::time::timeout(Duration::from_secs(1), first.turn().was_cut())
+            .await
+            .expect("cut");
+        assert!(!newcomer.is_finished());
+        drop(first);
+        assert!(newcomer.await.unwrap());
+        // The second has not waited long enough, and the first handshake's turn is ours.
+        assert!(slots.stalled().is_none());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let cut = slots.stalled().unwrap();
+        assert!(Arc::ptr_eq(&cut, &second.turn()));
+        second.turn().ours();
+        assert!(slots.stalled().is_none(), "the client's flight came");
+        drop(working);
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use smtp_sidecar::runtime::Running;
-use smtp_sidecar::snapshot::{PRESSURE_HOLD, PRESS_BURST, PRESS_WINDOW};
+use smtp_sidecar::snapshot::{Slot, PRESSURE_HOLD, PRESS_BURST, PRESS_WINDOW, STALLED_AFTER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -70,10 +70,7 @@ async fn silent_starttls(running: &Running) -> Client {
 
 /// A listener (`tls`, backend `backend`) with `max_handshakes: 4` under a handshake flood: 3
 /// of its slots taken, held until the returned permits drop.
-async fn flooded(
-    backend: std::net::SocketAddr,
-    tls: &str,
-) -> (Running, Vec<tokio::sync::OwnedSemaphorePermit>) {
+async fn flooded(backend: std::net::SocketAddr, tls: &str) -> (Running, Vec<Slot>) {
     let running = start(&config_yaml(backend, tls, "      max_handshakes: 4\n")).await;
     let l = &running.snapshot.listeners[0].1;
     let slots = l.handshakes.as_ref().unwrap();
@@ -119,6 +116,52 @@ async fn implicit_listener_closes_without_a_byte_while_the_slots_are_taken() {
     let mut c = Client::connect_implicit(addr).await;
     assert_eq!(c.reply().await, "220 mx.test ESMTP\r\n");
     running.shutdown().await;
+}
+
+/// A handshake that has waited for its client for `STALLED_AFTER`, holding the one slot,
+/// gives it to a new client once that one's ClientHello is in: the new client is served, the
+/// stalled one cut (closed after our flight; a handshake timeout in the metrics). Before,
+/// such clients kept a listener refusing every connection for `tls_handshake` (30 s).
+#[tokio::test]
+async fn a_handshake_stalled_on_its_client_gives_its_slot_to_a_new_one() {
+    for tls in ["implicit", "starttls"] {
+        let running = listener(tls).await;
+        let addr = running.addr("inbound").unwrap();
+        let timeouts = || {
+            running
+                .metrics
+                .tls_handshake_errors_total
+                .with_label_values(&["inbound", "server", "timeout"])
+                .get()
+        };
+        // Each sends its ClientHello and reads nothing after.
+        let (mut implicit, mut starttls) = (None, None);
+        match tls {
+            "implicit" => {
+                let mut tcp = TcpStream::connect(addr).await.unwrap();
+                tcp.write_all(&client_hello()).await.unwrap();
+                implicit = Some(tcp);
+            }
+            _ => starttls = Some(stalled_starttls(&running).await),
+        }
+        tokio::time::sleep(STALLED_AFTER + Duration::from_millis(300)).await;
+        let before = refused(&running);
+        served(tls, addr).await;
+        assert_eq!(refused(&running), before, "{tls}");
+        // The stalled connection is closed: our flight, then the end.
+        if let Some(tcp) = implicit {
+            until_closed(tcp).await;
+        }
+        if let Some(mut c) = starttls {
+            let mut reads = 0;
+            while !c.closed().await {
+                reads += 1;
+                assert!(reads < 100, "{tls}: still open");
+            }
+        }
+        assert_eq!(timeouts(), 1, "{tls}");
+        running.shutdown().await;
+    }
 }
 
 /// A whole session of a client on a listener (`tls`): TLS, the greeting, QUIT.

@@ -173,7 +173,14 @@ fn handshake_error(l: &ListenerRuntime, peer: SocketAddr, session: u64, e: &std:
             let kind = HandshakeError::client_certificate(client_certificate);
             l.metrics.handshake_error(true, kind);
         }
-        None => handshake_failed(l, peer, &e.to_string(), "server", HandshakeError::Protocol),
+        None => {
+            let kind = if crate::io::turn::was_stalled(e) {
+                HandshakeError::Timeout
+            } else {
+                HandshakeError::Protocol
+            };
+            handshake_failed(l, peer, &e.to_string(), "server", kind);
+        }
     }
 }
 
@@ -200,7 +207,7 @@ pub(crate) async fn accept_tls(
 ) -> Option<Accepted> {
     // One of `max_handshakes` slots for the handshake's CPU work, taken once the ClientHello
     // is in, both awaited within the deadline; released when the handshake is over.
-    let _slot = match &l.handshakes {
+    let slot = match &l.handshakes {
         None => None,
         Some(slots) => {
             let why = match timeout_at(deadline, crate::io::client_hello(&tcp)).await {
@@ -222,7 +229,8 @@ pub(crate) async fn accept_tls(
             }
         }
     };
-    match handshake(l, acceptor, tcp, deadline, half_rtt).await {
+    let turn = slot.as_ref().map(crate::snapshot::Slot::turn);
+    match handshake(l, acceptor, tcp, deadline, half_rtt, turn).await {
         Ok(Ok(tls)) => {
             let info = handshake_done(l, &tls, id, peer)?;
             let sent_half_rtt = tls.sent_half_rtt();
@@ -253,12 +261,13 @@ async fn handshake(
     tcp: TcpStream,
     deadline: tokio::time::Instant,
     half_rtt: Vec<u8>,
+    turn: Option<Arc<crate::io::turn::Turn>>,
 ) -> Result<std::io::Result<ServerTls>, Elapsed> {
     let acceptor = Arc::clone(acceptor);
     let admission = match crate::io::admission::handle() {
         Ok(admission) if l.handshakes_pressed() && !crate::io::admission::here() => admission,
         _ => {
-            let accept = ServerTls::accept(tcp, acceptor, &half_rtt);
+            let accept = ServerTls::accept(tcp, acceptor, &half_rtt, turn);
             return timeout_at(deadline, accept).await.map_err(|_| Elapsed);
         }
     };
@@ -268,7 +277,7 @@ async fn handshake(
     };
     let mut there = Abandoned(admission.spawn(async move {
         let accept =
-            async { ServerTls::accept(TcpStream::from_std(tcp)?, acceptor, &half_rtt).await };
+            async { ServerTls::accept(TcpStream::from_std(tcp)?, acceptor, &half_rtt, turn).await };
         timeout_at(deadline, accept).await.map_err(|_| Elapsed)
     }));
     match (&mut there.0).await {

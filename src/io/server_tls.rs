@@ -22,6 +22,7 @@ use rustls::unbuffered::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::turn::Turn;
 use super::{Read, SCRATCH};
 use crate::tls::sni::{self, Sni};
 
@@ -215,10 +216,15 @@ impl ServerTls {
     /// Finished: TLS 1.3, `send_half_rtt_data`, and no client certificate asked for (rustls
     /// sends nothing to a client it may yet have to authenticate). [`ServerTls::sent_half_rtt`]
     /// says whether it did; the handshake still ends only with the client's Finished.
+    ///
+    /// `turn`, when the handshake holds one of its listener's `max_handshakes` slots, follows
+    /// whose turn it is: a wait for the client's flight ends with [`super::turn::Stalled`]
+    /// once the slots cut it ([`crate::snapshot::HandshakeSlots`]).
     pub async fn accept(
         tcp: TcpStream,
         config: Arc<rustls::ServerConfig>,
         half_rtt: &[u8],
+        turn: Option<Arc<Turn>>,
     ) -> io::Result<Self> {
         let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
         let mut tls = ServerTls {
@@ -314,9 +320,6 @@ impl ServerTls {
                     write_half_rtt = true;
                 }
                 Next::Receive | Next::Writable => {
-                    if !tls.out.is_empty() {
-                        tls.flush().await?;
-                    }
                     if used == incoming.len() {
                         if used >= MAX_HANDSHAKE {
                             return Err(invalid(rustls::Error::General(
@@ -325,7 +328,19 @@ impl ServerTls {
                         }
                         incoming.resize((used * 2).min(MAX_HANDSHAKE), 0);
                     }
-                    match tls.tcp.read(&mut incoming[used..]).await? {
+                    // The client's turn: our flight out (a client that reads nothing holds
+                    // it up), its next one in.
+                    let read = async {
+                        if !tls.out.is_empty() {
+                            tls.flush().await?;
+                        }
+                        tls.tcp.read(&mut incoming[used..]).await
+                    };
+                    let read = match &turn {
+                        Some(turn) => turn.client_turn(read).await?,
+                        None => read.await?,
+                    };
+                    match read {
                         0 => return Err(io::ErrorKind::UnexpectedEof.into()),
                         n => used += n,
                     }

@@ -78,7 +78,7 @@ async fn handshake(
 ) -> (std::io::Result<ServerTls>, std::io::Result<Client>) {
     let connector = tokio_rustls::TlsConnector::from(client.clone());
     let (server_tcp, client_tcp) = sockets().await;
-    let accept = ServerTls::accept(server_tcp, server.clone(), &[]);
+    let accept = ServerTls::accept(server_tcp, server.clone(), &[], None);
     tokio::join!(accept, connector.connect(name(), client_tcp))
 }
 
@@ -148,7 +148,7 @@ async fn a_handshake_done_on_the_admission_threads_carries_on_here() {
     let server_tcp = server_tcp.into_std().unwrap();
     let config = pki.server.clone();
     let accept = crate::io::admission::handle().unwrap().spawn(async move {
-        ServerTls::accept(TcpStream::from_std(server_tcp)?, config, &[]).await
+        ServerTls::accept(TcpStream::from_std(server_tcp)?, config, &[], None).await
     });
     let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
     let (tls, client) = tokio::join!(accept, connector.connect(name(), client_tcp));
@@ -203,7 +203,7 @@ async fn data_with_the_finished_survives_our_first_write() {
         let _ = tls.read_to_end(&mut reply);
         reply
     });
-    let mut tls = ServerTls::accept(server, pki.server.clone(), &[])
+    let mut tls = ServerTls::accept(server, pki.server.clone(), &[], None)
         .await
         .unwrap();
     // Give the early command time to arrive before we write.
@@ -400,7 +400,7 @@ async fn tls13_greeting_leaves_with_the_handshake() {
         let _ = tls.read_to_end(&mut reply);
         reply
     });
-    let mut tls = ServerTls::accept(server_tcp, pki.server.clone(), GREETING)
+    let mut tls = ServerTls::accept(server_tcp, pki.server.clone(), GREETING, None)
         .await
         .unwrap();
     assert!(tls.sent_half_rtt());
@@ -446,7 +446,7 @@ async fn no_greeting_with_the_handshake_for_tls12_or_a_client_certificate() {
                 conn.complete_io(&mut tcp).unwrap();
             }
         });
-        let tls = ServerTls::accept(server_tcp, pki.server.clone(), GREETING)
+        let tls = ServerTls::accept(server_tcp, pki.server.clone(), GREETING, None)
             .await
             .unwrap();
         assert!(!tls.sent_half_rtt(), "{what}");
@@ -519,7 +519,7 @@ async fn a_resumed_session_asked_for_a_certificate_is_greeted_in_the_handshake()
                 .unwrap();
             (early, rest)
         });
-        let mut tls = ServerTls::accept(server_tcp, pki.server.clone(), GREETING)
+        let mut tls = ServerTls::accept(server_tcp, pki.server.clone(), GREETING, None)
             .await
             .unwrap();
         let kind = tls.conn().handshake_kind();
