@@ -15,6 +15,8 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 use smtp_core::session::DnsFailure;
+
+use crate::config::ResolverConfig as Settings;
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
 
@@ -45,6 +47,10 @@ pub enum MxError {
     /// SERVFAIL, REFUSED, timeouts, unreachable name servers: try again later.
     #[error("temporary DNS failure: {0}")]
     TempFail(String),
+    /// Every address of every mail server is one mail is never sent to ([`routable`]): this
+    /// host (loopback, unspecified) or no host (link-local, multicast, broadcast, reserved).
+    #[error("no mail server has a routable address (skipped: {0})")]
+    Unroutable(String),
 }
 
 impl MxError {
@@ -56,6 +62,7 @@ impl MxError {
             MxError::NoAddress => DnsFailure::NoAddress,
             MxError::InvalidDomain(_) => DnsFailure::InvalidDomain,
             MxError::TempFail(_) => DnsFailure::Temporary,
+            MxError::Unroutable(_) => DnsFailure::Unroutable,
         }
     }
 
@@ -80,12 +87,20 @@ pub struct ResolverSetupError(String);
 pub struct MxResolver {
     resolver: TokioResolver,
     timeout: Duration,
+    /// `resolver.allow_loopback`: loopback addresses are next hops (a test rig).
+    allow_loopback: bool,
 }
 
 impl MxResolver {
     /// `nameservers` over UDP and TCP, or the system's when empty. `timeout` bounds a whole
     /// `next_hops` call (the MX query and the address queries after it).
-    pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, ResolverSetupError> {
+    pub fn new(config: &Settings) -> Result<Self, ResolverSetupError> {
+        let Settings {
+            nameservers,
+            timeout,
+            allow_loopback,
+        } = config;
+        let (timeout, allow_loopback) = (*timeout, *allow_loopback);
         let mut builder = if nameservers.is_empty() {
             TokioResolver::builder_tokio().map_err(|e| ResolverSetupError(e.to_string()))?
         } else {
@@ -115,7 +130,11 @@ impl MxResolver {
         let resolver = builder
             .build()
             .map_err(|e| ResolverSetupError(e.to_string()))?;
-        Ok(MxResolver { resolver, timeout })
+        Ok(MxResolver {
+            resolver,
+            timeout,
+            allow_loopback,
+        })
     }
 
     /// The hosts to try for `domain`, most preferred first, each with at least one address.
@@ -160,7 +179,8 @@ impl MxResolver {
     }
 
     /// Resolve every host at once (a slow first MX must not use up the budget of the others);
-    /// keep the order; drop hosts without addresses and addresses already listed.
+    /// keep the order; drop hosts without addresses, addresses already listed, and those mail
+    /// is never sent to ([`routable`]).
     async fn addresses(
         &self,
         hosts: Vec<(String, Name)>,
@@ -185,11 +205,21 @@ impl MxResolver {
         let mut seen = HashSet::new();
         let mut hops = Vec::new();
         let mut temporary = Vec::new();
+        let mut skipped = Vec::new();
         for ((host, _), result) in hosts.into_iter().zip(found) {
             match result {
                 Some(Ok(ips)) => {
                     let addrs: Vec<SocketAddr> = ips
                         .into_iter()
+                        // `::ffff:127.0.0.1` is 127.0.0.1, and listed once.
+                        .map(|ip| ip.to_canonical())
+                        .filter(|ip| {
+                            let ok = routable(*ip, self.allow_loopback);
+                            if !ok {
+                                skipped.push(format!("{host} {ip}"));
+                            }
+                            ok
+                        })
                         .filter(|ip| seen.insert(*ip))
                         .map(|ip| SocketAddr::new(ip, port))
                         .collect();
@@ -208,8 +238,38 @@ impl MxResolver {
             Ok(hops)
         } else if !temporary.is_empty() {
             Err(MxError::TempFail(temporary.join("; ")))
+        } else if !skipped.is_empty() {
+            Err(MxError::Unroutable(skipped.join(", ")))
         } else {
             Err(MxError::NoAddress)
+        }
+    }
+}
+
+/// An address mail may be sent to. Never: the unspecified addresses and 0.0.0.0/8 (a connect
+/// to `0.0.0.0` or `::` reaches this host), loopback unless `allow_loopback` (this host: the
+/// sidecar's own listeners, or the legacy server that relays through it, a mail loop),
+/// link-local (169.254.0.0/16, where cloud metadata services answer; `fe80::/10`, which needs
+/// an interface to mean anything), multicast, broadcast and 240.0.0.0/4. Whoever controls a
+/// recipient domain's DNS chooses these addresses. (Exim's default `ignore_target_hosts`
+/// drops 0.0.0.0 and 127.0.0.0/8 likewise; Postfix refuses mail that loops back to itself.)
+/// Private ranges (RFC 1918, ULA) stay: an internal MX is a normal deployment.
+pub fn routable(ip: IpAddr, allow_loopback: bool) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let first = v4.octets()[0];
+            !(first == 0
+                || first >= 240
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || (v4.is_loopback() && !allow_loopback))
+        }
+        IpAddr::V6(v6) => {
+            let link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
+            !(v6.is_unspecified()
+                || link_local
+                || v6.is_multicast()
+                || (v6.is_loopback() && !allow_loopback))
         }
     }
 }
@@ -389,6 +449,47 @@ mod tests {
         let hosts = mx_hosts(&mut many).unwrap();
         assert_eq!(hosts.len(), MAX_MX_HOSTS);
         assert_eq!(hosts[0].0, "mx0.test");
+    }
+
+    #[test]
+    fn routable_addresses() {
+        let never = [
+            "0.0.0.0",
+            "0.1.2.3",
+            "::",
+            "169.254.169.254",
+            "fe80::1",
+            "febf::1",
+            "224.0.0.1",
+            "ff02::1",
+            "239.255.255.255",
+            "255.255.255.255",
+            "240.0.0.1",
+        ];
+        let loopback = ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"];
+        let always = [
+            "192.0.2.1",
+            "10.0.0.25",
+            "172.16.0.1",
+            "192.168.1.1",
+            "2001:db8::25",
+            "fd00::25",
+            "fec0::1",
+            "::ffff:192.0.2.1",
+            "100.64.0.1",
+            "223.255.255.255",
+        ];
+        for (list, plain, allowed) in [
+            (&never[..], false, false),
+            (&loopback[..], false, true),
+            (&always[..], true, true),
+        ] {
+            for ip in list {
+                let ip: IpAddr = ip.parse().unwrap();
+                assert_eq!(routable(ip, false), plain, "{ip}");
+                assert_eq!(routable(ip, true), allowed, "{ip} with allow_loopback");
+            }
+        }
     }
 
     #[test]

@@ -148,7 +148,12 @@ async fn servfail_is_a_temporary_failure_and_no_a_fallback() {
 #[tokio::test]
 async fn a_silent_name_server_is_a_temporary_failure_within_the_timeout() {
     let silent = SilentDns::start().await;
-    let resolver = MxResolver::new(&[silent.addr], Duration::from_millis(300)).unwrap();
+    let resolver = MxResolver::new(&smtp_sidecar::config::ResolverConfig {
+        nameservers: vec![silent.addr],
+        timeout: Duration::from_millis(300),
+        allow_loopback: false,
+    })
+    .unwrap();
     let started = Instant::now();
     let err = resolver.next_hops("example.test", 25).await.unwrap_err();
     let took = started.elapsed();
@@ -247,4 +252,48 @@ async fn invalid_domains_are_refused_before_any_query() {
         assert!(matches!(err, MxError::InvalidDomain(_)), "{bad:?}: {err:?}");
     }
     assert!(dns.queries().is_empty());
+}
+
+/// Whoever controls a recipient domain's DNS chooses its mail servers' addresses: this host's
+/// (loopback, the unspecified address, IPv4-mapped loopback: our own listeners, or the legacy
+/// server that relays through us, a mail loop), and no host's (link-local, where cloud
+/// metadata answers; multicast; broadcast) are never next hops, and a domain with nothing
+/// else is refused for good (`550 5.4.4`). Without `allow_loopback`, which the rest of these
+/// tests set. A mail server with a routable address beside them is still tried.
+#[tokio::test]
+async fn addresses_mail_is_never_sent_to_are_not_next_hops() {
+    let dns = TestDns::start(vec![
+        Record::mx("loop.test", 10, "mx.loop.test"),
+        Record::a("mx.loop.test", "127.0.0.1"),
+        Record::a("mx.loop.test", "0.0.0.0"),
+        Record::aaaa("mx.loop.test", "::ffff:127.0.0.1"),
+        Record::aaaa("mx.loop.test", "::"),
+        Record::mx("nowhere.test", 10, "mx.nowhere.test"),
+        Record::a("mx.nowhere.test", "169.254.169.254"),
+        Record::a("mx.nowhere.test", "224.0.0.1"),
+        Record::a("mx.nowhere.test", "255.255.255.255"),
+        Record::aaaa("mx.nowhere.test", "fe80::1"),
+        Record::mx("mixed.test", 10, "mx1.mixed.test"),
+        Record::mx("mixed.test", 20, "mx2.mixed.test"),
+        Record::a("mx1.mixed.test", "127.0.0.2"),
+        Record::a("mx2.mixed.test", "10.0.0.25"),
+        Record::a("mx2.mixed.test", "0.1.2.3"),
+        Record::mx("local.test", 10, "mx.localhost"),
+    ])
+    .await;
+    let resolver = dns.resolver_with(T, false);
+    for domain in ["loop.test", "nowhere.test", "local.test"] {
+        let err = resolver.next_hops(domain, 25).await.unwrap_err();
+        assert!(matches!(err, MxError::Unroutable(_)), "{domain}: {err:?}");
+        assert_eq!(
+            err.reply(),
+            "550 5.4.4 Recipient domain's mail servers have no routable address"
+        );
+    }
+    let hops = resolver.next_hops("mixed.test", 25).await.unwrap();
+    assert_eq!(hops, vec![hop("mx2.mixed.test", &[("10.0.0.25", 25)])]);
+    // With `allow_loopback`, loopback is a next hop, listed once however written; the
+    // unspecified addresses never are.
+    let hops = dns.resolver(T).next_hops("loop.test", 25).await.unwrap();
+    assert_eq!(hops, vec![hop("mx.loop.test", &[("127.0.0.1", 25)])]);
 }

@@ -234,6 +234,40 @@ async fn dns_answers_become_rcpt_replies() {
     assert_eq!(hop.accepted(), 0);
 }
 
+/// Without `resolver.allow_loopback` (the default), a domain whose MX is at a loopback
+/// address, where a next hop does listen, is refused on its RCPT (`550 5.4.4`) and nothing is
+/// contacted: in production that address is this host, the sidecar's own listeners or the
+/// legacy server's, a mail loop.
+#[tokio::test]
+async fn an_mx_at_a_loopback_address_is_refused_without_allow_loopback() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let hop = NextHop::builder().start().await;
+    let dns = TestDns::start(vec![
+        Record::mx("y.test", 10, "mx.y.test"),
+        Record::a("mx.y.test", "127.0.0.1"),
+    ])
+    .await;
+    let mut conf = Conf::new(
+        &pki,
+        format!("mx:{}", hop.addr.port()),
+        "      default: may\n",
+    );
+    conf.dns = Some(dns.addr);
+    conf.allow_loopback = false;
+    let sidecar = start_with(&conf, &ours).await;
+    let mut client = legacy(&sidecar).await;
+    let (rcpt, eod) = send(&mut client, "b@y.test").await;
+    assert_eq!(
+        rcpt,
+        "550 5.4.4 Recipient domain's mail servers have no routable address\r\n"
+    );
+    assert_eq!(eod, None);
+    quit(client).await;
+    assert_eq!(hop.accepted(), 0);
+    assert_series(&sidecar, &[m::next_hop_failures("dns", 1)], "loopback MX").await;
+}
+
 /// Every MX unreachable (one refuses the connection, one closes at once): `451 4.4.1`.
 #[tokio::test]
 async fn all_mx_unreachable_is_451_4_4_1() {

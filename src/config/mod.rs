@@ -51,7 +51,7 @@ pub struct Config {
 }
 
 /// `resolver`: DNS for originate listeners' MX look-ups (`crate::mx::MxResolver::new` takes
-/// both fields as they are).
+/// it as it is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolverConfig {
     /// Asked over UDP, then TCP, the fastest to answer preferred (hickory's default
@@ -60,6 +60,10 @@ pub struct ResolverConfig {
     pub nameservers: Vec<SocketAddr>,
     /// Bounds a whole look-up (the MX query and the address queries after it).
     pub timeout: Duration,
+    /// Mail servers at a loopback address (127.0.0.0/8, ::1) are delivered to: only for a
+    /// test rig on one machine. Otherwise such an address is never a next hop
+    /// (`crate::mx::routable`).
+    pub allow_loopback: bool,
 }
 
 impl Default for ResolverConfig {
@@ -68,6 +72,7 @@ impl Default for ResolverConfig {
         ResolverConfig {
             nameservers: Vec::new(),
             timeout: Duration::from_secs(5),
+            allow_loopback: false,
         }
     }
 }

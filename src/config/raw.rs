@@ -146,16 +146,18 @@ keys!(RawCertificate: "name", "cert", "key");
 pub struct RawResolver {
     pub nameservers: Value,
     pub timeout: Value,
+    pub allow_loopback: Value,
     #[serde(flatten)]
     pub unknown: UnknownKeys,
 }
-keys!(RawResolver: "nameservers", "timeout");
+keys!(RawResolver: "nameservers", "timeout", "allow_loopback");
 
 impl Default for RawResolver {
     fn default() -> Self {
         Self {
             nameservers: empty_list(),
             timeout: s(defaults::RESOLVER_TIMEOUT),
+            allow_loopback: Value::Bool(false),
             unknown: UnknownKeys::default(),
         }
     }

@@ -290,9 +290,11 @@ fn resolver(p: &mut Problems, resolver: &RawResolver) -> Option<ResolverConfig> 
                 None
             }
         });
+    let allow_loopback = p.bool("resolver.allow_loopback", &resolver.allow_loopback);
     Some(ResolverConfig {
         nameservers: nameservers?,
         timeout: timeout?,
+        allow_loopback: allow_loopback?,
     })
 }
 

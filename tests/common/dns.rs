@@ -186,9 +186,20 @@ impl TestDns {
             .collect()
     }
 
-    /// An MX resolver that asks only this server.
+    /// An MX resolver that asks only this server, and delivers to loopback addresses (all
+    /// a test has).
     pub fn resolver(&self, timeout: Duration) -> MxResolver {
-        MxResolver::new(&[self.addr], timeout).unwrap()
+        self.resolver_with(timeout, true)
+    }
+
+    /// The same, `allow_loopback` as given.
+    pub fn resolver_with(&self, timeout: Duration, allow_loopback: bool) -> MxResolver {
+        MxResolver::new(&smtp_sidecar::config::ResolverConfig {
+            nameservers: vec![self.addr],
+            timeout,
+            allow_loopback,
+        })
+        .unwrap()
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Conf<'a> {
     pub policy: String,
     /// A `resolver:` nameserver (the test DNS), for `mx`.
     pub dns: Option<SocketAddr>,
+    /// `resolver.allow_loopback` (true by default: every next hop of a test is on 127.0.0.x).
+    pub allow_loopback: bool,
     /// Top-level lines added as they are (e.g. `log:` or `certificates:`).
     pub top: String,
     /// `client_certificate: {name: ours}` on the listener.
@@ -65,6 +67,7 @@ impl<'a> Conf<'a> {
             next_hop: next_hop.into(),
             policy: policy.to_owned(),
             dns: None,
+            allow_loopback: true,
             top: String::new(),
             client_certificate: true,
             metrics: Some("127.0.0.250:0".into()),
@@ -79,7 +82,12 @@ impl<'a> Conf<'a> {
             .unwrap_or_default();
         let resolver = self
             .dns
-            .map(|a| format!("resolver:\n  nameservers: [\"{a}\"]\n  timeout: 2s\n"))
+            .map(|a| {
+                format!(
+                    "resolver:\n  nameservers: [\"{a}\"]\n  timeout: 2s\n  allow_loopback: {}\n",
+                    self.allow_loopback
+                )
+            })
             .unwrap_or_default();
         let client_cert = if self.client_certificate {
             format!("\x20   client_certificate: {{name: {OURS}}}\n")

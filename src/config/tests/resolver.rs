@@ -15,14 +15,15 @@ fn addr(text: &str) -> SocketAddr {
 
 #[test]
 fn typed() {
-    let cases: &[(&str, &[&str], Duration)] = &[
-        ("", &[], Duration::from_secs(5)),
-        ("resolver:\n", &[], Duration::from_secs(5)),
-        ("resolver: {nameservers: []}\n", &[], Duration::from_secs(5)),
+    let cases: &[(&str, &[&str], Duration, bool)] = &[
+        ("", &[], Duration::from_secs(5), false),
+        ("resolver:\n", &[], Duration::from_secs(5), false),
+        ("resolver: {nameservers: []}\n", &[], Duration::from_secs(5), false),
         (
-            "resolver: {nameservers: [\"127.0.0.1:53\"], timeout: 2s}\n",
+            "resolver: {nameservers: [\"127.0.0.1:53\"], timeout: 2s, allow_loopback: true}\n",
             &["127.0.0.1:53"],
             Duration::from_secs(2),
+            true,
         ),
         (
             "resolver:\n  nameservers: [192.0.2.53, \"192.0.2.54:5353\", \"2001:db8::53\", \"[2001:db8::54]\", \"[2001:db8::55]:5353\", \" 10.0.0.1 \"]\n  timeout: 100ms\n",
@@ -35,14 +36,17 @@ fn typed() {
                 "10.0.0.1:53",
             ],
             Duration::from_millis(100),
+            false,
         ),
-        ("resolver: {timeout: 1m}\n", &[], Duration::from_secs(60)),
+        ("resolver: {timeout: 1m}\n", &[], Duration::from_secs(60), false),
+        ("resolver: {allow_loopback: false}\n", &[], Duration::from_secs(5), false),
     ];
-    for (yaml, nameservers, timeout) in cases {
+    for (yaml, nameservers, timeout, allow_loopback) in cases {
         let config = ok(&format!("{}{yaml}", one_listener("")));
         let want = ResolverConfig {
             nameservers: nameservers.iter().map(|a| addr(a)).collect(),
             timeout: *timeout,
+            allow_loopback: *allow_loopback,
         };
         assert_eq!(config.resolver, want, "{yaml}");
     }
@@ -88,7 +92,11 @@ fn problems_with_their_paths() {
         ),
         (
             "resolver: {timout: 5s}",
-            vec!["resolver.timout: unknown key (expected one of: nameservers, timeout)".into()],
+            vec!["resolver.timout: unknown key (expected one of: nameservers, timeout, allow_loopback)".into()],
+        ),
+        (
+            "resolver: {allow_loopback: yes please}",
+            vec!["resolver.allow_loopback: expected true or false, found \"yes please\"".into()],
         ),
         (
             "resolver: [127.0.0.1]",

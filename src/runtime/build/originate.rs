@@ -36,8 +36,8 @@ impl Builder<'_> {
         let (resolver, mx_port, servers) = match &o.next_hop {
             NextHopConfig::Mx { port } => {
                 let r = &config.resolver;
-                let resolver = MxResolver::new(&r.nameservers, r.timeout)
-                    .map_err(|e| format!("{at}.next_hop: resolver: {e}"))?;
+                let resolver =
+                    MxResolver::new(r).map_err(|e| format!("{at}.next_hop: resolver: {e}"))?;
                 (Some(resolver), *port, Vec::new())
             }
             NextHopConfig::Relay { .. } => (None, 25, vec![o.next_hop.to_string()]),

@@ -116,6 +116,10 @@ pub enum DnsFailure {
     /// SERVFAIL, a timeout: the legacy MTA should try again later.
     #[error("temporary DNS failure")]
     Temporary,
+    /// The mail servers' addresses are all this host's (loopback, unspecified) or no host's
+    /// (link-local, multicast, reserved): mail to them would loop or go nowhere.
+    #[error("no routable mail server address")]
+    Unroutable,
 }
 
 impl DnsFailure {
@@ -127,6 +131,9 @@ impl DnsFailure {
             DnsFailure::NoAddress => "550 5.1.2 Recipient domain has no mail server address",
             DnsFailure::InvalidDomain => "501 5.1.3 Recipient domain is not a valid domain name",
             DnsFailure::Temporary => "451 4.4.3 Temporary DNS failure for the recipient domain",
+            DnsFailure::Unroutable => {
+                "550 5.4.4 Recipient domain's mail servers have no routable address"
+            }
         }
     }
 }
