@@ -8,7 +8,7 @@ mod common;
 #[path = "common/originate.rs"]
 mod support;
 
-use common::dns::{Record, TestDns};
+use common::dns::{Record, SilentDns, TestDns};
 use common::next_hop::{Cert, End, Message, NextHop, NextHopPki, RunningNextHop};
 use common::pki::Leaf;
 use support::{assert_series, legacy, m, our_leaf, quit, send, start_with, Conf, Forward, BODY};
@@ -266,6 +266,33 @@ async fn an_mx_at_a_loopback_address_is_refused_without_allow_loopback() {
     quit(client).await;
     assert_eq!(hop.accepted(), 0);
     assert_series(&sidecar, &[m::next_hop_failures("dns", 1)], "loopback MX").await;
+}
+
+/// A look-up ends with the set-up's budget (9/10 of `timeouts.command`) when that comes
+/// before `resolver.timeout`: the legacy MTA hears `451 4.4.3` while it still listens, not
+/// after it gave up on its RCPT.
+#[tokio::test]
+async fn a_silent_name_server_is_given_no_more_than_the_set_ups_budget() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let silent = SilentDns::start().await;
+    let policy = "      default: may\n      timeouts: {command: 2s}\n";
+    let mut conf = Conf::new(&pki, "mx", policy);
+    conf.dns = Some(silent.addr);
+    conf.dns_timeout = "60s";
+    let sidecar = start_with(&conf, &ours).await;
+    let mut client = legacy(&sidecar).await;
+    let asked = std::time::Instant::now();
+    let (rcpt, eod) = send(&mut client, "b@y.test").await;
+    let waited = asked.elapsed();
+    assert_eq!(
+        rcpt,
+        "451 4.4.3 Temporary DNS failure for the recipient domain\r\n"
+    );
+    assert_eq!(eod, None);
+    // The budget is 1.8 s; the resolver alone would have waited 60.
+    assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
+    quit(client).await;
 }
 
 /// Every MX unreachable (one refuses the connection, one closes at once): `451 4.4.1`.

@@ -459,13 +459,27 @@ impl<'a> Driver<'a> {
                 let resolver = l
                     .originate()
                     .and_then(|o| Some((o.resolver.as_ref()?, o.mx_port)));
+                // `resolver.timeout`, and no later than the session's own deadline (the
+                // set-up's budget), as a connect.
+                let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
                 let result = match resolver {
-                    Some((resolver, port)) => Box::pin(resolver.next_hops(&domain, port))
-                        .await
-                        .map_err(|e| {
+                    Some((resolver, port)) => {
+                        let lookup = resolver.next_hops(&domain, port);
+                        let found = match deadline {
+                            Some(at) => {
+                                Box::pin(timeout_at(at, lookup)).await.unwrap_or_else(|_| {
+                                    Err(crate::mx::MxError::TempFail(
+                                        "the session's deadline came first".into(),
+                                    ))
+                                })
+                            }
+                            None => Box::pin(lookup).await,
+                        };
+                        found.map_err(|e| {
                             tracing::info!(listener = %l.name, peer = %self.peer, %domain, error = %e, "MX look-up failed");
                             e.failure()
-                        }),
+                        })
+                    }
                     None => Err(DnsFailure::Temporary),
                 };
                 session.handle_resolved(result, Instant::now());

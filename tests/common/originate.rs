@@ -51,6 +51,8 @@ pub struct Conf<'a> {
     pub dns: Option<SocketAddr>,
     /// `resolver.allow_loopback` (true by default: every next hop of a test is on 127.0.0.x).
     pub allow_loopback: bool,
+    /// `resolver.timeout` (2s by default).
+    pub dns_timeout: &'static str,
     /// Top-level lines added as they are (e.g. `log:` or `certificates:`).
     pub top: String,
     /// `client_certificate: {name: ours}` on the listener.
@@ -68,6 +70,7 @@ impl<'a> Conf<'a> {
             policy: policy.to_owned(),
             dns: None,
             allow_loopback: true,
+            dns_timeout: "2s",
             top: String::new(),
             client_certificate: true,
             metrics: Some("127.0.0.250:0".into()),
@@ -84,8 +87,8 @@ impl<'a> Conf<'a> {
             .dns
             .map(|a| {
                 format!(
-                    "resolver:\n  nameservers: [\"{a}\"]\n  timeout: 2s\n  allow_loopback: {}\n",
-                    self.allow_loopback
+                    "resolver:\n  nameservers: [\"{a}\"]\n  timeout: {}\n  allow_loopback: {}\n",
+                    self.dns_timeout, self.allow_loopback
                 )
             })
             .unwrap_or_default();
