@@ -229,6 +229,9 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
         let local = tcp.local_addr().unwrap_or(*addr);
         bound.push((*addr, tcp, local, Arc::clone(rt)));
     }
+    snapshot
+        .bound
+        .set(bound.iter().map(|(_, _, local, _)| *local).collect());
     // Bound before any listener says it is listening: whoever waits for that line can ask
     // the admin endpoint at once (it answers once serving starts below).
     let admin = match config.metrics_listen {

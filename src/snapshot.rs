@@ -30,6 +30,37 @@ pub struct Snapshot {
     /// What the operator must hear of but does not stop the configuration: logged by `run`
     /// and by a reload that puts this snapshot in force.
     pub warnings: Vec<Warning>,
+    /// Where its listeners are bound, once they are: set by `run` and by the reload that
+    /// puts the snapshot in force.
+    pub bound: Arc<Bound>,
+}
+
+/// The addresses a snapshot's listeners are bound to (with port 0, the port taken), once
+/// known: a next hop there is the sidecar itself ([`Bound::loops_back`]).
+#[derive(Debug, Default)]
+pub struct Bound(std::sync::OnceLock<Vec<SocketAddr>>);
+
+impl Bound {
+    /// The listeners are bound at `addrs`; only the first call counts.
+    pub fn set(&self, addrs: Vec<SocketAddr>) {
+        let _ = self.0.set(addrs);
+    }
+
+    /// The listener a connection to `target` arrives at, if it is one of ours: by the
+    /// addresses alone ([`crate::config::reaches`]: the same address, or a wildcard listener
+    /// and a loopback one), or, once connected from `local`, a connection from this host to
+    /// its own address (local and remote address the same: one of the host's other
+    /// addresses, on the port of a wildcard listener or one bound there).
+    pub fn loops_back(&self, target: SocketAddr, local: Option<SocketAddr>) -> Option<SocketAddr> {
+        let ip = target.ip().to_canonical();
+        let this_host = local.is_some_and(|local| local.ip().to_canonical() == ip);
+        self.0.get()?.iter().copied().find(|listen| {
+            crate::config::reaches(target, *listen)
+                || (this_host
+                    && listen.port() == target.port()
+                    && (listen.ip().is_unspecified() || listen.ip().to_canonical() == ip))
+        })
+    }
 }
 
 /// A finding of the build that leaves a listener working, but less than configured.
@@ -331,6 +362,8 @@ pub struct OriginateRuntime {
     /// The TLS client toward next hops, and the certificate it presents (for the log).
     pub client_tls: ClientTls,
     pub client_certificate: Option<CertInfo>,
+    /// Where the snapshot's listeners are bound: an MX there is a mail loop.
+    pub bound: Arc<Bound>,
 }
 
 impl ListenerRuntime {
@@ -471,6 +504,54 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A next hop is one of our listeners by the addresses alone, or, once connected, when
+    /// this host connected to its own address on the port of a listener bound there or to
+    /// every address; not before the listeners are bound.
+    #[test]
+    fn a_next_hop_at_our_own_listener_loops_back() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let bound = Bound::default();
+        assert_eq!(
+            bound.loops_back(a("127.0.0.1:25"), None),
+            None,
+            "not bound yet"
+        );
+        bound.set(vec![
+            a("127.0.0.1:25"),
+            a("0.0.0.0:587"),
+            a("192.0.2.7:2525"),
+        ]);
+        let cases = [
+            ("127.0.0.1:25", None, Some("127.0.0.1:25")),
+            ("0.0.0.0:25", None, Some("127.0.0.1:25")),
+            ("127.0.0.2:587", None, Some("0.0.0.0:587")),
+            ("[::ffff:127.0.0.1]:25", None, Some("127.0.0.1:25")),
+            ("127.0.0.2:25", None, None),
+            // This host's public address, on the wildcard listener's port: known once
+            // connected, from the local address.
+            ("203.0.113.5:587", None, None),
+            (
+                "203.0.113.5:587",
+                Some("203.0.113.5:40000"),
+                Some("0.0.0.0:587"),
+            ),
+            (
+                "192.0.2.7:2525",
+                Some("192.0.2.7:40000"),
+                Some("192.0.2.7:2525"),
+            ),
+            // Bound to 127.0.0.1 only: this host's other address on that port is not us.
+            ("203.0.113.5:25", Some("203.0.113.5:40000"), None),
+            // Another host.
+            ("10.0.0.5:587", Some("10.0.0.1:40000"), None),
+            ("10.0.0.5:2525", Some("10.0.0.1:40000"), None),
+        ];
+        for (target, local, want) in cases {
+            let got = bound.loops_back(a(target), local.map(a));
+            assert_eq!(got, want.map(a), "{target} from {local:?}");
+        }
+    }
 
     /// With every slot taken, a new handshake takes the slot of the one that has waited
     /// longest for its client, once that is `STALLED_AFTER`; a handshake on our turn, or one

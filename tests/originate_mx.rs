@@ -295,6 +295,51 @@ async fn a_silent_name_server_is_given_no_more_than_the_set_ups_budget() {
     quit(client).await;
 }
 
+/// An MX at one of the sidecar's own listeners is a mail loop (the legacy server behind a
+/// terminate listener relays back to us): never connected to; with no other address the
+/// RCPT gets `451 4.4.1`, and nothing reaches the terminate listener's backend. Here the
+/// terminate listener and the MX share 127.0.0.1 and its port (`allow_loopback`, as every
+/// test); the other way a loop is found, a connection from this host to its own address on a
+/// wildcard listener's port, is unit-tested (`snapshot::tests`).
+#[tokio::test]
+async fn an_mx_at_the_sidecars_own_listener_is_never_connected_to() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let (backend, rec) = common::recording_backend().await;
+    let port = common::process::free_port();
+    let dns = TestDns::start(vec![
+        Record::mx("y.test", 10, "mx.y.test"),
+        Record::a("mx.y.test", "127.0.0.1"),
+    ])
+    .await;
+    let mut conf = Conf::new(&pki, format!("mx:{port}"), "      default: may\n");
+    conf.dns = Some(dns.addr);
+    let yaml = format!(
+        "{}\x20 - name: inbound\n\
+         \x20   mode: terminate\n\
+         \x20   listen: 127.0.0.1:{port}\n\
+         \x20   backend: {{servers: [\"{backend}\"]}}\n",
+        conf.yaml()
+    );
+    let config =
+        smtp_sidecar::config::parse(&yaml).unwrap_or_else(|e| panic!("{:?}\n{yaml}", e.problems));
+    let store = common::pki::Pki::store(&[&ours]);
+    let sidecar = smtp_sidecar::runtime::start(&config, &store).await.unwrap();
+    assert_eq!(sidecar.addr("inbound").unwrap().port(), port);
+    let mut client = legacy(&sidecar).await;
+    let (rcpt, eod) = send(&mut client, "b@y.test").await;
+    assert_eq!(
+        rcpt,
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
+    assert_eq!(eod, None);
+    quit(client).await;
+    assert!(rec.messages().is_empty());
+    let metrics = support::scrape(&sidecar).await;
+    let inbound = "smtp_sidecar_connections_total{listener=\"inbound\"} 0";
+    assert!(metrics.contains(inbound), "{metrics}");
+}
+
 /// Every MX unreachable (one refuses the connection, one closes at once): `451 4.4.1`.
 #[tokio::test]
 async fn all_mx_unreachable_is_451_4_4_1() {

@@ -33,43 +33,61 @@ pub fn listeners(
     }
     let mut names: Vec<(String, String)> = Vec::new();
     let mut out = Vec::with_capacity(items.len());
-    // Each terminate listener's backend servers, checked once all addresses are known
-    // against those where a backend connection would come back to us: a terminate
-    // listener's (a loop) and the admin endpoint's. (An originate listener as a backend
-    // relays on, which is no loop.)
+    // Each terminate listener's backend servers and each originate listener's relay (given
+    // as an address), checked once all addresses are known against those where the
+    // connection would come back to us: a terminate listener's (a loop), the admin
+    // endpoint's, and for a relay an originate listener's too. (An originate listener as a
+    // terminate listener's backend relays on, which is no loop.)
     let mut served = Vec::new();
     let mut loops = vec!["metrics.listen".to_owned()];
+    let mut originating = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("listeners[{i}]");
         let Some(raw) = p.table(&path, item) else {
             continue;
         };
         if let Some(listener) = listener(p, &path, raw, taken, &mut names) {
-            if let ListenerMode::Terminate(t) = &listener.mode {
-                served.push((format!("{path}.backend.servers"), t.backend.servers.clone()));
-                loops.push(format!("{path}.listen"));
+            match &listener.mode {
+                ListenerMode::Terminate(t) => {
+                    let servers = t.backend.servers.iter().enumerate();
+                    served.extend(servers.map(|(j, server)| {
+                        (
+                            format!("{path}.backend.servers[{j}]"),
+                            server.clone(),
+                            false,
+                        )
+                    }));
+                    loops.push(format!("{path}.listen"));
+                }
+                ListenerMode::Originate(o) => {
+                    if let NextHopConfig::Relay { host, port } = &o.next_hop {
+                        if let Ok(ip) = host.parse::<IpAddr>() {
+                            let relay = SocketAddr::new(ip, *port).to_string();
+                            served.push((format!("{path}.next_hop"), relay, true));
+                        }
+                    }
+                    originating.push(format!("{path}.listen"));
+                }
             }
             out.push(listener);
         }
     }
-    for (path, servers) in served {
-        for (j, server) in servers.iter().enumerate() {
-            let Ok(addr) = server.parse::<SocketAddr>() else {
-                continue;
-            };
-            let ours = taken
-                .iter()
-                .filter(|(_, user)| loops.contains(user))
-                .find(|(used, _)| reaches(addr, *used));
-            if let Some((used, user)) = ours {
-                p.add(
-                    &format!("{path}[{j}]"),
-                    format_args!(
-                        "{server} is the sidecar's own {used} ({user}): sessions would be \
-                         relayed back into the sidecar"
-                    ),
-                );
-            }
+    for (path, server, relay) in served {
+        let Ok(addr) = server.parse::<SocketAddr>() else {
+            continue;
+        };
+        let ours = taken
+            .iter()
+            .filter(|(_, user)| loops.contains(user) || (relay && originating.contains(user)))
+            .find(|(used, _)| reaches(addr, *used));
+        if let Some((used, user)) = ours {
+            p.add(
+                &path,
+                format_args!(
+                    "{server} is the sidecar's own {used} ({user}): sessions would be \
+                     relayed back into the sidecar"
+                ),
+            );
         }
     }
     Some(out)
@@ -81,7 +99,7 @@ pub fn listeners(
 /// and a loopback listener of its family. Another host's address on the same port is the
 /// usual deployment (`0.0.0.0:25` in front of `10.0.0.5:25`); this host's other addresses are
 /// not known here.
-fn reaches(server: SocketAddr, listen: SocketAddr) -> bool {
+pub fn reaches(server: SocketAddr, listen: SocketAddr) -> bool {
     let (server_ip, listen_ip) = (server.ip().to_canonical(), listen.ip().to_canonical());
     let local = server_ip.is_loopback() || server_ip.is_unspecified();
     let family = listen_ip.is_ipv6() || server_ip.is_ipv4();

@@ -23,6 +23,7 @@ pub use smtp_core::outbound::Level;
 
 mod fields;
 mod listeners;
+pub use listeners::reaches;
 mod policy;
 mod raw;
 mod session;

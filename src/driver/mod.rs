@@ -434,6 +434,19 @@ impl<'a> Driver<'a> {
                 }
             }
             Action::Connect(target) => {
+                // A next hop that is one of our own listeners (an MX at this host's address)
+                // is a mail loop: the legacy server behind a terminate listener relays back
+                // to us.
+                let bound = l.originate().map(|o| &o.bound);
+                let loops = |local| bound.and_then(|b| b.loops_back(target.addr, local));
+                if let Some(ours) = loops(None) {
+                    let why = format!(
+                        "{} is the sidecar's own listener {ours} (a mail loop)",
+                        target.addr
+                    );
+                    session.handle_connect_failed(&why, Instant::now());
+                    return Step::Go;
+                }
                 let connect = tokio::net::TcpStream::connect(target.addr);
                 // `connect_timeout`, and no later than the session's own deadline (a next
                 // hop's set-up has a budget as a whole).
@@ -445,6 +458,11 @@ impl<'a> Driver<'a> {
                 // its largest wait, and every idle terminate session would pay for these.
                 match Box::pin(timeout_at(deadline, connect)).await {
                     Ok(Ok(stream)) => {
+                        if let Some(ours) = loops(stream.local_addr().ok()) {
+                            let why = format!("{} is this host, at the sidecar's own listener {ours} (a mail loop)", target.addr);
+                            session.handle_connect_failed(&why, Instant::now());
+                            return Step::Go;
+                        }
                         if let Err(e) = stream.set_nodelay(true) {
                             tracing::debug!(error = %e, "TCP_NODELAY on next hop socket");
                         }

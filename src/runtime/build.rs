@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::backend::{check_reply_timeout, HopTls, Pool};
 use crate::config::{BackendTls, Config, Listener, ListenerMode, ListenerTls, TerminateListener};
 use crate::metrics::Metrics;
-use crate::snapshot::{HandshakeSlots, ListenerRuntime, ModeRuntime, Snapshot, Warning};
+use crate::snapshot::{Bound, HandshakeSlots, ListenerRuntime, ModeRuntime, Snapshot, Warning};
 use crate::tls::{CertPlan, CertStore, ClientAuth, Trust, Unsaved};
 
 mod originate;
@@ -58,6 +58,7 @@ pub fn build(
     let mut problems = Vec::new();
     let mut listeners = Vec::new();
     let mut warnings = Vec::new();
+    let bound = Arc::new(Bound::default());
     for (i, l) in config.listeners.iter().enumerate() {
         let at = format!("listeners[{i}] ({})", l.name);
         let mut b = Builder {
@@ -69,6 +70,7 @@ pub fn build(
             metrics,
             kept: kept_pool(previous, config, l, &trust),
             warnings: &mut warnings,
+            bound: &bound,
         };
         let built = match &l.mode {
             ListenerMode::Terminate(term) => b.terminate(term),
@@ -88,6 +90,7 @@ pub fn build(
         trust: Arc::new(trust),
         listeners,
         warnings,
+        bound,
     })
 }
 
@@ -138,6 +141,8 @@ struct Builder<'a> {
     /// The previous snapshot's pool of this listener, if it can stay.
     kept: Option<Arc<Pool>>,
     warnings: &'a mut Vec<Warning>,
+    /// Where the snapshot's listeners will be bound.
+    bound: &'a Arc<Bound>,
 }
 
 impl Builder<'_> {

@@ -139,6 +139,17 @@ impl Running {
         log_warnings(&snapshot);
         warn_expired(&snapshot);
         let shutdown = self.shutdown.subscribe();
+        // Where its listeners are bound, known before any session of it starts: kept ones
+        // where they were, new ones where just bound.
+        let locals = snapshot.listeners.iter().filter_map(|(addr, _)| {
+            let kept = self
+                .active
+                .iter()
+                .find(|(a, _)| a == addr)
+                .map(|(_, a)| a.local);
+            kept.or_else(|| fresh.iter().find(|(a, _, _)| a == addr).map(|f| f.2))
+        });
+        snapshot.bound.set(locals.collect());
         let old_config = &self.snapshot.config;
         let mut old = std::mem::take(&mut self.active);
         let (mut added, mut changed, mut moved) = (Vec::new(), Vec::new(), Vec::new());

@@ -132,6 +132,54 @@ fn a_backend_that_leads_back_to_the_sidecar_is_refused() {
     }
 }
 
+/// An originate listener's relay given as one of the sidecar's own listeners (terminate or
+/// originate, its own included) or its admin endpoint loops the same way; a relay named by
+/// host, or another address, is taken.
+#[test]
+fn a_relay_that_leads_back_to_the_sidecar_is_refused() {
+    let yaml = |relay: &str| {
+        format!(
+            "metrics: {{listen: \"127.0.0.1:9725\"}}\nlisteners:\n  - listen: 0.0.0.0:2525\n    \
+             backend: {{servers: [\"192.0.2.1:25\"]}}\n  - mode: originate\n    \
+             listen: 127.0.0.1:10025\n    next_hop: \"{relay}\"\n"
+        )
+    };
+    let own = |used: &str, user: &str, relay: &str| {
+        format!(
+            "listeners[1].next_hop: {relay} is the sidecar's own {used} ({user}): sessions \
+             would be relayed back into the sidecar"
+        )
+    };
+    for (relay, want) in [
+        (
+            "127.0.0.1:2525",
+            own("0.0.0.0:2525", "listeners[0].listen", "127.0.0.1:2525"),
+        ),
+        (
+            "127.0.0.1:10025",
+            own("127.0.0.1:10025", "listeners[1].listen", "127.0.0.1:10025"),
+        ),
+        (
+            "0.0.0.0:10025",
+            own("127.0.0.1:10025", "listeners[1].listen", "0.0.0.0:10025"),
+        ),
+        (
+            "127.0.0.1:9725",
+            own("127.0.0.1:9725", "metrics.listen", "127.0.0.1:9725"),
+        ),
+    ] {
+        assert_eq!(problems(&yaml(relay)), [want], "{relay}");
+    }
+    for relay in [
+        "relay.example.net:2525",
+        "192.0.2.1:2525",
+        "127.0.0.1:25",
+        "[::1]:2525",
+    ] {
+        ok(&yaml(relay));
+    }
+}
+
 /// `log.level` is a tracing filter: levels, in any case or as numbers, and target=level
 /// directives, taken without the spaces around commas that the filter itself refuses; a
 /// directive the filter refuses is refused.

@@ -61,6 +61,7 @@ impl Builder<'_> {
                 mx_port,
                 client_tls,
                 client_certificate: certificate.map(|c| c.info.clone()),
+                bound: Arc::clone(self.bound),
             })),
             pool: self
                 .kept
