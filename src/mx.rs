@@ -45,7 +45,7 @@ pub enum MxError {
     /// No MX, and no A/AAAA for the implicit MX; or no MX host has an address.
     #[error("no mail server address for the domain")]
     NoAddress,
-    /// Not a domain name we can look up (empty, too long, a bad label, not ASCII).
+    /// Not a domain name we can look up (empty, too long, a bad label, an invalid IDN).
     #[error("not a valid domain name: {0}")]
     InvalidDomain(String),
     /// SERVFAIL, REFUSED, timeouts, unreachable name servers: try again later.
@@ -149,11 +149,12 @@ impl MxResolver {
     }
 
     /// The hosts to try for `domain`, most preferred first, each with at least one address.
-    /// `domain` is an ASCII name (an A-label for IDNs); address literals are the caller's.
+    /// `domain` is a name, an internationalised one in Unicode (a U-label, as SMTPUTF8 mail
+    /// has it) or as its A-labels; address literals are the caller's.
     /// Within the timeout: a host whose addresses are not known by then is left out, and if
     /// that leaves none, the answer is `TempFail`.
     pub async fn next_hops(&self, domain: &str, port: u16) -> Result<Vec<NextHop>, MxError> {
-        let domain = normalize(domain)?;
+        let domain = normalize(&a_labels(domain)?)?;
         let name = fqdn(&domain)?;
         let deadline = Instant::now() + self.timeout;
         let mx = timeout_at(deadline, self.resolver.lookup(name.clone(), RecordType::MX))
@@ -375,6 +376,19 @@ fn classify(e: &NetError) -> Lookup {
     } else {
         Lookup::Temporary
     }
+}
+
+/// A Unicode `domain` as the A-labels it maps to by UTS #46, nontransitionally (as the
+/// outbound policy's lookup takes it, beside the transitional form: `smtp_core::idn`); an
+/// ASCII one as it is.
+fn a_labels(domain: &str) -> Result<String, MxError> {
+    if domain.is_ascii() {
+        return Ok(domain.to_owned());
+    }
+    smtp_core::idn::ascii_forms(domain)
+        .into_iter()
+        .next()
+        .ok_or_else(|| MxError::InvalidDomain(format!("{domain:?}: not a valid IDN")))
 }
 
 /// Lowercase ASCII, no trailing dot, checked against RFC 1035 §2.3.4's limits.

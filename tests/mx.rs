@@ -243,11 +243,37 @@ async fn a_hostile_zone_is_bounded() {
         .any(|(name, _)| name == "mx10.big.test"));
 }
 
+/// A recipient domain in Unicode (SMTPUTF8 mail) is looked up as its A-labels, as the
+/// policy matches it.
+#[tokio::test]
+async fn a_unicode_domain_is_looked_up_as_its_a_labels() {
+    let dns = TestDns::start(vec![
+        Record::mx("xn--bcher-kva.test", 10, "mx.xn--bcher-kva.test"),
+        Record::a("mx.xn--bcher-kva.test", "192.0.2.1"),
+    ])
+    .await;
+    for domain in ["bücher.test", "BÜCHER.test.", "xn--bcher-kva.test"] {
+        let hops = dns.resolver(T).next_hops(domain, 25).await;
+        let hops = hops.unwrap_or_else(|e| panic!("{domain}: {e:?} {:?}", dns.queries()));
+        assert_eq!(
+            hops,
+            vec![hop("mx.xn--bcher-kva.test", &[("192.0.2.1", 25)])],
+            "{domain}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn invalid_domains_are_refused_before_any_query() {
     let dns = TestDns::start(vec![]).await;
     let resolver = dns.resolver(T);
-    for bad in ["", "a..test", &"x".repeat(300), "bücher.test"] {
+    for bad in [
+        "",
+        "a..test",
+        &"x".repeat(300),
+        "b\u{fffd}.test",
+        "bücher..test",
+    ] {
         let err = resolver.next_hops(bad, 25).await.unwrap_err();
         assert!(matches!(err, MxError::InvalidDomain(_)), "{bad:?}: {err:?}");
     }

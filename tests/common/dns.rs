@@ -96,7 +96,7 @@ impl RequestHandler for Zone {
             metadata.response_code = ResponseCode::FormErr;
             return not_sent(metadata);
         };
-        let name = key(&info.query.name().to_string());
+        let name = key(&info.query.name().to_ascii());
         let qtype = info.query.query_type();
         self.queries.lock().unwrap().push((name.clone(), qtype));
 
