@@ -96,18 +96,25 @@ pub const PRESS_WINDOW: Duration = Duration::from_millis(50);
 const QUEUED_FLOOR: usize = 32;
 
 /// How long a handshake may wait for its client's next flight before its slot can go to
-/// another connection, when every slot is taken ([`HandshakeSlots::cut_stalled`]). The
-/// client's turn is one round trip and its own cryptography, well under a second anywhere;
-/// a client that sends its ClientHello and then nothing would otherwise keep its slot for the
-/// whole `tls_handshake` (30 s), and `max_handshakes` of them, from a few addresses, would
-/// have the listener refuse every new connection as long as they came back. To keep a
-/// listener full now takes `max_handshakes` new ClientHellos a second, each with its
-/// handshake's work: a flood, which the listener sees as one.
+/// another connection, when every slot is taken ([`HandshakeSlots::take`]). The client's turn
+/// is one round trip and its own cryptography, under a second nearly anywhere; a client that
+/// sends its ClientHello and then nothing would otherwise keep its slot for the whole
+/// `tls_handshake` (30 s), and `max_handshakes` of them, from a few addresses, would have the
+/// listener refuse every new connection as long as they came back. To keep a listener full
+/// now takes `max_handshakes` new ClientHellos a second, each with its handshake's work: a
+/// flood, which the listener sees as one. The price: while every slot is taken, a client
+/// slower than this loses its handshake to a newcomer.
 pub const STALLED_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a connection waiting for a slot looks again for a handshake stalled since it
+/// began waiting.
+const STALLED_LOOK: Duration = Duration::from_millis(250);
 
 /// A listener's `max_handshakes` slots: one is taken for each handshake in progress; with
 /// none free, new connections are refused, unless one of the handshakes has waited for its
-/// client for [`STALLED_AFTER`]: that one is cut and its slot goes to the newcomer.
+/// client for [`STALLED_AFTER`]: one new connection a second is then admitted on it
+/// ([`HandshakeSlots::room`]), and the first handshake that waits for a slot cuts it and is
+/// given its slot.
 #[derive(Debug)]
 pub struct HandshakeSlots {
     slots: Arc<tokio::sync::Semaphore>,
@@ -134,10 +141,11 @@ struct Holders {
     free: Vec<usize>,
 }
 
-/// A taken slot, given back when dropped.
+/// A taken slot, given back when dropped (to the handshake that cut it, if one did).
 #[derive(Debug)]
 pub struct Slot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Taken out only by the drop.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     turn: Arc<Turn>,
     index: usize,
     holders: Arc<Mutex<Holders>>,
@@ -156,6 +164,10 @@ impl Drop for Slot {
         let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
         holders.turns[self.index] = None;
         holders.free.push(self.index);
+        drop(holders);
+        if let Some(permit) = self.permit.take() {
+            self.turn.give_back(permit);
+        }
     }
 }
 
@@ -179,16 +191,16 @@ impl HandshakeSlots {
         }
     }
 
-    /// Wait for a slot, held until dropped: a handshake begins. With none free, a stalled
-    /// handshake's is taken if there is one ([`HandshakeSlots::cut_stalled`]).
+    /// Wait for a slot, held until dropped: a handshake begins. With none free, the handshake
+    /// that has waited longest for its client, once [`STALLED_AFTER`], is cut and its slot
+    /// given to this one (looked for at once, then every [`STALLED_LOOK`]); otherwise the
+    /// first slot given back. Done once the newcomer's whole ClientHello is in, so that
+    /// connecting alone cuts nothing, and each waiting handshake cuts at most one at a time.
     pub async fn take(&self) -> Option<Slot> {
         let permit = match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return None,
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                self.cut_stalled();
-                Arc::clone(&self.slots).acquire_owned().await.ok()?
-            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => self.wait().await?,
         };
         self.begin(self.now());
         let turn = Arc::new(Turn::new(self.born));
@@ -205,36 +217,63 @@ impl HandshakeSlots {
         };
         drop(holders);
         Some(Slot {
-            _permit: permit,
+            permit: Some(permit),
             turn,
             index,
             holders: Arc::clone(&self.holders),
         })
     }
 
-    /// Cut the handshake that has waited longest for its client, if that is at least
-    /// [`STALLED_AFTER`]: its slot is free once its task sees it. Done by the connection that
-    /// waits for a slot, once its whole ClientHello is in, so that connecting alone cuts
-    /// nothing and each waiting handshake cuts at most one.
-    fn cut_stalled(&self) {
-        if let Some(turn) = self.stalled() {
-            turn.cut();
+    /// A slot for a handshake that found none free: its place in the queue for one given
+    /// back, or the slot of a stalled handshake it cut.
+    async fn wait(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let mut queued = std::pin::pin!(Arc::clone(&self.slots).acquire_owned());
+        let mut cut = None;
+        loop {
+            if cut.is_none() {
+                cut = self.cut_stalled();
+            }
+            tokio::select! {
+                permit = &mut queued => return permit.ok(),
+                given = async { cut.as_mut()?.await.ok() }, if cut.is_some() => match given {
+                    Some(permit) => return Some(permit),
+                    // Its handshake ended without the permit: look again.
+                    None => cut = None,
+                },
+                () = tokio::time::sleep(STALLED_LOOK), if cut.is_none() => {}
+            }
         }
     }
 
-    /// The handshake that has waited longest for its client, if that is at least
-    /// [`STALLED_AFTER`] (and it is not cut already).
-    fn stalled(&self) -> Option<Arc<Turn>> {
+    /// Cut the handshake that has waited longest for its client, if that is at least
+    /// [`STALLED_AFTER`]: its slot comes through the receiver when its task has ended.
+    fn cut_stalled(
+        &self,
+    ) -> Option<tokio::sync::oneshot::Receiver<tokio::sync::OwnedSemaphorePermit>> {
         let now = self.now();
         let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
-        holders
-            .turns
-            .iter()
-            .flatten()
-            .filter_map(|turn| Some((turn.waiting_since()?, turn)))
-            .filter(|(since, _)| now.saturating_sub(*since) >= nanos(STALLED_AFTER))
-            .min_by_key(|(since, _)| *since)
-            .map(|(_, turn)| Arc::clone(turn))
+        let mut stalled = stalled(&holders, now);
+        stalled.sort_unstable_by_key(|(since, _)| *since);
+        // The oldest whose client's flight has not come since it was looked at.
+        stalled
+            .into_iter()
+            .find_map(|(since, turn)| turn.cut(since))
+    }
+
+    /// Room for a new connection although every slot may be taken: a free slot, or a
+    /// stalled handshake no other connection admitted within the last [`STALLED_AFTER`]
+    /// counts on (this one will, [`Turn::reserve`]). So stalled handshakes admit one
+    /// connection a second each, not every connection of a flood that has a few of them.
+    fn room(&self) -> bool {
+        if !self.full() {
+            return true;
+        }
+        let now = self.now();
+        let until = now.saturating_add(nanos(STALLED_AFTER));
+        let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        stalled(&holders, now)
+            .into_iter()
+            .any(|(_, turn)| turn.reserve(now, until))
     }
 
     /// A handshake begins at `now`: more than [`PRESS_BURST`] (or half the slots, if fewer)
@@ -307,6 +346,18 @@ impl HandshakeSlots {
         self.pressed_until
             .fetch_max(now.saturating_add(nanos(PRESSURE_HOLD)), Ordering::Relaxed);
     }
+}
+
+/// The handshakes that have waited for their clients for [`STALLED_AFTER`] at `now`, and
+/// since when.
+fn stalled(holders: &Holders, now: u64) -> Vec<(u64, &Arc<Turn>)> {
+    holders
+        .turns
+        .iter()
+        .flatten()
+        .filter_map(|turn| Some((turn.waiting_since()?, turn)))
+        .filter(|(since, _)| now.saturating_sub(*since) >= nanos(STALLED_AFTER))
+        .collect()
 }
 
 /// A duration in nanoseconds, as the slots' clock counts them.
@@ -406,13 +457,11 @@ impl ListenerRuntime {
         }
     }
 
-    /// Every handshake slot is taken, and none by a handshake stalled on its client
-    /// ([`STALLED_AFTER`], which a new handshake waiting for a slot cuts): a new connection
-    /// is refused before it costs one.
+    /// Every handshake slot is taken, and no stalled handshake ([`STALLED_AFTER`]) makes room
+    /// for one more connection ([`HandshakeSlots::room`], which counts this one on it if it
+    /// does): a new connection is refused before it costs a handshake.
     pub fn handshakes_full(&self) -> bool {
-        self.handshakes
-            .as_ref()
-            .is_some_and(|slots| slots.full() && slots.stalled().is_none())
+        self.handshakes.as_ref().is_some_and(|slots| !slots.room())
     }
 
     /// Handshake pressure: more than [`PRESS_BURST`] handshakes begun within [`PRESS_WINDOW`]
@@ -553,41 +602,80 @@ mod tests {
         }
     }
 
-    /// With every slot taken, a new handshake takes the slot of the one that has waited
-    /// longest for its client, once that is `STALLED_AFTER`; a handshake on our turn, or one
-    /// waiting less, is never cut.
+    /// With every slot taken, a handshake waiting for one cuts the handshake that has waited
+    /// longest for its client, once that is `STALLED_AFTER` (also one that stalled after it
+    /// began waiting), and is given that slot, ahead of handshakes queued before it; a
+    /// handshake on our turn, or one waiting less, is never cut. The accept loop admits one
+    /// connection a second on each stalled handshake.
     #[tokio::test(start_paused = true)]
-    async fn the_longest_stalled_handshake_is_cut_for_a_new_one() {
-        let slots = Arc::new(HandshakeSlots::new(3));
-        let working = slots.take().await.unwrap();
+    async fn a_stalled_handshakes_slot_goes_to_the_one_that_cut_it() {
+        let ms = Duration::from_millis;
+        // Time moves 10 ms at a time, and every task runs as far as it can at each.
+        let step = |d: Duration| async move {
+            let mut left = d;
+            loop {
+                for _ in 0..4 {
+                    tokio::task::yield_now().await;
+                }
+                if left.is_zero() {
+                    break;
+                }
+                let by = left.min(Duration::from_millis(10));
+                tokio::time::advance(by).await;
+                left -= by;
+            }
+        };
+        let slots = Arc::new(HandshakeSlots::new(2));
+        let take = |slots: &Arc<HandshakeSlots>| {
+            let slots = Arc::clone(slots);
+            tokio::spawn(async move { slots.take().await })
+        };
         let first = slots.take().await.unwrap();
         let second = slots.take().await.unwrap();
         first.turn().clients();
-        tokio::time::advance(Duration::from_millis(400)).await;
+        step(ms(400)).await;
         second.turn().clients();
-        tokio::time::advance(STALLED_AFTER - Duration::from_millis(401)).await;
-        assert!(slots.stalled().is_none(), "none has waited long enough");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        let cut = slots.stalled().unwrap();
-        assert!(Arc::ptr_eq(&cut, &first.turn()), "the longest wait first");
-        // A newcomer cuts it, and gets its slot once the handshake gives it back.
-        let newcomer = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.take().await.is_some() }
-        });
-        tokio::time::timeout(Duration::from_secs(1), first.turn().was_cut())
-            .await
-            .expect("cut");
-        assert!(!newcomer.is_finished());
+        assert!(!slots.room(), "full, none stalled");
+        // Queued before the first handshake has waited long enough.
+        step(ms(100)).await;
+        let queued = take(&slots);
+        step(ms(0)).await;
+        // It looks again every 250 ms: at 1 s the first handshake has stalled, and is cut.
+        step(ms(500)).await;
+        assert!(!first.turn().ours(), "the first handshake is cut");
+        assert_eq!(second.turn().waiting_since(), Some(400_000_000));
+        assert!(
+            !queued.is_finished(),
+            "the slot comes when the handshake ends"
+        );
         drop(first);
-        assert!(newcomer.await.unwrap());
-        // The second has not waited long enough, and the first handshake's turn is ours.
-        assert!(slots.stalled().is_none());
-        tokio::time::advance(Duration::from_secs(60)).await;
-        let cut = slots.stalled().unwrap();
-        assert!(Arc::ptr_eq(&cut, &second.turn()));
-        second.turn().ours();
-        assert!(slots.stalled().is_none(), "the client's flight came");
-        drop(working);
+        step(ms(0)).await;
+        assert!(queued.is_finished());
+        let _queued = queued.await.unwrap().expect("the first handshake's slot");
+        // Another waits from 1.1 s, a newcomer from 1.2 s; the second handshake stalls at
+        // 1.4 s, and the newcomer, looking at 1.45 s, cuts it before the other looks again.
+        step(ms(100)).await;
+        let waiting = take(&slots);
+        step(ms(0)).await;
+        step(ms(100)).await;
+        let newcomer = take(&slots);
+        step(ms(0)).await;
+        assert!(!slots.room(), "full, none stalled yet");
+        step(ms(200)).await;
+        assert!(
+            slots.room(),
+            "a stalled handshake makes room for one connection"
+        );
+        assert!(!slots.room(), "one a second");
+        step(ms(50)).await;
+        assert!(!second.turn().ours(), "the second handshake is cut");
+        step(ms(200)).await;
+        drop(second);
+        step(ms(0)).await;
+        assert!(newcomer.is_finished(), "given to the one that cut it");
+        let _newcomer = newcomer.await.unwrap().expect("a slot");
+        step(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished(), "still waiting: nothing stalled");
+        waiting.abort();
     }
 }

@@ -4,21 +4,29 @@
 //! long, while every slot is taken and another connection wants one, can be cut, and its
 //! slot goes to the other ([`crate::snapshot::HandshakeSlots`] decides which).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
+
+/// `Turn::state` once cut: for good.
+const CUT: u64 = u64::MAX;
 
 /// A handshake's turn, shared between the handshake and its listener's slots.
 #[derive(Debug)]
 pub struct Turn {
-    /// The slots' clock: what `waiting_since` counts from.
+    /// The slots' clock: what the times here count from.
     born: Instant,
-    /// Nanoseconds after `born`, plus one, since the handshake waits for its client; 0 while
-    /// it is our turn.
-    waiting_since: AtomicU64,
-    /// Cut: the handshake ends at its next wait for the client, or in the one it is in.
-    cut: AtomicBool,
+    /// 0 while it is our turn; [`CUT`] once cut; otherwise nanoseconds after `born`, plus
+    /// one, since the handshake waits for its client. Changed only by compare-and-swap, so
+    /// that a cut and the client's flight cannot both win.
+    state: AtomicU64,
+    /// Until when (nanoseconds after `born`) a connection admitted past a full set of slots
+    /// counts on this handshake's slot ([`Turn::reserve`]).
+    reserved_until: AtomicU64,
+    /// Where the slot goes when its handshake ends after a cut: to the one that cut it.
+    handover: Mutex<Option<oneshot::Sender<OwnedSemaphorePermit>>>,
     wake: Notify,
 }
 
@@ -31,49 +39,81 @@ impl Turn {
     pub(crate) fn new(born: Instant) -> Self {
         Turn {
             born,
-            waiting_since: AtomicU64::new(0),
-            cut: AtomicBool::new(false),
+            state: AtomicU64::new(0),
+            reserved_until: AtomicU64::new(0),
+            handover: Mutex::new(None),
             wake: Notify::new(),
         }
     }
 
-    /// The handshake waits for its client from now.
+    /// The handshake waits for its client from now (unless cut).
     pub(crate) fn clients(&self) {
-        let since = nanos_since(self.born).saturating_add(1);
-        self.waiting_since.store(since, Ordering::Relaxed);
+        let since = nanos_since(self.born).saturating_add(1).min(CUT - 1);
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != CUT).then_some(since)
+            });
     }
 
-    /// The client's flight is in: our turn.
-    pub(crate) fn ours(&self) {
-        self.waiting_since.store(0, Ordering::Relaxed);
+    /// The client's flight is in: our turn. `false` if the handshake was cut first.
+    pub(crate) fn ours(&self) -> bool {
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != CUT).then_some(0)
+            })
+            .is_ok()
     }
 
     /// Since when (nanoseconds after the slots' birth) the handshake has waited for its
     /// client: `None` on our turn, or once cut.
     pub(crate) fn waiting_since(&self) -> Option<u64> {
-        if self.cut.load(Ordering::Relaxed) {
-            return None;
-        }
-        match self.waiting_since.load(Ordering::Relaxed) {
-            0 => None,
+        match self.state.load(Ordering::Acquire) {
+            0 | CUT => None,
             since => Some(since - 1),
         }
     }
 
-    /// Cut the handshake: [`Turn::was_cut`] ends now, or at once when next awaited.
-    pub(crate) fn cut(&self) {
-        self.cut.store(true, Ordering::Relaxed);
-        // A permit is kept when the handshake is not waiting yet.
-        self.wake.notify_one();
+    /// A connection admitted past a full set of slots counts on this stalled handshake's
+    /// slot until `until` (nanoseconds after the slots' birth); `false` if another already
+    /// does at `now`.
+    pub(crate) fn reserve(&self, now: u64, until: u64) -> bool {
+        self.reserved_until
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                (r <= now).then_some(until)
+            })
+            .is_ok()
     }
 
-    /// Ends when the handshake is cut.
-    pub(crate) async fn was_cut(&self) {
-        self.wake.notified().await;
+    /// Cut the handshake if it still waits for its client since `since`: its slot goes to
+    /// the receiver returned when the handshake ends. `None` if its client's flight came
+    /// first (or another cut it).
+    pub(crate) fn cut(&self, since: u64) -> Option<oneshot::Receiver<OwnedSemaphorePermit>> {
+        self.state
+            .compare_exchange(since + 1, CUT, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        let (tx, rx) = oneshot::channel();
+        *self.handover.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+        // A permit is kept when the handshake is not waiting yet.
+        self.wake.notify_one();
+        Some(rx)
+    }
+
+    /// The slot's permit, as its handshake ends: to the one that cut it, if any (or back to
+    /// the slots, if that one no longer waits).
+    pub(crate) fn give_back(&self, permit: OwnedSemaphorePermit) {
+        let to = self
+            .handover
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(to) = to {
+            let _ = to.send(permit);
+        }
     }
 
     /// The handshake's wait for its client's flight (`wait`), ended by [`Turn::cut`] with
-    /// [`Stalled`].
+    /// [`Stalled`]; cut before the flight was taken for ours, it ends so too.
     pub(crate) async fn client_turn<T>(
         &self,
         wait: impl std::future::Future<Output = std::io::Result<T>>,
@@ -82,11 +122,18 @@ impl Turn {
         let result = tokio::select! {
             biased;
             result = wait => result,
-            () = self.was_cut() => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, Stalled)),
+            () = self.wake.notified() => Err(stalled()),
         };
-        self.ours();
-        result
+        if self.ours() {
+            result
+        } else {
+            Err(stalled())
+        }
     }
+}
+
+fn stalled() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, Stalled)
 }
 
 /// The handshake ended with [`Stalled`].
