@@ -203,9 +203,10 @@ impl MxResolver {
         for (i, (_, name)) in hosts.iter().enumerate() {
             let resolver = self.resolver.clone();
             let name = name.clone();
-            tasks.spawn(async move { (i, host_addresses(&resolver, name).await) });
+            let allow_loopback = self.allow_loopback;
+            tasks.spawn(async move { (i, host_addresses(&resolver, name, allow_loopback).await) });
         }
-        let mut found: Vec<Option<Result<Vec<IpAddr>, String>>> = vec![None; hosts.len()];
+        let mut found: Vec<Option<Result<Addresses, String>>> = vec![None; hosts.len()];
         // Past the deadline, the unfinished look-ups are dropped (with `tasks`) and count as
         // temporary failures.
         while let Ok(Some(joined)) = timeout_at(deadline, tasks.join_next()).await {
@@ -220,18 +221,10 @@ impl MxResolver {
         let mut skipped = Vec::new();
         for ((host, _), result) in hosts.into_iter().zip(found) {
             match result {
-                Some(Ok(ips)) => {
+                Some(Ok(Addresses { ips, unroutable })) => {
+                    skipped.extend(unroutable.iter().map(|ip| format!("{host} {ip}")));
                     let addrs: Vec<SocketAddr> = ips
                         .into_iter()
-                        // `::ffff:127.0.0.1` is 127.0.0.1, and listed once.
-                        .map(|ip| ip.to_canonical())
-                        .filter(|ip| {
-                            let ok = routable(*ip, self.allow_loopback);
-                            if !ok {
-                                skipped.push(format!("{host} {ip}"));
-                            }
-                            ok
-                        })
                         .filter(|ip| seen.insert(*ip))
                         .map(|ip| SocketAddr::new(ip, port))
                         .collect();
@@ -267,7 +260,7 @@ impl MxResolver {
 /// drops 0.0.0.0 and 127.0.0.0/8 likewise; Postfix refuses mail that loops back to itself.)
 /// Private ranges (RFC 1918, ULA) stay: an internal MX is a normal deployment.
 pub fn routable(ip: IpAddr, allow_loopback: bool) -> bool {
-    match ip.to_canonical() {
+    match nat64_or_canonical(ip) {
         IpAddr::V4(v4) => {
             let first = v4.octets()[0];
             !(first == 0
@@ -278,7 +271,10 @@ pub fn routable(ip: IpAddr, allow_loopback: bool) -> bool {
         }
         IpAddr::V6(v6) => {
             let link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
+            // `::a.b.c.d`, IPv4-compatible (deprecated by RFC 4291): never a real address.
+            let compatible = v6.segments()[..6] == [0; 6] && !v6.is_loopback();
             !(v6.is_unspecified()
+                || compatible
                 || link_local
                 || v6.is_multicast()
                 || (v6.is_loopback() && !allow_loopback))
@@ -311,10 +307,24 @@ fn mx_hosts(mx: &mut Vec<(u16, Name)>) -> Result<Vec<(String, Name)>, MxError> {
         .collect())
 }
 
-/// A and AAAA of one host, interleaved IPv6 first, at most `MAX_ADDRS_PER_HOST`. `Ok(empty)`:
+/// What one host's A and AAAA records gave: the addresses to try, and those never tried
+/// ([`routable`]).
+#[derive(Debug, Clone)]
+struct Addresses {
+    ips: Vec<IpAddr>,
+    unroutable: Vec<IpAddr>,
+}
+
+/// A and AAAA of one host, interleaved IPv6 first, at most `MAX_ADDRS_PER_HOST` of those mail
+/// may go to, in their canonical form (`::ffff:192.0.2.1` is 192.0.2.1), the others apart
+/// (filtered before the count, so that they cannot push out the good ones). `Ok` with none:
 /// the host has no address (NXDOMAIN/NODATA for both); `Err`: at least one query failed
 /// temporarily and the other gave nothing.
-async fn host_addresses(resolver: &TokioResolver, name: Name) -> Result<Vec<IpAddr>, String> {
+async fn host_addresses(
+    resolver: &TokioResolver,
+    name: Name,
+    allow_loopback: bool,
+) -> Result<Addresses, String> {
     let (v6, v4) = tokio::join!(
         resolver.lookup(name.clone(), RecordType::AAAA),
         resolver.lookup(name.clone(), RecordType::A),
@@ -338,6 +348,16 @@ async fn host_addresses(resolver: &TokioResolver, name: Name) -> Result<Vec<IpAd
         }
     };
     let (v6, v4): (Vec<IpAddr>, Vec<IpAddr>) = (collect(v6), collect(v4));
+    let mut unroutable = Vec::new();
+    let mut keep = |ips: Vec<IpAddr>| -> Vec<IpAddr> {
+        let (ok, not): (Vec<IpAddr>, Vec<IpAddr>) = ips
+            .into_iter()
+            .map(|ip| ip.to_canonical())
+            .partition(|ip| routable(*ip, allow_loopback));
+        unroutable.extend(not.into_iter().take(MAX_ADDRS_PER_HOST));
+        ok
+    };
+    let (v6, v4) = (keep(v6), keep(v4));
     let mut ips = Vec::new();
     let (mut v6, mut v4) = (v6.into_iter(), v4.into_iter());
     while ips.len() < MAX_ADDRS_PER_HOST {
@@ -352,7 +372,7 @@ async fn host_addresses(resolver: &TokioResolver, name: Name) -> Result<Vec<IpAd
     }
     match failure {
         Some(e) if ips.is_empty() => Err(e),
-        _ => Ok(ips),
+        _ => Ok(Addresses { ips, unroutable }),
     }
 }
 
@@ -389,6 +409,18 @@ fn a_labels(domain: &str) -> Result<String, MxError> {
         .into_iter()
         .next()
         .ok_or_else(|| MxError::InvalidDomain(format!("{domain:?}: not a valid IDN")))
+}
+
+/// An IPv4-mapped address, or one of the NAT64 well-known prefix `64:ff9b::/96` (RFC 6052),
+/// as the IPv4 address it stands for; others as they are.
+fn nat64_or_canonical(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+            let [.., a, b, c, d] = v6.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+        }
+        ip => ip,
+    }
 }
 
 /// Lowercase ASCII, no trailing dot, checked against RFC 1035 §2.3.4's limits.
@@ -490,8 +522,17 @@ mod tests {
             "239.255.255.255",
             "255.255.255.255",
             "240.0.0.1",
+            "64:ff9b::169.254.169.254",
+            "::192.0.2.1",
+            "::0.0.0.2",
         ];
-        let loopback = ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"];
+        let loopback = [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::127.0.0.1",
+        ];
         let always = [
             "192.0.2.1",
             "10.0.0.25",
@@ -500,6 +541,7 @@ mod tests {
             "2001:db8::25",
             "fd00::25",
             "fec0::1",
+            "64:ff9b::192.0.2.1",
             "::ffff:192.0.2.1",
             "100.64.0.1",
             "223.255.255.255",

@@ -305,6 +305,13 @@ async fn addresses_mail_is_never_sent_to_are_not_next_hops() {
         Record::a("mx2.mixed.test", "10.0.0.25"),
         Record::a("mx2.mixed.test", "0.1.2.3"),
         Record::mx("local.test", 10, "mx.localhost"),
+        Record::mx("crowded.test", 10, "mx.crowded.test"),
+        Record::a("mx.crowded.test", "0.0.0.1"),
+        Record::a("mx.crowded.test", "0.0.0.2"),
+        Record::a("mx.crowded.test", "0.0.0.3"),
+        Record::a("mx.crowded.test", "0.0.0.4"),
+        Record::a("mx.crowded.test", "0.0.0.5"),
+        Record::a("mx.crowded.test", "192.0.2.9"),
     ])
     .await;
     let resolver = dns.resolver_with(T, false);
@@ -318,6 +325,9 @@ async fn addresses_mail_is_never_sent_to_are_not_next_hops() {
     }
     let hops = resolver.next_hops("mixed.test", 25).await.unwrap();
     assert_eq!(hops, vec![hop("mx2.mixed.test", &[("10.0.0.25", 25)])]);
+    // Set aside before the count of addresses per host: they push out no good one.
+    let hops = resolver.next_hops("crowded.test", 25).await.unwrap();
+    assert_eq!(hops, vec![hop("mx.crowded.test", &[("192.0.2.9", 25)])]);
     // With `allow_loopback`, loopback is a next hop, listed once however written; the
     // unspecified addresses never are.
     let hops = dns.resolver(T).next_hops("loop.test", 25).await.unwrap();
