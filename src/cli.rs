@@ -416,8 +416,14 @@ fn print_originate(
                 let list: Vec<String> = r.nameservers.iter().map(|a| a.to_string()).collect();
                 list.join(", ")
             };
+            // A test rig's switch, which an operator must see if it is on.
+            let loopback = if r.allow_loopback {
+                "; loopback next hops allowed (resolver.allow_loopback: a test rig)"
+            } else {
+                ""
+            };
             println!(
-                "  next_hop: mx (name servers: {servers}; timeout {})",
+                "  next_hop: mx (name servers: {servers}; timeout {}{loopback})",
                 duration(r.timeout)
             );
         }

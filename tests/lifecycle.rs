@@ -293,7 +293,7 @@ fn check_accepts_an_originate_listener_and_prints_its_policy() {
         &config,
         format!(
             "hostname: mx.test\nstate_dir: {}\n\
-             resolver: {{nameservers: [\"127.0.0.1:5353\"], timeout: 2s}}\n\
+             resolver: {{nameservers: [\"127.0.0.1:5353\"], timeout: 2s, allow_loopback: true}}\n\
              listeners:\n  - name: outbound\n    mode: originate\n    listen: 127.0.0.1:10025\n\
              \x20   next_hop: mx\n    policy:\n      default: encrypt\n      on_failure: bounce\n\
              \x20     domains: {{woodgrovebank.com: domain-secure, example.net: verify}}\n",
@@ -307,7 +307,8 @@ fn check_accepts_an_originate_listener_and_prints_its_policy() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     for needle in [
         "listener outbound (originate, listen: 127.0.0.1:10025):",
-        "  next_hop: mx (name servers: 127.0.0.1:5353; timeout 2s)",
+        "  next_hop: mx (name servers: 127.0.0.1:5353; timeout 2s; loopback next hops allowed \
+         (resolver.allow_loopback: a test rig))",
         "  policy: default: encrypt, on_failure: bounce, enforce: true",
         "          woodgrovebank.com: domain-secure",
         "          example.net: verify",
