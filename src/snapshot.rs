@@ -58,7 +58,8 @@ impl Bound {
             crate::config::reaches(target, *listen)
                 || (this_host
                     && listen.port() == target.port()
-                    && (listen.ip().is_unspecified() || listen.ip().to_canonical() == ip))
+                    && ((listen.ip().is_unspecified() && (listen.is_ipv6() || ip.is_ipv4()))
+                        || listen.ip().to_canonical() == ip))
         })
     }
 }
@@ -592,6 +593,8 @@ mod tests {
             ),
             // Bound to 127.0.0.1 only: this host's other address on that port is not us.
             ("203.0.113.5:25", Some("203.0.113.5:40000"), None),
+            // An IPv4 wildcard takes no IPv6 connection, to this host's address or not.
+            ("[2001:db8::5]:587", Some("[2001:db8::5]:40000"), None),
             // Another host.
             ("10.0.0.5:587", Some("10.0.0.1:40000"), None),
             ("10.0.0.5:2525", Some("10.0.0.1:40000"), None),
