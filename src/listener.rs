@@ -513,7 +513,7 @@ impl Accepting {
         // its logs (a refusal's too), the Received header and XCLIENT know it by its IPv4
         // address.
         let socket = SocketAddr::new(socket.ip().to_canonical(), socket.port());
-        if l.handshakes_full() {
+        if l.handshakes_full(None) {
             // A handshake flood: refused before it costs a handshake, quietly (a log line
             // each would cost more than the refusal).
             l.metrics.refused.inc();
@@ -527,6 +527,14 @@ impl Accepting {
             too_many(stream, socket, l, &self.limits.refusals_said);
             return;
         };
+        // Within the limits: a stalled handshake's slot, if that is the room there was, is
+        // this connection's (not one the limits refused).
+        if l.handshakes_full(Some(socket)) {
+            drop(admitted);
+            l.metrics.refused.inc();
+            refuse(stream, l.implicit_tls);
+            return;
+        }
         let (l, shutdown) = (Arc::clone(l), self.shutdown.clone());
         let sessions = (self.sessions.clone(), self.alive.clone());
         // Under pressure, here: the admission threads.

@@ -197,11 +197,16 @@ impl HandshakeSlots {
     /// given to this one (looked for at once, then every [`STALLED_LOOK`]); otherwise the
     /// first slot given back. Done once the newcomer's whole ClientHello is in, so that
     /// connecting alone cuts nothing, and each waiting handshake cuts at most one at a time.
-    pub async fn take(&self) -> Option<Slot> {
+    ///
+    /// `socket`: the connection's address, as the accept loop saw it, for a connection let in
+    /// past a full set of slots on a stalled handshake ([`HandshakeSlots::room`]): it cuts
+    /// that one, or if it can no longer, another stalled one; if none is, it does not queue
+    /// (it was admitted on that slot alone) and gets none.
+    pub async fn take(&self, socket: impl FnOnce() -> Option<SocketAddr>) -> Option<Slot> {
         let permit = match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return None,
-            Err(tokio::sync::TryAcquireError::NoPermits) => self.wait().await?,
+            Err(tokio::sync::TryAcquireError::NoPermits) => self.wait(socket()).await?,
         };
         self.begin(self.now());
         let turn = Arc::new(Turn::new(self.born));
@@ -227,12 +232,15 @@ impl HandshakeSlots {
 
     /// A slot for a handshake that found none free: its place in the queue for one given
     /// back, or the slot of a stalled handshake it cut.
-    async fn wait(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    async fn wait(&self, socket: Option<SocketAddr>) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let mut queued = std::pin::pin!(Arc::clone(&self.slots).acquire_owned());
-        let mut cut = None;
+        let mut cut = self.cut_stalled(socket);
+        if cut.is_none() && self.reserved(socket) {
+            return None;
+        }
         loop {
             if cut.is_none() {
-                cut = self.cut_stalled();
+                cut = self.cut_stalled(socket);
             }
             tokio::select! {
                 permit = &mut queued => return permit.ok(),
@@ -246,35 +254,61 @@ impl HandshakeSlots {
         }
     }
 
-    /// Cut the handshake that has waited longest for its client, if that is at least
-    /// [`STALLED_AFTER`]: its slot comes through the receiver when its task has ended.
+    /// Cut a stalled handshake ([`STALLED_AFTER`]) for the connection at `socket`: the one
+    /// reserved for it, if any, or the one that has waited longest of those not reserved for
+    /// another. Its slot comes through the receiver when its task has ended.
     fn cut_stalled(
         &self,
+        socket: Option<SocketAddr>,
     ) -> Option<tokio::sync::oneshot::Receiver<tokio::sync::OwnedSemaphorePermit>> {
         let now = self.now();
         let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
         let mut stalled = stalled(&holders, now);
-        stalled.sort_unstable_by_key(|(since, _)| *since);
-        // The oldest whose client's flight has not come since it was looked at.
+        // Reserved for this connection first, then the oldest.
+        stalled.sort_unstable_by_key(|(since, turn)| {
+            let reserved = turn.reserved_for(now);
+            (socket.is_none() || reserved != socket, *since, reserved)
+        });
         stalled
             .into_iter()
+            .filter(|(_, turn)| turn.reserved_for(now).is_none_or(|r| Some(r) == socket))
             .find_map(|(since, turn)| turn.cut(since))
     }
 
+    /// The connection at `socket` was let in on a stalled handshake's slot, reserved for it.
+    fn reserved(&self, socket: Option<SocketAddr>) -> bool {
+        let Some(socket) = socket else {
+            return false;
+        };
+        let now = self.now();
+        let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        holders
+            .turns
+            .iter()
+            .flatten()
+            .any(|turn| turn.reserved_for(now) == Some(socket))
+    }
+
     /// Room for a new connection although every slot may be taken: a free slot, or a
-    /// stalled handshake no other connection admitted within the last [`STALLED_AFTER`]
-    /// counts on (this one will, [`Turn::reserve`]). So stalled handshakes admit one
-    /// connection a second each, not every connection of a flood that has a few of them.
-    fn room(&self) -> bool {
+    /// stalled handshake no other connection counts on (for at most [`STALLED_AFTER`]).
+    /// `socket`: the connection, which then counts on it ([`Turn::reserve`]); `None` to
+    /// look only. So stalled handshakes admit one connection a second each, not every
+    /// connection of a flood that has a few of them, and each such connection takes the
+    /// slot it was let in on ([`HandshakeSlots::take`]).
+    fn room(&self, socket: Option<SocketAddr>) -> bool {
         if !self.full() {
             return true;
         }
         let now = self.now();
         let until = now.saturating_add(nanos(STALLED_AFTER));
         let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
-        stalled(&holders, now)
+        let mut free = stalled(&holders, now)
             .into_iter()
-            .any(|(_, turn)| turn.reserve(now, until))
+            .filter(|(_, turn)| turn.reserved_for(now).is_none());
+        match socket {
+            None => free.next().is_some(),
+            Some(socket) => free.any(|(_, turn)| turn.reserve(socket, now, until)),
+        }
     }
 
     /// A handshake begins at `now`: more than [`PRESS_BURST`] (or half the slots, if fewer)
@@ -459,10 +493,13 @@ impl ListenerRuntime {
     }
 
     /// Every handshake slot is taken, and no stalled handshake ([`STALLED_AFTER`]) makes room
-    /// for one more connection ([`HandshakeSlots::room`], which counts this one on it if it
-    /// does): a new connection is refused before it costs a handshake.
-    pub fn handshakes_full(&self) -> bool {
-        self.handshakes.as_ref().is_some_and(|slots| !slots.room())
+    /// for one more connection ([`HandshakeSlots::room`]): a new connection is refused before
+    /// it costs a handshake. `socket`: the connection, which the room then goes to (once it
+    /// has passed the connection limits); `None` to look only.
+    pub fn handshakes_full(&self, socket: Option<SocketAddr>) -> bool {
+        self.handshakes
+            .as_ref()
+            .is_some_and(|slots| !slots.room(socket))
     }
 
     /// Handshake pressure: more than [`PRESS_BURST`] handshakes begun within [`PRESS_WINDOW`]
@@ -629,19 +666,19 @@ mod tests {
             }
         };
         let slots = Arc::new(HandshakeSlots::new(2));
-        let take = |slots: &Arc<HandshakeSlots>| {
+        let take = |slots: &Arc<HandshakeSlots>, socket: Option<SocketAddr>| {
             let slots = Arc::clone(slots);
-            tokio::spawn(async move { slots.take().await })
+            tokio::spawn(async move { slots.take(|| socket).await })
         };
-        let first = slots.take().await.unwrap();
-        let second = slots.take().await.unwrap();
+        let first = slots.take(|| None).await.unwrap();
+        let second = slots.take(|| None).await.unwrap();
         first.turn().clients();
         step(ms(400)).await;
         second.turn().clients();
-        assert!(!slots.room(), "full, none stalled");
+        assert!(!slots.room(None), "full, none stalled");
         // Queued before the first handshake has waited long enough.
         step(ms(100)).await;
-        let queued = take(&slots);
+        let queued = take(&slots, None);
         step(ms(0)).await;
         // It looks again every 250 ms: at 1 s the first handshake has stalled, and is cut.
         step(ms(500)).await;
@@ -654,29 +691,42 @@ mod tests {
         drop(first);
         step(ms(0)).await;
         assert!(queued.is_finished());
-        let _queued = queued.await.unwrap().expect("the first handshake's slot");
-        // Another waits from 1.1 s, a newcomer from 1.2 s; the second handshake stalls at
-        // 1.4 s, and the newcomer, looking at 1.45 s, cuts it before the other looks again.
+        let third = queued.await.unwrap().expect("the first handshake's slot");
+        // Another waits from 1.1 s. At 1.4 s the second handshake has stalled: the accept
+        // loop lets one connection in on it, which the waiting one leaves alone (looking at
+        // 1.6 s), and which cuts it when its ClientHello is in, at 1.7 s.
         step(ms(100)).await;
-        let waiting = take(&slots);
-        step(ms(0)).await;
-        step(ms(100)).await;
-        let newcomer = take(&slots);
-        step(ms(0)).await;
-        assert!(!slots.room(), "full, none stalled yet");
+        let waiting = take(&slots, None);
         step(ms(200)).await;
-        assert!(
-            slots.room(),
-            "a stalled handshake makes room for one connection"
+        assert!(!slots.room(None), "full, none stalled yet");
+        step(ms(100)).await;
+        let admitted: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        assert!(slots.room(None), "a stalled handshake makes room");
+        assert!(slots.room(Some(admitted)), "for one connection");
+        assert!(!slots.room(None), "one a second");
+        step(ms(300)).await;
+        assert_eq!(
+            second.turn().waiting_since(),
+            Some(400_000_000),
+            "left alone"
         );
-        assert!(!slots.room(), "one a second");
-        step(ms(50)).await;
+        let newcomer = take(&slots, Some(admitted));
+        step(ms(0)).await;
         assert!(!second.turn().ours(), "the second handshake is cut");
-        step(ms(200)).await;
         drop(second);
         step(ms(0)).await;
         assert!(newcomer.is_finished(), "given to the one that cut it");
-        let _newcomer = newcomer.await.unwrap().expect("a slot");
+        let _fourth = newcomer.await.unwrap().expect("a slot");
+        // A connection let in on a handshake whose client's flight then came gets no slot,
+        // at once: it does not queue.
+        third.turn().clients();
+        step(STALLED_AFTER).await;
+        let late: SocketAddr = "192.0.2.2:4000".parse().unwrap();
+        assert!(slots.room(Some(late)));
+        assert!(third.turn().ours(), "the client's flight came");
+        let refused = take(&slots, Some(late));
+        step(ms(0)).await;
+        assert!(refused.is_finished() && refused.await.unwrap().is_none());
         step(Duration::from_secs(5)).await;
         assert!(!waiting.is_finished(), "still waiting: nothing stalled");
         waiting.abort();

@@ -76,7 +76,7 @@ async fn flooded(backend: std::net::SocketAddr, tls: &str) -> (Running, Vec<Slot
     let slots = l.handshakes.as_ref().unwrap();
     let mut taken = Vec::new();
     for _ in 0..3 {
-        taken.push(slots.take().await.unwrap());
+        taken.push(slots.take(|| None).await.unwrap());
     }
     assert!(l.handshakes_pressed());
     (running, taken)
@@ -124,7 +124,7 @@ async fn implicit_listener_closes_without_a_byte_while_the_slots_are_taken() {
 /// such clients kept a listener refusing every connection for `tls_handshake` (30 s).
 #[tokio::test]
 async fn a_handshake_stalled_on_its_client_gives_its_slot_to_a_new_one() {
-    for tls in ["implicit", "starttls"] {
+    for (tls, trickle) in [("implicit", false), ("starttls", false), ("implicit", true)] {
         let running = listener(tls).await;
         let addr = running.addr("inbound").unwrap();
         let timeouts = || {
@@ -144,10 +144,21 @@ async fn a_handshake_stalled_on_its_client_gives_its_slot_to_a_new_one() {
             }
             _ => starttls = Some(stalled_starttls(&running).await),
         }
-        tokio::time::sleep(STALLED_AFTER + Duration::from_millis(300)).await;
+        if let (true, Some(tcp)) = (trickle, implicit.as_mut()) {
+            // The head of a 16 KiB handshake record, then an octet of it every 200 ms: the
+            // client's turn does not start again with each.
+            tcp.set_nodelay(true).unwrap();
+            tcp.write_all(&[22, 3, 3, 0x40, 0]).await.unwrap();
+            for _ in 0..7 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                tcp.write_all(&[0]).await.unwrap();
+            }
+        } else {
+            tokio::time::sleep(STALLED_AFTER + Duration::from_millis(300)).await;
+        }
         let before = refused(&running);
         served(tls, addr).await;
-        assert_eq!(refused(&running), before, "{tls}");
+        assert_eq!(refused(&running), before, "{tls} {trickle}");
         // The stalled connection is closed: our flight, then the end.
         if let Some(tcp) = implicit {
             until_closed(tcp).await;
@@ -321,7 +332,7 @@ async fn more_than_half_the_slots_taken_sends_handshakes_to_the_admission_thread
     let mut taken = Vec::new();
     for n in 0..3 {
         assert!(!l.handshakes_pressed(), "{n} of 4 taken");
-        taken.push(slots.take().await.unwrap());
+        taken.push(slots.take(|| None).await.unwrap());
     }
     assert!(l.handshakes_pressed(), "3 of 4 taken");
     let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
@@ -352,7 +363,7 @@ async fn a_burst_of_handshakes_is_pressure_not_a_flood() {
     let mut taken = Vec::new();
     for n in 0..=PRESS_BURST {
         assert!(!l.handshakes_pressed(), "{n} begun");
-        taken.push(slots.take().await.unwrap());
+        taken.push(slots.take(|| None).await.unwrap());
     }
     assert!(l.handshakes_pressed(), "9 begun at once");
     assert!(!l.handshakes_flooded());
@@ -361,14 +372,14 @@ async fn a_burst_of_handshakes_is_pressure_not_a_flood() {
     // One at a time, further apart than the window: never a burst (18 held now).
     for _ in 0..PRESS_BURST + 1 {
         tokio::time::sleep(PRESS_WINDOW + Duration::from_millis(20)).await;
-        taken.push(slots.take().await.unwrap());
+        taken.push(slots.take(|| None).await.unwrap());
         assert!(!l.handshakes_pressed());
     }
     while taken.len() < 64 {
-        taken.push(slots.take().await.unwrap());
+        taken.push(slots.take(|| None).await.unwrap());
     }
     assert!(!l.handshakes_flooded(), "64 of 128 taken");
-    taken.push(slots.take().await.unwrap());
+    taken.push(slots.take(|| None).await.unwrap());
     assert!(
         l.handshakes_flooded() && l.handshakes_pressed(),
         "65 of 128 taken"
@@ -832,7 +843,7 @@ async fn under_a_flood_a_starttls_session_connects_the_backend_once_tls_is_up() 
     let slots = l.handshakes.as_ref().unwrap();
     let mut taken = Vec::new();
     for _ in 0..3 {
-        taken.push(slots.take().await.unwrap());
+        taken.push(slots.take(|| None).await.unwrap());
     }
     assert!(l.handshakes_pressed());
 

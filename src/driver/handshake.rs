@@ -219,7 +219,13 @@ pub(crate) async fn accept_tls(
                 handshake_failed(l, peer, why, "server", kind);
                 return None;
             }
-            match timeout_at(deadline, slots.take()).await {
+            // With no slot free, the address the accept loop saw: a connection it let in on
+            // a stalled handshake's slot takes that one.
+            let socket = || {
+                let socket = tcp.peer_addr().ok()?;
+                Some(SocketAddr::new(socket.ip().to_canonical(), socket.port()))
+            };
+            match timeout_at(deadline, slots.take(socket)).await {
                 Ok(Some(slot)) => Some(slot),
                 _ => {
                     let why = "no handshake slot free in time (max_handshakes)";

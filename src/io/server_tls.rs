@@ -264,6 +264,15 @@ impl ServerTls {
             }
             let UnbufferedStatus { discard, state } =
                 tls.conn.process_tls_records(&mut incoming[..used]);
+            // The client's flight answered: rustls has a flight of ours, or the handshake is
+            // done (below). Not a record taken alone, nor rustls saying we may write: a
+            // client could send its flight an octet, or a record, at a time.
+            let answered = matches!(
+                state,
+                Ok(ConnectionState::EncodeTlsData(_)
+                    | ConnectionState::TransmitTlsData(_)
+                    | ConnectionState::ReadTraffic(_))
+            );
             // Set by the SNI resolver inside that call, on this thread: taken before any wait.
             if let Some(chosen) = crate::tls::take_chosen_certificate() {
                 tls.chosen = Some(chosen);
@@ -308,6 +317,10 @@ impl ServerTls {
                 used -= discard;
             }
             let handshaking = tls.conn.is_handshaking();
+            // Our turn, unless the slots cut the handshake first.
+            if (answered || !handshaking) && turn.as_ref().is_some_and(|turn| !turn.ours()) {
+                return Err(super::turn::stalled());
+            }
             match next {
                 // A flight leaves when the handshake next waits for the client (below), with
                 // the half-RTT data if any. What a TLS 1.3 server sends after the client's

@@ -4,6 +4,7 @@
 //! long, while every slot is taken and another connection wants one, can be cut, and its
 //! slot goes to the other ([`crate::snapshot::HandshakeSlots`] decides which).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -19,12 +20,15 @@ pub struct Turn {
     /// The slots' clock: what the times here count from.
     born: Instant,
     /// 0 while it is our turn; [`CUT`] once cut; otherwise nanoseconds after `born`, plus
-    /// one, since the handshake waits for its client. Changed only by compare-and-swap, so
-    /// that a cut and the client's flight cannot both win.
+    /// one, since the handshake waits for its client's next flight: from when it first
+    /// waited after its last progress, so that a client trickling an octet at a time does
+    /// not wait anew with each. Changed only by compare-and-swap, so that a cut and the
+    /// client's flight cannot both win.
     state: AtomicU64,
-    /// Until when (nanoseconds after `born`) a connection admitted past a full set of slots
-    /// counts on this handshake's slot ([`Turn::reserve`]).
-    reserved_until: AtomicU64,
+    /// The connection admitted past a full set of slots that counts on this handshake's
+    /// slot (its socket's address), and until when (nanoseconds after `born`):
+    /// [`Turn::reserve`].
+    reserved: Mutex<Option<(SocketAddr, u64)>>,
     /// Where the slot goes when its handshake ends after a cut: to the one that cut it.
     handover: Mutex<Option<oneshot::Sender<OwnedSemaphorePermit>>>,
     wake: Notify,
@@ -40,23 +44,22 @@ impl Turn {
         Turn {
             born,
             state: AtomicU64::new(0),
-            reserved_until: AtomicU64::new(0),
+            reserved: Mutex::new(None),
             handover: Mutex::new(None),
             wake: Notify::new(),
         }
     }
 
-    /// The handshake waits for its client from now (unless cut).
+    /// The handshake waits for its client from now, unless it already did (or was cut).
     pub(crate) fn clients(&self) {
         let since = nanos_since(self.born).saturating_add(1).min(CUT - 1);
         let _ = self
             .state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-                (s != CUT).then_some(since)
-            });
+            .compare_exchange(0, since, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// The client's flight is in: our turn. `false` if the handshake was cut first.
+    /// The client's flight was taken and the handshake went on (rustls answered it, or it
+    /// is done): our turn. `false` if the handshake was cut first.
     pub(crate) fn ours(&self) -> bool {
         self.state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
@@ -74,15 +77,24 @@ impl Turn {
         }
     }
 
-    /// A connection admitted past a full set of slots counts on this stalled handshake's
-    /// slot until `until` (nanoseconds after the slots' birth); `false` if another already
-    /// does at `now`.
-    pub(crate) fn reserve(&self, now: u64, until: u64) -> bool {
-        self.reserved_until
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-                (r <= now).then_some(until)
-            })
-            .is_ok()
+    /// The connection at `socket`, admitted past a full set of slots, counts on this
+    /// stalled handshake's slot until `until` (nanoseconds after the slots' birth); `false`
+    /// if another already does at `now`.
+    pub(crate) fn reserve(&self, socket: SocketAddr, now: u64, until: u64) -> bool {
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        match *reserved {
+            Some((_, until)) if until > now => false,
+            _ => {
+                *reserved = Some((socket, until));
+                true
+            }
+        }
+    }
+
+    /// Whom the handshake's slot is reserved for at `now`, if anyone.
+    pub(crate) fn reserved_for(&self, now: u64) -> Option<SocketAddr> {
+        let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        reserved.and_then(|(socket, until)| (until > now).then_some(socket))
     }
 
     /// Cut the handshake if it still waits for its client since `since`: its slot goes to
@@ -112,8 +124,9 @@ impl Turn {
         }
     }
 
-    /// The handshake's wait for its client's flight (`wait`), ended by [`Turn::cut`] with
-    /// [`Stalled`]; cut before the flight was taken for ours, it ends so too.
+    /// The handshake's wait for its client (`wait`: our flight out, more of the client's
+    /// in), ended by [`Turn::cut`] with [`Stalled`]; cut before what came was taken, it ends
+    /// so too. The turn is ours again only once the handshake goes on ([`Turn::ours`]).
     pub(crate) async fn client_turn<T>(
         &self,
         wait: impl std::future::Future<Output = std::io::Result<T>>,
@@ -124,15 +137,14 @@ impl Turn {
             result = wait => result,
             () = self.wake.notified() => Err(stalled()),
         };
-        if self.ours() {
-            result
-        } else {
-            Err(stalled())
+        if self.state.load(Ordering::Acquire) == CUT {
+            return Err(stalled());
         }
+        result
     }
 }
 
-fn stalled() -> std::io::Error {
+pub(crate) fn stalled() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, Stalled)
 }
 
