@@ -208,10 +208,14 @@ impl MxResolver {
         }
         let mut found: Vec<Option<Result<Addresses, String>>> = vec![None; hosts.len()];
         // Past the deadline, the unfinished look-ups are dropped (with `tasks`) and count as
-        // temporary failures.
+        // temporary failures; so are they once the most preferred hosts have answered with
+        // as many addresses as a session tries: a slow spare MX must not hold up every RCPT.
         while let Ok(Some(joined)) = timeout_at(deadline, tasks.join_next()).await {
             if let Ok((i, result)) = joined {
                 found[i] = Some(result);
+            }
+            if enough(&found) {
+                break;
             }
         }
 
@@ -305,6 +309,24 @@ fn mx_hosts(mx: &mut Vec<(u16, Name)>) -> Result<Vec<(String, Name)>, MxError> {
             (host, exchange)
         })
         .collect())
+}
+
+/// The hosts answered so far, in preference order up to the first still asked, have
+/// `smtp_core::outbound::MAX_TARGETS` addresses or more: those after them would not be
+/// tried.
+fn enough(found: &[Option<Result<Addresses, String>>]) -> bool {
+    let mut addresses = 0;
+    for host in found {
+        match host {
+            None => return false,
+            Some(Ok(host)) => addresses += host.ips.len(),
+            Some(Err(_)) => {}
+        }
+        if addresses >= smtp_core::outbound::MAX_TARGETS {
+            return true;
+        }
+    }
+    false
 }
 
 /// What one host's A and AAAA records gave: the addresses to try, and those never tried

@@ -22,7 +22,7 @@ use crate::timer::Timer;
 /// Addresses tried for one transaction (Postfix's `smtp_mx_address_limit`): the legacy MTA
 /// waits for its RCPT reply (5 minutes, RFC 5321 §4.5.3.2) while they are tried, and a
 /// hostile DNS answer must not make us try hundreds.
-const MAX_TARGETS: usize = 5;
+pub const MAX_TARGETS: usize = 5;
 
 /// The share of the command timeout a next hop's set-up may take, every address and step
 /// together (tenths): what the legacy MTA waits for its RCPT's reply is about as long

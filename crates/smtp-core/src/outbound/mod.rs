@@ -31,6 +31,7 @@ mod policy;
 mod state;
 
 pub use api::{Config, DomainPolicy, Level, NextHop, OnFailure};
+pub use hop::MAX_TARGETS;
 pub use policy::{TlsFailure, TlsFailureReport};
 
 use hop::SETUP_TIMED_OUT;
