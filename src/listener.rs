@@ -155,6 +155,8 @@ struct Admitted {
     limits: Arc<Limits>,
     /// The address whose place it holds: `None` until a PROXY header has named it.
     ip: Option<IpAddr>,
+    /// The stalled handshake it was let in on, past a full set of `max_handshakes` slots.
+    kept: Option<crate::snapshot::Reservation>,
 }
 
 impl Limits {
@@ -175,6 +177,7 @@ impl Limits {
             .then(|| Admitted {
                 limits: Arc::clone(self),
                 ip,
+                kept: None,
             })
     }
 }
@@ -513,7 +516,7 @@ impl Accepting {
         // its logs (a refusal's too), the Received header and XCLIENT know it by its IPv4
         // address.
         let socket = SocketAddr::new(socket.ip().to_canonical(), socket.port());
-        if l.handshakes_full(None) {
+        if l.handshakes_full() {
             // A handshake flood: refused before it costs a handshake, quietly (a log line
             // each would cost more than the refusal).
             l.metrics.refused.inc();
@@ -523,17 +526,20 @@ impl Accepting {
         // Behind a balancer the socket's address is the balancer's: the client's is known
         // once the header is read.
         let ip = l.proxy_header.is_none().then_some(socket.ip());
-        let Some(admitted) = self.limits.admit(ip, l) else {
+        let Some(mut admitted) = self.limits.admit(ip, l) else {
             too_many(stream, socket, l, &self.limits.refusals_said);
             return;
         };
         // Within the limits: a stalled handshake's slot, if that is the room there was, is
-        // this connection's (not one the limits refused).
-        if l.handshakes_full(Some(socket)) {
-            drop(admitted);
-            l.metrics.refused.inc();
-            refuse(stream, l.implicit_tls);
-            return;
+        // kept for this connection (not one the limits refused), as long as it lives.
+        match l.handshake_room(socket) {
+            Some(kept) => admitted.kept = kept,
+            None => {
+                drop(admitted);
+                l.metrics.refused.inc();
+                refuse(stream, l.implicit_tls);
+                return;
+            }
         }
         let (l, shutdown) = (Arc::clone(l), self.shutdown.clone());
         let sessions = (self.sessions.clone(), self.alive.clone());

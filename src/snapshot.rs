@@ -142,6 +142,21 @@ struct Holders {
     free: Vec<usize>,
 }
 
+/// A stalled handshake kept for one connection let in past a full set of slots
+/// ([`HandshakeSlots::room`]): given up when dropped, so that a connection that ends before
+/// its ClientHello (a STARTTLS session that quits, a bad PROXY header) keeps it no longer.
+#[derive(Debug)]
+pub struct Reservation {
+    turn: Arc<Turn>,
+    socket: SocketAddr,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.turn.unreserve(self.socket);
+    }
+}
+
 /// A taken slot, given back when dropped (to the handshake that cut it, if one did).
 #[derive(Debug)]
 pub struct Slot {
@@ -236,7 +251,10 @@ impl HandshakeSlots {
         let mut queued = std::pin::pin!(Arc::clone(&self.slots).acquire_owned());
         let mut cut = self.cut_stalled(socket);
         if cut.is_none() && self.reserved(socket) {
-            return None;
+            // Let in for a handshake that went on since: a slot given back within the
+            // second it was kept for, or none.
+            let given = tokio::time::timeout(STALLED_AFTER, &mut queued).await;
+            return given.ok()?.ok();
         }
         loop {
             if cut.is_none() {
@@ -263,7 +281,7 @@ impl HandshakeSlots {
     ) -> Option<tokio::sync::oneshot::Receiver<tokio::sync::OwnedSemaphorePermit>> {
         let now = self.now();
         let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut stalled = stalled(&holders, now);
+        let mut stalled: Vec<_> = stalled(&holders, now).collect();
         // Reserved for this connection first, then the oldest.
         stalled.sort_unstable_by_key(|(since, turn)| {
             let reserved = turn.reserved_for(now);
@@ -290,25 +308,33 @@ impl HandshakeSlots {
     }
 
     /// Room for a new connection although every slot may be taken: a free slot, or a
-    /// stalled handshake no other connection counts on (for at most [`STALLED_AFTER`]).
-    /// `socket`: the connection, which then counts on it ([`Turn::reserve`]); `None` to
-    /// look only. So stalled handshakes admit one connection a second each, not every
-    /// connection of a flood that has a few of them, and each such connection takes the
-    /// slot it was let in on ([`HandshakeSlots::take`]).
-    fn room(&self, socket: Option<SocketAddr>) -> bool {
+    /// stalled handshake no other connection counts on.
+    fn room(&self) -> bool {
         if !self.full() {
             return true;
         }
         let now = self.now();
+        let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = stalled(&holders, now).any(|(_, turn)| turn.reserved_for(now).is_none());
+        room
+    }
+
+    /// The room for the connection at `socket`: `Some(None)` a free slot; `Some(kept)` a
+    /// stalled handshake kept for it, for at most [`STALLED_AFTER`] or until `kept` is
+    /// dropped ([`Turn::reserve`]); `None` none. So stalled handshakes admit one connection a
+    /// second each, not every connection of a flood that has a few of them, and each such
+    /// connection takes the slot it was let in on ([`HandshakeSlots::take`]).
+    fn keep_room(&self, socket: SocketAddr) -> Option<Option<Reservation>> {
+        if !self.full() {
+            return Some(None);
+        }
+        let now = self.now();
         let until = now.saturating_add(nanos(STALLED_AFTER));
         let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut free = stalled(&holders, now)
-            .into_iter()
-            .filter(|(_, turn)| turn.reserved_for(now).is_none());
-        match socket {
-            None => free.next().is_some(),
-            Some(socket) => free.any(|(_, turn)| turn.reserve(socket, now, until)),
-        }
+        let mut free = stalled(&holders, now).filter(|(_, turn)| turn.reserved_for(now).is_none());
+        let (_, turn) = free.find(|(_, turn)| turn.reserve(socket, now, until))?;
+        let turn = Arc::clone(turn);
+        Some(Some(Reservation { turn, socket }))
     }
 
     /// A handshake begins at `now`: more than [`PRESS_BURST`] (or half the slots, if fewer)
@@ -385,14 +411,13 @@ impl HandshakeSlots {
 
 /// The handshakes that have waited for their clients for [`STALLED_AFTER`] at `now`, and
 /// since when.
-fn stalled(holders: &Holders, now: u64) -> Vec<(u64, &Arc<Turn>)> {
+fn stalled(holders: &Holders, now: u64) -> impl Iterator<Item = (u64, &Arc<Turn>)> {
     holders
         .turns
         .iter()
         .flatten()
         .filter_map(|turn| Some((turn.waiting_since()?, turn)))
-        .filter(|(since, _)| now.saturating_sub(*since) >= nanos(STALLED_AFTER))
-        .collect()
+        .filter(move |(since, _)| now.saturating_sub(*since) >= nanos(STALLED_AFTER))
 }
 
 /// A duration in nanoseconds, as the slots' clock counts them.
@@ -494,12 +519,19 @@ impl ListenerRuntime {
 
     /// Every handshake slot is taken, and no stalled handshake ([`STALLED_AFTER`]) makes room
     /// for one more connection ([`HandshakeSlots::room`]): a new connection is refused before
-    /// it costs a handshake. `socket`: the connection, which the room then goes to (once it
-    /// has passed the connection limits); `None` to look only.
-    pub fn handshakes_full(&self, socket: Option<SocketAddr>) -> bool {
-        self.handshakes
-            .as_ref()
-            .is_some_and(|slots| !slots.room(socket))
+    /// it costs a handshake.
+    pub fn handshakes_full(&self) -> bool {
+        self.handshakes.as_ref().is_some_and(|slots| !slots.room())
+    }
+
+    /// The handshake room for the connection at `socket`, once it has passed the connection
+    /// limits: `None` none (it is refused); `Some(kept)`, a stalled handshake kept for it
+    /// while `kept` lives ([`HandshakeSlots::keep_room`]), or a free slot (or no slots).
+    pub fn handshake_room(&self, socket: SocketAddr) -> Option<Option<Reservation>> {
+        match &self.handshakes {
+            Some(slots) => slots.keep_room(socket),
+            None => Some(None),
+        }
     }
 
     /// Handshake pressure: more than [`PRESS_BURST`] handshakes begun within [`PRESS_WINDOW`]
@@ -675,7 +707,7 @@ mod tests {
         first.turn().clients();
         step(ms(400)).await;
         second.turn().clients();
-        assert!(!slots.room(None), "full, none stalled");
+        assert!(!slots.room(), "full, none stalled");
         // Queued before the first handshake has waited long enough.
         step(ms(100)).await;
         let queued = take(&slots, None);
@@ -698,12 +730,21 @@ mod tests {
         step(ms(100)).await;
         let waiting = take(&slots, None);
         step(ms(200)).await;
-        assert!(!slots.room(None), "full, none stalled yet");
+        assert!(!slots.room(), "full, none stalled yet");
         step(ms(100)).await;
         let admitted: SocketAddr = "192.0.2.1:4000".parse().unwrap();
-        assert!(slots.room(None), "a stalled handshake makes room");
-        assert!(slots.room(Some(admitted)), "for one connection");
-        assert!(!slots.room(None), "one a second");
+        assert!(slots.room(), "a stalled handshake makes room");
+        let gone: SocketAddr = "192.0.2.9:4000".parse().unwrap();
+        let kept = slots
+            .keep_room(gone)
+            .expect("room")
+            .expect("a stalled handshake");
+        assert!(!slots.room(), "for one connection");
+        // That connection ends before its ClientHello: the handshake is free for another.
+        drop(kept);
+        assert!(slots.room());
+        let _kept = slots.keep_room(admitted).expect("room").expect("kept");
+        assert!(!slots.room(), "one at a time");
         step(ms(300)).await;
         assert_eq!(
             second.turn().waiting_since(),
@@ -717,15 +758,20 @@ mod tests {
         step(ms(0)).await;
         assert!(newcomer.is_finished(), "given to the one that cut it");
         let _fourth = newcomer.await.unwrap().expect("a slot");
-        // A connection let in on a handshake whose client's flight then came gets no slot,
-        // at once: it does not queue.
+        // A connection let in on a handshake whose client's flight then came gets a slot
+        // given back within the second, or none: it does not queue for longer.
         third.turn().clients();
         step(STALLED_AFTER).await;
         let late: SocketAddr = "192.0.2.2:4000".parse().unwrap();
-        assert!(slots.room(Some(late)));
+        let _kept_late = slots.keep_room(late).expect("room").expect("kept");
         assert!(third.turn().ours(), "the client's flight came");
         let refused = take(&slots, Some(late));
-        step(ms(0)).await;
+        step(ms(990)).await;
+        assert!(
+            !refused.is_finished(),
+            "a slot given back within the second would do"
+        );
+        step(ms(20)).await;
         assert!(refused.is_finished() && refused.await.unwrap().is_none());
         step(Duration::from_secs(5)).await;
         assert!(!waiting.is_finished(), "still waiting: nothing stalled");

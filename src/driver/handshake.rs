@@ -210,10 +210,13 @@ pub(crate) async fn accept_tls(
     let slot = match &l.handshakes {
         None => None,
         Some(slots) => {
-            let why = match timeout_at(deadline, crate::io::client_hello(&tcp)).await {
-                Ok(Ok(())) => None,
-                Ok(Err(why)) => Some((why, HandshakeError::Protocol)),
-                Err(_) => Some(("no ClientHello in time", HandshakeError::Timeout)),
+            let (whole, why) = match timeout_at(deadline, crate::io::client_hello(&tcp)).await {
+                Ok(Ok(whole)) => (whole, None),
+                Ok(Err(why)) => (false, Some((why, HandshakeError::Protocol))),
+                Err(_) => (
+                    false,
+                    Some(("no ClientHello in time", HandshakeError::Timeout)),
+                ),
             };
             if let Some((why, kind)) = why {
                 handshake_failed(l, peer, why, "server", kind);
@@ -225,12 +228,18 @@ pub(crate) async fn accept_tls(
                 let socket = tcp.peer_addr().ok()?;
                 Some(SocketAddr::new(socket.ip().to_canonical(), socket.port()))
             };
-            match timeout_at(deadline, slots.take(socket)).await {
-                Ok(Some(slot)) => Some(slot),
-                _ => {
-                    let why = "no handshake slot free in time (max_handshakes)";
-                    handshake_failed(l, peer, why, "server", HandshakeError::Timeout);
-                    return None;
+            if !whole {
+                // Not a ClientHello (or the client left): the handshake fails at once, with
+                // no work a slot would bound, and cuts no stalled one.
+                None
+            } else {
+                match timeout_at(deadline, slots.take(socket)).await {
+                    Ok(Some(slot)) => Some(slot),
+                    _ => {
+                        let why = "no handshake slot free in time (max_handshakes)";
+                        handshake_failed(l, peer, why, "server", HandshakeError::Timeout);
+                        return None;
+                    }
                 }
             }
         }

@@ -87,15 +87,16 @@ enum Next {
 /// this, so that a peer which connects (or says STARTTLS) and then sends nothing, or part of
 /// a ClientHello, holds no slot: the slots bound handshake work, and silence is no work.
 /// `Err`: a ClientHello longer than [`MAX_CLIENT_HELLO`], or that arrives in more than
-/// [`MAX_HELLO_PIECES`] pieces, refused before it costs a slot.
-pub async fn client_hello(tcp: &TcpStream) -> Result<(), &'static str> {
+/// [`MAX_HELLO_PIECES`] pieces, refused before it costs a slot. `Ok(true)`: a whole
+/// ClientHello; `Ok(false)`: none will come (the handshake needs no slot to fail).
+pub async fn client_hello(tcp: &TcpStream) -> Result<bool, &'static str> {
     let mut pieces = 0;
     loop {
         // The peer's FIN ends the wait: the ClientHello can no longer complete, and a closed
         // socket stays readable (waiting again would spin).
         match tcp.ready(tokio::io::Interest::READABLE).await {
             Ok(ready) if !ready.is_read_closed() => {}
-            _ => return Ok(()),
+            _ => return Ok(false),
         }
         // WouldBlock, for a ClientHello not yet whole, clears the readiness: the next segment
         // wakes this again.
@@ -125,7 +126,8 @@ pub async fn client_hello(tcp: &TcpStream) -> Result<(), &'static str> {
             Ok(Hello::TooLong) | Ok(Hello::Incomplete) => {
                 return Err("ClientHello too long");
             }
-            _ => return Ok(()),
+            Ok(Hello::Whole) => return Ok(true),
+            _ => return Ok(false),
         }
     }
 }
@@ -149,9 +151,11 @@ const HELLO_PEEK: usize = MAX_CLIENT_HELLO + (MAX_CLIENT_HELLO / 64 + 1) * 5;
 pub(crate) enum Hello {
     /// Not yet the whole ClientHello.
     Incomplete,
-    /// A whole ClientHello; or anything but the beginning of one (not a handshake record,
-    /// another message, nothing at all), which the handshake refuses at once.
-    Ready,
+    /// A whole ClientHello.
+    Whole,
+    /// Anything but the beginning of one (not a handshake record, another message, nothing
+    /// at all), which the handshake refuses at once.
+    Other,
     /// A ClientHello longer than [`MAX_CLIENT_HELLO`].
     TooLong,
 }
@@ -160,7 +164,7 @@ pub(crate) enum Hello {
 pub(crate) fn hello_state(bytes: &[u8]) -> Hello {
     const CLIENT_HELLO: u8 = 1;
     if bytes.is_empty() {
-        return Hello::Ready;
+        return Hello::Other;
     }
     // The handshake message's 4-octet header (type, 24-bit length), as far as it has come,
     // and how many octets of the message have.
@@ -169,13 +173,13 @@ pub(crate) fn hello_state(bytes: &[u8]) -> Hello {
     loop {
         let Some(header) = rest.get(..5) else {
             return match rest.first() {
-                Some(&t) if t != HANDSHAKE => Hello::Ready,
+                Some(&t) if t != HANDSHAKE => Hello::Other,
                 _ => Hello::Incomplete,
             };
         };
         let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
         if header[0] != HANDSHAKE || length == 0 || 5 + length > MAX_RECORD {
-            return Hello::Ready;
+            return Hello::Other;
         }
         let payload = &rest[5..rest.len().min(5 + length)];
         for &b in payload {
@@ -186,7 +190,7 @@ pub(crate) fn hello_state(bytes: &[u8]) -> Hello {
         }
         if have >= 4 {
             if head[0] != CLIENT_HELLO {
-                return Hello::Ready;
+                return Hello::Other;
             }
             let message =
                 4 + (usize::from(head[1]) << 16 | usize::from(head[2]) << 8) + usize::from(head[3]);
@@ -194,7 +198,7 @@ pub(crate) fn hello_state(bytes: &[u8]) -> Hello {
                 return Hello::TooLong;
             }
             if have >= message {
-                return Hello::Ready;
+                return Hello::Whole;
             }
         }
         if payload.len() < length {

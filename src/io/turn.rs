@@ -91,6 +91,15 @@ impl Turn {
         }
     }
 
+    /// The connection at `socket` no longer counts on this handshake's slot (it ended, or
+    /// took its slot).
+    pub(crate) fn unreserve(&self, socket: SocketAddr) {
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        if reserved.is_some_and(|(kept_for, _)| kept_for == socket) {
+            *reserved = None;
+        }
+    }
+
     /// Whom the handshake's slot is reserved for at `now`, if anyone.
     pub(crate) fn reserved_for(&self, now: u64) -> Option<SocketAddr> {
         let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);

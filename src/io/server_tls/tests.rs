@@ -574,7 +574,7 @@ fn a_client_hello_is_whole_only_when_all_of_it_is_in() {
         in_records(&hello, 100),
         in_records(&hello, 1),
     ] {
-        assert_eq!(hello_state(&recut), Hello::Ready);
+        assert_eq!(hello_state(&recut), Hello::Whole);
         // Every octet short of the end, wherever the cut falls (a record header, the
         // message's header, a payload): not yet.
         for cut in 1..recut.len() {
@@ -584,11 +584,11 @@ fn a_client_hello_is_whole_only_when_all_of_it_is_in() {
     // The attack: a first record of one octet, then silence.
     assert_eq!(hello_state(&[22, 3, 1, 0, 1, 1]), Hello::Incomplete);
     // Not a ClientHello: the handshake refuses it at once, no need to wait.
-    assert_eq!(hello_state(b""), Hello::Ready);
-    assert_eq!(hello_state(b"EHLO x\r\n"), Hello::Ready);
-    assert_eq!(hello_state(&[23, 3, 3, 0, 5]), Hello::Ready);
-    assert_eq!(hello_state(&[22, 3, 1, 0, 4, 2, 0, 0, 0]), Hello::Ready);
-    assert_eq!(hello_state(&[22, 3, 1, 0, 0]), Hello::Ready);
+    assert_eq!(hello_state(b""), Hello::Other);
+    assert_eq!(hello_state(b"EHLO x\r\n"), Hello::Other);
+    assert_eq!(hello_state(&[23, 3, 3, 0, 5]), Hello::Other);
+    assert_eq!(hello_state(&[22, 3, 1, 0, 4, 2, 0, 0, 0]), Hello::Other);
+    assert_eq!(hello_state(&[22, 3, 1, 0, 0]), Hello::Other);
     // Longer than the bound, said in its header: refused before the rest comes.
     let long = u32::try_from(MAX_CLIENT_HELLO - 3).unwrap().to_be_bytes();
     assert_eq!(
