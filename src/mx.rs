@@ -312,17 +312,18 @@ fn mx_hosts(mx: &mut Vec<(u16, Name)>) -> Result<Vec<(String, Name)>, MxError> {
 }
 
 /// The hosts answered so far, in preference order up to the first still asked, have
-/// `smtp_core::outbound::MAX_TARGETS` addresses or more: those after them would not be
-/// tried.
+/// `smtp_core::outbound::MAX_TARGETS` distinct addresses or more: those after them would not
+/// be tried.
 fn enough(found: &[Option<Result<Addresses, String>>]) -> bool {
-    let mut addresses = 0;
+    // Distinct: two MX names for the same servers are no more addresses.
+    let mut addresses = HashSet::new();
     for host in found {
         match host {
             None => return false,
-            Some(Ok(host)) => addresses += host.ips.len(),
+            Some(Ok(host)) => addresses.extend(host.ips.iter().copied()),
             Some(Err(_)) => {}
         }
-        if addresses >= smtp_core::outbound::MAX_TARGETS {
+        if addresses.len() >= smtp_core::outbound::MAX_TARGETS {
             return true;
         }
     }
