@@ -19,8 +19,8 @@ use common::next_hop::{
 use common::pki::Leaf;
 use common::Client;
 use support::{
-    assert_series, legacy, m, our_leaf, quit, send, silent_for, start_with, Conf, HeldHop, BODY,
-    BODY_AT_HOP,
+    assert_series, legacy, m, our_leaf, quit, rcpt_refused, send, silent_for, start_with, Conf,
+    HeldHop, BODY, BODY_AT_HOP,
 };
 
 /// Levels, weakest first, as configured.
@@ -970,14 +970,8 @@ async fn bytes_after_the_next_hops_220_to_starttls_end_the_attempt() {
     });
     let conf = Conf::new(&pki, addr.to_string(), "      default: encrypt\n");
     let sidecar = start_with(&conf, &ours).await;
-    let mut client = legacy(&sidecar).await;
-    let (rcpt, eod) = send(&mut client, "b@y.test").await;
-    assert_eq!(
-        rcpt,
-        "451 4.4.1 No next hop for y.test could be reached\r\n"
-    );
-    assert_eq!(eod, None);
-    quit(client).await;
+    let want = "451 4.4.1 No next hop for y.test could be reached\r\n";
+    rcpt_refused(&sidecar, "b@y.test", want).await;
     let seen = tokio::time::timeout(common::T, hop).await.unwrap().unwrap();
     assert_eq!(seen, "EHLO mx.test\r\nSTARTTLS\r\n");
     assert_series(

@@ -11,7 +11,9 @@ mod support;
 use common::dns::{Record, SilentDns, TestDns};
 use common::next_hop::{Cert, End, Message, NextHop, NextHopPki, RunningNextHop};
 use common::pki::Leaf;
-use support::{assert_series, legacy, m, our_leaf, quit, send, start_with, Conf, Forward, BODY};
+use support::{
+    assert_series, legacy, m, our_leaf, quit, rcpt_refused, send, start_with, Conf, Forward, BODY,
+};
 
 /// A sidecar whose MX look-ups go to `dns`, next hops on `port`, at `level` for everyone.
 async fn sidecar(
@@ -256,14 +258,8 @@ async fn an_mx_at_a_loopback_address_is_refused_without_allow_loopback() {
     conf.dns = Some(dns.addr);
     conf.allow_loopback = false;
     let sidecar = start_with(&conf, &ours).await;
-    let mut client = legacy(&sidecar).await;
-    let (rcpt, eod) = send(&mut client, "b@y.test").await;
-    assert_eq!(
-        rcpt,
-        "550 5.4.4 Recipient domain's mail servers have no routable address\r\n"
-    );
-    assert_eq!(eod, None);
-    quit(client).await;
+    let want = "550 5.4.4 Recipient domain's mail servers have no routable address\r\n";
+    rcpt_refused(&sidecar, "b@y.test", want).await;
     assert_eq!(hop.accepted(), 0);
     assert_series(&sidecar, &[m::next_hop_failures("dns", 1)], "loopback MX").await;
 }
@@ -281,18 +277,12 @@ async fn a_silent_name_server_is_given_no_more_than_the_set_ups_budget() {
     conf.dns = Some(silent.addr);
     conf.dns_timeout = "60s";
     let sidecar = start_with(&conf, &ours).await;
-    let mut client = legacy(&sidecar).await;
     let asked = std::time::Instant::now();
-    let (rcpt, eod) = send(&mut client, "b@y.test").await;
-    let waited = asked.elapsed();
-    assert_eq!(
-        rcpt,
-        "451 4.4.3 Temporary DNS failure for the recipient domain\r\n"
-    );
-    assert_eq!(eod, None);
+    let want = "451 4.4.3 Temporary DNS failure for the recipient domain\r\n";
+    rcpt_refused(&sidecar, "b@y.test", want).await;
     // The budget is 1.8 s; the resolver alone would have waited 60.
+    let waited = asked.elapsed();
     assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
-    quit(client).await;
 }
 
 /// An MX at one of the sidecar's own listeners is a mail loop (the legacy server behind a
@@ -326,14 +316,8 @@ async fn an_mx_at_the_sidecars_own_listener_is_never_connected_to() {
     let store = common::pki::Pki::store(&[&ours]);
     let sidecar = smtp_sidecar::runtime::start(&config, &store).await.unwrap();
     assert_eq!(sidecar.addr("inbound").unwrap().port(), port);
-    let mut client = legacy(&sidecar).await;
-    let (rcpt, eod) = send(&mut client, "b@y.test").await;
-    assert_eq!(
-        rcpt,
-        "451 4.4.1 No next hop for y.test could be reached\r\n"
-    );
-    assert_eq!(eod, None);
-    quit(client).await;
+    let want = "451 4.4.1 No next hop for y.test could be reached\r\n";
+    rcpt_refused(&sidecar, "b@y.test", want).await;
     assert!(rec.messages().is_empty());
     let metrics = support::scrape(&sidecar).await;
     let inbound = "smtp_sidecar_connections_total{listener=\"inbound\"} 0";

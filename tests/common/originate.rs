@@ -243,6 +243,16 @@ pub async fn send(client: &mut Client, rcpt: &str) -> (String, Option<String>) {
     (rcpt_reply, Some(client.reply().await))
 }
 
+/// A whole session whose one RCPT (`rcpt`) the sidecar answers with `want`, not 250: no
+/// DATA, then QUIT.
+pub async fn rcpt_refused(running: &Running, rcpt: &str, want: &str) {
+    let mut client = legacy(running).await;
+    let (reply, eod) = send(&mut client, rcpt).await;
+    assert_eq!(reply, want);
+    assert_eq!(eod, None);
+    quit(client).await;
+}
+
 /// QUIT, and wait until the sidecar closed the session (every event of it recorded).
 pub async fn quit(mut client: Client) {
     assert_eq!(client.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
