@@ -143,7 +143,7 @@ struct Holders {
 }
 
 /// A stalled handshake kept for one connection let in past a full set of slots
-/// ([`HandshakeSlots::room`]): given up when dropped, so that a connection that ends before
+/// ([`HandshakeSlots::keep_room`]): given up when dropped, so that a connection that ends before
 /// its ClientHello (a STARTTLS session that quits, a bad PROXY header) keeps it no longer.
 #[derive(Debug)]
 pub struct Reservation {
@@ -214,13 +214,24 @@ impl HandshakeSlots {
     /// connecting alone cuts nothing, and each waiting handshake cuts at most one at a time.
     ///
     /// `socket`: the connection's address, as the accept loop saw it, for a connection let in
-    /// past a full set of slots on a stalled handshake ([`HandshakeSlots::room`]): it cuts
-    /// that one, or if it can no longer, another stalled one; if none is, it does not queue
-    /// (it was admitted on that slot alone) and gets none.
-    pub async fn take(&self, socket: impl FnOnce() -> Option<SocketAddr>) -> Option<Slot> {
+    /// past a full set of slots on a stalled handshake ([`HandshakeSlots::keep_room`]): it
+    /// cuts that one, or if it can no longer, another stalled one; if none is, it waits for
+    /// a slot given back only for what is left of the second it was let in for.
+    ///
+    /// `cut`: false for a connection whose first bytes are no whole ClientHello, which
+    /// rustls may still answer (warning alerts before one, or one followed by a FIN): it
+    /// takes a slot as any handshake does, but cuts none.
+    pub async fn take(
+        &self,
+        socket: impl FnOnce() -> Option<SocketAddr>,
+        cut: bool,
+    ) -> Option<Slot> {
         let permit = match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return None,
+            Err(tokio::sync::TryAcquireError::NoPermits) if !cut => {
+                Arc::clone(&self.slots).acquire_owned().await.ok()?
+            }
             Err(tokio::sync::TryAcquireError::NoPermits) => self.wait(socket()).await?,
         };
         self.begin(self.now());
@@ -250,10 +261,11 @@ impl HandshakeSlots {
     async fn wait(&self, socket: Option<SocketAddr>) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let mut queued = std::pin::pin!(Arc::clone(&self.slots).acquire_owned());
         let mut cut = self.cut_stalled(socket);
-        if cut.is_none() && self.reserved(socket) {
+        if let (None, Some(until)) = (&cut, self.reserved(socket)) {
             // Let in for a handshake that went on since: a slot given back within the
             // second it was kept for, or none.
-            let given = tokio::time::timeout(STALLED_AFTER, &mut queued).await;
+            let until = self.born + Duration::from_nanos(until);
+            let given = tokio::time::timeout_at(until, &mut queued).await;
             return given.ok()?.ok();
         }
         loop {
@@ -294,17 +306,16 @@ impl HandshakeSlots {
     }
 
     /// The connection at `socket` was let in on a stalled handshake's slot, reserved for it.
-    fn reserved(&self, socket: Option<SocketAddr>) -> bool {
-        let Some(socket) = socket else {
-            return false;
-        };
+    /// Until when (nanoseconds after the slots' birth).
+    fn reserved(&self, socket: Option<SocketAddr>) -> Option<u64> {
+        let socket = socket?;
         let now = self.now();
         let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
-        holders
-            .turns
-            .iter()
-            .flatten()
-            .any(|turn| turn.reserved_for(now) == Some(socket))
+        let kept = holders.turns.iter().flatten().find_map(|turn| {
+            let (kept_for, until) = turn.reservation(now)?;
+            (kept_for == socket).then_some(until)
+        });
+        kept
     }
 
     /// Room for a new connection although every slot may be taken: a free slot, or a
@@ -700,10 +711,10 @@ mod tests {
         let slots = Arc::new(HandshakeSlots::new(2));
         let take = |slots: &Arc<HandshakeSlots>, socket: Option<SocketAddr>| {
             let slots = Arc::clone(slots);
-            tokio::spawn(async move { slots.take(|| socket).await })
+            tokio::spawn(async move { slots.take(|| socket, true).await })
         };
-        let first = slots.take(|| None).await.unwrap();
-        let second = slots.take(|| None).await.unwrap();
+        let first = slots.take(|| None, true).await.unwrap();
+        let second = slots.take(|| None, true).await.unwrap();
         first.turn().clients();
         step(ms(400)).await;
         second.turn().clients();
@@ -776,5 +787,21 @@ mod tests {
         step(Duration::from_secs(5)).await;
         assert!(!waiting.is_finished(), "still waiting: nothing stalled");
         waiting.abort();
+        // What is no whole ClientHello queues for a slot, but cuts no stalled handshake,
+        // even one kept for it.
+        third.turn().clients();
+        step(STALLED_AFTER).await;
+        let odd: SocketAddr = "192.0.2.3:4000".parse().unwrap();
+        let _kept_odd = slots.keep_room(odd).expect("room").expect("kept");
+        let no_hello = {
+            let slots = Arc::clone(&slots);
+            tokio::spawn(async move { slots.take(|| Some(odd), false).await })
+        };
+        step(ms(500)).await;
+        assert!(third.turn().waiting_since().is_some(), "not cut");
+        assert!(!no_hello.is_finished());
+        drop(third);
+        step(ms(0)).await;
+        assert!(no_hello.await.unwrap().is_some(), "a slot given back");
     }
 }

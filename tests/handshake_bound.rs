@@ -76,7 +76,7 @@ async fn flooded(backend: std::net::SocketAddr, tls: &str) -> (Running, Vec<Slot
     let slots = l.handshakes.as_ref().unwrap();
     let mut taken = Vec::new();
     for _ in 0..3 {
-        taken.push(slots.take(|| None).await.unwrap());
+        taken.push(slots.take(|| None, true).await.unwrap());
     }
     assert!(l.handshakes_pressed());
     (running, taken)
@@ -332,7 +332,7 @@ async fn more_than_half_the_slots_taken_sends_handshakes_to_the_admission_thread
     let mut taken = Vec::new();
     for n in 0..3 {
         assert!(!l.handshakes_pressed(), "{n} of 4 taken");
-        taken.push(slots.take(|| None).await.unwrap());
+        taken.push(slots.take(|| None, true).await.unwrap());
     }
     assert!(l.handshakes_pressed(), "3 of 4 taken");
     let mut c = Client::starttls_session(running.addr("inbound").unwrap()).await;
@@ -363,7 +363,7 @@ async fn a_burst_of_handshakes_is_pressure_not_a_flood() {
     let mut taken = Vec::new();
     for n in 0..=PRESS_BURST {
         assert!(!l.handshakes_pressed(), "{n} begun");
-        taken.push(slots.take(|| None).await.unwrap());
+        taken.push(slots.take(|| None, true).await.unwrap());
     }
     assert!(l.handshakes_pressed(), "9 begun at once");
     assert!(!l.handshakes_flooded());
@@ -372,14 +372,14 @@ async fn a_burst_of_handshakes_is_pressure_not_a_flood() {
     // One at a time, further apart than the window: never a burst (18 held now).
     for _ in 0..PRESS_BURST + 1 {
         tokio::time::sleep(PRESS_WINDOW + Duration::from_millis(20)).await;
-        taken.push(slots.take(|| None).await.unwrap());
+        taken.push(slots.take(|| None, true).await.unwrap());
         assert!(!l.handshakes_pressed());
     }
     while taken.len() < 64 {
-        taken.push(slots.take(|| None).await.unwrap());
+        taken.push(slots.take(|| None, true).await.unwrap());
     }
     assert!(!l.handshakes_flooded(), "64 of 128 taken");
-    taken.push(slots.take(|| None).await.unwrap());
+    taken.push(slots.take(|| None, true).await.unwrap());
     assert!(
         l.handshakes_flooded() && l.handshakes_pressed(),
         "65 of 128 taken"
@@ -843,7 +843,7 @@ async fn under_a_flood_a_starttls_session_connects_the_backend_once_tls_is_up() 
     let slots = l.handshakes.as_ref().unwrap();
     let mut taken = Vec::new();
     for _ in 0..3 {
-        taken.push(slots.take(|| None).await.unwrap());
+        taken.push(slots.take(|| None, true).await.unwrap());
     }
     assert!(l.handshakes_pressed());
 

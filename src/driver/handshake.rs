@@ -228,18 +228,14 @@ pub(crate) async fn accept_tls(
                 let socket = tcp.peer_addr().ok()?;
                 Some(SocketAddr::new(socket.ip().to_canonical(), socket.port()))
             };
-            if !whole {
-                // Not a ClientHello (or the client left): the handshake fails at once, with
-                // no work a slot would bound, and cuts no stalled one.
-                None
-            } else {
-                match timeout_at(deadline, slots.take(socket)).await {
-                    Ok(Some(slot)) => Some(slot),
-                    _ => {
-                        let why = "no handshake slot free in time (max_handshakes)";
-                        handshake_failed(l, peer, why, "server", HandshakeError::Timeout);
-                        return None;
-                    }
+            // What is no whole ClientHello (warning alerts before one, one followed by a FIN)
+            // rustls may still answer: a slot as for any handshake, but no stalled one cut.
+            match timeout_at(deadline, slots.take(socket, whole)).await {
+                Ok(Some(slot)) => Some(slot),
+                _ => {
+                    let why = "no handshake slot free in time (max_handshakes)";
+                    handshake_failed(l, peer, why, "server", HandshakeError::Timeout);
+                    return None;
                 }
             }
         }

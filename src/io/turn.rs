@@ -102,8 +102,13 @@ impl Turn {
 
     /// Whom the handshake's slot is reserved for at `now`, if anyone.
     pub(crate) fn reserved_for(&self, now: u64) -> Option<SocketAddr> {
+        self.reservation(now).map(|(socket, _)| socket)
+    }
+
+    /// Whom the handshake's slot is reserved for at `now`, and until when.
+    pub(crate) fn reservation(&self, now: u64) -> Option<(SocketAddr, u64)> {
         let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
-        reserved.and_then(|(socket, until)| (until > now).then_some(socket))
+        reserved.filter(|(_, until)| *until > now)
     }
 
     /// Cut the handshake if it still waits for its client since `since`: its slot goes to
