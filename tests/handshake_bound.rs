@@ -175,6 +175,27 @@ async fn a_handshake_stalled_on_its_client_gives_its_slot_to_a_new_one() {
     }
 }
 
+/// A connection let in past a full set of slots on a stalled handshake, which quits before
+/// its STARTTLS, gives that handshake up as it goes: the next connection is let in on it at
+/// once (it was refused for the rest of the second before), and served.
+#[tokio::test]
+async fn a_connection_that_quits_gives_up_the_stalled_handshake_it_was_let_in_on() {
+    let running = listener("starttls").await;
+    let addr = running.addr("inbound").unwrap();
+    let _stalled = stalled_starttls(&running).await;
+    tokio::time::sleep(STALLED_AFTER + Duration::from_millis(300)).await;
+    let before = refused(&running);
+    let mut quitter = Client::connect(addr).await;
+    assert_eq!(quitter.reply().await, "220 mx.test ESMTP\r\n");
+    assert_eq!(quitter.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
+    assert!(quitter.closed().await);
+    // The session's end reaches the listener's bookkeeping.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    served("starttls", addr).await;
+    assert_eq!(refused(&running), before);
+    running.shutdown().await;
+}
+
 /// A whole session of a client on a listener (`tls`): TLS, the greeting, QUIT.
 async fn served(tls: &str, addr: std::net::SocketAddr) {
     let mut c = match tls {
