@@ -30,20 +30,22 @@ pub struct Snapshot {
     /// What the operator must hear of but does not stop the configuration: logged by `run`
     /// and by a reload that puts this snapshot in force.
     pub warnings: Vec<Warning>,
-    /// Where its listeners are bound, once they are: set by `run` and by the reload that
-    /// puts the snapshot in force.
+    /// Where the listeners in force are bound, once they are: set by `run` and by the
+    /// reload that puts a snapshot in force; the previous snapshot's, shared.
     pub bound: Arc<Bound>,
 }
 
-/// The addresses a snapshot's listeners are bound to (with port 0, the port taken), once
-/// known: a next hop there is the sidecar itself ([`Bound::loops_back`]).
+/// The addresses the listeners in force are bound to (with port 0, the port taken), once
+/// known: a next hop there is the sidecar itself ([`Bound::loops_back`]). One value for the
+/// snapshots that follow each other by reload, so that a session of an older one sees the
+/// listeners a reload added.
 #[derive(Debug, Default)]
-pub struct Bound(std::sync::OnceLock<Vec<SocketAddr>>);
+pub struct Bound(arc_swap::ArcSwap<Vec<SocketAddr>>);
 
 impl Bound {
-    /// The listeners are bound at `addrs`; only the first call counts.
+    /// The listeners in force are bound at `addrs`.
     pub fn set(&self, addrs: Vec<SocketAddr>) {
-        let _ = self.0.set(addrs);
+        self.0.store(Arc::new(addrs));
     }
 
     /// The listener a connection to `target` arrives at, if it is one of ours: by the
@@ -54,7 +56,7 @@ impl Bound {
     pub fn loops_back(&self, target: SocketAddr, local: Option<SocketAddr>) -> Option<SocketAddr> {
         let ip = target.ip().to_canonical();
         let this_host = local.is_some_and(|local| local.ip().to_canonical() == ip);
-        self.0.get()?.iter().copied().find(|listen| {
+        self.0.load().iter().copied().find(|listen| {
             crate::config::reaches(target, *listen)
                 || (this_host
                     && listen.port() == target.port()

@@ -155,6 +155,7 @@ async fn a_listener_moved_to_another_port_closes_the_old_one_and_its_sessions_fi
     let path = write_config(&dir, &format!("{head}{}", listener("a", old_port, backend)));
     let mut running = start_file(&path).await;
     let first = pool(&running, "a");
+    let bound = Arc::clone(&running.snapshot.bound);
     // In the middle of a transaction when the listener moves.
     let (mut in_flight, _) = session(at(old_port)).await;
     assert_eq!(
@@ -165,6 +166,11 @@ async fn a_listener_moved_to_another_port_closes_the_old_one_and_its_sessions_fi
     let moved = format!("{head}{}", listener("a", new_port, backend));
     reload_with(&mut running, &dir, &moved).await;
     assert_eq!(running.addr("a"), Some(at(new_port)));
+    // Where the listeners are, as sessions of the first configuration see it too (an MX
+    // there is a mail loop): the new port, not the old.
+    assert!(Arc::ptr_eq(&bound, &running.snapshot.bound));
+    let ours = |port| bound.loops_back(at(port), None);
+    assert_eq!((ours(new_port), ours(old_port)), (Some(at(new_port)), None));
     // The old accept loop sees its stop signal on its own task, just after the reload.
     until("the old port stops accepting", || {
         std::net::TcpStream::connect(at(old_port)).is_err()

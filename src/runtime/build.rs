@@ -58,7 +58,8 @@ pub fn build(
     let mut problems = Vec::new();
     let mut listeners = Vec::new();
     let mut warnings = Vec::new();
-    let bound = Arc::new(Bound::default());
+    // Shared with the snapshot in force: its sessions see where a reload's listeners are.
+    let bound = previous.map_or_else(Arc::default, |p| Arc::clone(&p.bound));
     for (i, l) in config.listeners.iter().enumerate() {
         let at = format!("listeners[{i}] ({})", l.name);
         let mut b = Builder {
