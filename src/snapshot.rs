@@ -232,7 +232,18 @@ impl HandshakeSlots {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return None,
             Err(tokio::sync::TryAcquireError::NoPermits) if !cut => {
-                Arc::clone(&self.slots).acquire_owned().await.ok()?
+                // Let in on a stalled handshake, it gives that one up for a ClientHello to
+                // cut, and waits for a slot given back only what is left of its second.
+                let socket = socket();
+                let queued = Arc::clone(&self.slots).acquire_owned();
+                match self.reserved(socket) {
+                    Some(until) => {
+                        self.give_up(socket);
+                        let until = self.born + Duration::from_nanos(until);
+                        tokio::time::timeout_at(until, queued).await.ok()?.ok()?
+                    }
+                    None => queued.await.ok()?,
+                }
             }
             Err(tokio::sync::TryAcquireError::NoPermits) => self.wait(socket()).await?,
         };
@@ -308,6 +319,17 @@ impl HandshakeSlots {
     }
 
     /// The connection at `socket` was let in on a stalled handshake's slot, reserved for it.
+    /// The stalled handshake kept for the connection at `socket` is no longer kept.
+    fn give_up(&self, socket: Option<SocketAddr>) {
+        let Some(socket) = socket else {
+            return;
+        };
+        let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        for turn in holders.turns.iter().flatten() {
+            turn.unreserve(socket);
+        }
+    }
+
     /// Until when (nanoseconds after the slots' birth).
     fn reserved(&self, socket: Option<SocketAddr>) -> Option<u64> {
         let socket = socket?;
@@ -486,7 +508,7 @@ pub struct OriginateRuntime {
     /// The TLS client toward next hops, and the certificate it presents (for the log).
     pub client_tls: ClientTls,
     pub client_certificate: Option<CertInfo>,
-    /// Where the snapshot's listeners are bound: an MX there is a mail loop.
+    /// Where the listeners in force are bound: an MX there is a mail loop.
     pub bound: Arc<Bound>,
 }
 
@@ -789,21 +811,29 @@ mod tests {
         step(Duration::from_secs(5)).await;
         assert!(!waiting.is_finished(), "still waiting: nothing stalled");
         waiting.abort();
-        // What is no whole ClientHello queues for a slot, but cuts no stalled handshake,
-        // even one kept for it.
+        // What is no whole ClientHello cuts no stalled handshake: let in on one, it gives it
+        // up at once for a ClientHello to cut, and waits only what is left of its second.
         third.turn().clients();
         step(STALLED_AFTER).await;
         let odd: SocketAddr = "192.0.2.3:4000".parse().unwrap();
         let _kept_odd = slots.keep_room(odd).expect("room").expect("kept");
+        assert!(!slots.room(), "kept for the odd one");
         let no_hello = {
             let slots = Arc::clone(&slots);
             tokio::spawn(async move { slots.take(|| Some(odd), false).await })
         };
-        step(ms(500)).await;
+        step(ms(0)).await;
         assert!(third.turn().waiting_since().is_some(), "not cut");
-        assert!(!no_hello.is_finished());
+        assert!(slots.room(), "given up");
+        let hello: SocketAddr = "192.0.2.4:4000".parse().unwrap();
+        let _kept = slots.keep_room(hello).expect("room").expect("kept");
+        let with_hello = take(&slots, Some(hello));
+        step(ms(0)).await;
+        assert!(!third.turn().ours(), "cut by the one with a ClientHello");
         drop(third);
         step(ms(0)).await;
-        assert!(no_hello.await.unwrap().is_some(), "a slot given back");
+        let _fifth = with_hello.await.unwrap().expect("the cut handshake's slot");
+        step(ms(1010)).await;
+        assert!(no_hello.is_finished() && no_hello.await.unwrap().is_none());
     }
 }

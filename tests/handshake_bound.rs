@@ -185,14 +185,31 @@ async fn a_connection_that_quits_gives_up_the_stalled_handshake_it_was_let_in_on
     let _stalled = stalled_starttls(&running).await;
     tokio::time::sleep(STALLED_AFTER + Duration::from_millis(300)).await;
     let before = refused(&running);
+    let let_in = std::time::Instant::now();
     let mut quitter = Client::connect(addr).await;
     assert_eq!(quitter.reply().await, "220 mx.test ESMTP\r\n");
     assert_eq!(quitter.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
     assert!(quitter.closed().await);
-    // The session's end reaches the listener's bookkeeping.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The session's end reaches the listener's bookkeeping: the stalled one is left.
+    let active = || {
+        running
+            .metrics
+            .connections_active
+            .with_label_values(&["inbound"])
+            .get()
+    };
+    let deadline = std::time::Instant::now() + T;
+    while active() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the quitter still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     served("starttls", addr).await;
     assert_eq!(refused(&running), before);
+    // Within the second the quitter's reservation would have lasted: the guard let it go.
+    assert!(let_in.elapsed() < STALLED_AFTER, "{:?}", let_in.elapsed());
     running.shutdown().await;
 }
 

@@ -94,9 +94,19 @@ pub async fn client_hello(tcp: &TcpStream) -> Result<bool, &'static str> {
     loop {
         // The peer's FIN ends the wait: the ClientHello can no longer complete, and a closed
         // socket stays readable (waiting again would spin).
-        match tcp.ready(tokio::io::Interest::READABLE).await {
-            Ok(ready) if !ready.is_read_closed() => {}
-            _ => return Ok(false),
+        let closed = match tcp.ready(tokio::io::Interest::READABLE).await {
+            Ok(ready) => ready.is_read_closed(),
+            Err(_) => return Err("connection lost before its ClientHello"),
+        };
+        if closed {
+            // What came before the FIN, if anything, is for the handshake to refuse; with
+            // nothing, there is no handshake to make.
+            let mut first = [0u8; 1];
+            let peek = rustix::net::RecvFlags::PEEK;
+            return match rustix::net::recv(tcp, &mut first, peek) {
+                Ok((0, _)) | Err(_) => Err("closed before its ClientHello"),
+                Ok(_) => Ok(false),
+            };
         }
         // WouldBlock, for a ClientHello not yet whole, clears the readiness: the next segment
         // wakes this again.

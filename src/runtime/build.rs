@@ -142,7 +142,7 @@ struct Builder<'a> {
     /// The previous snapshot's pool of this listener, if it can stay.
     kept: Option<Arc<Pool>>,
     warnings: &'a mut Vec<Warning>,
-    /// Where the snapshot's listeners will be bound.
+    /// Where the listeners in force are bound.
     bound: &'a Arc<Bound>,
 }
 

@@ -140,7 +140,8 @@ impl Running {
         warn_expired(&snapshot);
         let shutdown = self.shutdown.subscribe();
         // Where its listeners are bound, known before any session of it starts: kept ones
-        // where they were, new ones where just bound.
+        // where they were, new ones where just bound. (A listener removed still accepts
+        // until its loop sees the stop below, a few milliseconds, without being counted.)
         let locals = snapshot.listeners.iter().filter_map(|(addr, _)| {
             let kept = self
                 .active
