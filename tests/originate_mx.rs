@@ -287,7 +287,8 @@ async fn a_silent_name_server_is_given_no_more_than_the_set_ups_budget() {
 
 /// An MX at one of the sidecar's own listeners is a mail loop (the legacy server behind a
 /// terminate listener relays back to us): never connected to; with no other address the
-/// RCPT gets `451 4.4.1`, and nothing reaches the terminate listener's backend. Here the
+/// RCPT is refused for good (`550 5.4.6`), and nothing reaches the terminate listener's
+/// backend. Here the
 /// terminate listener and the MX share 127.0.0.1 and its port (`allow_loopback`, as every
 /// test); the other way a loop is found, a connection from this host to its own address on a
 /// wildcard listener's port, is unit-tested (`snapshot::tests`).
@@ -316,7 +317,7 @@ async fn an_mx_at_the_sidecars_own_listener_is_never_connected_to() {
     let store = common::pki::Pki::store(&[&ours]);
     let sidecar = smtp_sidecar::runtime::start(&config, &store).await.unwrap();
     assert_eq!(sidecar.addr("inbound").unwrap().port(), port);
-    let want = "451 4.4.1 No next hop for y.test could be reached\r\n";
+    let want = "550 5.4.6 Mail for y.test loops back to this relay\r\n";
     rcpt_refused(&sidecar, "b@y.test", want).await;
     assert!(rec.messages().is_empty());
     let metrics = support::scrape(&sidecar).await;

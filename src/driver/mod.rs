@@ -444,7 +444,7 @@ impl<'a> Driver<'a> {
                         "{} is the sidecar's own listener {ours} (a mail loop)",
                         target.addr
                     );
-                    session.handle_connect_failed(&why, Instant::now());
+                    session.handle_connect_loops(&why, Instant::now());
                     return Step::Go;
                 }
                 let connect = tokio::net::TcpStream::connect(target.addr);
@@ -460,7 +460,7 @@ impl<'a> Driver<'a> {
                     Ok(Ok(stream)) => {
                         if let Some(ours) = loops(stream.local_addr().ok()) {
                             let why = format!("{} is this host, at the sidecar's own listener {ours} (a mail loop)", target.addr);
-                            session.handle_connect_failed(&why, Instant::now());
+                            session.handle_connect_loops(&why, Instant::now());
                             return Step::Go;
                         }
                         if let Err(e) = stream.set_nodelay(true) {

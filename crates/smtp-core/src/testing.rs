@@ -140,6 +140,8 @@ pub struct Harness<S: Machine = Session> {
     /// Originate: the next hop addresses connected to, and those that refuse connections.
     pub connected: Vec<Target>,
     pub unreachable: Vec<std::net::SocketAddr>,
+    /// Originate: next hop addresses that are the sidecar's own listeners.
+    pub ours: Vec<std::net::SocketAddr>,
     /// Graceful closes of the backend leg (after QUIT).
     pub disconnects: u32,
     /// Originate: each client handshake asked for, and what it reports (`None`: it fails).
@@ -231,6 +233,7 @@ impl<S: Machine> Harness<S> {
             dns: None,
             connected: Vec::new(),
             unreachable: Vec::new(),
+            ours: Vec::new(),
             disconnects: 0,
             tls_clients: Vec::new(),
             hop_tls: None,
@@ -262,8 +265,12 @@ impl<S: Machine> Harness<S> {
                 Action::Connect(target) => {
                     self.connects += 1;
                     let refused = self.unreachable.contains(&target.addr);
+                    let ours = self.ours.contains(&target.addr);
                     self.connected.push(*target);
-                    if refused {
+                    if ours {
+                        self.session
+                            .handle_connect_loops("our own listener", self.now);
+                    } else if refused {
                         self.session.handle_connect_failed("refused", self.now);
                     } else {
                         self.session.handle_connected(self.now);

@@ -100,10 +100,17 @@ impl Session {
             self.hop.targets.clear();
         }
         let Some(target) = self.hop.targets.pop_front() else {
+            let looped = self.hop.loops > 0 && self.hop.loops == self.hop.failed;
             let reply = self.hop.policy_reply.take().unwrap_or_else(|| {
                 let domain = self.route().map(|r| r.domain.as_str()).unwrap_or_default();
                 let domain = policy::printable(domain);
-                format!("451 4.4.1 No next hop for {domain} could be reached")
+                if looped {
+                    // Every address is this relay (RFC 3463 X.4.6, as Postfix bounces mail
+                    // that loops back to itself): no retry will do better.
+                    format!("550 5.4.6 Mail for {domain} loops back to this relay")
+                } else {
+                    format!("451 4.4.1 No next hop for {domain} could be reached")
+                }
             });
             return self.setup_failed(reply, now);
         };
@@ -120,6 +127,7 @@ impl Session {
     /// Past the set-up's budget, whatever failed is the budget's timeout, and no address is
     /// left ([`Session::connect_next`]).
     pub(super) fn attempt_failed(&mut self, kind: LegFailure, reason: String, now: Instant) {
+        self.hop.failed += 1;
         let (kind, reason) = match self.setup_over(now) {
             true => (LegFailure::Timeout, SETUP_TIMED_OUT.to_owned()),
             false => (kind, reason),

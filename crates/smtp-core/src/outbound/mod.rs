@@ -193,6 +193,13 @@ impl Machine for Session {
         }
     }
 
+    fn handle_connect_loops(&mut self, reason: &str, now: Instant) {
+        if self.hop.state == HopState::Connecting {
+            self.hop.loops += 1;
+        }
+        self.handle_connect_failed(reason, now);
+    }
+
     fn handle_connect_failed(&mut self, reason: &str, now: Instant) {
         if self.hop.state == HopState::Connecting {
             self.hop.state = HopState::None;

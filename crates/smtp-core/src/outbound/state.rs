@@ -98,6 +98,10 @@ pub(super) struct Hop {
     pub(super) audited: bool,
     /// Why the last attempt failed, for the reply when no attempt is left.
     pub(super) last_failure: Option<String>,
+    /// Attempts failed in this set-up, and how many of them were addresses of the sidecar's
+    /// own listeners: all of them, and the RCPT is refused as a mail loop.
+    pub(super) failed: u32,
+    pub(super) loops: u32,
     /// The reply to give if no attempt is left and the last failure was the TLS policy's.
     pub(super) policy_reply: Option<String>,
     /// The end of the set-up's budget while the RCPT that opened it waits for its reply.

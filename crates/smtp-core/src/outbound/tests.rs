@@ -596,6 +596,56 @@ fn mx_tries_hosts_in_order_and_the_next_one_on_failure() {
     assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
 }
 
+/// Addresses that are the sidecar's own listeners are not tried; when every failed address
+/// was one, the RCPT is refused for good as a mail loop (`550 5.4.6`), otherwise as any
+/// unreachable next hop (`451 4.4.1`), and an address beside them delivers.
+#[test]
+fn a_next_hop_that_loops_back_is_refused_for_good_when_no_other_failed() {
+    let ours: Vec<std::net::SocketAddr> = vec![
+        "192.0.2.10:25".parse().expect("addr"),
+        "192.0.2.11:25".parse().expect("addr"),
+    ];
+    let all_ours = vec![route("mx1.y.test", &["192.0.2.10:25", "192.0.2.11:25"])];
+    let mut h = Harness::originate(mx_cfg());
+    h.dns = Some(Ok(all_ours));
+    h.ours = ours.clone();
+    let rcpt = |h: &mut Harness<Session>| {
+        h.client_says(b"EHLO legacy.test\r\n");
+        assert_eq!(h.take_client(), OUR_EHLO);
+        h.client_says(b"MAIL FROM:<a@x.test> SIZE=100\r\n");
+        assert_eq!(h.take_client(), "250 2.1.0 Ok\r\n");
+        h.client_says(b"RCPT TO:<b@y.test>\r\n");
+        h.take_client()
+    };
+    assert_eq!(
+        rcpt(&mut h),
+        "550 5.4.6 Mail for y.test loops back to this relay\r\n"
+    );
+    // One of ours, one that refuses: not only a loop.
+    let mut h = Harness::originate(mx_cfg());
+    h.dns = Some(Ok(vec![route(
+        "mx1.y.test",
+        &["192.0.2.10:25", "192.0.2.12:25"],
+    )]));
+    h.ours = ours.clone();
+    h.unreachable = vec!["192.0.2.12:25".parse().expect("addr")];
+    assert_eq!(
+        rcpt(&mut h),
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
+    // One of ours, then one that answers.
+    let mut h = Harness::originate(mx_cfg());
+    h.dns = Some(Ok(vec![route(
+        "mx1.y.test",
+        &["192.0.2.10:25", "192.0.2.20:25"],
+    )]));
+    h.ours = ours;
+    start(&mut h, "b@y.test");
+    h.backend_says(b"220 mx ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO mx.test\r\n");
+    assert_eq!(h.connected.len(), 2);
+}
+
 /// The set-up of a next hop, every address and step together, takes at most 9/10 of the
 /// command timeout (the legacy MTA waits about as long for its RCPT's reply): next hops that
 /// each stall just under their own deadline are not all tried, one after another, long after

@@ -260,6 +260,11 @@ pub trait Machine {
     /// The connection asked for by [`Action::ConnectBackend`] or [`Action::Connect`] is open.
     fn handle_connected(&mut self, now: Instant);
     fn handle_connect_failed(&mut self, reason: &str, now: Instant);
+    /// [`Action::Connect`]'s address is the sidecar's own listener (`reason` says which): a
+    /// mail loop, not tried. A failed connect unless the machine tells them apart.
+    fn handle_connect_loops(&mut self, reason: &str, now: Instant) {
+        self.handle_connect_failed(reason, now);
+    }
     /// The answer to [`Action::Resolve`]: next hops in preference order.
     fn handle_resolved(&mut self, _result: Result<Vec<Route>, DnsFailure>, _now: Instant) {}
     /// The handshake asked for by [`Action::StartTls`] completed; on the backend leg,
