@@ -460,7 +460,9 @@ impl<'a> Driver<'a> {
                     Ok(Ok(stream)) => {
                         if let Some(ours) = loops(stream.local_addr().ok()) {
                             let why = format!("{} is this host, at the sidecar's own listener {ours} (a mail loop)", target.addr);
-                            session.handle_connect_loops(&why, Instant::now());
+                            // Only by the addresses seen on this side (a NAT rule may send
+                            // the connection elsewhere): a failed connect, not a sure loop.
+                            session.handle_connect_failed(&why, Instant::now());
                             return Step::Go;
                         }
                         if let Err(e) = stream.set_nodelay(true) {

@@ -95,12 +95,14 @@ impl Session {
 
     /// Connect to the next address, or answer the waiting RCPT when none is left.
     fn connect_next(&mut self, now: Instant) {
-        if self.setup_over(now) {
+        // Addresses left untried because the budget is spent: not only loops, then.
+        let cut = self.setup_over(now) && !self.hop.targets.is_empty();
+        if cut {
             // The budget is spent: no other address.
             self.hop.targets.clear();
         }
         let Some(target) = self.hop.targets.pop_front() else {
-            let looped = self.hop.loops > 0 && self.hop.loops == self.hop.failed;
+            let looped = !cut && self.hop.loops > 0 && self.hop.loops == self.hop.failed;
             let reply = self.hop.policy_reply.take().unwrap_or_else(|| {
                 let domain = self.route().map(|r| r.domain.as_str()).unwrap_or_default();
                 let domain = policy::printable(domain);

@@ -644,6 +644,24 @@ fn a_next_hop_that_loops_back_is_refused_for_good_when_no_other_failed() {
     h.backend_says(b"220 mx ESMTP\r\n");
     assert_eq!(h.take_backend(), "EHLO mx.test\r\n");
     assert_eq!(h.connected.len(), 2);
+    // One of ours, then one that stalls until the set-up's budget ends, a third untried:
+    // the budget's reply, not a loop's.
+    let mut cfg = mx_cfg();
+    cfg.timeouts.backend_reply = Duration::from_secs(100);
+    cfg.timeouts.command = Duration::from_secs(100);
+    let mut h = Harness::originate(cfg);
+    h.dns = Some(Ok(vec![route(
+        "mx1.y.test",
+        &["192.0.2.10:25", "192.0.2.30:25", "192.0.2.31:25"],
+    )]));
+    h.ours = vec!["192.0.2.10:25".parse().expect("addr")];
+    assert_eq!(rcpt(&mut h), "");
+    h.advance(Duration::from_secs(91));
+    assert_eq!(
+        h.take_client(),
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
+    assert_eq!(h.connected.len(), 2, "the third never tried");
 }
 
 /// The set-up of a next hop, every address and step together, takes at most 9/10 of the
