@@ -236,10 +236,9 @@ impl HandshakeSlots {
                 // cut, and waits for a slot given back only what is left of its second.
                 let socket = socket();
                 let queued = Arc::clone(&self.slots).acquire_owned();
-                match self.reserved(socket) {
+                match self.kept_until(socket) {
                     Some(until) => {
                         self.give_up(socket);
-                        let until = self.born + Duration::from_nanos(until);
                         tokio::time::timeout_at(until, queued).await.ok()?.ok()?
                     }
                     None => queued.await.ok()?,
@@ -274,10 +273,9 @@ impl HandshakeSlots {
     async fn wait(&self, socket: Option<SocketAddr>) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let mut queued = std::pin::pin!(Arc::clone(&self.slots).acquire_owned());
         let mut cut = self.cut_stalled(socket);
-        if let (None, Some(until)) = (&cut, self.reserved(socket)) {
+        if let (None, Some(until)) = (&cut, self.kept_until(socket)) {
             // Let in for a handshake that went on since: a slot given back within the
             // second it was kept for, or none.
-            let until = self.born + Duration::from_nanos(until);
             let given = tokio::time::timeout_at(until, &mut queued).await;
             return given.ok()?.ok();
         }
@@ -318,7 +316,6 @@ impl HandshakeSlots {
             .find_map(|(since, turn)| turn.cut(since))
     }
 
-    /// The connection at `socket` was let in on a stalled handshake's slot, reserved for it.
     /// The stalled handshake kept for the connection at `socket` is no longer kept.
     fn give_up(&self, socket: Option<SocketAddr>) {
         let Some(socket) = socket else {
@@ -330,8 +327,9 @@ impl HandshakeSlots {
         }
     }
 
-    /// Until when (nanoseconds after the slots' birth).
-    fn reserved(&self, socket: Option<SocketAddr>) -> Option<u64> {
+    /// Until when a stalled handshake is kept for the connection at `socket`, if one is (it
+    /// was let in on it past a full set of slots).
+    fn kept_until(&self, socket: Option<SocketAddr>) -> Option<tokio::time::Instant> {
         let socket = socket?;
         let now = self.now();
         let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
@@ -339,7 +337,8 @@ impl HandshakeSlots {
             let (kept_for, until) = turn.reservation(now)?;
             (kept_for == socket).then_some(until)
         });
-        kept
+        drop(holders);
+        kept.map(|until| self.born + Duration::from_nanos(until))
     }
 
     /// Room for a new connection although every slot may be taken: a free slot, or a
@@ -366,8 +365,9 @@ impl HandshakeSlots {
         let now = self.now();
         let until = now.saturating_add(nanos(STALLED_AFTER));
         let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut free = stalled(&holders, now).filter(|(_, turn)| turn.reserved_for(now).is_none());
-        let (_, turn) = free.find(|(_, turn)| turn.reserve(socket, now, until))?;
+        // `reserve` takes only a handshake no other connection counts on.
+        let (_, turn) =
+            stalled(&holders, now).find(|(_, turn)| turn.reserve(socket, now, until))?;
         let turn = Arc::clone(turn);
         Some(Some(Reservation { turn, socket }))
     }

@@ -49,20 +49,18 @@ pub fn listeners(
         if let Some(listener) = listener(p, &path, raw, taken, &mut names) {
             match &listener.mode {
                 ListenerMode::Terminate(t) => {
+                    // Host names are not known to be ours.
                     let servers = t.backend.servers.iter().enumerate();
-                    served.extend(servers.map(|(j, server)| {
-                        (
-                            format!("{path}.backend.servers[{j}]"),
-                            server.clone(),
-                            false,
-                        )
+                    served.extend(servers.filter_map(|(j, server)| {
+                        let addr = server.parse::<SocketAddr>().ok()?;
+                        Some((format!("{path}.backend.servers[{j}]"), addr, false))
                     }));
                     loops.push(format!("{path}.listen"));
                 }
                 ListenerMode::Originate(o) => {
                     if let NextHopConfig::Relay { host, port } = &o.next_hop {
                         if let Ok(ip) = host.parse::<IpAddr>() {
-                            let relay = SocketAddr::new(ip, *port).to_string();
+                            let relay = SocketAddr::new(ip, *port);
                             served.push((format!("{path}.next_hop"), relay, true));
                         }
                     }
@@ -72,10 +70,7 @@ pub fn listeners(
             out.push(listener);
         }
     }
-    for (path, server, relay) in served {
-        let Ok(addr) = server.parse::<SocketAddr>() else {
-            continue;
-        };
+    for (path, addr, relay) in served {
         let ours = taken
             .iter()
             .filter(|(_, user)| loops.contains(user) || (relay && originating.contains(user)))
@@ -84,7 +79,7 @@ pub fn listeners(
             p.add(
                 &path,
                 format_args!(
-                    "{server} is the sidecar's own {used} ({user}): sessions would be \
+                    "{addr} is the sidecar's own {used} ({user}): sessions would be \
                      relayed back into the sidecar"
                 ),
             );

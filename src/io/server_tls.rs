@@ -88,7 +88,9 @@ enum Next {
 /// a ClientHello, holds no slot: the slots bound handshake work, and silence is no work.
 /// `Err`: a ClientHello longer than [`MAX_CLIENT_HELLO`], or that arrives in more than
 /// [`MAX_HELLO_PIECES`] pieces, refused before it costs a slot. `Ok(true)`: a whole
-/// ClientHello; `Ok(false)`: none will come (the handshake needs no slot to fail).
+/// ClientHello; `Ok(false)`: something else, which rustls may still answer (warning alerts
+/// ahead of a ClientHello, one followed by a FIN): a slot, but no stalled handshake cut. An
+/// `Err` too for a connection closed or lost with nothing sent.
 pub async fn client_hello(tcp: &TcpStream) -> Result<bool, &'static str> {
     let mut pieces = 0;
     loop {
