@@ -601,14 +601,15 @@ fn mx_tries_hosts_in_order_and_the_next_one_on_failure() {
 /// unreachable next hop (`451 4.4.1`), and an address beside them delivers.
 #[test]
 fn a_next_hop_that_loops_back_is_refused_for_good_when_no_other_failed() {
-    let ours: Vec<std::net::SocketAddr> = vec![
-        "192.0.2.10:25".parse().expect("addr"),
-        "192.0.2.11:25".parse().expect("addr"),
-    ];
-    let all_ours = vec![route("mx1.y.test", &["192.0.2.10:25", "192.0.2.11:25"])];
-    let mut h = Harness::originate(mx_cfg());
-    h.dns = Some(Ok(all_ours));
-    h.ours = ours.clone();
+    // One MX with `addrs`, of which 192.0.2.10 and .11 are our own listeners.
+    let harness = |cfg, addrs: &[&str]| {
+        let mut h = Harness::originate(cfg);
+        h.dns = Some(Ok(vec![route("mx1.y.test", addrs)]));
+        h.ours = ["192.0.2.10:25", "192.0.2.11:25"]
+            .map(|a| a.parse().expect("addr"))
+            .to_vec();
+        h
+    };
     let rcpt = |h: &mut Harness<Session>| {
         h.client_says(b"EHLO legacy.test\r\n");
         assert_eq!(h.take_client(), OUR_EHLO);
@@ -617,29 +618,20 @@ fn a_next_hop_that_loops_back_is_refused_for_good_when_no_other_failed() {
         h.client_says(b"RCPT TO:<b@y.test>\r\n");
         h.take_client()
     };
+    let mut h = harness(mx_cfg(), &["192.0.2.10:25", "192.0.2.11:25"]);
     assert_eq!(
         rcpt(&mut h),
         "550 5.4.6 Mail for y.test loops back to this relay\r\n"
     );
     // One of ours, one that refuses: not only a loop.
-    let mut h = Harness::originate(mx_cfg());
-    h.dns = Some(Ok(vec![route(
-        "mx1.y.test",
-        &["192.0.2.10:25", "192.0.2.12:25"],
-    )]));
-    h.ours = ours.clone();
+    let mut h = harness(mx_cfg(), &["192.0.2.10:25", "192.0.2.12:25"]);
     h.unreachable = vec!["192.0.2.12:25".parse().expect("addr")];
     assert_eq!(
         rcpt(&mut h),
         "451 4.4.1 No next hop for y.test could be reached\r\n"
     );
     // One of ours, then one that answers.
-    let mut h = Harness::originate(mx_cfg());
-    h.dns = Some(Ok(vec![route(
-        "mx1.y.test",
-        &["192.0.2.10:25", "192.0.2.20:25"],
-    )]));
-    h.ours = ours;
+    let mut h = harness(mx_cfg(), &["192.0.2.10:25", "192.0.2.20:25"]);
     start(&mut h, "b@y.test");
     h.backend_says(b"220 mx ESMTP\r\n");
     assert_eq!(h.take_backend(), "EHLO mx.test\r\n");
@@ -649,12 +641,8 @@ fn a_next_hop_that_loops_back_is_refused_for_good_when_no_other_failed() {
     let mut cfg = mx_cfg();
     cfg.timeouts.backend_reply = Duration::from_secs(100);
     cfg.timeouts.command = Duration::from_secs(100);
-    let mut h = Harness::originate(cfg);
-    h.dns = Some(Ok(vec![route(
-        "mx1.y.test",
-        &["192.0.2.10:25", "192.0.2.30:25", "192.0.2.31:25"],
-    )]));
-    h.ours = vec!["192.0.2.10:25".parse().expect("addr")];
+    let addrs = ["192.0.2.10:25", "192.0.2.30:25", "192.0.2.31:25"];
+    let mut h = harness(cfg, &addrs);
     assert_eq!(rcpt(&mut h), "");
     h.advance(Duration::from_secs(91));
     assert_eq!(
