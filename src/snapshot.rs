@@ -142,6 +142,34 @@ pub struct HandshakeSlots {
 struct Holders {
     turns: Vec<Option<Arc<Turn>>>,
     free: Vec<usize>,
+    /// Before when (nanoseconds after the slots' birth) no handshake can be stalled and kept
+    /// for nobody, as the last look at every turn found ([`Holders::next_room`]); 0: look.
+    /// While every slot is taken, each connection the accept loop takes asks for room: under
+    /// a flood, thousands a second, which would otherwise each look at all `max_handshakes`
+    /// turns. A turn's wait only starts later or ends, and a new handshake's can stall no
+    /// sooner than [`STALLED_AFTER`] from now; only a reservation given up early makes room
+    /// sooner, and that clears this.
+    quiet_until: u64,
+}
+
+impl Holders {
+    /// The earliest moment from `now` at which one of these handshakes may be stalled and
+    /// kept for nobody, none being at `now`: when a wait began stalls, when a reservation
+    /// ends, and a handshake on our turn may start waiting now.
+    fn next_room(&self, now: u64) -> u64 {
+        let stall = nanos(STALLED_AFTER);
+        let earliest = |turn: &Arc<Turn>| {
+            let stalls = turn.waiting_since().unwrap_or(now).saturating_add(stall);
+            let freed = turn.reservation(now).map_or(0, |(_, until)| until);
+            stalls.max(freed)
+        };
+        let never = now.saturating_add(stall);
+        self.turns
+            .iter()
+            .flatten()
+            .map(earliest)
+            .fold(never, u64::min)
+    }
 }
 
 /// A stalled handshake kept for one connection let in past a full set of slots
@@ -151,10 +179,13 @@ struct Holders {
 pub struct Reservation {
     turn: Arc<Turn>,
     socket: SocketAddr,
+    holders: Arc<Mutex<Holders>>,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        holders.quiet_until = 0;
         self.turn.unreserve(self.socket);
     }
 }
@@ -321,7 +352,8 @@ impl HandshakeSlots {
         let Some(socket) = socket else {
             return;
         };
-        let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        holders.quiet_until = 0;
         for turn in holders.turns.iter().flatten() {
             turn.unreserve(socket);
         }
@@ -342,14 +374,22 @@ impl HandshakeSlots {
     }
 
     /// Room for a new connection although every slot may be taken: a free slot, or a
-    /// stalled handshake no other connection counts on.
-    fn room(&self) -> bool {
+    /// stalled handshake no other connection counts on. Asked of every connection accepted
+    /// while every slot is taken: a look at the handshakes' turns, once per quiet spell
+    /// ([`Holders::quiet_until`]), not once per connection.
+    pub fn room(&self) -> bool {
         if !self.full() {
             return true;
         }
         let now = self.now();
-        let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        if now < holders.quiet_until {
+            return false;
+        }
         let room = stalled(&holders, now).any(|(_, turn)| turn.reserved_for(now).is_none());
+        if !room {
+            holders.quiet_until = holders.next_room(now);
+        }
         room
     }
 
@@ -364,12 +404,24 @@ impl HandshakeSlots {
         }
         let now = self.now();
         let until = now.saturating_add(nanos(STALLED_AFTER));
-        let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        if now < holders.quiet_until {
+            return None;
+        }
         // `reserve` takes only a handshake no other connection counts on.
-        let (_, turn) =
-            stalled(&holders, now).find(|(_, turn)| turn.reserve(socket, now, until))?;
+        let Some((_, turn)) =
+            stalled(&holders, now).find(|(_, turn)| turn.reserve(socket, now, until))
+        else {
+            holders.quiet_until = holders.next_room(now);
+            return None;
+        };
         let turn = Arc::clone(turn);
-        Some(Some(Reservation { turn, socket }))
+        let holders = Arc::clone(&self.holders);
+        Some(Some(Reservation {
+            turn,
+            socket,
+            holders,
+        }))
     }
 
     /// A handshake begins at `now`: more than [`PRESS_BURST`] (or half the slots, if fewer)
