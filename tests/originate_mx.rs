@@ -323,6 +323,9 @@ async fn an_mx_at_the_sidecars_own_listener_is_never_connected_to() {
     let metrics = support::scrape(&sidecar).await;
     let inbound = "smtp_sidecar_connections_total{listener=\"inbound\"} 0";
     assert!(metrics.contains(inbound), "{metrics}");
+    // Every non-zero series: a loop, not an unreachable next hop.
+    let counted = [m::next_hop_failures("loop", 1)];
+    assert_series(&sidecar, &counted, "a mail loop").await;
 }
 
 /// Every MX unreachable (one refuses the connection, one closes at once): `451 4.4.1`.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use smtp_core::session::{Action, DnsFailure, Leg, Machine, TlsInfo, TlsStart};
+use smtp_core::session::{Action, DnsFailure, Leg, LoopSeen, Machine, TlsInfo, TlsStart};
 use tokio::time::{sleep_until, timeout_at, Sleep};
 
 use crate::io::{Read, Stream};
@@ -444,7 +444,7 @@ impl<'a> Driver<'a> {
                         "{} is the sidecar's own listener {ours} (a mail loop)",
                         target.addr
                     );
-                    session.handle_connect_loops(&why, Instant::now());
+                    session.handle_connect_loops(&why, LoopSeen::ByAddress, Instant::now());
                     return Step::Go;
                 }
                 let connect = tokio::net::TcpStream::connect(target.addr);
@@ -461,8 +461,9 @@ impl<'a> Driver<'a> {
                         if let Some(ours) = loops(stream.local_addr().ok()) {
                             let why = format!("{} is this host, at the sidecar's own listener {ours} (a mail loop)", target.addr);
                             // Only by the addresses seen on this side (a NAT rule may send
-                            // the connection elsewhere): a failed connect, not a sure loop.
-                            session.handle_connect_failed(&why, Instant::now());
+                            // the connection elsewhere): not a sure loop.
+                            let seen = LoopSeen::OnceConnected;
+                            session.handle_connect_loops(&why, seen, Instant::now());
                             return Step::Go;
                         }
                         if let Err(e) = stream.set_nodelay(true) {

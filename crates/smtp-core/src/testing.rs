@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use crate::data::{BareNewlines, LongLines};
 use crate::inbound::{ClientCert, Config, OnFailure, Session, Timeouts, TlsInfo};
 use crate::session::{
-    Action, DnsFailure, Event, Leg, Machine, ReplyTo, Route, Target, TlsClient, TlsStart,
+    Action, DnsFailure, Event, Leg, LoopSeen, Machine, ReplyTo, Route, Target, TlsClient, TlsStart,
 };
 
 /// An Exchange 2003 EHLO reply, plus the lines other legacy servers add (the EHLO rewrite's
@@ -268,8 +268,11 @@ impl<S: Machine> Harness<S> {
                     let ours = self.ours.contains(&target.addr);
                     self.connected.push(*target);
                     if ours {
-                        self.session
-                            .handle_connect_loops("our own listener", self.now);
+                        self.session.handle_connect_loops(
+                            "our own listener",
+                            LoopSeen::ByAddress,
+                            self.now,
+                        );
                     } else if refused {
                         self.session.handle_connect_failed("refused", self.now);
                     } else {

@@ -125,6 +125,18 @@ impl Session {
         self.conn.control(Action::Connect(Box::new(target)));
     }
 
+    /// The connection asked for could not be made (`kind`: [`LegFailure::Unreachable`], or
+    /// [`LegFailure::Loop`]): the next address, and the waiting RCPT answered if none is left.
+    pub(super) fn connect_failed(&mut self, kind: LegFailure, reason: &str, now: Instant) {
+        if self.hop.state == HopState::Connecting {
+            self.hop.state = HopState::None;
+            // Cut short by the set-up's budget, this is its timeout (`attempt_failed`).
+            self.attempt_failed(kind, format!("connect failed: {reason}"), now);
+            // A failure answers the waiting RCPT: what was pipelined behind it goes on.
+            self.process_input(now);
+        }
+    }
+
     /// The current connection attempt failed: the next address, if there is one.
     /// Past the set-up's budget, whatever failed is the budget's timeout, and no address is
     /// left ([`Session::connect_next`]).

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::ehlo::Offered;
-use crate::session::{Action, Conn, DnsFailure, Event, Leg, LegFailure, Machine, Route, TlsInfo};
+use crate::session::{
+    Action, Conn, DnsFailure, Event, Leg, LegFailure, LoopSeen, Machine, Route, TlsInfo,
+};
 use crate::timer::Timer;
 
 mod api;
@@ -193,25 +195,15 @@ impl Machine for Session {
         }
     }
 
-    fn handle_connect_loops(&mut self, reason: &str, now: Instant) {
-        if self.hop.state == HopState::Connecting {
+    fn handle_connect_loops(&mut self, reason: &str, seen: LoopSeen, now: Instant) {
+        if self.hop.state == HopState::Connecting && seen == LoopSeen::ByAddress {
             self.hop.loops += 1;
         }
-        self.handle_connect_failed(reason, now);
+        self.connect_failed(LegFailure::Loop, reason, now);
     }
 
     fn handle_connect_failed(&mut self, reason: &str, now: Instant) {
-        if self.hop.state == HopState::Connecting {
-            self.hop.state = HopState::None;
-            // Cut short by the set-up's budget, this is its timeout (`attempt_failed`).
-            self.attempt_failed(
-                LegFailure::Unreachable,
-                format!("connect failed: {reason}"),
-                now,
-            );
-            // A failure answers the waiting RCPT: what was pipelined behind it goes on.
-            self.process_input(now);
-        }
+        self.connect_failed(LegFailure::Unreachable, reason, now);
     }
 
     fn handle_resolved(&mut self, result: Result<Vec<Route>, DnsFailure>, now: Instant) {

@@ -623,6 +623,11 @@ fn a_next_hop_that_loops_back_is_refused_for_good_when_no_other_failed() {
         rcpt(&mut h),
         "550 5.4.6 Mail for y.test loops back to this relay\r\n"
     );
+    assert!(h.events.contains(&Event::NextHopFailed {
+        host: "mx1.y.test".into(),
+        kind: LegFailure::Loop,
+        reason: "connect failed: our own listener".into(),
+    }));
     // One of ours, one that refuses: not only a loop.
     let mut h = harness(mx_cfg(), &["192.0.2.10:25", "192.0.2.12:25"]);
     h.unreachable = vec!["192.0.2.12:25".parse().expect("addr")];

@@ -216,6 +216,17 @@ pub enum Event {
     Protocol { direction: Direction, line: String },
 }
 
+/// How a next hop was found to be the sidecar's own listener
+/// ([`Machine::handle_connect_loops`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopSeen {
+    /// By its address, before connecting: it is ours for sure.
+    ByAddress,
+    /// Once connected, by the addresses this side of the connection sees (this host's own
+    /// address on a listener's port): a NAT rule may have sent it elsewhere.
+    OnceConnected,
+}
+
 /// A session as the driver sees it: the one driver loop is written against this, for both
 /// directions. Every `handle_*` may queue actions and events; the driver drains the actions
 /// (until `poll_action` gives `None`) before it waits for anything, and may make several calls
@@ -261,8 +272,10 @@ pub trait Machine {
     fn handle_connected(&mut self, now: Instant);
     fn handle_connect_failed(&mut self, reason: &str, now: Instant);
     /// [`Action::Connect`]'s address is the sidecar's own listener (`reason` says which): a
-    /// mail loop, not tried. A failed connect unless the machine tells them apart.
-    fn handle_connect_loops(&mut self, reason: &str, now: Instant) {
+    /// mail loop, not tried, or (`seen`) closed once connected. A failed connect unless the
+    /// machine tells them apart.
+    fn handle_connect_loops(&mut self, reason: &str, seen: LoopSeen, now: Instant) {
+        let _ = seen;
         self.handle_connect_failed(reason, now);
     }
     /// The answer to [`Action::Resolve`]: next hops in preference order.

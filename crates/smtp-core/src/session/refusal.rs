@@ -122,10 +122,13 @@ pub enum LegFailure {
     /// The encrypted hop to a backend could not be set up: no STARTTLS offered, STARTTLS
     /// refused, or the handshake failed (certificate included).
     Tls,
+    /// The next hop is the sidecar's own listener: a mail loop, not tried (or closed once
+    /// connected).
+    Loop,
 }
 
 impl LegFailure {
-    pub const ALL: [LegFailure; 9] = [
+    pub const ALL: [LegFailure; 10] = [
         LegFailure::Unreachable,
         LegFailure::Refused,
         LegFailure::Closed,
@@ -135,6 +138,7 @@ impl LegFailure {
         LegFailure::Policy,
         LegFailure::Dns,
         LegFailure::Tls,
+        LegFailure::Loop,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -148,6 +152,7 @@ impl LegFailure {
             LegFailure::Policy => "policy",
             LegFailure::Dns => "dns",
             LegFailure::Tls => "tls",
+            LegFailure::Loop => "loop",
         }
     }
 
