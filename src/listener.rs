@@ -577,7 +577,9 @@ async fn connection(
     shutdown: crate::shutdown::Watch,
     (sessions, alive): (tokio::runtime::Handle, mpsc::Sender<()>),
 ) {
-    let Some((stream, peer, counted)) = arrive(stream, socket, &l, &mut admitted).await else {
+    let mut shutdown = shutdown;
+    let arrived = before_draining(&mut shutdown, arrive(stream, socket, &l, &mut admitted));
+    let Some((stream, peer, counted)) = arrived.await else {
         return;
     };
     // What the connection's end needs, not the listener's whole handle, which goes to the
@@ -590,7 +592,8 @@ async fn connection(
     let served = match &l.mode {
         ModeRuntime::Terminate(cfg) => {
             let cfg = Arc::clone(cfg);
-            let Some(opened) = crate::inbound::open(stream, peer, &l, &cfg).await else {
+            let opening = crate::inbound::open(stream, peer, &l, &cfg);
+            let Some(opened) = before_draining(&mut shutdown, opening).await else {
                 closing.end(None).await;
                 return;
             };
@@ -611,6 +614,30 @@ async fn connection(
                 drop(alive);
             });
         }
+    }
+}
+
+/// `work` (a PROXY header's wait, an implicit-TLS handshake), unless shutdown has begun or
+/// begins first: then `None`, and the connection is closed. It is no session yet, and would
+/// otherwise hold the shutdown up to that wait's deadline (`proxy_header`, `tls_handshake`:
+/// 10 and 30 s) though nothing could be said to it (a `421` needs a session), and so may a
+/// client that connects just before a `SIGTERM` and sends nothing. Polled first, `work` that
+/// is done at once costs no registration with the watch.
+async fn before_draining<T>(
+    shutdown: &mut crate::shutdown::Watch,
+    work: impl std::future::Future<Output = Option<T>>,
+) -> Option<T> {
+    let draining = async {
+        while shutdown.borrow() == Shutdown::Running {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        done = work => done,
+        () = draining => None,
     }
 }
 

@@ -61,6 +61,40 @@ async fn shutdown_grace_expiry_closes_what_is_left() {
 }
 
 /// A backend whose EHLO reply is `lines` lines long, optionally never finished.
+/// A connection that is no session yet, waited for in its implicit-TLS handshake or its
+/// PROXY header, does not hold the shutdown up until its deadline (30 and 10 s) or the
+/// grace's end: it is closed at once.
+#[tokio::test]
+async fn shutdown_closes_a_connection_that_is_no_session_yet() {
+    for (tls, proxy) in [("implicit", ""), ("starttls", "    proxy_protocol: true\n")] {
+        let (backend, _rec) = recording_backend().await;
+        let yaml = config_yaml(backend, tls, "")
+            .replace("shutdown_grace: 2s", "shutdown_grace: 20s")
+            .replace(
+                "    tls: starttls\n",
+                &format!("    tls: starttls\n{proxy}"),
+            );
+        let running = start(&yaml).await;
+        let mut silent = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
+            .await
+            .unwrap();
+        // Accepted, and waiting for the client.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stopping = tokio::time::timeout(Duration::from_secs(5), running.shutdown());
+        stopping
+            .await
+            .unwrap_or_else(|_| panic!("{tls}{proxy}: shutdown held up"));
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(T, silent.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "{tls}{proxy}: closed, nothing sent"
+        );
+    }
+}
+
 async fn hostile_backend(lines: usize, finish: bool) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
