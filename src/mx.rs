@@ -6,7 +6,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::hash::BuildHasher;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
@@ -264,16 +264,21 @@ impl MxResolver {
 /// drops 0.0.0.0 and 127.0.0.0/8 likewise; Postfix refuses mail that loops back to itself.)
 /// Private ranges (RFC 1918, ULA) stay: an internal MX is a normal deployment.
 pub fn routable(ip: IpAddr, allow_loopback: bool) -> bool {
-    match nat64_or_canonical(ip) {
-        IpAddr::V4(v4) => {
-            let first = v4.octets()[0];
-            !(first == 0
-                || first >= 240
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || (v4.is_loopback() && !allow_loopback))
-        }
+    let routable_v4 = |v4: Ipv4Addr| {
+        let first = v4.octets()[0];
+        !(first == 0
+            || first >= 240
+            || v4.is_link_local()
+            || v4.is_multicast()
+            || (v4.is_loopback() && !allow_loopback))
+    };
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => routable_v4(v4),
         IpAddr::V6(v6) => {
+            let embedded = embedded_ipv4(v6);
+            if !embedded.is_empty() {
+                return embedded.into_iter().all(routable_v4);
+            }
             let link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
             // `::a.b.c.d`, IPv4-compatible (deprecated by RFC 4291): never a real address.
             let compatible = v6.segments()[..6] == [0; 6] && !v6.is_loopback();
@@ -283,6 +288,36 @@ pub fn routable(ip: IpAddr, allow_loopback: bool) -> bool {
                 || v6.is_multicast()
                 || (v6.is_loopback() && !allow_loopback))
         }
+    }
+}
+
+/// Where each length of a NAT64 prefix within a /48 puts the IPv4 address (RFC 6052 §2.2:
+/// /48, /56, /64 and /96; octet 8, "u", is skipped).
+const NAT64_OCTETS: [[usize; 4]; 4] = [
+    [6, 7, 9, 10],
+    [7, 9, 10, 11],
+    [9, 10, 11, 12],
+    [12, 13, 14, 15],
+];
+
+/// The IPv4 addresses an IPv6 address stands for, which a packet to it may reach: the NAT64
+/// well-known prefix `64:ff9b::/96` (RFC 6052), the local-use one `64:ff9b:1::/48` (RFC
+/// 8215: the length of the prefix within it is the network's choice, so every length the
+/// address could have is judged: /96 always, a shorter one when octet 8 and what follows
+/// the IPv4 address are zero, as RFC 6052 §2.2 has them), and 6to4's `2002::/16` (RFC 3056),
+/// tunnelled to the address it holds.
+fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let o = v6.octets();
+    let at = |[a, b, c, d]: [usize; 4]| Ipv4Addr::new(o[a], o[b], o[c], o[d]);
+    match v6.segments() {
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => vec![at(NAT64_OCTETS[3])],
+        [0x64, 0xff9b, 1, ..] => NAT64_OCTETS
+            .into_iter()
+            .filter(|&[.., d]| d == 15 || (o[8] == 0 && o[d + 1..].iter().all(|&x| x == 0)))
+            .map(at)
+            .collect(),
+        [0x2002, ..] => vec![at([2, 3, 4, 5])],
+        _ => Vec::new(),
     }
 }
 
@@ -434,18 +469,6 @@ fn a_labels(domain: &str) -> Result<String, MxError> {
         .ok_or_else(|| MxError::InvalidDomain(format!("{domain:?}: not a valid IDN")))
 }
 
-/// An IPv4-mapped address, or one of the NAT64 well-known prefix `64:ff9b::/96` (RFC 6052),
-/// as the IPv4 address it stands for; others as they are.
-fn nat64_or_canonical(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
-            let [.., a, b, c, d] = v6.octets();
-            IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
-        }
-        ip => ip,
-    }
-}
-
 /// Lowercase ASCII, no trailing dot, checked against RFC 1035 §2.3.4's limits.
 fn normalize(domain: &str) -> Result<String, MxError> {
     let invalid = |why: &str| MxError::InvalidDomain(format!("{domain:?}: {why}"));
@@ -546,6 +569,11 @@ mod tests {
             "255.255.255.255",
             "240.0.0.1",
             "64:ff9b::169.254.169.254",
+            // Local-use NAT64 (RFC 8215) holding 0.0.0.0 as a /96 would, 169.254.169.254 as
+            // a /48 would; 6to4 of 0.0.0.1.
+            "64:ff9b:1::",
+            "64:ff9b:1:a9fe:a9:fe00::",
+            "2002:0:1::1",
             "::192.0.2.1",
             "::0.0.0.2",
         ];
@@ -555,6 +583,10 @@ mod tests {
             "::1",
             "::ffff:127.0.0.1",
             "64:ff9b::127.0.0.1",
+            "64:ff9b:1::127.0.0.1",
+            // 127.0.0.1 as a /64 would hold it (as a /96, 1.0.0.0).
+            "64:ff9b:1:0:7f:0:100::",
+            "2002:7f00:1::1",
         ];
         let always = [
             "192.0.2.1",
@@ -565,6 +597,10 @@ mod tests {
             "fd00::25",
             "fec0::1",
             "64:ff9b::192.0.2.1",
+            "64:ff9b:1:c000:2:100:c000:201",
+            // 192.0.2.1 as a /96 holds it: only a /96, since it does not end in zeros.
+            "64:ff9b:1::c000:201",
+            "2002:c000:201::25",
             "::ffff:192.0.2.1",
             "100.64.0.1",
             "223.255.255.255",
