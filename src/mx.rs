@@ -275,9 +275,8 @@ pub fn routable(ip: IpAddr, allow_loopback: bool) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => routable_v4(v4),
         IpAddr::V6(v6) => {
-            let embedded = embedded_ipv4(v6);
-            if !embedded.is_empty() {
-                return embedded.into_iter().all(routable_v4);
+            if let Some(v4) = embedded_ipv4(v6) {
+                return routable_v4(v4);
             }
             let link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
             // `::a.b.c.d`, IPv4-compatible (deprecated by RFC 4291): never a real address.
@@ -291,33 +290,22 @@ pub fn routable(ip: IpAddr, allow_loopback: bool) -> bool {
     }
 }
 
-/// Where each length of a NAT64 prefix within a /48 puts the IPv4 address (RFC 6052 §2.2:
-/// /48, /56, /64 and /96; octet 8, "u", is skipped).
-const NAT64_OCTETS: [[usize; 4]; 4] = [
-    [6, 7, 9, 10],
-    [7, 9, 10, 11],
-    [9, 10, 11, 12],
-    [12, 13, 14, 15],
-];
-
-/// The IPv4 addresses an IPv6 address stands for, which a packet to it may reach: the NAT64
-/// well-known prefix `64:ff9b::/96` (RFC 6052), the local-use one `64:ff9b:1::/48` (RFC
-/// 8215: the length of the prefix within it is the network's choice, so every length the
-/// address could have is judged: /96 always, a shorter one when octet 8 and what follows
-/// the IPv4 address are zero, as RFC 6052 §2.2 has them), and 6to4's `2002::/16` (RFC 3056),
-/// tunnelled to the address it holds.
-fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+/// The IPv4 address an IPv6 address stands for, which a packet to it reaches: one of the
+/// NAT64 well-known prefix `64:ff9b::/96` (RFC 6052), or of 6to4's `2002::/16` (RFC 3056),
+/// tunnelled to the address it holds (which must be a global one: nothing real is refused).
+/// Not the local-use NAT64 prefix `64:ff9b:1::/48` (RFC 8215): where its IPv4 address sits
+/// depends on the length of the prefix the network chose within it (/48 to /96, RFC 6052
+/// §2.2), which the address does not say, and every reading of a real address but one is
+/// nonsense (192.0.2.1 under a /48 reads as 0.0.0.0 as a /96), so judging them all would
+/// refuse real deployments, and judging the plausible ones can be steered by the DNS that
+/// picks the address. Its translator is another host, whose own loopback and link-local
+/// addresses those would be.
+fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let o = v6.octets();
-    let at = |[a, b, c, d]: [usize; 4]| Ipv4Addr::new(o[a], o[b], o[c], o[d]);
     match v6.segments() {
-        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => vec![at(NAT64_OCTETS[3])],
-        [0x64, 0xff9b, 1, ..] => NAT64_OCTETS
-            .into_iter()
-            .filter(|&[.., d]| d == 15 || (o[8] == 0 && o[d + 1..].iter().all(|&x| x == 0)))
-            .map(at)
-            .collect(),
-        [0x2002, ..] => vec![at([2, 3, 4, 5])],
-        _ => Vec::new(),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(Ipv4Addr::new(o[12], o[13], o[14], o[15])),
+        [0x2002, ..] => Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])),
+        _ => None,
     }
 }
 
@@ -569,11 +557,9 @@ mod tests {
             "255.255.255.255",
             "240.0.0.1",
             "64:ff9b::169.254.169.254",
-            // Local-use NAT64 (RFC 8215) holding 0.0.0.0 as a /96 would, 169.254.169.254 as
-            // a /48 would; 6to4 of 0.0.0.1.
-            "64:ff9b:1::",
-            "64:ff9b:1:a9fe:a9:fe00::",
+            // 6to4 of 0.0.0.1, of 169.254.169.254.
             "2002:0:1::1",
+            "2002:a9fe:a9fe::",
             "::192.0.2.1",
             "::0.0.0.2",
         ];
@@ -583,9 +569,6 @@ mod tests {
             "::1",
             "::ffff:127.0.0.1",
             "64:ff9b::127.0.0.1",
-            "64:ff9b:1::127.0.0.1",
-            // 127.0.0.1 as a /64 would hold it (as a /96, 1.0.0.0).
-            "64:ff9b:1:0:7f:0:100::",
             "2002:7f00:1::1",
         ];
         let always = [
@@ -597,9 +580,12 @@ mod tests {
             "fd00::25",
             "fec0::1",
             "64:ff9b::192.0.2.1",
-            "64:ff9b:1:c000:2:100:c000:201",
-            // 192.0.2.1 as a /96 holds it: only a /96, since it does not end in zeros.
+            // Local-use NAT64 (RFC 8215), judged as IPv6: 192.0.2.1 under a /48, a /64, a
+            // /96.
+            "64:ff9b:1:c000:2:100::",
+            "64:ff9b:1:0:c0:2:100::",
             "64:ff9b:1::c000:201",
+            "64:ff9b:1::7f00:1",
             "2002:c000:201::25",
             "::ffff:192.0.2.1",
             "100.64.0.1",
