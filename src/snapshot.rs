@@ -155,7 +155,9 @@ struct Holders {
 impl Holders {
     /// The earliest moment from `now` at which one of these handshakes may be stalled and
     /// kept for nobody, none being at `now`: when a wait began stalls, when a reservation
-    /// ends, and a handshake on our turn may start waiting now.
+    /// ends, and a handshake on our turn may start waiting now. (Its wait's start is read off
+    /// the clock just before it is stored: a thread preempted in between makes the answer
+    /// late by as long, and a stalled handshake is let go that much later.)
     fn next_room(&self, now: u64) -> u64 {
         let stall = nanos(STALLED_AFTER);
         let earliest = |turn: &Arc<Turn>| {

@@ -60,7 +60,6 @@ async fn shutdown_grace_expiry_closes_what_is_left() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-/// A backend whose EHLO reply is `lines` lines long, optionally never finished.
 /// A connection that is no session yet, waited for in its implicit-TLS handshake or its
 /// PROXY header, does not hold the shutdown up until its deadline (30 and 10 s) or the
 /// grace's end: it is closed at once.
@@ -84,17 +83,17 @@ async fn shutdown_closes_a_connection_that_is_no_session_yet() {
         stopping
             .await
             .unwrap_or_else(|_| panic!("{tls}{proxy}: shutdown held up"));
+        // Closed by the sidecar (a FIN), not reset as a connection still in the accept queue
+        // is when the listener closes: it was accepted and waited for.
         let mut buf = [0u8; 16];
         let read = tokio::time::timeout(T, silent.read(&mut buf))
             .await
             .unwrap();
-        assert!(
-            matches!(read, Ok(0) | Err(_)),
-            "{tls}{proxy}: closed, nothing sent"
-        );
+        assert!(matches!(read, Ok(0)), "{tls}{proxy}: {read:?}");
     }
 }
 
+/// A backend whose EHLO reply is `lines` lines long, optionally never finished.
 async fn hostile_backend(lines: usize, finish: bool) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

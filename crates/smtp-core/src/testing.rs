@@ -140,8 +140,10 @@ pub struct Harness<S: Machine = Session> {
     /// Originate: the next hop addresses connected to, and those that refuse connections.
     pub connected: Vec<Target>,
     pub unreachable: Vec<std::net::SocketAddr>,
-    /// Originate: next hop addresses that are the sidecar's own listeners.
+    /// Originate: next hop addresses that are the sidecar's own listeners, by their address
+    /// ([`LoopSeen::ByAddress`]) or found so once connected ([`LoopSeen::OnceConnected`]).
     pub ours: Vec<std::net::SocketAddr>,
+    pub ours_once_connected: Vec<std::net::SocketAddr>,
     /// Graceful closes of the backend leg (after QUIT).
     pub disconnects: u32,
     /// Originate: each client handshake asked for, and what it reports (`None`: it fails).
@@ -234,6 +236,7 @@ impl<S: Machine> Harness<S> {
             connected: Vec::new(),
             unreachable: Vec::new(),
             ours: Vec::new(),
+            ours_once_connected: Vec::new(),
             disconnects: 0,
             tls_clients: Vec::new(),
             hop_tls: None,
@@ -266,6 +269,7 @@ impl<S: Machine> Harness<S> {
                     self.connects += 1;
                     let refused = self.unreachable.contains(&target.addr);
                     let ours = self.ours.contains(&target.addr);
+                    let ours_once_connected = self.ours_once_connected.contains(&target.addr);
                     self.connected.push(*target);
                     if ours {
                         self.session.handle_connect_loops(
@@ -273,6 +277,10 @@ impl<S: Machine> Harness<S> {
                             LoopSeen::ByAddress,
                             self.now,
                         );
+                    } else if ours_once_connected {
+                        let seen = LoopSeen::OnceConnected;
+                        self.session
+                            .handle_connect_loops("this host", seen, self.now);
                     } else if refused {
                         self.session.handle_connect_failed("refused", self.now);
                     } else {

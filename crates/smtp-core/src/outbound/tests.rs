@@ -628,6 +628,19 @@ fn a_next_hop_that_loops_back_is_refused_for_good_when_no_other_failed() {
         kind: LegFailure::Loop,
         reason: "connect failed: our own listener".into(),
     }));
+    // Both ours, but one found so only once connected (a NAT rule may have sent it
+    // elsewhere): a loop by its label, not a sure one.
+    let mut h = harness(mx_cfg(), &["192.0.2.10:25", "192.0.2.13:25"]);
+    h.ours_once_connected = vec!["192.0.2.13:25".parse().expect("addr")];
+    assert_eq!(
+        rcpt(&mut h),
+        "451 4.4.1 No next hop for y.test could be reached\r\n"
+    );
+    assert!(h.events.contains(&Event::NextHopFailed {
+        host: "mx1.y.test".into(),
+        kind: LegFailure::Loop,
+        reason: "connect failed: this host".into(),
+    }));
     // One of ours, one that refuses: not only a loop.
     let mut h = harness(mx_cfg(), &["192.0.2.10:25", "192.0.2.12:25"]);
     h.unreachable = vec!["192.0.2.12:25".parse().expect("addr")];

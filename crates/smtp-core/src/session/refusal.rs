@@ -169,7 +169,18 @@ impl std::fmt::Display for Refusal {
 
 #[cfg(test)]
 mod tests {
-    use super::Refusal;
+    use super::{LegFailure, Refusal};
+
+    #[test]
+    fn leg_failures_are_in_declaration_order_and_labels_are_unique() {
+        for (i, k) in LegFailure::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
+        }
+        let mut labels: Vec<&str> = LegFailure::ALL.iter().map(|k| k.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), LegFailure::ALL.len());
+    }
 
     #[test]
     fn all_is_in_declaration_order_and_labels_are_unique() {
