@@ -14,7 +14,12 @@
 //!   message after them delivered alone) and `normalize`;
 //! - the sidecar's encrypted hop to it, STARTTLS and implicit (`tls_on_connect_ports`),
 //!   verified against the test CA and 127.0.0.1: `with esmtps (TLS1.3)` in Exim's Received
-//!   header, `X=TLS1.3` in its log.
+//!   header, `X=TLS1.3` in its log;
+//! - Exim as the next hop of an originate listener that requires a client certificate
+//!   (`tls_verify_hosts`): `domain-secure` delivers, Exim logging our certificate as verified
+//!   (`CV=yes`, its DN) and the sidecar counting the message as domain-secure; `verify`, which
+//!   presents none, is refused by Exim after the TLS 1.3 handshake (its `certificate_required`
+//!   alert) and the RCPT deferred as the policy's failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -23,6 +28,8 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
+#[path = "common/originate.rs"]
+mod support;
 
 use common::binary::{start_binary, Binary};
 use common::config_yaml;
@@ -31,8 +38,10 @@ use common::legacy_backend::{
     received_header_yaml, replies, smuggling_attempts, spawn_logged, stuffed, MESSAGE, NORMALIZED,
     REFUSED, SMUGGLES,
 };
+use common::next_hop::NextHopPki;
 use common::pki::{Leaf, Pki, Spec};
 use common::process::{exactly, free_port, wait_accepting, Guard, TempDir};
+use support::{assert_series, legacy, m, our_leaf, quit, send, start_with, Conf};
 
 /// Exim as a foreground daemon on 127.0.0.1 as legacy.test, with `leaf` for its TLS: STARTTLS
 /// on `port`, implicit TLS on `implicit_port`, every message delivered at once to a Maildir (as
@@ -47,6 +56,11 @@ struct Exim {
 
 impl Exim {
     fn start(leaf: &Leaf) -> Exim {
+        Exim::start_with(leaf, "")
+    }
+
+    /// With `main` added to the main section of its configuration.
+    fn start_with(leaf: &Leaf, main: &str) -> Exim {
         let exim = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop-tools/exim4");
         let exim = exim.join("usr/sbin/exim4");
         // Debian's build looks its user up before reading any configuration.
@@ -73,7 +87,7 @@ impl Exim {
                  daemon_smtp_ports = {port} : {implicit_port}\n\
                  tls_on_connect_ports = {implicit_port}\n\
                  tls_advertise_hosts = *\ntls_certificate = {cert}\ntls_privatekey = {key}\n\
-                 prdr_enable = true\nacl_smtp_rcpt = rcpt\n\
+                 prdr_enable = true\nacl_smtp_rcpt = rcpt\n{main}\
                  begin acl\nrcpt:\n  accept hosts = 127.0.0.1\n  deny\n\
                  begin routers\nall:\n  driver = accept\n  transport = maildir\n\
                  begin transports\nmaildir:\n  driver = appendfile\n  \
@@ -284,4 +298,89 @@ async fn sidecar_encrypted_hop_to_exim() {
             "{hop}: {received:?}"
         );
     }
+}
+
+/// Exim as the next hop of an originate listener, with a certificate from the next hops' test
+/// root for legacy.test and 127.0.0.1, requiring a client certificate from that root of
+/// every connection (`tls_verify_hosts`) and logging what it verified.
+fn exim_requiring_client_certificates(pki: &NextHopPki) -> Exim {
+    let leaf = pki
+        .root
+        .leaf("exim-hop", Spec::ca(&["legacy.test", "127.0.0.1"]));
+    let main = format!(
+        "tls_verify_certificates = {}\ntls_verify_hosts = 127.0.0.1\n\
+         log_selector = +tls_certificate_verified +tls_peerdn\n",
+        pki.root_file.display()
+    );
+    Exim::start_with(&leaf, &main)
+}
+
+/// The originate policy lines: y.test at `level`, the rest `may`.
+fn y_test_at(level: &str) -> String {
+    format!("      default: may\n      domains:\n        y.test: {level}\n")
+}
+
+/// Outbound Domain Security with a real MTA: the sidecar relays to Exim (GnuTLS), which
+/// requires a client certificate. At `domain-secure` the sidecar presents ours, verifies
+/// Exim's against the root and 127.0.0.1, and the message arrives byte for byte (unstuffed
+/// once); Exim logs the session as TLS 1.3 with our certificate verified (`CV=yes`, its DN),
+/// and the sidecar counts one domain-secure message sent to y.test.
+#[tokio::test]
+async fn sidecar_delivers_domain_secure_to_exim() {
+    let pki = NextHopPki::new();
+    let exim = exim_requiring_client_certificates(&pki);
+    let conf = Conf::new(&pki, exim.addr().to_string(), &y_test_at("domain-secure"));
+    let sidecar = start_with(&conf, &our_leaf(&pki)).await;
+    let mut client = legacy(&sidecar).await;
+    // Exim's replies, passed through.
+    assert_eq!(client.cmd("RCPT TO:<b@y.test>").await, ACCEPTED[1]);
+    assert_eq!(client.cmd("DATA").await, ACCEPTED[2]);
+    client.send(support::BODY).await;
+    let eod = client.reply().await;
+    assert!(eod.starts_with("250 OK id="), "{eod}");
+    quit(client).await;
+    let theirs = EXIM_RECEIVED_TLS.replace("helo=client.test", "helo=mx.test");
+    let stored = &exim.delivered_when(1)[0];
+    assert_received(stored, b"Subject: t\n\n.dot\nbody\n", &theirs, false);
+    let received = received_lines(&exim);
+    assert_eq!(received.len(), 1, "{received:?}");
+    for field in [" P=esmtps X=TLS1.3:", " CV=yes ", " DN=\"CN=mx.test\" "] {
+        assert!(received[0].contains(field), "{field}: {received:?}");
+    }
+    let counted = [
+        m::messages("accepted", true, 1),
+        m::handshake_ok(1),
+        m::ds_sent("y.test", 1),
+    ];
+    assert_series(&sidecar, &counted, "a domain-secure delivery").await;
+}
+
+/// At `verify` the sidecar presents no client certificate; Exim, requiring one, ends the
+/// session with TLS 1.3's `certificate_required` alert after the client's handshake is done.
+/// The sidecar takes that as the TLS policy unmet (not a lost connection): the RCPT is
+/// deferred with `450 4.7.5`, nothing is delivered, and nothing is counted as domain-secure.
+#[tokio::test]
+async fn exim_refusing_a_session_without_client_certificate_defers_the_rcpt() {
+    let pki = NextHopPki::new();
+    let exim = exim_requiring_client_certificates(&pki);
+    let conf = Conf::new(&pki, exim.addr().to_string(), &y_test_at("verify"));
+    let sidecar = start_with(&conf, &our_leaf(&pki)).await;
+    let mut client = legacy(&sidecar).await;
+    let (rcpt, eod) = send(&mut client, "b@y.test").await;
+    assert_eq!(
+        rcpt,
+        "450 4.7.5 TLS policy verify for y.test not met: TLS handshake with 127.0.0.1 \
+         failed: alert certificate_required\r\n"
+    );
+    assert_eq!(eod, None);
+    quit(client).await;
+    assert!(exim.delivered().is_empty());
+    // Our side of a TLS 1.3 handshake was done when Exim refused it: counted as one, then
+    // as the policy's failure.
+    let counted = [
+        m::handshake_ok(1),
+        m::rejection("handshake_failed", true, 1),
+        m::next_hop_failures("policy", 1),
+    ];
+    assert_series(&sidecar, &counted, "a session Exim refused").await;
 }
