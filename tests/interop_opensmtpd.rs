@@ -16,7 +16,12 @@
 //!   message after them relayed alone) and `normalize`;
 //! - the sidecar's encrypted hop to it, STARTTLS and implicit, verified against the test CA and
 //!   127.0.0.1: `with ESMTPS ... (TLSv1.3:...)` in OpenSMTPD's Received header, the session
-//!   that carried the message `smtp tls ciphers=TLSv1.3:...` in its log.
+//!   that carried the message `smtp tls ciphers=TLSv1.3:...` in its log;
+//! - OpenSMTPD as the next hop of an originate listener that requires a client certificate
+//!   (`tls-require verify`): `domain-secure` delivers, OpenSMTPD marking the session's client
+//!   certificate verified (`:YES` in its Received header) and the sidecar counting the message
+//!   as domain-secure; `verify`, which presents none, is refused by OpenSMTPD after the TLS 1.3
+//!   handshake and the RCPT deferred as the policy's failure.
 //!
 //! smtpd's queue (/var/spool/smtpd) and control socket (/var/run/smtpd.sock) are compiled in
 //! and system-wide, so one instance runs at a time: the tests of this file take turns, and an
@@ -30,6 +35,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "common/originate.rs"]
+mod support;
 
 use common::binary::{start_binary, Binary};
 use common::legacy_backend::{
@@ -37,9 +44,11 @@ use common::legacy_backend::{
     received_header_yaml, replies, smuggling_attempts, spawn_logged, stuffed, transaction, BYE,
     MESSAGE, NORMALIZED, REFUSED, SMUGGLES,
 };
+use common::next_hop::NextHopPki;
 use common::pki::{Leaf, Pki, Spec};
 use common::process::{exactly, free_port, wait_accepting, TempDir};
 use common::{config_yaml, recording_backend, Client, Recorder};
+use support::{assert_series, legacy, m, our_leaf, quit, send, start_with, Conf};
 
 /// One OpenSMTPD at a time in this process.
 static TURN: Mutex<()> = Mutex::new(());
@@ -111,6 +120,12 @@ impl OpenSmtpd {
     /// sink runs on the test's runtime, which must have a worker thread of its own
     /// (`multi_thread`): the waits of the test block the thread it runs on.
     async fn start(leaf: &Leaf) -> OpenSmtpd {
+        OpenSmtpd::start_with(leaf, "", "tls").await
+    }
+
+    /// With `main` lines first in its configuration, and `tls` the TLS options of its
+    /// STARTTLS listener.
+    async fn start_with(leaf: &Leaf, main: &str, tls: &str) -> OpenSmtpd {
         let (sink_addr, sink) = recording_backend().await;
         let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let smtpd = smtpd_binary();
@@ -124,8 +139,8 @@ impl OpenSmtpd {
         loop {
             let (port, implicit_port) = (free_port(), free_port());
             let text = format!(
-                "pki legacy.test cert \"{cert}\"\npki legacy.test key \"{key}\"\n\
-                 listen on 127.0.0.1 port {port} tls pki legacy.test hostname legacy.test\n\
+                "{main}pki legacy.test cert \"{cert}\"\npki legacy.test key \"{key}\"\n\
+                 listen on 127.0.0.1 port {port} {tls} pki legacy.test hostname legacy.test\n\
                  listen on 127.0.0.1 port {implicit_port} smtps pki legacy.test \
                  hostname legacy.test\n\
                  action \"sink\" relay host smtp+notls://127.0.0.1:{sink} helo legacy.test\n\
@@ -371,4 +386,80 @@ async fn sidecar_encrypted_hop_to_opensmtpd() {
             "{hop}: {tls:?}"
         );
     }
+}
+
+/// OpenSMTPD as the next hop of an originate listener, with a certificate from the next hops'
+/// test root for legacy.test and 127.0.0.1, requiring a client certificate from that root
+/// (`tls-require verify`).
+async fn opensmtpd_requiring_client_certificates(pki: &NextHopPki) -> OpenSmtpd {
+    let leaf = pki
+        .root
+        .leaf("opensmtpd-hop", Spec::ca(&["legacy.test", "127.0.0.1"]));
+    let main = format!("ca partners cert \"{}\"\n", pki.root_file.display());
+    OpenSmtpd::start_with(&leaf, &main, "tls-require verify ca partners").await
+}
+
+/// The originate policy lines: y.test at `level`, the rest `may`.
+fn y_test_at(level: &str) -> String {
+    format!("      default: may\n      domains:\n        y.test: {level}\n")
+}
+
+/// Outbound Domain Security with a real MTA: the sidecar relays to OpenSMTPD (OpenSSL), which
+/// requires a client certificate. At `domain-secure` the sidecar presents ours, verifies
+/// OpenSMTPD's against the root and 127.0.0.1, and the message arrives byte for byte;
+/// OpenSMTPD's Received header says the session was TLS 1.3 with a verified client
+/// certificate (`:YES`), and the sidecar counts one domain-secure message sent to y.test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn sidecar_delivers_domain_secure_to_opensmtpd() {
+    let pki = NextHopPki::new();
+    let smtpd = opensmtpd_requiring_client_certificates(&pki).await;
+    let conf = Conf::new(&pki, smtpd.addr().to_string(), &y_test_at("domain-secure"));
+    let sidecar = start_with(&conf, &our_leaf(&pki)).await;
+    let mut client = legacy(&sidecar).await;
+    // OpenSMTPD's replies, passed through.
+    assert_eq!(client.cmd("RCPT TO:<b@y.test>").await, ACCEPTED[1]);
+    assert_eq!(client.cmd("DATA").await, ACCEPTED[2]);
+    client.send(support::BODY).await;
+    let eod = masked(&[client.reply().await]);
+    assert_eq!(eod, [ACCEPTED[3]]);
+    quit(client).await;
+    let theirs = "Received: from mx.test (* [127.0.0.1])\n\
+        \tby legacy.test (OpenSMTPD) with ESMTPS id * (TLSv1.3:TLS_*:YES)\n\
+        \tfor <b@y.test>;\n\t* +0000 (UTC)";
+    let relayed = without_added_fields(&smtpd.relayed_when(1)[0]);
+    assert_received(&relayed, support::BODY, theirs, false);
+    let counted = [
+        m::messages("accepted", true, 1),
+        m::handshake_ok(1),
+        m::ds_sent("y.test", 1),
+    ];
+    assert_series(&sidecar, &counted, "a domain-secure delivery").await;
+}
+
+/// At `verify` the sidecar presents no client certificate; OpenSMTPD, requiring one, ends the
+/// session with TLS 1.3's `certificate_required` alert after our side of the handshake is
+/// done. The sidecar takes that as the TLS
+/// policy unmet: the RCPT is deferred with `450 4.7.5`, nothing is relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn opensmtpd_refusing_a_session_without_client_certificate_defers_the_rcpt() {
+    let pki = NextHopPki::new();
+    let smtpd = opensmtpd_requiring_client_certificates(&pki).await;
+    let conf = Conf::new(&pki, smtpd.addr().to_string(), &y_test_at("verify"));
+    let sidecar = start_with(&conf, &our_leaf(&pki)).await;
+    let mut client = legacy(&sidecar).await;
+    let (rcpt, eod) = send(&mut client, "b@y.test").await;
+    assert_eq!(
+        rcpt,
+        "450 4.7.5 TLS policy verify for y.test not met: TLS handshake with 127.0.0.1 \
+         failed: alert certificate_required\r\n"
+    );
+    assert_eq!(eod, None);
+    quit(client).await;
+    assert!(smtpd.sink.messages().is_empty());
+    let counted = [
+        m::handshake_ok(1),
+        m::rejection("handshake_failed", true, 1),
+        m::next_hop_failures("policy", 1),
+    ];
+    assert_series(&sidecar, &counted, "a session OpenSMTPD refused").await;
 }
