@@ -19,7 +19,12 @@
 //!   (`tls_verify_hosts`): `domain-secure` delivers, Exim logging our certificate as verified
 //!   (`CV=yes`, its DN) and the sidecar counting the message as domain-secure; `verify`, which
 //!   presents none, is refused by Exim after the TLS 1.3 handshake (its `certificate_required`
-//!   alert) and the RCPT deferred as the policy's failure.
+//!   alert) and the RCPT deferred as the policy's failure;
+//! - inbound Domain Security with Exim as the partner (sending with its `smtp` transport,
+//!   `hosts_require_tls`, the partner's certificate): the message reaches the backend byte for
+//!   byte under the sidecar's Received header naming the verified certificate, counted as
+//!   domain-secure for woodgrovebank.com; without the certificate Exim is deferred at MAIL
+//!   FROM with `450 4.7.1` and nothing reaches the backend.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -28,6 +33,8 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
+#[path = "common/partner_pki.rs"]
+mod partner_pki;
 #[path = "common/originate.rs"]
 mod support;
 
@@ -41,6 +48,8 @@ use common::legacy_backend::{
 use common::next_hop::NextHopPki;
 use common::pki::{Leaf, Pki, Spec};
 use common::process::{exactly, free_port, wait_accepting, Guard, TempDir};
+use common::{recording_backend, Recorder};
+use partner_pki::PartnerPki;
 use support::{assert_series, legacy, m, our_leaf, quit, send, start_with, Conf};
 
 /// Exim as a foreground daemon on 127.0.0.1 as legacy.test, with `leaf` for its TLS: STARTTLS
@@ -383,4 +392,197 @@ async fn exim_refusing_a_session_without_client_certificate_defers_the_rcpt() {
         m::next_hop_failures("policy", 1),
     ];
     assert_series(&sidecar, &counted, "a session Exim refused").await;
+}
+
+/// Exim as a sending MTA of its own (as mail.woodgrovebank.com, no daemon): every message it
+/// is given goes to 127.0.0.1:`port` with its `smtp` transport, TLS required and the
+/// sidecar's certificate verified against the CA file `ca` and 127.0.0.1
+/// (`hosts_require_tls`, `tls_verify_hosts`), `tls` its client certificate lines. Its log is
+/// printed when a test fails.
+struct EximSender {
+    exim: PathBuf,
+    conf: PathBuf,
+    dir: TempDir,
+}
+
+impl EximSender {
+    fn new(port: u16, ca: &Path, tls: &str) -> EximSender {
+        let exim = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop-tools/exim4");
+        let exim = exim.join("usr/sbin/exim4");
+        assert!(
+            exim.is_file(),
+            "{} missing: run scripts/test.sh",
+            exim.display()
+        );
+        let dir = TempDir::new("exim-sender");
+        let spool = dir.open_subdir("spool");
+        let conf = dir.0.join("exim.conf");
+        let text = format!(
+            "primary_hostname = mail.woodgrovebank.com\nqualify_domain = woodgrovebank.com\n\
+             exim_path = {exim}\nspool_directory = {spool}\nlog_file_path = {spool}/%slog\n\
+             keep_environment =\nhost_lookup =\nrfc1413_hosts =\n\
+             begin routers\nsidecar:\n  driver = manualroute\n  route_list = * 127.0.0.1\n  \
+             self = send\n  transport = sidecar\n\
+             begin transports\nsidecar:\n  driver = smtp\n  port = {port}\n  allow_localhost\n  \
+             hosts_require_tls = *\n  hosts_try_dane =\n  tls_verify_hosts = *\n  \
+             tls_verify_certificates = {ca}\n{tls}\
+             begin retry\n* * F,1h,10m\n",
+            exim = exim.display(),
+            ca = ca.display(),
+            spool = spool.display(),
+        );
+        std::fs::write(&conf, text).unwrap();
+        EximSender { exim, conf, dir }
+    }
+
+    /// Give Exim `message` from `from` to `to` (as `sendmail` would be given it) and let it
+    /// deliver at once (`-odi`): its mainlog once it is done.
+    fn send(&self, from: &str, to: &str, message: &[u8]) -> String {
+        use std::io::Write;
+        let mut child = Command::new(&self.exim)
+            .arg("-C")
+            .arg(&self.conf)
+            // -oi: a line of a single dot is text, not the end of the message.
+            .args(["-odi", "-oi", "-f", from, to])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(message).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "exim: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.mainlog()
+        );
+        self.mainlog()
+    }
+
+    fn mainlog(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("spool/mainlog")).unwrap_or_default()
+    }
+}
+
+impl Drop for EximSender {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- exim (sender) mainlog ---\n{}", self.mainlog());
+        }
+    }
+}
+
+/// The sidecar in process in front of a recording backend, asking clients for a certificate
+/// (`request`) and holding woodgrovebank.com to Domain Security (`defer`), its Received header
+/// on; its own certificate for mx.test and 127.0.0.1 from a test CA, whose file is returned.
+async fn partner_sidecar(
+    pki: &PartnerPki,
+) -> (smtp_sidecar::runtime::Running, Recorder, PathBuf, Pki) {
+    let (backend, recorder) = recording_backend().await;
+    let policy =
+        "      client_certificates: request\n      domain_secure: [woodgrovebank.com]\n      \
+                  on_failure: defer\n";
+    let yaml = format!(
+        "{}{}",
+        pki.trust_yaml(),
+        config_yaml(backend, "starttls", policy)
+            .replace("received_header: false", "received_header: true")
+    );
+    let config = smtp_sidecar::config::parse(&yaml).unwrap_or_else(|e| panic!("{:?}", e.problems));
+    let ours = Pki::new("exim-partner-server");
+    let leaf = ours.leaf("mx", Spec::ca(&["mx.test", "127.0.0.1"]));
+    let running = smtp_sidecar::runtime::start(&config, &Pki::store(&[&leaf]))
+        .await
+        .unwrap();
+    (running, recorder, ca_file(&ours), ours)
+}
+
+const PARTNER_MESSAGE: &str = "From: someone@woodgrovebank.com\nTo: bob@example.test\n\
+    Subject: Exim partner\nMessage-ID: <exim-partner-1@woodgrovebank.com>\n\n\
+    first line\n.leading dot\n.\nlast line\n";
+
+/// Inbound Domain Security with Exim (GnuTLS) as the partner: it presents the partner's
+/// certificate (leaf and intermediate) when the sidecar asks, which verifies it against the
+/// root and woodgrovebank.com; the message reaches the backend byte for byte (dot-stuffed
+/// once on the wire) under the sidecar's Received header naming the certificate, and is
+/// counted as domain-secure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exim_partner_with_its_certificate_is_domain_secure() {
+    let pki = PartnerPki::new();
+    let (sidecar, backend, ca, _ours) = partner_sidecar(&pki).await;
+    let port = sidecar.addr("inbound").unwrap().port();
+    let tls = format!(
+        "  tls_certificate = {}\n  tls_privatekey = {}\n",
+        pki.partner.cert_file.display(),
+        pki.partner.key_file.display()
+    );
+    let sender = EximSender::new(port, &ca, &tls);
+    let log = tokio::task::spawn_blocking(move || {
+        let log = sender.send(
+            "someone@woodgrovebank.com",
+            "bob@example.test",
+            PARTNER_MESSAGE.as_bytes(),
+        );
+        (log, sender)
+    });
+    let (log, _sender) = log.await.unwrap();
+    let delivered = log.lines().find(|l| l.contains(" => bob@example.test "));
+    let delivered = delivered.unwrap_or_else(|| panic!("not delivered:\n{log}"));
+    // TLS 1.3, our certificate verified by Exim (CV=yes), the backend's reply passed back.
+    assert!(delivered.contains(" X=TLS1.3:"), "{delivered}");
+    assert!(delivered.contains(" CV=yes "), "{delivered}");
+    assert!(delivered.contains(" C=\"250 "), "{delivered}");
+    let messages = backend.messages();
+    assert_eq!(messages.len(), 1);
+    let data = String::from_utf8(messages[0].clone()).unwrap();
+    // The sidecar's Received header first, naming the verified certificate, then Exim's own,
+    // then the message as written, dot-stuffed once.
+    let ours = format!(
+        "Received: from mail.woodgrovebank.com ([127.0.0.1])\r\n\tby mx.test (smtp-sidecar) \
+         with ESMTPS\r\n\t(version=TLSv1.3 cipher=TLS13_*)\r\n\t(client certificate \
+         verified: subject \"{}\"\r\n\tissuer \"{}\");\r\n\t* +0000\r\n\
+         Received: from root by mail.woodgrovebank.com with local (Exim 4.*)\r\n\
+         \t(envelope-from <someone@woodgrovebank.com>)\r\n\tid *\r\n\
+         \tfor bob@example.test;\r\n\t* +0000\r\n",
+        pki.partner.subject, pki.partner.issuer
+    );
+    let (head, rest) = data.split_at(data.find("From: ").unwrap());
+    assert!(
+        common::legacy_backend::matches(&ours, head),
+        "got:\n{head}\nwant:\n{ours}"
+    );
+    let body = "first line\r\n..leading dot\r\n..\r\nlast line\r\n.\r\n";
+    assert!(rest.ends_with(&format!("\r\n\r\n{body}")), "{rest}");
+    let series = "smtp_sidecar_domain_secure_messages_received_total\
+                  {domain=\"woodgrovebank.com\",listener=\"inbound\"} 1";
+    assert!(sidecar.metrics.render().contains(series));
+}
+
+/// Without a certificate Exim is deferred at MAIL FROM (`450 4.7.1`, naming the domain) and
+/// keeps the message; nothing reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exim_partner_without_a_certificate_is_deferred() {
+    let pki = PartnerPki::new();
+    let (sidecar, backend, ca, _ours) = partner_sidecar(&pki).await;
+    let port = sidecar.addr("inbound").unwrap().port();
+    let sender = EximSender::new(port, &ca, "");
+    let log = tokio::task::spawn_blocking(move || {
+        let log = sender.send(
+            "someone@woodgrovebank.com",
+            "bob@example.test",
+            PARTNER_MESSAGE.as_bytes(),
+        );
+        (log, sender)
+    });
+    let (log, _sender) = log.await.unwrap();
+    let deferred = log.lines().find(|l| l.contains(" == bob@example.test "));
+    let deferred = deferred.unwrap_or_else(|| panic!("not deferred:\n{log}"));
+    assert!(
+        deferred.contains("MAIL FROM:<someone@woodgrovebank.com>")
+            && deferred.contains(": 450 4.7.1 "),
+        "{deferred}"
+    );
+    assert!(!log.contains(" => "), "{log}");
+    assert!(backend.messages().is_empty());
 }
