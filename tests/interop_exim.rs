@@ -1,5 +1,6 @@
-//! Interoperability with Exim 4 as the legacy backend: the real `smtp-sidecar` binary in front
-//! of a real Exim daemon (Debian's exim4-daemon-light, built with GnuTLS, unpacked under
+//! Interoperability with Exim 4: as the legacy backend (below), and as a next hop, a Domain
+//! Security partner and a legacy MTA relaying out (the last items). As the backend: the real
+//! `smtp-sidecar` binary in front of a real Exim daemon (Debian's exim4-daemon-light, built with GnuTLS, unpacked under
 //! target/interop-tools/exim4 by scripts/test.sh) that offers STARTTLS and implicit TLS with a
 //! certificate from a test CA and delivers every message to a Maildir, one file per message.
 //! What Exim stores is what the client sent, LF line ends, under the Received header fields on
@@ -24,7 +25,9 @@
 //!   `hosts_require_tls`, the partner's certificate): the message reaches the backend byte for
 //!   byte under the sidecar's Received header naming the verified certificate, counted as
 //!   domain-secure for woodgrovebank.com; without the certificate Exim is deferred at MAIL
-//!   FROM with `450 4.7.1` and nothing reaches the backend.
+//!   FROM with `450 4.7.1` and nothing reaches the backend;
+//! - the outbound path with Exim at both ends: a legacy Exim relays through the originate
+//!   listener to an Exim next hop at `domain-secure`, the message stored byte for byte.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -394,11 +397,9 @@ async fn exim_refusing_a_session_without_client_certificate_defers_the_rcpt() {
     assert_series(&sidecar, &counted, "a session Exim refused").await;
 }
 
-/// Exim as a sending MTA of its own (as mail.woodgrovebank.com, no daemon): every message it
-/// is given goes to 127.0.0.1:`port` with its `smtp` transport, TLS required and the
-/// sidecar's certificate verified against the CA file `ca` and 127.0.0.1
-/// (`hosts_require_tls`, `tls_verify_hosts`), `tls` its client certificate lines. Its log is
-/// printed when a test fails.
+/// Exim as a sending MTA of its own (as `name`, no daemon): every message it is given goes to
+/// 127.0.0.1:`port` with its `smtp` transport, with `transport` (TLS options) added. Its log
+/// is printed when a test fails.
 struct EximSender {
     exim: PathBuf,
     conf: PathBuf,
@@ -406,7 +407,7 @@ struct EximSender {
 }
 
 impl EximSender {
-    fn new(port: u16, ca: &Path, tls: &str) -> EximSender {
+    fn new(name: &str, port: u16, transport: &str) -> EximSender {
         let exim = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop-tools/exim4");
         let exim = exim.join("usr/sbin/exim4");
         assert!(
@@ -418,17 +419,15 @@ impl EximSender {
         let spool = dir.open_subdir("spool");
         let conf = dir.0.join("exim.conf");
         let text = format!(
-            "primary_hostname = mail.woodgrovebank.com\nqualify_domain = woodgrovebank.com\n\
+            "primary_hostname = {name}\n\
              exim_path = {exim}\nspool_directory = {spool}\nlog_file_path = {spool}/%slog\n\
              keep_environment =\nhost_lookup =\nrfc1413_hosts =\n\
              begin routers\nsidecar:\n  driver = manualroute\n  route_list = * 127.0.0.1\n  \
              self = send\n  transport = sidecar\n\
              begin transports\nsidecar:\n  driver = smtp\n  port = {port}\n  allow_localhost\n  \
-             hosts_require_tls = *\n  hosts_try_dane =\n  tls_verify_hosts = *\n  \
-             tls_verify_certificates = {ca}\n{tls}\
+             hosts_try_dane =\n{transport}\
              begin retry\n* * F,1h,10m\n",
             exim = exim.display(),
-            ca = ca.display(),
             spool = spool.display(),
         );
         std::fs::write(&conf, text).unwrap();
@@ -476,6 +475,15 @@ impl Drop for EximSender {
 /// The sidecar in process in front of a recording backend, asking clients for a certificate
 /// (`request`) and holding woodgrovebank.com to Domain Security (`defer`), its Received header
 /// on; its own certificate for mx.test and 127.0.0.1 from a test CA, whose file is returned.
+/// The partner's transport options: TLS required, the sidecar's certificate verified against
+/// the CA file `ca` and 127.0.0.1, `tls` the client certificate lines.
+fn partner_transport(ca: &Path, tls: &str) -> String {
+    format!(
+        "  hosts_require_tls = *\n  tls_verify_hosts = *\n  tls_verify_certificates = {}\n{tls}",
+        ca.display()
+    )
+}
+
 async fn partner_sidecar(
     pki: &PartnerPki,
 ) -> (smtp_sidecar::runtime::Running, Recorder, PathBuf, Pki) {
@@ -517,7 +525,11 @@ async fn exim_partner_with_its_certificate_is_domain_secure() {
         pki.partner.cert_file.display(),
         pki.partner.key_file.display()
     );
-    let sender = EximSender::new(port, &ca, &tls);
+    let sender = EximSender::new(
+        "mail.woodgrovebank.com",
+        port,
+        &partner_transport(&ca, &tls),
+    );
     let log = tokio::task::spawn_blocking(move || {
         let log = sender.send(
             "someone@woodgrovebank.com",
@@ -566,7 +578,7 @@ async fn exim_partner_without_a_certificate_is_deferred() {
     let pki = PartnerPki::new();
     let (sidecar, backend, ca, _ours) = partner_sidecar(&pki).await;
     let port = sidecar.addr("inbound").unwrap().port();
-    let sender = EximSender::new(port, &ca, "");
+    let sender = EximSender::new("mail.woodgrovebank.com", port, &partner_transport(&ca, ""));
     let log = tokio::task::spawn_blocking(move || {
         let log = sender.send(
             "someone@woodgrovebank.com",
@@ -585,4 +597,61 @@ async fn exim_partner_without_a_certificate_is_deferred() {
     );
     assert!(!log.contains(" => "), "{log}");
     assert!(backend.messages().is_empty());
+}
+
+/// The whole outbound path with Exim at both ends: a legacy Exim relays through the
+/// sidecar's originate listener (its smart host, plaintext on loopback, pipelining its
+/// commands), which delivers to an Exim next hop at `domain-secure` (mutual TLS). The message
+/// arrives byte for byte (a lone dot, leading dots, a line of 990 octets, UTF-8 under
+/// 8BITMIME), the legacy Exim is given the next hop's own reply, the next hop logs our
+/// certificate verified, and the sidecar counts one domain-secure message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exim_relays_through_the_sidecar_to_exim_domain_secure() {
+    let pki = NextHopPki::new();
+    let hop = exim_requiring_client_certificates(&pki);
+    let conf = Conf::new(&pki, hop.addr().to_string(), &y_test_at("domain-secure"));
+    let sidecar = start_with(&conf, &our_leaf(&pki)).await;
+    let port = sidecar.addr("outbound").unwrap().port();
+    let legacy = EximSender::new("legacy.test", port, "");
+    let body = format!(
+        "first line\n.\n.leading dot\n..two dots\n{}\nGrüße\nlast line\n",
+        "x".repeat(990)
+    );
+    let message = format!(
+        "From: a@x.test\nTo: b@y.test\nSubject: through the sidecar\n\
+         Message-ID: <exim-chain-1@x.test>\nMIME-Version: 1.0\n\
+         Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n{body}"
+    );
+    let log = tokio::task::spawn_blocking(move || {
+        let log = legacy.send("a@x.test", "b@y.test", message.as_bytes());
+        (log, legacy)
+    });
+    let (log, _legacy) = log.await.unwrap();
+    let delivered = log.lines().find(|l| l.contains(" => b@y.test "));
+    let delivered = delivered.unwrap_or_else(|| panic!("not delivered:\n{log}"));
+    // The next hop's own end-of-data reply, passed back through the sidecar.
+    assert!(delivered.contains(" C=\"250 OK id="), "{delivered}");
+    let stored = String::from_utf8(hop.delivered_when(1)[0].clone()).unwrap();
+    let (_, stored_body) = stored.split_once("\n\n").unwrap();
+    assert_eq!(stored_body, body, "{stored}");
+    assert!(
+        stored.contains("\nSubject: through the sidecar\n"),
+        "{stored}"
+    );
+    let received = received_lines(&hop);
+    assert_eq!(received.len(), 1, "{received:?}");
+    for field in [
+        " <= a@x.test H=(mx.test) [127.0.0.1] P=esmtps X=TLS1.3:",
+        " CV=yes ",
+        " DN=\"CN=mx.test\" ",
+        " id=exim-chain-1@x.test",
+    ] {
+        assert!(received[0].contains(field), "{field}: {received:?}");
+    }
+    let counted = [
+        m::messages("accepted", true, 1),
+        m::handshake_ok(1),
+        m::ds_sent("y.test", 1),
+    ];
+    assert_series(&sidecar, &counted, "Exim through the sidecar to Exim").await;
 }
