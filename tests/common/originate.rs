@@ -253,6 +253,33 @@ pub async fn rcpt_refused(running: &Running, rcpt: &str, want: &str) {
     quit(client).await;
 }
 
+/// Policy lines: y.test at `level`, every other domain `may`.
+pub fn y_test_at(level: &str) -> String {
+    format!("      default: may\n      domains:\n        y.test: {level}\n")
+}
+
+/// A message to y.test at `verify` (which presents no client certificate) through a next hop
+/// that requires one: it ends the session with TLS 1.3's `certificate_required` alert once our
+/// side of the handshake is done, and the sidecar takes that as the TLS policy unmet, not as a
+/// lost connection: the RCPT is deferred with `450 4.7.5` naming the alert, the handshake
+/// counted as ours completed, then the policy's failure.
+pub async fn deferred_for_want_of_a_client_certificate(running: &Running) {
+    let want = "450 4.7.5 TLS policy verify for y.test not met: TLS handshake with 127.0.0.1 \
+                failed: alert certificate_required\r\n";
+    rcpt_refused(running, "b@y.test", want).await;
+    let counted = [
+        m::handshake_ok(1),
+        m::rejection("handshake_failed", true, 1),
+        m::next_hop_failures("policy", 1),
+    ];
+    assert_series(
+        running,
+        &counted,
+        "a session refused for want of a certificate",
+    )
+    .await;
+}
+
 /// QUIT, and wait until the sidecar closed the session (every event of it recorded).
 pub async fn quit(mut client: Client) {
     assert_eq!(client.cmd("QUIT").await, "221 2.0.0 Bye\r\n");
