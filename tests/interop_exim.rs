@@ -55,8 +55,7 @@ use common::process::{exactly, free_port, wait_listening, Guard, TempDir};
 use common::{recording_backend, Recorder};
 use partner_pki::PartnerPki;
 use support::{
-    assert_series, deferred_for_want_of_a_client_certificate, legacy, m, our_leaf, quit,
-    start_with, y_test_at, Conf,
+    counted_one_domain_secure, deferred_for_want_of_a_client_certificate, legacy, quit, relaying_to,
 };
 
 /// Exim as a foreground daemon on 127.0.0.1 as legacy.test, with `leaf` for its TLS: STARTTLS
@@ -349,8 +348,7 @@ fn exim_requiring_client_certificates(pki: &NextHopPki) -> Exim {
 async fn sidecar_delivers_domain_secure_to_exim() {
     let pki = NextHopPki::new();
     let exim = exim_requiring_client_certificates(&pki);
-    let conf = Conf::new(&pki, exim.addr().to_string(), &y_test_at("domain-secure"));
-    let sidecar = start_with(&conf, &our_leaf(&pki)).await;
+    let sidecar = relaying_to(&pki, exim.addr(), "domain-secure").await;
     let mut client = legacy(&sidecar).await;
     // Exim's replies, passed through.
     assert_eq!(client.cmd("RCPT TO:<b@y.test>").await, ACCEPTED[1]);
@@ -367,12 +365,7 @@ async fn sidecar_delivers_domain_secure_to_exim() {
     for field in [" P=esmtps X=TLS1.3:", " CV=yes ", " DN=\"CN=mx.test\" "] {
         assert!(received[0].contains(field), "{field}: {received:?}");
     }
-    let counted = [
-        m::messages("accepted", true, 1),
-        m::handshake_ok(1),
-        m::ds_sent("y.test", 1),
-    ];
-    assert_series(&sidecar, &counted, "a domain-secure delivery").await;
+    counted_one_domain_secure(&sidecar, "a domain-secure delivery").await;
 }
 
 /// At `verify` the sidecar presents no client certificate; Exim, requiring one, ends the
@@ -383,8 +376,7 @@ async fn sidecar_delivers_domain_secure_to_exim() {
 async fn exim_refusing_a_session_without_client_certificate_defers_the_rcpt() {
     let pki = NextHopPki::new();
     let exim = exim_requiring_client_certificates(&pki);
-    let conf = Conf::new(&pki, exim.addr().to_string(), &y_test_at("verify"));
-    let sidecar = start_with(&conf, &our_leaf(&pki)).await;
+    let sidecar = relaying_to(&pki, exim.addr(), "verify").await;
     deferred_for_want_of_a_client_certificate(&sidecar).await;
     // The refusal was Exim's, for want of a certificate.
     let refused = "TLS error on connection from (mx.test) [127.0.0.1] (gnutls_handshake): \
@@ -636,8 +628,7 @@ async fn exim_partner_without_a_certificate_is_deferred() {
 async fn exim_relays_through_the_sidecar_to_exim_domain_secure() {
     let pki = NextHopPki::new();
     let hop = exim_requiring_client_certificates(&pki);
-    let conf = Conf::new(&pki, hop.addr().to_string(), &y_test_at("domain-secure"));
-    let sidecar = start_with(&conf, &our_leaf(&pki)).await;
+    let sidecar = relaying_to(&pki, hop.addr(), "domain-secure").await;
     let port = sidecar.addr("outbound").unwrap().port();
     let legacy = EximSender::new("legacy.test", port, "");
     let body = format!(
@@ -673,10 +664,5 @@ async fn exim_relays_through_the_sidecar_to_exim_domain_secure() {
     ] {
         assert!(received[0].contains(field), "{field}: {received:?}");
     }
-    let counted = [
-        m::messages("accepted", true, 1),
-        m::handshake_ok(1),
-        m::ds_sent("y.test", 1),
-    ];
-    assert_series(&sidecar, &counted, "Exim through the sidecar to Exim").await;
+    counted_one_domain_secure(&sidecar, "Exim through the sidecar to Exim").await;
 }

@@ -49,8 +49,7 @@ use common::pki::{Leaf, Pki, Spec};
 use common::process::{exactly, free_port, wait_accepting, TempDir};
 use common::{config_yaml, recording_backend, Client, Recorder};
 use support::{
-    assert_series, deferred_for_want_of_a_client_certificate, legacy, m, our_leaf, quit,
-    start_with, y_test_at, Conf,
+    counted_one_domain_secure, deferred_for_want_of_a_client_certificate, legacy, quit, relaying_to,
 };
 
 /// One OpenSMTPD at a time in this process.
@@ -411,8 +410,7 @@ async fn opensmtpd_requiring_client_certificates(pki: &NextHopPki) -> OpenSmtpd 
 async fn sidecar_delivers_domain_secure_to_opensmtpd() {
     let pki = NextHopPki::new();
     let smtpd = opensmtpd_requiring_client_certificates(&pki).await;
-    let conf = Conf::new(&pki, smtpd.addr().to_string(), &y_test_at("domain-secure"));
-    let sidecar = start_with(&conf, &our_leaf(&pki)).await;
+    let sidecar = relaying_to(&pki, smtpd.addr(), "domain-secure").await;
     let mut client = legacy(&sidecar).await;
     // OpenSMTPD's replies, passed through.
     assert_eq!(client.cmd("RCPT TO:<b@y.test>").await, ACCEPTED[1]);
@@ -426,12 +424,7 @@ async fn sidecar_delivers_domain_secure_to_opensmtpd() {
         \tfor <b@y.test>;\n\t* +0000 (UTC)";
     let relayed = without_added_fields(&smtpd.relayed_when(1)[0]);
     assert_received(&relayed, support::BODY, theirs, false);
-    let counted = [
-        m::messages("accepted", true, 1),
-        m::handshake_ok(1),
-        m::ds_sent("y.test", 1),
-    ];
-    assert_series(&sidecar, &counted, "a domain-secure delivery").await;
+    counted_one_domain_secure(&sidecar, "a domain-secure delivery").await;
 }
 
 /// At `verify` the sidecar presents no client certificate; OpenSMTPD, requiring one, ends the
@@ -442,8 +435,7 @@ async fn sidecar_delivers_domain_secure_to_opensmtpd() {
 async fn opensmtpd_refusing_a_session_without_client_certificate_defers_the_rcpt() {
     let pki = NextHopPki::new();
     let smtpd = opensmtpd_requiring_client_certificates(&pki).await;
-    let conf = Conf::new(&pki, smtpd.addr().to_string(), &y_test_at("verify"));
-    let sidecar = start_with(&conf, &our_leaf(&pki)).await;
+    let sidecar = relaying_to(&pki, smtpd.addr(), "verify").await;
     deferred_for_want_of_a_client_certificate(&sidecar).await;
     // The refusal was OpenSMTPD's, for want of a certificate.
     let refused = "smtp disconnected reason=\"io-error: handshake failed: \

@@ -258,6 +258,27 @@ pub fn y_test_at(level: &str) -> String {
     format!("      default: may\n      domains:\n        y.test: {level}\n")
 }
 
+/// The sidecar relaying to the next hop at `hop`, y.test at `level` ([`y_test_at`]), our
+/// client certificate ([`our_leaf`]) in its store.
+pub async fn relaying_to(pki: &NextHopPki, hop: SocketAddr, level: &str) -> Running {
+    start_with(
+        &Conf::new(pki, hop.to_string(), &y_test_at(level)),
+        &our_leaf(pki),
+    )
+    .await
+}
+
+/// One message accepted by the next hop over TLS 1.3, counted as domain-secure for y.test,
+/// and nothing else counted.
+pub async fn counted_one_domain_secure(running: &Running, context: &str) {
+    let counted = [
+        m::messages("accepted", true, 1),
+        m::handshake_ok(1),
+        m::ds_sent("y.test", 1),
+    ];
+    assert_series(running, &counted, context).await;
+}
+
 /// A message to y.test at `verify` (which presents no client certificate) through a next hop
 /// that requires one: it ends the session with TLS 1.3's `certificate_required` alert once our
 /// side of the handshake is done, and the sidecar takes that as the TLS policy unmet, not as a

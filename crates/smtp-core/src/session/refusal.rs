@@ -171,25 +171,27 @@ impl std::fmt::Display for Refusal {
 mod tests {
     use super::{LegFailure, Refusal};
 
-    #[test]
-    fn leg_failures_are_in_declaration_order_and_labels_are_unique() {
-        for (i, k) in LegFailure::ALL.iter().enumerate() {
-            assert_eq!(k.index(), i);
+    /// `ALL` lists each kind at its index (the metrics' arrays are indexed so), with labels
+    /// that differ.
+    fn in_order_with_unique_labels(all: impl ExactSizeIterator<Item = (usize, &'static str)>) {
+        let n = all.len();
+        let mut labels = Vec::with_capacity(n);
+        for (i, (index, label)) in all.enumerate() {
+            assert_eq!(index, i, "{label}");
+            labels.push(label);
         }
-        let mut labels: Vec<&str> = LegFailure::ALL.iter().map(|k| k.as_str()).collect();
         labels.sort_unstable();
         labels.dedup();
-        assert_eq!(labels.len(), LegFailure::ALL.len());
+        assert_eq!(labels.len(), n);
+    }
+
+    #[test]
+    fn leg_failures_are_in_declaration_order_and_labels_are_unique() {
+        in_order_with_unique_labels(LegFailure::ALL.iter().map(|k| (k.index(), k.as_str())));
     }
 
     #[test]
     fn all_is_in_declaration_order_and_labels_are_unique() {
-        for (i, r) in Refusal::ALL.iter().enumerate() {
-            assert_eq!(r.index(), i);
-        }
-        let mut labels: Vec<&str> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
-        labels.sort_unstable();
-        labels.dedup();
-        assert_eq!(labels.len(), Refusal::ALL.len());
+        in_order_with_unique_labels(Refusal::ALL.iter().map(|r| (r.index(), r.as_str())));
     }
 }
