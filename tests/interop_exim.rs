@@ -52,8 +52,9 @@ use common::legacy_backend::{
 use common::next_hop::NextHopPki;
 use common::pki::{Leaf, Pki, Spec};
 use common::process::{exactly, free_port, wait_listening, Guard, TempDir};
-use common::{recording_backend, Recorder};
-use partner_pki::PartnerPki;
+use partner_pki::{
+    partner_sidecar, PartnerPki, RECEIVED_FROM_PARTNER_1, REFUSED_WITHOUT_CERTIFICATE_1,
+};
 use support::{
     counted_one_domain_secure, deferred_for_want_of_a_client_certificate, legacy, quit, relaying_to,
 };
@@ -494,35 +495,6 @@ fn partner_transport(ca: &Path, tls: &str) -> String {
     )
 }
 
-/// The sidecar in process in front of a recording backend, asking clients for a certificate
-/// (`request`) and holding woodgrovebank.com to Domain Security (`defer`), its Received header
-/// on; its own certificate for mx.test and 127.0.0.1 from a test CA, whose file is returned.
-async fn partner_sidecar(
-    pki: &PartnerPki,
-) -> (smtp_sidecar::runtime::Running, Recorder, PathBuf, Pki) {
-    let (backend, recorder) = recording_backend().await;
-    let policy =
-        "      client_certificates: request\n      domain_secure: [woodgrovebank.com]\n      \
-                  on_failure: defer\n";
-    let yaml = format!(
-        "{}{}",
-        pki.trust_yaml(),
-        config_yaml(backend, "starttls", policy)
-            .replace("received_header: false", "received_header: true")
-    );
-    let config = smtp_sidecar::config::parse(&yaml).unwrap_or_else(|e| panic!("{:?}", e.problems));
-    let ours = Pki::new("exim-partner-server");
-    let leaf = ours.leaf("mx", Spec::ca(&["mx.test", "127.0.0.1"]));
-    let running = smtp_sidecar::runtime::start(&config, &Pki::store(&[&leaf]))
-        .await
-        .unwrap();
-    (running, recorder, ca_file(&ours), ours)
-}
-
-/// The sidecar's count of domain-secure messages from woodgrovebank.com, at one.
-const RECEIVED_TOTAL_1: &str = "smtp_sidecar_domain_secure_messages_received_total\
-    {domain=\"woodgrovebank.com\",listener=\"inbound\"} 1";
-
 /// A message as its author wrote it (a Date, so that Exim adds no header field but its
 /// Received one), with a leading dot and a line of a single dot.
 const PARTNER_MESSAGE: &str = "From: someone@woodgrovebank.com\nTo: bob@example.test\n\
@@ -585,7 +557,10 @@ async fn exim_partner_with_its_certificate_is_domain_secure() {
         .replace("\r\n.", "\r\n..");
     assert_eq!(rest, format!("{written}.\r\n"));
     let metrics = sidecar.metrics.render();
-    assert!(metrics.lines().any(|l| l == RECEIVED_TOTAL_1), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l == RECEIVED_FROM_PARTNER_1),
+        "{metrics}"
+    );
 }
 
 /// Without a certificate Exim is deferred at MAIL FROM (`450 4.7.1`, naming the domain and
@@ -610,10 +585,9 @@ async fn exim_partner_without_a_certificate_is_deferred() {
     assert!(!log.contains(" => "), "{log}");
     assert_eq!(sender.queued(), 1, "{log}");
     let metrics = sidecar.metrics.render();
-    let refused = "smtp_sidecar_policy_rejections_total{enforced=\"true\",listener=\"inbound\",\
-                   reason=\"domain_secure_no_client_certificate\"} 1";
+    let refused = REFUSED_WITHOUT_CERTIFICATE_1;
     assert!(metrics.lines().any(|l| l == refused), "{metrics}");
-    let received = RECEIVED_TOTAL_1.replace("} 1", "} 0");
+    let received = RECEIVED_FROM_PARTNER_1.replace("} 1", "} 0");
     assert!(metrics.lines().any(|l| l == received), "{metrics}");
     assert!(backend.messages().is_empty());
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::binary::{start_binary, Binary};
 use common::process::{free_port, TempDir};
-use common::{config_yaml, recording_backend, Recorder, T};
+use common::{recording_backend, Recorder, T};
 use partner_pki::PartnerPki;
 use postfix_mta::{check_postfix, metric, run, scrape_until, text, POSTFIX, POSTQUEUE, SENDMAIL};
 
@@ -217,14 +217,9 @@ fn start_sidecar(pki: &PartnerPki) -> Sidecar {
         .unwrap();
     let (backend_addr, backend) = rt.block_on(recording_backend());
     let metrics = free_port();
-    let policy =
-        "      client_certificates: request\n      domain_secure: [woodgrovebank.com]\n      \
-                  on_failure: defer\n";
     let yaml = format!(
-        "metrics:\n  listen: 127.0.0.1:{metrics}\nlog:\n  protocol_log: true\n{}{}",
-        pki.trust_yaml(),
-        config_yaml(backend_addr, "starttls", policy)
-            .replace("received_header: false", "received_header: true")
+        "metrics:\n  listen: 127.0.0.1:{metrics}\nlog:\n  protocol_log: true\n{}",
+        pki.partner_listener_yaml(backend_addr)
     );
     let binary = start_binary(&yaml);
     Sidecar {

@@ -281,6 +281,21 @@ impl PartnerPki {
 }
 
 impl PartnerPki {
+    /// A sidecar's configuration for the interop tests with a real MTA as the partner: this
+    /// PKI trusted, the listener `inbound` (STARTTLS) in front of `backend` asking clients for
+    /// a certificate and holding woodgrovebank.com to Domain Security (`defer`), its Received
+    /// header on.
+    pub fn partner_listener_yaml(&self, backend: std::net::SocketAddr) -> String {
+        let policy = "      client_certificates: request\n      \
+                      domain_secure: [woodgrovebank.com]\n      on_failure: defer\n";
+        format!(
+            "{}{}",
+            self.trust_yaml(),
+            crate::common::config_yaml(backend, "starttls", policy)
+                .replace("received_header: false", "received_header: true")
+        )
+    }
+
     /// The `trust` section with the intermediate anchored as well, for clients that send
     /// their certificate without its chain (swaks).
     pub fn trust_yaml_anchoring_intermediate(&self) -> String {
@@ -381,3 +396,35 @@ pub fn client_config(identity: Option<&Identity>) -> (Arc<rustls::ClientConfig>,
     });
     (Arc::new(config), asked)
 }
+
+/// The sidecar in process with [`PartnerPki::partner_listener_yaml`] in front of a recording
+/// backend; its own certificate for mx.test and 127.0.0.1 from a test CA, whose file is
+/// returned (for the partner to verify it).
+pub async fn partner_sidecar(
+    pki: &PartnerPki,
+) -> (
+    smtp_sidecar::runtime::Running,
+    crate::common::Recorder,
+    PathBuf,
+    crate::common::pki::Pki,
+) {
+    use crate::common::pki::{Pki, Spec};
+    let (backend, recorder) = crate::common::recording_backend().await;
+    let yaml = pki.partner_listener_yaml(backend);
+    let config = smtp_sidecar::config::parse(&yaml).unwrap_or_else(|e| panic!("{:?}", e.problems));
+    let ours = Pki::new("partner-mta-server");
+    let leaf = ours.leaf("mx", Spec::ca(&["mx.test", "127.0.0.1"]));
+    let running = smtp_sidecar::runtime::start(&config, &Pki::store(&[&leaf]))
+        .await
+        .unwrap();
+    let ca = crate::common::legacy_backend::ca_file(&ours);
+    (running, recorder, ca, ours)
+}
+
+/// The sidecar's count of domain-secure messages from woodgrovebank.com on `inbound`, at one.
+pub const RECEIVED_FROM_PARTNER_1: &str = "smtp_sidecar_domain_secure_messages_received_total\
+    {domain=\"woodgrovebank.com\",listener=\"inbound\"} 1";
+
+/// The sidecar's count of refusals for want of a client certificate on `inbound`, at one.
+pub const REFUSED_WITHOUT_CERTIFICATE_1: &str = "smtp_sidecar_policy_rejections_total\
+    {enforced=\"true\",listener=\"inbound\",reason=\"domain_secure_no_client_certificate\"} 1";
