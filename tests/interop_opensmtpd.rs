@@ -22,6 +22,10 @@
 //!   certificate verified (`:YES` in its Received header) and the sidecar counting the message
 //!   as domain-secure; `verify`, which presents none, is refused by OpenSMTPD after the TLS 1.3
 //!   handshake and the RCPT deferred as the policy's failure.
+//! - OpenSMTPD as an inbound Domain Security partner, relaying to the sidecar over mandatory
+//!   STARTTLS with the partner's certificate (`pki partner` on its relay action): the message
+//!   reaches the backend byte for byte under both Received headers, counted as domain-secure;
+//!   without the certificate it is deferred at MAIL FROM (`450 4.7.1`) and stays queued.
 //!
 //! smtpd's queue (/var/spool/smtpd) and control socket (/var/run/smtpd.sock) are compiled in
 //! and system-wide, so one instance runs at a time: the tests of this file take turns, and an
@@ -35,6 +39,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "common/partner_pki.rs"]
+mod partner_pki;
 #[path = "common/originate.rs"]
 mod support;
 
@@ -48,6 +54,9 @@ use common::next_hop::NextHopPki;
 use common::pki::{Leaf, Pki, Spec};
 use common::process::{exactly, free_port, wait_accepting, TempDir};
 use common::{config_yaml, recording_backend, Client, Recorder};
+use partner_pki::{
+    partner_sidecar, PartnerPki, RECEIVED_FROM_PARTNER_1, REFUSED_WITHOUT_CERTIFICATE_1,
+};
 use support::{
     counted_one_domain_secure, deferred_for_want_of_a_client_certificate, legacy, quit, relaying_to,
 };
@@ -128,7 +137,20 @@ impl OpenSmtpd {
     /// With `main` lines first in its configuration, and `tls` the TLS options of its
     /// STARTTLS listener.
     async fn start_with(leaf: &Leaf, main: &str, tls: &str) -> OpenSmtpd {
+        OpenSmtpd::start_routing(leaf, main, tls, None).await
+    }
+
+    /// With `routing`, its `action` and `match` lines, instead of relaying y.test to the
+    /// sink.
+    async fn start_routing(leaf: &Leaf, main: &str, tls: &str, routing: Option<&str>) -> OpenSmtpd {
         let (sink_addr, sink) = recording_backend().await;
+        let routing = routing.map(str::to_owned).unwrap_or_else(|| {
+            format!(
+                "action \"sink\" relay host smtp+notls://127.0.0.1:{sink} helo legacy.test\n\
+                 match from src 127.0.0.1 for domain y.test action \"sink\"\n",
+                sink = sink_addr.port()
+            )
+        });
         let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let smtpd = smtpd_binary();
         let dir = TempDir::new("opensmtpd");
@@ -144,12 +166,9 @@ impl OpenSmtpd {
                 "{main}pki legacy.test cert \"{cert}\"\npki legacy.test key \"{key}\"\n\
                  listen on 127.0.0.1 port {port} {tls} pki legacy.test hostname legacy.test\n\
                  listen on 127.0.0.1 port {implicit_port} smtps pki legacy.test \
-                 hostname legacy.test\n\
-                 action \"sink\" relay host smtp+notls://127.0.0.1:{sink} helo legacy.test\n\
-                 match from src 127.0.0.1 for domain y.test action \"sink\"\n",
+                 hostname legacy.test\n{routing}",
                 cert = leaf.cert.display(),
                 key = leaf.key.display(),
-                sink = sink_addr.port(),
             );
             std::fs::write(&conf, text).unwrap();
             // -d: foreground, log to stderr; -T smtp: trace every SMTP line (for failures).
@@ -164,7 +183,7 @@ impl OpenSmtpd {
             // Both ports are bound before either accepts; a probe of the implicit one would
             // leave an aborted handshake in the log.
             if wait_accepting(&mut child.0, port) {
-                return OpenSmtpd {
+                let smtpd = OpenSmtpd {
                     port,
                     implicit_port,
                     sink,
@@ -172,6 +191,10 @@ impl OpenSmtpd {
                     dir,
                     _turn: turn,
                 };
+                // The queue outlives the process: what an earlier test left there (a message
+                // deferred on purpose, a run cut short) must not be delivered in this one.
+                smtpd.smtpctl(&["remove", "all"]);
+                return smtpd;
             }
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if text.contains("control socket already listening") && Instant::now() < deadline {
@@ -195,6 +218,24 @@ impl OpenSmtpd {
         exactly(n, "messages relayed", Duration::from_secs(20), || {
             self.sink.messages()
         })
+    }
+
+    /// `smtpctl show queue`: a line per envelope in its queue.
+    fn queue(&self) -> String {
+        self.smtpctl(&["show", "queue"])
+    }
+
+    /// smtpctl with `args`, through smtpd's control socket: what it printed. smtpctl insists
+    /// on running with the group opensmtpq (it is installed setgid, which unpacking does not
+    /// do): `setpriv` gives it that group.
+    fn smtpctl(&self, args: &[&str]) -> String {
+        let smtpctl = smtpd_binary().with_file_name("smtpctl");
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--egid", "opensmtpq", "--keep-groups"])
+            .arg(smtpctl);
+        let out = cmd.args(args).output().unwrap();
+        assert!(out.status.success(), "smtpctl {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
     }
 
     fn log(&self) -> String {
@@ -441,4 +482,141 @@ async fn opensmtpd_refusing_a_session_without_client_certificate_defers_the_rcpt
     let refused = "smtp disconnected reason=\"io-error: handshake failed: \
                    error:0A0000C7:SSL routines::peer did not return a certificate\"";
     common::eventually(|| smtpd.log().contains(refused), refused).await;
+}
+
+/// OpenSMTPD (OpenSSL) as a Domain Security partner: mail it is given for example.test goes to
+/// the sidecar at `sidecar` over mandatory STARTTLS, as mail.woodgrovebank.com, the sidecar's
+/// certificate verified against the CA file `ca` and 127.0.0.1; with `presenting`, the
+/// partner's certificate (leaf and intermediate) for the client's side. The test gives it the
+/// message on its own STARTTLS listener, in plaintext. The PKI of its listeners is returned
+/// with it.
+async fn opensmtpd_partner(
+    pki: &PartnerPki,
+    sidecar: SocketAddr,
+    ca: &Path,
+    presenting: bool,
+) -> (OpenSmtpd, Pki) {
+    use std::os::unix::fs::PermissionsExt;
+    let key = &pki.partner.key_file;
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let own = Pki::new("opensmtpd-partner-pki");
+    let leaf = own.leaf("legacy", Spec::ca(&["legacy.test", "127.0.0.1"]));
+    let main = format!(
+        "pki partner cert \"{}\"\npki partner key \"{}\"\nca sidecar cert \"{}\"\n",
+        pki.partner.cert_file.display(),
+        key.display(),
+        ca.display()
+    );
+    let client_certificate = if presenting { " pki partner" } else { "" };
+    let routing = format!(
+        "action \"partner\" relay host smtp+tls://127.0.0.1:{port}{client_certificate} \
+         ca sidecar helo mail.woodgrovebank.com\n\
+         match from src 127.0.0.1 for domain example.test action \"partner\"\n",
+        port = sidecar.port()
+    );
+    let smtpd = OpenSmtpd::start_routing(&leaf, &main, "tls", Some(&routing)).await;
+    (smtpd, own)
+}
+
+/// A message as its author wrote it, with a Date and a Message-ID (so that OpenSMTPD adds no
+/// header field but its Received one), a leading dot and a line of a single dot.
+const PARTNER_MESSAGE: &[u8] = b"From: someone@woodgrovebank.com\r\nTo: bob@example.test\r\n\
+    Subject: OpenSMTPD partner\r\nDate: Fri, 04 Dec 2026 12:00:00 +0000\r\n\
+    Message-ID: <opensmtpd-partner-1@woodgrovebank.com>\r\n\r\n\
+    first line\r\n.leading dot\r\n.\r\nlast line\r\n";
+
+/// Give OpenSMTPD [`PARTNER_MESSAGE`] from someone@woodgrovebank.com to bob@example.test on
+/// its own listener, and see it accepted there.
+async fn give(smtpd: &OpenSmtpd) {
+    let mut c = Client::connect(smtpd.addr()).await;
+    let greeting = c.reply().await;
+    assert!(greeting.starts_with("220 legacy.test "), "{greeting}");
+    let hello = c.cmd("EHLO client.test").await;
+    assert!(hello.starts_with("250-legacy.test "), "{hello}");
+    let mut seen = vec![c.cmd("MAIL FROM:<someone@woodgrovebank.com>").await];
+    seen.push(c.cmd("RCPT TO:<bob@example.test>").await);
+    seen.push(c.cmd("DATA").await);
+    c.send(&stuffed(PARTNER_MESSAGE)).await;
+    seen.push(c.reply().await);
+    assert_eq!(masked(&seen), ACCEPTED);
+    assert_eq!(c.cmd("QUIT").await, BYE);
+}
+
+/// Inbound Domain Security with OpenSMTPD as the partner: it relays the message it was given
+/// to the sidecar, verifying the sidecar's certificate and presenting the partner's when the
+/// sidecar asks; the sidecar verifies that against the root and woodgrovebank.com. The message
+/// reaches the backend byte for byte (dot-stuffed once on the wire) under the sidecar's
+/// Received header naming the certificate, then OpenSMTPD's; OpenSMTPD logs the backend's
+/// reply, passed back, as its delivery's result; the sidecar counts one domain-secure message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opensmtpd_partner_with_its_certificate_is_domain_secure() {
+    let pki = PartnerPki::new();
+    let (sidecar, backend, ca, _ours) = partner_sidecar(&pki).await;
+    let addr = sidecar.addr("inbound").unwrap();
+    let (smtpd, _own) = opensmtpd_partner(&pki, addr, &ca, true).await;
+    give(&smtpd).await;
+    common::eventually(|| !backend.messages().is_empty(), "relayed to the backend").await;
+    let messages = backend.messages();
+    assert_eq!(messages.len(), 1);
+    let ours = format!(
+        "Received: from mail.woodgrovebank.com ([127.0.0.1])\n\tby mx.test (smtp-sidecar) \
+         with ESMTPS\n\t(version=TLSv1.3 cipher=TLS13_*)\n\t(client certificate verified: \
+         subject \"{}\"\n\tissuer \"{}\");\n\t* +0000",
+        pki.partner.subject, pki.partner.issuer
+    );
+    let theirs = "Received: from client.test (* [127.0.0.1])\n\
+        \tby legacy.test (OpenSMTPD) with ESMTP id *\n\tfor <bob@example.test>;\n\
+        \t* +0000 (UTC)";
+    let (trace, rest) = common::legacy_backend::split_received(&messages[0]);
+    let want = format!("{ours}\n{theirs}");
+    assert!(matches(&want, &trace), "got:\n{trace}\nwant:\n{want}");
+    common::legacy_backend::assert_bytes(&rest, &stuffed(PARTNER_MESSAGE));
+    // OpenSMTPD's delivery, over TLS 1.3 with our certificate verified, took the backend's
+    // reply to the end of data, passed back.
+    let log = smtpd.log();
+    for step in [
+        " mta tls ciphers=TLSv1.3:",
+        " mta cert-check result=\"valid\" ",
+    ] {
+        assert!(log.contains(step), "{step}:\n{log}");
+    }
+    let delivered = log.lines().find(|l| l.contains(" result=\"Ok\" "));
+    let delivered = delivered.unwrap_or_else(|| panic!("no delivery logged:\n{log}"));
+    assert!(
+        delivered.contains(" stat=\"250 2.0.0 Ok: queued as "),
+        "{delivered}"
+    );
+    let metrics = sidecar.metrics.render();
+    assert!(
+        metrics.lines().any(|l| l == RECEIVED_FROM_PARTNER_1),
+        "{metrics}"
+    );
+}
+
+/// Without a certificate OpenSMTPD is deferred at MAIL FROM (`450 4.7.1`, naming the domain
+/// and what was missing), logs that as a temporary failure and keeps the message; nothing
+/// reaches the backend, and the refusal is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opensmtpd_partner_without_a_certificate_is_deferred() {
+    let pki = PartnerPki::new();
+    let (sidecar, backend, ca, _ours) = partner_sidecar(&pki).await;
+    let addr = sidecar.addr("inbound").unwrap();
+    let (smtpd, _own) = opensmtpd_partner(&pki, addr, &ca, false).await;
+    give(&smtpd).await;
+    let deferred = "result=\"TempFail\" stat=\"450 4.7.1 Domain Security: mail from \
+                    woodgrovebank.com requires mutual TLS; no client certificate\"";
+    common::eventually(|| smtpd.log().contains(deferred), deferred).await;
+    let queue = smtpd.queue();
+    assert_eq!(queue.lines().count(), 1, "{queue}");
+    let kept = "|someone@woodgrovebank.com|bob@example.test|bob@example.test|";
+    assert!(queue.contains(kept), "{queue}");
+    assert!(queue.contains("|pending|"), "{queue}");
+    let metrics = sidecar.metrics.render();
+    assert!(
+        metrics.lines().any(|l| l == REFUSED_WITHOUT_CERTIFICATE_1),
+        "{metrics}"
+    );
+    let received = RECEIVED_FROM_PARTNER_1.replace("} 1", "} 0");
+    assert!(metrics.lines().any(|l| l == received), "{metrics}");
+    assert!(backend.messages().is_empty());
 }
