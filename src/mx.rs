@@ -164,10 +164,8 @@ impl MxResolver {
             })?;
         let hosts = match mx {
             Ok(lookup) => {
-                let mut mx: Vec<(u16, Name)> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
+                let mut mx: Vec<(u16, Name)> = answering(&name, lookup.answers())
+                    .filter_map(|data| match data {
                         RData::MX(mx) => Some((mx.preference, mx.exchange.to_lowercase())),
                         _ => None,
                     })
@@ -309,6 +307,37 @@ fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     }
 }
 
+/// Of a look-up of `name`, the data of the answer records that answer it: owned by `name`, or
+/// by a name that the CNAME records of the answer, followed from `name` (at most
+/// [`MAX_CNAME_HOPS`] of them), lead to. hickory returns the answer section as the server sent
+/// it, and the resolver may be a forwarder with no bailiwick checks: a record for another name
+/// in it (an MX for a domain its server does not own, an address for a host nobody asked
+/// about) would otherwise choose where mail goes.
+fn answering<'a>(
+    name: &Name,
+    answers: &'a [hickory_resolver::proto::rr::Record],
+) -> impl Iterator<Item = &'a RData> {
+    let mut owners = vec![name.clone()];
+    while owners.len() <= MAX_CNAME_HOPS {
+        let last = &owners[owners.len() - 1];
+        let next = answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(target) if r.name == *last => Some(target.0.clone()),
+            _ => None,
+        });
+        match next {
+            Some(target) if !owners.contains(&target) => owners.push(target),
+            _ => break,
+        }
+    }
+    answers
+        .iter()
+        .filter(move |r| owners.contains(&r.name))
+        .map(|r| &r.data)
+}
+
+/// CNAME records followed within one answer ([`answering`]); hickory follows at most 8.
+const MAX_CNAME_HOPS: usize = 8;
+
 /// The MX set in the order to try: RFC 7505 null MX, RFC 5321 §5.1 preference order with equal
 /// preferences shuffled, duplicates removed, at most `MAX_MX_HOSTS`.
 fn mx_hosts(mx: &mut Vec<(u16, Name)>) -> Result<Vec<(String, Name)>, MxError> {
@@ -377,10 +406,8 @@ async fn host_addresses(
     );
     let mut failure = None;
     let mut collect = |result: Result<hickory_resolver::lookup::Lookup, NetError>| match result {
-        Ok(lookup) => lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
+        Ok(lookup) => answering(&name, lookup.answers())
+            .filter_map(|data| match data {
                 RData::A(a) => Some(IpAddr::V4(a.0)),
                 RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
                 _ => None,
@@ -499,6 +526,58 @@ mod tests {
 
     fn n(s: &str) -> Name {
         Name::from_ascii(s).unwrap()
+    }
+
+    /// The data of the records of `answers` that [`answering`] keeps for `name`.
+    fn answered(name: &str, answers: &[(&str, RData)]) -> Vec<RData> {
+        use hickory_resolver::proto::rr::Record;
+        let answers: Vec<Record> = answers
+            .iter()
+            .map(|(owner, data)| Record::from_rdata(n(owner), 60, data.clone()))
+            .collect();
+        answering(&n(name), &answers).cloned().collect()
+    }
+
+    #[test]
+    fn answers_are_the_names_and_its_cname_chains() {
+        use hickory_resolver::proto::rr::rdata::{A, CNAME};
+        let a = |ip: [u8; 4]| RData::A(A(ip.into()));
+        let cname = |target: &str| RData::CNAME(CNAME(n(target)));
+        // Owner names compare without regard to case; a record of another name is dropped.
+        let found = answered(
+            "mx.example.test.",
+            &[
+                ("other.test.", a([192, 0, 2, 9])),
+                ("MX.Example.Test.", a([192, 0, 2, 1])),
+            ],
+        );
+        assert_eq!(found, [a([192, 0, 2, 1])]);
+        // A chain is followed from the name asked, in any order; a loop ends it.
+        let found = answered(
+            "a.test.",
+            &[
+                ("c.test.", a([192, 0, 2, 3])),
+                ("b.test.", cname("c.test.")),
+                ("a.test.", cname("b.test.")),
+                ("c.test.", cname("a.test.")),
+                ("d.test.", a([192, 0, 2, 4])),
+            ],
+        );
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(!found.contains(&a([192, 0, 2, 4])));
+        // At most MAX_CNAME_HOPS links are followed.
+        let names: Vec<String> = (0..=MAX_CNAME_HOPS + 1)
+            .map(|i| format!("h{i}.test."))
+            .collect();
+        let mut chain: Vec<(&str, RData)> = names
+            .windows(2)
+            .map(|w| (w[0].as_str(), cname(&w[1])))
+            .collect();
+        chain.push((names[MAX_CNAME_HOPS].as_str(), a([192, 0, 2, 8])));
+        chain.push((names[MAX_CNAME_HOPS + 1].as_str(), a([192, 0, 2, 9])));
+        let found = answered("h0.test.", &chain);
+        assert!(found.contains(&a([192, 0, 2, 8])));
+        assert!(!found.contains(&a([192, 0, 2, 9])));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! MX look-ups (issue 13, SPEC §3 `resolver`) against a DNS server on 127.0.0.1: preference
 //! order, implicit MX, IPv6, null MX, NXDOMAIN, SERVFAIL, a silent server, hosts without
-//! addresses, and the bounds a hostile zone cannot push us past.
+//! addresses, the bounds a hostile zone cannot push us past, and records of other names in an
+//! answer (never used; a CNAME chain is followed).
 
 mod common;
 
@@ -362,4 +363,46 @@ async fn addresses_mail_is_never_sent_to_are_not_next_hops() {
     // unspecified addresses never are.
     let hops = dns.resolver(T).next_hops("loop.test", 25).await.unwrap();
     assert_eq!(hops, vec![hop("mx.loop.test", &[("127.0.0.1", 25)])]);
+}
+
+/// Only records that answer the name asked are used: an MX of another domain, more preferred,
+/// and an address of another host, each slipped into an answer by the server, are not.
+#[tokio::test]
+async fn records_of_other_names_in_an_answer_are_not_used() {
+    let dns = TestDns::start(vec![
+        Record::mx("example.test", 10, "mx.example.test"),
+        Record::slipped_into(
+            "example.test",
+            Record::mx("attacker.test", 0, "evil.attacker.test"),
+        ),
+        Record::a("evil.attacker.test", "192.0.2.66"),
+        Record::a("mx.example.test", "192.0.2.1"),
+        Record::slipped_into("mx.example.test", Record::a("other.test", "192.0.2.99")),
+    ])
+    .await;
+    let hops = dns.resolver(T).next_hops("example.test", 25).await.unwrap();
+    assert_eq!(hops, vec![hop("mx.example.test", &[("192.0.2.1", 25)])]);
+    let queries = dns.queries();
+    assert!(
+        !queries.iter().any(|(name, _)| name == "evil.attacker.test"),
+        "{queries:?}"
+    );
+}
+
+/// An MX host that is an alias: its address comes at the end of the CNAME chain in the
+/// answer, and is used; another name's address beside it is not.
+#[tokio::test]
+async fn an_mx_host_behind_a_cname_is_followed() {
+    let dns = TestDns::start(vec![
+        Record::mx("example.test", 10, "mx.example.test"),
+        Record::cname("mx.example.test", "host.provider.test"),
+        Record::slipped_into(
+            "mx.example.test",
+            Record::a("host.provider.test", "192.0.2.5"),
+        ),
+        Record::slipped_into("mx.example.test", Record::a("unrelated.test", "192.0.2.99")),
+    ])
+    .await;
+    let hops = dns.resolver(T).next_hops("example.test", 25).await.unwrap();
+    assert_eq!(hops, vec![hop("mx.example.test", &[("192.0.2.5", 25)])]);
 }

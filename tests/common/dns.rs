@@ -1,7 +1,8 @@
 //! A DNS server on 127.0.0.1 for the MX tests (issue 13): authoritative for whatever names it is
 //! given, on one ephemeral port over UDP and TCP, built on hickory-server. A name it was not
 //! given is NXDOMAIN; a name it has but not of the asked type is NODATA; a name marked
-//! `servfail` answers SERVFAIL, one marked `no_answer` is never answered.
+//! `servfail` answers SERVFAIL, one marked `no_answer` is never answered. A CNAME is in every
+//! answer for its name; a record can be slipped into the answers for a name not its own.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, MX};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX};
 use hickory_server::proto::rr::{Name, RData, Record as Rr, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -22,6 +23,9 @@ use tokio::net::{TcpListener, UdpSocket};
 #[derive(Debug, Clone)]
 pub enum Record {
     Data(Box<Rr>),
+    /// A record served in the answers to queries for another name (the `String`, as [`key`]
+    /// makes it): [`Record::slipped_into`].
+    Slipped(String, Box<Rr>),
     ServFail(String),
     NoAnswer(String),
 }
@@ -45,6 +49,22 @@ impl Record {
             name,
             RData::AAAA(AAAA(ip.parse().expect("an IPv6 address"))),
         )
+    }
+
+    /// `name. CNAME target.`: in the answer to every query for `name`, whatever its type. A
+    /// recursive resolver sends the records at the end of the chain with it: a test gives
+    /// those as [`Record::slipped_into`] `name`'s answers.
+    pub fn cname(name: &str, target: &str) -> Record {
+        Record::data(name, RData::CNAME(CNAME(fqdn(target))))
+    }
+
+    /// `record` (a [`Record::Data`]) in the answers to queries of its type for `queried`,
+    /// though another name owns it: what a hostile server or a careless forwarder may send.
+    pub fn slipped_into(queried: &str, record: Record) -> Record {
+        match record {
+            Record::Data(rr) => Record::Slipped(key(queried), rr),
+            other => panic!("only data can be slipped into an answer: {other:?}"),
+        }
     }
 
     /// Every query for `name`, of any type, gets SERVFAIL.
@@ -113,7 +133,7 @@ impl RequestHandler for Zone {
             // NOERROR, possibly with no answers (NODATA).
             Some(Entry::Records(records)) => records
                 .iter()
-                .filter(|r| r.record_type() == qtype)
+                .filter(|r| r.record_type() == qtype || r.record_type() == RecordType::CNAME)
                 .collect(),
         };
         let none: &[Rr] = &[];
@@ -144,20 +164,21 @@ impl TestDns {
     pub async fn start(records: Vec<Record>) -> TestDns {
         let mut names: HashMap<String, Entry> = HashMap::new();
         for record in records {
-            match record {
-                Record::Data(rr) => {
-                    let entry = names.entry(key(&rr.name.to_ascii())).or_default();
-                    match entry {
-                        Entry::Records(all) => all.push(*rr),
-                        _ => *entry = Entry::Records(vec![*rr]),
-                    }
-                }
+            let (queried, rr) = match record {
+                Record::Data(rr) => (key(&rr.name.to_ascii()), rr),
+                Record::Slipped(queried, rr) => (queried, rr),
                 Record::ServFail(name) => {
                     names.insert(name, Entry::ServFail);
+                    continue;
                 }
                 Record::NoAnswer(name) => {
                     names.insert(name, Entry::NoAnswer);
+                    continue;
                 }
+            };
+            match names.entry(queried).or_default() {
+                Entry::Records(all) => all.push(*rr),
+                entry => *entry = Entry::Records(vec![*rr]),
             }
         }
         let queries = Arc::default();
