@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -565,54 +566,61 @@ async fn accept_noting_wait(tcp: &TcpListener) -> (std::io::Result<(TcpStream, S
 /// implicit-TLS listener the handshake), its session, then its lingering close if it ends
 /// with one. Under handshake pressure this runs on the admission threads, below the
 /// established sessions' priority, and a session that outlasts the pressure moves to the
-/// sessions' threads: the rest of it is spawned there. One async fn, spawned as it is, and
-/// every value it is given small: what an async fn is given, and what it matches on across a
-/// wait, stays in its future to the end, and an idle session must cost little (C of
-/// ../shared/bench).
-async fn connection(
+/// sessions' threads: the rest of it is spawned there. One future, spawned as it is, whose
+/// size every idle session pays for its whole life (C of ../shared/bench): so every value it
+/// is given is small; it is no async fn, which would keep what it is given twice (as
+/// arguments, and as the locals they are moved to: [`crate::driver::serve`]); and what its
+/// early waits hand on is bound in a scope of its own, so that it is not held beside the
+/// session (a value matched in place across a wait is).
+#[allow(clippy::manual_async_fn)]
+fn connection(
     stream: TcpStream,
     socket: SocketAddr,
     l: Arc<ListenerRuntime>,
     mut admitted: Admitted,
-    shutdown: crate::shutdown::Watch,
+    mut shutdown: crate::shutdown::Watch,
     (sessions, alive): (tokio::runtime::Handle, mpsc::Sender<()>),
-) {
-    let mut shutdown = shutdown;
-    let arrived = before_draining(&mut shutdown, arrive(stream, socket, &l, &mut admitted));
-    let Some((stream, peer, counted)) = arrived.await else {
-        return;
-    };
-    // What the connection's end needs, not the listener's whole handle, which goes to the
-    // session.
-    let closing = Closing {
-        counted,
-        max: (l.max_connections, l.max_connections_per_ip),
-        admitted,
-    };
-    let served = match &l.mode {
-        ModeRuntime::Terminate(cfg) => {
-            let cfg = Arc::clone(cfg);
-            let opening = crate::inbound::open(stream, peer, &l, &cfg);
-            let Some(opened) = before_draining(&mut shutdown, opening).await else {
-                closing.end(None).await;
-                return;
-            };
-            crate::inbound::serve(opened, l, cfg, shutdown).await
-        }
-        ModeRuntime::Originate(o) => {
-            let cfg = Arc::clone(&o.session);
-            crate::outbound::serve(stream, peer, l, cfg, shutdown).await
-        }
-    };
-    match served {
-        Served::Ended(lingering) => closing.end(lingering).await,
-        // Started under pressure that is over: the rest on the sessions' threads.
-        Served::Moved(moving) => {
-            sessions.spawn(async move {
-                let lingering = moving.await;
-                closing.end(lingering).await;
-                drop(alive);
-            });
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let Some((stream, peer, counted)) = ({
+            let arriving = std::pin::pin!(arrive(stream, socket, &l, &mut admitted));
+            before_draining(&mut shutdown, arriving).await
+        }) else {
+            return;
+        };
+        // What the connection's end needs, not the listener's whole handle, which goes to
+        // the session.
+        let closing = Closing {
+            counted,
+            max: (l.max_connections, l.max_connections_per_ip),
+            admitted,
+        };
+        let served = match &l.mode {
+            ModeRuntime::Terminate(cfg) => {
+                let cfg = Arc::clone(cfg);
+                let Some(opened) = ({
+                    let opening = std::pin::pin!(crate::inbound::open(stream, peer, &l, &cfg));
+                    before_draining(&mut shutdown, opening).await
+                }) else {
+                    return closing.end(None).await;
+                };
+                crate::inbound::serve(opened, l, cfg, shutdown).await
+            }
+            ModeRuntime::Originate(o) => {
+                let cfg = Arc::clone(&o.session);
+                crate::outbound::serve(stream, peer, l, cfg, shutdown).await
+            }
+        };
+        match served {
+            Served::Ended(lingering) => closing.end(lingering).await,
+            // Started under pressure that is over: the rest on the sessions' threads.
+            Served::Moved(moving) => {
+                sessions.spawn(async move {
+                    let lingering = moving.await;
+                    closing.end(lingering).await;
+                    drop(alive);
+                });
+            }
         }
     }
 }
@@ -623,9 +631,13 @@ async fn connection(
 /// 10 and 30 s) though nothing could be said to it (a `421` needs a session), and so may a
 /// client that connects just before a `SIGTERM` and sends nothing. Polled first, `work` that
 /// is done at once costs no registration with the watch.
+///
+/// `work` is pinned where the caller awaits this: an async fn keeps what it is given in its
+/// future, and a future given by value would be there twice (as the argument, and in the
+/// `select!`), in every connection's task for its whole life (C of ../shared/bench).
 async fn before_draining<T>(
     shutdown: &mut crate::shutdown::Watch,
-    work: impl std::future::Future<Output = Option<T>>,
+    work: Pin<&mut impl std::future::Future<Output = Option<T>>>,
 ) -> Option<T> {
     let draining = async {
         while shutdown.borrow() == Shutdown::Running {
