@@ -157,7 +157,7 @@ struct Admitted {
     /// The address whose place it holds: `None` until a PROXY header has named it.
     ip: Option<IpAddr>,
     /// The stalled handshake it was let in on, past a full set of `max_handshakes` slots.
-    kept: Option<crate::snapshot::Reservation>,
+    kept: Option<Box<crate::snapshot::Reservation>>,
 }
 
 impl Limits {
@@ -534,7 +534,8 @@ impl Accepting {
         // Within the limits: a stalled handshake's slot, if that is the room there was, is
         // kept for this connection (not one the limits refused), as long as it lives.
         match l.handshake_room(socket) {
-            Some(kept) => admitted.kept = kept,
+            // Boxed: rare, and an idle session's task would carry its room otherwise.
+            Some(kept) => admitted.kept = kept.map(Box::new),
             None => {
                 drop(admitted);
                 l.metrics.refused.inc();
@@ -577,24 +578,26 @@ fn connection(
     stream: TcpStream,
     socket: SocketAddr,
     l: Arc<ListenerRuntime>,
-    mut admitted: Admitted,
+    admitted: Admitted,
     mut shutdown: crate::shutdown::Watch,
     (sessions, alive): (tokio::runtime::Handle, mpsc::Sender<()>),
 ) -> impl std::future::Future<Output = ()> + Send {
+    // What the connection's end needs, not the listener's whole handle, which goes to the
+    // session; the connection's place in it from the start (not beside it, as an argument
+    // moved in would be).
+    let mut closing = Closing {
+        counted: None,
+        max: (l.max_connections, l.max_connections_per_ip),
+        admitted,
+    };
     async move {
         let Some((stream, peer, counted)) = ({
-            let arriving = std::pin::pin!(arrive(stream, socket, &l, &mut admitted));
+            let arriving = std::pin::pin!(arrive(stream, socket, &l, &mut closing.admitted));
             before_draining(&mut shutdown, arriving).await
         }) else {
             return;
         };
-        // What the connection's end needs, not the listener's whole handle, which goes to
-        // the session.
-        let closing = Closing {
-            counted,
-            max: (l.max_connections, l.max_connections_per_ip),
-            admitted,
-        };
+        closing.counted = Some(counted);
         let served = match &l.mode {
             ModeRuntime::Terminate(cfg) => {
                 let cfg = Arc::clone(cfg);
@@ -653,11 +656,13 @@ async fn before_draining<T>(
     }
 }
 
-/// A connection whose session is over: it is counted out ([`Counted`]), and closes with a
-/// linger if its session ended with one and a place is left (`max`: `max_connections`,
-/// `max_connections_per_ip`).
+/// What a connection's end needs, from when it is let in: its place ([`Admitted`]), and its
+/// count once it has arrived. [`Closing::end`], once its session is over, counts it out
+/// ([`Counted`]) and closes it with a linger if its session ended with one and a place is
+/// left (`max`: `max_connections`, `max_connections_per_ip`).
 struct Closing {
-    counted: Counted,
+    /// From its arrival on ([`arrive`]).
+    counted: Option<Counted>,
     max: (u32, u32),
     admitted: Admitted,
 }
