@@ -20,6 +20,8 @@ use nom::{IResult, Parser};
 pub const MAX_REPLY_LINE: usize = 2048;
 /// Most lines in one multi-line reply.
 pub const MAX_REPLY_LINES: usize = 128;
+/// A reply longer than this leaves the parser's buffer freed ([`ReplyParser::next_reply`]).
+pub(crate) const KEEP_READ: usize = 128;
 
 /// One reply: a three-digit code and one text per line (text without the code and separator).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +192,11 @@ impl ReplyParser {
                 }
             };
             if !more {
+                // A long reply's buffer is given back now rather than at the next reply's
+                // bytes: it is an EHLO reply, and the session may wait long for its client.
+                if self.buf.is_empty() && self.partial_bytes + len > KEEP_READ {
+                    self.buf = BytesMut::new();
+                }
                 self.partial_bytes = 0;
                 return Ok(Some(reply));
             }
@@ -203,6 +210,14 @@ impl ReplyParser {
     /// reply in progress (at most [`MAX_REPLY_LINES`] lines). Zero after an error.
     pub fn buffered(&self) -> usize {
         self.buf.len() + self.partial_bytes
+    }
+
+    /// Whether its buffer holds an allocation. Not its capacity: a buffer read to its end
+    /// has none left, and still holds the allocation it was read from. An empty `BytesMut`
+    /// that holds none points where every empty one does.
+    #[cfg(test)]
+    pub(crate) fn holds_allocation(&self) -> bool {
+        self.buf.as_ptr() != BytesMut::new().as_ptr()
     }
 
     /// Forget everything (a new backend connection).

@@ -49,6 +49,39 @@ fn full_message_is_acknowledged_only_after_backend() {
     assert!(h.events.contains(&Event::MessageAccepted { bytes: 28 }));
 }
 
+/// An idle session (workload C) keeps no buffer its EHLO reply took: neither the backend
+/// reply parser's once the reply is parsed, nor the client leg's once the reply is written;
+/// a short reply's is kept, for the next one.
+#[test]
+fn an_idle_session_keeps_no_buffer_its_ehlo_reply_took() {
+    use crate::session::Leg;
+    let mut h = Harness::greeted(test_config());
+    let long = "250-legacy.test Hello client.test [192.0.2.1], pleased to meet you\r\n\
+                250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 10240000\r\n250-DSN\r\n\
+                250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 HELP\r\n";
+    assert!(long.len() > crate::reply::KEEP_READ);
+    let shown = h.exchange("EHLO client.test\r\n", "EHLO client.test\r\n", long);
+    assert!(shown.len() > crate::session::KEEP_WRITTEN, "{shown}");
+    assert!(
+        !h.session.conn.backend_in.holds_allocation(),
+        "the parser's"
+    );
+    assert_eq!(
+        h.session.conn.buffer_capacity(Leg::Client),
+        0,
+        "the client leg's"
+    );
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 2.1.0 Ok\r\n",
+    );
+    assert!(
+        h.session.conn.buffer_capacity(Leg::Client) > 0,
+        "a short reply's is kept"
+    );
+}
+
 /// A bulk body is reframed into one buffer kept from read to read, never grown past a read's
 /// worth, and the session gives it up with the body's last bytes: between messages it holds
 /// no body buffer (DESIGN.md §5).

@@ -279,6 +279,13 @@ impl Conn {
             let out = &mut self.out[leg.index()];
             if !out.is_empty() && !held {
                 let bytes = out.split().freeze();
+                // The write frees what it took once done, and the next reply reuses the
+                // buffer: one allocation per session. A large reply (an EHLO reply) is not
+                // kept for that, so that an idle session holds no more than a short reply's.
+                // (The backend leg's body has its own rule, below.)
+                if leg == Leg::Client && bytes.len() > KEEP_WRITTEN {
+                    *out = BytesMut::new();
+                }
                 self.actions.push_back(Action::Write(leg, bytes));
             }
             if leg == Leg::Backend && self.body_done && out.is_empty() {
@@ -357,6 +364,11 @@ impl Conn {
 /// The most reply octets held for a pipelined batch (see [`Conn::poll_action`]): an envelope
 /// of dozens of recipients, far less than a client that streams commands could pile up.
 const MAX_HELD_REPLIES: usize = 4096;
+
+/// A reply written longer than this does not leave its buffer to the client leg for the next
+/// one ([`Conn::flush`]): an idle session (workload C) would hold the largest reply of its life,
+/// its EHLO reply, to the end.
+pub(crate) const KEEP_WRITTEN: usize = 128;
 
 /// Drained queues give their memory back: an idle session holds no queue buffer (DESIGN.md
 /// §5), at the price of one allocation when the next batch begins.

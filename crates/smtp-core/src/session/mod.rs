@@ -24,9 +24,9 @@ mod refusal;
 mod reply_to;
 mod tls_info;
 
-#[cfg(test)]
-pub(crate) use conn::BODY_BATCH;
 pub(crate) use conn::{skip_chunk, Conn};
+#[cfg(test)]
+pub(crate) use conn::{BODY_BATCH, KEEP_WRITTEN};
 pub use protocol_log::{unsafe_in_log, Direction};
 pub use refusal::{LegFailure, Refusal};
 pub use reply_to::ReplyTo;
