@@ -164,7 +164,13 @@ impl MxResolver {
             })?;
         let hosts = match mx {
             Ok(lookup) => {
-                let mut mx: Vec<(u16, Name)> = answering(&name, lookup.answers())
+                let answered = answered(&self.resolver, &name, RecordType::MX, &lookup);
+                let answered = timeout_at(deadline, answered).await.map_err(|_| {
+                    MxError::TempFail(format!("MX {domain}: no answer within {:?}", self.timeout))
+                })?;
+                let records = answered.map_err(|e| MxError::TempFail(format!("MX {e}")))?;
+                let mut mx: Vec<(u16, Name)> = records
+                    .iter()
                     .filter_map(|data| match data {
                         RData::MX(mx) => Some((mx.preference, mx.exchange.to_lowercase())),
                         _ => None,
@@ -335,8 +341,68 @@ fn answering<'a>(
         .map(|r| &r.data)
 }
 
-/// CNAME records followed within one answer ([`answering`]); hickory follows at most 8.
-const MAX_CNAME_HOPS: usize = 8;
+/// The data of `lookup`'s records of type `rtype` that answer `name` ([`answering`]). An
+/// answer with records of that type but none of them `name`'s is asked about once more:
+/// hickory answers a name whose CNAME target it already holds in its cache with the target's
+/// records alone, without the chain, and `name`'s own CNAME records then say which of them
+/// answer it. Still none: `Err`, a temporary failure, never taken for no records (that would
+/// make the domain itself its MX, or its host one without addresses).
+async fn answered(
+    resolver: &TokioResolver,
+    name: &Name,
+    rtype: RecordType,
+    lookup: &hickory_resolver::lookup::Lookup,
+) -> Result<Vec<RData>, String> {
+    let of_type = |data: &&RData| data.record_type() == rtype;
+    let found: Vec<RData> = answering(name, lookup.answers())
+        .filter(of_type)
+        .cloned()
+        .collect();
+    let others = lookup.answers().iter().any(|r| r.record_type() == rtype);
+    if !found.is_empty() || !others {
+        return Ok(found);
+    }
+    let mut chained = match resolver.lookup(name.clone(), RecordType::CNAME).await {
+        Ok(chain) => chain.answers().to_vec(),
+        Err(_) => Vec::new(),
+    };
+    chained.extend(lookup.answers().iter().cloned());
+    let found: Vec<RData> = answering(name, &chained).filter(of_type).cloned().collect();
+    match found.is_empty() {
+        true => Err(format!(
+            "{name}: the {rtype} answer holds only records of other names"
+        )),
+        false => Ok(found),
+    }
+}
+
+/// `name`'s addresses of type `rtype` (A or AAAA) in `result`: none if it has none, `Err` if
+/// the look-up failed for now ([`answered`] included).
+async fn addresses_in(
+    resolver: &TokioResolver,
+    name: &Name,
+    rtype: RecordType,
+    result: Result<hickory_resolver::lookup::Lookup, NetError>,
+) -> Result<Vec<IpAddr>, String> {
+    let lookup = match result {
+        Ok(lookup) => lookup,
+        Err(e) if classify(&e) == Lookup::Temporary => return Err(format!("{name}: {e}")),
+        Err(_) => return Ok(Vec::new()),
+    };
+    let records = answered(resolver, name, rtype, &lookup).await?;
+    Ok(records
+        .iter()
+        .filter_map(|data| match data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// CNAME records followed within one answer ([`answering`]): a recursive resolver chases
+/// longer chains than hickory's 8 queries (Unbound restarts a query 11 times).
+const MAX_CNAME_HOPS: usize = 16;
 
 /// The MX set in the order to try: RFC 7505 null MX, RFC 5321 §5.1 preference order with equal
 /// preferences shuffled, duplicates removed, at most `MAX_MX_HOSTS`.
@@ -404,23 +470,18 @@ async fn host_addresses(
         resolver.lookup(name.clone(), RecordType::AAAA),
         resolver.lookup(name.clone(), RecordType::A),
     );
+    let (v6, v4) = tokio::join!(
+        addresses_in(resolver, &name, RecordType::AAAA, v6),
+        addresses_in(resolver, &name, RecordType::A, v4),
+    );
     let mut failure = None;
-    let mut collect = |result: Result<hickory_resolver::lookup::Lookup, NetError>| match result {
-        Ok(lookup) => answering(&name, lookup.answers())
-            .filter_map(|data| match data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
-                _ => None,
-            })
-            .collect(),
-        Err(e) => {
-            if classify(&e) == Lookup::Temporary {
-                failure = Some(format!("{name}: {e}"));
-            }
+    let mut collect = |found: Result<Vec<IpAddr>, String>| {
+        found.unwrap_or_else(|e| {
+            failure = Some(e);
             Vec::new()
-        }
+        })
     };
-    let (v6, v4): (Vec<IpAddr>, Vec<IpAddr>) = (collect(v6), collect(v4));
+    let (v6, v4) = (collect(v6), collect(v4));
     let mut unroutable = Vec::new();
     let mut keep = |ips: Vec<IpAddr>| -> Vec<IpAddr> {
         let (ok, not): (Vec<IpAddr>, Vec<IpAddr>) = ips

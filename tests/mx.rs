@@ -406,3 +406,30 @@ async fn an_mx_host_behind_a_cname_is_followed() {
     let hops = dns.resolver(T).next_hops("example.test", 25).await.unwrap();
     assert_eq!(hops, vec![hop("mx.example.test", &[("192.0.2.5", 25)])]);
 }
+
+/// hickory answers a name whose CNAME target it already holds with the target's records
+/// alone, without the chain: an MX host that is an alias of a host looked up before (two
+/// domains hosted by one provider) is asked for its CNAME, and its address used.
+#[tokio::test]
+async fn an_alias_of_a_host_looked_up_before_is_followed() {
+    let dns = TestDns::start(vec![
+        Record::mx("provider.test", 10, "mx1.provider.test"),
+        Record::a("mx1.provider.test", "192.0.2.5"),
+        Record::mx("example.test", 10, "mx.example.test"),
+        Record::cname("mx.example.test", "mx1.provider.test"),
+    ])
+    .await;
+    let resolver = dns.resolver(T);
+    let provider = resolver.next_hops("provider.test", 25).await.unwrap();
+    assert_eq!(
+        provider,
+        vec![hop("mx1.provider.test", &[("192.0.2.5", 25)])]
+    );
+    for _ in 0..2 {
+        let hops = resolver.next_hops("example.test", 25).await.unwrap();
+        assert_eq!(hops, vec![hop("mx.example.test", &[("192.0.2.5", 25)])]);
+    }
+    let queries = dns.queries();
+    let cname = ("mx.example.test".to_string(), "CNAME".to_string());
+    assert!(queries.contains(&cname), "{queries:?}");
+}
