@@ -323,6 +323,16 @@ fn answering<'a>(
     name: &Name,
     answers: &'a [hickory_resolver::proto::rr::Record],
 ) -> impl Iterator<Item = &'a RData> {
+    let owners = chain(name, answers);
+    answers
+        .iter()
+        .filter(move |r| owners.contains(&r.name))
+        .map(|r| &r.data)
+}
+
+/// `name`, then the names its CNAME records in `answers` lead to, in order: at most
+/// [`MAX_CNAME_HOPS`] links, and none back to a name already in it.
+fn chain(name: &Name, answers: &[hickory_resolver::proto::rr::Record]) -> Vec<Name> {
     let mut owners = vec![name.clone()];
     while owners.len() <= MAX_CNAME_HOPS {
         let last = &owners[owners.len() - 1];
@@ -335,18 +345,16 @@ fn answering<'a>(
             _ => break,
         }
     }
-    answers
-        .iter()
-        .filter(move |r| owners.contains(&r.name))
-        .map(|r| &r.data)
+    owners
 }
 
 /// The data of `lookup`'s records of type `rtype` that answer `name` ([`answering`]). An
-/// answer with records of that type but none of them `name`'s is asked about once more:
-/// hickory answers a name whose CNAME target it already holds in its cache with the target's
-/// records alone, without the chain, and `name`'s own CNAME records then say which of them
-/// answer it. Still none: `Err`, a temporary failure, never taken for no records (that would
-/// make the domain itself its MX, or its host one without addresses).
+/// answer with records of that type but none of them `name`'s is asked about again: hickory
+/// answers a name whose CNAME target it already holds in its cache with the target's records
+/// alone, without the chain. The chain is then asked for one link at a time (the CNAME of
+/// its last name), at most [`MAX_CNAME_HOPS`] links, until it reaches records of the answer.
+/// It never does: `Err`, a temporary failure, never taken for no records (that would make
+/// the domain itself its MX, or leave its host without addresses).
 async fn answered(
     resolver: &TokioResolver,
     name: &Name,
@@ -354,25 +362,37 @@ async fn answered(
     lookup: &hickory_resolver::lookup::Lookup,
 ) -> Result<Vec<RData>, String> {
     let of_type = |data: &&RData| data.record_type() == rtype;
-    let found: Vec<RData> = answering(name, lookup.answers())
-        .filter(of_type)
-        .cloned()
-        .collect();
-    let others = lookup.answers().iter().any(|r| r.record_type() == rtype);
-    if !found.is_empty() || !others {
-        return Ok(found);
+    let mut records = lookup.answers().to_vec();
+    if !records.iter().any(|r| r.record_type() == rtype) {
+        return Ok(Vec::new());
     }
-    let mut chained = match resolver.lookup(name.clone(), RecordType::CNAME).await {
-        Ok(chain) => chain.answers().to_vec(),
-        Err(_) => Vec::new(),
-    };
-    chained.extend(lookup.answers().iter().cloned());
-    let found: Vec<RData> = answering(name, &chained).filter(of_type).cloned().collect();
-    match found.is_empty() {
-        true => Err(format!(
-            "{name}: the {rtype} answer holds only records of other names"
-        )),
-        false => Ok(found),
+    loop {
+        let found: Vec<RData> = answering(name, &records).filter(of_type).cloned().collect();
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        let owners = chain(name, &records);
+        let last = &owners[owners.len() - 1];
+        if owners.len() > MAX_CNAME_HOPS {
+            return Err(format!(
+                "{name}: a CNAME chain longer than {MAX_CNAME_HOPS}"
+            ));
+        }
+        let link = match resolver.lookup(last.clone(), RecordType::CNAME).await {
+            Ok(link) => link.answers().to_vec(),
+            Err(e) => {
+                return Err(format!(
+                    "{name}: the {rtype} answer names others; CNAME {last}: {e}"
+                ))
+            }
+        };
+        let before = records.len();
+        records.extend(link);
+        if chain(name, &records).len() == owners.len() || records.len() == before {
+            return Err(format!(
+                "{name}: the {rtype} answer holds only records of other names"
+            ));
+        }
     }
 }
 

@@ -433,3 +433,20 @@ async fn an_alias_of_a_host_looked_up_before_is_followed() {
     let cname = ("mx.example.test".to_string(), "CNAME".to_string());
     assert!(queries.contains(&cname), "{queries:?}");
 }
+
+/// The same through two aliases: the chain is asked for a link at a time.
+#[tokio::test]
+async fn a_chain_of_aliases_of_a_host_looked_up_before_is_followed() {
+    let dns = TestDns::start(vec![
+        Record::mx("provider.test", 10, "mx1.provider.test"),
+        Record::a("mx1.provider.test", "192.0.2.5"),
+        Record::mx("example.test", 10, "mx.example.test"),
+        Record::cname("mx.example.test", "mail.example.test"),
+        Record::cname("mail.example.test", "mx1.provider.test"),
+    ])
+    .await;
+    let resolver = dns.resolver(T);
+    resolver.next_hops("provider.test", 25).await.unwrap();
+    let hops = resolver.next_hops("example.test", 25).await.unwrap();
+    assert_eq!(hops, vec![hop("mx.example.test", &[("192.0.2.5", 25)])]);
+}
