@@ -175,8 +175,10 @@ impl OpenSmtpd {
             std::fs::write(&conf, text).unwrap();
             // -d: foreground, log to stderr; -T smtp: trace every SMTP line (for failures).
             let mut cmd = Command::new(&smtpd);
-            // -P mta: no delivery until the queue is emptied of what earlier tests left.
-            cmd.args(["-d", "-T", "smtp", "-P", "mta", "-f"]).arg(&conf);
+            // -P mta: no delivery until the queue is emptied of what earlier tests left; -v
+            // for the debug line that says the queue on disk is all in its scheduler.
+            cmd.args(["-d", "-v", "-T", "smtp", "-P", "mta", "-f"])
+                .arg(&conf);
             // OpenSMTPD looks up the name of every client address (and checks it forward) with
             // its own resolver, libasr, which reads RES_OPTIONS as lines of resolv.conf: this
             // newline makes it read /etc/hosts only, never ask the DNS servers of
@@ -196,7 +198,14 @@ impl OpenSmtpd {
                 };
                 // The queue outlives the process: what an earlier test left there (a message
                 // deferred on purpose, a run cut short) must not be delivered in this one.
-                // Deliveries start once it is gone.
+                // Once smtpd has loaded it (what it has not loaded, `remove all` misses), it
+                // is emptied, and deliveries start.
+                let loaded = "queue: done loading queue into scheduler";
+                let until = Instant::now() + Duration::from_secs(10);
+                while !smtpd.log().contains(loaded) {
+                    assert!(Instant::now() < until, "no {loaded:?}:\n{}", smtpd.log());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 for args in [["remove", "all"], ["resume", "mta"]] {
                     if let Err(e) = smtpd.smtpctl(&args) {
                         panic!("{e}");
@@ -239,8 +248,9 @@ impl OpenSmtpd {
     /// do): `setpriv` gives it that group.
     fn smtpctl(&self, args: &[&str]) -> Result<String, String> {
         let smtpctl = smtpd_binary().with_file_name("smtpctl");
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--egid", "opensmtpq", "--keep-groups"])
+        // Within 10 s: a stuck smtpd must not hang the test, nor its Drop.
+        let mut cmd = Command::new("timeout");
+        cmd.args(["10", "setpriv", "--egid", "opensmtpq", "--keep-groups"])
             .arg(smtpctl);
         match cmd.args(args).output() {
             Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into()),
