@@ -303,6 +303,13 @@ impl Conn {
         self.out[leg.index()].capacity()
     }
 
+    /// Whether a leg's buffer holds (a share of) an allocation: not its capacity, which is
+    /// none once a write took all of it, while the rest of the allocation is still its.
+    #[cfg(test)]
+    pub(crate) fn holds_buffer(&self, leg: Leg) -> bool {
+        self.out[leg.index()].as_ptr() != BytesMut::new().as_ptr()
+    }
+
     /// Drop a leg's connection without a word; nothing still queued for it is sent.
     pub(crate) fn abort(&mut self, leg: Leg) {
         self.out[leg.index()].clear();
