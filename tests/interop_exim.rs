@@ -53,7 +53,7 @@ use common::next_hop::NextHopPki;
 use common::pki::{Leaf, Pki, Spec};
 use common::process::{exactly, free_port, wait_listening, Guard, TempDir};
 use partner_pki::{
-    partner_sidecar, PartnerPki, RECEIVED_FROM_PARTNER_1, REFUSED_WITHOUT_CERTIFICATE_1,
+    partner_sidecar, refused_once_for_want_of_a_certificate, PartnerPki, RECEIVED_FROM_PARTNER_1,
 };
 use support::{
     counted_one_domain_secure, deferred_for_want_of_a_client_certificate, legacy, quit, relaying_to,
@@ -584,12 +584,7 @@ async fn exim_partner_without_a_certificate_is_deferred() {
     assert!(common::legacy_backend::matches(reply, tail), "{deferred}");
     assert!(!log.contains(" => "), "{log}");
     assert_eq!(sender.queued(), 1, "{log}");
-    let metrics = sidecar.metrics.render();
-    let refused = REFUSED_WITHOUT_CERTIFICATE_1;
-    assert!(metrics.lines().any(|l| l == refused), "{metrics}");
-    let received = RECEIVED_FROM_PARTNER_1.replace("} 1", "} 0");
-    assert!(metrics.lines().any(|l| l == received), "{metrics}");
-    assert!(backend.messages().is_empty());
+    refused_once_for_want_of_a_certificate(&sidecar, &backend);
 }
 
 /// The whole outbound path with Exim at both ends: a legacy Exim relays through the

@@ -426,5 +426,20 @@ pub const RECEIVED_FROM_PARTNER_1: &str = "smtp_sidecar_domain_secure_messages_r
     {domain=\"woodgrovebank.com\",listener=\"inbound\"} 1";
 
 /// The sidecar's count of refusals for want of a client certificate on `inbound`, at one.
-pub const REFUSED_WITHOUT_CERTIFICATE_1: &str = "smtp_sidecar_policy_rejections_total\
+const REFUSED_WITHOUT_CERTIFICATE_1: &str = "smtp_sidecar_policy_rejections_total\
     {enforced=\"true\",listener=\"inbound\",reason=\"domain_secure_no_client_certificate\"} 1";
+
+/// What a [`partner_sidecar`] shows after refusing one message from a partner without its
+/// certificate: the refusal counted once, no domain-secure message, nothing at the backend.
+#[track_caller]
+pub fn refused_once_for_want_of_a_certificate(
+    sidecar: &smtp_sidecar::runtime::Running,
+    backend: &crate::common::Recorder,
+) {
+    let metrics = sidecar.metrics.render();
+    let received = RECEIVED_FROM_PARTNER_1.replace("} 1", "} 0");
+    for line in [REFUSED_WITHOUT_CERTIFICATE_1, received.as_str()] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
+    assert!(backend.messages().is_empty());
+}
