@@ -296,6 +296,18 @@ impl PartnerPki {
         )
     }
 
+    /// The sidecar's Received header field on a message from the partner over TLS 1.3 with
+    /// its certificate verified, as a `matches` pattern (CRLF line ends; the cipher and the
+    /// date left open).
+    pub fn sidecar_received(&self) -> String {
+        format!(
+            "Received: from mail.woodgrovebank.com ([127.0.0.1])\r\n\tby mx.test (smtp-sidecar) \
+             with ESMTPS\r\n\t(version=TLSv1.3 cipher=TLS13_*)\r\n\t(client certificate \
+             verified: subject \"{}\"\r\n\tissuer \"{}\");\r\n\t* +0000\r\n",
+            self.partner.subject, self.partner.issuer
+        )
+    }
+
     /// The `trust` section with the intermediate anchored as well, for clients that send
     /// their certificate without its chain (swaks).
     pub fn trust_yaml_anchoring_intermediate(&self) -> String {
