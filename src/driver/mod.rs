@@ -243,7 +243,11 @@ impl<'a> Driver<'a> {
         // to come.
         let (mut client_more, mut backend_more) = (true, true);
         loop {
-            while let Some(action) = session.poll_action() {
+            // Not `while let`: its `Option` would stay beside the action in every wait.
+            loop {
+                let Some(action) = session.poll_action() else {
+                    break;
+                };
                 // Events first: protocol log lines must be written before a handshake's.
                 self.record_events(session);
                 // Writes of one batch leave together (a reply and the close_notify after it
@@ -251,7 +255,7 @@ impl<'a> Driver<'a> {
                 if !matches!(action, Action::Write(..) | Action::Close { .. }) {
                     self.flush(session).await;
                 }
-                match self.act(session, action).await {
+                match self.act(session, &action).await {
                     Step::Go => {}
                     Step::Readable(Leg::Client) => client_more = true,
                     Step::Readable(Leg::Backend) => backend_more = true,
@@ -384,18 +388,18 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Carry out one action.
-    async fn act<M: Machine>(&mut self, session: &mut M, action: Action) -> Step {
+    /// Carry out one action. By reference: the loop's wait holds the action once.
+    async fn act<M: Machine>(&mut self, session: &mut M, action: &Action) -> Step {
         let l = self.l;
         match action {
-            Action::Write(leg, bytes) => {
+            &Action::Write(leg, ref bytes) => {
                 // A closed session writes nothing more: what it wrote to the backend is that
                 // leg's last (a QUIT), and `close` drops the leg next, with nothing read.
                 let last = leg == Leg::Backend && session.is_closed();
                 let (stream, timer) = self.stream_and_timer(leg);
                 let written = match last {
-                    true => within(timer, l.write_timeout, stream.write_last(&bytes)).await,
-                    false => within(timer, l.write_timeout, stream.write(&bytes)).await,
+                    true => within(timer, l.write_timeout, pin!(stream.write_last(bytes))).await,
+                    false => within(timer, l.write_timeout, pin!(stream.write(bytes))).await,
                 };
                 if !matches!(written, Some(Ok(()))) {
                     stalled(stream, written.is_none());
@@ -485,7 +489,7 @@ impl<'a> Driver<'a> {
                 let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
                 let result = match resolver {
                     Some((resolver, port)) => {
-                        let lookup = resolver.next_hops(&domain, port);
+                        let lookup = resolver.next_hops(domain, port);
                         let found = match deadline {
                             Some(at) => {
                                 Box::pin(timeout_at(at, lookup)).await.unwrap_or_else(|_| {
@@ -505,12 +509,12 @@ impl<'a> Driver<'a> {
                 };
                 session.handle_resolved(result, Instant::now());
             }
-            Action::Disconnect(leg) => {
+            &Action::Disconnect(leg) => {
                 let (stream, timer) = self.stream_and_timer(leg);
-                let closed = within(timer, l.write_timeout, stream.close()).await;
+                let closed = within(timer, l.write_timeout, pin!(stream.close())).await;
                 stalled(stream, closed.is_none());
             }
-            Action::Abort(leg) => {
+            &Action::Abort(leg) => {
                 // An abortive close (RST): the backend discards the message in flight, and no
                 // TIME_WAIT is left behind, so sessions that have many messages refused cannot
                 // use up the ports toward a backend on another host.
@@ -550,7 +554,7 @@ impl<'a> Driver<'a> {
                 };
                 // As on the client leg: the plain stream is moved into the TLS stream.
                 let deadline = handshake_deadline(session, l);
-                let handshake = handshake::connect_tls(l, tcp, &ask, deadline, self.id, self.peer);
+                let handshake = handshake::connect_tls(l, tcp, ask, deadline, self.id, self.peer);
                 match Box::pin(handshake).await {
                     Some((tls, info)) => {
                         self.backend = tls;
@@ -584,7 +588,7 @@ impl<'a> Driver<'a> {
                     }
                 }
             }
-            Action::Close { linger } => {
+            &Action::Close { linger } => {
                 self.close(linger).await;
                 return Step::Done;
             }
@@ -625,7 +629,7 @@ impl<'a> Driver<'a> {
                 continue;
             }
             let (stream, timer) = self.stream_and_timer(leg);
-            let flushed = within(timer, write_timeout, stream.flush()).await;
+            let flushed = within(timer, write_timeout, pin!(stream.flush())).await;
             if !matches!(flushed, Some(Ok(()))) {
                 stalled(stream, flushed.is_none());
                 session.handle_lost(leg, Instant::now());
@@ -661,16 +665,12 @@ impl<'a> Driver<'a> {
     /// client's connection, once its close_notify is sent, is kept for [`Driver::lingering`].
     async fn close(&mut self, linger: bool) {
         let write_timeout = self.l.write_timeout;
-        let closed = within(&mut self.timer, write_timeout, self.backend.close()).await;
+        let closed = within(&mut self.timer, write_timeout, pin!(self.backend.close())).await;
         stalled(&mut self.backend, closed.is_none());
         // A connection already dropped (a write that timed out) has nothing to linger for.
         let linger = linger && self.client.tcp().is_some();
-        let sent = within(
-            &mut self.timer,
-            write_timeout,
-            self.client.close_notify(!linger),
-        )
-        .await;
+        let notify = self.client.close_notify(!linger);
+        let sent = within(&mut self.timer, write_timeout, pin!(notify)).await;
         self.linger = linger && matches!(sent, Some(Ok(())));
         if sent.is_none() {
             self.client.reset();
@@ -695,22 +695,46 @@ fn stalled(stream: &mut Stream, timed_out: bool) {
 /// `work`, or `None` if it has to wait and does not finish within `limit` (measured on
 /// `timer`, which the loop sets back to the session's deadline before its next wait): every
 /// write, flush and close of a leg goes under the write deadline through here. Most complete
-/// at once: they cost no clock read and no timer.
-async fn within<F: Future>(
-    timer: &mut Pin<Box<Sleep>>,
+/// at once: they cost no clock read and no timer. `work` is pinned where it is made (its
+/// caller's wait), so that the wait holds it once, not also as this future's argument.
+fn within<'a, F: Future>(
+    timer: &'a mut Pin<Box<Sleep>>,
     limit: Duration,
-    work: F,
-) -> Option<F::Output> {
-    let mut work = pin!(work);
-    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
-    {
-        return Some(done);
+    work: Pin<&'a mut F>,
+) -> Within<'a, F> {
+    Within {
+        timer,
+        limit,
+        work,
+        armed: false,
     }
-    timer.as_mut().reset(tokio::time::Instant::now() + limit);
-    tokio::select! {
-        biased;
-        done = work => Some(done),
-        () = timer.as_mut() => None,
+}
+
+/// [`within`]'s wait: a hand-written future, so that it holds its three references and a
+/// flag (an async fn would hold its arguments twice, and the `select!` between them).
+struct Within<'a, F> {
+    timer: &'a mut Pin<Box<Sleep>>,
+    limit: Duration,
+    work: Pin<&'a mut F>,
+    /// The timer is set: `work` has had to wait once.
+    armed: bool,
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(done) = this.work.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        if !this.armed {
+            this.armed = true;
+            this.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + this.limit);
+        }
+        this.timer.as_mut().poll(cx).map(|()| None)
     }
 }
 
