@@ -4,13 +4,14 @@
 //! can run on that thread.
 
 use std::cell::RefCell;
-use std::io::Write as _;
+use std::future::{poll_fn, Future};
+use std::io::{self, Write as _};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::tls::ClientTls;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 pub mod admission;
@@ -209,61 +210,112 @@ impl Stream {
     /// with whatever else the same batch of actions sends, at the next [`Stream::flush`] or
     /// [`Stream::close`]. rustls bounds that buffer (64 KiB); what does not fit is written at
     /// once.
-    pub async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+    ///
+    /// This and the other writes below are polls over a few octets of progress, not async
+    /// fns: a session's wait holds its write, and an idle session holds room for its largest
+    /// wait (C of ../shared/bench).
+    pub fn write<'a>(&'a mut self, data: &'a [u8]) -> impl Future<Output = io::Result<()>> + 'a {
+        let mut progress = Progress::default();
+        poll_fn(move |cx| self.poll_write(cx, data, &mut progress))
+    }
+
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+        p: &mut Progress,
+    ) -> Poll<io::Result<()>> {
+        let first = !std::mem::replace(&mut p.started, true);
         match self {
-            Stream::None => Err(std::io::ErrorKind::NotConnected.into()),
-            Stream::Plain(s) => s.write_all(data).await,
+            Stream::None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+            Stream::Plain(s) => poll_write_all(s, cx, data, &mut p.sent),
             Stream::ServerTls(s) => {
-                s.write(data)?;
-                if s.buffered() > FLUSH_AT {
-                    s.flush().await?;
+                if first {
+                    s.write(data)?;
+                    if s.buffered() <= FLUSH_AT {
+                        return Poll::Ready(Ok(()));
+                    }
                 }
-                Ok(())
+                s.poll_flush(cx)
             }
-            Stream::ClientTls(s) => write_client_tls(s, data).await,
+            // Encrypted into the connection's buffer; written out at once only if it did
+            // not all fit.
+            Stream::ClientTls(s) => {
+                if first {
+                    p.sent = s.get_mut().1.writer().write(data)?;
+                    p.flush = p.sent < data.len();
+                }
+                if p.flush {
+                    ready!(poll_write_all(s.as_mut(), cx, data, &mut p.sent))?;
+                    ready!(Pin::new(s.as_mut()).poll_flush(cx))?;
+                }
+                Poll::Ready(Ok(()))
+            }
         }
     }
 
     /// Write `data`, the last bytes this connection carries before it is closed, at once and
     /// with nothing read from it in between: on a plain connection the kernel holds them for
     /// the FIN of that close ([`send_before_fin`]), one segment instead of two.
-    pub async fn write_last(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
+    pub fn write_last<'a>(
+        &'a mut self,
+        data: &'a [u8],
+    ) -> impl Future<Output = io::Result<()>> + 'a {
+        let mut progress = Progress::default();
+        poll_fn(move |cx| match self {
             Stream::Plain(s) => {
-                let sent = send_before_fin(s, data)?;
-                s.write_all(&data[sent..]).await
+                if !std::mem::replace(&mut progress.started, true) {
+                    progress.sent = send_before_fin(s, data)?;
+                }
+                poll_write_all(s, cx, data, &mut progress.sent)
             }
-            _ => self.write(data).await,
-        }
+            _ => self.poll_write(cx, data, &mut progress),
+        })
     }
 
     /// Send what [`Stream::write`] left in the TLS buffer.
-    pub async fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::None | Stream::Plain(_) => Ok(()),
-            Stream::ServerTls(s) => s.flush().await,
-            Stream::ClientTls(s) => s.flush().await,
-        }
+    pub fn flush(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
+        poll_fn(move |cx| match self {
+            Stream::None | Stream::Plain(_) => Poll::Ready(Ok(())),
+            Stream::ServerTls(s) => s.poll_flush(cx),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        })
     }
 
     /// Close the connection: TLS sends its close_notify (with anything still buffered, in one
     /// write), then the socket is closed, which sends the FIN. A `shutdown(2)` before the
     /// close would only be one more system call. Errors are of no interest here.
-    pub async fn close(&mut self) {
-        let _ = self.close_notify(true).await;
-        *self = Stream::None;
+    pub fn close(&mut self) -> impl Future<Output = ()> + '_ {
+        let mut closing = Closing::default();
+        poll_fn(move |cx| {
+            let _ = ready!(self.poll_close_notify(cx, true, &mut closing));
+            *self = Stream::None;
+            Poll::Ready(())
+        })
     }
 
     /// Send TLS's close_notify with anything still buffered, in one write. `closing`: the
     /// socket is closed at once after it, with nothing read in between, so the kernel may hold
     /// the write for the close's FIN ([`send_before_fin`]).
-    pub async fn close_notify(&mut self, closing: bool) -> std::io::Result<()> {
+    pub fn close_notify(&mut self, closing: bool) -> impl Future<Output = io::Result<()>> + '_ {
+        let mut state = Closing::default();
+        poll_fn(move |cx| self.poll_close_notify(cx, closing, &mut state))
+    }
+
+    fn poll_close_notify(
+        &mut self,
+        cx: &mut Context<'_>,
+        closing: bool,
+        state: &mut Closing,
+    ) -> Poll<io::Result<()>> {
         match self {
-            Stream::None | Stream::Plain(_) => Ok(()),
-            Stream::ServerTls(s) => s.close(closing).await,
+            Stream::None | Stream::Plain(_) => Poll::Ready(Ok(())),
+            Stream::ServerTls(s) => s.poll_close(cx, closing, &mut state.queued),
             Stream::ClientTls(s) => {
-                s.get_mut().1.send_close_notify();
-                s.flush().await
+                if !std::mem::replace(&mut state.started, true) {
+                    s.get_mut().1.send_close_notify();
+                }
+                Pin::new(s.as_mut()).poll_flush(cx)
             }
         }
     }
@@ -313,16 +365,39 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// message body can finish sending it (and then read the reply) when the body is within this.
 pub const LINGER_BYTES: usize = 1024 * 1024;
 
-/// Encrypt `data` into the connection's buffer; write it out at once only if it did not all
-/// fit.
-async fn write_client_tls(
-    s: &mut tokio_rustls::client::TlsStream<TcpStream>,
+/// What a write that waits keeps between polls.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Its first poll is done: what is done at once (TLS's encryption, a send before the FIN).
+    started: bool,
+    /// A client TLS write did not all fit in the connection's buffer: the rest is written
+    /// out, and the connection flushed.
+    flush: bool,
+    /// How much of the data the socket (or the TLS connection) took.
+    sent: usize,
+}
+
+/// What a close that waits keeps between polls.
+#[derive(Debug, Default)]
+struct Closing {
+    /// A client TLS connection's close_notify is queued.
+    started: bool,
+    /// A server TLS connection's: how queueing it went ([`ServerTls::poll_close`]).
+    queued: Option<io::Result<()>>,
+}
+
+/// Write what of `data` is left past `sent` (which counts it), waiting as needed.
+fn poll_write_all<W: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
+    cx: &mut Context<'_>,
     data: &[u8],
-) -> std::io::Result<()> {
-    let n = s.get_mut().1.writer().write(data)?;
-    if n < data.len() {
-        s.write_all(&data[n..]).await?;
-        s.flush().await?;
+    sent: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *sent < data.len() {
+        match ready!(Pin::new(&mut *stream).poll_write(cx, &data[*sent..]))? {
+            0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            n => *sent += n,
+        }
     }
-    Ok(())
+    Poll::Ready(Ok(()))
 }

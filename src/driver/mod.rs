@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -398,8 +398,8 @@ impl<'a> Driver<'a> {
                 let last = leg == Leg::Backend && session.is_closed();
                 let (stream, timer) = self.stream_and_timer(leg);
                 let written = match last {
-                    true => within(timer, l.write_timeout, pin!(stream.write_last(bytes))).await,
-                    false => within(timer, l.write_timeout, pin!(stream.write(bytes))).await,
+                    true => within(timer, l.write_timeout, stream.write_last(bytes)).await,
+                    false => within(timer, l.write_timeout, stream.write(bytes)).await,
                 };
                 if !matches!(written, Some(Ok(()))) {
                     stalled(stream, written.is_none());
@@ -511,7 +511,7 @@ impl<'a> Driver<'a> {
             }
             &Action::Disconnect(leg) => {
                 let (stream, timer) = self.stream_and_timer(leg);
-                let closed = within(timer, l.write_timeout, pin!(stream.close())).await;
+                let closed = within(timer, l.write_timeout, stream.close()).await;
                 stalled(stream, closed.is_none());
             }
             &Action::Abort(leg) => {
@@ -629,7 +629,7 @@ impl<'a> Driver<'a> {
                 continue;
             }
             let (stream, timer) = self.stream_and_timer(leg);
-            let flushed = within(timer, write_timeout, pin!(stream.flush())).await;
+            let flushed = within(timer, write_timeout, stream.flush()).await;
             if !matches!(flushed, Some(Ok(()))) {
                 stalled(stream, flushed.is_none());
                 session.handle_lost(leg, Instant::now());
@@ -665,12 +665,12 @@ impl<'a> Driver<'a> {
     /// client's connection, once its close_notify is sent, is kept for [`Driver::lingering`].
     async fn close(&mut self, linger: bool) {
         let write_timeout = self.l.write_timeout;
-        let closed = within(&mut self.timer, write_timeout, pin!(self.backend.close())).await;
+        let closed = within(&mut self.timer, write_timeout, self.backend.close()).await;
         stalled(&mut self.backend, closed.is_none());
         // A connection already dropped (a write that timed out) has nothing to linger for.
         let linger = linger && self.client.tcp().is_some();
         let notify = self.client.close_notify(!linger);
-        let sent = within(&mut self.timer, write_timeout, pin!(notify)).await;
+        let sent = within(&mut self.timer, write_timeout, notify).await;
         self.linger = linger && matches!(sent, Some(Ok(())));
         if sent.is_none() {
             self.client.reset();
@@ -695,13 +695,12 @@ fn stalled(stream: &mut Stream, timed_out: bool) {
 /// `work`, or `None` if it has to wait and does not finish within `limit` (measured on
 /// `timer`, which the loop sets back to the session's deadline before its next wait): every
 /// write, flush and close of a leg goes under the write deadline through here. Most complete
-/// at once: they cost no clock read and no timer. `work` is pinned where it is made (its
-/// caller's wait), so that the wait holds it once, not also as this future's argument.
-fn within<'a, F: Future>(
-    timer: &'a mut Pin<Box<Sleep>>,
+/// at once: they cost no clock read and no timer.
+fn within<F: Future + Unpin>(
+    timer: &mut Pin<Box<Sleep>>,
     limit: Duration,
-    work: Pin<&'a mut F>,
-) -> Within<'a, F> {
+    work: F,
+) -> Within<'_, F> {
     Within {
         timer,
         limit,
@@ -710,22 +709,22 @@ fn within<'a, F: Future>(
     }
 }
 
-/// [`within`]'s wait: a hand-written future, so that it holds its three references and a
-/// flag (an async fn would hold its arguments twice, and the `select!` between them).
+/// [`within`]'s wait: a hand-written future over the work and a reference to the timer (an
+/// async fn would hold its arguments twice, and a `select!` between them).
 struct Within<'a, F> {
     timer: &'a mut Pin<Box<Sleep>>,
     limit: Duration,
-    work: Pin<&'a mut F>,
+    work: F,
     /// The timer is set: `work` has had to wait once.
     armed: bool,
 }
 
-impl<F: Future> Future for Within<'_, F> {
+impl<F: Future + Unpin> Future for Within<'_, F> {
     type Output = Option<F::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if let Poll::Ready(done) = this.work.as_mut().poll(cx) {
+        if let Poll::Ready(done) = Pin::new(&mut this.work).poll(cx) {
             return Poll::Ready(Some(done));
         }
         if !this.armed {

@@ -12,14 +12,16 @@
 
 use std::cell::Cell;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     AppDataRecord, ConnectionState, EncodeError, EncryptError, InsufficientSizeError,
     UnbufferedStatus,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::turn::Turn;
@@ -549,36 +551,57 @@ impl ServerTls {
 
     /// Send what waits, then hold no buffer: it goes back to the thread's spare.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.tcp.write_all(&self.out).await?;
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// [`ServerTls::flush`], one poll at a time: what the socket takes leaves `out` at once,
+    /// so a flush that waits keeps its progress here and its future holds nothing.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            match ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => drop(self.out.drain(..n)),
+            }
         }
         give_back(std::mem::take(&mut self.out));
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// Send the close_notify (with what still waits, in one write); after an error, only the
     /// alert rustls queued for it. `closing`: the socket is closed at once after it, so the
     /// write may wait in the kernel for the close's FIN (`send_before_fin`).
     pub async fn close(&mut self, closing: bool) -> io::Result<()> {
-        let queued = if self.failed {
-            self.queued_alerts(&mut []);
-            Ok(())
-        } else {
-            self.with_write_traffic(|w, out| {
-                append(out, |b| w.queue_close_notify(b).map_err(encrypt_size))
-            })
-        };
-        let held = match closing && !self.out.is_empty() {
-            true => super::send_before_fin(&self.tcp, &self.out).map(|sent| {
-                self.out.drain(..sent);
-            }),
-            false => Ok(()),
-        };
-        let flushed = match held {
-            Ok(()) => self.flush().await,
-            Err(e) => Err(e),
-        };
-        queued.and(flushed)
+        let mut queued = None;
+        std::future::poll_fn(|cx| self.poll_close(cx, closing, &mut queued)).await
+    }
+
+    /// [`ServerTls::close`], one poll at a time. `queued` is `None` at the first poll, which
+    /// queues the close_notify; it keeps how that went while the flush waits.
+    pub fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        closing: bool,
+        queued: &mut Option<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        if queued.is_none() {
+            let notify = if self.failed {
+                self.queued_alerts(&mut []);
+                Ok(())
+            } else {
+                self.with_write_traffic(|w, out| {
+                    append(out, |b| w.queue_close_notify(b).map_err(encrypt_size))
+                })
+            };
+            if closing && !self.out.is_empty() {
+                match super::send_before_fin(&self.tcp, &self.out) {
+                    Ok(sent) => drop(self.out.drain(..sent)),
+                    Err(e) => return Poll::Ready(notify.and(Err(e))),
+                }
+            }
+            *queued = Some(notify);
+        }
+        let flushed = ready!(self.poll_flush(cx));
+        Poll::Ready(queued.take().unwrap_or(Ok(())).and(flushed))
     }
 
     /// Run `f` once rustls is ready for application data, encoding whatever it has to send
