@@ -609,9 +609,11 @@ fn connection(
                 };
                 crate::inbound::serve(opened, l, cfg, shutdown).await
             }
+            // Boxed: an originate session's state is larger than a terminate one's, and
+            // every idle terminate session's task would hold room for it.
             ModeRuntime::Originate(o) => {
                 let cfg = Arc::clone(&o.session);
-                crate::outbound::serve(stream, peer, l, cfg, shutdown).await
+                Box::pin(crate::outbound::serve(stream, peer, l, cfg, shutdown)).await
             }
         };
         match served {
