@@ -711,6 +711,7 @@ fn within<F: Future + Unpin>(
 
 /// [`within`]'s wait: a hand-written future over the work and a reference to the timer (an
 /// async fn would hold its arguments twice, and a `select!` between them).
+#[must_use = "futures do nothing unless awaited"]
 struct Within<'a, F> {
     timer: &'a mut Pin<Box<Sleep>>,
     limit: Duration,
@@ -754,3 +755,6 @@ enum Step {
     /// The session closed.
     Done,
 }
+
+#[cfg(test)]
+mod tests;

@@ -576,7 +576,8 @@ impl ServerTls {
     }
 
     /// [`ServerTls::close`], one poll at a time. `queued` is `None` at the first poll, which
-    /// queues the close_notify; it keeps how that went while the flush waits.
+    /// queues the close_notify; it keeps how that went while the flush waits. Polled again
+    /// after it is done, it queues nothing more and finds nothing to send.
     pub fn poll_close(
         &mut self,
         cx: &mut Context<'_>,
@@ -595,13 +596,17 @@ impl ServerTls {
             if closing && !self.out.is_empty() {
                 match super::send_before_fin(&self.tcp, &self.out) {
                     Ok(sent) => drop(self.out.drain(..sent)),
-                    Err(e) => return Poll::Ready(notify.and(Err(e))),
+                    Err(e) => {
+                        *queued = Some(Ok(()));
+                        return Poll::Ready(notify.and(Err(e)));
+                    }
                 }
             }
             *queued = Some(notify);
         }
         let flushed = ready!(self.poll_flush(cx));
-        Poll::Ready(queued.take().unwrap_or(Ok(())).and(flushed))
+        let notify = queued.replace(Ok(())).unwrap_or(Ok(()));
+        Poll::Ready(notify.and(flushed))
     }
 
     /// Run `f` once rustls is ready for application data, encoding whatever it has to send

@@ -617,14 +617,15 @@ async fn waits_at_first<F: std::future::Future + Unpin>(work: &mut F) -> bool {
         .await
 }
 
-/// More than loopback's socket buffers hold, in a pattern that shows a byte lost, doubled or
-/// out of place.
+/// More than loopback's socket buffers hold (with this machine's default `tcp_wmem` and
+/// `tcp_rmem`), in a pattern that shows a byte lost, doubled or out of place.
 fn more_than_the_sockets_hold() -> Vec<u8> {
     (0..32u32 << 20).map(|i| (i % 251) as u8).collect()
 }
 
 /// A write that has to wait for its peer to read keeps its progress across polls, on each
-/// kind of leg: the peer gets every byte once, in order. Each is seen to wait first.
+/// kind of leg: the peer gets every byte once, in order, and nothing after them. Each is seen
+/// to wait first.
 #[tokio::test]
 async fn writes_that_wait_for_the_peer_arrive_whole() {
     use crate::io::Stream;
@@ -638,13 +639,10 @@ async fn writes_that_wait_for_the_peer_arrive_whole() {
         waits_at_first(&mut write).await,
         "the peer reads nothing yet"
     );
-    let want = data.len();
-    let reader = tokio::spawn(async move {
-        let mut got = vec![0; want];
-        theirs.read_exact(&mut got).await.map(|_| got)
-    });
+    let reader = tokio::spawn(async move { to_the_end(&mut theirs).await });
     within(write).await.unwrap();
-    assert!(within(reader).await.unwrap().unwrap() == *data);
+    drop(plain);
+    assert!(within(reader).await.unwrap() == *data);
 
     // Server TLS (the client leg): a write beyond the flush threshold is sent at once.
     let pki = pki(TLS13);
@@ -655,12 +653,10 @@ async fn writes_that_wait_for_the_peer_arrive_whole() {
         waits_at_first(&mut write).await,
         "the client reads nothing yet"
     );
-    let reader = tokio::spawn(async move {
-        let mut got = vec![0; want];
-        client.read_exact(&mut got).await.map(|_| got)
-    });
+    let reader = tokio::spawn(async move { to_the_end(&mut client).await });
     within(write).await.unwrap();
-    assert!(within(reader).await.unwrap().unwrap() == *data);
+    within(server.close()).await;
+    assert!(within(reader).await.unwrap() == *data);
 
     // Client TLS (an originate session's next hop): what does not fit in rustls' buffer is
     // written out and flushed.
@@ -671,10 +667,72 @@ async fn writes_that_wait_for_the_peer_arrive_whole() {
         waits_at_first(&mut write).await,
         "the server reads nothing yet"
     );
+    let want = data.len();
     let reader = tokio::spawn(async move {
         let mut tls = tls;
-        read_exactly(&mut tls, want).await.0
+        // One octet more than was sent: only the close ends the read.
+        read_exactly(&mut tls, want + 1).await
     });
     within(write).await.unwrap();
+    within(next_hop.close()).await;
+    let (got, end) = within(reader).await.unwrap();
+    assert!(got == *data);
+    assert_eq!(end, Read::Closed);
+}
+
+/// The last bytes of a plain connection, sent before its FIN, and the close of each kind of
+/// TLS leg, with more buffered than the socket takes at once: sent whole, once, and the
+/// connection closed after them.
+#[tokio::test]
+async fn last_writes_and_closes_that_wait_send_everything_once() {
+    use crate::io::Stream;
+    let data = Arc::new(more_than_the_sockets_hold());
+
+    // Plain: the part that fits leaves with `MSG_MORE`, the rest as the socket takes it.
+    let (ours, mut theirs) = sockets().await;
+    let mut plain = Stream::Plain(ours);
+    let mut write = plain.write_last(&data);
+    assert!(
+        waits_at_first(&mut write).await,
+        "the peer reads nothing yet"
+    );
+    let reader = tokio::spawn(async move { to_the_end(&mut theirs).await });
+    within(write).await.unwrap();
+    drop(plain);
     assert!(within(reader).await.unwrap() == *data);
+
+    // Server TLS: the replies of a batch, then the close_notify, in the close's flush.
+    let pki = pki(TLS13);
+    let (mut tls, mut client) = connected(&pki).await;
+    tls.write(&data).unwrap();
+    let mut server = Stream::ServerTls(Box::new(tls));
+    let mut close = server.close();
+    assert!(
+        waits_at_first(&mut close).await,
+        "the client reads nothing yet"
+    );
+    let reader = tokio::spawn(async move { to_the_end(&mut client).await });
+    within(close).await;
+    assert!(matches!(server, Stream::None), "closed once sent");
+    assert!(
+        within(reader).await.unwrap() == *data,
+        "one close_notify, after it all"
+    );
+
+    // Client TLS: its close_notify after what its buffer still holds.
+    let (mut tls, mut client) = connected(&pki).await;
+    client.get_mut().1.set_buffer_limit(None);
+    client.get_mut().1.writer().write_all(&data).unwrap();
+    let mut next_hop = Stream::ClientTls(Box::new(client));
+    let mut close = next_hop.close_notify(true);
+    assert!(
+        waits_at_first(&mut close).await,
+        "the server reads nothing yet"
+    );
+    let want = data.len();
+    let reader = tokio::spawn(async move { read_exactly(&mut tls, want + 1).await });
+    within(close).await.unwrap();
+    let (got, end) = within(reader).await.unwrap();
+    assert!(got == *data);
+    assert_eq!(end, Read::Closed);
 }
