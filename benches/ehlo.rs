@@ -1,8 +1,11 @@
 //! The EHLO rewrite (`smtp_core::ehlo::rewrite_ehlo`): an Exchange 2003 reply with the lines
 //! legacy servers add (`smtp_core::testing::EXCHANGE_2003`, as the rewrite's tests use it),
 //! rewritten for a client before STARTTLS and after it, and the extensions read back from the
-//! result (`Offered::from_reply`), as every EHLO of a session does.
+//! result (`Offered::from_reply`), as every EHLO of a session does; and the rewritten reply
+//! written out (`Reply::write_to`), into a new buffer (the first reply after STARTTLS) and into
+//! one a reply was written to before.
 
+use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion};
 use smtp_core::ehlo::{rewrite_ehlo, EhloPolicy, Offered};
 use smtp_core::reply::Reply;
@@ -34,6 +37,31 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    let policy = EhloPolicy {
+        hostname: "mx.example.com".to_owned(),
+        offer_starttls: false,
+        offer_auth: true,
+        max_size: 36_700_160,
+        chunking: false,
+    };
+    let rewritten = rewrite_ehlo(&reply, &policy);
+    let mut g = c.benchmark_group("ehlo_reply_write");
+    g.bench_function("new_buffer", |b| {
+        b.iter(|| {
+            let mut out = BytesMut::new();
+            black_box(&rewritten).write_to(&mut out);
+            black_box(out)
+        })
+    });
+    let mut out = BytesMut::new();
+    g.bench_function("reused_buffer", |b| {
+        b.iter(|| {
+            black_box(&rewritten).write_to(&mut out);
+            black_box(out.split());
+        })
+    });
     g.finish();
 }
 

@@ -68,6 +68,11 @@ impl Reply {
         let mut digits = [0; 5];
         let code = decimal(self.code, &mut digits);
         let last = self.lines.len().saturating_sub(1);
+        // Room for all of it at once: a multi-line reply (an EHLO reply) would otherwise grow
+        // the buffer line by line, each time to twice its size, and an idle session keeps the
+        // buffer its last reply took.
+        let texts: usize = self.lines.iter().map(|t| code.len() + 3 + t.len()).sum();
+        out.reserve(texts.max(code.len() + 2));
         if self.lines.is_empty() {
             out.extend_from_slice(code);
             out.extend_from_slice(b"\r\n");
