@@ -623,6 +623,25 @@ fn more_than_the_sockets_hold() -> Vec<u8> {
     (0..32u32 << 20).map(|i| (i % 251) as u8).collect()
 }
 
+/// `work` (a write or close toward `peer`, which reads nothing yet) has to wait at first; then
+/// `peer` reads to its connection's end, and `work` is done: its result, and the reader,
+/// which returns what `peer` read once the caller has closed the connection.
+async fn waits_then_peer_reads<W, P>(
+    mut work: W,
+    mut peer: P,
+) -> (W::Output, tokio::task::JoinHandle<Vec<u8>>)
+where
+    W: std::future::Future + Unpin,
+    P: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    assert!(
+        waits_at_first(&mut work).await,
+        "the peer reads nothing yet"
+    );
+    let reader = tokio::spawn(async move { to_the_end(&mut peer).await });
+    (within(work).await, reader)
+}
+
 /// A write that has to wait for its peer to read keeps its progress across polls, on each
 /// kind of leg: the peer gets every byte once, in order, and nothing after them. Each is seen
 /// to wait first.
@@ -632,29 +651,19 @@ async fn writes_that_wait_for_the_peer_arrive_whole() {
     let data = Arc::new(more_than_the_sockets_hold());
 
     // Plain TCP (the backend leg).
-    let (ours, mut theirs) = sockets().await;
+    let (ours, theirs) = sockets().await;
     let mut plain = Stream::Plain(ours);
-    let mut write = plain.write(&data);
-    assert!(
-        waits_at_first(&mut write).await,
-        "the peer reads nothing yet"
-    );
-    let reader = tokio::spawn(async move { to_the_end(&mut theirs).await });
-    within(write).await.unwrap();
+    let (written, reader) = waits_then_peer_reads(plain.write(&data), theirs).await;
+    written.unwrap();
     drop(plain);
     assert!(within(reader).await.unwrap() == *data);
 
     // Server TLS (the client leg): a write beyond the flush threshold is sent at once.
     let pki = pki(TLS13);
-    let (tls, mut client) = connected(&pki).await;
+    let (tls, client) = connected(&pki).await;
     let mut server = Stream::ServerTls(Box::new(tls));
-    let mut write = server.write(&data);
-    assert!(
-        waits_at_first(&mut write).await,
-        "the client reads nothing yet"
-    );
-    let reader = tokio::spawn(async move { to_the_end(&mut client).await });
-    within(write).await.unwrap();
+    let (written, reader) = waits_then_peer_reads(server.write(&data), client).await;
+    written.unwrap();
     within(server.close()).await;
     assert!(within(reader).await.unwrap() == *data);
 
@@ -689,35 +698,22 @@ async fn last_writes_and_closes_that_wait_send_everything_once() {
     let data = Arc::new(more_than_the_sockets_hold());
 
     // Plain: the part that fits leaves with `MSG_MORE`, the rest as the socket takes it.
-    let (ours, mut theirs) = sockets().await;
+    let (ours, theirs) = sockets().await;
     let mut plain = Stream::Plain(ours);
-    let mut write = plain.write_last(&data);
-    assert!(
-        waits_at_first(&mut write).await,
-        "the peer reads nothing yet"
-    );
-    let reader = tokio::spawn(async move { to_the_end(&mut theirs).await });
-    within(write).await.unwrap();
+    let (written, reader) = waits_then_peer_reads(plain.write_last(&data), theirs).await;
+    written.unwrap();
     drop(plain);
     assert!(within(reader).await.unwrap() == *data);
 
     // Server TLS: the replies of a batch, then the close_notify, in the close's flush.
     let pki = pki(TLS13);
-    let (mut tls, mut client) = connected(&pki).await;
+    let (mut tls, client) = connected(&pki).await;
     tls.write(&data).unwrap();
     let mut server = Stream::ServerTls(Box::new(tls));
-    let mut close = server.close();
-    assert!(
-        waits_at_first(&mut close).await,
-        "the client reads nothing yet"
-    );
-    let reader = tokio::spawn(async move { to_the_end(&mut client).await });
-    within(close).await;
+    let ((), reader) = waits_then_peer_reads(server.close(), client).await;
     assert!(matches!(server, Stream::None), "closed once sent");
-    assert!(
-        within(reader).await.unwrap() == *data,
-        "one close_notify, after it all"
-    );
+    let got = within(reader).await.unwrap();
+    assert!(got == *data, "one close_notify, after it all");
 
     // Client TLS: its close_notify after what its buffer still holds.
     let (mut tls, mut client) = connected(&pki).await;
