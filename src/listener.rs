@@ -819,6 +819,28 @@ mod tests {
         assert_eq!(backlog.get(2), Some(&want.to_string().as_str()), "{text}");
     }
 
+    /// Every idle session holds its connection's task, [`super::connection`]'s future in
+    /// tokio's cell, for its whole life: its size is most of what an idle session costs the
+    /// sidecar itself (C of ../shared/bench, "memory per idle session" in the performance
+    /// log). It grew unnoticed for two stops once, so it has a budget, as allocations do
+    /// (`tests/allocations.rs`): the release build's layout, which `cargo +nightly rustc
+    /// --release --lib -- -Zprint-type-sizes` shows, and this unoptimised build's, which is
+    /// a little larger and tracks it. Tokio's cell adds ~100 octets and rounds up to 128: at
+    /// 1,664 it is 1,792. When the future shrinks, lower the budget to it.
+    #[test]
+    fn a_connection_task_stays_within_its_budget() {
+        const BUDGET: usize = if cfg!(debug_assertions) { 1_704 } else { 1_664 };
+        fn output_size<A, B, C, D, E, G, R>(_: impl FnOnce(A, B, C, D, E, G) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        let size = output_size(super::connection);
+        assert!(
+            size <= BUDGET,
+            "a connection's future is {size} octets, over its budget of {BUDGET}: every idle \
+             session would hold the difference (a value kept across a wait, a larger wait)"
+        );
+    }
+
     /// A session whose task panics still leaves `active_sessions` and is timed: the counts
     /// end with the task, not only at the end of [`super::Closing::end`].
     #[tokio::test]
