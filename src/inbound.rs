@@ -76,12 +76,12 @@ pub async fn open(
 }
 
 /// Serve an opened client connection of a terminate listener ([`crate::driver::serve`]).
-pub fn serve(
+pub fn serve<'a>(
     opened: Opened,
-    l: Arc<ListenerRuntime>,
+    l: &'a Arc<ListenerRuntime>,
     cfg: Arc<smtp_core::inbound::Config>,
-    shutdown: crate::shutdown::Watch,
-) -> impl Future<Output = Served> + Send {
+    shutdown: &'a mut crate::shutdown::Watch,
+) -> impl Future<Output = Served> + Send + 'a {
     let Opened {
         client,
         tls,

@@ -14,13 +14,13 @@ use crate::io::Stream;
 use crate::snapshot::ListenerRuntime;
 
 /// Serve one connection of an originate listener ([`crate::driver::serve`]).
-pub fn serve(
+pub fn serve<'a>(
     tcp: TcpStream,
     peer: SocketAddr,
-    l: Arc<ListenerRuntime>,
+    l: &'a Arc<ListenerRuntime>,
     cfg: Arc<smtp_core::outbound::Config>,
-    shutdown: crate::shutdown::Watch,
-) -> impl Future<Output = Served> + Send {
+    shutdown: &'a mut crate::shutdown::Watch,
+) -> impl Future<Output = Served> + Send + 'a {
     let started = Instant::now();
     let id = crate::driver::next_session_id();
     let session = Session::new(cfg, peer.ip(), started, SystemTime::now());
