@@ -223,8 +223,8 @@ mod tests {
         assert_eq!(state, Shutdown::GraceOver);
     }
 
-    /// Registered from one task, then polled from another (a session that moved to the
-    /// sessions' threads): the new task is the one woken.
+    /// Registered from one task, then polled from another (a watch handed on to another
+    /// task): the new task is the one woken.
     #[tokio::test]
     async fn a_watch_polled_from_another_task_registers_that_task() {
         let (tx, mut watch) = channel();
@@ -235,6 +235,28 @@ mod tests {
         tx.send(Shutdown::Draining);
         let state = woken(waiter).await;
         assert_eq!(state, Shutdown::Draining);
+    }
+
+    /// A session that moves to the sessions' threads goes on with a clone of its watch, the
+    /// original registered from the admission threads' task: the clone has seen what the
+    /// original had (the drain is not told twice), and the next state wakes the clone's task.
+    #[tokio::test]
+    async fn a_clone_of_a_registered_watch_wakes_its_own_task() {
+        let (tx, mut watch) = channel();
+        tx.send(Shutdown::Draining);
+        assert_eq!(
+            poll_fn(|cx| watch.poll_change(cx)).await,
+            Shutdown::Draining
+        );
+        let registered = std::future::poll_fn(|cx| Poll::Ready(watch.poll_change(cx))).await;
+        assert!(registered.is_pending());
+        let mut moved = watch.clone();
+        let waiter = tokio::spawn(async move { poll_fn(|cx| moved.poll_change(cx)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "the drain told again");
+        tx.send(Shutdown::GraceOver);
+        assert_eq!(woken(waiter).await, Shutdown::GraceOver);
+        drop(watch);
     }
 
     #[tokio::test]

@@ -833,10 +833,17 @@ impl SyncClient {
 
 /// The admission threads with every one of them held: work spawned there waits until the
 /// returned guard is dropped.
-struct AdmissionHeld(std::sync::Arc<std::sync::Barrier>);
+/// Every admission thread held, until dropped. One hold at a time in this binary: two at once
+/// could each take some of the threads and wait for the rest forever.
+struct AdmissionHeld(
+    std::sync::Arc<std::sync::Barrier>,
+    #[allow(dead_code)] tokio::sync::MutexGuard<'static, ()>,
+);
 
 impl AdmissionHeld {
     async fn hold() -> AdmissionHeld {
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let one = ONE_AT_A_TIME.lock().await;
         let handle = smtp_sidecar::io::admission::handle().unwrap();
         let threads = handle.metrics().num_workers();
         let started = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
@@ -851,7 +858,7 @@ impl AdmissionHeld {
         tokio::task::spawn_blocking(move || started.wait())
             .await
             .unwrap();
-        AdmissionHeld(release)
+        AdmissionHeld(release, one)
     }
 }
 
@@ -1000,5 +1007,66 @@ async fn under_a_flood_a_starttls_session_runs_on_the_admission_threads_then_mov
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(active.get(), 0);
     running.shutdown().await;
+    backend_rt.shutdown_background();
+}
+
+/// A session that moved to the sessions' threads takes the shutdown with it: idle there, it is
+/// told `421 4.3.2` as soon as the drain begins, with every admission thread held (so it is
+/// told on the sessions' threads, by the watch it moved with), and the shutdown then waits
+/// for no one. (It hangs if the moved session's watch is not the process's.)
+#[tokio::test]
+async fn a_session_that_moved_is_told_of_the_shutdown() {
+    let (backend_rt, backend, _rec) = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (backend, rec) = rt.block_on(recording_backend());
+        (rt, backend, rec)
+    })
+    .join()
+    .unwrap();
+    let (running, taken) = flooded(backend, "starttls").await;
+    let addr = running.addr("inbound").unwrap();
+    let pressed = {
+        let l = std::sync::Arc::clone(&running.snapshot.listeners[0].1);
+        move || l.handshakes_pressed()
+    };
+    // Accepted under pressure: the accept loop moves to the admission threads, and the next
+    // connection is served there.
+    let mut first = Client::connect(addr).await;
+    assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
+    let mut c = tokio::task::spawn_blocking(move || {
+        let mut c = SyncClient::starttls(addr, Duration::from_secs(5));
+        let replies = c.message(b"on the admission threads\r\n.\r\n").unwrap();
+        assert!(replies[3].starts_with("250 2.0.0 Ok"), "{replies:?}");
+        c
+    })
+    .await
+    .unwrap();
+    // The flood over, the session moves at its next wait: after this command's reply.
+    drop(taken);
+    tokio::time::sleep(PRESSURE_HOLD + Duration::from_millis(100)).await;
+    assert!(!pressed());
+    let (mut c, noop) = tokio::task::spawn_blocking(move || {
+        let noop = c.cmd("NOOP");
+        (c, noop)
+    })
+    .await
+    .unwrap();
+    assert!(noop.unwrap().starts_with("250 "));
+    let held = AdmissionHeld::hold().await;
+    let stopping = tokio::spawn(running.shutdown());
+    let told = tokio::task::spawn_blocking(move || c.reply())
+        .await
+        .unwrap();
+    drop(held);
+    assert_eq!(told.unwrap(), "421 4.3.2 Service shutting down\r\n");
+    assert_eq!(first.reply().await, "421 4.3.2 Service shutting down\r\n");
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("the shutdown waits for no session")
+        .unwrap();
     backend_rt.shutdown_background();
 }
