@@ -264,7 +264,8 @@ impl<'a> Driver<'a> {
                     Step::Go => {}
                     Step::Readable(Leg::Client) => client_more = true,
                     Step::Readable(Leg::Backend) => backend_more = true,
-                    Step::Done => {
+                    Step::Close { linger } => {
+                        self.close(linger).await;
                         self.record_events(session);
                         return Ran::Closed;
                     }
@@ -593,10 +594,9 @@ impl<'a> Driver<'a> {
                     }
                 }
             }
-            &Action::Close { linger } => {
-                self.close(linger).await;
-                return Step::Done;
-            }
+            // Closed by the loop: `act`'s future would otherwise hold room for the close's
+            // two waits beside its own, in every idle session's task.
+            &Action::Close { linger } => return Step::Close { linger },
         }
         Step::Go
     }
@@ -757,8 +757,10 @@ enum Step {
     Go,
     /// The leg changed (TLS): try a read before waiting for readiness.
     Readable(Leg),
-    /// The session closed.
-    Done,
+    /// The session closes: both legs are to be closed (see [`Action::Close`]).
+    Close {
+        linger: bool,
+    },
 }
 
 #[cfg(test)]
