@@ -23,14 +23,16 @@ const N: u64 = 4;
 
 /// Allocations per in-memory session (test configuration and harness included: 17 of them):
 /// with the Received header, without it, and with a second EHLO forwarded after STARTTLS.
+/// One of them (since 2026-12-04) is the backend's EHLO reply kept, boxed, to answer the same
+/// EHLO after STARTTLS: the session's state is 72 octets smaller for it in every idle task.
 const SESSION: [(&str, bool, &[u8], u64); 3] = [
-    ("received_header", true, b"EHLO client.test\r\n", 116),
-    ("no_received_header", false, b"EHLO client.test\r\n", 114),
+    ("received_header", true, b"EHLO client.test\r\n", 117),
+    ("no_received_header", false, b"EHLO client.test\r\n", 115),
     (
         "ehlo_to_backend_after_starttls",
         true,
         b"EHLO other.test\r\n",
-        130,
+        131,
     ),
 ];
 

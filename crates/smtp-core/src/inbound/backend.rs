@@ -226,7 +226,7 @@ impl Session {
                 self.backend_offered = Offered::from_reply(reply);
                 if matches!(self.mode, Mode::Await(Pending::Ehlo { .. })) {
                     // The client's own EHLO: its answer once authentication is back.
-                    self.ehlo_reply = Some(reply.clone());
+                    self.ehlo_reply = Some(Box::new(reply.clone()));
                 }
                 self.replay_auth(0, now);
             }
@@ -297,7 +297,7 @@ impl Session {
         if let Some(reply) = self.ehlo_reply.take() {
             let mode = std::mem::replace(&mut self.mode, Mode::Commands);
             if let Mode::Await(pending @ Pending::Ehlo { .. }) = mode {
-                self.complete(pending, reply, now);
+                self.complete(pending, *reply, now);
             }
         }
         if let Some(cmd) = self.waiting.take() {

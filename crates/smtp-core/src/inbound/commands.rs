@@ -266,7 +266,7 @@ impl Session {
                 }
                 self.answer_hello(name, esmtp, &reply);
                 if let Some(name) = keep_for_tls {
-                    self.before_tls_ehlo = Some((name, reply));
+                    self.before_tls_ehlo = Some(Box::new((name, reply)));
                 }
             }
             Pending::Mail { mail, secure } => {
@@ -348,7 +348,8 @@ impl Session {
             self.answer_hello(name, esmtp, reply);
             return self.expect_command(now);
         }
-        if let Some((before, reply)) = self.before_tls_ehlo.take() {
+        if let Some(kept) = self.before_tls_ehlo.take() {
+            let (before, reply) = *kept;
             if self.tls.is_some() && esmtp && before == name {
                 return self.complete(Pending::Ehlo { name, esmtp }, reply, now);
             }

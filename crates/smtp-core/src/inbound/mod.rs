@@ -71,13 +71,16 @@ pub struct Session {
     /// the limit ourselves; others are refused).
     backend_offered: Offered,
     /// The backend's reply to a client EHLO that was sent again on a fresh connection, held
-    /// until that connection is authenticated again.
-    ehlo_reply: Option<Reply>,
+    /// until that connection is authenticated again. Boxed, as `before_tls_ehlo`: rare, and
+    /// every idle session's task would hold room for it.
+    ehlo_reply: Option<Box<Reply>>,
     /// Before STARTTLS: the name of the client's EHLO and the backend's positive reply to it,
     /// while nothing else has been sent to this backend connection. The same EHLO after
     /// STARTTLS (RFC 3207 §4.2) is answered from it: the backend would be asked to return to
     /// the state it is in, and one round trip per session is saved.
-    before_tls_ehlo: Option<(String, Reply)>,
+    /// Boxed: only a session whose backend was connected before STARTTLS has it, while an
+    /// idle session's task would hold its room.
+    before_tls_ehlo: Option<Box<(String, Reply)>>,
     auth: AuthState,
     /// The current backend connection has accepted a HELO/EHLO.
     backend_helo: bool,
