@@ -20,7 +20,8 @@
 //! whether the output line so far is a lone `.` that may still need stuffing, and how long the
 //! output line is. Runs of ordinary bytes, including whole ordinary and empty lines, are found
 //! with `memchr3`, and in long runs checked 64 octets at a time with vector instructions, then
-//! copied ([`copy_run`]), so a clean message costs about one scan and one copy.
+//! copied in pieces of 2 KiB (see `COPY_PIECE`), so a clean message costs about one scan and
+//! one copy.
 //!
 //! The output is a function of the input bytes only, never of how they were split into chunks:
 //! every decision that depends on the next byte waits for it.
@@ -456,17 +457,20 @@ impl Reframer {
 
 /// The longest piece [`copy_run`] copies with one call.
 ///
-/// glibc (2.36, Debian 12's) copies more than 2,112 octets with `rep movsb` on a CPU with
-/// fast short `rep movsb` (AMD Zen 3 and later, Intel Ice Lake and later), and shorter copies
-/// with vector registers. On AMD, `rep movsb` is slow when the source and the destination lie
-/// close to each other modulo 4 KiB (glibc bug 30994): a record's plaintext and the backend's
-/// buffer, both from the allocator, often do. On this machine's Zen 3, in workload Bfast, the
-/// body's copy took more of the sidecar's core than AES-GCM did.
+/// glibc (2.36, Debian 12's) copies from 2,112 octets up to its `rep_movsb_stop_threshold`
+/// (512 KiB on this machine) with `rep movsb` on a CPU with fast short `rep movsb` (AMD Zen 3
+/// and later, Intel Ice Lake and later), and shorter copies with vector registers. On AMD,
+/// `rep movsb` is slow when the source and the destination lie close to each other modulo 4
+/// KiB (glibc bug 30994): a record's plaintext and the backend's buffer, both from the
+/// allocator, often do. On this machine's Zen 3, in workload Bfast, the body's copy took more
+/// of the sidecar's core than AES-GCM did; in pieces, every copy together took an eighth of
+/// that (`docs/performance-log.md`, 2026-12-05).
 const COPY_PIECE: usize = 2048;
 
 /// Append `run` to `out` in pieces of [`COPY_PIECE`] octets, each below glibc's threshold for
-/// `rep movsb`: the vector copy it does instead is as fast where `rep movsb` is fast, and
-/// does not depend on where the two buffers lie.
+/// `rep movsb`: its vector copy does not depend on where the two buffers lie. Where `rep
+/// movsb` is fast the pieces cost a call each, a few per 16 KiB record (measured only on this
+/// machine's Zen 3, where the in-memory body bench gained 7%).
 fn copy_run(run: &[u8], out: &mut BytesMut) {
     out.reserve(run.len());
     for piece in run.chunks(COPY_PIECE) {
