@@ -923,16 +923,27 @@ async fn under_a_flood_a_starttls_session_connects_the_backend_once_tls_is_up() 
     running.shutdown().await;
 }
 
-/// Under a flood a STARTTLS connection is served whole on the admission threads, its
-/// greeting, STARTTLS handshake and messages, and moves to the sessions' threads the next time
-/// it waits for its peers once the flood is over. First, with this test's runtime (the
-/// sessions' only thread) blocked, a session relays a message byte for byte; then, the flood
-/// over, with every admission thread held, it relays another. (A session handed to the
-/// sessions' threads at once would hang in the first part; one that never moved, in the
-/// second.) The backend runs on a runtime of its own, so that neither block stops it.
-#[tokio::test]
-async fn under_a_flood_a_starttls_session_runs_on_the_admission_threads_then_moves() {
-    let (backend_rt, backend, rec) = std::thread::spawn(|| {
+/// The flood over (its handshake slots given back), a session served on the admission threads
+/// moves at its next wait: after the reply to a NOOP sent once the pressure has passed.
+async fn end_the_flood(taken: Vec<Slot>, pressed: impl Fn() -> bool, c: SyncClient) -> SyncClient {
+    drop(taken);
+    tokio::time::sleep(PRESSURE_HOLD + Duration::from_millis(100)).await;
+    assert!(!pressed());
+    let (c, noop) = tokio::task::spawn_blocking(move || {
+        let mut c = c;
+        let noop = c.cmd("NOOP");
+        (c, noop)
+    })
+    .await
+    .unwrap();
+    assert!(noop.unwrap().starts_with("250 "));
+    c
+}
+
+/// A recording backend on a runtime of its own (one worker, made on a thread of its own), so
+/// that blocking the test's runtime or the admission threads does not stop it.
+fn backend_on_its_own_runtime() -> (tokio::runtime::Runtime, std::net::SocketAddr, Recorder) {
+    std::thread::spawn(|| {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -942,7 +953,19 @@ async fn under_a_flood_a_starttls_session_runs_on_the_admission_threads_then_mov
         (rt, backend, rec)
     })
     .join()
-    .unwrap();
+    .unwrap()
+}
+
+/// Under a flood a STARTTLS connection is served whole on the admission threads, its
+/// greeting, STARTTLS handshake and messages, and moves to the sessions' threads the next time
+/// it waits for its peers once the flood is over. First, with this test's runtime (the
+/// sessions' only thread) blocked, a session relays a message byte for byte; then, the flood
+/// over, with every admission thread held, it relays another. (A session handed to the
+/// sessions' threads at once would hang in the first part; one that never moved, in the
+/// second.) The backend runs on a runtime of its own, so that neither block stops it.
+#[tokio::test]
+async fn under_a_flood_a_starttls_session_runs_on_the_admission_threads_then_moves() {
+    let (backend_rt, backend, rec) = backend_on_its_own_runtime();
     let (running, taken) = flooded(backend, "starttls").await;
     let addr = running.addr("inbound").unwrap();
     let l = &running.snapshot.listeners[0].1;
@@ -950,7 +973,7 @@ async fn under_a_flood_a_starttls_session_runs_on_the_admission_threads_then_mov
     let mut first = Client::connect(addr).await;
     assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
     // This thread (the only one of the sessions) blocks while a client is served.
-    let (mut c, replies) = std::thread::spawn(move || {
+    let (c, replies) = std::thread::spawn(move || {
         let mut c = SyncClient::starttls(addr, Duration::from_secs(5));
         let replies = c.message(b"on the admission threads\r\n.\r\n").unwrap();
         (c, replies)
@@ -967,17 +990,8 @@ async fn under_a_flood_a_starttls_session_runs_on_the_admission_threads_then_mov
     );
     assert!(replies[3].starts_with("250 2.0.0 Ok"), "{replies:?}");
     assert_eq!(rec.messages(), [b"on the admission threads\r\n.\r\n"]);
-    // The flood over, the session moves at its next wait: after this command's reply.
-    drop(taken);
-    tokio::time::sleep(PRESSURE_HOLD + Duration::from_millis(100)).await;
-    assert!(!l.handshakes_pressed());
-    let (mut c, noop) = tokio::task::spawn_blocking(move || {
-        let noop = c.cmd("NOOP");
-        (c, noop)
-    })
-    .await
-    .unwrap();
-    assert!(noop.unwrap().starts_with("250 "));
+    let pressed = || l.handshakes_pressed();
+    let mut c = end_the_flood(taken, pressed, c).await;
     let held = AdmissionHeld::hold().await;
     let (replies, quit) = tokio::task::spawn_blocking(move || {
         let replies = c.message(b"on the sessions' threads\r\n.\r\n");
@@ -1016,17 +1030,7 @@ async fn under_a_flood_a_starttls_session_runs_on_the_admission_threads_then_mov
 /// for no one. (It hangs if the moved session's watch is not the process's.)
 #[tokio::test]
 async fn a_session_that_moved_is_told_of_the_shutdown() {
-    let (backend_rt, backend, _rec) = std::thread::spawn(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (backend, rec) = rt.block_on(recording_backend());
-        (rt, backend, rec)
-    })
-    .join()
-    .unwrap();
+    let (backend_rt, backend, _rec) = backend_on_its_own_runtime();
     let (running, taken) = flooded(backend, "starttls").await;
     let addr = running.addr("inbound").unwrap();
     let pressed = {
@@ -1037,7 +1041,7 @@ async fn a_session_that_moved_is_told_of_the_shutdown() {
     // connection is served there.
     let mut first = Client::connect(addr).await;
     assert_eq!(first.reply().await, "220 mx.test ESMTP\r\n");
-    let mut c = tokio::task::spawn_blocking(move || {
+    let c = tokio::task::spawn_blocking(move || {
         let mut c = SyncClient::starttls(addr, Duration::from_secs(5));
         let replies = c.message(b"on the admission threads\r\n.\r\n").unwrap();
         assert!(replies[3].starts_with("250 2.0.0 Ok"), "{replies:?}");
@@ -1045,17 +1049,7 @@ async fn a_session_that_moved_is_told_of_the_shutdown() {
     })
     .await
     .unwrap();
-    // The flood over, the session moves at its next wait: after this command's reply.
-    drop(taken);
-    tokio::time::sleep(PRESSURE_HOLD + Duration::from_millis(100)).await;
-    assert!(!pressed());
-    let (mut c, noop) = tokio::task::spawn_blocking(move || {
-        let noop = c.cmd("NOOP");
-        (c, noop)
-    })
-    .await
-    .unwrap();
-    assert!(noop.unwrap().starts_with("250 "));
+    let mut c = end_the_flood(taken, pressed, c).await;
     let held = AdmissionHeld::hold().await;
     let stopping = tokio::spawn(running.shutdown());
     let told = tokio::task::spawn_blocking(move || c.reply())
