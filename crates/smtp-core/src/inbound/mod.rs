@@ -77,9 +77,10 @@ pub struct Session {
     /// Before STARTTLS: the name of the client's EHLO and the backend's positive reply to it,
     /// while nothing else has been sent to this backend connection. The same EHLO after
     /// STARTTLS (RFC 3207 §4.2) is answered from it: the backend would be asked to return to
-    /// the state it is in, and one round trip per session is saved.
-    /// Boxed: only a session whose backend was connected before STARTTLS has it, while an
-    /// idle session's task would hold its room.
+    /// the state it is in, and one round trip per session is saved. Boxed: it is kept from an
+    /// EHLO before TLS on a listener that offers STARTTLS until the next EHLO or the next
+    /// command sent to the backend, and an idle session's task would otherwise hold its room
+    /// for good.
     before_tls_ehlo: Option<Box<(String, Reply)>>,
     auth: AuthState,
     /// The current backend connection has accepted a HELO/EHLO.
