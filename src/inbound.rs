@@ -104,5 +104,5 @@ pub fn serve<'a>(
         }
         (None, tls) => Session::new(cfg, peer, tls, started, SystemTime::now()),
     };
-    crate::driver::serve(l, session, client, (peer, id, started), shutdown)
+    crate::driver::serve(l, session, client, (peer, id), shutdown)
 }

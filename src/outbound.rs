@@ -24,11 +24,5 @@ pub fn serve<'a>(
     let started = Instant::now();
     let id = crate::driver::next_session_id();
     let session = Session::new(cfg, peer.ip(), started, SystemTime::now());
-    crate::driver::serve(
-        l,
-        session,
-        Stream::Plain(tcp),
-        (peer, id, started),
-        shutdown,
-    )
+    crate::driver::serve(l, session, Stream::Plain(tcp), (peer, id), shutdown)
 }

@@ -63,7 +63,7 @@ impl Future for Moving {
     }
 }
 
-/// Serve `session` over `client` (session `id` of `l`, from `peer`, begun at `started`) until
+/// Serve `session` over `client` (session `id` of `l`, from `peer`) until
 /// it ends, or until it is to move ([`Ran::Moved`]). Either way its closing line is written
 /// once, at its end.
 ///
@@ -72,23 +72,23 @@ impl Future for Moving {
 /// are moved to (the session twice, 672 octets each); the driver is made before its wait, not
 /// in it, where the stream, address and id it took would keep their room beside it; and the
 /// listener and the shutdown watch are borrowed from the connection's task, which holds them
-/// anyway.
+/// anyway. When the session began, its closing line asks the session.
 #[allow(clippy::manual_async_fn)]
 pub fn serve<'a, M: Machine + Send + 'static>(
     l: &'a Arc<ListenerRuntime>,
     mut session: M,
     client: Stream,
-    (peer, id, started): (SocketAddr, u64, Instant),
+    (peer, id): (SocketAddr, u64),
     shutdown: &'a mut crate::shutdown::Watch,
 ) -> impl Future<Output = Served> + Send + 'a {
     let mut driver = Driver::new(l, peer, id, client);
     async move {
         if driver.run(&mut session, shutdown).await == Ran::Moved {
             let parked = driver.park();
-            let rest = resume(Arc::clone(l), session, parked, started, shutdown.clone());
+            let rest = resume(Arc::clone(l), session, parked, shutdown.clone());
             return Served::Moved(Moving(Box::pin(rest)));
         }
-        driver.ended(started, session.client_tls());
+        driver.ended(session.started(), session.client_tls());
         Served::Ended(driver.lingering())
     }
 }
@@ -98,7 +98,6 @@ async fn resume<M: Machine + Send>(
     l: Arc<ListenerRuntime>,
     mut session: M,
     parked: Parked,
-    started: Instant,
     mut shutdown: crate::shutdown::Watch,
 ) -> Option<Stream> {
     let peer = parked.peer;
@@ -111,7 +110,7 @@ async fn resume<M: Machine + Send>(
     };
     // Resumed on the sessions' threads, it does not move again.
     let _closed = driver.run(&mut session, &mut shutdown).await;
-    driver.ended(started, session.client_tls());
+    driver.ended(session.started(), session.client_tls());
     driver.lingering()
 }
 

@@ -202,7 +202,7 @@ impl Session {
     pub(super) fn replay_helo(&mut self, now: Instant) {
         match self.conn.helo.clone() {
             Some((name, esmtp)) => {
-                let hello = self.hello_for_backend(name, esmtp);
+                let hello = self.hello_for_backend(name.into(), esmtp);
                 hello.write_to(self.conn.out(Leg::Backend));
                 self.replay_step(Replay::Helo, now);
             }

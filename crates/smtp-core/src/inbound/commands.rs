@@ -177,7 +177,7 @@ impl Session {
             return self.send_reply(reply);
         }
         self.offered = Offered::default();
-        self.conn.helo = Some((name, esmtp));
+        self.conn.helo = Some((name.into_boxed_str(), esmtp));
         self.phase = Phase::ExpectMail;
         if esmtp {
             let policy = EhloPolicy {
@@ -253,7 +253,7 @@ impl Session {
                 // sent again on a fresh connection instead. Backends that accept it cost nothing.
                 // The new connection is greeted with the new name, then authenticated again.
                 if reply.code == 503 && self.backend_helo && self.replace_backend() {
-                    self.conn.helo = Some((name.clone(), esmtp));
+                    self.conn.helo = Some((name.as_str().into(), esmtp));
                     self.mode = Mode::Await(Pending::Ehlo { name, esmtp });
                     return;
                 }

@@ -47,6 +47,10 @@ impl Machine for Session {
         self.tls.as_ref()
     }
 
+    fn started(&self) -> Instant {
+        self.conn.started()
+    }
+
     fn handle_bytes(&mut self, leg: Leg, data: &[u8], now: Instant) {
         match leg {
             Leg::Client => self.handle_client_bytes(data, now),

@@ -103,7 +103,7 @@ impl Session {
             self.offered = Offered::default();
             self.conn.send(&format!("250 {host}"));
         }
-        self.conn.helo = Some((name, esmtp));
+        self.conn.helo = Some((name.into_boxed_str(), esmtp));
         self.phase = Phase::ExpectMail;
         self.expect_command(now);
     }

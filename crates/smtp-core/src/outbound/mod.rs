@@ -95,6 +95,10 @@ impl Machine for Session {
         self.conn.poll_timeout()
     }
 
+    fn started(&self) -> Instant {
+        self.conn.started()
+    }
+
     fn wants_bytes(&self, leg: Leg) -> bool {
         match leg {
             Leg::Client => match self.mode {

@@ -255,6 +255,8 @@ pub trait Machine {
     fn client_tls(&self) -> Option<&TlsInfo> {
         None
     }
+    /// When the session began, as it was made (the closing log line gives its length).
+    fn started(&self) -> Instant;
 
     fn handle_bytes(&mut self, leg: Leg, data: &[u8], now: Instant);
     /// The peer shut down its sending side.
