@@ -25,6 +25,7 @@ pub struct Opened {
     peer: SocketAddr,
     id: u64,
     started: Instant,
+    cfg: Arc<smtp_core::inbound::Config>,
 }
 
 /// Open a client connection of a terminate listener: the TLS handshake of an implicit-TLS
@@ -40,7 +41,7 @@ pub async fn open(
     tcp: TcpStream,
     peer: SocketAddr,
     l: &ListenerRuntime,
-    cfg: &smtp_core::inbound::Config,
+    cfg: Arc<smtp_core::inbound::Config>,
 ) -> Option<Opened> {
     let started = Instant::now();
     let id = next_session_id();
@@ -72,6 +73,7 @@ pub async fn open(
         peer,
         id,
         started,
+        cfg,
     })
 }
 
@@ -79,7 +81,6 @@ pub async fn open(
 pub fn serve<'a>(
     opened: Opened,
     l: &'a Arc<ListenerRuntime>,
-    cfg: Arc<smtp_core::inbound::Config>,
     shutdown: &'a mut crate::shutdown::Watch,
 ) -> impl Future<Output = Served> + Send + 'a {
     let Opened {
@@ -89,6 +90,7 @@ pub fn serve<'a>(
         peer,
         id,
         started,
+        cfg,
     } = opened;
     // Under a handshake flood a STARTTLS session greets without waiting for the backend,
     // and connects to it once TLS is up (or for a command before TLS that needs it): the

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::driver::Served;
 use crate::io::Stream;
+use crate::metrics::ListenerMetrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{ListenerRuntime, ModeRuntime, PRESSURE_HOLD};
 
@@ -90,7 +91,9 @@ fn place_key(ip: IpAddr) -> IpAddr {
 }
 
 /// The open sessions of a listener, and its lingering closes. The maximums are the current
-/// runtime's, given at each admission (a reload may change them).
+/// runtime's, given at each admission (a reload may change them). Every connection's place
+/// holds it: so it also keeps what each connection would otherwise keep for its whole life,
+/// in every idle session's task (C of ../shared/bench), for the one case that needs them.
 #[derive(Debug)]
 struct Limits {
     open: Mutex<Places>,
@@ -101,6 +104,12 @@ struct Limits {
     /// The log lines of refusals by the limits above, and of bad PROXY headers.
     refusals_said: LogBudget,
     proxy_errors_said: LogBudget,
+    /// Where sessions run: a session started on the admission threads goes on there.
+    sessions: tokio::runtime::Handle,
+    /// The runtime's count of what is still running: held by the accept loop and, through
+    /// their places, by its connections (a lingering close's too), so it is let go when the
+    /// last of them ends.
+    _alive: mpsc::Sender<()>,
 }
 
 /// Log lines a peer can cause at will, one per connection (a refusal by a connection limit, a
@@ -250,8 +259,8 @@ pub fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
 /// Accept connections until shutdown begins or `stop` turns true (the listener was removed
 /// by a reload); the socket closes when the loop ends. Each accepted connection reads the
 /// listener's current runtime once and its session keeps that `Arc`: a reload swaps `current`
-/// for new sessions only. Every session task holds a clone of `alive`, so the runtime knows
-/// when the last one has finished.
+/// for new sessions only. Every session task holds `alive` (through its place in the
+/// listener's [`Limits`]), so the runtime knows when the last one has finished.
 ///
 /// The loop runs on the sessions' threads, and under handshake pressure on the admission
 /// threads ([`crate::io::admission`]): there its accepts and refusals wait for the sessions,
@@ -269,12 +278,12 @@ pub async fn accept_loop(
             lingering: Mutex::new(Places::default()),
             refusals_said: LogBudget::default(),
             proxy_errors_said: LogBudget::default(),
+            sessions: tokio::runtime::Handle::current(),
+            _alive: alive,
         }),
         current,
         shutdown,
         stop,
-        alive,
-        sessions: tokio::runtime::Handle::current(),
         flood: None,
         quiet: None,
     };
@@ -349,9 +358,6 @@ struct Accepting {
     current: Arc<ArcSwap<ListenerRuntime>>,
     shutdown: crate::shutdown::Watch,
     stop: watch::Receiver<bool>,
-    alive: mpsc::Sender<()>,
-    /// Where sessions run.
-    sessions: tokio::runtime::Handle,
     /// The flood under way was logged, when the listener's failed server handshakes were
     /// this many.
     flood: Option<u64>,
@@ -544,9 +550,9 @@ impl Accepting {
             }
         }
         let (l, shutdown) = (Arc::clone(l), self.shutdown.clone());
-        let sessions = (self.sessions.clone(), self.alive.clone());
         // Under pressure, here: the admission threads.
-        tokio::spawn(connection(stream, socket, l, admitted, shutdown, sessions));
+        let accepted = Box::new((stream, socket));
+        tokio::spawn(connection(accepted, l, admitted, shutdown));
     }
 }
 
@@ -569,29 +575,28 @@ async fn accept_noting_wait(tcp: &TcpListener) -> (std::io::Result<(TcpStream, S
 /// established sessions' priority, and a session that outlasts the pressure moves to the
 /// sessions' threads: the rest of it is spawned there. One future, spawned as it is, whose
 /// size every idle session pays for its whole life (C of ../shared/bench): so every value it
-/// is given is small; it is no async fn, which would keep what it is given twice (as
-/// arguments, and as the locals they are moved to: [`crate::driver::serve`]); and what its
-/// early waits hand on is bound in a scope of its own, so that it is not held beside the
-/// session (a value matched in place across a wait is).
+/// is given is small, and what it uses only at first (the socket and its address) boxed,
+/// since what a task is given keeps its room to the task's end; it is no async fn, which
+/// would keep what it is given twice (as arguments, and as the locals they are moved to:
+/// [`crate::driver::serve`]); and what its early waits hand on is bound in a scope of its
+/// own, so that it is not held beside the session (a value matched in place across a wait
+/// is).
 #[allow(clippy::manual_async_fn)]
 fn connection(
-    stream: TcpStream,
-    socket: SocketAddr,
+    accepted: Box<(TcpStream, SocketAddr)>,
     l: Arc<ListenerRuntime>,
     admitted: Admitted,
     mut shutdown: crate::shutdown::Watch,
-    (sessions, alive): (tokio::runtime::Handle, mpsc::Sender<()>),
 ) -> impl std::future::Future<Output = ()> + Send {
-    // What the connection's end needs, not the listener's whole handle, which goes to the
-    // session; the connection's place in it from the start (not beside it, as an argument
-    // moved in would be).
+    // The connection's place in what its end needs from the start (not beside it, as an
+    // argument moved in would be).
     let mut closing = Closing {
         counted: None,
-        max: (l.max_connections, l.max_connections_per_ip),
         admitted,
     };
     async move {
         let Some((stream, peer, counted)) = ({
+            let (stream, socket) = *accepted;
             let arriving = std::pin::pin!(arrive(stream, socket, &l, &mut closing.admitted));
             before_draining(&mut shutdown, arriving).await
         }) else {
@@ -600,14 +605,14 @@ fn connection(
         closing.counted = Some(counted);
         let served = match &l.mode {
             ModeRuntime::Terminate(cfg) => {
-                let cfg = Arc::clone(cfg);
                 let Some(opened) = ({
-                    let opening = std::pin::pin!(crate::inbound::open(stream, peer, &l, &cfg));
+                    let cfg = Arc::clone(cfg);
+                    let opening = std::pin::pin!(crate::inbound::open(stream, peer, &l, cfg));
                     before_draining(&mut shutdown, opening).await
                 }) else {
-                    return closing.end(None).await;
+                    return closing.end(None, &l).await;
                 };
-                crate::inbound::serve(opened, &l, cfg, &mut shutdown).await
+                crate::inbound::serve(opened, &l, &mut shutdown).await
             }
             // Boxed: an originate session's state is larger than a terminate one's, and
             // every idle terminate session's task would hold room for it.
@@ -617,13 +622,13 @@ fn connection(
             }
         };
         match served {
-            Served::Ended(lingering) => closing.end(lingering).await,
+            Served::Ended(lingering) => closing.end(lingering, &l).await,
             // Started under pressure that is over: the rest on the sessions' threads.
             Served::Moved(moving) => {
+                let sessions = closing.admitted.limits.sessions.clone();
                 sessions.spawn(async move {
                     let lingering = moving.await;
-                    closing.end(lingering).await;
-                    drop(alive);
+                    closing.end(lingering, &l).await;
                 });
             }
         }
@@ -661,21 +666,17 @@ async fn before_draining<T>(
 /// What a connection's end needs, from when it is let in: its place ([`Admitted`]), and its
 /// count once it has arrived. [`Closing::end`], once its session is over, counts it out
 /// ([`Counted`]) and closes it with a linger if its session ended with one and a place is
-/// left (`max`: `max_connections`, `max_connections_per_ip`).
+/// left (`max_connections`, `max_connections_per_ip` of its listener's runtime `l`, the one
+/// it was let in by).
 struct Closing {
     /// From its arrival on ([`arrive`]).
     counted: Option<Counted>,
-    max: (u32, u32),
     admitted: Admitted,
 }
 
 impl Closing {
-    async fn end(self, lingering: Option<Stream>) {
-        let Closing {
-            counted,
-            max: (max, max_per_ip),
-            admitted,
-        } = self;
+    async fn end(self, lingering: Option<Stream>, l: &ListenerRuntime) {
+        let Closing { counted, admitted } = self;
         drop(counted);
         let Some(stream) = lingering else {
             return;
@@ -683,7 +684,8 @@ impl Closing {
         // Without a place (as many lingering closes as `max_connections`, or as
         // `max_connections_per_ip` from this address) the connection closes at once, as it
         // would have without the linger.
-        if let Some(_places) = admitted.into_lingering(max, max_per_ip) {
+        if let Some(_places) = admitted.into_lingering(l.max_connections, l.max_connections_per_ip)
+        {
             Box::pin(stream.linger()).await;
         }
     }
@@ -697,14 +699,15 @@ impl Closing {
 struct Counted {
     /// When the session began: once `connections_total` counted it (after a PROXY header).
     started: Instant,
-    duration: prometheus::Histogram,
-    active: prometheus::IntGauge,
+    /// The series of the listener's runtime it was let in by: one handle for both.
+    metrics: Arc<ListenerMetrics>,
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.duration.observe(self.started.elapsed().as_secs_f64());
-        self.active.dec();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        self.metrics.duration.observe(elapsed);
+        self.metrics.active.dec();
     }
 }
 
@@ -759,8 +762,7 @@ async fn arrive(
     l.metrics.active.inc();
     let counted = Counted {
         started: Instant::now(),
-        duration: l.metrics.duration.clone(),
-        active: l.metrics.active.clone(),
+        metrics: Arc::clone(&l.metrics),
     };
     Some((stream, peer, counted))
 }
@@ -827,12 +829,13 @@ mod tests {
     /// log). It grew unnoticed for two stops once, so it has a budget, as allocations do
     /// (`tests/allocations.rs`): the release build's layout, which `cargo +nightly rustc
     /// --release --lib -- -Zprint-type-sizes` shows, and this unoptimised build's, which is
-    /// a little larger and tracks it. Tokio's cell adds ~100 octets and rounds up to 128: at
-    /// 1,432 it is 1,536. When the future shrinks, lower the budget to it.
+    /// a little larger and tracks it. Tokio's cell adds 104 octets and rounds up to 128: at
+    /// 1,304 it is 1,408, an octet more would make it 1,536. When the future shrinks, lower
+    /// the budget to it.
     #[test]
     fn a_connection_task_stays_within_its_budget() {
-        const BUDGET: usize = if cfg!(debug_assertions) { 1_464 } else { 1_432 };
-        fn output_size<A, B, C, D, E, G, R>(_: impl FnOnce(A, B, C, D, E, G) -> R) -> usize {
+        const BUDGET: usize = if cfg!(debug_assertions) { 1_328 } else { 1_304 };
+        fn output_size<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
             std::mem::size_of::<R>()
         }
         let size = output_size(super::connection);
@@ -847,14 +850,13 @@ mod tests {
     /// end with the task, not only at the end of [`super::Closing::end`].
     #[tokio::test]
     async fn a_session_that_panics_is_counted_out() {
-        let active = prometheus::IntGauge::new("active", "active").unwrap();
-        let opts = prometheus::HistogramOpts::new("duration", "duration");
-        let duration = prometheus::Histogram::with_opts(opts).unwrap();
+        let metrics = crate::metrics::Metrics::new().listener("inbound", &[], &[], &[]);
+        let metrics = std::sync::Arc::new(metrics);
+        let (active, duration) = (metrics.active.clone(), metrics.duration.clone());
         active.inc();
         let counted = super::Counted {
             started: std::time::Instant::now(),
-            duration: duration.clone(),
-            active: active.clone(),
+            metrics,
         };
         let session = tokio::spawn(async move {
             let _counted = counted;

@@ -539,8 +539,9 @@ pub struct ListenerRuntime {
     /// `max_handshakes` slots for TLS handshakes in progress (a terminate listener that can
     /// do TLS).
     pub handshakes: Option<HandshakeSlots>,
-    /// This listener's series, labels resolved.
-    pub metrics: ListenerMetrics,
+    /// This listener's series, labels resolved; shared with each session's count
+    /// (`crate::listener`), which outlives nothing of it but must end it.
+    pub metrics: Arc<ListenerMetrics>,
     /// How the certificate is chosen, to name the one served in the protocol log.
     pub certificates: CertPlan,
 }

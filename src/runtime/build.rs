@@ -240,9 +240,12 @@ impl Builder<'_> {
             handshakes: acceptor
                 .as_ref()
                 .map(|_| HandshakeSlots::new(handshake_slots)),
-            metrics: self
-                .metrics
-                .listener(&l.name, &p.domain_secure, &[], &term.backend.servers),
+            metrics: Arc::new(self.metrics.listener(
+                &l.name,
+                &p.domain_secure,
+                &[],
+                &term.backend.servers,
+            )),
             acceptor,
             certificates: plan,
         })

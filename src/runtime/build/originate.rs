@@ -49,7 +49,7 @@ impl Builder<'_> {
             .filter(|(_, level)| *level == smtp_core::outbound::Level::DomainSecure)
             .map(|(d, _)| d.clone())
             .collect();
-        let metrics = self.metrics.listener(&l.name, &[], &listed, &servers);
+        let metrics = Arc::new(self.metrics.listener(&l.name, &[], &listed, &servers));
         Ok(ListenerRuntime {
             name: l.name.clone(),
             implicit_tls: false,
