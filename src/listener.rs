@@ -598,7 +598,8 @@ fn connection(
         let Some((stream, peer, counted)) = ({
             let (stream, socket) = *accepted;
             let arriving = std::pin::pin!(arrive(stream, socket, &l, &mut closing.admitted));
-            before_draining(&mut shutdown, arriving).await
+            let waiting = Waiting::ProxyHeader { proxy: socket };
+            before_draining(&mut shutdown, arriving, (&l, waiting)).await
         }) else {
             return;
         };
@@ -608,7 +609,8 @@ fn connection(
                 let Some(opened) = ({
                     let cfg = Arc::clone(cfg);
                     let opening = std::pin::pin!(crate::inbound::open(stream, peer, &l, cfg));
-                    before_draining(&mut shutdown, opening).await
+                    let waiting = Waiting::TlsHandshake { peer };
+                    before_draining(&mut shutdown, opening, (&l, waiting)).await
                 }) else {
                     return closing.end(None, &l).await;
                 };
@@ -636,11 +638,13 @@ fn connection(
 }
 
 /// `work` (a PROXY header's wait, an implicit-TLS handshake), unless shutdown has begun or
-/// begins first: then `None`, and the connection is closed. It is no session yet, and would
-/// otherwise hold the shutdown up to that wait's deadline (`proxy_header`, `tls_handshake`:
-/// 10 and 30 s) though nothing could be said to it (a `421` needs a session), and so may a
-/// client that connects just before a `SIGTERM` and sends nothing. Polled first, `work` that
-/// is done at once costs no registration with the watch.
+/// begins first: then `None`, and the connection is closed, with a line that says what it
+/// was `waiting` for (none while `l` keeps quiet for a handshake flood, as for the flood's
+/// failed handshakes). It is no session yet, and would otherwise hold the shutdown up to that
+/// wait's deadline (`proxy_header`, `tls_handshake`: 10 and 30 s) though nothing could be said
+/// to it (a `421` needs a session), and so may a client that connects just before a
+/// `SIGTERM` and sends nothing. Polled first, `work` that is done at once costs no
+/// registration with the watch.
 ///
 /// `work` is pinned where the caller awaits this: an async fn keeps what it is given in its
 /// future, and a future given by value would be there twice (as the argument, and in the
@@ -648,6 +652,7 @@ fn connection(
 async fn before_draining<T>(
     shutdown: &mut crate::shutdown::Watch,
     work: Pin<&mut impl std::future::Future<Output = Option<T>>>,
+    (l, waiting): (&ListenerRuntime, Waiting),
 ) -> Option<T> {
     let draining = async {
         while shutdown.borrow() == Shutdown::Running {
@@ -659,7 +664,36 @@ async fn before_draining<T>(
     tokio::select! {
         biased;
         done = work => done,
-        () = draining => None,
+        () = draining => {
+            if !l.quiet_handshake_failure() {
+                waiting.closed(&l.name);
+            }
+            None
+        }
+    }
+}
+
+/// What a connection that is no session yet waits for ([`before_draining`]).
+#[derive(Debug, Clone, Copy)]
+enum Waiting {
+    /// Its PROXY header, from the balancer at `proxy`.
+    ProxyHeader { proxy: SocketAddr },
+    /// The end of its implicit-TLS handshake, with the client at `peer`.
+    TlsHandshake { peer: SocketAddr },
+}
+
+impl Waiting {
+    /// The line of a connection closed by shutdown before its session began.
+    fn closed(self, listener: &str) {
+        const WHY: &str = "connection closed: shutting down before its session began";
+        match self {
+            Waiting::ProxyHeader { proxy } => {
+                tracing::info!(%listener, %proxy, waiting = "PROXY header", "{WHY}");
+            }
+            Waiting::TlsHandshake { peer } => {
+                tracing::info!(%listener, %peer, waiting = "TLS handshake", "{WHY}");
+            }
+        }
     }
 }
 

@@ -93,6 +93,46 @@ async fn shutdown_closes_a_connection_that_is_no_session_yet() {
     }
 }
 
+/// Such a connection's close is logged, one line each: what it was waiting for, and whose it
+/// was (the client's address; the balancer's, before its PROXY header). It is no session, so
+/// no session's closing line would tell of it.
+#[tokio::test]
+async fn a_connection_closed_at_shutdown_before_its_session_is_logged() {
+    const WHY: &str = "connection closed: shutting down before its session began";
+    for (tls, proxy, waiting) in [
+        ("implicit", "", "TLS handshake"),
+        ("starttls", "    proxy_protocol: true\n", "PROXY header"),
+    ] {
+        let (backend, _rec) = recording_backend().await;
+        let yaml = config_yaml(backend, tls, "")
+            .replace("shutdown_grace: 2s", "shutdown_grace: 20s")
+            .replace(
+                "    tls: starttls\n",
+                &format!("    tls: starttls\n{proxy}"),
+            );
+        let sidecar = binary::start_binary(&yaml);
+        let silent = tokio::net::TcpStream::connect(sidecar.addr("inbound").unwrap())
+            .await
+            .unwrap();
+        let port = silent.local_addr().unwrap().port();
+        // Accepted, and waiting for the client.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sidecar.signal("TERM");
+        sidecar.wait_log(WHY, 1).await;
+        let log = sidecar.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(WHY)).collect();
+        let whose = if proxy.is_empty() { "peer" } else { "proxy" };
+        assert_eq!(lines.len(), 1, "{tls}{proxy}: {log}");
+        for field in [
+            format!("{whose}=127.0.0.1:{port}"),
+            format!("waiting=\"{waiting}\""),
+            "listener=inbound".to_string(),
+        ] {
+            assert!(lines[0].contains(&field), "{field} missing: {}", lines[0]);
+        }
+    }
+}
+
 /// A backend whose EHLO reply is `lines` lines long, optionally never finished.
 async fn hostile_backend(lines: usize, finish: bool) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
