@@ -639,8 +639,10 @@ fn connection(
 
 /// `work` (a PROXY header's wait, an implicit-TLS handshake), unless shutdown has begun or
 /// begins first: then `None`, and the connection is closed, with a line that says what it
-/// was `waiting` for (none while `l` keeps quiet for a handshake flood, as for the flood's
-/// failed handshakes). It is no session yet, and would otherwise hold the shutdown up to that
+/// was `waiting` for; none while `l` is under a handshake flood, whose connections are
+/// thousands. The flood itself is asked ([`ListenerRuntime::handshakes_flooded`]), not its
+/// announcement in the log: shutdown ends the announcement too (the accept loop's end), and
+/// would otherwise let every connection closed after that write its line. It is no session yet, and would otherwise hold the shutdown up to that
 /// wait's deadline (`proxy_header`, `tls_handshake`: 10 and 30 s) though nothing could be said
 /// to it (a `421` needs a session), and so may a client that connects just before a
 /// `SIGTERM` and sends nothing. Polled first, `work` that is done at once costs no
@@ -665,7 +667,7 @@ async fn before_draining<T>(
         biased;
         done = work => done,
         () = draining => {
-            if !l.quiet_handshake_failure() {
+            if !l.handshakes_flooded() {
                 waiting.closed(&l.name);
             }
             None

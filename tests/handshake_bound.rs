@@ -750,6 +750,31 @@ async fn a_flood_under_way_at_shutdown_is_ended_in_the_log() {
     bin.wait_log("TLS handshake failed", 2).await;
 }
 
+/// Shutdown during a ClientHello flood on an implicit-TLS listener closes the handshakes
+/// still in progress, which are no sessions yet, without a line each (a flood's are
+/// thousands), although shutdown ends the flood's announcement too.
+#[tokio::test]
+async fn a_floods_handshakes_closed_at_shutdown_are_not_logged_one_by_one() {
+    let Flooded {
+        bin, mut stalled, ..
+    } = binary_flooded("implicit", None).await;
+    bin.signal("TERM");
+    bin.wait_log("handshake flood over", 1).await;
+    // Past the server's flight, which each stalled client has not read.
+    for c in &mut stalled {
+        let mut reads = 0;
+        while !c.closed().await {
+            reads += 1;
+            assert!(reads < 500, "closed at shutdown");
+        }
+    }
+    let log = bin.log();
+    assert!(
+        !log.contains("shutting down before its session began"),
+        "{log}"
+    );
+}
+
 /// A client on std's blocking sockets, for the moments the test's runtime (the sessions' only
 /// thread) is blocked: plain until [`SyncClient::upgrade`], then TLS; every read within
 /// `timeout`.

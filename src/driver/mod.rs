@@ -69,7 +69,7 @@ impl Future for Moving {
 ///
 /// Its future is most of what every idle session holds (C of ../shared/bench), so it keeps
 /// each value once. It is no async fn, which would keep its arguments beside the locals they
-/// are moved to (the session twice, 672 octets each); the driver is made before its wait, not
+/// are moved to (the session twice, 664 octets each); the driver is made before its wait, not
 /// in it, where the stream, address and id it took would keep their room beside it; and the
 /// listener and the shutdown watch are borrowed from the connection's task, which holds them
 /// anyway. When the session began, its closing line asks the session.
