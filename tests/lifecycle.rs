@@ -60,6 +60,17 @@ async fn shutdown_grace_expiry_closes_what_is_left() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// A listener on `tls` (`proxy`: its PROXY line, or nothing) whose shutdown grace outlasts
+/// the test: a shutdown that returns at once did not wait for the connections below.
+fn no_session_yet_yaml(backend: std::net::SocketAddr, tls: &str, proxy: &str) -> String {
+    config_yaml(backend, tls, "")
+        .replace("shutdown_grace: 2s", "shutdown_grace: 20s")
+        .replace(
+            "    tls: starttls\n",
+            &format!("    tls: starttls\n{proxy}"),
+        )
+}
+
 /// A connection that is no session yet, waited for in its implicit-TLS handshake or its
 /// PROXY header, does not hold the shutdown up until its deadline (30 and 10 s) or the
 /// grace's end: it is closed at once.
@@ -67,13 +78,7 @@ async fn shutdown_grace_expiry_closes_what_is_left() {
 async fn shutdown_closes_a_connection_that_is_no_session_yet() {
     for (tls, proxy) in [("implicit", ""), ("starttls", "    proxy_protocol: true\n")] {
         let (backend, _rec) = recording_backend().await;
-        let yaml = config_yaml(backend, tls, "")
-            .replace("shutdown_grace: 2s", "shutdown_grace: 20s")
-            .replace(
-                "    tls: starttls\n",
-                &format!("    tls: starttls\n{proxy}"),
-            );
-        let running = start(&yaml).await;
+        let running = start(&no_session_yet_yaml(backend, tls, proxy)).await;
         let mut silent = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
             .await
             .unwrap();
@@ -104,13 +109,7 @@ async fn a_connection_closed_at_shutdown_before_its_session_is_logged() {
         ("starttls", "    proxy_protocol: true\n", "PROXY header"),
     ] {
         let (backend, _rec) = recording_backend().await;
-        let yaml = config_yaml(backend, tls, "")
-            .replace("shutdown_grace: 2s", "shutdown_grace: 20s")
-            .replace(
-                "    tls: starttls\n",
-                &format!("    tls: starttls\n{proxy}"),
-            );
-        let sidecar = binary::start_binary(&yaml);
+        let sidecar = binary::start_binary(&no_session_yet_yaml(backend, tls, proxy));
         let silent = tokio::net::TcpStream::connect(sidecar.addr("inbound").unwrap())
             .await
             .unwrap();
