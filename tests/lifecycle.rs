@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{free_port, wait_listening, Guard};
+use common::process::{accepted, free_port, wait_listening, Guard};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -79,11 +79,11 @@ async fn shutdown_closes_a_connection_that_is_no_session_yet() {
     for (tls, proxy) in [("implicit", ""), ("starttls", "    proxy_protocol: true\n")] {
         let (backend, _rec) = recording_backend().await;
         let running = start(&no_session_yet_yaml(backend, tls, proxy)).await;
-        let mut silent = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
-            .await
-            .unwrap();
+        let addr = running.addr("inbound").unwrap();
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let port = silent.local_addr().unwrap().port();
         // Accepted, and waiting for the client.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        eventually(|| accepted(addr.port(), port), "accepted").await;
         let stopping = tokio::time::timeout(Duration::from_secs(5), running.shutdown());
         stopping
             .await
@@ -110,12 +110,11 @@ async fn a_connection_closed_at_shutdown_before_its_session_is_logged() {
     ] {
         let (backend, _rec) = recording_backend().await;
         let sidecar = binary::start_binary(&no_session_yet_yaml(backend, tls, proxy));
-        let silent = tokio::net::TcpStream::connect(sidecar.addr("inbound").unwrap())
-            .await
-            .unwrap();
+        let addr = sidecar.addr("inbound").unwrap();
+        let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
         let port = silent.local_addr().unwrap().port();
         // Accepted, and waiting for the client.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        eventually(|| accepted(addr.port(), port), "accepted").await;
         sidecar.signal("TERM");
         sidecar.wait_log(WHY, 1).await;
         let log = sidecar.log();

@@ -127,6 +127,25 @@ fn listens(pid: u32, port: u16) -> bool {
     })
 }
 
+/// Whether the server has accepted the connection from 127.0.0.1:`client` to 127.0.0.1:`server`:
+/// the server's side in /proc/net/tcp has an inode, which a connection still in the accept
+/// queue has not.
+pub fn accepted(server: u16, client: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let (local, remote) = (
+        format!("0100007F:{server:04X}"),
+        format!("0100007F:{client:04X}"),
+    );
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.get(1) == Some(&local.as_str())
+            && f.get(2) == Some(&remote.as_str())
+            && f.get(9).is_some_and(|inode| *inode != "0")
+    })
+}
+
 /// What `read` returns once it has `n` items (`within` at most), read again a moment later
 /// (one more would come by then) and checked to be still `n`: the `what` a test waits for.
 pub fn exactly<T>(n: usize, what: &str, within: Duration, read: impl Fn() -> Vec<T>) -> Vec<T> {
