@@ -642,11 +642,12 @@ fn connection(
 /// was `waiting` for; none while `l` is under a handshake flood, whose connections are
 /// thousands. The flood itself is asked ([`ListenerRuntime::handshakes_flooded`]), not its
 /// announcement in the log: shutdown ends the announcement too (the accept loop's end), and
-/// would otherwise let every connection closed after that write its line. It is no session yet, and would otherwise hold the shutdown up to that
-/// wait's deadline (`proxy_header`, `tls_handshake`: 10 and 30 s) though nothing could be said
-/// to it (a `421` needs a session), and so may a client that connects just before a
-/// `SIGTERM` and sends nothing. Polled first, `work` that is done at once costs no
-/// registration with the watch.
+/// would otherwise let every connection closed after that write its line.
+///
+/// It is no session yet, and would otherwise hold the shutdown up to that wait's deadline
+/// (`proxy_header`, `tls_handshake`: 10 and 30 s) though nothing could be said to it (a `421`
+/// needs a session), and so may a client that connects just before a `SIGTERM` and sends
+/// nothing. Polled first, `work` that is done at once costs no registration with the watch.
 ///
 /// `work` is pinned where the caller awaits this: an async fn keeps what it is given in its
 /// future, and a future given by value would be there twice (as the argument, and in the
