@@ -242,16 +242,14 @@ async fn backend_replacements_per_session_are_bounded() {
 /// 05, 06) whose remote port is `port`: what an orderly close by us leaves, and a reset does
 /// not.
 fn closing_toward(port: u16) -> std::collections::HashSet<String> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let table = common::process::tcp_table().unwrap();
     let remote = format!(":{port:04X}");
     table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let closing = matches!(f.get(3), Some(&"04" | &"05" | &"06"));
+        .into_iter()
+        .filter_map(|mut f| {
+            let closing = matches!(f.get(3).map(String::as_str), Some("04" | "05" | "06"));
             let toward = f.get(2).is_some_and(|r| r.ends_with(&remote));
-            (closing && toward).then(|| f[1].to_string())
+            (closing && toward).then(|| f.swap_remove(1))
         })
         .collect()
 }

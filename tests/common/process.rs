@@ -104,16 +104,14 @@ fn wait_for(child: &mut Child, what: &str, ready: impl Fn(u32) -> bool) -> bool 
 /// Whether process `pid` holds a socket listening on 127.0.0.1:`port`: a listening entry of
 /// /proc/net/tcp (state 0A) whose inode is one of the process's descriptors.
 fn listens(pid: u32, port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+    let Ok(table) = tcp_table() else {
         return false;
     };
-    let local = format!("0100007F:{port:04X}");
+    let local = loopback(port);
     let inodes: Vec<String> = table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+        .iter()
+        .filter_map(|f| {
+            (f.get(1) == Some(&local) && f.get(3).is_some_and(|s| s == "0A"))
                 .then(|| f.get(9).map(|i| format!("socket:[{i}]")))
                 .flatten()
         })
@@ -131,19 +129,32 @@ fn listens(pid: u32, port: u16) -> bool {
 /// the server's side in /proc/net/tcp has an inode, which a connection still in the accept
 /// queue has not.
 pub fn accepted(server: u16, client: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+    let Ok(table) = tcp_table() else {
         return false;
     };
-    let (local, remote) = (
-        format!("0100007F:{server:04X}"),
-        format!("0100007F:{client:04X}"),
-    );
-    table.lines().skip(1).any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.get(1) == Some(&local.as_str())
-            && f.get(2) == Some(&remote.as_str())
-            && f.get(9).is_some_and(|inode| *inode != "0")
+    let (local, remote) = (loopback(server), loopback(client));
+    table.iter().any(|f| {
+        f.get(1) == Some(&local)
+            && f.get(2) == Some(&remote)
+            && f.get(9).is_some_and(|inode| inode != "0")
     })
+}
+
+/// The rows of /proc/net/tcp (the IPv4 sockets), each split into its fields: `[1]` the local
+/// address and `[2]` the remote one (as [`loopback`] writes them), `[3]` the state (`01`
+/// established, `0A` listening...), `[9]` the inode (0 for a connection no process has
+/// accepted yet).
+pub fn tcp_table() -> std::io::Result<Vec<Vec<String>>> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let rows = table.lines().skip(1);
+    Ok(rows
+        .map(|line| line.split_whitespace().map(str::to_owned).collect())
+        .collect())
+}
+
+/// 127.0.0.1:`port` as /proc/net/tcp writes it.
+pub fn loopback(port: u16) -> String {
+    format!("0100007F:{port:04X}")
 }
 
 /// What `read` returns once it has `n` items (`within` at most), read again a moment later
