@@ -624,7 +624,7 @@ fn connection(
             }
         };
         match served {
-            Served::Ended(lingering) => closing.end(lingering, &l).await,
+            Served::Ended(lingering) => closing.end(lingering.map(|s| *s), &l).await,
             // Started under pressure that is over: the rest on the sessions' threads.
             Served::Moved(moving) => {
                 let sessions = closing.admitted.limits.sessions.clone();
@@ -866,12 +866,12 @@ mod tests {
     /// log). It grew unnoticed for two stops once, so it has a budget, as allocations do
     /// (`tests/allocations.rs`): the release build's layout, which `cargo +nightly rustc
     /// --release --lib -- -Zprint-type-sizes` shows, and this unoptimised build's, which is
-    /// a little larger and tracks it. Tokio's cell adds 104 octets and rounds up to 128: at
-    /// 1,304 it is 1,408, an octet more would make it 1,536. When the future shrinks, lower
+    /// a little larger and tracks it. Tokio's cell adds 104 octets and rounds up to 128: up
+    /// to 1,304 it is 1,408, an octet more would make it 1,536. When the future shrinks, lower
     /// the budget to it.
     #[test]
     fn a_connection_task_stays_within_its_budget() {
-        const BUDGET: usize = if cfg!(debug_assertions) { 1_328 } else { 1_304 };
+        const BUDGET: usize = if cfg!(debug_assertions) { 1_304 } else { 1_288 };
         fn output_size<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
             std::mem::size_of::<R>()
         }

@@ -38,8 +38,10 @@ pub fn next_session_id() -> u64 {
 #[derive(Debug)]
 pub enum Served {
     /// The session is over; the client's connection if it closes with a linger
-    /// ([`Driver::lingering`]).
-    Ended(Option<Stream>),
+    /// ([`Driver::lingering`]). Boxed, as the moved session is: a close lingers only after
+    /// an error, a timeout or shutdown, and the connection's task holds this result's place
+    /// beside the session's wait, for the session's whole life.
+    Ended(Option<Box<Stream>>),
     /// The session started on the admission threads and is to go on on the sessions' threads
     /// ([`Ran::Moved`]): the rest of it, to be run there.
     Moved(Moving),
@@ -89,7 +91,7 @@ pub fn serve<'a, M: Machine + Send + 'static>(
             return Served::Moved(Moving(Box::pin(rest)));
         }
         driver.ended(session.started(), session.client_tls());
-        Served::Ended(driver.lingering())
+        Served::Ended(driver.lingering().map(Box::new))
     }
 }
 
