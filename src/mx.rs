@@ -154,7 +154,8 @@ impl MxResolver {
     /// Within the timeout: a host whose addresses are not known by then is left out, and if
     /// that leaves none, the answer is `TempFail`.
     pub async fn next_hops(&self, domain: &str, port: u16) -> Result<Vec<NextHop>, MxError> {
-        let domain = normalize(&a_labels(domain)?)?;
+        let domain = smtp_core::idn::routable(domain)
+            .map_err(|why| MxError::InvalidDomain(format!("{domain:?}: {why}")))?;
         let name = fqdn(&domain)?;
         let deadline = Instant::now() + self.timeout;
         let mx = timeout_at(deadline, self.resolver.lookup(name.clone(), RecordType::MX))
@@ -551,49 +552,6 @@ fn classify(e: &NetError) -> Lookup {
     }
 }
 
-/// A Unicode `domain` as the A-labels it maps to by UTS #46, nontransitionally (as the
-/// outbound policy's lookup takes it, beside the transitional form: `smtp_core::idn`); an
-/// ASCII one as it is.
-fn a_labels(domain: &str) -> Result<String, MxError> {
-    if domain.is_ascii() {
-        return Ok(domain.to_owned());
-    }
-    smtp_core::idn::ascii_forms(domain)
-        .into_iter()
-        .next()
-        .ok_or_else(|| MxError::InvalidDomain(format!("{domain:?}: not a valid IDN")))
-}
-
-/// Lowercase ASCII, no trailing dot, checked against RFC 1035 §2.3.4's limits.
-fn normalize(domain: &str) -> Result<String, MxError> {
-    let invalid = |why: &str| MxError::InvalidDomain(format!("{domain:?}: {why}"));
-    let d = domain.strip_suffix('.').unwrap_or(domain);
-    if d.is_empty() {
-        return Err(invalid("empty"));
-    }
-    if !d.is_ascii() {
-        return Err(invalid("not ASCII (IDNs must be given as A-labels)"));
-    }
-    // 255 octets on the wire = at most 253 characters in text without the root dot.
-    if d.len() > 253 {
-        return Err(invalid("longer than 253 characters"));
-    }
-    for label in d.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err(invalid("a label is empty or longer than 63 characters"));
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(invalid(
-                "a label has characters other than letters, digits, '-', '_'",
-            ));
-        }
-    }
-    Ok(d.to_ascii_lowercase())
-}
-
 /// The fully qualified name, so that no `search` domain of resolv.conf is ever appended.
 fn fqdn(domain: &str) -> Result<Name, MxError> {
     Name::from_ascii(format!("{domain}."))
@@ -658,25 +616,6 @@ mod tests {
         let found = kept("h0.test.", &chain);
         assert!(found.contains(&a([192, 0, 2, 8])));
         assert!(!found.contains(&a([192, 0, 2, 9])));
-    }
-
-    #[test]
-    fn names_are_checked_and_lowercased() {
-        assert_eq!(normalize("Example.TEST.").unwrap(), "example.test");
-        for bad in ["", ".", "a..b", "exämple.test", "a b.test", "[127.0.0.1]"] {
-            assert!(
-                matches!(normalize(bad), Err(MxError::InvalidDomain(_))),
-                "{bad:?}"
-            );
-        }
-        let long_label = format!("{}.test", "a".repeat(64));
-        assert!(normalize(&long_label).is_err());
-        let long_name = vec!["a".repeat(63); 4].join(".");
-        assert_eq!(long_name.len(), 255);
-        assert!(normalize(&long_name).is_err());
-        let max = format!("{}.a", vec!["a".repeat(63); 3].join("."));
-        assert_eq!(max.len(), 193);
-        assert!(normalize(&max).is_ok());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::command::Command;
 use crate::ehlo::Offered;
 use crate::line::LineEvent;
 use crate::params::{check_mail, check_rcpt, drop_for_next_hop, ParamError};
-use crate::session::{Action, Event, Leg, Refusal};
+use crate::session::{Action, DnsFailure, Event, Leg, Refusal};
 use crate::timer::Timer;
 
 /// Recipients over `max_recipients` refused in one transaction before each further one
@@ -158,11 +158,9 @@ impl Session {
             }
             return self.expect_command(now);
         }
-        let Some(domain) = recipient_domain(to) else {
-            return self.reply_rcpt(
-                "550 5.1.3 Recipient address has no domain we can route",
-                now,
-            );
+        let domain = match recipient_domain(to) {
+            Ok(domain) => domain,
+            Err(refused) => return self.reply_rcpt(refused, now),
         };
         if tx.broken {
             return self.reply_rcpt("451 4.4.2 Next hop connection lost, try again later", now);
@@ -312,13 +310,17 @@ impl Session {
     }
 }
 
-/// The domain of a recipient address, ASCII lower case; `None` for an address literal or no
-/// domain at all (a next hop is found by name).
-fn recipient_domain(to: &str) -> Option<String> {
-    let (_, domain) = to.rsplit_once('@')?;
-    let domain = domain.strip_suffix('.').unwrap_or(domain);
-    if domain.is_empty() || domain.starts_with('[') {
-        return None;
+/// The domain of a recipient address, ASCII lower case, without its trailing dot; or the
+/// reply that refuses the RCPT: for an address literal or no domain at all (a next hop is
+/// found by name), and for a domain that is no domain name ([`crate::idn::routable`]), with
+/// a fixed relay as with MX, since the policy's level is looked up by that name.
+fn recipient_domain(to: &str) -> Result<String, &'static str> {
+    const UNROUTABLE: &str = "550 5.1.3 Recipient address has no domain we can route";
+    let (_, domain) = to.rsplit_once('@').ok_or(UNROUTABLE)?;
+    if domain.strip_suffix('.').unwrap_or(domain).is_empty() || domain.starts_with('[') {
+        return Err(UNROUTABLE);
     }
-    Some(domain.to_ascii_lowercase())
+    crate::idn::routable(domain).map_err(|_| DnsFailure::InvalidDomain.reply())?;
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    Ok(domain.to_ascii_lowercase())
 }

@@ -1251,3 +1251,39 @@ fn a_unicode_recipient_domain_is_held_to_its_a_label_policy() {
     );
     assert_eq!(h.take_backend(), "", "no MAIL in plaintext");
 }
+
+/// A recipient domain that is no domain name is refused before any next hop, with a fixed
+/// relay as with MX: the level is looked up by that name, and a lenient relay may read
+/// `b@example.net(x)` as mail for the listed `example.net`, which would otherwise get the
+/// default level and go in plaintext.
+#[test]
+fn a_recipient_domain_that_is_no_domain_name_is_refused_before_a_next_hop() {
+    for next_hop in [None, Some(NextHop::Mx)] {
+        for rcpt in [
+            "b@example.net(x)",
+            "b@example.net..",
+            "b@example.net,",
+            "b@\"example.net\"",
+        ] {
+            let mut c = cfg(Level::May);
+            c.policy.domains = vec![("example.net".into(), Level::Verify)];
+            if let Some(next_hop) = next_hop.clone() {
+                c.next_hop = next_hop;
+            }
+            let mut h = Harness::originate(c);
+            h.client_says(b"EHLO legacy.test\r\n");
+            h.client_says(b"MAIL FROM:<a@x.test>\r\n");
+            assert_eq!(h.take_client(), format!("{OUR_EHLO}250 2.1.0 Ok\r\n"));
+            h.client_says(format!("RCPT TO:<{rcpt}>\r\n").as_bytes());
+            assert_eq!(
+                h.take_client(),
+                "501 5.1.3 Recipient domain is not a valid domain name\r\n",
+                "{rcpt}"
+            );
+            assert_eq!((h.connects, h.resolves.len()), (0, 0), "{rcpt}");
+            // The transaction goes on: a valid recipient opens the next hop.
+            h.client_says(b"RCPT TO:<b@example.net>\r\n");
+            assert_eq!(h.connects + h.resolves.len() as u32, 1, "{rcpt}");
+        }
+    }
+}
