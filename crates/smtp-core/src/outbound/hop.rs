@@ -151,10 +151,7 @@ impl Session {
             kind,
             reason: reason.clone(),
         });
-        if !matches!(
-            self.hop.state,
-            HopState::None | HopState::Resolving | HopState::Connecting
-        ) {
+        if self.hop.state.connected() {
             self.conn.abort(Leg::Backend);
         }
         self.hop.state = HopState::None;
@@ -219,10 +216,7 @@ impl Session {
 
     /// Forget the next hop connection (reset if open).
     fn drop_hop(&mut self) {
-        if !matches!(
-            self.hop.state,
-            HopState::None | HopState::Resolving | HopState::Connecting
-        ) {
+        if self.hop.state.connected() {
             self.conn.abort(Leg::Backend);
         }
         self.hop = Default::default();

@@ -159,6 +159,9 @@ impl Machine for Session {
                 }
                 self.process_input(now);
             }
+            // With no connection open, it is the one let go before (its QUIT's write
+            // failed, or it closed): no failure of what comes next.
+            Leg::Backend if !self.hop.state.connected() => {}
             Leg::Backend => self.hop_failed(LegFailure::Closed, "connection closed", now),
         }
     }
@@ -174,6 +177,7 @@ impl Machine for Session {
         }
         match leg {
             Leg::Client => self.handle_eof(leg, now),
+            Leg::Backend if !self.hop.state.connected() => {}
             Leg::Backend => self.hop_alert(alert, now),
         }
     }
@@ -187,6 +191,7 @@ impl Machine for Session {
                 self.fail_message_in_flight();
                 self.close();
             }
+            Leg::Backend if !self.hop.state.connected() => {}
             Leg::Backend => self.hop_failed(LegFailure::Closed, "connection lost", now),
         }
     }

@@ -126,3 +126,14 @@ pub(super) enum HopState {
     /// MAIL accepted: RCPT, DATA and the body go through as the client sends them.
     Ready,
 }
+
+impl HopState {
+    /// Whether a next hop connection is open: not before it is connected, nor once it is let
+    /// go (a QUIT, an abort), which is when the next one may be looked up or connected.
+    pub(super) fn connected(self) -> bool {
+        !matches!(
+            self,
+            HopState::None | HopState::Resolving | HopState::Connecting
+        )
+    }
+}

@@ -1287,3 +1287,51 @@ fn a_recipient_domain_that_is_no_domain_name_is_refused_before_a_next_hop() {
         }
     }
 }
+
+/// The next hop connection of the last transaction is let go (QUIT) as the next one's is
+/// set up; that its QUIT could not be written (the driver reports the old leg lost) or that
+/// it closed is no failure of the new set-up, nor of a transaction that has none yet.
+#[test]
+fn the_old_next_hops_loss_does_not_fail_the_next_transaction() {
+    for (pipelined, looking_up) in [
+        (
+            "RSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<c@y.test>\r\n",
+            true,
+        ),
+        ("RSET\r\nMAIL FROM:<a@x.test>\r\n", false),
+    ] {
+        let mut h = Harness::originate(mx_cfg());
+        h.dns = Some(Ok(vec![route("mx1.y.test", &["192.0.2.10:25"])]));
+        start(&mut h, "b@y.test");
+        greet(&mut h, HOP_CAPS);
+        h.backend_says(b"250 2.1.0 ok\r\n");
+        h.backend_says(b"550 5.1.1 no such user\r\n");
+        h.take_client();
+        h.take_backend();
+        h.dns = None; // the next look-up has not answered yet
+        h.client_says(pipelined.as_bytes());
+        assert_eq!(h.take_backend(), "QUIT\r\n");
+        h.session.handle_lost(Leg::Backend, h.now);
+        h.session.handle_eof(Leg::Backend, h.now);
+        h.run();
+        assert_eq!(
+            h.take_client(),
+            "250 2.0.0 OK\r\n250 2.1.0 Ok\r\n",
+            "{pipelined:?}"
+        );
+        if !looking_up {
+            h.client_says(b"RCPT TO:<c@y.test>\r\n");
+        }
+        assert_eq!(h.resolves, ["y.test", "y.test"], "{pipelined:?}");
+        h.dns = Some(Ok(vec![route("mx1.y.test", &["192.0.2.10:25"])]));
+        h.session
+            .handle_resolved(h.dns.clone().expect("dns"), h.now);
+        h.run();
+        greet(&mut h, HOP_CAPS);
+        assert_eq!(
+            h.take_backend(),
+            "MAIL FROM:<a@x.test>\r\n",
+            "{pipelined:?}"
+        );
+    }
+}
