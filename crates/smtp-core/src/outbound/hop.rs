@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::policy::{self, TlsFailure, TlsFailureReport};
 use super::state::{HopState, Mode, Pending, Phase, RouteInfo};
-use super::{Level, NextHop, Session};
+use super::{Level, NextHop, OnFailure, Session};
 use crate::command::{Command, Param};
 use crate::ehlo::Offered;
 use crate::params::{check_mail, drop_for_next_hop};
@@ -103,7 +103,20 @@ impl Session {
         }
         let Some(target) = self.hop.targets.pop_front() else {
             let looped = !cut && self.hop.loops > 0 && self.hop.loops == self.hop.failed;
-            let reply = self.hop.policy_reply.take().unwrap_or_else(|| {
+            let unmet = self.hop.policy_unmet.take();
+            let reply = unmet.map(|(host, failure)| {
+                // A bounce (`on_failure: bounce`) only when the policy judged every address
+                // that is not this relay: one that could not be reached, or was not tried for
+                // the budget, may meet it when the legacy MTA tries again.
+                let on_failure = match cut || self.hop.unjudged {
+                    true => OnFailure::Defer,
+                    false => self.cfg.on_failure,
+                };
+                let route = self.route();
+                let (level, domain) = route.map_or((Level::None, ""), |r| (r.level, &r.domain));
+                policy::reply(on_failure, level, domain, &host, &failure)
+            });
+            let reply = reply.unwrap_or_else(|| {
                 let domain = self.route().map(|r| r.domain.as_str()).unwrap_or_default();
                 let domain = policy::printable(domain);
                 if looped {
@@ -146,6 +159,9 @@ impl Session {
             true => (LegFailure::Timeout, SETUP_TIMED_OUT.to_owned()),
             false => (kind, reason),
         };
+        if !matches!(kind, LegFailure::Policy | LegFailure::Loop) {
+            self.hop.unjudged = true;
+        }
         self.conn.event(Event::NextHopFailed {
             host: self.hop.host.clone(),
             kind,
@@ -535,14 +551,7 @@ impl Session {
         let host = self.hop.host.clone();
         let label = failure.reason().as_str();
         if enforced {
-            let reply = policy::reply(
-                self.cfg.on_failure,
-                route.level,
-                &route.domain,
-                &host,
-                &failure,
-            );
-            self.hop.policy_reply = Some(reply);
+            self.hop.policy_unmet = Some((host.clone(), failure.clone()));
         } else {
             self.hop.audited = true;
         }

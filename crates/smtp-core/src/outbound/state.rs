@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::policy::TlsFailure;
 use super::Level;
 use crate::command::Command;
 use crate::data::Reframer;
@@ -102,8 +103,12 @@ pub(super) struct Hop {
     /// own listeners: all of them, and the RCPT is refused as a mail loop.
     pub(super) failed: u32,
     pub(super) loops: u32,
-    /// The reply to give if no attempt is left and the last failure was the TLS policy's.
-    pub(super) policy_reply: Option<String>,
+    /// The last TLS policy failure (the next hop's name, and why), for the reply if no
+    /// attempt is left.
+    pub(super) policy_unmet: Option<(String, TlsFailure)>,
+    /// An attempt failed before the policy could judge its next hop (unreachable, refused,
+    /// lost, timed out): a policy failure of another is then no reason to bounce.
+    pub(super) unjudged: bool,
     /// The end of the set-up's budget while the RCPT that opened it waits for its reply.
     pub(super) first_rcpt_until: Option<Instant>,
 }

@@ -1288,6 +1288,45 @@ fn a_recipient_domain_that_is_no_domain_name_is_refused_before_a_next_hop() {
     }
 }
 
+/// A policy failure bounces (`550 5.7.5`) only when it is final: if another address of the
+/// domain failed for a reason that may pass (unreachable here), the RCPT is deferred with
+/// the same text (`450 4.7.5`), and the legacy MTA tries again.
+#[test]
+fn a_policy_failure_beside_an_unreachable_mx_defers_instead_of_bouncing() {
+    let mut c = mx_cfg();
+    c.policy.default = Level::Encrypt;
+    c.on_failure = OnFailure::Bounce;
+    let mut h = Harness::originate(c);
+    h.dns = Some(Ok(vec![
+        route("mx1.y.test", &["192.0.2.10:25"]),
+        route("mx2.y.test", &["192.0.2.20:25"]),
+    ]));
+    h.unreachable = vec!["192.0.2.10:25".parse().expect("addr")];
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(
+        h.take_client(),
+        "450 4.7.5 TLS policy encrypt for y.test not met: mx2.y.test did not offer STARTTLS\r\n"
+    );
+    // Every address judged and failing the policy: the bounce it is configured to be.
+    let mut c = mx_cfg();
+    c.policy.default = Level::Encrypt;
+    c.on_failure = OnFailure::Bounce;
+    let mut h = Harness::originate(c);
+    h.dns = Some(Ok(vec![
+        route("mx1.y.test", &["192.0.2.10:25"]),
+        route("mx2.y.test", &["192.0.2.20:25"]),
+    ]));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(h.take_backend(), "", "no MAIL in plaintext");
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(
+        h.take_client(),
+        "550 5.7.5 TLS policy encrypt for y.test not met: mx2.y.test did not offer STARTTLS\r\n"
+    );
+}
+
 /// The next hop connection of the last transaction is let go (QUIT) as the next one's is
 /// set up; that its QUIT could not be written (the driver reports the old leg lost) or that
 /// it closed is no failure of the new set-up, nor of a transaction that has none yet.
