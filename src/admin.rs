@@ -17,17 +17,23 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 
 use crate::clock::unix_now;
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, Watch};
 use crate::status::{ListenerInfo, Status};
 
-/// Admin connections served at once; one more is closed as soon as it is accepted. A
-/// Prometheus server and a health checker need one or two each, and every connection costs a
-/// descriptor and a task that an SMTP session could use (the open-file reserve counts these).
+/// Admin connections served at once. A Prometheus server and a health checker need one or
+/// two each, and every connection costs a descriptor and a task that an SMTP session could
+/// use (the open-file reserve counts these). When all are taken, a new connection takes the
+/// place of the oldest that has not sent its request yet ([`Places`]), and is closed at once
+/// only if every one has.
 pub const MAX_CONNECTIONS: usize = 16;
 
 /// How long a request head may take to arrive, counted from the connection's start and again
@@ -61,7 +67,7 @@ pub async fn serve(
     listeners: Arc<arc_swap::ArcSwap<Vec<ListenerInfo>>>,
     shutdown: Watch,
 ) {
-    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let places = Arc::new(Places::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -71,29 +77,78 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
+        let Some(place) = places.take() else {
             // Debug, not info: a flood of these must not become a flood of log lines.
-            tracing::debug!(%peer, "admin endpoint: {MAX_CONNECTIONS} connections open; closing");
+            tracing::debug!(%peer, "admin endpoint: {MAX_CONNECTIONS} requests in progress; closing");
             drop(stream);
             continue;
         };
         let metrics = metrics.clone();
         let listeners = listeners.load_full();
         let shutdown = shutdown.clone();
+        let places = Arc::clone(&places);
         tokio::spawn(async move {
+            let asking = Arc::clone(&place);
             let service = hyper::service::service_fn(move |req| {
+                asking.asked.store(true, Ordering::Relaxed);
                 let running = shutdown.borrow() == Shutdown::Running;
                 let response = respond(&req, &metrics, &listeners, running);
                 async move { Ok::<_, Infallible>(response) }
             });
+            // One request a connection: a place is held while a request is awaited (which
+            // a newcomer may cut short) or answered, never idle between two.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_BUF_SIZE)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
-            drop(place);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_DEADLINE, conn) => {}
+                () = place.evicted.notified() => {}
+            }
+            places.give_back(&place);
         });
+    }
+}
+
+/// The admin connections open, oldest first, at most [`MAX_CONNECTIONS`]. Holding one costs
+/// a client nothing before its request (a connect, then silence until
+/// [`HEADER_READ_TIMEOUT`]), so a full set of places would otherwise lock Prometheus and the
+/// health checks out for as long as someone keeps reconnecting: a new connection takes the
+/// place of the oldest that has sent no request, whose task ends at once.
+#[derive(Default)]
+struct Places(Mutex<VecDeque<Arc<Place>>>);
+
+#[derive(Default)]
+struct Place {
+    /// Its request head has arrived: it is being answered, and keeps its place.
+    asked: AtomicBool,
+    evicted: Notify,
+}
+
+impl Places {
+    /// A place for a new connection: a free one, or the oldest waiting for its request,
+    /// taken from it; `None` if every connection is being answered.
+    fn take(&self) -> Option<Arc<Place>> {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.len() >= MAX_CONNECTIONS {
+            let waiting = open.iter().position(|p| !p.asked.load(Ordering::Relaxed))?;
+            let oldest = open.remove(waiting)?;
+            // A permit if its task is not waiting yet: it ends at its next poll.
+            oldest.evicted.notify_one();
+        }
+        let place = Arc::new(Place::default());
+        open.push_back(Arc::clone(&place));
+        Some(place)
+    }
+
+    /// The connection has ended: its place is free (if no newcomer took it already).
+    fn give_back(&self, place: &Arc<Place>) {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = open.iter().position(|p| Arc::ptr_eq(p, place)) {
+            open.remove(i);
+        }
     }
 }
 
@@ -173,4 +228,42 @@ fn response(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::{Places, MAX_CONNECTIONS};
+    use std::sync::atomic::Ordering;
+
+    /// A full set of places: a newcomer takes the oldest waiting for its request (which is
+    /// told to end), never one being answered; with every one being answered, none.
+    #[tokio::test]
+    async fn a_newcomer_takes_the_place_of_the_oldest_waiting_for_its_request() {
+        let places = Places::default();
+        let open: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| places.take().unwrap())
+            .collect();
+        open[0].asked.store(true, Ordering::Relaxed);
+        let newcomer = places.take().expect("a place");
+        // The second is the oldest waiting: its end was asked for (a permit is stored).
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            open[1].evicted.notified(),
+        )
+        .await
+        .expect("the oldest waiting is told to end");
+        // Its task gives back a place it no longer has: the newcomer keeps it.
+        places.give_back(&open[1]);
+        assert_eq!(places.0.lock().unwrap().len(), MAX_CONNECTIONS);
+        for place in open.iter().skip(2).chain([&newcomer]) {
+            place.asked.store(true, Ordering::Relaxed);
+        }
+        assert!(
+            places.take().is_none(),
+            "every connection is being answered"
+        );
+        places.give_back(&open[0]);
+        assert!(places.take().is_some(), "a place given back is free");
+    }
 }

@@ -309,15 +309,26 @@ fn admin_endpoint_caps_its_connections_and_times_out_idle_ones() {
     std::thread::sleep(Duration::from_millis(200));
     let opened = Instant::now();
     let mut idle: Vec<TcpStream> = (0..MAX_CONNECTIONS).map(|_| connect(admin)).collect();
-    let mut excess: Vec<TcpStream> = (0..4).map(|_| connect(admin)).collect();
-    // Over the cap: closed at once.
-    for s in &mut excess {
-        assert!(closed_within(s, Duration::from_secs(2)), "excess kept open");
+    // Each accepted in turn, so that "oldest" below is the order they were opened in.
+    let mut excess: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            connect(admin)
+        })
+        .collect();
+    // Over the cap, a newcomer takes the place of the oldest connection that has sent no
+    // request: the first four are closed at once, the rest and the newcomers stay open.
+    let (evicted, kept) = idle.split_at_mut(4);
+    for s in evicted {
+        assert!(closed_within(s, Duration::from_secs(2)), "oldest kept open");
     }
-    // The ones within the cap are still open.
-    for s in &mut idle {
+    for s in kept.iter_mut().chain(&mut excess) {
         assert!(!closed_within(s, Duration::from_millis(20)), "closed early");
     }
+    // So idle connections cannot lock a scraper out: it is answered with all places held.
+    let response = get_metrics(admin).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let mut idle: Vec<TcpStream> = idle.drain(5..).chain(excess).collect();
     // SMTP is not affected.
     let smtp = connect(sidecar.smtp);
     assert_eq!(first_line(&smtp), "220 mx.test ESMTP\r\n");
