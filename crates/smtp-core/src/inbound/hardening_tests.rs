@@ -795,3 +795,73 @@ fn a_refused_ehlo_leaves_the_transaction_and_the_offer() {
     assert_eq!(h.take_backend(), "");
     assert_eq!(h.take_client(), "503 5.5.1 Need MAIL command\r\n");
 }
+
+/// A `2xx` that is not the command's success (`221`, the backend closing) answers nothing:
+/// not the EHLO (whose reply would be rewritten as a `221-` capability list), nor the end of
+/// data (the client would take the message for accepted), nor MAIL, RCPT or RSET.
+#[test]
+fn a_2xx_that_is_not_the_commands_success_is_a_backend_failure() {
+    const UNAVAILABLE: &str = "421 4.4.2 Backend unavailable, try again later\r\n";
+    let mut h = Harness::greeted(test_config());
+    let reply = h.exchange(
+        "EHLO client.test\r\n",
+        "EHLO client.test\r\n",
+        "221 2.0.0 Bye\r\n",
+    );
+    assert_eq!(reply, UNAVAILABLE);
+    assert!(h.closed);
+
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.transaction();
+    h.client_says(b"hi\r\n.\r\n");
+    assert_eq!(h.take_backend(), "hi\r\n.\r\n");
+    h.backend_says(b"221 2.0.0 Bye\r\n");
+    assert_eq!(h.take_client(), UNAVAILABLE);
+    assert!(
+        !h.events
+            .iter()
+            .any(|e| matches!(e, Event::MessageAccepted { .. })),
+        "a 221 accepted the message"
+    );
+
+    for (cmd, forwarded) in [
+        ("MAIL FROM:<a@x.test>\r\n", "MAIL FROM:<a@x.test>\r\n"),
+        ("RSET\r\n", "RSET\r\n"),
+    ] {
+        let mut h = Harness::greeted(test_config());
+        h.ehlo();
+        assert_eq!(
+            h.exchange(cmd, forwarded, "220 ready\r\n"),
+            UNAVAILABLE,
+            "{cmd}"
+        );
+    }
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    let reply = h.exchange(
+        "RCPT TO:<b@y.test>\r\n",
+        "RCPT TO:<b@y.test>\r\n",
+        "221 bye\r\n",
+    );
+    assert_eq!(reply, UNAVAILABLE);
+    // 251 is a recipient's success too (RFC 5321 §3.4).
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.exchange(
+        "MAIL FROM:<a@x.test>\r\n",
+        "MAIL FROM:<a@x.test>\r\n",
+        "250 ok\r\n",
+    );
+    let reply = h.exchange(
+        "RCPT TO:<b@y.test>\r\n",
+        "RCPT TO:<b@y.test>\r\n",
+        "251 2.1.5 will forward\r\n",
+    );
+    assert_eq!(reply, "251 2.1.5 will forward\r\n");
+}

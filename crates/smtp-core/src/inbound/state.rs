@@ -58,14 +58,21 @@ pub(super) enum Pending {
 impl Pending {
     /// Whether `code` can answer this command (RFC 5321 §4.2, §4.3.2): anything else is a
     /// backend protocol violation, never passed to the client (a `250` to DATA would have the
-    /// client send its body as commands).
+    /// client send its body as commands). A command's success is its own code: another `2xx`
+    /// (`221`, the backend closing) accepts no message, sender or recipient, and a client
+    /// would take it for acceptance.
     pub(super) fn expects(&self, code: u16) -> bool {
-        let class = code / 100;
-        match self {
-            Pending::Data => code == 354 || class == 4 || class == 5,
-            Pending::Auth => code == 235 || code == 334 || class == 4 || class == 5,
-            _ => matches!(class, 2 | 4 | 5),
-        }
+        let success = match self {
+            Pending::Data => code == 354,
+            Pending::Auth => code == 235 || code == 334,
+            Pending::Ehlo { .. } | Pending::Mail { .. } | Pending::EndOfData { .. } => code == 250,
+            Pending::Rset => code == 250,
+            Pending::Rcpt => code == 250 || code == 251,
+            // XCLIENT's is a new greeting (`220`); VRFY, EXPN, HELP, NOOP and the rest each
+            // have their own.
+            Pending::Xclient { .. } | Pending::Other => code / 100 == 2,
+        };
+        success || matches!(code / 100, 4 | 5)
     }
 }
 
