@@ -865,3 +865,31 @@ fn a_2xx_that_is_not_the_commands_success_is_a_backend_failure() {
     );
     assert_eq!(reply, "251 2.1.5 will forward\r\n");
 }
+
+/// STARTTLS after plaintext authentication, with no backend replacement left: the session
+/// ends once TLS is up, and says why inside it; nothing runs after its close (no timer, no
+/// reply written behind the close).
+#[test]
+fn an_authenticated_connection_that_cannot_be_replaced_at_starttls_is_told_inside_tls() {
+    let mut h = plaintext_authenticated();
+    for _ in 0..5 {
+        h.transaction();
+        h.client_says(b"bare\nlf\r\n.\r\n");
+        h.backend_says(b"220 legacy.test ESMTP\r\n");
+        h.backend_says(b"250-legacy.test\r\n250 AUTH PLAIN LOGIN\r\n");
+        h.backend_says(b"235 2.7.0 ok\r\n");
+        h.take_client();
+        h.take_backend();
+    }
+    let connects = h.connects;
+    h.client_says(b"STARTTLS\r\n");
+    assert_eq!(
+        h.take_client(),
+        "220 2.0.0 Ready to start TLS\r\n421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    assert!(h.closed);
+    assert_eq!(h.session.poll_timeout(), None, "a timer after the close");
+    h.advance(std::time::Duration::from_secs(301));
+    assert_eq!(h.take_client(), "", "a reply after the close");
+    assert_eq!(h.connects, connects, "no new backend connection");
+}

@@ -348,18 +348,20 @@ impl Session {
         // the client starts with EHLO. A backend connection that was authenticated in
         // plaintext would stay so: the session goes on over a fresh one.
         self.tls = Some(info);
-        if self.auth.is_authenticated() && !self.replace_backend() {
-            self.backend_failed(
-                LegFailure::Replay,
-                "authenticated backend connection cannot be replaced".into(),
-            );
-        }
+        let authenticated = self.auth.is_authenticated();
         self.auth = AuthState::None;
         self.conn.helo = None;
         self.offered = Offered::default();
         self.phase = Phase::ExpectEhlo;
         self.conn.client_in.clear();
         self.mode = Mode::Commands;
+        if authenticated && !self.replace_backend() {
+            // TLS is up: the client is told, inside it, and the session ends there.
+            return self.backend_failed(
+                LegFailure::Replay,
+                "authenticated backend connection cannot be replaced".into(),
+            );
+        }
         self.conn
             .timers
             .set(Timer::Client, now + self.cfg.timeouts.command);
