@@ -94,8 +94,12 @@ fn place_key(ip: IpAddr) -> IpAddr {
 /// runtime's, given at each admission (a reload may change them). Every connection's place
 /// holds it: so it also keeps what each connection would otherwise keep for its whole life,
 /// in every idle session's task (C of ../shared/bench), for the one case that needs them.
+///
+/// A listener's, by its name: a reload that moves it to another address, or removes it and
+/// adds it back while its sessions still run, hands the new accept loop the same counts
+/// (`crate::runtime`), or its limits would hold twice over until those sessions end.
 #[derive(Debug)]
-struct Limits {
+pub struct Limits {
     open: Mutex<Places>,
     /// Connections in a lingering close: no longer sessions, so out of the counts above, but
     /// sockets still; as many as sessions at most, in all and per address, so that one
@@ -256,11 +260,26 @@ pub fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+impl Limits {
+    /// A listener's first counts, made on the runtime its sessions run on. Every session
+    /// task holds `alive` through its place, so the runtime knows when the last has finished.
+    pub fn new(alive: mpsc::Sender<()>) -> Arc<Limits> {
+        Arc::new(Limits {
+            open: Mutex::new(Places::default()),
+            lingering: Mutex::new(Places::default()),
+            refusals_said: LogBudget::default(),
+            proxy_errors_said: LogBudget::default(),
+            sessions: tokio::runtime::Handle::current(),
+            _alive: alive,
+        })
+    }
+}
+
 /// Accept connections until shutdown begins or `stop` turns true (the listener was removed
 /// by a reload); the socket closes when the loop ends. Each accepted connection reads the
 /// listener's current runtime once and its session keeps that `Arc`: a reload swaps `current`
-/// for new sessions only. Every session task holds `alive` (through its place in the
-/// listener's [`Limits`]), so the runtime knows when the last one has finished.
+/// for new sessions only. Every session task holds a place in `limits`, the listener's
+/// counts ([`Limits`]).
 ///
 /// The loop runs on the sessions' threads, and under handshake pressure on the admission
 /// threads ([`crate::io::admission`]): there its accepts and refusals wait for the sessions,
@@ -270,17 +289,10 @@ pub async fn accept_loop(
     current: Arc<ArcSwap<ListenerRuntime>>,
     shutdown: crate::shutdown::Watch,
     stop: watch::Receiver<bool>,
-    alive: mpsc::Sender<()>,
+    limits: Arc<Limits>,
 ) {
     let mut accepting = Accepting {
-        limits: Arc::new(Limits {
-            open: Mutex::new(Places::default()),
-            lingering: Mutex::new(Places::default()),
-            refusals_said: LogBudget::default(),
-            proxy_errors_said: LogBudget::default(),
-            sessions: tokio::runtime::Handle::current(),
-            _alive: alive,
-        }),
+        limits,
         current,
         shutdown,
         stop,

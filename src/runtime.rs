@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::clock::unix_now;
 use crate::config::Config;
+use crate::listener::Limits;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{ListenerRuntime, Snapshot};
@@ -126,6 +127,8 @@ pub struct Running {
     grace: Duration,
     /// Dropped: the expiry warnings of the snapshot replaced end.
     expiry: watch::Sender<bool>,
+    /// The counts of listeners a reload removed, by name, while their sessions run.
+    retired: Vec<(String, Weak<Limits>)>,
     /// How long a reload may take to read and build its configuration ([`RELOAD_DEADLINE`]).
     reload_deadline: Duration,
 }
@@ -138,6 +141,8 @@ struct Active {
     current: Arc<ArcSwap<ListenerRuntime>>,
     /// true, or dropped: the accept loop ends and the socket closes (sessions go on).
     stop: watch::Sender<bool>,
+    /// The listener's counts, while its accept loop or a session holds them.
+    limits: Weak<Limits>,
     /// Dropped: the health checks of the pool of the runtime it was made for end.
     checks: watch::Sender<bool>,
 }
@@ -164,28 +169,32 @@ fn spawn_health_checks(
     tx
 }
 
+/// Start accepting on `tcp` with `limits`: new ones, or those of the listener of the same name
+/// that a reload moved or removed and whose sessions still run.
 fn spawn_listener(
     tcp: TcpListener,
     local: SocketAddr,
     rt: Arc<ListenerRuntime>,
     shutdown: &crate::shutdown::Watch,
-    alive: mpsc::Sender<()>,
+    limits: Arc<Limits>,
 ) -> Active {
     tracing::info!(listener = %rt.name, addr = %local, "listening");
     let checks = spawn_health_checks(&rt, shutdown.clone());
     let current = Arc::new(ArcSwap::new(rt));
     let (stop, stop_rx) = watch::channel(false);
+    let weak = Arc::downgrade(&limits);
     tokio::spawn(crate::listener::accept_loop(
         tcp,
         Arc::clone(&current),
         shutdown.clone(),
         stop_rx,
-        alive,
+        limits,
     ));
     Active {
         local,
         current,
         stop,
+        limits: weak,
         checks,
     }
 }
@@ -253,7 +262,7 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
         .map(|(addr, tcp, local, rt)| {
             (
                 addr,
-                spawn_listener(tcp, local, rt, &watch_rx, alive_tx.clone()),
+                spawn_listener(tcp, local, rt, &watch_rx, Limits::new(alive_tx.clone())),
             )
         })
         .collect();
@@ -280,6 +289,7 @@ pub async fn start(config: &Config, store: &CertStore) -> Result<Running, StartE
         alive,
         grace: config.shutdown_grace,
         expiry,
+        retired: Vec::new(),
         reload_deadline: reload::RELOAD_DEADLINE,
     })
 }

@@ -492,3 +492,57 @@ async fn a_reload_that_cannot_read_its_files_in_time_is_refused() {
     reload_with(&mut running, &dir, &yaml).await;
     running.shutdown().await;
 }
+
+/// A listener's limits count its sessions across a reload that moves it, or removes it and
+/// adds it back, while they run: its new accept loop does not start from zero, or the limits
+/// would hold twice over until the old sessions end.
+#[tokio::test]
+async fn a_listener_moved_or_removed_and_added_back_keeps_counting_its_sessions() {
+    const REFUSED: &str = "421 4.7.0 Too many connections, try again later\r\n";
+    let dir = TempDir::new("reload-limits");
+    let (backend, _rec) = recording_backend().await;
+    let (port, other) = (free_port(), free_port());
+    let head = "hostname: mx.test\nshutdown_grace: 2s\nlisteners:\n";
+    let limited = |port| {
+        format!(
+            "{head}{}    policy: {{max_connections: 2}}\n",
+            listener("a", port, backend)
+        )
+    };
+    let path = write_config(&dir, &limited(port));
+    let mut running = start_file(&path).await;
+    let (one, _) = session(at(port)).await;
+    let (two, _) = session(at(port)).await;
+    let mut third = Client::connect(at(port)).await;
+    assert_eq!(third.reply().await, REFUSED);
+
+    // Moved: the two sessions of the old port still count on the new one.
+    reload_with(&mut running, &dir, &limited(other)).await;
+    let mut moved = Client::connect(at(other)).await;
+    assert_eq!(moved.reply().await, REFUSED, "moved");
+
+    // Removed, then added back: still counted.
+    let (keep_backend, _keep) = recording_backend().await;
+    let none = format!("{head}{}", listener("b", free_port(), keep_backend));
+    reload_with(&mut running, &dir, &none).await;
+    assert_eq!(running.addr("a"), None);
+    reload_with(&mut running, &dir, &limited(port)).await;
+    let mut back = Client::connect(at(port)).await;
+    assert_eq!(back.reply().await, REFUSED, "added back");
+
+    // Once the old sessions end, their places are free.
+    drop((one, two));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = Client::connect(at(port)).await;
+        if c.reply().await == "220 mx.test ESMTP\r\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old sessions' places not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.shutdown().await;
+}

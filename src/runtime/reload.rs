@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use super::{
@@ -17,6 +17,7 @@ use super::{
 };
 use crate::clock::unix_now;
 use crate::config::{self, Config, ListenerMode, NextHopConfig};
+use crate::listener::Limits;
 
 impl Running {
     /// The file a reload re-reads (the one this configuration came from).
@@ -153,6 +154,21 @@ impl Running {
         snapshot.bound.set(locals.collect());
         let old_config = &self.snapshot.config;
         let mut old = std::mem::take(&mut self.active);
+        // A listener added under the name of one moved or removed whose sessions still run
+        // counts on with its limits; the counts of the ones all of whose sessions ended go.
+        self.retired.retain(|(_, limits)| limits.strong_count() > 0);
+        let running: Vec<(String, Weak<Limits>)> = old
+            .iter()
+            .map(|(_, a)| (a.current.load().name.clone(), a.limits.clone()))
+            .chain(self.retired.iter().cloned())
+            .collect();
+        let counts_of = |name: &str| {
+            running
+                .iter()
+                .filter(|(n, _)| n == name)
+                .find_map(|(_, limits)| limits.upgrade())
+                .unwrap_or_else(|| Limits::new(alive.clone()))
+        };
         let (mut added, mut changed, mut moved) = (Vec::new(), Vec::new(), Vec::new());
         for (addr, rt) in &snapshot.listeners {
             let rt = Arc::clone(rt);
@@ -171,7 +187,8 @@ impl Running {
             } else if let Some(j) = fresh.iter().position(|(a, _, _)| a == addr) {
                 let (_, tcp, local) = fresh.swap_remove(j);
                 added.push(format!("{}@{local}", rt.name));
-                let a = spawn_listener(tcp, local, rt, &shutdown, alive.clone());
+                let limits = counts_of(&rt.name);
+                let a = spawn_listener(tcp, local, rt, &shutdown, limits);
                 self.active.push((*addr, a));
             }
         }
@@ -181,6 +198,7 @@ impl Running {
             // The accept loop ends and closes the socket; its sessions go on.
             let _ = a.stop.send(true);
             tracing::info!(listener = %name, addr = %a.local, "stopped listening");
+            self.retired.push((name.clone(), a.limits.clone()));
             removed.push(format!("{name}@{}", a.local));
         }
         for r in &removed {
