@@ -60,6 +60,27 @@ async fn shutdown_grace_expiry_closes_what_is_left() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// A client silent after STARTTLS's `220` is in no wait the session's loop watches (the
+/// handshake's, up to its deadline): at the grace's end it is given up like any session, and
+/// the shutdown does not wait beyond.
+#[tokio::test]
+async fn shutdown_grace_expiry_ends_a_handshake_after_starttls() {
+    let (backend, _rec) = recording_backend().await;
+    let yaml =
+        config_yaml(backend, "starttls", "").replace("shutdown_grace: 2s", "shutdown_grace: 300ms");
+    let running = start(&yaml).await;
+    let mut c = Client::connect(running.addr("inbound").unwrap()).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+    let started = std::time::Instant::now();
+    running.shutdown().await;
+    // The runtime waits 5 s past the grace for what is left: none is.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    assert!(c.closed().await);
+}
+
 /// A listener on `tls` (`proxy`: its PROXY line, or nothing) whose shutdown grace outlasts
 /// the test: a shutdown that returns at once did not wait for the connections below.
 fn no_session_yet_yaml(backend: std::net::SocketAddr, tls: &str, proxy: &str) -> String {

@@ -261,7 +261,7 @@ impl<'a> Driver<'a> {
                 if !matches!(action, Action::Write(..) | Action::Close { .. }) {
                     self.flush(session).await;
                 }
-                match self.act(session, &action).await {
+                match self.act(session, &action, shutdown).await {
                     Step::Go => {}
                     Step::Readable(Leg::Client) => client_more = true,
                     Step::Readable(Leg::Backend) => backend_more = true,
@@ -396,7 +396,12 @@ impl<'a> Driver<'a> {
     }
 
     /// Carry out one action. By reference: the loop's wait holds the action once.
-    async fn act<M: Machine>(&mut self, session: &mut M, action: &Action) -> Step {
+    async fn act<M: Machine>(
+        &mut self,
+        session: &mut M,
+        action: &Action,
+        shutdown: &crate::shutdown::Watch,
+    ) -> Step {
         let l = self.l;
         match action {
             &Action::Write(leg, ref bytes) => {
@@ -537,21 +542,32 @@ impl<'a> Driver<'a> {
                 // The plain stream is moved into the TLS stream: no plaintext buffer survives
                 // the upgrade (DESIGN.md rule 4).
                 let deadline = handshake_deadline(session, l);
-                // Boxed: a handshake's state is large and comes once per session; the future
-                // every idle session holds need not carry room for it.
                 let handshake =
                     accept_tls(l, acceptor, tcp, deadline, Vec::new(), self.id, self.peer);
-                match Box::pin(handshake).await {
-                    Some(accepted) => {
+                // A client silent after STARTTLS would hold the process past the shutdown's
+                // grace until the handshake's deadline: at the grace's end it is given up,
+                // as any session is then (nothing can be said to the client mid-handshake).
+                // Boxed, the wait too: a handshake's state is large and comes once per
+                // session; the future every idle session holds need not carry room for it.
+                let ended = Box::pin(async move {
+                    tokio::select! {
+                        accepted = handshake => Some(accepted),
+                        () = grace_over(shutdown.clone()) => None,
+                    }
+                })
+                .await;
+                match ended {
+                    Some(Some(accepted)) => {
                         self.client = accepted.stream;
                         let info = accepted.info;
                         session.handle_tls_established(Leg::Client, info, Instant::now());
                         return Step::Readable(Leg::Client);
                     }
-                    None => {
+                    Some(None) => {
                         self.quiet_end = l.quiet_handshake_failure();
                         session.handle_tls_failed(Leg::Client, Instant::now());
                     }
+                    None => session.handle_tls_failed(Leg::Client, Instant::now()),
                 }
             }
             Action::StartTls(TlsStart::Client(ask)) => {
@@ -751,6 +767,14 @@ fn handshake_deadline<M: Machine>(session: &M, l: &ListenerRuntime) -> tokio::ti
         || tokio::time::Instant::now() + l.tls_handshake_timeout(),
         tokio::time::Instant::from_std,
     )
+}
+
+/// Ready once the shutdown's grace is over. On a clone of the session's watch, so that the
+/// changes it sees on the way (draining) are still news to the session's loop.
+async fn grace_over(mut watch: crate::shutdown::Watch) {
+    while watch.borrow() != Shutdown::GraceOver {
+        std::future::poll_fn(|cx| watch.poll_change(cx)).await;
+    }
 }
 
 /// What the loop does after an action.
