@@ -23,6 +23,27 @@ pub const MAX_REPLY_LINES: usize = 128;
 /// A reply longer than this leaves the parser's buffer freed ([`ReplyParser::next_reply`]).
 pub(crate) const KEEP_READ: usize = 128;
 
+/// The success codes of a command (RFC 5321 §4.3.2), for [`answers`].
+pub mod success {
+    /// HELO and EHLO, MAIL, RSET, the end of data.
+    pub const OK: &[u16] = &[250];
+    /// RCPT: `251`, the recipient is not local and will be forwarded (§3.4).
+    pub const RCPT: &[u16] = &[250, 251];
+    /// DATA: go ahead with the body.
+    pub const DATA: &[u16] = &[354];
+    /// AUTH: done, or the next challenge (RFC 4954 §4).
+    pub const AUTH: &[u16] = &[235, 334];
+}
+
+/// Whether `code` can answer a command whose success codes are `success`: one of them, or a
+/// refusal (`4xx`, `5xx`). Anything else is the server breaking the protocol, in either
+/// direction: a `250` to DATA would have the client send its body as commands, and another
+/// `2xx` (`221`, the server closing) accepts no message, sender or recipient, though a client
+/// takes any `2xx` for acceptance.
+pub fn answers(success: &[u16], code: u16) -> bool {
+    success.contains(&code) || matches!(code / 100, 4 | 5)
+}
+
 /// One reply: a three-digit code and one text per line (text without the code and separator).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {

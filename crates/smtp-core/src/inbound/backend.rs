@@ -9,7 +9,7 @@ use super::{
 };
 use crate::command::Command;
 use crate::ehlo::Offered;
-use crate::reply::Reply;
+use crate::reply::{self, success, Reply};
 use crate::session::{Leg, LegFailure, TlsStart};
 use crate::timer::Timer;
 
@@ -81,7 +81,7 @@ impl Session {
     /// must be encrypted.
     fn secure_step(&mut self, step: Secure, reply: &Reply, now: Instant) {
         match step {
-            Secure::Ehlo if reply.is_positive() && reply.extension("STARTTLS").is_some() => {
+            Secure::Ehlo if reply.code == 250 && reply.extension("STARTTLS").is_some() => {
                 Command::StartTls.write_to(self.conn.out(Leg::Backend));
                 self.securing(Secure::StartTls, now);
             }
@@ -92,7 +92,7 @@ impl Session {
             _ => {
                 let text = reply.lines.join(" / ");
                 let why = match step {
-                    Secure::Ehlo if reply.is_positive() => "STARTTLS not offered",
+                    Secure::Ehlo if reply.code == 250 => "STARTTLS not offered",
                     Secure::Ehlo => "EHLO refused",
                     _ => "STARTTLS refused",
                 };
@@ -212,12 +212,15 @@ impl Session {
 
     /// The backend answered a step of the replay.
     fn replayed(&mut self, step: Replay, reply: &Reply, now: Instant) {
-        if step == Replay::Helo && !reply.is_positive() && self.waiting.is_some() {
+        // A refusal (4xx, 5xx) of the client's own HELO/EHLO is the client's to hear; any
+        // other reply but 250 breaks the protocol (`reply::answers`).
+        let refused = !reply.is_positive() && reply::answers(success::OK, reply.code);
+        if step == Replay::Helo && refused && self.waiting.is_some() {
             return self.helo_refused(reply, now);
         }
         match step {
             Replay::Xclient if reply.code == 220 => self.replay_helo(now),
-            Replay::Helo if reply.is_positive() => {
+            Replay::Helo if reply.code == 250 => {
                 if self.xclient_pending(reply) {
                     return self.replay_step(Replay::Xclient, now);
                 }

@@ -893,3 +893,33 @@ fn an_authenticated_connection_that_cannot_be_replaced_at_starttls_is_told_insid
     assert_eq!(h.take_client(), "", "a reply after the close");
     assert_eq!(h.connects, connects, "no new backend connection");
 }
+
+/// The same on a replacement connection: its answer to the replayed HELO/EHLO must be `250`
+/// (a `221` would become the session's EHLO reply), and only a refusal of the client's own
+/// waiting EHLO is passed on to it.
+#[test]
+fn a_replacement_connection_that_answers_the_replayed_ehlo_with_221_is_a_failure() {
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    refused_message(&mut h);
+    h.backend_says(b"220 legacy.test ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.test\r\n");
+    h.backend_says(b"221 2.0.0 Bye\r\n");
+    assert!(h.closed);
+    // With the client's EHLO waiting for that reply (OpenSMTPD's second EHLO, above).
+    let mut h = Harness::greeted(test_config());
+    h.ehlo();
+    h.client_says(b"STARTTLS\r\n");
+    h.take_client();
+    h.client_says(b"EHLO other.test\r\n");
+    assert_eq!(h.take_backend(), "EHLO other.test\r\n");
+    h.backend_says(b"503 5.5.1 Invalid command: Already identified\r\n");
+    h.backend_says(b"220 legacy.test ESMTP OpenSMTPD\r\n");
+    assert_eq!(h.take_backend(), "EHLO other.test\r\n");
+    h.backend_says(b"221 2.0.0 Bye\r\n");
+    assert_eq!(
+        h.take_client(),
+        "421 4.4.2 Backend unavailable, try again later\r\n"
+    );
+    assert!(h.closed);
+}

@@ -4,6 +4,7 @@
 
 use crate::data::Reframer;
 use crate::params::MailParams;
+use crate::reply::{self, success};
 
 /// Where the SMTP dialogue stands (RFC 5321 §4.1.4 ordering). Named for what the session
 /// expects next, as rustls names its handshake states.
@@ -56,23 +57,22 @@ pub(super) enum Pending {
 }
 
 impl Pending {
-    /// Whether `code` can answer this command (RFC 5321 §4.2, §4.3.2): anything else is a
-    /// backend protocol violation, never passed to the client (a `250` to DATA would have the
-    /// client send its body as commands). A command's success is its own code: another `2xx`
-    /// (`221`, the backend closing) accepts no message, sender or recipient, and a client
-    /// would take it for acceptance.
+    /// Whether `code` can answer this command ([`reply::answers`]): anything else is a
+    /// backend protocol violation, never passed to the client.
     pub(super) fn expects(&self, code: u16) -> bool {
-        let success = match self {
-            Pending::Data => code == 354,
-            Pending::Auth => code == 235 || code == 334,
-            Pending::Ehlo { .. } | Pending::Mail { .. } | Pending::EndOfData { .. } => code == 250,
-            Pending::Rset => code == 250,
-            Pending::Rcpt => code == 250 || code == 251,
+        let ok = match self {
+            Pending::Data => success::DATA,
+            Pending::Auth => success::AUTH,
+            Pending::Ehlo { .. }
+            | Pending::Mail { .. }
+            | Pending::EndOfData { .. }
+            | Pending::Rset => success::OK,
+            Pending::Rcpt => success::RCPT,
             // XCLIENT's is a new greeting (`220`); VRFY, EXPN, HELP, NOOP and the rest each
             // have their own.
-            Pending::Xclient { .. } | Pending::Other => code / 100 == 2,
+            Pending::Xclient { .. } | Pending::Other => return matches!(code / 100, 2 | 4 | 5),
         };
-        success || matches!(code / 100, 4 | 5)
+        reply::answers(ok, code)
     }
 }
 

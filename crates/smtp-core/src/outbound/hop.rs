@@ -13,7 +13,7 @@ use super::{Level, NextHop, OnFailure, Session};
 use crate::command::{Command, Param};
 use crate::ehlo::Offered;
 use crate::params::{check_mail, drop_for_next_hop};
-use crate::reply::Reply;
+use crate::reply::{success, Reply};
 use crate::session::{
     Action, DnsFailure, Event, Leg, LegFailure, Route, Target, TlsClient, TlsInfo, TlsStart,
 };
@@ -328,7 +328,7 @@ impl Session {
             HopState::Greeting => {
                 self.attempt_failed(LegFailure::Refused, refused("greeting", &reply), now)
             }
-            HopState::Ehlo { after_tls } if reply.is_positive() => {
+            HopState::Ehlo { after_tls } if reply.code == 250 => {
                 self.hop.offered = Offered::from_reply(&reply);
                 // STARTTLS takes no parameter (RFC 3207 §4): a line with one is not the offer.
                 self.hop.starttls = reply.extension("STARTTLS") == Some("");
@@ -340,7 +340,7 @@ impl Session {
             HopState::Ehlo { .. } => {
                 self.attempt_failed(LegFailure::Refused, refused("EHLO", &reply), now)
             }
-            HopState::Helo if reply.is_positive() => {
+            HopState::Helo if reply.code == 250 => {
                 self.hop.offered = Offered::default();
                 self.hop.starttls = false;
                 self.after_hello(false, now);
@@ -354,7 +354,7 @@ impl Session {
             }
             // `may`: a refused STARTTLS leaves the session usable in plaintext.
             HopState::StartTls => self.send_mail(now),
-            HopState::Mail if reply.is_positive() => {
+            HopState::Mail if reply.code == 250 => {
                 self.hop.state = HopState::Ready;
                 if self.setup_over(now) {
                     return self.setup_expired(now);
@@ -371,8 +371,9 @@ impl Session {
                     }
                 }
             }
-            // A 3xx answers no MAIL: the next hop is broken, and its reply no RCPT's.
-            HopState::Mail if reply.is_intermediate() => {
+            // A 3xx, or a 2xx but 250, answers no MAIL: the next hop is broken, and its reply
+            // no RCPT's (a 221 passed on would be taken for the recipient's acceptance).
+            HopState::Mail if !crate::reply::answers(success::OK, reply.code) => {
                 self.hop_failed(LegFailure::Protocol, &refused("reply to MAIL", &reply), now)
             }
             // The next hop refused the sender: its own words answer the RCPT.
@@ -709,13 +710,14 @@ impl Session {
     }
 }
 
-/// Whether `code` can answer the command (RFC 5321 §4.2, §4.3.2).
+/// Whether `code` can answer the command ([`crate::reply::answers`]).
 fn expects(pending: &Pending, code: u16) -> bool {
-    let class = code / 100;
-    match pending {
-        Pending::Data => code == 354 || class == 4 || class == 5,
-        _ => matches!(class, 2 | 4 | 5),
-    }
+    let ok = match pending {
+        Pending::Data => success::DATA,
+        Pending::Setup { .. } | Pending::Rcpt => success::RCPT,
+        Pending::EndOfData { .. } => success::OK,
+    };
+    crate::reply::answers(ok, code)
 }
 
 /// The most octets of a reply line the legacy MTA gets, code and CRLF included (RFC 5321

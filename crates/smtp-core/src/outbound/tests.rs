@@ -1374,3 +1374,40 @@ fn the_old_next_hops_loss_does_not_fail_the_next_transaction() {
         );
     }
 }
+
+/// A next hop's `2xx` that is not the command's success (`221`, closing) accepts nothing:
+/// not the message (the legacy MTA would take it for delivered), nor the sender, nor the
+/// capabilities of an EHLO. The legacy MTA is told to try again, never `2xx`.
+#[test]
+fn a_next_hops_2xx_that_is_not_the_commands_success_accepts_nothing() {
+    // The end of data.
+    let mut h = Harness::originate(cfg(Level::May));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_backend(), "RCPT TO:<b@y.test>\r\n");
+    h.backend_says(b"250 ok\r\n");
+    assert_eq!(h.take_client(), "250 ok\r\n");
+    let verdict = message(&mut h, "221 2.0.0 Bye\r\n");
+    assert!(verdict.starts_with("451 4.4.2 "), "{verdict:?}");
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::MessageAccepted { .. })));
+    // MAIL, and EHLO: the set-up fails, the RCPT is deferred.
+    for (ehlo, mail) in [(HOP_CAPS, "221 2.0.0 Bye\r\n"), ("221 2.0.0 Bye\r\n", "")] {
+        let mut h = Harness::originate(cfg(Level::May));
+        start(&mut h, "b@y.test");
+        greet(&mut h, ehlo);
+        if !mail.is_empty() {
+            assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+            h.backend_says(mail.as_bytes());
+        }
+        let reply = h.take_client();
+        assert!(
+            reply.starts_with("451 4.4.1 "),
+            "{ehlo:?} {mail:?}: {reply:?}"
+        );
+    }
+}
