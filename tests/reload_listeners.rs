@@ -530,6 +530,18 @@ async fn a_listener_moved_or_removed_and_added_back_keeps_counting_its_sessions(
     let mut back = Client::connect(at(port)).await;
     assert_eq!(back.reply().await, REFUSED, "added back");
 
+    // Renamed where it is, with a new listener under its old name: each has its own counts
+    // (the two sessions stay with the socket they came in on).
+    let renamed = limited(port).replace("name: a", "name: b")
+        + &listener("a", other, backend)
+        + "    policy: {max_connections: 2}\n";
+    reload_with(&mut running, &dir, &renamed).await;
+    let mut fresh = Client::connect(at(other)).await;
+    assert_eq!(fresh.reply().await, "220 mx.test ESMTP\r\n", "renamed");
+    drop(fresh);
+    let mut kept = Client::connect(at(port)).await;
+    assert_eq!(kept.reply().await, REFUSED, "renamed, at its address");
+
     // Once the old sessions end, their places are free.
     drop((one, two));
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -157,11 +157,14 @@ impl Running {
         // A listener added under the name of one moved or removed whose sessions still run
         // counts on with its limits; the counts of the ones all of whose sessions ended go.
         self.retired.retain(|(_, limits)| limits.strong_count() > 0);
-        let running: Vec<(String, Weak<Limits>)> = old
+        // Of the old listeners, only those this reload removes (their address is gone): one
+        // kept at its address under a new name keeps its own counts, not to share them.
+        let removing = old
             .iter()
-            .map(|(_, a)| (a.current.load().name.clone(), a.limits.clone()))
-            .chain(self.retired.iter().cloned())
-            .collect();
+            .filter(|(addr, _)| !snapshot.listeners.iter().any(|(a, _)| a == addr))
+            .map(|(_, a)| (a.current.load().name.clone(), a.limits.clone()));
+        let running: Vec<(String, Weak<Limits>)> =
+            removing.chain(self.retired.iter().cloned()).collect();
         let counts_of = |name: &str| {
             running
                 .iter()
@@ -198,9 +201,15 @@ impl Running {
             // The accept loop ends and closes the socket; its sessions go on.
             let _ = a.stop.send(true);
             tracing::info!(listener = %name, addr = %a.local, "stopped listening");
-            self.retired.push((name.clone(), a.limits.clone()));
+            if !self.retired.iter().any(|(_, r)| r.ptr_eq(&a.limits)) {
+                self.retired.push((name.clone(), a.limits.clone()));
+            }
             removed.push(format!("{name}@{}", a.local));
         }
+        // Counts a listener in force took up again (moved, or added back) are its own now.
+        let active = &self.active;
+        self.retired
+            .retain(|(_, r)| !active.iter().any(|(_, a)| a.limits.ptr_eq(r)));
         for r in &removed {
             let name = r.split('@').next().unwrap_or_default();
             if let Some(a) = added.iter().find(|a| a.split('@').next() == Some(name)) {
