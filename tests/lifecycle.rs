@@ -81,6 +81,44 @@ async fn shutdown_grace_expiry_ends_a_handshake_after_starttls() {
     assert!(c.closed().await);
 }
 
+/// The same for a handshake the sidecar starts: a backend silent after its `220` to our
+/// STARTTLS (`backend.tls: starttls`).
+#[tokio::test]
+async fn shutdown_grace_expiry_ends_a_handshake_with_the_backend() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (stalled_tx, stalled) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 512];
+        s.write_all(b"220 legacy.test ESMTP\r\n").await.unwrap();
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"250-legacy.test\r\n250 STARTTLS\r\n")
+            .await
+            .unwrap();
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"220 go ahead\r\n").await.unwrap();
+        let _ = stalled_tx.send(());
+        // The ClientHello, then silence until the sidecar gives up.
+        while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    let yaml = config_yaml(backend, "starttls", "")
+        .replace("shutdown_grace: 2s", "shutdown_grace: 300ms")
+        .replace(
+            "      connect_timeout: 2s\n",
+            "      connect_timeout: 2s\n      tls: starttls\n      tls_verify: false\n",
+        );
+    let running = start(&yaml).await;
+    let _client = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
+        .await
+        .unwrap();
+    tokio::time::timeout(T, stalled).await.unwrap().unwrap();
+    let started = std::time::Instant::now();
+    running.shutdown().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+}
+
 /// A listener on `tls` (`proxy`: its PROXY line, or nothing) whose shutdown grace outlasts
 /// the test: a shutdown that returns at once did not wait for the connections below.
 fn no_session_yet_yaml(backend: std::net::SocketAddr, tls: &str, proxy: &str) -> String {

@@ -544,19 +544,7 @@ impl<'a> Driver<'a> {
                 let deadline = handshake_deadline(session, l);
                 let handshake =
                     accept_tls(l, acceptor, tcp, deadline, Vec::new(), self.id, self.peer);
-                // A client silent after STARTTLS would hold the process past the shutdown's
-                // grace until the handshake's deadline: at the grace's end it is given up,
-                // as any session is then (nothing can be said to the client mid-handshake).
-                // Boxed, the wait too: a handshake's state is large and comes once per
-                // session; the future every idle session holds need not carry room for it.
-                let ended = Box::pin(async move {
-                    tokio::select! {
-                        accepted = handshake => Some(accepted),
-                        () = grace_over(shutdown.clone()) => None,
-                    }
-                })
-                .await;
-                match ended {
+                match within_grace(handshake, shutdown).await {
                     Some(Some(accepted)) => {
                         self.client = accepted.stream;
                         let info = accepted.info;
@@ -567,7 +555,7 @@ impl<'a> Driver<'a> {
                         self.quiet_end = l.quiet_handshake_failure();
                         session.handle_tls_failed(Leg::Client, Instant::now());
                     }
-                    None => session.handle_tls_failed(Leg::Client, Instant::now()),
+                    None => session.handle_grace_expired(Instant::now()),
                 }
             }
             Action::StartTls(TlsStart::Client(ask)) => {
@@ -578,13 +566,14 @@ impl<'a> Driver<'a> {
                 // As on the client leg: the plain stream is moved into the TLS stream.
                 let deadline = handshake_deadline(session, l);
                 let handshake = handshake::connect_tls(l, tcp, ask, deadline, self.id, self.peer);
-                match Box::pin(handshake).await {
-                    Some((tls, info)) => {
+                match within_grace(handshake, shutdown).await {
+                    Some(Some((tls, info))) => {
                         self.backend = tls;
                         session.handle_tls_established(Leg::Backend, info, Instant::now());
                         return Step::Readable(Leg::Backend);
                     }
-                    None => session.handle_tls_failed(Leg::Backend, Instant::now()),
+                    Some(None) => session.handle_tls_failed(Leg::Backend, Instant::now()),
+                    None => session.handle_grace_expired(Instant::now()),
                 }
             }
             Action::StartTls(TlsStart::Backend) => {
@@ -595,20 +584,21 @@ impl<'a> Driver<'a> {
                     return Step::Go;
                 };
                 let deadline = handshake_deadline(session, l);
-                match Box::pin(l.pool.starttls(server, tcp, deadline)).await {
-                    Ok(Stream::ClientTls(tls)) => {
+                match within_grace(l.pool.starttls(server, tcp, deadline), shutdown).await {
+                    Some(Ok(Stream::ClientTls(tls))) => {
                         let info =
                             handshake::backend_tls_done(l, tls.get_ref().1, self.id, self.peer);
                         self.backend = Stream::ClientTls(tls);
                         session.handle_tls_established(Leg::Backend, info, Instant::now());
                         return Step::Readable(Leg::Backend);
                     }
-                    Ok(_) => session.handle_tls_failed(Leg::Backend, Instant::now()),
-                    Err(e) => {
+                    Some(Ok(_)) => session.handle_tls_failed(Leg::Backend, Instant::now()),
+                    Some(Err(e)) => {
                         tracing::warn!(listener = %l.name, peer = %self.peer, reason = %e, "TLS to the backend failed");
                         l.metrics.handshake_error(false, e.kind());
                         session.handle_tls_failed(Leg::Backend, Instant::now());
                     }
+                    None => session.handle_grace_expired(Instant::now()),
                 }
             }
             // Closed by the loop: `act`'s future would otherwise hold room for the close's
@@ -769,12 +759,29 @@ fn handshake_deadline<M: Machine>(session: &M, l: &ListenerRuntime) -> tokio::ti
     )
 }
 
-/// Ready once the shutdown's grace is over. On a clone of the session's watch, so that the
-/// changes it sees on the way (draining) are still news to the session's loop.
-async fn grace_over(mut watch: crate::shutdown::Watch) {
-    while watch.borrow() != Shutdown::GraceOver {
-        std::future::poll_fn(|cx| watch.poll_change(cx)).await;
-    }
+/// `work`, a TLS handshake inside a session, unless the shutdown's grace ends first (`None`).
+/// A handshake is awaited in an action, where the loop sees no shutdown: a peer silent in it
+/// (a client after STARTTLS's `220`, a next hop or a backend) would hold the process past
+/// the grace until the handshake's deadline. The grace is watched on a clone of the
+/// session's watch, so that the changes seen on the way (draining) are still news to the
+/// loop. Boxed, the wait with the handshake: a handshake's state is large and comes once
+/// per session, and the future every idle session holds need not carry room for it.
+fn within_grace<'a, T: 'a>(
+    work: impl Future<Output = T> + 'a,
+    shutdown: &'a crate::shutdown::Watch,
+) -> Pin<Box<impl Future<Output = Option<T>> + 'a>> {
+    Box::pin(async move {
+        let mut watch = shutdown.clone();
+        let grace_over = async {
+            while watch.borrow() != Shutdown::GraceOver {
+                std::future::poll_fn(|cx| watch.poll_change(cx)).await;
+            }
+        };
+        tokio::select! {
+            done = work => Some(done),
+            () = grace_over => None,
+        }
+    })
 }
 
 /// What the loop does after an action.
