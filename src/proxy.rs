@@ -232,8 +232,21 @@ fn v2_step(buf: &[u8]) -> Result<Step, HeaderError> {
     if total > V2_MAX {
         return Err(HeaderError::V2TooLong(total));
     }
-    // Parsed as soon as the fixed part is in, so that a wrong version, command or family is
-    // refused without waiting for the length it announces.
+    // §2.2: a LOCAL header's address block, family included, is to be ignored, whatever it
+    // holds (ppp would refuse a family whose addresses do not fit the length, as a balancer's
+    // health check may send it): read to its end and taken as it is.
+    if buf[12] == 0x20 {
+        return Ok(match buf.len() < total {
+            true => Step::Read(total - buf.len()),
+            false => Step::Done(Header {
+                version: Version::V2,
+                source: None,
+                kind: "v2 LOCAL",
+            }),
+        });
+    }
+    // Parsed as soon as the fixed part is in, so that a wrong version, command or (but for
+    // LOCAL, above) family is refused without waiting for the length it announces.
     match ppp::v2::Header::try_from(buf) {
         Ok(h) => Ok(Step::Done(v2_header(&h))),
         Err(ppp::v2::ParseError::Partial(..)) => Ok(Step::Read(total - buf.len())),

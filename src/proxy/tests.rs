@@ -159,6 +159,9 @@ fn each_kind_of_header() {
             "v2 IPv6",
         ),
         (v2(0, 0x00, &[]), Version::V2, None, "v2 LOCAL"),
+        // LOCAL with a family and no room for its addresses: the block is ignored all the same.
+        (v2(0, 0x11, &[]), Version::V2, None, "v2 LOCAL"),
+        (v2(0, 0x21, &[1, 2, 3]), Version::V2, None, "v2 LOCAL"),
         (
             // LOCAL with addresses: they are the balancer's and ignored.
             {
@@ -227,6 +230,8 @@ fn what_is_not_a_header() {
         (v2(1, 0x41, &[0; 12]), "invalid"),
         (v2(1, 0x11, &[0; 4]), "invalid"),
         (v2(1, 0x11, &vec![0; V2_MAX]), "invalid"),
+        // LOCAL's block is ignored, but not read past the bound.
+        (v2(0, 0x11, &vec![0; V2_MAX]), "invalid"),
         // The connection ends inside a header.
         (b"PROXY TCP4 1.2.3.4".to_vec(), "closed"),
         (v2_ipv4([1, 2, 3, 4], 1, &[])[..20].to_vec(), "closed"),
