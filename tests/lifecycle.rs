@@ -41,12 +41,15 @@ async fn shutdown_lets_the_transaction_finish_then_says_421() {
     );
 }
 
+/// A STARTTLS listener in front of `backend` whose shutdown grace is 300 ms.
+fn short_grace(backend: std::net::SocketAddr) -> String {
+    config_yaml(backend, "starttls", "").replace("shutdown_grace: 2s", "shutdown_grace: 300ms")
+}
+
 #[tokio::test]
 async fn shutdown_grace_expiry_closes_what_is_left() {
     let (backend, _rec) = recording_backend().await;
-    let yaml =
-        config_yaml(backend, "starttls", "").replace("shutdown_grace: 2s", "shutdown_grace: 300ms");
-    let running = start(&yaml).await;
+    let running = start(&short_grace(backend)).await;
     let mut c = Client::connect(running.addr("inbound").unwrap()).await;
     c.reply().await;
     c.cmd("EHLO client.test").await;
@@ -66,9 +69,7 @@ async fn shutdown_grace_expiry_closes_what_is_left() {
 #[tokio::test]
 async fn shutdown_grace_expiry_ends_a_handshake_after_starttls() {
     let (backend, _rec) = recording_backend().await;
-    let yaml =
-        config_yaml(backend, "starttls", "").replace("shutdown_grace: 2s", "shutdown_grace: 300ms");
-    let running = start(&yaml).await;
+    let running = start(&short_grace(backend)).await;
     let mut c = Client::connect(running.addr("inbound").unwrap()).await;
     c.reply().await;
     c.cmd("EHLO client.test").await;
@@ -102,12 +103,10 @@ async fn shutdown_grace_expiry_ends_a_handshake_with_the_backend() {
         // The ClientHello, then silence until the sidecar gives up.
         while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
     });
-    let yaml = config_yaml(backend, "starttls", "")
-        .replace("shutdown_grace: 2s", "shutdown_grace: 300ms")
-        .replace(
-            "      connect_timeout: 2s\n",
-            "      connect_timeout: 2s\n      tls: starttls\n      tls_verify: false\n",
-        );
+    let yaml = short_grace(backend).replace(
+        "      connect_timeout: 2s\n",
+        "      connect_timeout: 2s\n      tls: starttls\n      tls_verify: false\n",
+    );
     let running = start(&yaml).await;
     let _client = tokio::net::TcpStream::connect(running.addr("inbound").unwrap())
         .await

@@ -1293,31 +1293,31 @@ fn a_recipient_domain_that_is_no_domain_name_is_refused_before_a_next_hop() {
 /// the same text (`450 4.7.5`), and the legacy MTA tries again.
 #[test]
 fn a_policy_failure_beside_an_unreachable_mx_defers_instead_of_bouncing() {
-    let mut c = mx_cfg();
-    c.policy.default = Level::Encrypt;
-    c.on_failure = OnFailure::Bounce;
-    let mut h = Harness::originate(c);
-    h.dns = Some(Ok(vec![
-        route("mx1.y.test", &["192.0.2.10:25"]),
-        route("mx2.y.test", &["192.0.2.20:25"]),
-    ]));
-    h.unreachable = vec!["192.0.2.10:25".parse().expect("addr")];
-    start(&mut h, "b@y.test");
+    // Two MX hosts under `encrypt`, `bounce`; the first unreachable or not.
+    let two_mx = |unreachable: &[&str]| {
+        let mut c = mx_cfg();
+        c.policy.default = Level::Encrypt;
+        c.on_failure = OnFailure::Bounce;
+        let mut h = Harness::originate(c);
+        h.dns = Some(Ok(vec![
+            route("mx1.y.test", &["192.0.2.10:25"]),
+            route("mx2.y.test", &["192.0.2.20:25"]),
+        ]));
+        h.unreachable = unreachable
+            .iter()
+            .map(|a| a.parse().expect("addr"))
+            .collect();
+        start(&mut h, "b@y.test");
+        h
+    };
+    let mut h = two_mx(&["192.0.2.10:25"]);
     greet(&mut h, HOP_CAPS);
     assert_eq!(
         h.take_client(),
         "450 4.7.5 TLS policy encrypt for y.test not met: mx2.y.test did not offer STARTTLS\r\n"
     );
     // Every address judged and failing the policy: the bounce it is configured to be.
-    let mut c = mx_cfg();
-    c.policy.default = Level::Encrypt;
-    c.on_failure = OnFailure::Bounce;
-    let mut h = Harness::originate(c);
-    h.dns = Some(Ok(vec![
-        route("mx1.y.test", &["192.0.2.10:25"]),
-        route("mx2.y.test", &["192.0.2.20:25"]),
-    ]));
-    start(&mut h, "b@y.test");
+    let mut h = two_mx(&[]);
     greet(&mut h, HOP_CAPS);
     assert_eq!(h.take_backend(), "", "no MAIL in plaintext");
     greet(&mut h, HOP_CAPS);
