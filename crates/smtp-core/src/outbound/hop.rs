@@ -46,8 +46,10 @@ const MAX_REFUSED_DOMAINS: usize = 16;
 impl Session {
     /// The first recipient named the domain: find its next hop.
     pub(super) fn open_hop(&mut self, domain: &str, now: Instant) {
+        // `hop_tls` stays the last message's: the driver reads it after this call, for the
+        // events of a message whose end the same read brought (a legacy MTA pipelines its
+        // next MAIL and RCPT behind its end of data). The next message sets it anew.
         self.hop = Default::default();
-        self.hop_tls = false;
         self.hop_timer(self.cfg.timeouts.backend_reply, now);
         match &self.cfg.next_hop {
             NextHop::Mx => {

@@ -122,6 +122,40 @@ fn relay_may_with_starttls_end_to_end() {
 /// (`bare_newlines: reject`) over a TLS next hop counts as TLS, and a message over a plaintext
 /// next hop whose client is lost while the verdict is awaited counts as plaintext, not as the
 /// TLS of the transaction before it.
+/// The same when the legacy MTA pipelines its next transaction behind the end of data: the
+/// new next hop session it opens in that same read is not the one that carried the message
+/// (the driver reads `message_tls` once the read's handling is over).
+#[test]
+fn a_message_is_counted_with_its_next_hops_tls_when_the_next_transaction_follows_it() {
+    for (body, verdict, event) in [
+        (
+            "hi\r\n",
+            "250 2.0.0 queued\r\n",
+            Event::MessageAccepted { bytes: 18 },
+        ),
+        ("bare\nlf\r\n", "", Event::MessageRejected),
+    ] {
+        let mut h = Harness::originate(cfg(Level::May));
+        h.hop_tls = Some(test_tls());
+        start(&mut h, "b@y.test");
+        greet(&mut h, HOP_CAPS_TLS);
+        h.take_backend();
+        h.backend_says(b"220 2.0.0 Ready\r\n");
+        after_tls_to_rcpt(&mut h, "b@y.test");
+        h.client_says(b"DATA\r\n");
+        h.backend_says(b"354 go ahead\r\n");
+        h.take_client();
+        let next = "MAIL FROM:<a@x.test>\r\nRCPT TO:<c@y.test>\r\n";
+        h.client_says(format!("Subject: t\r\n\r\n{body}.\r\n{next}").as_bytes());
+        if !verdict.is_empty() {
+            h.backend_says(verdict.as_bytes());
+        }
+        assert!(h.events.contains(&event), "{:?}", h.events);
+        assert_eq!(h.connects, 2, "the next transaction's next hop is opened");
+        assert!(h.session.message_tls(), "{event:?} over the TLS next hop");
+    }
+}
+
 #[test]
 fn a_message_is_counted_with_its_next_hops_tls_whatever_its_outcome() {
     let mut h = Harness::originate(cfg(Level::May));
