@@ -724,7 +724,7 @@ fn expects(pending: &Pending, code: u16) -> bool {
 
 /// The most octets of a reply line the legacy MTA gets, code and CRLF included (RFC 5321
 /// §4.5.3.1.5).
-const MAX_RELAYED_LINE: usize = 512;
+pub(super) const MAX_RELAYED_LINE: usize = 512;
 /// The most lines of one next hop reply the legacy MTA gets.
 const MAX_RELAYED_LINES: usize = 16;
 

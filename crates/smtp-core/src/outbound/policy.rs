@@ -132,7 +132,9 @@ pub(super) fn judge(level: Level, tls: &TlsInfo) -> Option<TlsFailure> {
     }
 }
 
-/// The reply on the RCPT when a domain's level cannot be met.
+/// The reply on the RCPT when a domain's level cannot be met: one line within RFC 5321's 512
+/// octets (§4.5.3.1.5) with its CRLF, however long the names in it (an MX host is named by
+/// the domain's DNS, and a certificate's mismatch names it twice).
 pub(super) fn reply(
     on_failure: OnFailure,
     level: Level,
@@ -147,7 +149,10 @@ pub(super) fn reply(
     let (host, domain) = (printable(host), printable(domain));
     let text = failure.text(&host, &domain);
     let level = level.as_str();
-    format!("{code} TLS policy {level} for {domain} not met: {text}")
+    let mut line = format!("{code} TLS policy {level} for {domain} not met: {text}");
+    // ASCII (`printable`), so cut anywhere.
+    line.truncate(super::hop::MAX_RELAYED_LINE - 2);
+    line
 }
 
 /// A name from DNS or from the client, safe inside a reply line: printable ASCII, bounded.

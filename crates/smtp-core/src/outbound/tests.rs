@@ -1445,3 +1445,27 @@ fn a_next_hops_2xx_that_is_not_the_commands_success_accepts_nothing() {
         );
     }
 }
+
+/// Our own policy reply stays one line of at most 512 octets with its CRLF (RFC 5321
+/// §4.5.3.1.5), as a next hop's do: an MX host named by the domain's DNS may be 251 octets
+/// long, and a name mismatch names it twice.
+#[test]
+fn a_policy_reply_with_long_names_is_cut_to_the_line_limit() {
+    let mut c = mx_cfg();
+    c.policy.default = Level::Verify;
+    let mut h = Harness::originate(c);
+    let label = "m".repeat(60);
+    let mx = format!("{label}.{label}.{label}.{label}.mx.test");
+    assert_eq!(mx.len(), 251);
+    h.dns = Some(Ok(vec![route(&mx, &["192.0.2.10:25"])]));
+    h.hop_tls = Some(failed("name mismatch"));
+    start(&mut h, "b@y.test");
+    greet(&mut h, HOP_CAPS_TLS);
+    assert_eq!(h.take_backend(), "STARTTLS\r\n");
+    h.backend_says(b"220 2.0.0 Ready\r\n");
+    let reply = h.take_client();
+    let want = format!(
+        "450 4.7.5 TLS policy verify for y.test not met: certificate of {mx} is not valid for {mx}"
+    );
+    assert_eq!(reply, format!("{}\r\n", &want[..510]));
+}
