@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use rustls::{DistinguishedName, RootCertStore};
+use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
@@ -42,6 +43,44 @@ pub struct CrlSummary {
     pub revoked: usize,
     /// nextUpdate, unix seconds, if the CRL has one.
     pub next_update: Option<i64>,
+    /// Its issuer's newer CRL is loaded too: this one is not used ([`newest_only`]).
+    pub superseded: bool,
+    order: CrlOrder,
+}
+
+/// Which CRL is newer than which: only a CRL of the same issuer (its name, and the key it
+/// signs with when the CRL names it), by the higher CRL number, else the later thisUpdate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CrlOrder {
+    issuer: Vec<u8>,
+    key: Option<Vec<u8>>,
+    /// The CRL number, big-endian without leading zeros, if it has one.
+    number: Option<Vec<u8>>,
+    this_update: i64,
+}
+
+impl CrlOrder {
+    /// Whether `self` supersedes `other`: the same issuer, and newer.
+    fn supersedes(&self, other: &CrlOrder) -> bool {
+        if (&self.issuer, &self.key) != (&other.issuer, &other.key) {
+            return false;
+        }
+        match (&self.number, &other.number) {
+            (Some(a), Some(b)) => (a.len(), a) > (b.len(), b),
+            _ => self.this_update > other.this_update,
+        }
+    }
+}
+
+/// The CRLs a verifier is given: of each issuer's, the newest only. A verifier reads only the
+/// first CRL whose issuer name matches a certificate's issuer (rustls-webpki): an older one
+/// listed first (a directory of last month's and this month's, a bundle) would hide a
+/// revocation the newer one holds. Two of the same rank are both kept.
+fn newest_only(crls: &mut [Crl]) {
+    let orders: Vec<CrlOrder> = crls.iter().map(|(_, c)| c.order.clone()).collect();
+    for (i, (_, info)) in crls.iter_mut().enumerate() {
+        info.superseded = orders.iter().any(|o| o.supersedes(&orders[i]));
+    }
 }
 
 impl Trust {
@@ -80,18 +119,21 @@ impl Trust {
                 Err(e) => problems.push(format!("{key}: {}: {e}", path.display())),
             }
         }
-        let mut crls = Vec::new();
+        let mut found_crls = Vec::new();
         for (i, path) in config.crl_files.iter().enumerate() {
             let key = format!("trust.crl_files[{i}]");
             match crl_file(path) {
-                Ok(found) => {
-                    for (der, info) in found {
-                        crls.push(der);
-                        summary.crls.push(info);
-                    }
-                }
+                Ok(found) => found_crls.extend(found),
                 Err(e) => problems.push(format!("{key}: {}: {e}", path.display())),
             }
+        }
+        newest_only(&mut found_crls);
+        let mut crls = Vec::new();
+        for (der, info) in found_crls {
+            if !info.superseded {
+                crls.push(der);
+            }
+            summary.crls.push(info);
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -136,8 +178,12 @@ impl Trust {
                     format!("next update {}{stale}", smtp_core::date::format_rfc3339(t))
                 },
             );
+            let used = match crl.superseded {
+                true => " (superseded by a newer CRL of its issuer: not used)",
+                false => "",
+            };
             lines.push(format!(
-                "  crl {}: issuer {}, {} revoked, {next}",
+                "  crl {}: issuer {}, {} revoked, {next}{used}",
                 crl.path.display(),
                 crl.issuer,
                 crl.revoked
@@ -190,11 +236,28 @@ fn crl_summary(path: &Path, der: &[u8]) -> Result<CrlSummary, String> {
     }
     // rustls parses it again when the verifier is built; a CRL it cannot use fails here too.
     webpki_check(der)?;
+    let key = crl
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        });
+    let order = CrlOrder {
+        issuer: crl.issuer().as_raw().to_vec(),
+        key,
+        number: crl.crl_number().map(|n| n.to_bytes_be()),
+        this_update: crl.last_update().timestamp(),
+    };
     Ok(CrlSummary {
         path: path.to_owned(),
         issuer: crl.issuer().to_string(),
         revoked: crl.iter_revoked_certificates().count(),
         next_update: crl.next_update().map(|t| t.timestamp()),
+        superseded: false,
+        order,
     })
 }
 
@@ -268,5 +331,81 @@ mod tests {
             lines[1].ends_with("next update 2089-01-01T00:00:00Z"),
             "{text}"
         );
+    }
+
+    /// A partner CA named `name`, with a new key, as anchor and CRL issuer.
+    fn partner_ca(name: &str) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().expect("key");
+        let cert = ca.clone().self_signed(&key).expect("ca");
+        (cert, Issuer::new(ca, key))
+    }
+
+    /// Its CRL number `number` of `year`, revoking `serials`.
+    fn crl_of(
+        issuer: &Issuer<'static, KeyPair>,
+        number: u64,
+        year: i32,
+        serials: &[u64],
+    ) -> Vec<u8> {
+        let revoked_certs = serials
+            .iter()
+            .map(|&s| rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from(s),
+                revocation_time: rcgen::date_time_ymd(year, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect();
+        CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(year, 1, 1),
+            next_update: rcgen::date_time_ymd(2089, 1, 1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(issuer)
+        .expect("crl")
+        .der()
+        .to_vec()
+    }
+
+    /// A verifier reads only the first CRL whose issuer name matches: of an issuer's CRLs
+    /// the newest alone is given to it, wherever it is listed (a revocation in it would
+    /// otherwise be hidden behind last month's); `check` says which is not used. Another CA
+    /// of the same name (another key) keeps its own.
+    #[test]
+    fn only_the_newest_crl_of_an_issuer_is_used() {
+        let dir = super::super::test_util::TempDir::new("trust-crl-order");
+        let (cert, issuer) = partner_ca("Partner CA");
+        let (twin_cert, twin) = partner_ca("Partner CA");
+        let (older, newer) = (
+            crl_of(&issuer, 1, 2024, &[]),
+            crl_of(&issuer, 2, 2025, &[7]),
+        );
+        let twins = crl_of(&twin, 1, 2023, &[]);
+        let files = [
+            dir.write("older.crl", &older),
+            dir.write("twin.crl", &twins),
+            dir.write("newer.crl", &newer),
+        ];
+        let trust = Trust::load(&TrustConfig {
+            system_roots: false,
+            ca_files: vec![
+                dir.write("root.pem", cert.pem()),
+                dir.write("twin.pem", twin_cert.pem()),
+            ],
+            crl_files: files.to_vec(),
+        })
+        .expect("trust");
+        let used: Vec<&[u8]> = trust.crls.iter().map(|c| c.as_ref()).collect();
+        assert_eq!(used, [twins.as_slice(), newer.as_slice()]);
+        let text = trust.describe();
+        let unused: Vec<&str> = text.lines().filter(|l| l.contains("not used")).collect();
+        assert_eq!(unused.len(), 1, "{text}");
+        assert!(unused[0].contains("older.crl"), "{text}");
     }
 }
