@@ -104,10 +104,43 @@ impl Session {
 /// compared ASCII case-insensitively. A subdomain is not the domain unless listed itself.
 ///
 /// Where a legacy backend could read the path otherwise, it counts as listed (fail closed):
-/// a listed domain after any `@` of the path (`a@bank.test@evil.test`), and a non-ASCII
+/// a listed domain after any `@` of the path (`a@bank.test@evil.test`), a non-ASCII
 /// (internationalised) domain that maps to a listed one ([`crate::idn::ascii_forms`]:
-/// `bücher.test` is `xn--bcher-kva.test`, full-width `ｂａｎｋ.test` is `bank.test`).
+/// `bücher.test` is `xn--bcher-kva.test`, full-width `ｂａｎｋ.test` is `bank.test`), and the
+/// path as an MTA that takes RFC 822 syntax in envelopes reads it ([`as_rfc822_reads`]:
+/// `a@(x)bank.test` is `a@bank.test` to Postfix by default, and to sendmail).
 pub(super) fn listed_domain<'a>(list: &'a [String], sender: &str) -> Option<&'a str> {
+    listed_as_written(list, sender).or_else(|| {
+        sender
+            .contains(['(', '\\', '"'])
+            .then(|| listed_as_written(list, &as_rfc822_reads(sender)))
+            .flatten()
+    })
+}
+
+/// `sender` with RFC 822 comments (nested) left out, and quoted pairs and quotes undone.
+fn as_rfc822_reads(sender: &str) -> String {
+    let mut read = String::with_capacity(sender.len());
+    let mut depth = 0u32;
+    let mut chars = sender.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(quoted) = chars.next().filter(|_| depth == 0) {
+                    read.push(quoted);
+                }
+            }
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            '"' => {}
+            _ if depth == 0 => read.push(c),
+            _ => {}
+        }
+    }
+    read
+}
+
+fn listed_as_written<'a>(list: &'a [String], sender: &str) -> Option<&'a str> {
     let (_, domain) = sender.rsplit_once('@')?;
     let domain = domain.strip_suffix('.').unwrap_or(domain);
     if domain.is_empty() {

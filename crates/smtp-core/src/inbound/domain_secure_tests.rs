@@ -306,6 +306,13 @@ fn paths_a_backend_could_read_as_a_listed_domain_count_as_listed() {
         "a@woodgrovebank.com@evil.test",
         "\"a@woodgrovebank.com\"@evil.test",
         "@relay.test:a@woodgrovebank.com",
+        // RFC 822 comments and quoted pairs, which Postfix (strict_rfc821_envelopes = no, its
+        // default) and sendmail take in an envelope address and read past.
+        "a@(x)woodgrovebank.com",
+        "a@woodgrovebank(x).com",
+        "a@woodgrovebank.com(x (nested))",
+        "a@woodgrovebank\\.com",
+        "a@\"woodgrovebank.com\"",
     ] {
         assert_eq!(
             listed_domain(&list, path),
@@ -333,7 +340,12 @@ fn paths_a_backend_could_read_as_a_listed_domain_count_as_listed() {
     ] {
         assert_eq!(listed_domain(&list, path), Some(listed), "{path}");
     }
-    for path in ["a@mañana.test", "a@xn--.test", "a@bücher.test.evil"] {
+    for path in [
+        "a@mañana.test",
+        "a@xn--.test",
+        "a@bücher.test.evil",
+        "a@(woodgrovebank.com)evil.test",
+    ] {
         assert_eq!(listed_domain(&list, path), None, "{path}");
     }
     let list = vec!["xn--fa-hia.de".to_owned()];
