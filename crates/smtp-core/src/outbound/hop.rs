@@ -175,7 +175,9 @@ impl Session {
         self.hop.state = HopState::None;
         self.conn.backend_in.clear();
         self.hop.last_failure = Some(reason);
+        // Of the connection given up: the next address's is judged on its own.
         self.hop.plain_only = false;
+        self.hop.audited = false;
         match self.cfg.next_hop {
             NextHop::Mx => self.connect_next(now),
             NextHop::Relay { .. } => {

@@ -95,7 +95,8 @@ pub(super) struct Hop {
     /// What the next hop offered in its last EHLO reply.
     pub(super) offered: Offered,
     pub(super) starttls: bool,
-    /// The policy was not met but let through in audit mode: never counted as domain-secure.
+    /// The policy was not met by this connection but let through in audit mode: never
+    /// counted as domain-secure (the next address's connection starts anew).
     pub(super) audited: bool,
     /// Why the last attempt failed, for the reply when no attempt is left.
     pub(super) last_failure: Option<String>,

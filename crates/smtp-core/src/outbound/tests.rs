@@ -479,6 +479,36 @@ fn audit_mode_delivers_without_mutual_tls_but_does_not_count_it() {
         .any(|e| matches!(e, Event::DomainSecureSent { .. })));
 }
 
+/// In audit mode a connection that fell short and then failed is given up: the next address's
+/// session, which does get mutual TLS, counts its message as domain-secure.
+#[test]
+fn audit_mode_counts_a_later_address_that_meets_domain_security() {
+    let mut c = mx_cfg();
+    c.policy.domains = vec![("y.test".into(), Level::DomainSecure)];
+    c.enforce = false;
+    let mut h = Harness::originate(c);
+    h.dns = Some(Ok(vec![
+        route("mx1.y.test", &["192.0.2.10:25"]),
+        route("mx2.y.test", &["192.0.2.20:25"]),
+    ]));
+    h.hop_tls = Some(mutual());
+    start(&mut h, "b@y.test");
+    // The first offers no STARTTLS: reported, and delivered to as `may` would, until it fails.
+    greet(&mut h, HOP_CAPS);
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@x.test> SIZE=100\r\n");
+    h.session.handle_lost(Leg::Backend, h.now);
+    h.run();
+    // The second: mutual TLS, the message delivered.
+    greet(&mut h, HOP_CAPS_TLS);
+    assert_eq!(h.take_backend(), "STARTTLS\r\n");
+    h.backend_says(b"220 go\r\n");
+    after_tls_to_rcpt(&mut h, "b@y.test");
+    assert_eq!(message(&mut h, "250 ok\r\n"), "250 ok\r\n");
+    assert!(h.events.contains(&Event::DomainSecureSent {
+        domain: "y.test".into()
+    }));
+}
+
 /// A domain-secure session up to our EHLO inside TLS: the handshake completed on our side
 /// (TLS 1.3: the next hop has yet to judge our certificate).
 fn after_our_handshake(level: Level, on_failure: OnFailure) -> Harness<Session> {
