@@ -376,3 +376,59 @@ async fn a_stalled_tls_hop_closes_the_session_at_its_write_deadline() {
     sender.abort();
     running.shutdown().await;
 }
+
+/// A server whose hop cannot be had (here its certificate names another host, under
+/// `tls: starttls`, where the handshake is the session's) is marked down as a failed connect
+/// is: the session that found it is told `421 4.4.2`, `backend_up` says 0, and the next
+/// session goes to the other server.
+#[tokio::test]
+async fn a_server_whose_starttls_hop_fails_is_marked_down() {
+    let pki = NextHopPki::new();
+    let bad = NextHop::builder()
+        .host("127.0.0.1")
+        .starttls(&pki, Cert::WrongName)
+        .start()
+        .await;
+    let good = NextHop::builder()
+        .host("127.0.0.1")
+        .starttls(&pki, Cert::Valid)
+        .start()
+        .await;
+    let running = common::start(&format!(
+        "hostname: mx.test\n\
+         {trust}\
+         listeners:\n\
+         \x20 - name: inbound\n\
+         \x20   mode: terminate\n\
+         \x20   listen: 127.0.0.1:0\n\
+         \x20   backend:\n\
+         \x20     servers: [\"{bad}\", \"{good}\"]\n\
+         \x20     tls: starttls\n\
+         \x20     connect_timeout: 2s\n\
+         \x20     health_check_interval: 1h\n",
+        trust = pki.trust_yaml(),
+        bad = bad.addr,
+        good = good.addr,
+    ))
+    .await;
+    let addr = running.addr("inbound").unwrap();
+    let mut c = Client::connect(addr).await;
+    let first = c.read_to_close().await;
+    let up_bad = running
+        .metrics
+        .backend_up
+        .with_label_values(&["inbound", &bad.addr.to_string()])
+        .get();
+    let mut c = Client::connect(addr).await;
+    let second = c.reply().await;
+    assert_eq!(
+        (first.as_str(), up_bad, second.as_str()),
+        (
+            "421 4.4.2 Backend unavailable, try again later\r\n",
+            0,
+            "220 mx.test ESMTP\r\n"
+        ),
+        "bad server not marked down / backend_up says 1 for it"
+    );
+    running.shutdown().await;
+}

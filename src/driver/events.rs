@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use smtp_core::outbound::Level;
-use smtp_core::session::Event;
+use smtp_core::session::{Event, LegFailure};
 
 use super::PROTOCOL;
 use crate::clock::unix_now;
@@ -68,6 +68,14 @@ pub(super) fn record(
             tracing::warn!(listener = %l.name, %peer, kind = kind.as_str(), %reason,
                 "backend failed; client told 421 4.4.2");
             m.backend_failure(kind);
+            // Refused at its greeting, or no encrypted hop to be had with it: the server is
+            // unusable for any session, not this one only.
+            if matches!(kind, LegFailure::Refused | LegFailure::Tls) {
+                let down = server.and_then(|i| l.pool.session_failed(&l.name, i, &reason));
+                if let Some(addr) = down {
+                    m.backend_up(addr, false, unix_now());
+                }
+            }
         }
         Event::XclientNotOffered => {
             if let Some(server) = server {
