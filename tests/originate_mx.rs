@@ -328,6 +328,33 @@ async fn an_mx_at_the_sidecars_own_listener_is_never_connected_to() {
     assert_series(&sidecar, &counted, "a mail loop").await;
 }
 
+/// The same for a fixed relay given by a host name (`localhost`), which `check` cannot tell
+/// is ours: found once connected, refused for good as a loop (`550 5.4.6`), counted as one.
+#[tokio::test]
+async fn a_relay_named_localhost_at_the_sidecars_own_listener_is_a_loop() {
+    let pki = NextHopPki::new();
+    let ours = our_leaf(&pki);
+    let (backend, rec) = common::recording_backend().await;
+    let port = common::process::free_port();
+    let conf = Conf::new(&pki, format!("localhost:{port}"), "      default: may\n");
+    let yaml = format!(
+        "{}\x20 - name: inbound\n\
+         \x20   mode: terminate\n\
+         \x20   listen: 127.0.0.1:{port}\n\
+         \x20   backend: {{servers: [\"{backend}\"]}}\n",
+        conf.yaml()
+    );
+    let config =
+        smtp_sidecar::config::parse(&yaml).unwrap_or_else(|e| panic!("{:?}\n{yaml}", e.problems));
+    let store = common::pki::Pki::store(&[&ours]);
+    let sidecar = smtp_sidecar::runtime::start(&config, &store).await.unwrap();
+    let want = "550 5.4.6 Mail for y.test loops back to this relay\r\n";
+    rcpt_refused(&sidecar, "b@y.test", want).await;
+    assert!(rec.messages().is_empty());
+    let counted = [m::next_hop_failures("loop", 1)];
+    assert_series(&sidecar, &counted, "a mail loop").await;
+}
+
 /// Every MX unreachable (one refuses the connection, one closes at once): `451 4.4.1`.
 #[tokio::test]
 async fn all_mx_unreachable_is_451_4_4_1() {

@@ -446,6 +446,7 @@ impl<'a> Driver<'a> {
                     // Cut by the deadline: the session says why (the set-up's budget); the
                     // relay is not to blame.
                     Err(_) => session.handle_connect_failed("timed out", Instant::now()),
+                    Ok(Ok((stream, _))) if self.relay_loops(&stream, session) => {}
                     Ok(connected) => self.backend_connected(session, connected),
                 }
             }
@@ -606,6 +607,29 @@ impl<'a> Driver<'a> {
             &Action::Close { linger } => return Step::Close { linger },
         }
         Step::Go
+    }
+
+    /// Whether an originate listener's relay, just connected as `stream`, is one of our own
+    /// listeners (a relay given by a host name, which `check` cannot tell apart: `localhost`):
+    /// a mail loop, as an MX there is, told to the session; the connection is dropped.
+    fn relay_loops<M: Machine>(&self, stream: &Stream, session: &mut M) -> bool {
+        let bound = self.l.originate().map(|o| &o.bound);
+        let tcp = stream.tcp();
+        let (Some(bound), Some(peer)) = (bound, tcp.and_then(|t| t.peer_addr().ok())) else {
+            return false;
+        };
+        let local = tcp.and_then(|t| t.local_addr().ok());
+        let (ours, seen) = match bound.loops_back(peer, None) {
+            Some(ours) => (ours, LoopSeen::ByAddress),
+            None => match bound.loops_back(peer, local) {
+                // Only by the addresses seen on this side: not a sure loop (a NAT rule).
+                Some(ours) => (ours, LoopSeen::OnceConnected),
+                None => return false,
+            },
+        };
+        let why = format!("the relay at {peer} is the sidecar's own listener {ours} (a mail loop)");
+        session.handle_connect_loops(&why, seen, Instant::now());
+        true
     }
 
     /// The backend pool's answer to [`Action::ConnectBackend`].
