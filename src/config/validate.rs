@@ -121,7 +121,7 @@ fn hostname(p: &mut Problems, value: Option<&Value>) -> Option<String> {
         Some(value) => p.string("hostname", value)?.trim().to_owned(),
         None => machine_hostname(),
     };
-    if hostname.chars().all(|c| c.is_ascii_graphic()) {
+    if ehlo_name(&hostname) {
         Some(hostname)
     } else {
         let how = if value.is_some() {
@@ -131,10 +131,33 @@ fn hostname(p: &mut Problems, value: Option<&Value>) -> Option<String> {
         };
         p.add(
             "hostname",
-            format_args!("{hostname:?} is not a usable name{how}: printable characters, no spaces"),
+            format_args!(
+                "{hostname:?} is not a usable name{how}: it is our EHLO name and the greeting's, \
+                 so a domain name (letters, digits, '-' and '_' in dot-separated labels, none \
+                 beginning or ending with '-') or an address literal ([192.0.2.1], [IPv6:2001:db8::1])"
+            ),
         );
         None
     }
+}
+
+/// Whether `name` can be the argument of our EHLO (RFC 5321 §4.1.1.1: a domain, or an address
+/// literal): every next hop and backend is greeted with it, and a strict one refuses another.
+fn ehlo_name(name: &str) -> bool {
+    if let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        let ip = literal.strip_prefix("IPv6:").unwrap_or(literal);
+        return match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(_)) => ip.len() == literal.len(),
+            Ok(std::net::IpAddr::V6(_)) => ip.len() != literal.len(),
+            Err(_) => false,
+        };
+    }
+    name.is_ascii()
+        && smtp_core::idn::routable(name).is_ok()
+        && name
+            .trim_end_matches('.')
+            .split('.')
+            .all(|label| !label.starts_with('-') && !label.ends_with('-'))
 }
 
 /// The machine's host name: the kernel's, else /etc/hostname, else `localhost`.

@@ -205,10 +205,46 @@ fn log_levels_and_directives_are_taken() {
     );
 }
 
+/// `hostname` is the argument of every EHLO we send (RFC 5321 §4.1.1.1): a domain or an
+/// address literal, nothing a strict next hop or backend would refuse.
+#[test]
+fn hostname_is_an_ehlo_name() {
+    for good in [
+        "mx.test",
+        "localhost",
+        "mail_1.example.com",
+        "MX1.Example.COM.",
+        "[192.0.2.1]",
+        "[IPv6:2001:db8::1]",
+    ] {
+        let yaml = one_listener(&format!("hostname: \"{good}\"\n"));
+        assert_eq!(ok(&yaml).hostname, good);
+    }
+    for bad in [
+        "mail.example.com:25",
+        "-",
+        "a..b",
+        "-mx.test",
+        "[mail]",
+        "mail@example.com",
+        "[2001:db8::1]",
+        "[IPv6:192.0.2.1]",
+        "bücher.test",
+    ] {
+        let yaml = one_listener(&format!("hostname: \"{bad}\"\n"));
+        let refused = problems(&yaml);
+        assert!(
+            refused.len() == 1
+                && refused[0].starts_with(&format!("hostname: {bad:?} is not a usable name")),
+            "{bad}: {refused:?}"
+        );
+    }
+}
+
 #[test]
 fn invalid_values_name_their_path() {
     let cases: &[(&str, &str)] = &[
-        ("hostname: \"mx 1\"", "hostname: \"mx 1\" is not a usable name: printable characters, no spaces"),
+        ("hostname: \"mx 1\"", "hostname: \"mx 1\" is not a usable name: it is our EHLO name and the greeting's, so a domain name (letters, digits, '-' and '_' in dot-separated labels, none beginning or ending with '-') or an address literal ([192.0.2.1], [IPv6:2001:db8::1])"),
         ("hostname: \"\"", "hostname: expected a non-empty string, found \"\""),
         ("shutdown_grace: 30", "shutdown_grace: invalid duration 30 (use e.g. 30s, 5m, 1h)"),
         ("metrics: {listen: localhost}", "metrics.listen: expected an address like 127.0.0.1:25 or [::1]:25, found \"localhost\""),
