@@ -233,6 +233,35 @@ impl StopSignals {
     }
 }
 
+/// Whether `run` can keep a certificate it generates in `dir`: the directory, or the nearest
+/// of its parents that exists (`run` makes the rest), is a directory this process may write
+/// in. `check` writes nothing, so it asks rather than tries.
+fn state_dir_usable(dir: &Path) -> Result<(), String> {
+    use std::io::ErrorKind::{NotADirectory, NotFound};
+    let mut at = dir;
+    loop {
+        let here = if at.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            at
+        };
+        match std::fs::metadata(here) {
+            Ok(m) if m.is_dir() => {
+                let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+                return rustix::fs::access(here, access)
+                    .map_err(|e| format!("{} is not writable ({e})", here.display()));
+            }
+            Ok(_) => return Err(format!("{} is not a directory", here.display())),
+            // Missing, or under a file: the parent says which.
+            Err(e) if matches!(e.kind(), NotFound | NotADirectory) => match at.parent() {
+                Some(parent) => at = parent,
+                None => return Err(format!("{} does not exist", here.display())),
+            },
+            Err(e) => return Err(format!("{}: {e}", here.display())),
+        }
+    }
+}
+
 fn check(path: &Path) -> ExitCode {
     let Some(config) = load_or_report(path) else {
         return ExitCode::FAILURE;
@@ -270,6 +299,15 @@ fn check(path: &Path) -> ExitCode {
         println!("{}", trust.describe());
     }
     let mut ok = store.is_some() && trust.is_some();
+    if to_be_generated {
+        let usable = state_dir_usable(&config.state_dir).map_err(|why| {
+            vec![format!(
+                "state_dir {}: {why}: the first run could not keep the certificate it generates",
+                config.state_dir.display()
+            )]
+        });
+        ok &= reported(path, "state_dir is unusable", usable).is_some();
+    }
     // The build `run` and a reload do, over the same files: whatever stops it stops `run`.
     if let (Some(store), Some(trust)) = (&store, trust) {
         let metrics = crate::metrics::Metrics::new();

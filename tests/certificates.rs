@@ -206,6 +206,37 @@ fn check(dir: &std::path::Path, yaml: &str) -> (Option<i32>, String, String) {
     )
 }
 
+/// With no certificates, `run` keeps the one it generates in `state_dir`, and exits 1 when it
+/// cannot: `check` says so first, rather than "OK" (here its parent is a regular file).
+#[test]
+fn check_fails_when_state_dir_could_not_keep_a_generated_certificate() {
+    let pki = Pki::new("check-state");
+    let backend: SocketAddr = "127.0.0.1:2525".parse().unwrap();
+    let file = pki.dir.0.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    for (state, code) in [
+        (file.join("state"), Some(1)),
+        (pki.dir.0.join("new/state"), Some(0)),
+    ] {
+        let text = format!(
+            "state_dir: {}\n{}",
+            state.display(),
+            yaml(&[], backend, "starttls", "")
+        );
+        let (got, stdout, stderr) = check(&pki.dir.0, &text);
+        assert_eq!(got, code, "{}: {stdout}{stderr}", state.display());
+        if code == Some(1) {
+            let want = format!(
+                "state_dir {}: {} is not a directory",
+                state.display(),
+                file.display()
+            );
+            assert!(stderr.contains(&want), "{want} in\n{stderr}");
+        }
+    }
+    assert!(!pki.dir.0.join("new").exists(), "check wrote nothing");
+}
+
 #[test]
 fn check_says_what_each_rule_yields_and_fails_on_a_miss() {
     let pki = Pki::new("check");
