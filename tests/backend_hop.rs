@@ -8,6 +8,7 @@ mod common;
 use common::binary::{start_binary, Binary};
 use common::next_hop::{Cert, End, NextHop, NextHopPki, RunningNextHop, Session};
 use common::Client;
+use smtp_sidecar::runtime::Running;
 
 const BODY: &str = "Subject: hop\r\n\r\n..a dot line\r\n";
 
@@ -212,32 +213,7 @@ async fn a_backend_without_xclient_is_logged_once() {
 #[tokio::test]
 async fn health_checks_go_over_the_tls_hop() {
     let pki = NextHopPki::new();
-    let good = NextHop::builder()
-        .host("127.0.0.1")
-        .starttls(&pki, Cert::Valid)
-        .start()
-        .await;
-    let bad = NextHop::builder()
-        .host("127.0.0.1")
-        .starttls(&pki, Cert::WrongName)
-        .start()
-        .await;
-    let running = common::start(&format!(
-        "hostname: mx.test\n\
-         {trust}\
-         listeners:\n\
-         \x20 - name: inbound\n\
-         \x20   mode: terminate\n\
-         \x20   listen: 127.0.0.1:0\n\
-         \x20   backend:\n\
-         \x20     servers: [\"{bad}\", \"{good}\"]\n\
-         \x20     tls: starttls\n\
-         \x20     health_check_interval: 100ms\n",
-        trust = pki.trust_yaml(),
-        bad = bad.addr,
-        good = good.addr,
-    ))
-    .await;
+    let (bad, good, running) = bad_and_good_starttls_servers(&pki, "100ms").await;
     let check = good.next_session().await;
     assert_eq!(check.plaintext, b"EHLO mx.test\r\nSTARTTLS\r\n");
     assert_eq!(check.encrypted, b"EHLO mx.test\r\nQUIT\r\n");
@@ -384,33 +360,7 @@ async fn a_stalled_tls_hop_closes_the_session_at_its_write_deadline() {
 #[tokio::test]
 async fn a_server_whose_starttls_hop_fails_is_marked_down() {
     let pki = NextHopPki::new();
-    let bad = NextHop::builder()
-        .host("127.0.0.1")
-        .starttls(&pki, Cert::WrongName)
-        .start()
-        .await;
-    let good = NextHop::builder()
-        .host("127.0.0.1")
-        .starttls(&pki, Cert::Valid)
-        .start()
-        .await;
-    let running = common::start(&format!(
-        "hostname: mx.test\n\
-         {trust}\
-         listeners:\n\
-         \x20 - name: inbound\n\
-         \x20   mode: terminate\n\
-         \x20   listen: 127.0.0.1:0\n\
-         \x20   backend:\n\
-         \x20     servers: [\"{bad}\", \"{good}\"]\n\
-         \x20     tls: starttls\n\
-         \x20     connect_timeout: 2s\n\
-         \x20     health_check_interval: 1h\n",
-        trust = pki.trust_yaml(),
-        bad = bad.addr,
-        good = good.addr,
-    ))
-    .await;
+    let (bad, _good, running) = bad_and_good_starttls_servers(&pki, "1h").await;
     let addr = running.addr("inbound").unwrap();
     let mut c = Client::connect(addr).await;
     let first = c.read_to_close().await;
@@ -431,4 +381,40 @@ async fn a_server_whose_starttls_hop_fails_is_marked_down() {
         "bad server not marked down / backend_up says 1 for it"
     );
     running.shutdown().await;
+}
+
+/// Two `tls: starttls` backend servers, the first with a certificate for another host,
+/// health-checked every `interval`: the servers (kept running) and the sidecar.
+async fn bad_and_good_starttls_servers(
+    pki: &NextHopPki,
+    interval: &str,
+) -> (RunningNextHop, RunningNextHop, Running) {
+    let good = NextHop::builder()
+        .host("127.0.0.1")
+        .starttls(pki, Cert::Valid)
+        .start()
+        .await;
+    let bad = NextHop::builder()
+        .host("127.0.0.1")
+        .starttls(pki, Cert::WrongName)
+        .start()
+        .await;
+    let running = common::start(&format!(
+        "hostname: mx.test\n\
+         {trust}\
+         listeners:\n\
+         \x20 - name: inbound\n\
+         \x20   mode: terminate\n\
+         \x20   listen: 127.0.0.1:0\n\
+         \x20   backend:\n\
+         \x20     servers: [\"{bad}\", \"{good}\"]\n\
+         \x20     tls: starttls\n\
+         \x20     connect_timeout: 2s\n\
+         \x20     health_check_interval: {interval}\n",
+        trust = pki.trust_yaml(),
+        bad = bad.addr,
+        good = good.addr,
+    ))
+    .await;
+    (bad, good, running)
 }

@@ -305,17 +305,7 @@ async fn an_mx_at_the_sidecars_own_listener_is_never_connected_to() {
     .await;
     let mut conf = Conf::new(&pki, format!("mx:{port}"), "      default: may\n");
     conf.dns = Some(dns.addr);
-    let yaml = format!(
-        "{}\x20 - name: inbound\n\
-         \x20   mode: terminate\n\
-         \x20   listen: 127.0.0.1:{port}\n\
-         \x20   backend: {{servers: [\"{backend}\"]}}\n",
-        conf.yaml()
-    );
-    let config =
-        smtp_sidecar::config::parse(&yaml).unwrap_or_else(|e| panic!("{:?}\n{yaml}", e.problems));
-    let store = common::pki::Pki::store(&[&ours]);
-    let sidecar = smtp_sidecar::runtime::start(&config, &store).await.unwrap();
+    let sidecar = with_a_terminate_listener(&conf, &ours, port, backend).await;
     assert_eq!(sidecar.addr("inbound").unwrap().port(), port);
     let want = "550 5.4.6 Mail for y.test loops back to this relay\r\n";
     rcpt_refused(&sidecar, "b@y.test", want).await;
@@ -337,6 +327,22 @@ async fn a_relay_named_localhost_at_the_sidecars_own_listener_is_a_loop() {
     let (backend, rec) = common::recording_backend().await;
     let port = common::process::free_port();
     let conf = Conf::new(&pki, format!("localhost:{port}"), "      default: may\n");
+    let sidecar = with_a_terminate_listener(&conf, &ours, port, backend).await;
+    let want = "550 5.4.6 Mail for y.test loops back to this relay\r\n";
+    rcpt_refused(&sidecar, "b@y.test", want).await;
+    assert!(rec.messages().is_empty());
+    let counted = [m::next_hop_failures("loop", 1)];
+    assert_series(&sidecar, &counted, "a mail loop").await;
+}
+
+/// The originate listener of `conf`, and a terminate listener at 127.0.0.1:`port` in front of
+/// `backend`: where a next hop that loops back arrives.
+async fn with_a_terminate_listener(
+    conf: &Conf<'_>,
+    ours: &Leaf,
+    port: u16,
+    backend: std::net::SocketAddr,
+) -> smtp_sidecar::runtime::Running {
     let yaml = format!(
         "{}\x20 - name: inbound\n\
          \x20   mode: terminate\n\
@@ -346,13 +352,8 @@ async fn a_relay_named_localhost_at_the_sidecars_own_listener_is_a_loop() {
     );
     let config =
         smtp_sidecar::config::parse(&yaml).unwrap_or_else(|e| panic!("{:?}\n{yaml}", e.problems));
-    let store = common::pki::Pki::store(&[&ours]);
-    let sidecar = smtp_sidecar::runtime::start(&config, &store).await.unwrap();
-    let want = "550 5.4.6 Mail for y.test loops back to this relay\r\n";
-    rcpt_refused(&sidecar, "b@y.test", want).await;
-    assert!(rec.messages().is_empty());
-    let counted = [m::next_hop_failures("loop", 1)];
-    assert_series(&sidecar, &counted, "a mail loop").await;
+    let store = common::pki::Pki::store(&[ours]);
+    smtp_sidecar::runtime::start(&config, &store).await.unwrap()
 }
 
 /// Every MX unreachable (one refuses the connection, one closes at once): `451 4.4.1`.
