@@ -158,10 +158,9 @@ impl Pool {
         first.ehlo.load_full()
     }
 
-    /// A session found server `i` unusable before serving anything on it (its greeting
-    /// refused, its STARTTLS not offered or refused, its handshake failed): marked down, as a
-    /// failed connect is, so the next session skips it until a health check passes. Its
-    /// address, for `backend_up`.
+    /// A session found server `i` unusable before serving anything on it (its STARTTLS not
+    /// offered or refused, its handshake failed): marked down, as a failed connect is, so the
+    /// next session skips it until a health check passes. Its address, for `backend_up`.
     pub fn session_failed(&self, listener: &str, i: usize, why: &str) -> Option<&str> {
         self.mark(listener, i, false, why);
         self.servers.get(i).map(|s| s.addr.as_str())

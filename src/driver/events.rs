@@ -68,9 +68,11 @@ pub(super) fn record(
             tracing::warn!(listener = %l.name, %peer, kind = kind.as_str(), %reason,
                 "backend failed; client told 421 4.4.2");
             m.backend_failure(kind);
-            // Refused at its greeting, or no encrypted hop to be had with it: the server is
-            // unusable for any session, not this one only.
-            if matches!(kind, LegFailure::Refused | LegFailure::Tls) {
+            // No encrypted hop to be had with it (STARTTLS not offered or refused, the
+            // handshake failed): the server is unusable for any session, not this one only.
+            // (A refusal, of its greeting or of XCLIENT, is left to the health checks, which
+            // see the first and not the second.)
+            if kind == LegFailure::Tls {
                 let down = server.and_then(|i| l.pool.session_failed(&l.name, i, &reason));
                 if let Some(addr) = down {
                     m.backend_up(addr, false, unix_now());
