@@ -289,7 +289,8 @@ fn resolver(p: &mut Problems, resolver: &RawResolver) -> Option<ResolverConfig> 
                         p.add(
                             &format!("resolver.nameservers[{i}]"),
                             format_args!(
-                                "invalid name server {text:?} (expected an IP address, \
+                                "invalid name server {text:?} (expected an IP address a server \
+                                 answers at, not unspecified, multicast or broadcast, \
                                  optionally with a port: 192.0.2.53, 192.0.2.53:5353, 2001:db8::53 \
                                  or [2001:db8::53]:5353)"
                             ),
@@ -322,7 +323,8 @@ fn resolver(p: &mut Problems, resolver: &RawResolver) -> Option<ResolverConfig> 
 }
 
 /// A name server: `ip:port` / `[v6]:port`, or a bare address (`[v6]` too) on port 53. No host
-/// names: resolving the resolver would need a resolver.
+/// names: resolving the resolver would need a resolver. Nor an address no server answers at
+/// (0.0.0.0, ::, multicast, broadcast): every look-up would fail, each a `451 4.4.3`.
 fn nameserver(text: &str) -> Option<SocketAddr> {
     let text = text.trim();
     let addr = match text.parse::<SocketAddr>() {
@@ -335,7 +337,10 @@ fn nameserver(text: &str) -> Option<SocketAddr> {
             SocketAddr::new(bare.parse::<IpAddr>().ok()?, 53)
         }
     };
-    (addr.port() != 0).then_some(addr)
+    let ip = addr.ip().to_canonical();
+    let nobody =
+        ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST);
+    (addr.port() != 0 && !nobody).then_some(addr)
 }
 
 /// `trust`: files are named here and read when the runtime is built (so a reload re-reads

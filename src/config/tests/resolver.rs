@@ -56,9 +56,9 @@ fn typed() {
 fn problems_with_their_paths() {
     let bad = |text: &str, i: usize| {
         format!(
-            "resolver.nameservers[{i}]: invalid name server \"{text}\" (expected an IP address, \
-             optionally with a port: 192.0.2.53, 192.0.2.53:5353, 2001:db8::53 or \
-             [2001:db8::53]:5353)"
+            "resolver.nameservers[{i}]: invalid name server \"{text}\" (expected an IP address \
+             a server answers at, not unspecified, multicast or broadcast, optionally with a \
+             port: 192.0.2.53, 192.0.2.53:5353, 2001:db8::53 or [2001:db8::53]:5353)"
         )
     };
     let bounds = "resolver.timeout: must be from 100ms to 60s (the whole MX and address look-up)";
@@ -70,6 +70,16 @@ fn problems_with_their_paths() {
                 bad("192.0.2.1:0", 2),
                 bad("192.0.2.1:99999", 3),
                 bad("[192.0.2.1]:53", 4),
+            ],
+        ),
+        (
+            "resolver: {nameservers: [\"0.0.0.0:53\", \"[::]:53\", \"224.0.0.1\", \"255.255.255.255\", \"[::ffff:0.0.0.0]:53\"]}",
+            vec![
+                bad("0.0.0.0:53", 0),
+                bad("[::]:53", 1),
+                bad("224.0.0.1", 2),
+                bad("255.255.255.255", 3),
+                bad("[::ffff:0.0.0.0]:53", 4),
             ],
         ),
         (
