@@ -9,7 +9,7 @@ use super::{
 };
 use crate::command::Command;
 use crate::ehlo::Offered;
-use crate::reply::{self, success, Reply};
+use crate::reply::Reply;
 use crate::session::{Leg, LegFailure, TlsStart};
 use crate::timer::Timer;
 
@@ -214,7 +214,7 @@ impl Session {
     fn replayed(&mut self, step: Replay, reply: &Reply, now: Instant) {
         // A refusal (4xx, 5xx) of the client's own HELO/EHLO is the client's to hear; any
         // other reply but 250 breaks the protocol (`reply::answers`).
-        let refused = !reply.is_positive() && reply::answers(success::OK, reply.code);
+        let refused = matches!(reply.code / 100, 4 | 5);
         if step == Replay::Helo && refused && self.waiting.is_some() {
             return self.helo_refused(reply, now);
         }

@@ -320,6 +320,8 @@ fn recipient_domain(to: &str) -> Result<String, &'static str> {
     if domain.strip_suffix('.').unwrap_or(domain).is_empty() || domain.starts_with('[') {
         return Err(UNROUTABLE);
     }
+    // As written, trailing dot and all: `routable` takes one off itself, and two would make
+    // `example.net..` a name.
     crate::idn::routable(domain).map_err(|_| DnsFailure::InvalidDomain.reply())?;
     let domain = domain.strip_suffix('.').unwrap_or(domain);
     Ok(domain.to_ascii_lowercase())

@@ -13,7 +13,7 @@ use super::{Level, NextHop, OnFailure, Session};
 use crate::command::{Command, Param};
 use crate::ehlo::Offered;
 use crate::params::{check_mail, drop_for_next_hop};
-use crate::reply::{success, Reply};
+use crate::reply::{answers, success, Reply};
 use crate::session::{
     Action, DnsFailure, Event, Leg, LegFailure, Route, Target, TlsClient, TlsInfo, TlsStart,
 };
@@ -377,7 +377,7 @@ impl Session {
             }
             // A 3xx, or a 2xx but 250, answers no MAIL: the next hop is broken, and its reply
             // no RCPT's (a 221 passed on would be taken for the recipient's acceptance).
-            HopState::Mail if !crate::reply::answers(success::OK, reply.code) => {
+            HopState::Mail if !answers(success::OK, reply.code) => {
                 self.hop_failed(LegFailure::Protocol, &refused("reply to MAIL", &reply), now)
             }
             // The next hop refused the sender: its own words answer the RCPT.
@@ -714,14 +714,14 @@ impl Session {
     }
 }
 
-/// Whether `code` can answer the command ([`crate::reply::answers`]).
+/// Whether `code` can answer the command ([`answers`]).
 fn expects(pending: &Pending, code: u16) -> bool {
     let ok = match pending {
         Pending::Data => success::DATA,
         Pending::Setup { .. } | Pending::Rcpt => success::RCPT,
         Pending::EndOfData { .. } => success::OK,
     };
-    crate::reply::answers(ok, code)
+    answers(ok, code)
 }
 
 /// The most octets of a reply line the legacy MTA gets, code and CRLF included (RFC 5321
